@@ -1,0 +1,426 @@
+"""Ingest library roots into the catalog, incrementally.
+
+A file whose (path, size, mtime) is unchanged since the last scan is not opened: the scan is stat
+calls only. New and changed files are read once, hashed (SHA-256 of the bytes: the image's
+identity) and their container and metadata parsed, in worker processes. Results are committed in
+batches, one transaction each, so a killed run keeps what it committed and the rerun goes on from
+there; files gone since the last full scan are marked `missing` only when a scan completes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pyarrow as pa
+
+from luna_core.catalog import open_catalog
+from luna_core.containers import ProbeLimits, probe_image
+from luna_core.errors import BadFileError
+from luna_core.metadata import parse_generation
+from luna_core.scan import DEFAULT_IGNORE, FileEntry, ScanProblem, ScanStats, walk_root
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 512
+
+
+@dataclass
+class IngestOptions:
+    limits: ProbeLimits = field(default_factory=ProbeLimits)
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    workers: int = 0  # 0: one per core; 1: in this process (no pool)
+    batch_size: int = BATCH_SIZE
+    progress: bool = True
+
+
+@dataclass
+class IngestedFile:
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    format: str
+    width: int
+    height: int
+    warnings: list[str]
+    generation: dict[str, Any]
+
+
+@dataclass
+class QuarantinedFile:
+    path: str
+    root: str
+    reason: str
+    detail: str
+    size: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass
+class IngestReport:
+    run_id: str
+    roots: list[str]
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    missing: int = 0
+    moved: int = 0
+    quarantined: int = 0  # quarantined in this run (new or changed files that failed)
+    quarantined_total: int = 0  # all files under the roots currently in quarantine
+    ignored: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    by_generator: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def seen(self) -> int:
+        return self.new + self.changed + self.unchanged + self.quarantined_total
+
+    def counts(self) -> dict[str, int]:
+        keys = ("new", "changed", "unchanged", "missing", "moved", "quarantined", "quarantined_total",
+                "ignored", "files_read", "bytes_read")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _clean_text(value: Any) -> Any:
+    # DuckDB VARCHAR rejects NUL; metadata strings occasionally carry them.
+    return value.replace("\x00", "") if isinstance(value, str) else value
+
+
+def read_file(entry: FileEntry, limits: ProbeLimits) -> IngestedFile | QuarantinedFile:
+    """Read, hash and parse one file. Never raises for a bad file: it becomes a QuarantinedFile."""
+    path = entry.path
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_size > limits.max_file_bytes:
+                raise BadFileError("file_too_large", f"{st.st_size:,} bytes is over the {limits.max_file_bytes:,} byte bound")
+            data = fh.read(limits.max_file_bytes + 1)
+    except FileNotFoundError:
+        return QuarantinedFile(path, entry.root, "vanished", "the file was deleted while the scan ran")
+    except PermissionError:
+        return QuarantinedFile(path, entry.root, "permission_denied", "the file cannot be read: permission denied",
+                               entry.size, entry.mtime_ns)
+    except BadFileError as exc:
+        return QuarantinedFile(path, entry.root, exc.reason, exc.detail, entry.size, entry.mtime_ns)
+    except OSError as exc:
+        return QuarantinedFile(path, entry.root, "unreadable", f"the file cannot be read: {exc.strerror or exc}",
+                               entry.size, entry.mtime_ns)
+    size, mtime_ns = len(data), st.st_mtime_ns
+    try:
+        probe = probe_image(data, limits)
+    except BadFileError as exc:
+        return QuarantinedFile(path, entry.root, exc.reason, exc.detail, size, mtime_ns)
+    warnings = list(probe.warnings)
+    suffix = Path(path).suffix.lower().lstrip(".")
+    expected = {"png": ("png",), "jpeg": ("jpg", "jpeg", "jfif"), "webp": ("webp",)}[probe.format]
+    if suffix not in expected:
+        warnings.append(f"file name ends in .{suffix or '(none)'} but the content is {probe.format.upper()}")
+    try:
+        record = parse_generation(probe.items)
+    except Exception as exc:  # a parser bug must not lose the file: keep it, say why
+        log.exception("metadata parser failed on %s", path)
+        from luna_core.metadata import GenerationRecord
+
+        record = GenerationRecord(generator="unknown", raw=dict(probe.items),
+                                  warnings=[f"metadata parser failed: {type(exc).__name__}: {exc}"])
+    generation = {k: _clean_text(v) for k, v in record.to_row().items()}
+    return IngestedFile(path, entry.root, size, mtime_ns, hashlib.sha256(data).hexdigest(), probe.format,
+                        probe.width, probe.height, warnings, generation)
+
+
+def _read_chunk(entries: list[FileEntry], limits: ProbeLimits) -> list[IngestedFile | QuarantinedFile]:
+    return [read_file(entry, limits) for entry in entries]
+
+
+def _chunks(items: list[FileEntry], size: int) -> Iterable[list[FileEntry]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _Processor:
+    """Runs `read_file` over entries, in this process or in a pool of worker processes."""
+
+    def __init__(self, workers: int):
+        self.workers = workers if workers > 0 else max(1, os.cpu_count() or 1)
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def map(self, entries: list[FileEntry], limits: ProbeLimits, chunk: int) -> Iterable[list[IngestedFile | QuarantinedFile]]:
+        if self.workers == 1 or len(entries) < 64:
+            for part in _chunks(entries, chunk):
+                yield _read_chunk(part, limits)
+            return
+        # spawn: forking a process that holds DuckDB or Dagster threads is unsafe.
+        self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            # Small tasks keep every worker busy; results come back in order, batch by batch.
+            parts = list(_chunks(entries, max(8, min(64, chunk // self.workers))))
+            futures = [self.pool.submit(_read_chunk, part, limits) for part in parts]
+            pending: list[IngestedFile | QuarantinedFile] = []
+            for future in futures:
+                pending.extend(future.result())
+                if len(pending) >= chunk:
+                    yield pending
+                    pending = []
+            if pending:
+                yield pending
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+
+
+_IMAGE_SCHEMA = pa.schema([
+    ("path", pa.string()), ("content_hash", pa.string()), ("root", pa.string()), ("size_bytes", pa.int64()),
+    ("mtime_ns", pa.int64()), ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()),
+    ("warnings", pa.list_(pa.string())),
+])
+_GENERATION_SCHEMA = pa.schema([
+    ("content_hash", pa.string()), ("generator", pa.string()), ("generator_version", pa.string()),
+    ("prompt", pa.string()), ("negative_prompt", pa.string()), ("seed", pa.string()), ("steps", pa.int64()),
+    ("sampler", pa.string()), ("scheduler", pa.string()), ("cfg_scale", pa.float64()), ("width", pa.int64()),
+    ("height", pa.int64()), ("model", pa.string()), ("model_hash", pa.string()),
+    ("loras", pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64())]))),
+    ("extra", pa.string()), ("raw", pa.string()), ("warnings", pa.list_(pa.string())),
+])
+_QUARANTINE_SCHEMA = pa.schema([
+    ("path", pa.string()), ("root", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("size_bytes", pa.int64()), ("mtime_ns", pa.int64()),
+])
+
+
+def _int32(value: Any) -> int | None:
+    return value if isinstance(value, int) and -(2**31) <= value < 2**31 else None
+
+
+def _generation_row(result: IngestedFile) -> dict[str, Any]:
+    g = result.generation
+    seed = g.get("seed")
+    return {
+        "content_hash": result.content_hash, "generator": g["generator"], "generator_version": g.get("generator_version"),
+        "prompt": g.get("prompt"), "negative_prompt": g.get("negative_prompt"),
+        "seed": str(seed) if isinstance(seed, int) and abs(seed) < 2**127 else None,
+        "steps": _int32(g.get("steps")), "sampler": g.get("sampler"), "scheduler": g.get("scheduler"),
+        "cfg_scale": g.get("cfg_scale"), "width": _int32(g.get("width")), "height": _int32(g.get("height")),
+        "model": g.get("model"), "model_hash": g.get("model_hash"),
+        "loras": [{"name": _clean_text(l["name"]), "weight": l["weight"]} for l in g.get("loras", [])],
+        "extra": json.dumps(g.get("extra") or {}, ensure_ascii=False, default=str),
+        "raw": json.dumps(g.get("raw") or {}, ensure_ascii=False),
+        "warnings": list(g.get("warnings") or []),
+    }
+
+
+def _commit_batch(con, results: list[IngestedFile | QuarantinedFile], now: datetime, known_hashes: set[str]) -> None:
+    ingested = [r for r in results if isinstance(r, IngestedFile)]
+    quarantined = [r for r in results if isinstance(r, QuarantinedFile)]
+    images = pa.Table.from_pylist([
+        {"path": r.path, "content_hash": r.content_hash, "root": r.root, "size_bytes": r.size, "mtime_ns": r.mtime_ns,
+         "width": r.width, "height": r.height, "format": r.format, "warnings": r.warnings} for r in ingested
+    ], schema=_IMAGE_SCHEMA)
+    fresh, seen_now = [], set()
+    for r in ingested:  # one generation row per content hash; the same bytes parse the same way
+        if r.content_hash not in known_hashes and r.content_hash not in seen_now:
+            seen_now.add(r.content_hash)
+            fresh.append(_generation_row(r))
+    generations = pa.Table.from_pylist(fresh, schema=_GENERATION_SCHEMA)
+    bad = pa.Table.from_pylist([
+        {"path": r.path, "root": r.root, "reason": r.reason, "detail": r.detail, "size_bytes": r.size,
+         "mtime_ns": r.mtime_ns} for r in quarantined
+    ], schema=_QUARANTINE_SCHEMA)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("batch_images", images)
+        con.register("batch_generations", generations)
+        con.register("batch_quarantine", bad)
+        con.execute("""
+            INSERT OR REPLACE INTO images
+            SELECT b.path, b.content_hash, b.root, b.size_bytes, b.mtime_ns, b.width, b.height, b.format, 'ok',
+                   COALESCE(i.first_seen, $now), $now, NULL, b.warnings
+            FROM batch_images b LEFT JOIN images i ON i.path = b.path""", {"now": now})
+        con.execute("""
+            INSERT OR REPLACE INTO generations
+            SELECT content_hash, generator, generator_version, prompt, negative_prompt, TRY_CAST(seed AS HUGEINT),
+                   steps, sampler, scheduler, cfg_scale, width, height, model, model_hash, loras,
+                   extra::JSON, raw::JSON, warnings, $now
+            FROM batch_generations""", {"now": now})
+        con.execute("DELETE FROM quarantine WHERE path IN (SELECT path FROM batch_images)")
+        con.execute("""
+            INSERT OR REPLACE INTO quarantine
+            SELECT path, root, reason, detail, size_bytes, mtime_ns, $now FROM batch_quarantine""", {"now": now})
+        con.execute("UPDATE images SET status = 'quarantined', last_seen = $now "
+                    "WHERE path IN (SELECT path FROM batch_quarantine)", {"now": now})
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for name in ("batch_images", "batch_generations", "batch_quarantine"):
+            con.unregister(name)
+    known_hashes.update(seen_now)
+
+
+def _finish_scan(con, roots: list[str], seen_images: list[str], seen_quarantine: list[str], now: datetime,
+                 report: IngestReport, run_started: datetime) -> None:
+    """After a complete scan: unchanged rows touched, vanished rows marked missing, moves linked."""
+    seen = pa.Table.from_pylist([{"path": p} for p in seen_images], schema=pa.schema([("path", pa.string())]))
+    seen_q = pa.Table.from_pylist([{"path": p} for p in seen_quarantine], schema=pa.schema([("path", pa.string())]))
+    roots_list = list(roots)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("seen_paths", seen)
+        con.register("seen_quarantine", seen_q)
+        con.execute("UPDATE images SET last_seen = $now WHERE path IN (SELECT path FROM seen_paths)", {"now": now})
+        con.execute("UPDATE quarantine SET seen_at = $now WHERE path IN (SELECT path FROM seen_quarantine)", {"now": now})
+        report.missing = con.execute("""
+            UPDATE images SET status = 'missing'
+            WHERE list_contains($roots, root) AND status <> 'missing' AND last_seen < $started
+            RETURNING path""", {"roots": roots_list, "started": run_started}).fetchall().__len__()
+        con.execute("""DELETE FROM quarantine WHERE list_contains($roots, root) AND seen_at < $started""",
+                    {"roots": roots_list, "started": run_started})
+        # A new path whose bytes are those of a path that just went missing is that file, moved.
+        report.moved = len(con.execute("""
+            UPDATE images AS n SET moved_from = o.path, first_seen = LEAST(n.first_seen, o.first_seen)
+            FROM images AS o
+            WHERE n.content_hash = o.content_hash AND n.status = 'ok' AND n.first_seen >= $started
+              AND o.status = 'missing' AND o.last_seen < $started AND n.moved_from IS NULL
+            RETURNING n.path""", {"started": run_started}).fetchall())
+        report.quarantined_total = con.execute(
+            "SELECT count(*) FROM quarantine WHERE list_contains($roots, root)", {"roots": roots_list}).fetchone()[0]
+        report.by_generator = dict(con.execute("""
+            SELECT g.generator, count(*) FROM images i JOIN generations g USING (content_hash)
+            WHERE i.status = 'ok' AND list_contains($roots, i.root) GROUP BY 1 ORDER BY 2 DESC""",
+            {"roots": roots_list}).fetchall())
+        report.by_reason = dict(con.execute("""
+            SELECT reason, count(*) FROM quarantine WHERE list_contains($roots, root) GROUP BY 1 ORDER BY 2 DESC""",
+            {"roots": roots_list}).fetchall())
+        con.execute("UPDATE ingest_runs SET finished_at = $now, counts = $counts WHERE run_id = $run",
+                    {"now": _utcnow(), "counts": json.dumps(report.counts()), "run": report.run_id})
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("seen_paths")
+        con.unregister("seen_quarantine")
+
+
+def _storable(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def ingest(
+    catalog_path: str | Path,
+    roots: list[str],
+    options: IngestOptions | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Bring the catalog up to date with the files under `roots`; returns what changed."""
+    from tqdm.auto import tqdm
+
+    options = options or IngestOptions()
+    roots = [os.path.abspath(r) for r in roots]
+    started = time.perf_counter()
+    run_started = _utcnow()
+    report = IngestReport(run_id=uuid.uuid4().hex, roots=roots)
+    with open_catalog(catalog_path) as con:
+        con.execute("INSERT INTO ingest_runs VALUES ($run, $now, NULL, $roots, NULL)",
+                    {"run": report.run_id, "now": run_started, "roots": roots})
+        known = {
+            path: (size, mtime, status)
+            for path, size, mtime, status in con.execute(
+                "SELECT path, size_bytes, mtime_ns, status FROM images WHERE list_contains($roots, root)",
+                {"roots": roots}).fetchall()
+        }
+        known_bad = {
+            path: (size, mtime)
+            for path, size, mtime in con.execute(
+                "SELECT path, size_bytes, mtime_ns FROM quarantine WHERE list_contains($roots, root)",
+                {"roots": roots}).fetchall()
+        }
+        known_hashes = {h for (h,) in con.execute("SELECT content_hash FROM generations").fetchall()}
+
+        stats = ScanStats()
+        to_read: list[FileEntry] = []
+        unchanged_paths: list[str] = []
+        unchanged_bad: list[str] = []
+        problems: list[QuarantinedFile] = []
+        repeated_problems: set[str] = set()  # problems already recorded by an earlier scan
+        for root in roots:
+            for item in walk_root(root, options.ignore, stats):
+                if isinstance(item, ScanProblem) or not _storable(item.path):
+                    if isinstance(item, ScanProblem):
+                        problem = QuarantinedFile(item.path, item.root, item.reason, item.detail)
+                    else:
+                        shown = item.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                        problem = QuarantinedFile(shown, item.root, "bad_filename",
+                                                  "the file name is not valid UTF-8; rename the file", item.size, item.mtime_ns)
+                    if known_bad.get(problem.path) == (problem.size, problem.mtime_ns):
+                        repeated_problems.add(problem.path)
+                    problems.append(problem)
+                    continue
+                previous = known.get(item.path)
+                if previous and previous[2] == "ok" and previous[:2] == (item.size, item.mtime_ns):
+                    unchanged_paths.append(item.path)
+                elif known_bad.get(item.path) == (item.size, item.mtime_ns):
+                    unchanged_bad.append(item.path)  # still the same bad file: not read again
+                else:
+                    to_read.append(item)
+        report.ignored = stats.ignored
+        report.unchanged = len(unchanged_paths)
+        log.info("scanned %d folders: %d unchanged, %d to read, %d problems", stats.directories,
+                 len(unchanged_paths), len(to_read), len(problems))
+
+        now = _utcnow()
+        if problems:
+            _commit_batch(con, problems, now, known_hashes)
+            report.quarantined += sum(1 for p in problems if p.path not in repeated_problems)
+        processor = _Processor(options.workers)
+        bar = tqdm(total=len(to_read), unit="file", desc="ingest", disable=not options.progress, mininterval=0.5)
+        done = 0
+        seen_quarantine = list(unchanged_bad) + [p.path for p in problems]
+        for results in processor.map(to_read, options.limits, options.batch_size):
+            _commit_batch(con, results, _utcnow(), known_hashes)
+            for result in results:
+                if isinstance(result, IngestedFile):
+                    report.files_read += 1
+                    report.bytes_read += result.size
+                    previous = known.get(result.path)
+                    if previous is None:
+                        report.new += 1
+                    else:
+                        report.changed += 1
+                else:
+                    report.quarantined += 1
+                    if result.size is not None:
+                        report.files_read += 1
+                    seen_quarantine.append(result.path)
+            done += len(results)
+            bar.update(len(results))
+            if on_progress:
+                on_progress(done, len(to_read))
+        bar.close()
+        _finish_scan(con, roots, unchanged_paths, seen_quarantine, _utcnow(), report, run_started)
+    report.seconds = time.perf_counter() - started
+    log.info("ingest finished in %.1fs: %s", report.seconds, report.counts())
+    return report

@@ -1,0 +1,141 @@
+"""Generators that store a flat JSON (or key/value) record: NovelAI, Fooocus, SwarmUI,
+Easy Diffusion and Draw Things. Each parser takes the decoded object and names its keys plainly."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from luna_core.metadata.a1111 import loras_in_prompt
+from luna_core.metadata.record import GenerationRecord, Lora, as_float, as_int, as_str, parse_size
+
+
+def parse_novelai(comment: dict[str, Any], description: str | None, source: str | None) -> GenerationRecord:
+    record = GenerationRecord(generator="NovelAI")
+    prompt = as_str(comment.get("prompt")) or description
+    v4 = comment.get("v4_prompt")
+    if not prompt and isinstance(v4, dict) and isinstance(v4.get("caption"), dict):
+        prompt = as_str(v4["caption"].get("base_caption"))
+    record.prompt = prompt
+    record.negative_prompt = as_str(comment.get("uc"))
+    record.seed, record.steps = as_int(comment.get("seed")), as_int(comment.get("steps"))
+    record.cfg_scale = as_float(comment.get("scale"))
+    record.sampler = as_str(comment.get("sampler"))
+    record.scheduler = as_str(comment.get("noise_schedule"))
+    record.width, record.height = as_int(comment.get("width")), as_int(comment.get("height"))
+    record.model = source
+    for key in ("uncond_scale", "cfg_rescale", "strength", "noise", "request_type"):
+        if comment.get(key) is not None:
+            record.extra[key] = comment[key]
+    return record
+
+
+def is_fooocus(data: dict[str, Any]) -> bool:
+    version = str(data.get("version", ""))
+    return data.get("metadata_scheme") == "fooocus" or version.startswith("Fooocus") or (
+        "base_model" in data and "guidance_scale" in data and "prompt" in data
+    )
+
+
+_FOOOCUS_LORA = re.compile(r"^(.*?)\s*:\s*(-?[\d.]+)\s*$")
+
+
+def parse_fooocus(data: dict[str, Any]) -> GenerationRecord:
+    record = GenerationRecord(generator="Fooocus")
+    record.prompt = as_str(data.get("prompt"))
+    record.negative_prompt = as_str(data.get("negative_prompt"))
+    record.seed, record.steps = as_int(data.get("seed")), as_int(data.get("steps"))
+    record.cfg_scale = as_float(data.get("guidance_scale"))
+    record.sampler, record.scheduler = as_str(data.get("sampler")), as_str(data.get("scheduler"))
+    record.width, record.height = parse_size(data.get("resolution"))
+    record.model, record.model_hash = as_str(data.get("base_model")), as_str(data.get("base_model_hash"))
+    record.generator_version = as_str(data.get("version"))
+    for key in sorted(k for k in data if k.startswith("lora_combined_")):
+        match = _FOOOCUS_LORA.match(str(data[key]))
+        if match:
+            record.loras.append(Lora(match.group(1), float(match.group(2))))
+    for key in ("styles", "performance", "prompt_expansion", "refiner_model", "sharpness", "adm_guidance"):
+        if data.get(key) is not None:
+            record.extra[key] = data[key]
+    return record
+
+
+def parse_swarmui(data: dict[str, Any]) -> GenerationRecord:
+    params = data.get("sui_image_params") if isinstance(data.get("sui_image_params"), dict) else {}
+    record = GenerationRecord(generator="SwarmUI")
+    record.prompt, record.negative_prompt = as_str(params.get("prompt")), as_str(params.get("negativeprompt"))
+    record.seed, record.steps = as_int(params.get("seed")), as_int(params.get("steps"))
+    record.cfg_scale = as_float(params.get("cfgscale"))
+    record.sampler, record.scheduler = as_str(params.get("sampler")), as_str(params.get("scheduler"))
+    record.width, record.height = as_int(params.get("width")), as_int(params.get("height"))
+    record.model = as_str(params.get("model"))
+    record.generator_version = as_str(params.get("swarm_version"))
+    names, weights = params.get("loras") or [], params.get("loraweights") or []
+    if isinstance(names, list):
+        for i, name in enumerate(names):
+            weight = as_float(weights[i]) if isinstance(weights, list) and i < len(weights) else None
+            if as_str(name):
+                record.loras.append(Lora(str(name), 1.0 if weight is None else weight))
+    if isinstance(data.get("sui_extra_data"), dict):
+        record.extra["sui_extra_data"] = data["sui_extra_data"]
+    return record
+
+
+def _normalized_keys(data: dict[str, Any]) -> dict[str, Any]:
+    return {str(k).strip().lower().replace(" ", "_"): v for k, v in data.items()}
+
+
+def is_easy_diffusion(data: dict[str, Any]) -> bool:
+    keys = _normalized_keys(data)
+    return ("use_stable_diffusion_model" in keys or "stable_diffusion_model" in keys) and "prompt" in keys
+
+
+def parse_easy_diffusion(data: dict[str, Any]) -> GenerationRecord:
+    """Easy Diffusion writes either snake_case keys (older) or Title Case keys (v3)."""
+    keys = _normalized_keys(data)
+
+    def first(*names: str) -> Any:
+        return next((keys[n] for n in names if keys.get(n) not in (None, "")), None)
+
+    record = GenerationRecord(generator="Easy Diffusion")
+    record.prompt = as_str(first("prompt"))
+    record.negative_prompt = as_str(first("negative_prompt"))
+    record.seed = as_int(first("seed"))
+    record.steps = as_int(first("num_inference_steps", "steps"))
+    record.cfg_scale = as_float(first("guidance_scale"))
+    record.sampler = as_str(first("sampler_name", "sampler"))
+    record.width, record.height = as_int(first("width")), as_int(first("height"))
+    record.model = as_str(first("use_stable_diffusion_model", "stable_diffusion_model"))
+    lora, alpha = first("use_lora_model", "lora_model"), first("lora_alpha", "lora_strength")
+    lora_names = lora if isinstance(lora, list) else ([lora] if as_str(lora) else [])
+    alphas = alpha if isinstance(alpha, list) else [alpha] * len(lora_names)
+    for name, weight in zip(lora_names, alphas):
+        value = as_float(weight)
+        record.loras.append(Lora(str(name), 1.0 if value is None else value))
+    for name in ("clip_skip", "use_vae_model", "vae_model", "use_face_correction", "use_upscale"):
+        if keys.get(name) not in (None, ""):
+            record.extra[name] = keys[name]
+    return record
+
+
+def is_draw_things(data: dict[str, Any]) -> bool:
+    return "c" in data and ("sampler" in data or "scale" in data or "seed" in data)
+
+
+def parse_draw_things(data: dict[str, Any]) -> GenerationRecord:
+    record = GenerationRecord(generator="Draw Things")
+    record.prompt, record.negative_prompt = as_str(data.get("c")), as_str(data.get("uc"))
+    record.seed, record.steps = as_int(data.get("seed")), as_int(data.get("steps"))
+    record.cfg_scale = as_float(data.get("scale"))
+    record.sampler = as_str(data.get("sampler"))
+    record.width, record.height = parse_size(data.get("size"))
+    record.model = as_str(data.get("model"))
+    for entry in data.get("lora") or []:
+        if isinstance(entry, dict) and as_str(entry.get("file")):
+            weight = as_float(entry.get("weight"))
+            record.loras.append(Lora(str(entry["file"]), 1.0 if weight is None else weight))
+    if not record.loras:
+        record.loras = loras_in_prompt(record.prompt)
+    if data.get("strength") is not None:
+        record.extra["strength"] = data["strength"]
+    return record

@@ -1,0 +1,83 @@
+"""The Luna home: one folder that holds every store, and the library roots it catalogues."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from luna_core.errors import LunaConfigError
+
+DEFAULT_HOME = "./luna_home"
+HOME_ENV = "LUNA_HOME"
+CONFIG_NAME = "luna.toml"
+
+
+@dataclass(frozen=True)
+class LunaHome:
+    """Paths of every store under one Luna home (see DESIGN.md, 'Identities and storage')."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None = None) -> "LunaHome":
+        """The home given, else $LUNA_HOME, else ./luna_home; always an absolute path."""
+        chosen = home if home not in (None, "") else os.environ.get(HOME_ENV) or DEFAULT_HOME
+        return cls(Path(chosen).expanduser().absolute())
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "sample_library"
+
+    def ensure(self) -> "LunaHome":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.dagster_home.mkdir(exist_ok=True)
+        dagster_yaml = self.dagster_home / "dagster.yaml"
+        if not dagster_yaml.exists():
+            dagster_yaml.write_text("# Dagster instance of this Luna home: local storage, defaults.\n")
+        return self
+
+    # ------------------------------------------------------------ library roots
+
+    def roots(self) -> list[str]:
+        """Library roots recorded in luna.toml (absolute paths), in the order they were added."""
+        if not self.config_path.exists():
+            return []
+        try:
+            config = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise LunaConfigError(f"{self.config_path}: not valid TOML ({exc})") from None
+        roots = config.get("library", {}).get("roots", [])
+        if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+            raise LunaConfigError(f"{self.config_path}: [library] roots must be a list of paths")
+        return roots
+
+    def add_roots(self, roots: list[str | os.PathLike[str]]) -> list[str]:
+        """Record library roots (idempotent) so the UI, the sensor and later runs scan them."""
+        known = self.roots()
+        for root in roots:
+            path = str(Path(root).expanduser().absolute())
+            if path not in known:
+                known.append(path)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # json.dumps quoting is valid TOML basic-string quoting for paths.
+        lines = ["# Luna home settings. Library roots are scanned by `luna ingest`, the UI and the sensor.",
+                 "[library]", "roots = [" + ", ".join(json.dumps(r) for r in known) + "]", ""]
+        tmp = self.config_path.with_suffix(".toml.tmp")
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+        os.replace(tmp, self.config_path)
+        return known
