@@ -112,3 +112,43 @@ def open_catalog(path: str | Path, read_only: bool = False) -> Iterator[duckdb.D
         yield con
     finally:
         con.close()
+
+
+# ---------------------------------------------------------------- health and summaries
+
+
+def rows_without_content_hash(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Paths of image rows whose identity is missing or not a SHA-256 hex digest."""
+    return [p for (p,) in con.execute(
+        "SELECT path FROM images WHERE content_hash IS NULL OR NOT regexp_full_match(content_hash, '[0-9a-f]{64}') LIMIT 20"
+    ).fetchall()]
+
+
+def quarantined_without_reason(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [p for (p,) in con.execute(
+        "SELECT path FROM quarantine WHERE coalesce(trim(reason), '') = '' OR coalesce(trim(detail), '') = '' LIMIT 20"
+    ).fetchall()]
+
+
+def images_without_generation(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute(
+        "SELECT count(*) FROM images i ANTI JOIN generations g USING (content_hash) WHERE i.status = 'ok'"
+    ).fetchone()[0]
+
+
+def sample_images(con: duckdb.DuckDBPyConnection, limit: int = 10) -> list[dict]:
+    """A few catalogued images with their prompts, one per generator first, for a person to eyeball."""
+    cursor = con.execute("""
+        SELECT i.path, g.generator, i.format, i.width || 'x' || i.height AS size, g.seed,
+               left(coalesce(g.prompt, ''), 80) AS prompt
+        FROM images i JOIN generations g USING (content_hash)
+        WHERE i.status = 'ok'
+        QUALIFY row_number() OVER (PARTITION BY g.generator ORDER BY i.path) = 1
+        ORDER BY g.generator LIMIT ?""", [limit])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def quarantine_rows(con: duckdb.DuckDBPyConnection, limit: int = 50) -> list[dict]:
+    cursor = con.execute("SELECT path, reason, detail FROM quarantine ORDER BY reason, path LIMIT ?", [limit])
+    return [dict(zip(("path", "reason", "detail"), row)) for row in cursor.fetchall()]

@@ -48,7 +48,11 @@ class LunaHome:
         self.dagster_home.mkdir(exist_ok=True)
         dagster_yaml = self.dagster_home / "dagster.yaml"
         if not dagster_yaml.exists():
-            dagster_yaml.write_text("# Dagster instance of this Luna home: local storage, defaults.\n")
+            dagster_yaml.write_text(
+                "# Dagster instance of this Luna home: local storage under this folder.\n"
+                "# Luna runs offline; telemetry would only print a banner.\n"
+                "telemetry:\n  enabled: false\n"
+            )
         return self
 
     # ------------------------------------------------------------ library roots

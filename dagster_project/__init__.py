@@ -1,0 +1,1 @@
+"""Dagster wiring for Luna: Definitions, resources, jobs, sensors."""

@@ -1,0 +1,218 @@
+"""`luna`: the command line. Imports stay inside commands so `luna --help` starts instantly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+DEMO_MARKER = "sample_library.json"
+
+
+def _home(args: argparse.Namespace):
+    from luna_core.settings import LunaHome
+
+    return LunaHome.resolve(args.home).ensure()
+
+
+def _print_table(rows: list[dict], columns: list[str], widths: dict[str, int] | None = None) -> None:
+    widths = widths or {}
+    def fit(value, width):
+        text = "" if value is None else str(value).replace("\n", " ")
+        return text if len(text) <= width else text[: width - 1] + "…"
+    sizes = {c: min(widths.get(c, 60), max([len(c)] + [len(fit(r.get(c), widths.get(c, 60))) for r in rows])) for c in columns}
+    print("  " + "  ".join(c.ljust(sizes[c]) for c in columns))
+    for row in rows:
+        print("  " + "  ".join(fit(row.get(c), sizes[c]).ljust(sizes[c]) for c in columns))
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _ensure_samples(home, n_images: int, size: int, seed: int) -> Path:
+    """Generate the sample library once per (n, size, seed); a rerun reuses it so ingest stays incremental."""
+    from tqdm.auto import tqdm
+
+    from luna_core.samples import make_sample_library
+
+    marker = home.root / DEMO_MARKER
+    wanted = {"images": n_images, "size": size, "seed": seed}
+    if marker.exists() and home.samples_dir.exists():
+        try:
+            if json.loads(marker.read_text()) == wanted:
+                print(f"Sample library already at {home.samples_dir} ({n_images} images); reusing it.")
+                return home.samples_dir
+        except ValueError:
+            pass
+    bar = tqdm(total=n_images, unit="img", desc="sample library")
+    library = make_sample_library(home.samples_dir, n_images, seed=seed, size=(size, size),
+                                  on_progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    marker.write_text(json.dumps(wanted))
+    print(f"Sample library under {library.root}: {n_images} generated images, plus {len(library.files) - n_images} "
+          f"odd or broken entries ({len(library.quarantined)} of them must end in quarantine)")
+    return home.samples_dir
+
+
+def run_build_all(home, log_level: str = "INFO"):
+    """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance."""
+    import dagster as dg
+
+    from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
+
+    defs = build_definitions(str(home.root))
+    job = defs.resolve_job_def(BUILD_ALL_JOB)
+    instance = dg.DagsterInstance.from_config(str(home.dagster_home))
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    home = _home(args)
+    started = time.perf_counter()
+    print(f"Luna home: {home.root}")
+    samples = _ensure_samples(home, args.images, args.size, args.seed)
+    home.add_roots([samples])
+    print("Materializing every Luna asset through Dagster (job luna_build_all)…")
+    result = run_build_all(home)
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.step_failure_data:
+                print(f"FAILED in {event.step_key}: {event.step_failure_data.error.message}", file=sys.stderr)
+        return 1
+    _print_catalog_summary(home)
+    for check in result.get_asset_check_evaluations():
+        print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
+    print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
+    print(f"  catalog      {home.catalog_path}")
+    print(f"  Dagster runs {home.dagster_home}")
+    print("\nOpen the Dagster UI on this home (then http://127.0.0.1:3000):")
+    print(f"  luna ui --home {home.root}")
+    print(f"  # same as: LUNA_HOME={home.root} DAGSTER_HOME={home.dagster_home} dagster dev -w workspace.yaml")
+    return 0
+
+
+def _print_catalog_summary(home) -> None:
+    from luna_core import catalog
+
+    with catalog.open_catalog(home.catalog_path, read_only=True) as con:
+        statuses = dict(con.execute("SELECT status, count(*) FROM images GROUP BY 1").fetchall())
+        by_generator = con.execute("""
+            SELECT g.generator, count(*) AS images, count(DISTINCT g.prompt) AS prompts
+            FROM images i JOIN generations g USING (content_hash) WHERE i.status = 'ok'
+            GROUP BY 1 ORDER BY 2 DESC""").fetchall()
+        unique = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
+        quarantined = catalog.quarantine_rows(con, 30)
+        n_quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    print(f"\nCatalog: {statuses.get('ok', 0)} image files ({unique} unique by content), "
+          f"{statuses.get('missing', 0)} missing, {n_quarantined} quarantined")
+    _print_table([{"generator": g, "images": n, "prompts": p} for g, n, p in by_generator],
+                 ["generator", "images", "prompts"])
+    if quarantined:
+        print("\nQuarantined (nothing is dropped: each file with its reason):")
+        rows = [{**q, "path": os.path.relpath(q["path"], home.root)} for q in quarantined]
+        _print_table(rows, ["reason", "path", "detail"], {"path": 44, "detail": 70})
+
+
+# ---------------------------------------------------------------- ingest / status / ui
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from luna_core.containers import ProbeLimits
+    from luna_core.ingest import IngestOptions, ingest
+
+    home = _home(args)
+    missing = [r for r in args.roots if not Path(r).is_dir()]
+    if missing:
+        print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    roots = home.add_roots(args.roots) if not args.no_record else [str(Path(r).absolute()) for r in args.roots]
+    selected = [str(Path(r).absolute()) for r in args.roots]
+    options = IngestOptions(limits=ProbeLimits(max_pixels=args.max_pixels), workers=args.workers)
+    report = ingest(home.catalog_path, selected, options)
+    print(f"Ingested {', '.join(selected)} into {home.catalog_path} in {report.seconds:.1f}s")
+    counts = report.counts()
+    print("  " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if k != "bytes_read"))
+    if report.by_reason:
+        print("  quarantine by reason: " + ", ".join(f"{k} {v}" for k, v in report.by_reason.items())
+              + "  (see `luna status`)")
+    if len(roots) > len(selected):
+        print(f"  ({len(roots)} roots recorded in {home.config_path})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    home = _home(args)
+    if not home.catalog_path.exists():
+        print(f"No catalog at {home.catalog_path} yet: run `luna ingest ROOT` or `luna demo`.")
+        return 1
+    print(f"Luna home {home.root}; roots: {', '.join(home.roots()) or '(none)'}")
+    _print_catalog_summary(home)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    home = _home(args)
+    env = dict(os.environ, LUNA_HOME=str(home.root), DAGSTER_HOME=str(home.dagster_home))
+    command = ["dagster", "dev", "-m", "dagster_project.definitions", "-a", "defs", "-p", str(args.port)]
+    print(f"Starting the Dagster UI for {home.root} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    bin_dir = Path(sys.executable).parent
+    executable = bin_dir / "dagster" if (bin_dir / "dagster").exists() else "dagster"
+    os.execvpe(str(executable), [str(executable)] + command[1:], env)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="luna", description="Luna: your image library as an SDXL conditioning vault.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    home_help = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
+
+    demo = sub.add_parser("demo", help="generate a sample library and build every asset through Dagster")
+    demo.add_argument("--home", help=home_help)
+    demo.add_argument("--images", type=int, default=66, help="sample images to generate (default 66)")
+    demo.add_argument("--size", type=int, default=256, help="sample image side in pixels (default 256)")
+    demo.add_argument("--seed", type=int, default=0, help="sample library seed (default 0)")
+    demo.set_defaults(func=cmd_demo)
+
+    ingest = sub.add_parser("ingest", help="catalog the images under one or more folders")
+    ingest.add_argument("roots", nargs="+", metavar="ROOT", help="library folder")
+    ingest.add_argument("--home", help=home_help)
+    ingest.add_argument("--workers", type=int, default=0, help="reader processes (default: one per core)")
+    ingest.add_argument("--max-pixels", type=int, default=100_000_000, help="decompression-bomb bound (default 100M)")
+    ingest.add_argument("--no-record", action="store_true", help="do not record the roots in the home's luna.toml")
+    ingest.set_defaults(func=cmd_ingest)
+
+    status = sub.add_parser("status", help="what the catalog holds, and what is quarantined and why")
+    status.add_argument("--home", help=home_help)
+    status.set_defaults(func=cmd_status)
+
+    ui = sub.add_parser("ui", help="open the Dagster UI on a Luna home")
+    ui.add_argument("--home", help=home_help)
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from luna_core.errors import LunaConfigError
+
+    try:
+        return args.func(args)
+    except LunaConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; committed work is kept and a rerun continues from it", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
