@@ -120,6 +120,8 @@ def parse_generation(items: dict[str, str]) -> GenerationRecord:
     if record is None:
         meaningful = set(items) - _NEUTRAL_ITEMS
         record = GenerationRecord(generator=UNKNOWN if meaningful else NO_METADATA)
+    if record.negative_prompt is not None and not record.negative_prompt.strip():
+        record.negative_prompt = None  # an empty negative is no negative: one spelling for both
     record.raw = raw
     return record
 

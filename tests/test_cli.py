@@ -1,0 +1,48 @@
+"""The `luna` command line: the demo end to end, ingest, status, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from luna_cli.main import main
+
+
+def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
+    home = tmp_path / "home"
+    assert main(["demo", "--home", str(home), "--images", "44", "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "Catalog:" in out and "luna ui --home" in out and "check every_image_has_content_hash: passed" in out
+    with duckdb.connect(str(home / "catalog.duckdb"), read_only=True) as con:
+        generators = {g for (g,) in con.execute("SELECT DISTINCT generator FROM generations").fetchall()}
+        quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    assert {"AUTOMATIC1111", "Forge", "ComfyUI", "InvokeAI", "NovelAI", "Fooocus", "SwarmUI", "Easy Diffusion",
+            "Draw Things"} <= generators
+    assert quarantined == 9
+    runs = list((home / "dagster_home").rglob("*.db"))
+    assert runs, "the run is recorded in the home's Dagster instance, so the UI shows it"
+
+    # A second demo reuses the library and re-reads nothing.
+    assert main(["demo", "--home", str(home), "--images", "44", "--size", "64"]) == 0
+    assert "reusing it" in capsys.readouterr().out
+
+
+def test_ingest_and_status(tmp_path: Path, capsys, sample_library):
+    home = tmp_path / "home"
+    assert main(["ingest", str(sample_library.root), "--home", str(home), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"new {len(sample_library.images)}" in out
+    assert str(sample_library.root) in (home / "luna.toml").read_text()
+    assert main(["status", "--home", str(home)]) == 0
+    assert "too_many_pixels" in capsys.readouterr().out
+
+
+def test_ingest_of_a_missing_folder_is_a_clear_error(tmp_path: Path, capsys):
+    assert main(["ingest", str(tmp_path / "nope"), "--home", str(tmp_path / "home")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_status_without_catalog(tmp_path: Path, capsys):
+    assert main(["status", "--home", str(tmp_path / "home")]) == 1
+    assert "luna demo" in capsys.readouterr().out

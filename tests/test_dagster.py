@@ -1,0 +1,106 @@
+"""The Dagster layer: Definitions load, the asset materializes with its checks, the sensor reacts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
+from dagster_project.resources import LunaHomeResource
+from dagster_project.sensors import library_files_changed
+from luna_assets.ingest import CHECK_CONTENT_HASH, CHECK_QUARANTINE_REASON, INGESTED_IMAGES, ingested_images
+from luna_core.samples import SampleLibrary
+from luna_core.settings import LunaHome
+
+
+def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("LUNA_HOME", str(tmp_path / "home"))
+    defs = build_definitions()
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_assets_def(INGESTED_IMAGES).group_names_by_key[INGESTED_IMAGES] == "ingest"
+    assert defs.resolve_job_def(BUILD_ALL_JOB)
+    assert defs.resolve_sensor_def("library_files_changed")
+
+
+def test_workspace_yaml_loads_with_the_dagster_cli(tmp_path: Path):
+    env = {"LUNA_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "passed validation" in result.stderr + result.stdout
+
+
+def test_materialize_ingested_images_reports_counts_and_passes_checks(sample_library: SampleLibrary, tmp_path: Path):
+    home = LunaHome.resolve(tmp_path / "home").ensure()
+    home.add_roots([sample_library.root])
+    luna = LunaHomeResource(home=str(home.root), workers=1)
+    result = dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    metadata = result.asset_materializations_for_node("ingested_images")[0].metadata
+    assert metadata["new"].value == len(sample_library.images)
+    assert metadata["quarantined (total)"].value == len(sample_library.quarantined)
+    assert "ComfyUI" in metadata["by generator"].value and "too_many_pixels" in metadata["quarantine"].value
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {CHECK_CONTENT_HASH: True, CHECK_QUARANTINE_REASON: True}
+
+    again = dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral())
+    metadata = again.asset_materializations_for_node("ingested_images")[0].metadata
+    assert (metadata["new"].value, metadata["unchanged"].value) == (0, len(sample_library.images))
+
+
+def test_check_fails_when_a_row_has_no_valid_hash(sample_library: SampleLibrary, tmp_path: Path):
+    home = LunaHome.resolve(tmp_path / "home").ensure()
+    home.add_roots([sample_library.root])
+    luna = LunaHomeResource(home=str(home.root), workers=1)
+    dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral())
+    with duckdb.connect(str(home.catalog_path)) as con:
+        # A row with no identity, written behind Luna's back: the check must catch it.
+        con.execute("INSERT INTO images SELECT 'ghost.png', '', root, 1, 1, 1, 1, 'png', 'missing', now(), now(), NULL, [] "
+                    "FROM images LIMIT 1")
+    result = dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral(),
+                            raise_on_error=False)
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[CHECK_CONTENT_HASH] is False
+
+
+def test_missing_roots_fail_with_an_actionable_message(tmp_path: Path):
+    luna = LunaHomeResource(home=str(tmp_path / "empty_home"))
+    result = dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral(),
+                            raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "luna ingest ROOT" in failure.step_failure_data.error.message
+
+
+def test_sensor_requests_a_run_only_when_files_change(sample_library: SampleLibrary, tmp_path: Path):
+    home = LunaHome.resolve(tmp_path / "home").ensure()
+    home.add_roots([sample_library.root])
+    luna = LunaHomeResource(home=str(home.root))
+    instance = dg.DagsterInstance.ephemeral()
+
+    def evaluate(cursor):
+        context = dg.build_sensor_context(cursor=cursor, instance=instance, resources={"luna": luna})
+        return library_files_changed.evaluate_tick(context)
+
+    first = evaluate(None)
+    assert len(first.run_requests) == 1
+    second = evaluate(first.cursor)
+    assert second.run_requests == [] and "no change" in second.skip_message
+    shutil.copyfile(sample_library.images[0].path, sample_library.root / "new_render.png")
+    third = evaluate(second.cursor or first.cursor)
+    assert len(third.run_requests) == 1 and third.cursor != first.cursor
+
+
+def test_luna_core_never_imports_dagster():
+    code = ("import sys, luna_core.ingest, luna_core.samples, luna_core.catalog, luna_core.scan, luna_core.settings;"
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'dagster']; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    root = Path(__file__).resolve().parents[1] / "luna_core"
+    offenders = [p for p in root.rglob("*.py") if "import dagster" in p.read_text() or "from dagster" in p.read_text()]
+    assert offenders == []

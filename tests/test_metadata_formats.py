@@ -1,0 +1,205 @@
+"""Every generator's layout, written as the tool writes it, parses into the same normalized record."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from PIL import Image
+
+from luna_core.containers import probe_image
+from luna_core.metadata import parse_generation
+from luna_core.metadata.a1111 import parse_a1111, parse_settings_line
+from luna_core.metadata.comfyui import parse_comfyui
+from luna_core.samples.pictures import PromptSpec
+from luna_core.samples.writers import (
+    FORMATS,
+    Generation,
+    api_to_workflow,
+    comfy_sdxl_hires_graph,
+    comfy_simple_graph,
+    png_bytes,
+)
+
+PICTURE = Image.new("RGB", (32, 32), (90, 90, 90))
+SPEC = PromptSpec("cat", "red", "forest", "masterpiece, best quality", "blurry, lowres")
+GEN = Generation(spec=SPEC, seed=3_141_592_653, steps=28, cfg=6.5, width=832, height=1216,
+                 model="juggernautXL_v9", model_hash="c9e3e68f89", loras=[("detail_tweaker_xl", 0.6)])
+
+
+def parsed(writer):
+    data, _ = writer(PICTURE, GEN)
+    return parse_generation(probe_image(data).items)
+
+
+@pytest.mark.parametrize("name, writer, generator", FORMATS, ids=[f[0] for f in FORMATS])
+def test_every_format_parses_to_its_generator_prompt_and_seed(name, writer, generator):
+    record = parsed(writer)
+    assert record.generator == generator
+    if generator == "none":
+        assert record.prompt is None and record.seed is None
+        return
+    assert record.prompt == SPEC.prompt
+    assert record.negative_prompt == SPEC.negative
+    assert record.seed == GEN.seed
+    assert record.steps == GEN.steps
+    assert record.raw, "raw metadata is kept verbatim"
+    assert not record.warnings
+
+
+@pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS if g not in ("none", "NovelAI")])
+def test_cfg_and_size_are_read_where_the_format_has_them(name, writer):
+    record = parsed(writer)
+    assert record.cfg_scale == pytest.approx(GEN.cfg)
+    if name not in ("invokeai_dream",):
+        assert (record.width, record.height) == (GEN.width, GEN.height)
+
+
+@pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS
+                                          if n.split("_")[0] in ("a1111", "forge", "fooocus", "swarmui", "invokeai", "draw", "easy")
+                                          and n not in ("invokeai_v2", "invokeai_dream")])
+def test_loras_name_and_weight(name, writer):
+    record = parsed(writer)
+    assert len(record.loras) == 1
+    assert "detail_tweaker_xl" in record.loras[0].name
+    assert record.loras[0].weight == pytest.approx(0.6)
+
+
+def test_a1111_settings_line_with_quoted_commas_and_json_hashes():
+    line = ('Steps: 30, Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 832x1216, '
+            'Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Lora hashes: "add_detail: 7c6bad76eb54, grain: 2f7b6c1d", '
+            'Hashes: {"model": "31e35c80fc", "lora:add_detail": "7c6bad76eb54"}, Wildcard prompt: "a \\"quoted\\", b", '
+            'Version: v1.10.1')
+    pairs = dict(parse_settings_line(line))
+    assert pairs["Lora hashes"] == "add_detail: 7c6bad76eb54, grain: 2f7b6c1d"
+    assert json.loads(pairs["Hashes"]) == {"model": "31e35c80fc", "lora:add_detail": "7c6bad76eb54"}
+    assert pairs["Wildcard prompt"] == 'a "quoted", b'
+    assert pairs["Version"] == "v1.10.1"
+
+    record = parse_a1111("a cat <lora:add_detail:0.8>, <lyco:grain>\nwith a hat\nNegative prompt: ugly\nblurry\n" + line)
+    assert record.prompt == "a cat , \nwith a hat"  # tags removed, the rest as A1111 encodes it
+    assert record.negative_prompt == "ugly\nblurry"
+    assert [(l.name, l.weight) for l in record.loras] == [("add_detail", 0.8), ("grain", 1.0)]
+    assert (record.sampler, record.scheduler, record.seed) == ("DPM++ 2M SDE", "Karras", 42)
+    assert record.extra["Hashes"]["lora:add_detail"] == "7c6bad76eb54"
+    assert record.model_hash == "31e35c80fc"
+
+
+def test_a1111_old_sampler_names_carry_the_scheduler():
+    record = parse_a1111("a dog\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512")
+    assert (record.sampler, record.scheduler) == ("DPM++ 2M", "Karras")
+    assert record.negative_prompt is None
+
+
+def test_a1111_prompt_without_settings_line_is_kept_with_a_warning():
+    record = parse_a1111("just a prompt")
+    assert record.prompt == "just a prompt"
+    assert record.warnings
+
+
+def test_forge_is_told_apart_from_a1111_by_its_version():
+    assert parse_a1111("x\nSteps: 1, Seed: 2, Sampler: Euler, Version: f2.0.1v1.10.1-previous-6").generator == "Forge"
+    assert parse_a1111("x\nSteps: 1, Seed: 2, Sampler: Euler, Version: v1.9.4").generator == "AUTOMATIC1111"
+
+
+def test_comfyui_records_every_sampler_and_picks_the_first_full_pass():
+    api = comfy_sdxl_hires_graph(GEN)
+    record = parse_comfyui(json.dumps(api), None)
+    samplers = record.extra["samplers"]
+    assert [s["node"] for s in samplers] == ["3", "12"]
+    assert [s["denoise"] for s in samplers] == [1.0, 0.45]
+    assert record.seed == GEN.seed and samplers[1]["seed"] == GEN.seed + 1
+    assert record.model == "juggernautXL_v9.safetensors"
+    assert [(l.name, l.weight) for l in record.loras] == [("detail_tweaker_xl.safetensors", 0.6)]
+
+
+def test_comfyui_sdxl_encoder_with_different_text_l_keeps_both():
+    api = comfy_sdxl_hires_graph(GEN)
+    api["6"]["inputs"]["text_l"] = "red cat"
+    record = parse_comfyui(json.dumps(api), None)
+    assert record.prompt == SPEC.prompt
+    assert record.extra["text_l"] == ["red cat"]
+
+
+def test_comfyui_graph_with_a_cycle_ends_and_finds_the_encoder():
+    api = comfy_simple_graph(GEN)
+    api["20"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["21", 0], "conditioning_2": ["6", 0]}}
+    api["21"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["20", 0]}}
+    api["3"]["inputs"]["positive"] = ["20", 0]
+    record = parse_comfyui(json.dumps(api), None)
+    assert record.prompt == SPEC.prompt
+
+
+def test_comfyui_controlnet_pair_node_is_followed_on_the_right_side():
+    api = comfy_simple_graph(GEN)
+    api["30"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["31", 0], "image": ["32", 0], "strength": 0.8}}
+    api["3"]["inputs"]["positive"] = ["30", 0]
+    api["3"]["inputs"]["negative"] = ["30", 1]
+    record = parse_comfyui(json.dumps(api), None)
+    assert (record.prompt, record.negative_prompt) == (SPEC.prompt, SPEC.negative)
+
+
+def test_comfyui_custom_sampler_found_by_its_input_names():
+    api = comfy_simple_graph(GEN)
+    node = api.pop("3")
+    node["class_type"] = "MyFancyDiffusionNode"
+    api["3"] = node
+    record = parse_comfyui(json.dumps(api), None)
+    assert record.prompt == SPEC.prompt and record.seed == GEN.seed
+
+
+def test_comfyui_workflow_only_is_read_through_widget_layouts():
+    record = parse_comfyui(None, json.dumps(api_to_workflow(comfy_simple_graph(GEN))))
+    assert (record.prompt, record.negative_prompt, record.seed, record.steps) == (SPEC.prompt, SPEC.negative, GEN.seed, GEN.steps)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"3": {"class_type": "KSampler", "inputs": {', "not valid JSON"),
+    ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+    ('["not", "a", "graph"]', "not a JSON object"),
+    ('{"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "lonely"}}}', "no sampler"),
+    ('{"1": 5, "2": "x"}', "holds no nodes"),
+])
+def test_comfyui_bad_graphs_are_recorded_with_a_reason(text, needle):
+    record = parse_generation({"prompt": text})
+    assert record.generator == "ComfyUI"
+    assert record.prompt is None
+    assert any(needle in w for w in record.warnings), record.warnings
+
+
+def test_random_garbage_metadata_never_raises():
+    rng = random.Random(5)
+    keys = ["parameters", "prompt", "workflow", "invokeai_metadata", "sd-metadata", "Dream", "Comment",
+            "exif:UserComment", "xmp:UserComment", "sui_image_params"]
+    fragments = ['{', '}', '[', ']', '"', ':', ',', '1', 'null', 'Steps: 3', '"class_type"', '"inputs"',
+                 '"positive"', '["1", 0]', 'Negative prompt:', '\x00', 'é', '{"c": 1}', '-S', '"']
+    for _ in range(400):
+        text = "".join(rng.choice(fragments) for _ in range(rng.randrange(1, 40)))
+        record = parse_generation({rng.choice(keys): text, **({"Software": "NovelAI"} if rng.random() < 0.1 else {})})
+        assert isinstance(record.generator, str)
+
+
+def test_novelai_fields():
+    record = parsed(dict((n, w) for n, w, _ in FORMATS)["novelai"])
+    assert (record.sampler, record.cfg_scale, record.model) == ("k_euler_ancestral", GEN.cfg, "Stable Diffusion XL C1E1DE52")
+
+
+def test_invokeai_bracket_negatives_in_v2_and_dream():
+    writers = dict((n, w) for n, w, _ in FORMATS)
+    for name in ("invokeai_v2", "invokeai_dream"):
+        record = parsed(writers[name])
+        assert (record.prompt, record.negative_prompt) == (SPEC.prompt, SPEC.negative), name
+
+
+def test_no_metadata_and_unknown_metadata_are_told_apart():
+    assert parse_generation({}).generator == "none"
+    assert parse_generation({"Software": "GIMP"}).generator == "unknown"
+    unknown = parse_generation({"Description": "holiday photo", "Author": "me"})
+    assert unknown.generator == "unknown" and unknown.raw["Author"] == "me"
+
+
+def test_png_with_a1111_text_in_latin1_and_utf8():
+    data = png_bytes(PICTURE, text=[("parameters", "café au lait\nSteps: 20, Sampler: Euler, Seed: 9")])
+    assert parse_generation(probe_image(data).items).prompt == "café au lait"
