@@ -24,5 +24,5 @@ def library_files_changed(context: dg.SensorEvaluationContext, luna: LunaHomeRes
     if digest == context.cursor:
         return dg.SkipReason(f"no change in {count:,} entries under {len(roots)} root(s)")
     context.update_cursor(digest)
-    return dg.RunRequest(run_key=f"library-{digest}", tags={"luna/trigger": "library_files_changed",
-                                                             "luna/entries": str(count)})
+    # No run_key: the cursor already dedupes, and a library that returns to an earlier state must still be re-scanned.
+    return dg.RunRequest(tags={"luna/trigger": "library_files_changed", "luna/entries": str(count)})

@@ -42,8 +42,16 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
             "Add one with `luna ingest ROOT --home ...` (it records the root) or set extra_roots on the resource."
         )
     context.log.info(f"Ingesting {len(roots)} root(s) into {luna.luna_home.catalog_path}: {roots}")
-    report = ingest(luna.luna_home.catalog_path, roots, luna.ingest_options(),
-                    on_progress=lambda done, total: done % 2000 == 0 and context.log.info(f"{done:,}/{total:,} files read"))
+    next_log = [0.0]
+
+    def log_progress(done: int, total: int) -> None:
+        if done / total >= next_log[0] or done == total:
+            context.log.info(f"{done:,}/{total:,} new or changed files read")
+            next_log[0] = done / total + 0.1
+
+    report = ingest(luna.luna_home.catalog_path, roots, luna.ingest_options(), on_progress=log_progress)
+    for root in report.unavailable_roots:
+        context.log.warning(f"Library root {root} is not available (unmounted?); its catalog rows were left as they were")
     with catalog.open_catalog(luna.luna_home.catalog_path) as con:
         unhashed = catalog.rows_without_content_hash(con)
         unexplained = catalog.quarantined_without_reason(con)
@@ -72,6 +80,7 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
             "sample rows": dg.MetadataValue.md(_md_table(samples, ["generator", "format", "size", "seed", "prompt", "path"])),
             "catalog": dg.MetadataValue.path(str(luna.luna_home.catalog_path)),
             "roots": dg.MetadataValue.json(roots),
+            "unavailable roots": dg.MetadataValue.json(report.unavailable_roots),
         },
         check_results=[
             dg.AssetCheckResult(check_name=CHECK_CONTENT_HASH, passed=not unhashed,

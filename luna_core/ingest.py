@@ -10,14 +10,12 @@ there; files gone since the last full scan are marked `missing` only when a scan
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,9 +24,8 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 
 from luna_core.catalog import open_catalog
-from luna_core.containers import ProbeLimits, probe_image
-from luna_core.errors import BadFileError
-from luna_core.metadata import parse_generation
+from luna_core.containers import ProbeLimits
+from luna_core.filereader import IngestedFile, QuarantinedFile, clean_text, read_chunk, read_file
 from luna_core.scan import DEFAULT_IGNORE, FileEntry, ScanProblem, ScanStats, walk_root
 
 log = logging.getLogger(__name__)
@@ -43,30 +40,7 @@ class IngestOptions:
     workers: int = 0  # 0: one per core; 1: in this process (no pool)
     batch_size: int = BATCH_SIZE
     progress: bool = True
-
-
-@dataclass
-class IngestedFile:
-    path: str
-    root: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    format: str
-    width: int
-    height: int
-    warnings: list[str]
-    generation: dict[str, Any]
-
-
-@dataclass
-class QuarantinedFile:
-    path: str
-    root: str
-    reason: str
-    detail: str
-    size: int | None = None
-    mtime_ns: int | None = None
+    min_files_for_pool: int = 64  # fewer files are read in this process: a pool's start-up would cost more
 
 
 @dataclass
@@ -86,6 +60,7 @@ class IngestReport:
     seconds: float = 0.0
     by_generator: dict[str, int] = field(default_factory=dict)
     by_reason: dict[str, int] = field(default_factory=dict)
+    unavailable_roots: list[str] = field(default_factory=list)  # not scanned: their rows were left as they were
 
     @property
     def seen(self) -> int:
@@ -101,57 +76,6 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _clean_text(value: Any) -> Any:
-    # DuckDB VARCHAR rejects NUL; metadata strings occasionally carry them.
-    return value.replace("\x00", "") if isinstance(value, str) else value
-
-
-def read_file(entry: FileEntry, limits: ProbeLimits) -> IngestedFile | QuarantinedFile:
-    """Read, hash and parse one file. Never raises for a bad file: it becomes a QuarantinedFile."""
-    path = entry.path
-    try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if st.st_size > limits.max_file_bytes:
-                raise BadFileError("file_too_large", f"{st.st_size:,} bytes is over the {limits.max_file_bytes:,} byte bound")
-            data = fh.read(limits.max_file_bytes + 1)
-    except FileNotFoundError:
-        return QuarantinedFile(path, entry.root, "vanished", "the file was deleted while the scan ran")
-    except PermissionError:
-        return QuarantinedFile(path, entry.root, "permission_denied", "the file cannot be read: permission denied",
-                               entry.size, entry.mtime_ns)
-    except BadFileError as exc:
-        return QuarantinedFile(path, entry.root, exc.reason, exc.detail, entry.size, entry.mtime_ns)
-    except OSError as exc:
-        return QuarantinedFile(path, entry.root, "unreadable", f"the file cannot be read: {exc.strerror or exc}",
-                               entry.size, entry.mtime_ns)
-    size, mtime_ns = len(data), st.st_mtime_ns
-    try:
-        probe = probe_image(data, limits)
-    except BadFileError as exc:
-        return QuarantinedFile(path, entry.root, exc.reason, exc.detail, size, mtime_ns)
-    warnings = list(probe.warnings)
-    suffix = Path(path).suffix.lower().lstrip(".")
-    expected = {"png": ("png",), "jpeg": ("jpg", "jpeg", "jfif"), "webp": ("webp",)}[probe.format]
-    if suffix not in expected:
-        warnings.append(f"file name ends in .{suffix or '(none)'} but the content is {probe.format.upper()}")
-    try:
-        record = parse_generation(probe.items)
-    except Exception as exc:  # a parser bug must not lose the file: keep it, say why
-        log.exception("metadata parser failed on %s", path)
-        from luna_core.metadata import GenerationRecord
-
-        record = GenerationRecord(generator="unknown", raw=dict(probe.items),
-                                  warnings=[f"metadata parser failed: {type(exc).__name__}: {exc}"])
-    generation = {k: _clean_text(v) for k, v in record.to_row().items()}
-    return IngestedFile(path, entry.root, size, mtime_ns, hashlib.sha256(data).hexdigest(), probe.format,
-                        probe.width, probe.height, warnings, generation)
-
-
-def _read_chunk(entries: list[FileEntry], limits: ProbeLimits) -> list[IngestedFile | QuarantinedFile]:
-    return [read_file(entry, limits) for entry in entries]
-
-
 def _chunks(items: list[FileEntry], size: int) -> Iterable[list[FileEntry]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -164,17 +88,18 @@ class _Processor:
         self.workers = workers if workers > 0 else max(1, os.cpu_count() or 1)
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
-    def map(self, entries: list[FileEntry], limits: ProbeLimits, chunk: int) -> Iterable[list[IngestedFile | QuarantinedFile]]:
-        if self.workers == 1 or len(entries) < 64:
+    def map(self, entries: list[FileEntry], limits: ProbeLimits, chunk: int,
+            min_files_for_pool: int) -> Iterable[list[IngestedFile | QuarantinedFile]]:
+        if self.workers == 1 or len(entries) < min_files_for_pool:
             for part in _chunks(entries, chunk):
-                yield _read_chunk(part, limits)
+                yield read_chunk(part, limits)
             return
         # spawn: forking a process that holds DuckDB or Dagster threads is unsafe.
         self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         try:
             # Small tasks keep every worker busy; results come back in order, batch by batch.
             parts = list(_chunks(entries, max(8, min(64, chunk // self.workers))))
-            futures = [self.pool.submit(_read_chunk, part, limits) for part in parts]
+            futures = [self.pool.submit(read_chunk, part, limits) for part in parts]
             pending: list[IngestedFile | QuarantinedFile] = []
             for future in futures:
                 pending.extend(future.result())
@@ -220,7 +145,7 @@ def _generation_row(result: IngestedFile) -> dict[str, Any]:
         "steps": _int32(g.get("steps")), "sampler": g.get("sampler"), "scheduler": g.get("scheduler"),
         "cfg_scale": g.get("cfg_scale"), "width": _int32(g.get("width")), "height": _int32(g.get("height")),
         "model": g.get("model"), "model_hash": g.get("model_hash"),
-        "loras": [{"name": _clean_text(l["name"]), "weight": l["weight"]} for l in g.get("loras", [])],
+        "loras": [{"name": clean_text(l["name"]), "weight": l["weight"]} for l in g.get("loras", [])],
         "extra": json.dumps(g.get("extra") or {}, ensure_ascii=False, default=str),
         "raw": json.dumps(g.get("raw") or {}, ensure_ascii=False),
         "warnings": list(g.get("warnings") or []),
@@ -286,7 +211,8 @@ def _finish_scan(con, roots: list[str], seen_images: list[str], seen_quarantine:
     try:
         con.register("seen_paths", seen)
         con.register("seen_quarantine", seen_q)
-        con.execute("UPDATE images SET last_seen = $now WHERE path IN (SELECT path FROM seen_paths)", {"now": now})
+        con.execute("UPDATE images SET last_seen = $now, status = 'ok' WHERE path IN (SELECT path FROM seen_paths)",
+                    {"now": now})
         con.execute("UPDATE quarantine SET seen_at = $now WHERE path IN (SELECT path FROM seen_quarantine)", {"now": now})
         report.missing = con.execute("""
             UPDATE images SET status = 'missing'
@@ -367,6 +293,11 @@ def ingest(
         problems: list[QuarantinedFile] = []
         repeated_problems: set[str] = set()  # problems already recorded by an earlier scan
         for root in roots:
+            if not os.path.isdir(root):
+                # An unmounted drive is not a deleted library: leave its rows as they are.
+                log.warning("library root %s is not available; its catalog rows are left unchanged", root)
+                report.unavailable_roots.append(root)
+                continue
             for item in walk_root(root, options.ignore, stats):
                 if isinstance(item, ScanProblem) or not _storable(item.path):
                     if isinstance(item, ScanProblem):
@@ -380,7 +311,8 @@ def ingest(
                     problems.append(problem)
                     continue
                 previous = known.get(item.path)
-                if previous and previous[2] == "ok" and previous[:2] == (item.size, item.mtime_ns):
+                # A 'missing' file back with the same size and mtime (a drive remounted) is not re-read.
+                if previous and previous[2] in ("ok", "missing") and previous[:2] == (item.size, item.mtime_ns):
                     unchanged_paths.append(item.path)
                 elif known_bad.get(item.path) == (item.size, item.mtime_ns):
                     unchanged_bad.append(item.path)  # still the same bad file: not read again
@@ -396,10 +328,11 @@ def ingest(
             _commit_batch(con, problems, now, known_hashes)
             report.quarantined += sum(1 for p in problems if p.path not in repeated_problems)
         processor = _Processor(options.workers)
-        bar = tqdm(total=len(to_read), unit="file", desc="ingest", disable=not options.progress, mininterval=0.5)
+        bar = tqdm(total=len(to_read), unit="file", desc="ingest", disable=not options.progress or not to_read,
+                   mininterval=0.5)
         done = 0
         seen_quarantine = list(unchanged_bad) + [p.path for p in problems]
-        for results in processor.map(to_read, options.limits, options.batch_size):
+        for results in processor.map(to_read, options.limits, options.batch_size, options.min_files_for_pool):
             _commit_batch(con, results, _utcnow(), known_hashes)
             for result in results:
                 if isinstance(result, IngestedFile):
@@ -420,7 +353,8 @@ def ingest(
             if on_progress:
                 on_progress(done, len(to_read))
         bar.close()
-        _finish_scan(con, roots, unchanged_paths, seen_quarantine, _utcnow(), report, run_started)
+        scanned = [r for r in roots if r not in report.unavailable_roots]
+        _finish_scan(con, scanned, unchanged_paths, seen_quarantine, _utcnow(), report, run_started)
     report.seconds = time.perf_counter() - started
     log.info("ingest finished in %.1fs: %s", report.seconds, report.counts())
     return report

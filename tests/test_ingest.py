@@ -12,7 +12,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from luna_core.ingest import IngestOptions, ingest, read_file
+from luna_core.filereader import read_file
+from luna_core.ingest import IngestOptions, ingest
 from luna_core.samples import SampleLibrary
 from luna_core.scan import FileEntry
 
@@ -221,7 +222,7 @@ def test_killed_ingest_keeps_committed_batches_and_the_rerun_completes(sample_li
 def test_worker_processes_give_the_same_catalog_as_inline(sample_library: SampleLibrary, tmp_path: Path):
     inline_db, pool_db = tmp_path / "inline.duckdb", tmp_path / "pool.duckdb"
     ingest(inline_db, [str(sample_library.root)], INLINE)
-    ingest(pool_db, [str(sample_library.root)], IngestOptions(workers=2, progress=False))
+    ingest(pool_db, [str(sample_library.root)], IngestOptions(workers=2, progress=False, batch_size=16, min_files_for_pool=0))
     query = "SELECT i.path, i.content_hash, g.generator, g.prompt FROM images i JOIN generations g USING (content_hash) ORDER BY 1"
     assert rows(inline_db, query) == rows(pool_db, query)
     q = "SELECT path, reason FROM quarantine ORDER BY 1"
@@ -243,3 +244,23 @@ def test_roots_are_scoped(sample_library: SampleLibrary, tmp_path: Path):
 def test_read_file_on_vanished_entry():
     result = read_file(FileEntry("/nonexistent/luna/x.png", "/nonexistent", 1, 1), IngestOptions().limits)
     assert (result.reason, bool(result.detail)) == ("vanished", True)
+
+
+def test_unavailable_root_leaves_its_rows_alone_and_a_remount_reads_nothing(sample_library: SampleLibrary, tmp_path: Path):
+    db = tmp_path / "catalog.duckdb"
+    root = str(sample_library.root)
+    ingest(db, [root], INLINE)
+    unmounted = sample_library.root.with_name("unmounted")
+    sample_library.root.rename(unmounted)
+    report = ingest(db, [root], INLINE)
+    assert report.unavailable_roots == [root] and report.missing == 0
+    assert rows(db, "SELECT count(*) FROM images WHERE status = 'missing'") == [(0,)]
+
+    # The files vanish for one full scan (root present, files gone), then come back unchanged.
+    sample_library.root.mkdir()
+    assert ingest(db, [root], INLINE).missing == len(sample_library.images)
+    sample_library.root.rmdir()
+    unmounted.rename(sample_library.root)
+    report = ingest(db, [root], INLINE)
+    assert (report.new, report.changed, report.unchanged) == (0, 0, len(sample_library.images))
+    assert rows(db, "SELECT count(*) FROM images WHERE status = 'ok'") == [(len(sample_library.images),)]

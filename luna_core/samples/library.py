@@ -75,6 +75,7 @@ def make_sample_library(
     seed: int = 0,
     size: tuple[int, int] = (256, 256),
     broken: bool = True,
+    grain: float = 0.0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SampleLibrary:
     """Write `n_images` generated images (cycling through every format) under `dest`, plus broken files."""
@@ -88,7 +89,7 @@ def make_sample_library(
         spec = pool[rng.randrange(len(pool))] if i >= len(pool) else pool[i]
         kind, writer, generator = FORMATS[i % len(FORMATS)]
         gen = _generation(rng, spec, size)
-        data, ext = writer(draw_picture(spec, gen.seed, size), gen)
+        data, ext = writer(draw_picture(spec, gen.seed, size, grain), gen)
         folder = root / kind.split("_")[0]
         folder.mkdir(exist_ok=True)
         path = folder / f"{i:05d}_{kind}.{ext}"

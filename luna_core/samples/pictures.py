@@ -66,8 +66,10 @@ def random_prompt(rng: random.Random, long: bool = False) -> PromptSpec:
     )
 
 
-def draw_picture(spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256)) -> Image.Image:
-    """An RGB picture of the prompt: backdrop from the background, a coloured shape for the subject."""
+def draw_picture(spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256), grain: float = 0.0) -> Image.Image:
+    """An RGB picture of the prompt: backdrop from the background, a coloured shape for the subject.
+
+    `grain` (pixel noise, 0-255 scale) gives files the size and decode cost of real renders."""
     rng = random.Random(seed)
     width, height = size
     base, pattern = BACKGROUNDS[spec.background]
@@ -138,4 +140,10 @@ def draw_picture(spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256)
     else:  # boat
         draw.polygon([(cx - s * 0.8, cy + s * 0.1), (cx + s * 0.8, cy + s * 0.1), (cx + s * 0.5, cy + s * 0.5), (cx - s * 0.5, cy + s * 0.5)], fill=colour)
         draw.polygon([(cx, cy - s * 0.8), (cx, cy + s * 0.05), (cx + s * 0.5, cy + s * 0.05)], fill=dark)
+    if grain > 0:
+        import numpy as np
+
+        noise = np.random.default_rng(seed).normal(0.0, grain, (height, width, 3))
+        pixels = np.asarray(image, dtype=np.float32) + noise
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     return image
