@@ -88,8 +88,13 @@ def test_sensor_requests_a_run_only_when_files_change(sample_library: SampleLibr
         context = dg.build_sensor_context(cursor=cursor, instance=instance, resources={"luna": luna})
         return library_files_changed.evaluate_tick(context)
 
+    opened: list[str] = []
+    root = str(sample_library.root)
+    sys.addaudithook(lambda event, args: event == "open" and isinstance(args[0], str)
+                     and args[0].startswith(root) and opened.append(args[0]))
     first = evaluate(None)
     assert len(first.run_requests) == 1
+    assert opened == [], "the sensor stats files, it never opens them"
     second = evaluate(first.cursor)
     assert second.run_requests == [] and "no change" in second.skip_message
     shutil.copyfile(sample_library.images[0].path, sample_library.root / "new_render.png")
