@@ -1,18 +1,26 @@
 """The DuckDB catalog: one file under the Luna home; tables created here, nowhere else.
 
 DuckDB lets one process open a file read-write, and then no other process may open it at all, so
-every writer opens, works in short transactions and closes; errors from a held lock name the holder.
+every Luna process opens it under an inter-process file lock, works in one short transaction and
+closes it; a process that must wait says who holds the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 import duckdb
 
 from luna_core.errors import LunaConfigError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -77,17 +85,79 @@ _SCHEMA = [
 ]
 
 
-def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+DEFAULT_LOCK_TIMEOUT_S = 900.0
+_process_lock = threading.RLock()  # one holder per process at a time; re-entrant for nested use
+_held: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth) while this process holds it
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _acquire_file_lock(path: Path, timeout_s: float) -> None:
+    """Wait for the catalog's inter-process lock (flock), telling the user who holds it while waiting."""
+    key = str(_lock_path(path))
+    if key in _held:
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        return
+    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise LunaConfigError(
+                    f"catalog {path} stayed locked for {timeout_s:.0f}s by {_holder(key)}; "
+                    "is a long run still writing it? Try again when it has finished."
+                ) from None
+            if not told:
+                log.info("waiting for the catalog lock held by %s", _holder(key))
+                told = True
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}".encode())
+    _held[key] = (fd, 1)
+
+
+def _release_file_lock(path: Path) -> None:
+    key = str(_lock_path(path))
+    fd, depth = _held[key]
+    if depth > 1:
+        _held[key] = (fd, depth - 1)
+        return
+    del _held[key]
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _holder(lock_file: str) -> str:
     try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        message = str(exc)
-        if "lock" in message.lower():
-            raise LunaConfigError(
-                f"catalog {path} is in use by another process ({message.splitlines()[0]}); "
-                "wait for that run to finish and try again"
-            ) from None
-        raise LunaConfigError(f"catalog {path} cannot be opened: {message}") from None
+        return Path(lock_file).read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def _connect(path: Path, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+    # Luna's writers take the file lock first; DuckDB's own lock still guards against other tools
+    # (a DuckDB shell left open), so a held lock is retried until the deadline, then explained.
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            message = str(exc)
+            if "lock" not in message.lower():
+                raise LunaConfigError(f"catalog {path} cannot be opened: {message}") from None
+            if time.monotonic() > deadline:
+                raise LunaConfigError(
+                    f"catalog {path} is in use by another process ({message.splitlines()[0]}); "
+                    "close that program (a DuckDB shell?) or wait for its run to finish"
+                ) from None
+            time.sleep(0.1)
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -99,19 +169,48 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @contextlib.contextmanager
-def open_catalog(path: str | Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to the catalog at `path`, schema ensured when writable; closed on exit."""
+def open_catalog(
+    path: str | Path, read_only: bool = False, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the catalog at `path`, schema ensured when writable; closed on exit.
+
+    Every Luna process (ingest, the embedding assets running side by side under Dagster's
+    multiprocess executor, the CLI) takes the catalog's file lock for the duration, so keep the
+    block short: read what is needed, or commit one batch, and leave.
+    """
     path = Path(path)
     if read_only and not path.exists():
         raise LunaConfigError(f"no catalog at {path}: run `luna ingest` or `luna demo` first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = _open(path, read_only)
+    with _process_lock:
+        _acquire_file_lock(path, timeout_s)
+        try:
+            con = _connect(path, read_only, time.monotonic() + timeout_s)
+            try:
+                if not read_only:
+                    ensure_schema(con)
+                yield con
+            finally:
+                con.close()
+        finally:
+            _release_file_lock(path)
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection, **tables) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT (ROLLBACK on error), with Arrow tables registered under the given names."""
+    con.execute("BEGIN TRANSACTION")
     try:
-        if not read_only:
-            ensure_schema(con)
+        for name, table in tables.items():
+            con.register(name, table)
         yield con
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     finally:
-        con.close()
+        for name in tables:
+            con.unregister(name)
 
 
 # ---------------------------------------------------------------- health and summaries

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
-from luna_core.catalog import open_catalog
+from luna_core.catalog import open_catalog, transaction
 from luna_core.containers import ProbeLimits
 from luna_core.filereader import IngestedFile, QuarantinedFile, clean_text, read_chunk, read_file
 from luna_core.scan import DEFAULT_IGNORE, FileEntry, ScanProblem, ScanStats, walk_root
@@ -152,7 +152,7 @@ def _generation_row(result: IngestedFile) -> dict[str, Any]:
     }
 
 
-def _commit_batch(con, results: list[IngestedFile | QuarantinedFile], now: datetime, known_hashes: set[str]) -> None:
+def _commit_batch(catalog_path: str | Path, results: list[IngestedFile | QuarantinedFile], now: datetime, known_hashes: set[str]) -> None:
     ingested = [r for r in results if isinstance(r, IngestedFile)]
     quarantined = [r for r in results if isinstance(r, QuarantinedFile)]
     images = pa.Table.from_pylist([
@@ -169,11 +169,9 @@ def _commit_batch(con, results: list[IngestedFile | QuarantinedFile], now: datet
         {"path": r.path, "root": r.root, "reason": r.reason, "detail": r.detail, "size_bytes": r.size,
          "mtime_ns": r.mtime_ns} for r in quarantined
     ], schema=_QUARANTINE_SCHEMA)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.register("batch_images", images)
-        con.register("batch_generations", generations)
-        con.register("batch_quarantine", bad)
+    with open_catalog(catalog_path) as con, transaction(
+        con, batch_images=images, batch_generations=generations, batch_quarantine=bad
+    ):
         con.execute("""
             INSERT OR REPLACE INTO images
             SELECT b.path, b.content_hash, b.root, b.size_bytes, b.mtime_ns, b.width, b.height, b.format, 'ok',
@@ -191,33 +189,23 @@ def _commit_batch(con, results: list[IngestedFile | QuarantinedFile], now: datet
             SELECT path, root, reason, detail, size_bytes, mtime_ns, $now FROM batch_quarantine""", {"now": now})
         con.execute("UPDATE images SET status = 'quarantined', last_seen = $now "
                     "WHERE path IN (SELECT path FROM batch_quarantine)", {"now": now})
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        for name in ("batch_images", "batch_generations", "batch_quarantine"):
-            con.unregister(name)
     known_hashes.update(seen_now)
 
 
-def _finish_scan(con, roots: list[str], seen_images: list[str], seen_quarantine: list[str], now: datetime,
+def _finish_scan(catalog_path: str | Path, roots: list[str], seen_images: list[str], seen_quarantine: list[str], now: datetime,
                  report: IngestReport, run_started: datetime) -> None:
     """After a complete scan: unchanged rows touched, vanished rows marked missing, moves linked."""
     seen = pa.Table.from_pylist([{"path": p} for p in seen_images], schema=pa.schema([("path", pa.string())]))
     seen_q = pa.Table.from_pylist([{"path": p} for p in seen_quarantine], schema=pa.schema([("path", pa.string())]))
     roots_list = list(roots)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.register("seen_paths", seen)
-        con.register("seen_quarantine", seen_q)
+    with open_catalog(catalog_path) as con, transaction(con, seen_paths=seen, seen_quarantine=seen_q):
         con.execute("UPDATE images SET last_seen = $now, status = 'ok' WHERE path IN (SELECT path FROM seen_paths)",
                     {"now": now})
         con.execute("UPDATE quarantine SET seen_at = $now WHERE path IN (SELECT path FROM seen_quarantine)", {"now": now})
-        report.missing = con.execute("""
+        report.missing = len(con.execute("""
             UPDATE images SET status = 'missing'
             WHERE list_contains($roots, root) AND status <> 'missing' AND last_seen < $started
-            RETURNING path""", {"roots": roots_list, "started": run_started}).fetchall().__len__()
+            RETURNING path""", {"roots": roots_list, "started": run_started}).fetchall())
         con.execute("""DELETE FROM quarantine WHERE list_contains($roots, root) AND seen_at < $started""",
                     {"roots": roots_list, "started": run_started})
         # A new path whose bytes are those of a path that just went missing is that file, moved.
@@ -238,13 +226,6 @@ def _finish_scan(con, roots: list[str], seen_images: list[str], seen_quarantine:
             {"roots": roots_list}).fetchall())
         con.execute("UPDATE ingest_runs SET finished_at = $now, counts = $counts WHERE run_id = $run",
                     {"now": _utcnow(), "counts": json.dumps(report.counts()), "run": report.run_id})
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("seen_paths")
-        con.unregister("seen_quarantine")
 
 
 def _storable(path: str) -> bool:
@@ -269,7 +250,7 @@ def ingest(
     started = time.perf_counter()
     run_started = _utcnow()
     report = IngestReport(run_id=uuid.uuid4().hex, roots=roots)
-    with open_catalog(catalog_path) as con:
+    with open_catalog(catalog_path) as con:  # held briefly: other Luna processes share the catalog
         con.execute("INSERT INTO ingest_runs VALUES ($run, $now, NULL, $roots, NULL)",
                     {"run": report.run_id, "now": run_started, "roots": roots})
         known = {
@@ -286,75 +267,75 @@ def ingest(
         }
         known_hashes = {h for (h,) in con.execute("SELECT content_hash FROM generations").fetchall()}
 
-        stats = ScanStats()
-        to_read: list[FileEntry] = []
-        unchanged_paths: list[str] = []
-        unchanged_bad: list[str] = []
-        problems: list[QuarantinedFile] = []
-        repeated_problems: set[str] = set()  # problems already recorded by an earlier scan
-        for root in roots:
-            if not os.path.isdir(root):
-                # An unmounted drive is not a deleted library: leave its rows as they are.
-                log.warning("library root %s is not available; its catalog rows are left unchanged", root)
-                report.unavailable_roots.append(root)
+    stats = ScanStats()
+    to_read: list[FileEntry] = []
+    unchanged_paths: list[str] = []
+    unchanged_bad: list[str] = []
+    problems: list[QuarantinedFile] = []
+    repeated_problems: set[str] = set()  # problems already recorded by an earlier scan
+    for root in roots:
+        if not os.path.isdir(root):
+            # An unmounted drive is not a deleted library: leave its rows as they are.
+            log.warning("library root %s is not available; its catalog rows are left unchanged", root)
+            report.unavailable_roots.append(root)
+            continue
+        for item in walk_root(root, options.ignore, stats):
+            if isinstance(item, ScanProblem) or not _storable(item.path):
+                if isinstance(item, ScanProblem):
+                    problem = QuarantinedFile(item.path, item.root, item.reason, item.detail)
+                else:
+                    shown = item.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    problem = QuarantinedFile(shown, item.root, "bad_filename",
+                                              "the file name is not valid UTF-8; rename the file", item.size, item.mtime_ns)
+                if known_bad.get(problem.path) == (problem.size, problem.mtime_ns):
+                    repeated_problems.add(problem.path)
+                problems.append(problem)
                 continue
-            for item in walk_root(root, options.ignore, stats):
-                if isinstance(item, ScanProblem) or not _storable(item.path):
-                    if isinstance(item, ScanProblem):
-                        problem = QuarantinedFile(item.path, item.root, item.reason, item.detail)
-                    else:
-                        shown = item.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                        problem = QuarantinedFile(shown, item.root, "bad_filename",
-                                                  "the file name is not valid UTF-8; rename the file", item.size, item.mtime_ns)
-                    if known_bad.get(problem.path) == (problem.size, problem.mtime_ns):
-                        repeated_problems.add(problem.path)
-                    problems.append(problem)
-                    continue
-                previous = known.get(item.path)
-                # A 'missing' file back with the same size and mtime (a drive remounted) is not re-read.
-                if previous and previous[2] in ("ok", "missing") and previous[:2] == (item.size, item.mtime_ns):
-                    unchanged_paths.append(item.path)
-                elif known_bad.get(item.path) == (item.size, item.mtime_ns):
-                    unchanged_bad.append(item.path)  # still the same bad file: not read again
-                else:
-                    to_read.append(item)
-        report.ignored = stats.ignored
-        report.unchanged = len(unchanged_paths)
-        log.info("scanned %d folders: %d unchanged, %d to read, %d problems", stats.directories,
-                 len(unchanged_paths), len(to_read), len(problems))
+            previous = known.get(item.path)
+            # A 'missing' file back with the same size and mtime (a drive remounted) is not re-read.
+            if previous and previous[2] in ("ok", "missing") and previous[:2] == (item.size, item.mtime_ns):
+                unchanged_paths.append(item.path)
+            elif known_bad.get(item.path) == (item.size, item.mtime_ns):
+                unchanged_bad.append(item.path)  # still the same bad file: not read again
+            else:
+                to_read.append(item)
+    report.ignored = stats.ignored
+    report.unchanged = len(unchanged_paths)
+    log.info("scanned %d folders: %d unchanged, %d to read, %d problems", stats.directories,
+             len(unchanged_paths), len(to_read), len(problems))
 
-        now = _utcnow()
-        if problems:
-            _commit_batch(con, problems, now, known_hashes)
-            report.quarantined += sum(1 for p in problems if p.path not in repeated_problems)
-        processor = _Processor(options.workers)
-        bar = tqdm(total=len(to_read), unit="file", desc="ingest", disable=not options.progress or not to_read,
-                   mininterval=0.5)
-        done = 0
-        seen_quarantine = list(unchanged_bad) + [p.path for p in problems]
-        for results in processor.map(to_read, options.limits, options.batch_size, options.min_files_for_pool):
-            _commit_batch(con, results, _utcnow(), known_hashes)
-            for result in results:
-                if isinstance(result, IngestedFile):
-                    report.files_read += 1
-                    report.bytes_read += result.size
-                    previous = known.get(result.path)
-                    if previous is None:
-                        report.new += 1
-                    else:
-                        report.changed += 1
+    now = _utcnow()
+    if problems:
+        _commit_batch(catalog_path, problems, now, known_hashes)
+        report.quarantined += sum(1 for p in problems if p.path not in repeated_problems)
+    processor = _Processor(options.workers)
+    bar = tqdm(total=len(to_read), unit="file", desc="ingest", disable=not options.progress or not to_read,
+               mininterval=0.5)
+    done = 0
+    seen_quarantine = list(unchanged_bad) + [p.path for p in problems]
+    for results in processor.map(to_read, options.limits, options.batch_size, options.min_files_for_pool):
+        _commit_batch(catalog_path, results, _utcnow(), known_hashes)
+        for result in results:
+            if isinstance(result, IngestedFile):
+                report.files_read += 1
+                report.bytes_read += result.size
+                previous = known.get(result.path)
+                if previous is None:
+                    report.new += 1
                 else:
-                    report.quarantined += 1
-                    if result.size is not None:
-                        report.files_read += 1
-                    seen_quarantine.append(result.path)
-            done += len(results)
-            bar.update(len(results))
-            if on_progress:
-                on_progress(done, len(to_read))
-        bar.close()
-        scanned = [r for r in roots if r not in report.unavailable_roots]
-        _finish_scan(con, scanned, unchanged_paths, seen_quarantine, _utcnow(), report, run_started)
+                    report.changed += 1
+            else:
+                report.quarantined += 1
+                if result.size is not None:
+                    report.files_read += 1
+                seen_quarantine.append(result.path)
+        done += len(results)
+        bar.update(len(results))
+        if on_progress:
+            on_progress(done, len(to_read))
+    bar.close()
+    scanned = [r for r in roots if r not in report.unavailable_roots]
+    _finish_scan(catalog_path, scanned, unchanged_paths, seen_quarantine, _utcnow(), report, run_started)
     report.seconds = time.perf_counter() - started
     log.info("ingest finished in %.1fs: %s", report.seconds, report.counts())
     return report
