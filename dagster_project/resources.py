@@ -6,7 +6,9 @@ import dagster as dg
 
 from luna_core.containers import ProbeLimits
 from luna_core.ingest import IngestOptions
+from luna_core.models.profiles import ModelProfile, resolve_profile
 from luna_core.settings import LunaHome
+from luna_core.vault.embed import EmbedOptions
 
 
 class LunaHomeResource(dg.ConfigurableResource):
@@ -29,3 +31,23 @@ class LunaHomeResource(dg.ConfigurableResource):
     def ingest_options(self, progress: bool = True) -> IngestOptions:
         limits = ProbeLimits(max_pixels=self.max_pixels, max_text_bytes=self.max_text_bytes)
         return IngestOptions(limits=limits, workers=self.workers, progress=progress)
+
+
+class LunaModelsResource(dg.ConfigurableResource):
+    """Which models embed the library, and on what device. Empty fields fall back to the home."""
+
+    profile: str | None = None  # sdxl | tiny; None: the home's luna.toml, else $LUNA_PROFILE, else sdxl
+    vision_model: str | None = None  # hub id or local folder, overriding the profile's
+    sdxl_model: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    vision_batch_size: int = 32
+    text_batch_size: int = 16
+    decode_workers: int = 0  # image decode threads; 0: one per core (at most 8)
+
+    def resolve(self, home: LunaHome) -> ModelProfile:
+        return resolve_profile(self.profile or home.model_profile(), home.models_dir, self.vision_model, self.sdxl_model)
+
+    def embed_options(self, batch_size: int) -> EmbedOptions:
+        return EmbedOptions(device=self.device, dtype=self.dtype, batch_size=batch_size,
+                            decode_workers=self.decode_workers)

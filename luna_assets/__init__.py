@@ -1,5 +1,9 @@
 """Luna's Dagster assets and asset checks: thin wrappers over luna_core."""
 
+from luna_assets.embeddings import TEXT_CONDITIONINGS, VISION_EMBEDDINGS, text_conditionings, vision_embeddings
 from luna_assets.ingest import INGESTED_IMAGES, ingested_images
 
-__all__ = ["INGESTED_IMAGES", "ingested_images"]
+ALL_ASSETS = [ingested_images, vision_embeddings, text_conditionings]
+
+__all__ = ["ALL_ASSETS", "INGESTED_IMAGES", "TEXT_CONDITIONINGS", "VISION_EMBEDDINGS", "ingested_images",
+           "text_conditionings", "vision_embeddings"]

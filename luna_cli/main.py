@@ -77,23 +77,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Luna home: {home.root}")
     samples = _ensure_samples(home, args.images, args.size, args.seed)
     home.add_roots([samples])
+    recorded = home.model_profile()
+    if recorded not in (None, args.profile):
+        print(f"error: {home.root} was built with the '{recorded}' model profile; use another --home", file=sys.stderr)
+        return 2
+    home.set_model_profile(args.profile)
+    print(f"Model profile '{args.profile}'" + (" (tiny random-weight encoders built locally: their numbers are not CLIP's)"
+                                             if args.profile == "tiny" else ""))
     print("Materializing every Luna asset through Dagster (job luna_build_all)…")
     result = run_build_all(home)
-    if not result.success:
-        for event in result.all_events:
-            if event.is_failure and event.step_failure_data:
-                print(f"FAILED in {event.step_key}: {event.step_failure_data.error.message}", file=sys.stderr)
+    if not _report_run(result):
         return 1
     _print_catalog_summary(home)
-    for check in result.get_asset_check_evaluations():
-        print(f"  check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
+    _print_vault_summary(home)
     print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
     print(f"  catalog      {home.catalog_path}")
+    print(f"  vault        {home.vault_dir}")
     print(f"  Dagster runs {home.dagster_home}")
     print("\nOpen the Dagster UI on this home (then http://127.0.0.1:3000):")
     print(f"  luna ui --home {home.root}")
     print(f"  # same as: LUNA_HOME={home.root} DAGSTER_HOME={home.dagster_home} dagster dev -w workspace.yaml")
     return 0
+
+
+def _report_run(result) -> bool:
+    """Print step failures and check results of a Dagster run; True when it succeeded."""
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.step_failure_data:
+                print(f"FAILED in {event.step_key}: {event.step_failure_data.error.message}", file=sys.stderr)
+        return False
+    for check in result.get_asset_check_evaluations():
+        print(f"  check {check.asset_key.to_user_string()}.{check.check_name}: {'passed' if check.passed else 'FAILED'}")
+    return True
+
+
+def _print_vault_summary(home) -> None:
+    from luna_core import catalog
+
+    with catalog.open_catalog(home.catalog_path, read_only=True) as con:
+        stores = con.execute("""
+            SELECT s.kind, s.store_key, s.path, s.shapes,
+                   coalesce(v.n, t.n, 0) AS rows, t.truncated,
+                   (SELECT count(*) FROM embedding_failures f WHERE f.store_key = s.store_key) AS failed
+            FROM vault_stores s
+            LEFT JOIN (SELECT store_key, count(*) AS n FROM vision_rows GROUP BY 1) v USING (store_key)
+            LEFT JOIN (SELECT store_key, count(*) AS n, sum(truncated::INT) AS truncated FROM text_rows GROUP BY 1) t
+                   USING (store_key)
+            ORDER BY s.kind DESC""").fetchall()
+    if not stores:
+        return
+    print("\nVault (Zarr, float16):")
+    rows = []
+    for kind, key, path, shapes, n, truncated, failed in stores:
+        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).exists() else 0
+        shape_text = ", ".join(f"{k} {list(v)}" for k, v in json.loads(shapes).items())
+        rows.append({"store": kind, "rows": n, "shape per row": shape_text, "MB": f"{size / 1e6:.2f}",
+                     "notes": (f"{truncated} prompts over 77 tokens" if truncated else "") +
+                              (f" {failed} failed" if failed else "")})
+    _print_table(rows, ["store", "rows", "shape per row", "MB", "notes"], {"shape per row": 60})
 
 
 def _print_catalog_summary(home) -> None:
@@ -145,6 +187,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    home = _home(args)
+    if not home.roots():
+        print(f"error: no library roots recorded in {home.config_path}; run `luna ingest ROOT` first", file=sys.stderr)
+        return 2
+    if args.profile:
+        home.set_model_profile(args.profile)
+    print(f"Materializing every Luna asset for {home.root} (profile '{home.model_profile() or 'sdxl'}')…")
+    if not _report_run(run_build_all(home)):
+        return 1
+    _print_catalog_summary(home)
+    _print_vault_summary(home)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     home = _home(args)
     if not home.catalog_path.exists():
@@ -152,6 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     print(f"Luna home {home.root}; roots: {', '.join(home.roots()) or '(none)'}")
     _print_catalog_summary(home)
+    _print_vault_summary(home)
     return 0
 
 
@@ -177,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int, default=66, help="sample images to generate (default 66)")
     demo.add_argument("--size", type=int, default=256, help="sample image side in pixels (default 256)")
     demo.add_argument("--seed", type=int, default=0, help="sample library seed (default 0)")
+    demo.add_argument("--profile", default="tiny", choices=["tiny", "sdxl"],
+                      help="model profile (default tiny: small local encoders, no download)")
     demo.set_defaults(func=cmd_demo)
 
     ingest = sub.add_parser("ingest", help="catalog the images under one or more folders")
@@ -186,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--max-pixels", type=int, default=100_000_000, help="decompression-bomb bound (default 100M)")
     ingest.add_argument("--no-record", action="store_true", help="do not record the roots in the home's luna.toml")
     ingest.set_defaults(func=cmd_ingest)
+
+    build = sub.add_parser("build", help="materialize every asset for the recorded library roots through Dagster")
+    build.add_argument("--home", help=home_help)
+    build.add_argument("--profile", choices=["tiny", "sdxl"], help="record and use this model profile")
+    build.set_defaults(func=cmd_build)
 
     status = sub.add_parser("status", help="what the catalog holds, and what is quarantined and why")
     status.add_argument("--home", help=home_help)

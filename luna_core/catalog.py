@@ -75,6 +75,48 @@ _SCHEMA = [
         mtime_ns BIGINT,
         seen_at TIMESTAMP NOT NULL
     )""",
+    # The vault: one row per store (a model's Zarr group), and which Zarr row holds which item.
+    """CREATE TABLE IF NOT EXISTS vault_stores (
+        store_key VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        revision VARCHAR,
+        path VARCHAR NOT NULL,
+        shapes JSON NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS vision_rows (
+        store_key VARCHAR NOT NULL,
+        content_hash VARCHAR NOT NULL,
+        "row" BIGINT NOT NULL,
+        committed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (store_key, content_hash)
+    )""",
+    # token_count: CLIP tokens with start/end, before truncation; truncated: over the 77-token window.
+    """CREATE TABLE IF NOT EXISTS text_rows (
+        store_key VARCHAR NOT NULL,
+        prompt_hash VARCHAR NOT NULL,
+        "row" BIGINT NOT NULL,
+        token_count INTEGER NOT NULL,
+        truncated BOOLEAN NOT NULL,
+        committed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (store_key, prompt_hash)
+    )""",
+    # Items a model could not embed (an image that no longer decodes...), with the reason.
+    """CREATE TABLE IF NOT EXISTS embedding_failures (
+        store_key VARCHAR NOT NULL,
+        item_key VARCHAR NOT NULL,
+        path VARCHAR,
+        reason VARCHAR NOT NULL,
+        detail VARCHAR NOT NULL,
+        failed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (store_key, item_key)
+    )""",
+    # Every unique prompt text, positive or negative; a prompt is the SHA-256 of its exact text.
+    """CREATE OR REPLACE VIEW prompts AS
+        SELECT sha256(text) AS prompt_hash, text AS prompt, length(text) AS chars
+        FROM (SELECT prompt AS text FROM generations UNION SELECT negative_prompt FROM generations)
+        WHERE text IS NOT NULL""",
     """CREATE TABLE IF NOT EXISTS ingest_runs (
         run_id VARCHAR PRIMARY KEY,
         started_at TIMESTAMP NOT NULL,

@@ -55,33 +55,63 @@ class LunaHome:
             )
         return self
 
-    # ------------------------------------------------------------ library roots
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def vault_dir(self) -> Path:
+        return self.root / "vault"
+
+    # ------------------------------------------------------------ luna.toml
+
+    def config(self) -> dict:
+        if not self.config_path.exists():
+            return {}
+        try:
+            return tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise LunaConfigError(f"{self.config_path}: not valid TOML ({exc})") from None
+
+    def _write_config(self, config: dict) -> None:
+        # json.dumps quoting is valid TOML basic-string quoting for paths and names.
+        lines = ["# Luna home settings. Library roots are scanned by `luna ingest`, the UI and the sensor."]
+        for table, values in config.items():
+            lines.append(f"[{table}]")
+            for key, value in values.items():
+                rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]" if isinstance(value, list) else json.dumps(value)
+                lines.append(f"{key} = {rendered}")
+            lines.append("")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".toml.tmp")
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+        os.replace(tmp, self.config_path)
 
     def roots(self) -> list[str]:
         """Library roots recorded in luna.toml (absolute paths), in the order they were added."""
-        if not self.config_path.exists():
-            return []
-        try:
-            config = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise LunaConfigError(f"{self.config_path}: not valid TOML ({exc})") from None
-        roots = config.get("library", {}).get("roots", [])
+        roots = self.config().get("library", {}).get("roots", [])
         if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
             raise LunaConfigError(f"{self.config_path}: [library] roots must be a list of paths")
         return roots
 
     def add_roots(self, roots: list[str | os.PathLike[str]]) -> list[str]:
         """Record library roots (idempotent) so the UI, the sensor and later runs scan them."""
+        config = self.config()
         known = self.roots()
         for root in roots:
             path = str(Path(root).expanduser().absolute())
             if path not in known:
                 known.append(path)
-        self.root.mkdir(parents=True, exist_ok=True)
-        # json.dumps quoting is valid TOML basic-string quoting for paths.
-        lines = ["# Luna home settings. Library roots are scanned by `luna ingest`, the UI and the sensor.",
-                 "[library]", "roots = [" + ", ".join(json.dumps(r) for r in known) + "]", ""]
-        tmp = self.config_path.with_suffix(".toml.tmp")
-        tmp.write_text("\n".join(lines), encoding="utf-8")
-        os.replace(tmp, self.config_path)
+        config.setdefault("library", {})["roots"] = known
+        self._write_config(config)
         return known
+
+    def model_profile(self) -> str | None:
+        """The model profile this home was built with ([models] profile in luna.toml), if recorded."""
+        name = self.config().get("models", {}).get("profile")
+        return name if isinstance(name, str) else None
+
+    def set_model_profile(self, name: str) -> None:
+        config = self.config()
+        config.setdefault("models", {})["profile"] = name
+        self._write_config(config)

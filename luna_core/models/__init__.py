@@ -1,0 +1,1 @@
+"""Model profiles, the tiny local profile, and the vision and SDXL text encoders."""

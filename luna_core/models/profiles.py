@@ -1,0 +1,114 @@
+"""Model profiles: which vision encoder and which SDXL text-encoder pair Luna uses, and on what device.
+
+`sdxl` is the real one (weights from a local path or the Hugging Face cache, through the ordinary
+`from_pretrained` code); `tiny` has the same classes with tiny configs and fixed-seed weights, built
+once under the Luna home and then loaded through exactly the same code. Its numbers are not CLIP's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from luna_core.errors import LunaConfigError
+
+PROFILE_ENV = "LUNA_PROFILE"
+DEFAULT_PROFILE = "sdxl"
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    vision_model: str  # hub id or local folder of a CLIPVisionModelWithProjection + preprocessor_config.json
+    sdxl_model: str  # hub id or local folder with tokenizer/, tokenizer_2/, text_encoder/, text_encoder_2/
+    vision_revision: str | None = None
+    sdxl_revision: str | None = None
+    vision_id: str | None = None  # identity recorded in the vault (defaults to the model id)
+    sdxl_id: str | None = None
+    default_dtype: str = "auto"
+
+    @property
+    def vision_key(self) -> str:
+        return store_key(self.vision_id or self.vision_model, self.vision_revision)
+
+    @property
+    def text_key(self) -> str:
+        return store_key(self.sdxl_id or self.sdxl_model, self.sdxl_revision)
+
+
+SDXL = ModelProfile(
+    name="sdxl",
+    vision_model="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",  # the image encoder IP-Adapter SDXL uses
+    sdxl_model="stabilityai/stable-diffusion-xl-base-1.0",
+)
+
+
+def store_key(model_id: str, revision: str | None) -> str:
+    """A file-name-safe identity: model id (hub id or path) plus revision."""
+    text = f"{model_id}@{revision or 'main'}"
+    return re.sub(r"[^A-Za-z0-9._@-]+", "--", text).strip("-")
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or os.path.exists(model)
+
+
+def check_model_reference(model: str, what: str) -> None:
+    """A local path that does not exist is a clear error before any work (hub ids are checked on load)."""
+    if _looks_like_path(model) and not Path(model).expanduser().exists():
+        raise LunaConfigError(f"the configured {what} '{model}' does not exist")
+
+
+def resolve_profile(
+    name: str | None,
+    models_dir: Path,
+    vision_model: str | None = None,
+    sdxl_model: str | None = None,
+) -> ModelProfile:
+    """The named profile (else $LUNA_PROFILE, else sdxl), with any model overrides applied."""
+    name = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    if name == "sdxl":
+        profile = SDXL
+    elif name == "tiny":
+        from luna_core.models.tiny import ensure_tiny_models
+
+        profile = ensure_tiny_models(models_dir / "tiny")
+    else:
+        raise LunaConfigError(f"unknown model profile {name!r}: choose 'sdxl' or 'tiny'")
+    if vision_model:
+        check_model_reference(vision_model, "vision model")
+        profile = replace(profile, vision_model=vision_model, vision_id=None, vision_revision=None)
+    if sdxl_model:
+        check_model_reference(sdxl_model, "SDXL model")
+        profile = replace(profile, sdxl_model=sdxl_model, sdxl_id=None, sdxl_revision=None)
+    return profile
+
+
+def choose_device(device: str = "auto"):
+    import torch
+
+    if device != "auto":
+        try:
+            return torch.device(device)
+        except RuntimeError as exc:
+            raise LunaConfigError(f"unknown device {device!r}: {exc}") from None
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def choose_dtype(device, dtype: str = "auto"):
+    """CUDA: bf16 where supported, else fp16. CPU: bf16 where the CPU has native bf16, else fp32."""
+    import torch
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype != "auto":
+        if dtype not in names:
+            raise LunaConfigError(f"unknown dtype {dtype!r}: choose one of {', '.join(names)} or auto")
+        return names[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.bfloat16 if native_bf16 else torch.float32

@@ -1,0 +1,88 @@
+"""The `tiny` profile: SDXL's encoder classes with tiny configs and fixed-seed weights.
+
+Built once under the Luna home and saved with `save_pretrained`, then loaded through the same
+`from_pretrained` code as the real models. Tokenizers use the real CLIP BPE vocabulary, so token
+counts and 77-token truncation are real. Random weights: no figure from them is a CLIP figure.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from luna_core.models.profiles import ModelProfile
+
+TINY_VERSION = "1"
+IMAGE_SIZE = 64
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def tiny_profile(root: Path) -> ModelProfile:
+    return ModelProfile(
+        name="tiny",
+        vision_model=str(root / "vision"),
+        sdxl_model=str(root / "sdxl"),
+        vision_id="luna-tiny/clip-vit",
+        sdxl_id="luna-tiny/sdxl-text",
+        vision_revision=f"v{TINY_VERSION}",
+        sdxl_revision=f"v{TINY_VERSION}",
+        default_dtype="float32",
+    )
+
+
+def _build(dest: Path) -> None:
+    import torch
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    from luna_core.models.clip_vocab import clip_tokenizer
+
+    torch.manual_seed(0)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=8, projection_dim=32,
+    ))
+    vision.save_pretrained(dest / "vision")
+    (dest / "vision" / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": IMAGE_SIZE},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD, "do_convert_rgb": True,
+    }, indent=2))
+
+    common = dict(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=2, num_attention_heads=2,
+                  bos_token_id=49406, eos_token_id=49407, hidden_act="gelu")
+    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, pad_token_id=49407, **common)).save_pretrained(
+        dest / "sdxl" / "text_encoder")
+    CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=64, intermediate_size=128, projection_dim=48, pad_token_id=0,
+                                               **common)).save_pretrained(dest / "sdxl" / "text_encoder_2")
+    clip_tokenizer("<|endoftext|>").save_pretrained(dest / "sdxl" / "tokenizer")
+    clip_tokenizer("!").save_pretrained(dest / "sdxl" / "tokenizer_2")
+
+
+def ensure_tiny_models(root: Path) -> ModelProfile:
+    """Build the tiny models under `root` unless a complete build is there; safe across processes."""
+    root = Path(root)
+    marker = root / "complete.json"
+    if not (marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with open(root.parent / ".tiny-build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two asset processes may ask at once: one builds
+            if not (marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION):
+                staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
+                _build(staging)
+                (staging / "complete.json").write_text(json.dumps({"version": TINY_VERSION}))
+                if root.exists():
+                    shutil.rmtree(root)
+                os.replace(staging, root)
+    return tiny_profile(root)

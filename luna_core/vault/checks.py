@@ -1,0 +1,99 @@
+"""Health of a vault store: the catalog and Zarr agree, and the committed rows are sane numbers.
+
+Scanning a 500k-row conditioning store in full at every run would read tens of GB, so value checks
+read the rows this run wrote plus a random sample of older rows; counts are checked in full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from luna_core.catalog import open_catalog
+from luna_core.vault.store import RowStore, TEXT_LAYOUT, VISION_LAYOUT
+
+SAMPLE_ROWS = 1024
+UNIT_NORM_TOLERANCE = 0.01  # float16 storage of a unit vector
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict = field(default_factory=dict)
+
+
+def _rows_to_check(committed: np.ndarray, new_rows: tuple[int, int], seed: int = 0) -> np.ndarray:
+    fresh = committed[(committed >= new_rows[0]) & (committed < new_rows[1])]
+    older = committed[(committed < new_rows[0]) | (committed >= new_rows[1])]
+    if len(older) > SAMPLE_ROWS:
+        older = np.random.default_rng(seed).choice(older, SAMPLE_ROWS, replace=False)
+    return np.sort(np.concatenate([fresh, older]))
+
+
+def check_store(catalog_path: Path, kind: str, store_key: str, path: Path,
+                new_rows: tuple[int, int] = (0, 0)) -> list[CheckOutcome]:
+    table, item = ("vision_rows", "content_hash") if kind == "vision" else ("text_rows", "prompt_hash")
+    with open_catalog(catalog_path) as con:
+        committed = np.array([r for (r,) in con.execute(
+            f'SELECT "row" FROM {table} WHERE store_key = ? ORDER BY "row"', [store_key]).fetchall()], dtype=np.int64)
+        if kind == "vision":
+            uncovered = con.execute("""
+                SELECT count(DISTINCT i.content_hash) FROM images i WHERE i.status = 'ok'
+                  AND NOT EXISTS (SELECT 1 FROM vision_rows v WHERE v.store_key = $k AND v.content_hash = i.content_hash)
+                  AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $k AND f.item_key = i.content_hash)
+                """, {"k": store_key}).fetchone()[0]
+        else:
+            uncovered = con.execute("""
+                SELECT count(*) FROM prompts p
+                WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $k AND t.prompt_hash = p.prompt_hash)
+                  AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $k AND f.item_key = p.prompt_hash)
+                """, {"k": store_key}).fetchone()[0]
+    if not path.exists():
+        return [CheckOutcome("counts_agree", len(committed) == 0 and uncovered == 0,
+                             f"no store yet; {len(committed)} committed rows, {uncovered} items without a row")]
+    if kind == "vision":
+        fields = {"embeds": None}
+    else:
+        fields = {"prompt_embeds": None, "pooled_prompt_embeds": None}
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    shapes = {name: tuple(group[name].shape[1:]) for name in fields}
+    store = RowStore(path, group, shapes, VISION_LAYOUT if kind == "vision" else TEXT_LAYOUT)
+    capacity = store.capacity
+    distinct = len(np.unique(committed))
+    contiguous = len(committed) == 0 or (committed[0] == 0 and committed[-1] == len(committed) - 1)
+    counts_ok = distinct == len(committed) and contiguous and (len(committed) == 0 or committed[-1] < capacity) \
+        and uncovered == 0
+    outcomes = [CheckOutcome(
+        "counts_agree", bool(counts_ok),
+        "every item has exactly one committed row, rows are contiguous and inside the Zarr arrays",
+        {"committed rows": int(len(committed)), "distinct rows": int(distinct), "zarr capacity": int(capacity),
+         "items without row or failure": int(uncovered)},
+    )]
+    rows = _rows_to_check(committed, new_rows)
+    bad_values = 0
+    bad_norms = 0
+    for name in shapes:
+        values = store.read(name, rows).astype(np.float32)
+        flat = values.reshape(len(rows), -1)
+        finite = np.isfinite(flat).all(axis=1)
+        bad_values += int((~finite).sum())
+        if kind == "vision":
+            norms = np.linalg.norm(flat, axis=1)
+            bad_norms += int((np.abs(norms - 1) > UNIT_NORM_TOLERANCE).sum())
+        elif name == "prompt_embeds":
+            token_norms = np.linalg.norm(values, axis=-1)  # a never-written row reads as zeros
+            bad_norms += int((token_norms.min(axis=1) <= 0).sum())
+        else:
+            bad_norms += int((np.linalg.norm(flat, axis=1) <= 0).sum())
+    outcomes.append(CheckOutcome("no_nan_or_inf", bad_values == 0, "no NaN or inf in the rows read",
+                                 {"rows read": int(len(rows)), "rows with NaN/inf": bad_values}))
+    norm_rule = "unit length (±0.01)" if kind == "vision" else "no all-zero token or pooled vector"
+    outcomes.append(CheckOutcome("norms_sane", bad_norms == 0, f"every row read has {norm_rule}",
+                                 {"rows read": int(len(rows)), "rows failing": bad_norms}))
+    return outcomes

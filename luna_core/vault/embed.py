@@ -1,0 +1,372 @@
+"""Fill the vault: image embeddings for ingested images, SDXL conditionings for unique prompts.
+
+Both runners are incremental (only items with no row for the configured model, and no recorded
+failure) and crash-safe: rows are written to Zarr past the committed high-water mark, then their
+row numbers are committed in one catalog transaction. A killed run leaves uncommitted rows that
+the next run overwrites. Catalog access is brief (the embedding assets run side by side).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from luna_core.catalog import open_catalog, transaction
+from luna_core.errors import LunaConfigError
+from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
+from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
+
+log = logging.getLogger(__name__)
+
+VISION = "vision"
+TEXT = "text"
+
+
+@dataclass
+class EmbedOptions:
+    device: str = "auto"
+    dtype: str = "auto"  # auto: the profile's default (tiny: float32), else see choose_dtype
+    batch_size: int = 32
+    decode_workers: int = 0  # image decode/preprocess threads; 0: one per core, at most 8
+    commit_rows: int = 2048  # commit row numbers at least this often...
+    commit_seconds: float = 5.0  # ...or this often, so a killed run loses little
+    progress: bool = True
+
+
+@dataclass
+class EmbedReport:
+    kind: str
+    store_key: str
+    model: str
+    store_path: str
+    device: str = ""
+    dtype: str = ""
+    added: int = 0
+    already_present: int = 0
+    failed: int = 0
+    changed_since_ingest: int = 0
+    truncated: int = 0  # prompts over the 77-token window (text only)
+    rows_total: int = 0
+    new_rows: tuple[int, int] = (0, 0)  # [start, end) rows written by this run
+    seconds: float = 0.0
+    model_seconds: float = 0.0  # time inside the model forward
+    bytes_on_disk: int = 0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.added / self.seconds if self.seconds else 0.0
+
+
+def store_path(vault_dir: Path, kind: str, store_key: str) -> Path:
+    return Path(vault_dir) / kind / f"{store_key}.zarr"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _register_store(con, kind: str, key: str, model: str, revision: str | None, path: Path,
+                    shapes: dict[str, tuple[int, ...]]) -> None:
+    row = con.execute("SELECT shapes FROM vault_stores WHERE store_key = ?", [key]).fetchone()
+    wanted = {k: list(v) for k, v in shapes.items()}
+    if row is None:
+        con.execute("INSERT INTO vault_stores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [key, kind, model, revision, str(path), json.dumps(wanted), _utcnow()])
+    elif json.loads(row[0]) != wanted:
+        raise LunaConfigError(
+            f"the catalog records {kind} store {key} with shapes {json.loads(row[0])}, but the configured model "
+            f"gives {wanted}: the model changed under the same name; use another id/revision or a fresh store"
+        )
+
+
+class _Committer:
+    """Buffers (item, row) pairs and failures; commits them in one transaction every so often."""
+
+    def __init__(self, catalog_path: Path, kind: str, store_key: str, options: EmbedOptions):
+        self.catalog_path, self.kind, self.store_key, self.options = catalog_path, kind, store_key, options
+        self.rows: list[dict] = []
+        self.failures: list[dict] = []
+        self.last = time.monotonic()
+
+    def add_rows(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        self.maybe_commit()
+
+    def add_failure(self, item_key: str, path: str | None, reason: str, detail: str) -> None:
+        self.failures.append({"item_key": item_key, "path": path, "reason": reason, "detail": detail})
+
+    def maybe_commit(self) -> None:
+        if len(self.rows) >= self.options.commit_rows or time.monotonic() - self.last >= self.options.commit_seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        if not self.rows and not self.failures:
+            return
+        now = _utcnow()
+        failures = pa.Table.from_pylist(self.failures, schema=pa.schema(
+            [("item_key", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())]))
+        if self.kind == VISION:
+            rows = pa.Table.from_pylist(self.rows, schema=pa.schema([("key", pa.string()), ("row", pa.int64())]))
+            insert = 'INSERT INTO vision_rows SELECT $store, key, "row", $now FROM new_rows'
+        else:
+            rows = pa.Table.from_pylist(self.rows, schema=pa.schema([
+                ("key", pa.string()), ("row", pa.int64()), ("token_count", pa.int32()), ("truncated", pa.bool_())]))
+            insert = 'INSERT INTO text_rows SELECT $store, key, "row", token_count, truncated, $now FROM new_rows'
+        with open_catalog(self.catalog_path) as con, transaction(con, new_rows=rows, new_failures=failures):
+            con.execute(insert, {"store": self.store_key, "now": now})
+            con.execute("INSERT OR REPLACE INTO embedding_failures SELECT $store, item_key, path, reason, detail, $now "
+                        "FROM new_failures", {"store": self.store_key, "now": now})
+        self.rows, self.failures = [], []
+        self.last = time.monotonic()
+
+
+# ---------------------------------------------------------------- images
+
+
+@dataclass
+class _Loaded:
+    content_hash: str
+    path: str
+    pixels: np.ndarray | None = None
+    reason: str | None = None  # failure reason code
+    detail: str = ""
+    changed: bool = False  # the file no longer holds the ingested bytes: the next ingest sees it
+
+
+def _load_image(item: tuple[str, str], preprocess) -> _Loaded:
+    from PIL import Image
+
+    content_hash, path = item
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return _Loaded(content_hash, path, changed=True)
+    except OSError as exc:
+        return _Loaded(content_hash, path, reason="unreadable", detail=f"cannot read the file: {exc.strerror or exc}")
+    if hashlib.sha256(data).hexdigest() != content_hash:
+        return _Loaded(content_hash, path, changed=True)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return _Loaded(content_hash, path, pixels=preprocess(image))
+    except Exception as exc:  # any decoder error is this file's problem, not the batch's
+        return _Loaded(content_hash, path, reason="decode_failed", detail=f"{type(exc).__name__}: {exc}")
+
+
+def prefetch(items: Iterable, fn: Callable, workers: int, window: int) -> Iterator:
+    """fn over items in worker threads, results in input order, at most `window` in flight.
+
+    Pillow and NumPy release the GIL while decoding, resizing and normalizing, so threads keep the
+    model fed while it runs."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="luna-decode") as pool:
+        iterator = iter(items)
+        pending = deque(pool.submit(fn, item) for item in islice(iterator, window))
+        while pending:
+            result = pending.popleft().result()
+            for item in islice(iterator, 1):
+                pending.append(pool.submit(fn, item))
+            yield result
+
+
+def _progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, mininterval=0.5)
+
+
+def embed_images(
+    catalog_path: str | Path,
+    vault_dir: str | Path,
+    profile: ModelProfile,
+    options: EmbedOptions | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EmbedReport:
+    """CLIP-ViT embeddings for every ingested image without one for the profile's vision model."""
+    from luna_core.models.encoders import VisionEncoder
+
+    options = options or EmbedOptions()
+    catalog_path, started = Path(catalog_path), time.perf_counter()
+    key = profile.vision_key
+    path = store_path(Path(vault_dir), VISION, key)
+    report = EmbedReport(VISION, key, profile.vision_model, str(path))
+    check_model_reference(profile.vision_model, "vision model")
+    with open_catalog(catalog_path) as con:
+        work = con.execute("""
+            SELECT i.content_hash, min(i.path) AS path FROM images i
+            WHERE i.status = 'ok'
+              AND NOT EXISTS (SELECT 1 FROM vision_rows v WHERE v.store_key = $key AND v.content_hash = i.content_hash)
+              AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = i.content_hash)
+            GROUP BY i.content_hash ORDER BY path""", {"key": key}).fetchall()
+        report.already_present = con.execute(
+            "SELECT count(*) FROM vision_rows WHERE store_key = ?", [key]).fetchone()[0]
+        next_row = con.execute('SELECT coalesce(max("row") + 1, 0) FROM vision_rows WHERE store_key = ?', [key]).fetchone()[0]
+    if not work:  # nothing new: no model load, no store write
+        return _finish(report, path, started, next_row)
+
+    device = choose_device(options.device)
+    dtype = choose_dtype(device, profile.default_dtype if options.dtype == "auto" else options.dtype)
+    encoder = VisionEncoder(profile.vision_model, profile.vision_revision, device, dtype)
+    report.device, report.dtype = str(device), str(dtype).replace("torch.", "")
+    fields = {"embeds": (encoder.width,)}
+    with open_catalog(catalog_path) as con:
+        _register_store(con, VISION, key, profile.vision_model, profile.vision_revision, path, fields)
+    store = RowStore.open(path, fields, VISION_LAYOUT, attrs={"model": profile.vision_model, "kind": VISION})
+    committer = _Committer(catalog_path, VISION, key, options)
+    workers = options.decode_workers or min(8, os.cpu_count() or 1)
+    bar = _progress_bar(len(work), "vision embeddings", "img", options.progress)
+    report.new_rows = (next_row, next_row)
+    batch: list[_Loaded] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal next_row
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        embeds = encoder.embed_pixels(np.stack([item.pixels for item in batch]))
+        report.model_seconds += time.perf_counter() - t0
+        store.write(next_row, {"embeds": embeds})
+        committer.add_rows([{"key": item.content_hash, "row": next_row + i} for i, item in enumerate(batch)])
+        next_row += len(batch)
+        report.added += len(batch)
+        batch.clear()
+
+    with store.writer():
+        for loaded in prefetch(work, lambda item: _load_image(item, encoder.preprocess), workers,
+                               window=options.batch_size * 3):
+            if loaded.changed:
+                report.changed_since_ingest += 1
+            elif loaded.reason:
+                committer.add_failure(loaded.content_hash, loaded.path, loaded.reason, loaded.detail)
+                report.failed += 1
+                report.failures_by_reason[loaded.reason] = report.failures_by_reason.get(loaded.reason, 0) + 1
+            else:
+                batch.append(loaded)
+                if len(batch) == options.batch_size:
+                    flush()
+            done += 1
+            bar.update(1)
+            if on_progress and (done % options.batch_size == 0 or done == len(work)):
+                on_progress(done, len(work))
+        flush()
+        committer.commit()
+    bar.close()
+    report.new_rows = (report.new_rows[0], next_row)
+    return _finish(report, path, started, next_row)
+
+
+def _finish(report: EmbedReport, path: Path, started: float, rows_total: int) -> EmbedReport:
+    report.rows_total = rows_total
+    report.bytes_on_disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    report.seconds = time.perf_counter() - started
+    log.info("%s store %s: %d added, %d present, %d failed in %.1fs", report.kind, report.store_key, report.added,
+             report.already_present, report.failed, report.seconds)
+    return report
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def embed_prompts(
+    catalog_path: str | Path,
+    vault_dir: str | Path,
+    profile: ModelProfile,
+    options: EmbedOptions | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EmbedReport:
+    """SDXL conditionings for every unique prompt text (positive and negative) without one for the
+    profile's encoder pair; one row per text, shared by every image that used it."""
+    from luna_core.models.encoders import SDXLTextEncoder
+
+    options = options or EmbedOptions()
+    catalog_path, started = Path(catalog_path), time.perf_counter()
+    key = profile.text_key
+    path = store_path(Path(vault_dir), TEXT, key)
+    report = EmbedReport(TEXT, key, profile.sdxl_model, str(path))
+    check_model_reference(profile.sdxl_model, "SDXL model")
+    with open_catalog(catalog_path) as con:
+        work = con.execute("""
+            SELECT p.prompt_hash, p.prompt FROM prompts p
+            WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $key AND t.prompt_hash = p.prompt_hash)
+              AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = p.prompt_hash)
+            ORDER BY p.prompt_hash""", {"key": key}).fetchall()
+        report.already_present = con.execute("SELECT count(*) FROM text_rows WHERE store_key = ?", [key]).fetchone()[0]
+        next_row = con.execute('SELECT coalesce(max("row") + 1, 0) FROM text_rows WHERE store_key = ?', [key]).fetchone()[0]
+    if not work:
+        return _finish(report, path, started, next_row)
+
+    device = choose_device(options.device)
+    dtype = choose_dtype(device, profile.default_dtype if options.dtype == "auto" else options.dtype)
+    encoder = SDXLTextEncoder(profile.sdxl_model, profile.sdxl_revision, device, dtype)
+    report.device, report.dtype = str(device), str(dtype).replace("torch.", "")
+    fields = {"prompt_embeds": (encoder.seq_len, encoder.width), "pooled_prompt_embeds": (encoder.pooled_width,)}
+    with open_catalog(catalog_path) as con:
+        _register_store(con, TEXT, key, profile.sdxl_model, profile.sdxl_revision, path, fields)
+    store = RowStore.open(path, fields, TEXT_LAYOUT, attrs={"model": profile.sdxl_model, "kind": TEXT})
+    committer = _Committer(catalog_path, TEXT, key, options)
+    batch_size = max(1, min(options.batch_size, TEXT_LAYOUT.rows_per_shard))
+    bar = _progress_bar(len(work), "text conditionings", "prompt", options.progress)
+    report.new_rows = (next_row, next_row)
+    with store.writer():
+        for start in range(0, len(work), batch_size):
+            items = work[start : start + batch_size]
+            texts = [text for _, text in items]
+            try:
+                counts = encoder.token_counts(texts)
+                t0 = time.perf_counter()
+                prompt_embeds, pooled = encoder.encode(texts)
+                report.model_seconds += time.perf_counter() - t0
+            except Exception as exc:  # one bad batch must not stop the rest: retry its prompts one by one
+                log.warning("text batch failed (%s); encoding its prompts one at a time", exc)
+                items, counts, prompt_embeds, pooled = _encode_one_by_one(encoder, items, committer, report)
+                if not items:
+                    continue
+            store.write(next_row, {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled})
+            rows = [{"key": h, "row": next_row + i, "token_count": n, "truncated": n > encoder.seq_len}
+                    for i, ((h, _), n) in enumerate(zip(items, counts))]
+            committer.add_rows(rows)
+            report.truncated += sum(r["truncated"] for r in rows)
+            next_row += len(items)
+            report.added += len(items)
+            bar.update(len(texts))
+            if on_progress:
+                on_progress(min(start + batch_size, len(work)), len(work))
+        committer.commit()
+    bar.close()
+    report.new_rows = (report.new_rows[0], next_row)
+    return _finish(report, path, started, next_row)
+
+
+def _encode_one_by_one(encoder, items, committer: _Committer, report: EmbedReport):
+    kept, counts, embeds, pooled = [], [], [], []
+    for prompt_hash, text in items:
+        try:
+            count = encoder.token_counts([text])[0]
+            e, p = encoder.encode([text])
+        except Exception as exc:
+            committer.add_failure(prompt_hash, None, "encode_failed", f"{type(exc).__name__}: {exc}")
+            report.failed += 1
+            report.failures_by_reason["encode_failed"] = report.failures_by_reason.get("encode_failed", 0) + 1
+            continue
+        kept.append((prompt_hash, text))
+        counts.append(count)
+        embeds.append(e[0])
+        pooled.append(p[0])
+    if not kept:
+        return [], [], None, None
+    return kept, counts, np.stack(embeds), np.stack(pooled)

@@ -1,0 +1,134 @@
+"""Append-only row stores in Zarr v3: fixed-shape float16 rows, one array per field.
+
+Rows are written first and made visible only when the catalog commits their row numbers, so the
+store itself never needs a transaction: rows past the committed high-water mark are garbage from an
+interrupted run and are overwritten by the next one. One writer per store at a time (a file lock);
+any number of readers, who read only committed rows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from luna_core.errors import LunaConfigError
+
+DTYPE = "float16"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Rows per chunk (the unit of reading) and per shard (the unit of writing) for one store."""
+
+    rows_per_chunk: int
+    rows_per_shard: int
+
+
+# Image embeddings are small: chunks of 16 rows keep a k-NN answer's random reads small, shards of
+# 4,096 rows keep files few. A conditioning row is 77 x 2048 x 2 bytes = 315 KB: one row per chunk,
+# 64 per shard (20 MB), matching the write batch so appends rarely rewrite a shard.
+VISION_LAYOUT = Layout(rows_per_chunk=16, rows_per_shard=4096)
+TEXT_LAYOUT = Layout(rows_per_chunk=1, rows_per_shard=64)
+
+
+class RowStore:
+    def __init__(self, path: Path, group, fields: dict[str, tuple[int, ...]], layout: Layout):
+        self.path, self.group, self.fields, self.layout = path, group, fields, layout
+
+    @classmethod
+    def open(cls, path: str | Path, fields: dict[str, tuple[int, ...]], layout: Layout,
+             attrs: dict | None = None, create: bool = True) -> "RowStore":
+        """Open the store at `path`, creating it for these row shapes; refuse a store of other shapes."""
+        import zarr
+
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise LunaConfigError(f"no vault store at {path}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            group = zarr.open_group(str(path), mode="a", attributes={"luna": attrs or {}})
+            for name, row_shape in fields.items():
+                chunk = (layout.rows_per_chunk, *row_shape)
+                shard = (layout.rows_per_shard, *row_shape)
+                group.create_array(name, shape=(0, *row_shape), chunks=chunk, shards=shard, dtype=DTYPE,
+                                   fill_value=0, compressors=None)  # float16 embeddings barely compress
+            return cls(path, group, fields, layout)
+        group = zarr.open_group(str(path), mode="a")
+        for name, row_shape in fields.items():
+            if name not in group:
+                raise LunaConfigError(f"vault store {path} has no array {name!r}; it was made for another model")
+            stored = tuple(group[name].shape[1:])
+            if stored != tuple(row_shape):
+                raise LunaConfigError(
+                    f"vault store {path} holds {name} rows of shape {stored}, but the configured model gives "
+                    f"{tuple(row_shape)}: the model changed under the same name. Use another model id/revision, "
+                    "or move the store away to rebuild it."
+                )
+        return cls(path, group, fields, layout)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.group[next(iter(self.fields))].shape[0])
+
+    def write(self, start: int, data: dict[str, np.ndarray]) -> None:
+        """Write rows [start, start + n) of every field, growing the arrays a whole shard at a time."""
+        n = len(next(iter(data.values())))
+        end = start + n
+        if end > self.capacity:
+            shard = self.layout.rows_per_shard
+            new_capacity = -(-end // shard) * shard
+            for name, row_shape in self.fields.items():
+                self.group[name].resize((new_capacity, *row_shape))
+        for name, values in data.items():
+            if values.shape != (n, *self.fields[name]):
+                raise ValueError(f"{name}: got {values.shape}, expected {(n, *self.fields[name])}")
+            self.group[name][start:end] = values.astype(DTYPE, copy=False)
+
+    def read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
+        array = self.group[name]
+        if isinstance(rows, slice):
+            return array[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.zeros((0, *self.fields[name]), dtype=DTYPE)
+        order = np.argsort(rows)  # sorted reads touch each chunk once
+        values = array.get_orthogonal_selection((rows[order],) + (slice(None),) * len(self.fields[name]))
+        out = np.empty_like(values)
+        out[order] = values
+        return out
+
+    def bytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    @contextmanager
+    def writer(self) -> Iterator["RowStore"]:
+        """Exclusive right to append (two runs of the same asset must not interleave rows)."""
+        lock = open(self.path / ".writer.lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise LunaConfigError(f"vault store {self.path} is being written by {holder}; wait for that run") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield self
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+
+def store_attrs(path: Path) -> dict:
+    meta = json.loads((path / "zarr.json").read_text())
+    return meta.get("attributes", {}).get("luna", {})
