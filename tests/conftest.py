@@ -26,3 +26,27 @@ def sample_library(sample_library_master: SampleLibrary, tmp_path: Path) -> Samp
         for f in sample_library_master.files
     ]
     return SampleLibrary(dest, files)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """The tiny profile, built once for the session (built per home in real use)."""
+    from luna_core.models.tiny import ensure_tiny_models
+
+    root = tmp_path_factory.mktemp("models") / "tiny"
+    ensure_tiny_models(root)
+    return root
+
+
+@pytest.fixture
+def tiny_home(tmp_path: Path, tiny_models: Path, sample_library: SampleLibrary):
+    """A Luna home on the tiny profile with the sample library ingested."""
+    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.settings import LunaHome
+
+    home = LunaHome.resolve(tmp_path / "home").ensure()
+    shutil.copytree(tiny_models, home.models_dir / "tiny")
+    home.add_roots([sample_library.root])
+    home.set_model_profile("tiny")
+    ingest(home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
+    return home

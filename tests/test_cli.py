@@ -13,13 +13,18 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     home = tmp_path / "home"
     assert main(["demo", "--home", str(home), "--images", "44", "--size", "64"]) == 0
     out = capsys.readouterr().out
-    assert "Catalog:" in out and "luna ui --home" in out and "check every_image_has_content_hash: passed" in out
+    assert "Catalog:" in out and "luna ui --home" in out and "check ingested_images.every_image_has_content_hash: passed" in out
     with duckdb.connect(str(home / "catalog.duckdb"), read_only=True) as con:
         generators = {g for (g,) in con.execute("SELECT DISTINCT generator FROM generations").fetchall()}
         quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     assert {"AUTOMATIC1111", "Forge", "ComfyUI", "InvokeAI", "NovelAI", "Fooocus", "SwarmUI", "Easy Diffusion",
             "Draw Things"} <= generators
     assert quarantined == 9
+    assert "Vault (Zarr, float16):" in out and "prompts over 77 tokens" in out
+    assert "check vision_embeddings.counts_agree: passed" in out and "FAILED" not in out
+    with duckdb.connect(str(home / "catalog.duckdb"), read_only=True) as con:
+        images = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
+        assert con.execute("SELECT count(*) FROM vision_rows").fetchone()[0] == images
     runs = list((home / "dagster_home").rglob("*.db"))
     assert runs, "the run is recorded in the home's Dagster instance, so the UI shows it"
 

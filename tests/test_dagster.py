@@ -23,6 +23,8 @@ def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
     defs = build_definitions()
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_assets_def(INGESTED_IMAGES).group_names_by_key[INGESTED_IMAGES] == "ingest"
+    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
+        "ingested_images", "vision_embeddings", "text_conditionings"}
     assert defs.resolve_job_def(BUILD_ALL_JOB)
     assert defs.resolve_sensor_def("library_files_changed")
 
@@ -109,3 +111,57 @@ def test_luna_core_never_imports_dagster():
     root = Path(__file__).resolve().parents[1] / "luna_core"
     offenders = [p for p in root.rglob("*.py") if "import dagster" in p.read_text() or "from dagster" in p.read_text()]
     assert offenders == []
+
+
+def test_embedding_assets_run_side_by_side_with_the_multiprocess_executor(tiny_home: LunaHome, tmp_path, monkeypatch):
+    """Both embedding assets in one run, each in its own process, sharing the one DuckDB catalog."""
+    from dagster_project import definitions
+
+    monkeypatch.setenv("LUNA_HOME", str(tiny_home.root))
+    instance_dir = tmp_path / "instance"
+    instance_dir.mkdir()
+    (instance_dir / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(instance_dir)) as instance:
+        result = dg.execute_job(dg.reconstructable(definitions.luna_build_all_job), instance=instance)
+        assert result.success
+        events = instance.all_logs(result.run_id)
+    starts = {e.step_key: e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"}
+    ends = {e.step_key: e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SUCCESS"}
+    pids = {e.step_key: e.dagster_event.pid for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"}
+    assert max(starts["vision_embeddings"], starts["text_conditionings"]) < min(ends["vision_embeddings"],
+                                                                               ends["text_conditionings"]), "they overlapped"
+    assert pids["vision_embeddings"] != pids["text_conditionings"]
+    with duckdb.connect(str(tiny_home.catalog_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM vision_rows").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM text_rows").fetchone()[0] > 0
+
+
+def test_embedding_assets_follow_ingest_by_themselves(tiny_home: LunaHome):
+    instance = dg.DagsterInstance.ephemeral()
+    luna = LunaHomeResource(home=str(tiny_home.root), workers=1)
+    first = dg.evaluate_automation_conditions(defs=build_definitions(str(tiny_home.root)), instance=instance)
+    assert not {r.key.to_user_string() for r in first.results if r.true_subset.size > 0}, "nothing before ingest"
+    dg.materialize([ingested_images], resources={"luna": luna}, instance=instance)
+    evaluation = dg.evaluate_automation_conditions(defs=build_definitions(str(tiny_home.root)), instance=instance,
+                                                   cursor=first.cursor)
+    requested = {r.key.to_user_string() for r in evaluation.results if r.true_subset.size > 0}
+    assert {"vision_embeddings", "text_conditionings"} <= requested
+
+
+def test_embedding_assets_report_metadata_and_pass_checks(tiny_home: LunaHome):
+    from dagster_project.resources import LunaModelsResource
+    from luna_assets import text_conditionings, vision_embeddings
+
+    resources = {"luna": LunaHomeResource(home=str(tiny_home.root)), "models": LunaModelsResource()}
+    result = dg.materialize([vision_embeddings, text_conditionings], resources=resources,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    vision = result.asset_materializations_for_node("vision_embeddings")[0].metadata
+    text = result.asset_materializations_for_node("text_conditionings")[0].metadata
+    assert vision["rows added"].value > 0 and vision["device"].value == "cpu"
+    assert text["prompts over 77 tokens (truncated, flagged in text_rows)"].value >= 1
+    checks = [(c.asset_key.to_user_string(), c.check_name, c.passed) for c in result.get_asset_check_evaluations()]
+    assert len(checks) == 6 and all(passed for _, _, passed in checks), checks
+    again = dg.materialize([vision_embeddings, text_conditionings], resources=resources,
+                           instance=dg.DagsterInstance.ephemeral())
+    assert again.asset_materializations_for_node("vision_embeddings")[0].metadata["rows added"].value == 0

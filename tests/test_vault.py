@@ -1,0 +1,266 @@
+"""The vault: incremental, crash-safe, concurrent, and honest about bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from luna_core.errors import LunaConfigError
+from luna_core.ingest import IngestOptions, ingest
+from luna_core.models.profiles import resolve_profile
+from luna_core.samples import SampleLibrary
+from luna_core.settings import LunaHome
+from luna_core.vault.checks import check_store
+from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+from luna_core.vault.store import RowStore
+
+QUIET = EmbedOptions(progress=False, batch_size=8)
+
+
+def rows(db: Path, sql: str, params=()) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def visible_vision_rows(home: LunaHome, key: str) -> tuple[list[str], np.ndarray]:
+    """What a reader sees: committed rows only, looked up through the catalog."""
+    mapping = rows(home.catalog_path, 'SELECT content_hash, "row" FROM vision_rows WHERE store_key = ? ORDER BY 2', (key,))
+    import zarr
+
+    array = zarr.open_group(str(home.vault_dir / "vision" / f"{key}.zarr"), mode="r")["embeds"]
+    return [h for h, _ in mapping], array[[r for _, r in mapping]].astype(np.float32)
+
+
+def test_every_image_and_unique_prompt_gets_exactly_one_row(tiny_home: LunaHome):
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    vision = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    text = embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    (n_images,), = rows(tiny_home.catalog_path, "SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'")
+    (n_prompts,), = rows(tiny_home.catalog_path, "SELECT count(*) FROM prompts")
+    (n_uses,), = rows(tiny_home.catalog_path, "SELECT count(prompt) + count(negative_prompt) FROM generations")
+    assert vision.added == n_images and text.added == n_prompts
+    assert n_prompts < n_uses, "prompts shared by several images are stored once"
+    hashes, embeds = visible_vision_rows(tiny_home, profile.vision_key)
+    assert len(set(hashes)) == n_images
+    np.testing.assert_allclose(np.linalg.norm(embeds, axis=1), 1, atol=0.01)
+    (long_prompts,), = rows(tiny_home.catalog_path, "SELECT count(*) FROM text_rows WHERE truncated AND token_count > 77")
+    assert long_prompts >= 1 and long_prompts == text.truncated
+    for report in (vision, text):
+        outcomes = check_store(tiny_home.catalog_path, report.kind, report.store_key, Path(report.store_path), report.new_rows)
+        assert all(o.passed for o in outcomes), outcomes
+
+
+def test_rerun_with_nothing_new_loads_no_model_and_new_images_embed_alone(
+        tiny_home: LunaHome, sample_library: SampleLibrary, monkeypatch):
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+
+    import luna_core.models.encoders as encoders
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded with nothing to do")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(encoders, "VisionEncoder", no_model)
+        patch.setattr(encoders, "SDXLTextEncoder", no_model)
+        started = time.perf_counter()
+        again = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+        text_again = embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+        assert time.perf_counter() - started < 2.0
+    assert (again.added, text_again.added) == (0, 0)
+    assert again.already_present > 0
+
+    from luna_core.samples.pictures import PromptSpec, draw_picture
+    from luna_core.samples.writers import Generation, write_a1111_png
+
+    spec = PromptSpec("robot", "green", "ocean", "a brand new style", "")
+    data, _ = write_a1111_png(draw_picture(spec, 5, (96, 96)), Generation(spec=spec, seed=5))
+    (sample_library.root / "fresh.png").write_bytes(data)
+    ingest(tiny_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
+    assert embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET).added == 1
+    assert embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET).added == 1
+
+
+def _corrupt_idat(png: bytes) -> bytes:
+    """Garble the compressed pixels but keep every chunk CRC valid: ingest reads it, decoding fails."""
+    at = png.index(b"IDAT")
+    length = struct.unpack(">I", png[at - 4 : at])[0]
+    body = bytearray(png[at + 4 : at + 4 + length])
+    body[2 : len(body) - 4] = bytes(len(body) - 6)  # zero the deflate stream after its header
+    body[2] = 0xFF
+    crc = struct.pack(">I", zlib.crc32(b"IDAT" + bytes(body)))
+    return png[: at + 4] + bytes(body) + crc + png[at + 8 + length :]
+
+
+def test_image_that_no_longer_decodes_is_recorded_and_the_batch_goes_on(tiny_home: LunaHome, sample_library):
+    victim = sample_library.images[0].path
+    assert victim.suffix == ".png"
+    victim.write_bytes(_corrupt_idat(victim.read_bytes()))
+    ingest(tiny_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    report = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    assert report.failed == 1 and report.added > 10
+    (reason, detail, path), = rows(tiny_home.catalog_path, "SELECT reason, detail, path FROM embedding_failures")
+    assert (reason, path) == ("decode_failed", str(victim)) and detail
+    again = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    assert (again.added, again.failed) == (0, 0), "a recorded failure is not retried until the file changes"
+    outcomes = check_store(tiny_home.catalog_path, "vision", report.store_key, Path(report.store_path))
+    assert all(o.passed for o in outcomes)
+
+
+def test_unusual_prompts_are_encoded_and_recorded(tiny_home: LunaHome):
+    odd = ["", "   \t ", "x" * 10_000, "猫と犬 🐈‍⬛ Ωmega café\u0301 \u202eright-to-left\u202c zero\u200bwidth"]
+    with duckdb.connect(str(tiny_home.catalog_path)) as con:
+        for i, text in enumerate(odd):
+            con.execute("INSERT INTO generations (content_hash, generator, prompt, parsed_at) VALUES (?, 'test', ?, now())",
+                        [f"{i:064x}", text])
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    found = dict(rows(tiny_home.catalog_path, """
+        SELECT p.prompt, t.token_count FROM prompts p JOIN text_rows t USING (prompt_hash)"""))
+    assert set(odd) <= set(found)
+    assert found[""] == 2 and found["   \t "] == 2  # start and end tokens only
+    assert found["x" * 10_000] > 77
+
+
+def test_model_whose_widths_disagree_with_the_store_is_refused_before_any_work(tiny_home: LunaHome, tmp_path):
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    other = tmp_path / "other_vision"
+    shutil.copytree(profile.vision_model, other)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=64, patch_size=8,
+                                                   projection_dim=16)).save_pretrained(other)
+    from dataclasses import replace
+
+    impostor = replace(profile, vision_model=str(other))  # same identity (id + revision), other widths
+    with duckdb.connect(str(tiny_home.catalog_path)) as con:  # one image left to embed
+        con.execute('DELETE FROM vision_rows WHERE "row" = (SELECT max("row") FROM vision_rows)')
+    before = rows(tiny_home.catalog_path, "SELECT count(*) FROM vision_rows")
+    with pytest.raises(LunaConfigError, match="shapes"):
+        embed_images(tiny_home.catalog_path, tiny_home.vault_dir, impostor, QUIET)
+    assert rows(tiny_home.catalog_path, "SELECT count(*) FROM vision_rows") == before
+
+
+def test_killed_materialization_reruns_to_exactly_one_row_each(tiny_home: LunaHome):
+    """SIGKILL from another process while the vision asset runs, then a rerun: nothing twice, no garbage."""
+    script = textwrap.dedent(f"""
+        import time, dagster as dg
+        import luna_core.models.encoders as encoders
+        from dagster_project.definitions import build_definitions
+        from dagster_project.resources import LunaModelsResource
+
+        original = encoders.VisionEncoder.embed_pixels
+        def slow(self, pixels):  # slow enough for the parent to kill us mid-run
+            time.sleep(0.4)
+            return original(self, pixels)
+        encoders.VisionEncoder.embed_pixels = slow
+        defs = build_definitions({str(tiny_home.root)!r}, LunaModelsResource(vision_batch_size=4))
+        job = defs.resolve_implicit_global_asset_job_def()
+        job.execute_in_process(asset_selection=[dg.AssetKey("vision_embeddings")], instance=dg.DagsterInstance.ephemeral())
+    """)
+    env = dict(os.environ)
+    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        committed = 0
+        while time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.3)
+            try:
+                from luna_core.catalog import open_catalog
+
+                with open_catalog(tiny_home.catalog_path, read_only=True) as con:
+                    committed = con.execute("SELECT count(*) FROM vision_rows").fetchone()[0]
+            except Exception:
+                continue
+            if committed >= 4:
+                break
+        assert child.poll() is None, "the run finished before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert 4 <= committed
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    report = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    assert report.added > 0
+    hashes, embeds = visible_vision_rows(tiny_home, profile.vision_key)
+    (n_images,), = rows(tiny_home.catalog_path, "SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'")
+    assert len(hashes) == len(set(hashes)) == n_images, "every image embedded exactly once"
+    norms = np.linalg.norm(embeds, axis=1)
+    assert np.all(np.abs(norms - 1) < 0.01), "no zero or garbage rows visible"
+    outcomes = check_store(tiny_home.catalog_path, "vision", profile.vision_key, Path(report.store_path))
+    assert all(o.passed for o in outcomes), outcomes
+
+
+def test_row_store_refuses_other_shapes_and_grows_by_shards(tmp_path: Path):
+    from luna_core.vault.store import Layout
+
+    layout = Layout(rows_per_chunk=2, rows_per_shard=8)
+    store = RowStore.open(tmp_path / "s.zarr", {"a": (3,)}, layout)
+    store.write(0, {"a": np.ones((5, 3))})
+    assert store.capacity == 8
+    store.write(5, {"a": np.full((4, 3), 2.0)})
+    assert store.capacity == 16
+    np.testing.assert_array_equal(store.read("a", np.array([8, 0, 5])), [[2, 2, 2], [1, 1, 1], [2, 2, 2]])
+    with pytest.raises(LunaConfigError, match="shape"):
+        RowStore.open(tmp_path / "s.zarr", {"a": (4,)}, layout)
+    second_writer = textwrap.dedent(f"""
+        from luna_core.vault.store import RowStore, Layout
+        s = RowStore.open({str(tmp_path / 's.zarr')!r}, {{"a": (3,)}}, Layout(2, 8))
+        with s.writer(): pass
+    """)
+    with store.writer():
+        refused = subprocess.run([sys.executable, "-c", second_writer], capture_output=True, text=True)
+    assert refused.returncode != 0 and "is being written by pid" in refused.stderr
+    assert subprocess.run([sys.executable, "-c", second_writer]).returncode == 0  # free again
+
+
+def test_catalog_waits_for_another_process_holding_it(tmp_path: Path):
+    from luna_core.catalog import open_catalog
+
+    db = tmp_path / "c.duckdb"
+    with open_catalog(db):
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from luna_core.catalog import open_catalog
+        with open_catalog({str(db)!r}) as con:
+            print("held", flush=True)
+            time.sleep(1.5)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with open_catalog(db) as con:
+        waited = time.monotonic() - started
+        assert con.execute("SELECT 1").fetchone() == (1,)
+    holder.wait()
+    assert waited > 0.5, "the second process waited for the first instead of failing"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from luna_core.catalog import open_catalog
+        with open_catalog({str(db)!r}) as con:
+            print("held", flush=True)
+            time.sleep(3)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LunaConfigError, match="locked"):
+        with open_catalog(db, timeout_s=0.5):
+            pass
+    holder.wait()
