@@ -45,8 +45,11 @@ def _build(dest: Path) -> None:
         CLIPVisionModelWithProjection,
     )
 
+    from transformers.utils import logging as hf_logging
+
     from luna_core.models.clip_vocab import clip_tokenizer
 
+    hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
