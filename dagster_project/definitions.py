@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
-from dagster_project.sensors import library_files_changed
+from dagster_project.sensors import library_files_changed, luna_automation
 from luna_assets import ALL_ASSETS, ingested_images
 from luna_core.settings import LunaHome
 
@@ -28,7 +28,7 @@ def build_definitions(home: str | None = None, models: LunaModelsResource | None
             dg.define_asset_job(INGEST_JOB, selection=[ingested_images],
                                 description="Scan the library roots into the catalog."),
         ],
-        sensors=[library_files_changed],
+        sensors=[library_files_changed, luna_automation],
         resources={"luna": luna, "models": models or LunaModelsResource()},
     )
 

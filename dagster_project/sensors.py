@@ -26,3 +26,14 @@ def library_files_changed(context: dg.SensorEvaluationContext, luna: LunaHomeRes
     context.update_cursor(digest)
     # No run_key: the cursor already dedupes, and a library that returns to an earlier state must still be re-scanned.
     return dg.RunRequest(tags={"luna/trigger": "library_files_changed", "luna/entries": str(count)})
+
+
+# Declarative Automation needs a sensor to evaluate conditions; Dagster's implicit one starts
+# stopped. This one is on by default, so embeddings follow every ingest without a click.
+luna_automation = dg.AutomationConditionSensorDefinition(
+    "luna_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the assets' automation conditions: the vault follows the catalog by itself.",
+)

@@ -26,7 +26,8 @@ def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
         "ingested_images", "vision_embeddings", "text_conditionings"}
     assert defs.resolve_job_def(BUILD_ALL_JOB)
-    assert defs.resolve_sensor_def("library_files_changed")
+    for sensor in ("library_files_changed", "luna_automation"):  # both run without a click in the UI
+        assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_workspace_yaml_loads_with_the_dagster_cli(tmp_path: Path):
