@@ -90,6 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     _print_catalog_summary(home)
     _print_vault_summary(home)
+    _demo_query(home)
     print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
     print(f"  catalog      {home.catalog_path}")
     print(f"  vault        {home.vault_dir}")
@@ -136,6 +137,67 @@ def _print_vault_summary(home) -> None:
                      "notes": (f"{truncated} prompts over 77 tokens" if truncated else "") +
                               (f" {failed} failed" if failed else "")})
     _print_table(rows, ["store", "rows", "shape per row", "MB", "notes"], {"shape per row": 60})
+
+
+def _open_vault(home, args=None):
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.vault.query import Vault
+
+    profile = resolve_profile(getattr(args, "profile", None) or home.model_profile(), home.models_dir)
+    return Vault(home.root, profile, device=getattr(args, "device", "auto") or "auto")
+
+
+def _print_neighbors(neighbors, home=None) -> None:
+    rows = [{"similarity": f"{n.similarity:.3f}", "weight": f"{n.weight:.2f}", "generator": n.generator,
+             "prompt": n.prompt, "path": os.path.relpath(n.path, home.root) if home else n.path} for n in neighbors]
+    _print_table(rows, ["similarity", "weight", "generator", "prompt", "path"], {"prompt": 60, "path": 50})
+
+
+def _demo_query(home) -> None:
+    """One vault answer on a crop of a sample image: what a user does first."""
+    from luna_core.vault.query import Box
+
+    sample = next(iter(sorted((home.samples_dir / "comfyui").glob("*.png"))), None)
+    if sample is None:
+        return
+    from PIL import Image
+
+    with Image.open(sample) as image:
+        box = Box(image.width // 4, image.height // 4, image.width // 2, image.height // 2)
+    vault = _open_vault(home)
+    conditioning = vault.condition(sample, box, k=5)
+    out = conditioning.save(home.root / "demo_condition.safetensors")
+    print(f"\nVault query: the centre crop {box.x},{box.y},{box.width},{box.height} of {os.path.relpath(sample, home.root)}")
+    _print_neighbors(conditioning.neighbors, home)
+    print(f"  conditioning → {out} (prompt_embeds {list(conditioning.prompt_embeds.shape)}, "
+          f"pooled {list(conditioning.pooled_prompt_embeds.shape)})")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from luna_core.vault.query import Box
+
+    home = _home(args)
+    vault = _open_vault(home, args)
+    neighbors = vault.search(args.image, Box.parse(args.box) if args.box else None, args.k)
+    if args.json:
+        print(json.dumps([n.__dict__ for n in neighbors], indent=2, default=str))
+    else:
+        _print_neighbors(neighbors)
+    return 0
+
+
+def cmd_condition(args: argparse.Namespace) -> int:
+    from luna_core.vault.query import Box
+
+    home = _home(args)
+    vault = _open_vault(home, args)
+    conditioning = vault.condition(args.image, Box.parse(args.box) if args.box else None, args.k, args.prompt,
+                                   args.mode, args.alpha, args.temperature)
+    out = conditioning.save(args.out)
+    _print_neighbors(conditioning.neighbors)
+    print(f"wrote {out}: prompt_embeds {list(conditioning.prompt_embeds.shape)}, pooled_prompt_embeds "
+          f"{list(conditioning.pooled_prompt_embeds.shape)} (+ negatives), mode {args.mode}")
+    return 0
 
 
 def _print_catalog_summary(home) -> None:
@@ -251,6 +313,30 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--home", help=home_help)
     build.add_argument("--profile", choices=["tiny", "sdxl"], help="record and use this model profile")
     build.set_defaults(func=cmd_build)
+
+    search = sub.add_parser("search", help="the library images most similar to an image or a crop of it")
+    search.add_argument("image")
+    search.add_argument("--box", help="crop X,Y,W,H in pixels")
+    search.add_argument("--k", type=int, default=5)
+    search.add_argument("--json", action="store_true", help="print JSON")
+    search.add_argument("--home", help=home_help)
+    search.add_argument("--device", default="auto")
+    search.set_defaults(func=cmd_search)
+
+    condition = sub.add_parser("condition", help="an SDXL conditioning (safetensors) for an image or a crop of it")
+    condition.add_argument("image")
+    condition.add_argument("--box", help="crop X,Y,W,H in pixels")
+    condition.add_argument("--k", type=int, default=5)
+    condition.add_argument("--prompt", help="a typed prompt to mix the vault answer into")
+    condition.add_argument("--mode", default="replace", choices=["replace", "blend", "concat"],
+                           help="replace: the vault answer alone; blend: (1-alpha)*prompt + alpha*vault; "
+                                "concat: prompt tokens then vault tokens (154)")
+    condition.add_argument("--alpha", type=float, default=0.5, help="the vault's share in blend mode")
+    condition.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the neighbour weights")
+    condition.add_argument("--out", required=True, help="output .safetensors file")
+    condition.add_argument("--home", help=home_help)
+    condition.add_argument("--device", default="auto")
+    condition.set_defaults(func=cmd_condition)
 
     status = sub.add_parser("status", help="what the catalog holds, and what is quarantined and why")
     status.add_argument("--home", help=home_help)

@@ -117,6 +117,17 @@ _SCHEMA = [
         SELECT sha256(text) AS prompt_hash, text AS prompt, length(text) AS chars
         FROM (SELECT prompt AS text FROM generations UNION SELECT negative_prompt FROM generations)
         WHERE text IS NOT NULL""",
+    # Stable per content hash, assigned once (luna_core.library): FAISS ids and the data split.
+    """CREATE TABLE IF NOT EXISTS image_ids (
+        content_hash VARCHAR PRIMARY KEY,
+        image_id BIGINT NOT NULL UNIQUE,
+        assigned_at TIMESTAMP NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS splits (
+        content_hash VARCHAR PRIMARY KEY,
+        split VARCHAR NOT NULL,
+        assigned_at TIMESTAMP NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS ingest_runs (
         run_id VARCHAR PRIMARY KEY,
         started_at TIMESTAMP NOT NULL,

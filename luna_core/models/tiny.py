@@ -16,7 +16,7 @@ from pathlib import Path
 
 from luna_core.models.profiles import ModelProfile
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 IMAGE_SIZE = 64
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -71,6 +71,37 @@ def _build(dest: Path) -> None:
                                                **common)).save_pretrained(dest / "sdxl" / "text_encoder_2")
     clip_tokenizer("<|endoftext|>").save_pretrained(dest / "sdxl" / "tokenizer")
     clip_tokenizer("!").save_pretrained(dest / "sdxl" / "tokenizer_2")
+    _build_sdxl_refiner_parts(dest / "sdxl", cross_attention_dim=32 + 64, pooled_dim=48)
+
+
+def _build_sdxl_refiner_parts(sdxl_dir: Path, cross_attention_dim: int, pooled_dim: int) -> None:
+    """A tiny SDXL UNet, VAE and scheduler beside the text encoders, with model_index.json, so the
+    folder loads as a diffusers SDXL (img2img) pipeline exactly as the real base model does."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    time_embed_dim = 8  # SDXL adds 6 size/crop numbers, each embedded in this many channels
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=pooled_dim + 6 * time_embed_dim, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        sample_size=64, norm_num_groups=32)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae, unet=unet, scheduler=scheduler,
+        text_encoder=CLIPTextModel.from_pretrained(sdxl_dir / "text_encoder"),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(sdxl_dir / "text_encoder_2"),
+        tokenizer=CLIPTokenizer.from_pretrained(sdxl_dir / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(sdxl_dir / "tokenizer_2"),
+        requires_aesthetics_score=False, force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(sdxl_dir)
 
 
 def ensure_tiny_models(root: Path) -> ModelProfile:

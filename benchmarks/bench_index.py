@@ -1,0 +1,162 @@
+"""FAISS index benchmark on synthetic clustered unit vectors, printed side by side in one run.
+
+    .venv/bin/python benchmarks/bench_index.py --vectors 500000 --dims 1024
+
+Data: a mixture of a few thousand clusters with power-law sizes, unit-normalized; queries are held
+out (never added). Prints, for the index Luna chooses and for the exact flat scan: recall@10,
+single-query p50/p99 latency at 1 and 2 threads, batch throughput, build time and size; then the
+time of an incremental add of 1 % new vectors against a full rebuild, and the vault query latency
+(query embedding in → similarity-weighted mean conditioning of k=5 out, read from Zarr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from luna_core.index.faiss_index import (
+    GIB,
+    IndexSettings,
+    build_index,
+    exact_neighbors,
+    plan_index,
+    recall_at,
+    search_params,
+    single_query_latency,
+)
+
+
+def clustered_vectors(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, d)).astype(np.float32)
+    sizes = rng.pareto(1.2, clusters) + 1  # power-law cluster sizes
+    assignment = rng.choice(clusters, size=n, p=sizes / sizes.sum())
+    spread = rng.uniform(0.4, 0.9, clusters).astype(np.float32)
+    x = centers[assignment] + spread[assignment, None] * rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def index_bytes(index) -> int:
+    import faiss
+
+    return len(faiss.serialize_index(index))
+
+
+def measure(name: str, index, queries: np.ndarray, truth: np.ndarray, build_s: float) -> dict:
+    import faiss
+
+    found = index.search(queries, 10)[1]
+    p50_1, p99_1 = single_query_latency(index, queries[:300], threads=1)
+    p50_2, p99_2 = single_query_latency(index, queries[:300], threads=2)
+    started = time.perf_counter()
+    index.search(queries, 10)
+    batch_qps = len(queries) / (time.perf_counter() - started)
+    row = {"index": name, "recall@10": recall_at(found, truth), "p50_ms_1t": p50_1, "p99_ms_1t": p99_1,
+           "p50_ms_2t": p50_2, "p99_ms_2t": p99_2, "batch_qps": batch_qps, "build_s": build_s,
+           "size_MB": index_bytes(index) / 1e6, "omp_threads": faiss.omp_get_max_threads()}
+    print(f"{name:44s} recall@10 {row['recall@10']:.4f}  p50 {p50_1:7.3f} ms (1t) {p50_2:7.3f} ms (2t)  "
+          f"p99 {p99_1:7.3f}/{p99_2:7.3f} ms  batch {batch_qps:9,.0f} q/s  build {build_s:6.1f}s  "
+          f"{row['size_MB']:8.1f} MB", flush=True)
+    return row
+
+
+def vault_query_latency(vectors: np.ndarray, index, rows: int, k: int = 5, seq: int = 77, width: int = 2048,
+                        pooled: int = 1280, queries: int = 200) -> dict:
+    """Embedding in → k neighbours → their conditioning rows read from a Zarr text store → weighted mean."""
+    from luna_core.vault.store import TEXT_LAYOUT, RowStore
+
+    work = Path(tempfile.mkdtemp(prefix="luna-bench-vault-q-"))
+    store = RowStore.open(work / "text.zarr", {"prompt_embeds": (seq, width), "pooled_prompt_embeds": (pooled,)},
+                          TEXT_LAYOUT)
+    rng = np.random.default_rng(5)
+    for start in range(0, rows, 64):
+        n = min(64, rows - start)
+        store.write(start, {"prompt_embeds": rng.standard_normal((n, seq, width), dtype=np.float32).astype(np.float16),
+                            "pooled_prompt_embeds": rng.standard_normal((n, pooled), dtype=np.float32).astype(np.float16)})
+    row_of_id = rng.integers(0, rows, size=int(index.ntotal) * 8 + 8)  # by image id; many images share a prompt row
+    times = []
+    for q in vectors[rng.choice(len(vectors), queries, replace=False)]:
+        started = time.perf_counter()
+        sims, ids = index.search(q[None], k)
+        weights = np.exp((sims[0] - sims[0].max()) / 0.05)
+        weights /= weights.sum()
+        picked = row_of_id[ids[0]]
+        embeds = store.read("prompt_embeds", picked).astype(np.float32)
+        pooled_rows = store.read("pooled_prompt_embeds", picked).astype(np.float32)
+        _ = np.tensordot(weights, embeds, axes=1), weights @ pooled_rows
+        times.append((time.perf_counter() - started) * 1000)
+    bytes_on_disk = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    result = {"vault_query_p50_ms": float(np.percentile(times, 50)), "vault_query_p99_ms": float(np.percentile(times, 99)),
+              "text_rows": rows, "text_store_GB": bytes_on_disk / 1e9}
+    print(f"vault query (k={k}, {rows:,} conditioning rows of [{seq},{width}]+[{pooled}] fp16 in Zarr, "
+          f"{len(vectors):,} indexed vectors): p50 {result['vault_query_p50_ms']:.2f} ms, "
+          f"p99 {result['vault_query_p99_ms']:.2f} ms", flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=500_000)
+    parser.add_argument("--dims", type=int, default=1024)
+    parser.add_argument("--clusters", type=int, default=3000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--budget-gb", type=float, default=4.0)
+    parser.add_argument("--text-rows", type=int, default=4096, help="conditioning rows for the vault query figure")
+    parser.add_argument("--skip-flat", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    data = clustered_vectors(args.vectors + args.queries, args.dims, args.clusters, seed=0)
+    base, queries = data[: args.vectors], data[args.vectors :]
+    ids = np.arange(1, args.vectors + 1, dtype=np.int64) * 7  # ids are catalog ids, not positions
+    print(f"{args.vectors:,} x {args.dims} clustered unit vectors ({args.clusters} clusters), {args.queries} held-out "
+          f"queries; generated in {time.perf_counter() - started:.0f}s", flush=True)
+    truth = ids[exact_neighbors(base, queries, 10)]
+    settings = IndexSettings(memory_budget_bytes=int(args.budget_gb * GIB))
+    plan = plan_index(args.vectors, args.dims, settings)
+    print(f"Luna's choice for a {args.budget_gb:g} GB budget: {plan.factory} (estimated {plan.estimated_bytes / 1e9:.2f} GB)")
+    rows = []
+    if not args.skip_flat:
+        import faiss
+
+        t0 = time.perf_counter()
+        flat = faiss.IndexIDMap2(faiss.IndexFlatIP(args.dims))
+        flat.add_with_ids(base, ids)
+        rows.append(measure("exact flat scan (reference)", flat, queries, truth, time.perf_counter() - t0))
+        del flat
+    t0 = time.perf_counter()
+    index, stats = build_index(base, ids, settings, log=lambda m: print("  " + m, flush=True))
+    build_s = time.perf_counter() - t0
+    print(f"  tuned on {stats.queries} held-out vectors: recall by nprobe {stats.recall_by_nprobe} -> "
+          f"{search_params(index)}", flush=True)
+    rows.append(measure(f"Luna: {plan.factory}", index, queries, truth, build_s))
+
+    # Incremental add of 1 % new vectors vs a full rebuild of the grown set.
+    extra = clustered_vectors(args.vectors // 100, args.dims, args.clusters, seed=0)[: args.vectors // 100]
+    extra_ids = np.arange(args.vectors + 1, args.vectors + 1 + len(extra), dtype=np.int64) * 7
+    t0 = time.perf_counter()
+    index.add_with_ids(extra, extra_ids)
+    add_s = time.perf_counter() - t0
+    add = {"add_1pct_s": add_s, "rebuild_s": build_s, "rebuild_over_add": build_s / add_s}
+    print(f"incremental add of {len(extra):,} vectors (1 %): {add_s:.2f}s vs full rebuild {build_s:.1f}s "
+          f"-> add is {build_s / add_s:,.0f}x faster", flush=True)
+    vault = vault_query_latency(base, index, args.text_rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "stats": stats.__dict__, "add": add, "vault": vault},
+                                              indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

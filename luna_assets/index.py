@@ -1,0 +1,92 @@
+"""The `catalog` and `index` groups: the library view over catalog and vault, and the FAISS index."""
+
+import dagster as dg
+
+from dagster_project.resources import LunaHomeResource, LunaModelsResource
+from luna_assets.embeddings import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
+from luna_core.index.build import update_index
+from luna_core.index.faiss_index import GIB, IndexSettings
+from luna_core.library import build_library
+
+LUNA_CATALOG = dg.AssetKey("luna_catalog")
+FAISS_INDEX = dg.AssetKey("faiss_index")
+
+
+@dg.asset(
+    key=LUNA_CATALOG,
+    deps=[VISION_EMBEDDINGS, TEXT_CONDITIONINGS],
+    group_name="catalog",
+    kinds={"duckdb"},
+    code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[
+        dg.AssetCheckSpec("every_image_counted_once", asset=LUNA_CATALOG,
+                          description="Every ok image is in the library view exactly once, with an id and a split."),
+        dg.AssetCheckSpec("no_orphans", asset=LUNA_CATALOG,
+                          description="No vault row or generation points at an image or prompt the catalog no longer has."),
+    ],
+)
+def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource) -> dg.MaterializeResult:
+    """The `library` view: one row per image joining generation, vision row and conditioning rows, with a stable image id and train/val/test split."""
+    profile = models.resolve(luna.luna_home)
+    report = build_library(luna.luna_home.catalog_path, profile.vision_key, profile.text_key)
+    orphans = sum(report.orphans.values())
+    return dg.MaterializeResult(
+        metadata={
+            "images": report.images, "new ids": report.new_ids,
+            "by split": dg.MetadataValue.json(report.by_split),
+            "with vision row": report.with_vision_row, "with prompt row": report.with_prompt_row,
+            "with negative row": report.with_negative_row,
+            "orphans": dg.MetadataValue.json(report.orphans),
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name="every_image_counted_once", passed=report.uncounted == 0,
+                                metadata={"images": report.images, "uncounted or doubled": report.uncounted}),
+            # Orphans are leftovers (an edited file's old embedding), harmless to answers: a warning.
+            dg.AssetCheckResult(check_name="no_orphans", passed=orphans == 0, severity=dg.AssetCheckSeverity.WARN,
+                                metadata={k: v for k, v in report.orphans.items()}),
+        ],
+    )
+
+
+class FaissIndexConfig(dg.Config):
+    """Launchpad settings of the index build."""
+
+    rebuild: bool = False  # retrain and rebuild from scratch instead of adding new embeddings
+    memory_budget_gb: float = 4.0
+    flat_max_vectors: int = IndexSettings.flat_max_vectors
+    target_recall: float = IndexSettings.target_recall
+
+
+@dg.asset(
+    key=FAISS_INDEX,
+    deps=[LUNA_CATALOG],
+    group_name="index",
+    kinds={"faiss"},
+    code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def faiss_index(context: dg.AssetExecutionContext, config: FaissIndexConfig, luna: LunaHomeResource,
+                models: LunaModelsResource) -> dg.MaterializeResult:
+    """A versioned FAISS inner-product index over the image embeddings (ids = catalog image ids), with the lookup queries need, swapped in atomically."""
+    profile = models.resolve(luna.luna_home)
+    settings = IndexSettings(memory_budget_bytes=int(config.memory_budget_gb * GIB),
+                             flat_max_vectors=config.flat_max_vectors, target_recall=config.target_recall)
+    report = update_index(luna.luna_home.catalog_path, luna.luna_home.root, profile, settings, rebuild=config.rebuild)
+    context.log.info(f"index {report.action}: {report.reason}")
+    meta = report.meta
+    return dg.MaterializeResult(
+        metadata={
+            "action": report.action, "reason": report.reason, "version": report.version,
+            "vectors": report.vectors, "added": report.added,
+            "index": meta.get("plan", {}).get("factory", ""),
+            "recall@10 (held-out, vs exact)": dg.MetadataValue.float(round(float(meta.get("recall_at_10", 0.0)), 4)),
+            "search params": dg.MetadataValue.json(meta.get("search_params", {})),
+            "query p50 (ms, 1 query)": dg.MetadataValue.float(round(float(meta.get("p50_ms", 0.0)), 3)),
+            "query p99 (ms, 1 query)": dg.MetadataValue.float(round(float(meta.get("p99_ms", 0.0)), 3)),
+            "build seconds": dg.MetadataValue.float(round(float(meta.get("build_seconds", 0.0)), 2)),
+            "estimated MB": dg.MetadataValue.float(round(meta.get("plan", {}).get("estimated_bytes", 0) / 1e6, 2)),
+            "duration (s)": dg.MetadataValue.float(round(report.seconds, 2)),
+            "vision model": meta.get("vision_key", ""),
+        },
+    )

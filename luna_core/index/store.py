@@ -1,0 +1,137 @@
+"""Versioned index files, swapped in atomically, with everything a query needs published beside them.
+
+    HOME/index/<vision store key>/
+        current.json            {"version": 12}: replaced atomically (write + rename)
+        versions/v000012/
+            index.faiss         the FAISS index (ids: catalog image ids)
+            lookup.arrow        image id -> path, prompt, negative prompt, conditioning rows, split
+            meta.json           models, stores, plan, recall, latency, build time
+
+A query reads current.json, then that version's files: it never opens the catalog, so queries keep
+working while any asset is being materialized (DuckDB admits no reader while a process writes).
+Old versions are kept a while so a reader that has just read the pointer still finds its files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from luna_core.errors import LunaConfigError
+
+KEEP_VERSIONS = 3
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    number: int
+    path: Path
+
+    @property
+    def index_file(self) -> Path:
+        return self.path / "index.faiss"
+
+    @property
+    def lookup_file(self) -> Path:
+        return self.path / "lookup.arrow"
+
+    @property
+    def meta_file(self) -> Path:
+        return self.path / "meta.json"
+
+    def meta(self) -> dict:
+        try:
+            return json.loads(self.meta_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise LunaConfigError(f"index metadata {self.meta_file} is missing or corrupted ({exc}); "
+                                  "rebuild the index (materialize faiss_index with rebuild: true)") from None
+
+
+class IndexStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def pointer(self) -> Path:
+        return self.root / "current.json"
+
+    def current(self) -> IndexVersion | None:
+        if not self.pointer.exists():
+            return None
+        try:
+            number = int(json.loads(self.pointer.read_text())["version"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LunaConfigError(f"index pointer {self.pointer} is corrupted ({exc}); rebuild the index") from None
+        version = IndexVersion(number, self.root / "versions" / f"v{number:06d}")
+        if not version.path.is_dir():
+            raise LunaConfigError(f"index version {version.path} named by {self.pointer} is missing; rebuild the index")
+        return version
+
+    def publish(self, index, lookup, meta: dict) -> IndexVersion:
+        """Write a new version next to the current one, then point readers at it in one rename."""
+        import faiss
+        import pyarrow as pa
+
+        versions = self.root / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        existing = [int(p.name[1:]) for p in versions.glob("v[0-9]*") if p.name[1:].isdigit()]
+        number = max(existing, default=0) + 1
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
+        faiss.write_index(index, str(staging / "index.faiss"))
+        with pa.OSFile(str(staging / "lookup.arrow"), "wb") as sink, pa.ipc.new_file(sink, lookup.schema) as writer:
+            writer.write_table(lookup)
+        (staging / "meta.json").write_text(json.dumps({**meta, "version": number}, indent=2, default=str))
+        final = versions / f"v{number:06d}"
+        os.rename(staging, final)
+        tmp_pointer = self.pointer.with_suffix(".json.tmp")
+        tmp_pointer.write_text(json.dumps({"version": number}))
+        os.replace(tmp_pointer, self.pointer)
+        for old in sorted(existing)[: max(0, len(existing) - (KEEP_VERSIONS - 1))]:
+            shutil.rmtree(versions / f"v{old:06d}", ignore_errors=True)
+        return IndexVersion(number, final)
+
+
+@dataclass
+class LoadedIndex:
+    version: IndexVersion
+    index: object
+    meta: dict
+    ids: np.ndarray  # sorted image ids of the lookup
+    order: np.ndarray  # lookup row of each sorted id
+    lookup: object  # pyarrow.Table
+
+    def rows_for(self, image_ids: np.ndarray) -> np.ndarray:
+        """Lookup rows of the given ids; -1 for ids no longer in the library (missing files)."""
+        pos = np.searchsorted(self.ids, image_ids)
+        pos = np.clip(pos, 0, max(0, len(self.ids) - 1))
+        found = (len(self.ids) > 0) & (self.ids[pos] == image_ids)
+        return np.where(found, self.order[pos], -1)
+
+
+def load_index(store: IndexStore) -> LoadedIndex:
+    import faiss
+    import pyarrow as pa
+
+    version = store.current()
+    if version is None:
+        raise LunaConfigError(f"no index at {store.root} yet: run `luna build` (or materialize faiss_index in the UI)")
+    meta = version.meta()
+    try:
+        index = faiss.read_index(str(version.index_file))
+    except RuntimeError as exc:
+        raise LunaConfigError(f"index file {version.index_file} cannot be read ({str(exc).splitlines()[0][:200]}); "
+                              "it is missing or corrupted: rebuild the index") from None
+    try:
+        with pa.memory_map(str(version.lookup_file)) as source:
+            lookup = pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise LunaConfigError(f"index lookup {version.lookup_file} is missing or corrupted ({exc}); rebuild the index") from None
+    ids = lookup.column("image_id").to_numpy()
+    order = np.argsort(ids)
+    return LoadedIndex(version, index, meta, ids[order], order, lookup)

@@ -1,0 +1,250 @@
+"""Ask the vault: image or crop in, the most similar library images and their SDXL conditioning out.
+
+Reads only the published index version (index, lookup, meta) and the Zarr conditioning store:
+never the catalog, so answers keep coming while any asset is being materialized.
+
+Weighting: neighbour i with cosine similarity s_i gets w_i = softmax(s_i / T) over the k
+neighbours (T = `temperature`, default 0.05): near-ties share evenly, a clearly closer image
+dominates. The answer is sum_i w_i * conditioning_i, token by token and for the pooled vector;
+the negative conditioning likewise, a neighbour without a negative prompt counting as zeros (what
+SDXL uses for an empty negative).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from luna_core.errors import LunaConfigError
+from luna_core.index.build import index_dir
+from luna_core.index.store import IndexStore, LoadedIndex, load_index
+from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
+from luna_core.vault.store import TEXT_LAYOUT, RowStore
+
+MODES = ("replace", "blend", "concat")
+
+
+class QueryError(LunaConfigError):
+    """A query that cannot be answered as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Box:
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Box":
+        try:
+            x, y, w, h = (int(part) for part in text.split(","))
+        except ValueError:
+            raise QueryError(f"box {text!r} is not X,Y,W,H in whole pixels (e.g. 120,40,256,256)") from None
+        return cls(x, y, w, h)
+
+
+@dataclass
+class Neighbor:
+    image_id: int
+    similarity: float
+    weight: float
+    path: str
+    prompt: str | None
+    negative_prompt: str | None
+    generator: str | None
+    content_hash: str
+
+
+@dataclass
+class Conditioning:
+    prompt_embeds: np.ndarray  # [1, 77 (154 for concat), D]
+    pooled_prompt_embeds: np.ndarray  # [1, P]
+    negative_prompt_embeds: np.ndarray
+    negative_pooled_prompt_embeds: np.ndarray
+    neighbors: list[Neighbor] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """A safetensors file diffusers' SDXL pipelines take as keyword arguments, unchanged."""
+        import torch
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
+                   for name in ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds",
+                                "negative_pooled_prompt_embeds")}
+        metadata = {"luna": json.dumps({**self.info, "neighbors": [n.__dict__ for n in self.neighbors]}, default=str)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+
+
+def load_image(path: str | Path, box: Box | None = None):
+    """The query picture (optionally cropped), with errors that name the file and the reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise QueryError(f"query file {path} is not an image Luna can decode ({exc})") from None
+    if box is None:
+        return image
+    if box.width <= 0 or box.height <= 0:
+        raise QueryError(f"box {box.x},{box.y},{box.width},{box.height} is empty")
+    if box.x < 0 or box.y < 0 or box.x + box.width > image.width or box.y + box.height > image.height:
+        raise QueryError(f"box {box.x},{box.y},{box.width},{box.height} lies outside the {image.width}x{image.height} "
+                         f"image {path}")
+    return image.crop((box.x, box.y, box.x + box.width, box.y + box.height))
+
+
+class Vault:
+    """The published index plus the conditioning store, and the encoders to embed queries."""
+
+    def __init__(self, home_root: str | Path, profile: ModelProfile, device: str = "auto", dtype: str = "auto"):
+        self.home_root, self.profile = Path(home_root), profile
+        self.device_name, self.dtype_name = device, dtype
+        self._index: LoadedIndex | None = None
+        self._vision = None
+        self._text = None
+        self._store: RowStore | None = None
+
+    # ------------------------------------------------------------ lazily opened parts
+
+    @property
+    def index(self) -> LoadedIndex:
+        if self._index is None:
+            loaded = load_index(IndexStore(index_dir(self.home_root, self.profile)))
+            if loaded.meta.get("vision_key") != self.profile.vision_key:
+                raise QueryError(f"the index at {loaded.version.path} was built with vision model "
+                                 f"{loaded.meta.get('vision_key')}, not the configured {self.profile.vision_key}; "
+                                 "rebuild it or configure that model")
+            if loaded.index.ntotal == 0:
+                raise QueryError(f"the index at {loaded.version.path} is empty: ingest and embed some images first")
+            self._index = loaded
+        return self._index
+
+    def _device_dtype(self):
+        device = choose_device(self.device_name)
+        dtype = choose_dtype(device, self.profile.default_dtype if self.dtype_name == "auto" else self.dtype_name)
+        return device, dtype
+
+    @property
+    def vision(self):
+        if self._vision is None:
+            from luna_core.models.encoders import VisionEncoder
+
+            self._vision = VisionEncoder(self.profile.vision_model, self.profile.vision_revision, *self._device_dtype())
+            if self._vision.width != self.index.meta.get("dims"):
+                raise QueryError(f"the vision model gives {self._vision.width}-d embeddings, the index holds "
+                                 f"{self.index.meta.get('dims')}-d ones")
+        return self._vision
+
+    @property
+    def text_store(self) -> RowStore:
+        if self._store is None:
+            import zarr
+
+            path = Path(self.index.meta["text_store"])
+            if not path.exists():
+                raise QueryError(f"conditioning store {path} is missing: materialize text_conditionings")
+            group = zarr.open_group(str(path), mode="r")
+            fields = {name: tuple(group[name].shape[1:]) for name in ("prompt_embeds", "pooled_prompt_embeds")}
+            self._store = RowStore(path, group, fields, TEXT_LAYOUT)
+        return self._store
+
+    # ------------------------------------------------------------ queries
+
+    def embed(self, image) -> np.ndarray:
+        return self.vision.embed_pixels(self.vision.preprocess(image)[None])[0]
+
+    def nearest(self, embedding: np.ndarray, k: int, temperature: float = 0.05) -> list[Neighbor]:
+        index = self.index
+        total = int(index.index.ntotal)
+        if k <= 0:
+            raise QueryError(f"k must be at least 1 (got {k})")
+        if k > total:
+            raise QueryError(f"k={k} is larger than the index ({total} images)")
+        if temperature <= 0:
+            raise QueryError("temperature must be positive")
+        fetch = min(total, k + 16)  # a few extra: ids of images gone since the build are skipped
+        sims, ids = index.index.search(np.ascontiguousarray(embedding[None], dtype=np.float32), fetch)
+        rows = index.rows_for(ids[0])
+        keep = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows) if r >= 0 and i >= 0][:k]
+        if not keep:
+            raise QueryError("no indexed image is still in the library; rebuild the index")
+        scores = np.array([s for s, _, _ in keep])
+        weights = np.exp((scores - scores.max()) / temperature)
+        weights /= weights.sum()
+        lookup = index.lookup
+        out = []
+        for (sim, image_id, row), weight in zip(keep, weights):
+            get = lambda column: lookup.column(column)[row].as_py()  # noqa: E731
+            out.append(Neighbor(image_id, sim, float(weight), get("path"), get("prompt"), get("negative_prompt"),
+                                get("generator"), get("content_hash")))
+        return out
+
+    def search(self, image_path: str | Path, box: Box | None = None, k: int = 5) -> list[Neighbor]:
+        return self.nearest(self.embed(load_image(image_path, box)), k)
+
+    def _mean_rows(self, rows: list[int], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        store = self.text_store
+        seq_width, pooled_width = store.fields["prompt_embeds"], store.fields["pooled_prompt_embeds"]
+        embeds = np.zeros(seq_width, np.float32)
+        pooled = np.zeros(pooled_width, np.float32)
+        present = [i for i, r in enumerate(rows) if r >= 0]
+        if present:
+            picked = np.array([rows[i] for i in present], dtype=np.int64)
+            w = weights[present]
+            embeds = np.tensordot(w, store.read("prompt_embeds", picked).astype(np.float32), axes=1)
+            pooled = w @ store.read("pooled_prompt_embeds", picked).astype(np.float32)
+        return embeds, pooled
+
+    def condition(self, image_path: str | Path, box: Box | None = None, k: int = 5, prompt: str | None = None,
+                  mode: str = "replace", alpha: float = 0.5, temperature: float = 0.05) -> Conditioning:
+        if mode not in MODES:
+            raise QueryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if not 0.0 <= alpha <= 1.0:
+            raise QueryError(f"alpha must be within [0, 1] (got {alpha})")
+        if prompt is None and mode != "replace":
+            raise QueryError(f"mode {mode} mixes the vault answer into a prompt: give --prompt")
+        neighbors = self.nearest(self.embed(load_image(image_path, box)), k, temperature)
+        weights = np.array([n.weight for n in neighbors])
+        rows = self.index.lookup
+        lookup_rows = self.index.rows_for(np.array([n.image_id for n in neighbors], dtype=np.int64))
+        pos_rows = [int(rows.column("prompt_row")[r].as_py()) for r in lookup_rows]
+        neg_rows = [int(rows.column("negative_row")[r].as_py()) for r in lookup_rows]
+        if all(r < 0 for r in pos_rows):
+            raise QueryError("none of the neighbours has an encoded prompt yet: materialize text_conditionings")
+        embeds, pooled = self._mean_rows(pos_rows, weights)
+        neg_embeds, neg_pooled = self._mean_rows(neg_rows, weights)
+        if prompt is not None and mode != "replace":
+            typed, typed_pooled = self.encode_prompt(prompt)
+            if mode == "blend":  # alpha is the vault's share
+                embeds = (1 - alpha) * typed + alpha * embeds
+                pooled = (1 - alpha) * typed_pooled + alpha * pooled
+            else:  # concat: the typed prompt's tokens, then the vault's; pooled from the typed prompt
+                embeds = np.concatenate([typed, embeds], axis=0)
+                neg_embeds = np.concatenate([neg_embeds, neg_embeds], axis=0)
+                pooled = typed_pooled
+        info = {"vision_key": self.profile.vision_key, "text_key": self.index.meta.get("text_key"), "k": k,
+                "mode": mode, "alpha": alpha, "temperature": temperature, "prompt": prompt,
+                "index_version": self.index.version.number, "box": None if box is None else box.__dict__}
+        return Conditioning(embeds[None], pooled[None], neg_embeds[None], neg_pooled[None], neighbors, info)
+
+    def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._text is None:
+            from luna_core.models.encoders import SDXLTextEncoder
+
+            self._text = SDXLTextEncoder(self.profile.sdxl_model, self.profile.sdxl_revision, *self._device_dtype())
+        embeds, pooled = self._text.encode([prompt])
+        return embeds[0], pooled[0]
