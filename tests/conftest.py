@@ -50,3 +50,20 @@ def tiny_home(tmp_path: Path, tiny_models: Path, sample_library: SampleLibrary):
     home.set_model_profile("tiny")
     ingest(home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
     return home
+
+
+@pytest.fixture
+def indexed_home(tiny_home):
+    """tiny_home with both vault stores, the library view and a published index."""
+    from luna_core.index.build import update_index
+    from luna_core.library import build_library
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    options = EmbedOptions(progress=False)
+    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, options)
+    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, options)
+    build_library(tiny_home.catalog_path, profile.vision_key, profile.text_key)
+    update_index(tiny_home.catalog_path, tiny_home.root, profile)
+    return tiny_home

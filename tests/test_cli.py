@@ -28,6 +28,22 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     runs = list((home / "dagster_home").rglob("*.db"))
     assert runs, "the run is recorded in the home's Dagster instance, so the UI shows it"
 
+    assert "Vault query: the centre crop" in out and (home / "demo_condition.safetensors").exists()
+
+    # search and condition from the command line, on a crop of a sample image
+    sample = next((home / "sample_library" / "a1111").glob("*.png"))
+    assert main(["search", str(sample), "--home", str(home), "--k", "3", "--json"]) == 0
+    found = __import__("json").loads(capsys.readouterr().out)
+    assert len(found) == 3 and found[0]["path"] == str(sample)
+    out_file = tmp_path / "c.safetensors"
+    assert main(["condition", str(sample), "--box", "0,0,32,32", "--home", str(home), "--prompt", "a cat",
+                 "--mode", "concat", "--out", str(out_file)]) == 0
+    from safetensors.numpy import load_file
+
+    assert load_file(str(out_file))["prompt_embeds"].shape == (1, 154, 96)
+    assert main(["search", str(sample), "--home", str(home), "--box", "0,0,9999,5"]) == 2
+    assert "outside" in capsys.readouterr().err
+
     # A second demo reuses the library and re-reads nothing.
     assert main(["demo", "--home", str(home), "--images", "44", "--size", "64"]) == 0
     assert "reusing it" in capsys.readouterr().out

@@ -44,9 +44,9 @@ def _library_rows(catalog_path: Path):
     import pyarrow as pa
 
     with open_catalog(catalog_path) as con:
-        if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchone()[0]:
+        if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchall()[0][0]:
             raise LunaConfigError("the catalog has no `library` view yet: materialize luna_catalog first")
-        table = con.execute(f"""
+        table = con.sql(f"""
             SELECT {", ".join(c for c in LOOKUP_COLUMNS if not c.endswith("_row"))},
                    coalesce(prompt_row, -1) AS prompt_row, coalesce(negative_row, -1) AS negative_row,
                    vision_row

@@ -1,0 +1,243 @@
+"""The index and the vault's answers: choice, recall, versions, queries, conditionings, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from luna_core.index.build import index_dir, update_index
+from luna_core.index.faiss_index import GIB, IndexSettings, build_index, plan_index
+from luna_core.index.store import IndexStore, load_index
+from luna_core.library import build_library
+from luna_core.models.profiles import resolve_profile
+from luna_core.vault.query import Box, QueryError, Vault
+
+
+def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(20, d))
+    x = centers[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_index_choice_follows_size_and_budget():
+    assert plan_index(1_000, 1024).kind == "flat"
+    big = plan_index(500_000, 1024)
+    assert big.kind == "ivfpq_refine" and big.estimated_bytes < 4 * GIB
+    tight = plan_index(500_000, 1024, IndexSettings(memory_budget_bytes=256 * 1024**2))
+    assert tight.kind == "ivfpq" and tight.estimated_bytes < 256 * 1024**2
+
+
+def test_approximate_build_measures_recall_and_keeps_catalog_ids():
+    x = unit(4000, 32)
+    ids = np.arange(4000, dtype=np.int64) * 3 + 11
+    index, stats = build_index(x, ids, IndexSettings(flat_max_vectors=0, held_out=200, target_recall=0.95))
+    assert stats.plan["kind"] == "ivfpq_refine" and index.ntotal == 4000
+    assert stats.queries == 200 and stats.recall_at_10 >= 0.95, stats
+    _, found = index.search(x[:5], 1)
+    assert found[:, 0].tolist() == ids[:5].tolist()  # a stored vector finds itself, by catalog id
+    flat, flat_stats = build_index(x, ids)
+    assert flat_stats.plan["kind"] == "flat" and flat_stats.recall_at_10 == 1.0
+
+
+def test_versions_swap_atomically_and_old_ones_are_collected(tmp_path: Path):
+    import faiss
+    import pyarrow as pa
+
+    store = IndexStore(tmp_path / "idx")
+    lookup = pa.table({"image_id": pa.array([1], pa.int64())})
+    for i in range(5):
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(4))
+        index.add_with_ids(np.eye(4, dtype=np.float32)[:1], np.array([1]))
+        version = store.publish(index, lookup, {"n": i})
+    assert store.current().number == 5 and version.meta()["n"] == 4
+    assert sorted(p.name for p in (tmp_path / "idx" / "versions").iterdir()) == ["v000003", "v000004", "v000005"]
+
+
+def test_index_follows_the_library_incrementally(indexed_home, sample_library):
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    again = update_index(indexed_home.catalog_path, indexed_home.root, profile)
+    assert again.action == "unchanged"
+
+    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.samples.pictures import PromptSpec, draw_picture
+    from luna_core.samples.writers import Generation, write_a1111_png
+    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+
+    spec = PromptSpec("boat", "yellow", "desert", "new style", "")
+    data, _ = write_a1111_png(draw_picture(spec, 9, (96, 96)), Generation(spec=spec, seed=9))
+    (sample_library.root / "new.png").write_bytes(data)
+    ingest(indexed_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
+    embed_images(indexed_home.catalog_path, indexed_home.vault_dir, profile, EmbedOptions(progress=False))
+    embed_prompts(indexed_home.catalog_path, indexed_home.vault_dir, profile, EmbedOptions(progress=False))
+    build_library(indexed_home.catalog_path, profile.vision_key, profile.text_key)
+    added = update_index(indexed_home.catalog_path, indexed_home.root, profile)
+    assert (added.action, added.added) == ("added", 1)
+    assert added.vectors == again.vectors + 1
+    rebuilt = update_index(indexed_home.catalog_path, indexed_home.root, profile, rebuild=True)
+    assert rebuilt.action == "built" and rebuilt.vectors == added.vectors and rebuilt.version == added.version + 1
+
+
+def test_ids_and_splits_never_change(indexed_home):
+    before = dict(duckdb.connect(str(indexed_home.catalog_path), read_only=True).execute(
+        "SELECT content_hash, image_id || split FROM library").fetchall())
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    build_library(indexed_home.catalog_path, profile.vision_key, profile.text_key)
+    with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
+        after = dict(con.execute("SELECT content_hash, image_id || split FROM library").fetchall())
+        splits = dict(con.execute("SELECT split, count(*) FROM splits GROUP BY 1").fetchall())
+    assert before == after
+    assert set(splits) <= {"train", "val", "test"} and splits["train"] > splits.get("test", 0)
+
+
+def test_search_finds_the_image_itself_first(indexed_home, sample_library):
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    vault = Vault(indexed_home.root, profile)
+    target = sample_library.images[4].path
+    neighbors = vault.search(target, k=3)
+    assert neighbors[0].similarity > 0.9999
+    (same_bytes,) = {n.content_hash for n in neighbors[:1]}
+    import hashlib
+
+    assert same_bytes == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert abs(sum(n.weight for n in neighbors) - 1) < 1e-6
+
+
+def test_conditioning_is_the_weighted_mean_of_neighbour_rows(indexed_home, sample_library):
+    import zarr
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    vault = Vault(indexed_home.root, profile)
+    answer = vault.condition(sample_library.images[0].path, Box(8, 8, 64, 64), k=4)
+    assert answer.prompt_embeds.shape == (1, 77, 96) and answer.pooled_prompt_embeds.shape == (1, 48)
+    assert answer.negative_prompt_embeds.shape == (1, 77, 96)
+    with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
+        rows = dict(con.execute("SELECT image_id, prompt_row FROM library").fetchall())
+    store = zarr.open_group(str(Path(vault.index.meta["text_store"])), mode="r")
+    expected = sum(n.weight * store["prompt_embeds"][rows[n.image_id]].astype(np.float32) for n in answer.neighbors)
+    np.testing.assert_allclose(answer.prompt_embeds[0], expected, atol=1e-5)
+
+    typed, typed_pooled = vault.encode_prompt("a red cat")
+    blend0 = vault.condition(sample_library.images[0].path, k=4, prompt="a red cat", mode="blend", alpha=0.0)
+    np.testing.assert_allclose(blend0.prompt_embeds[0], typed, atol=1e-6)
+    concat = vault.condition(sample_library.images[0].path, k=4, prompt="a red cat", mode="concat")
+    assert concat.prompt_embeds.shape == (1, 154, 96) and concat.negative_prompt_embeds.shape == (1, 154, 96)
+    np.testing.assert_allclose(concat.pooled_prompt_embeds[0], typed_pooled, atol=1e-6)
+
+
+def test_conditioning_file_drives_the_sdxl_img2img_pipeline_unchanged(indexed_home, sample_library, tmp_path):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    out = Vault(indexed_home.root, profile).condition(sample_library.images[2].path, k=3).save(tmp_path / "c.safetensors")
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(profile.sdxl_model, text_encoder=None, text_encoder_2=None,
+                                                            tokenizer=None, tokenizer_2=None)
+    pipe.set_progress_bar_config(disable=True)
+    result = pipe(image=Image.open(sample_library.images[2].path).convert("RGB").resize((64, 64)),
+                  strength=0.5, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                  **load_file(str(out)))
+    image = result.images[0]
+    assert image.size == (64, 64) and np.asarray(image).std() > 0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing.png", "cannot read"),
+    (lambda p: (p / "notes.png").write_text("not an image") and p / "notes.png", "not an image"),
+])
+def test_bad_query_files(indexed_home, tmp_path, make, message):
+    vault = Vault(indexed_home.root, resolve_profile("tiny", indexed_home.models_dir))
+    with pytest.raises(QueryError, match=message):
+        vault.search(make(tmp_path))
+
+
+@pytest.mark.parametrize("box, k, message", [
+    ("0,0,0,10", 3, "empty"), ("90,90,20,20", 3, "outside"), ("-1,0,5,5", 3, "outside"), ("a,b", 3, "X,Y,W,H"),
+    (None, 0, "at least 1"), (None, 10_000, "larger than the index"),
+])
+def test_bad_boxes_and_k(indexed_home, sample_library, box, k, message):
+    vault = Vault(indexed_home.root, resolve_profile("tiny", indexed_home.models_dir))
+    with pytest.raises(QueryError, match=message):
+        vault.search(sample_library.images[0].path, Box.parse(box) if box else None, k=k)
+
+
+def test_missing_corrupted_and_foreign_indexes_are_refused(indexed_home, sample_library):
+    from luna_core.errors import LunaConfigError
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    image = sample_library.images[0].path
+    store = IndexStore(index_dir(indexed_home.root, profile))
+    version = store.current()
+    meta = json.loads(version.meta_file.read_text())
+    version.meta_file.write_text(json.dumps({**meta, "vision_key": "someone-else@main"}))
+    with pytest.raises(QueryError, match="built with vision model someone-else"):
+        Vault(indexed_home.root, profile).search(image)
+    version.meta_file.write_text(json.dumps(meta))
+    version.index_file.write_bytes(version.index_file.read_bytes()[:100])
+    with pytest.raises(LunaConfigError, match="corrupted"):
+        Vault(indexed_home.root, profile).search(image)
+    shutil.rmtree(store.root)
+    with pytest.raises(LunaConfigError, match="no index"):
+        Vault(indexed_home.root, profile).search(image)
+
+
+def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_home, sample_library):
+    """Another process holds the catalog (as a materialization does) and the index is rebuilt meanwhile:
+    queries from a third process never wait and never fail."""
+    from luna_core.catalog import open_catalog
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from luna_core.catalog import open_catalog
+        with open_catalog({str(indexed_home.catalog_path)!r}) as con:
+            print("held", flush=True)
+            time.sleep(8)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    querier = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from luna_core.models.profiles import resolve_profile
+        from luna_core.vault.query import Vault
+        from pathlib import Path
+        profile = resolve_profile("tiny", Path({str(indexed_home.models_dir)!r}))
+        started = time.monotonic()
+        for _ in range(5):
+            answer = Vault({str(indexed_home.root)!r}, profile).condition({str(sample_library.images[0].path)!r}, k=3)
+            assert answer.prompt_embeds.shape == (1, 77, 96)
+        print(f"ok {{time.monotonic() - started:.2f}}")
+    """)], capture_output=True, text=True, timeout=60)
+    still_holding = holder.poll() is None
+    holder.kill()
+    assert querier.returncode == 0, querier.stderr[-2000:]
+    assert still_holding, "the queries ran while the catalog was held"
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def keep_querying():
+        while not stop.is_set():
+            try:
+                Vault(indexed_home.root, profile).search(sample_library.images[1].path, k=2)
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+
+    thread = threading.Thread(target=keep_querying)
+    thread.start()
+    for _ in range(4):
+        update_index(indexed_home.catalog_path, indexed_home.root, profile, rebuild=True)
+    stop.set()
+    thread.join()
+    assert errors == []
