@@ -221,6 +221,14 @@ def test_row_store_refuses_other_shapes_and_grows_by_shards(tmp_path: Path):
     np.testing.assert_array_equal(store.read("a", np.array([8, 0, 5])), [[2, 2, 2], [1, 1, 1], [2, 2, 2]])
     with pytest.raises(LunaConfigError, match="shape"):
         RowStore.open(tmp_path / "s.zarr", {"a": (4,)}, layout)
+    # The fast row reader (straight from shard files) agrees with zarr, duplicates and unwritten rows included.
+    rows = np.array([8, 0, 5, 0, 15, 3])
+    np.testing.assert_array_equal(store.read_rows("a", rows), store.read("a", rows))
+    text = RowStore.open(tmp_path / "t.zarr", {"e": (3, 4)}, Layout(rows_per_chunk=1, rows_per_shard=4))
+    text.write(0, {"e": np.arange(6 * 12, dtype=np.float32).reshape(6, 3, 4)})
+    assert text._shard_reader("e") is not None, "row-wide chunks take the fast path"
+    rows = np.array([5, 1, 1, 7, 4])
+    np.testing.assert_array_equal(text.read_rows("e", rows), text.read("e", rows))
     second_writer = textwrap.dedent(f"""
         from luna_core.vault.store import RowStore, Layout
         s = RowStore.open({str(tmp_path / 's.zarr')!r}, {{"a": (3,)}}, Layout(2, 8))

@@ -205,8 +205,9 @@ class Vault:
         if present:
             picked = np.array([rows[i] for i in present], dtype=np.int64)
             w = weights[present]
-            embeds = np.tensordot(w, store.read("prompt_embeds", picked).astype(np.float32), axes=1)
-            pooled = w @ store.read("pooled_prompt_embeds", picked).astype(np.float32)
+            rows_read = store.read_rows("prompt_embeds", picked).reshape(len(picked), -1).astype(np.float32)
+            embeds = (w @ rows_read).reshape(seq_width)
+            pooled = w @ store.read_rows("pooled_prompt_embeds", picked).astype(np.float32)
         return embeds, pooled
 
     def condition(self, image_path: str | Path, box: Box | None = None, k: int = 5, prompt: str | None = None,

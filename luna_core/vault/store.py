@@ -104,6 +104,64 @@ class RowStore:
         out[order] = values
         return out
 
+    def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """A few rows at random, fast: straight from the shard files when the layout is the plain one
+        Luna writes (row-wide chunks, uncompressed, index at the shard's end), else through zarr.
+
+        zarr-python spends about a millisecond of machinery per call; a k-NN answer reads k rows
+        scattered over the store, so this path reads each row with two positioned reads instead."""
+        reader = self._shard_reader(name)
+        if reader is None:
+            return self.read(name, rows)
+        return reader(np.asarray(rows, dtype=np.int64))
+
+    def _shard_reader(self, name: str):
+        cache = self.__dict__.setdefault("_readers", {})
+        if name in cache:
+            return cache[name]
+        cache[name] = None
+        meta = json.loads((self.path / name / "zarr.json").read_text())
+        codecs = meta.get("codecs", [])
+        row_shape = tuple(meta["shape"][1:])
+        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        conf = codecs[0]["configuration"]
+        inner = [c.get("name") for c in conf.get("codecs", [])]
+        index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
+        if (conf.get("index_location", "end") != "end" or inner != ["bytes"] or index_codecs != ["bytes", "crc32c"]
+                or conf["chunk_shape"] != [1, *row_shape] or meta.get("data_type") != DTYPE
+                or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator") != "/"):
+            return None
+        shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        row_bytes = int(np.prod(row_shape)) * 2
+        index_bytes = shard_rows * 16 + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
+        zero_dims = "/".join("0" for _ in row_shape)
+        empty = np.uint64(2**64 - 1)
+
+        def read(rows: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(rows), *row_shape), dtype=DTYPE)
+            for shard, positions in _group_by(rows // shard_rows, np.arange(len(rows))):
+                path = self.path / name / "c" / str(int(shard)) / zero_dims
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # a shard never written reads as the fill value, as in zarr
+                try:
+                    size = os.fstat(fd).st_size
+                    index = np.frombuffer(os.pread(fd, index_bytes, size - index_bytes)[:-4], dtype="<u8").reshape(-1, 2)
+                    for position in positions:
+                        offset, nbytes = index[int(rows[position] % shard_rows)]
+                        if offset == empty or nbytes != row_bytes:
+                            continue
+                        data = os.pread(fd, row_bytes, int(offset))
+                        out[position] = np.frombuffer(data, dtype="<f2").reshape(row_shape)
+                finally:
+                    os.close(fd)
+            return out
+
+        cache[name] = read
+        return read
+
     def bytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
@@ -132,3 +190,11 @@ class RowStore:
 def store_attrs(path: Path) -> dict:
     meta = json.loads((path / "zarr.json").read_text())
     return meta.get("attributes", {}).get("luna", {})
+
+
+def _group_by(keys: np.ndarray, values: np.ndarray):
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(keys)]):
+        yield keys[start], values[start:end]
