@@ -25,6 +25,7 @@ from luna_core.index.faiss_index import (
     IndexSettings,
     build_index,
     exact_neighbors,
+    omp_threads,
     plan_index,
     recall_at,
     search_params,
@@ -73,6 +74,7 @@ def measure(name: str, index, queries: np.ndarray, truth: np.ndarray, build_s: f
 def vault_query_latency(vectors: np.ndarray, index, rows: int, k: int = 5, seq: int = 77, width: int = 2048,
                         pooled: int = 1280, queries: int = 200) -> dict:
     """Embedding in → k neighbours → their conditioning rows read from a Zarr text store → weighted mean."""
+    from luna_core.vault.query import weighted_sum
     from luna_core.vault.store import TEXT_LAYOUT, RowStore
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-vault-q-"))
@@ -87,13 +89,13 @@ def vault_query_latency(vectors: np.ndarray, index, rows: int, k: int = 5, seq: 
     times = []
     for q in vectors[rng.choice(len(vectors), queries, replace=False)]:
         started = time.perf_counter()
-        sims, ids = index.search(q[None], k)
-        weights = np.exp((sims[0] - sims[0].max()) / 0.05)
+        with omp_threads(1):  # as Vault.nearest does
+            sims, ids = index.search(q[None], k)
+        weights = np.exp((sims[0] - sims[0].max()) / 0.05).astype(np.float32)
         weights /= weights.sum()
         picked = row_of_id[ids[0]]
-        embeds = store.read_rows("prompt_embeds", picked).reshape(k, -1).astype(np.float32)
-        pooled_rows = store.read_rows("pooled_prompt_embeds", picked).astype(np.float32)
-        _ = (weights @ embeds).reshape(seq, width), weights @ pooled_rows
+        _ = (weighted_sum(weights, store.read_rows("prompt_embeds", picked)).reshape(seq, width),
+             weighted_sum(weights, store.read_rows("pooled_prompt_embeds", picked)))
         times.append((time.perf_counter() - started) * 1000)
     bytes_on_disk = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
     import shutil

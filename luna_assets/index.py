@@ -85,7 +85,9 @@ def faiss_index(context: dg.AssetExecutionContext, config: FaissIndexConfig, lun
             "query p50 (ms, 1 query)": dg.MetadataValue.float(round(float(meta.get("p50_ms", 0.0)), 3)),
             "query p99 (ms, 1 query)": dg.MetadataValue.float(round(float(meta.get("p99_ms", 0.0)), 3)),
             "build seconds": dg.MetadataValue.float(round(float(meta.get("build_seconds", 0.0)), 2)),
-            "estimated MB": dg.MetadataValue.float(round(meta.get("plan", {}).get("estimated_bytes", 0) / 1e6, 2)),
+            "MB on disk (index + lookup)": dg.MetadataValue.float(
+                round((meta.get("index_bytes", 0) + meta.get("lookup_bytes", 0)) / 1e6, 2)),
+            "estimated memory MB": dg.MetadataValue.float(round(meta.get("plan", {}).get("estimated_bytes", 0) / 1e6, 2)),
             "duration (s)": dg.MetadataValue.float(round(report.seconds, 2)),
             "vision model": meta.get("vision_key", ""),
         },

@@ -34,7 +34,9 @@ def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
 def test_index_choice_follows_size_and_budget():
     assert plan_index(1_000, 1024).kind == "flat"
     big = plan_index(500_000, 1024)
-    assert big.kind == "ivfpq_refine" and big.estimated_bytes < 4 * GIB
+    assert big.kind == "ivfsq8_refine" and big.estimated_bytes < 4 * GIB
+    smaller = plan_index(500_000, 1024, IndexSettings(memory_budget_bytes=GIB + GIB // 4))
+    assert smaller.kind == "ivfpq_refine" and smaller.estimated_bytes < GIB + GIB // 4
     tight = plan_index(500_000, 1024, IndexSettings(memory_budget_bytes=256 * 1024**2))
     assert tight.kind == "ivfpq" and tight.estimated_bytes < 256 * 1024**2
 
@@ -43,7 +45,7 @@ def test_approximate_build_measures_recall_and_keeps_catalog_ids():
     x = unit(4000, 32)
     ids = np.arange(4000, dtype=np.int64) * 3 + 11
     index, stats = build_index(x, ids, IndexSettings(flat_max_vectors=0, held_out=200, target_recall=0.95))
-    assert stats.plan["kind"] == "ivfpq_refine" and index.ntotal == 4000
+    assert stats.plan["kind"] == "ivfsq8_refine" and index.ntotal == 4000
     assert stats.queries == 200 and stats.recall_at_10 >= 0.95, stats
     _, found = index.search(x[:5], 1)
     assert found[:, 0].tolist() == ids[:5].tolist()  # a stored vector finds itself, by catalog id
@@ -241,3 +243,19 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
     stop.set()
     thread.join()
     assert errors == []
+
+
+def test_an_image_that_leaves_and_returns_is_indexed_once(indexed_home):
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    total = load_index(IndexStore(index_dir(indexed_home.root, profile))).index.ntotal
+    with duckdb.connect(str(indexed_home.catalog_path)) as con:
+        (path,) = con.execute("""SELECT min(path) FROM images WHERE status = 'ok' AND content_hash IN
+                                 (SELECT content_hash FROM images GROUP BY 1 HAVING count(*) = 1)""").fetchone()
+        con.execute("UPDATE images SET status = 'missing' WHERE path = ?", [path])
+    gone = update_index(indexed_home.catalog_path, indexed_home.root, profile)
+    loaded = load_index(IndexStore(index_dir(indexed_home.root, profile)))
+    assert gone.added == 0 and loaded.lookup.num_rows == total - 1 and loaded.index.ntotal == total
+    with duckdb.connect(str(indexed_home.catalog_path)) as con:
+        con.execute("UPDATE images SET status = 'ok' WHERE path = ?", [path])
+    back = update_index(indexed_home.catalog_path, indexed_home.root, profile)
+    assert back.added == 0 and back.vectors == total

@@ -13,7 +13,7 @@ from luna_core.errors import LunaConfigError
 from luna_core.models.clip_vocab import clip_tokenizer
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import choose_dtype, resolve_profile, store_key
-from luna_core.models.tiny import tiny_profile
+from luna_core.models.tiny import TINY_VERSION, tiny_profile
 
 CPU = torch.device("cpu")
 
@@ -31,7 +31,7 @@ def test_tiny_profile_loads_through_from_pretrained(tiny_models: Path):
     text = SDXLTextEncoder(profile.sdxl_model, profile.sdxl_revision, CPU, torch.float32)
     assert (vision.width, text.width, text.pooled_width, text.seq_len) == (32, 96, 48, 77)
     assert type(text.tokenizer).__name__ == "CLIPTokenizer"
-    assert profile.vision_key == "luna-tiny--clip-vit@v1"
+    assert profile.vision_key == f"luna-tiny--clip-vit@v{TINY_VERSION}"
 
 
 def test_sdxl_conditioning_equals_diffusers_encode_prompt(tiny_models: Path):

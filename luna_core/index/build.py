@@ -41,8 +41,6 @@ def index_dir(home_root: Path, profile: ModelProfile) -> Path:
 
 
 def _library_rows(catalog_path: Path):
-    import pyarrow as pa
-
     with open_catalog(catalog_path) as con:
         if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchall()[0][0]:
             raise LunaConfigError("the catalog has no `library` view yet: materialize luna_catalog first")
@@ -51,7 +49,7 @@ def _library_rows(catalog_path: Path):
                    coalesce(prompt_row, -1) AS prompt_row, coalesce(negative_row, -1) AS negative_row,
                    vision_row
             FROM library WHERE vision_row IS NOT NULL ORDER BY image_id""").to_arrow_table()
-    return table, pa
+    return table
 
 
 def _vectors(vision: RowStore, rows: np.ndarray) -> np.ndarray:
@@ -67,7 +65,7 @@ def update_index(catalog_path: str | Path, home_root: str | Path, profile: Model
     asked, when there is none, or when the library outgrew the current index type."""
     started = time.perf_counter()
     catalog_path, home_root = Path(catalog_path), Path(home_root)
-    table, pa = _library_rows(catalog_path)
+    table = _library_rows(catalog_path)
     vault_dir = home_root / "vault"
     vision_path = store_path(vault_dir, VISION, profile.vision_key)
     if table.num_rows == 0 or not vision_path.exists():
@@ -98,8 +96,12 @@ def update_index(catalog_path: str | Path, home_root: str | Path, profile: Model
         elif old.get("plan", {}).get("kind") != plan.kind:
             reason = f"the library outgrew a {old.get('plan', {}).get('kind')} index ({len(ids):,} vectors: {plan.kind})"
         else:
-            known = set(loaded.ids.tolist()) if len(loaded.ids) else set()
-            new_mask = np.array([i not in known for i in ids.tolist()], dtype=bool)
+            import faiss
+
+            # The ids in the index itself (not the lookup): an image that went missing and came back
+            # is still indexed and must not be added twice.
+            indexed = faiss.vector_to_array(loaded.index.id_map)
+            new_mask = ~np.isin(ids, indexed)
             added = int(new_mask.sum())
             if added == 0 and loaded.lookup.num_rows == lookup.num_rows:
                 return IndexReport("unchanged", "no new embeddings", current.number, int(loaded.index.ntotal),
@@ -112,6 +114,7 @@ def update_index(catalog_path: str | Path, home_root: str | Path, profile: Model
             meta = {**old, **meta_common, "vectors": int(index.ntotal), "p50_ms": p50, "p99_ms": p99,
                     "added_since_build": int(old.get("added_since_build", 0)) + added, "last_action": "add"}
             version = store.publish(index, lookup, meta)
+            meta = version.meta()
             return IndexReport("added", f"{added:,} new embeddings added without a rebuild", version.number,
                                int(index.ntotal), added, time.perf_counter() - started, meta)
 
@@ -123,5 +126,6 @@ def update_index(catalog_path: str | Path, home_root: str | Path, profile: Model
             "search_params": search_params(index), "target_recall": settings.target_recall,
             "memory_budget_bytes": settings.memory_budget_bytes, "added_since_build": 0, "last_action": "build"}
     version = store.publish(index, lookup, meta)
+    meta = version.meta()
     return IndexReport("built", reason, version.number, int(index.ntotal), int(index.ntotal),
                        time.perf_counter() - started, meta)

@@ -86,7 +86,9 @@ class IndexStore:
         faiss.write_index(index, str(staging / "index.faiss"))
         with pa.OSFile(str(staging / "lookup.arrow"), "wb") as sink, pa.ipc.new_file(sink, lookup.schema) as writer:
             writer.write_table(lookup)
-        (staging / "meta.json").write_text(json.dumps({**meta, "version": number}, indent=2, default=str))
+        sizes = {"index_bytes": (staging / "index.faiss").stat().st_size,
+                 "lookup_bytes": (staging / "lookup.arrow").stat().st_size}
+        (staging / "meta.json").write_text(json.dumps({**meta, **sizes, "version": number}, indent=2, default=str))
         final = versions / f"v{number:06d}"
         os.rename(staging, final)
         tmp_pointer = self.pointer.with_suffix(".json.tmp")

@@ -21,6 +21,7 @@ import numpy as np
 
 from luna_core.errors import LunaConfigError
 from luna_core.index.build import index_dir
+from luna_core.index.faiss_index import omp_threads
 from luna_core.index.store import IndexStore, LoadedIndex, load_index
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.vault.store import TEXT_LAYOUT, RowStore
@@ -82,6 +83,14 @@ class Conditioning:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=metadata)
         return path
+
+
+def weighted_sum(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """sum_i w_i * rows[i] in float32 for float16 rows (torch converts float16 ~10x faster than numpy)."""
+    import torch
+
+    flat = torch.from_numpy(np.ascontiguousarray(rows).reshape(len(rows), -1)).float()
+    return (torch.from_numpy(np.asarray(weights, dtype=np.float32)) @ flat).numpy()
 
 
 def load_image(path: str | Path, box: Box | None = None):
@@ -177,7 +186,8 @@ class Vault:
         if temperature <= 0:
             raise QueryError("temperature must be positive")
         fetch = min(total, k + 16)  # a few extra: ids of images gone since the build are skipped
-        sims, ids = index.index.search(np.ascontiguousarray(embedding[None], dtype=np.float32), fetch)
+        with omp_threads(1):
+            sims, ids = index.index.search(np.ascontiguousarray(embedding[None], dtype=np.float32), fetch)
         rows = index.rows_for(ids[0])
         keep = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows) if r >= 0 and i >= 0][:k]
         if not keep:
@@ -204,10 +214,8 @@ class Vault:
         present = [i for i, r in enumerate(rows) if r >= 0]
         if present:
             picked = np.array([rows[i] for i in present], dtype=np.int64)
-            w = weights[present]
-            rows_read = store.read_rows("prompt_embeds", picked).reshape(len(picked), -1).astype(np.float32)
-            embeds = (w @ rows_read).reshape(seq_width)
-            pooled = w @ store.read_rows("pooled_prompt_embeds", picked).astype(np.float32)
+            embeds = weighted_sum(weights[present], store.read_rows("prompt_embeds", picked)).reshape(seq_width)
+            pooled = weighted_sum(weights[present], store.read_rows("pooled_prompt_embeds", picked))
         return embeds, pooled
 
     def condition(self, image_path: str | Path, box: Box | None = None, k: int = 5, prompt: str | None = None,
