@@ -90,6 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     _print_catalog_summary(home)
     _print_vault_summary(home)
+    _print_index_summary(home)
     _demo_query(home)
     print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
     print(f"  catalog      {home.catalog_path}")
@@ -200,6 +201,18 @@ def cmd_condition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_index_summary(home) -> None:
+    from luna_core.index.store import IndexStore
+
+    for pointer in sorted((home.root / "index").glob("*/current.json")):
+        version = IndexStore(pointer.parent).current()
+        meta = version.meta()
+        plan = meta.get("plan", {})
+        print(f"\nIndex {pointer.parent.name} v{version.number}: {meta.get('vectors', 0):,} images, "
+              f"{plan.get('factory', '?')}, recall@10 {float(meta.get('recall_at_10', 0)):.3f} on held-out vectors, "
+              f"p50 {float(meta.get('p50_ms', 0)):.2f} ms, {(meta.get('index_bytes', 0) + meta.get('lookup_bytes', 0)) / 1e6:.2f} MB")
+
+
 def _print_catalog_summary(home) -> None:
     from luna_core import catalog
 
@@ -261,6 +274,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 1
     _print_catalog_summary(home)
     _print_vault_summary(home)
+    _print_index_summary(home)
     return 0
 
 
@@ -272,6 +286,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"Luna home {home.root}; roots: {', '.join(home.roots()) or '(none)'}")
     _print_catalog_summary(home)
     _print_vault_summary(home)
+    _print_index_summary(home)
     return 0
 
 

@@ -94,6 +94,21 @@ def _register_store(con, kind: str, key: str, model: str, revision: str | None, 
         )
 
 
+def _device_dtype(profile: ModelProfile, options: EmbedOptions, report: EmbedReport):
+    device = choose_device(options.device)
+    dtype = choose_dtype(device, profile.default_dtype if options.dtype == "auto" else options.dtype)
+    report.device, report.dtype = str(device), str(dtype).replace("torch.", "")
+    return device, dtype
+
+
+def _open_store(catalog_path: Path, kind: str, key: str, model: str, revision: str | None, path: Path,
+                fields: dict[str, tuple[int, ...]], layout) -> RowStore:
+    """Record the store in the catalog (refusing other shapes under the same key), then open it."""
+    with open_catalog(catalog_path) as con:
+        _register_store(con, kind, key, model, revision, path, fields)
+    return RowStore.open(path, fields, layout, attrs={"model": model, "kind": kind})
+
+
 class _Committer:
     """Buffers (item, row) pairs and failures; commits them in one transaction every so often."""
 
@@ -218,14 +233,9 @@ def embed_images(
     if not work:  # nothing new: no model load, no store write
         return _finish(report, path, started, next_row)
 
-    device = choose_device(options.device)
-    dtype = choose_dtype(device, profile.default_dtype if options.dtype == "auto" else options.dtype)
-    encoder = VisionEncoder(profile.vision_model, profile.vision_revision, device, dtype)
-    report.device, report.dtype = str(device), str(dtype).replace("torch.", "")
-    fields = {"embeds": (encoder.width,)}
-    with open_catalog(catalog_path) as con:
-        _register_store(con, VISION, key, profile.vision_model, profile.vision_revision, path, fields)
-    store = RowStore.open(path, fields, VISION_LAYOUT, attrs={"model": profile.vision_model, "kind": VISION})
+    encoder = VisionEncoder(profile.vision_model, profile.vision_revision, *_device_dtype(profile, options, report))
+    store = _open_store(catalog_path, VISION, key, profile.vision_model, profile.vision_revision, path,
+                        {"embeds": (encoder.width,)}, VISION_LAYOUT)
     committer = _Committer(catalog_path, VISION, key, options)
     workers = options.decode_workers or min(8, os.cpu_count() or 1)
     bar = _progress_bar(len(work), "vision embeddings", "img", options.progress)
@@ -310,14 +320,9 @@ def embed_prompts(
     if not work:
         return _finish(report, path, started, next_row)
 
-    device = choose_device(options.device)
-    dtype = choose_dtype(device, profile.default_dtype if options.dtype == "auto" else options.dtype)
-    encoder = SDXLTextEncoder(profile.sdxl_model, profile.sdxl_revision, device, dtype)
-    report.device, report.dtype = str(device), str(dtype).replace("torch.", "")
+    encoder = SDXLTextEncoder(profile.sdxl_model, profile.sdxl_revision, *_device_dtype(profile, options, report))
     fields = {"prompt_embeds": (encoder.seq_len, encoder.width), "pooled_prompt_embeds": (encoder.pooled_width,)}
-    with open_catalog(catalog_path) as con:
-        _register_store(con, TEXT, key, profile.sdxl_model, profile.sdxl_revision, path, fields)
-    store = RowStore.open(path, fields, TEXT_LAYOUT, attrs={"model": profile.sdxl_model, "kind": TEXT})
+    store = _open_store(catalog_path, TEXT, key, profile.sdxl_model, profile.sdxl_revision, path, fields, TEXT_LAYOUT)
     committer = _Committer(catalog_path, TEXT, key, options)
     batch_size = max(1, min(options.batch_size, TEXT_LAYOUT.rows_per_shard))
     bar = _progress_bar(len(work), "text conditionings", "prompt", options.progress)
