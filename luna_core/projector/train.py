@@ -1,0 +1,215 @@
+"""Train a projector on the catalog's train split, stop early on the val split.
+
+Pairs are (image embedding, its prompt's conditioning) from the `library` view. The split's image
+embeddings are held in memory as float16 (1 GB for 500k x 1024); conditionings are streamed from
+Zarr a batch at a time (at SDXL widths one row is 315 KB, 157 GB for 500k images), so memory
+stays bounded by the batch. Fixed seeds: a run repeats.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from luna_core.catalog import open_catalog
+from luna_core.errors import LunaConfigError
+from luna_core.models.profiles import ModelProfile, choose_device
+from luna_core.projector.models import LowRankRidge, ProjectorConfig, build_projector
+from luna_core.vault.embed import TEXT, VISION, store_path
+from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 3  # epochs without a better val loss before stopping
+    seed: int = 0
+    min_train_pairs: int = 32
+    min_val_pairs: int = 4
+    ridge_l2: float = 1e-2
+    basis_sample: int = 2048  # targets used to find the linear model's basis
+    device: str = "auto"
+
+
+@dataclass
+class Pairs:
+    image_ids: np.ndarray
+    vision_rows: np.ndarray
+    prompt_rows: np.ndarray
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    config: ProjectorConfig
+    history: list[dict] = field(default_factory=list)
+    val_metrics: dict = field(default_factory=dict)
+    train_pairs: int = 0
+    val_pairs: int = 0
+    seconds: float = 0.0
+    pairs_per_s: float = 0.0
+    data_fingerprint: str = ""
+
+
+def load_pairs(catalog_path: Path, split: str, where: str | None = None) -> Pairs:
+    """Pairs of one split; `where` is an SQL condition over the `library` view (subset specialists)."""
+    condition = f" AND ({where})" if where else ""
+    with open_catalog(catalog_path) as con:
+        rows = con.execute(f"""
+            SELECT image_id, vision_row, prompt_row FROM library
+            WHERE vision_row IS NOT NULL AND prompt_row IS NOT NULL AND split = ?{condition}
+            ORDER BY image_id""", [split]).fetchall()
+    array = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    return Pairs(array[:, 0], array[:, 1], array[:, 2])
+
+
+def fingerprint(pairs: Pairs, profile: ModelProfile) -> str:
+    """Which pairs trained a model: the image ids and prompt rows, and the stores they come from."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{profile.vision_key}|{profile.text_key}|".encode())
+    digest.update(pairs.image_ids.tobytes())
+    digest.update(pairs.prompt_rows.tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _Stores:
+    def __init__(self, home_root: Path, profile: ModelProfile):
+        import zarr
+
+        vision_path = store_path(home_root / "vault", VISION, profile.vision_key)
+        text_path = store_path(home_root / "vault", TEXT, profile.text_key)
+        for path in (vision_path, text_path):
+            if not path.exists():
+                raise LunaConfigError(f"vault store {path} is missing: materialize the embeddings first")
+        vg, tg = zarr.open_group(str(vision_path), mode="r"), zarr.open_group(str(text_path), mode="r")
+        self.vision = RowStore(vision_path, vg, {"embeds": tuple(vg["embeds"].shape[1:])}, VISION_LAYOUT)
+        self.text = RowStore(text_path, tg, {n: tuple(tg[n].shape[1:]) for n in ("prompt_embeds", "pooled_prompt_embeds")},
+                             TEXT_LAYOUT)
+
+    def dims(self) -> dict:
+        seq, width = self.text.fields["prompt_embeds"]
+        return {"in_dim": self.vision.fields["embeds"][0], "seq_len": seq, "width": width,
+                "pooled_width": self.text.fields["pooled_prompt_embeds"][0]}
+
+    def embeddings(self, rows: np.ndarray) -> np.ndarray:
+        order = np.argsort(rows)
+        out = np.empty((len(rows), self.vision.fields["embeds"][0]), np.float16)
+        out[order] = self.vision.read("embeds", rows[order])
+        return out
+
+    def targets(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.from_numpy(self.text.read_rows("prompt_embeds", rows)).float()
+        pooled = torch.from_numpy(self.text.read_rows("pooled_prompt_embeds", rows)).float()
+        return tokens, pooled
+
+
+def losses(tokens: torch.Tensor, pooled: torch.Tensor, target_tokens: torch.Tensor, target_pooled: torch.Tensor):
+    """Per-token error plus (1 - cosine) of tokens and of the pooled vector; and the metrics."""
+    mse = torch.mean((tokens - target_tokens) ** 2) + torch.mean((pooled - target_pooled) ** 2)
+    token_cos = torch.nn.functional.cosine_similarity(tokens, target_tokens, dim=-1).mean()
+    pooled_cos = torch.nn.functional.cosine_similarity(pooled, target_pooled, dim=-1).mean()
+    loss = mse + (1 - token_cos) + (1 - pooled_cos)
+    return loss, {"mse": float(mse.detach()), "token_cosine": float(token_cos.detach()),
+                  "pooled_cosine": float(pooled_cos.detach())}
+
+
+def evaluate(model: torch.nn.Module, stores: _Stores, embeddings: np.ndarray, pairs: Pairs, batch_size: int,
+             device) -> dict:
+    """Mean loss and metrics over pairs, weighted by batch size."""
+    model.eval()
+    totals: dict[str, float] = {}
+    with torch.no_grad():
+        for start in range(0, len(pairs.prompt_rows), batch_size):
+            x = torch.from_numpy(embeddings[start : start + batch_size]).float().to(device)
+            target_tokens, target_pooled = stores.targets(pairs.prompt_rows[start : start + batch_size])
+            tokens, pooled = model(x)
+            loss, metrics = losses(tokens.cpu(), pooled.cpu(), target_tokens, target_pooled)
+            for name, value in {"loss": float(loss), **metrics}.items():
+                totals[name] = totals.get(name, 0.0) + value * len(x)
+    return {name: value / max(1, len(pairs.prompt_rows)) for name, value in totals.items()}
+
+
+def train_projector(
+    home_root: str | Path,
+    catalog_path: str | Path,
+    profile: ModelProfile,
+    config: ProjectorConfig = ProjectorConfig(),
+    settings: TrainSettings = TrainSettings(),
+    where: str | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    started = time.perf_counter()
+    home_root, catalog_path = Path(home_root), Path(catalog_path)
+    train, val = load_pairs(catalog_path, "train", where), load_pairs(catalog_path, "val", where)
+    subset = f" matching {where!r}" if where else ""
+    if len(train.prompt_rows) < settings.min_train_pairs or len(val.prompt_rows) < settings.min_val_pairs:
+        raise LunaConfigError(
+            f"too little data to train a meaningful projector{subset}: {len(train.prompt_rows)} train and "
+            f"{len(val.prompt_rows)} val pairs (need {settings.min_train_pairs} and {settings.min_val_pairs})")
+    stores = _Stores(home_root, profile)
+    config = replace(config, **stores.dims())
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    device = choose_device(settings.device)
+    model = build_projector(config).to(device)
+    train_x, val_x = stores.embeddings(train.vision_rows), stores.embeddings(val.vision_rows)
+    result = TrainResult(model, config, train_pairs=len(train.prompt_rows), val_pairs=len(val.prompt_rows),
+                         data_fingerprint=fingerprint(train, profile))
+    seen = 0
+    if isinstance(model, LowRankRidge):
+        sample = np.sort(rng.choice(len(train.prompt_rows), min(settings.basis_sample, len(train.prompt_rows)),
+                                    replace=False))
+        tokens, pooled = stores.targets(train.prompt_rows[sample])
+        model.fit(torch.from_numpy(train_x[sample]).float(),
+                  torch.cat([tokens.flatten(1), pooled], dim=1), settings.ridge_l2)
+        seen = len(sample)
+        metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
+        result.history.append({"epoch": 1, **{f"val_{k}": v for k, v in metrics.items()}})
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        best, best_state, stale = float("inf"), None, 0
+        for epoch in range(1, settings.epochs + 1):
+            model.train()
+            order = rng.permutation(len(train.prompt_rows))
+            running = 0.0
+            for start in range(0, len(order), settings.batch_size):
+                batch = order[start : start + settings.batch_size]
+                x = torch.from_numpy(train_x[batch]).float().to(device)
+                target_tokens, target_pooled = stores.targets(train.prompt_rows[batch])
+                tokens, pooled = model(x)
+                loss, _ = losses(tokens, pooled, target_tokens.to(device), target_pooled.to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                running += float(loss.detach()) * len(batch)
+                seen += len(batch)
+            metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
+            row = {"epoch": epoch, "train_loss": running / len(order), **{f"val_{k}": v for k, v in metrics.items()}}
+            result.history.append(row)
+            if on_epoch:
+                on_epoch(row)
+            log.info("epoch %d: %s", epoch, row)
+            if metrics["loss"] < best - 1e-6:
+                best, best_state, stale = metrics["loss"], copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= settings.patience:
+                    break
+        model.load_state_dict(best_state)
+    result.val_metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
+    result.seconds = time.perf_counter() - started
+    result.pairs_per_s = seen / result.seconds if result.seconds else 0.0
+    return result

@@ -1,0 +1,77 @@
+"""Projector architectures and training (the MLflow registry and the asset come with issue 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from luna_core.errors import LunaConfigError
+from luna_core.library import build_library
+from luna_core.models.profiles import resolve_profile
+from luna_core.projector.models import ARCHITECTURES, LowRankRidge, ProjectorConfig, build_projector, parameter_count
+from luna_core.projector.train import TrainSettings, train_projector
+from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_sdxl_width_projectors_stay_under_ten_million_parameters(arch):
+    model = build_projector(ProjectorConfig(arch=arch))
+    tokens, pooled = model(torch.randn(2, 1024))
+    assert tokens.shape == (2, 77, 2048) and pooled.shape == (2, 1280)
+    assert parameter_count(model) <= 10_000_000
+
+
+def test_closed_form_ridge_recovers_a_linear_map():
+    config = ProjectorConfig(arch="linear", in_dim=8, seq_len=3, width=4, pooled_width=2, rank=4)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(200, 8)).astype(np.float32))
+    true = torch.from_numpy(rng.normal(size=(8, 4)).astype(np.float32)) @ torch.from_numpy(
+        rng.normal(size=(4, config.out_dim)).astype(np.float32))
+    model = LowRankRidge(config)
+    model.fit(x, x @ true + 0.5, l2=1e-6)
+    tokens, pooled = model(x[:5])
+    np.testing.assert_allclose(torch.cat([tokens.flatten(1), pooled], 1).numpy(), (x[:5] @ true + 0.5).numpy(), atol=1e-3)
+
+
+@pytest.fixture
+def library_home(tiny_home):
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, EmbedOptions(progress=False))
+    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, EmbedOptions(progress=False))
+    build_library(tiny_home.catalog_path, profile.vision_key, profile.text_key)
+    return tiny_home, profile
+
+
+SMALL = TrainSettings(epochs=4, min_train_pairs=8, min_val_pairs=2, batch_size=8)
+
+
+def test_training_improves_on_val_and_repeats_exactly(library_home):
+    home, profile = library_home
+    config = ProjectorConfig(arch="resampler", hidden=32, heads=2, layers=1)
+    first = train_projector(home.root, home.catalog_path, profile, config, SMALL)
+    again = train_projector(home.root, home.catalog_path, profile, config, SMALL)
+    assert first.config.width == 96 and first.config.pooled_width == 48 and first.config.in_dim == 32
+    losses = [row["val_loss"] for row in first.history]
+    assert min(losses) < losses[0], "training lowers the val loss"
+    assert first.val_metrics["loss"] == pytest.approx(min(losses), rel=1e-5), "the best epoch is kept"
+    assert first.val_metrics == again.val_metrics and first.data_fingerprint == again.data_fingerprint
+
+
+def test_tiny_or_empty_splits_are_refused(library_home):
+    home, profile = library_home
+    with pytest.raises(LunaConfigError, match="too little data"):
+        train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="mlp"),
+                        TrainSettings(min_train_pairs=1000))
+    with pytest.raises(LunaConfigError, match="matching"):
+        train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="mlp"), SMALL,
+                        where="prompt ILIKE '%no such subject%'")
+
+
+def test_subset_specialist_trains_on_its_filter(library_home):
+    home, profile = library_home
+    everything = train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="linear", rank=4), SMALL)
+    subset = train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="linear", rank=4),
+                             TrainSettings(min_train_pairs=2, min_val_pairs=1), where="generator <> 'ComfyUI'")
+    assert subset.train_pairs < everything.train_pairs
+    assert subset.data_fingerprint != everything.data_fingerprint
