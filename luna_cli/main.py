@@ -58,7 +58,12 @@ def _ensure_samples(home, n_images: int, size: int, seed: int) -> Path:
     return home.samples_dir
 
 
-def run_build_all(home, log_level: str = "INFO"):
+# The demo library is small: its projector may train on a few dozen pairs (the default refuses < 32).
+DEMO_PROJECTOR_CONFIG = {"arch": "resampler", "hidden": 64, "heads": 2, "layers": 2, "epochs": 10, "batch_size": 16,
+                         "min_train_pairs": 8, "min_val_pairs": 2}
+
+
+def run_build_all(home, log_level: str = "INFO", projector_config: dict | None = None):
     """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance."""
     import dagster as dg
 
@@ -68,6 +73,8 @@ def run_build_all(home, log_level: str = "INFO"):
     job = defs.resolve_job_def(BUILD_ALL_JOB)
     instance = dg.DagsterInstance.from_config(str(home.dagster_home))
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if projector_config:
+        run_config["ops"] = {"projector": {"config": projector_config}}
     return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
 
 
@@ -85,13 +92,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Model profile '{args.profile}'" + (" (tiny random-weight encoders built locally: their numbers are not CLIP's)"
                                              if args.profile == "tiny" else ""))
     print("Materializing every Luna asset through Dagster (job luna_build_all)…")
-    result = run_build_all(home)
+    result = run_build_all(home, projector_config=DEMO_PROJECTOR_CONFIG)
     if not _report_run(result):
         return 1
     _print_catalog_summary(home)
     _print_vault_summary(home)
     _print_index_summary(home)
     _demo_query(home)
+    _demo_projector(home)
     print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
     print(f"  catalog      {home.catalog_path}")
     print(f"  vault        {home.vault_dir}")
@@ -106,7 +114,7 @@ def _report_run(result) -> bool:
     """Print step failures and check results of a Dagster run; True when it succeeded."""
     if not result.success:
         for event in result.all_events:
-            if event.is_failure and event.step_failure_data:
+            if event.is_step_failure:
                 print(f"FAILED in {event.step_key}: {event.step_failure_data.error.message}", file=sys.stderr)
         return False
     for check in result.get_asset_check_evaluations():
@@ -192,10 +200,14 @@ def cmd_condition(args: argparse.Namespace) -> int:
 
     home = _home(args)
     vault = _open_vault(home, args)
-    conditioning = vault.condition(args.image, Box.parse(args.box) if args.box else None, args.k, args.prompt,
-                                   args.mode, args.alpha, args.temperature)
+    box = Box.parse(args.box) if args.box else None
+    if args.projector:
+        conditioning = vault.condition_with_projector(args.image, args.projector, box, args.prompt, args.mode, args.alpha)
+        print(f"projector {args.projector} ({conditioning.info['arch']})")
+    else:
+        conditioning = vault.condition(args.image, box, args.k, args.prompt, args.mode, args.alpha, args.temperature)
+        _print_neighbors(conditioning.neighbors)
     out = conditioning.save(args.out)
-    _print_neighbors(conditioning.neighbors)
     print(f"wrote {out}: prompt_embeds {list(conditioning.prompt_embeds.shape)}, pooled_prompt_embeds "
           f"{list(conditioning.pooled_prompt_embeds.shape)} (+ negatives), mode {args.mode}")
     return 0
@@ -211,6 +223,34 @@ def _print_index_summary(home) -> None:
         print(f"\nIndex {pointer.parent.name} v{version.number}: {meta.get('vectors', 0):,} images, "
               f"{plan.get('factory', '?')}, recall@10 {float(meta.get('recall_at_10', 0)):.3f} on held-out vectors, "
               f"p50 {float(meta.get('p50_ms', 0)):.2f} ms, {(meta.get('index_bytes', 0) + meta.get('lookup_bytes', 0)) / 1e6:.2f} MB")
+
+
+def cmd_projector_list(args: argparse.Namespace) -> int:
+    from luna_core.projector.registry import list_versions, tracking_uri
+
+    home = _home(args)
+    versions = list_versions(home.root, args.name)
+    if not versions:
+        print(f"no versions of {args.name} in {tracking_uri(home.root)}: materialize `projector` (or run luna demo)")
+        return 1
+    print(f"{args.name} in {tracking_uri(home.root)}")
+    _print_table(versions, ["version", "aliases", "arch", "val_loss", "token_cos", "pooled_cos", "promoted", "fingerprint",
+                            "subset"])
+    return 0
+
+
+def _demo_projector(home) -> None:
+    from luna_core.projector.registry import list_versions
+
+    versions = list_versions(home.root)
+    champion = next((v for v in versions if "champion" in v["aliases"]), None)
+    if champion is None:
+        return
+    sample = next(iter(sorted((home.samples_dir / "comfyui").glob("*.png"))))
+    answer = _open_vault(home).condition_with_projector(sample, "models:/luna-projector@champion")
+    out = answer.save(home.root / "demo_projector.safetensors")
+    print(f"\nProjector: luna-projector v{champion['version']} is @champion ({champion['arch']}, val token cosine "
+          f"{champion['token_cos']}); answer for {os.path.relpath(sample, home.root)} → {out}")
 
 
 def _print_catalog_summary(home) -> None:
@@ -348,10 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
                                 "concat: prompt tokens then vault tokens (154)")
     condition.add_argument("--alpha", type=float, default=0.5, help="the vault's share in blend mode")
     condition.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the neighbour weights")
+    condition.add_argument("--projector", help="answer with a registered projector instead of the vault, "
+                                                "e.g. models:/luna-projector@champion")
     condition.add_argument("--out", required=True, help="output .safetensors file")
     condition.add_argument("--home", help=home_help)
     condition.add_argument("--device", default="auto")
     condition.set_defaults(func=cmd_condition)
+
+    proj = sub.add_parser("projector", help="registered projectors (MLflow)")
+    proj_sub = proj.add_subparsers(dest="projector_command", required=True)
+    plist = proj_sub.add_parser("list", help="versions, aliases and key metrics")
+    plist.add_argument("--name", default="luna-projector")
+    plist.add_argument("--home", help=home_help)
+    plist.set_defaults(func=cmd_projector_list)
 
     status = sub.add_parser("status", help="what the catalog holds, and what is quarantined and why")
     status.add_argument("--home", help=home_help)

@@ -29,6 +29,7 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     assert runs, "the run is recorded in the home's Dagster instance, so the UI shows it"
 
     assert "Vault query: the centre crop" in out and (home / "demo_condition.safetensors").exists()
+    assert "Projector: luna-projector v1 is @champion" in out and (home / "demo_projector.safetensors").exists()
 
     # search and condition from the command line, on a crop of a sample image
     sample = next((home / "sample_library" / "a1111").glob("*.png"))

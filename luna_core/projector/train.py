@@ -213,3 +213,19 @@ def train_projector(
     result.seconds = time.perf_counter() - started
     result.pairs_per_s = seen / result.seconds if result.seconds else 0.0
     return result
+
+
+def validation_scorer(home_root: str | Path, catalog_path: str | Path, profile: ModelProfile, batch_size: int = 32,
+                      where: str | None = None, split: str = "val") -> Callable[[torch.nn.Module], float]:
+    """model → loss on one fixed set of validation pairs: candidate and champion are judged alike."""
+    pairs = load_pairs(Path(catalog_path), split, where)
+    if len(pairs.prompt_rows) == 0:
+        raise LunaConfigError(f"no {split} pairs to compare projectors on")
+    stores = _Stores(Path(home_root), profile)
+    embeddings = stores.embeddings(pairs.vision_rows)
+
+    def score(model: torch.nn.Module) -> float:
+        device = next(iter([*model.parameters(), *model.buffers()])).device
+        return evaluate(model, stores, embeddings, pairs, batch_size, device)["loss"]
+
+    return score

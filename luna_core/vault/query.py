@@ -236,19 +236,58 @@ class Vault:
             raise QueryError("none of the neighbours has an encoded prompt yet: materialize text_conditionings")
         embeds, pooled = self._mean_rows(pos_rows, weights)
         neg_embeds, neg_pooled = self._mean_rows(neg_rows, weights)
+        info = {"source": "vault", "vision_key": self.profile.vision_key, "text_key": self.index.meta.get("text_key"),
+                "k": k, "mode": mode, "alpha": alpha, "temperature": temperature, "prompt": prompt,
+                "index_version": self.index.version.number, "box": None if box is None else box.__dict__}
+        return self._mix(embeds, pooled, neg_embeds, neg_pooled, prompt, mode, alpha, neighbors, info)
+
+    def _mix(self, embeds, pooled, neg_embeds, neg_pooled, prompt, mode, alpha, neighbors, info) -> Conditioning:
+        """replace: the answer alone; blend: (1 - alpha) * prompt + alpha * answer; concat: prompt tokens,
+        then the answer's (pooled from the prompt)."""
         if prompt is not None and mode != "replace":
             typed, typed_pooled = self.encode_prompt(prompt)
-            if mode == "blend":  # alpha is the vault's share
+            if mode == "blend":
                 embeds = (1 - alpha) * typed + alpha * embeds
                 pooled = (1 - alpha) * typed_pooled + alpha * pooled
-            else:  # concat: the typed prompt's tokens, then the vault's; pooled from the typed prompt
+            else:
                 embeds = np.concatenate([typed, embeds], axis=0)
                 neg_embeds = np.concatenate([neg_embeds, neg_embeds], axis=0)
                 pooled = typed_pooled
-        info = {"vision_key": self.profile.vision_key, "text_key": self.index.meta.get("text_key"), "k": k,
-                "mode": mode, "alpha": alpha, "temperature": temperature, "prompt": prompt,
-                "index_version": self.index.version.number, "box": None if box is None else box.__dict__}
         return Conditioning(embeds[None], pooled[None], neg_embeds[None], neg_pooled[None], neighbors, info)
+
+    def condition_with_projector(self, image_path: str | Path, projector_uri: str, box: Box | None = None,
+                                 prompt: str | None = None, mode: str = "replace", alpha: float = 0.5) -> Conditioning:
+        """The registered projector's answer for the image (`models:/NAME@ALIAS` or `models:/NAME/VERSION`).
+        Its negative is zeros: SDXL's empty negative prompt."""
+        import torch
+
+        from luna_core.projector.registry import load_version, parse_model_uri
+
+        if mode not in MODES:
+            raise QueryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if prompt is None and mode != "replace":
+            raise QueryError(f"mode {mode} mixes the answer into a prompt: give --prompt")
+        image = load_image(image_path, box)
+        name, ref = parse_model_uri(projector_uri)
+        model, config = load_version(self.home_root, name, ref)
+        embedding = self.vision_embedding_only(image)
+        if config.in_dim != len(embedding):
+            raise QueryError(f"projector {projector_uri} expects {config.in_dim}-d image embeddings; the configured "
+                             f"vision model gives {len(embedding)}-d ones")
+        with torch.no_grad():
+            tokens, pooled = model(torch.from_numpy(embedding[None]).float())
+        embeds, pooled = tokens[0].numpy(), pooled[0].numpy()
+        info = {"source": "projector", "projector": projector_uri, "arch": config.arch, "mode": mode, "alpha": alpha,
+                "prompt": prompt, "box": None if box is None else box.__dict__}
+        return self._mix(embeds, pooled, np.zeros_like(embeds), np.zeros_like(pooled), prompt, mode, alpha, [], info)
+
+    def vision_embedding_only(self, image) -> np.ndarray:
+        """The query embedding without opening the index (a projector needs no index)."""
+        from luna_core.models.encoders import VisionEncoder
+
+        if self._vision is None:
+            self._vision = VisionEncoder(self.profile.vision_model, self.profile.vision_revision, *self._device_dtype())
+        return self._vision.embed_pixels(self._vision.preprocess(image)[None])[0]
 
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         if self._text is None:
