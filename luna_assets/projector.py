@@ -32,6 +32,7 @@ class ProjectorTrainConfig(dg.Config):
     force: bool = False  # train even when this data, config and code already have a version
     min_train_pairs: int = 32  # fewer is refused: no meaningless models
     min_val_pairs: int = 4
+    tracking_uri: str = ""  # empty: the embedded sqlite under the Luna home; else e.g. http://mlflow:5000
 
 
 @dg.asset(
@@ -61,13 +62,14 @@ def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, l
                              min_val_pairs=config.min_val_pairs)
     outcome = train_and_register(home.root, home.catalog_path, profile, arch, settings, config.model_name,
                                  config.where or None, config.margin, PROJECTOR_CODE_VERSION,
-                                 tags={"dagster_run_id": context.run_id}, force=config.force)
-    versions = list_versions(home.root, config.model_name)
+                                 tags={"dagster_run_id": context.run_id}, force=config.force,
+                                 uri=config.tracking_uri or None)
+    versions = list_versions(home.root, config.model_name, uri=config.tracking_uri or None)
     table = "\n".join(["| version | aliases | arch | val loss | token cos | pooled cos |", "|---|---|---|---|---|---|"] + [
         f"| {v['version']} | {v['aliases']} | {v['arch']} | {v['val_loss']} | {v['token_cos']} | {v['pooled_cos']} |"
         for v in versions])
     metadata = {"trained": outcome.trained, "reason": outcome.reason, "registered model": config.model_name,
-                "tracking uri": tracking_uri(home.root), "versions": dg.MetadataValue.md(table)}
+                "tracking uri": config.tracking_uri or tracking_uri(home.root), "versions": dg.MetadataValue.md(table)}
     checks = [dg.AssetCheckResult(check_name="versions_have_fingerprints",
                                   passed=all(v["fingerprint"] for v in versions),
                                   metadata={"versions": len(versions)})]

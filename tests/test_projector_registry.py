@@ -117,3 +117,26 @@ def test_cli_projector_list_and_condition(trained, tmp_path, capsys):
     assert tensors["prompt_embeds"].shape == (1, 77, 96) and not tensors["negative_prompt_embeds"].any()
     assert main(["condition", str(image), "--projector", "luna-projector", "--home", str(home.root),
                  "--out", str(out)]) == 2
+
+
+def test_unreachable_tracking_server_fails_before_any_training(trained):
+    from luna_core.projector.pipeline import train_and_register
+
+    home, profile, good, score = trained
+    with pytest.raises(LunaConfigError, match="not reachable"):
+        train_and_register(home.root, home.catalog_path, profile, ProjectorConfig(arch="linear"), SMALL,
+                           uri="http://127.0.0.1:9")
+    assert list_versions(home.root) == []
+
+
+def test_corrupted_checkpoint_is_a_clear_error(trained, tmp_path):
+    from luna_core.projector.registry import load_checkpoint, save_checkpoint
+
+    home, profile, good, score = trained
+    folder = save_checkpoint(good.model, good.config, tmp_path / "ckpt")
+    (folder / "weights.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(LunaConfigError, match="corrupted"):
+        load_checkpoint(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(LunaConfigError, match="missing or corrupted"):
+        load_checkpoint(folder)

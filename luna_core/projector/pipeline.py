@@ -19,12 +19,13 @@ class ProjectorOutcome:
     registration: Registration | None = None
 
 
-def _already_trained(home_root: Path, name: str, fp: str, config: ProjectorConfig, code_version: str) -> int | None:
+def _already_trained(home_root: Path, name: str, fp: str, config: ProjectorConfig, code_version: str,
+                     uri: str | None = None) -> int | None:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri(home_root))
+    mlflow.set_tracking_uri(uri or tracking_uri(home_root))
     client = MlflowClient()
     try:
         versions = client.search_model_versions(f"name='{name}'")
@@ -41,12 +42,15 @@ def _already_trained(home_root: Path, name: str, fp: str, config: ProjectorConfi
 def train_and_register(home_root: Path, catalog_path: Path, profile: ModelProfile, config: ProjectorConfig,
                        settings: TrainSettings, name: str = REGISTERED_NAME, where: str | None = None,
                        margin: float = 0.0, code_version: str = "1", tags: dict | None = None,
-                       force: bool = False) -> ProjectorOutcome:
+                       force: bool = False, uri: str | None = None) -> ProjectorOutcome:
     """Train unless a version with the same data, config and code is registered already; then
     register the candidate and move @champion only if it beats the champion on the same val pairs."""
+    from luna_core.projector.registry import check_reachable
+
+    check_reachable(uri or tracking_uri(home_root))  # before any training: fail fast, register nothing
     fp = fingerprint(load_pairs(catalog_path, "train", where), profile)
     if not force:
-        existing = _already_trained(home_root, name, fp, config, code_version)
+        existing = _already_trained(home_root, name, fp, config, code_version, uri)
         if existing is not None:
             return ProjectorOutcome(False, f"{name} v{existing} was trained on the same pairs, config and code")
     result = train_projector(home_root, catalog_path, profile, config, settings, where)
@@ -54,5 +58,5 @@ def train_and_register(home_root: Path, catalog_path: Path, profile: ModelProfil
     registration = register(result, home_root, profile, score, name, margin,
                             tags={"code_version": code_version, "config": str(sorted(config.to_dict().items())),
                                   **(tags or {})},
-                            where=where, settings={k: v for k, v in settings.__dict__.items()})
+                            where=where, settings={k: v for k, v in settings.__dict__.items()}, uri=uri)
     return ProjectorOutcome(True, "trained", result, registration)

@@ -30,10 +30,26 @@ def tracking_uri(home_root: Path) -> str:
     return f"sqlite:///{(Path(home_root) / 'mlflow' / 'mlflow.db').absolute()}"
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """A remote tracking server must answer before anything is logged: nothing half-registered."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise LunaConfigError(f"MLflow tracking server {uri} is not reachable ({getattr(exc, 'reason', exc)}); "
+                              "start it, or leave the tracking URI empty for the embedded sqlite store") from None
+
+
 def _mlflow(uri: str):
     import logging
 
     import mlflow
+
+    check_reachable(uri)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)

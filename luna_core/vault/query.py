@@ -274,6 +274,16 @@ class Vault:
         if config.in_dim != len(embedding):
             raise QueryError(f"projector {projector_uri} expects {config.in_dim}-d image embeddings; the configured "
                              f"vision model gives {len(embedding)}-d ones")
+        from luna_core.vault.embed import TEXT, store_path
+
+        text_store = store_path(self.home_root / "vault", TEXT, self.profile.text_key)
+        if text_store.exists():
+            import zarr
+
+            seq, width = zarr.open_group(str(text_store), mode="r")["prompt_embeds"].shape[1:]
+            if (config.seq_len, config.width) != (seq, width):
+                raise QueryError(f"projector {projector_uri} answers [{config.seq_len}, {config.width}] conditionings; "
+                                 f"the configured SDXL encoders give [{seq}, {width}]")
         with torch.no_grad():
             tokens, pooled = model(torch.from_numpy(embedding[None]).float())
         embeds, pooled = tokens[0].numpy(), pooled[0].numpy()
