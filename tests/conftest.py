@@ -53,9 +53,8 @@ def tiny_home(tmp_path: Path, tiny_models: Path, sample_library: SampleLibrary):
 
 
 @pytest.fixture
-def indexed_home(tiny_home):
-    """tiny_home with both vault stores, the library view and a published index."""
-    from luna_core.index.build import update_index
+def library_home(tiny_home):
+    """(home, profile): tiny_home with both vault stores and the library view."""
     from luna_core.library import build_library
     from luna_core.models.profiles import resolve_profile
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
@@ -65,5 +64,14 @@ def indexed_home(tiny_home):
     embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, options)
     embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, options)
     build_library(tiny_home.catalog_path, profile.vision_key, profile.text_key)
-    update_index(tiny_home.catalog_path, tiny_home.root, profile)
-    return tiny_home
+    return tiny_home, profile
+
+
+@pytest.fixture
+def indexed_home(library_home):
+    """library_home with a published index."""
+    from luna_core.index.build import update_index
+
+    home, profile = library_home
+    update_index(home.catalog_path, home.root, profile)
+    return home

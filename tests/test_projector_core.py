@@ -7,11 +7,8 @@ import pytest
 import torch
 
 from luna_core.errors import LunaConfigError
-from luna_core.library import build_library
-from luna_core.models.profiles import resolve_profile
 from luna_core.projector.models import ARCHITECTURES, LowRankRidge, ProjectorConfig, build_projector, parameter_count
 from luna_core.projector.train import TrainSettings, train_projector
-from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -32,15 +29,6 @@ def test_closed_form_ridge_recovers_a_linear_map():
     model.fit(x, x @ true + 0.5, l2=1e-6)
     tokens, pooled = model(x[:5])
     np.testing.assert_allclose(torch.cat([tokens.flatten(1), pooled], 1).numpy(), (x[:5] @ true + 0.5).numpy(), atol=1e-3)
-
-
-@pytest.fixture
-def library_home(tiny_home):
-    profile = resolve_profile("tiny", tiny_home.models_dir)
-    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, EmbedOptions(progress=False))
-    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, EmbedOptions(progress=False))
-    build_library(tiny_home.catalog_path, profile.vision_key, profile.text_key)
-    return tiny_home, profile
 
 
 SMALL = TrainSettings(epochs=4, min_train_pairs=8, min_val_pairs=2, batch_size=8)

@@ -11,25 +11,19 @@ import pytest
 import torch
 
 from luna_core.errors import LunaConfigError
-from luna_core.library import build_library
-from luna_core.models.profiles import resolve_profile
 from luna_core.projector.models import ProjectorConfig
 from luna_core.projector.registry import list_versions, load_version, register, tracking_uri
 from luna_core.projector.train import TrainSettings, train_projector, validation_scorer
-from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
 SMALL = TrainSettings(epochs=3, min_train_pairs=8, min_val_pairs=2, batch_size=8)
 
 
 @pytest.fixture
-def trained(tiny_home):
-    profile = resolve_profile("tiny", tiny_home.models_dir)
-    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, EmbedOptions(progress=False))
-    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, EmbedOptions(progress=False))
-    build_library(tiny_home.catalog_path, profile.vision_key, profile.text_key)
-    good = train_projector(tiny_home.root, tiny_home.catalog_path, profile, ProjectorConfig(arch="linear", rank=8), SMALL)
-    score = validation_scorer(tiny_home.root, tiny_home.catalog_path, profile)
-    return tiny_home, profile, good, score
+def trained(library_home):
+    home, profile = library_home
+    good = train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="linear", rank=8), SMALL)
+    score = validation_scorer(home.root, home.catalog_path, profile)
+    return home, profile, good, score
 
 
 def test_only_a_better_candidate_becomes_champion(trained):
