@@ -63,7 +63,10 @@ def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, l
     outcome = train_and_register(home.root, home.catalog_path, profile, arch, settings, config.model_name,
                                  config.where or None, config.margin, PROJECTOR_CODE_VERSION,
                                  tags={"dagster_run_id": context.run_id}, force=config.force,
-                                 uri=config.tracking_uri or None)
+                                 uri=config.tracking_uri or None,
+                                 on_epoch=lambda row: context.log.info(
+                                     "epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                                     "val token cosine {val_token_cosine:.4f}".format(**row)))
     versions = list_versions(home.root, config.model_name, uri=config.tracking_uri or None)
     table = "\n".join(["| version | aliases | arch | val loss | token cos | pooled cos |", "|---|---|---|---|---|---|"] + [
         f"| {v['version']} | {v['aliases']} | {v['arch']} | {v['val_loss']} | {v['token_cos']} | {v['pooled_cos']} |"

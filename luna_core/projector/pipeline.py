@@ -42,7 +42,7 @@ def _already_trained(home_root: Path, name: str, fp: str, config: ProjectorConfi
 def train_and_register(home_root: Path, catalog_path: Path, profile: ModelProfile, config: ProjectorConfig,
                        settings: TrainSettings, name: str = REGISTERED_NAME, where: str | None = None,
                        margin: float = 0.0, code_version: str = "1", tags: dict | None = None,
-                       force: bool = False, uri: str | None = None) -> ProjectorOutcome:
+                       force: bool = False, uri: str | None = None, on_epoch=None) -> ProjectorOutcome:
     """Train unless a version with the same data, config and code is registered already; then
     register the candidate and move @champion only if it beats the champion on the same val pairs."""
     from luna_core.projector.registry import check_reachable
@@ -53,7 +53,7 @@ def train_and_register(home_root: Path, catalog_path: Path, profile: ModelProfil
         existing = _already_trained(home_root, name, fp, config, code_version, uri)
         if existing is not None:
             return ProjectorOutcome(False, f"{name} v{existing} was trained on the same pairs, config and code")
-    result = train_projector(home_root, catalog_path, profile, config, settings, where)
+    result = train_projector(home_root, catalog_path, profile, config, settings, where, on_epoch)
     score = validation_scorer(home_root, catalog_path, profile, settings.batch_size, where)
     registration = register(result, home_root, profile, score, name, margin,
                             tags={"code_version": code_version, "config": str(sorted(config.to_dict().items())),

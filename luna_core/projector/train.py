@@ -41,6 +41,7 @@ class TrainSettings:
     ridge_l2: float = 1e-2
     basis_sample: int = 2048  # targets used to find the linear model's basis
     device: str = "auto"
+    progress: bool = True
 
 
 @dataclass
@@ -179,8 +180,11 @@ def train_projector(
         metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
         result.history.append({"epoch": 1, **{f"val_{k}": v for k, v in metrics.items()}})
     else:
+        from tqdm.auto import tqdm
+
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         best, best_state, stale = float("inf"), None, 0
+        bar = tqdm(total=settings.epochs, desc=f"train {config.arch}", unit="epoch", disable=not settings.progress)
         for epoch in range(1, settings.epochs + 1):
             model.train()
             order = rng.permutation(len(train.prompt_rows))
@@ -199,6 +203,9 @@ def train_projector(
             metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
             row = {"epoch": epoch, "train_loss": running / len(order), **{f"val_{k}": v for k, v in metrics.items()}}
             result.history.append(row)
+            bar.update(1)
+            bar.set_postfix(train_loss=f"{row['train_loss']:.4f}", val_loss=f"{metrics['loss']:.4f}",
+                            pairs_per_s=f"{seen / (time.perf_counter() - started):.0f}")
             if on_epoch:
                 on_epoch(row)
             log.info("epoch %d: %s", epoch, row)
@@ -208,6 +215,7 @@ def train_projector(
                 stale += 1
                 if stale >= settings.patience:
                     break
+        bar.close()
         model.load_state_dict(best_state)
     result.val_metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
     result.seconds = time.perf_counter() - started
