@@ -75,7 +75,7 @@ def vault_query_latency(vectors: np.ndarray, index, rows: int, k: int = 5, seq: 
                         pooled: int = 1280, queries: int = 200) -> dict:
     """Embedding in → k neighbours → their conditioning rows read from a Zarr text store → weighted mean."""
     from luna_core.vault.query import weighted_sum
-    from luna_core.vault.store import TEXT_LAYOUT, RowStore
+    from luna_core.vault.store import TEXT_LAYOUT, RowStore, folder_bytes
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-vault-q-"))
     store = RowStore.open(work / "text.zarr", {"prompt_embeds": (seq, width), "pooled_prompt_embeds": (pooled,)},
@@ -97,7 +97,7 @@ def vault_query_latency(vectors: np.ndarray, index, rows: int, k: int = 5, seq: 
         _ = (weighted_sum(weights, store.read_rows("prompt_embeds", picked)).reshape(seq, width),
              weighted_sum(weights, store.read_rows("pooled_prompt_embeds", picked)))
         times.append((time.perf_counter() - started) * 1000)
-    bytes_on_disk = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+    bytes_on_disk = folder_bytes(work)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

@@ -124,6 +124,7 @@ def _report_run(result) -> bool:
 
 def _print_vault_summary(home) -> None:
     from luna_core import catalog
+    from luna_core.vault.store import folder_bytes
 
     with catalog.open_catalog(home.catalog_path, read_only=True) as con:
         stores = con.execute("""
@@ -140,7 +141,7 @@ def _print_vault_summary(home) -> None:
     print("\nVault (Zarr, float16):")
     rows = []
     for kind, key, path, shapes, n, truncated, failed in stores:
-        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).exists() else 0
+        size = folder_bytes(path)
         shape_text = ", ".join(f"{k} {list(v)}" for k, v in json.loads(shapes).items())
         rows.append({"store": kind, "rows": n, "shape per row": shape_text, "MB": f"{size / 1e6:.2f}",
                      "notes": (f"{truncated} prompts over 77 tokens" if truncated else "") +

@@ -282,12 +282,6 @@ def quarantined_without_reason(con: duckdb.DuckDBPyConnection) -> list[str]:
     ).fetchall()]
 
 
-def images_without_generation(con: duckdb.DuckDBPyConnection) -> int:
-    return con.execute(
-        "SELECT count(*) FROM images i ANTI JOIN generations g USING (content_hash) WHERE i.status = 'ok'"
-    ).fetchone()[0]
-
-
 def sample_images(con: duckdb.DuckDBPyConnection, limit: int = 10) -> list[dict]:
     """A few catalogued images with their prompts, one per generator first, for a person to eyeball."""
     cursor = con.execute("""

@@ -28,7 +28,7 @@ import pyarrow as pa
 from luna_core.catalog import open_catalog, transaction
 from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
-from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
+from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore, folder_bytes
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,15 @@ def _register_store(con, kind: str, key: str, model: str, revision: str | None, 
             f"the catalog records {kind} store {key} with shapes {json.loads(row[0])}, but the configured model "
             f"gives {wanted}: the model changed under the same name; use another id/revision or a fresh store"
         )
+
+
+def _pending(catalog_path: Path, rows_table: str, key: str, work_sql: str) -> tuple[list, int, int]:
+    """(items still to embed, rows already committed, next free row) for one store, in one catalog visit."""
+    with open_catalog(catalog_path) as con:
+        work = con.execute(work_sql, {"key": key}).fetchall()
+        present, next_row = con.execute(
+            f'SELECT count(*), coalesce(max("row") + 1, 0) FROM {rows_table} WHERE store_key = ?', [key]).fetchone()
+    return work, present, next_row
 
 
 def _device_dtype(profile: ModelProfile, options: EmbedOptions, report: EmbedReport):
@@ -220,16 +229,12 @@ def embed_images(
     path = store_path(Path(vault_dir), VISION, key)
     report = EmbedReport(VISION, key, profile.vision_model, str(path))
     check_model_reference(profile.vision_model, "vision model")
-    with open_catalog(catalog_path) as con:
-        work = con.execute("""
-            SELECT i.content_hash, min(i.path) AS path FROM images i
-            WHERE i.status = 'ok'
-              AND NOT EXISTS (SELECT 1 FROM vision_rows v WHERE v.store_key = $key AND v.content_hash = i.content_hash)
-              AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = i.content_hash)
-            GROUP BY i.content_hash ORDER BY path""", {"key": key}).fetchall()
-        report.already_present = con.execute(
-            "SELECT count(*) FROM vision_rows WHERE store_key = ?", [key]).fetchone()[0]
-        next_row = con.execute('SELECT coalesce(max("row") + 1, 0) FROM vision_rows WHERE store_key = ?', [key]).fetchone()[0]
+    work, report.already_present, next_row = _pending(catalog_path, "vision_rows", key, """
+        SELECT i.content_hash, min(i.path) AS path FROM images i
+        WHERE i.status = 'ok'
+          AND NOT EXISTS (SELECT 1 FROM vision_rows v WHERE v.store_key = $key AND v.content_hash = i.content_hash)
+          AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = i.content_hash)
+        GROUP BY i.content_hash ORDER BY path""")
     if not work:  # nothing new: no model load, no store write
         return _finish(report, path, started, next_row)
 
@@ -282,7 +287,7 @@ def embed_images(
 
 def _finish(report: EmbedReport, path: Path, started: float, rows_total: int) -> EmbedReport:
     report.rows_total = rows_total
-    report.bytes_on_disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    report.bytes_on_disk = folder_bytes(path)
     report.seconds = time.perf_counter() - started
     log.info("%s store %s: %d added, %d present, %d failed in %.1fs", report.kind, report.store_key, report.added,
              report.already_present, report.failed, report.seconds)
@@ -309,14 +314,11 @@ def embed_prompts(
     path = store_path(Path(vault_dir), TEXT, key)
     report = EmbedReport(TEXT, key, profile.sdxl_model, str(path))
     check_model_reference(profile.sdxl_model, "SDXL model")
-    with open_catalog(catalog_path) as con:
-        work = con.execute("""
-            SELECT p.prompt_hash, p.prompt FROM prompts p
-            WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $key AND t.prompt_hash = p.prompt_hash)
-              AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = p.prompt_hash)
-            ORDER BY p.prompt_hash""", {"key": key}).fetchall()
-        report.already_present = con.execute("SELECT count(*) FROM text_rows WHERE store_key = ?", [key]).fetchone()[0]
-        next_row = con.execute('SELECT coalesce(max("row") + 1, 0) FROM text_rows WHERE store_key = ?', [key]).fetchone()[0]
+    work, report.already_present, next_row = _pending(catalog_path, "text_rows", key, """
+        SELECT p.prompt_hash, p.prompt FROM prompts p
+        WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $key AND t.prompt_hash = p.prompt_hash)
+          AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = p.prompt_hash)
+        ORDER BY p.prompt_hash""")
     if not work:
         return _finish(report, path, started, next_row)
 

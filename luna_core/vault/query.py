@@ -147,16 +147,21 @@ class Vault:
         dtype = choose_dtype(device, self.profile.default_dtype if self.dtype_name == "auto" else self.dtype_name)
         return device, dtype
 
-    @property
-    def vision(self):
+    def _encoder(self):
         if self._vision is None:
             from luna_core.models.encoders import VisionEncoder
 
             self._vision = VisionEncoder(self.profile.vision_model, self.profile.vision_revision, *self._device_dtype())
-            if self._vision.width != self.index.meta.get("dims"):
-                raise QueryError(f"the vision model gives {self._vision.width}-d embeddings, the index holds "
-                                 f"{self.index.meta.get('dims')}-d ones")
         return self._vision
+
+    @property
+    def vision(self):
+        """The vision encoder, checked against the index it queries."""
+        encoder = self._encoder()
+        if encoder.width != self.index.meta.get("dims"):
+            raise QueryError(f"the vision model gives {encoder.width}-d embeddings, the index holds "
+                             f"{self.index.meta.get('dims')}-d ones")
+        return encoder
 
     @property
     def text_store(self) -> RowStore:
@@ -174,7 +179,8 @@ class Vault:
     # ------------------------------------------------------------ queries
 
     def embed(self, image) -> np.ndarray:
-        return self.vision.embed_pixels(self.vision.preprocess(image)[None])[0]
+        encoder = self.vision
+        return encoder.embed_pixels(encoder.preprocess(image)[None])[0]
 
     def nearest(self, embedding: np.ndarray, k: int, temperature: float = 0.05) -> list[Neighbor]:
         index = self.index
@@ -293,11 +299,8 @@ class Vault:
 
     def vision_embedding_only(self, image) -> np.ndarray:
         """The query embedding without opening the index (a projector needs no index)."""
-        from luna_core.models.encoders import VisionEncoder
-
-        if self._vision is None:
-            self._vision = VisionEncoder(self.profile.vision_model, self.profile.vision_revision, *self._device_dtype())
-        return self._vision.embed_pixels(self._vision.preprocess(image)[None])[0]
+        encoder = self._encoder()
+        return encoder.embed_pixels(encoder.preprocess(image)[None])[0]
 
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         if self._text is None:

@@ -163,9 +163,6 @@ class RowStore:
         cache[name] = read
         return read
 
-    def bytes_on_disk(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
-
     @contextmanager
     def writer(self) -> Iterator["RowStore"]:
         """Exclusive right to append (two runs of the same asset must not interleave rows)."""
@@ -188,9 +185,10 @@ class RowStore:
             lock.close()
 
 
-def store_attrs(path: Path) -> dict:
-    meta = json.loads((path / "zarr.json").read_text())
-    return meta.get("attributes", {}).get("luna", {})
+def folder_bytes(path: str | Path) -> int:
+    """Bytes on disk of every file under `path` (0 when it does not exist)."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def _group_by(keys: np.ndarray, values: np.ndarray):
