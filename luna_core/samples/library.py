@@ -20,10 +20,10 @@ from luna_core.samples.writers import (
     a1111_infotext,
     comfy_simple_graph,
     insert_png_chunks,
+    jpeg_bytes,
     png_bytes,
     png_chunk,
     tiff_block,
-    jpeg_bytes,
     write_a1111_png,
 )
 

@@ -126,7 +126,8 @@ def draw_picture(spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256)
         draw.polygon([(cx + s * 0.3, cy), (cx + s * 0.8, cy - s * 0.35), (cx + s * 0.8, cy + s * 0.35)], fill=dark)
     elif shape == "flower":
         for dx, dy in ((0, -0.4), (0.4, 0), (0, 0.4), (-0.4, 0)):
-            draw.ellipse([cx + s * dx - s * 0.3, cy + s * dy - s * 0.3, cx + s * dx + s * 0.3, cy + s * dy + s * 0.3], fill=colour)
+            px, py = cx + s * dx, cy + s * dy
+            draw.ellipse([px - s * 0.3, py - s * 0.3, px + s * 0.3, py + s * 0.3], fill=colour)
         draw.ellipse([cx - s * 0.2, cy - s * 0.2, cx + s * 0.2, cy + s * 0.2], fill=(240, 200, 40))
     elif shape == "mountain":
         draw.polygon([(cx - s, cy + s * 0.6), (cx - s * 0.2, cy - s * 0.7), (cx + s * 0.5, cy + s * 0.6)], fill=colour)
@@ -138,7 +139,8 @@ def draw_picture(spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256)
         draw.ellipse([cx - s * 0.5, cy - s * 0.3, cx + s * 0.5, cy + s * 0.3], fill=colour)
         draw.polygon([(cx - s * 0.1, cy), (cx - s * 0.6, cy - s * 0.7), (cx + s * 0.2, cy - s * 0.1)], fill=dark)
     else:  # boat
-        draw.polygon([(cx - s * 0.8, cy + s * 0.1), (cx + s * 0.8, cy + s * 0.1), (cx + s * 0.5, cy + s * 0.5), (cx - s * 0.5, cy + s * 0.5)], fill=colour)
+        draw.polygon([(cx - s * 0.8, cy + s * 0.1), (cx + s * 0.8, cy + s * 0.1),
+                      (cx + s * 0.5, cy + s * 0.5), (cx - s * 0.5, cy + s * 0.5)], fill=colour)
         draw.polygon([(cx, cy - s * 0.8), (cx, cy + s * 0.05), (cx + s * 0.5, cy + s * 0.05)], fill=dark)
     if grain > 0:
         import numpy as np

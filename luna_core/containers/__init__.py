@@ -1,0 +1,50 @@
+"""Bounded readers for the image containers AI tools write: PNG, JPEG and WebP.
+
+They read the container structure and the metadata it carries (text chunks, EXIF, XMP, comments)
+without decoding a single pixel, so a library is catalogued at disk speed. Every size is bounded:
+a hostile file can make them refuse, never allocate without limit.
+"""
+
+from __future__ import annotations
+
+from luna_core.containers.base import (
+    PNG_SIGNATURE,
+    ImageProbe,
+    ProbeLimits,
+    TextBudget,
+    decode_text,
+    decode_user_comment,
+    sniff_format,
+)
+from luna_core.containers.exif_xmp import parse_exif, parse_xmp
+from luna_core.containers.jpeg import probe_jpeg
+from luna_core.containers.png import probe_png
+from luna_core.containers.webp import probe_webp
+from luna_core.errors import BadFileError
+
+__all__ = ["PNG_SIGNATURE", "ImageProbe", "ProbeLimits", "decode_text", "decode_user_comment", "parse_exif",
+           "parse_xmp", "probe_image", "sniff_format"]
+
+
+def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits()) -> ImageProbe:
+    """Read an image file's structure and metadata from its bytes; raise BadFileError if unusable."""
+    if not data:
+        raise BadFileError("empty_file", "the file is empty (0 bytes)")
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise BadFileError(
+            "not_an_image", f"content is not PNG, JPEG or WebP (it starts with {bytes(data[:8])!r})"
+        )
+    budget = TextBudget(limits)
+    probe = {"png": probe_png, "jpeg": probe_jpeg, "webp": probe_webp}[fmt](data, budget)
+    if probe.width <= 0 or probe.height <= 0:
+        raise BadFileError("corrupt", f"{fmt.upper()} declares an empty size {probe.width}x{probe.height}")
+    pixels = probe.width * probe.height
+    if pixels > limits.max_pixels:
+        raise BadFileError(
+            "too_many_pixels",
+            f"{probe.width}x{probe.height} = {pixels / 1e6:.0f} MP exceeds the {limits.max_pixels / 1e6:.0f} MP"
+            " bound (decompression-bomb guard, ProbeLimits.max_pixels)",
+        )
+    return probe
+
