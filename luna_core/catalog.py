@@ -18,11 +18,14 @@ from typing import Iterator
 
 import duckdb
 
-from luna_core.errors import LunaConfigError
+from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# Statements that bring a catalog of version v to v + 1, keyed by v. A catalog newer than this code
+# is refused (an older Luna must not write tables it does not know).
+MIGRATIONS: dict[int, list[str]] = {}
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -164,7 +167,7 @@ def _acquire_file_lock(path: Path, timeout_s: float) -> None:
         except BlockingIOError:
             if time.monotonic() > deadline:
                 os.close(fd)
-                raise LunaConfigError(
+                raise BusyError(
                     f"catalog {path} stayed locked for {timeout_s:.0f}s by {_holder(key)}; "
                     "is a long run still writing it? Try again when it has finished."
                 ) from None
@@ -195,53 +198,99 @@ def _holder(lock_file: str) -> str:
         return "another process"
 
 
-def _connect(path: Path, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+def _connect(path: Path, read_only: bool, deadline: float, config: dict | None = None) -> duckdb.DuckDBPyConnection:
     # Luna's writers take the file lock first; DuckDB's own lock still guards against other tools
     # (a DuckDB shell left open), so a held lock is retried until the deadline, then explained.
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=config or {})
         except duckdb.IOException as exc:
             message = str(exc)
             if "lock" not in message.lower():
-                raise LunaConfigError(f"catalog {path} cannot be opened: {message}") from None
+                raise CorruptStoreError(f"catalog {path} cannot be opened: {message}") from None
             if time.monotonic() > deadline:
-                raise LunaConfigError(
+                raise BusyError(
                     f"catalog {path} is in use by another process ({message.splitlines()[0]}); "
                     "close that program (a DuckDB shell?) or wait for its run to finish"
                 ) from None
             time.sleep(0.1)
+        except duckdb.Error as exc:
+            raise CorruptStoreError(f"catalog {path} cannot be opened: {str(exc).splitlines()[0]}") from None
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    for statement in _SCHEMA:
-        con.execute(statement)
-    con.execute(
-        "INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-    )
+def stored_schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The schema version the catalog records; None for a new (empty) catalog."""
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_info'").fetchone()[0]:
+        return None
+    row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0]) if row else None
+    except ValueError:
+        raise CorruptStoreError(f"the catalog records schema version {row[0]!r}, not a number") from None
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path | str = "the catalog") -> None:
+    """Create the tables of a new catalog, migrate an older one forward, refuse a newer one."""
+    version = stored_schema_version(con)
+    if version == SCHEMA_VERSION:
+        return
+    if version is not None and version > SCHEMA_VERSION:
+        raise LunaConfigError(
+            f"catalog {path} has schema version {version}, but this Luna knows versions up to {SCHEMA_VERSION}: "
+            "it was written by a newer Luna; upgrade Luna to use it")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if version is None:
+            for statement in _SCHEMA:
+                con.execute(statement)
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                if step not in MIGRATIONS:
+                    raise LunaConfigError(f"catalog {path} has schema version {version} and no migration from "
+                                          f"version {step} to {step + 1} exists; rebuild the catalog")
+                for statement in MIGRATIONS[step]:
+                    con.execute(statement)
+                log.info("catalog %s migrated from schema version %d to %d", path, step, step + 1)
+        con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 @contextlib.contextmanager
 def open_catalog(
-    path: str | Path, read_only: bool = False, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    path: str | Path, read_only: bool = False, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    sandboxed: bool = False,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the catalog at `path`, schema ensured when writable; closed on exit.
 
     Every Luna process (ingest, the embedding assets running side by side under Dagster's
     multiprocess executor, the CLI) takes the catalog's file lock for the duration, so keep the
     block short: read what is needed, or commit one batch, and leave.
+
+    `sandboxed` (read-only, no files or extensions outside the catalog) is for running SQL a person
+    typed, such as a projector's subset filter: it can read the catalog and nothing else.
     """
     path = Path(path)
+    read_only = read_only or sandboxed
     if read_only and not path.exists():
-        raise LunaConfigError(f"no catalog at {path}: run `luna ingest` or `luna demo` first")
+        raise NotBuiltError(f"no catalog at {path}: run `luna ingest` or `luna demo` first")
     path.parent.mkdir(parents=True, exist_ok=True)
+    config = {"enable_external_access": False, "autoload_known_extensions": False} if sandboxed else None
     with _process_lock:
         _acquire_file_lock(path, timeout_s)
         try:
-            con = _connect(path, read_only, time.monotonic() + timeout_s)
+            con = _connect(path, read_only, time.monotonic() + timeout_s, config)
             try:
-                if not read_only:
-                    ensure_schema(con)
+                if read_only:
+                    version = stored_schema_version(con)
+                    if version is not None and version > SCHEMA_VERSION:
+                        raise LunaConfigError(
+                            f"catalog {path} has schema version {version}, but this Luna knows versions up to "
+                            f"{SCHEMA_VERSION}: it was written by a newer Luna; upgrade Luna to use it")
+                else:
+                    ensure_schema(con, path)
                 yield con
             finally:
                 con.close()
@@ -298,3 +347,35 @@ def sample_images(con: duckdb.DuckDBPyConnection, limit: int = 10) -> list[dict]
 def quarantine_rows(con: duckdb.DuckDBPyConnection, limit: int = 50) -> list[dict]:
     cursor = con.execute("SELECT path, reason, detail FROM quarantine ORDER BY reason, path LIMIT ?", [limit])
     return [dict(zip(("path", "reason", "detail"), row)) for row in cursor.fetchall()]
+
+
+def image_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Image files by status (ok, missing, quarantined), unique contents, and quarantine rows."""
+    counts = {status: n for status, n in con.execute("SELECT status, count(*) FROM images GROUP BY 1").fetchall()}
+    counts["unique"] = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
+    counts["quarantine"] = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    return counts
+
+
+def images_by_generator(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Catalogued image files and distinct prompts per generator, largest first."""
+    cursor = con.execute("""
+        SELECT g.generator, count(*) AS images, count(DISTINCT g.prompt) AS prompts
+        FROM images i JOIN generations g USING (content_hash) WHERE i.status = 'ok'
+        GROUP BY 1 ORDER BY 2 DESC, 1""")
+    return [dict(zip(("generator", "images", "prompts"), row)) for row in cursor.fetchall()]
+
+
+def vault_stores(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Each vault store with its committed rows, prompts over 77 tokens and recorded failures."""
+    cursor = con.execute("""
+        SELECT s.kind, s.store_key, s.path, s.shapes,
+               coalesce(v.n, t.n, 0) AS rows, coalesce(t.truncated, 0) AS truncated,
+               (SELECT count(*) FROM embedding_failures f WHERE f.store_key = s.store_key) AS failed
+        FROM vault_stores s
+        LEFT JOIN (SELECT store_key, count(*) AS n FROM vision_rows GROUP BY 1) v USING (store_key)
+        LEFT JOIN (SELECT store_key, count(*) AS n, sum(truncated::INT) AS truncated FROM text_rows GROUP BY 1) t
+               USING (store_key)
+        ORDER BY s.kind DESC, s.store_key""")
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

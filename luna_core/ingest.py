@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from luna_core.catalog import open_catalog, transaction
 from luna_core.containers import ProbeLimits
-from luna_core.filereader import IngestedFile, QuarantinedFile, clean_text, read_chunk, read_file
+from luna_core.filereader import IngestedFile, QuarantinedFile, clean_text, read_chunk
 from luna_core.scan import DEFAULT_IGNORE, FileEntry, ScanProblem, ScanStats, walk_root
 
 log = logging.getLogger(__name__)
@@ -145,14 +145,15 @@ def _generation_row(result: IngestedFile) -> dict[str, Any]:
         "steps": _int32(g.get("steps")), "sampler": g.get("sampler"), "scheduler": g.get("scheduler"),
         "cfg_scale": g.get("cfg_scale"), "width": _int32(g.get("width")), "height": _int32(g.get("height")),
         "model": g.get("model"), "model_hash": g.get("model_hash"),
-        "loras": [{"name": clean_text(l["name"]), "weight": l["weight"]} for l in g.get("loras", [])],
+        "loras": [{"name": clean_text(lora["name"]), "weight": lora["weight"]} for lora in g.get("loras", [])],
         "extra": json.dumps(g.get("extra") or {}, ensure_ascii=False, default=str),
         "raw": json.dumps(g.get("raw") or {}, ensure_ascii=False),
         "warnings": list(g.get("warnings") or []),
     }
 
 
-def _commit_batch(catalog_path: str | Path, results: list[IngestedFile | QuarantinedFile], now: datetime, known_hashes: set[str]) -> None:
+def _commit_batch(catalog_path: str | Path, results: list[IngestedFile | QuarantinedFile], now: datetime,
+                  known_hashes: set[str]) -> None:
     ingested = [r for r in results if isinstance(r, IngestedFile)]
     quarantined = [r for r in results if isinstance(r, QuarantinedFile)]
     images = pa.Table.from_pylist([

@@ -8,9 +8,10 @@ evaluation depends on the split staying put as the library grows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from luna_core.catalog import open_catalog
+from luna_core.catalog import open_catalog, transaction
+from luna_core.models.profiles import ModelProfile
+from luna_core.settings import LunaHome
 
 # Percent buckets of the first 32 bits of the content hash: deterministic, and uniform because the
 # hash is.
@@ -33,47 +34,47 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def build_library(catalog_path: str | Path, vision_key: str, text_key: str) -> LibraryReport:
-    """Assign ids and splits to new content hashes and (re)create the `library` view for these stores."""
+def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
+    """Assign ids and splits to new content hashes and (re)create the `library` view for the profile's stores."""
+    vision_key, text_key = profile.vision_key, profile.text_key
     train, val = SPLIT_PERCENT["train"], SPLIT_PERCENT["train"] + SPLIT_PERCENT["val"]
     report = LibraryReport()
-    with open_catalog(catalog_path) as con:
-        con.execute("BEGIN TRANSACTION")
-        report.new_ids = len(con.execute("""
-            INSERT INTO image_ids
-            SELECT content_hash,
-                   (SELECT coalesce(max(image_id), 0) FROM image_ids) + row_number() OVER (ORDER BY content_hash),
-                   now()
-            FROM (SELECT DISTINCT content_hash FROM images WHERE status = 'ok') n
-            WHERE NOT EXISTS (SELECT 1 FROM image_ids i WHERE i.content_hash = n.content_hash)
-            RETURNING image_id""").fetchall())
-        con.execute(f"""
-            INSERT INTO splits
-            SELECT content_hash,
-                   CASE WHEN b < {train} THEN 'train' WHEN b < {val} THEN 'val' ELSE 'test' END, now()
-            FROM (SELECT content_hash, (('0x' || left(content_hash, 8))::UBIGINT % 100) AS b
-                  FROM image_ids i WHERE NOT EXISTS (SELECT 1 FROM splits s WHERE s.content_hash = i.content_hash))""")
-        con.execute(f"""
-            CREATE OR REPLACE VIEW library AS
-            WITH paths AS (
-                SELECT content_hash, min(path) AS path, count(*) AS copies
-                FROM images WHERE status = 'ok' GROUP BY content_hash
-            )
-            SELECT ids.image_id, p.content_hash, p.path, p.copies, s.split,
-                   g.generator, g.prompt, g.negative_prompt, g.seed, g.model,
-                   v."row" AS vision_row,
-                   sha256(g.prompt) AS prompt_hash, tp."row" AS prompt_row,
-                   tp.token_count AS prompt_tokens, tp.truncated AS prompt_truncated,
-                   sha256(g.negative_prompt) AS negative_hash, tn."row" AS negative_row,
-                   {_quote(vision_key)} AS vision_store, {_quote(text_key)} AS text_store
-            FROM paths p
-            JOIN image_ids ids USING (content_hash)
-            JOIN splits s USING (content_hash)
-            LEFT JOIN generations g USING (content_hash)
-            LEFT JOIN vision_rows v ON v.content_hash = p.content_hash AND v.store_key = {_quote(vision_key)}
-            LEFT JOIN text_rows tp ON tp.prompt_hash = sha256(g.prompt) AND tp.store_key = {_quote(text_key)}
-            LEFT JOIN text_rows tn ON tn.prompt_hash = sha256(g.negative_prompt) AND tn.store_key = {_quote(text_key)}""")
-        con.execute("COMMIT")
+    with open_catalog(home.catalog_path) as con:
+        with transaction(con):
+            report.new_ids = len(con.execute("""
+                INSERT INTO image_ids
+                SELECT content_hash,
+                       (SELECT coalesce(max(image_id), 0) FROM image_ids) + row_number() OVER (ORDER BY content_hash),
+                       now()
+                FROM (SELECT DISTINCT content_hash FROM images WHERE status = 'ok') n
+                WHERE NOT EXISTS (SELECT 1 FROM image_ids i WHERE i.content_hash = n.content_hash)
+                RETURNING image_id""").fetchall())
+            con.execute(f"""
+                INSERT INTO splits
+                SELECT content_hash,
+                       CASE WHEN b < {train} THEN 'train' WHEN b < {val} THEN 'val' ELSE 'test' END, now()
+                FROM (SELECT content_hash, (('0x' || left(content_hash, 8))::UBIGINT % 100) AS b
+                      FROM image_ids i WHERE NOT EXISTS (SELECT 1 FROM splits s WHERE s.content_hash = i.content_hash))""")
+            con.execute(f"""
+                CREATE OR REPLACE VIEW library AS
+                WITH paths AS (
+                    SELECT content_hash, min(path) AS path, count(*) AS copies
+                    FROM images WHERE status = 'ok' GROUP BY content_hash
+                )
+                SELECT ids.image_id, p.content_hash, p.path, p.copies, s.split,
+                       g.generator, g.prompt, g.negative_prompt, g.seed, g.model,
+                       v."row" AS vision_row,
+                       sha256(g.prompt) AS prompt_hash, tp."row" AS prompt_row,
+                       tp.token_count AS prompt_tokens, tp.truncated AS prompt_truncated,
+                       sha256(g.negative_prompt) AS negative_hash, tn."row" AS negative_row,
+                       {_quote(vision_key)} AS vision_store, {_quote(text_key)} AS text_store
+                FROM paths p
+                JOIN image_ids ids USING (content_hash)
+                JOIN splits s USING (content_hash)
+                LEFT JOIN generations g USING (content_hash)
+                LEFT JOIN vision_rows v ON v.content_hash = p.content_hash AND v.store_key = {_quote(vision_key)}
+                LEFT JOIN text_rows tp ON tp.prompt_hash = sha256(g.prompt) AND tp.store_key = {_quote(text_key)}
+                LEFT JOIN text_rows tn ON tn.prompt_hash = sha256(g.negative_prompt) AND tn.store_key = {_quote(text_key)}""")
 
         report.images = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
         report.by_split = dict(con.execute("SELECT split, count(*) FROM library GROUP BY 1 ORDER BY 1").fetchall())

@@ -7,8 +7,13 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from luna_core.errors import LunaConfigError
+from luna_core.errors import LunaConfigError, NotBuiltError
+
+if TYPE_CHECKING:
+    from luna_core.models.profiles import ModelProfile
+    from luna_core.vault.store import RowStore
 
 DEFAULT_HOME = "./luna_home"
 HOME_ENV = "LUNA_HOME"
@@ -17,7 +22,17 @@ CONFIG_NAME = "luna.toml"
 
 @dataclass(frozen=True)
 class LunaHome:
-    """Paths of every store under one Luna home (see DESIGN.md, 'Identities and storage')."""
+    """Where every store of one Luna home lives. No other module builds paths under the home.
+
+        catalog.duckdb                   the DuckDB catalog
+        vault/vision/<vision key>.zarr   CLIP-ViT image embeddings of one vision model
+        vault/text/<text key>.zarr       SDXL conditionings of one text-encoder pair
+        index/<vision key>__<text key>/  FAISS index versions (vectors of one model, rows of the other)
+        mlflow/                          the embedded MLflow registry (sqlite + artifacts)
+        models/                          locally built model profiles (tiny)
+        refined/, reports/               refinement outputs and benchmark reports
+        dagster_home/                    the Dagster instance
+    """
 
     root: Path
 
@@ -43,8 +58,26 @@ class LunaHome:
     def samples_dir(self) -> Path:
         return self.root / "sample_library"
 
+    @classmethod
+    def existing(cls, home: str | os.PathLike[str] | None = None) -> "LunaHome":
+        """An existing home; a path that is missing or is a file is a clear error (a typo must not
+        silently create an empty home)."""
+        resolved = cls.resolve(home)
+        if resolved.root.exists() and not resolved.root.is_dir():
+            raise LunaConfigError(f"Luna home {resolved.root} is a file, not a folder")
+        if not resolved.root.is_dir():
+            raise NotBuiltError(f"no Luna home at {resolved.root}: check --home (or $LUNA_HOME), "
+                                "or make one with `luna demo` or `luna ingest ROOT`")
+        return resolved
+
     def ensure(self) -> "LunaHome":
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create the home's folders (and its Dagster instance settings) if missing."""
+        if self.root.exists() and not self.root.is_dir():
+            raise LunaConfigError(f"Luna home {self.root} is a file, not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LunaConfigError(f"cannot create the Luna home {self.root}: {exc.strerror or exc}") from None
         self.dagster_home.mkdir(exist_ok=True)
         dagster_yaml = self.dagster_home / "dagster.yaml"
         if not dagster_yaml.exists():
@@ -62,6 +95,49 @@ class LunaHome:
     @property
     def vault_dir(self) -> Path:
         return self.root / "vault"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def refined_dir(self) -> Path:
+        return self.root / "refined"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    # ------------------------------------------------------------ stores of a model profile
+
+    def vision_store(self, profile: ModelProfile) -> Path:
+        return self.vault_dir / "vision" / f"{profile.vision_key}.zarr"
+
+    def text_store(self, profile: ModelProfile) -> Path:
+        return self.vault_dir / "text" / f"{profile.text_key}.zarr"
+
+    def index_dir(self, profile: ModelProfile) -> Path:
+        """Index versions of one (vision model, text-encoder pair): the vectors come from the first, the
+        published conditioning rows from the second, so a change of either is another index."""
+        return self.index_root / f"{profile.vision_key}__{profile.text_key}"
+
+    @property
+    def index_root(self) -> Path:
+        return self.root / "index"
+
+    def open_vision_store(self, profile: ModelProfile) -> RowStore:
+        from luna_core.vault.store import VISION_LAYOUT, RowStore
+
+        return RowStore.open_readonly(self.vision_store(profile), VISION_LAYOUT)
+
+    def open_text_store(self, profile: ModelProfile) -> RowStore:
+        from luna_core.vault.store import TEXT_LAYOUT, RowStore
+
+        return RowStore.open_readonly(self.text_store(profile), TEXT_LAYOUT)
+
+    def default_tracking_uri(self) -> str:
+        """The embedded MLflow store: sqlite under the home (absolute, as MLflow 3 wants)."""
+        return f"sqlite:///{(self.mlflow_dir / 'mlflow.db').absolute()}"
 
     # ------------------------------------------------------------ luna.toml
 

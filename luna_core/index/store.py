@@ -1,6 +1,6 @@
 """Versioned index files, swapped in atomically, with everything a query needs published beside them.
 
-    HOME/index/<vision store key>/
+    HOME/index/<vision store key>__<text store key>/
         current.json            {"version": 12}: replaced atomically (write + rename)
         versions/v000012/
             index.faiss         the FAISS index (ids: catalog image ids)
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luna_core.errors import LunaConfigError
+from luna_core.errors import CorruptStoreError, NotBuiltError
 
 KEEP_VERSIONS = 3
 
@@ -49,7 +49,7 @@ class IndexVersion:
         try:
             return json.loads(self.meta_file.read_text())
         except (OSError, ValueError) as exc:
-            raise LunaConfigError(f"index metadata {self.meta_file} is missing or corrupted ({exc}); "
+            raise CorruptStoreError(f"index metadata {self.meta_file} is missing or corrupted ({exc}); "
                                   "rebuild the index (materialize faiss_index with rebuild: true)") from None
 
 
@@ -67,10 +67,10 @@ class IndexStore:
         try:
             number = int(json.loads(self.pointer.read_text())["version"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise LunaConfigError(f"index pointer {self.pointer} is corrupted ({exc}); rebuild the index") from None
+            raise CorruptStoreError(f"index pointer {self.pointer} is corrupted ({exc}); rebuild the index") from None
         version = IndexVersion(number, self.root / "versions" / f"v{number:06d}")
         if not version.path.is_dir():
-            raise LunaConfigError(f"index version {version.path} named by {self.pointer} is missing; rebuild the index")
+            raise CorruptStoreError(f"index version {version.path} named by {self.pointer} is missing; rebuild the index")
         return version
 
     def publish(self, index, lookup, meta: dict) -> IndexVersion:
@@ -122,18 +122,19 @@ def load_index(store: IndexStore) -> LoadedIndex:
 
     version = store.current()
     if version is None:
-        raise LunaConfigError(f"no index at {store.root} yet: run `luna build` (or materialize faiss_index in the UI)")
+        raise NotBuiltError(f"no index at {store.root} yet: run `luna build` (or materialize faiss_index in the UI)")
     meta = version.meta()
     try:
         index = faiss.read_index(str(version.index_file))
     except RuntimeError as exc:
-        raise LunaConfigError(f"index file {version.index_file} cannot be read ({str(exc).splitlines()[0][:200]}); "
+        raise CorruptStoreError(f"index file {version.index_file} cannot be read ({str(exc).splitlines()[0][:200]}); "
                               "it is missing or corrupted: rebuild the index") from None
     try:
         with pa.memory_map(str(version.lookup_file)) as source:
             lookup = pa.ipc.open_file(source).read_all()
     except (OSError, pa.ArrowInvalid) as exc:
-        raise LunaConfigError(f"index lookup {version.lookup_file} is missing or corrupted ({exc}); rebuild the index") from None
+        raise CorruptStoreError(f"index lookup {version.lookup_file} is missing or corrupted ({exc}); "
+                                "rebuild the index") from None
     ids = lookup.column("image_id").to_numpy()
     order = np.argsort(ids)
     return LoadedIndex(version, index, meta, ids[order], order, lookup)

@@ -279,15 +279,20 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> Generat
     graph = _Graph(nodes, record.warnings)
     samplers = []
     for node_id, node, positive, negative in _sampler_nodes(graph):
-        extra: dict[str, Any] = {}
+        # Each side keeps its own SDXL text_l: a negative's must never land in the positive's.
+        positive_extra: dict[str, Any] = {}
+        negative_extra: dict[str, Any] = {}
         model, loras = graph.model_chain(node.get("inputs", {}).get("model"))
         width, height = graph.latent_size(node.get("inputs", {}).get("latent_image"))
+        prompt = ", ".join(graph.conditioning_texts(positive, positive_extra)) or None
+        negative_prompt = ", ".join(graph.conditioning_texts(negative, negative_extra)) if negative else None
+        extra = {**positive_extra, **{f"negative_{key}": value for key, value in negative_extra.items()}}
         samplers.append(
             {
                 "node": node_id,
                 "class_type": node.get("class_type"),
-                "prompt": ", ".join(graph.conditioning_texts(positive, extra)) or None,
-                "negative_prompt": ", ".join(graph.conditioning_texts(negative, extra)) if negative else None,
+                "prompt": prompt,
+                "negative_prompt": negative_prompt,
                 "seed": as_int(graph.setting(node, ("seed", "noise_seed"))),
                 "steps": as_int(graph.setting(node, ("steps",))),
                 "cfg": as_float(graph.setting(node, ("cfg",))),
@@ -311,8 +316,9 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> Generat
     record.sampler, record.scheduler = primary["sampler_name"], primary["scheduler"]
     record.model, record.loras = primary["model"], primary["loras"]
     record.width, record.height = primary["width"], primary["height"]
-    if "text_l" in primary:
-        record.extra["text_l"] = primary["text_l"]
+    for key in ("text_l", "negative_text_l"):
+        if key in primary:
+            record.extra[key] = primary[key]
     record.extra["samplers"] = [
         {**s, "loras": [{"name": lora.name, "weight": lora.weight} for lora in s["loras"]]} for s in samplers
     ]

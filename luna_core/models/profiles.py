@@ -45,6 +45,22 @@ SDXL = ModelProfile(
 )
 
 
+def tiny_profile(root: Path) -> ModelProfile:
+    """The tiny profile over models built under `root` (see luna_core.models.tiny)."""
+    from luna_core.models.tiny import TINY_VERSION
+
+    return ModelProfile(
+        name="tiny",
+        vision_model=str(root / "vision"),
+        sdxl_model=str(root / "sdxl"),
+        vision_id="luna-tiny/clip-vit",
+        sdxl_id="luna-tiny/sdxl-text",
+        vision_revision=f"v{TINY_VERSION}",
+        sdxl_revision=f"v{TINY_VERSION}",
+        default_dtype="float32",
+    )
+
+
 def store_key(model_id: str, revision: str | None) -> str:
     """A file-name-safe identity: model id (hub id or path) plus revision."""
     text = f"{model_id}@{revision or 'main'}"
@@ -74,7 +90,7 @@ def resolve_profile(
     elif name == "tiny":
         from luna_core.models.tiny import ensure_tiny_models
 
-        profile = ensure_tiny_models(models_dir / "tiny")
+        profile = tiny_profile(ensure_tiny_models(models_dir / "tiny"))
     else:
         raise LunaConfigError(f"unknown model profile {name!r}: choose 'sdxl' or 'tiny'")
     if vision_model:
@@ -89,12 +105,22 @@ def resolve_profile(
 def choose_device(device: str = "auto"):
     import torch
 
-    if device != "auto":
-        try:
-            return torch.device(device)
-        except RuntimeError as exc:
-            raise LunaConfigError(f"unknown device {device!r}: {exc}") from None
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise LunaConfigError(f"unknown device {device!r}: {exc}") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LunaConfigError(f"device {device!r} asked for, but this machine has no usable CUDA GPU "
+                                  "(use --device cpu or auto)")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise LunaConfigError(f"device {device!r} asked for, but this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s)")
+    elif chosen.type not in ("cpu", "mps"):
+        raise LunaConfigError(f"device {device!r} is not supported: use auto, cpu or cuda[:N]")
+    return chosen
 
 
 def choose_dtype(device, dtype: str = "auto"):

@@ -14,25 +14,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from luna_core.models.profiles import ModelProfile
-
 TINY_VERSION = "2"
 IMAGE_SIZE = 64
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def tiny_profile(root: Path) -> ModelProfile:
-    return ModelProfile(
-        name="tiny",
-        vision_model=str(root / "vision"),
-        sdxl_model=str(root / "sdxl"),
-        vision_id="luna-tiny/clip-vit",
-        sdxl_id="luna-tiny/sdxl-text",
-        vision_revision=f"v{TINY_VERSION}",
-        sdxl_revision=f"v{TINY_VERSION}",
-        default_dtype="float32",
-    )
 
 
 def _build(dest: Path) -> None:
@@ -44,7 +29,6 @@ def _build(dest: Path) -> None:
         CLIPVisionConfig,
         CLIPVisionModelWithProjection,
     )
-
     from transformers.utils import logging as hf_logging
 
     from luna_core.models.clip_vocab import clip_tokenizer
@@ -104,7 +88,7 @@ def _build_sdxl_refiner_parts(sdxl_dir: Path, cross_attention_dim: int, pooled_d
     pipe.save_pretrained(sdxl_dir)
 
 
-def ensure_tiny_models(root: Path) -> ModelProfile:
+def ensure_tiny_models(root: Path) -> Path:
     """Build the tiny models under `root` unless a complete build is there; safe across processes."""
     root = Path(root)
     marker = root / "complete.json"
@@ -119,4 +103,4 @@ def ensure_tiny_models(root: Path) -> ModelProfile:
                 if root.exists():
                     shutil.rmtree(root)
                 os.replace(staging, root)
-    return tiny_profile(root)
+    return root

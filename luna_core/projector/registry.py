@@ -9,6 +9,7 @@ them, so `mlflow.pyfunc.load_model("models:/luna-projector@champion")` maps imag
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,18 +17,36 @@ from pathlib import Path
 
 import numpy as np
 
-from luna_core.errors import LunaConfigError
+from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.projector.models import ProjectorConfig, build_projector, parameter_count
+from luna_core.projector.request import CHAMPION, REGISTERED_NAME, ProjectorRequest
+from luna_core.settings import LunaHome
 
-REGISTERED_NAME = "luna-projector"
-CHAMPION = "champion"
 WEIGHTS, CONFIG, CARD = "weights.safetensors", "config.json", "MODEL_CARD.md"
+TRACKING_URI_ENV = "LUNA_MLFLOW_URI"
+# Bit noise between scoring at registration and re-scoring from the stored checkpoint.
+RESCORE_TOLERANCE = 1e-4
 
 
-def tracking_uri(home_root: Path) -> str:
-    """The embedded default: MLflow on sqlite under the Luna home (absolute, as MLflow 3 wants)."""
-    (Path(home_root) / "mlflow").mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(Path(home_root) / 'mlflow' / 'mlflow.db').absolute()}"
+def resolve_tracking_uri(home: LunaHome, uri: str | None = None) -> str:
+    """The registry to use: the URI given, else $LUNA_MLFLOW_URI, else the home's embedded sqlite store."""
+    chosen = uri or os.environ.get(TRACKING_URI_ENV) or ""
+    return chosen or home.default_tracking_uri()
+
+
+def _embedded_registry_missing(home: LunaHome, uri: str) -> bool:
+    """True when `uri` is the home's embedded store and nothing was ever registered there: reading it
+    must not create a database in a home that has none."""
+    return uri == home.default_tracking_uri() and not (home.mlflow_dir / "mlflow.db").exists()
+
+
+def name_filter(name: str) -> str:
+    """An MLflow search filter matching one registered model name, quoted so the name cannot change it."""
+    if "'" not in name:
+        return f"name='{name}'"
+    if '"' not in name:
+        return f'name="{name}"'
+    raise LunaConfigError(f"registered model name {name!r} holds both kinds of quote; choose a plainer name")
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -58,11 +77,13 @@ def _mlflow(uri: str):
     return mlflow
 
 
-def _experiment(mlflow, home_root: Path, name: str) -> str:
+def _experiment(mlflow, home: LunaHome, uri: str, name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = (Path(home_root) / "mlflow" / "artifacts").absolute()
+    if uri.startswith(("http://", "https://")):
+        return mlflow.create_experiment(name)  # the server decides where artifacts go
+    artifacts = (home.mlflow_dir / "artifacts").absolute()
     return mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
 
 
@@ -89,7 +110,7 @@ def load_checkpoint(folder: Path, expect: dict | None = None):
     try:
         config = ProjectorConfig(**json.loads((folder / CONFIG).read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise LunaConfigError(f"projector config in {folder} is missing or corrupted ({exc})") from None
+        raise CorruptStoreError(f"projector config in {folder} is missing or corrupted ({exc})") from None
     for key, value in (expect or {}).items():
         if getattr(config, key) != value:
             raise LunaConfigError(f"the projector in {folder} has {key} = {getattr(config, key)}, but the configured "
@@ -98,7 +119,7 @@ def load_checkpoint(folder: Path, expect: dict | None = None):
     try:
         model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
     except (OSError, SafetensorError, RuntimeError) as exc:
-        raise LunaConfigError(f"projector weights in {folder} are missing or corrupted ({str(exc)[:200]})") from None
+        raise CorruptStoreError(f"projector weights in {folder} are missing or corrupted ({str(exc)[:200]})") from None
     return model.eval(), config
 
 
@@ -111,7 +132,8 @@ class ProjectorPyfunc:
     def predict(self, context, model_input, params=None):
         import torch
 
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        # Any float (or int) array or DataFrame: cast to float32 in a fresh, writable array.
+        x = torch.from_numpy(np.array(model_input, dtype=np.float32, copy=True))
         with torch.no_grad():
             tokens, pooled = self.model(x)
         return torch.cat([tokens.flatten(1), pooled], dim=1).numpy()
@@ -143,41 +165,43 @@ def model_card(config: ProjectorConfig, metrics: dict, fingerprint: str, profile
             "With the `tiny` profile these figures check the pipeline, not quality.\n")
 
 
-def register(result, home_root: Path, profile, score_fn, name: str = REGISTERED_NAME, margin: float = 0.0,
-             tags: dict | None = None, where: str | None = None, settings: dict | None = None,
-             uri: str | None = None) -> Registration:
+def register(result, home: LunaHome, profile, scorer, request: ProjectorRequest = ProjectorRequest()) -> Registration:
     """Log the training run, register a version, and move @champion only if the candidate's val loss
-    beats the champion's on the same pairs by `margin`. `score_fn(model) -> val loss`."""
-    mlflow = _mlflow(uri or tracking_uri(home_root))
+    beats the champion's on the same pairs by `request.margin`. `scorer(model) -> val loss`; its
+    `fingerprint` names the validation pairs and is recorded with the score."""
+    uri = resolve_tracking_uri(home, request.tracking_uri)
+    home.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow = _mlflow(uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
 
     client = MlflowClient()
-    config = result.config
+    name, config = request.name, result.config
     params = parameter_count(result.model)
-    card = model_card(config, result.val_metrics, result.data_fingerprint, profile.name, result.train_pairs, params, where)
+    card = model_card(config, result.val_metrics, result.data_fingerprint, profile.name, result.train_pairs, params,
+                      request.where)
     staging = Path(tempfile.mkdtemp(prefix="luna-projector-"))
     try:
         checkpoint = save_checkpoint(result.model, config, staging / "checkpoint", card)
-        experiment_id = _experiment(mlflow, home_root, name)
+        experiment_id = _experiment(mlflow, home, uri, name)
+        # `config` is the checkpoint's own (widths from the stores), so the tag says what the weights are.
         version_tags = {"data_fingerprint": result.data_fingerprint, "profile": profile.name,
                         "vision_key": profile.vision_key, "text_key": profile.text_key, "arch": config.arch,
-                        "subset": where or "", **(tags or {})}
+                        "subset": request.where or "", "code_version": request.code_version,
+                        "training_identity": request.training_identity(),
+                        "config": json.dumps(config.to_dict(), sort_keys=True), **request.tags}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{config.arch}-{result.data_fingerprint[:8]}") as run:
-            mlflow.log_params({**config.to_dict(), **(settings or {}), "params": params, "train_pairs": result.train_pairs,
-                               "val_pairs": result.val_pairs, "subset": where or ""})
+            mlflow.log_params({**config.to_dict(), **request.settings.__dict__, "params": params,
+                               "train_pairs": result.train_pairs, "val_pairs": result.val_pairs,
+                               "subset": request.where or ""})
             for row in result.history:
                 mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
             mlflow.log_metrics({f"final_val_{k}": float(v) for k, v in result.val_metrics.items()})
             mlflow.log_artifacts(str(checkpoint), artifact_path="checkpoint")
             mlflow.set_tags(version_tags)
-            signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, config.in_dim))]),
-                                       outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, config.out_dim))]))
             info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                                           artifacts={"checkpoint": str(checkpoint)}, signature=signature,
-                                           input_example=np.zeros((1, config.in_dim), np.float32),
+                                           artifacts={"checkpoint": str(checkpoint)}, signature=_signature(config),
+                                           input_example=np.zeros((1, config.in_dim)),
                                            pip_requirements=["torch", "safetensors", "numpy"])
         try:
             client.get_registered_model(name)
@@ -186,11 +210,11 @@ def register(result, home_root: Path, profile, score_fn, name: str = REGISTERED_
         version = mlflow.register_model(info.model_uri, name, tags=version_tags)
         number = int(version.version)
     except MlflowException as exc:
-        raise LunaConfigError(f"MLflow at {uri or tracking_uri(home_root)} refused the run: {exc}") from None
+        raise LunaConfigError(f"MLflow at {uri} refused the run: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    candidate = float(score_fn(result.model))
+    candidate = float(scorer(result.model))
     champion_version, champion_score = None, None
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
@@ -199,11 +223,12 @@ def register(result, home_root: Path, profile, score_fn, name: str = REGISTERED_
         current = None
     if current is not None:
         try:
-            champion_model, _ = load_version(home_root, name, champion_version, expect=_widths(config), uri=uri)
-            champion_score = float(score_fn(champion_model))
+            champion_model, _ = load_version(home, name, champion_version, expect=_widths(config), uri=uri)
+            champion_score = float(scorer(champion_model))
         except LunaConfigError as exc:  # a champion that no longer fits the encoders cannot defend its title
             champion_score = None
             client.set_model_version_tag(name, str(champion_version), "luna_unusable", str(exc)[:250])
+    margin = request.margin
     if champion_score is None or candidate < champion_score - margin:
         client.set_registered_model_alias(name, CHAMPION, str(number))
         promoted = True
@@ -213,10 +238,73 @@ def register(result, home_root: Path, profile, score_fn, name: str = REGISTERED_
         promoted = False
         decision = (f"val loss {candidate:.5f} does not beat champion v{champion_version} ({champion_score:.5f}) "
                     f"by more than {margin}: registered, not promoted")
-    for key, value in {"candidate_val_loss": f"{candidate:.6f}", "champion_val_loss": "" if champion_score is None
-                       else f"{champion_score:.6f}", "promoted": str(promoted), "decision": decision}.items():
+    scored = {"candidate_val_loss": f"{candidate:.6f}", "val_fingerprint": getattr(scorer, "fingerprint", ""),
+              "margin": str(margin), "champion_val_loss": "" if champion_score is None else f"{champion_score:.6f}",
+              "promoted": str(promoted), "decision": decision}
+    for key, value in scored.items():
         client.set_model_version_tag(name, str(number), key, value)
     return Registration(name, number, run.info.run_id, candidate, champion_version, champion_score, promoted, decision)
+
+
+def _signature(config: ProjectorConfig):
+    """Inputs: `in_dim` unnamed double columns, so float32, float64 and int arrays all pass MLflow's
+    schema check (it refuses a tensor of another float width); outputs: the flattened conditioning."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([ColSpec(DataType.double) for _ in range(config.in_dim)]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, config.out_dim))]))
+
+
+@dataclass
+class ChampionVerdict:
+    passed: bool
+    description: str
+    metadata: dict
+
+
+def verify_champion(home: LunaHome, scorer, name: str = REGISTERED_NAME, uri: str | None = None) -> ChampionVerdict:
+    """Is @champion really the best? Its checkpoint is re-scored on the scorer's validation pairs and must
+    reproduce its recorded val loss, which must be the lowest (within each version's margin) among the
+    versions scored on the same pairs."""
+    uri = resolve_tracking_uri(home, uri)
+    if _embedded_registry_missing(home, uri):
+        return ChampionVerdict(False, f"no registry at {uri} yet", {})
+    _mlflow(uri)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return ChampionVerdict(False, f"{name} has no @champion", {})
+    fingerprint = getattr(scorer, "fingerprint", "")
+    recorded = champion.tags.get("candidate_val_loss", "")
+    meta = {"champion": f"v{champion.version}", "recorded val loss": recorded, "val pairs": fingerprint}
+    if champion.tags.get("val_fingerprint") != fingerprint:
+        return ChampionVerdict(True, f"@champion v{champion.version} was scored on other validation pairs (the "
+                                     "library changed); the next candidate is compared with it afresh", meta)
+    model, _ = load_version(home, name, champion.version, uri=uri)
+    rescored = float(scorer(model))
+    meta["re-scored val loss"] = f"{rescored:.6f}"
+    if not recorded or abs(rescored - float(recorded)) > RESCORE_TOLERANCE * max(1.0, abs(rescored)):
+        return ChampionVerdict(False, f"@champion v{champion.version}'s stored checkpoint scores {rescored:.6f}, "
+                                      f"not its recorded {recorded or '(none)'}", meta)
+    better = []
+    for version in client.search_model_versions(name_filter(name)):
+        tags = version.tags
+        if version.version == champion.version or tags.get("val_fingerprint") != fingerprint:
+            continue
+        loss, margin = float(tags.get("candidate_val_loss", "inf")), float(tags.get("margin", "0") or 0)
+        if loss < rescored - margin - RESCORE_TOLERANCE:
+            better.append(f"v{version.version} ({loss:.6f})")
+    meta["versions scored on the same pairs that beat it"] = ", ".join(better) or "none"
+    if better:
+        return ChampionVerdict(False, f"@champion v{champion.version} ({rescored:.6f}) is beaten by "
+                                      f"{', '.join(better)} on the same validation pairs", meta)
+    return ChampionVerdict(True, f"@champion v{champion.version} has the lowest val loss on these pairs "
+                                 f"({rescored:.6f}, re-scored from its checkpoint)", meta)
 
 
 def _widths(config: ProjectorConfig) -> dict:
@@ -237,9 +325,13 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     return name, ref
 
 
-def load_version(home_root: Path, name: str, ref: int | str, expect: dict | None = None, uri: str | None = None):
+def load_version(home: LunaHome, name: str, ref: int | str, expect: dict | None = None, uri: str | None = None):
     """A registered projector by version number or alias, loaded from its safetensors checkpoint."""
-    mlflow = _mlflow(uri or tracking_uri(home_root))
+    uri = resolve_tracking_uri(home, uri)
+    if _embedded_registry_missing(home, uri):
+        raise NotBuiltError(f"no projector is registered in {home.root} yet: materialize `projector` "
+                            f"(or run `luna demo`), or give the registry with --tracking-uri / ${TRACKING_URI_ENV}")
+    mlflow = _mlflow(uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -248,22 +340,25 @@ def load_version(home_root: Path, name: str, ref: int | str, expect: dict | None
         version = client.get_model_version(name, str(ref)) if str(ref).isdigit() else \
             client.get_model_version_by_alias(name, str(ref))
     except MlflowException as exc:
-        raise LunaConfigError(f"no projector {name} {'version' if str(ref).isdigit() else 'alias'} {ref} in "
-                              f"{uri or tracking_uri(home_root)} ({str(exc).splitlines()[0][:160]})") from None
+        raise NotBuiltError(f"no projector {name} {'version' if str(ref).isdigit() else 'alias'} {ref} in "
+                            f"{uri} ({str(exc).splitlines()[0][:160]})") from None
     target = Path(tempfile.mkdtemp(prefix="luna-projector-load-"))
     try:
         local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="checkpoint", dst_path=str(target))
     except (MlflowException, OSError) as exc:
         shutil.rmtree(target, ignore_errors=True)
-        raise LunaConfigError(f"the checkpoint of {name} v{version.version} is missing ({exc})") from None
+        raise CorruptStoreError(f"the checkpoint of {name} v{version.version} is missing ({exc})") from None
     try:
         return load_checkpoint(Path(local), expect)
     finally:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def list_versions(home_root: Path, name: str = REGISTERED_NAME, uri: str | None = None) -> list[dict]:
-    _mlflow(uri or tracking_uri(home_root))
+def list_versions(home: LunaHome, name: str = REGISTERED_NAME, uri: str | None = None) -> list[dict]:
+    uri = resolve_tracking_uri(home, uri)
+    if _embedded_registry_missing(home, uri):
+        return []
+    _mlflow(uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -276,7 +371,7 @@ def list_versions(home_root: Path, name: str = REGISTERED_NAME, uri: str | None 
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
     out = []
-    for v in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+    for v in sorted(client.search_model_versions(name_filter(name)), key=lambda v: int(v.version)):
         run = client.get_run(v.run_id)
         out.append({"version": int(v.version), "aliases": ",".join(aliases.get(str(v.version), [])),
                     "arch": v.tags.get("arch", ""), "val_loss": v.tags.get("candidate_val_loss", ""),

@@ -12,18 +12,17 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable
 
+import duckdb
 import numpy as np
 import torch
 
 from luna_core.catalog import open_catalog
-from luna_core.errors import LunaConfigError
+from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.models.profiles import ModelProfile, choose_device
 from luna_core.projector.models import LowRankRidge, ProjectorConfig, build_projector
-from luna_core.vault.embed import TEXT, VISION, store_path
-from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
+from luna_core.settings import LunaHome
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +63,23 @@ class TrainResult:
     data_fingerprint: str = ""
 
 
-def load_pairs(catalog_path: Path, split: str, where: str | None = None) -> Pairs:
-    """Pairs of one split; `where` is an SQL condition over the `library` view (subset specialists)."""
+def load_pairs(home: LunaHome, split: str, where: str | None = None) -> Pairs:
+    """Pairs of one split; `where` is an SQL condition over the `library` view (subset specialists).
+
+    The condition is a person's text pasted into SQL, so it runs on a sandboxed connection: read-only,
+    no files or extensions outside the catalog. It can select; it can never write."""
     condition = f" AND ({where})" if where else ""
-    with open_catalog(catalog_path) as con:
-        rows = con.execute(f"""
-            SELECT image_id, vision_row, prompt_row FROM library
-            WHERE vision_row IS NOT NULL AND prompt_row IS NOT NULL AND split = ?{condition}
-            ORDER BY image_id""", [split]).fetchall()
+    with open_catalog(home.catalog_path, sandboxed=bool(where)) as con:
+        try:
+            rows = con.execute(f"""
+                SELECT image_id, vision_row, prompt_row FROM library
+                WHERE vision_row IS NOT NULL AND prompt_row IS NOT NULL AND split = ?{condition}
+                ORDER BY image_id""", [split]).fetchall()
+        except duckdb.Error as exc:
+            if not where:
+                raise
+            raise LunaConfigError(f"subset filter {where!r} is not a condition over the library view: "
+                                  f"{str(exc).splitlines()[0]}") from None
     array = np.array(rows, dtype=np.int64).reshape(-1, 3)
     return Pairs(array[:, 0], array[:, 1], array[:, 2])
 
@@ -87,18 +95,9 @@ def fingerprint(pairs: Pairs, profile: ModelProfile) -> str:
 
 
 class _Stores:
-    def __init__(self, home_root: Path, profile: ModelProfile):
-        import zarr
-
-        vision_path = store_path(home_root / "vault", VISION, profile.vision_key)
-        text_path = store_path(home_root / "vault", TEXT, profile.text_key)
-        for path in (vision_path, text_path):
-            if not path.exists():
-                raise LunaConfigError(f"vault store {path} is missing: materialize the embeddings first")
-        vg, tg = zarr.open_group(str(vision_path), mode="r"), zarr.open_group(str(text_path), mode="r")
-        self.vision = RowStore(vision_path, vg, {"embeds": tuple(vg["embeds"].shape[1:])}, VISION_LAYOUT)
-        self.text = RowStore(text_path, tg, {n: tuple(tg[n].shape[1:]) for n in ("prompt_embeds", "pooled_prompt_embeds")},
-                             TEXT_LAYOUT)
+    def __init__(self, home: LunaHome, profile: ModelProfile):
+        self.vision = home.open_vision_store(profile)
+        self.text = home.open_text_store(profile)
 
     def dims(self) -> dict:
         seq, width = self.text.fields["prompt_embeds"]
@@ -143,9 +142,24 @@ def evaluate(model: torch.nn.Module, stores: _Stores, embeddings: np.ndarray, pa
     return {name: value / max(1, len(pairs.prompt_rows)) for name, value in totals.items()}
 
 
+def check_settings(config: ProjectorConfig, settings: TrainSettings) -> None:
+    """Refuse settings that cannot train a model, before any data is read."""
+    from luna_core.projector.models import ARCHITECTURES
+
+    if config.arch not in ARCHITECTURES:
+        raise LunaConfigError(f"projector architecture {config.arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    if settings.epochs < 1:
+        raise LunaConfigError(f"epochs must be at least 1 (got {settings.epochs})")
+    if settings.batch_size < 1:
+        raise LunaConfigError(f"batch_size must be at least 1 (got {settings.batch_size})")
+    if not (np.isfinite(settings.lr) and settings.lr > 0):
+        raise LunaConfigError(f"lr must be a positive number (got {settings.lr})")
+    if settings.patience < 1:
+        raise LunaConfigError(f"patience must be at least 1 (got {settings.patience})")
+
+
 def train_projector(
-    home_root: str | Path,
-    catalog_path: str | Path,
+    home: LunaHome,
     profile: ModelProfile,
     config: ProjectorConfig = ProjectorConfig(),
     settings: TrainSettings = TrainSettings(),
@@ -153,14 +167,14 @@ def train_projector(
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
-    home_root, catalog_path = Path(home_root), Path(catalog_path)
-    train, val = load_pairs(catalog_path, "train", where), load_pairs(catalog_path, "val", where)
+    check_settings(config, settings)
+    train, val = load_pairs(home, "train", where), load_pairs(home, "val", where)
     subset = f" matching {where!r}" if where else ""
     if len(train.prompt_rows) < settings.min_train_pairs or len(val.prompt_rows) < settings.min_val_pairs:
         raise LunaConfigError(
             f"too little data to train a meaningful projector{subset}: {len(train.prompt_rows)} train and "
             f"{len(val.prompt_rows)} val pairs (need {settings.min_train_pairs} and {settings.min_val_pairs})")
-    stores = _Stores(home_root, profile)
+    stores = _Stores(home, profile)
     config = replace(config, **stores.dims())
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -209,31 +223,47 @@ def train_projector(
             if on_epoch:
                 on_epoch(row)
             log.info("epoch %d: %s", epoch, row)
-            if metrics["loss"] < best - 1e-6:
+            if np.isfinite(metrics["loss"]) and metrics["loss"] < best - 1e-6:
                 best, best_state, stale = metrics["loss"], copy.deepcopy(model.state_dict()), 0
             else:
                 stale += 1
                 if stale >= settings.patience:
                     break
         bar.close()
+        if best_state is None:
+            raise LunaConfigError(
+                f"training {config.arch} gave no finite validation loss in {len(result.history)} epoch(s) "
+                f"(lr {settings.lr}): the model diverged; lower lr and try again. Nothing was registered.")
         model.load_state_dict(best_state)
     result.val_metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
+    if not np.isfinite(result.val_metrics["loss"]):
+        raise LunaConfigError(f"the trained {config.arch} gives a non-finite validation loss: nothing was registered")
     result.seconds = time.perf_counter() - started
     result.pairs_per_s = seen / result.seconds if result.seconds else 0.0
     return result
 
 
-def validation_scorer(home_root: str | Path, catalog_path: str | Path, profile: ModelProfile, batch_size: int = 32,
-                      where: str | None = None, split: str = "val") -> Callable[[torch.nn.Module], float]:
-    """model → loss on one fixed set of validation pairs: candidate and champion are judged alike."""
-    pairs = load_pairs(Path(catalog_path), split, where)
-    if len(pairs.prompt_rows) == 0:
-        raise LunaConfigError(f"no {split} pairs to compare projectors on")
-    stores = _Stores(Path(home_root), profile)
-    embeddings = stores.embeddings(pairs.vision_rows)
+@dataclass
+class ValidationScorer:
+    """model → loss on one fixed set of validation pairs: candidate and champion are judged alike.
+    `fingerprint` names the pairs, so scores are only ever compared on the same ones."""
 
-    def score(model: torch.nn.Module) -> float:
+    stores: _Stores
+    pairs: Pairs
+    embeddings: np.ndarray
+    batch_size: int
+    fingerprint: str
+
+    def __call__(self, model: torch.nn.Module) -> float:
         device = next(iter([*model.parameters(), *model.buffers()])).device
-        return evaluate(model, stores, embeddings, pairs, batch_size, device)["loss"]
+        return evaluate(model, self.stores, self.embeddings, self.pairs, self.batch_size, device)["loss"]
 
-    return score
+
+def validation_scorer(home: LunaHome, profile: ModelProfile, batch_size: int = 32, where: str | None = None,
+                      split: str = "val") -> ValidationScorer:
+    pairs = load_pairs(home, split, where)
+    if len(pairs.prompt_rows) == 0:
+        raise NotBuiltError(f"no {split} pairs to compare projectors on")
+    stores = _Stores(home, profile)
+    return ValidationScorer(stores, pairs, stores.embeddings(pairs.vision_rows), batch_size,
+                            fingerprint(pairs, profile))

@@ -7,12 +7,13 @@ read the rows this run wrote plus a random sample of older rows; counts are chec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from luna_core.catalog import open_catalog
-from luna_core.vault.store import RowStore, TEXT_LAYOUT, VISION_LAYOUT
+from luna_core.models.profiles import ModelProfile
+from luna_core.settings import LunaHome
+from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 SAMPLE_ROWS = 1024
 UNIT_NORM_TOLERANCE = 0.01  # float16 storage of a unit vector
@@ -34,10 +35,14 @@ def _rows_to_check(committed: np.ndarray, new_rows: tuple[int, int], seed: int =
     return np.sort(np.concatenate([fresh, older]))
 
 
-def check_store(catalog_path: Path, kind: str, store_key: str, path: Path,
+def check_store(home: LunaHome, profile: ModelProfile, kind: str,
                 new_rows: tuple[int, int] = (0, 0)) -> list[CheckOutcome]:
-    table, item = ("vision_rows", "content_hash") if kind == "vision" else ("text_rows", "prompt_hash")
-    with open_catalog(catalog_path) as con:
+    """Checks of the profile's `kind` ("vision" or "text") store; values of `new_rows` are all read."""
+    vision = kind == "vision"
+    table = "vision_rows" if vision else "text_rows"
+    store_key, path = (profile.vision_key, home.vision_store(profile)) if vision else \
+        (profile.text_key, home.text_store(profile))
+    with open_catalog(home.catalog_path) as con:
         committed = np.array([r for (r,) in con.execute(
             f'SELECT "row" FROM {table} WHERE store_key = ? ORDER BY "row"', [store_key]).fetchall()], dtype=np.int64)
         if kind == "vision":
@@ -55,15 +60,8 @@ def check_store(catalog_path: Path, kind: str, store_key: str, path: Path,
     if not path.exists():
         return [CheckOutcome("counts_agree", len(committed) == 0 and uncovered == 0,
                              f"no store yet; {len(committed)} committed rows, {uncovered} items without a row")]
-    if kind == "vision":
-        fields = {"embeds": None}
-    else:
-        fields = {"prompt_embeds": None, "pooled_prompt_embeds": None}
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r")
-    shapes = {name: tuple(group[name].shape[1:]) for name in fields}
-    store = RowStore(path, group, shapes, VISION_LAYOUT if kind == "vision" else TEXT_LAYOUT)
+    store = RowStore.open_readonly(path, VISION_LAYOUT if vision else TEXT_LAYOUT)
+    shapes = store.fields
     capacity = store.capacity
     distinct = len(np.unique(committed))
     contiguous = len(committed) == 0 or (committed[0] == 0 and committed[-1] == len(committed) - 1)

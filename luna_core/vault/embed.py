@@ -28,6 +28,7 @@ import pyarrow as pa
 from luna_core.catalog import open_catalog, transaction
 from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
+from luna_core.settings import LunaHome
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore, folder_bytes
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,6 @@ class EmbedReport:
     @property
     def items_per_s(self) -> float:
         return self.added / self.seconds if self.seconds else 0.0
-
-
-def store_path(vault_dir: Path, kind: str, store_key: str) -> Path:
-    return Path(vault_dir) / kind / f"{store_key}.zarr"
 
 
 def _utcnow() -> datetime:
@@ -214,8 +211,7 @@ def _progress_bar(total: int, desc: str, unit: str, enabled: bool):
 
 
 def embed_images(
-    catalog_path: str | Path,
-    vault_dir: str | Path,
+    home: LunaHome,
     profile: ModelProfile,
     options: EmbedOptions | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -224,9 +220,9 @@ def embed_images(
     from luna_core.models.encoders import VisionEncoder
 
     options = options or EmbedOptions()
-    catalog_path, started = Path(catalog_path), time.perf_counter()
+    catalog_path, started = home.catalog_path, time.perf_counter()
     key = profile.vision_key
-    path = store_path(Path(vault_dir), VISION, key)
+    path = home.vision_store(profile)
     report = EmbedReport(VISION, key, profile.vision_model, str(path))
     check_model_reference(profile.vision_model, "vision model")
     work, report.already_present, next_row = _pending(catalog_path, "vision_rows", key, """
@@ -298,8 +294,7 @@ def _finish(report: EmbedReport, path: Path, started: float, rows_total: int) ->
 
 
 def embed_prompts(
-    catalog_path: str | Path,
-    vault_dir: str | Path,
+    home: LunaHome,
     profile: ModelProfile,
     options: EmbedOptions | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -309,9 +304,9 @@ def embed_prompts(
     from luna_core.models.encoders import SDXLTextEncoder
 
     options = options or EmbedOptions()
-    catalog_path, started = Path(catalog_path), time.perf_counter()
+    catalog_path, started = home.catalog_path, time.perf_counter()
     key = profile.text_key
-    path = store_path(Path(vault_dir), TEXT, key)
+    path = home.text_store(profile)
     report = EmbedReport(TEXT, key, profile.sdxl_model, str(path))
     check_model_reference(profile.sdxl_model, "SDXL model")
     work, report.already_present, next_row = _pending(catalog_path, "text_rows", key, """

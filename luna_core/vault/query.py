@@ -12,25 +12,44 @@ SDXL uses for an empty negative).
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from luna_core.errors import LunaConfigError
-from luna_core.index.build import index_dir
+from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads
 from luna_core.index.store import IndexStore, LoadedIndex, load_index
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
-from luna_core.vault.store import TEXT_LAYOUT, RowStore
+from luna_core.settings import LunaHome
+from luna_core.vault.store import RowStore
 
 MODES = ("replace", "blend", "concat")
+DEFAULT_TEMPERATURE = 0.05
 
 
 class QueryError(LunaConfigError):
     """A query that cannot be answered as asked; the message says why."""
+
+
+def check_inputs(mode: str = "replace", alpha: float = 0.5, prompt: str | None = None, k: int | None = None,
+                 temperature: float | None = None) -> None:
+    """One check of a query's settings, whichever source answers it (vault or projector)."""
+    if mode not in MODES:
+        raise QueryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise QueryError(f"alpha must be within [0, 1] (got {alpha})")
+    if prompt is None and mode != "replace":
+        raise QueryError(f"mode {mode} mixes the answer into a typed prompt: give --prompt")
+    if k is not None and k <= 0:
+        raise QueryError(f"k must be at least 1 (got {k})")
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise QueryError(f"temperature must be a positive number (got {temperature})")
 
 
 @dataclass(frozen=True)
@@ -76,12 +95,22 @@ class Conditioning:
         from safetensors.torch import save_file
 
         path = Path(path)
+        if path.is_dir():
+            raise QueryError(f"output {path} is a folder: give a file name such as {path / 'conditioning.safetensors'}")
         tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
                    for name in ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds",
                                 "negative_pooled_prompt_embeds")}
         metadata = {"luna": json.dumps({**self.info, "neighbors": [n.__dict__ for n in self.neighbors]}, default=str)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=metadata)
+        # Written beside the target, then renamed: a failed write leaves no half file behind.
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp), metadata=metadata)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise QueryError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path
 
 
@@ -95,17 +124,7 @@ def weighted_sum(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def load_image(path: str | Path, box: Box | None = None):
     """The query picture (optionally cropped), with errors that name the file and the reason."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from None
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise QueryError(f"query file {path} is not an image Luna can decode ({exc})") from None
+    image = read_picture(path)
     if box is None:
         return image
     if box.width <= 0 or box.height <= 0:
@@ -119,8 +138,8 @@ def load_image(path: str | Path, box: Box | None = None):
 class Vault:
     """The published index plus the conditioning store, and the encoders to embed queries."""
 
-    def __init__(self, home_root: str | Path, profile: ModelProfile, device: str = "auto", dtype: str = "auto"):
-        self.home_root, self.profile = Path(home_root), profile
+    def __init__(self, home: LunaHome, profile: ModelProfile, device: str = "auto", dtype: str = "auto"):
+        self.home, self.profile = home, profile
         self.device_name, self.dtype_name = device, dtype
         self._index: LoadedIndex | None = None
         self._vision = None
@@ -132,7 +151,7 @@ class Vault:
     @property
     def index(self) -> LoadedIndex:
         if self._index is None:
-            loaded = load_index(IndexStore(index_dir(self.home_root, self.profile)))
+            loaded = load_index(IndexStore(self.home.index_dir(self.profile)))
             if loaded.meta.get("vision_key") != self.profile.vision_key:
                 raise QueryError(f"the index at {loaded.version.path} was built with vision model "
                                  f"{loaded.meta.get('vision_key')}, not the configured {self.profile.vision_key}; "
@@ -166,14 +185,7 @@ class Vault:
     @property
     def text_store(self) -> RowStore:
         if self._store is None:
-            import zarr
-
-            path = Path(self.index.meta["text_store"])
-            if not path.exists():
-                raise QueryError(f"conditioning store {path} is missing: materialize text_conditionings")
-            group = zarr.open_group(str(path), mode="r")
-            fields = {name: tuple(group[name].shape[1:]) for name in ("prompt_embeds", "pooled_prompt_embeds")}
-            self._store = RowStore(path, group, fields, TEXT_LAYOUT)
+            self._store = self.home.open_text_store(self.profile)
         return self._store
 
     # ------------------------------------------------------------ queries
@@ -182,31 +194,37 @@ class Vault:
         encoder = self.vision
         return encoder.embed_pixels(encoder.preprocess(image)[None])[0]
 
-    def nearest(self, embedding: np.ndarray, k: int, temperature: float = 0.05) -> list[Neighbor]:
+    def nearest(self, embedding: np.ndarray, k: int, temperature: float = DEFAULT_TEMPERATURE) -> list[Neighbor]:
+        """The k nearest images still in the library, weighted by softmax(similarity / temperature)."""
+        check_inputs(k=k, temperature=temperature)
         index = self.index
-        total = int(index.index.ntotal)
-        if k <= 0:
-            raise QueryError(f"k must be at least 1 (got {k})")
-        if k > total:
-            raise QueryError(f"k={k} is larger than the index ({total} images)")
-        if temperature <= 0:
-            raise QueryError("temperature must be positive")
-        fetch = min(total, k + 16)  # a few extra: ids of images gone since the build are skipped
-        with omp_threads(1):
-            sims, ids = index.index.search(np.ascontiguousarray(embedding[None], dtype=np.float32), fetch)
-        rows = index.rows_for(ids[0])
-        keep = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows) if r >= 0 and i >= 0][:k]
-        if not keep:
-            raise QueryError("no indexed image is still in the library; rebuild the index")
+        total, present = int(index.index.ntotal), int(index.lookup.num_rows)
+        if k > present:
+            raise QueryError(f"k={k} is larger than the library the index answers for ({present} images)")
+        # Images gone since the build are still in the index (until the next rebuild) but not in the
+        # lookup: search deeper until k present ones are found or the whole index has been seen.
+        query = np.ascontiguousarray(embedding[None], dtype=np.float32)
+        fetch = min(total, k + 16)
+        while True:
+            with omp_threads(1):
+                sims, ids = index.index.search(query, fetch)
+            rows = index.rows_for(ids[0])
+            keep = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows) if r >= 0 and i >= 0][:k]
+            if len(keep) == k or fetch >= total:
+                break
+            fetch = min(total, fetch * 4)
+        if len(keep) < k:
+            raise QueryError(f"only {len(keep)} of the k={k} nearest indexed images are still in the library; "
+                             "lower k or rebuild the index")
         scores = np.array([s for s, _, _ in keep])
         weights = np.exp((scores - scores.max()) / temperature)
         weights /= weights.sum()
         lookup = index.lookup
         out = []
         for (sim, image_id, row), weight in zip(keep, weights):
-            get = lambda column: lookup.column(column)[row].as_py()  # noqa: E731
-            out.append(Neighbor(image_id, sim, float(weight), get("path"), get("prompt"), get("negative_prompt"),
-                                get("generator"), get("content_hash")))
+            values = {column: lookup.column(column)[row].as_py()
+                      for column in ("path", "prompt", "negative_prompt", "generator", "content_hash")}
+            out.append(Neighbor(image_id, sim, float(weight), **values))
         return out
 
     def search(self, image_path: str | Path, box: Box | None = None, k: int = 5) -> list[Neighbor]:
@@ -225,13 +243,8 @@ class Vault:
         return embeds, pooled
 
     def condition(self, image_path: str | Path, box: Box | None = None, k: int = 5, prompt: str | None = None,
-                  mode: str = "replace", alpha: float = 0.5, temperature: float = 0.05) -> Conditioning:
-        if mode not in MODES:
-            raise QueryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-        if not 0.0 <= alpha <= 1.0:
-            raise QueryError(f"alpha must be within [0, 1] (got {alpha})")
-        if prompt is None and mode != "replace":
-            raise QueryError(f"mode {mode} mixes the vault answer into a prompt: give --prompt")
+                  mode: str = "replace", alpha: float = 0.5, temperature: float = DEFAULT_TEMPERATURE) -> Conditioning:
+        check_inputs(mode, alpha, prompt, k, temperature)
         neighbors = self.nearest(self.embed(load_image(image_path, box)), k, temperature)
         weights = np.array([n.weight for n in neighbors])
         rows = self.index.lookup
@@ -239,7 +252,7 @@ class Vault:
         pos_rows = [int(rows.column("prompt_row")[r].as_py()) for r in lookup_rows]
         neg_rows = [int(rows.column("negative_row")[r].as_py()) for r in lookup_rows]
         if all(r < 0 for r in pos_rows):
-            raise QueryError("none of the neighbours has an encoded prompt yet: materialize text_conditionings")
+            raise NotBuiltError("none of the neighbours has an encoded prompt yet: materialize text_conditionings")
         embeds, pooled = self._mean_rows(pos_rows, weights)
         neg_embeds, neg_pooled = self._mean_rows(neg_rows, weights)
         info = {"source": "vault", "vision_key": self.profile.vision_key, "text_key": self.index.meta.get("text_key"),
@@ -262,31 +275,25 @@ class Vault:
         return Conditioning(embeds[None], pooled[None], neg_embeds[None], neg_pooled[None], neighbors, info)
 
     def condition_with_projector(self, image_path: str | Path, projector_uri: str, box: Box | None = None,
-                                 prompt: str | None = None, mode: str = "replace", alpha: float = 0.5) -> Conditioning:
-        """The registered projector's answer for the image (`models:/NAME@ALIAS` or `models:/NAME/VERSION`).
+                                 prompt: str | None = None, mode: str = "replace", alpha: float = 0.5,
+                                 tracking_uri: str | None = None) -> Conditioning:
+        """The registered projector's answer for the image (`models:/NAME@ALIAS` or `models:/NAME/VERSION`),
+        looked up at `tracking_uri` (default: $LUNA_MLFLOW_URI, else the home's embedded registry).
         Its negative is zeros: SDXL's empty negative prompt."""
         import torch
 
         from luna_core.projector.registry import load_version, parse_model_uri
 
-        if mode not in MODES:
-            raise QueryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-        if prompt is None and mode != "replace":
-            raise QueryError(f"mode {mode} mixes the answer into a prompt: give --prompt")
+        check_inputs(mode, alpha, prompt)
         image = load_image(image_path, box)
         name, ref = parse_model_uri(projector_uri)
-        model, config = load_version(self.home_root, name, ref)
+        model, config = load_version(self.home, name, ref, uri=tracking_uri)
         embedding = self.vision_embedding_only(image)
         if config.in_dim != len(embedding):
             raise QueryError(f"projector {projector_uri} expects {config.in_dim}-d image embeddings; the configured "
                              f"vision model gives {len(embedding)}-d ones")
-        from luna_core.vault.embed import TEXT, store_path
-
-        text_store = store_path(self.home_root / "vault", TEXT, self.profile.text_key)
-        if text_store.exists():
-            import zarr
-
-            seq, width = zarr.open_group(str(text_store), mode="r")["prompt_embeds"].shape[1:]
+        if self.home.text_store(self.profile).exists():
+            seq, width = self.text_store.fields["prompt_embeds"]
             if (config.seq_len, config.width) != (seq, width):
                 raise QueryError(f"projector {projector_uri} answers [{config.seq_len}, {config.width}] conditionings; "
                                  f"the configured SDXL encoders give [{seq}, {width}]")

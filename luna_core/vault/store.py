@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from luna_core.errors import LunaConfigError
+from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
 
 DTYPE = "float16"
 
@@ -51,7 +52,7 @@ class RowStore:
         path = Path(path)
         if not path.exists():
             if not create:
-                raise LunaConfigError(f"no vault store at {path}")
+                raise NotBuiltError(f"no vault store at {path}")
             path.parent.mkdir(parents=True, exist_ok=True)
             group = zarr.open_group(str(path), mode="a", attributes={"luna": attrs or {}})
             for name, row_shape in fields.items():
@@ -71,6 +72,25 @@ class RowStore:
                     f"{tuple(row_shape)}: the model changed under the same name. Use another model id/revision, "
                     "or move the store away to rebuild it."
                 )
+        return cls(path, group, fields, layout)
+
+    @classmethod
+    def open_readonly(cls, path: str | Path, layout: Layout) -> "RowStore":
+        """An existing store for reading, with the row shapes it holds (every array of the group)."""
+        import zarr
+
+        path = Path(path)
+        if not path.exists():
+            raise NotBuiltError(f"vault store {path} is missing: materialize the embedding assets first")
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            with warnings.catch_warnings():  # the writer's lock file beside the arrays is not a zarr node
+                warnings.simplefilter("ignore")
+                fields = {name: tuple(array.shape[1:]) for name, array in sorted(group.arrays())}
+        except (OSError, ValueError, KeyError) as exc:
+            raise CorruptStoreError(f"vault store {path} cannot be read ({exc})") from None
+        if not fields:
+            raise CorruptStoreError(f"vault store {path} holds no arrays")
         return cls(path, group, fields, layout)
 
     @property
@@ -173,7 +193,7 @@ class RowStore:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
             lock.close()
-            raise LunaConfigError(f"vault store {self.path} is being written by {holder}; wait for that run") from None
+            raise BusyError(f"vault store {self.path} is being written by {holder}; wait for that run") from None
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()}")

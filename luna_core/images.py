@@ -1,0 +1,55 @@
+"""Opening a picture a person hands to Luna (a query, an image to refine): bounded and explained.
+
+The file must be a regular file (a FIFO or a device would block or never end), no larger than the
+ingest bound, and its pixel count is checked from the header before a pixel is decoded (the same
+decompression-bomb bound as ingest). Every refusal names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+from pathlib import Path
+
+from luna_core.containers import ProbeLimits
+from luna_core.errors import LunaConfigError
+
+
+class PictureError(LunaConfigError):
+    """A picture given on the command line (or in a job's config) that Luna cannot use."""
+
+
+def read_picture(path: str | os.PathLike[str], limits: ProbeLimits = ProbeLimits()):
+    """The decoded picture at `path` (a PIL image, fully loaded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer must not hang; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise PictureError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PictureError(f"image {path} is not a regular file (a folder, FIFO or device)")
+        if info.st_size > limits.max_file_bytes:
+            raise PictureError(f"image {path} is {info.st_size:,} bytes, over the {limits.max_file_bytes:,} byte bound")
+        data = fh.read(limits.max_file_bytes + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Luna's own bound applies below
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise PictureError(
+                    f"image {path} is {width}x{height} = {width * height / 1e6:.0f} MP, over the "
+                    f"{limits.max_pixels / 1e6:.0f} MP bound (decompression-bomb guard)")
+            image.load()
+    except Image.DecompressionBombError as exc:
+        raise PictureError(f"image {path} is too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise PictureError(f"{path} is not an image Luna can decode ({exc})") from None
+    return image
