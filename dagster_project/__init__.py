@@ -1,1 +1,1 @@
-"""Dagster wiring for Luna: Definitions, resources, jobs, sensors."""
+"""The Luna code location: the Definitions assembly and the resources every domain uses."""

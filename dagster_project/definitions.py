@@ -1,4 +1,5 @@
-"""The Luna code location: assets, checks, jobs, sensors and resources, bound to one Luna home.
+"""The Luna code location: every domain's Definitions, one build-everything job, the automation
+sensor, and the resources, bound to one Luna home.
 
 `dagster dev` loads `defs` (the home from $LUNA_HOME, else ./luna_home); `luna demo` builds the
 same Definitions for its own home with `build_definitions(home)`.
@@ -9,44 +10,32 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
-from dagster_project.sensors import library_files_changed, luna_automation
-import os
-
-from luna_assets import ALL_ASSETS, faiss_index, ingested_images
+from luna_assets import DOMAINS
 from luna_core.settings import LunaHome
 
 BUILD_ALL_JOB = "luna_build_all"
-INGEST_JOB = "ingest_library"
-REBUILD_INDEX_JOB = "rebuild_faiss_index"
-REINDEX_CRON_ENV = "LUNA_REINDEX_CRON"
-DEFAULT_REINDEX_CRON = "0 3 * * *"  # nightly, 03:00
+
+# Declarative Automation needs a sensor to evaluate conditions; Dagster's implicit one starts
+# stopped. This one is on by default, so the vault follows every ingest without a click.
+luna_automation = dg.AutomationConditionSensorDefinition(
+    "luna_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the assets' automation conditions: the vault follows the catalog by itself.",
+)
 
 
 def build_definitions(home: str | None = None, models: LunaModelsResource | None = None) -> dg.Definitions:
     """Luna's Definitions for a home; `models` defaults to the home's recorded profile (luna.toml)."""
     luna = LunaHomeResource(home=str(LunaHome.resolve(home).root))
-    rebuild_job = dg.define_asset_job(
-        REBUILD_INDEX_JOB, selection=[faiss_index],
-        config={"ops": {"faiss_index": {"config": {"rebuild": True}}}},
-        description="Rebuild and retrain the FAISS index from every embedding (also launchable from the UI).",
-    )
-    return dg.Definitions(
-        assets=ALL_ASSETS,
-        jobs=[
-            dg.define_asset_job(BUILD_ALL_JOB, selection=dg.AssetSelection.all(),
-                                description="Every Luna asset, in dependency order (what `luna demo` runs)."),
-            dg.define_asset_job(INGEST_JOB, selection=[ingested_images],
-                                description="Scan the library roots into the catalog."),
-            rebuild_job,
-        ],
-        schedules=[dg.ScheduleDefinition(
-            name="nightly_reindex", job=rebuild_job, cron_schedule=os.environ.get(REINDEX_CRON_ENV, DEFAULT_REINDEX_CRON),
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-            description=f"Rebuild and retrain the FAISS index (cron from ${REINDEX_CRON_ENV}).",
-        )],
-        sensors=[library_files_changed, luna_automation],
+    assembly = dg.Definitions(
+        jobs=[dg.define_asset_job(BUILD_ALL_JOB, selection=dg.AssetSelection.all(),
+                                  description="Every Luna asset, in dependency order (what `luna demo` runs).")],
+        sensors=[luna_automation],
         resources={"luna": luna, "models": models or LunaModelsResource()},
     )
+    return dg.Definitions.merge(*(domain.definitions() for domain in DOMAINS), assembly)
 
 
 defs = build_definitions()

@@ -41,9 +41,9 @@ class LunaModelsResource(dg.ConfigurableResource):
     sdxl_model: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
-    vision_batch_size: int = 32
-    text_batch_size: int = 16
-    decode_workers: int = 0  # image decode threads; 0: one per core (at most 8)
+    vision_batch_size: int = EmbedOptions.batch_size
+    text_batch_size: int = 16  # conditionings are 315 KB a row at SDXL widths: smaller batches
+    decode_workers: int = EmbedOptions.decode_workers  # image decode threads; 0: one per core (at most 8)
 
     def resolve(self, home: LunaHome) -> ModelProfile:
         return resolve_profile(self.profile or home.model_profile(), home.models_dir, self.vision_model, self.sdxl_model)

@@ -1,15 +1,23 @@
-"""The `catalog` and `index` groups: the library view over catalog and vault, and the FAISS index."""
+"""The `index` domain (groups `catalog` and `index`): the library view over catalog and vault, the
+FAISS index, and the job and schedule that rebuild it."""
+
+import os
 
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
-from luna_assets.embeddings import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
+from luna_assets.metadata import seconds
+from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 from luna_core.index.build import update_index
 from luna_core.index.faiss_index import GIB, IndexSettings
 from luna_core.library import build_library
 
 LUNA_CATALOG = dg.AssetKey("luna_catalog")
 FAISS_INDEX = dg.AssetKey("faiss_index")
+REBUILD_INDEX_JOB = "rebuild_faiss_index"
+REINDEX_SCHEDULE = "nightly_reindex"
+REINDEX_CRON_ENV = "LUNA_REINDEX_CRON"
+DEFAULT_REINDEX_CRON = "0 3 * * *"  # nightly, 03:00
 
 
 @dg.asset(
@@ -29,7 +37,7 @@ FAISS_INDEX = dg.AssetKey("faiss_index")
 def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource) -> dg.MaterializeResult:
     """The `library` view: one row per image joining generation, vision row and conditioning rows, with a stable image id and train/val/test split."""
     profile = models.resolve(luna.luna_home)
-    report = build_library(luna.luna_home.catalog_path, profile.vision_key, profile.text_key)
+    report = build_library(luna.luna_home, profile)
     orphans = sum(report.orphans.values())
     return dg.MaterializeResult(
         metadata={
@@ -53,7 +61,7 @@ class FaissIndexConfig(dg.Config):
     """Launchpad settings of the index build."""
 
     rebuild: bool = False  # retrain and rebuild from scratch instead of adding new embeddings
-    memory_budget_gb: float = 4.0
+    memory_budget_gb: float = IndexSettings.memory_budget_bytes / GIB
     flat_max_vectors: int = IndexSettings.flat_max_vectors
     target_recall: float = IndexSettings.target_recall
 
@@ -72,7 +80,7 @@ def faiss_index(context: dg.AssetExecutionContext, config: FaissIndexConfig, lun
     profile = models.resolve(luna.luna_home)
     settings = IndexSettings(memory_budget_bytes=int(config.memory_budget_gb * GIB),
                              flat_max_vectors=config.flat_max_vectors, target_recall=config.target_recall)
-    report = update_index(luna.luna_home.catalog_path, luna.luna_home.root, profile, settings, rebuild=config.rebuild)
+    report = update_index(luna.luna_home, profile, settings, rebuild=config.rebuild)
     context.log.info(f"index {report.action}: {report.reason}")
     meta = report.meta
     return dg.MaterializeResult(
@@ -84,11 +92,25 @@ def faiss_index(context: dg.AssetExecutionContext, config: FaissIndexConfig, lun
             "search params": dg.MetadataValue.json(meta.get("search_params", {})),
             "query p50 (ms, 1 query)": dg.MetadataValue.float(round(float(meta.get("p50_ms", 0.0)), 3)),
             "query p99 (ms, 1 query)": dg.MetadataValue.float(round(float(meta.get("p99_ms", 0.0)), 3)),
-            "build seconds": dg.MetadataValue.float(round(float(meta.get("build_seconds", 0.0)), 2)),
+            "build seconds": seconds(meta.get("build_seconds", 0.0)),
             "MB on disk (index + lookup)": dg.MetadataValue.float(
                 round((meta.get("index_bytes", 0) + meta.get("lookup_bytes", 0)) / 1e6, 2)),
             "estimated memory MB": dg.MetadataValue.float(round(meta.get("plan", {}).get("estimated_bytes", 0) / 1e6, 2)),
-            "duration (s)": dg.MetadataValue.float(round(report.seconds, 2)),
+            "duration (s)": seconds(report.seconds),
             "vision model": meta.get("vision_key", ""),
         },
     )
+
+
+def definitions() -> dg.Definitions:
+    rebuild_job = dg.define_asset_job(
+        REBUILD_INDEX_JOB, selection=[faiss_index],
+        config={"ops": {"faiss_index": {"config": {"rebuild": True}}}},
+        description="Rebuild and retrain the FAISS index from every embedding (also launchable from the UI).",
+    )
+    nightly = dg.ScheduleDefinition(
+        name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=os.environ.get(REINDEX_CRON_ENV, DEFAULT_REINDEX_CRON),
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Rebuild and retrain the FAISS index (cron from ${REINDEX_CRON_ENV}).",
+    )
+    return dg.Definitions(assets=[luna_catalog, faiss_index], jobs=[rebuild_job], schedules=[nightly])

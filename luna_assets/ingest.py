@@ -1,24 +1,18 @@
-"""The `ingest` group: every file under the library roots, in the DuckDB catalog."""
-
+"""The `ingest` domain: every file under the library roots, in the DuckDB catalog, and the sensor
+that notices when the roots change."""
 
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource
+from luna_assets.metadata import md_table, progress_logger, seconds
 from luna_core import catalog
 from luna_core.ingest import ingest
+from luna_core.scan import fingerprint_roots
 
 INGESTED_IMAGES = dg.AssetKey("ingested_images")
 CHECK_CONTENT_HASH = "every_image_has_content_hash"
 CHECK_QUARANTINE_REASON = "every_quarantined_file_has_reason"
-
-
-def _md_table(rows: list[dict], columns: list[str]) -> str:
-    def cell(value) -> str:
-        return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+INGEST_JOB = "ingest_library"
 
 
 @dg.asset(
@@ -42,14 +36,8 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
             "Add one with `luna ingest ROOT --home ...` (it records the root) or set extra_roots on the resource."
         )
     context.log.info(f"Ingesting {len(roots)} root(s) into {luna.luna_home.catalog_path}: {roots}")
-    next_log = [0.0]
-
-    def log_progress(done: int, total: int) -> None:
-        if done / total >= next_log[0] or done == total:
-            context.log.info(f"{done:,}/{total:,} new or changed files read")
-            next_log[0] = done / total + 0.1
-
-    report = ingest(luna.luna_home.catalog_path, roots, luna.ingest_options(), on_progress=log_progress)
+    report = ingest(luna.luna_home.catalog_path, roots, luna.ingest_options(),
+                    on_progress=progress_logger(context, "new or changed files read"))
     for root in report.unavailable_roots:
         context.log.warning(f"Library root {root} is not available (unmounted?); its catalog rows were left as they were")
     with catalog.open_catalog(luna.luna_home.catalog_path) as con:
@@ -57,7 +45,7 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
         unexplained = catalog.quarantined_without_reason(con)
         samples = catalog.sample_images(con, 12)
         quarantined = catalog.quarantine_rows(con, 25)
-        totals = dict(con.execute("SELECT status, count(*) FROM images GROUP BY 1").fetchall())
+        totals = catalog.image_counts(con)
     by_generator = [{"generator": g, "images": n} for g, n in report.by_generator.items()]
     files_per_s = report.files_read / report.seconds if report.seconds else 0.0
     return dg.MaterializeResult(
@@ -73,11 +61,11 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
             "images in catalog": dg.MetadataValue.int(int(totals.get("ok", 0))),
             "files read": report.files_read,
             "MB read": dg.MetadataValue.float(round(report.bytes_read / 1e6, 2)),
-            "duration (s)": dg.MetadataValue.float(round(report.seconds, 2)),
+            "duration (s)": seconds(report.seconds),
             "files/s": dg.MetadataValue.float(round(files_per_s, 1)),
-            "by generator": dg.MetadataValue.md(_md_table(by_generator, ["generator", "images"])),
-            "quarantine": dg.MetadataValue.md(_md_table(quarantined, ["path", "reason", "detail"])),
-            "sample rows": dg.MetadataValue.md(_md_table(samples, ["generator", "format", "size", "seed", "prompt", "path"])),
+            "by generator": md_table(by_generator, ["generator", "images"]),
+            "quarantine": md_table(quarantined, ["path", "reason", "detail"]),
+            "sample rows": md_table(samples, ["generator", "format", "size", "seed", "prompt", "path"]),
             "catalog": dg.MetadataValue.path(str(luna.luna_home.catalog_path)),
             "roots": dg.MetadataValue.json(roots),
             "unavailable roots": dg.MetadataValue.json(report.unavailable_roots),
@@ -86,6 +74,36 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
             dg.AssetCheckResult(check_name=CHECK_CONTENT_HASH, passed=not unhashed,
                                 metadata={"rows without hash": len(unhashed), "examples": dg.MetadataValue.json(unhashed)}),
             dg.AssetCheckResult(check_name=CHECK_QUARANTINE_REASON, passed=not unexplained,
-                                metadata={"rows without reason": len(unexplained), "examples": dg.MetadataValue.json(unexplained)}),
+                                metadata={"rows without reason": len(unexplained),
+                                          "examples": dg.MetadataValue.json(unexplained)}),
         ],
+    )
+
+
+@dg.sensor(
+    name="library_files_changed",
+    target=[INGESTED_IMAGES],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests `ingested_images` when a file under a library root appears, changes or disappears "
+    "(path, size and mtime only; no file is opened).",
+)
+def library_files_changed(context: dg.SensorEvaluationContext, luna: LunaHomeResource):
+    roots = luna.library_roots()
+    if not roots:
+        return dg.SkipReason("no library roots configured; add one with `luna ingest ROOT`")
+    count, digest = fingerprint_roots(roots)
+    if digest == context.cursor:
+        return dg.SkipReason(f"no change in {count:,} entries under {len(roots)} root(s)")
+    context.update_cursor(digest)
+    # No run_key: the cursor already dedupes, and a library that returns to an earlier state must still be re-scanned.
+    return dg.RunRequest(tags={"luna/trigger": "library_files_changed", "luna/entries": str(count)})
+
+
+def definitions() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[ingested_images],
+        jobs=[dg.define_asset_job(INGEST_JOB, selection=[ingested_images],
+                                  description="Scan the library roots into the catalog.")],
+        sensors=[library_files_changed],
     )

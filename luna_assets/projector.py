@@ -1,38 +1,52 @@
-"""The `projector` group: image embedding → SDXL conditioning networks, versioned in MLflow."""
+"""The `projector` domain: image embedding → SDXL conditioning networks, versioned in MLflow."""
 
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.index import LUNA_CATALOG
+from luna_assets.metadata import md_table
 from luna_core.projector.models import ProjectorConfig
 from luna_core.projector.pipeline import train_and_register
-from luna_core.projector.registry import REGISTERED_NAME, list_versions, tracking_uri
-from luna_core.projector.train import TrainSettings
+from luna_core.projector.registry import list_versions, resolve_tracking_uri, verify_champion
+from luna_core.projector.request import REGISTERED_NAME, ProjectorRequest
+from luna_core.projector.train import TrainSettings, validation_scorer
 
 PROJECTOR = dg.AssetKey("projector")
 PROJECTOR_CODE_VERSION = "1"
+CHECK_CHAMPION = "champion_is_best"
+CHECK_FINGERPRINTS = "versions_have_fingerprints"
+_ARCH, _TRAIN = ProjectorConfig(), TrainSettings()
 
 
 class ProjectorTrainConfig(dg.Config):
-    """Launchpad settings of a projector training run."""
+    """Launchpad settings of a projector training run (defaults: luna_core's ProjectorConfig and TrainSettings)."""
 
-    arch: str = "resampler"  # linear | mlp | resampler
-    hidden: int = 256
-    layers: int = 2
-    heads: int = 4
-    rank: int = 48
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 3
-    seed: int = 0
-    margin: float = 0.0  # val-loss improvement needed to move @champion
+    arch: str = _ARCH.arch  # linear | mlp | resampler
+    hidden: int = _ARCH.hidden
+    layers: int = _ARCH.layers
+    heads: int = _ARCH.heads
+    rank: int = _ARCH.rank
+    epochs: int = _TRAIN.epochs
+    batch_size: int = _TRAIN.batch_size
+    lr: float = _TRAIN.lr
+    weight_decay: float = _TRAIN.weight_decay
+    patience: int = _TRAIN.patience
+    seed: int = _TRAIN.seed
+    margin: float = ProjectorRequest.margin  # val-loss improvement needed to move @champion
     model_name: str = REGISTERED_NAME  # a subset specialist gets a name of its own
     where: str = ""  # SQL condition over the `library` view, e.g. prompt ILIKE '%face%'
     force: bool = False  # train even when this data, config and code already have a version
-    min_train_pairs: int = 32  # fewer is refused: no meaningless models
-    min_val_pairs: int = 4
-    tracking_uri: str = ""  # empty: the embedded sqlite under the Luna home; else e.g. http://mlflow:5000
+    min_train_pairs: int = _TRAIN.min_train_pairs  # fewer is refused: no meaningless models
+    min_val_pairs: int = _TRAIN.min_val_pairs
+    tracking_uri: str = ""  # empty: $LUNA_MLFLOW_URI, else the embedded sqlite under the Luna home
+
+    def request(self, run_id: str) -> ProjectorRequest:
+        arch = ProjectorConfig(arch=self.arch, hidden=self.hidden, layers=self.layers, heads=self.heads, rank=self.rank)
+        settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                 weight_decay=self.weight_decay, patience=self.patience, seed=self.seed,
+                                 min_train_pairs=self.min_train_pairs, min_val_pairs=self.min_val_pairs)
+        return ProjectorRequest(arch, settings, self.model_name, self.where or None, self.margin, self.force,
+                                self.tracking_uri or None, PROJECTOR_CODE_VERSION, {"dagster_run_id": run_id})
 
 
 @dg.asset(
@@ -44,9 +58,10 @@ class ProjectorTrainConfig(dg.Config):
     # Follows the catalog; a run whose pairs, config and code already have a version trains nothing.
     automation_condition=dg.AutomationCondition.eager(),
     check_specs=[
-        dg.AssetCheckSpec("champion_is_best", asset=PROJECTOR, blocking=True,
-                          description="@champion points at a version at least as good (val loss) as the candidate."),
-        dg.AssetCheckSpec("versions_have_fingerprints", asset=PROJECTOR,
+        dg.AssetCheckSpec(CHECK_CHAMPION, asset=PROJECTOR, blocking=True,
+                          description="@champion's checkpoint, re-scored on the val pairs, reproduces its recorded "
+                                      "val loss, the lowest among versions scored on the same pairs."),
+        dg.AssetCheckSpec(CHECK_FINGERPRINTS, asset=PROJECTOR,
                           description="Every registered version carries the fingerprint of the pairs that trained it."),
     ],
 )
@@ -55,27 +70,14 @@ def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, l
     """A projector trained on the train split, registered in MLflow as a new version; @champion moves only when it beats the champion on the val split."""
     home = luna.luna_home
     profile = models.resolve(home)
-    arch = ProjectorConfig(arch=config.arch, hidden=config.hidden, layers=config.layers, heads=config.heads,
-                           rank=config.rank)
-    settings = TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                             patience=config.patience, seed=config.seed, min_train_pairs=config.min_train_pairs,
-                             min_val_pairs=config.min_val_pairs)
-    outcome = train_and_register(home.root, home.catalog_path, profile, arch, settings, config.model_name,
-                                 config.where or None, config.margin, PROJECTOR_CODE_VERSION,
-                                 tags={"dagster_run_id": context.run_id}, force=config.force,
-                                 uri=config.tracking_uri or None,
-                                 on_epoch=lambda row: context.log.info(
-                                     "epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                                     "val token cosine {val_token_cosine:.4f}".format(**row)))
-    versions = list_versions(home.root, config.model_name, uri=config.tracking_uri or None)
-    table = "\n".join(["| version | aliases | arch | val loss | token cos | pooled cos |", "|---|---|---|---|---|---|"] + [
-        f"| {v['version']} | {v['aliases']} | {v['arch']} | {v['val_loss']} | {v['token_cos']} | {v['pooled_cos']} |"
-        for v in versions])
-    metadata = {"trained": outcome.trained, "reason": outcome.reason, "registered model": config.model_name,
-                "tracking uri": config.tracking_uri or tracking_uri(home.root), "versions": dg.MetadataValue.md(table)}
-    checks = [dg.AssetCheckResult(check_name="versions_have_fingerprints",
-                                  passed=all(v["fingerprint"] for v in versions),
-                                  metadata={"versions": len(versions)})]
+    request = config.request(context.run.run_id)
+    outcome = train_and_register(home, profile, request, on_epoch=lambda row: context.log.info(
+        "epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+        "val token cosine {val_token_cosine:.4f}".format(**row)))
+    versions = list_versions(home, request.name, uri=request.tracking_uri)
+    metadata = {"trained": outcome.trained, "reason": outcome.reason, "registered model": request.name,
+                "tracking uri": resolve_tracking_uri(home, request.tracking_uri),
+                "versions": md_table(versions, ["version", "aliases", "arch", "val_loss", "token_cos", "pooled_cos"])}
     if outcome.trained:
         result, reg = outcome.result, outcome.registration
         metadata.update({
@@ -88,10 +90,16 @@ def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, l
             "val token cosine": dg.MetadataValue.float(round(result.val_metrics["token_cosine"], 4)),
             "val pooled cosine": dg.MetadataValue.float(round(result.val_metrics["pooled_cosine"], 4)),
         })
-        champion_ok = reg.promoted or (reg.champion_score is not None and reg.champion_score <= reg.candidate_score + config.margin)
-        checks.append(dg.AssetCheckResult(check_name="champion_is_best", passed=bool(champion_ok),
-                                          metadata={"decision": reg.decision}))
-    else:
-        checks.append(dg.AssetCheckResult(check_name="champion_is_best", passed=True,
-                                          metadata={"decision": "no new candidate"}))
+    scorer = validation_scorer(home, profile, request.settings.batch_size, request.where)
+    verdict = verify_champion(home, scorer, request.name, request.tracking_uri)
+    checks = [
+        dg.AssetCheckResult(check_name=CHECK_CHAMPION, passed=verdict.passed, description=verdict.description,
+                            metadata=verdict.metadata),
+        dg.AssetCheckResult(check_name=CHECK_FINGERPRINTS, passed=all(v["fingerprint"] for v in versions),
+                            metadata={"versions": len(versions)}),
+    ]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def definitions() -> dg.Definitions:
+    return dg.Definitions(assets=[projector])

@@ -1,9 +1,11 @@
-"""The `embeddings` group: the vault's two Zarr stores, filled incrementally after every ingest."""
+"""The `vault` domain (group `embeddings`): the two Zarr stores, filled incrementally after every ingest."""
 
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.ingest import INGESTED_IMAGES
+from luna_assets.metadata import check_results, progress_logger, seconds
+from luna_core.models.profiles import ModelProfile
 from luna_core.vault.checks import check_store
 from luna_core.vault.embed import EmbedReport, embed_images, embed_prompts
 
@@ -20,11 +22,8 @@ def _check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(name, asset=asset_key, description=text) for name, text in STORE_CHECKS.items()]
 
 
-def _result(report: EmbedReport, luna: LunaHomeResource, unit: str) -> dg.MaterializeResult:
-    from pathlib import Path
-
-    outcomes = check_store(luna.luna_home.catalog_path, report.kind, report.store_key, Path(report.store_path),
-                           report.new_rows)
+def _result(report: EmbedReport, luna: LunaHomeResource, profile: ModelProfile, unit: str) -> dg.MaterializeResult:
+    outcomes = check_store(luna.luna_home, profile, report.kind, report.new_rows)
     metadata = {
         "rows added": report.added,
         "rows already present (skipped)": report.already_present,
@@ -34,7 +33,7 @@ def _result(report: EmbedReport, luna: LunaHomeResource, unit: str) -> dg.Materi
         f"{unit}/s": dg.MetadataValue.float(round(report.items_per_s, 2)),
         "model forward share of time": dg.MetadataValue.float(
             round(report.model_seconds / report.seconds, 3) if report.seconds else 0.0),
-        "duration (s)": dg.MetadataValue.float(round(report.seconds, 2)),
+        "duration (s)": seconds(report.seconds),
         "MB on disk": dg.MetadataValue.float(round(report.bytes_on_disk / 1e6, 2)),
         "model": report.model,
         "store key": report.store_key,
@@ -46,61 +45,45 @@ def _result(report: EmbedReport, luna: LunaHomeResource, unit: str) -> dg.Materi
         metadata["files changed since ingest (left for the next ingest)"] = report.changed_since_ingest
     else:
         metadata["prompts over 77 tokens (truncated, flagged in text_rows)"] = report.truncated
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=[dg.AssetCheckResult(check_name=o.name, passed=o.passed, description=o.description,
-                                           metadata=o.metadata) for o in outcomes],
-    )
+    return dg.MaterializeResult(metadata=metadata, check_results=check_results(outcomes))
 
 
-def _progress_logger(context: dg.AssetExecutionContext, what: str):
-    state = {"next": 0.0}
+def _fill(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource,
+          kind: str) -> dg.MaterializeResult:
+    """Embed what the store lacks, then check the store; `kind` is "vision" or "text"."""
+    home = luna.luna_home
+    profile = models.resolve(home)
+    if kind == "vision":
+        context.log.info(f"Vision model {profile.vision_model} (profile {profile.name}); store key {profile.vision_key}")
+        report = embed_images(home, profile, models.embed_options(models.vision_batch_size),
+                              on_progress=progress_logger(context, "images embedded"))
+    else:
+        context.log.info(f"SDXL text encoders {profile.sdxl_model} (profile {profile.name}); store key {profile.text_key}")
+        report = embed_prompts(home, profile, models.embed_options(models.text_batch_size),
+                               on_progress=progress_logger(context, "prompts encoded"))
+    return _result(report, luna, profile, "images" if kind == "vision" else "prompts")
 
-    def log_progress(done: int, total: int) -> None:
-        if done / total >= state["next"] or done == total:
-            context.log.info(f"{what}: {done:,}/{total:,}")
-            state["next"] = done / total + 0.1
 
-    return log_progress
+# Both stores follow every ingest by themselves and run side by side (one process each).
+_STORE_ASSET = {"deps": [INGESTED_IMAGES], "group_name": "embeddings", "kinds": {"zarr", "pytorch"}, "code_version": "1",
+                "automation_condition": dg.AutomationCondition.eager()}
 
 
-@dg.asset(
-    key=VISION_EMBEDDINGS,
-    deps=[INGESTED_IMAGES],
-    group_name="embeddings",
-    kinds={"zarr", "pytorch"},
-    code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
-    check_specs=_check_specs(VISION_EMBEDDINGS),
-)
+@dg.asset(key=VISION_EMBEDDINGS, check_specs=_check_specs(VISION_EMBEDDINGS), **_STORE_ASSET)
 def vision_embeddings(
     context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource
 ) -> dg.MaterializeResult:
     """CLIP-ViT image embeddings (projected, unit length, float16) of every ingested image, one Zarr row per content hash and vision model."""
-    home = luna.luna_home
-    profile = models.resolve(home)
-    context.log.info(f"Vision model {profile.vision_model} (profile {profile.name}); store key {profile.vision_key}")
-    report = embed_images(home.catalog_path, home.vault_dir, profile, models.embed_options(models.vision_batch_size),
-                          on_progress=_progress_logger(context, "images embedded"))
-    return _result(report, luna, "images")
+    return _fill(context, luna, models, "vision")
 
 
-@dg.asset(
-    key=TEXT_CONDITIONINGS,
-    deps=[INGESTED_IMAGES],
-    group_name="embeddings",
-    kinds={"zarr", "pytorch"},
-    code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
-    check_specs=_check_specs(TEXT_CONDITIONINGS),
-)
+@dg.asset(key=TEXT_CONDITIONINGS, check_specs=_check_specs(TEXT_CONDITIONINGS), **_STORE_ASSET)
 def text_conditionings(
     context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource
 ) -> dg.MaterializeResult:
     """SDXL text conditionings (prompt_embeds [77, 2048] + pooled [1280], float16) of every unique prompt text, positive and negative, one Zarr row per prompt hash and encoder pair."""
-    home = luna.luna_home
-    profile = models.resolve(home)
-    context.log.info(f"SDXL text encoders {profile.sdxl_model} (profile {profile.name}); store key {profile.text_key}")
-    report = embed_prompts(home.catalog_path, home.vault_dir, profile, models.embed_options(models.text_batch_size),
-                           on_progress=_progress_logger(context, "prompts encoded"))
-    return _result(report, luna, "prompts")
+    return _fill(context, luna, models, "text")
+
+
+def definitions() -> dg.Definitions:
+    return dg.Definitions(assets=[vision_embeddings, text_conditionings])
