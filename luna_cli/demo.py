@@ -1,0 +1,111 @@
+"""`luna demo`: a sample library, every asset through Dagster, and one answer from each source."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from luna_cli.library import report_run, run_build_all
+from luna_cli.output import print_home_summary, print_neighbors
+from luna_cli.vault import open_vault
+from luna_core.errors import LunaConfigError
+from luna_core.settings import LunaHome
+
+DEMO_MARKER = "sample_library.json"
+# The demo library is small: its projector may train on a few dozen pairs (the default refuses < 32).
+DEMO_PROJECTOR_CONFIG = {"arch": "resampler", "hidden": 64, "heads": 2, "layers": 2, "epochs": 10, "batch_size": 16,
+                         "min_train_pairs": 8, "min_val_pairs": 2}
+
+
+def ensure_samples(home: LunaHome, n_images: int, size: int, seed: int) -> Path:
+    """Generate the sample library once per (n, size, seed); a rerun reuses it so ingest stays incremental."""
+    from tqdm.auto import tqdm
+
+    from luna_core.samples import make_sample_library
+
+    marker = home.root / DEMO_MARKER
+    wanted = {"images": n_images, "size": size, "seed": seed}
+    if marker.exists() and home.samples_dir.exists():
+        try:
+            if json.loads(marker.read_text()) == wanted:
+                print(f"Sample library already at {home.samples_dir} ({n_images} images); reusing it.")
+                return home.samples_dir
+        except ValueError:
+            pass
+    bar = tqdm(total=n_images, unit="img", desc="sample library")
+    library = make_sample_library(home.samples_dir, n_images, seed=seed, size=(size, size),
+                                  on_progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    marker.write_text(json.dumps(wanted))
+    print(f"Sample library under {library.root}: {n_images} generated images, plus {len(library.files) - n_images} "
+          f"odd or broken entries ({len(library.quarantined)} of them must end in quarantine)")
+    return home.samples_dir
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    home = LunaHome.resolve(args.home)
+    recorded = home.model_profile() if home.config_path.is_file() else None
+    if recorded not in (None, args.profile):  # before anything is written to the home
+        raise LunaConfigError(f"{home.root} was built with the '{recorded}' model profile, not '{args.profile}'; "
+                              "use another --home")
+    home.ensure()
+    started = time.perf_counter()
+    print(f"Luna home: {home.root}")
+    samples = ensure_samples(home, args.images, args.size, args.seed)
+    home.add_roots([samples])
+    home.set_model_profile(args.profile)
+    print(f"Model profile '{args.profile}'" + (" (tiny random-weight encoders built locally: their numbers are not CLIP's)"
+                                             if args.profile == "tiny" else ""))
+    print("Materializing every Luna asset through Dagster (job luna_build_all)…")
+    if not report_run(run_build_all(home, projector_config=DEMO_PROJECTOR_CONFIG)):
+        return 1
+    print_home_summary(home)
+    _demo_query(home)
+    _demo_projector(home)
+    print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
+    print(f"  catalog      {home.catalog_path}")
+    print(f"  vault        {home.vault_dir}")
+    print(f"  Dagster runs {home.dagster_home}")
+    print("\nOpen the Dagster UI on this home (then http://127.0.0.1:3000):")
+    print(f"  luna ui --home {home.root}")
+    print(f"  # same as: LUNA_HOME={home.root} DAGSTER_HOME={home.dagster_home} dagster dev -w workspace.yaml")
+    return 0
+
+
+def _demo_sample(home: LunaHome) -> Path | None:
+    return next(iter(sorted((home.samples_dir / "comfyui").glob("*.png"))), None)
+
+
+def _demo_query(home: LunaHome) -> None:
+    """One vault answer on a crop of a sample image: what a user does first."""
+    from PIL import Image
+
+    from luna_core.vault.query import Box
+
+    sample = _demo_sample(home)
+    if sample is None:
+        return
+    with Image.open(sample) as image:
+        box = Box(image.width // 4, image.height // 4, image.width // 2, image.height // 2)
+    conditioning = open_vault(home).condition(sample, box, k=5)
+    out = conditioning.save(home.root / "demo_condition.safetensors")
+    print(f"\nVault query: the centre crop {box.x},{box.y},{box.width},{box.height} of {os.path.relpath(sample, home.root)}")
+    print_neighbors(conditioning.neighbors, home)
+    print(f"  conditioning → {out} (prompt_embeds {list(conditioning.prompt_embeds.shape)}, "
+          f"pooled {list(conditioning.pooled_prompt_embeds.shape)})")
+
+
+def _demo_projector(home: LunaHome) -> None:
+    from luna_core.projector.registry import list_versions
+
+    champion = next((v for v in list_versions(home) if "champion" in v["aliases"]), None)
+    sample = _demo_sample(home)
+    if champion is None or sample is None:
+        return
+    answer = open_vault(home).condition_with_projector(sample, "models:/luna-projector@champion")
+    out = answer.save(home.root / "demo_projector.safetensors")
+    print(f"\nProjector: luna-projector v{champion['version']} is @champion ({champion['arch']}, val token cosine "
+          f"{champion['token_cos']}); answer for {os.path.relpath(sample, home.root)} → {out}")

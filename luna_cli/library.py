@@ -1,0 +1,95 @@
+"""`luna ingest`, `luna build`, `luna status`, `luna ui`: the library and the Dagster chain over it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from luna_cli.output import print_home_summary
+from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.settings import LunaHome
+
+
+def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dict | None = None):
+    """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance."""
+    import dagster as dg
+
+    from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
+
+    defs = build_definitions(str(home.root))
+    job = defs.resolve_job_def(BUILD_ALL_JOB)
+    instance = dg.DagsterInstance.from_config(str(home.dagster_home))
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if projector_config:
+        run_config["ops"] = {"projector": {"config": projector_config}}
+    return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+
+
+def report_run(result) -> bool:
+    """Print step failures and check results of a Dagster run; True when it succeeded."""
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                print(f"FAILED in {event.step_key}: {event.step_failure_data.error.message}", file=sys.stderr)
+        return False
+    for check in result.get_asset_check_evaluations():
+        print(f"  check {check.asset_key.to_user_string()}.{check.check_name}: {'passed' if check.passed else 'FAILED'}")
+    return True
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from luna_core.containers import ProbeLimits
+    from luna_core.ingest import IngestOptions, ingest
+
+    missing = [r for r in args.roots if not Path(r).is_dir()]
+    if missing:
+        raise LunaConfigError(f"not a folder: {', '.join(missing)}")
+    home = LunaHome.resolve(args.home).ensure()
+    roots = home.add_roots(args.roots) if not args.no_record else [str(Path(r).absolute()) for r in args.roots]
+    selected = [str(Path(r).absolute()) for r in args.roots]
+    options = IngestOptions(limits=ProbeLimits(max_pixels=args.max_pixels), workers=args.workers)
+    report = ingest(home.catalog_path, selected, options)
+    print(f"Ingested {', '.join(selected)} into {home.catalog_path} in {report.seconds:.1f}s")
+    counts = report.counts()
+    print("  " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if k != "bytes_read"))
+    if report.by_reason:
+        print("  quarantine by reason: " + ", ".join(f"{k} {v}" for k, v in report.by_reason.items())
+              + "  (see `luna status`)")
+    if len(roots) > len(selected):
+        print(f"  ({len(roots)} roots recorded in {home.config_path})")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    home = LunaHome.existing(args.home)
+    if not home.roots():
+        raise NotBuiltError(f"no library roots recorded in {home.config_path}; run `luna ingest ROOT` first")
+    if args.profile:
+        home.set_model_profile(args.profile)
+    print(f"Materializing every Luna asset for {home.root} (profile '{home.model_profile() or 'sdxl'}')…")
+    if not report_run(run_build_all(home.ensure())):
+        return 1
+    print_home_summary(home)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    home = LunaHome.existing(args.home)
+    if not home.catalog_path.exists():
+        raise NotBuiltError(f"no catalog at {home.catalog_path} yet: run `luna ingest ROOT` or `luna demo`")
+    print(f"Luna home {home.root}; roots: {', '.join(home.roots()) or '(none)'}")
+    print_home_summary(home)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    home = LunaHome.existing(args.home).ensure()
+    env = dict(os.environ, LUNA_HOME=str(home.root), DAGSTER_HOME=str(home.dagster_home))
+    print(f"Starting the Dagster UI for {home.root} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    bin_dir = Path(sys.executable).parent
+    executable = str(bin_dir / "dagster") if (bin_dir / "dagster").exists() else "dagster"
+    os.execvpe(executable, [executable, "dev", "-m", "dagster_project.definitions", "-a", "defs",
+                            "-p", str(args.port)], env)
+    return 0

@@ -1,0 +1,98 @@
+"""The `luna` command line's grammar: every command, its options and their help."""
+
+from __future__ import annotations
+
+import argparse
+
+from luna_cli import demo, library, projector, vault
+
+HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
+TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
+# Options whose value may start with '-' (a crop at negative coordinates): see `normalize_argv`.
+VALUE_OPTIONS = ("--box",)
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """`--box -10,-10,50,50` as `--box=-10,-10,50,50`: argparse would read the value as an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in VALUE_OPTIONS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="luna", description="Luna: your image library as an SDXL conditioning vault.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cmd = sub.add_parser("demo", help="generate a sample library and build every asset through Dagster")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--images", type=int, default=66, help="sample images to generate (default 66)")
+    cmd.add_argument("--size", type=int, default=256, help="sample image side in pixels (default 256)")
+    cmd.add_argument("--seed", type=int, default=0, help="sample library seed (default 0)")
+    cmd.add_argument("--profile", default="tiny", choices=["tiny", "sdxl"],
+                     help="model profile (default tiny: small local encoders, no download)")
+    cmd.set_defaults(func=demo.cmd_demo)
+
+    cmd = sub.add_parser("ingest", help="catalog the images under one or more folders")
+    cmd.add_argument("roots", nargs="+", metavar="ROOT", help="library folder")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--workers", type=int, default=0, help="reader processes (default: one per core)")
+    cmd.add_argument("--max-pixels", type=int, default=100_000_000, help="decompression-bomb bound (default 100M)")
+    cmd.add_argument("--no-record", action="store_true", help="do not record the roots in the home's luna.toml")
+    cmd.set_defaults(func=library.cmd_ingest)
+
+    cmd = sub.add_parser("build", help="materialize every asset for the recorded library roots through Dagster")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--profile", choices=["tiny", "sdxl"], help="record and use this model profile")
+    cmd.set_defaults(func=library.cmd_build)
+
+    cmd = sub.add_parser("search", help="the library images most similar to an image or a crop of it")
+    _query_arguments(cmd)
+    cmd.add_argument("--json", action="store_true", help="print JSON")
+    cmd.set_defaults(func=vault.cmd_search)
+
+    cmd = sub.add_parser("condition", help="an SDXL conditioning (safetensors) for an image or a crop of it")
+    _query_arguments(cmd)
+    cmd.add_argument("--prompt", help="a typed prompt to mix the answer into")
+    cmd.add_argument("--mode", default="replace", choices=["replace", "blend", "concat"],
+                     help="replace: the answer alone; blend: (1-alpha)*prompt + alpha*answer; "
+                          "concat: prompt tokens then answer tokens (154)")
+    cmd.add_argument("--alpha", type=float, default=0.5, help="the answer's share in blend mode, within [0, 1]")
+    cmd.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the neighbour weights")
+    cmd.add_argument("--projector", help="answer with a registered projector instead of the vault, "
+                                         "e.g. models:/luna-projector@champion")
+    cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
+    cmd.add_argument("--out", required=True, help="output .safetensors file")
+    cmd.set_defaults(func=vault.cmd_condition)
+
+    cmd = sub.add_parser("projector", help="registered projectors (MLflow)")
+    projector_sub = cmd.add_subparsers(dest="projector_command", required=True)
+    cmd = projector_sub.add_parser("list", help="versions, aliases and key metrics")
+    cmd.add_argument("--name", default="luna-projector")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
+    cmd.set_defaults(func=projector.cmd_projector_list)
+
+    cmd = sub.add_parser("status", help="what the catalog holds, and what is quarantined and why")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.set_defaults(func=library.cmd_status)
+
+    cmd = sub.add_parser("ui", help="open the Dagster UI on a Luna home")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--port", type=int, default=3000)
+    cmd.set_defaults(func=library.cmd_ui)
+    return parser
+
+
+def _query_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("image", help="PNG, JPEG or WebP file")
+    cmd.add_argument("--box", help="crop X,Y,W,H in pixels")
+    cmd.add_argument("--k", type=int, default=5, help="neighbours to use (default 5)")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")

@@ -1,0 +1,23 @@
+"""`luna projector list`: registered projector versions, their aliases and validation scores."""
+
+from __future__ import annotations
+
+import argparse
+
+from luna_cli.output import print_table
+from luna_core.settings import LunaHome
+
+
+def cmd_projector_list(args: argparse.Namespace) -> int:
+    from luna_core.projector.registry import list_versions, resolve_tracking_uri
+
+    home = LunaHome.existing(args.home)
+    uri = resolve_tracking_uri(home, args.tracking_uri)
+    versions = list_versions(home, args.name, uri=uri)
+    if not versions:
+        print(f"no versions of {args.name} in {uri}: materialize `projector` (or run luna demo)")
+        return 1
+    print(f"{args.name} in {uri}")
+    print_table(versions, ["version", "aliases", "arch", "val_loss", "token_cos", "pooled_cos", "promoted",
+                           "fingerprint", "subset"])
+    return 0

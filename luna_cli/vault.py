@@ -1,0 +1,51 @@
+"""`luna search` and `luna condition`: ask the vault (or a registered projector) about an image or a crop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from luna_cli.output import print_neighbors
+from luna_core.settings import LunaHome
+
+
+def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto"):
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.vault.query import Vault
+
+    return Vault(home, resolve_profile(profile or home.model_profile(), home.models_dir), device=device or "auto")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from luna_core.vault.query import Box
+
+    home = LunaHome.existing(args.home)
+    box = Box.parse(args.box) if args.box else None
+    neighbors = open_vault(home, device=args.device).search(args.image, box, args.k)
+    if args.json:
+        print(json.dumps([n.__dict__ for n in neighbors], indent=2, default=str))
+    else:
+        print_neighbors(neighbors)
+    return 0
+
+
+def cmd_condition(args: argparse.Namespace) -> int:
+    from luna_core.vault.query import Box, check_inputs
+
+    home = LunaHome.existing(args.home)
+    box = Box.parse(args.box) if args.box else None
+    # Every setting is checked before a model loads, whichever source answers.
+    check_inputs(args.mode, args.alpha, args.prompt, None if args.projector else args.k,
+                 None if args.projector else args.temperature)
+    vault = open_vault(home, device=args.device)
+    if args.projector:
+        conditioning = vault.condition_with_projector(args.image, args.projector, box, args.prompt, args.mode,
+                                                      args.alpha, tracking_uri=args.tracking_uri)
+        print(f"projector {args.projector} ({conditioning.info['arch']})")
+    else:
+        conditioning = vault.condition(args.image, box, args.k, args.prompt, args.mode, args.alpha, args.temperature)
+        print_neighbors(conditioning.neighbors)
+    out = conditioning.save(args.out)
+    print(f"wrote {out}: prompt_embeds {list(conditioning.prompt_embeds.shape)}, pooled_prompt_embeds "
+          f"{list(conditioning.pooled_prompt_embeds.shape)} (+ negatives), mode {args.mode}")
+    return 0
