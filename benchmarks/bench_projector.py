@@ -53,35 +53,34 @@ def tiny_quality(images: int) -> list[dict]:
     from luna_core.ingest import IngestOptions, ingest
     from luna_core.library import build_library
     from luna_core.models.profiles import resolve_profile
-    from luna_core.projector.train import TrainSettings, _Stores, evaluate, load_pairs, losses, train_projector
+    from luna_core.projector.train import TrainSettings, _Stores, load_pairs, losses, train_projector
     from luna_core.samples import make_sample_library
+    from luna_core.settings import LunaHome
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
     from luna_core.vault.query import Vault
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-projector-"))
     make_sample_library(work / "library", images, seed=5, size=(96, 96), broken=False)
-    home = work / "home"
-    catalog = home / "catalog.duckdb"
-    ingest(catalog, [str(work / "library")], IngestOptions(progress=False))
-    profile = resolve_profile("tiny", home / "models")
-    embed_images(catalog, home / "vault", profile, EmbedOptions(progress=False))
-    embed_prompts(catalog, home / "vault", profile, EmbedOptions(progress=False))
-    build_library(catalog, profile.vision_key, profile.text_key)
-    update_index(catalog, home, profile)
+    home = LunaHome.resolve(work / "home").ensure()
+    ingest(home.catalog_path, [str(work / "library")], IngestOptions(progress=False))
+    profile = resolve_profile("tiny", home.models_dir)
+    embed_images(home, profile, EmbedOptions(progress=False))
+    embed_prompts(home, profile, EmbedOptions(progress=False))
+    build_library(home, profile)
+    update_index(home, profile)
     stores = _Stores(home, profile)
-    val = load_pairs(catalog, "val")
+    val = load_pairs(home, "val")
     val_x = stores.embeddings(val.vision_rows)
     rows = []
     settings = TrainSettings(epochs=20, batch_size=16, min_train_pairs=8, min_val_pairs=2)
     for arch in ARCHITECTURES:
-        result = train_projector(home, catalog, profile, ProjectorConfig(arch=arch, hidden=64, heads=2, rank=16), settings)
+        result = train_projector(home, profile, ProjectorConfig(arch=arch, hidden=64, heads=2, rank=16), settings)
         rows.append({"answer": f"projector {arch}", "pairs_per_s": result.pairs_per_s, **result.val_metrics})
 
     # The vault's k-NN answer for each val image, its own entry excluded, and the mean conditioning.
     vault = Vault(home, profile)
-    ids = {int(r): i for i, r in enumerate(val.image_ids)}
     totals = {"knn": {}, "mean": {}}
-    train = load_pairs(catalog, "train")
+    train = load_pairs(home, "train")
     mean_tokens = torch.zeros(stores.text.fields["prompt_embeds"])
     mean_pooled = torch.zeros(stores.text.fields["pooled_prompt_embeds"])
     for start in range(0, len(train.prompt_rows), 64):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import numpy as np
 
 from luna_core.ingest import IngestOptions, ingest
 from luna_core.samples import make_sample_library
+from luna_core.settings import LunaHome
 
 VIT_H_14 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                 image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
@@ -67,10 +67,9 @@ def efficiency(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     print(f"device {device}, dtype {dtype}, torch threads {torch.get_num_threads()}, batch {args.batch}")
 
-    home = work / "home"
-    shutil.rmtree(home, ignore_errors=True)
-    catalog = home / "catalog.duckdb"
-    ingest(catalog, [str(library)], IngestOptions(progress=False))
+    shutil.rmtree(work / "home", ignore_errors=True)
+    home = LunaHome.resolve(work / "home").ensure()
+    ingest(home.catalog_path, [str(library)], IngestOptions(progress=False))
 
     # 1. The bare forward on the same preprocessed tensors (preprocessing not timed).
     encoder = VisionEncoder(str(model_dir), None, device, dtype)
@@ -93,7 +92,7 @@ def efficiency(args: argparse.Namespace) -> dict:
     load_started = time.perf_counter()
     VisionEncoder(str(model_dir), None, device, dtype)
     load_seconds = time.perf_counter() - load_started
-    report = embed_images(catalog, home / "vault", profile,
+    report = embed_images(home, profile,
                           EmbedOptions(device=args.device, dtype=args.dtype, batch_size=args.batch, progress=False))
     pipeline_seconds = report.seconds - load_seconds
     whole = report.added / pipeline_seconds
@@ -118,13 +117,12 @@ def storage(args: argparse.Namespace) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-storage-"))
     library = _library(work, args.images, 64, grain=0.0)
-    home = work / "home"
-    catalog = home / "catalog.duckdb"
-    ingest(catalog, [str(library)], IngestOptions(progress=False))
-    profile = resolve_profile("tiny", home / "models")
-    vision = embed_images(catalog, home / "vault", profile, EmbedOptions(progress=False, batch_size=64))
-    text = embed_prompts(catalog, home / "vault", profile, EmbedOptions(progress=False, batch_size=64))
-    with open_catalog(catalog, read_only=True) as con:
+    home = LunaHome.resolve(work / "home").ensure()
+    ingest(home.catalog_path, [str(library)], IngestOptions(progress=False))
+    profile = resolve_profile("tiny", home.models_dir)
+    vision = embed_images(home, profile, EmbedOptions(progress=False, batch_size=64))
+    text = embed_prompts(home, profile, EmbedOptions(progress=False, batch_size=64))
+    with open_catalog(home.catalog_path, read_only=True) as con:
         n_images, n_pos, n_neg = con.execute("""
             SELECT count(DISTINCT i.content_hash), count(g.prompt), count(g.negative_prompt)
             FROM images i JOIN generations g USING (content_hash) WHERE i.status = 'ok'""").fetchone()

@@ -61,9 +61,9 @@ def library_home(tiny_home):
 
     profile = resolve_profile("tiny", tiny_home.models_dir)
     options = EmbedOptions(progress=False)
-    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, options)
-    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, options)
-    build_library(tiny_home.catalog_path, profile.vision_key, profile.text_key)
+    embed_images(tiny_home, profile, options)
+    embed_prompts(tiny_home, profile, options)
+    build_library(tiny_home, profile)
     return tiny_home, profile
 
 
@@ -73,5 +73,5 @@ def indexed_home(library_home):
     from luna_core.index.build import update_index
 
     home, profile = library_home
-    update_index(home.catalog_path, home.root, profile)
+    update_index(home, profile)
     return home

@@ -66,5 +66,6 @@ def test_ingest_of_a_missing_folder_is_a_clear_error(tmp_path: Path, capsys):
 
 
 def test_status_without_catalog(tmp_path: Path, capsys):
-    assert main(["status", "--home", str(tmp_path / "home")]) == 1
-    assert "luna demo" in capsys.readouterr().out
+    (tmp_path / "home").mkdir()
+    assert main(["status", "--home", str(tmp_path / "home")]) == 3
+    assert "luna demo" in capsys.readouterr().err

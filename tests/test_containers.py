@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 
 import pytest
@@ -154,7 +153,8 @@ def test_webp_truncated_is_refused():
 
 
 def test_xmp_with_entities_is_not_parsed():
-    billion_laughs = '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]><x:xmpmeta xmlns:x="adobe:ns:meta/">&lol;</x:xmpmeta>'
+    billion_laughs = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>'
+                      '<x:xmpmeta xmlns:x="adobe:ns:meta/">&lol;</x:xmpmeta>')
     warnings: list[str] = []
     items = parse_xmp(billion_laughs, warnings)
     assert set(items) == {"xmp"}

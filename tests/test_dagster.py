@@ -12,8 +12,13 @@ import duckdb
 
 from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
 from dagster_project.resources import LunaHomeResource
-from dagster_project.sensors import library_files_changed
-from luna_assets.ingest import CHECK_CONTENT_HASH, CHECK_QUARANTINE_REASON, INGESTED_IMAGES, ingested_images
+from luna_assets.ingest import (
+    CHECK_CONTENT_HASH,
+    CHECK_QUARANTINE_REASON,
+    INGESTED_IMAGES,
+    ingested_images,
+    library_files_changed,
+)
 from luna_core.samples import SampleLibrary
 from luna_core.settings import LunaHome
 
@@ -116,6 +121,58 @@ def test_luna_core_never_imports_dagster():
     assert offenders == []
 
 
+def _imports(package: str) -> dict[str, set[str]]:
+    """Module → the project modules it imports (at any depth of the file), from the source."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    graph = {}
+    for path in (root / package).rglob("*.py"):
+        module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # `from pkg import submodule` depends on the submodule, not on the package itself.
+                subs = {f"{node.module}.{alias.name}" for alias in node.names
+                        if (root / node.module.replace(".", "/") / f"{alias.name}.py").exists()
+                        or (root / node.module.replace(".", "/") / alias.name / "__init__.py").exists()}
+                found.update(subs or {node.module})
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[module] = {m for m in found if m.split(".")[0] in ("luna_core", "luna_assets", "luna_cli", "dagster_project")}
+    return graph
+
+
+def test_layers_import_downward_only():
+    core = _imports("luna_core")
+    assert not {m: deps for m, deps in core.items() if any(d.split(".")[0] != "luna_core" for d in deps)}
+    assets = _imports("luna_assets")
+    upward = {m: deps for m, deps in assets.items()
+              if any(d.split(".")[0] in ("luna_cli",) or (d.startswith("dagster_project") and d != "dagster_project.resources")
+                     for d in deps)}
+    assert not upward, "luna_assets imports only resources' types from dagster_project"
+    project = _imports("dagster_project")
+    assert not any(d.startswith("luna_cli") for deps in project.values() for d in deps)
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {**_imports("luna_core"), **_imports("luna_assets"), **_imports("dagster_project"), **_imports("luna_cli")}
+    state: dict[str, int] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = 1
+        for dep in graph.get(module, ()):
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " → ".join(trail + [module, dep]))
+            if dep in graph and not state.get(dep):
+                visit(dep, trail + [module])
+        state[module] = 2
+
+    for module in graph:
+        if not state.get(module):
+            visit(module, [])
+
+
 def test_embedding_assets_run_side_by_side_with_the_multiprocess_executor(tiny_home: LunaHome, tmp_path, monkeypatch):
     """Both embedding assets in one run, each in its own process, sharing the one DuckDB catalog."""
     from dagster_project import definitions
@@ -128,9 +185,10 @@ def test_embedding_assets_run_side_by_side_with_the_multiprocess_executor(tiny_h
         result = dg.execute_job(dg.reconstructable(definitions.luna_build_all_job), instance=instance)
         assert result.success
         events = instance.all_logs(result.run_id)
-    starts = {e.step_key: e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"}
-    ends = {e.step_key: e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_SUCCESS"}
-    pids = {e.step_key: e.dagster_event.pid for e in events if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"}
+    steps = [e for e in events if e.dagster_event]
+    starts = {e.step_key: e.timestamp for e in steps if e.dagster_event.event_type_value == "STEP_START"}
+    ends = {e.step_key: e.timestamp for e in steps if e.dagster_event.event_type_value == "STEP_SUCCESS"}
+    pids = {e.step_key: e.dagster_event.pid for e in steps if e.dagster_event.event_type_value == "STEP_START"}
     assert max(starts["vision_embeddings"], starts["text_conditionings"]) < min(ends["vision_embeddings"],
                                                                                ends["text_conditionings"]), "they overlapped"
     assert pids["vision_embeddings"] != pids["text_conditionings"]
@@ -153,7 +211,7 @@ def test_embedding_assets_follow_ingest_by_themselves(tiny_home: LunaHome):
 
 def test_embedding_assets_report_metadata_and_pass_checks(tiny_home: LunaHome):
     from dagster_project.resources import LunaModelsResource
-    from luna_assets import text_conditionings, vision_embeddings
+    from luna_assets.vault import text_conditionings, vision_embeddings
 
     resources = {"luna": LunaHomeResource(home=str(tiny_home.root)), "models": LunaModelsResource()}
     result = dg.materialize([vision_embeddings, text_conditionings], resources=resources,
@@ -177,18 +235,20 @@ def test_reindex_schedule_cron_is_configurable(monkeypatch, tmp_path):
 
 def test_catalog_and_index_assets_add_then_rebuild(tiny_home: LunaHome):
     from dagster_project.resources import LunaModelsResource
-    from luna_assets import ALL_ASSETS
+    from luna_assets.index import faiss_index, luna_catalog
+    from luna_assets.vault import text_conditionings, vision_embeddings
 
     resources = {"luna": LunaHomeResource(home=str(tiny_home.root), workers=1), "models": LunaModelsResource()}
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(ALL_ASSETS[:5], resources=resources, instance=instance)
+    result = dg.materialize([ingested_images, vision_embeddings, text_conditionings, luna_catalog, faiss_index],
+                            resources=resources, instance=instance)
     assert result.success
     index_meta = result.asset_materializations_for_node("faiss_index")[0].metadata
     assert index_meta["action"].value == "built" and index_meta["recall@10 (held-out, vs exact)"].value == 1.0
     catalog_meta = result.asset_materializations_for_node("luna_catalog")[0].metadata
     assert catalog_meta["images"].value == catalog_meta["with vision row"].value
     assert all(c.passed for c in result.get_asset_check_evaluations())
-    again = dg.materialize(ALL_ASSETS[3:5], resources=resources, instance=instance)
+    again = dg.materialize([luna_catalog, faiss_index], resources=resources, instance=instance)
     assert again.asset_materializations_for_node("faiss_index")[0].metadata["action"].value == "unchanged"
     rebuild = build_definitions(str(tiny_home.root)).resolve_job_def("rebuild_faiss_index")
     rebuilt = rebuild.execute_in_process(instance=instance)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import duckdb
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from luna_core.index.build import index_dir, update_index
+from luna_core.index.build import update_index
 from luna_core.index.faiss_index import GIB, IndexSettings, build_index, plan_index
 from luna_core.index.store import IndexStore, load_index
 from luna_core.library import build_library
@@ -69,7 +68,7 @@ def test_versions_swap_atomically_and_old_ones_are_collected(tmp_path: Path):
 
 def test_index_follows_the_library_incrementally(indexed_home, sample_library):
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    again = update_index(indexed_home.catalog_path, indexed_home.root, profile)
+    again = update_index(indexed_home, profile)
     assert again.action == "unchanged"
 
     from luna_core.ingest import IngestOptions, ingest
@@ -81,13 +80,13 @@ def test_index_follows_the_library_incrementally(indexed_home, sample_library):
     data, _ = write_a1111_png(draw_picture(spec, 9, (96, 96)), Generation(spec=spec, seed=9))
     (sample_library.root / "new.png").write_bytes(data)
     ingest(indexed_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
-    embed_images(indexed_home.catalog_path, indexed_home.vault_dir, profile, EmbedOptions(progress=False))
-    embed_prompts(indexed_home.catalog_path, indexed_home.vault_dir, profile, EmbedOptions(progress=False))
-    build_library(indexed_home.catalog_path, profile.vision_key, profile.text_key)
-    added = update_index(indexed_home.catalog_path, indexed_home.root, profile)
+    embed_images(indexed_home, profile, EmbedOptions(progress=False))
+    embed_prompts(indexed_home, profile, EmbedOptions(progress=False))
+    build_library(indexed_home, profile)
+    added = update_index(indexed_home, profile)
     assert (added.action, added.added) == ("added", 1)
     assert added.vectors == again.vectors + 1
-    rebuilt = update_index(indexed_home.catalog_path, indexed_home.root, profile, rebuild=True)
+    rebuilt = update_index(indexed_home, profile, rebuild=True)
     assert rebuilt.action == "built" and rebuilt.vectors == added.vectors and rebuilt.version == added.version + 1
 
 
@@ -95,7 +94,7 @@ def test_ids_and_splits_never_change(indexed_home):
     before = dict(duckdb.connect(str(indexed_home.catalog_path), read_only=True).execute(
         "SELECT content_hash, image_id || split FROM library").fetchall())
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    build_library(indexed_home.catalog_path, profile.vision_key, profile.text_key)
+    build_library(indexed_home, profile)
     with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
         after = dict(con.execute("SELECT content_hash, image_id || split FROM library").fetchall())
         splits = dict(con.execute("SELECT split, count(*) FROM splits GROUP BY 1").fetchall())
@@ -105,7 +104,7 @@ def test_ids_and_splits_never_change(indexed_home):
 
 def test_search_finds_the_image_itself_first(indexed_home, sample_library):
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    vault = Vault(indexed_home.root, profile)
+    vault = Vault(indexed_home, profile)
     target = sample_library.images[4].path
     neighbors = vault.search(target, k=3)
     assert neighbors[0].similarity > 0.9999
@@ -120,7 +119,7 @@ def test_conditioning_is_the_weighted_mean_of_neighbour_rows(indexed_home, sampl
     import zarr
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    vault = Vault(indexed_home.root, profile)
+    vault = Vault(indexed_home, profile)
     answer = vault.condition(sample_library.images[0].path, Box(8, 8, 64, 64), k=4)
     assert answer.prompt_embeds.shape == (1, 77, 96) and answer.pooled_prompt_embeds.shape == (1, 48)
     assert answer.negative_prompt_embeds.shape == (1, 77, 96)
@@ -144,7 +143,7 @@ def test_conditioning_file_drives_the_sdxl_img2img_pipeline_unchanged(indexed_ho
     from safetensors.torch import load_file
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    out = Vault(indexed_home.root, profile).condition(sample_library.images[2].path, k=3).save(tmp_path / "c.safetensors")
+    out = Vault(indexed_home, profile).condition(sample_library.images[2].path, k=3).save(tmp_path / "c.safetensors")
     pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(profile.sdxl_model, text_encoder=None, text_encoder_2=None,
                                                             tokenizer=None, tokenizer_2=None)
     pipe.set_progress_bar_config(disable=True)
@@ -160,70 +159,73 @@ def test_conditioning_file_drives_the_sdxl_img2img_pipeline_unchanged(indexed_ho
     (lambda p: (p / "notes.png").write_text("not an image") and p / "notes.png", "not an image"),
 ])
 def test_bad_query_files(indexed_home, tmp_path, make, message):
-    vault = Vault(indexed_home.root, resolve_profile("tiny", indexed_home.models_dir))
-    with pytest.raises(QueryError, match=message):
+    from luna_core.images import PictureError
+
+    vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
+    with pytest.raises(PictureError, match=message):
         vault.search(make(tmp_path))
 
 
 @pytest.mark.parametrize("box, k, message", [
     ("0,0,0,10", 3, "empty"), ("90,90,20,20", 3, "outside"), ("-1,0,5,5", 3, "outside"), ("a,b", 3, "X,Y,W,H"),
-    (None, 0, "at least 1"), (None, 10_000, "larger than the index"),
+    (None, 0, "at least 1"), (None, 10_000, "larger than the library"),
 ])
 def test_bad_boxes_and_k(indexed_home, sample_library, box, k, message):
-    vault = Vault(indexed_home.root, resolve_profile("tiny", indexed_home.models_dir))
+    vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
     with pytest.raises(QueryError, match=message):
         vault.search(sample_library.images[0].path, Box.parse(box) if box else None, k=k)
 
 
 def test_missing_corrupted_and_foreign_indexes_are_refused(indexed_home, sample_library):
-    from luna_core.errors import LunaConfigError
+    from luna_core.errors import CorruptStoreError, NotBuiltError
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     image = sample_library.images[0].path
-    store = IndexStore(index_dir(indexed_home.root, profile))
+    store = IndexStore(indexed_home.index_dir(profile))
     version = store.current()
     meta = json.loads(version.meta_file.read_text())
     version.meta_file.write_text(json.dumps({**meta, "vision_key": "someone-else@main"}))
     with pytest.raises(QueryError, match="built with vision model someone-else"):
-        Vault(indexed_home.root, profile).search(image)
+        Vault(indexed_home, profile).search(image)
     version.meta_file.write_text(json.dumps(meta))
     version.index_file.write_bytes(version.index_file.read_bytes()[:100])
-    with pytest.raises(LunaConfigError, match="corrupted"):
-        Vault(indexed_home.root, profile).search(image)
+    with pytest.raises(CorruptStoreError, match="corrupted"):
+        Vault(indexed_home, profile).search(image)
     shutil.rmtree(store.root)
-    with pytest.raises(LunaConfigError, match="no index"):
-        Vault(indexed_home.root, profile).search(image)
+    with pytest.raises(NotBuiltError, match="no index"):
+        Vault(indexed_home, profile).search(image)
 
 
 def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_home, sample_library):
     """Another process holds the catalog (as a materialization does) and the index is rebuilt meanwhile:
-    queries from a third process never wait and never fail."""
-    from luna_core.catalog import open_catalog
-
+    queries from a third process never wait and never fail. The holder keeps the catalog until it is
+    told to let go, however long the queries take on a loaded machine."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
+        import sys
         from luna_core.catalog import open_catalog
         with open_catalog({str(indexed_home.catalog_path)!r}) as con:
             print("held", flush=True)
-            time.sleep(8)
-    """)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    querier = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from luna_core.models.profiles import resolve_profile
-        from luna_core.vault.query import Vault
-        from pathlib import Path
-        profile = resolve_profile("tiny", Path({str(indexed_home.models_dir)!r}))
-        started = time.monotonic()
-        for _ in range(5):
-            answer = Vault({str(indexed_home.root)!r}, profile).condition({str(sample_library.images[0].path)!r}, k=3)
-            assert answer.prompt_embeds.shape == (1, 77, 96)
-        print(f"ok {{time.monotonic() - started:.2f}}")
-    """)], capture_output=True, text=True, timeout=60)
-    still_holding = holder.poll() is None
-    holder.kill()
-    assert querier.returncode == 0, querier.stderr[-2000:]
-    assert still_holding, "the queries ran while the catalog was held"
+            sys.stdin.readline()  # until the test says release
+        print("released", flush=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        querier = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+            from luna_core.models.profiles import resolve_profile
+            from luna_core.settings import LunaHome
+            from luna_core.vault.query import Vault
+            home = LunaHome.resolve({str(indexed_home.root)!r})
+            profile = resolve_profile("tiny", home.models_dir)
+            for _ in range(5):
+                answer = Vault(home, profile).condition({str(sample_library.images[0].path)!r}, k=3)
+                assert answer.prompt_embeds.shape == (1, 77, 96)
+            print("ok")
+        """)], capture_output=True, text=True, timeout=300)
+        assert querier.returncode == 0, querier.stderr[-2000:]
+        assert holder.poll() is None, "the holder still holds the catalog while the queries ran"
+    finally:
+        holder.communicate("release\n", timeout=60)
+    assert holder.returncode == 0
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     errors: list[Exception] = []
@@ -232,14 +234,14 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
     def keep_querying():
         while not stop.is_set():
             try:
-                Vault(indexed_home.root, profile).search(sample_library.images[1].path, k=2)
+                Vault(indexed_home, profile).search(sample_library.images[1].path, k=2)
             except Exception as exc:  # noqa: BLE001 - any failure is the finding
                 errors.append(exc)
 
     thread = threading.Thread(target=keep_querying)
     thread.start()
     for _ in range(4):
-        update_index(indexed_home.catalog_path, indexed_home.root, profile, rebuild=True)
+        update_index(indexed_home, profile, rebuild=True)
     stop.set()
     thread.join()
     assert errors == []
@@ -247,15 +249,73 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
 
 def test_an_image_that_leaves_and_returns_is_indexed_once(indexed_home):
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    total = load_index(IndexStore(index_dir(indexed_home.root, profile))).index.ntotal
+    total = load_index(IndexStore(indexed_home.index_dir(profile))).index.ntotal
     with duckdb.connect(str(indexed_home.catalog_path)) as con:
         (path,) = con.execute("""SELECT min(path) FROM images WHERE status = 'ok' AND content_hash IN
                                  (SELECT content_hash FROM images GROUP BY 1 HAVING count(*) = 1)""").fetchone()
         con.execute("UPDATE images SET status = 'missing' WHERE path = ?", [path])
-    gone = update_index(indexed_home.catalog_path, indexed_home.root, profile)
-    loaded = load_index(IndexStore(index_dir(indexed_home.root, profile)))
+    gone = update_index(indexed_home, profile)
+    loaded = load_index(IndexStore(indexed_home.index_dir(profile)))
     assert gone.added == 0 and loaded.lookup.num_rows == total - 1 and loaded.index.ntotal == total
     with duckdb.connect(str(indexed_home.catalog_path)) as con:
         con.execute("UPDATE images SET status = 'ok' WHERE path = ?", [path])
-    back = update_index(indexed_home.catalog_path, indexed_home.root, profile)
+    back = update_index(indexed_home, profile)
     assert back.added == 0 and back.vectors == total
+
+
+def test_a_moved_file_and_prompts_encoded_later_republish_the_lookup(indexed_home, sample_library):
+    """No new vectors, but what the lookup holds changed: it is republished, never left stale."""
+    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.vault.embed import EmbedOptions, embed_prompts
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    image = sample_library.images[3].path
+    moved = image.with_name("moved-" + image.name)
+    image.rename(moved)
+    ingest(indexed_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
+    build_library(indexed_home, profile)
+    report = update_index(indexed_home, profile)
+    assert (report.action, report.added) == ("refreshed", 0)
+    paths = set(load_index(IndexStore(indexed_home.index_dir(profile))).lookup.column("path").to_pylist())
+    assert str(moved) in paths and str(image) not in paths
+
+    # Prompts encoded after the index was built: the published conditioning rows follow.
+    with duckdb.connect(str(indexed_home.catalog_path)) as con:
+        con.execute("DELETE FROM text_rows")
+    build_library(indexed_home, profile)
+    assert update_index(indexed_home, profile).action == "refreshed"
+    lookup = load_index(IndexStore(indexed_home.index_dir(profile))).lookup
+    assert set(lookup.column("prompt_row").to_pylist()) == {-1}
+    embed_prompts(indexed_home, profile, EmbedOptions(progress=False))
+    build_library(indexed_home, profile)
+    assert update_index(indexed_home, profile).action == "refreshed"
+    lookup = load_index(IndexStore(indexed_home.index_dir(profile))).lookup
+    rows = [r for r, p in zip(lookup.column("prompt_row").to_pylist(), lookup.column("prompt").to_pylist()) if p]
+    assert rows and min(rows) >= 0, "every image with a prompt has its conditioning row again"
+    assert update_index(indexed_home, profile).action == "unchanged"
+
+
+def test_the_index_is_keyed_by_both_models(indexed_home):
+    from dataclasses import replace
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    other_text = replace(profile, sdxl_id="another-sdxl")
+    assert indexed_home.index_dir(other_text) != indexed_home.index_dir(profile)
+    assert profile.vision_key in indexed_home.index_dir(profile).name
+    assert profile.text_key in indexed_home.index_dir(profile).name
+
+
+def test_a_query_that_loses_many_neighbours_searches_deeper(indexed_home, sample_library):
+    """Images gone since the build stay in the index; a query still gets k images of the library."""
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    with duckdb.connect(str(indexed_home.catalog_path)) as con:
+        kept = [p for (p,) in con.execute(
+            "SELECT min(path) FROM images WHERE status = 'ok' GROUP BY content_hash ORDER BY 1 LIMIT 3").fetchall()]
+        con.execute("UPDATE images SET status = 'missing' WHERE path NOT IN (SELECT unnest(?))", [kept])
+    build_library(indexed_home, profile)
+    report = update_index(indexed_home, profile)
+    assert report.action == "refreshed" and report.vectors > 20, "gone images are still in the index"
+    found = Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
+    assert sorted(n.path for n in found) == sorted(kept)
+    with pytest.raises(QueryError, match="larger than the library"):
+        Vault(indexed_home, profile).search(sample_library.images[0].path, k=4)

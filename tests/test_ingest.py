@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import duckdb
-import pytest
 
 from luna_core.filereader import read_file
 from luna_core.ingest import IngestOptions, ingest
@@ -189,7 +188,8 @@ def test_unreadable_file_is_quarantined(sample_library: SampleLibrary, tmp_path:
     shutil.copyfile(sample_library.images[0].path, secret)
     secret.chmod(0)
     db = tmp_path / "catalog.duckdb"
-    script = f"from luna_core.ingest import ingest, IngestOptions; ingest({str(db)!r}, [{str(sample_library.root)!r}], IngestOptions(workers=1, progress=False))"
+    script = (f"from luna_core.ingest import ingest, IngestOptions; "
+              f"ingest({str(db)!r}, [{str(sample_library.root)!r}], IngestOptions(workers=1, progress=False))")
     preexec = _without_file_permission_bypass if os.geteuid() == 0 else None
     subprocess.run([sys.executable, "-c", script], check=True, preexec_fn=preexec)
     assert rows(db, "SELECT reason, detail FROM quarantine WHERE path = ?", (str(secret),)) == [
@@ -223,7 +223,8 @@ def test_worker_processes_give_the_same_catalog_as_inline(sample_library: Sample
     inline_db, pool_db = tmp_path / "inline.duckdb", tmp_path / "pool.duckdb"
     ingest(inline_db, [str(sample_library.root)], INLINE)
     ingest(pool_db, [str(sample_library.root)], IngestOptions(workers=2, progress=False, batch_size=16, min_files_for_pool=0))
-    query = "SELECT i.path, i.content_hash, g.generator, g.prompt FROM images i JOIN generations g USING (content_hash) ORDER BY 1"
+    query = ("SELECT i.path, i.content_hash, g.generator, g.prompt "
+             "FROM images i JOIN generations g USING (content_hash) ORDER BY 1")
     assert rows(inline_db, query) == rows(pool_db, query)
     q = "SELECT path, reason FROM quarantine ORDER BY 1"
     assert rows(inline_db, q) == rows(pool_db, q)

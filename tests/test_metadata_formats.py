@@ -57,7 +57,8 @@ def test_cfg_and_size_are_read_where_the_format_has_them(name, writer):
 
 
 @pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS
-                                          if n.split("_")[0] in ("a1111", "forge", "fooocus", "swarmui", "invokeai", "draw", "easy")
+                                          if n.split("_")[0] in ("a1111", "forge", "fooocus", "swarmui", "invokeai",
+                                                                  "draw", "easy")
                                           and n not in ("invokeai_v2", "invokeai_dream")])
 def test_loras_name_and_weight(name, writer):
     record = parsed(writer)
@@ -80,7 +81,7 @@ def test_a1111_settings_line_with_quoted_commas_and_json_hashes():
     record = parse_a1111("a cat <lora:add_detail:0.8>, <lyco:grain>\nwith a hat\nNegative prompt: ugly\nblurry\n" + line)
     assert record.prompt == "a cat , \nwith a hat"  # tags removed, the rest as A1111 encodes it
     assert record.negative_prompt == "ugly\nblurry"
-    assert [(l.name, l.weight) for l in record.loras] == [("add_detail", 0.8), ("grain", 1.0)]
+    assert [(lora.name, lora.weight) for lora in record.loras] == [("add_detail", 0.8), ("grain", 1.0)]
     assert (record.sampler, record.scheduler, record.seed) == ("DPM++ 2M SDE", "Karras", 42)
     assert record.extra["Hashes"]["lora:add_detail"] == "7c6bad76eb54"
     assert record.model_hash == "31e35c80fc"
@@ -111,7 +112,7 @@ def test_comfyui_records_every_sampler_and_picks_the_first_full_pass():
     assert [s["denoise"] for s in samplers] == [1.0, 0.45]
     assert record.seed == GEN.seed and samplers[1]["seed"] == GEN.seed + 1
     assert record.model == "juggernautXL_v9.safetensors"
-    assert [(l.name, l.weight) for l in record.loras] == [("detail_tweaker_xl.safetensors", 0.6)]
+    assert [(lora.name, lora.weight) for lora in record.loras] == [("detail_tweaker_xl.safetensors", 0.6)]
 
 
 def test_comfyui_sdxl_encoder_with_different_text_l_keeps_both():
@@ -120,6 +121,17 @@ def test_comfyui_sdxl_encoder_with_different_text_l_keeps_both():
     record = parse_comfyui(json.dumps(api), None)
     assert record.prompt == SPEC.prompt
     assert record.extra["text_l"] == ["red cat"]
+
+
+def test_comfyui_negative_text_l_stays_with_the_negative():
+    api = comfy_sdxl_hires_graph(GEN)
+    negative_id = api["3"]["inputs"]["negative"][0]
+    api[negative_id] = {"class_type": "CLIPTextEncodeSDXL",
+                        "inputs": {"text_g": "blurry", "text_l": "grainy", "clip": ["1", 1]}}
+    record = parse_comfyui(json.dumps(api), None)
+    assert record.negative_prompt == "blurry"
+    assert "text_l" not in record.extra, "the negative's text_l leaked into the positive"
+    assert record.extra["negative_text_l"] == ["grainy"]
 
 
 def test_comfyui_graph_with_a_cycle_ends_and_finds_the_encoder():

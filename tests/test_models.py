@@ -12,8 +12,8 @@ from PIL import Image
 from luna_core.errors import LunaConfigError
 from luna_core.models.clip_vocab import clip_tokenizer
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
-from luna_core.models.profiles import choose_dtype, resolve_profile, store_key
-from luna_core.models.tiny import TINY_VERSION, tiny_profile
+from luna_core.models.profiles import choose_dtype, resolve_profile, store_key, tiny_profile
+from luna_core.models.tiny import TINY_VERSION
 
 CPU = torch.device("cpu")
 

@@ -37,8 +37,8 @@ SMALL = TrainSettings(epochs=4, min_train_pairs=8, min_val_pairs=2, batch_size=8
 def test_training_improves_on_val_and_repeats_exactly(library_home):
     home, profile = library_home
     config = ProjectorConfig(arch="resampler", hidden=32, heads=2, layers=1)
-    first = train_projector(home.root, home.catalog_path, profile, config, SMALL)
-    again = train_projector(home.root, home.catalog_path, profile, config, SMALL)
+    first = train_projector(home, profile, config, SMALL)
+    again = train_projector(home, profile, config, SMALL)
     assert first.config.width == 96 and first.config.pooled_width == 48 and first.config.in_dim == 32
     losses = [row["val_loss"] for row in first.history]
     assert min(losses) < losses[0], "training lowers the val loss"
@@ -49,17 +49,17 @@ def test_training_improves_on_val_and_repeats_exactly(library_home):
 def test_tiny_or_empty_splits_are_refused(library_home):
     home, profile = library_home
     with pytest.raises(LunaConfigError, match="too little data"):
-        train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="mlp"),
+        train_projector(home, profile, ProjectorConfig(arch="mlp"),
                         TrainSettings(min_train_pairs=1000))
     with pytest.raises(LunaConfigError, match="matching"):
-        train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="mlp"), SMALL,
+        train_projector(home, profile, ProjectorConfig(arch="mlp"), SMALL,
                         where="prompt ILIKE '%no such subject%'")
 
 
 def test_subset_specialist_trains_on_its_filter(library_home):
     home, profile = library_home
-    everything = train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="linear", rank=4), SMALL)
-    subset = train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="linear", rank=4),
+    everything = train_projector(home, profile, ProjectorConfig(arch="linear", rank=4), SMALL)
+    subset = train_projector(home, profile, ProjectorConfig(arch="linear", rank=4),
                              TrainSettings(min_train_pairs=2, min_val_pairs=1), where="generator <> 'ComfyUI'")
     assert subset.train_pairs < everything.train_pairs
     assert subset.data_fingerprint != everything.data_fingerprint

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from luna_core.errors import LunaConfigError
+from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.projector.models import ProjectorConfig
-from luna_core.projector.registry import list_versions, load_version, register, tracking_uri
+from luna_core.projector.registry import list_versions, load_version, register
+from luna_core.projector.request import ProjectorRequest
 from luna_core.projector.train import TrainSettings, train_projector, validation_scorer
 
 SMALL = TrainSettings(epochs=3, min_train_pairs=8, min_val_pairs=2, batch_size=8)
@@ -21,24 +22,24 @@ SMALL = TrainSettings(epochs=3, min_train_pairs=8, min_val_pairs=2, batch_size=8
 @pytest.fixture
 def trained(library_home):
     home, profile = library_home
-    good = train_projector(home.root, home.catalog_path, profile, ProjectorConfig(arch="linear", rank=8), SMALL)
-    score = validation_scorer(home.root, home.catalog_path, profile)
+    good = train_projector(home, profile, ProjectorConfig(arch="linear", rank=8), SMALL)
+    score = validation_scorer(home, profile)
     return home, profile, good, score
 
 
 def test_only_a_better_candidate_becomes_champion(trained):
     home, profile, good, score = trained
-    first = register(good, home.root, profile, score, tags={"code_version": "t"})
+    first = register(good, home, profile, score)
     assert (first.version, first.promoted) == (1, True)
     worse = replace(good, model=type(good.model)(good.config))  # an unfitted model: all-zero answers
-    second = register(worse, home.root, profile, score, tags={"code_version": "t"})
+    second = register(worse, home, profile, score)
     assert (second.version, second.promoted) == (2, False) and second.candidate_score > second.champion_score
-    better_margin = register(good, home.root, profile, score, margin=10.0)
+    better_margin = register(good, home, profile, score, ProjectorRequest(margin=10.0))
     assert better_margin.promoted is False, "a candidate must beat the champion by the margin"
-    versions = {v["version"]: v for v in list_versions(home.root)}
+    versions = {v["version"]: v for v in list_versions(home)}
     assert versions[1]["aliases"] == "champion" and versions[2]["promoted"] == "False"
     assert all(v["fingerprint"] == good.data_fingerprint for v in versions.values())
-    model, config = load_version(home.root, "luna-projector", "champion")
+    model, config = load_version(home, "luna-projector", "champion")
     x = torch.randn(3, config.in_dim)
     with torch.no_grad():
         np.testing.assert_allclose(model(x)[0].numpy(), good.model(x)[0].numpy(), atol=1e-5)
@@ -48,29 +49,27 @@ def test_pyfunc_model_maps_embeddings_to_flat_conditionings(trained):
     import mlflow
 
     home, profile, good, score = trained
-    register(good, home.root, profile, score)
-    mlflow.set_tracking_uri(tracking_uri(home.root))
+    register(good, home, profile, score)
+    mlflow.set_tracking_uri(home.default_tracking_uri())
     model = mlflow.pyfunc.load_model("models:/luna-projector@champion")
     out = model.predict(np.zeros((2, 32), np.float32))
     assert out.shape == (2, 77 * 96 + 48)
-    inputs = model.metadata.get_input_schema().inputs[0]
-    assert inputs.shape == (-1, 32)
+    assert len(model.metadata.get_input_schema().inputs) == 32, "one input column per embedding dimension"
 
 
 def test_widths_that_do_not_fit_and_missing_versions_are_clear_errors(trained):
     home, profile, good, score = trained
-    register(good, home.root, profile, score)
+    register(good, home, profile, score)
     with pytest.raises(LunaConfigError, match="trained for other encoders"):
-        load_version(home.root, "luna-projector", 1, expect={"width": 2048})
-    with pytest.raises(LunaConfigError, match="no projector luna-projector version 7"):
-        load_version(home.root, "luna-projector", 7)
-    with pytest.raises(LunaConfigError, match="alias nightly"):
-        load_version(home.root, "luna-projector", "nightly")
+        load_version(home, "luna-projector", 1, expect={"width": 2048})
+    with pytest.raises(NotBuiltError, match="no projector luna-projector version 7"):
+        load_version(home, "luna-projector", 7)
+    with pytest.raises(NotBuiltError, match="alias nightly"):
+        load_version(home, "luna-projector", "nightly")
 
 
 def test_projector_asset_registers_once_per_data_and_config(tiny_home):
     from dagster_project.definitions import build_definitions
-    from luna_assets import ALL_ASSETS
 
     config = {"ops": {"projector": {"config": {"arch": "mlp", "hidden": 32, "rank": 8, "epochs": 2, "batch_size": 8}}}}
     defs = build_definitions(str(tiny_home.root))
@@ -83,13 +82,28 @@ def test_projector_asset_registers_once_per_data_and_config(tiny_home):
     again = job.execute_in_process(run_config=config, instance=instance, asset_selection=[dg.AssetKey("projector")])
     meta = again.asset_materializations_for_node("projector")[0].metadata
     assert meta["trained"].value is False and "same pairs" in meta["reason"].value
+    # Every launchpad setting that changes the result trains anew: epochs, lr, seed.
+    for change in ({"epochs": 3}, {"lr": 5e-4}, {"seed": 1}):
+        changed = {"ops": {"projector": {"config": {**config["ops"]["projector"]["config"], **change}}}}
+        run = job.execute_in_process(run_config=changed, instance=instance, asset_selection=[dg.AssetKey("projector")])
+        assert run.asset_materializations_for_node("projector")[0].metadata["trained"].value is True, change
+    # The version's config tag is the checkpoint's own: tiny widths, not SDXL's.
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from luna_core.projector.registry import resolve_tracking_uri
+    mlflow.set_tracking_uri(resolve_tracking_uri(tiny_home))
+    tag = json.loads(MlflowClient().get_model_version("luna-projector", "1").tags["config"])
+    assert (tag["in_dim"], tag["width"], tag["pooled_width"]) == (32, 96, 48)
 
     specialist = {"ops": {"projector": {"config": {"arch": "linear", "rank": 4, "model_name": "luna-projector-no-comfy",
                                                    "where": "generator <> 'ComfyUI'",
                                                    "min_train_pairs": 8}}}}
     done = job.execute_in_process(run_config=specialist, instance=instance, asset_selection=[dg.AssetKey("projector")])
     assert done.asset_materializations_for_node("projector")[0].metadata["registered model"].value == "luna-projector-no-comfy"
-    assert [v["subset"] for v in list_versions(tiny_home.root, "luna-projector-no-comfy")] == ["generator <> 'ComfyUI'"]
+    assert [v["subset"] for v in list_versions(tiny_home, "luna-projector-no-comfy")] == ["generator <> 'ComfyUI'"]
 
 
 def test_cli_projector_list_and_condition(trained, tmp_path, capsys):
@@ -97,8 +111,8 @@ def test_cli_projector_list_and_condition(trained, tmp_path, capsys):
     from luna_core.index.build import update_index
 
     home, profile, good, score = trained
-    update_index(home.catalog_path, home.root, profile)
-    register(good, home.root, profile, score)
+    update_index(home, profile)
+    register(good, home, profile, score)
     assert main(["projector", "list", "--home", str(home.root)]) == 0
     assert "champion" in capsys.readouterr().out
     image = next(Path(home.roots()[0]).rglob("*_a1111_png.png"))
@@ -118,9 +132,9 @@ def test_unreachable_tracking_server_fails_before_any_training(trained):
 
     home, profile, good, score = trained
     with pytest.raises(LunaConfigError, match="not reachable"):
-        train_and_register(home.root, home.catalog_path, profile, ProjectorConfig(arch="linear"), SMALL,
-                           uri="http://127.0.0.1:9")
-    assert list_versions(home.root) == []
+        train_and_register(home, profile, ProjectorRequest(ProjectorConfig(arch="linear"), SMALL,
+                                                           tracking_uri="http://127.0.0.1:9"))
+    assert list_versions(home) == []
 
 
 def test_corrupted_checkpoint_is_a_clear_error(trained, tmp_path):
@@ -129,8 +143,117 @@ def test_corrupted_checkpoint_is_a_clear_error(trained, tmp_path):
     home, profile, good, score = trained
     folder = save_checkpoint(good.model, good.config, tmp_path / "ckpt")
     (folder / "weights.safetensors").write_bytes(b"not safetensors at all")
-    with pytest.raises(LunaConfigError, match="corrupted"):
+    with pytest.raises(CorruptStoreError, match="corrupted"):
         load_checkpoint(folder)
     (folder / "config.json").unlink()
-    with pytest.raises(LunaConfigError, match="missing or corrupted"):
+    with pytest.raises(CorruptStoreError, match="missing or corrupted"):
         load_checkpoint(folder)
+
+
+def test_training_that_never_gives_a_finite_val_loss_is_refused(library_home, monkeypatch):
+    from luna_core.projector import train
+    from luna_core.projector.pipeline import train_and_register
+
+    home, profile = library_home
+    with pytest.raises(LunaConfigError, match="epochs must be at least 1"):
+        train_projector(home, profile, ProjectorConfig(arch="mlp"), replace(SMALL, epochs=0))
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: {**real(*a, **k), "loss": float("nan")})
+    with pytest.raises(LunaConfigError, match="no finite validation loss"):
+        train_and_register(home, profile, ProjectorRequest(ProjectorConfig(arch="mlp", hidden=16, rank=4), SMALL))
+    assert list_versions(home) == [], "nothing registered"
+
+
+def test_champion_check_fails_when_the_champion_is_not_the_best(trained):
+    from mlflow import MlflowClient
+
+    from luna_core.projector.registry import verify_champion
+
+    home, profile, good, score = trained
+    register(good, home, profile, score)
+    worse = replace(good, model=type(good.model)(good.config))
+    register(worse, home, profile, score)
+    assert verify_champion(home, score).passed
+    MlflowClient().set_registered_model_alias("luna-projector", "champion", "2")  # a person moved it by hand
+    verdict = verify_champion(home, score)
+    assert not verdict.passed and "beaten by v1" in verdict.description
+    MlflowClient().set_registered_model_alias("luna-projector", "champion", "1")
+    MlflowClient().set_model_version_tag("luna-projector", "1", "candidate_val_loss", "0.000001")  # a forged score
+    verdict = verify_champion(home, score)
+    assert not verdict.passed and "not its recorded" in verdict.description
+
+
+def test_pyfunc_accepts_any_float_array_and_dataframes(trained):
+    import warnings
+
+    import mlflow
+    import pandas as pd
+
+    home, profile, good, score = trained
+    register(good, home, profile, score)
+    mlflow.set_tracking_uri(home.default_tracking_uri())
+    model = mlflow.pyfunc.load_model("models:/luna-projector@champion")
+    x = np.random.default_rng(0).normal(size=(2, 32))
+    as_float32 = model.predict(x.astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no non-writable-array warning from torch
+        np.testing.assert_allclose(model.predict(x), as_float32, atol=1e-5)  # float64: numpy's default
+        np.testing.assert_allclose(model.predict(pd.DataFrame(x)), as_float32, atol=1e-5)
+
+
+def test_projectors_at_a_configured_tracking_uri_are_reachable_from_the_cli(trained, tmp_path, capsys, monkeypatch):
+    from luna_cli.main import main
+
+    home, profile, good, score = trained
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    register(good, home, profile, score, ProjectorRequest(tracking_uri=elsewhere))
+    assert main(["projector", "list", "--home", str(home.root)]) == 1, "nothing in the home's own registry"
+    capsys.readouterr()
+    assert main(["projector", "list", "--home", str(home.root), "--tracking-uri", elsewhere]) == 0
+    assert "champion" in capsys.readouterr().out
+    image = next(Path(home.roots()[0]).rglob("*_a1111_png.png"))
+    out = tmp_path / "p.safetensors"
+    assert main(["condition", str(image), "--projector", "models:/luna-projector@champion", "--home", str(home.root),
+                 "--tracking-uri", elsewhere, "--out", str(out)]) == 0
+    monkeypatch.setenv("LUNA_MLFLOW_URI", elsewhere)
+    assert main(["projector", "list", "--home", str(home.root)]) == 0
+
+
+def test_projector_answers_check_their_inputs_like_the_vault(trained):
+    from luna_core.vault.query import QueryError, Vault
+
+    home, profile, good, score = trained
+    register(good, home, profile, score)
+    image = next(Path(home.roots()[0]).rglob("*_a1111_png.png"))
+    vault = Vault(home, profile)
+    for alpha in (2.0, -0.1, float("nan")):
+        with pytest.raises(QueryError, match="alpha"):
+            vault.condition_with_projector(image, "models:/luna-projector@champion", prompt="a cat", mode="blend",
+                                           alpha=alpha)
+
+
+def test_subset_filters_can_read_but_never_write(library_home):
+    import duckdb
+
+    from luna_core.projector.train import load_pairs
+
+    home, profile = library_home
+    assert len(load_pairs(home, "train", "generator <> 'ComfyUI'").image_ids) > 0
+    for hostile in ("1=1); DELETE FROM images; SELECT (1",
+                    "EXISTS (SELECT * FROM read_csv('/etc/passwd'))",
+                    "1=1) UNION ALL (SELECT 1, 1, 1 FROM (DELETE FROM images RETURNING 1)"):
+        with pytest.raises(LunaConfigError, match="subset filter"):
+            load_pairs(home, "train", hostile)
+    with duckdb.connect(str(home.catalog_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM images").fetchone()[0] > 0
+
+
+def test_model_names_cannot_change_a_registry_search(trained):
+    from luna_core.projector.registry import name_filter
+
+    home, profile, good, score = trained
+    register(good, home, profile, score)
+    assert list_versions(home, "x' OR name LIKE '%") == [], "a quote in a name matches nothing else"
+    assert name_filter("it's") == 'name="it\'s"'
+    with pytest.raises(LunaConfigError, match="quote"):
+        name_filter("""both ' and " """)

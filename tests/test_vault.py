@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import struct
@@ -45,8 +44,8 @@ def visible_vision_rows(home: LunaHome, key: str) -> tuple[list[str], np.ndarray
 
 def test_every_image_and_unique_prompt_gets_exactly_one_row(tiny_home: LunaHome):
     profile = resolve_profile("tiny", tiny_home.models_dir)
-    vision = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
-    text = embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    vision = embed_images(tiny_home, profile, QUIET)
+    text = embed_prompts(tiny_home, profile, QUIET)
     (n_images,), = rows(tiny_home.catalog_path, "SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'")
     (n_prompts,), = rows(tiny_home.catalog_path, "SELECT count(*) FROM prompts")
     (n_uses,), = rows(tiny_home.catalog_path, "SELECT count(prompt) + count(negative_prompt) FROM generations")
@@ -58,15 +57,15 @@ def test_every_image_and_unique_prompt_gets_exactly_one_row(tiny_home: LunaHome)
     (long_prompts,), = rows(tiny_home.catalog_path, "SELECT count(*) FROM text_rows WHERE truncated AND token_count > 77")
     assert long_prompts >= 1 and long_prompts == text.truncated
     for report in (vision, text):
-        outcomes = check_store(tiny_home.catalog_path, report.kind, report.store_key, Path(report.store_path), report.new_rows)
+        outcomes = check_store(tiny_home, profile, report.kind, report.new_rows)
         assert all(o.passed for o in outcomes), outcomes
 
 
 def test_rerun_with_nothing_new_loads_no_model_and_new_images_embed_alone(
         tiny_home: LunaHome, sample_library: SampleLibrary, monkeypatch):
     profile = resolve_profile("tiny", tiny_home.models_dir)
-    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
-    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    embed_images(tiny_home, profile, QUIET)
+    embed_prompts(tiny_home, profile, QUIET)
 
     import luna_core.models.encoders as encoders
 
@@ -77,8 +76,8 @@ def test_rerun_with_nothing_new_loads_no_model_and_new_images_embed_alone(
         patch.setattr(encoders, "VisionEncoder", no_model)
         patch.setattr(encoders, "SDXLTextEncoder", no_model)
         started = time.perf_counter()
-        again = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
-        text_again = embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+        again = embed_images(tiny_home, profile, QUIET)
+        text_again = embed_prompts(tiny_home, profile, QUIET)
         assert time.perf_counter() - started < 2.0
     assert (again.added, text_again.added) == (0, 0)
     assert again.already_present > 0
@@ -90,8 +89,8 @@ def test_rerun_with_nothing_new_loads_no_model_and_new_images_embed_alone(
     data, _ = write_a1111_png(draw_picture(spec, 5, (96, 96)), Generation(spec=spec, seed=5))
     (sample_library.root / "fresh.png").write_bytes(data)
     ingest(tiny_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
-    assert embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET).added == 1
-    assert embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET).added == 1
+    assert embed_images(tiny_home, profile, QUIET).added == 1
+    assert embed_prompts(tiny_home, profile, QUIET).added == 1
 
 
 def _corrupt_idat(png: bytes) -> bytes:
@@ -111,13 +110,13 @@ def test_image_that_no_longer_decodes_is_recorded_and_the_batch_goes_on(tiny_hom
     victim.write_bytes(_corrupt_idat(victim.read_bytes()))
     ingest(tiny_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
     profile = resolve_profile("tiny", tiny_home.models_dir)
-    report = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    report = embed_images(tiny_home, profile, QUIET)
     assert report.failed == 1 and report.added > 10
     (reason, detail, path), = rows(tiny_home.catalog_path, "SELECT reason, detail, path FROM embedding_failures")
     assert (reason, path) == ("decode_failed", str(victim)) and detail
-    again = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    again = embed_images(tiny_home, profile, QUIET)
     assert (again.added, again.failed) == (0, 0), "a recorded failure is not retried until the file changes"
-    outcomes = check_store(tiny_home.catalog_path, "vision", report.store_key, Path(report.store_path))
+    outcomes = check_store(tiny_home, profile, "vision")
     assert all(o.passed for o in outcomes)
 
 
@@ -128,7 +127,7 @@ def test_unusual_prompts_are_encoded_and_recorded(tiny_home: LunaHome):
             con.execute("INSERT INTO generations (content_hash, generator, prompt, parsed_at) VALUES (?, 'test', ?, now())",
                         [f"{i:064x}", text])
     profile = resolve_profile("tiny", tiny_home.models_dir)
-    embed_prompts(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    embed_prompts(tiny_home, profile, QUIET)
     found = dict(rows(tiny_home.catalog_path, """
         SELECT p.prompt, t.token_count FROM prompts p JOIN text_rows t USING (prompt_hash)"""))
     assert set(odd) <= set(found)
@@ -138,7 +137,7 @@ def test_unusual_prompts_are_encoded_and_recorded(tiny_home: LunaHome):
 
 def test_model_whose_widths_disagree_with_the_store_is_refused_before_any_work(tiny_home: LunaHome, tmp_path):
     profile = resolve_profile("tiny", tiny_home.models_dir)
-    embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    embed_images(tiny_home, profile, QUIET)
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     other = tmp_path / "other_vision"
@@ -153,59 +152,57 @@ def test_model_whose_widths_disagree_with_the_store_is_refused_before_any_work(t
         con.execute('DELETE FROM vision_rows WHERE "row" = (SELECT max("row") FROM vision_rows)')
     before = rows(tiny_home.catalog_path, "SELECT count(*) FROM vision_rows")
     with pytest.raises(LunaConfigError, match="shapes"):
-        embed_images(tiny_home.catalog_path, tiny_home.vault_dir, impostor, QUIET)
+        embed_images(tiny_home, impostor, QUIET)
     assert rows(tiny_home.catalog_path, "SELECT count(*) FROM vision_rows") == before
 
 
 def test_killed_materialization_reruns_to_exactly_one_row_each(tiny_home: LunaHome):
-    """SIGKILL from another process while the vision asset runs, then a rerun: nothing twice, no garbage."""
+    """SIGKILL from another process while the vision asset runs, then a rerun: nothing twice, no garbage.
+    The child commits each batch and stops in its third model call until it is killed: no clock."""
     script = textwrap.dedent(f"""
-        import time, dagster as dg
+        import sys, dagster as dg
         import luna_core.models.encoders as encoders
+        from luna_core.vault import embed
         from dagster_project.definitions import build_definitions
         from dagster_project.resources import LunaModelsResource
 
-        original = encoders.VisionEncoder.embed_pixels
-        def slow(self, pixels):  # slow enough for the parent to kill us mid-run
-            time.sleep(0.4)
+        embed._Committer.maybe_commit = embed._Committer.commit  # every batch committed at once
+        original, calls = encoders.VisionEncoder.embed_pixels, []
+        def stuck_on_the_third(self, pixels):
+            calls.append(1)
+            if len(calls) == 3:
+                print("stuck", flush=True)
+                sys.stdin.readline()  # the parent kills us here, mid-run
             return original(self, pixels)
-        encoders.VisionEncoder.embed_pixels = slow
+        encoders.VisionEncoder.embed_pixels = stuck_on_the_third
         defs = build_definitions({str(tiny_home.root)!r}, LunaModelsResource(vision_batch_size=4))
         job = defs.resolve_implicit_global_asset_job_def()
         job.execute_in_process(asset_selection=[dg.AssetKey("vision_embeddings")], instance=dg.DagsterInstance.ephemeral())
+        print("finished", flush=True)
     """)
-    env = dict(os.environ)
-    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        committed = 0
-        while time.monotonic() < deadline and child.poll() is None:
-            time.sleep(0.3)
-            try:
-                from luna_core.catalog import open_catalog
+        lines = iter(child.stdout.readline, "")
+        assert next((line.strip() for line in lines if line.strip() in ("stuck", "finished")), None) == "stuck"
+        from luna_core.catalog import open_catalog
 
-                with open_catalog(tiny_home.catalog_path, read_only=True) as con:
-                    committed = con.execute("SELECT count(*) FROM vision_rows").fetchone()[0]
-            except Exception:
-                continue
-            if committed >= 4:
-                break
-        assert child.poll() is None, "the run finished before it could be killed"
+        with open_catalog(tiny_home.catalog_path, read_only=True) as con:
+            committed = con.execute("SELECT count(*) FROM vision_rows").fetchone()[0]
         child.send_signal(signal.SIGKILL)
         child.wait()
     finally:
         if child.poll() is None:
             child.kill()
-    assert 4 <= committed
+    assert committed == 8, "two batches of four were committed before the kill"
     profile = resolve_profile("tiny", tiny_home.models_dir)
-    report = embed_images(tiny_home.catalog_path, tiny_home.vault_dir, profile, QUIET)
+    report = embed_images(tiny_home, profile, QUIET)
     assert report.added > 0
     hashes, embeds = visible_vision_rows(tiny_home, profile.vision_key)
     (n_images,), = rows(tiny_home.catalog_path, "SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'")
     assert len(hashes) == len(set(hashes)) == n_images, "every image embedded exactly once"
     norms = np.linalg.norm(embeds, axis=1)
     assert np.all(np.abs(norms - 1) < 0.01), "no zero or garbage rows visible"
-    outcomes = check_store(tiny_home.catalog_path, "vision", profile.vision_key, Path(report.store_path))
+    outcomes = check_store(tiny_home, profile, "vision")
     assert all(o.passed for o in outcomes), outcomes
 
 
@@ -240,35 +237,54 @@ def test_row_store_refuses_other_shapes_and_grows_by_shards(tmp_path: Path):
     assert subprocess.run([sys.executable, "-c", second_writer]).returncode == 0  # free again
 
 
-def test_catalog_waits_for_another_process_holding_it(tmp_path: Path):
+def test_catalog_waits_for_another_process_holding_it(tmp_path: Path, caplog):
+    """A second process waits for the catalog while the first holds it, and gets it once released; a
+    short timeout is a clear BusyError. The holder lets go only when told to: no clock involved."""
+    import logging
+    import threading
+
     from luna_core.catalog import open_catalog
+    from luna_core.errors import BusyError
 
     db = tmp_path / "c.duckdb"
     with open_catalog(db):
         pass
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
+        import sys
         from luna_core.catalog import open_catalog
         with open_catalog({str(db)!r}) as con:
             print("held", flush=True)
-            time.sleep(1.5)
-    """)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    started = time.monotonic()
-    with open_catalog(db) as con:
-        waited = time.monotonic() - started
-        assert con.execute("SELECT 1").fetchone() == (1,)
-    holder.wait()
-    assert waited > 0.5, "the second process waited for the first instead of failing"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from luna_core.catalog import open_catalog
-        with open_catalog({str(db)!r}) as con:
-            print("held", flush=True)
-            time.sleep(3)
-    """)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(LunaConfigError, match="locked"):
-        with open_catalog(db, timeout_s=0.5):
-            pass
-    holder.wait()
+            sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BusyError, match="locked"):
+            with open_catalog(db, timeout_s=0.2):
+                pass
+        waiting, got_it = threading.Event(), threading.Event()
+
+        class Waiting(logging.Handler):
+            def emit(self, record):
+                if "waiting for the catalog lock" in record.getMessage():
+                    waiting.set()
+
+        handler = Waiting()
+        logging.getLogger("luna_core.catalog").addHandler(handler)
+        caplog.set_level(logging.INFO, logger="luna_core.catalog")
+
+        def second():
+            with open_catalog(db) as con:
+                assert con.execute("SELECT 1").fetchone() == (1,)
+                got_it.set()
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waiting.wait(60), "the second opener says it is waiting"
+        assert not got_it.is_set(), "it did not get the catalog while the holder held it"
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        thread.join(60)
+        assert got_it.is_set()
+        logging.getLogger("luna_core.catalog").removeHandler(handler)
+    finally:
+        holder.communicate(timeout=60)
