@@ -69,6 +69,8 @@ def _mlflow(uri: str):
     import mlflow
 
     check_reachable(uri)
+    # A checkpoint is a few files: MLflow's download bar would only clutter the CLI's output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
