@@ -191,8 +191,7 @@ class Vault:
     # ------------------------------------------------------------ queries
 
     def embed(self, image) -> np.ndarray:
-        encoder = self.vision
-        return encoder.embed_pixels(encoder.preprocess(image)[None])[0]
+        return self.embed_pictures([image])[0]
 
     def nearest(self, embedding: np.ndarray, k: int, temperature: float = DEFAULT_TEMPERATURE) -> list[Neighbor]:
         """The k nearest images still in the library, weighted by softmax(similarity / temperature)."""
@@ -242,10 +241,10 @@ class Vault:
             pooled = weighted_sum(weights[present], store.read_rows("pooled_prompt_embeds", picked))
         return embeds, pooled
 
-    def condition(self, image_path: str | Path, box: Box | None = None, k: int = 5, prompt: str | None = None,
-                  mode: str = "replace", alpha: float = 0.5, temperature: float = DEFAULT_TEMPERATURE) -> Conditioning:
-        check_inputs(mode, alpha, prompt, k, temperature)
-        neighbors = self.nearest(self.embed(load_image(image_path, box)), k, temperature)
+    def vault_answer(self, embedding: np.ndarray, k: int = 5, temperature: float = DEFAULT_TEMPERATURE):
+        """(prompt_embeds, pooled, negative_embeds, negative_pooled, neighbours) for one image embedding:
+        the neighbours' conditionings weighted by softmax(similarity / temperature)."""
+        neighbors = self.nearest(embedding, k, temperature)
         weights = np.array([n.weight for n in neighbors])
         rows = self.index.lookup
         lookup_rows = self.index.rows_for(np.array([n.image_id for n in neighbors], dtype=np.int64))
@@ -255,10 +254,16 @@ class Vault:
             raise NotBuiltError("none of the neighbours has an encoded prompt yet: materialize text_conditionings")
         embeds, pooled = self._mean_rows(pos_rows, weights)
         neg_embeds, neg_pooled = self._mean_rows(neg_rows, weights)
+        return embeds, pooled, neg_embeds, neg_pooled, neighbors
+
+    def condition(self, image_path: str | Path, box: Box | None = None, k: int = 5, prompt: str | None = None,
+                  mode: str = "replace", alpha: float = 0.5, temperature: float = DEFAULT_TEMPERATURE) -> Conditioning:
+        check_inputs(mode, alpha, prompt, k, temperature)
+        *answer, neighbors = self.vault_answer(self.embed(load_image(image_path, box)), k, temperature)
         info = {"source": "vault", "vision_key": self.profile.vision_key, "text_key": self.index.meta.get("text_key"),
                 "k": k, "mode": mode, "alpha": alpha, "temperature": temperature, "prompt": prompt,
                 "index_version": self.index.version.number, "box": None if box is None else box.__dict__}
-        return self._mix(embeds, pooled, neg_embeds, neg_pooled, prompt, mode, alpha, neighbors, info)
+        return self._mix(*answer, prompt, mode, alpha, neighbors, info)
 
     def _mix(self, embeds, pooled, neg_embeds, neg_pooled, prompt, mode, alpha, neighbors, info) -> Conditioning:
         """replace: the answer alone; blend: (1 - alpha) * prompt + alpha * answer; concat: prompt tokens,
@@ -280,34 +285,46 @@ class Vault:
         """The registered projector's answer for the image (`models:/NAME@ALIAS` or `models:/NAME/VERSION`),
         looked up at `tracking_uri` (default: $LUNA_MLFLOW_URI, else the home's embedded registry).
         Its negative is zeros: SDXL's empty negative prompt."""
-        import torch
-
-        from luna_core.projector.registry import load_version, parse_model_uri
-
         check_inputs(mode, alpha, prompt)
         image = load_image(image_path, box)
-        name, ref = parse_model_uri(projector_uri)
-        model, config = load_version(self.home, name, ref, uri=tracking_uri)
-        embedding = self.vision_embedding_only(image)
-        if config.in_dim != len(embedding):
-            raise QueryError(f"projector {projector_uri} expects {config.in_dim}-d image embeddings; the configured "
-                             f"vision model gives {len(embedding)}-d ones")
-        if self.home.text_store(self.profile).exists():
-            seq, width = self.text_store.fields["prompt_embeds"]
-            if (config.seq_len, config.width) != (seq, width):
-                raise QueryError(f"projector {projector_uri} answers [{config.seq_len}, {config.width}] conditionings; "
-                                 f"the configured SDXL encoders give [{seq}, {width}]")
-        with torch.no_grad():
-            tokens, pooled = model(torch.from_numpy(embedding[None]).float())
-        embeds, pooled = tokens[0].numpy(), pooled[0].numpy()
+        model, config = self.load_projector(projector_uri, tracking_uri)
+        tokens, pooled = self.projector_answers(model, self.embed_pictures([image], use_index=False))
+        embeds, pooled = tokens[0], pooled[0]
         info = {"source": "projector", "projector": projector_uri, "arch": config.arch, "mode": mode, "alpha": alpha,
                 "prompt": prompt, "box": None if box is None else box.__dict__}
         return self._mix(embeds, pooled, np.zeros_like(embeds), np.zeros_like(pooled), prompt, mode, alpha, [], info)
 
-    def vision_embedding_only(self, image) -> np.ndarray:
-        """The query embedding without opening the index (a projector needs no index)."""
-        encoder = self._encoder()
-        return encoder.embed_pixels(encoder.preprocess(image)[None])[0]
+    def load_projector(self, projector_uri: str, tracking_uri: str | None = None):
+        """(model, config) of a registered projector, checked against the configured encoders' widths."""
+        from luna_core.projector.registry import load_version, parse_model_uri
+
+        name, ref = parse_model_uri(projector_uri)
+        model, config = load_version(self.home, name, ref, uri=tracking_uri)
+        width = self._encoder().width
+        if config.in_dim != width:
+            raise QueryError(f"projector {projector_uri} expects {config.in_dim}-d image embeddings; the configured "
+                             f"vision model gives {width}-d ones")
+        if self.home.text_store(self.profile).exists():
+            seq, text_width = self.text_store.fields["prompt_embeds"]
+            if (config.seq_len, config.width) != (seq, text_width):
+                raise QueryError(f"projector {projector_uri} answers [{config.seq_len}, {config.width}] conditionings; "
+                                 f"the configured SDXL encoders give [{seq}, {text_width}]")
+        return model, config
+
+    @staticmethod
+    def projector_answers(model, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """([N, 77, D], [N, P]) float32 conditionings of N image embeddings, in one forward pass."""
+        import torch
+
+        with torch.no_grad():
+            tokens, pooled = model(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)))
+        return tokens.numpy(), pooled.numpy()
+
+    def embed_pictures(self, images: list, use_index: bool = True) -> np.ndarray:
+        """[N, D] embeddings of N pictures in one forward pass; `use_index=False` skips opening the index
+        (a projector needs none), else the encoder is checked against the index's width."""
+        encoder = self.vision if use_index else self._encoder()
+        return encoder.embed_pixels(np.stack([encoder.preprocess(image) for image in images]))
 
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         if self._text is None:
