@@ -104,3 +104,63 @@ def ensure_tiny_models(root: Path) -> Path:
                     shutil.rmtree(root)
                 os.replace(staging, root)
     return root
+
+
+IP_ADAPTER_WEIGHTS = "ip-adapter_tiny.safetensors"
+
+
+def ensure_tiny_ip_adapter(tiny_root: Path) -> Path:
+    """A tiny IP-Adapter for the tiny SDXL UNet (random, fixed-seed weights) laid out as h94/IP-Adapter
+    lays out its SDXL files: the weights beside an `image_encoder/` folder (the tiny CLIP-ViT), so it
+    loads through diffusers' own `load_ip_adapter`. Returns the weights file."""
+    tiny_root = Path(tiny_root)
+    dest = tiny_root.parent / "tiny-ip-adapter"
+    weights = dest / IP_ADAPTER_WEIGHTS
+    if weights.exists():
+        return weights
+    with open(tiny_root.parent / ".tiny-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if weights.exists():
+            return weights
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-ip-", dir=tiny_root.parent))
+        _build_ip_adapter(tiny_root, staging)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    return weights
+
+
+def _build_ip_adapter(tiny_root: Path, dest: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_root / "sdxl" / "unet")
+    config = json.loads((tiny_root / "vision" / "config.json").read_text())
+    image_dim = config["projection_dim"]
+    cross_dim = unet.config.cross_attention_dim
+    blocks = list(unet.config.block_out_channels)
+    generator = torch.Generator().manual_seed(0)
+
+    def weight(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.02
+
+    tokens = 4  # IP-Adapter (base): the image embedding becomes 4 extra context tokens
+    state = {"image_proj.proj.weight": weight(cross_dim * tokens, image_dim),
+             "image_proj.proj.bias": torch.zeros(cross_dim * tokens),
+             "image_proj.norm.weight": torch.ones(cross_dim), "image_proj.norm.bias": torch.zeros(cross_dim)}
+    key = 1  # numbered as the reference checkpoints are: odd numbers, one per cross-attention layer
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = weight(hidden, cross_dim)
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = weight(hidden, cross_dim)
+        key += 2
+    save_file(state, str(dest / IP_ADAPTER_WEIGHTS))
+    shutil.copytree(tiny_root / "vision", dest / "image_encoder")

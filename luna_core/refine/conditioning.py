@@ -1,0 +1,90 @@
+"""Each tile's or crop's own SDXL conditioning, from one source:
+
+- `vault`: k-NN in the library on the crop's own CLIP-ViT embedding (as `luna condition --box` does);
+- `projector`: a registered projector (default `models:/luna-projector@champion`) on that embedding;
+- `prompt`: one typed prompt for every item;
+- `blend`: (1 - alpha) * typed prompt + alpha * the vault's answer, item by item.
+
+Everything a source needs (index, projector, text encoders) is opened when the conditioner is made,
+so a missing index or an unknown projector is reported before any pixel is refined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from luna_core.refine.sampler import ItemConditioning
+from luna_core.vault.query import DEFAULT_TEMPERATURE, QueryError, Vault, check_inputs
+
+SOURCES = ("vault", "projector", "prompt", "blend")
+DEFAULT_PROJECTOR = "models:/luna-projector@champion"
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    source: str = "vault"
+    prompt: str | None = None  # the typed prompt (sources prompt and blend)
+    negative_prompt: str | None = None  # typed negative (prompt, blend); none: SDXL's zeros
+    alpha: float = 0.5  # the vault's share in blend
+    k: int = 5
+    temperature: float = DEFAULT_TEMPERATURE
+    projector: str = DEFAULT_PROJECTOR
+    tracking_uri: str | None = None
+
+    def check(self) -> None:
+        if self.source not in SOURCES:
+            raise QueryError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
+        if self.source in ("prompt", "blend") and not self.prompt:
+            raise QueryError(f"source {self.source} needs a typed prompt: give --prompt")
+        check_inputs("blend" if self.source == "blend" else "replace", self.alpha, self.prompt,
+                      self.k if self.source in ("vault", "blend") else None,
+                      self.temperature if self.source in ("vault", "blend") else None)
+
+
+class Conditioner:
+    def __init__(self, vault: Vault, settings: SourceSettings):
+        settings.check()
+        self.vault, self.settings = vault, settings
+        self._typed = self._typed_negative = None
+        self._projector = None
+        if settings.source in ("vault", "blend"):
+            vault.index  # noqa: B018 - opened now: "not built yet" before any work
+        if settings.source == "projector":
+            self._projector = vault.load_projector(settings.projector, settings.tracking_uri)
+        if settings.source in ("prompt", "blend"):
+            self._typed = vault.encode_prompt(settings.prompt)
+            if settings.negative_prompt:
+                self._typed_negative = vault.encode_prompt(settings.negative_prompt)
+
+    def condition(self, crops: list) -> list[ItemConditioning]:
+        """One conditioning per crop (PIL images), in order."""
+        s = self.settings
+        if s.source == "prompt":
+            embeds, pooled = self._typed
+            negative, negative_pooled = self._negative(embeds, pooled)
+            return [ItemConditioning(embeds, pooled, negative, negative_pooled, {"source": "prompt"}) for _ in crops]
+        if s.source == "projector":
+            model, _ = self._projector
+            tokens, pooled = self.vault.projector_answers(model, self.vault.embed_pictures(crops, use_index=False))
+            return [ItemConditioning(t, p, np.zeros_like(t), np.zeros_like(p), {"source": "projector",
+                                     "projector": s.projector}) for t, p in zip(tokens, pooled)]
+        out = []
+        for embedding in self.vault.embed_pictures(crops):
+            embeds, pooled, negative, negative_pooled, neighbors = self.vault.vault_answer(embedding, s.k, s.temperature)
+            info = {"source": s.source, "neighbors": [n.path for n in neighbors]}
+            if s.source == "blend":
+                typed, typed_pooled = self._typed
+                typed_negative, typed_negative_pooled = self._negative(typed, typed_pooled)
+                embeds = (1 - s.alpha) * typed + s.alpha * embeds
+                pooled = (1 - s.alpha) * typed_pooled + s.alpha * pooled
+                negative = (1 - s.alpha) * typed_negative + s.alpha * negative
+                negative_pooled = (1 - s.alpha) * typed_negative_pooled + s.alpha * negative_pooled
+            out.append(ItemConditioning(embeds, pooled, negative, negative_pooled, info))
+        return out
+
+    def _negative(self, embeds: np.ndarray, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._typed_negative is not None:
+            return self._typed_negative
+        return np.zeros_like(embeds), np.zeros_like(pooled)
