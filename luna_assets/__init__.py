@@ -1,6 +1,7 @@
-"""Luna's Dagster code, one module per domain (ingest, vault, index, projector): each holds its assets,
-checks, sensors, schedules and jobs, and offers them as `definitions()`. Thin wrappers over luna_core."""
+"""Luna's Dagster code, one module per domain (ingest, vault, index, projector, refine): each holds its
+assets, checks, sensors, schedules and jobs, and offers them as `definitions()`. Thin wrappers over
+luna_core."""
 
-from luna_assets import index, ingest, projector, vault
+from luna_assets import index, ingest, projector, refine, vault
 
-DOMAINS = (ingest, vault, index, projector)
+DOMAINS = (ingest, vault, index, projector, refine)

@@ -65,6 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_home_summary(home)
     _demo_query(home)
     _demo_projector(home)
+    _demo_refine(home)
     print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
     print(f"  catalog      {home.catalog_path}")
     print(f"  vault        {home.vault_dir}")
@@ -109,3 +110,22 @@ def _demo_projector(home: LunaHome) -> None:
     out = answer.save(home.root / "demo_projector.safetensors")
     print(f"\nProjector: luna-projector v{champion['version']} is @champion ({champion['arch']}, val token cosine "
           f"{champion['token_cos']}); answer for {os.path.relpath(sample, home.root)} → {out}")
+
+
+def _demo_refine(home: LunaHome) -> None:
+    """The chess refiner on one sample image, every tile conditioned by its own vault answer."""
+    from luna_core.images import read_picture
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.refine.conditioning import SourceSettings
+    from luna_core.refine.refiner import Refiner, RefineSettings, save_image
+    from luna_core.refine.sampler import SamplerSettings
+
+    sample = _demo_sample(home)
+    if sample is None:
+        return
+    refiner = Refiner(home, resolve_profile(home.model_profile(), home.models_dir), SourceSettings("vault"))
+    refined, report = refiner.chess(read_picture(sample), RefineSettings(sampler=SamplerSettings(steps=8)))
+    out = save_image(refined, home.refined_dir / f"{sample.stem}.chess.png", report)
+    passes = ", ".join(f"{p.items} {p.name} tiles in {p.sampler_calls} call" for p in report.passes)
+    print(f"\nRefined {os.path.relpath(sample, home.root)} with the chess refiner ({passes}, each tile conditioned by "
+          f"its own vault answer{'; random-weight tiny UNet' if home.model_profile() == 'tiny' else ''}) → {out}")

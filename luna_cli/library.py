@@ -88,8 +88,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     home = LunaHome.existing(args.home).ensure()
     env = dict(os.environ, LUNA_HOME=str(home.root), DAGSTER_HOME=str(home.dagster_home))
     print(f"Starting the Dagster UI for {home.root} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    # The same code location name as the repository's workspace.yaml, wherever Luna is installed.
+    workspace = home.dagster_home / "workspace.yaml"
+    workspace.write_text("load_from:\n  - python_module:\n      module_name: dagster_project.definitions\n"
+                         "      attribute: defs\n      location_name: luna\n")
     bin_dir = Path(sys.executable).parent
     executable = str(bin_dir / "dagster") if (bin_dir / "dagster").exists() else "dagster"
-    os.execvpe(executable, [executable, "dev", "-m", "dagster_project.definitions", "-a", "defs",
-                            "-p", str(args.port)], env)
+    os.execvpe(executable, [executable, "dev", "-w", str(workspace), "-p", str(args.port)], env)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from luna_cli import demo, library, projector, vault
+from luna_cli import demo, library, projector, refine, vault
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
 TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
     cmd.add_argument("--out", required=True, help="output .safetensors file")
     cmd.set_defaults(func=vault.cmd_condition)
+
+    refine.add_parser(sub)
 
     cmd = sub.add_parser("projector", help="registered projectors (MLflow)")
     projector_sub = cmd.add_subparsers(dest="projector_command", required=True)
