@@ -30,6 +30,8 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
 
     assert "Vault query: the centre crop" in out and (home / "demo_condition.safetensors").exists()
     assert "Projector: luna-projector v1 is @champion" in out and (home / "demo_projector.safetensors").exists()
+    assert "Refined sample_library/comfyui/" in out and "13 even tiles in 1 call" in out
+    assert len(list((home / "refined").glob("*.chess.png"))) == 1
 
     # search and condition from the command line, on a crop of a sample image
     sample = next((home / "sample_library" / "a1111").glob("*.png"))

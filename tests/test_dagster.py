@@ -31,7 +31,7 @@ def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
         "ingested_images", "vision_embeddings", "text_conditionings", "luna_catalog", "faiss_index", "projector"}
     assert defs.resolve_schedule_def("nightly_reindex").default_status == dg.DefaultScheduleStatus.RUNNING
-    assert defs.resolve_job_def("rebuild_faiss_index")
+    assert defs.resolve_job_def("rebuild_faiss_index") and defs.resolve_job_def("refine_images")
     assert defs.resolve_job_def(BUILD_ALL_JOB)
     for sensor in ("library_files_changed", "luna_automation"):  # both run without a click in the UI
         assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.RUNNING
