@@ -24,7 +24,9 @@ _REFINE, _SAMPLER, _SOURCE = RefineSettings(), SamplerSettings(), SourceSettings
 class RefineConfig(dg.Config):
     """Launchpad settings: which images, which mode (boxes: the detailer; none: the chess refiner), which source."""
 
-    images: list[str]  # image files to refine
+    images: list[str] = []  # image files to refine
+    where: str = ""  # and/or library images matching an SQL condition, e.g. prompt ILIKE '%portrait%'
+    limit: int = 8  # at most this many images from `where`
     boxes: list[str] = []  # X,Y,W,H boxes for the detailer, applied to every image; empty: chess refiner
     grid: int = _REFINE.grid
     source: str = _SOURCE.source  # vault | projector | prompt | blend
@@ -64,6 +66,7 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
               models: LunaModelsResource) -> list[str]:
     """Refine every configured image; a bad image is reported by name and the others still go on."""
     from luna_core.images import read_picture
+    from luna_core.library import library_paths
     from luna_core.refine.geometry import parse_box
     from luna_core.refine.refiner import Refiner, save_image
 
@@ -71,11 +74,14 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
     settings, source = config.settings()
     settings.sampler.check()
     boxes = [parse_box(b) for b in config.boxes]
+    images = list(config.images) + (library_paths(home, config.where, config.limit) if config.where else [])
+    if not images:
+        raise dg.Failure("no images to refine: give `images`, or `where` (a condition over the library view)")
     refiner = Refiner(home, models.resolve(home), source, device=models.device, dtype=models.dtype,
                       ip_adapter=config.ip_adapter or None)
     home.refined_dir.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
-    for path in config.images:
+    for path in images:
         try:
             image = read_picture(path)
             started = time.perf_counter()
@@ -104,7 +110,7 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
         "outputs": dg.MetadataValue.path(str(home.refined_dir)),
     }
     if failed:
-        raise dg.Failure(f"{len(failed)} of {len(config.images)} image(s) could not be refined: "
+        raise dg.Failure(f"{len(failed)} of {len(images)} image(s) could not be refined: "
                          + "; ".join(f"{f['image']}: {f['reason']}" for f in failed), metadata=metadata)
     context.add_output_metadata(metadata)
     return [d["output"] for d in done]

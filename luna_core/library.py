@@ -91,3 +91,21 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
                 "SELECT count(*) FROM generations g ANTI JOIN images i USING (content_hash)").fetchone()[0],
         }
     return report
+
+
+def library_paths(home: LunaHome, where: str, limit: int = 16) -> list[str]:
+    """Paths of library images matching an SQL condition over the `library` view (e.g. `prompt ILIKE
+    '%portrait%'`), on a sandboxed read-only connection: the condition can read, never write."""
+    import duckdb
+
+    from luna_core.errors import LunaConfigError
+
+    if limit < 1:
+        raise LunaConfigError(f"limit must be at least 1 (got {limit})")
+    with open_catalog(home.catalog_path, sandboxed=True) as con:
+        try:
+            rows = con.execute(f"SELECT path FROM library WHERE ({where}) ORDER BY image_id LIMIT ?", [limit]).fetchall()
+        except duckdb.Error as exc:
+            raise LunaConfigError(f"condition {where!r} is not a condition over the library view: "
+                                  f"{str(exc).splitlines()[0]}") from None
+    return [path for (path,) in rows]

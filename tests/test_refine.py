@@ -220,3 +220,6 @@ def test_refine_job_from_the_launchpad_writes_outputs_and_thumbnails(indexed_hom
     assert "/no/such.png" in failure.error.message
     assert failure.user_failure_data.metadata["refined"].value == 1, "the good image was still refined"
     assert "data:image/png;base64," in failure.user_failure_data.metadata["before / after"].value
+    by_query = {"ops": {"refine": {"config": {"where": "generator = 'ComfyUI'", "limit": 2, "grid": 2, "steps": 2}}}}
+    chosen = job.execute_in_process(run_config=by_query, instance=dg.DagsterInstance.ephemeral())
+    assert len(chosen.output_for_node("refine")) == 2

@@ -9,7 +9,6 @@ pass in one sampler call (chunked only by `batch_size`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from luna_core.errors import LunaConfigError
+from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.refine.conditioning import Conditioner, SourceSettings
 from luna_core.refine.geometry import (
@@ -221,24 +221,13 @@ def save_image(image, path: str | os.PathLike[str], report: RefineReport | None 
     from PIL import PngImagePlugin
 
     path = Path(path)
-    if path.is_dir():
-        raise LunaConfigError(f"output {path} is a folder: give a file name such as {path / 'refined.png'}")
     suffix = path.suffix.lower()
     formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
     if suffix not in formats:
         raise LunaConfigError(f"output {path} must end in .png, .jpg or .webp")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     options = {}
     if formats[suffix] == "PNG" and report is not None:
         info = PngImagePlugin.PngInfo()
         info.add_text("luna_refine", json.dumps(report.to_dict(), default=str))
         options["pnginfo"] = info
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(tmp, format=formats[suffix], **options)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise LunaConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    return write_atomically(path, lambda tmp: image.save(tmp, format=formats[suffix], **options))

@@ -12,16 +12,15 @@ SDXL uses for an empty negative).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.files import write_atomically
 from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads
 from luna_core.index.store import IndexStore, LoadedIndex, load_index
@@ -94,24 +93,11 @@ class Conditioning:
         import torch
         from safetensors.torch import save_file
 
-        path = Path(path)
-        if path.is_dir():
-            raise QueryError(f"output {path} is a folder: give a file name such as {path / 'conditioning.safetensors'}")
         tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
                    for name in ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds",
                                 "negative_pooled_prompt_embeds")}
         metadata = {"luna": json.dumps({**self.info, "neighbors": [n.__dict__ for n in self.neighbors]}, default=str)}
-        # Written beside the target, then renamed: a failed write leaves no half file behind.
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise QueryError(f"cannot write {path}: {exc.strerror or exc}") from None
-        return path
+        return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def weighted_sum(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
