@@ -18,41 +18,13 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from luna_core.refine.geometry import Rect, chess_tiles, detail_crops
-from luna_core.refine.sampler import ItemConditioning, SamplerSettings, SDXLSampler, item_seed
-
-
-def _conditions(n: int, seq: int, width: int, pooled: int, seed: int) -> list[ItemConditioning]:
-    rng = np.random.default_rng(seed)
-    return [ItemConditioning(rng.normal(size=(seq, width)).astype(np.float32), rng.normal(size=pooled).astype(np.float32),
-                             np.zeros((seq, width), np.float32), np.zeros(pooled, np.float32)) for _ in range(n)]
-
-
-def measure(sampler: SDXLSampler, images: list, places: list[Rect], original: tuple[int, int], target: tuple[int, int],
-            settings: SamplerSettings, repeat: int, pass_index: int, seq: int, width: int, pooled: int) -> dict:
-    conditions = _conditions(len(images), seq, width, pooled, seed=pass_index)
-    time_ids = np.array([[*original, r.y, r.x, *target] for r in places], np.float32)
-    seeds = [item_seed(settings.seed, pass_index, i) for i in range(len(images))]
-    batched_times, single_times = [], []
-    for _ in range(repeat):  # alternate, so both see the same machine state
-        started = time.perf_counter()
-        batched = sampler.refine(images, conditions, time_ids, seeds, settings)
-        batched_times.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        single = [sampler.refine([images[i]], [conditions[i]], time_ids[i : i + 1], [seeds[i]], settings)[0]
-                  for i in range(len(images))]
-        single_times.append(time.perf_counter() - started)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    diff = max(float(np.max(np.abs(b - s))) for b, s in zip(batched, single))
-    return {"items": len(images), "batched_s": float(np.median(batched_times)),
-            "one_call_per_item_s": float(np.median(single_times)), "max_item_diff": diff}
+from luna_core.refine.batching import batching_table
+from luna_core.refine.sampler import SamplerSettings, SDXLSampler
 
 
 def main() -> int:
@@ -79,38 +51,18 @@ def main() -> int:
         label = "tiny profile (random weights)"
     sampler = SDXLSampler(model, None, device, dtype)
     settings = SamplerSettings(strength=args.strength, steps=args.steps, guidance_scale=5.0, seed=0, batch_size=64)
-    native = sampler.native_size
-    side = args.image or native * 4
+    side = args.image or sampler.native_size * 4
     rng = np.random.default_rng(0)
     picture = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
     print(f"{label}; device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, "
           f"{args.steps} steps at strength {args.strength}, median of {args.repeat}")
 
-    boxes = [Rect(int(x), int(y), side // 8, side // 8) for x in np.linspace(0, side * 7 // 8, 3)
-             for y in np.linspace(0, side * 7 // 8, 3)]
-    crops = detail_crops(side, side, boxes)
-    from PIL import Image
-
-    crop_images = [np.asarray(Image.fromarray(picture[c.rect.y : c.rect.y + c.rect.height,
-                                                      c.rect.x : c.rect.x + c.rect.width]).resize((native, native)))
-                   for c in crops]
-    detail = measure(sampler, crop_images, [c.rect for c in crops], (side, side), (native, native), settings,
-                     args.repeat, 0, seq, width, pooled)
-
-    tiles = chess_tiles(side, side, 5, multiple=sampler.pixel_multiple)
-    chess = {"items": 0, "batched_s": 0.0, "one_call_per_item_s": 0.0, "max_item_diff": 0.0}
-    for parity in (0, 1):
-        cells = [t for t in tiles if t.parity == parity]
-        images = [picture[t.rect.y : t.rect.y + t.rect.height, t.rect.x : t.rect.x + t.rect.width] for t in cells]
-        one = measure(sampler, images, [t.rect for t in cells], (side, side), (cells[0].rect.height, cells[0].rect.width),
-                      settings, args.repeat, parity, seq, width, pooled)
-        chess = {k: chess[k] + one[k] if k != "max_item_diff" else max(chess[k], one[k]) for k in chess}
-    figures = {"label": label, "device": str(device), "tile": tiles[0].rect.width, "crop": native}
-    for name, row in (("detailer, 9 crops", detail), ("chess 5x5, 25 tiles in 2 passes", chess)):
-        speedup = row["one_call_per_item_s"] / row["batched_s"]
-        figures[name] = {**row, "speedup": speedup}
+    table = batching_table(sampler, picture, settings, args.repeat, (seq, width, pooled))
+    figures = {"label": label, "device": str(device), "tile": table.pop("tile"), "crop": table.pop("crop")}
+    for name, row in table.items():
+        figures[name] = row
         print(f"{name:34s} batched {row['batched_s']:7.3f}s   one call per item {row['one_call_per_item_s']:7.3f}s   "
-              f"speedup {speedup:5.2f}x   max item difference {row['max_item_diff']:.2e}")
+              f"speedup {row['speedup']:5.2f}x   max item difference {row['max_item_diff']:.2e}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

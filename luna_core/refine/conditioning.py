@@ -44,7 +44,8 @@ class SourceSettings:
 
 
 class Conditioner:
-    def __init__(self, vault: Vault, settings: SourceSettings):
+    def __init__(self, vault: Vault, settings: SourceSettings, projector=None):
+        """`projector`: an already loaded (model, config) for the projector source (else loaded from the URI)."""
         settings.check()
         self.vault, self.settings = vault, settings
         self._typed = self._typed_negative = None
@@ -52,14 +53,15 @@ class Conditioner:
         if settings.source in ("vault", "blend"):
             vault.index  # noqa: B018 - opened now: "not built yet" before any work
         if settings.source == "projector":
-            self._projector = vault.load_projector(settings.projector, settings.tracking_uri)
+            self._projector = projector or vault.load_projector(settings.projector, settings.tracking_uri)
         if settings.source in ("prompt", "blend"):
             self._typed = vault.encode_prompt(settings.prompt)
             if settings.negative_prompt:
                 self._typed_negative = vault.encode_prompt(settings.negative_prompt)
 
-    def condition(self, crops: list) -> list[ItemConditioning]:
-        """One conditioning per crop (PIL images), in order."""
+    def condition(self, crops: list, exclude: frozenset[int] = frozenset()) -> list[ItemConditioning]:
+        """One conditioning per crop (PIL images), in order; vault answers skip the image ids in `exclude`
+        (an evaluation refining a library image must not answer it with itself)."""
         s = self.settings
         if s.source == "prompt":
             embeds, pooled = self._typed
@@ -72,7 +74,7 @@ class Conditioner:
                                      "projector": s.projector}) for t, p in zip(tokens, pooled)]
         out = []
         for embedding in self.vault.embed_pictures(crops):
-            embeds, pooled, negative, negative_pooled, neighbors = self.vault.vault_answer(embedding, s.k, s.temperature)
+            embeds, pooled, negative, negative_pooled, neighbors = self.vault.vault_answer(embedding, s.k, s.temperature, exclude)
             info = {"source": s.source, "neighbors": [n.path for n in neighbors]}
             if s.source == "blend":
                 typed, typed_pooled = self._typed

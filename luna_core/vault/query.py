@@ -179,8 +179,10 @@ class Vault:
     def embed(self, image) -> np.ndarray:
         return self.embed_pictures([image])[0]
 
-    def nearest(self, embedding: np.ndarray, k: int, temperature: float = DEFAULT_TEMPERATURE) -> list[Neighbor]:
-        """The k nearest images still in the library, weighted by softmax(similarity / temperature)."""
+    def nearest(self, embedding: np.ndarray, k: int, temperature: float = DEFAULT_TEMPERATURE,
+                exclude: frozenset[int] = frozenset()) -> list[Neighbor]:
+        """The k nearest images still in the library, weighted by softmax(similarity / temperature);
+        image ids in `exclude` are skipped (an evaluation leaves the query image out of its own answer)."""
         check_inputs(k=k, temperature=temperature)
         index = self.index
         total, present = int(index.index.ntotal), int(index.lookup.num_rows)
@@ -189,12 +191,13 @@ class Vault:
         # Images gone since the build are still in the index (until the next rebuild) but not in the
         # lookup: search deeper until k present ones are found or the whole index has been seen.
         query = np.ascontiguousarray(embedding[None], dtype=np.float32)
-        fetch = min(total, k + 16)
+        fetch = min(total, k + len(exclude) + 16)
         while True:
             with omp_threads(1):
                 sims, ids = index.index.search(query, fetch)
             rows = index.rows_for(ids[0])
-            keep = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows) if r >= 0 and i >= 0][:k]
+            keep = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows)
+                    if r >= 0 and i >= 0 and int(i) not in exclude][:k]
             if len(keep) == k or fetch >= total:
                 break
             fetch = min(total, fetch * 4)
@@ -227,10 +230,11 @@ class Vault:
             pooled = weighted_sum(weights[present], store.read_rows("pooled_prompt_embeds", picked))
         return embeds, pooled
 
-    def vault_answer(self, embedding: np.ndarray, k: int = 5, temperature: float = DEFAULT_TEMPERATURE):
+    def vault_answer(self, embedding: np.ndarray, k: int = 5, temperature: float = DEFAULT_TEMPERATURE,
+                     exclude: frozenset[int] = frozenset()):
         """(prompt_embeds, pooled, negative_embeds, negative_pooled, neighbours) for one image embedding:
         the neighbours' conditionings weighted by softmax(similarity / temperature)."""
-        neighbors = self.nearest(embedding, k, temperature)
+        neighbors = self.nearest(embedding, k, temperature, exclude)
         weights = np.array([n.weight for n in neighbors])
         rows = self.index.lookup
         lookup_rows = self.index.rows_for(np.array([n.image_id for n in neighbors], dtype=np.int64))

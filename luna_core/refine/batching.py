@@ -1,0 +1,77 @@
+"""What true batching saves: the same items, seeds and conditionings refined in one sampler call and in
+one call per item, side by side (used by benchmarks/bench_refine.py and the refinement report)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from luna_core.refine.geometry import Rect, chess_tiles, detail_crops
+from luna_core.refine.sampler import ItemConditioning, SamplerSettings, SDXLSampler, item_seed
+
+
+def random_conditions(n: int, seq: int, width: int, pooled: int, seed: int) -> list[ItemConditioning]:
+    rng = np.random.default_rng(seed)
+    return [ItemConditioning(rng.normal(size=(seq, width)).astype(np.float32), rng.normal(size=pooled).astype(np.float32),
+                             np.zeros((seq, width), np.float32), np.zeros(pooled, np.float32)) for _ in range(n)]
+
+
+def measure(sampler: SDXLSampler, images: list, places: list[Rect], original: tuple[int, int],
+            target: tuple[int, int], conditions: list[ItemConditioning], settings: SamplerSettings,
+            repeat: int = 3, pass_index: int = 0) -> dict:
+    """Median wall time of one batched call and of one call per item, and the largest difference
+    between an item's two results (decoded pixels in [-1, 1], before rounding)."""
+    import torch
+
+    time_ids = np.array([[*original, r.y, r.x, *target] for r in places], np.float32)
+    seeds = [item_seed(settings.seed, pass_index, i) for i in range(len(images))]
+    batched_times, single_times = [], []
+    for _ in range(repeat):  # alternate, so both see the same machine state
+        started = time.perf_counter()
+        batched = sampler.refine(images, conditions, time_ids, seeds, settings)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        batched_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        single = [sampler.refine([images[i]], [conditions[i]], time_ids[i : i + 1], [seeds[i]], settings)[0]
+                  for i in range(len(images))]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        single_times.append(time.perf_counter() - started)
+    diff = max(float(np.max(np.abs(b - s))) for b, s in zip(batched, single))
+    batched_s, single_s = float(np.median(batched_times)), float(np.median(single_times))
+    return {"items": len(images), "batched_s": batched_s, "one_call_per_item_s": single_s,
+            "speedup": single_s / batched_s if batched_s else 0.0, "max_item_diff": diff}
+
+
+def batching_table(sampler: SDXLSampler, picture: np.ndarray, settings: SamplerSettings, repeat: int = 3,
+                   widths: tuple[int, int, int] = (77, 2048, 1280)) -> dict[str, dict]:
+    """Batched vs one call per item for 9 detailer crops and a 5 x 5 chess grid (two passes) on `picture`."""
+    from PIL import Image
+
+    seq, width, pooled = widths
+    side = min(picture.shape[:2])
+    native = sampler.native_size
+    boxes = [Rect(int(x), int(y), side // 8, side // 8) for x in np.linspace(0, side * 7 // 8, 3)
+             for y in np.linspace(0, side * 7 // 8, 3)]
+    crops = detail_crops(side, side, boxes)
+    crop_images = [np.asarray(Image.fromarray(picture[c.rect.y : c.rect.y + c.rect.height,
+                                                      c.rect.x : c.rect.x + c.rect.width]).resize((native, native)))
+                   for c in crops]
+    detail = measure(sampler, crop_images, [c.rect for c in crops], (side, side), (native, native),
+                     random_conditions(len(crops), seq, width, pooled, 0), settings, repeat)
+    tiles = chess_tiles(side, side, 5, multiple=sampler.pixel_multiple)
+    passes = []
+    for parity in (0, 1):
+        cells = [t for t in tiles if t.parity == parity]
+        images = [picture[t.rect.y : t.rect.y + t.rect.height, t.rect.x : t.rect.x + t.rect.width] for t in cells]
+        passes.append(measure(sampler, images, [t.rect for t in cells], (side, side),
+                              (cells[0].rect.height, cells[0].rect.width),
+                              random_conditions(len(cells), seq, width, pooled, parity + 1), settings, repeat, parity))
+    chess = {"items": sum(p["items"] for p in passes), "batched_s": sum(p["batched_s"] for p in passes),
+             "one_call_per_item_s": sum(p["one_call_per_item_s"] for p in passes),
+             "max_item_diff": max(p["max_item_diff"] for p in passes)}
+    chess["speedup"] = chess["one_call_per_item_s"] / chess["batched_s"] if chess["batched_s"] else 0.0
+    return {"detailer, 9 crops": detail, "chess 5x5, 25 tiles in 2 passes": chess,
+            "tile": tiles[0].rect.width, "crop": native}
