@@ -21,11 +21,12 @@ _ARCH, _TRAIN = ProjectorConfig(), TrainSettings()
 class ProjectorTrainConfig(dg.Config):
     """Launchpad settings of a projector training run (defaults: luna_core's ProjectorConfig and TrainSettings)."""
 
-    arch: str = _ARCH.arch  # linear | mlp | resampler
+    arch: str = _ARCH.arch  # kernel | linear | mlp | resampler
     hidden: int = _ARCH.hidden
     layers: int = _ARCH.layers
     heads: int = _ARCH.heads
     rank: int = _ARCH.rank
+    anchors: int = _ARCH.anchors  # kernel: training embeddings compared with
     epochs: int = _TRAIN.epochs
     batch_size: int = _TRAIN.batch_size
     lr: float = _TRAIN.lr
@@ -41,7 +42,8 @@ class ProjectorTrainConfig(dg.Config):
     tracking_uri: str = ""  # empty: $LUNA_MLFLOW_URI, else the embedded sqlite under the Luna home
 
     def request(self, run_id: str) -> ProjectorRequest:
-        arch = ProjectorConfig(arch=self.arch, hidden=self.hidden, layers=self.layers, heads=self.heads, rank=self.rank)
+        arch = ProjectorConfig(arch=self.arch, hidden=self.hidden, layers=self.layers, heads=self.heads, rank=self.rank,
+                               anchors=self.anchors)
         settings = TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                  weight_decay=self.weight_decay, patience=self.patience, seed=self.seed,
                                  min_train_pairs=self.min_train_pairs, min_val_pairs=self.min_val_pairs)

@@ -1,7 +1,9 @@
 """Projector architectures: a CLIP-ViT image embedding in, an SDXL conditioning out
 (`prompt_embeds [seq_len, width]` + `pooled [pooled_width]`). Each is one small class.
 
-- `linear`: closed-form ridge regression onto a low-rank basis of the targets (fitted, not trained).
+- `kernel` (default): closed-form ridge regression on Gaussian-kernel features (similarity to anchor
+  training embeddings) onto a low-rank basis of the targets (fitted, not trained).
+- `linear`: the same on the embedding itself.
 - `mlp`: a residual MLP with a low-rank output layer.
 - `resampler`: `seq_len` learned queries attend, through a few transformer layers, to tokens made
   from the image embedding; a pooled head reads the mean of the queries.
@@ -14,12 +16,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-ARCHITECTURES = ("linear", "mlp", "resampler")
+ARCHITECTURES = ("kernel", "linear", "mlp", "resampler")
 
 
 @dataclass(frozen=True)
 class ProjectorConfig:
-    arch: str = "resampler"
+    arch: str = "kernel"  # closed-form kernel ridge: the one that beat the mean conditioning (see README)
     in_dim: int = 1024  # CLIP-ViT-H/14 image embedding
     seq_len: int = 77
     width: int = 2048  # SDXL: 768 + 1280
@@ -28,7 +30,8 @@ class ProjectorConfig:
     layers: int = 2
     heads: int = 4
     image_tokens: int = 4  # resampler: tokens the image embedding is expanded into
-    rank: int = 48  # linear / mlp: rank of the output basis
+    rank: int = 48  # linear / kernel / mlp: rank of the output basis
+    anchors: int = 1024  # kernel: training embeddings the kernel compares with (fewer when fewer pairs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,41 +41,82 @@ class ProjectorConfig:
         return self.seq_len * self.width + self.pooled_width
 
 
+def target_basis(y: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, basis [rank, out_dim]): the targets' mean and top principal directions."""
+    mean = y.mean(0)
+    _, _, vh = torch.linalg.svd(y - mean, full_matrices=False)
+    return mean, vh[: min(rank, *y.shape)]
+
+
 class LowRankRidge(nn.Module):
-    """y = mean + (x @ weight) @ basis; `fit` solves the ridge problem in closed form."""
+    """y = mean + (features(x) @ weight + bias) @ basis; `fit` solves the ridge problem in closed form.
+    Here the features are the embedding itself."""
 
     def __init__(self, config: ProjectorConfig):
         super().__init__()
         self.config = config
         self.register_buffer("mean", torch.zeros(config.out_dim))
         self.register_buffer("basis", torch.zeros(config.rank, config.out_dim))
-        self.register_buffer("weight", torch.zeros(config.in_dim, config.rank))
+        self.register_buffer("weight", torch.zeros(self.feature_dim, config.rank))
         self.register_buffer("bias", torch.zeros(config.rank))
 
+    @property
+    def feature_dim(self) -> int:
+        return self.config.in_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2) -> None:
-        """x [N, in_dim], y [N, out_dim] float32. The basis is the targets' top principal directions."""
-        mean = y.mean(0)
-        centered = y - mean
-        rank = min(self.config.rank, *centered.shape)
-        _, _, vh = torch.linalg.svd(centered, full_matrices=False)
-        basis = vh[:rank]
-        coeffs = centered @ basis.T  # [N, rank]
-        x_mean = x.mean(0)
-        xc = x - x_mean
-        gram = xc.T @ xc + l2 * len(x) * torch.eye(x.shape[1])
-        weight = torch.linalg.solve(gram, xc.T @ coeffs)
+    def fit(self, x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2,
+            basis: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """x [N, in_dim], y [N, out_dim] float32; `basis` = target_basis(y, rank) when already computed."""
+        mean, directions = basis if basis is not None else target_basis(y, self.config.rank)
+        rank = len(directions)
+        coeffs = (y - mean) @ directions.T  # [N, rank]
+        features = self.features(x)
+        f_mean = features.mean(0)
+        fc = features - f_mean
+        covariance = fc.T @ fc
+        # l2 relative to the features' mean variance: the same strength means the same thing at any scale.
+        gram = covariance + l2 * (torch.trace(covariance) / fc.shape[1] + 1e-12) * torch.eye(fc.shape[1])
+        weight = torch.linalg.solve(gram, fc.T @ coeffs)
         self.mean.copy_(mean)
         self.basis.zero_()
-        self.basis[:rank].copy_(basis)
+        self.basis[:rank].copy_(directions)
         self.weight.zero_()
         self.weight[:, :rank].copy_(weight)
         self.bias.zero_()
-        self.bias[:rank].copy_(-(x_mean @ weight))
+        self.bias[:rank].copy_(-(f_mean @ weight))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = self.mean + (x @ self.weight + self.bias) @ self.basis
+        flat = self.mean + (self.features(x) @ self.weight + self.bias) @ self.basis
         return _split(flat, self.config)
+
+
+class KernelRidge(LowRankRidge):
+    """Ridge regression on Gaussian-kernel features: the embedding's similarity to `anchors` training
+    embeddings, exp(-|x - a|² / 2σ²). A smooth interpolation between library images (what the vault's
+    k-NN does by lookup), fitted in closed form; σ is a multiple of the anchors' median distance."""
+
+    def __init__(self, config: ProjectorConfig):
+        super().__init__(config)
+        self.register_buffer("anchors", torch.zeros(config.anchors, config.in_dim))
+        self.register_buffer("sigma", torch.ones(()))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.anchors
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-torch.cdist(x, self.anchors) ** 2 / (2 * self.sigma**2))
+
+    @torch.no_grad()
+    def set_anchors(self, anchors: torch.Tensor, scale: float) -> None:
+        self.anchors.copy_(anchors)
+        distances = torch.cdist(anchors, anchors)
+        positive = distances[distances > 0]
+        self.sigma.fill_(float(positive.median()) * scale if positive.numel() else 1.0)
 
 
 class ResidualMLP(nn.Module):
@@ -123,7 +167,7 @@ def _split(flat: torch.Tensor, config: ProjectorConfig) -> tuple[torch.Tensor, t
 def build_projector(config: ProjectorConfig) -> nn.Module:
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown projector architecture {config.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-    return {"linear": LowRankRidge, "mlp": ResidualMLP, "resampler": Resampler}[config.arch](config)
+    return {"kernel": KernelRidge, "linear": LowRankRidge, "mlp": ResidualMLP, "resampler": Resampler}[config.arch](config)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -13,7 +13,7 @@ REGISTERED_NAME = "luna-projector"
 CHAMPION = "champion"
 
 # Settings that change the trained weights; the rest (progress bars, refusal thresholds, device) do not.
-RESULT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "ridge_l2", "basis_sample")
+RESULT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "ridge_l2", "kernel_scales", "basis_sample")
 
 
 @dataclass(frozen=True)

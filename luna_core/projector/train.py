@@ -21,7 +21,7 @@ import torch
 from luna_core.catalog import open_catalog
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.models.profiles import ModelProfile, choose_device
-from luna_core.projector.models import LowRankRidge, ProjectorConfig, build_projector
+from luna_core.projector.models import KernelRidge, LowRankRidge, ProjectorConfig, build_projector, target_basis
 from luna_core.settings import LunaHome
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ class TrainSettings:
     seed: int = 0
     min_train_pairs: int = 32
     min_val_pairs: int = 4
-    ridge_l2: float = 1e-2
+    # Ridge strengths relative to the embeddings' own variance (CLIP embeddings of one library differ
+    # little, so an absolute strength drowns them); the linear model keeps the one best on val.
+    ridge_l2: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    kernel_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)  # kernel widths, x the anchors' median distance
     basis_sample: int = 2048  # targets used to find the linear model's basis
     device: str = "auto"
     progress: bool = True
@@ -176,6 +179,9 @@ def train_projector(
             f"{len(val.prompt_rows)} val pairs (need {settings.min_train_pairs} and {settings.min_val_pairs})")
     stores = _Stores(home, profile)
     config = replace(config, **stores.dims())
+    basis_pairs = min(settings.basis_sample, len(train.prompt_rows))
+    if config.arch == "kernel":
+        config = replace(config, anchors=min(config.anchors, basis_pairs))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     device = choose_device(settings.device)
@@ -185,14 +191,27 @@ def train_projector(
                          data_fingerprint=fingerprint(train, profile))
     seen = 0
     if isinstance(model, LowRankRidge):
-        sample = np.sort(rng.choice(len(train.prompt_rows), min(settings.basis_sample, len(train.prompt_rows)),
-                                    replace=False))
+        sample = np.sort(rng.choice(len(train.prompt_rows), basis_pairs, replace=False))
         tokens, pooled = stores.targets(train.prompt_rows[sample])
-        model.fit(torch.from_numpy(train_x[sample]).float(),
-                  torch.cat([tokens.flatten(1), pooled], dim=1), settings.ridge_l2)
+        targets = torch.cat([tokens.flatten(1), pooled], dim=1)
+        x = torch.from_numpy(train_x[sample]).float()
+        basis = target_basis(targets, config.rank)  # once: every (scale, l2) shares it
+        best, best_state, step = float("inf"), None, 0
+        for scale in settings.kernel_scales if isinstance(model, KernelRidge) else (None,):
+            if scale is not None:
+                model.set_anchors(x[: config.anchors], scale)
+            for l2 in settings.ridge_l2:
+                model.fit(x, targets, l2, basis)
+                metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
+                step += 1
+                result.history.append({"epoch": step, "ridge_l2": l2, "kernel_scale": scale or 0.0,
+                                       **{f"val_{k}": v for k, v in metrics.items()}})
+                if np.isfinite(metrics["loss"]) and metrics["loss"] < best:
+                    best, best_state = metrics["loss"], copy.deepcopy(model.state_dict())
+        if best_state is None:
+            raise LunaConfigError(f"the {config.arch} projector gave no finite validation loss at any ridge strength")
+        model.load_state_dict(best_state)
         seen = len(sample)
-        metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
-        result.history.append({"epoch": 1, **{f"val_{k}": v for k, v in metrics.items()}})
     else:
         from tqdm.auto import tqdm
 
