@@ -1,7 +1,7 @@
-"""Luna's Dagster code, one module per domain (ingest, vault, index, projector, refine): each holds its
+"""Luna's Dagster code, one module per domain (ingest, vault, index, projector, refine, reports): each holds its
 assets, checks, sensors, schedules and jobs, and offers them as `definitions()`. Thin wrappers over
 luna_core."""
 
-from luna_assets import index, ingest, projector, refine, vault
+from luna_assets import index, ingest, projector, refine, reports, vault
 
-DOMAINS = (ingest, vault, index, projector, refine)
+DOMAINS = (ingest, vault, index, projector, refine, reports)

@@ -16,8 +16,9 @@ from luna_core.settings import LunaHome
 
 DEMO_MARKER = "sample_library.json"
 # The demo library is small: its projector may train on a few dozen pairs (the default refuses < 32).
-DEMO_PROJECTOR_CONFIG = {"arch": "resampler", "hidden": 64, "heads": 2, "layers": 2, "epochs": 10, "batch_size": 16,
-                         "min_train_pairs": 8, "min_val_pairs": 2}
+DEMO_PROJECTOR_CONFIG = {"arch": "kernel", "min_train_pairs": 8, "min_val_pairs": 2}
+# The demo's report refines two test images per source and times batching once: seconds, not minutes.
+DEMO_REPORT_CONFIG = {"sample_images": 2, "batching_repeat": 1}
 
 
 def ensure_samples(home: LunaHome, n_images: int, size: int, seed: int) -> Path:
@@ -60,12 +61,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Model profile '{args.profile}'" + (" (tiny random-weight encoders built locally: their numbers are not CLIP's)"
                                              if args.profile == "tiny" else ""))
     print("Materializing every Luna asset through Dagster (job luna_build_all)…")
-    if not report_run(run_build_all(home, projector_config=DEMO_PROJECTOR_CONFIG)):
+    if not report_run(run_build_all(home, projector_config=DEMO_PROJECTOR_CONFIG, report_config=DEMO_REPORT_CONFIG)):
         return 1
     print_home_summary(home)
     _demo_query(home)
     _demo_projector(home)
     _demo_refine(home)
+    _demo_report(home)
     print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
     print(f"  catalog      {home.catalog_path}")
     print(f"  vault        {home.vault_dir}")
@@ -129,3 +131,12 @@ def _demo_refine(home: LunaHome) -> None:
     passes = ", ".join(f"{p.items} {p.name} tiles in {p.sampler_calls} call" for p in report.passes)
     print(f"\nRefined {os.path.relpath(sample, home.root)} with the chess refiner ({passes}, each tile conditioned by "
           f"its own vault answer{'; random-weight tiny UNet' if home.model_profile() == 'tiny' else ''}) → {out}")
+
+
+def _demo_report(home: LunaHome) -> None:
+    from luna_cli.report import print_report
+    from luna_core.reports.report import latest_report
+
+    latest = latest_report(home)
+    if latest is not None:
+        print_report(*latest)

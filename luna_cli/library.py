@@ -12,7 +12,8 @@ from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.settings import LunaHome
 
 
-def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dict | None = None):
+def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dict | None = None,
+                  report_config: dict | None = None):
     """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance."""
     import dagster as dg
 
@@ -22,8 +23,10 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     job = defs.resolve_job_def(BUILD_ALL_JOB)
     instance = dg.DagsterInstance.from_config(str(home.dagster_home))
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    if projector_config:
-        run_config["ops"] = {"projector": {"config": projector_config}}
+    ops = {name: {"config": config} for name, config in (("projector", projector_config),
+                                                          ("refinement_report", report_config)) if config}
+    if ops:
+        run_config["ops"] = ops
     return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
 
 

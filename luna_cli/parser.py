@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from luna_cli import demo, library, projector, refine, vault
+from luna_cli import demo, library, projector, refine, report, vault
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
 TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("demo", help="generate a sample library and build every asset through Dagster")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--images", type=int, default=66, help="sample images to generate (default 66)")
+    cmd.add_argument("--images", type=int, default=200, help="sample images to generate (default 200)")
     cmd.add_argument("--size", type=int, default=256, help="sample image side in pixels (default 256)")
     cmd.add_argument("--seed", type=int, default=0, help="sample library seed (default 0)")
     cmd.add_argument("--profile", default="tiny", choices=["tiny", "sdxl"],
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.set_defaults(func=vault.cmd_condition)
 
     refine.add_parser(sub)
+    report.add_parser(sub)
 
     cmd = sub.add_parser("projector", help="registered projectors (MLflow)")
     projector_sub = cmd.add_subparsers(dest="projector_command", required=True)

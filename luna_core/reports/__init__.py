@@ -1,0 +1,1 @@
+"""The refinement benchmark report: every conditioning source compared on the test split."""

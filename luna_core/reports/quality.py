@@ -1,0 +1,112 @@
+"""Regeneration quality: a fixed sample of test images refined by the chess refiner with each source's
+conditioning (same seeds, same strength), scored by CLIP-I, with a contact sheet.
+
+CLIP-I is the cosine of the vision encoder's embeddings of the result and the original. CLIP-T (to the
+true prompt's pooled text embedding) needs an image tower and a text tower trained together; Luna's
+vision encoder and SDXL's text encoders are different CLIP models, so CLIP-T is reported as not
+comparable rather than computed across unrelated spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from luna_core.refine.refiner import Refiner, RefineSettings
+from luna_core.refine.sampler import ItemConditioning, SamplerSettings
+
+COLUMNS = ("original", "true prompt", "vault", "projector", "mean", "empty")
+CLIP_T_NOTE = ("not comparable: the vision encoder and SDXL's text encoders are different CLIP models, "
+               "so image and text embeddings do not share a space")
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    images: int = 4  # test images refined per source
+    grid: int = 3
+    strength: float = 0.35
+    steps: int = 12
+    seed: int = 0
+
+
+@dataclass
+class QualityResult:
+    clip_i: dict[str, list[float]] = field(default_factory=dict)  # source -> per sample image
+    sample_paths: list[str] = field(default_factory=list)
+    sheet: object = None  # PIL image: rows of original | sources
+    clip_t: str = CLIP_T_NOTE
+
+
+class _Fixed:
+    """A conditioner that gives every tile of an image the same (whole-image) conditioning."""
+
+    def __init__(self, condition: ItemConditioning):
+        self.item = condition
+
+    def condition(self, crops: list) -> list[ItemConditioning]:
+        return [self.item] * len(crops)
+
+
+class _Excluding:
+    """A conditioner whose vault answers leave one image (the one being refined) out."""
+
+    def __init__(self, conditioner, image_id: int):
+        self.conditioner, self.exclude = conditioner, frozenset({int(image_id)})
+
+    def condition(self, crops: list) -> list[ItemConditioning]:
+        return self.conditioner.condition(crops, self.exclude)
+
+
+def refine_sample(refiner: Refiner, images: list, image_ids: list[int], whole_image: dict[str, list[ItemConditioning]],
+                  per_tile: dict[str, object], settings: QualitySettings) -> QualityResult:
+    """`whole_image`: source -> one conditioning per sample image (true prompt, mean, empty);
+    `per_tile`: source -> a conditioner answering each tile (vault, projector), as `luna refine` does,
+    with the sample image itself left out of vault answers."""
+    refine = RefineSettings(grid=settings.grid, sampler=SamplerSettings(strength=settings.strength,
+                                                                       steps=settings.steps, seed=settings.seed))
+    result = QualityResult()
+    rows = []
+    own_conditioner = refiner.conditioner
+    originals = refiner.vault.embed_pictures(images, use_index=False)
+    try:
+        outputs: dict[str, list] = {name: [] for name in COLUMNS[1:]}
+        for i, image in enumerate(images):
+            for name in COLUMNS[1:]:
+                if name in whole_image:
+                    refiner.conditioner = _Fixed(whole_image[name][i])
+                elif name in per_tile:
+                    refiner.conditioner = _Excluding(per_tile[name], image_ids[i])
+                else:
+                    continue
+                refined, _ = refiner.chess(image, refine)
+                outputs[name].append(refined)
+        for name, refined in outputs.items():
+            if refined:
+                embeds = refiner.vault.embed_pictures(refined, use_index=False)
+                result.clip_i[name] = [float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+                                       for a, b in zip(embeds, originals)]
+        for i, image in enumerate(images):
+            rows.append([image] + [outputs[name][i] if outputs[name] else None for name in COLUMNS[1:]])
+    finally:
+        refiner.conditioner = own_conditioner
+    result.sheet = contact_sheet(rows)
+    return result
+
+
+def contact_sheet(rows: list[list], cell: int = 160):
+    """A grid of thumbnails with the column names on top: original | true prompt | vault | projector | mean | empty."""
+    from PIL import Image, ImageDraw
+
+    header = 18
+    sheet = Image.new("RGB", (cell * len(COLUMNS), header + cell * max(1, len(rows))), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for column, name in enumerate(COLUMNS):
+        draw.text((column * cell + 4, 3), name, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for column, image in enumerate(row):
+            if image is None:
+                continue
+            thumb = image.convert("RGB").resize((cell, cell))
+            sheet.paste(thumb, (column * cell, header + r * cell))
+    return sheet
