@@ -32,6 +32,8 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     assert "Projector: luna-projector v1 is @champion" in out and (home / "demo_projector.safetensors").exists()
     assert "Refined sample_library/comfyui/" in out and "13 even tiles in 1 call" in out
     assert len(list((home / "refined").glob("*.chess.png"))) == 1
+    assert "Refinement report" in out and "random weights" in out and "report.html" in out
+    assert len(list((home / "reports").glob("*/report.html"))) == 1
 
     # search and condition from the command line, on a crop of a sample image
     sample = next((home / "sample_library" / "a1111").glob("*.png"))

@@ -29,7 +29,8 @@ def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_assets_def(INGESTED_IMAGES).group_names_by_key[INGESTED_IMAGES] == "ingest"
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
-        "ingested_images", "vision_embeddings", "text_conditionings", "luna_catalog", "faiss_index", "projector"}
+        "ingested_images", "vision_embeddings", "text_conditionings", "luna_catalog", "faiss_index", "projector",
+        "refinement_report"}
     assert defs.resolve_schedule_def("nightly_reindex").default_status == dg.DefaultScheduleStatus.RUNNING
     assert defs.resolve_job_def("rebuild_faiss_index") and defs.resolve_job_def("refine_images")
     assert defs.resolve_job_def(BUILD_ALL_JOB)
