@@ -73,14 +73,16 @@ class LowRankRidge(nn.Module):
         """x [N, in_dim], y [N, out_dim] float32; `basis` = target_basis(y, rank) when already computed."""
         mean, directions = basis if basis is not None else target_basis(y, self.config.rank)
         rank = len(directions)
-        coeffs = (y - mean) @ directions.T  # [N, rank]
-        features = self.features(x)
+        # Solved in float64: a weakly regularized Gram matrix of kernel features is ill-conditioned.
+        coeffs = ((y - mean) @ directions.T).double()  # [N, rank]
+        features = self.features(x).double()
         f_mean = features.mean(0)
         fc = features - f_mean
         covariance = fc.T @ fc
         # l2 relative to the features' mean variance: the same strength means the same thing at any scale.
-        gram = covariance + l2 * (torch.trace(covariance) / fc.shape[1] + 1e-12) * torch.eye(fc.shape[1])
-        weight = torch.linalg.solve(gram, fc.T @ coeffs)
+        gram = covariance + l2 * (torch.trace(covariance) / fc.shape[1] + 1e-12) * torch.eye(fc.shape[1], dtype=fc.dtype)
+        weight = torch.linalg.solve(gram, fc.T @ coeffs).float()
+        f_mean = f_mean.float()
         self.mean.copy_(mean)
         self.basis.zero_()
         self.basis[:rank].copy_(directions)

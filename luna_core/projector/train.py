@@ -206,8 +206,10 @@ def train_projector(
                 step += 1
                 result.history.append({"epoch": step, "ridge_l2": l2, "kernel_scale": scale or 0.0,
                                        **{f"val_{k}": v for k, v in metrics.items()}})
-                if np.isfinite(metrics["loss"]) and metrics["loss"] < best:
-                    best, best_state = metrics["loss"], copy.deepcopy(model.state_dict())
+                # Chosen by the squared error the ridge minimizes: the cosine terms of the loss reward
+                # near-interpolation (tiny l2), which a small val split cannot tell from overfitting.
+                if np.isfinite(metrics["mse"]) and metrics["mse"] < best:
+                    best, best_state = metrics["mse"], copy.deepcopy(model.state_dict())
         if best_state is None:
             raise LunaConfigError(f"the {config.arch} projector gave no finite validation loss at any ridge strength")
         model.load_state_dict(best_state)
