@@ -319,3 +319,35 @@ def test_a_query_that_loses_many_neighbours_searches_deeper(indexed_home, sample
     assert sorted(n.path for n in found) == sorted(kept)
     with pytest.raises(QueryError, match="larger than the library"):
         Vault(indexed_home, profile).search(sample_library.images[0].path, k=4)
+
+
+def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(indexed_home, sample_library):
+    """A few garbage bytes inside index.faiss (same size, so only a checksum can tell): queries answer from
+    the previous good version or refuse, never from the damaged one; the next build rebuilds."""
+    from luna_core.errors import CorruptStoreError
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    store = IndexStore(indexed_home.index_dir(profile))
+    first = store.current()
+    expected = [n.path for n in Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)]
+
+    def damage(version) -> None:
+        data = bytearray(version.index_file.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16
+        version.index_file.write_bytes(bytes(data))
+
+    damage(first)
+    with pytest.raises(CorruptStoreError, match="corrupted"):
+        Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
+    rebuilt = update_index(indexed_home, profile)
+    assert rebuilt.action == "built" and "damaged" in rebuilt.reason
+    assert [n.path for n in Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)] == expected
+
+    with duckdb.connect(str(indexed_home.catalog_path)) as con:  # a lookup change publishes one more version
+        con.execute("DELETE FROM text_rows WHERE \"row\" = 0")
+    build_library(indexed_home, profile)
+    assert update_index(indexed_home, profile).action == "refreshed"
+    damage(store.current())
+    vault = Vault(indexed_home, profile)
+    assert [n.path for n in vault.search(sample_library.images[0].path, k=3)] == expected
+    assert vault.index.fell_back_from == store.current().number, "served by the previous good version"

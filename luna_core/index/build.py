@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from luna_core.catalog import open_catalog
-from luna_core.errors import NotBuiltError
+from luna_core.errors import CorruptStoreError, NotBuiltError
 from luna_core.index.faiss_index import IndexSettings, build_index, plan_index, search_params, single_query_latency
 from luna_core.index.store import IndexStore, load_index
 from luna_core.models.profiles import ModelProfile
@@ -89,8 +89,14 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
     }
 
     reason = "rebuild requested" if rebuild else "no index yet"
+    loaded = None
     if current is not None and not rebuild:
-        loaded = load_index(store)
+        try:
+            loaded = load_index(store)
+        except CorruptStoreError as exc:
+            reason = f"the current version is damaged ({exc}): rebuilt"
+            log.warning(reason)
+    if loaded is not None:
         old = loaded.meta
         if (old.get("vision_key"), old.get("text_key"), old.get("dims")) != (profile.vision_key, profile.text_key, dims):
             reason = "the vision model or the text encoders changed"

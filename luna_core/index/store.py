@@ -14,7 +14,9 @@ Old versions are kept a while so a reader that has just read the pointer still f
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,7 +27,19 @@ import numpy as np
 
 from luna_core.errors import CorruptStoreError, NotBuiltError
 
+log = logging.getLogger(__name__)
+
 KEEP_VERSIONS = 3
+INDEX_FILE, LOOKUP_FILE = "index.faiss", "lookup.arrow"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in 8 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,12 @@ class IndexStore:
             raise CorruptStoreError(f"index version {version.path} named by {self.pointer} is missing; rebuild the index")
         return version
 
+    def older_versions(self, below: int) -> list[IndexVersion]:
+        """Kept versions older than `below`, newest first."""
+        numbers = sorted((int(p.name[1:]) for p in (self.root / "versions").glob("v[0-9]*") if p.name[1:].isdigit()
+                          and int(p.name[1:]) < below), reverse=True)
+        return [IndexVersion(n, self.root / "versions" / f"v{n:06d}") for n in numbers]
+
     def publish(self, index, lookup, meta: dict) -> IndexVersion:
         """Write a new version next to the current one, then point readers at it in one rename."""
         import faiss
@@ -83,14 +103,20 @@ class IndexStore:
         existing = [int(p.name[1:]) for p in versions.glob("v[0-9]*") if p.name[1:].isdigit()]
         number = max(existing, default=0) + 1
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
-        faiss.write_index(index, str(staging / "index.faiss"))
-        with pa.OSFile(str(staging / "lookup.arrow"), "wb") as sink, pa.ipc.new_file(sink, lookup.schema) as writer:
-            writer.write_table(lookup)
-        sizes = {"index_bytes": (staging / "index.faiss").stat().st_size,
-                 "lookup_bytes": (staging / "lookup.arrow").stat().st_size}
-        (staging / "meta.json").write_text(json.dumps({**meta, **sizes, "version": number}, indent=2, default=str))
-        final = versions / f"v{number:06d}"
-        os.rename(staging, final)
+        try:
+            faiss.write_index(index, str(staging / "index.faiss"))
+            with pa.OSFile(str(staging / "lookup.arrow"), "wb") as sink, pa.ipc.new_file(sink, lookup.schema) as writer:
+                writer.write_table(lookup)
+            sizes = {"index_bytes": (staging / "index.faiss").stat().st_size,
+                     "lookup_bytes": (staging / "lookup.arrow").stat().st_size}
+            digests = {name: file_digest(staging / name) for name in (INDEX_FILE, LOOKUP_FILE)}
+            (staging / "meta.json").write_text(json.dumps({**meta, **sizes, "digests": digests, "version": number},
+                                                          indent=2, default=str))
+            final = versions / f"v{number:06d}"
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a failed publish (disk full…) leaves nothing behind
+            raise
         tmp_pointer = self.pointer.with_suffix(".json.tmp")
         tmp_pointer.write_text(json.dumps({"version": number}))
         os.replace(tmp_pointer, self.pointer)
@@ -107,6 +133,7 @@ class LoadedIndex:
     ids: np.ndarray  # sorted image ids of the lookup
     order: np.ndarray  # lookup row of each sorted id
     lookup: object  # pyarrow.Table
+    fell_back_from: int | None = None  # the damaged current version this one stands in for
 
     def rows_for(self, image_ids: np.ndarray) -> np.ndarray:
         """Lookup rows of the given ids; -1 for ids no longer in the library (missing files)."""
@@ -116,19 +143,50 @@ class LoadedIndex:
         return np.where(found, self.order[pos], -1)
 
 
-def load_index(store: IndexStore) -> LoadedIndex:
+def load_index(store: IndexStore, fall_back: bool = False) -> LoadedIndex:
+    """The current version, its files checked against the digests recorded when it was published.
+    A damaged version is a CorruptStoreError naming the file; with `fall_back`, the newest older
+    version that verifies is served instead (and says so in the log), never the damaged one."""
+    current = store.current()
+    if current is None:
+        raise NotBuiltError(f"no index at {store.root} yet: run `luna build` (or materialize faiss_index in the UI)")
+    try:
+        return _load_version(current)
+    except CorruptStoreError as damaged:
+        if not fall_back:
+            raise
+        for older in store.older_versions(current.number):
+            try:
+                loaded = _load_version(older)
+            except CorruptStoreError:
+                continue
+            log.warning("%s; answering from the previous good version v%d until the index is rebuilt",
+                        damaged, older.number)
+            loaded.fell_back_from = current.number
+            return loaded
+        raise
+
+
+def _load_version(version: IndexVersion) -> LoadedIndex:
     import faiss
     import pyarrow as pa
 
-    version = store.current()
-    if version is None:
-        raise NotBuiltError(f"no index at {store.root} yet: run `luna build` (or materialize faiss_index in the UI)")
     meta = version.meta()
+    for name, expected in (meta.get("digests") or {}).items():
+        path = version.path / name
+        try:
+            actual = file_digest(path)
+        except OSError as exc:
+            raise CorruptStoreError(f"index file {path} is missing ({exc.strerror or exc}); rebuild the index "
+                                    "(luna build, or materialize faiss_index with rebuild: true)") from None
+        if actual != expected:
+            raise CorruptStoreError(f"index file {path} is corrupted: its SHA-256 differs from the one recorded when "
+                                    "it was published; rebuild the index (luna build)")
     try:
         index = faiss.read_index(str(version.index_file))
     except RuntimeError as exc:
         raise CorruptStoreError(f"index file {version.index_file} cannot be read ({str(exc).splitlines()[0][:200]}); "
-                              "it is missing or corrupted: rebuild the index") from None
+                                "it is missing or corrupted: rebuild the index") from None
     try:
         with pa.memory_map(str(version.lookup_file)) as source:
             lookup = pa.ipc.open_file(source).read_all()

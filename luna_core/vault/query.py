@@ -137,7 +137,7 @@ class Vault:
     @property
     def index(self) -> LoadedIndex:
         if self._index is None:
-            loaded = load_index(IndexStore(self.home.index_dir(self.profile)))
+            loaded = load_index(IndexStore(self.home.index_dir(self.profile)), fall_back=True)
             if loaded.meta.get("vision_key") != self.profile.vision_key:
                 raise QueryError(f"the index at {loaded.version.path} was built with vision model "
                                  f"{loaded.meta.get('vision_key')}, not the configured {self.profile.vision_key}; "
