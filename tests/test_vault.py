@@ -288,3 +288,25 @@ def test_catalog_waits_for_another_process_holding_it(tmp_path: Path, caplog):
         logging.getLogger("luna_core.catalog").removeHandler(handler)
     finally:
         holder.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["vision", "text"])
+def test_a_deleted_store_is_rebuilt_by_the_next_run(tiny_home: LunaHome, kind):
+    """`rm -rf <home>/vault/<kind>`, then the asset again: the store is recreated from the catalog and the
+    library, every item once, every check passing (no Dagster invariant error)."""
+    import shutil
+
+    import dagster as dg
+
+    from dagster_project.resources import LunaHomeResource, LunaModelsResource
+    from luna_assets.vault import text_conditionings, vision_embeddings
+
+    asset = vision_embeddings if kind == "vision" else text_conditionings
+    resources = {"luna": LunaHomeResource(home=str(tiny_home.root)), "models": LunaModelsResource()}
+    first = dg.materialize([asset], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    added = first.asset_materializations_for_node(asset.key.path[-1])[0].metadata["rows added"].value
+    shutil.rmtree(tiny_home.vault_dir / kind)
+    again = dg.materialize([asset], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert again.success
+    assert again.asset_materializations_for_node(asset.key.path[-1])[0].metadata["rows added"].value == added
+    assert all(c.passed for c in again.get_asset_check_evaluations())

@@ -57,9 +57,12 @@ def check_store(home: LunaHome, profile: ModelProfile, kind: str,
                 WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $k AND t.prompt_hash = p.prompt_hash)
                   AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $k AND f.item_key = p.prompt_hash)
                 """, {"k": store_key}).fetchone()[0]
-    if not path.exists():
-        return [CheckOutcome("counts_agree", len(committed) == 0 and uncovered == 0,
-                             f"no store yet; {len(committed)} committed rows, {uncovered} items without a row")]
+    if not path.exists():  # every declared check answers, or Dagster refuses the materialization
+        empty = len(committed) == 0
+        return [CheckOutcome("counts_agree", empty and uncovered == 0,
+                             f"no store at {path}; {len(committed)} committed rows, {uncovered} items without a row"),
+                CheckOutcome("no_nan_or_inf", empty, "no store: no rows to read"),
+                CheckOutcome("norms_sane", empty, "no store: no rows to read")]
     store = RowStore.open_readonly(path, VISION_LAYOUT if vision else TEXT_LAYOUT)
     shapes = store.fields
     capacity = store.capacity

@@ -91,9 +91,19 @@ def _register_store(con, kind: str, key: str, model: str, revision: str | None, 
         )
 
 
-def _pending(catalog_path: Path, rows_table: str, key: str, work_sql: str) -> tuple[list, int, int]:
-    """(items still to embed, rows already committed, next free row) for one store, in one catalog visit."""
+def _pending(catalog_path: Path, rows_table: str, key: str, work_sql: str, path: Path) -> tuple[list, int, int]:
+    """(items still to embed, rows already committed, next free row) for one store, in one catalog visit.
+
+    A store folder that is gone (deleted by hand, a lost disk) while the catalog still lists rows in it
+    is rebuilt: its rows are forgotten, so every item is embedded again into a new store."""
     with open_catalog(catalog_path) as con:
+        if not path.exists():
+            with transaction(con):
+                forgotten = con.execute(f"DELETE FROM {rows_table} WHERE store_key = ? RETURNING 1", [key]).fetchall()
+                con.execute("DELETE FROM embedding_failures WHERE store_key = ?", [key])
+            if forgotten:
+                log.warning("vault store %s is missing: its %d catalogued rows are forgotten and rebuilt", path,
+                            len(forgotten))
         work = con.execute(work_sql, {"key": key}).fetchall()
         present, next_row = con.execute(
             f'SELECT count(*), coalesce(max("row") + 1, 0) FROM {rows_table} WHERE store_key = ?', [key]).fetchone()
@@ -230,7 +240,7 @@ def embed_images(
         WHERE i.status = 'ok'
           AND NOT EXISTS (SELECT 1 FROM vision_rows v WHERE v.store_key = $key AND v.content_hash = i.content_hash)
           AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = i.content_hash)
-        GROUP BY i.content_hash ORDER BY path""")
+        GROUP BY i.content_hash ORDER BY path""", path)
     if not work:  # nothing new: no model load, no store write
         return _finish(report, path, started, next_row)
 
@@ -313,7 +323,7 @@ def embed_prompts(
         SELECT p.prompt_hash, p.prompt FROM prompts p
         WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $key AND t.prompt_hash = p.prompt_hash)
           AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = p.prompt_hash)
-        ORDER BY p.prompt_hash""")
+        ORDER BY p.prompt_hash""", path)
     if not work:
         return _finish(report, path, started, next_row)
 
