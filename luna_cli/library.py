@@ -31,15 +31,33 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
 
 
 def report_run(result) -> bool:
-    """Print step failures and check results of a Dagster run; True when it succeeded."""
+    """Print step failures (their root cause, in one line each) and check results of a Dagster run;
+    True when it succeeded and no error-level (or blocking) asset check failed."""
+    import dagster as dg
+
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure:
-                print(f"FAILED in {event.step_key}: {event.step_failure_data.error.message}", file=sys.stderr)
+                print(f"FAILED in {event.step_key}: {_root_cause(event.step_failure_data.error)}", file=sys.stderr)
         return False
+    failed = []
     for check in result.get_asset_check_evaluations():
-        print(f"  check {check.asset_key.to_user_string()}.{check.check_name}: {'passed' if check.passed else 'FAILED'}")
-    return True
+        name = f"{check.asset_key.to_user_string()}.{check.check_name}"
+        warning = check.severity == dg.AssetCheckSeverity.WARN and not check.blocking
+        print(f"  check {name}: {'passed' if check.passed else 'warning' if warning else 'FAILED'}")
+        if not check.passed and not warning:
+            failed.append(name)
+    if failed:
+        print(f"FAILED checks: {', '.join(failed)} (see the asset's checks in `luna ui`)", file=sys.stderr)
+    return not failed
+
+
+def _root_cause(error) -> str:
+    """The innermost error's class and message: what went wrong, not Dagster's wrapper around it."""
+    while error.cause is not None:
+        error = error.cause
+    message = (error.message or "").strip().splitlines()
+    return message[-1] if message else error.cls_name or "unknown error"
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

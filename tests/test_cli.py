@@ -73,3 +73,33 @@ def test_status_without_catalog(tmp_path: Path, capsys):
     (tmp_path / "home").mkdir()
     assert main(["status", "--home", str(tmp_path / "home")]) == 3
     assert "luna demo" in capsys.readouterr().err
+
+
+def test_build_names_the_root_cause_and_fails_on_failed_checks(library_home, capsys):
+    """What `luna build` prints for a run: a failed step by its root cause in one line, and a failed
+    error-level check makes the build fail, by name."""
+    import shutil
+
+    import dagster as dg
+
+    from dagster_project.resources import LunaHomeResource, LunaModelsResource
+    from luna_assets.vault import vision_embeddings
+    from luna_cli.library import report_run
+
+    home, profile = library_home
+    resources = {"luna": LunaHomeResource(home=str(home.root)), "models": LunaModelsResource()}
+    with duckdb.connect(str(home.catalog_path)) as con:  # a row the Zarr store does not hold
+        con.execute("INSERT INTO vision_rows VALUES (?, 'not-an-image', 999999, now())", [profile.vision_key])
+    checked = dg.materialize([vision_embeddings], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert checked.success and report_run(checked) is False
+    assert "FAILED checks: vision_embeddings.counts_agree" in capsys.readouterr().err, "and nothing crashed reading it"
+
+    with duckdb.connect(str(home.catalog_path)) as con:
+        con.execute("DELETE FROM vision_rows")  # everything to embed again, with the model folder gone
+    shutil.rmtree(home.models_dir / "tiny" / "vision")
+    failed = dg.materialize([vision_embeddings], resources=resources, instance=dg.DagsterInstance.ephemeral(),
+                            raise_on_error=False)
+    assert report_run(failed) is False
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FAILED")]
+    assert len(err) == 1 and err[0].startswith("FAILED in vision_embeddings:") and "vision model" in err[0], err
+    assert "DagsterExecutionStepExecutionError" not in err[0]

@@ -76,7 +76,8 @@ def check_store(home: LunaHome, profile: ModelProfile, kind: str,
         {"committed rows": int(len(committed)), "distinct rows": int(distinct), "zarr capacity": int(capacity),
          "items without row or failure": int(uncovered)},
     )]
-    rows = _rows_to_check(committed, new_rows)
+    # Rows the catalog claims past the arrays' end are a counts_agree failure, not something to read.
+    rows = _rows_to_check(committed[committed < capacity], new_rows)
     bad_values = 0
     bad_norms = 0
     for name in shapes:
