@@ -125,7 +125,7 @@ def test_conditioning_is_the_weighted_mean_of_neighbour_rows(indexed_home, sampl
     assert answer.negative_prompt_embeds.shape == (1, 77, 96)
     with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
         rows = dict(con.execute("SELECT image_id, prompt_row FROM library").fetchall())
-    store = zarr.open_group(str(Path(vault.index.meta["text_store"])), mode="r")
+    store = zarr.open_group(str(indexed_home.text_store(vault.profile)), mode="r")
     expected = sum(n.weight * store["prompt_embeds"][rows[n.image_id]].astype(np.float32) for n in answer.neighbors)
     np.testing.assert_allclose(answer.prompt_embeds[0], expected, atol=1e-5)
 
@@ -351,3 +351,27 @@ def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(indexed_
     vault = Vault(indexed_home, profile)
     assert [n.path for n in vault.search(sample_library.images[0].path, k=3)] == expected
     assert vault.index.fell_back_from == store.current().number, "served by the previous good version"
+
+
+def test_a_copied_home_answers_from_its_own_files(projector_home, sample_library, tmp_path):
+    """Build, copy the home, damage the original: the copy still answers (vault and projector) from its
+    own stores, index and checkpoints; nothing inside it points back at the original."""
+    from luna_core.settings import LunaHome
+
+    profile = resolve_profile("tiny", projector_home.models_dir)
+    image = sample_library.images[0].path
+    expected = Vault(projector_home, profile).condition(image, k=3).prompt_embeds
+    copy = LunaHome.resolve(tmp_path / "copy")
+    shutil.copytree(projector_home.root, copy.root, symlinks=True)
+    shutil.rmtree(projector_home.vault_dir)
+    shutil.rmtree(projector_home.index_root)
+    shutil.rmtree(projector_home.mlflow_dir / "artifacts")
+    vault = Vault(copy, profile)
+    np.testing.assert_array_equal(vault.condition(image, k=3).prompt_embeds, expected)
+    answer = vault.condition_with_projector(image, "models:/luna-projector@champion")
+    assert answer.prompt_embeds.shape == (1, 77, 96)
+    with duckdb.connect(str(copy.catalog_path), read_only=True) as con:
+        paths = [p for (p,) in con.execute("SELECT path FROM vault_stores").fetchall()]
+    assert paths and not any(p.startswith("/") for p in paths), "store paths are relative to the home"
+    meta = load_index(IndexStore(copy.index_dir(profile))).meta
+    assert not meta["text_store"].startswith("/"), "the index names its text store relative to the home"

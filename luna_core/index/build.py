@@ -84,7 +84,7 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
     plan = plan_index(len(ids), dims, settings)
     meta_common = {
         "vision_key": profile.vision_key, "vision_model": profile.vision_model, "text_key": profile.text_key,
-        "text_store": str(home.text_store(profile)), "dims": dims, "lookup_digest": digest,
+        "text_store": str(home.text_store(profile).relative_to(home.root)), "dims": dims, "lookup_digest": digest,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -98,11 +98,15 @@ def ensure_tiny_models(root: Path) -> Path:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two asset processes may ask at once: one builds
             if not (marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION):
                 staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
-                _build(staging)
-                (staging / "complete.json").write_text(json.dumps({"version": TINY_VERSION}))
-                if root.exists():
-                    shutil.rmtree(root)
-                os.replace(staging, root)
+                try:
+                    _build(staging)
+                    (staging / "complete.json").write_text(json.dumps({"version": TINY_VERSION}))
+                    if root.exists():
+                        shutil.rmtree(root)
+                    os.replace(staging, root)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)  # a failed build (disk full…) leaves nothing
+                    raise
     return root
 
 
@@ -123,10 +127,14 @@ def ensure_tiny_ip_adapter(tiny_root: Path) -> Path:
         if weights.exists():
             return weights
         staging = Path(tempfile.mkdtemp(prefix=".tiny-ip-", dir=tiny_root.parent))
-        _build_ip_adapter(tiny_root, staging)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
+        try:
+            _build_ip_adapter(tiny_root, staging)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return weights
 
 

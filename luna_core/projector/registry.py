@@ -344,6 +344,9 @@ def load_version(home: LunaHome, name: str, ref: int | str, expect: dict | None 
     except MlflowException as exc:
         raise NotBuiltError(f"no projector {name} {'version' if str(ref).isdigit() else 'alias'} {ref} in "
                             f"{uri} ({str(exc).splitlines()[0][:160]})") from None
+    own = _home_artifact(home, uri, client.get_run(version.run_id).info.artifact_uri)
+    if own is not None:
+        return load_checkpoint(own / "checkpoint", expect)
     target = Path(tempfile.mkdtemp(prefix="luna-projector-load-"))
     try:
         local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="checkpoint", dst_path=str(target))
@@ -354,6 +357,21 @@ def load_version(home: LunaHome, name: str, ref: int | str, expect: dict | None 
         return load_checkpoint(Path(local), expect)
     finally:
         shutil.rmtree(target, ignore_errors=True)
+
+
+def _home_artifact(home: LunaHome, uri: str, artifact_uri: str) -> Path | None:
+    """A run's artifact folder inside *this* home, for the embedded registry: MLflow records absolute
+    artifact locations, so a moved or copied home would otherwise read the original home's files."""
+    from urllib.parse import unquote, urlparse
+
+    if uri != home.default_tracking_uri() or not artifact_uri.startswith("file:"):
+        return None
+    parts = Path(unquote(urlparse(artifact_uri).path)).parts
+    for i in range(len(parts) - 1):
+        if parts[i : i + 2] == ("mlflow", "artifacts"):
+            local = home.mlflow_dir.joinpath("artifacts", *parts[i + 2 :])
+            return local if local.is_dir() else None
+    return None
 
 
 def list_versions(home: LunaHome, name: str = REGISTERED_NAME, uri: str | None = None) -> list[dict]:

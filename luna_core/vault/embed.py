@@ -77,13 +77,19 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def _relative(path: Path) -> str:
+    """A store's path as recorded in the catalog: relative to the home (the catalog's folder), so a moved
+    or copied home points at its own stores."""
+    return str(Path("vault") / path.parent.name / path.name)
+
+
 def _register_store(con, kind: str, key: str, model: str, revision: str | None, path: Path,
                     shapes: dict[str, tuple[int, ...]]) -> None:
     row = con.execute("SELECT shapes FROM vault_stores WHERE store_key = ?", [key]).fetchone()
     wanted = {k: list(v) for k, v in shapes.items()}
     if row is None:
         con.execute("INSERT INTO vault_stores VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [key, kind, model, revision, str(path), json.dumps(wanted), _utcnow()])
+                    [key, kind, model, revision, _relative(path), json.dumps(wanted), _utcnow()])
     elif json.loads(row[0]) != wanted:
         raise LunaConfigError(
             f"the catalog records {kind} store {key} with shapes {json.loads(row[0])}, but the configured model "
