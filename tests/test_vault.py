@@ -310,3 +310,43 @@ def test_a_deleted_store_is_rebuilt_by_the_next_run(tiny_home: LunaHome, kind):
     assert again.success
     assert again.asset_materializations_for_node(asset.key.path[-1])[0].metadata["rows added"].value == added
     assert all(c.passed for c in again.get_asset_check_evaluations())
+
+
+def test_damaged_rows_are_errors_never_answers(tmp_path):
+    """A few garbage bytes in a shard: reads through the fast row path and through zarr both refuse,
+    naming the store, instead of returning NaN or zeros."""
+    from luna_core.errors import CorruptStoreError
+    from luna_core.vault.store import Layout
+
+    store = RowStore.open(tmp_path / "t.zarr", {"e": (3, 4)}, Layout(rows_per_chunk=1, rows_per_shard=4))
+    store.write(0, {"e": np.arange(4 * 12, dtype=np.float32).reshape(4, 3, 4)})
+    np.testing.assert_array_equal(store.read_rows("e", np.array([2])), store.read("e", np.array([2])))
+    shard = tmp_path / "t.zarr" / "e" / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[30:34] = b"\\x00\\x7e\\x00\\x7e"  # inside row 1 (row 0 is bytes 0-27 plus its 4-byte checksum)
+    shard.write_bytes(bytes(data))
+    reopened = RowStore.open_readonly(tmp_path / "t.zarr", Layout(rows_per_chunk=1, rows_per_shard=4))
+    np.testing.assert_array_equal(reopened.read_rows("e", np.array([0])), store.read("e", np.array([0])))
+    for read in (reopened.read_rows, reopened.read):
+        with pytest.raises(CorruptStoreError, match="t.zarr"):
+            read("e", np.array([1]))
+
+
+def test_a_damaged_text_store_fails_its_check_and_the_query(library_home, sample_library):
+    from luna_core.errors import CorruptStoreError
+    from luna_core.index.build import update_index
+    from luna_core.vault.query import Vault
+
+    home, profile = library_home
+    update_index(home, profile)
+    for shard in (home.text_store(profile) / "prompt_embeds" / "c").rglob("0"):
+        if shard.is_file():
+            data = bytearray(shard.read_bytes())
+            index_bytes = 64 * 16 + 4  # the shard index at the end stays intact: only rows are damaged
+            for position in range(0, len(data) - index_bytes, 997):
+                data[position] ^= 0x55
+            shard.write_bytes(bytes(data))
+    outcomes = {o.name: o for o in check_store(home, profile, "text")}
+    assert not outcomes["no_nan_or_inf"].passed and "damaged chunk" in outcomes["no_nan_or_inf"].description
+    with pytest.raises(CorruptStoreError, match="checksum"):
+        Vault(home, profile).condition(sample_library.images[0].path, k=3)

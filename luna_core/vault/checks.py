@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from luna_core.catalog import open_catalog
+from luna_core.errors import CorruptStoreError
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
@@ -80,8 +81,13 @@ def check_store(home: LunaHome, profile: ModelProfile, kind: str,
     rows = _rows_to_check(committed[committed < capacity], new_rows)
     bad_values = 0
     bad_norms = 0
+    damaged: list[str] = []
     for name in shapes:
-        values = store.read(name, rows).astype(np.float32)
+        try:
+            values = store.read(name, rows).astype(np.float32)
+        except CorruptStoreError as exc:  # a checksum mismatch fails the value checks, by name
+            damaged.append(str(exc))
+            continue
         flat = values.reshape(len(rows), -1)
         finite = np.isfinite(flat).all(axis=1)
         bad_values += int((~finite).sum())
@@ -93,9 +99,11 @@ def check_store(home: LunaHome, profile: ModelProfile, kind: str,
             bad_norms += int((token_norms.min(axis=1) <= 0).sum())
         else:
             bad_norms += int((np.linalg.norm(flat, axis=1) <= 0).sum())
-    outcomes.append(CheckOutcome("no_nan_or_inf", bad_values == 0, "no NaN or inf in the rows read",
-                                 {"rows read": int(len(rows)), "rows with NaN/inf": bad_values}))
+    outcomes.append(CheckOutcome("no_nan_or_inf", bad_values == 0 and not damaged,
+                                 "; ".join(damaged) or "no NaN or inf in the rows read (checksums verified)",
+                                 {"rows read": int(len(rows)), "rows with NaN/inf": bad_values,
+                                  "damaged arrays": len(damaged)}))
     norm_rule = "unit length (±0.01)" if kind == "vision" else "no all-zero token or pooled vector"
-    outcomes.append(CheckOutcome("norms_sane", bad_norms == 0, f"every row read has {norm_rule}",
+    outcomes.append(CheckOutcome("norms_sane", bad_norms == 0 and not damaged, f"every row read has {norm_rule}",
                                  {"rows read": int(len(rows)), "rows failing": bad_norms}))
     return outcomes

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.files import write_atomically
 from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads
@@ -228,6 +228,9 @@ class Vault:
             picked = np.array([rows[i] for i in present], dtype=np.int64)
             embeds = weighted_sum(weights[present], store.read_rows("prompt_embeds", picked)).reshape(seq_width)
             pooled = weighted_sum(weights[present], store.read_rows("pooled_prompt_embeds", picked))
+            if not (np.isfinite(embeds).all() and np.isfinite(pooled).all()):  # stores written before checksums
+                raise CorruptStoreError(f"conditioning store {store.path} holds non-finite values in rows "
+                                        f"{picked.tolist()}: it is damaged; rebuild it (delete it and run luna build)")
         return embeds, pooled
 
     def vault_answer(self, embedding: np.ndarray, k: int = 5, temperature: float = DEFAULT_TEMPERATURE,

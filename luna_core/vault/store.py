@@ -54,12 +54,16 @@ class RowStore:
             if not create:
                 raise NotBuiltError(f"no vault store at {path}")
             path.parent.mkdir(parents=True, exist_ok=True)
+            from zarr.codecs import Crc32cCodec
+
             group = zarr.open_group(str(path), mode="a", attributes={"luna": attrs or {}})
             for name, row_shape in fields.items():
                 chunk = (layout.rows_per_chunk, *row_shape)
                 shard = (layout.rows_per_shard, *row_shape)
+                # No compression (float16 embeddings barely compress); a CRC32C per chunk, so a damaged
+                # row is an error, never an answer.
                 group.create_array(name, shape=(0, *row_shape), chunks=chunk, shards=shard, dtype=DTYPE,
-                                   fill_value=0, compressors=None)  # float16 embeddings barely compress
+                                   fill_value=0, compressors=[Crc32cCodec()])
             return cls(path, group, fields, layout)
         group = zarr.open_group(str(path), mode="a")
         for name, row_shape in fields.items():
@@ -113,13 +117,19 @@ class RowStore:
 
     def read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
         array = self.group[name]
-        if isinstance(rows, slice):
-            return array[rows]
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size == 0:
-            return np.zeros((0, *self.fields[name]), dtype=DTYPE)
-        order = np.argsort(rows)  # sorted reads touch each chunk once
-        values = array.get_orthogonal_selection((rows[order],) + (slice(None),) * len(self.fields[name]))
+        try:
+            if isinstance(rows, slice):
+                return array[rows]
+            rows = np.asarray(rows, dtype=np.int64)
+            if rows.size == 0:
+                return np.zeros((0, *self.fields[name]), dtype=DTYPE)
+            order = np.argsort(rows)  # sorted reads touch each chunk once
+            values = array.get_orthogonal_selection((rows[order],) + (slice(None),) * len(self.fields[name]))
+        except (ValueError, RuntimeError) as exc:
+            if "checksum" not in str(exc).lower():
+                raise
+            raise CorruptStoreError(f"vault store {self.path}: array {name!r} holds a damaged chunk ({exc}); "
+                                    "rebuild the store (delete it and run luna build)") from None
         out = np.empty_like(values)
         out[order] = values
         return out
@@ -148,15 +158,28 @@ class RowStore:
         conf = codecs[0]["configuration"]
         inner = [c.get("name") for c in conf.get("codecs", [])]
         index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
-        if (conf.get("index_location", "end") != "end" or inner != ["bytes"] or index_codecs != ["bytes", "crc32c"]
+        checksummed = inner == ["bytes", "crc32c"]
+        if (conf.get("index_location", "end") != "end" or inner not in (["bytes"], ["bytes", "crc32c"])
+                or index_codecs != ["bytes", "crc32c"]
                 or conf["chunk_shape"] != [1, *row_shape] or meta.get("data_type") != DTYPE
                 or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator") != "/"):
             return None
         shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         row_bytes = int(np.prod(row_shape)) * 2
         index_bytes = shard_rows * 16 + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
+        chunk_bytes = row_bytes + 4 if checksummed else row_bytes
         zero_dims = "/".join("0" for _ in row_shape)
         empty = np.uint64(2**64 - 1)
+        from numcodecs.checksum32 import CRC32C
+
+        crc = CRC32C(location="end")
+
+        def verified(data: bytes, path: Path, what: str) -> bytes:
+            try:
+                return crc.decode(data)
+            except RuntimeError:
+                raise CorruptStoreError(f"vault store {self.path}: {what} in {path} fails its CRC32C checksum; "
+                                        "rebuild the store (delete it and run luna build)") from None
 
         def read(rows: np.ndarray) -> np.ndarray:
             out = np.zeros((len(rows), *row_shape), dtype=DTYPE)
@@ -168,13 +191,20 @@ class RowStore:
                     continue  # a shard never written reads as the fill value, as in zarr
                 try:
                     size = os.fstat(fd).st_size
-                    index = np.frombuffer(os.pread(fd, index_bytes, size - index_bytes)[:-4], dtype="<u8").reshape(-1, 2)
+                    raw_index = verified(os.pread(fd, index_bytes, size - index_bytes), path, "the shard index")
+                    index = np.frombuffer(raw_index, dtype="<u8").reshape(-1, 2)
                     for position in positions:
                         offset, nbytes = index[int(rows[position] % shard_rows)]
-                        if offset == empty or nbytes != row_bytes:
-                            continue
+                        if offset == empty:
+                            continue  # a chunk never written reads as the fill value, as in zarr
+                        if nbytes != chunk_bytes or offset + nbytes > size:
+                            raise CorruptStoreError(f"vault store {self.path}: the shard index of {path} is damaged "
+                                                    "(a chunk of the wrong size); rebuild the store")
+                        if checksummed:
+                            data = verified(os.pread(fd, chunk_bytes, int(offset)), path, f"row {rows[position]}")
+                            out[position] = np.frombuffer(data, dtype=DTYPE).reshape(row_shape)
                         # Straight into the output row: no intermediate bytes object, no extra copy.
-                        if os.preadv(fd, [memoryview(out[position]).cast("B")], int(offset)) != row_bytes:
+                        elif os.preadv(fd, [memoryview(out[position]).cast("B")], int(offset)) != row_bytes:
                             raise OSError(f"short read in {path}: the shard changed while being read")
                 finally:
                     os.close(fd)
