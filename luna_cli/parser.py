@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from luna_cli import demo, library, projector, refine, report, vault
+from luna_cli import demo, doctor, library, projector, refine, report, vault
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
 TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     refine.add_parser(sub)
     report.add_parser(sub)
+    doctor.add_parser(sub)
 
     cmd = sub.add_parser("projector", help="registered projectors (MLflow)")
     projector_sub = cmd.add_subparsers(dest="projector_command", required=True)

@@ -98,6 +98,13 @@ class RowStore:
         return cls(path, group, fields, layout)
 
     @property
+    def checksummed(self) -> bool:
+        """Whether the arrays carry a CRC32C per chunk (stores written before Luna added them do not)."""
+        meta = json.loads((self.path / next(iter(self.fields)) / "zarr.json").read_text())
+        inner = meta.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])
+        return any(codec.get("name") == "crc32c" for codec in inner)
+
+    @property
     def capacity(self) -> int:
         return int(self.group[next(iter(self.fields))].shape[0])
 

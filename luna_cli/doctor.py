@@ -1,0 +1,41 @@
+"""`luna doctor [--repair]`: check a home in one pass; print one line per finding with its fix."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+from luna_core.settings import LunaHome
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from luna_core.doctor import diagnose
+
+    home = LunaHome.existing(args.home)
+    findings = diagnose(home)
+    for finding in findings:
+        print(finding.line())
+    broken = [f for f in findings if f.severity == "error"]
+    if not args.repair or not (broken or any(f.fix for f in findings)):
+        return 1 if broken else 0
+    from luna_cli.library import report_run, run_build_all
+
+    for finding in broken:
+        if finding.remove is not None and finding.remove.is_relative_to(home.root):
+            print(f"repair: removing the damaged {finding.what} {finding.remove}")
+            shutil.rmtree(finding.remove)
+    print("repair: rebuilding every asset (luna build)…")
+    report_run(run_build_all(home.ensure()))
+    findings = diagnose(home)
+    print("after repair:")
+    for finding in findings:
+        print(finding.line())
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def add_parser(sub) -> None:
+    cmd = sub.add_parser("doctor", help="check a home (schema, checksums, counts, index, registry, disk) and say "
+                                        "how to fix each finding")
+    cmd.add_argument("--repair", action="store_true", help="run the fixes: remove damaged stores, then rebuild")
+    cmd.add_argument("--home", help="Luna home folder (default: $LUNA_HOME, else ./luna_home)")
+    cmd.set_defaults(func=cmd_doctor)
