@@ -5,10 +5,18 @@ code, see luna_core.errors), never in a traceback; `-v` adds debug logging."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
 from luna_cli.parser import build_parser, normalize_argv
+
+_PLAIN_OS_ERRORS = {
+    errno.ENOSPC: "free some space, then run the same command again: committed work is kept",
+    errno.EDQUOT: "free some space, then run the same command again: committed work is kept",
+    errno.EACCES: "give Luna's user access to it, or choose another --home",
+    errno.EROFS: "the file system is read-only: choose another --home",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     except LunaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - only the machine's own refusals are turned into one line
+        code = exc.errno if isinstance(exc, OSError) else errno.ENOSPC if "No space left on device" in str(exc) else None
+        if code not in _PLAIN_OS_ERRORS:
+            raise
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+        print(f"error: {reason}{where}: {_PLAIN_OS_ERRORS[code]}", file=sys.stderr)
+        return 6
     except KeyboardInterrupt:
         print("interrupted; committed work is kept and a rerun continues from it", file=sys.stderr)
         return 130

@@ -81,6 +81,20 @@ def _chunks(items: list[FileEntry], size: int) -> Iterable[list[FileEntry]]:
         yield items[start : start + size]
 
 
+def _die_with_parent(parent: int) -> None:
+    """A reader process ends when the ingest that started it dies (even by SIGKILL): Linux's parent-death
+    signal; elsewhere the pool's own shutdown is all there is."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 class _Processor:
     """Runs `read_file` over entries, in this process or in a pool of worker processes."""
 
@@ -95,7 +109,8 @@ class _Processor:
                 yield read_chunk(part, limits)
             return
         # spawn: forking a process that holds DuckDB or Dagster threads is unsafe.
-        self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                           initializer=_die_with_parent, initargs=(os.getpid(),))
         try:
             # Small tasks keep every worker busy; results come back in order, batch by batch.
             parts = list(_chunks(entries, max(8, min(64, chunk // self.workers))))
@@ -314,27 +329,29 @@ def ingest(
                mininterval=0.5)
     done = 0
     seen_quarantine = list(unchanged_bad) + [p.path for p in problems]
-    for results in processor.map(to_read, options.limits, options.batch_size, options.min_files_for_pool):
-        _commit_batch(catalog_path, results, _utcnow(), known_hashes)
-        for result in results:
-            if isinstance(result, IngestedFile):
-                report.files_read += 1
-                report.bytes_read += result.size
-                previous = known.get(result.path)
-                if previous is None:
-                    report.new += 1
-                else:
-                    report.changed += 1
-            else:
-                report.quarantined += 1
-                if result.size is not None:
+    try:  # the bar is closed whatever happens, so an error starts on a line of its own
+        for results in processor.map(to_read, options.limits, options.batch_size, options.min_files_for_pool):
+            _commit_batch(catalog_path, results, _utcnow(), known_hashes)
+            for result in results:
+                if isinstance(result, IngestedFile):
                     report.files_read += 1
-                seen_quarantine.append(result.path)
-        done += len(results)
-        bar.update(len(results))
-        if on_progress:
-            on_progress(done, len(to_read))
-    bar.close()
+                    report.bytes_read += result.size
+                    previous = known.get(result.path)
+                    if previous is None:
+                        report.new += 1
+                    else:
+                        report.changed += 1
+                else:
+                    report.quarantined += 1
+                    if result.size is not None:
+                        report.files_read += 1
+                    seen_quarantine.append(result.path)
+            done += len(results)
+            bar.update(len(results))
+            if on_progress:
+                on_progress(done, len(to_read))
+    finally:
+        bar.close()
     scanned = [r for r in roots if r not in report.unavailable_roots]
     _finish_scan(catalog_path, scanned, unchanged_paths, seen_quarantine, _utcnow(), report, run_started)
     report.seconds = time.perf_counter() - started

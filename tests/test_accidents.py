@@ -1,0 +1,110 @@
+"""Accidents a person meets: a full disk, a killed ingest, a cleanup whose own error would hide the cause."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from luna_cli.main import main
+from luna_core.catalog import transaction
+
+
+def test_a_failed_commit_is_reported_not_hidden_by_the_rollback():
+    class FullDisk:
+        def execute(self, sql):
+            if sql == "COMMIT":
+                raise duckdb.IOException('Could not write file "catalog.duckdb.wal": No space left on device')
+            if sql == "ROLLBACK":
+                raise duckdb.TransactionException("cannot rollback - no transaction is active")
+
+        def register(self, *args):
+            pass
+
+        def unregister(self, *args):
+            pass
+
+    with pytest.raises(duckdb.IOException, match="No space left on device"):
+        with transaction(FullDisk()):
+            pass
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a 1 MB tmpfs needs root and mount(8)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_a_nonzero_exit(small_disk, sample_library, capsys):
+    code = main(["ingest", str(sample_library.root), "--home", str(small_disk / "home"), "--workers", "1"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert code == 6 and len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in err
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_ingest_leaves_no_reader_process(sample_library, tmp_path):
+    """SIGKILL an ingest while its reader processes work: they end with it (no orphan keeps reading)."""
+    script = textwrap.dedent(f"""
+        from luna_core.ingest import IngestOptions, ingest
+        print("start", flush=True)
+        ingest({str(tmp_path / 'c.duckdb')!r}, [{str(sample_library.root)!r}],
+               IngestOptions(workers=2, progress=False, batch_size=4, min_files_for_pool=0))
+        print("finished", flush=True)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "start"
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and child.poll() is None and len(workers) < 2:
+            workers = [p for p in _children(child.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()
+                       .replace("\\0", " ")] if child.poll() is None else []
+        if child.poll() is not None:
+            pytest.skip("the ingest finished before its readers could be observed")
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        deadline = time.monotonic() + 60  # the parent-death signal is delivered by the kernel, at once
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in workers if _running(p)]
+        assert workers and not alive, f"reader processes {alive} outlived the killed ingest"
+    finally:
+        if child.poll() is None:
+            child.kill()
