@@ -18,6 +18,7 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     import dagster as dg
 
     from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
+    from luna_core.catalog import held_lock
 
     defs = build_definitions(str(home.root))
     job = defs.resolve_job_def(BUILD_ALL_JOB)
@@ -27,7 +28,10 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
                                                           ("refinement_report", report_config)) if config}
     if ops:
         run_config["ops"] = ops
-    return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    # One build of a home at a time: a second `luna build` waits for the first (and says so) instead of
+    # failing on the stores' writer locks.
+    with held_lock(home.root / "build", "build"):
+        return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
 
 
 def report_run(result) -> bool:

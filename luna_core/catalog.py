@@ -150,8 +150,8 @@ def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _acquire_file_lock(path: Path, timeout_s: float) -> None:
-    """Wait for the catalog's inter-process lock (flock), telling the user who holds it while waiting."""
+def _acquire_file_lock(path: Path, timeout_s: float, what: str = "catalog") -> None:
+    """Wait for `path`'s inter-process lock (flock), telling the user who holds it while waiting."""
     key = str(_lock_path(path))
     if key in _held:
         fd, depth = _held[key]
@@ -168,16 +168,31 @@ def _acquire_file_lock(path: Path, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise BusyError(
-                    f"catalog {path} stayed locked for {timeout_s:.0f}s by {_holder(key)}; "
+                    f"{what} {path} stayed locked for {timeout_s:.0f}s by {_holder(key)}; "
                     "is a long run still writing it? Try again when it has finished."
                 ) from None
-            if not told:
-                log.info("waiting for the catalog lock held by %s", _holder(key))
+            if not told:  # the catalog is held for moments (info); anything else may be a long wait (warning)
+                log.log(logging.INFO if what == "catalog" else logging.WARNING, "waiting for the %s lock held by %s",
+                        what, _holder(key))
                 told = True
             time.sleep(0.05)
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()}".encode())
     _held[key] = (fd, 1)
+
+
+@contextlib.contextmanager
+def held_lock(path: str | Path, what: str, timeout_s: float = float("inf")) -> Iterator[None]:
+    """An inter-process lock on `path` (the lock file beside it), waiting visibly while another process
+    holds it (e.g. two builds of one home queue instead of both failing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _process_lock:
+        _acquire_file_lock(path, timeout_s, what)
+        try:
+            yield
+        finally:
+            _release_file_lock(path)
 
 
 def _release_file_lock(path: Path) -> None:
@@ -201,6 +216,7 @@ def _holder(lock_file: str) -> str:
 def _connect(path: Path, read_only: bool, deadline: float, config: dict | None = None) -> duckdb.DuckDBPyConnection:
     # Luna's writers take the file lock first; DuckDB's own lock still guards against other tools
     # (a DuckDB shell left open), so a held lock is retried until the deadline, then explained.
+    told = False
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only, config=config or {})
@@ -213,6 +229,10 @@ def _connect(path: Path, read_only: bool, deadline: float, config: dict | None =
                     f"catalog {path} is in use by another process ({message.splitlines()[0]}); "
                     "close that program (a DuckDB shell?) or wait for its run to finish"
                 ) from None
+            if not told:  # visible: another program (not a Luna process) holds DuckDB's own lock
+                log.warning("catalog %s is held by another program (%s); waiting up to %.0fs — close it to "
+                            "go on", path, message.splitlines()[0][:160], max(0.0, deadline - time.monotonic()))
+                told = True
             time.sleep(0.1)
         except duckdb.Error as exc:
             raise CorruptStoreError(f"catalog {path} cannot be opened: {str(exc).splitlines()[0]}") from None

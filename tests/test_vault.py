@@ -323,7 +323,7 @@ def test_damaged_rows_are_errors_never_answers(tmp_path):
     np.testing.assert_array_equal(store.read_rows("e", np.array([2])), store.read("e", np.array([2])))
     shard = tmp_path / "t.zarr" / "e" / "c" / "0" / "0" / "0"
     data = bytearray(shard.read_bytes())
-    data[30:34] = b"\\x00\\x7e\\x00\\x7e"  # inside row 1 (row 0 is bytes 0-27 plus its 4-byte checksum)
+    data[30:34] = bytes([0x00, 0x7E, 0x00, 0x7E])  # inside row 1 (row 0 is bytes 0-27 plus its 4-byte checksum)
     shard.write_bytes(bytes(data))
     reopened = RowStore.open_readonly(tmp_path / "t.zarr", Layout(rows_per_chunk=1, rows_per_shard=4))
     np.testing.assert_array_equal(reopened.read_rows("e", np.array([0])), store.read("e", np.array([0])))
