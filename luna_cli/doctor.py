@@ -19,7 +19,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if not args.repair or not (broken or any(f.fix for f in findings)):
         return 1 if broken else 0
     from luna_cli.library import report_run, run_build_all
+    from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
+    for finding in findings:
+        if finding.add_checksums is not None:
+            layout = VISION_LAYOUT if finding.what.startswith("vision") else TEXT_LAYOUT
+            store = RowStore.open_readonly(finding.add_checksums, layout)
+            with store.writer():
+                print(f"repair: adding checksums to {finding.add_checksums}: {', '.join(store.add_checksums())}")
     for finding in broken:
         if finding.remove is not None and finding.remove.is_relative_to(home.root):
             print(f"repair: removing the damaged {finding.what} {finding.remove}")

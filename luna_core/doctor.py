@@ -22,6 +22,7 @@ class Finding:
     detail: str
     fix: str = ""  # the command that repairs it
     remove: Path | None = None  # what `--repair` deletes before rebuilding (a damaged store)
+    add_checksums: Path | None = None  # a store `--repair` rewrites with checksums (written before them)
 
     def line(self) -> str:
         fix = f"  → {self.fix}" if self.fix else ""
@@ -87,7 +88,8 @@ def _stores(home: LunaHome, profile, stores: list[dict], build: str) -> list[Fin
                                f"{outcomes[0].metadata.get('committed rows', 0)} rows; counts and norms verified"
                                + ("; checksums verified" if checksummed else
                                   "; written before Luna added checksums: damage can only show as bad values"),
-                               "" if checksummed else f"rm -rf {path} && {build}  (rewrites it with checksums)"))
+                               "" if checksummed else f"luna doctor --repair --home {home.root}  (adds them in place)",
+                               add_checksums=None if checksummed else path))
     return out
 
 
@@ -109,6 +111,9 @@ def _index(home: LunaHome, profile, build: str) -> list[Finding]:
     if loaded.meta.get("lookup_digest") != fresh:
         return [Finding("warning", "index", f"v{loaded.version.number} is stale: the library changed since it was "
                                              "published", build)]
+    if not loaded.meta.get("digests"):
+        return [Finding("warning", "index", f"v{loaded.version.number} was published before Luna recorded file "
+                                            "digests: damage to it cannot be detected", build)]
     return [Finding("ok", "index", f"v{loaded.version.number}: {int(loaded.index.ntotal):,} vectors, files verified, "
                                    "lookup current")]
 

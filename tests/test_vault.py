@@ -350,3 +350,32 @@ def test_a_damaged_text_store_fails_its_check_and_the_query(library_home, sample
     assert not outcomes["no_nan_or_inf"].passed and "damaged chunk" in outcomes["no_nan_or_inf"].description
     with pytest.raises(CorruptStoreError, match="checksum"):
         Vault(home, profile).condition(sample_library.images[0].path, k=3)
+
+
+def test_a_store_written_before_checksums_is_migrated(tmp_path):
+    """A store whose arrays carry no checksum (as Luna wrote them before) gains a CRC32C per chunk with
+    the same values; afterwards damage is detected."""
+    import zarr
+
+    from luna_core.errors import CorruptStoreError
+    from luna_core.vault.store import Layout
+
+    layout = Layout(rows_per_chunk=1, rows_per_shard=4)
+    group = zarr.open_group(str(tmp_path / "old.zarr"), mode="a")
+    array = group.create_array("e", shape=(0, 3, 4), chunks=(1, 3, 4), shards=(4, 3, 4), dtype="float16",
+                               fill_value=0, compressors=None)
+    values = np.arange(6 * 12, dtype=np.float32).reshape(6, 3, 4)
+    array.resize((8, 3, 4))
+    array[0:6] = values
+    store = RowStore.open_readonly(tmp_path / "old.zarr", layout)
+    assert not store.checksummed
+    assert store.add_checksums() == ["e"] and store.checksummed
+    np.testing.assert_array_equal(store.read("e", np.arange(6)), values)
+    np.testing.assert_array_equal(store.read_rows("e", np.array([5, 0])), values[[5, 0]])
+    assert store.add_checksums() == [], "a second call has nothing to do"
+    shard = tmp_path / "old.zarr" / "e" / "c" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError):
+        RowStore.open_readonly(tmp_path / "old.zarr", layout).read_rows("e", np.array([4]))

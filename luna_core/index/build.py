@@ -110,7 +110,7 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
             indexed = faiss.vector_to_array(loaded.index.id_map)
             new_mask = ~np.isin(ids, indexed)
             added = int(new_mask.sum())
-            if added == 0 and old.get("lookup_digest") == digest:
+            if added == 0 and old.get("lookup_digest") == digest and old.get("digests"):
                 return IndexReport("unchanged", "no new embeddings, lookup unchanged", current.number,
                                    int(loaded.index.ntotal), seconds=time.perf_counter() - started, meta=old)
             index = loaded.index
@@ -124,7 +124,8 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
             version = store.publish(index, lookup, meta)
             meta = version.meta()
             action, why = ("added", f"{added:,} new embeddings added without a rebuild") if added else \
-                ("refreshed", "no new embeddings; the lookup (paths, prompts, conditioning rows) changed")
+                ("refreshed", "no new embeddings; the lookup (paths, prompts, conditioning rows) changed"
+                 if old.get("lookup_digest") != digest else "published again with the digests of its files")
             return IndexReport(action, why, version.number, int(index.ntotal), added,
                                time.perf_counter() - started, meta)
 

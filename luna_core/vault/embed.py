@@ -128,7 +128,11 @@ def _open_store(catalog_path: Path, kind: str, key: str, model: str, revision: s
     """Record the store in the catalog (refusing other shapes under the same key), then open it."""
     with open_catalog(catalog_path) as con:
         _register_store(con, kind, key, model, revision, path, fields)
-    return RowStore.open(path, fields, layout, attrs={"model": model, "kind": kind})
+    store = RowStore.open(path, fields, layout, attrs={"model": model, "kind": kind})
+    if not store.checksummed:  # written before Luna added checksums: rewritten once, under the writer lock
+        with store.writer():
+            log.info("adding checksums to vault store %s: %s", path, store.add_checksums())
+    return store
 
 
 class _Committer:

@@ -100,9 +100,43 @@ class RowStore:
     @property
     def checksummed(self) -> bool:
         """Whether the arrays carry a CRC32C per chunk (stores written before Luna added them do not)."""
-        meta = json.loads((self.path / next(iter(self.fields)) / "zarr.json").read_text())
-        inner = meta.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])
-        return any(codec.get("name") == "crc32c" for codec in inner)
+        return all(_inner_codecs(self.path / name) == ["bytes", "crc32c"] for name in self.fields)
+
+    def add_checksums(self) -> list[str]:
+        """Rewrite the arrays written before Luna added checksums with a CRC32C per chunk; returns the
+        arrays rewritten. Crash-safe: each array is copied beside itself, then swapped in by renames, and
+        an interrupted swap is finished by the next call. Take the writer lock first."""
+        import shutil
+
+        import zarr
+        from zarr.codecs import Crc32cCodec
+
+        done = []
+        for name, row_shape in self.fields.items():
+            old, new = self.path / f"{name}.old", self.path / f"{name}.crc"
+            if not (self.path / name).exists() and old.exists() and new.exists():
+                os.rename(new, self.path / name)  # finish a swap a crash interrupted
+            shutil.rmtree(old, ignore_errors=True)
+            if _inner_codecs(self.path / name) == ["bytes", "crc32c"]:
+                continue
+            shutil.rmtree(new, ignore_errors=True)
+            source = zarr.open_array(str(self.path / name), mode="r")
+            target = zarr.open_group(str(self.path), mode="a").create_array(
+                f"{name}.crc", shape=source.shape, chunks=(self.layout.rows_per_chunk, *row_shape),
+                shards=(self.layout.rows_per_shard, *row_shape), dtype=DTYPE, fill_value=0,
+                compressors=[Crc32cCodec()])
+            for start in range(0, source.shape[0], self.layout.rows_per_shard):
+                target[start : start + self.layout.rows_per_shard] = source[start : start + self.layout.rows_per_shard]
+            os.rename(self.path / name, old)
+            os.rename(new, self.path / name)
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(name)
+        if done:
+            import zarr as _zarr
+
+            self.group = _zarr.open_group(str(self.path), mode="a")
+            self.__dict__.pop("_readers", None)
+        return done
 
     @property
     def capacity(self) -> int:
@@ -240,6 +274,11 @@ class RowStore:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
+
+
+def _inner_codecs(array_path: Path) -> list[str]:
+    meta = json.loads((array_path / "zarr.json").read_text())
+    return [c.get("name") for c in meta.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])]
 
 
 def folder_bytes(path: str | Path) -> int:
