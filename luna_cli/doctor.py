@@ -31,7 +31,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if finding.remove is not None and finding.remove.is_relative_to(home.root):
             print(f"repair: removing the damaged {finding.what} {finding.remove}")
             shutil.rmtree(finding.remove)
-    print("repair: rebuilding every asset (luna build)…")
+    print("repair: rebuilding every asset (luna build; runs left STARTED by a dead process are marked failed)…")
     report_run(run_build_all(home.ensure()))
     findings = diagnose(home)
     print("after repair:")

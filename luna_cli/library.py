@@ -23,6 +23,8 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     defs = build_definitions(str(home.root))
     job = defs.resolve_job_def(BUILD_ALL_JOB)
     instance = dg.DagsterInstance.from_config(str(home.dagster_home))
+    for message in fail_dead_runs(instance):
+        print(message, file=sys.stderr)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     ops = {name: {"config": config} for name, config in (("projector", projector_config),
                                                           ("refinement_report", report_config)) if config}
@@ -32,6 +34,37 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     # failing on the stores' writer locks.
     with held_lock(home.root / "build", "build"):
         return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)  # no /proc (macOS): the signal-0 probe
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+
+def fail_dead_runs(instance) -> list[str]:
+    """Runs left STARTED by a process that died (killed, crashed, a machine restart) are marked failed,
+    so the UI and the next build do not wait on them forever. Returns one line per run marked."""
+    import dagster as dg
+
+    marked = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        run = record.dagster_run
+        pids = {e.dagster_event.pid for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.pid}
+        if pids and not any(_running(pid) for pid in pids):
+            message = (f"run {run.run_id[:8]} of {run.job_name} was left STARTED by process(es) "
+                       f"{', '.join(map(str, sorted(pids)))}, which no longer exist: marked failed "
+                       "(committed work is kept; run it again)")
+            instance.report_run_failed(run, message)
+            marked.append(message)
+    return marked
 
 
 def report_run(result) -> bool:
@@ -110,7 +143,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    import dagster as dg
+
     home = LunaHome.existing(args.home).ensure()
+    for message in fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home))):
+        print(message)
     env = dict(os.environ, LUNA_HOME=str(home.root), DAGSTER_HOME=str(home.dagster_home))
     print(f"Starting the Dagster UI for {home.root} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
     # The same code location name as the repository's workspace.yaml, wherever Luna is installed.

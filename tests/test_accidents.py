@@ -152,3 +152,41 @@ def test_a_second_build_of_a_home_waits_for_the_first(tmp_path, caplog):
         logging.getLogger("luna_core.catalog").removeHandler(handler)
     finally:
         holder.communicate(timeout=60)
+
+
+def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
+    """SIGKILL a materialization on the home's own Dagster instance: the run stays STARTED until Luna
+    notices its process is gone and marks it failed (what `luna build` and `luna ui` do first)."""
+    import signal as signals
+
+    import dagster as dg
+
+    from luna_cli.library import fail_dead_runs
+
+    script = textwrap.dedent(f"""
+        import sys, dagster as dg
+        import luna_core.models.encoders as encoders
+        from dagster_project.definitions import build_definitions
+        def stuck(self, pixels):
+            print("stuck", flush=True)
+            sys.stdin.readline()
+        encoders.VisionEncoder.embed_pixels = stuck
+        defs = build_definitions({str(tiny_home.root)!r})
+        job = defs.resolve_implicit_global_asset_job_def()
+        job.execute_in_process(asset_selection=[dg.AssetKey("vision_embeddings")],
+                               instance=dg.DagsterInstance.from_config({str(tiny_home.dagster_home)!r}))
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert next((line.strip() for line in iter(child.stdout.readline, "") if line.strip() == "stuck"), None)
+        child.send_signal(signals.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    instance = dg.DagsterInstance.from_config(str(tiny_home.dagster_home))
+    started = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert len(started) == 1, "the killed run is left STARTED"
+    assert len(fail_dead_runs(instance)) == 1
+    assert instance.get_run_by_id(started[0].dagster_run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert fail_dead_runs(instance) == []
