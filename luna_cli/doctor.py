@@ -9,10 +9,17 @@ from luna_core.settings import LunaHome
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from luna_core.doctor import diagnose
+    import dagster as dg
+
+    from luna_cli.library import fail_dead_runs
+    from luna_core.doctor import Finding, diagnose
 
     home = LunaHome.existing(args.home)
     findings = diagnose(home)
+    if home.dagster_home.is_dir():
+        dead = fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home)), mark=False)
+        findings += [Finding("warning", "dagster run", line, f"luna doctor --repair --home {home.root}")
+                     for line in dead]
     for finding in findings:
         print(finding.line())
     broken = [f for f in findings if f.severity == "error"]

@@ -49,9 +49,10 @@ def _running(pid: int) -> bool:
             return True
 
 
-def fail_dead_runs(instance) -> list[str]:
+def fail_dead_runs(instance, mark: bool = True) -> list[str]:
     """Runs left STARTED by a process that died (killed, crashed, a machine restart) are marked failed,
-    so the UI and the next build do not wait on them forever. Returns one line per run marked."""
+    so the UI and the next build do not wait on them forever. Returns one line per such run (with
+    `mark=False`, only finds them)."""
     import dagster as dg
 
     marked = []
@@ -60,9 +61,10 @@ def fail_dead_runs(instance) -> list[str]:
         pids = {e.dagster_event.pid for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.pid}
         if pids and not any(_running(pid) for pid in pids):
             message = (f"run {run.run_id[:8]} of {run.job_name} was left STARTED by process(es) "
-                       f"{', '.join(map(str, sorted(pids)))}, which no longer exist: marked failed "
-                       "(committed work is kept; run it again)")
-            instance.report_run_failed(run, message)
+                       f"{', '.join(map(str, sorted(pids)))}, which no longer exist"
+                       + (": marked failed (committed work is kept; run it again)" if mark else ""))
+            if mark:
+                instance.report_run_failed(run, message)
             marked.append(message)
     return marked
 

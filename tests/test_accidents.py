@@ -190,3 +190,29 @@ def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
     assert len(fail_dead_runs(instance)) == 1
     assert instance.get_run_by_id(started[0].dagster_run.run_id).status == dg.DagsterRunStatus.FAILURE
     assert fail_dead_runs(instance) == []
+
+
+def test_a_catalog_held_by_another_program_is_a_visible_wait_then_a_clear_error(tmp_path, caplog):
+    import logging
+
+    from luna_core.catalog import open_catalog
+    from luna_core.errors import BusyError
+
+    db = tmp_path / "c.duckdb"
+    with open_catalog(db):
+        pass
+    shell = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, duckdb
+        con = duckdb.connect({str(db)!r})  # a DuckDB shell left open: DuckDB's own lock, not Luna's
+        print("open", flush=True)
+        sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert shell.stdout.readline().strip() == "open"
+        with caplog.at_level(logging.WARNING, logger="luna_core.catalog"):
+            with pytest.raises(BusyError, match="in use by another process"):
+                with open_catalog(db, timeout_s=0.5):
+                    pass
+        assert any("held by another program" in r.getMessage() for r in caplog.records)
+    finally:
+        shell.communicate("done\n", timeout=60)
