@@ -1,6 +1,7 @@
 """The `index` domain (groups `catalog` and `index`): the library view over catalog and vault, the
 FAISS index, and the job and schedule that rebuild it."""
 
+import logging
 import os
 
 import dagster as dg
@@ -108,9 +109,16 @@ def definitions() -> dg.Definitions:
         config={"ops": {"faiss_index": {"config": {"rebuild": True}}}},
         description="Rebuild and retrain the FAISS index from every embedding (also launchable from the UI).",
     )
-    nightly = dg.ScheduleDefinition(
-        name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=os.environ.get(REINDEX_CRON_ENV, DEFAULT_REINDEX_CRON),
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Rebuild and retrain the FAISS index (cron from ${REINDEX_CRON_ENV}).",
-    )
+    cron = os.environ.get(REINDEX_CRON_ENV, DEFAULT_REINDEX_CRON)
+    description = f"Rebuild and retrain the FAISS index (cron from ${REINDEX_CRON_ENV})."
+    try:
+        nightly = dg.ScheduleDefinition(name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=cron,
+                                        default_status=dg.DefaultScheduleStatus.RUNNING, description=description)
+    except dg.DagsterInvalidDefinitionError:
+        # A bad setting must not take the whole code location (and the UI) down: say so, use the default.
+        problem = f"${REINDEX_CRON_ENV}={cron!r} is not a cron expression; using the default {DEFAULT_REINDEX_CRON!r}"
+        logging.getLogger(__name__).warning(problem)
+        nightly = dg.ScheduleDefinition(name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=DEFAULT_REINDEX_CRON,
+                                        default_status=dg.DefaultScheduleStatus.RUNNING,
+                                        description=f"{description} {problem}.")
     return dg.Definitions(assets=[luna_catalog, faiss_index], jobs=[rebuild_job], schedules=[nightly])

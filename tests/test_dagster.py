@@ -232,6 +232,9 @@ def test_embedding_assets_report_metadata_and_pass_checks(tiny_home: LunaHome):
 def test_reindex_schedule_cron_is_configurable(monkeypatch, tmp_path):
     monkeypatch.setenv("LUNA_REINDEX_CRON", "30 1 * * 0")
     assert build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex").cron_schedule == "30 1 * * 0"
+    monkeypatch.setenv("LUNA_REINDEX_CRON", "nightly")  # a bad setting: the location still loads
+    schedule = build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex")
+    assert schedule.cron_schedule == "0 3 * * *" and "'nightly' is not a cron expression" in schedule.description
 
 
 def test_catalog_and_index_assets_add_then_rebuild(tiny_home: LunaHome):

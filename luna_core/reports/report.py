@@ -25,7 +25,14 @@ import numpy as np
 
 from luna_core.errors import LunaError
 from luna_core.models.profiles import ModelProfile
-from luna_core.reports.evaluate import EvalSettings, Evaluation, evaluate, registered_projectors, test_pairs
+from luna_core.reports.evaluate import (
+    EvalSettings,
+    Evaluation,
+    evaluate,
+    registered_projectors,
+    split_fingerprint,
+    test_pairs,
+)
 from luna_core.reports.quality import QualitySettings, refine_sample
 from luna_core.reports.render import markdown, plots, standalone_html
 from luna_core.settings import LunaHome
@@ -82,15 +89,9 @@ def report_inputs(home: LunaHome, profile: ModelProfile, settings: ReportSetting
     settings_text = json.dumps(asdict(settings), sort_keys=True, default=str)
     return {"index_version": vault.index.version.number, "champion_version": champion,
             "projector_versions": [v["version"] for v in versions],
-            "test_fingerprint": _fingerprint(test_pairs(home, settings.evaluation)),
+            "test_fingerprint": split_fingerprint(test_pairs(home, settings.evaluation)),
             "code_version": REPORT_CODE_VERSION, "vision_key": profile.vision_key, "text_key": profile.text_key,
             "settings": hashlib.sha256(settings_text.encode()).hexdigest()[:12]}
-
-
-def _fingerprint(pairs) -> str:
-    from luna_core.reports.evaluate import split_fingerprint
-
-    return split_fingerprint(pairs)
 
 
 def build_report(home: LunaHome, profile: ModelProfile, settings: ReportSettings = ReportSettings(),
