@@ -36,8 +36,12 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
             "Add one with `luna ingest ROOT --home ...` (it records the root) or set extra_roots on the resource."
         )
     context.log.info(f"Ingesting {len(roots)} root(s) into {luna.luna_home.catalog_path}: {roots}")
+    # Taken before the scan: a file changed while ingest runs makes the next sensor tick differ (and run).
+    _, fingerprint = fingerprint_roots(roots)
     report = ingest(luna.luna_home.catalog_path, roots, luna.ingest_options(),
                     on_progress=progress_logger(context, "new or changed files read"))
+    if not report.unavailable_roots:
+        luna.luna_home.record_library_fingerprint(roots, fingerprint)
     for root in report.unavailable_roots:
         context.log.warning(f"Library root {root} is not available (unmounted?); its catalog rows were left as they were")
     with catalog.open_catalog(luna.luna_home.catalog_path) as con:
@@ -96,6 +100,9 @@ def library_files_changed(context: dg.SensorEvaluationContext, luna: LunaHomeRes
     if digest == context.cursor:
         return dg.SkipReason(f"no change in {count:,} entries under {len(roots)} root(s)")
     context.update_cursor(digest)
+    if digest == luna.luna_home.recorded_library_fingerprint(roots):
+        # A built home's first tick (a fresh cursor): the last ingest already saw exactly these files.
+        return dg.SkipReason(f"the catalog already matches the {count:,} entries under {len(roots)} root(s)")
     # No run_key: the cursor already dedupes, and a library that returns to an earlier state must still be re-scanned.
     return dg.RunRequest(tags={"luna/trigger": "library_files_changed", "luna/entries": str(count)})
 

@@ -182,6 +182,23 @@ class LunaHome:
         self._write_config(config)
         return known
 
+    @property
+    def library_fingerprint_path(self) -> Path:
+        return self.root / "library_fingerprint.json"
+
+    def record_library_fingerprint(self, roots: list[str], digest: str) -> None:
+        """The roots' stat fingerprint as the last completed ingest saw them (taken before it scanned)."""
+        tmp = self.library_fingerprint_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"roots": sorted(roots), "digest": digest}))
+        os.replace(tmp, self.library_fingerprint_path)
+
+    def recorded_library_fingerprint(self, roots: list[str]) -> str | None:
+        try:
+            recorded = json.loads(self.library_fingerprint_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return recorded.get("digest") if recorded.get("roots") == sorted(roots) else None
+
     def model_profile(self) -> str | None:
         """The model profile this home was built with ([models] profile in luna.toml), if recorded."""
         name = self.config().get("models", {}).get("profile")

@@ -113,6 +113,22 @@ def test_sensor_requests_a_run_only_when_files_change(sample_library: SampleLibr
     assert len(third.run_requests) == 1 and third.cursor != first.cursor
 
 
+def test_a_built_home_s_first_sensor_tick_requests_nothing(sample_library: SampleLibrary, tmp_path: Path):
+    """After an ingest, a fresh sensor cursor (the first `luna ui` on a demo home) requests no run: the
+    catalog already matches the files; a changed file still requests one."""
+    home = LunaHome.resolve(tmp_path / "home").ensure()
+    home.add_roots([sample_library.root])
+    luna = LunaHomeResource(home=str(home.root), workers=1)
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([ingested_images], resources={"luna": luna}, instance=instance).success
+    context = dg.build_sensor_context(cursor=None, instance=instance, resources={"luna": luna})
+    first = library_files_changed.evaluate_tick(context)
+    assert first.run_requests == [] and "already matches" in first.skip_message and first.cursor
+    shutil.copyfile(sample_library.images[0].path, sample_library.root / "new_render.png")
+    context = dg.build_sensor_context(cursor=first.cursor, instance=instance, resources={"luna": luna})
+    assert len(library_files_changed.evaluate_tick(context).run_requests) == 1
+
+
 def test_luna_core_never_imports_dagster():
     code = ("import sys, luna_core.ingest, luna_core.samples, luna_core.catalog, luna_core.scan, luna_core.settings;"
             "bad = [m for m in sys.modules if m.split('.')[0] == 'dagster']; assert not bad, bad")
