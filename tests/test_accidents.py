@@ -110,46 +110,19 @@ def test_a_killed_ingest_leaves_no_reader_process(sample_library, tmp_path):
             child.kill()
 
 
-def test_a_second_build_of_a_home_waits_for_the_first(tmp_path, caplog):
+def test_a_second_build_of_a_home_waits_for_the_first(tmp_path):
     """Two builds of one home queue behind one lock, the second saying whom it waits for."""
-    import logging
-    import threading
+    from locking import hold_in_child, waits_then_gets
 
     from luna_core.catalog import held_lock
 
     lock = tmp_path / "home" / "build"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys
-        from luna_core.catalog import held_lock
-        with held_lock({str(lock)!r}, "build"):
-            print("held", flush=True)
-            sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = hold_in_child("from luna_core.catalog import held_lock\n", f"held_lock({str(lock)!r}, 'build')")
     try:
-        assert holder.stdout.readline().strip() == "held"
-        waiting, got_it = threading.Event(), threading.Event()
-
-        class Waiting(logging.Handler):
-            def emit(self, record):
-                if "waiting for the build lock held by pid" in record.getMessage():
-                    waiting.set()
-
-        handler = Waiting(level=logging.WARNING)
-        logging.getLogger("luna_core.catalog").addHandler(handler)
-
-        def second_build():
-            with held_lock(lock, "build"):
-                got_it.set()
-
-        thread = threading.Thread(target=second_build)
-        thread.start()
-        waited = waiting.wait(60)
-        assert waited and not got_it.is_set(), (waited, got_it.is_set(), thread.is_alive())
-        holder.stdin.write("done\n")
-        holder.stdin.flush()
-        thread.join(60)
-        assert got_it.is_set()
-        logging.getLogger("luna_core.catalog").removeHandler(handler)
+        logged, blocked, got_it = waits_then_gets(holder, lambda: held_lock(lock, "build"),
+                                                  "waiting for the build lock held by pid")
+        assert logged and blocked, (logged, blocked)
+        assert got_it
     finally:
         holder.communicate(timeout=60)
 

@@ -237,11 +237,10 @@ def test_row_store_refuses_other_shapes_and_grows_by_shards(tmp_path: Path):
     assert subprocess.run([sys.executable, "-c", second_writer]).returncode == 0  # free again
 
 
-def test_catalog_waits_for_another_process_holding_it(tmp_path: Path, caplog):
+def test_catalog_waits_for_another_process_holding_it(tmp_path: Path):
     """A second process waits for the catalog while the first holds it, and gets it once released; a
     short timeout is a clear BusyError. The holder lets go only when told to: no clock involved."""
-    import logging
-    import threading
+    from locking import hold_in_child, waits_then_gets
 
     from luna_core.catalog import open_catalog
     from luna_core.errors import BusyError
@@ -249,43 +248,15 @@ def test_catalog_waits_for_another_process_holding_it(tmp_path: Path, caplog):
     db = tmp_path / "c.duckdb"
     with open_catalog(db):
         pass
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys
-        from luna_core.catalog import open_catalog
-        with open_catalog({str(db)!r}) as con:
-            print("held", flush=True)
-            sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = hold_in_child("from luna_core.catalog import open_catalog\n", f"open_catalog({str(db)!r})")
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(BusyError, match="locked"):
             with open_catalog(db, timeout_s=0.2):
                 pass
-        waiting, got_it = threading.Event(), threading.Event()
-
-        class Waiting(logging.Handler):
-            def emit(self, record):
-                if "waiting for the catalog lock" in record.getMessage():
-                    waiting.set()
-
-        handler = Waiting()
-        logging.getLogger("luna_core.catalog").addHandler(handler)
-        caplog.set_level(logging.INFO, logger="luna_core.catalog")
-
-        def second():
-            with open_catalog(db) as con:
-                assert con.execute("SELECT 1").fetchone() == (1,)
-                got_it.set()
-
-        thread = threading.Thread(target=second)
-        thread.start()
-        assert waiting.wait(60), "the second opener says it is waiting"
-        assert not got_it.is_set(), "it did not get the catalog while the holder held it"
-        holder.stdin.write("release\n")
-        holder.stdin.flush()
-        thread.join(60)
-        assert got_it.is_set()
-        logging.getLogger("luna_core.catalog").removeHandler(handler)
+        logged, blocked, got_it = waits_then_gets(holder, lambda: open_catalog(db), "waiting for the catalog lock")
+        assert logged, "the second opener says it is waiting"
+        assert blocked, "it did not get the catalog while the holder held it"
+        assert got_it
     finally:
         holder.communicate(timeout=60)
 

@@ -55,6 +55,8 @@ class Evaluation:
     test_fingerprint: str
     sources: list[SourceResult]
     split_sizes: dict[str, int]
+    pairs: Pairs  # the test pairs scored
+    mean_conditioning: tuple[np.ndarray, np.ndarray]  # the train split's mean (tokens, pooled)
 
     def source(self, kind: str) -> SourceResult | None:
         return next((s for s in self.sources if s.kind == kind), None)
@@ -154,10 +156,10 @@ def summarize(result: SourceResult, mean_source: SourceResult | None, settings: 
 
 
 def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: EvalSettings = EvalSettings(),
-             projectors: list[tuple[str, object]] | None = None) -> Evaluation:
-    """Score every source on the test split. `projectors`: (label, model) pairs (default: every
-    registered version of `settings.projector_name` that fits the encoders)."""
-    pairs = test_pairs(home, settings)
+             projectors: list[tuple[str, object]] | None = None, pairs: Pairs | None = None) -> Evaluation:
+    """Score every source on the test split (`pairs`, default `test_pairs`). `projectors`: (label, model)
+    pairs (default: every registered version of `settings.projector_name` that fits the encoders)."""
+    pairs = pairs if pairs is not None else test_pairs(home, settings)
     truth = _Truth(home, profile, pairs)
     vision = home.open_vision_store(profile)
     embeddings = vision.read("embeds", pairs.vision_rows).astype(np.float32)
@@ -197,7 +199,8 @@ def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: Eval
         summarize(source, None if source is mean_source else mean_source, settings)
     split_sizes = {"train": len(train.image_ids), "val": len(load_pairs(home, "val").image_ids),
                    "test": len(load_pairs(home, "test").image_ids), "test scored": len(pairs.image_ids)}
-    return Evaluation(len(pairs.image_ids), split_fingerprint(pairs), sources, split_sizes)
+    return Evaluation(len(pairs.image_ids), split_fingerprint(pairs), sources, split_sizes, pairs,
+                      (mean_tokens, mean_pooled))
 
 
 def _mean_conditioning(text, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -80,7 +80,7 @@ def latest_report(home: LunaHome) -> tuple[Path, dict] | None:
         return None
 
 
-def report_inputs(home: LunaHome, profile: ModelProfile, settings: ReportSettings, vault) -> dict:
+def report_inputs(home: LunaHome, profile: ModelProfile, settings: ReportSettings, vault, pairs) -> dict:
     """What a report depends on: a report with the same inputs is the same report."""
     from luna_core.projector.registry import list_versions
 
@@ -89,7 +89,7 @@ def report_inputs(home: LunaHome, profile: ModelProfile, settings: ReportSetting
     settings_text = json.dumps(asdict(settings), sort_keys=True, default=str)
     return {"index_version": vault.index.version.number, "champion_version": champion,
             "projector_versions": [v["version"] for v in versions],
-            "test_fingerprint": split_fingerprint(test_pairs(home, settings.evaluation)),
+            "test_fingerprint": split_fingerprint(pairs),
             "code_version": REPORT_CODE_VERSION, "vision_key": profile.vision_key, "text_key": profile.text_key,
             "settings": hashlib.sha256(settings_text.encode()).hexdigest()[:12]}
 
@@ -102,7 +102,8 @@ def build_report(home: LunaHome, profile: ModelProfile, settings: ReportSettings
 
     step = on_step or (lambda message: log.info(message))
     vault = Vault(home, profile, device)
-    inputs = report_inputs(home, profile, settings, vault)
+    pairs = test_pairs(home, settings.evaluation)
+    inputs = report_inputs(home, profile, settings, vault, pairs)
     previous = latest_report(home)
     if previous and not settings.force and previous[1].get("inputs") == inputs:
         return ReportOutcome(False, "inputs unchanged (index, champion, test split, code): the latest report stands",
@@ -110,8 +111,8 @@ def build_report(home: LunaHome, profile: ModelProfile, settings: ReportSettings
     started = time.perf_counter()
     step("scoring every conditioning source on the test split")
     projectors = registered_projectors(home, vault, settings.evaluation)
-    evaluation = evaluate(home, profile, vault, settings.evaluation, projectors)
-    champion_label = next((label for label, _ in projectors if "@champion" in label or "champion" in label), None)
+    evaluation = evaluate(home, profile, vault, settings.evaluation, projectors, pairs)
+    champion_label = next((label for label, _ in projectors if "@champion" in label), None)
     step("refining a sample of test images with each source")
     quality, sheet, sampler = _quality(home, profile, vault, evaluation, projectors, settings, device)
     step("measuring costs and what batching saves")
@@ -131,7 +132,7 @@ def _quality(home: LunaHome, profile: ModelProfile, vault, evaluation: Evaluatio
     from luna_core.refine.refiner import Refiner
     from luna_core.refine.sampler import ItemConditioning
 
-    pairs = test_pairs(home, settings.evaluation)
+    pairs = evaluation.pairs
     refiner = Refiner(home, profile, SourceSettings("vault", k=settings.evaluation.k), device=device)
     count = min(settings.quality.images, len(pairs.image_ids))
     if count == 0:
@@ -152,25 +153,18 @@ def _quality(home: LunaHome, profile: ModelProfile, vault, evaluation: Evaluatio
     zeros = (np.zeros(text.fields["prompt_embeds"], np.float32), np.zeros(text.fields["pooled_prompt_embeds"], np.float32))
     tokens = text.read_rows("prompt_embeds", true_rows).astype(np.float32)
     pooled = text.read_rows("pooled_prompt_embeds", true_rows).astype(np.float32)
-    mean_item = ItemConditioning(*_mean_from(home, profile), *zeros)
+    mean_item = ItemConditioning(*evaluation.mean_conditioning, *zeros)
     whole = {"true prompt": [ItemConditioning(t, p, *zeros) for t, p in zip(tokens, pooled)],
              "mean": [mean_item] * len(images),
              "empty": [ItemConditioning(empty_tokens, empty_pooled, *zeros)] * len(images)}
     per_tile = {"vault": refiner.conditioner}
-    champion = next((model for label, model in projectors if "champion" in label), None)
+    champion = next((model for label, model in projectors if "@champion" in label), None)
     if champion is not None:
         per_tile["projector"] = Conditioner(vault, SourceSettings("projector"), projector=(champion, None))
     result = refine_sample(refiner, images, [int(pairs.image_ids[i]) for i in kept], whole, per_tile, settings.quality)
     result.sample_paths = [paths[list(chosen).index(i)] for i in kept]
     return ({"clip_i": result.clip_i, "sample_paths": result.sample_paths, "clip_t": result.clip_t,
              "settings": asdict(settings.quality)}, result.sheet, refiner.sampler)
-
-
-def _mean_from(home: LunaHome, profile: ModelProfile):
-    from luna_core.projector.train import load_pairs
-    from luna_core.reports.evaluate import _mean_conditioning
-
-    return _mean_conditioning(home.open_text_store(profile), load_pairs(home, "train").prompt_rows)
 
 
 def _latency(fn, batch: int, repeat: int = 20) -> float:
@@ -190,8 +184,7 @@ def _costs(home: LunaHome, vault, projectors, evaluation: Evaluation, sampler, s
     from luna_core.vault.store import folder_bytes
 
     meta = vault.index.meta
-    pairs = test_pairs(home, settings.evaluation)
-    embeddings = home.open_vision_store(vault.profile).read("embeds", pairs.vision_rows[:64]).astype(np.float32)
+    embeddings = home.open_vision_store(vault.profile).read("embeds", evaluation.pairs.vision_rows[:64]).astype(np.float32)
     one = embeddings[:1]
     batch = np.resize(embeddings, (64, embeddings.shape[1]))
     answer_times = []
