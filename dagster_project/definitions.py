@@ -10,6 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
+from dagster_project.runs import dead_run_monitor
 from luna_assets import DOMAINS
 from luna_core.settings import LunaHome
 
@@ -22,7 +23,8 @@ luna_automation = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    description="Evaluates the assets' automation conditions: the vault follows the catalog by itself.",
+    description="Evaluates the assets' automation conditions: the vault, catalog, index and report follow changed "
+                "data; the projector trains when missing and weekly (and on the retrain policy's request).",
 )
 
 
@@ -32,7 +34,7 @@ def build_definitions(home: str | None = None, models: LunaModelsResource | None
     assembly = dg.Definitions(
         jobs=[dg.define_asset_job(BUILD_ALL_JOB, selection=dg.AssetSelection.all(),
                                   description="Every Luna asset, in dependency order (what `luna demo` runs).")],
-        sensors=[luna_automation],
+        sensors=[luna_automation, dead_run_monitor],
         resources={"luna": luna, "models": models or LunaModelsResource()},
     )
     return dg.Definitions.merge(*(domain.definitions() for domain in DOMAINS), assembly)

@@ -1,12 +1,10 @@
 """The `index` domain (groups `catalog` and `index`): the library view over catalog and vault, the
 FAISS index, and the job and schedule that rebuild it."""
 
-import logging
-import os
-
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
+from luna_assets.automation import cron_setting, on_upstream_change
 from luna_assets.metadata import seconds
 from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 from luna_core.index.build import update_index
@@ -26,8 +24,8 @@ DEFAULT_REINDEX_CRON = "0 3 * * *"  # nightly, 03:00
     deps=[VISION_EMBEDDINGS, TEXT_CONDITIONINGS],
     group_name="catalog",
     kinds={"duckdb"},
-    code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    code_version="2",
+    automation_condition=on_upstream_change(),
     check_specs=[
         dg.AssetCheckSpec("every_image_counted_once", asset=LUNA_CATALOG,
                           description="Every ok image is in the library view exactly once, with an id and a split."),
@@ -47,11 +45,13 @@ def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, mode
             "with vision row": report.with_vision_row, "with prompt row": report.with_prompt_row,
             "with negative row": report.with_negative_row,
             "orphans": dg.MetadataValue.json(report.orphans),
+            "retired (left the library)": dg.MetadataValue.json(report.retired),
         },
+        data_version=dg.DataVersion(report.digest),
         check_results=[
             dg.AssetCheckResult(check_name="every_image_counted_once", passed=report.uncounted == 0,
                                 metadata={"images": report.images, "uncounted or doubled": report.uncounted}),
-            # Orphans are leftovers (an edited file's old embedding), harmless to answers: a warning.
+            # Leftovers the retirement above missed (harmless to answers): a warning.
             dg.AssetCheckResult(check_name="no_orphans", passed=orphans == 0, severity=dg.AssetCheckSeverity.WARN,
                                 metadata={k: v for k, v in report.orphans.items()}),
         ],
@@ -72,8 +72,8 @@ class FaissIndexConfig(dg.Config):
     deps=[LUNA_CATALOG],
     group_name="index",
     kinds={"faiss"},
-    code_version="1",
-    automation_condition=dg.AutomationCondition.eager(),
+    code_version="2",
+    automation_condition=on_upstream_change(),
 )
 def faiss_index(context: dg.AssetExecutionContext, config: FaissIndexConfig, luna: LunaHomeResource,
                 models: LunaModelsResource) -> dg.MaterializeResult:
@@ -87,7 +87,8 @@ def faiss_index(context: dg.AssetExecutionContext, config: FaissIndexConfig, lun
     return dg.MaterializeResult(
         metadata={
             "action": report.action, "reason": report.reason, "version": report.version,
-            "vectors": report.vectors, "added": report.added,
+            "vectors": report.vectors, "added": report.added, "removed": report.removed,
+            "departed images left unanswered until a rebuild": int(meta.get("retired_vectors", 0)),
             "index": meta.get("plan", {}).get("factory", ""),
             "recall@10 (held-out, vs exact)": dg.MetadataValue.float(round(float(meta.get("recall_at_10", 0.0)), 4)),
             "search params": dg.MetadataValue.json(meta.get("search_params", {})),
@@ -100,6 +101,8 @@ def faiss_index(context: dg.AssetExecutionContext, config: FaissIndexConfig, lun
             "duration (s)": seconds(report.seconds),
             "vision model": meta.get("vision_key", ""),
         },
+        # A new version only when something was published: an unchanged index requests nothing downstream.
+        data_version=dg.DataVersion(f"{meta.get('vision_key', '')}__{meta.get('text_key', '')} v{report.version}"),
     )
 
 
@@ -109,16 +112,8 @@ def definitions() -> dg.Definitions:
         config={"ops": {"faiss_index": {"config": {"rebuild": True}}}},
         description="Rebuild and retrain the FAISS index from every embedding (also launchable from the UI).",
     )
-    cron = os.environ.get(REINDEX_CRON_ENV, DEFAULT_REINDEX_CRON)
-    description = f"Rebuild and retrain the FAISS index (cron from ${REINDEX_CRON_ENV})."
-    try:
-        nightly = dg.ScheduleDefinition(name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=cron,
-                                        default_status=dg.DefaultScheduleStatus.RUNNING, description=description)
-    except dg.DagsterInvalidDefinitionError:
-        # A bad setting must not take the whole code location (and the UI) down: say so, use the default.
-        problem = f"${REINDEX_CRON_ENV}={cron!r} is not a cron expression; using the default {DEFAULT_REINDEX_CRON!r}"
-        logging.getLogger(__name__).warning(problem)
-        nightly = dg.ScheduleDefinition(name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=DEFAULT_REINDEX_CRON,
-                                        default_status=dg.DefaultScheduleStatus.RUNNING,
-                                        description=f"{description} {problem}.")
+    cron, problem = cron_setting(REINDEX_CRON_ENV, DEFAULT_REINDEX_CRON)
+    nightly = dg.ScheduleDefinition(
+        name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=cron, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Rebuild and retrain the FAISS index (cron from ${REINDEX_CRON_ENV}). {problem}".strip())
     return dg.Definitions(assets=[luna_catalog, faiss_index], jobs=[rebuild_job], schedules=[nightly])

@@ -50,9 +50,12 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
         samples = catalog.sample_images(con, 12)
         quarantined = catalog.quarantine_rows(con, 25)
         totals = catalog.image_counts(con)
+        held = catalog.library_files_digest(con)
     by_generator = [{"generator": g, "images": n} for g, n in report.by_generator.items()]
     files_per_s = report.files_read / report.seconds if report.seconds else 0.0
     return dg.MaterializeResult(
+        # The same files give the same version: a run that found nothing new requests nothing downstream.
+        data_version=dg.DataVersion(held),
         metadata={
             "new": report.new,
             "changed": report.changed,

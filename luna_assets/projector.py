@@ -3,16 +3,22 @@
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
+from luna_assets.automation import AC, GPU_POOL, cron_setting
 from luna_assets.index import LUNA_CATALOG
 from luna_assets.metadata import md_table
+from luna_core.errors import LunaConfigError
 from luna_core.projector.models import ProjectorConfig
 from luna_core.projector.pipeline import train_and_register
+from luna_core.projector.policy import DEFAULT_GROWTH, GROWTH_ENV, growth_share, retrain_decision
 from luna_core.projector.registry import list_versions, resolve_tracking_uri, verify_champion
 from luna_core.projector.request import REGISTERED_NAME, ProjectorRequest
 from luna_core.projector.train import TrainSettings, validation_scorer
 
 PROJECTOR = dg.AssetKey("projector")
 PROJECTOR_CODE_VERSION = "1"
+RETRAIN_CRON_ENV = "LUNA_RETRAIN_CRON"
+DEFAULT_RETRAIN_CRON = "0 4 * * 0"  # weekly, Sunday 04:00
+RETRAIN_SENSOR = "projector_retrain_policy"
 CHECK_CHAMPION = "champion_is_best"
 CHECK_FINGERPRINTS = "versions_have_fingerprints"
 _ARCH, _TRAIN = ProjectorConfig(), TrainSettings()
@@ -57,8 +63,14 @@ class ProjectorTrainConfig(dg.Config):
     group_name="projector",
     kinds={"pytorch", "mlflow"},
     code_version=PROJECTOR_CODE_VERSION,
-    # Follows the catalog; a run whose pairs, config and code already have a version trains nothing.
-    automation_condition=dg.AutomationCondition.eager(),
+    # Not on every new image: trained when missing, weekly when the catalog changed, and by the
+    # retrain-policy sensor once the training pairs grew by a share.
+    automation_condition=(
+        (AC.missing() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress()).newly_true()
+        .with_label("missing, once the catalog is built")
+        | AC.on_cron(cron_setting(RETRAIN_CRON_ENV, DEFAULT_RETRAIN_CRON)[0])
+    ).with_label("trained when missing, else weekly"),
+    pool=GPU_POOL,
     check_specs=[
         dg.AssetCheckSpec(CHECK_CHAMPION, asset=PROJECTOR, blocking=True,
                           description="@champion's checkpoint, re-scored on the val pairs, reproduces its recorded "
@@ -100,8 +112,41 @@ def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, l
         dg.AssetCheckResult(check_name=CHECK_FINGERPRINTS, passed=all(v["fingerprint"] for v in versions),
                             metadata={"versions": len(versions)}),
     ]
-    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+    # Downstream (the report) follows new versions and a moved @champion, not a run that trained nothing.
+    champion = next((v["version"] for v in versions if "champion" in v["aliases"].split(",")), None)
+    latest = versions[-1]["version"] if versions else None
+    return dg.MaterializeResult(metadata=metadata, check_results=checks,
+                                data_version=dg.DataVersion(f"{request.name}: latest v{latest}, @champion v{champion}"))
+
+
+@dg.sensor(
+    name=RETRAIN_SENSOR,
+    target=[PROJECTOR],
+    minimum_interval_seconds=120,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=f"Requests `projector` when the training pairs grew by a share (${GROWTH_ENV}, default "
+                f"{DEFAULT_GROWTH:.0%}) since the pairs that trained @champion; looks only after luna_catalog changed.",
+)
+def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHomeResource):
+    latest = context.instance.get_latest_materialization_event(LUNA_CATALOG)
+    if latest is None:
+        return dg.SkipReason("luna_catalog has not been materialized yet")
+    marker = f"{latest.run_id}@{latest.timestamp}"
+    if marker == context.cursor:
+        return dg.SkipReason("luna_catalog has not changed since the last look")
+    try:
+        share = growth_share()
+    except LunaConfigError as exc:
+        context.log.warning(f"{exc}; using the default {DEFAULT_GROWTH}")
+        share = DEFAULT_GROWTH
+    decision = retrain_decision(luna.luna_home, share)
+    context.update_cursor(marker)
+    if not decision.due:
+        return dg.SkipReason(decision.reason)
+    context.log.info(decision.reason)
+    return dg.RunRequest(run_key=f"train-pairs-{decision.train_pairs}", asset_selection=[PROJECTOR],
+                         tags={"luna/trigger": RETRAIN_SENSOR, "luna/train-pairs": str(decision.train_pairs)})
 
 
 def definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[projector])
+    return dg.Definitions(assets=[projector], sensors=[projector_retrain_policy])

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
+from luna_assets.automation import GPU_POOL
 from luna_assets.metadata import md_table
 from luna_core.errors import LunaError
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR, SourceSettings
@@ -61,7 +62,7 @@ def _thumbnail(image) -> str:
     return f"![]({'data:image/png;base64,' + base64.b64encode(buffer.getvalue()).decode()})"
 
 
-@dg.op(name="refine", tags={"kind": "pytorch"})
+@dg.op(name="refine", tags={"kind": "pytorch"}, pool=GPU_POOL)
 def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHomeResource,
               models: LunaModelsResource) -> list[str]:
     """Refine every configured image; a bad image is reported by name and the others still go on."""

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
+from luna_assets.automation import GPU_POOL, on_upstream_change
 from luna_assets.index import FAISS_INDEX
 from luna_assets.metadata import md_table
 from luna_assets.projector import PROJECTOR
@@ -48,8 +49,9 @@ def _source_float(report: dict, kind: str, metric: str, name: str | None = None)
     group_name="reports",
     kinds={"mlflow", "python"},
     code_version=REPORT_CODE_VERSION,
-    # Follows the index and the projector; a run whose inputs are unchanged writes no new report.
-    automation_condition=dg.AutomationCondition.eager(),
+    # Follows new index and projector versions; a run whose inputs are unchanged writes no new report.
+    automation_condition=on_upstream_change(),
+    pool=GPU_POOL,
 )
 def refinement_report(context: dg.AssetExecutionContext, config: ReportConfig, luna: LunaHomeResource,
                       models: LunaModelsResource) -> dg.MaterializeResult:
@@ -79,7 +81,7 @@ def refinement_report(context: dg.AssetExecutionContext, config: ReportConfig, l
         metadata["warning"] = report["warning"]
     if report.get("mlflow_run_id"):
         metadata["mlflow run"] = report["mlflow_run_id"]
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(outcome.folder.name))
 
 
 def definitions() -> dg.Definitions:

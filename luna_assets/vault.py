@@ -3,8 +3,10 @@
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
+from luna_assets.automation import GPU_POOL, on_upstream_change
 from luna_assets.ingest import INGESTED_IMAGES
 from luna_assets.metadata import check_results, progress_logger, seconds
+from luna_core.catalog import open_catalog, vault_rows_digest
 from luna_core.models.profiles import ModelProfile
 from luna_core.vault.checks import check_store
 from luna_core.vault.embed import EmbedReport, embed_images, embed_prompts
@@ -45,7 +47,10 @@ def _result(report: EmbedReport, luna: LunaHomeResource, profile: ModelProfile, 
         metadata["files changed since ingest (left for the next ingest)"] = report.changed_since_ingest
     else:
         metadata["prompts over 77 tokens (truncated, flagged in text_rows)"] = report.truncated
-    return dg.MaterializeResult(metadata=metadata, check_results=check_results(outcomes))
+    with open_catalog(luna.luna_home.catalog_path, read_only=True) as con:
+        rows = vault_rows_digest(con, report.kind, report.store_key)
+    return dg.MaterializeResult(metadata=metadata, check_results=check_results(outcomes),
+                                data_version=dg.DataVersion(f"{report.store_key}:{rows}"))
 
 
 def _fill(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource,
@@ -64,9 +69,9 @@ def _fill(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: Lun
     return _result(report, luna, profile, "images" if kind == "vision" else "prompts")
 
 
-# Both stores follow every ingest by themselves and run side by side (one process each).
-_STORE_ASSET = {"deps": [INGESTED_IMAGES], "group_name": "embeddings", "kinds": {"zarr", "pytorch"}, "code_version": "1",
-                "automation_condition": dg.AutomationCondition.eager()}
+# Both stores follow every ingest that changed the library, side by side (one process each).
+_STORE_ASSET = {"deps": [INGESTED_IMAGES], "group_name": "embeddings", "kinds": {"zarr", "pytorch"}, "code_version": "2",
+                "automation_condition": on_upstream_change(), "pool": GPU_POOL}
 
 
 @dg.asset(key=VISION_EMBEDDINGS, check_specs=_check_specs(VISION_EMBEDDINGS), **_STORE_ASSET)

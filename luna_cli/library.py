@@ -18,6 +18,7 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     import dagster as dg
 
     from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
+    from dagster_project.runs import fail_dead_runs
     from luna_core.catalog import held_lock
 
     defs = build_definitions(str(home.root))
@@ -34,39 +35,6 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     # failing on the stores' writer locks.
     with held_lock(home.root / "build", "build"):
         return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)  # no /proc (macOS): the signal-0 probe
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-
-
-def fail_dead_runs(instance, mark: bool = True) -> list[str]:
-    """Runs left STARTED by a process that died (killed, crashed, a machine restart) are marked failed,
-    so the UI and the next build do not wait on them forever. Returns one line per such run (with
-    `mark=False`, only finds them)."""
-    import dagster as dg
-
-    marked = []
-    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        run = record.dagster_run
-        pids = {e.dagster_event.pid for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.pid}
-        if pids and not any(_running(pid) for pid in pids):
-            message = (f"run {run.run_id[:8]} of {run.job_name} was left STARTED by process(es) "
-                       f"{', '.join(map(str, sorted(pids)))}, which no longer exist"
-                       + (": marked failed (committed work is kept; run it again)" if mark else ""))
-            if mark:
-                instance.report_run_failed(run, message)
-            marked.append(message)
-    return marked
 
 
 def report_run(result) -> bool:
@@ -146,6 +114,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     import dagster as dg
+
+    from dagster_project.runs import fail_dead_runs
 
     home = LunaHome.existing(args.home).ensure()
     for message in fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home))):

@@ -22,10 +22,25 @@ from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotB
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Vault rows whose item left the library (its file deleted, or edited in place), moved out of
+# vision_rows/text_rows: their Zarr rows are never handed out again, and come back if the item does.
+_RETIRED_ROWS = """CREATE TABLE IF NOT EXISTS retired_rows (
+        store_key VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        item_key VARCHAR NOT NULL,
+        "row" BIGINT NOT NULL,
+        token_count INTEGER,
+        truncated BOOLEAN,
+        retired_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (store_key, item_key)
+    )"""
+# What the library holds now: vault rows and generations of anything else are retired.
+HELD_IMAGES = "SELECT content_hash FROM images WHERE status = 'ok'"
+HELD_PROMPTS = "SELECT prompt_hash FROM prompts WHERE prompt_hash IS NOT NULL"
 # Statements that bring a catalog of version v to v + 1, keyed by v. A catalog newer than this code
 # is refused (an older Luna must not write tables it does not know).
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {1: [_RETIRED_ROWS]}
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -105,6 +120,7 @@ _SCHEMA = [
         committed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (store_key, prompt_hash)
     )""",
+    _RETIRED_ROWS,
     # Items a model could not embed (an image that no longer decodes...), with the reason.
     """CREATE TABLE IF NOT EXISTS embedding_failures (
         store_key VARCHAR NOT NULL,
@@ -379,6 +395,20 @@ def image_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     counts["unique"] = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
     counts["quarantine"] = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     return counts
+
+
+def library_files_digest(con: duckdb.DuckDBPyConnection) -> str:
+    """What the library holds (each readable file's path and content hash), as one digest: an ingest
+    that changed nothing gives the same digest, so nothing downstream needs to run."""
+    return con.execute("""SELECT coalesce(md5(string_agg(path || '|' || content_hash, '\n' ORDER BY path)), '')
+                           FROM images WHERE status = 'ok'""").fetchone()[0]
+
+
+def vault_rows_digest(con: duckdb.DuckDBPyConnection, kind: str, store_key: str) -> str:
+    """Which items have which rows in one vault store (`kind` vision or text), as one digest."""
+    table, key = ("vision_rows", "content_hash") if kind == "vision" else ("text_rows", "prompt_hash")
+    return con.execute(f"""SELECT coalesce(md5(string_agg({key} || '|' || "row", '\n' ORDER BY {key})), '')
+                           FROM {table} WHERE store_key = ?""", [store_key]).fetchone()[0]
 
 
 def images_by_generator(con: duckdb.DuckDBPyConnection) -> list[dict]:

@@ -272,7 +272,11 @@ def ingest(
         known = {
             path: (size, mtime, status)
             for path, size, mtime, status in con.execute(
-                "SELECT path, size_bytes, mtime_ns, status FROM images WHERE list_contains($roots, root)",
+                # A missing file whose generation was retired meanwhile reads as 'retired': read again.
+                """SELECT path, size_bytes, mtime_ns,
+                          CASE WHEN status = 'missing' AND content_hash NOT IN (SELECT content_hash FROM generations)
+                               THEN 'retired' ELSE status END
+                   FROM images WHERE list_contains($roots, root)""",
                 {"roots": roots}).fetchall()
         }
         known_bad = {
@@ -308,7 +312,8 @@ def ingest(
                 problems.append(problem)
                 continue
             previous = known.get(item.path)
-            # A 'missing' file back with the same size and mtime (a drive remounted) is not re-read.
+            # A 'missing' file back with the same size and mtime (a drive remounted) is not re-read
+            # while its generation is still catalogued.
             if previous and previous[2] in ("ok", "missing") and previous[:2] == (item.size, item.mtime_ns):
                 unchanged_paths.append(item.path)
             elif known_bad.get(item.path) == (item.size, item.mtime_ns):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from luna_core.catalog import open_catalog, transaction
+from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
 
@@ -27,11 +27,31 @@ class LibraryReport:
     with_prompt_row: int = 0
     with_negative_row: int = 0
     orphans: dict[str, int] = field(default_factory=dict)
+    retired: dict[str, int] = field(default_factory=dict)  # left the library since the last build
     uncounted: int = 0  # ok images missing from the view, or in it twice (must be 0)
+    digest: str = ""  # what the view holds for the profile (ids, paths, splits, rows): the asset's data version
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def retire_departed(con) -> dict[str, int]:
+    """Retire what no library file holds any more (a file deleted, or edited in place): its generation,
+    its vision rows and the text rows of prompts no generation uses. Vault rows move to retired_rows,
+    so their Zarr rows are never handed out again and come back if the content does. Ids and splits
+    stay: a returning image keeps both. Call inside a transaction."""
+    retired = {"generations": len(con.execute(
+        f"DELETE FROM generations WHERE content_hash NOT IN ({HELD_IMAGES}) RETURNING 1").fetchall())}
+    for kind, table, key, held in (("vision", "vision_rows", "content_hash", HELD_IMAGES),
+                                   ("text", "text_rows", "prompt_hash", HELD_PROMPTS)):
+        extra = "token_count, truncated" if kind == "text" else "NULL, NULL"
+        con.execute(f"""
+            INSERT OR REPLACE INTO retired_rows
+            SELECT store_key, '{kind}', {key}, "row", {extra}, now() FROM {table} WHERE {key} NOT IN ({held})""")
+        retired[f"{kind} rows"] = len(con.execute(
+            f"DELETE FROM {table} WHERE {key} NOT IN ({held}) RETURNING 1").fetchall())
+    return retired
 
 
 def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
@@ -41,6 +61,7 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
     report = LibraryReport()
     with open_catalog(home.catalog_path) as con:
         with transaction(con):
+            report.retired = retire_departed(con)
             report.new_ids = len(con.execute("""
                 INSERT INTO image_ids
                 SELECT content_hash,
@@ -90,6 +111,10 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
             "generations without an image": con.execute(
                 "SELECT count(*) FROM generations g ANTI JOIN images i USING (content_hash)").fetchone()[0],
         }
+        report.digest = con.execute("""
+            SELECT coalesce(md5(string_agg(concat_ws('|', image_id, content_hash, path, split, vision_row, prompt_row,
+                                                     negative_row, vision_store, text_store), '\n' ORDER BY image_id)), '')
+            FROM library""").fetchone()[0]
     return report
 
 

@@ -79,13 +79,9 @@ class LunaHome:
         except OSError as exc:
             raise LunaConfigError(f"cannot create the Luna home {self.root}: {exc.strerror or exc}") from None
         self.dagster_home.mkdir(exist_ok=True)
-        dagster_yaml = self.dagster_home / "dagster.yaml"
-        if not dagster_yaml.exists():
-            dagster_yaml.write_text(
-                "# Dagster instance of this Luna home: local storage under this folder.\n"
-                "# Luna runs offline; telemetry would only print a banner.\n"
-                "telemetry:\n  enabled: false\n"
-            )
+        from luna_core.instance import ensure_instance
+
+        ensure_instance(self.dagster_home, self.config())
         return self
 
     @property

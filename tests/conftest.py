@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from luna_core.samples import SampleLibrary, make_sample_library
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uri_stays_in_its_test():
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI, which the next
+    test's subprocesses (Dagster's step workers) would inherit: pointing at another test's home."""
+    yield
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
+
 
 # Every format appears at least twice; small pictures keep the suite fast on two cores.
 SAMPLE_IMAGES = 48

@@ -133,8 +133,10 @@ def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
     import signal as signals
 
     import dagster as dg
+    from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 
-    from luna_cli.library import fail_dead_runs
+    from dagster_project.definitions import build_definitions
+    from dagster_project.runs import DEAD_RUN_MONITOR, fail_dead_runs
 
     script = textwrap.dedent(f"""
         import sys, dagster as dg
@@ -160,9 +162,17 @@ def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
     instance = dg.DagsterInstance.from_config(str(tiny_home.dagster_home))
     started = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     assert len(started) == 1, "the killed run is left STARTED"
+    run_id = started[0].dagster_run.run_id
+    assert [s.run_id for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots] == [run_id], \
+        "the dead run still holds the gpu pool's one slot"
     assert len(fail_dead_runs(instance)) == 1
-    assert instance.get_run_by_id(started[0].dagster_run.run_id).status == dg.DagsterRunStatus.FAILURE
+    failed = instance.get_run_by_id(run_id)
+    assert failed.status == dg.DagsterRunStatus.FAILURE
+    assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == [], "its slot was freed"
+    assert should_retry(failed, instance), "run retries (retry_on_asset_or_op_failure: false) re-launch it"
     assert fail_dead_runs(instance) == []
+    sensor = build_definitions(str(tiny_home.root)).resolve_sensor_def(DEAD_RUN_MONITOR)
+    assert "every STARTED run has a live process" in sensor(dg.build_sensor_context(instance=instance)).skip_message
 
 
 def test_a_catalog_held_by_another_program_is_a_visible_wait_then_a_clear_error(tmp_path, caplog):

@@ -256,11 +256,13 @@ def test_an_image_that_leaves_and_returns_is_indexed_once(indexed_home):
         con.execute("UPDATE images SET status = 'missing' WHERE path = ?", [path])
     gone = update_index(indexed_home, profile)
     loaded = load_index(IndexStore(indexed_home.index_dir(profile)))
-    assert gone.added == 0 and loaded.lookup.num_rows == total - 1 and loaded.index.ntotal == total
+    assert (gone.action, gone.removed) == ("removed", 1), "an exact index drops the departed vector"
+    assert loaded.lookup.num_rows == loaded.index.ntotal == total - 1
     with duckdb.connect(str(indexed_home.catalog_path)) as con:
         con.execute("UPDATE images SET status = 'ok' WHERE path = ?", [path])
     back = update_index(indexed_home, profile)
-    assert back.added == 0 and back.vectors == total
+    assert back.added == 1 and back.vectors == total
+    assert load_index(IndexStore(indexed_home.index_dir(profile))).index.ntotal == total, "indexed once"
 
 
 def test_a_moved_file_and_prompts_encoded_later_republish_the_lookup(indexed_home, sample_library):
@@ -306,15 +308,20 @@ def test_the_index_is_keyed_by_both_models(indexed_home):
 
 
 def test_a_query_that_loses_many_neighbours_searches_deeper(indexed_home, sample_library):
-    """Images gone since the build stay in the index; a query still gets k images of the library."""
+    """Images gone since the build stay in an IVF index (it cannot remove; here the rebuild threshold is
+    never reached); a query still gets k images of the library."""
+    from luna_core.index.faiss_index import IndexSettings
+
     profile = resolve_profile("tiny", indexed_home.models_dir)
+    ivf = IndexSettings(flat_max_vectors=2, held_out=8, max_retired_share=1.0)
+    assert update_index(indexed_home, profile, ivf).meta["plan"]["kind"] != "flat"
     with duckdb.connect(str(indexed_home.catalog_path)) as con:
         kept = [p for (p,) in con.execute(
             "SELECT min(path) FROM images WHERE status = 'ok' GROUP BY content_hash ORDER BY 1 LIMIT 3").fetchall()]
         con.execute("UPDATE images SET status = 'missing' WHERE path NOT IN (SELECT unnest(?))", [kept])
     build_library(indexed_home, profile)
-    report = update_index(indexed_home, profile)
-    assert report.action == "refreshed" and report.vectors > 20, "gone images are still in the index"
+    report = update_index(indexed_home, profile, ivf)
+    assert report.action == "refreshed" and report.meta["retired_vectors"] > 20, "gone images are still in the index"
     found = Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
     assert sorted(n.path for n in found) == sorted(kept)
     with pytest.raises(QueryError, match="larger than the library"):

@@ -26,13 +26,14 @@ LOOKUP_COLUMNS = ("image_id", "content_hash", "path", "generator", "split", "pro
 
 @dataclass
 class IndexReport:
-    action: str  # built | added | refreshed (lookup only) | unchanged
+    action: str  # built | added | removed | refreshed (lookup only) | unchanged
     reason: str
     version: int
     vectors: int
     added: int = 0
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    removed: int = 0
 
 
 def _library_rows(home: LunaHome):
@@ -62,6 +63,38 @@ def lookup_digest(lookup) -> str:
     with pa.ipc.new_stream(sink, lookup.schema) as writer:
         writer.write_table(lookup)
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:32]
+
+
+def _update_in_place(store: IndexStore, loaded, vision: RowStore, rows: np.ndarray, ids: np.ndarray,
+                     new_mask: np.ndarray, departed: np.ndarray, removed: int, lookup, digest: str, meta_common: dict,
+                     started: float) -> IndexReport:
+    """Add the new embeddings to the loaded index (departed ones already removed, or left unanswered)
+    and publish it with the new lookup; nothing is published when nothing changed."""
+    old, index = loaded.meta, loaded.index
+    added = int(new_mask.sum())
+    if added == 0 and removed == 0 and old.get("lookup_digest") == digest and old.get("digests"):
+        return IndexReport("unchanged", "no new embeddings, lookup unchanged", store.current().number,
+                           int(index.ntotal) - len(departed), seconds=time.perf_counter() - started, meta=old)
+    if added:
+        index.add_with_ids(_vectors(vision, rows[new_mask]), ids[new_mask])
+    live = int(index.ntotal) - len(departed)
+    sample = _vectors(vision, rows[np.random.default_rng(0).choice(len(rows), min(100, len(rows)), replace=False)])
+    p50, p99 = single_query_latency(index, sample)
+    meta = {**old, **meta_common, "vectors": live, "retired_vectors": len(departed), "p50_ms": p50, "p99_ms": p99,
+            "added_since_build": int(old.get("added_since_build", 0)) + added,
+            "removed_since_build": int(old.get("removed_since_build", 0)) + removed,
+            "last_action": "add" if added or removed else "lookup"}
+    version = store.publish(index, lookup, meta)
+    changes = [f"{added:,} new embeddings added" if added else "",
+               f"{removed:,} vectors of images no longer in the library removed" if removed else "",
+               f"{len(departed):,} vectors of departed images left unanswered until a rebuild" if len(departed) else ""]
+    if added or removed:
+        action, why = ("added" if added else "removed"), "; ".join(c for c in changes if c) + " (no rebuild)"
+    else:
+        action = "refreshed"
+        why = "no new embeddings; the lookup (paths, prompts, conditioning rows) changed" \
+            if old.get("lookup_digest") != digest else "published again with the digests of its files"
+    return IndexReport(action, why, version.number, live, added, time.perf_counter() - started, version.meta(), removed)
 
 
 def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings = IndexSettings(),
@@ -109,25 +142,18 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
             # is still indexed and must not be added twice.
             indexed = faiss.vector_to_array(loaded.index.id_map)
             new_mask = ~np.isin(ids, indexed)
-            added = int(new_mask.sum())
-            if added == 0 and old.get("lookup_digest") == digest and old.get("digests"):
-                return IndexReport("unchanged", "no new embeddings, lookup unchanged", current.number,
-                                   int(loaded.index.ntotal), seconds=time.perf_counter() - started, meta=old)
-            index = loaded.index
-            if added:
-                index.add_with_ids(_vectors(vision, rows[new_mask]), ids[new_mask])
-            sample = _vectors(vision, rows[np.random.default_rng(0).choice(len(rows), min(100, len(rows)), replace=False)])
-            p50, p99 = single_query_latency(index, sample)
-            meta = {**old, **meta_common, "vectors": int(index.ntotal), "p50_ms": p50, "p99_ms": p99,
-                    "added_since_build": int(old.get("added_since_build", 0)) + added,
-                    "last_action": "add" if added else "lookup"}
-            version = store.publish(index, lookup, meta)
-            meta = version.meta()
-            action, why = ("added", f"{added:,} new embeddings added without a rebuild") if added else \
-                ("refreshed", "no new embeddings; the lookup (paths, prompts, conditioning rows) changed"
-                 if old.get("lookup_digest") != digest else "published again with the digests of its files")
-            return IndexReport(action, why, version.number, int(index.ntotal), added,
-                               time.perf_counter() - started, meta)
+            departed = indexed[~np.isin(indexed, ids)]  # images that left the library
+            removed = 0
+            if len(departed) and plan.kind == "flat":
+                removed = int(loaded.index.remove_ids(faiss.IDSelectorBatch(departed.astype(np.int64))))
+                departed = departed[:0]
+            share = len(departed) / max(1, len(indexed))
+            if share > settings.max_retired_share:
+                reason = (f"{len(departed):,} vectors of images no longer in the library ({share:.0%} of the index, "
+                          f"past {settings.max_retired_share:.0%}): rebuilt without them")
+            else:
+                return _update_in_place(store, loaded, vision, rows, ids, new_mask, departed, removed, lookup, digest,
+                                        meta_common, started)
 
     vectors = _vectors(vision, rows)
     index, stats = build_index(vectors, ids, settings, log=log.info)

@@ -35,6 +35,9 @@ class IndexSettings:
     k_factor: int = 10  # candidates re-ranked per result (the smallest of k_factor_choices that reaches the target)
     k_factor_choices: tuple[int, ...] = (2, 5, 10, 25, 50, 100)
     held_out: int = 500
+    # Vectors of images that left the library: removed from exact indexes; IVF indexes cannot remove,
+    # so they stay unanswered (absent from the lookup) until this share of the index triggers a rebuild.
+    max_retired_share: float = 0.1
     nprobe_choices: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     seed: int = 1234
 
@@ -111,6 +114,21 @@ def set_search_params(index, nprobe: int | None, k_factor: int | None) -> None:
         ivf.nprobe = nprobe
     if refine is not None and k_factor:
         refine.k_factor = float(k_factor)
+
+
+@contextlib.contextmanager
+def probing_every_list(index, enabled: bool = True):
+    """Within the block, an IVF index probes all its lists (an exact scan of its codes)."""
+    ivf, _ = _parts(index)
+    if not enabled or ivf is None:
+        yield
+        return
+    before = ivf.nprobe
+    ivf.nprobe = ivf.nlist
+    try:
+        yield
+    finally:
+        ivf.nprobe = before
 
 
 def search_params(index) -> dict:

@@ -29,9 +29,10 @@ RESCORE_TOLERANCE = 1e-4
 
 
 def resolve_tracking_uri(home: LunaHome, uri: str | None = None) -> str:
-    """The registry to use: the URI given, else $LUNA_MLFLOW_URI, else the home's embedded sqlite store."""
-    chosen = uri or os.environ.get(TRACKING_URI_ENV) or ""
-    return chosen or home.default_tracking_uri()
+    """The registry to use: the URI given, else $LUNA_MLFLOW_URI, else `[operations] tracking_uri` of the
+    home's luna.toml (a `luna mlflow-server`), else the home's embedded sqlite store."""
+    chosen = uri or os.environ.get(TRACKING_URI_ENV) or str(home.config().get("operations", {}).get("tracking_uri", ""))
+    return chosen.strip() or home.default_tracking_uri()
 
 
 def _embedded_registry_missing(home: LunaHome, uri: str) -> bool:
@@ -400,3 +401,22 @@ def list_versions(home: LunaHome, name: str = REGISTERED_NAME, uri: str | None =
                     "fingerprint": v.tags.get("data_fingerprint", ""), "promoted": v.tags.get("promoted", ""),
                     "subset": v.tags.get("subset", "")})
     return out
+
+
+def champion_training(home: LunaHome, name: str = REGISTERED_NAME, uri: str | None = None) -> dict | None:
+    """@champion's version, data fingerprint and number of training pairs; None when there is none."""
+    uri = resolve_tracking_uri(home, uri)
+    if _embedded_registry_missing(home, uri):
+        return None
+    _mlflow(uri)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    pairs = client.get_run(champion.run_id).data.params.get("train_pairs", "0")
+    return {"version": int(champion.version), "fingerprint": champion.tags.get("data_fingerprint", ""),
+            "train_pairs": int(pairs)}

@@ -46,6 +46,9 @@ def check_store(home: LunaHome, profile: ModelProfile, kind: str,
     with open_catalog(home.catalog_path) as con:
         committed = np.array([r for (r,) in con.execute(
             f'SELECT "row" FROM {table} WHERE store_key = ? ORDER BY "row"', [store_key]).fetchall()], dtype=np.int64)
+        # Rows of items that left the library still occupy their place in the arrays.
+        retired = np.array([r for (r,) in con.execute(
+            'SELECT "row" FROM retired_rows WHERE store_key = ?', [store_key]).fetchall()], dtype=np.int64)
         if kind == "vision":
             uncovered = con.execute("""
                 SELECT count(DISTINCT i.content_hash) FROM images i WHERE i.status = 'ok'
@@ -68,13 +71,16 @@ def check_store(home: LunaHome, profile: ModelProfile, kind: str,
     shapes = store.fields
     capacity = store.capacity
     distinct = len(np.unique(committed))
-    contiguous = len(committed) == 0 or (committed[0] == 0 and committed[-1] == len(committed) - 1)
-    counts_ok = distinct == len(committed) and contiguous and (len(committed) == 0 or committed[-1] < capacity) \
+    allocated = np.sort(np.concatenate([committed, retired]))
+    contiguous = len(allocated) == 0 or (allocated[0] == 0 and allocated[-1] == len(allocated) - 1
+                                         and len(np.unique(allocated)) == len(allocated))
+    counts_ok = distinct == len(committed) and contiguous and (len(allocated) == 0 or allocated[-1] < capacity) \
         and uncovered == 0
     outcomes = [CheckOutcome(
         "counts_agree", bool(counts_ok),
-        "every item has exactly one committed row, rows are contiguous and inside the Zarr arrays",
-        {"committed rows": int(len(committed)), "distinct rows": int(distinct), "zarr capacity": int(capacity),
+        "every item has exactly one committed row; committed and retired rows are contiguous and inside the Zarr arrays",
+        {"committed rows": int(len(committed)), "distinct rows": int(distinct), "retired rows": int(len(retired)),
+         "zarr capacity": int(capacity),
          "items without row or failure": int(uncovered)},
     )]
     # Rows the catalog claims past the arrays' end are a counts_agree failure, not something to read.

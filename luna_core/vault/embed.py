@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from luna_core.catalog import open_catalog, transaction
+from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
 from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
 from luna_core.settings import LunaHome
@@ -97,22 +97,42 @@ def _register_store(con, kind: str, key: str, model: str, revision: str | None, 
         )
 
 
+_REVIVE = {
+    "vision_rows": ("vision", HELD_IMAGES, '"row", now()'),
+    "text_rows": ("text", HELD_PROMPTS, '"row", token_count, truncated, now()'),
+}
+
+
 def _pending(catalog_path: Path, rows_table: str, key: str, work_sql: str, path: Path) -> tuple[list, int, int]:
     """(items still to embed, rows already committed, next free row) for one store, in one catalog visit.
 
-    A store folder that is gone (deleted by hand, a lost disk) while the catalog still lists rows in it
-    is rebuilt: its rows are forgotten, so every item is embedded again into a new store."""
+    Retired rows of items back in the library (a deleted file restored, an edit undone) are revived
+    instead of embedded again. A store folder that is gone (deleted by hand, a lost disk) while the
+    catalog still lists rows in it is rebuilt: its rows are forgotten, so every item is embedded again
+    into a new store."""
+    kind, held, columns = _REVIVE[rows_table]
     with open_catalog(catalog_path) as con:
         if not path.exists():
             with transaction(con):
                 forgotten = con.execute(f"DELETE FROM {rows_table} WHERE store_key = ? RETURNING 1", [key]).fetchall()
+                con.execute("DELETE FROM retired_rows WHERE store_key = ?", [key])
                 con.execute("DELETE FROM embedding_failures WHERE store_key = ?", [key])
             if forgotten:
                 log.warning("vault store %s is missing: its %d catalogued rows are forgotten and rebuilt", path,
                             len(forgotten))
+        else:
+            back = f"store_key = $key AND kind = '{kind}' AND item_key IN ({held})"
+            with transaction(con):
+                con.execute(f"INSERT OR IGNORE INTO {rows_table} SELECT store_key, item_key, {columns} "
+                            f"FROM retired_rows WHERE {back}", {"key": key})
+                revived = con.execute(f"DELETE FROM retired_rows WHERE {back} RETURNING 1", {"key": key}).fetchall()
+            if revived:
+                log.info("%d %s row(s) of items back in the library revived without embedding", len(revived), kind)
         work = con.execute(work_sql, {"key": key}).fetchall()
-        present, next_row = con.execute(
-            f'SELECT count(*), coalesce(max("row") + 1, 0) FROM {rows_table} WHERE store_key = ?', [key]).fetchone()
+        present = con.execute(f"SELECT count(*) FROM {rows_table} WHERE store_key = ?", [key]).fetchone()[0]
+        next_row = con.execute(f"""SELECT coalesce(max("row") + 1, 0) FROM (
+            SELECT "row" FROM {rows_table} WHERE store_key = $key
+            UNION ALL SELECT "row" FROM retired_rows WHERE store_key = $key)""", {"key": key}).fetchone()[0]
     return work, present, next_row
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.files import write_atomically
 from luna_core.images import read_picture
-from luna_core.index.faiss_index import omp_threads
+from luna_core.index.faiss_index import omp_threads, probing_every_list
 from luna_core.index.store import IndexStore, LoadedIndex, load_index
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.settings import LunaHome
@@ -192,14 +192,17 @@ class Vault:
         # lookup: search deeper until k present ones are found or the whole index has been seen.
         query = np.ascontiguousarray(embedding[None], dtype=np.float32)
         fetch = min(total, k + len(exclude) + 16)
+        exhaustive = False
         while True:
-            with omp_threads(1):
+            with omp_threads(1), probing_every_list(index.index, exhaustive):
                 sims, ids = index.index.search(query, fetch)
             rows = index.rows_for(ids[0])
             keep = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows)
                     if r >= 0 and i >= 0 and int(i) not in exclude][:k]
-            if len(keep) == k or fetch >= total:
+            if len(keep) == k or (fetch >= total and exhaustive):
                 break
+            # The whole index asked for and still short: an IVF index probed only some lists; probe all.
+            exhaustive = fetch >= total
             fetch = min(total, fetch * 4)
         if len(keep) < k:
             raise QueryError(f"only {len(keep)} of the k={k} nearest indexed images are still in the library; "

@@ -1,0 +1,38 @@
+"""Automation rules shared by the domains: assets follow their parents' *data*, and cron settings
+from the environment that can never take the code location down."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import dagster as dg
+from dagster._utils.schedules import is_valid_cron_schedule
+
+AC = dg.AutomationCondition
+GPU_POOL = "gpu"  # every step that runs a model takes a slot (limit: GPUs found, 1 on a CPU)
+
+
+def on_upstream_change() -> dg.AutomationCondition:
+    """Dagster's eager(), except that a parent counts as updated only when its data version changed:
+    a rerun that changed nothing (an ingest that found no new file) requests nothing downstream."""
+    changed = ((AC.data_version_changed() & ~AC.executed_with_root_target()).with_label("data version changed")
+               | AC.will_be_requested())
+    return (
+        AC.in_latest_time_window()
+        & (AC.newly_missing() | AC.any_deps_match(changed).with_label("any parent's data changed")).since_last_handled()
+        & ~AC.any_deps_missing()
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label("on upstream data change")
+
+
+def cron_setting(env: str, default: str) -> tuple[str, str]:
+    """The cron expression in $`env` (default when unset) and, when it is not one, the default with
+    the problem in words: a bad setting is shown, never a code location that fails to load."""
+    cron = os.environ.get(env, "").strip() or default
+    if is_valid_cron_schedule(cron):
+        return cron, ""
+    problem = f"${env}={cron!r} is not a cron expression; using the default {default!r}"
+    logging.getLogger(__name__).warning(problem)
+    return default, problem

@@ -1,0 +1,105 @@
+"""The Dagster instance of a Luna home (`dagster_home/dagster.yaml`), written on first use.
+
+What a workstation running Luna all day needs: a run queue (a bounded number of runs at once), one
+concurrency pool `gpu` that every model-running step takes a slot of (as many slots as GPUs, one on
+a CPU), run monitoring and retries, and tick retention. With a PostgreSQL URL (`[operations]
+postgres_url` in luna.toml, or $LUNA_POSTGRES_URL), runs, events and schedules live in PostgreSQL.
+
+Luna rewrites the file only while it carries the MANAGED marker line; delete that line to keep
+edits of your own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from luna_core.files import write_atomically
+
+MANAGED = "# managed-by-luna v1: Luna rewrites this file when its settings change; delete this line to keep your edits."
+POSTGRES_ENV = "LUNA_POSTGRES_URL"
+MAX_CONCURRENT_RUNS = 4
+RUN_RETRIES = 2
+
+
+def gpu_count() -> int:
+    """GPUs torch can see (the `gpu` pool's slots); 0 without CUDA or torch."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken driver means no GPU slots, not a failed start
+        return 0
+
+
+def postgres_url(config: dict) -> str | None:
+    """$LUNA_POSTGRES_URL, else `[operations] postgres_url` of luna.toml, else None (local storage)."""
+    url = os.environ.get(POSTGRES_ENV, "").strip() or str(config.get("operations", {}).get("postgres_url", "")).strip()
+    return url or None
+
+
+def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_runs: int = MAX_CONCURRENT_RUNS) -> str:
+    """The dagster.yaml text for these settings."""
+    lines = [
+        MANAGED,
+        "# The Dagster instance of this Luna home; see README, 'Running Luna all day'.",
+        "telemetry:",
+        "  enabled: false  # Luna runs offline",
+        "",
+        "# Runs launched from the UI, sensors and schedules wait in a queue; this many run at once.",
+        "# Every step that runs a model (embeddings, projector, report, refine) takes a slot of the pool",
+        f"# `gpu`: {gpu_slots} slot(s), one per GPU found (one on a CPU machine).",
+        "concurrency:",
+        "  runs:",
+        f"    max_concurrent_runs: {max_concurrent_runs}",
+        "  pools:",
+        f"    default_limit: {gpu_slots}",
+        "    granularity: op",
+        "",
+        "# Runs stuck starting or cancelling are failed; Luna's `dead_run_monitor` sensor fails runs whose",
+        "# process died (the default launcher cannot check run workers), and run retries re-launch them.",
+        "run_monitoring:",
+        "  enabled: true",
+        "  start_timeout_seconds: 300",
+        "  cancel_timeout_seconds: 300",
+        "  poll_interval_seconds: 60",
+        "run_retries:",
+        "  enabled: true",
+        f"  max_retries: {RUN_RETRIES}",
+        "  retry_on_asset_or_op_failure: false  # retried: a dead or crashed run; not: a step's own error",
+        "",
+        "# Old ticks are purged (days; -1 keeps them).",
+        "retention:",
+        "  schedule:",
+        "    purge_after_days: 90",
+        "  sensor:",
+        "    purge_after_days:",
+        "      skipped: 7",
+        "      failure: 30",
+        "      success: -1",
+        "  auto_materialize:",
+        "    purge_after_days:",
+        "      skipped: 7",
+        "      failure: 30",
+        "      success: -1",
+    ]
+    if postgres:
+        lines += ["", "# Runs, events and schedules in PostgreSQL (dagster-postgres).",
+                  "storage:", "  postgres:", f"    postgres_url: {json.dumps(postgres)}"]
+    return "\n".join(lines) + "\n"
+
+
+def ensure_instance(dagster_home: Path, config: dict) -> Path:
+    """Write dagster.yaml when missing, or when Luna manages it and its storage setting changed."""
+    path = dagster_home / "dagster.yaml"
+    postgres = postgres_url(config)
+    if path.exists():
+        current = path.read_text(encoding="utf-8")
+        if MANAGED.split(":")[0] not in current and "Dagster instance of this Luna home: local storage" not in current:
+            return path  # the person's own file (the first Luna file carried no marker: it is replaced)
+        storage = f"postgres_url: {json.dumps(postgres)}" if postgres else None
+        if current.startswith(MANAGED) and ((storage in current) if storage else ("postgres_url" not in current)):
+            return path  # up to date: no need to count GPUs (an import of torch)
+    write_atomically(path, lambda tmp: tmp.write_text(instance_yaml(max(1, gpu_count()), postgres), encoding="utf-8"))
+    return path

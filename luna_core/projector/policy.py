@@ -1,0 +1,67 @@
+"""When to retrain the projector: not on every new image, but once the training pairs grew by a
+share since the pairs that trained @champion (or on a weekly cron, which the asset's automation
+condition holds)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from luna_core.catalog import open_catalog
+from luna_core.errors import LunaConfigError
+from luna_core.projector.registry import champion_training
+from luna_core.projector.request import REGISTERED_NAME
+from luna_core.settings import LunaHome
+
+GROWTH_ENV = "LUNA_RETRAIN_GROWTH"
+DEFAULT_GROWTH = 0.25  # retrain once the training pairs grew by a quarter
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    due: bool
+    reason: str
+    train_pairs: int
+    champion_pairs: int | None = None
+
+
+def growth_share(value: str | None = None) -> float:
+    """The configured growth share ($LUNA_RETRAIN_GROWTH, a fraction above 0; default 0.25)."""
+    text = os.environ.get(GROWTH_ENV, "") if value is None else value
+    if not text.strip():
+        return DEFAULT_GROWTH
+    try:
+        share = float(text)
+    except ValueError:
+        share = math.nan
+    if not (share > 0 and math.isfinite(share)):
+        raise LunaConfigError(f"${GROWTH_ENV}={text!r} is not a share above 0 (e.g. 0.25 for a quarter more pairs)")
+    return share
+
+
+def train_pairs_now(home: LunaHome) -> int:
+    """Training pairs the library holds now (train split, with an image embedding and a prompt row)."""
+    if not home.catalog_path.exists():
+        return 0
+    with open_catalog(home.catalog_path, read_only=True) as con:
+        if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchone()[0]:
+            return 0
+        return con.execute("""SELECT count(*) FROM library WHERE split = 'train'
+                              AND vision_row IS NOT NULL AND prompt_row IS NOT NULL""").fetchone()[0]
+
+
+def retrain_decision(home: LunaHome, share: float, name: str = REGISTERED_NAME, uri: str | None = None) -> RetrainDecision:
+    """Whether the training pairs grew by `share` since @champion's; with no champion, never (the
+    asset's own condition trains the first one)."""
+    now = train_pairs_now(home)
+    champion = champion_training(home, name, uri)
+    if champion is None:
+        return RetrainDecision(False, f"{name} has no @champion yet; {now:,} training pairs", now)
+    before = champion["train_pairs"]
+    grown = (now - before) / max(1, before)
+    if grown >= share:
+        return RetrainDecision(True, f"{now:,} training pairs, {grown:+.0%} since @champion v{champion['version']} "
+                                     f"was trained on {before:,} (threshold {share:.0%})", now, before)
+    return RetrainDecision(False, f"{now:,} training pairs, {grown:+.0%} since @champion v{champion['version']}'s "
+                                  f"{before:,} (retrains at {share:.0%})", now, before)
