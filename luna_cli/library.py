@@ -121,12 +121,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     for message in fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home))):
         print(message)
     env = dict(os.environ, LUNA_HOME=str(home.root), DAGSTER_HOME=str(home.dagster_home))
-    print(f"Starting the Dagster UI for {home.root} on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    print(f"Starting the Dagster UI for {home.root} on http://{args.host}:{args.port} (Ctrl-C stops it)")
     # The same code location name as the repository's workspace.yaml, wherever Luna is installed.
     workspace = home.dagster_home / "workspace.yaml"
     workspace.write_text("load_from:\n  - python_module:\n      module_name: dagster_project.definitions\n"
                          "      attribute: defs\n      location_name: luna\n")
     bin_dir = Path(sys.executable).parent
     executable = str(bin_dir / "dagster") if (bin_dir / "dagster").exists() else "dagster"
-    os.execvpe(executable, [executable, "dev", "-w", str(workspace), "-p", str(args.port)], env)
+    os.execvpe(executable, [executable, "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)], env)
     return 0

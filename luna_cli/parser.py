@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from luna_cli import demo, doctor, library, projector, refine, report, vault
+from luna_cli import demo, doctor, library, operations, projector, refine, report, vault
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
 TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
@@ -87,10 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.set_defaults(func=library.cmd_status)
 
-    cmd = sub.add_parser("ui", help="open the Dagster UI on a Luna home")
+    cmd = sub.add_parser("ui", help="open the Dagster UI (webserver and daemon) on a Luna home")
     cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     cmd.add_argument("--port", type=int, default=3000)
     cmd.set_defaults(func=library.cmd_ui)
+
+    cmd = sub.add_parser("mlflow-server", help="run the home's MLflow tracking server (registry and UI)")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    cmd.add_argument("--port", type=int, default=5000)
+    cmd.add_argument("--backend-store-uri",
+                     help="default: PostgreSQL beside the Dagster instance's database (luna.toml [operations] "
+                          "postgres_url or $LUNA_POSTGRES_URL, database <name>_mlflow), else the home's sqlite file")
+    cmd.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    cmd.add_argument("--record", action="store_true",
+                     help="record this server as the home's registry ([operations] tracking_uri in luna.toml)")
+    cmd.set_defaults(func=operations.cmd_mlflow_server)
     return parser
 
 

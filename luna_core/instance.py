@@ -39,6 +39,19 @@ def postgres_url(config: dict) -> str | None:
     return url or None
 
 
+def sqlalchemy_url(url: str) -> str:
+    """`url` with the psycopg2 driver named: SQLAlchemy 2.1 defaults to psycopg 3, whose server-side
+    parameters dagster-postgres' statements (NOTIFY ..., %s) do not support."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql+psycopg2://{rest}" if sep and scheme in ("postgres", "postgresql") else url
+
+
+def libpq_url(url: str) -> str:
+    """`url` as libpq (psycopg2.connect) reads it: no SQLAlchemy driver name."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql://{rest}" if sep and scheme.startswith("postgres") else url
+
+
 def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_runs: int = MAX_CONCURRENT_RUNS) -> str:
     """The dagster.yaml text for these settings."""
     lines = [
@@ -86,7 +99,7 @@ def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_ru
     ]
     if postgres:
         lines += ["", "# Runs, events and schedules in PostgreSQL (dagster-postgres).",
-                  "storage:", "  postgres:", f"    postgres_url: {json.dumps(postgres)}"]
+                  "storage:", "  postgres:", f"    postgres_url: {json.dumps(sqlalchemy_url(postgres))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +111,7 @@ def ensure_instance(dagster_home: Path, config: dict) -> Path:
         current = path.read_text(encoding="utf-8")
         if MANAGED.split(":")[0] not in current and "Dagster instance of this Luna home: local storage" not in current:
             return path  # the person's own file (the first Luna file carried no marker: it is replaced)
-        storage = f"postgres_url: {json.dumps(postgres)}" if postgres else None
+        storage = f"postgres_url: {json.dumps(sqlalchemy_url(postgres))}" if postgres else None
         if current.startswith(MANAGED) and ((storage in current) if storage else ("postgres_url" not in current)):
             return path  # up to date: no need to count GPUs (an import of torch)
     write_atomically(path, lambda tmp: tmp.write_text(instance_yaml(max(1, gpu_count()), postgres), encoding="utf-8"))

@@ -195,6 +195,12 @@ class LunaHome:
             return None
         return recorded.get("digest") if recorded.get("roots") == sorted(roots) else None
 
+    def set_operations_setting(self, key: str, value: str) -> None:
+        """One `[operations]` setting of luna.toml (postgres_url, tracking_uri)."""
+        config = self.config()
+        config.setdefault("operations", {})[key] = value
+        self._write_config(config)
+
     def model_profile(self) -> str | None:
         """The model profile this home was built with ([models] profile in luna.toml), if recorded."""
         name = self.config().get("models", {}).get("profile")
