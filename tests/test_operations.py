@@ -92,8 +92,9 @@ def _post(url: str, query: str, variables: dict) -> dict:
         return json.loads(response.read())
 
 
-def _wait_for_run(postgres: PostgresServer, run_id: str, timeout: float = 600) -> str:
-    """The run's final status, woken by dagster-postgres' NOTIFY on every event it stores."""
+def _wait_for(postgres: PostgresServer, sql: str, done, timeout: float):
+    """The first row of `sql` for which `done(row)` holds, asked again each time dagster-postgres
+    NOTIFYs a stored event; None at the deadline."""
     import psycopg2
 
     con = psycopg2.connect(postgres.url("luna"))
@@ -103,17 +104,23 @@ def _wait_for_run(postgres: PostgresServer, run_id: str, timeout: float = 600) -
         with con.cursor() as cur:
             cur.execute("LISTEN run_events")
             while True:
-                cur.execute("SELECT status FROM runs WHERE run_id = %s", [run_id])
-                status = (cur.fetchone() or [""])[0]
-                if status in ("SUCCESS", "FAILURE", "CANCELED"):
-                    return status
+                cur.execute(sql)
+                row = cur.fetchone()
                 remaining = deadline - time.monotonic()
-                assert remaining > 0, f"run {run_id} still {status} after {timeout:.0f}s"
+                if done(row) or remaining <= 0:
+                    return row if done(row) else None
                 select.select([con], [], [], remaining)
                 con.poll()
                 con.notifies.clear()
     finally:
         con.close()
+
+
+def _wait_for_run(postgres: PostgresServer, run_id: str, timeout: float = 600) -> str:
+    row = _wait_for(postgres, f"SELECT status FROM runs WHERE run_id = '{run_id}'",
+                    lambda r: r is not None and r[0] in ("SUCCESS", "FAILURE", "CANCELED"), timeout)
+    assert row, f"run {run_id} did not finish within {timeout:.0f}s"
+    return row[0]
 
 
 @pytest.fixture(scope="module")
@@ -150,28 +157,11 @@ def test_the_chain_runs_on_postgres_and_the_daemon_ticks_there(running, postgres
 
 
 def _schedule_run(postgres: PostgresServer, timeout: float = 150) -> str | None:
-    """The run id the reindex schedule launched, waiting (on NOTIFY) for the next minute's tick."""
-    import psycopg2
-
-    sql = """SELECT r.run_id FROM runs r JOIN run_tags t ON t.run_id = r.run_id
-             WHERE t.key = 'dagster/schedule_name' AND t.value = 'nightly_reindex' LIMIT 1"""
-    con = psycopg2.connect(postgres.url("luna"))
-    con.autocommit = True
-    deadline = time.monotonic() + timeout
-    try:
-        with con.cursor() as cur:
-            cur.execute("LISTEN run_events")
-            while True:
-                cur.execute(sql)
-                found = cur.fetchone()
-                remaining = deadline - time.monotonic()
-                if found or remaining <= 0:
-                    return found[0] if found else None
-                select.select([con], [], [], remaining)
-                con.poll()
-                con.notifies.clear()
-    finally:
-        con.close()
+    """The run id the reindex schedule launched, waiting for the next minute's tick."""
+    row = _wait_for(postgres, """SELECT r.run_id FROM runs r JOIN run_tags t ON t.run_id = r.run_id
+                                 WHERE t.key = 'dagster/schedule_name' AND t.value = 'nightly_reindex' LIMIT 1""",
+                    lambda r: r is not None, timeout)
+    return row[0] if row else None
 
 
 def test_the_projector_is_registered_on_the_mlflow_server_and_found_by_alias(running, postgres, built):
