@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from luna_cli import demo, doctor, library, operations, projector, refine, report, vault
+from luna_cli import demo, doctor, inspect, library, operations, projector, refine, report, vault
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
 TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--max-pixels", type=int, default=100_000_000, help="decompression-bomb bound (default 100M)")
     cmd.add_argument("--no-record", action="store_true", help="do not record the roots in the home's luna.toml")
     cmd.set_defaults(func=library.cmd_ingest)
+
+    cmd = sub.add_parser("inspect", help="what Luna reads from image files (generator, prompt, settings, where)")
+    cmd.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG or WebP file")
+    cmd.add_argument("--json", action="store_true", help="print JSON (one object, or a list for several files)")
+    cmd.add_argument("--raw", action="store_true", help="also print the metadata items verbatim")
+    cmd.set_defaults(func=inspect.cmd_inspect)
 
     cmd = sub.add_parser("build", help="materialize every asset for the recorded library roots through Dagster")
     cmd.add_argument("--home", help=HOME_HELP)

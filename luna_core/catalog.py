@@ -22,7 +22,7 @@ from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotB
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Vault rows whose item left the library (its file deleted, or edited in place), moved out of
 # vision_rows/text_rows: their Zarr rows are never handed out again, and come back if the item does.
 _RETIRED_ROWS = """CREATE TABLE IF NOT EXISTS retired_rows (
@@ -40,7 +40,9 @@ HELD_IMAGES = "SELECT content_hash FROM images WHERE status = 'ok'"
 HELD_PROMPTS = "SELECT prompt_hash FROM prompts WHERE prompt_hash IS NOT NULL"
 # Statements that bring a catalog of version v to v + 1, keyed by v. A catalog newer than this code
 # is refused (an older Luna must not write tables it does not know).
-MIGRATIONS: dict[int, list[str]] = {1: [_RETIRED_ROWS]}
+# Where each generation record was read (png:parameters, exif:UserComment, comfy:prompt, alpha:stealth...).
+_GENERATION_SOURCE = "ALTER TABLE generations ADD COLUMN IF NOT EXISTS source VARCHAR"
+MIGRATIONS: dict[int, list[str]] = {1: [_RETIRED_ROWS], 2: [_GENERATION_SOURCE]}
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -83,6 +85,7 @@ _SCHEMA = [
         warnings VARCHAR[],
         parsed_at TIMESTAMP NOT NULL
     )""",
+    _GENERATION_SOURCE,  # a column added by migration 2 → 3; fresh catalogs get it the same way
     # Every file that could not be read, with a reason code and a sentence for a person.
     """CREATE TABLE IF NOT EXISTS quarantine (
         path VARCHAR PRIMARY KEY,

@@ -138,7 +138,7 @@ _GENERATION_SCHEMA = pa.schema([
     ("sampler", pa.string()), ("scheduler", pa.string()), ("cfg_scale", pa.float64()), ("width", pa.int64()),
     ("height", pa.int64()), ("model", pa.string()), ("model_hash", pa.string()),
     ("loras", pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64())]))),
-    ("extra", pa.string()), ("raw", pa.string()), ("warnings", pa.list_(pa.string())),
+    ("extra", pa.string()), ("raw", pa.string()), ("warnings", pa.list_(pa.string())), ("source", pa.string()),
 ])
 _QUARANTINE_SCHEMA = pa.schema([
     ("path", pa.string()), ("root", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
@@ -163,7 +163,7 @@ def _generation_row(result: IngestedFile) -> dict[str, Any]:
         "loras": [{"name": clean_text(lora["name"]), "weight": lora["weight"]} for lora in g.get("loras", [])],
         "extra": json.dumps(g.get("extra") or {}, ensure_ascii=False, default=str),
         "raw": json.dumps(g.get("raw") or {}, ensure_ascii=False),
-        "warnings": list(g.get("warnings") or []),
+        "warnings": list(g.get("warnings") or []), "source": g.get("source"),
     }
 
 
@@ -194,10 +194,12 @@ def _commit_batch(catalog_path: str | Path, results: list[IngestedFile | Quarant
                    COALESCE(i.first_seen, $now), $now, NULL, b.warnings
             FROM batch_images b LEFT JOIN images i ON i.path = b.path""", {"now": now})
         con.execute("""
-            INSERT OR REPLACE INTO generations
+            INSERT OR REPLACE INTO generations (content_hash, generator, generator_version, prompt, negative_prompt,
+                   seed, steps, sampler, scheduler, cfg_scale, width, height, model, model_hash, loras, extra, raw,
+                   warnings, parsed_at, source)
             SELECT content_hash, generator, generator_version, prompt, negative_prompt, TRY_CAST(seed AS HUGEINT),
                    steps, sampler, scheduler, cfg_scale, width, height, model, model_hash, loras,
-                   extra::JSON, raw::JSON, warnings, $now
+                   extra::JSON, raw::JSON, warnings, $now, source
             FROM batch_generations""", {"now": now})
         con.execute("DELETE FROM quarantine WHERE path IN (SELECT path FROM batch_images)")
         con.execute("""

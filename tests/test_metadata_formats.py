@@ -15,6 +15,7 @@ from luna_core.metadata.comfyui import parse_comfyui
 from luna_core.samples.pictures import PromptSpec
 from luna_core.samples.writers import (
     FORMATS,
+    SOURCES,
     Generation,
     api_to_workflow,
     comfy_sdxl_hires_graph,
@@ -46,6 +47,11 @@ def test_every_format_parses_to_its_generator_prompt_and_seed(name, writer, gene
     assert record.steps == GEN.steps
     assert record.raw, "raw metadata is kept verbatim"
     assert not record.warnings
+    assert record.source == SOURCES[name], "where the record was read"
+
+
+def test_every_format_names_where_its_record_was_read():
+    assert set(SOURCES) == {name for name, _, _ in FORMATS}
 
 
 @pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS if g not in ("none", "NovelAI")])
@@ -215,3 +221,56 @@ def test_no_metadata_and_unknown_metadata_are_told_apart():
 def test_png_with_a1111_text_in_latin1_and_utf8():
     data = png_bytes(PICTURE, text=[("parameters", "café au lait\nSteps: 20, Sampler: Euler, Seed: 9")])
     assert parse_generation(probe_image(data).items).prompt == "café au lait"
+
+
+JAPANESE = PromptSpec("猫", "赤い", "森の中", "傑作, 最高品質 🌸✨", "ぼやけた, 低解像度 😿")
+
+
+@pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS if g != "none"], ids=[
+    n for n, _, g in FORMATS if g != "none"])
+def test_japanese_and_emoji_prompts_survive_every_writer(name, writer):
+    gen = Generation(spec=JAPANESE, seed=42, steps=20, cfg=5.0, width=768, height=768)
+    data, _ = writer(PICTURE, gen)
+    record = parse_generation(probe_image(data).items)
+    assert record.prompt == JAPANESE.prompt and record.negative_prompt == JAPANESE.negative
+
+
+def test_newer_graphs_resolve_encoders_concatenation_contexts_and_switches():
+    from luna_core.samples.writers import write_comfy_flux_png, write_comfy_rgthree_png
+
+    flux = parsed(write_comfy_flux_png)
+    assert (flux.sampler, flux.scheduler, flux.model) == ("euler", "simple", f"{GEN.model}.safetensors")
+    assert flux.extra["samplers"][0]["class_type"] == "SamplerCustomAdvanced"
+    rgthree = parsed(write_comfy_rgthree_png)
+    assert rgthree.prompt == SPEC.prompt, "primitive + StringConcatenate + Power Prompt + Context + Any Switch"
+    assert rgthree.extra["samplers"][0]["node"] == "30:3", "a sampler inside a subgraph keeps its flattened id"
+
+
+def test_a_comfy_save_node_s_text_fills_what_the_graph_does_not_say():
+    from luna_core.samples.writers import write_image_saver_png
+
+    record = parsed(write_image_saver_png)
+    assert record.generator == "ComfyUI" and record.source == "comfy:prompt"
+    assert record.model_hash == GEN.model_hash, "only the saver's A1111 text carries the model hash"
+    assert record.extra["saver_parameters"]["Hashes"] == {GEN.model: GEN.model_hash}
+
+
+def test_civitai_resources_name_the_checkpoint_and_the_loras():
+    from luna_core.samples.writers import write_civitai_jpeg
+
+    record = parsed(write_civitai_jpeg)
+    assert record.model == GEN.model and [(lora.name, lora.weight) for lora in record.loras] == [("detail_tweaker_xl", 0.6)]
+
+
+def test_stealth_is_read_only_from_an_alpha_channel_with_nothing_else_and_is_bounded():
+    from luna_core.containers import ProbeLimits
+    from luna_core.samples.writers import a1111_infotext, hide_in_alpha
+
+    hidden = hide_in_alpha(Image.new("RGBA", (160, 160), (10, 20, 30, 255)), a1111_infotext(GEN))
+    assert "stealth:alpha" in probe_image(png_bytes(hidden)).items
+    with_text = probe_image(png_bytes(hidden, text=[("parameters", "a cat\nSteps: 5, Seed: 1, Size: 8x8")]))
+    assert "stealth:alpha" not in with_text.items, "a file with other metadata is never decoded"
+    opaque = probe_image(png_bytes(Image.new("RGB", (160, 160))))
+    assert "stealth:alpha" not in opaque.items and not opaque.warnings, "no alpha, no decode"
+    tight = probe_image(png_bytes(hidden), ProbeLimits(max_text_bytes=64))
+    assert "stealth:alpha" not in tight.items and "bound" in tight.warnings[0]

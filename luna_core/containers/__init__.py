@@ -7,6 +7,8 @@ a hostile file can make them refuse, never allocate without limit.
 
 from __future__ import annotations
 
+import zlib
+
 from luna_core.containers.base import (
     PNG_SIGNATURE,
     ImageProbe,
@@ -19,6 +21,7 @@ from luna_core.containers.base import (
 from luna_core.containers.exif_xmp import parse_exif, parse_xmp
 from luna_core.containers.jpeg import probe_jpeg
 from luna_core.containers.png import probe_png
+from luna_core.containers.stealth import read_stealth_alpha
 from luna_core.containers.webp import probe_webp
 from luna_core.errors import BadFileError
 
@@ -46,5 +49,14 @@ def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits()) -> ImageProbe:
             f"{probe.width}x{probe.height} = {pixels / 1e6:.0f} MP exceeds the {limits.max_pixels / 1e6:.0f} MP"
             " bound (decompression-bomb guard, ProbeLimits.max_pixels)",
         )
+    if probe.has_alpha and not probe.items and fmt in ("png", "webp"):
+        # Only files with nothing else to say pay for a pixel decode (of the alpha plane's bits).
+        try:
+            hidden = read_stealth_alpha(data, limits.max_text_bytes)
+        except (ValueError, OSError, zlib.error, EOFError) as exc:
+            probe.warnings.append(f"stealth metadata in the alpha channel could not be read: {exc}")
+            hidden = None
+        if hidden is not None:
+            probe.items["stealth:alpha"] = hidden
     return probe
 

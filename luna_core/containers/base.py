@@ -29,6 +29,7 @@ class ImageProbe:
     height: int
     items: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    has_alpha: bool = False  # an alpha channel, where stealth metadata may hide
 
 
 class TextBudget:

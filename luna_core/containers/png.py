@@ -34,11 +34,14 @@ def probe_png(data: bytes, budget: TextBudget) -> ImageProbe:
                 raise BadFileError("corrupt", f"PNG IHDR chunk has length {length}, not 13")
             _check_crc(data, pos, end, "IHDR")
             probe.width, probe.height = struct.unpack(">II", body[:8])
+            probe.has_alpha = body[9] in (4, 6)  # grey + alpha, RGBA
             seen_ihdr = True
         elif not seen_ihdr:
             raise BadFileError("corrupt", "PNG does not start with an IHDR chunk")
         elif ctype == b"IDAT":
             seen_idat = True
+        elif ctype == b"tRNS":
+            probe.has_alpha = True
         elif ctype == b"IEND":
             seen_iend = True
             pos = end + 4

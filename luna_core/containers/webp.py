@@ -29,6 +29,7 @@ def probe_webp(data: bytes, budget: TextBudget) -> ImageProbe:
             raise BadFileError("truncated", f"WebP chunk {name!r} runs past the end of the file")
         body = data[start:end] if fourcc in (b"EXIF", b"XMP ") else data[start : min(end, start + 16)]
         if fourcc == b"VP8X" and length >= 10:
+            probe.has_alpha = bool(body[0] & 0x10)
             probe.width = 1 + int.from_bytes(body[4:7], "little")
             probe.height = 1 + int.from_bytes(body[7:10], "little")
         elif fourcc == b"VP8 " and length >= 10:
@@ -45,6 +46,7 @@ def probe_webp(data: bytes, budget: TextBudget) -> ImageProbe:
                     raise BadFileError("corrupt", "WebP lossless frame lacks its signature")
                 bits = int.from_bytes(body[1:5], "little")
                 probe.width, probe.height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+                probe.has_alpha = probe.has_alpha or bool(bits >> 28 & 1)
         elif fourcc in (b"ANMF", b"ALPH"):
             has_image = has_image or fourcc == b"ANMF"
         elif fourcc == b"EXIF":

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from luna_core.metadata.a1111 import parse_a1111
@@ -21,7 +22,15 @@ from luna_core.metadata.json_tools import (
     parse_novelai,
     parse_swarmui,
 )
-from luna_core.metadata.record import GenerationRecord, Lora, MetadataError, load_json, looks_like_json_object
+from luna_core.metadata.record import (
+    GenerationRecord,
+    Lora,
+    MetadataError,
+    as_float,
+    as_str,
+    load_json,
+    looks_like_json_object,
+)
 
 __all__ = ["GenerationRecord", "Lora", "parse_generation", "NO_METADATA", "UNKNOWN"]
 
@@ -50,62 +59,165 @@ def _from_json_record(data: dict[str, Any]) -> GenerationRecord | None:
     return None
 
 
-def _comfy_exif(items: dict[str, str]) -> tuple[str | None, str | None]:
-    """ComfyUI's WebP/JPEG writers put 'prompt:{json}' and 'workflow:{json}' in IFD0 text tags."""
+_COMFY_PREFIXES = ("prompt:", "workflow:")
+
+
+def _comfy_graphs(items: dict[str, str]) -> tuple[str | None, str | None, str]:
+    """ComfyUI's API graph and editor graph wherever a writer put them, and where they were found:
+    PNG `prompt`/`workflow` text; 'prompt:{json}' / 'workflow:{json}' in EXIF text tags (ComfyUI's
+    WebP saver, Save Image Extended); or one JSON object {"prompt": ..., "workflow": ...} in the EXIF
+    UserComment (extended-format savers)."""
+    if "prompt" in items or "workflow" in items:
+        source = "comfy:prompt" if items.get("prompt") is not None else "comfy:workflow"
+        return items.get("prompt"), items.get("workflow"), source
     prompt = workflow = None
+    where = ""
     for key, value in items.items():
-        if key.startswith("exif:") and isinstance(value, str):
-            if value.startswith("prompt:") and prompt is None:
-                prompt = value[len("prompt:") :]
-            elif value.startswith("workflow:") and workflow is None:
-                workflow = value[len("workflow:") :]
-    return prompt, workflow
+        if not (key.startswith("exif:") and isinstance(value, str)):
+            continue
+        head = value[:9].lower()
+        if head.startswith("prompt:") and prompt is None:
+            prompt, where = value[len("prompt:") :], key
+        elif head.startswith("workflow:") and workflow is None:
+            workflow = value[len("workflow:") :]
+            where = where or key
+    if prompt is None and workflow is None and looks_like_json_object(items.get("exif:UserComment")):
+        try:
+            data = _json_object(items["exif:UserComment"], "EXIF UserComment")
+        except MetadataError:
+            return None, None, ""
+        if isinstance(data.get("prompt"), (dict, str)) or isinstance(data.get("workflow"), dict):
+            dump = lambda v: v if isinstance(v, str) or v is None else json.dumps(v)  # noqa: E731
+            return dump(data.get("prompt")), dump(data.get("workflow")), "exif:UserComment"
+    return prompt, workflow, where
+
+
+def _tagged(record: GenerationRecord | None, source: str) -> GenerationRecord | None:
+    if record is not None:
+        record.source = source
+    return record
+
+
+def _graph_record(items: dict[str, str]) -> GenerationRecord | None:
+    prompt, workflow, where = _comfy_graphs(items)
+    if prompt is not None and prompt.lstrip()[:1] in ("{", "[") and not is_easy_diffusion(items):
+        record = parse_comfyui(prompt, workflow)
+        return _tagged(record, where if where.startswith("exif") else "comfy:prompt")
+    if prompt is None and looks_like_json_object(workflow):
+        return _tagged(parse_comfyui(None, workflow), "comfy:workflow" if not where.startswith("exif") else where)
+    return None
+
+
+def _with_saver_text(graph: GenerationRecord, text: GenerationRecord) -> GenerationRecord:
+    """A ComfyUI save node's A1111-style text beside the graph: the graph is what ran; the text fills
+    what the graph does not say (model hash, LoRAs written as tags, a prompt the walk missed)."""
+    for name in ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "scheduler", "width",
+                 "height", "model", "model_hash"):
+        if getattr(graph, name) is None and getattr(text, name) is not None:
+            setattr(graph, name, getattr(text, name))
+    if not graph.loras:
+        graph.loras = text.loras
+    graph.extra["saver_parameters"] = {k: v for k, v in text.extra.items() if isinstance(v, (str, int, float, dict))}
+    return graph
+
+
+def _novelai_json(data: dict[str, Any]) -> GenerationRecord | None:
+    """NovelAI's text chunks as one JSON object (its WebP EXIF, its stealth alpha payload)."""
+    if str(data.get("Software", "")).startswith("NovelAI") and looks_like_json_object(data.get("Comment")):
+        return parse_novelai(_json_object(data["Comment"], "NovelAI Comment"), data.get("Description"),
+                             data.get("Source"))
+    return None
+
+
+def _text_record(text: str, where: str) -> GenerationRecord | None:
+    """Generation metadata in one free text item: a JSON record of a known tool, or A1111 text."""
+    if looks_like_json_object(text):
+        data = _json_object(text, where)
+        return _tagged(_novelai_json(data) or _from_json_record(data), where)
+    if "Steps:" in text:
+        return _tagged(_a1111(text), where)
+    return None
 
 
 def _dispatch(items: dict[str, str]) -> GenerationRecord | None:
     if "invokeai_metadata" in items:
-        return parse_invokeai_metadata(items["invokeai_metadata"])
+        return _tagged(parse_invokeai_metadata(items["invokeai_metadata"]), "png:invokeai_metadata")
     if "sd-metadata" in items:
-        return parse_sd_metadata(items["sd-metadata"])
+        return _tagged(parse_sd_metadata(items["sd-metadata"]), "png:sd-metadata")
     if "Dream" in items:
-        return parse_dream(items["Dream"])
+        return _tagged(parse_dream(items["Dream"]), "png:Dream")
     if items.get("Software", "").startswith("NovelAI") and looks_like_json_object(items.get("Comment")):
-        return parse_novelai(_json_object(items["Comment"], "NovelAI Comment"), items.get("Description"), items.get("Source"))
+        return _tagged(_novelai_json(items), "png:Comment")
     if "sui_image_params" in items:
-        return parse_swarmui({"sui_image_params": _json_object(items["sui_image_params"], "SwarmUI")})
+        return _tagged(parse_swarmui({"sui_image_params": _json_object(items["sui_image_params"], "SwarmUI")}),
+                       "png:sui_image_params")
     parameters = items.get("parameters")
+    graph = _graph_record(items)
     if looks_like_json_object(parameters):
         record = _from_json_record(_json_object(parameters, "parameters"))
         if record is not None:
-            return record
+            return _tagged(record, "png:parameters")
     elif parameters is not None and "fooocus_scheme" not in items:
-        return _a1111(parameters)
-    comfy_prompt, comfy_workflow = items.get("prompt"), items.get("workflow")
-    if comfy_prompt is None and comfy_workflow is None:
-        comfy_prompt, comfy_workflow = _comfy_exif(items)
-    if comfy_prompt is not None and comfy_prompt.lstrip()[:1] in ("{", "[") and not is_easy_diffusion(items):
-        return parse_comfyui(comfy_prompt, comfy_workflow)
-    if comfy_prompt is None and looks_like_json_object(comfy_workflow):
-        return parse_comfyui(None, comfy_workflow)
+        text = _a1111(parameters, items)
+        if graph is not None and graph.prompt is not None:
+            return _with_saver_text(graph, text)
+        return _tagged(text, "png:parameters")
+    if graph is not None:
+        return graph
     if is_easy_diffusion(items):
-        return parse_easy_diffusion(items)
-    for key in ("Comment", "xmp:UserComment", "exif:UserComment"):
+        return _tagged(parse_easy_diffusion(items), "png:text")
+    for key in ("Comment", "xmp:UserComment", "exif:UserComment", "xmp:description", "exif:ImageDescription",
+                "jpeg:comment", "stealth:alpha"):
         text = items.get(key)
-        if looks_like_json_object(text):
-            record = _from_json_record(_json_object(text, key))
+        if text:
+            where = {"jpeg:comment": "jpeg:COM", "stealth:alpha": "alpha:stealth", "Comment": "png:Comment"}.get(key, key)
+            record = _text_record(text, where)
             if record is not None:
                 return record
-    user_comment = items.get("exif:UserComment")
-    if user_comment and not looks_like_json_object(user_comment) and "Steps:" in user_comment:
-        return _a1111(user_comment)
     return None
 
 
-def _a1111(text: str) -> GenerationRecord:
+def _a1111(text: str, items: dict[str, str] | None = None) -> GenerationRecord:
+    """A1111-style text, told apart by what the writer adds: `Version: ComfyUI` (Comfy Image Saver),
+    `Version: Fooocus...`, `App: SD.Next`, Civitai's resource list, Stability Matrix's own chunks."""
     record = parse_a1111(text)
-    if record.generator_version and record.generator_version.startswith("Fooocus"):
+    version = record.generator_version or ""
+    if version.startswith("Fooocus"):
         record.generator = "Fooocus"
+    elif version == "ComfyUI":
+        record.generator = "ComfyUI"
+    elif "Civitai resources" in record.extra or "Civitai metadata" in record.extra:
+        record.generator = "Civitai"
+    elif str(record.extra.get("App", "")).startswith("SD.Next"):
+        record.generator = "SD.Next"
+    elif items and ("smproj" in items or "parameters-json" in items):
+        record.generator = "Stability Matrix"
+    _civitai_resources(record)
     return record
+
+
+def _civitai_resources(record: GenerationRecord) -> None:
+    """Civitai's resource list names the checkpoint and the LoRAs (with weights) the text leaves out."""
+    resources = record.extra.get("Civitai resources")
+    if isinstance(resources, str):
+        try:
+            resources = json.loads(resources)
+        except ValueError:
+            record.warnings.append("Civitai resources: not valid JSON; kept as text")
+            return
+        record.extra["Civitai resources"] = resources
+    if not isinstance(resources, list):
+        return
+    named = {lora.name for lora in record.loras}
+    for resource in resources:
+        if not isinstance(resource, dict):
+            continue
+        kind, name = str(resource.get("type", "")).lower(), as_str(resource.get("modelName"))
+        if kind == "checkpoint" and name and record.model is None:
+            record.model = name
+        elif kind in ("lora", "lycoris", "locon") and name and name not in named:
+            weight = as_float(resource.get("weight"))
+            record.loras.append(Lora(name, 1.0 if weight is None else weight))
 
 
 def parse_generation(items: dict[str, str]) -> GenerationRecord:

@@ -23,7 +23,13 @@ from luna_core.metadata.record import (
 MAX_DEPTH = 64
 MAX_VISITS = 5_000
 _SAMPLER_HINTS = ("seed", "noise_seed", "steps", "cfg")
-_TEXT_INPUTS = ("text", "text_g", "string", "prompt", "value", "text_positive")
+_TEXT_INPUTS = ("text", "text_g", "string", "prompt", "value", "text_positive", "wildcard_text", "populated_text")
+# Text inputs of text encoders, main text first: CLIPTextEncode (text), Qwen/rgthree (prompt), Flux and
+# SD3 (t5xxl), SDXL (text_g, text_l), SD3/HiDream (clip_g, llama, clip_l).
+_ENCODER_TEXTS = ("text", "prompt", "t5xxl", "text_g", "clip_g", "llama", "clip_l", "text_l")
+_CONCAT_INPUT = re.compile(r"(string|text)_?([a-f]|[0-9])")
+# rgthree context outputs: CONTEXT, MODEL, CLIP, VAE, POSITIVE, NEGATIVE, LATENT, IMAGE, SEED.
+_CONTEXT_SIDES = {4: "positive", 5: "negative"}
 _MODEL_NAME_INPUTS = ("ckpt_name", "unet_name", "model_name", "base_ckpt_name")
 
 # Widget layouts of the common nodes, for graphs saved only as the editor `workflow`.
@@ -46,7 +52,42 @@ _UI_WIDGETS = {
     "KSamplerSelect": ["sampler_name"],
     "BasicScheduler": ["scheduler", "steps", "denoise"],
     "CFGGuider": ["cfg"],
+    "PrimitiveNode": ["value"],
+    "PrimitiveString": ["value"],
+    "PrimitiveStringMultiline": ["value"],
 }
+_SEED_WIDGETS = ("seed", "noise_seed")
+_CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+
+
+def _widget_names(node: dict[str, Any]) -> list[str]:
+    """Widget names of an editor node: the known layout, else the names newer frontends list on the
+    node's inputs (`{"name": ..., "widget": {"name": ...}}`), a seed followed by its control widget."""
+    layout = _UI_WIDGETS.get(str(node.get("type")))
+    if layout is not None:
+        return layout
+    names = []
+    for slot in node.get("inputs") or []:
+        if isinstance(slot, dict) and isinstance(slot.get("widget"), dict) and slot["widget"].get("name"):
+            names.append(str(slot["widget"]["name"]))
+            if names[-1] in _SEED_WIDGETS:
+                names.append("control_after_generate")
+    return names
+
+
+def _is_encoder(class_type: str, inputs: dict[str, Any]) -> bool:
+    """A text encoder: a node that takes a CLIP (`clip`, rgthree's `opt_clip`), or whose class name says so
+    (`...TextEncode...`: Flux, SD3, HiDream, Qwen, Wan, Krea)."""
+    return any(_is_link(inputs.get(n)) for n in ("clip", "opt_clip")) or "textencode" in class_type.lower()
+
+
+def _switch_inputs(node: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The connected inputs of a switch/reroute node, in order (rgthree Any Switch: any_01, any_02...)."""
+    class_type = str(node.get("class_type", "")).lower()
+    if "switch" not in class_type and "reroute" not in class_type:
+        return []
+    inputs = node.get("inputs", {})
+    return sorted(((name, value) for name, value in inputs.items() if _is_link(value)), key=lambda item: item[0])
 
 
 def _is_link(value: Any) -> bool:
@@ -77,7 +118,7 @@ class _Graph:
         return self.visits < MAX_VISITS
 
     def text_of(self, value: Any, depth: int = 0, seen: frozenset[str] = frozenset()) -> str | None:
-        """A string input, following links through primitive/string nodes."""
+        """A string input, following links through primitive, string, concatenate and switch nodes."""
         if isinstance(value, str):
             return value
         node, _ = self.node(value)
@@ -87,12 +128,31 @@ class _Graph:
         if key in seen:
             return None
         inputs = node.get("inputs", {})
+        parts = sorted(name for name in inputs if _CONCAT_INPUT.fullmatch(name))
+        if len(parts) >= 2:  # StringConcatenate (string_a, string_b), Text Concatenate (text_a...), text1, text2
+            texts = [self.text_of(inputs[name], depth + 1, seen | {key}) for name in parts]
+            delimiter = next((inputs[d] for d in ("delimiter", "separator") if isinstance(inputs.get(d), str)), "")
+            return delimiter.join(t for t in texts if t) if any(texts) else None
         for name in _TEXT_INPUTS:
             if name in inputs:
                 found = self.text_of(inputs[name], depth + 1, seen | {key})
                 if found is not None:
                     return found
+        for _, link in _switch_inputs(node):
+            found = self.text_of(link, depth + 1, seen | {key})
+            if found is not None:
+                return found
         return None
+
+    def encoder_texts(self, inputs: dict[str, Any]) -> dict[str, str]:
+        """The texts of a text encoder's inputs, by input name (CLIP, SDXL, SD3, Flux, HiDream, Qwen...)."""
+        texts = {}
+        for name in _ENCODER_TEXTS:
+            if name in inputs:
+                text = self.text_of(inputs[name])
+                if text is not None:
+                    texts[name] = text
+        return texts
 
     def conditioning_texts(self, link: Any, extra: dict[str, Any]) -> list[str]:
         """Texts of every encoder that feeds a conditioning link, in input order."""
@@ -109,21 +169,34 @@ class _Graph:
                 continue
             seen.add(marker)
             inputs = node.get("inputs", {})
-            if "text_g" in inputs or "text_l" in inputs:
-                text_g = self.text_of(inputs.get("text_g"))
-                text_l = self.text_of(inputs.get("text_l"))
-                if text_g is not None:
-                    texts.append(text_g)
-                if text_l and text_l != text_g:
-                    (texts.append(text_l) if text_g is None else extra.setdefault("text_l", []).append(text_l))
-                continue
-            text = self.text_of(inputs.get("text")) if "text" in inputs else None
-            if text is not None and "clip" in inputs:
-                texts.append(text)
+            class_type = str(node.get("class_type", ""))
+            if _is_encoder(class_type, inputs):
+                found = self.encoder_texts(inputs)
+                if found:
+                    main_name = next(name for name in _ENCODER_TEXTS if name in found)
+                    texts.append(found[main_name])
+                    for name, text in found.items():  # other encoders' texts (SDXL text_l, Flux clip_l...)
+                        if name != main_name and text != found[main_name]:
+                            extra.setdefault(name, []).append(text)
+                    continue
+            lowered = class_type.lower()
+            if "context" in lowered and slot in _CONTEXT_SIDES:
+                # rgthree context/pipe nodes: the output slot says which conditioning travels on.
+                side = _CONTEXT_SIDES[slot]
+                if _is_link(inputs.get(side)):
+                    stack.append((inputs[side], depth + 1))
+                else:
+                    base = next((inputs[n] for n in ("base_ctx", "ctx", "context") if _is_link(inputs.get(n))), None)
+                    if base is not None:
+                        stack.append(([base[0], slot], depth + 1))
                 continue
             # A node that transforms a (positive, negative) pair: follow the side it was read from.
             if _is_link(inputs.get("positive")) and _is_link(inputs.get("negative")):
                 stack.append((inputs["negative" if slot == 1 else "positive"], depth + 1))
+                continue
+            switched = _switch_inputs(node)
+            if switched:  # Any Switch and friends: the first connected input is what passed
+                stack.append((switched[0][1], depth + 1))
                 continue
             upstream = [
                 value for name, value in inputs.items() if _is_link(value) and "cond" in name.lower()
@@ -223,26 +296,48 @@ def workflow_to_api(workflow: dict[str, Any], warnings: list[str]) -> dict[str, 
     links = workflow.get("links")
     if not isinstance(nodes, list) or not isinstance(links, list):
         raise MetadataError("ComfyUI workflow has no 'nodes'/'links' lists")
+    by_id = {node.get("id"): node for node in nodes if isinstance(node, dict)}
     link_source: dict[int, list[Any]] = {}
     for link in links:
         if isinstance(link, list) and len(link) >= 4:
-            link_source[link[0]] = [str(link[1]), link[2]]
+            link_source[link[0]] = [link[1], link[2]]
         elif isinstance(link, dict) and "id" in link:
-            link_source[link["id"]] = [str(link.get("origin_id")), link.get("origin_slot", 0)]
+            link_source[link["id"]] = [link.get("origin_id"), link.get("origin_slot", 0)]
+
+    def source_of(link_id: Any) -> list[Any] | None:
+        """Where a link starts, through Reroute nodes (the editor's wire joints, absent from API graphs)."""
+        for _ in range(MAX_DEPTH):
+            origin = link_source.get(link_id)
+            if origin is None:
+                return None
+            node = by_id.get(origin[0])
+            if not (isinstance(node, dict) and node.get("type") == "Reroute"):
+                return [str(origin[0]), origin[1]]
+            slots = [s for s in node.get("inputs") or [] if isinstance(s, dict) and s.get("link") is not None]
+            if not slots:
+                return None
+            link_id = slots[0]["link"]
+        return None
+
     api: dict[str, dict[str, Any]] = {}
     for node in nodes:
-        if not isinstance(node, dict) or "id" not in node:
+        if not isinstance(node, dict) or "id" not in node or node.get("type") == "Reroute":
             continue
         inputs: dict[str, Any] = {}
         widgets = node.get("widgets_values")
-        layout = _UI_WIDGETS.get(str(node.get("type")), [])
         if isinstance(widgets, list):
-            inputs.update({name: value for name, value in zip(layout, widgets)})
+            names = _widget_names(node)
+            if names and names[-1:] != ["control_after_generate"] and len(widgets) == len(names) + 1 \
+                    and widgets[-1] in _CONTROL_VALUES:
+                names = names + ["control_after_generate"]
+            inputs.update({name: value for name, value in zip(names, widgets)})
         for slot in node.get("inputs") or []:
-            if isinstance(slot, dict) and slot.get("link") in link_source:
-                inputs[str(slot.get("name"))] = link_source[slot["link"]]
+            if isinstance(slot, dict) and slot.get("link") is not None:
+                origin = source_of(slot["link"])
+                if origin is not None:
+                    inputs[str(slot.get("name"))] = origin
         api[str(node["id"])] = {"class_type": node.get("type"), "inputs": inputs}
-    if not any(n["class_type"] in _UI_WIDGETS for n in api.values()):
+    if not any(n["class_type"] in _UI_WIDGETS or n["inputs"] for n in api.values()):
         warnings.append("ComfyUI workflow holds no node type Luna can read without the API graph")
     return api
 
@@ -282,7 +377,11 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> Generat
         # Each side keeps its own SDXL text_l: a negative's must never land in the positive's.
         positive_extra: dict[str, Any] = {}
         negative_extra: dict[str, Any] = {}
-        model, loras = graph.model_chain(node.get("inputs", {}).get("model"))
+        model_link = node.get("inputs", {}).get("model")
+        if model_link is None:  # SamplerCustomAdvanced: the model rides on its guider
+            guider, _ = graph.node(node.get("inputs", {}).get("guider"))
+            model_link = (guider or {}).get("inputs", {}).get("model")
+        model, loras = graph.model_chain(model_link)
         width, height = graph.latent_size(node.get("inputs", {}).get("latent_image"))
         prompt = ", ".join(graph.conditioning_texts(positive, positive_extra)) or None
         negative_prompt = ", ".join(graph.conditioning_texts(negative, negative_extra)) if negative else None

@@ -37,6 +37,9 @@ class GenerationRecord:
     extra: dict[str, Any] = field(default_factory=dict)  # settings without a column of their own
     raw: dict[str, str] = field(default_factory=dict)  # the metadata items, verbatim
     warnings: list[str] = field(default_factory=list)
+    # Where the record was read: png:parameters, exif:UserComment, xmp, jpeg:COM, comfy:prompt,
+    # comfy:workflow, alpha:stealth...; None when the file holds no generation metadata.
+    source: str | None = None
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)

@@ -57,6 +57,23 @@ from luna_core.samples.writers.other_tools import (
     write_swarmui_jpeg,
     write_swarmui_png,
 )
+from luna_core.samples.writers.savers import (
+    hide_in_alpha,
+    write_a1111_stealth_png,
+    write_civitai_jpeg,
+    write_comfy_flux_png,
+    write_comfy_frontend_workflow_png,
+    write_comfy_qwen_png,
+    write_comfy_rgthree_png,
+    write_extended_formats_webp,
+    write_image_saver_jpeg,
+    write_image_saver_png,
+    write_image_saver_webp,
+    write_novelai_stealth_png,
+    write_save_image_extended_jpeg,
+    write_sdnext_png,
+    write_stability_matrix_png,
+)
 
 __all__ = [
     "Generation", "a1111_infotext", "api_to_workflow", "ascii_tag", "comfy_custom_sampler_graph",
@@ -66,7 +83,7 @@ __all__ = [
     "write_comfyui_workflow_only_png", "write_draw_things_png", "write_easy_diffusion_jpeg",
     "write_easy_diffusion_png", "write_fooocus_jpeg", "write_fooocus_png", "write_forge_png",
     "write_invokeai_dream_png", "write_invokeai_png", "write_invokeai_v2_png", "write_novelai_png", "write_plain_png",
-    "write_swarmui_jpeg", "write_swarmui_png", "FORMATS", "Writer",
+    "write_swarmui_jpeg", "write_swarmui_png", "FORMATS", "Writer", "hide_in_alpha", "SOURCES",
 ]
 
 Writer = Callable[[Image.Image, Generation], tuple[bytes, str]]
@@ -93,6 +110,38 @@ FORMATS: list[tuple[str, Writer, str]] = [
     ("easy_diffusion_png", write_easy_diffusion_png, "Easy Diffusion"),
     ("easy_diffusion_jpeg", write_easy_diffusion_jpeg, "Easy Diffusion"),
     ("draw_things", write_draw_things_png, "Draw Things"),
+    ("comfy_image_saver_png", write_image_saver_png, "ComfyUI"),
+    ("comfy_image_saver_jpeg", write_image_saver_jpeg, "ComfyUI"),
+    ("comfy_image_saver_webp", write_image_saver_webp, "ComfyUI"),
+    ("comfy_save_image_extended_jpeg", write_save_image_extended_jpeg, "ComfyUI"),
+    ("comfy_extended_formats_webp", write_extended_formats_webp, "ComfyUI"),
+    ("comfy_flux_png", write_comfy_flux_png, "ComfyUI"),
+    ("comfy_rgthree_subgraph_png", write_comfy_rgthree_png, "ComfyUI"),
+    ("comfy_qwen_png", write_comfy_qwen_png, "ComfyUI"),
+    ("comfy_frontend_workflow_png", write_comfy_frontend_workflow_png, "ComfyUI"),
+    ("a1111_stealth_png", write_a1111_stealth_png, "AUTOMATIC1111"),
+    ("novelai_stealth_png", write_novelai_stealth_png, "NovelAI"),
+    ("civitai_jpeg", write_civitai_jpeg, "Civitai"),
+    ("sdnext_png", write_sdnext_png, "SD.Next"),
+    ("stability_matrix_png", write_stability_matrix_png, "Stability Matrix"),
     ("plain_png", write_plain_png, "none"),
     ("camera_jpeg", write_camera_jpeg, "none"),
 ]
+
+# Where each format's record must say it was read (generations.source).
+SOURCES: dict[str, str | None] = {
+    "a1111_png": "png:parameters", "forge_png": "png:parameters", "a1111_jpeg_utf16be": "exif:UserComment",
+    "a1111_webp_utf16le": "exif:UserComment", "a1111_jpeg_plain": "exif:UserComment",
+    "comfyui_png_sdxl_hires": "comfy:prompt", "comfyui_png_custom_sampler": "comfy:prompt",
+    "comfyui_webp": "exif:Model", "comfyui_workflow_only": "comfy:workflow", "invokeai_v5": "png:invokeai_metadata",
+    "invokeai_v2": "png:sd-metadata", "invokeai_dream": "png:Dream", "novelai": "png:Comment",
+    "fooocus_png": "png:parameters", "fooocus_jpeg": "exif:UserComment", "swarmui_png": "png:parameters",
+    "swarmui_jpeg": "exif:UserComment", "easy_diffusion_png": "png:text", "easy_diffusion_jpeg": "exif:UserComment",
+    "draw_things": "xmp:UserComment", "comfy_image_saver_png": "comfy:prompt",
+    "comfy_image_saver_jpeg": "exif:UserComment", "comfy_image_saver_webp": "exif:UserComment",
+    "comfy_save_image_extended_jpeg": "exif:Model", "comfy_extended_formats_webp": "exif:UserComment",
+    "comfy_flux_png": "comfy:prompt", "comfy_rgthree_subgraph_png": "comfy:prompt", "comfy_qwen_png": "comfy:prompt",
+    "comfy_frontend_workflow_png": "comfy:workflow", "a1111_stealth_png": "alpha:stealth",
+    "novelai_stealth_png": "alpha:stealth", "civitai_jpeg": "exif:UserComment", "sdnext_png": "png:parameters",
+    "stability_matrix_png": "png:parameters", "plain_png": None, "camera_jpeg": None,
+}

@@ -1,0 +1,71 @@
+"""`luna inspect FILE...`: what Luna reads from each file, through the same code path as ingest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from luna_core.containers import ProbeLimits
+from luna_core.filereader import IngestedFile, read_file
+from luna_core.scan import FileEntry
+
+FIELDS = ("generator", "generator_version", "source", "prompt", "negative_prompt", "seed", "steps", "sampler",
+          "scheduler", "cfg_scale", "width", "height", "model", "model_hash", "loras")
+
+
+def inspect_file(path: str, limits: ProbeLimits = ProbeLimits()) -> dict:
+    """One file as ingest would catalogue it: the record, the container, warnings; or why it is quarantined."""
+    try:
+        stat = os.stat(path)
+        entry = FileEntry(str(Path(path).absolute()), str(Path(path).absolute().parent), stat.st_size,
+                          stat.st_mtime_ns)
+    except OSError as exc:
+        return {"path": path, "quarantined": "unreadable", "detail": exc.strerror or str(exc)}
+    result = read_file(entry, limits)
+    if not isinstance(result, IngestedFile):
+        return {"path": path, "quarantined": result.reason, "detail": result.detail}
+    generation = result.generation
+    out = {"path": path, "format": result.format, "size": f"{result.width}x{result.height}",
+           **{name: generation.get(name) for name in FIELDS},
+           "warnings": list(result.warnings) + list(generation.get("warnings") or []),
+           "extra": generation.get("extra") or {}}
+    out["raw"] = generation.get("raw") or {}
+    return out
+
+
+def _shorten(value, width: int = 400) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[:width] + f"… ({len(text):,} characters)"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    results = [inspect_file(path) for path in args.files]
+    if args.json:
+        for result in results:
+            if not args.raw:
+                result.pop("raw", None)
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2, ensure_ascii=False, default=str))
+        return 1 if any("quarantined" in r for r in results) else 0
+    for result in results:
+        print(result["path"])
+        if "quarantined" in result:
+            print(f"  quarantined: {result['quarantined']}: {result['detail']}")
+            continue
+        for name in ("format", "size", *FIELDS):
+            value = result.get(name)
+            if name == "loras":
+                value = ", ".join(f"{lora['name']}:{lora['weight']:g}" for lora in value) if value else None
+            if value is not None and value != "":
+                print(f"  {name + ':':<18} {_shorten(value)}")
+        samplers = result["extra"].get("samplers") if isinstance(result["extra"], dict) else None
+        if samplers and len(samplers) > 1:
+            print(f"  {'samplers:':<18} {len(samplers)} ({', '.join(str(s.get('class_type')) for s in samplers)})")
+        for warning in result["warnings"]:
+            print(f"  warning: {warning}")
+        if args.raw:
+            for key, value in result["raw"].items():
+                print(f"  raw {key}: {value}")
+        print()
+    return 1 if any("quarantined" in r for r in results) else 0
