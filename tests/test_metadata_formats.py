@@ -64,7 +64,8 @@ def test_cfg_and_size_are_read_where_the_format_has_them(name, writer):
 
 @pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS
                                           if n.split("_")[0] in ("a1111", "forge", "fooocus", "swarmui", "invokeai",
-                                                                  "draw", "easy")
+                                                                  "draw", "easy", "ruined", "civitai", "sdnext",
+                                                                  "stability")
                                           and n not in ("invokeai_v2", "invokeai_dream")])
 def test_loras_name_and_weight(name, writer):
     record = parsed(writer)
@@ -274,3 +275,21 @@ def test_stealth_is_read_only_from_an_alpha_channel_with_nothing_else_and_is_bou
     assert "stealth:alpha" not in opaque.items and not opaque.warnings, "no alpha, no decode"
     tight = probe_image(png_bytes(hidden), ProbeLimits(max_text_bytes=64))
     assert "stealth:alpha" not in tight.items and "bound" in tight.warnings[0]
+
+
+def test_a1111_text_in_a_jpeg_comment_or_an_xmp_description_is_read_and_says_where():
+    import io
+    from xml.sax.saxutils import escape
+
+    from luna_core.samples.writers import a1111_infotext, webp_bytes
+
+    out = io.BytesIO()
+    PICTURE.save(out, "JPEG", comment=a1111_infotext(GEN).encode("utf-8"))
+    record = parse_generation(probe_image(out.getvalue()).items)
+    assert (record.prompt, record.seed, record.source) == (SPEC.prompt, GEN.seed, "jpeg:COM")
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description><rdf:Alt>'
+           f'<rdf:li xml:lang="x-default">{escape(a1111_infotext(GEN))}</rdf:li></rdf:Alt></dc:description>'
+           '</rdf:Description></rdf:RDF></x:xmpmeta>')
+    record = parse_generation(probe_image(webp_bytes(PICTURE, xmp=xmp)).items)
+    assert (record.prompt, record.seed, record.source) == (SPEC.prompt, GEN.seed, "xmp:description")

@@ -16,10 +16,12 @@ from luna_core.metadata.json_tools import (
     is_draw_things,
     is_easy_diffusion,
     is_fooocus,
+    is_ruined_fooocus,
     parse_draw_things,
     parse_easy_diffusion,
     parse_fooocus,
     parse_novelai,
+    parse_ruined_fooocus,
     parse_swarmui,
 )
 from luna_core.metadata.record import (
@@ -50,6 +52,8 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 def _from_json_record(data: dict[str, Any]) -> GenerationRecord | None:
     if isinstance(data.get("sui_image_params"), dict):
         return parse_swarmui(data)
+    if is_ruined_fooocus(data):
+        return parse_ruined_fooocus(data)
     if is_fooocus(data):
         return parse_fooocus(data)
     if is_easy_diffusion(data):

@@ -30,6 +30,35 @@ def parse_novelai(comment: dict[str, Any], description: str | None, source: str 
     return record
 
 
+def is_ruined_fooocus(data: dict[str, Any]) -> bool:
+    return data.get("software") == "RuinedFooocus"
+
+
+def parse_ruined_fooocus(data: dict[str, Any]) -> GenerationRecord:
+    """RuinedFooocus: flat JSON in `parameters`; LoRAs as [hash, "weight - name"] pairs (or, in older
+    versions, one "Loras:<name:weight>,..." string)."""
+    record = GenerationRecord(generator="RuinedFooocus")
+    record.prompt, record.negative_prompt = as_str(data.get("Prompt")), as_str(data.get("Negative"))
+    record.seed, record.steps = as_int(data.get("seed")), as_int(data.get("steps"))
+    record.cfg_scale = as_float(data.get("cfg"))
+    record.width, record.height = as_int(data.get("width")), as_int(data.get("height"))
+    record.sampler, record.scheduler = as_str(data.get("sampler_name")), as_str(data.get("scheduler"))
+    record.model, record.model_hash = as_str(data.get("base_model_name")), as_str(data.get("base_model_hash"))
+    loras = data.get("loras")
+    if isinstance(loras, list):
+        for pair in loras:
+            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str) and " - " in pair[1]:
+                weight, name = pair[1].split(" - ", 1)
+                record.loras.append(Lora(name.strip(), as_float(weight.strip()) or 1.0))
+    elif isinstance(loras, str):
+        for name, weight in re.findall(r"<([^:<>]+):([-0-9.]+)>", loras):
+            record.loras.append(Lora(name.strip(), as_float(weight) or 1.0))
+    for key in ("start_step", "denoise", "clip_skip", "switch", "refiner_model_name"):
+        if data.get(key) is not None:
+            record.extra[key] = data[key]
+    return record
+
+
 def is_fooocus(data: dict[str, Any]) -> bool:
     version = str(data.get("version", ""))
     return data.get("metadata_scheme") == "fooocus" or version.startswith("Fooocus") or (

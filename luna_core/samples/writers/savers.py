@@ -224,6 +224,18 @@ def write_novelai_stealth_png(image: Image.Image, gen: Generation) -> tuple[byte
     return png_bytes(hide_in_alpha(_opaque(image), json.dumps(hidden))), "png"
 
 
+def write_novelai_webp(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
+    """NovelAI's WebP: the short prompt as EXIF ImageDescription, every PNG text chunk as one JSON object
+    in the UserComment."""
+    comment = {"prompt": gen.prompt, "steps": gen.steps, "height": gen.height, "width": gen.width, "scale": gen.cfg,
+               "seed": gen.seed, "sampler": "k_euler_ancestral", "uc": gen.negative, "noise_schedule": "karras"}
+    chunks = {"Title": "NovelAI generated image", "Description": gen.prompt, "Software": "NovelAI",
+              "Source": "NovelAI Diffusion V4.5 4BDE2A90", "Generation time": "5.2", "Comment": json.dumps(comment)}
+    tiff = tiff_block({0x010E: ascii_tag(gen.prompt)}, {0x9286: (7, user_comment(json.dumps(chunks), "utf-16-be"))},
+                      big_endian=True)
+    return webp_bytes(image, exif=b"Exif\x00\x00" + tiff), "webp"
+
+
 def _opaque(image: Image.Image) -> Image.Image:
     # Stealth needs room: enough pixels for the payload's bits (a real render has millions).
     big = image.convert("RGBA").resize((max(image.width, 160), max(image.height, 160)))
@@ -261,3 +273,13 @@ def write_stability_matrix_png(image: Image.Image, gen: Generation) -> tuple[byt
     project = {"Version": 2, "Type": "TextToImage", "State": {"Modules": []}}
     return png_bytes(image, text=[("parameters", a1111_infotext(gen, version="StabilityMatrix 2.12")),
                                   ("parameters-json", json.dumps(params)), ("smproj", json.dumps(project))]), "png"
+
+
+def write_ruined_fooocus_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
+    """RuinedFooocus: json.dumps of its record in the PNG `parameters` chunk."""
+    record = {"Prompt": gen.prompt, "Negative": gen.negative, "steps": gen.steps, "cfg": gen.cfg, "width": gen.width,
+              "height": gen.height, "seed": gen.seed, "sampler_name": "dpmpp_2m_sde_gpu", "scheduler": "karras",
+              "base_model_name": f"{gen.model}.safetensors", "base_model_hash": gen.model_hash[:8],
+              "loras": [["4852686128", f"{weight} - {name}"] for name, weight in gen.loras],
+              "start_step": 0, "denoise": None, "clip_skip": 1, "software": "RuinedFooocus"}
+    return png_bytes(image, text=[("parameters", json.dumps(record))]), "png"
