@@ -10,14 +10,21 @@ from PIL import Image
 
 from luna_cli.main import main
 from luna_core.samples.pictures import PromptSpec
-from luna_core.samples.writers import Generation, write_a1111_stealth_png, write_civitai_jpeg, write_comfy_rgthree_png
+from luna_core.samples.writers import (
+    Generation,
+    strip_png_text,
+    write_a1111_stealth_png,
+    write_civitai_jpeg,
+    write_comfy_rgthree_png,
+)
 
 GEN = Generation(spec=PromptSpec("猫", "赤い", "森の中", "傑作 🌸", "ぼやけた"), seed=5, steps=24, cfg=5.5,
                  loras=[("detail", 0.5)])
 
 
-def _write(tmp_path, writer, name):
+def _write(tmp_path, writer, name, strip=False):
     data, ext = writer(Image.new("RGB", (64, 64)), GEN)
+    data = strip_png_text(data) if strip else data
     path = tmp_path / f"{name}.{ext}"
     path.write_bytes(data)
     return path
@@ -34,7 +41,8 @@ def test_inspect_prints_every_field_and_where_it_was_found(tmp_path, capsys):
 
 
 def test_inspect_json_and_raw_for_scripts(tmp_path, capsys):
-    files = [_write(tmp_path, write_a1111_stealth_png, "stealth"), _write(tmp_path, write_comfy_rgthree_png, "rg")]
+    files = [_write(tmp_path, write_a1111_stealth_png, "stealth", strip=True),
+             _write(tmp_path, write_comfy_rgthree_png, "rg")]
     assert main(["inspect", "--json", *map(str, files)]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["source"] for r in results] == ["alpha:stealth", "comfy:prompt"]

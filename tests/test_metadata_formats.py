@@ -263,6 +263,21 @@ def test_civitai_resources_name_the_checkpoint_and_the_loras():
     assert record.model == GEN.model and [(lora.name, lora.weight) for lora in record.loras] == [("detail_tweaker_xl", 0.6)]
 
 
+@pytest.mark.parametrize("writer_name, generator", [("write_a1111_stealth_png", "AUTOMATIC1111"),
+                                                    ("write_novelai_stealth_png", "NovelAI")])
+def test_stealth_metadata_survives_a_site_that_strips_the_text_chunks(writer_name, generator):
+    from luna_core.samples import writers
+
+    data, _ = getattr(writers, writer_name)(PICTURE, GEN)
+    stripped = writers.strip_png_text(data)
+    assert b"tEXt" not in stripped and b"iTXt" not in stripped
+    record = parse_generation(probe_image(stripped).items)
+    assert (record.generator, record.source) == (generator, "alpha:stealth")
+    assert (record.prompt, record.negative_prompt, record.seed, record.steps) == (SPEC.prompt, SPEC.negative, GEN.seed,
+                                                                                 GEN.steps)
+    assert record.cfg_scale == pytest.approx(GEN.cfg)
+
+
 def test_stealth_is_read_only_from_an_alpha_channel_with_nothing_else_and_is_bounded():
     from luna_core.containers import ProbeLimits
     from luna_core.samples.writers import a1111_infotext, hide_in_alpha

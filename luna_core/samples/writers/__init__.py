@@ -59,6 +59,7 @@ from luna_core.samples.writers.other_tools import (
 )
 from luna_core.samples.writers.savers import (
     hide_in_alpha,
+    strip_png_text,
     write_a1111_stealth_png,
     write_civitai_jpeg,
     write_comfy_flux_png,
@@ -85,7 +86,7 @@ __all__ = [
     "write_comfyui_workflow_only_png", "write_draw_things_png", "write_easy_diffusion_jpeg",
     "write_easy_diffusion_png", "write_fooocus_jpeg", "write_fooocus_png", "write_forge_png",
     "write_invokeai_dream_png", "write_invokeai_png", "write_invokeai_v2_png", "write_novelai_png", "write_plain_png",
-    "write_swarmui_jpeg", "write_swarmui_png", "FORMATS", "Writer", "hide_in_alpha", "SOURCES",
+    "write_swarmui_jpeg", "write_swarmui_png", "FORMATS", "Writer", "hide_in_alpha", "strip_png_text", "SOURCES",
 ]
 
 Writer = Callable[[Image.Image, Generation], tuple[bytes, str]]
@@ -145,8 +146,8 @@ SOURCES: dict[str, str | None] = {
     "comfy_image_saver_jpeg": "exif:UserComment", "comfy_image_saver_webp": "exif:UserComment",
     "comfy_save_image_extended_jpeg": "exif:Model", "comfy_extended_formats_webp": "exif:UserComment",
     "comfy_flux_png": "comfy:prompt", "comfy_rgthree_subgraph_png": "comfy:prompt", "comfy_qwen_png": "comfy:prompt",
-    "comfy_frontend_workflow_png": "comfy:workflow", "a1111_stealth_png": "alpha:stealth",
-    "novelai_stealth_png": "alpha:stealth", "novelai_webp": "exif:UserComment", "civitai_jpeg": "exif:UserComment",
+    "comfy_frontend_workflow_png": "comfy:workflow", "a1111_stealth_png": "png:parameters",
+    "novelai_stealth_png": "png:Comment", "novelai_webp": "exif:UserComment", "civitai_jpeg": "exif:UserComment",
     "sdnext_png": "png:parameters",
     "stability_matrix_png": "png:parameters", "ruined_fooocus_png": "png:parameters", "plain_png": None, "camera_jpeg": None,
 }

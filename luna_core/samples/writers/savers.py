@@ -211,17 +211,31 @@ def hide_in_alpha(image: Image.Image, text: str, compressed: bool = True) -> Ima
 
 
 def write_a1111_stealth_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """A1111/Forge with the stealth_pnginfo extension, after a site stripped the text chunks."""
-    return png_bytes(hide_in_alpha(_opaque(image), a1111_infotext(gen))), "png"
+    """A1111/Forge with the stealth_pnginfo extension: the `parameters` chunk as usual, and the same text
+    hidden in the alpha channel (which survives a site that strips text chunks: `strip_png_text`)."""
+    text = a1111_infotext(gen)
+    return png_bytes(hide_in_alpha(_opaque(image), text), text=[("parameters", text)]), "png"
 
 
 def write_novelai_stealth_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """NovelAI hides its text chunks, as one JSON object, in the alpha channel (gzip)."""
+    """NovelAI: its text chunks, and the same chunks as one JSON object hidden in the alpha channel (gzip)."""
     comment = {"prompt": gen.prompt, "steps": gen.steps, "height": gen.height, "width": gen.width, "scale": gen.cfg,
                "seed": gen.seed, "sampler": "k_euler_ancestral", "uc": gen.negative, "noise_schedule": "karras"}
-    hidden = {"Title": "NovelAI generated image", "Description": gen.prompt, "Software": "NovelAI",
+    chunks = {"Title": "NovelAI generated image", "Description": gen.prompt, "Software": "NovelAI",
               "Source": "NovelAI Diffusion V4.5 4BDE2A90", "Generation time": "5.2", "Comment": json.dumps(comment)}
-    return png_bytes(hide_in_alpha(_opaque(image), json.dumps(hidden))), "png"
+    return png_bytes(hide_in_alpha(_opaque(image), json.dumps(chunks)), text=list(chunks.items())), "png"
+
+
+def strip_png_text(data: bytes) -> bytes:
+    """The PNG without its text chunks, as image sites serve uploads: only the pixels' own bits remain."""
+    out, pos = bytearray(data[:8]), 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        end = pos + 12 + length
+        if data[pos + 4 : pos + 8] not in (b"tEXt", b"zTXt", b"iTXt"):
+            out += data[pos:end]
+        pos = end
+    return bytes(out)
 
 
 def write_novelai_webp(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
