@@ -22,5 +22,8 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
     print(f"Starting the MLflow tracking server for {home.root} on {url} (backend {shown}; artifacts under "
           f"{home.mlflow_dir / 'artifacts'}); Ctrl-C stops it")
     command = mlflow_server_command(home, args.host, args.port, backend, args.workers)
-    os.execvpe(command[0], command, dict(os.environ))
+    env = dict(os.environ)
+    # MLflow 3's job runner (GenAI jobs Luna never submits) starts ~8 consumer processes: off unless asked.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.execvpe(command[0], command, env)
     return 0
