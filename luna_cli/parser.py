@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from luna_cli import demo, doctor, inspect, library, operations, projector, refine, report, vault
+from luna_cli import demo, doctor, inspect, library, operations, projector, refine, report, serve, vault
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
 TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--out", required=True, help="output .safetensors file")
     cmd.set_defaults(func=vault.cmd_condition)
 
+    cmd = sub.add_parser("serve", help="serve the vault and the projector over HTTP, loaded once (for ComfyUI, scripts)")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    cmd.add_argument("--port", type=int, default=7861)
+    cmd.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    cmd.add_argument("--projector", default="models:/luna-projector@champion",
+                     help="the projector answering source=projector (default models:/luna-projector@champion)")
+    cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
+    cmd.set_defaults(func=serve.cmd_serve)
+
     refine.add_parser(sub)
     report.add_parser(sub)
     doctor.add_parser(sub)
@@ -119,3 +129,5 @@ def _query_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--k", type=int, default=5, help="neighbours to use (default 5)")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    cmd.add_argument("--server", help="ask a running `luna serve` at this URL (e.g. http://127.0.0.1:7861) "
+                                      "instead of loading the models here")

@@ -19,9 +19,16 @@ def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto")
 def cmd_search(args: argparse.Namespace) -> int:
     from luna_core.vault.query import Box
 
-    home = LunaHome.existing(args.home)
-    box = Box.parse(args.box) if args.box else None
-    neighbors = open_vault(home, device=args.device).search(args.image, box, args.k)
+    if args.server:
+        from luna_cli.serve import ask
+        from luna_core.vault.query import Neighbor
+
+        answer = json.loads(ask(args.server, "/search", args.image, [("k", str(args.k)), ("box", args.box)]))
+        neighbors = [Neighbor(**n) for n in answer]
+    else:
+        home = LunaHome.existing(args.home)
+        box = Box.parse(args.box) if args.box else None
+        neighbors = open_vault(home, device=args.device).search(args.image, box, args.k)
     if args.json:
         print(json.dumps([n.__dict__ for n in neighbors], indent=2, default=str))
     else:
@@ -32,6 +39,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_condition(args: argparse.Namespace) -> int:
     from luna_core.vault.query import Box, check_inputs
 
+    if args.server:
+        return _condition_by_server(args)
     home = LunaHome.existing(args.home)
     box = Box.parse(args.box) if args.box else None
     # Every setting is checked before a model loads, whichever source answers.
@@ -48,4 +57,19 @@ def cmd_condition(args: argparse.Namespace) -> int:
     out = conditioning.save(args.out)
     print(f"wrote {out}: prompt_embeds {list(conditioning.prompt_embeds.shape)}, pooled_prompt_embeds "
           f"{list(conditioning.pooled_prompt_embeds.shape)} (+ negatives), mode {args.mode}")
+    return 0
+
+
+def _condition_by_server(args: argparse.Namespace) -> int:
+    from luna_cli.serve import ask
+    from luna_core.files import write_atomically
+
+    if args.projector and args.projector != "models:/luna-projector@champion":
+        print(f"note: the service answers with the projector it was started with, not {args.projector}")
+    params = [("source", "projector" if args.projector else "vault"), ("k", str(args.k)), ("box", args.box),
+              ("temperature", str(args.temperature)), ("prompt", args.prompt), ("mode", args.mode),
+              ("alpha", str(args.alpha))]
+    data = ask(args.server, "/condition", args.image, params)
+    out = write_atomically(args.out, lambda tmp: tmp.write_bytes(data))
+    print(f"wrote {out} ({len(data):,} bytes) from {args.server}")
     return 0

@@ -23,7 +23,6 @@ class PictureError(LunaConfigError):
 
 def read_picture(path: str | os.PathLike[str], limits: ProbeLimits = ProbeLimits()):
     """The decoded picture at `path` (a PIL image, fully loaded)."""
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
@@ -38,6 +37,15 @@ def read_picture(path: str | os.PathLike[str], limits: ProbeLimits = ProbeLimits
         if info.st_size > limits.max_file_bytes:
             raise PictureError(f"image {path} is {info.st_size:,} bytes, over the {limits.max_file_bytes:,} byte bound")
         data = fh.read(limits.max_file_bytes + 1)
+    return decode_picture(data, str(path), limits)
+
+
+def decode_picture(data: bytes, name: str, limits: ProbeLimits = ProbeLimits()):
+    """The decoded picture in `data` (a PIL image, fully loaded); `name` says which in errors."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > limits.max_file_bytes:
+        raise PictureError(f"image {name} is {len(data):,} bytes, over the {limits.max_file_bytes:,} byte bound")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Luna's own bound applies below
@@ -45,11 +53,14 @@ def read_picture(path: str | os.PathLike[str], limits: ProbeLimits = ProbeLimits
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise PictureError(
-                    f"image {path} is {width}x{height} = {width * height / 1e6:.0f} MP, over the "
+                    f"image {name} is {width}x{height} = {width * height / 1e6:.0f} MP, over the "
                     f"{limits.max_pixels / 1e6:.0f} MP bound (decompression-bomb guard)")
             image.load()
     except Image.DecompressionBombError as exc:
-        raise PictureError(f"image {path} is too large to decode safely ({exc})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise PictureError(f"{path} is not an image Luna can decode ({exc})") from None
+        raise PictureError(f"image {name} is too large to decode safely ({exc})") from None
+    except UnidentifiedImageError:
+        raise PictureError(f"{name} is not an image Luna can decode (not PNG, JPEG, WebP or another format Pillow "
+                           "reads)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise PictureError(f"{name} is not an image Luna can decode ({exc})") from None
     return image

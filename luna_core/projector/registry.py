@@ -328,6 +328,24 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     return name, ref
 
 
+def resolve_version(home: LunaHome, name: str, ref: int | str, uri: str | None = None) -> str:
+    """The version number an alias (or number) names now, without loading the checkpoint."""
+    uri = resolve_tracking_uri(home, uri)
+    if _embedded_registry_missing(home, uri):
+        raise NotBuiltError(f"no projector is registered in {home.root} yet")
+    _mlflow(uri)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        version = client.get_model_version(name, str(ref)) if str(ref).isdigit() else \
+            client.get_model_version_by_alias(name, str(ref))
+    except MlflowException as exc:
+        raise NotBuiltError(f"no projector {name}@{ref} in {uri} ({str(exc).splitlines()[0][:160]})") from None
+    return str(version.version)
+
+
 def load_version(home: LunaHome, name: str, ref: int | str, expect: dict | None = None, uri: str | None = None):
     """A registered projector by version number or alias, loaded from its safetensors checkpoint."""
     uri = resolve_tracking_uri(home, uri)

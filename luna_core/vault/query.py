@@ -88,16 +88,28 @@ class Conditioning:
     neighbors: list[Neighbor] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
-    def save(self, path: str | Path) -> Path:
-        """A safetensors file diffusers' SDXL pipelines take as keyword arguments, unchanged."""
+    def _tensors(self) -> tuple[dict, dict]:
         import torch
-        from safetensors.torch import save_file
 
         tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
                    for name in ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds",
                                 "negative_pooled_prompt_embeds")}
         metadata = {"luna": json.dumps({**self.info, "neighbors": [n.__dict__ for n in self.neighbors]}, default=str)}
+        return tensors, metadata
+
+    def save(self, path: str | Path) -> Path:
+        """A safetensors file diffusers' SDXL pipelines take as keyword arguments, unchanged."""
+        from safetensors.torch import save_file
+
+        tensors, metadata = self._tensors()
         return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    def to_bytes(self) -> bytes:
+        """The same safetensors content as `save`, in memory (what `luna serve` answers)."""
+        from safetensors.torch import save
+
+        tensors, metadata = self._tensors()
+        return save(tensors, metadata=metadata)
 
 
 def weighted_sum(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -110,14 +122,18 @@ def weighted_sum(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def load_image(path: str | Path, box: Box | None = None):
     """The query picture (optionally cropped), with errors that name the file and the reason."""
-    image = read_picture(path)
+    return crop(read_picture(path), box, str(path))
+
+
+def crop(image, box: Box | None, name: str):
+    """The part of `image` inside `box` (the whole image without one); a box outside it is an error."""
     if box is None:
         return image
     if box.width <= 0 or box.height <= 0:
         raise QueryError(f"box {box.x},{box.y},{box.width},{box.height} is empty")
     if box.x < 0 or box.y < 0 or box.x + box.width > image.width or box.y + box.height > image.height:
         raise QueryError(f"box {box.x},{box.y},{box.width},{box.height} lies outside the {image.width}x{image.height} "
-                         f"image {path}")
+                         f"image {name}")
     return image.crop((box.x, box.y, box.x + box.width, box.y + box.height))
 
 
@@ -289,6 +305,41 @@ class Vault:
         info = {"source": "projector", "projector": projector_uri, "arch": config.arch, "mode": mode, "alpha": alpha,
                 "prompt": prompt, "box": None if box is None else box.__dict__}
         return self._mix(embeds, pooled, np.zeros_like(embeds), np.zeros_like(pooled), prompt, mode, alpha, [], info)
+
+    def condition_crops(self, crops: list, source: str = "vault", k: int = 5, temperature: float = DEFAULT_TEMPERATURE,
+                        prompt: str | None = None, mode: str = "replace", alpha: float = 0.5,
+                        projector=None) -> Conditioning:
+        """One conditioning per crop (PIL images), stacked on the batch axis [N, 77, D]: crop i gets its own
+        vault answer (`source` vault) or projector answer (`projector`: a loaded (model, config)), then
+        the same prompt `mode` as `condition`. One forward pass of the vision encoder for all crops."""
+        if source not in ("vault", "projector"):
+            raise QueryError(f"source {source!r} is not one of vault, projector")
+        check_inputs(mode, alpha, prompt, k if source == "vault" else None,
+                     temperature if source == "vault" else None)
+        if not crops:
+            raise QueryError("no image to condition")
+        parts, neighbors_per_item = [], []
+        if source == "projector":
+            if projector is None:
+                raise QueryError("the projector source needs a projector (models:/NAME@ALIAS)")
+            model, config = projector
+            tokens, pooled = self.projector_answers(model, self.embed_pictures(crops, use_index=False))
+            for t, p in zip(tokens, pooled):
+                parts.append(self._mix(t, p, np.zeros_like(t), np.zeros_like(p), prompt, mode, alpha, [], {}))
+                neighbors_per_item.append([])
+        else:
+            for embedding in self.embed_pictures(crops):
+                *answer, neighbors = self.vault_answer(embedding, k, temperature)
+                parts.append(self._mix(*answer, prompt, mode, alpha, neighbors, {}))
+                neighbors_per_item.append(neighbors)
+        stacked = {name: np.concatenate([getattr(part, name) for part in parts]) for name in (
+            "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")}
+        info = {"source": source, "items": len(crops), "k": k, "mode": mode, "alpha": alpha, "prompt": prompt,
+                "vision_key": self.profile.vision_key,
+                "neighbors_per_item": [[n.path for n in items] for items in neighbors_per_item]}
+        if source == "vault":
+            info["index_version"] = self.index.version.number
+        return Conditioning(**stacked, neighbors=[n for items in neighbors_per_item for n in items], info=info)
 
     def load_projector(self, projector_uri: str, tracking_uri: str | None = None):
         """(model, config) of a registered projector, checked against the configured encoders' widths."""

@@ -1,0 +1,228 @@
+"""The node classes, following ComfyUI's conventions:
+
+- IMAGE is a float tensor [B, H, W, C] in [0, 1]; MASK is [B, H, W] (or [H, W]) in [0, 1];
+- CONDITIONING is a list of [tokens [B, 77, D], {"pooled_output": [B, P]}]; a batch of B conditionings
+  meets a batch of B latents item by item (latent i gets conditioning i).
+
+With `server_url` the nodes ask a running `luna serve`; without, they use Luna's Python API in this
+process, with the home's models and index cached across executions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+
+DEFAULT_PROJECTOR = "models:/luna-projector@champion"
+_cache: dict = {}
+_cache_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def to_pictures(image) -> list:
+    """ComfyUI IMAGE [B, H, W, C] float in [0, 1] → B RGB PIL pictures."""
+    from PIL import Image
+
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"IMAGE must be [B, H, W, C] with C in 1, 3, 4; got {list(array.shape)}")
+    pixels = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return [Image.fromarray(p[..., :3] if p.shape[-1] != 1 else p[..., 0]).convert("RGB") for p in pixels]
+
+
+def mask_boxes(mask, count: int, width: int, height: int) -> list[str | None]:
+    """For each batch item, the X,Y,W,H box around its mask (> 0.5), or None (the whole picture)."""
+    if mask is None:
+        return [None] * count
+    array = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+    if array.ndim == 2:
+        array = array[None]
+    boxes = []
+    for i in range(count):
+        m = array[min(i, len(array) - 1)]
+        if m.shape != (height, width):
+            raise ValueError(f"MASK {list(m.shape)} does not match the IMAGE's {height}x{width}")
+        ys, xs = np.nonzero(m > 0.5)
+        boxes.append(None if len(xs) == 0 else f"{xs.min()},{ys.min()},{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1}")
+    return boxes
+
+
+# ---------------------------------------------------------------- backends
+
+
+def _vault(home: str):
+    """A Vault for the home, kept across executions (encoders and index load once)."""
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.settings import LunaHome
+    from luna_core.vault.query import Vault
+
+    key = os.path.abspath(home or os.environ.get("LUNA_HOME", "luna_home"))
+    with _cache_lock:
+        if key not in _cache:
+            luna_home = LunaHome.existing(key)
+            _cache[key] = Vault(luna_home, resolve_profile(luna_home.model_profile(), luna_home.models_dir))
+        return _cache[key]
+
+
+def _in_process(pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str):
+    from luna_core.vault.query import Box, crop
+
+    vault = _vault(home)
+    crops = [crop(p, None if b is None else Box.parse(b), "ComfyUI IMAGE") for p, b in zip(pictures, boxes)]
+    loaded = None
+    if source == "projector":
+        with _cache_lock:
+            key = (id(vault), projector)
+            if key not in _cache:
+                _cache[key] = vault.load_projector(projector)
+            loaded = _cache[key]
+    c = vault.condition_crops(crops, source, k, temperature, projector=loaded)
+    return c.prompt_embeds, c.pooled_prompt_embeds, c.negative_prompt_embeds, c.negative_pooled_prompt_embeds
+
+
+def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, temperature: float):
+    from safetensors.numpy import load
+
+    parts = []
+    for picture, box in zip(pictures, boxes):
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        params = [("source", source), ("k", str(k)), ("temperature", str(temperature))] + ([("box", box)] if box else [])
+        request = urllib.request.Request(f"{server.rstrip('/')}/condition?{urllib.parse.urlencode(params)}",
+                                         data=buffer.getvalue(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                parts.append(load(response.read()))
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except ValueError:
+                message = exc.reason
+            raise RuntimeError(f"Luna service {server}: {message}") from None
+    names = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+    return tuple(np.concatenate([p[name] for p in parts]) for name in names)
+
+
+def _conditioning(tokens: np.ndarray, pooled: np.ndarray) -> list:
+    import torch
+
+    return [[torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)),
+             {"pooled_output": torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))}]]
+
+
+def _answer(image, mask, source: str, home: str, server_url: str, k: int, temperature: float, projector: str):
+    pictures = to_pictures(image)
+    boxes = mask_boxes(mask, len(pictures), pictures[0].width, pictures[0].height)
+    if server_url:
+        tokens, pooled, neg_tokens, neg_pooled = _by_server(server_url, pictures, boxes, source, k, temperature)
+    else:
+        tokens, pooled, neg_tokens, neg_pooled = _in_process(pictures, boxes, source, home, k, temperature, projector)
+    return _conditioning(tokens, pooled), _conditioning(neg_tokens, neg_pooled)
+
+
+# ---------------------------------------------------------------- nodes
+
+_COMMON_OPTIONAL = {
+    "mask": ("MASK",),
+    "home": ("STRING", {"default": "", "tooltip": "Luna home folder (empty: $LUNA_HOME, else ./luna_home)"}),
+    "server_url": ("STRING", {"default": "", "tooltip": "a running `luna serve`, e.g. http://127.0.0.1:7861 "
+                                                        "(empty: Luna's Python API in this process)"}),
+}
+
+
+class LunaVaultConditioning:
+    """Each image of the batch (or the box around its mask) → its own k-NN answer from the vault."""
+
+    CATEGORY = "Luna"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+    FUNCTION = "condition"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",),
+                             "k": ("INT", {"default": 5, "min": 1, "max": 64}),
+                             "temperature": ("FLOAT", {"default": 0.05, "min": 0.001, "max": 10.0, "step": 0.005})},
+                "optional": dict(_COMMON_OPTIONAL)}
+
+    def condition(self, image, k=5, temperature=0.05, mask=None, home="", server_url=""):
+        return _answer(image, mask, "vault", home, server_url, k, temperature, DEFAULT_PROJECTOR)
+
+
+class LunaProjectorConditioning:
+    """Each image of the batch (or the box around its mask) → a registered projector's answer."""
+
+    CATEGORY = "Luna"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+    FUNCTION = "condition"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",),
+                             "projector": ("STRING", {"default": DEFAULT_PROJECTOR})},
+                "optional": dict(_COMMON_OPTIONAL)}
+
+    def condition(self, image, projector=DEFAULT_PROJECTOR, mask=None, home="", server_url=""):
+        return _answer(image, mask, "projector", home, server_url, 5, 0.05, projector)
+
+
+class LunaBlend:
+    """A typed CONDITIONING with the vault's: blend (1 - alpha) * typed + alpha * vault, or concat (typed
+    tokens, then the vault's; pooled from the typed). A typed batch of 1 is repeated over the vault's batch."""
+
+    CATEGORY = "Luna"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "blend"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"conditioning": ("CONDITIONING",), "vault_conditioning": ("CONDITIONING",),
+                             "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05}),
+                             "mode": (["blend", "concat"],)}}
+
+    def blend(self, conditioning, vault_conditioning, alpha=0.5, mode="blend"):
+        import torch
+
+        vault_tokens, vault_extra = vault_conditioning[0]
+        vault_pooled = vault_extra.get("pooled_output")
+        out = []
+        for tokens, extra in conditioning:
+            pooled = extra.get("pooled_output")
+            batch = vault_tokens.shape[0]
+            tokens = tokens.expand(batch, -1, -1) if tokens.shape[0] == 1 else tokens
+            if tokens.shape[0] != batch or tokens.shape[-1] != vault_tokens.shape[-1]:
+                raise ValueError(f"CONDITIONING {list(tokens.shape)} cannot meet the vault's {list(vault_tokens.shape)}")
+            if pooled is not None:
+                pooled = pooled.expand(batch, -1) if pooled.shape[0] == 1 else pooled
+            if mode == "blend":
+                new_tokens = (1 - alpha) * tokens + alpha * vault_tokens
+                new_pooled = None if pooled is None or vault_pooled is None else (1 - alpha) * pooled + alpha * vault_pooled
+            else:
+                new_tokens = torch.cat([tokens, vault_tokens], dim=1)
+                new_pooled = pooled
+            out.append([new_tokens, {**extra, "pooled_output": new_pooled}])
+        return (out,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LunaVaultConditioning": LunaVaultConditioning,
+    "LunaProjectorConditioning": LunaProjectorConditioning,
+    "LunaBlend": LunaBlend,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LunaVaultConditioning": "Luna Vault Conditioning",
+    "LunaProjectorConditioning": "Luna Projector Conditioning",
+    "LunaBlend": "Luna Blend",
+}
