@@ -141,13 +141,17 @@ _COMMON_OPTIONAL = {
 }
 
 
-class LunaVaultConditioning:
-    """Each image of the batch (or the box around its mask) → its own k-NN answer from the vault."""
+class _CropConditioning:
+    """What both conditioning nodes share: IMAGE (+ MASK) in, positive and negative CONDITIONING out."""
 
     CATEGORY = "Luna"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
     FUNCTION = "condition"
+
+
+class LunaVaultConditioning(_CropConditioning):
+    """Each image of the batch (or the box around its mask) → its own k-NN answer from the vault."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -160,13 +164,8 @@ class LunaVaultConditioning:
         return _answer(image, mask, "vault", home, server_url, k, temperature, DEFAULT_PROJECTOR)
 
 
-class LunaProjectorConditioning:
+class LunaProjectorConditioning(_CropConditioning):
     """Each image of the batch (or the box around its mask) → a registered projector's answer."""
-
-    CATEGORY = "Luna"
-    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("positive", "negative")
-    FUNCTION = "condition"
 
     @classmethod
     def INPUT_TYPES(cls):

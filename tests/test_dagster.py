@@ -170,6 +170,11 @@ def test_layers_import_downward_only():
     assert not upward, "luna_assets imports only resources' types from dagster_project"
     project = _imports("dagster_project")
     assert not any(d.startswith("luna_cli") for deps in project.values() for d in deps)
+    # The query service and the ComfyUI nodes stand on the core alone (no Dagster, no CLI).
+    for package in ("luna_service", "comfyui_luna"):
+        outside = {d for deps in _imports(package).values() for d in deps
+                   if d.split(".")[0] in ("luna_cli", "luna_assets", "dagster_project", "dagster")}
+        assert not outside, f"{package} imports {outside}"
 
 
 def test_the_import_graph_has_no_cycle():
