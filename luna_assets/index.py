@@ -10,6 +10,7 @@ from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 from luna_core.index.build import update_index
 from luna_core.index.faiss_index import GIB, IndexSettings
 from luna_core.library import build_library
+from luna_core.vault.embed import commit_segments
 
 LUNA_CATALOG = dg.AssetKey("luna_catalog")
 FAISS_INDEX = dg.AssetKey("faiss_index")
@@ -36,6 +37,10 @@ DEFAULT_REINDEX_CRON = "0 3 * * *"  # nightly, 03:00
 def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource) -> dg.MaterializeResult:
     """The `library` view: one row per image joining generation, vision row and conditioning rows, with a stable image id and train/val/test split."""
     profile = models.resolve(luna.luna_home)
+    # Rows that shards embedded apart (segment stores and their manifests) enter the catalog here, in one step.
+    segments = commit_segments(luna.luna_home, profile)
+    if any(segments.values()):
+        context.log.info(f"committed segment rows: {segments}")
     report = build_library(luna.luna_home, profile)
     orphans = sum(report.orphans.values())
     return dg.MaterializeResult(
@@ -46,6 +51,7 @@ def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, mode
             "with negative row": report.with_negative_row,
             "orphans": dg.MetadataValue.json(report.orphans),
             "retired (left the library)": dg.MetadataValue.json(report.retired),
+            "segment rows committed": dg.MetadataValue.json(segments),
         },
         data_version=dg.DataVersion(report.digest),
         check_results=[

@@ -122,14 +122,17 @@ class LunaHome:
         return self.root / "index"
 
     def open_vision_store(self, profile: ModelProfile) -> RowStore:
-        from luna_core.vault.store import VISION_LAYOUT, RowStore
+        """The profile's image embeddings for reading: the store and any segments written by shards."""
+        from luna_core.vault.segments import open_store
+        from luna_core.vault.store import VISION_LAYOUT
 
-        return RowStore.open_readonly(self.vision_store(profile), VISION_LAYOUT)
+        return open_store(self.vision_store(profile), VISION_LAYOUT)
 
     def open_text_store(self, profile: ModelProfile) -> RowStore:
-        from luna_core.vault.store import TEXT_LAYOUT, RowStore
+        from luna_core.vault.segments import open_store
+        from luna_core.vault.store import TEXT_LAYOUT
 
-        return RowStore.open_readonly(self.text_store(profile), TEXT_LAYOUT)
+        return open_store(self.text_store(profile), TEXT_LAYOUT)
 
     def default_tracking_uri(self) -> str:
         """The embedded MLflow store: sqlite under the home (absolute, as MLflow 3 wants)."""

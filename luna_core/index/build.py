@@ -16,6 +16,7 @@ from luna_core.index.faiss_index import IndexSettings, build_index, plan_index, 
 from luna_core.index.store import IndexStore, load_index
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import store_exists
 from luna_core.vault.store import RowStore
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
     the index is republished whenever what it holds changed (a moved file, prompts encoded later)."""
     started = time.perf_counter()
     table = _library_rows(home)
-    if table.num_rows == 0 or not home.vision_store(profile).exists():
+    if table.num_rows == 0 or not store_exists(home.vision_store(profile)):
         raise NotBuiltError("no image embeddings to index yet: materialize vision_embeddings first")
     vision = home.open_vision_store(profile)
     dims = vision.fields["embeds"][0]

@@ -14,6 +14,7 @@ from luna_core.catalog import open_catalog
 from luna_core.errors import CorruptStoreError
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import LOCAL_MASK, SEGMENT_BITS, open_store, store_exists
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 SAMPLE_ROWS = 1024
@@ -61,21 +62,27 @@ def check_store(home: LunaHome, profile: ModelProfile, kind: str,
                 WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $k AND t.prompt_hash = p.prompt_hash)
                   AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $k AND f.item_key = p.prompt_hash)
                 """, {"k": store_key}).fetchone()[0]
-    if not path.exists():  # every declared check answers, or Dagster refuses the materialization
+    if not store_exists(path):  # every declared check answers, or Dagster refuses the materialization
         empty = len(committed) == 0
         return [CheckOutcome("counts_agree", empty and uncovered == 0,
                              f"no store at {path}; {len(committed)} committed rows, {uncovered} items without a row"),
                 CheckOutcome("no_nan_or_inf", empty, "no store: no rows to read"),
                 CheckOutcome("norms_sane", empty, "no store: no rows to read")]
-    store = RowStore.open_readonly(path, VISION_LAYOUT if vision else TEXT_LAYOUT)
+    store = open_store(path, VISION_LAYOUT if vision else TEXT_LAYOUT)
     shapes = store.fields
-    capacity = store.capacity
     distinct = len(np.unique(committed))
+    # Each segment (the base store is segment 0) numbers its rows from 0, contiguously, inside its arrays.
     allocated = np.sort(np.concatenate([committed, retired]))
-    contiguous = len(allocated) == 0 or (allocated[0] == 0 and allocated[-1] == len(allocated) - 1
-                                         and len(np.unique(allocated)) == len(allocated))
-    counts_ok = distinct == len(committed) and contiguous and (len(allocated) == 0 or allocated[-1] < capacity) \
-        and uncovered == 0
+    contiguous, inside, capacity = True, True, 0
+    for segment_id in np.unique(allocated >> SEGMENT_BITS):
+        local = allocated[(allocated >> SEGMENT_BITS) == segment_id] & LOCAL_MASK
+        part = store if isinstance(store, RowStore) else (store.base if segment_id == 0 else
+                                                          store.segments.get(int(segment_id)))
+        part_capacity = part.capacity if part is not None else 0
+        capacity += part_capacity
+        contiguous &= bool(local[0] == 0 and local[-1] == len(local) - 1 and len(np.unique(local)) == len(local))
+        inside &= bool(local[-1] < part_capacity)
+    counts_ok = distinct == len(committed) and contiguous and inside and uncovered == 0
     outcomes = [CheckOutcome(
         "counts_agree", bool(counts_ok),
         "every item has exactly one committed row; committed and retired rows are contiguous and inside the Zarr arrays",
@@ -84,7 +91,7 @@ def check_store(home: LunaHome, profile: ModelProfile, kind: str,
          "items without row or failure": int(uncovered)},
     )]
     # Rows the catalog claims past the arrays' end are a counts_agree failure, not something to read.
-    rows = _rows_to_check(committed[committed < capacity], new_rows)
+    rows = _rows_to_check(committed if inside else committed[committed < store.capacity], new_rows)
     bad_values = 0
     bad_norms = 0
     damaged: list[str] = []

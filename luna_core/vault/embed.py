@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,14 @@ from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transacti
 from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import (
+    LOCAL_MASK,
+    Shard,
+    committed_dir,
+    pending_manifests,
+    segment_path,
+    segments_dir,
+)
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore, folder_bytes
 
 log = logging.getLogger(__name__)
@@ -128,11 +137,13 @@ def _pending(catalog_path: Path, rows_table: str, key: str, work_sql: str, path:
                 revived = con.execute(f"DELETE FROM retired_rows WHERE {back} RETURNING 1", {"key": key}).fetchall()
             if revived:
                 log.info("%d %s row(s) of items back in the library revived without embedding", len(revived), kind)
-        work = con.execute(work_sql, {"key": key}).fetchall()
+        work = con.execute(work_sql.format(shard=""), {"key": key}).fetchall()
         present = con.execute(f"SELECT count(*) FROM {rows_table} WHERE store_key = ?", [key]).fetchone()[0]
+        # The base store's own rows only: shards' segments number theirs from 2**40 up.
         next_row = con.execute(f"""SELECT coalesce(max("row") + 1, 0) FROM (
             SELECT "row" FROM {rows_table} WHERE store_key = $key
-            UNION ALL SELECT "row" FROM retired_rows WHERE store_key = $key)""", {"key": key}).fetchone()[0]
+            UNION ALL SELECT "row" FROM retired_rows WHERE store_key = $key) WHERE "row" <= $local""",
+                               {"key": key, "local": LOCAL_MASK}).fetchone()[0]
     return work, present, next_row
 
 
@@ -153,6 +164,17 @@ def _open_store(catalog_path: Path, kind: str, key: str, model: str, revision: s
         with store.writer():
             log.info("adding checksums to vault store %s: %s", path, store.add_checksums())
     return store
+
+
+def _store_and_committer(catalog_path: Path, kind: str, key: str, model: str, revision: str | None, path: Path,
+                         fields: dict, layout, options: "EmbedOptions", shard: Shard | None):
+    """(store to write, committer, row offset): the store and the catalog, or a shard's segment and manifests."""
+    if shard is None:
+        return (_open_store(catalog_path, kind, key, model, revision, path, fields, layout),
+                _Committer(catalog_path, kind, key, options), 0)
+    store = RowStore.open(segment_path(path, shard), fields, layout, attrs={"model": model, "kind": kind,
+                                                                            "shard": shard.name})
+    return store, _ManifestWriter(path, kind, shard, options), shard.first_row
 
 
 class _Committer:
@@ -194,6 +216,102 @@ class _Committer:
                         "FROM new_failures", {"store": self.store_key, "now": now})
         self.rows, self.failures = [], []
         self.last = time.monotonic()
+
+
+_MANIFEST_SCHEMA = pa.schema([("key", pa.string()), ("row", pa.int64()), ("token_count", pa.int32()),
+                              ("truncated", pa.bool_()), ("path", pa.string()), ("reason", pa.string()),
+                              ("detail", pa.string())])
+
+
+class _ManifestWriter(_Committer):
+    """A shard's committer: the same batches, written as Parquet manifests beside its segment store
+    (each by one rename, so a manifest is whole or absent) instead of into the catalog."""
+
+    def __init__(self, store_path: Path, kind: str, shard: Shard, options: EmbedOptions):
+        super().__init__(Path(), kind, "", options)
+        self.folder = segments_dir(store_path) / "manifests"
+        self.prefix = f"{shard.name}-{uuid.uuid4().hex[:12]}"
+        self.sequence = 0
+
+    def commit(self) -> None:
+        if not self.rows and not self.failures:
+            return
+        import pyarrow.parquet as pq
+
+        records = [{**row, "token_count": row.get("token_count"), "truncated": row.get("truncated")} for row in self.rows]
+        records += [{"key": f["item_key"], "row": None, "path": f["path"], "reason": f["reason"], "detail": f["detail"]}
+                    for f in self.failures]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"{self.prefix}-{self.sequence:06d}.parquet"
+        tmp = final.with_suffix(".tmp")
+        pq.write_table(pa.Table.from_pylist(records, schema=_MANIFEST_SCHEMA), tmp)
+        os.replace(tmp, final)
+        self.sequence += 1
+        self.rows, self.failures = [], []
+        self.last = time.monotonic()
+
+
+def _shard_pending(catalog_path: Path, rows_table: str, key: str, work_sql: str, store_path: Path,
+                   shard: Shard) -> tuple[list, int, int]:
+    """_pending for one shard, without writing the catalog: items of the shard with no committed row and
+    none in a manifest waiting for the commit; the next row past both in the shard's segment."""
+    import pyarrow.parquet as pq
+
+    column = "i.content_hash" if rows_table == "vision_rows" else "p.prompt_hash"
+    with open_catalog(catalog_path, read_only=True) as con:
+        work = con.execute(work_sql.format(shard=f"AND {shard.sql(column)}"), {"key": key}).fetchall()
+        present, top = con.execute(f"""SELECT count(*), max("row") FROM {rows_table}
+            WHERE store_key = $key AND "row" >= $lo AND "row" < $hi""",
+                                   {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK}).fetchone()
+    waiting: set[str] = set()
+    next_row = shard.first_row if top is None else top + 1
+    for manifest in pending_manifests(store_path):
+        if manifest.name.startswith(shard.name + "-"):
+            table = pq.read_table(manifest, columns=["key", "row"])
+            waiting.update(table.column("key").to_pylist())
+            rows = [r for r in table.column("row").to_pylist() if r is not None]
+            next_row = max([next_row, *(r + 1 for r in rows)])
+    return [item for item in work if item[0] not in waiting], present, next_row
+
+
+def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
+    """Put every shard's new manifests into the catalog, one transaction per store; a manifest already
+    committed adds nothing. Returns rows committed by kind."""
+    import pyarrow.parquet as pq
+
+    done = {}
+    for kind, key, path, model, revision, layout in (
+            (VISION, profile.vision_key, home.vision_store(profile), profile.vision_model, profile.vision_revision,
+             VISION_LAYOUT),
+            (TEXT, profile.text_key, home.text_store(profile), profile.sdxl_model, profile.sdxl_revision, TEXT_LAYOUT)):
+        manifests = pending_manifests(path)
+        if not manifests:
+            done[kind] = 0
+            continue
+        segment = next(segments_dir(path).glob("*.zarr"))
+        fields = RowStore.open_readonly(segment, layout).fields
+        table = pa.concat_tables([pq.read_table(m) for m in manifests])
+        now = _utcnow()
+        with open_catalog(home.catalog_path) as con, transaction(con, manifest=table):
+            _register_store(con, kind, key, model, revision, path, fields)
+            if kind == VISION:
+                added = con.execute("""INSERT OR IGNORE INTO vision_rows SELECT $store, key, "row", $now
+                                       FROM manifest WHERE "row" IS NOT NULL RETURNING 1""",
+                                    {"store": key, "now": now}).fetchall()
+            else:
+                added = con.execute("""INSERT OR IGNORE INTO text_rows
+                                       SELECT $store, key, "row", token_count, truncated, $now
+                                       FROM manifest WHERE "row" IS NOT NULL RETURNING 1""",
+                                    {"store": key, "now": now}).fetchall()
+            con.execute("""INSERT OR REPLACE INTO embedding_failures SELECT $store, key, path, reason, detail, $now
+                           FROM manifest WHERE "row" IS NULL""", {"store": key, "now": now})
+        target = committed_dir(path)
+        target.mkdir(parents=True, exist_ok=True)
+        for manifest in manifests:  # after the commit: a crash here only means committing them again, harmlessly
+            os.replace(manifest, target / manifest.name)
+        done[kind] = len(added)
+        log.info("%s store %s: %d rows committed from %d manifest(s)", kind, key, len(added), len(manifests))
+    return done
 
 
 # ---------------------------------------------------------------- images
@@ -255,8 +373,10 @@ def embed_images(
     profile: ModelProfile,
     options: EmbedOptions | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    shard: Shard | None = None,
 ) -> EmbedReport:
-    """CLIP-ViT embeddings for every ingested image without one for the profile's vision model."""
+    """CLIP-ViT embeddings for every ingested image without one for the profile's vision model. With a
+    `shard`, only its images, into its own segment store and manifests (`commit_segments` commits them)."""
     from luna_core.models.encoders import VisionEncoder
 
     options = options or EmbedOptions()
@@ -265,19 +385,24 @@ def embed_images(
     path = home.vision_store(profile)
     report = EmbedReport(VISION, key, profile.vision_model, str(path))
     check_model_reference(profile.vision_model, "vision model")
-    work, report.already_present, next_row = _pending(catalog_path, "vision_rows", key, """
+    work_sql = """
         SELECT i.content_hash, min(i.path) AS path FROM images i
         WHERE i.status = 'ok'
           AND NOT EXISTS (SELECT 1 FROM vision_rows v WHERE v.store_key = $key AND v.content_hash = i.content_hash)
           AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = i.content_hash)
-        GROUP BY i.content_hash ORDER BY path""", path)
+          {shard}
+        GROUP BY i.content_hash ORDER BY path"""
+    if shard is None:
+        work, report.already_present, next_row = _pending(catalog_path, "vision_rows", key, work_sql, path)
+    else:
+        work, report.already_present, next_row = _shard_pending(catalog_path, "vision_rows", key, work_sql, path, shard)
     if not work:  # nothing new: no model load, no store write
         return _finish(report, path, started, next_row)
 
     encoder = VisionEncoder(profile.vision_model, profile.vision_revision, *_device_dtype(profile, options, report))
-    store = _open_store(catalog_path, VISION, key, profile.vision_model, profile.vision_revision, path,
-                        {"embeds": (encoder.width,)}, VISION_LAYOUT)
-    committer = _Committer(catalog_path, VISION, key, options)
+    fields = {"embeds": (encoder.width,)}
+    store, committer, offset = _store_and_committer(catalog_path, VISION, key, profile.vision_model,
+                                                    profile.vision_revision, path, fields, VISION_LAYOUT, options, shard)
     workers = options.decode_workers or min(8, os.cpu_count() or 1)
     bar = _progress_bar(len(work), "vision embeddings", "img", options.progress)
     report.new_rows = (next_row, next_row)
@@ -291,7 +416,7 @@ def embed_images(
         t0 = time.perf_counter()
         embeds = encoder.embed_pixels(np.stack([item.pixels for item in batch]))
         report.model_seconds += time.perf_counter() - t0
-        store.write(next_row, {"embeds": embeds})
+        store.write(next_row - offset, {"embeds": embeds})
         committer.add_rows([{"key": item.content_hash, "row": next_row + i} for i, item in enumerate(batch)])
         next_row += len(batch)
         report.added += len(batch)
@@ -338,9 +463,11 @@ def embed_prompts(
     profile: ModelProfile,
     options: EmbedOptions | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    shard: Shard | None = None,
 ) -> EmbedReport:
     """SDXL conditionings for every unique prompt text (positive and negative) without one for the
-    profile's encoder pair; one row per text, shared by every image that used it."""
+    profile's encoder pair; one row per text, shared by every image that used it. With a `shard`, only
+    its prompts, into its own segment store and manifests."""
     from luna_core.models.encoders import SDXLTextEncoder
 
     options = options or EmbedOptions()
@@ -349,18 +476,23 @@ def embed_prompts(
     path = home.text_store(profile)
     report = EmbedReport(TEXT, key, profile.sdxl_model, str(path))
     check_model_reference(profile.sdxl_model, "SDXL model")
-    work, report.already_present, next_row = _pending(catalog_path, "text_rows", key, """
+    work_sql = """
         SELECT p.prompt_hash, p.prompt FROM prompts p
         WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $key AND t.prompt_hash = p.prompt_hash)
           AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = p.prompt_hash)
-        ORDER BY p.prompt_hash""", path)
+          {shard}
+        ORDER BY p.prompt_hash"""
+    if shard is None:
+        work, report.already_present, next_row = _pending(catalog_path, "text_rows", key, work_sql, path)
+    else:
+        work, report.already_present, next_row = _shard_pending(catalog_path, "text_rows", key, work_sql, path, shard)
     if not work:
         return _finish(report, path, started, next_row)
 
     encoder = SDXLTextEncoder(profile.sdxl_model, profile.sdxl_revision, *_device_dtype(profile, options, report))
     fields = {"prompt_embeds": (encoder.seq_len, encoder.width), "pooled_prompt_embeds": (encoder.pooled_width,)}
-    store = _open_store(catalog_path, TEXT, key, profile.sdxl_model, profile.sdxl_revision, path, fields, TEXT_LAYOUT)
-    committer = _Committer(catalog_path, TEXT, key, options)
+    store, committer, offset = _store_and_committer(catalog_path, TEXT, key, profile.sdxl_model, profile.sdxl_revision,
+                                                    path, fields, TEXT_LAYOUT, options, shard)
     batch_size = max(1, min(options.batch_size, TEXT_LAYOUT.rows_per_shard))
     bar = _progress_bar(len(work), "text conditionings", "prompt", options.progress)
     report.new_rows = (next_row, next_row)
@@ -378,7 +510,7 @@ def embed_prompts(
                 items, counts, prompt_embeds, pooled = _encode_one_by_one(encoder, items, committer, report)
                 if not items:
                     continue
-            store.write(next_row, {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled})
+            store.write(next_row - offset, {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled})
             rows = [{"key": h, "row": next_row + i, "token_count": n, "truncated": n > encoder.seq_len}
                     for i, ((h, _), n) in enumerate(zip(items, counts))]
             committer.add_rows(rows)

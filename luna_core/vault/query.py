@@ -26,6 +26,7 @@ from luna_core.index.faiss_index import omp_threads, probing_every_list
 from luna_core.index.store import IndexStore, LoadedIndex, load_index
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import store_exists
 from luna_core.vault.store import RowStore
 
 MODES = ("replace", "blend", "concat")
@@ -351,7 +352,7 @@ class Vault:
         if config.in_dim != width:
             raise QueryError(f"projector {projector_uri} expects {config.in_dim}-d image embeddings; the configured "
                              f"vision model gives {width}-d ones")
-        if self.home.text_store(self.profile).exists():
+        if store_exists(self.home.text_store(self.profile)):
             seq, text_width = self.text_store.fields["prompt_embeds"]
             if (config.seq_len, config.width) != (seq, text_width):
                 raise QueryError(f"projector {projector_uri} answers [{config.seq_len}, {config.width}] conditionings; "
