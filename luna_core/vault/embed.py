@@ -260,9 +260,14 @@ def _shard_pending(catalog_path: Path, rows_table: str, key: str, work_sql: str,
     column = "i.content_hash" if rows_table == "vision_rows" else "p.prompt_hash"
     with open_catalog(catalog_path, read_only=True) as con:
         work = con.execute(work_sql.format(shard=f"AND {shard.sql(column)}"), {"key": key}).fetchall()
-        present, top = con.execute(f"""SELECT count(*), max("row") FROM {rows_table}
-            WHERE store_key = $key AND "row" >= $lo AND "row" < $hi""",
-                                   {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK}).fetchone()
+        present = con.execute(f"""SELECT count(*) FROM {rows_table}
+            WHERE store_key = $key AND "row" >= $lo AND "row" <= $hi""",
+                              {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK}).fetchone()[0]
+        # Retired rows keep their place: their item may come back and be revived there.
+        top = con.execute(f"""SELECT max("row") FROM (SELECT "row" FROM {rows_table} WHERE store_key = $key
+                                  UNION ALL SELECT "row" FROM retired_rows WHERE store_key = $key)
+                              WHERE "row" >= $lo AND "row" <= $hi""",
+                          {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK}).fetchone()[0]
     waiting: set[str] = set()
     next_row = shard.first_row if top is None else top + 1
     for manifest in pending_manifests(store_path):
