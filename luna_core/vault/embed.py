@@ -166,6 +166,19 @@ def _open_store(catalog_path: Path, kind: str, key: str, model: str, revision: s
     return store
 
 
+_ENCODERS: dict = {}
+
+
+def _encoder(cls, model: str, revision: str | None, device, dtype):
+    """An encoder, kept for the next run in this process (a worker embedding shard after shard loads
+    each model once). One per kind: a new model replaces the old one."""
+    key = (cls.__name__, model, revision, str(device), str(dtype))
+    cached = _ENCODERS.get(cls.__name__)
+    if cached is None or cached[0] != key:
+        _ENCODERS[cls.__name__] = (key, cls(model, revision, device, dtype))
+    return _ENCODERS[cls.__name__][1]
+
+
 def _store_and_committer(catalog_path: Path, kind: str, key: str, model: str, revision: str | None, path: Path,
                          fields: dict, layout, options: "EmbedOptions", shard: Shard | None):
     """(store to write, committer, row offset): the store and the catalog, or a shard's segment and manifests."""
@@ -404,7 +417,8 @@ def embed_images(
     if not work:  # nothing new: no model load, no store write
         return _finish(report, path, started, next_row)
 
-    encoder = VisionEncoder(profile.vision_model, profile.vision_revision, *_device_dtype(profile, options, report))
+    encoder = _encoder(VisionEncoder, profile.vision_model, profile.vision_revision,
+                       *_device_dtype(profile, options, report))
     fields = {"embeds": (encoder.width,)}
     store, committer, offset = _store_and_committer(catalog_path, VISION, key, profile.vision_model,
                                                     profile.vision_revision, path, fields, VISION_LAYOUT, options, shard)
@@ -494,7 +508,8 @@ def embed_prompts(
     if not work:
         return _finish(report, path, started, next_row)
 
-    encoder = SDXLTextEncoder(profile.sdxl_model, profile.sdxl_revision, *_device_dtype(profile, options, report))
+    encoder = _encoder(SDXLTextEncoder, profile.sdxl_model, profile.sdxl_revision,
+                       *_device_dtype(profile, options, report))
     fields = {"prompt_embeds": (encoder.seq_len, encoder.width), "pooled_prompt_embeds": (encoder.pooled_width,)}
     store, committer, offset = _store_and_committer(catalog_path, TEXT, key, profile.sdxl_model, profile.sdxl_revision,
                                                     path, fields, TEXT_LAYOUT, options, shard)
