@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# A worker embeds the shards given as arguments, one after another; with none, the single-store path.
 WORKER = textwrap.dedent("""
     import sys
     from luna_core.models.profiles import resolve_profile
@@ -32,26 +34,15 @@ WORKER = textwrap.dedent("""
     from luna_core.vault.segments import Shard
     home = LunaHome.resolve(sys.argv[1])
     profile = resolve_profile("tiny", home.models_dir)
-    for spec in sys.argv[2:]:
-        shard = Shard.parse(spec)
+    for shard in [Shard.parse(spec) for spec in sys.argv[2:]] or [None]:
         embed_images(home, profile, EmbedOptions(progress=False), shard=shard)
         embed_prompts(home, profile, EmbedOptions(progress=False), shard=shard)
 """)
-SINGLE = textwrap.dedent("""
-    import sys
-    from luna_core.models.profiles import resolve_profile
-    from luna_core.settings import LunaHome
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
-    home = LunaHome.resolve(sys.argv[1])
-    profile = resolve_profile("tiny", home.models_dir)
-    embed_images(home, profile, EmbedOptions(progress=False))
-    embed_prompts(home, profile, EmbedOptions(progress=False))
-""")
 
 
-def _run(script: str, home: Path, groups: list[list[str]]) -> float:
+def _run(home: Path, groups: list[list[str]]) -> float:
     started = time.perf_counter()
-    workers = [subprocess.Popen([sys.executable, "-c", script, str(home), *group]) for group in groups]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(home), *group]) for group in groups]
     if any(w.wait() != 0 for w in workers):
         raise SystemExit("a worker failed")
     return time.perf_counter() - started
@@ -93,13 +84,13 @@ def main() -> int:
     shards = [f"{i}/{args.shards}" for i in range(args.shards)]
     figures = {"images": images, "shards": args.shards, "size": args.size}
     rows = []
-    for name, script, groups in (("single store, 1 process", SINGLE, [[]]),
-                                 (f"{args.shards} shards, 1 worker", WORKER, [shards]),
-                                 (f"{args.shards} shards, 2 workers", WORKER, [shards[0::2], shards[1::2]])):
+    for name, groups in (("single store, 1 process", [[]]),
+                         (f"{args.shards} shards, 1 worker", [shards]),
+                         (f"{args.shards} shards, 2 workers", [shards[0::2], shards[1::2]])):
         home = fresh(name.replace(" ", "_").replace(",", ""))
-        wall = _run(script, home.root, groups)
+        wall = _run(home.root, groups)
         commit = 0.0
-        if script is WORKER:
+        if groups != [[]]:
             started = time.perf_counter()
             done = commit_segments(home, profile)
             commit = time.perf_counter() - started
@@ -109,7 +100,7 @@ def main() -> int:
     overhead = (rows[1]["wall_s"] + rows[1]["commit_s"]) / rows[0]["wall_s"] - 1
     speedup = (rows[1]["wall_s"] + rows[1]["commit_s"]) / (rows[2]["wall_s"] + rows[2]["commit_s"])
     print(f"sharded path on 1 worker vs single store: {overhead:+.1%} (goal under +10 %); "
-          f"2 workers vs 1: {speedup:.2f}x on this {__import__('os').cpu_count()}-core machine")
+          f"2 workers vs 1: {speedup:.2f}x on this {os.cpu_count()}-core machine")
     figures.update(rows=rows, overhead=overhead, two_worker_speedup=speedup)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

@@ -90,7 +90,7 @@ class LunaService:
         if not force and version == state.index_version and projector_version == state.projector_version:
             return
         vault = Vault(self.home, self.profile, device=self.device)
-        vault._vision, vault._text = state.vault._vision, state.vault._text  # encoders are kept, not reloaded
+        vault.adopt_encoders(state.vault)
         if version is not None:
             try:
                 vault.index  # noqa: B018 - loaded now, so a request never meets a half-loaded index

@@ -176,6 +176,10 @@ class Vault:
             self._vision = VisionEncoder(self.profile.vision_model, self.profile.vision_revision, *self._device_dtype())
         return self._vision
 
+    def adopt_encoders(self, other: "Vault") -> None:
+        """Use the encoders `other` already loaded (same profile and device): a new index, no model reload."""
+        self._vision, self._text = other._vision, other._text
+
     @property
     def vision(self):
         """The vision encoder, checked against the index it queries."""
