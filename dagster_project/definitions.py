@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dagster_project.celery import celery_broker, celery_executor_for
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from dagster_project.runs import dead_run_monitor
 from luna_assets import DOMAINS
@@ -30,14 +31,18 @@ luna_automation = dg.AutomationConditionSensorDefinition(
 
 def build_definitions(home: str | None = None, models: LunaModelsResource | None = None) -> dg.Definitions:
     """Luna's Definitions for a home; `models` defaults to the home's recorded profile (luna.toml)."""
-    luna = LunaHomeResource(home=str(LunaHome.resolve(home).root))
+    luna_home = LunaHome.resolve(home)
+    luna = LunaHomeResource(home=str(luna_home.root))
+    broker = celery_broker(luna_home)
     assembly = dg.Definitions(
         jobs=[dg.define_asset_job(BUILD_ALL_JOB, selection=dg.AssetSelection.all(),
                                   description="Every Luna asset, in dependency order (what `luna demo` runs).")],
         sensors=[luna_automation, dead_run_monitor],
         resources={"luna": luna, "models": models or LunaModelsResource()},
+        # With a broker, every run's steps go to `luna worker` processes (any machine sharing the home).
+        executor=celery_executor_for(broker) if broker else None,
     )
-    return dg.Definitions.merge(*(domain.definitions() for domain in DOMAINS), assembly)
+    return dg.Definitions.merge(*(domain.definitions(luna_home) for domain in DOMAINS), assembly)
 
 
 defs = build_definitions()

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from dagster_project.celery import celery_app, celery_broker, reap_lost_steps
+from luna_core.settings import LunaHome
+
 DEAD_RUN_MONITOR = "dead_run_monitor"
 
 
@@ -51,12 +54,15 @@ def fail_dead_runs(instance, mark: bool = True) -> list[str]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Marks runs left STARTED by a process that died (killed, crashed, a restart) as failed, so run "
                 "retries re-launch them and the gpu pool's slots are freed. Assumes runs execute on this machine "
-                "(the default run launcher).",
+                "(the default run launcher); with a Celery broker, also fails the steps of workers that stopped answering.",
 )
 def dead_run_monitor(context: dg.SensorEvaluationContext):
     marked = fail_dead_runs(context.instance)
+    broker = celery_broker(LunaHome.resolve())
+    if broker:  # steps on Celery workers: a worker that stopped answering fails its step (and so its run)
+        marked += reap_lost_steps(celery_app(broker))
     for message in marked:
         context.log.warning(message)
     if not marked:
-        return dg.SkipReason("every STARTED run has a live process")
-    return dg.SkipReason(f"marked {len(marked)} run(s) failed; run retries re-launch them")
+        return dg.SkipReason("every STARTED run has a live process" + (" and every step a live worker" if broker else ""))
+    return dg.SkipReason(f"marked {len(marked)} run(s) or step(s) failed; run retries re-launch them")

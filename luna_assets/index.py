@@ -10,6 +10,7 @@ from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 from luna_core.index.build import update_index
 from luna_core.index.faiss_index import GIB, IndexSettings
 from luna_core.library import build_library
+from luna_core.settings import LunaHome
 from luna_core.vault.embed import commit_segments
 
 LUNA_CATALOG = dg.AssetKey("luna_catalog")
@@ -112,7 +113,7 @@ def faiss_index(context: dg.AssetExecutionContext, config: FaissIndexConfig, lun
     )
 
 
-def definitions() -> dg.Definitions:
+def definitions(home: LunaHome | None = None) -> dg.Definitions:
     rebuild_job = dg.define_asset_job(
         REBUILD_INDEX_JOB, selection=[faiss_index],
         config={"ops": {"faiss_index": {"config": {"rebuild": True}}}},

@@ -8,6 +8,7 @@ from luna_assets.metadata import md_table, progress_logger, seconds
 from luna_core import catalog
 from luna_core.ingest import ingest
 from luna_core.scan import fingerprint_roots
+from luna_core.settings import LunaHome
 
 INGESTED_IMAGES = dg.AssetKey("ingested_images")
 CHECK_CONTENT_HASH = "every_image_has_content_hash"
@@ -110,7 +111,7 @@ def library_files_changed(context: dg.SensorEvaluationContext, luna: LunaHomeRes
     return dg.RunRequest(tags={"luna/trigger": "library_files_changed", "luna/entries": str(count)})
 
 
-def definitions() -> dg.Definitions:
+def definitions(home: LunaHome | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[ingested_images],
         jobs=[dg.define_asset_job(INGEST_JOB, selection=[ingested_images],

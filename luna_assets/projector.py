@@ -13,6 +13,7 @@ from luna_core.projector.policy import DEFAULT_GROWTH, GROWTH_ENV, growth_share,
 from luna_core.projector.registry import list_versions, resolve_tracking_uri, verify_champion
 from luna_core.projector.request import REGISTERED_NAME, ProjectorRequest
 from luna_core.projector.train import TrainSettings, validation_scorer
+from luna_core.settings import LunaHome
 
 PROJECTOR = dg.AssetKey("projector")
 PROJECTOR_CODE_VERSION = "1"
@@ -148,5 +149,5 @@ def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHome
                          tags={"luna/trigger": RETRAIN_SENSOR, "luna/train-pairs": str(decision.train_pairs)})
 
 
-def definitions() -> dg.Definitions:
+def definitions(home: LunaHome | None = None) -> dg.Definitions:
     return dg.Definitions(assets=[projector], sensors=[projector_retrain_policy])

@@ -16,6 +16,7 @@ from luna_core.errors import LunaError
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR, SourceSettings
 from luna_core.refine.refiner import RefineSettings
 from luna_core.refine.sampler import SamplerSettings
+from luna_core.settings import LunaHome
 
 REFINE_JOB = "refine_images"
 THUMBNAIL = 256
@@ -124,5 +125,5 @@ def refine_images():
     refine_op()
 
 
-def definitions() -> dg.Definitions:
+def definitions(home: LunaHome | None = None) -> dg.Definitions:
     return dg.Definitions(jobs=[refine_images])

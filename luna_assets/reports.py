@@ -11,6 +11,7 @@ from luna_core.reports.evaluate import EvalSettings
 from luna_core.reports.quality import QualitySettings
 from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
 from luna_core.reports.report import REPORT_CODE_VERSION, ReportSettings, build_report
+from luna_core.settings import LunaHome
 
 REFINEMENT_REPORT = dg.AssetKey("refinement_report")
 _EVAL, _QUALITY, _REPORT = EvalSettings(), QualitySettings(), ReportSettings()
@@ -84,5 +85,5 @@ def refinement_report(context: dg.AssetExecutionContext, config: ReportConfig, l
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(outcome.folder.name))
 
 
-def definitions() -> dg.Definitions:
+def definitions(home: LunaHome | None = None) -> dg.Definitions:
     return dg.Definitions(assets=[refinement_report])

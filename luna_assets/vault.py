@@ -1,5 +1,8 @@
 """The `vault` domain (group `embeddings`): the two Zarr stores, filled incrementally after every ingest."""
 
+import hashlib
+from pathlib import Path
+
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
@@ -8,8 +11,10 @@ from luna_assets.ingest import INGESTED_IMAGES
 from luna_assets.metadata import check_results, progress_logger, seconds
 from luna_core.catalog import open_catalog, vault_rows_digest
 from luna_core.models.profiles import ModelProfile
+from luna_core.settings import LunaHome
 from luna_core.vault.checks import check_store
 from luna_core.vault.embed import EmbedReport, embed_images, embed_prompts
+from luna_core.vault.segments import Shard, shard_keys, shard_manifests
 
 VISION_EMBEDDINGS = dg.AssetKey("vision_embeddings")
 TEXT_CONDITIONINGS = dg.AssetKey("text_conditionings")
@@ -24,8 +29,18 @@ def _check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(name, asset=asset_key, description=text) for name, text in STORE_CHECKS.items()]
 
 
-def _result(report: EmbedReport, luna: LunaHomeResource, profile: ModelProfile, unit: str) -> dg.MaterializeResult:
-    outcomes = check_store(luna.luna_home, profile, report.kind, report.new_rows)
+def _data_version(luna: LunaHomeResource, report: EmbedReport, shard: Shard | None) -> dg.DataVersion:
+    if shard is not None:  # a shard's rows are its manifests (each written once, under a unique name)
+        names = "\n".join(p.name for p in shard_manifests(Path(report.store_path), shard, committed=True))
+        return dg.DataVersion(f"{report.store_key}:{shard.key}:{hashlib.sha256(names.encode()).hexdigest()[:16]}")
+    with open_catalog(luna.luna_home.catalog_path, read_only=True) as con:
+        rows = vault_rows_digest(con, report.kind, report.store_key)
+    return dg.DataVersion(f"{report.store_key}:{rows}")
+
+
+def _result(report: EmbedReport, luna: LunaHomeResource, profile: ModelProfile, unit: str,
+            shard: Shard | None) -> dg.MaterializeResult:
+    outcomes = check_store(luna.luna_home, profile, report.kind, report.new_rows, shard)
     metadata = {
         "rows added": report.added,
         "rows already present (skipped)": report.already_present,
@@ -43,52 +58,63 @@ def _result(report: EmbedReport, luna: LunaHomeResource, profile: ModelProfile, 
         "dtype": report.dtype or "(no model work)",
         "store": dg.MetadataValue.path(report.store_path),
     }
+    if shard is not None:
+        metadata["shard"] = f"{shard.index} of {shard.count} (rows wait in its manifests for luna_catalog's commit)"
+        metadata["rows in store"] = report.rows_total - shard.first_row
     if report.kind == "vision":
         metadata["files changed since ingest (left for the next ingest)"] = report.changed_since_ingest
     else:
         metadata["prompts over 77 tokens (truncated, flagged in text_rows)"] = report.truncated
-    with open_catalog(luna.luna_home.catalog_path, read_only=True) as con:
-        rows = vault_rows_digest(con, report.kind, report.store_key)
     return dg.MaterializeResult(metadata=metadata, check_results=check_results(outcomes),
-                                data_version=dg.DataVersion(f"{report.store_key}:{rows}"))
+                                data_version=_data_version(luna, report, shard))
 
 
 def _fill(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource,
           kind: str) -> dg.MaterializeResult:
-    """Embed what the store lacks, then check the store; `kind` is "vision" or "text"."""
+    """Embed what the store lacks (a partition: what its shard lacks), then check it; `kind` is "vision" or "text"."""
     home = luna.luna_home
     profile = models.resolve(home)
+    shard = Shard.from_key(context.partition_key) if context.has_partition_key else None
+    where = f", shard {shard.index} of {shard.count}" if shard else ""
     if kind == "vision":
-        context.log.info(f"Vision model {profile.vision_model} (profile {profile.name}); store key {profile.vision_key}")
+        context.log.info(f"Vision model {profile.vision_model} (profile {profile.name}); store key {profile.vision_key}{where}")
         report = embed_images(home, profile, models.embed_options(models.vision_batch_size),
-                              on_progress=progress_logger(context, "images embedded"))
+                              on_progress=progress_logger(context, "images embedded"), shard=shard)
     else:
-        context.log.info(f"SDXL text encoders {profile.sdxl_model} (profile {profile.name}); store key {profile.text_key}")
+        context.log.info(f"SDXL text encoders {profile.sdxl_model} (profile {profile.name}); store key {profile.text_key}{where}")
         report = embed_prompts(home, profile, models.embed_options(models.text_batch_size),
-                               on_progress=progress_logger(context, "prompts encoded"))
-    return _result(report, luna, profile, "images" if kind == "vision" else "prompts")
+                               on_progress=progress_logger(context, "prompts encoded"), shard=shard)
+    return _result(report, luna, profile, "images" if kind == "vision" else "prompts", shard)
 
 
-# Both stores follow every ingest that changed the library, side by side (one process each).
-_STORE_ASSET = {"deps": [INGESTED_IMAGES], "group_name": "embeddings", "kinds": {"zarr", "pytorch"}, "code_version": "2",
-                "automation_condition": on_upstream_change(), "pool": GPU_POOL}
+def _store_assets(shards: int) -> list[dg.AssetsDefinition]:
+    """The two store assets; with `shards` > 1, partitioned by shard of the item hash (one segment store each)."""
+    partitions = dg.StaticPartitionsDefinition(shard_keys(shards)) if shards > 1 else None
+    # Both stores follow every ingest that changed the library, side by side (one process each).
+    common = {"deps": [INGESTED_IMAGES], "group_name": "embeddings", "kinds": {"zarr", "pytorch"}, "code_version": "3",
+              "automation_condition": on_upstream_change(), "pool": GPU_POOL, "partitions_def": partitions}
+
+    @dg.asset(key=VISION_EMBEDDINGS, check_specs=_check_specs(VISION_EMBEDDINGS), **common)
+    def vision_embeddings(
+        context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource
+    ) -> dg.MaterializeResult:
+        """CLIP-ViT image embeddings (projected, unit length, float16) of every ingested image, one Zarr row per content hash and vision model."""
+        return _fill(context, luna, models, "vision")
+
+    @dg.asset(key=TEXT_CONDITIONINGS, check_specs=_check_specs(TEXT_CONDITIONINGS), **common)
+    def text_conditionings(
+        context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource
+    ) -> dg.MaterializeResult:
+        """SDXL text conditionings (prompt_embeds [77, 2048] + pooled [1280], float16) of every unique prompt text, positive and negative, one Zarr row per prompt hash and encoder pair."""
+        return _fill(context, luna, models, "text")
+
+    return [vision_embeddings, text_conditionings]
 
 
-@dg.asset(key=VISION_EMBEDDINGS, check_specs=_check_specs(VISION_EMBEDDINGS), **_STORE_ASSET)
-def vision_embeddings(
-    context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource
-) -> dg.MaterializeResult:
-    """CLIP-ViT image embeddings (projected, unit length, float16) of every ingested image, one Zarr row per content hash and vision model."""
-    return _fill(context, luna, models, "vision")
+vision_embeddings, text_conditionings = _store_assets(1)
 
 
-@dg.asset(key=TEXT_CONDITIONINGS, check_specs=_check_specs(TEXT_CONDITIONINGS), **_STORE_ASSET)
-def text_conditionings(
-    context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource
-) -> dg.MaterializeResult:
-    """SDXL text conditionings (prompt_embeds [77, 2048] + pooled [1280], float16) of every unique prompt text, positive and negative, one Zarr row per prompt hash and encoder pair."""
-    return _fill(context, luna, models, "text")
-
-
-def definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[vision_embeddings, text_conditionings])
+def definitions(home: LunaHome | None = None) -> dg.Definitions:
+    """The vault's assets; partitioned by shard when the home asks for more than one ([vault] shards)."""
+    shards = home.vault_shards() if home is not None else 1
+    return dg.Definitions(assets=_store_assets(shards) if shards > 1 else [vision_embeddings, text_conditionings])

@@ -34,21 +34,46 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     # One build of a home at a time: a second `luna build` waits for the first (and says so) instead of
     # failing on the stores' writer locks.
     with held_lock(home.root / "build", "build"):
-        return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        shards = home.vault_shards()
+        if shards == 1:
+            return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        return _build_by_shard(job, shards, run_config, instance)
 
 
-def report_run(result) -> bool:
-    """Print step failures (their root cause, in one line each) and check results of a Dagster run;
-    True when it succeeded and no error-level (or blocking) asset check failed."""
+def _build_by_shard(job, shards: int, run_config: dict, instance) -> list:
+    """A sharded home's build on this machine: what feeds the vault, each shard's partition, then the rest
+    (whose first step commits the shards' manifests). Stops at the first failed run."""
+    from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
+    from luna_core.vault.segments import shard_keys
+
+    graph = job.asset_layer.asset_graph
+    vault = {VISION_EMBEDDINGS, TEXT_CONDITIONINGS}
+    upstream = {key for store in vault for key in graph.get(store).parent_keys} - vault
+    rest = sorted(graph.get_all_asset_keys() - vault - upstream)
+    stages = [(None, sorted(upstream))] + [(key, sorted(vault)) for key in shard_keys(shards)] + [(None, rest)]
+    results = []
+    for partition, keys in stages:
+        results.append(job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                              partition_key=partition, asset_selection=keys))
+        if not results[-1].success:
+            break
+    return results
+
+
+def report_run(results) -> bool:
+    """Print step failures (their root cause, in one line each) and check results of a Dagster run (or of
+    the runs of a sharded build); True when all succeeded and no error-level (or blocking) check failed."""
     import dagster as dg
 
-    if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                print(f"FAILED in {event.step_key}: {_root_cause(event.step_failure_data.error)}", file=sys.stderr)
-        return False
+    results = results if isinstance(results, list) else [results]
+    for result in results:
+        if not result.success:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    print(f"FAILED in {event.step_key}: {_root_cause(event.step_failure_data.error)}", file=sys.stderr)
+            return False
     failed = []
-    for check in result.get_asset_check_evaluations():
+    for check in (check for result in results for check in result.get_asset_check_evaluations()):
         name = f"{check.asset_key.to_user_string()}.{check.check_name}"
         warning = check.severity == dg.AssetCheckSeverity.WARN and not check.blocking
         print(f"  check {name}: {'passed' if check.passed else 'warning' if warning else 'FAILED'}")

@@ -27,3 +27,33 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execvpe(command[0], command, env)
     return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    """Record the home's scale-out settings in luna.toml and say what they mean."""
+    home = LunaHome.existing(args.home).ensure()
+    if args.shards is not None:
+        home.set_vault_shards(args.shards)
+    if args.celery_broker is not None:
+        home.set_setting("scale", "celery_broker", args.celery_broker)
+    if args.gpu_slots is not None:
+        home.set_operations_setting("gpu_slots", args.gpu_slots)
+    home.ensure()  # rewrites the managed dagster.yaml when the gpu pool changed
+    from dagster_project.celery import celery_broker
+
+    shards, broker = home.vault_shards(), celery_broker(home)
+    print(f"{home.config_path}:")
+    print(f"  vault shards  {shards}" + (" (one store: the single-machine default)" if shards == 1 else
+                                        f" (vision_embeddings and text_conditionings have {shards} partitions)"))
+    print(f"  celery broker {broker or '(none: runs execute on this machine)'}"
+          + ("; start `luna worker` on each machine" if broker else ""))
+    print(f"  gpu pool      {home.config().get('operations', {}).get('gpu_slots', 'one slot per GPU found here')}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dagster_project.celery import run_worker
+
+    home = LunaHome.existing(args.home).ensure()
+    run_worker(home, args.name, args.concurrency, args.loglevel)
+    return 0

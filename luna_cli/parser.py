@@ -120,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--record", action="store_true",
                      help="record this server as the home's registry ([operations] tracking_uri in luna.toml)")
     cmd.set_defaults(func=operations.cmd_mlflow_server)
+
+    cmd = sub.add_parser("scale", help="scale-out settings: vault shards, the Celery broker, the gpu pool's size")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--shards", type=int, help="partitions of the embedding assets (1: one store, the default)")
+    cmd.add_argument("--celery-broker", help="Redis URL: every run's steps go to `luna worker` processes")
+    cmd.add_argument("--gpu-slots", type=int, help="steps running models at once, over all workers (the gpu pool)")
+    cmd.set_defaults(func=operations.cmd_scale)
+
+    cmd = sub.add_parser("worker", help="a Celery worker running the home's steps (with [scale] celery_broker)")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--name", help="worker name (default luna-<host>-<pid>)")
+    cmd.add_argument("--concurrency", type=int, default=1, help="steps at once (default 1: one per GPU)")
+    cmd.add_argument("--loglevel", default="INFO")
+    cmd.set_defaults(func=operations.cmd_worker)
     return parser
 
 

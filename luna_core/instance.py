@@ -62,7 +62,7 @@ def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_ru
         "",
         "# Runs launched from the UI, sensors and schedules wait in a queue; this many run at once.",
         "# Every step that runs a model (embeddings, projector, report, refine) takes a slot of the pool",
-        f"# `gpu`: {gpu_slots} slot(s), one per GPU found (one on a CPU machine).",
+        f"# `gpu`: {gpu_slots} slot(s): [operations] gpu_slots, else one per GPU found (one on a CPU machine).",
         "concurrency:",
         "  runs:",
         f"    max_concurrent_runs: {max_concurrent_runs}",
@@ -107,12 +107,28 @@ def ensure_instance(dagster_home: Path, config: dict) -> Path:
     """Write dagster.yaml when missing, or when Luna manages it and its storage setting changed."""
     path = dagster_home / "dagster.yaml"
     postgres = postgres_url(config)
+    slots = gpu_slots(config)
     if path.exists():
         current = path.read_text(encoding="utf-8")
         if MANAGED.split(":")[0] not in current and "Dagster instance of this Luna home: local storage" not in current:
             return path  # the person's own file (the first Luna file carried no marker: it is replaced)
         storage = f"postgres_url: {json.dumps(sqlalchemy_url(postgres))}" if postgres else None
-        if current.startswith(MANAGED) and ((storage in current) if storage else ("postgres_url" not in current)):
+        if (current.startswith(MANAGED) and ((storage in current) if storage else ("postgres_url" not in current))
+                and (slots is None or f"default_limit: {slots}\n" in current)):
             return path  # up to date: no need to count GPUs (an import of torch)
-    write_atomically(path, lambda tmp: tmp.write_text(instance_yaml(max(1, gpu_count()), postgres), encoding="utf-8"))
+    slots = slots or max(1, gpu_count())
+    write_atomically(path, lambda tmp: tmp.write_text(instance_yaml(slots, postgres), encoding="utf-8"))
     return path
+
+
+def gpu_slots(config: dict) -> int | None:
+    """`[operations] gpu_slots`: the `gpu` pool's size when steps run on other machines (Celery workers:
+    the GPUs of all of them); None: the GPUs this machine has."""
+    value = config.get("operations", {}).get("gpu_slots")
+    if value is None:
+        return None
+    if not isinstance(value, int) or value < 1:
+        from luna_core.errors import LunaConfigError
+
+        raise LunaConfigError(f"[operations] gpu_slots = {value!r}: need a whole number of at least 1")
+    return value

@@ -198,11 +198,31 @@ class LunaHome:
             return None
         return recorded.get("digest") if recorded.get("roots") == sorted(roots) else None
 
-    def set_operations_setting(self, key: str, value: str) -> None:
-        """One `[operations]` setting of luna.toml (postgres_url, tracking_uri)."""
+    def set_operations_setting(self, key: str, value: str | int) -> None:
+        """One `[operations]` setting of luna.toml (postgres_url, tracking_uri, gpu_slots)."""
+        self.set_setting("operations", key, value)
+
+    def set_setting(self, table: str, key: str, value: str | int) -> None:
         config = self.config()
-        config.setdefault("operations", {})[key] = value
+        config.setdefault(table, {})[key] = value
         self._write_config(config)
+
+    def vault_shards(self) -> int:
+        """How many partitions embed the vault ([vault] shards in luna.toml, or $LUNA_VAULT_SHARDS; 1 = one
+        store, the single-machine default). With more, each shard embeds into its own segment store."""
+        raw = os.environ.get("LUNA_VAULT_SHARDS") or self.config().get("vault", {}).get("shards", 1)
+        try:
+            shards = int(raw)
+        except (TypeError, ValueError):
+            shards = 0
+        if not 1 <= shards <= 1024:
+            raise LunaConfigError(f"vault shards {raw!r} ({self.config_path} [vault] shards or $LUNA_VAULT_SHARDS): "
+                                  "need a whole number from 1 to 1024")
+        return shards
+
+    def set_vault_shards(self, shards: int) -> None:
+        self.set_setting("vault", "shards", int(shards))
+        self.vault_shards()  # refuse a bad count now, not at the next load
 
     def model_profile(self) -> str | None:
         """The model profile this home was built with ([models] profile in luna.toml), if recorded."""

@@ -181,7 +181,7 @@ def _costs(home: LunaHome, vault, projectors, evaluation: Evaluation, sampler, s
     from luna_core.projector.models import parameter_count
     from luna_core.refine.batching import batching_table
     from luna_core.refine.sampler import SamplerSettings
-    from luna_core.vault.store import folder_bytes
+    from luna_core.vault.segments import store_bytes
 
     meta = vault.index.meta
     embeddings = home.open_vision_store(vault.profile).read("embeds", evaluation.pairs.vision_rows[:64]).astype(np.float32)
@@ -192,7 +192,7 @@ def _costs(home: LunaHome, vault, projectors, evaluation: Evaluation, sampler, s
         started = time.perf_counter()
         vault.vault_answer(e, settings.evaluation.k, settings.evaluation.temperature)
         answer_times.append((time.perf_counter() - started) * 1000)
-    text_mb = folder_bytes(home.text_store(vault.profile)) / 1e6
+    text_mb = store_bytes(home.text_store(vault.profile)) / 1e6
     index_mb = (meta.get("index_bytes", 0) + meta.get("lookup_bytes", 0)) / 1e6
     rows = [{"source": "true prompt", "parameters": "SDXL text encoders", "MB": "", "ms_batch_1": None,
              "ms_per_image_batch_64": None, "notes": "needs the prompt: the ceiling"},

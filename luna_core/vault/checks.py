@@ -14,7 +14,15 @@ from luna_core.catalog import open_catalog
 from luna_core.errors import CorruptStoreError
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
-from luna_core.vault.segments import LOCAL_MASK, SEGMENT_BITS, open_store, store_exists
+from luna_core.vault.segments import (
+    LOCAL_MASK,
+    SEGMENT_BITS,
+    Shard,
+    open_store,
+    read_manifests,
+    shard_manifests,
+    store_exists,
+)
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 SAMPLE_ROWS = 1024
@@ -38,30 +46,43 @@ def _rows_to_check(committed: np.ndarray, new_rows: tuple[int, int], seed: int =
 
 
 def check_store(home: LunaHome, profile: ModelProfile, kind: str,
-                new_rows: tuple[int, int] = (0, 0)) -> list[CheckOutcome]:
-    """Checks of the profile's `kind` ("vision" or "text") store; values of `new_rows` are all read."""
+                new_rows: tuple[int, int] = (0, 0), shard: Shard | None = None) -> list[CheckOutcome]:
+    """Checks of the profile's `kind` ("vision" or "text") store; values of `new_rows` are all read. With a
+    `shard`, of its segment alone, counting the rows its manifests hold for the commit as committed."""
     vision = kind == "vision"
     table = "vision_rows" if vision else "text_rows"
     store_key, path = (profile.vision_key, home.vision_store(profile)) if vision else \
         (profile.text_key, home.text_store(profile))
-    with open_catalog(home.catalog_path) as con:
+    in_segment, of_shard = "", ""
+    if shard is not None:
+        in_segment = f' AND "row" BETWEEN {shard.first_row} AND {shard.first_row + LOCAL_MASK}'
+        of_shard = " AND " + shard.sql("i.content_hash" if vision else "p.prompt_hash")
+    waiting = read_manifests(shard_manifests(path, shard)) if shard is not None else None
+    with open_catalog(home.catalog_path, read_only=shard is not None) as con:
         committed = np.array([r for (r,) in con.execute(
-            f'SELECT "row" FROM {table} WHERE store_key = ? ORDER BY "row"', [store_key]).fetchall()], dtype=np.int64)
+            f'SELECT "row" FROM {table} WHERE store_key = ?{in_segment} ORDER BY "row"', [store_key]).fetchall()],
+            dtype=np.int64)
         # Rows of items that left the library still occupy their place in the arrays.
         retired = np.array([r for (r,) in con.execute(
-            'SELECT "row" FROM retired_rows WHERE store_key = ?', [store_key]).fetchall()], dtype=np.int64)
+            f'SELECT "row" FROM retired_rows WHERE store_key = ?{in_segment}', [store_key]).fetchall()], dtype=np.int64)
         if kind == "vision":
-            uncovered = con.execute("""
-                SELECT count(DISTINCT i.content_hash) FROM images i WHERE i.status = 'ok'
+            uncovered_sql = f"""
+                SELECT DISTINCT i.content_hash FROM images i WHERE i.status = 'ok'
                   AND NOT EXISTS (SELECT 1 FROM vision_rows v WHERE v.store_key = $k AND v.content_hash = i.content_hash)
                   AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $k AND f.item_key = i.content_hash)
-                """, {"k": store_key}).fetchone()[0]
+                  {of_shard}"""
         else:
-            uncovered = con.execute("""
-                SELECT count(*) FROM prompts p
+            uncovered_sql = f"""
+                SELECT p.prompt_hash FROM prompts p
                 WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $k AND t.prompt_hash = p.prompt_hash)
                   AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $k AND f.item_key = p.prompt_hash)
-                """, {"k": store_key}).fetchone()[0]
+                  {of_shard}"""
+        uncovered_keys = {key for (key,) in con.execute(uncovered_sql, {"k": store_key}).fetchall()}
+    if waiting is not None:  # rows and failures the shard wrote, not committed yet
+        uncovered_keys -= set(waiting.column("key").to_pylist())
+        waiting_rows = np.array([r for r in waiting.column("row").to_pylist() if r is not None], dtype=np.int64)
+        committed = np.sort(np.concatenate([committed, waiting_rows]))
+    uncovered = len(uncovered_keys)
     if not store_exists(path):  # every declared check answers, or Dagster refuses the materialization
         empty = len(committed) == 0
         return [CheckOutcome("counts_agree", empty and uncovered == 0,

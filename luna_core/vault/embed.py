@@ -37,8 +37,10 @@ from luna_core.vault.segments import (
     pending_manifests,
     segment_path,
     segments_dir,
+    shard_manifests,
+    store_bytes,
 )
-from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore, folder_bytes
+from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 log = logging.getLogger(__name__)
 
@@ -283,12 +285,11 @@ def _shard_pending(catalog_path: Path, rows_table: str, key: str, work_sql: str,
                           {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK}).fetchone()[0]
     waiting: set[str] = set()
     next_row = shard.first_row if top is None else top + 1
-    for manifest in pending_manifests(store_path):
-        if manifest.name.startswith(shard.name + "-"):
-            table = pq.read_table(manifest, columns=["key", "row"])
-            waiting.update(table.column("key").to_pylist())
-            rows = [r for r in table.column("row").to_pylist() if r is not None]
-            next_row = max([next_row, *(r + 1 for r in rows)])
+    for manifest in shard_manifests(store_path, shard):
+        table = pq.read_table(manifest, columns=["key", "row"])
+        waiting.update(table.column("key").to_pylist())
+        rows = [r for r in table.column("row").to_pylist() if r is not None]
+        next_row = max([next_row, *(r + 1 for r in rows)])
     return [item for item in work if item[0] not in waiting], present, next_row
 
 
@@ -411,6 +412,8 @@ def embed_images(
           {shard}
         GROUP BY i.content_hash ORDER BY path"""
     if shard is None:
+        if pending_manifests(path):  # rows shards embedded: commit them first, never embed them twice
+            commit_segments(home, profile)
         work, report.already_present, next_row = _pending(catalog_path, "vision_rows", key, work_sql, path)
     else:
         work, report.already_present, next_row = _shard_pending(catalog_path, "vision_rows", key, work_sql, path, shard)
@@ -467,7 +470,7 @@ def embed_images(
 
 def _finish(report: EmbedReport, path: Path, started: float, rows_total: int) -> EmbedReport:
     report.rows_total = rows_total
-    report.bytes_on_disk = folder_bytes(path)
+    report.bytes_on_disk = store_bytes(path)
     report.seconds = time.perf_counter() - started
     log.info("%s store %s: %d added, %d present, %d failed in %.1fs", report.kind, report.store_key, report.added,
              report.already_present, report.failed, report.seconds)
@@ -502,6 +505,8 @@ def embed_prompts(
           {shard}
         ORDER BY p.prompt_hash"""
     if shard is None:
+        if pending_manifests(path):  # rows shards embedded: commit them first, never embed them twice
+            commit_segments(home, profile)
         work, report.already_present, next_row = _pending(catalog_path, "text_rows", key, work_sql, path)
     else:
         work, report.already_present, next_row = _shard_pending(catalog_path, "text_rows", key, work_sql, path, shard)

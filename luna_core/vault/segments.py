@@ -13,13 +13,14 @@ the catalog, whichever segment holds it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from luna_core.errors import LunaConfigError
-from luna_core.vault.store import RowStore
+from luna_core.vault.store import RowStore, folder_bytes
 
 SEGMENT_BITS = 40
 LOCAL_MASK = (1 << SEGMENT_BITS) - 1
@@ -46,6 +47,19 @@ class Shard:
             raise LunaConfigError(f"shard {text!r} is not INDEX/COUNT (e.g. 3/16)") from None
         return cls(index, count)
 
+    @classmethod
+    def from_key(cls, key: str) -> "Shard":
+        """A partition key ('03-of-16') → shard 3 of 16."""
+        match = re.fullmatch(r"(\d+)-of-(\d+)", key)
+        if not match:
+            raise LunaConfigError(f"partition key {key!r} is not a shard (INDEX-of-COUNT, e.g. 03-of-16)")
+        return cls(int(match[1]), int(match[2]))
+
+    @property
+    def key(self) -> str:
+        """The shard's partition key: '03-of-16'."""
+        return f"{self.index:0{len(str(self.count - 1))}d}-of-{self.count}"
+
     @property
     def segment_id(self) -> int:
         return ((self.count << 10) | self.index) + 1
@@ -66,6 +80,11 @@ class Shard:
         return f"(('0x' || left({column}, 8))::UBIGINT % {self.count}) = {self.index}"
 
 
+def shard_keys(count: int) -> list[str]:
+    """The partition keys of `count` shards, in order."""
+    return [Shard(index, count).key for index in range(count)]
+
+
 def segments_dir(store_path: Path) -> Path:
     return Path(store_path).with_name(Path(store_path).name + ".segments")
 
@@ -80,6 +99,20 @@ def pending_manifests(store_path: Path) -> list[Path]:
 
 def committed_dir(store_path: Path) -> Path:
     return segments_dir(store_path) / "committed"
+
+
+def shard_manifests(store_path: Path, shard: Shard, committed: bool = False) -> list[Path]:
+    """The manifests a shard wrote that wait for the commit (with `committed`, also those committed)."""
+    folders = [segments_dir(store_path) / "manifests"] + ([committed_dir(store_path)] if committed else [])
+    return sorted(path for folder in folders for path in folder.glob(f"{shard.name}-*.parquet"))
+
+
+def read_manifests(paths: list[Path]):
+    """The manifests' rows as one Arrow table (key, row, ...; row null for a failure)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(path) for path in paths]) if paths else None
 
 
 class SegmentedStore:
@@ -139,6 +172,11 @@ def open_store(path: Path, layout) -> RowStore | SegmentedStore:
         count, index = (int(part) for part in segment.stem.split("-"))
         segments[Shard(index, count).segment_id] = RowStore.open_readonly(segment, layout)
     return SegmentedStore(path, base, segments)
+
+
+def store_bytes(path: Path) -> int:
+    """Bytes on disk of a store and its segments (manifests included)."""
+    return folder_bytes(path) + folder_bytes(segments_dir(path))
 
 
 def store_exists(path: Path) -> bool:

@@ -1,0 +1,104 @@
+"""Scale-out on Dagster's Celery executor: every step of every run goes to `luna worker` processes (one
+per machine or GPU) through a Redis broker, when the home names one ([scale] celery_broker in
+luna.toml, or $LUNA_CELERY_BROKER).
+
+A worker that dies (a machine lost, SIGKILL, the OOM killer) takes its step's result with it, and the
+run would wait for it forever: `reap_lost_steps` marks the steps of workers that no longer answer as
+failed, so the run fails and its partition can be run again (each shard's rerun is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from luna_core.errors import LunaConfigError
+from luna_core.settings import LunaHome
+
+BROKER_ENV = "LUNA_CELERY_BROKER"
+QUEUE = "dagster"
+log = logging.getLogger(__name__)
+
+# Workers take one step at a time and record when they start one (with their name), which is what
+# lets `reap_lost_steps` tell a running step from one whose worker is gone.
+CELERY_SETTINGS = {
+    "task_track_started": True,
+    "worker_prefetch_multiplier": 1,
+    "broker_connection_retry_on_startup": True,
+    "result_expires": 7 * 24 * 3600,
+}
+
+
+def celery_broker(home: LunaHome) -> str | None:
+    """The broker URL the home's runs use (None: runs execute on this machine)."""
+    url = os.environ.get(BROKER_ENV) or home.config().get("scale", {}).get("celery_broker")
+    if url is None:
+        return None
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://")):
+        raise LunaConfigError(f"celery broker {url!r} ({home.config_path} [scale] celery_broker or ${BROKER_ENV}): "
+                              "need a Redis URL, e.g. redis://127.0.0.1:6379/0")
+    return url
+
+
+def executor_config(broker: str) -> dict:
+    """The celery executor's config: Redis as broker and result backend, Luna's worker settings."""
+    return {"broker": broker, "backend": broker, "include": [], "config_source": dict(CELERY_SETTINGS)}
+
+
+def celery_executor_for(broker: str):
+    from dagster_celery import celery_executor
+
+    return celery_executor.configured(executor_config(broker), name="luna_celery")
+
+
+def celery_app(broker: str):
+    """The Celery app as the executor and the workers build it, with the step task registered."""
+    from dagster_celery.executor import CeleryExecutor
+    from dagster_celery.make_app import make_app
+    from dagster_celery.tasks import create_task
+
+    config = executor_config(broker)
+    app = make_app(CeleryExecutor.for_cli(config["broker"], config["backend"], config["include"],
+                                          config["config_source"]).app_args())
+    create_task(app)
+    return app
+
+
+def run_worker(home: LunaHome, name: str | None = None, concurrency: int = 1, loglevel: str = "INFO") -> None:
+    """Run a Celery worker for the home's runs in this process until it is stopped (SIGTERM: after the
+    step in hand). Steps load the code location from $LUNA_HOME like every other Dagster process."""
+    broker = celery_broker(home)
+    if broker is None:
+        raise LunaConfigError(f"{home.config_path} names no Celery broker: set [scale] celery_broker "
+                              f"(e.g. redis://127.0.0.1:6379/0) or ${BROKER_ENV}")
+    os.environ["LUNA_HOME"] = str(home.root)
+    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+    name = name or f"luna-{socket.gethostname()}-{os.getpid()}"
+    app = celery_app(broker)
+    app.worker_main(["worker", "-Q", QUEUE, "-n", name if "@" in name else f"{name}@%h",
+                     "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "--loglevel", loglevel,
+                     "--without-gossip", "--without-mingle"])
+
+
+def live_workers(app, timeout: float = 2.0) -> set[str]:
+    return {name for reply in app.control.ping(timeout=timeout) or [] for name in reply}
+
+
+def reap_lost_steps(app, timeout: float = 2.0) -> list[str]:
+    """Steps started by a worker that no longer answers a ping are marked failed in the result backend
+    (the run then fails, and its partition can be run again). Returns one line per step."""
+    from billiard.exceptions import WorkerLostError
+
+    alive = live_workers(app, timeout)
+    reaped = []
+    for key in app.backend.client.scan_iter(match=b"celery-task-meta-*"):
+        task_id = key.decode().removeprefix("celery-task-meta-")
+        meta = app.backend.get_task_meta(task_id)
+        worker = (meta.get("result") or {}).get("hostname") if meta.get("status") == "STARTED" else None
+        if worker and worker not in alive:
+            message = f"celery worker {worker} stopped answering while it ran task {task_id}"
+            app.backend.mark_as_failure(task_id, WorkerLostError(message))
+            log.warning("%s: marked failed", message)
+            reaped.append(message)
+    return reaped
