@@ -59,7 +59,7 @@ def print_vault_summary(home: LunaHome) -> None:
         notes = (f"{store['truncated']} prompts over 77 tokens" if store["truncated"] else "") + \
             (f" {store['failed']} failed" if store["failed"] else "")
         rows.append({"store": store["kind"], "rows": store["rows"], "shape per row": shape_text,
-                     "MB": f"{store_bytes(home.root / store['path']) / 1e6:.2f}", "notes": notes})
+                     "MB": f"{store_bytes(home.recorded_store(store['path'])) / 1e6:.2f}", "notes": notes})
     print_table(rows, ["store", "rows", "shape per row", "MB", "notes"], {"shape per row": 60})
 
 

@@ -95,9 +95,9 @@ def _stores(home: LunaHome, profile, stores: list[dict], build: str) -> list[Fin
 
 def _index(home: LunaHome, profile, build: str) -> list[Finding]:
     from luna_core.index.build import LOOKUP_COLUMNS, _library_rows, lookup_digest
-    from luna_core.index.store import IndexStore, load_index
+    from luna_core.index.store import load_index
 
-    store = IndexStore(home.index_dir(profile))
+    store = home.index_store(profile)
     try:
         if store.current() is None:
             return [Finding("warning", "index", "not built yet", build)]

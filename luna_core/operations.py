@@ -59,9 +59,11 @@ def mlflow_backend_uri(home: LunaHome) -> str:
 
 
 def mlflow_server_command(home: LunaHome, host: str, port: int, backend: str, workers: int = 1) -> list[str]:
-    """`mlflow server` with this backend store and the artifacts served from under the home."""
-    artifacts = home.mlflow_dir / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    """`mlflow server` with this backend store, serving the artifacts (under the home, or [storage] root)."""
+    artifacts = home.mlflow_artifacts()  # object storage under [storage] root, else the home's folder
+    if artifacts.startswith("file:"):
+        artifacts = home.mlflow_dir / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
     found = Path(sys.executable).with_name("mlflow")
     executable = str(found) if found.exists() else shutil.which("mlflow") or "mlflow"
     return [executable, "server", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),

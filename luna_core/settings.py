@@ -89,8 +89,39 @@ class LunaHome:
         return self.root / "models"
 
     @property
+    def storage_root(self):
+        """Where the vault and the index live when not in the home: `[storage] root` in luna.toml or
+        $LUNA_STORAGE_ROOT (e.g. s3://bucket/luna); None: in the home."""
+        from luna_core.storage import STORAGE_ENV, location
+
+        root = os.environ.get(STORAGE_ENV) or self.config().get("storage", {}).get("root")
+        if root is None:
+            return None
+        if not isinstance(root, str) or not root.strip():
+            raise LunaConfigError(f"{self.config_path} [storage] root must be a path or URL (e.g. s3://bucket/luna)")
+        return location(root.rstrip("/"))
+
+    @property
     def vault_dir(self) -> Path:
-        return self.root / "vault"
+        return (self.storage_root or self.root) / "vault"
+
+    def mlflow_artifacts(self) -> str:
+        """Where MLflow keeps checkpoints and report files: under [storage] root when set, else the home."""
+        if self.storage_root is not None:
+            return f"{self.storage_root}/mlflow-artifacts"
+        return (self.mlflow_dir / "artifacts").absolute().as_uri()
+
+    def store_label(self, path) -> str:
+        """How a store is recorded (catalog, index metadata): relative to the home, or its URL."""
+        from luna_core.storage import is_remote
+
+        return str(path) if is_remote(path) else str(Path(path).relative_to(self.root))
+
+    def recorded_store(self, recorded: str):
+        """A store as the catalog records it: a URL, or a path relative to the home."""
+        from luna_core.storage import location
+
+        return location(recorded) if "://" in recorded else self.root / recorded
 
     @property
     def mlflow_dir(self) -> Path:
@@ -119,7 +150,14 @@ class LunaHome:
 
     @property
     def index_root(self) -> Path:
-        return self.root / "index"
+        return (self.storage_root or self.root) / "index"
+
+    def index_store(self, profile: ModelProfile):
+        """The profile's index versions; on object storage, read through a local copy under the home."""
+        from luna_core.index.store import IndexStore
+
+        folder = self.index_dir(profile)
+        return IndexStore(folder, cache=self.root / "cache" / "index" / folder.name)
 
     def open_vision_store(self, profile: ModelProfile) -> RowStore:
         """The profile's image embeddings for reading: the store and any segments written by shards."""

@@ -26,7 +26,6 @@ from fastapi.responses import JSONResponse, Response
 from luna_core.containers import ProbeLimits
 from luna_core.errors import BadFileError, CorruptStoreError, LunaError, NotBuiltError
 from luna_core.images import decode_picture
-from luna_core.index.store import IndexStore
 from luna_core.models.profiles import ModelProfile
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR
 from luna_core.settings import LunaHome
@@ -65,7 +64,7 @@ class LunaService:
 
     def _current_index_version(self) -> int | None:
         try:
-            current = IndexStore(self.home.index_dir(self.profile)).current()
+            current = self.home.index_store(self.profile).current()
         except CorruptStoreError:
             return self.state.index_version
         return None if current is None else current.number

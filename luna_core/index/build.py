@@ -113,12 +113,12 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
     rows = table.column("vision_row").to_numpy().astype(np.int64)
     lookup = table.select(list(LOOKUP_COLUMNS))
     digest = lookup_digest(lookup)
-    store = IndexStore(home.index_dir(profile))
+    store = home.index_store(profile)
     current = store.current()
     plan = plan_index(len(ids), dims, settings)
     meta_common = {
         "vision_key": profile.vision_key, "vision_model": profile.vision_model, "text_key": profile.text_key,
-        "text_store": str(home.text_store(profile).relative_to(home.root)), "dims": dims, "lookup_digest": digest,
+        "text_store": home.store_label(home.text_store(profile)), "dims": dims, "lookup_digest": digest,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from luna_core.errors import CorruptStoreError, NotBuiltError
+from luna_core.storage import is_remote, location, remove_tree, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,37 @@ class IndexVersion:
 
 
 class IndexStore:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    """Index versions under `root`, on disk or object storage. On object storage a version is written
+    file by file, then the pointer (one PUT) names it; readers load a verified local copy under `cache`."""
+
+    def __init__(self, root, cache: Path | None = None):
+        self.root = location(root)
+        self.remote = is_remote(self.root)
+        self.cache = Path(cache) if cache else Path(tempfile.gettempdir()) / "luna-index-cache" / hashlib.sha256(
+            str(self.root).encode()).hexdigest()[:16]
+
+    def local(self, version: IndexVersion) -> IndexVersion:
+        """The version's files on this machine (a copy of an object-storage version, made once)."""
+        if not self.remote:
+            return version
+        target = self.cache / version.path.name
+        if target.is_dir() and (target / "meta.json").read_bytes() != (version.path / "meta.json").read_bytes():
+            shutil.rmtree(target, ignore_errors=True)  # the store was rebuilt: this copy is of another index
+        if not target.is_dir():
+            self.cache.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache))
+            try:
+                for name in ("meta.json", INDEX_FILE, LOOKUP_FILE):
+                    (staging / name).write_bytes((version.path / name).read_bytes())
+                os.rename(staging, target)
+            except FileNotFoundError as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise CorruptStoreError(f"index version {version.path} lacks a file ({exc}); rebuild the index") from None
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                if not target.is_dir():  # another reader's copy won the rename: use it
+                    raise
+        return IndexVersion(version.number, target)
 
     @property
     def pointer(self) -> Path:
@@ -102,7 +132,7 @@ class IndexStore:
         versions.mkdir(parents=True, exist_ok=True)
         existing = [int(p.name[1:]) for p in versions.glob("v[0-9]*") if p.name[1:].isdigit()]
         number = max(existing, default=0) + 1
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=None if self.remote else versions))
         try:
             faiss.write_index(index, str(staging / "index.faiss"))
             with pa.OSFile(str(staging / "lookup.arrow"), "wb") as sink, pa.ipc.new_file(sink, lookup.schema) as writer:
@@ -113,15 +143,18 @@ class IndexStore:
             (staging / "meta.json").write_text(json.dumps({**meta, **sizes, "digests": digests, "version": number},
                                                           indent=2, default=str))
             final = versions / f"v{number:06d}"
-            os.rename(staging, final)
+            if self.remote:  # the pointer, written last, is what makes the version visible
+                for name in (INDEX_FILE, LOOKUP_FILE, "meta.json"):
+                    (final / name).write_bytes((staging / name).read_bytes())
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                os.rename(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # a failed publish (disk full…) leaves nothing behind
             raise
-        tmp_pointer = self.pointer.with_suffix(".json.tmp")
-        tmp_pointer.write_text(json.dumps({"version": number}))
-        os.replace(tmp_pointer, self.pointer)
+        write_whole(self.pointer, json.dumps({"version": number}).encode())
         for old in sorted(existing)[: max(0, len(existing) - (KEEP_VERSIONS - 1))]:
-            shutil.rmtree(versions / f"v{old:06d}", ignore_errors=True)
+            remove_tree(versions / f"v{old:06d}")
         return IndexVersion(number, final)
 
 
@@ -151,13 +184,13 @@ def load_index(store: IndexStore, fall_back: bool = False) -> LoadedIndex:
     if current is None:
         raise NotBuiltError(f"no index at {store.root} yet: run `luna build` (or materialize faiss_index in the UI)")
     try:
-        return _load_version(current)
+        return _load_version(store.local(current))
     except CorruptStoreError as damaged:
         if not fall_back:
             raise
         for older in store.older_versions(current.number):
             try:
-                loaded = _load_version(older)
+                loaded = _load_version(store.local(older))
             except CorruptStoreError:
                 continue
             log.warning("%s; answering from the previous good version v%d until the index is rebuilt",

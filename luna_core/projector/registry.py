@@ -86,8 +86,7 @@ def _experiment(mlflow, home: LunaHome, uri: str, name: str) -> str:
         return experiment.experiment_id
     if uri.startswith(("http://", "https://")):
         return mlflow.create_experiment(name)  # the server decides where artifacts go
-    artifacts = (home.mlflow_dir / "artifacts").absolute()
-    return mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+    return mlflow.create_experiment(name, artifact_location=home.mlflow_artifacts())
 
 
 # ---------------------------------------------------------------- checkpoints

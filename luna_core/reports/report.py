@@ -301,7 +301,7 @@ def _log_to_mlflow(home: LunaHome, report: dict, folder: Path, settings: ReportS
     mlflow = _mlflow(uri)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
-        location = None if uri.startswith(("http://", "https://")) else (home.mlflow_dir / "artifacts").absolute().as_uri()
+        location = None if uri.startswith(("http://", "https://")) else home.mlflow_artifacts()
         experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id

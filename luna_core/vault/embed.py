@@ -30,11 +30,13 @@ from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transacti
 from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
 from luna_core.settings import LunaHome
+from luna_core.storage import is_remote, move, parquet_bytes, read_parquet, write_whole
 from luna_core.vault.segments import (
     LOCAL_MASK,
     Shard,
     committed_dir,
     pending_manifests,
+    read_manifests,
     segment_path,
     segments_dir,
     shard_manifests,
@@ -90,7 +92,9 @@ def _utcnow() -> datetime:
 
 def _relative(path: Path) -> str:
     """A store's path as recorded in the catalog: relative to the home (the catalog's folder), so a moved
-    or copied home points at its own stores."""
+    or copied home points at its own stores; a URL on object storage."""
+    if is_remote(path):
+        return str(path)
     return str(Path("vault") / path.parent.name / path.name)
 
 
@@ -251,16 +255,12 @@ class _ManifestWriter(_Committer):
     def commit(self) -> None:
         if not self.rows and not self.failures:
             return
-        import pyarrow.parquet as pq
-
         records = [{**row, "token_count": row.get("token_count"), "truncated": row.get("truncated")} for row in self.rows]
         records += [{"key": f["item_key"], "row": None, "path": f["path"], "reason": f["reason"], "detail": f["detail"]}
                     for f in self.failures]
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"{self.prefix}-{self.sequence:06d}.parquet"
-        tmp = final.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_pylist(records, schema=_MANIFEST_SCHEMA), tmp)
-        os.replace(tmp, final)
+        write_whole(final, parquet_bytes(pa.Table.from_pylist(records, schema=_MANIFEST_SCHEMA)))
         self.sequence += 1
         self.rows, self.failures = [], []
         self.last = time.monotonic()
@@ -270,8 +270,6 @@ def _shard_pending(catalog_path: Path, rows_table: str, key: str, work_sql: str,
                    shard: Shard) -> tuple[list, int, int]:
     """_pending for one shard, without writing the catalog: items of the shard with no committed row and
     none in a manifest waiting for the commit; the next row past both in the shard's segment."""
-    import pyarrow.parquet as pq
-
     column = "i.content_hash" if rows_table == "vision_rows" else "p.prompt_hash"
     with open_catalog(catalog_path, read_only=True) as con:
         work = con.execute(work_sql.format(shard=f"AND {shard.sql(column)}"), {"key": key}).fetchall()
@@ -286,7 +284,7 @@ def _shard_pending(catalog_path: Path, rows_table: str, key: str, work_sql: str,
     waiting: set[str] = set()
     next_row = shard.first_row if top is None else top + 1
     for manifest in shard_manifests(store_path, shard):
-        table = pq.read_table(manifest, columns=["key", "row"])
+        table = read_parquet(manifest, columns=["key", "row"])
         waiting.update(table.column("key").to_pylist())
         rows = [r for r in table.column("row").to_pylist() if r is not None]
         next_row = max([next_row, *(r + 1 for r in rows)])
@@ -296,8 +294,6 @@ def _shard_pending(catalog_path: Path, rows_table: str, key: str, work_sql: str,
 def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
     """Put every shard's new manifests into the catalog, one transaction per store; a manifest already
     committed adds nothing. Returns rows committed by kind."""
-    import pyarrow.parquet as pq
-
     done = {}
     for kind, key, path, model, revision, layout in (
             (VISION, profile.vision_key, home.vision_store(profile), profile.vision_model, profile.vision_revision,
@@ -309,7 +305,7 @@ def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
             continue
         segment = next(segments_dir(path).glob("*.zarr"))
         fields = RowStore.open_readonly(segment, layout).fields
-        table = pa.concat_tables([pq.read_table(m) for m in manifests])
+        table = read_manifests(manifests)
         now = _utcnow()
         with open_catalog(home.catalog_path) as con, transaction(con, manifest=table):
             _register_store(con, kind, key, model, revision, path, fields)
@@ -327,7 +323,7 @@ def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
         target = committed_dir(path)
         target.mkdir(parents=True, exist_ok=True)
         for manifest in manifests:  # after the commit: a crash here only means committing them again, harmlessly
-            os.replace(manifest, target / manifest.name)
+            move(manifest, target / manifest.name)
         done[kind] = len(added)
         log.info("%s store %s: %d rows committed from %d manifest(s)", kind, key, len(added), len(manifests))
     return done

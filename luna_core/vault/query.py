@@ -23,7 +23,7 @@ from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.files import write_atomically
 from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads, probing_every_list
-from luna_core.index.store import IndexStore, LoadedIndex, load_index
+from luna_core.index.store import LoadedIndex, load_index
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.settings import LunaHome
 from luna_core.vault.segments import store_exists
@@ -154,7 +154,7 @@ class Vault:
     @property
     def index(self) -> LoadedIndex:
         if self._index is None:
-            loaded = load_index(IndexStore(self.home.index_dir(self.profile)), fall_back=True)
+            loaded = load_index(self.home.index_store(self.profile), fall_back=True)
             if loaded.meta.get("vision_key") != self.profile.vision_key:
                 raise QueryError(f"the index at {loaded.version.path} was built with vision model "
                                  f"{loaded.meta.get('vision_key')}, not the configured {self.profile.vision_key}; "

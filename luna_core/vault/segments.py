@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from luna_core.errors import LunaConfigError
+from luna_core.storage import location, read_parquet
 from luna_core.vault.store import RowStore, folder_bytes
 
 SEGMENT_BITS = 40
@@ -86,7 +87,8 @@ def shard_keys(count: int) -> list[str]:
 
 
 def segments_dir(store_path: Path) -> Path:
-    return Path(store_path).with_name(Path(store_path).name + ".segments")
+    store_path = location(store_path)
+    return store_path.with_name(store_path.name + ".segments")
 
 
 def segment_path(store_path: Path, shard: Shard) -> Path:
@@ -110,16 +112,15 @@ def shard_manifests(store_path: Path, shard: Shard, committed: bool = False) -> 
 def read_manifests(paths: list[Path]):
     """The manifests' rows as one Arrow table (key, row, ...; row null for a failure)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    return pa.concat_tables([pq.read_table(path) for path in paths]) if paths else None
+    return pa.concat_tables([read_parquet(path) for path in paths]) if paths else None
 
 
 class SegmentedStore:
     """The base store and its segments, read as one store by global row numbers."""
 
     def __init__(self, path: Path, base: RowStore | None, segments: dict[int, RowStore]):
-        self.path, self.base, self.segments = Path(path), base, segments
+        self.path, self.base, self.segments = location(path), base, segments
         first = base if base is not None else next(iter(segments.values()))
         self.fields, self.layout = first.fields, first.layout
 
@@ -161,7 +162,7 @@ class SegmentedStore:
 
 def open_store(path: Path, layout) -> RowStore | SegmentedStore:
     """The store at `path` for reading: a plain RowStore, or the base and its segments together."""
-    path = Path(path)
+    path = location(path)
     folder = segments_dir(path)
     segment_paths = sorted(folder.glob("*.zarr")) if folder.is_dir() else []
     if not segment_paths:
@@ -182,4 +183,4 @@ def store_bytes(path: Path) -> int:
 def store_exists(path: Path) -> bool:
     """The base store or any segment of it."""
     folder = segments_dir(path)
-    return Path(path).exists() or (folder.is_dir() and any(folder.glob("*.zarr")))
+    return location(path).exists() or (folder.is_dir() and any(folder.glob("*.zarr")))

@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
+from luna_core.storage import is_remote, location, tree_bytes
 
 DTYPE = "float16"
 
@@ -49,7 +50,7 @@ class RowStore:
         """Open the store at `path`, creating it for these row shapes; refuse a store of other shapes."""
         import zarr
 
-        path = Path(path)
+        path = location(path)
         if not path.exists():
             if not create:
                 raise NotBuiltError(f"no vault store at {path}")
@@ -83,7 +84,7 @@ class RowStore:
         """An existing store for reading, with the row shapes it holds (every array of the group)."""
         import zarr
 
-        path = Path(path)
+        path = location(path)
         if not path.exists():
             raise NotBuiltError(f"vault store {path} is missing: materialize the embedding assets first")
         try:
@@ -191,6 +192,8 @@ class RowStore:
         if name in cache:
             return cache[name]
         cache[name] = None
+        if is_remote(self.path):
+            return None  # object storage: zarr's own reads (ranged GETs)
         meta = json.loads((self.path / name / "zarr.json").read_text())
         codecs = meta.get("codecs", [])
         row_shape = tuple(meta["shape"][1:])
@@ -256,7 +259,11 @@ class RowStore:
 
     @contextmanager
     def writer(self) -> Iterator["RowStore"]:
-        """Exclusive right to append (two runs of the same asset must not interleave rows)."""
+        """Exclusive right to append (two runs of the same asset must not interleave rows). On object
+        storage there is no lock: each segment has one writer, its shard's partition run."""
+        if is_remote(self.path):
+            yield self
+            return
         lock = open(self.path / ".writer.lock", "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -281,10 +288,9 @@ def _inner_codecs(array_path: Path) -> list[str]:
     return [c.get("name") for c in meta.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])]
 
 
-def folder_bytes(path: str | Path) -> int:
-    """Bytes on disk of every file under `path` (0 when it does not exist)."""
-    path = Path(path)
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+def folder_bytes(path) -> int:
+    """Bytes of every file under `path` (0 when it does not exist), on disk or object storage."""
+    return tree_bytes(path)
 
 
 def _group_by(keys: np.ndarray, values: np.ndarray):
