@@ -5,7 +5,8 @@
 The same ingested library, three ways (tiny profile, CPU): the single-store path in one process; the
 shards one after another in one worker process; the shards split over two worker processes at once.
 Prints wall time, images/s, the commit step's time, and the overhead of the sharded path on one
-worker against the single-store path. The workers here are plain processes on this machine; each
+worker against the single-store path, and what N machines would give for a library of `--project`
+images at this run's per-worker rate. The workers here are plain processes on this machine; each
 reads the catalog but never writes it, which is what lets them run on other machines too.
 """
 
@@ -53,6 +54,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--project", type=int, default=500_000, help="library size the N-machine projection is for")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -101,7 +103,18 @@ def main() -> int:
     speedup = (rows[1]["wall_s"] + rows[1]["commit_s"]) / (rows[2]["wall_s"] + rows[2]["commit_s"])
     print(f"sharded path on 1 worker vs single store: {overhead:+.1%} (goal under +10 %); "
           f"2 workers vs 1: {speedup:.2f}x on this {os.cpu_count()}-core machine")
-    figures.update(rows=rows, overhead=overhead, two_worker_speedup=speedup)
+    # N machines, each embedding its shards at the one-worker rate measured above; one commit at the end.
+    per_worker = images / rows[1]["wall_s"]
+    commit_per_image = rows[1]["commit_s"] / images
+    projection = []
+    print(f"projection for {args.project:,} images (this run's rates: {per_worker:.1f} images/s a worker, "
+          f"commit {commit_per_image * 1e6:.0f} us an image):")
+    for machines in (1, 2, 4, 8, 16):
+        embed_s = args.project / (machines * per_worker)
+        commit_s = args.project * commit_per_image
+        projection.append({"machines": machines, "embed_s": embed_s, "commit_s": commit_s})
+        print(f"  {machines:2d} machine(s): embed {embed_s / 60:7.1f} min + commit {commit_s:5.1f} s", flush=True)
+    figures.update(rows=rows, overhead=overhead, two_worker_speedup=speedup, projection=projection)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     shutil.rmtree(work, ignore_errors=True)

@@ -20,7 +20,7 @@ from luna_core.index.faiss_index import GIB, IndexSettings, build_index, plan_in
 from luna_core.index.store import IndexStore, load_index
 from luna_core.library import build_library
 from luna_core.models.profiles import resolve_profile
-from luna_core.vault.query import Box, QueryError, Vault
+from luna_core.vault.query import Box, QueryError, Vault, load_image
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -32,12 +32,16 @@ def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 def test_index_choice_follows_size_and_budget():
     assert plan_index(1_000, 1024).kind == "flat"
+    # A float16 re-ranking copy small enough stays in the index; past it, re-ranking reads the vault.
+    medium = plan_index(100_000, 512)
+    assert medium.kind == "ivfsq8_refine" and medium.factory.endswith("Refine(SQfp16)")
     big = plan_index(500_000, 1024)
-    assert big.kind == "ivfsq8_refine" and big.estimated_bytes < 4 * GIB
-    smaller = plan_index(500_000, 1024, IndexSettings(memory_budget_bytes=GIB + GIB // 4))
-    assert smaller.kind == "ivfpq_refine" and smaller.estimated_bytes < GIB + GIB // 4
+    assert big.kind == "ivfsq8_vault" and big.factory == "IVF2048_HNSW32,SQ8"
+    assert big.estimated_bytes / 500_000 <= 1.1 * 1024  # the 8-bit code, its ids and the lists alone
+    everything_in_ram = plan_index(500_000, 1024, IndexSettings(rerank_in_ram_max_bytes=2 * GIB))
+    assert everything_in_ram.kind == "ivfsq8_refine" and everything_in_ram.estimated_bytes < 4 * GIB
     tight = plan_index(500_000, 1024, IndexSettings(memory_budget_bytes=256 * 1024**2))
-    assert tight.kind == "ivfpq" and tight.estimated_bytes < 256 * 1024**2
+    assert tight.kind == "ivfpq_vault" and tight.estimated_bytes < 256 * 1024**2
 
 
 def test_approximate_build_measures_recall_and_keeps_catalog_ids():
@@ -113,6 +117,33 @@ def test_search_finds_the_image_itself_first(indexed_home, sample_library):
 
     assert same_bytes == hashlib.sha256(target.read_bytes()).hexdigest()
     assert abs(sum(n.weight for n in neighbors) - 1) < 1e-6
+
+
+def test_an_index_past_its_ram_copy_reranks_from_the_vault_rows(indexed_home, sample_library):
+    from luna_core.index.faiss_index import RerankedIndex
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    settings = IndexSettings(flat_max_vectors=10, rerank_in_ram_max_bytes=0, held_out=20, target_recall=0.9)
+    report = update_index(indexed_home, profile, settings, rebuild=True)
+    assert report.meta["plan"]["kind"] == "ivfsq8_vault" and report.meta["search_params"]["rerank"] == "vault"
+    assert report.meta["recall_at_10"] >= 0.9
+    vault = Vault(indexed_home, profile)
+    target = sample_library.images[4].path
+    query = vault.embed(load_image(target))
+    neighbors = vault.search(target, k=5)
+    assert isinstance(vault.index.index, RerankedIndex)
+    assert neighbors[0].similarity > 0.999  # the image itself, first
+    # The similarities are exact inner products with the vault's float16 rows, not 8-bit estimates.
+    lookup = vault.index.lookup
+    ids = lookup.column("image_id").to_numpy()
+    rows = lookup.column("vision_row").to_numpy()
+    store = indexed_home.open_vision_store(profile)
+    for neighbor in neighbors:
+        row = rows[ids == neighbor.image_id]
+        exact = float(store.read("embeds", row)[0].astype(np.float32) @ query.astype(np.float32))
+        assert abs(neighbor.similarity - exact) < 1e-5
+    # An incremental update keeps re-ranking from the vault.
+    assert update_index(indexed_home, profile, settings).action in ("unchanged", "refreshed")
 
 
 def test_conditioning_is_the_weighted_mean_of_neighbour_rows(indexed_home, sample_library):

@@ -12,8 +12,15 @@ import numpy as np
 
 from luna_core.catalog import open_catalog
 from luna_core.errors import CorruptStoreError, NotBuiltError
-from luna_core.index.faiss_index import IndexSettings, build_index, plan_index, search_params, single_query_latency
-from luna_core.index.store import IndexStore, load_index
+from luna_core.index.faiss_index import (
+    IndexSettings,
+    RerankedIndex,
+    build_index,
+    plan_index,
+    reranks_from_vault,
+    single_query_latency,
+)
+from luna_core.index.store import IndexStore, load_index, vault_fetch
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
 from luna_core.vault.segments import store_exists
@@ -22,7 +29,7 @@ from luna_core.vault.store import RowStore
 log = logging.getLogger(__name__)
 
 LOOKUP_COLUMNS = ("image_id", "content_hash", "path", "generator", "split", "prompt", "negative_prompt",
-                  "prompt_row", "negative_row")
+                  "prompt_row", "negative_row", "vision_row")  # vision_row: where re-ranking reads
 
 
 @dataclass
@@ -80,7 +87,9 @@ def _update_in_place(store: IndexStore, loaded, vision: RowStore, rows: np.ndarr
         index.add_with_ids(_vectors(vision, rows[new_mask]), ids[new_mask])
     live = int(index.ntotal) - len(departed)
     sample = _vectors(vision, rows[np.random.default_rng(0).choice(len(rows), min(100, len(rows)), replace=False)])
-    p50, p99 = single_query_latency(index, sample)
+    searcher = RerankedIndex(index, vault_fetch(vision, ids, rows), old.get("search_params", {}).get("k_factor") or 2) \
+        if reranks_from_vault(old.get("plan", {})) else index  # as queries search it
+    p50, p99 = single_query_latency(searcher, sample)
     meta = {**old, **meta_common, "vectors": live, "retired_vectors": len(departed), "p50_ms": p50, "p99_ms": p99,
             "added_since_build": int(old.get("added_since_build", 0)) + added,
             "removed_since_build": int(old.get("removed_since_build", 0)) + removed,
@@ -157,11 +166,11 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
                                         meta_common, started)
 
     vectors = _vectors(vision, rows)
-    index, stats = build_index(vectors, ids, settings, log=log.info)
+    index, stats = build_index(vectors, ids, settings, log=log.info, fetch=vault_fetch(vision, ids, rows))
     meta = {**meta_common, "vectors": int(index.ntotal), "plan": stats.plan, "recall_at_10": stats.recall_at_10,
             "recall_by_nprobe": stats.recall_by_nprobe, "held_out_queries": stats.queries,
             "p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms, "build_seconds": stats.build_seconds,
-            "search_params": search_params(index), "target_recall": settings.target_recall,
+            "search_params": stats.search, "target_recall": settings.target_recall,
             "memory_budget_bytes": settings.memory_budget_bytes, "added_since_build": 0, "last_action": "build"}
     version = store.publish(index, lookup, meta)
     meta = version.meta()

@@ -2,12 +2,15 @@
 
 - Small libraries get an exact inner-product scan (`Flat`).
 - Past `flat_max_vectors`, or when exact does not fit the memory budget: an IVF index with 8-bit
-  scalar-quantized vectors whose candidates (k_factor x k) are re-ranked against float16 copies
-  (`IVF,SQ8,Refine(SQfp16)`, ~3 bytes a dimension): the embeddings are stored as float16, so the
-  re-ranking is exact on the data. PQ codes were measured here to lose too many true neighbours on
-  tightly clustered embeddings (recall@10 0.84 at 100 re-ranked candidates), and OPQ to cost tens of
-  minutes of training on two cores.
-- Tighter budgets: IVF-PQ with the same re-ranking, then IVF-PQ alone (lower recall; the build
+  scalar-quantized vectors whose candidates (k_factor x k) are re-ranked exactly. The exact copy is
+  the vault's own float16 rows: while a copy in RAM is small (`rerank_in_ram_max_bytes`) it is kept
+  inside the index (`IVF,SQ8,Refine(SQfp16)`), past it the candidates are re-ranked from the vault's
+  shard files (`RerankedIndex`), so RAM per vector is the 8-bit code alone (~1 byte a dimension) and
+  the page cache holds what queries touch. Many lists get an HNSW coarse quantizer (scanning 2,048+
+  centroids of 1,024 floats costs about a millisecond a query by itself). PQ codes were measured here
+  to lose too many true neighbours on tightly clustered embeddings (recall@10 0.84 at 100 re-ranked
+  candidates; PQ fast-scan 0.62 at 600), and OPQ to cost tens of minutes of training on two cores.
+- Tighter budgets: IVF-PQ codes, re-ranked from the vault the same way (lower recall; the build
   measures and shows it).
 
 At every build, `held_out` vectors are kept out while the index is trained and filled; recall@10
@@ -30,6 +33,9 @@ GIB = 1024**3
 @dataclass(frozen=True)
 class IndexSettings:
     memory_budget_bytes: int = 4 * GIB
+    # An exact re-ranking copy in RAM up to this size (fastest); past it, re-ranking reads the vault's rows.
+    rerank_in_ram_max_bytes: int = 256 * 1024**2
+    hnsw_quantizer_min_nlist: int = 1024
     flat_max_vectors: int = 20_000  # exact scan up to here: ~3 ms a query at CLIP widths
     target_recall: float = 0.99
     k_factor: int = 10  # candidates re-ranked per result (the smallest of k_factor_choices that reaches the target)
@@ -38,13 +44,13 @@ class IndexSettings:
     # Vectors of images that left the library: removed from exact indexes; IVF indexes cannot remove,
     # so they stay unanswered (absent from the lookup) until this share of the index triggers a rebuild.
     max_retired_share: float = 0.1
-    nprobe_choices: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    nprobe_choices: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
     seed: int = 1234
 
 
 @dataclass(frozen=True)
 class IndexPlan:
-    kind: str  # flat | ivfpq_refine | ivfpq
+    kind: str  # flat | ivfsq8_refine | ivfsq8_vault | ivfpq_vault (older homes: ivfpq_refine | ivfpq)
     factory: str
     nlist: int = 0
     m: int = 0
@@ -63,6 +69,7 @@ class BuildStats:
     p50_ms: float
     p99_ms: float
     recall_by_nprobe: dict[str, float] = field(default_factory=dict)
+    search: dict = field(default_factory=dict)  # nprobe, k_factor and where re-ranking reads
 
 
 def _pq_m(d: int) -> int:
@@ -82,14 +89,60 @@ def plan_index(n: int, d: int, settings: IndexSettings = IndexSettings()) -> Ind
     nlist = int(min(65536, max(16, 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))))))
     nlist = min(nlist, max(16, n // 39))  # FAISS wants ~39+ training points per list
     m = _pq_m(d)
-    coarse = nlist * d * 4
-    sq8_bytes = n * (d + d * 2 + 16) + coarse
-    if sq8_bytes <= settings.memory_budget_bytes:
-        return IndexPlan("ivfsq8_refine", f"IVF{nlist},SQ8,Refine(SQfp16)", nlist, 0, sq8_bytes)
-    refine_bytes = n * (m + d * 2 + 16) + coarse
-    if refine_bytes <= settings.memory_budget_bytes:
-        return IndexPlan("ivfpq_refine", f"IVF{nlist},PQ{m},Refine(SQfp16)", nlist, m, refine_bytes)
-    return IndexPlan("ivfpq", f"IVF{nlist},PQ{m}", nlist, m, n * (m + 16) + coarse)
+    hnsw = nlist >= settings.hnsw_quantizer_min_nlist
+    ivf = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
+    coarse = nlist * d * 4 + (nlist * 32 * 2 * 4 if hnsw else 0)
+    codes, copy = n * (d + 16) + coarse, n * d * 2  # 16: the id in its list and in the id map
+    if codes + copy <= settings.memory_budget_bytes and copy <= settings.rerank_in_ram_max_bytes:
+        return IndexPlan("ivfsq8_refine", f"{ivf},SQ8,Refine(SQfp16)", nlist, 0, codes + copy)
+    if codes <= settings.memory_budget_bytes:
+        return IndexPlan("ivfsq8_vault", f"{ivf},SQ8", nlist, 0, codes)
+    return IndexPlan("ivfpq_vault", f"{ivf},PQ{m}", nlist, m, n * (m + 16) + coarse)
+
+
+def reranks_from_vault(plan: dict | IndexPlan) -> bool:
+    kind = plan.kind if isinstance(plan, IndexPlan) else plan.get("kind", "")
+    return kind.endswith("_vault")
+
+
+class RerankedIndex:
+    """An approximate index whose candidates (k_factor x k) are re-ranked by exact inner products with
+    vectors fetched by id, the vault's own rows: the exact copy stays on disk, not in RAM. `fetch(ids)`
+    returns (float vectors [n, d], found mask); ids not found (images gone) are left out of answers."""
+
+    def __init__(self, index, fetch, k_factor: float):
+        self.index, self.fetch, self.k_factor = index, fetch, float(k_factor)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        depth = int(min(self.ntotal, max(k, math.ceil(k * self.k_factor))))
+        _, candidates = self.index.search(queries, depth)
+        sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for q, (query, found_ids) in enumerate(zip(queries, candidates)):
+            found_ids = found_ids[found_ids >= 0]
+            vectors, found = self.fetch(found_ids)
+            exact = np.where(found, vectors.astype(np.float32, copy=False) @ query, -np.inf)
+            order = np.argsort(-exact, kind="stable")[: min(k, int(found.sum()))]
+            sims[q, : len(order)], ids[q, : len(order)] = exact[order], found_ids[order]
+        return sims, ids
+
+
+def memory_fetch(vectors: np.ndarray, ids: np.ndarray):
+    """A `fetch` over vectors held in memory (the build's own copy), by id."""
+    order = np.argsort(ids)
+    sorted_ids = ids[order]
+
+    def fetch(wanted: np.ndarray):
+        pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(0, len(sorted_ids) - 1))
+        found = (len(sorted_ids) > 0) & (sorted_ids[pos] == wanted)
+        return vectors[order[pos]], found
+
+    return fetch
 
 
 def _faiss():
@@ -101,6 +154,8 @@ def _faiss():
 def _parts(index):
     """The IVF and Refine layers inside the IDMap wrapper (either may be absent)."""
     faiss = _faiss()
+    if isinstance(index, RerankedIndex):
+        index = index.index
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
     refine = inner if isinstance(inner, faiss.IndexRefine) else None
     base = faiss.downcast_index(refine.base_index) if refine is not None else inner
@@ -114,6 +169,11 @@ def set_search_params(index, nprobe: int | None, k_factor: int | None) -> None:
         ivf.nprobe = nprobe
     if refine is not None and k_factor:
         refine.k_factor = float(k_factor)
+    if isinstance(index, RerankedIndex) and k_factor:
+        index.k_factor = float(k_factor)
+    quantizer = _faiss().downcast_index(ivf.quantizer) if ivf is not None else None
+    if nprobe and hasattr(quantizer, "hnsw"):
+        quantizer.hnsw.efSearch = max(64, 2 * nprobe)  # find the nprobe nearest lists, not merely near ones
 
 
 @contextlib.contextmanager
@@ -133,8 +193,9 @@ def probing_every_list(index, enabled: bool = True):
 
 def search_params(index) -> dict:
     ivf, refine = _parts(index)
-    return {"nprobe": int(ivf.nprobe) if ivf is not None else 0,
-            "k_factor": float(refine.k_factor) if refine is not None else 0.0}
+    k_factor = index.k_factor if isinstance(index, RerankedIndex) else refine.k_factor if refine is not None else 0.0
+    return {"nprobe": int(ivf.nprobe) if ivf is not None else 0, "k_factor": float(k_factor),
+            "rerank": "vault" if isinstance(index, RerankedIndex) else "index" if refine is not None else "none"}
 
 
 def exact_neighbors(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -174,8 +235,10 @@ def single_query_latency(index, queries: np.ndarray, k: int = 10, threads: int =
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, settings: IndexSettings = IndexSettings(),
-                log=None) -> tuple[object, BuildStats]:
-    """Train, fill, tune and measure an index over unit vectors `vectors` [N, D] with int64 `ids`."""
+                log=None, fetch=None) -> tuple[object, BuildStats]:
+    """Train, fill, tune and measure an index over unit vectors `vectors` [N, D] with int64 `ids`. A plan
+    re-ranking from the vault is tuned and timed through `fetch` (the vault's rows by id; default: these
+    vectors). Returns the FAISS index (without the re-ranking wrapper) and its stats."""
     faiss = _faiss()
     started = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -194,13 +257,15 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, settings: IndexSettings = 
         sample = base[rng.choice(len(base), size=train_n, replace=False)]
         ivf, _ = _parts(index)
         ivf.cp.niter = 10  # coarse k-means: 10 rounds reach most of the gain at a fraction of 25's time
-        if plan.kind != "ivfsq8_refine":
+        if "pq" in plan.kind:
             faiss.downcast_index(ivf).pq.cp.max_points_per_centroid = 64  # 16k points per codebook: 4x faster
         if log:
             log(f"training {plan.factory} on {train_n:,} vectors")
         index.train(sample)
         set_search_params(index, settings.nprobe_choices[0], settings.k_factor)
     index.add_with_ids(base, base_ids)
+    searcher = RerankedIndex(index, fetch or memory_fetch(vectors, ids), settings.k_factor) \
+        if reranks_from_vault(plan) else index
 
     recall_by_nprobe: dict[str, float] = {}
     recall, nprobe = 1.0, 0
@@ -212,26 +277,27 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, settings: IndexSettings = 
             recall = recall_at(index.search(queries, k)[1], truth)
         else:
             # Smallest (k_factor, nprobe) reaching the target, in order of cost; else the best seen.
-            factors = settings.k_factor_choices if plan.kind.endswith("_refine") else (settings.k_factor,)
+            factors = settings.k_factor_choices
             best = (-1.0, settings.nprobe_choices[0], factors[0])
             for k_factor in factors:
+                before = best[0]
                 for nprobe in (p for p in settings.nprobe_choices if p <= plan.nlist):
-                    set_search_params(index, nprobe, k_factor)
-                    recall = recall_at(index.search(queries, k)[1], truth)
+                    set_search_params(searcher, nprobe, k_factor)
+                    recall = recall_at(searcher.search(queries, k)[1], truth)
                     recall_by_nprobe[f"nprobe={nprobe},k_factor={k_factor}"] = round(recall, 4)
                     if recall > best[0]:
                         best = (recall, nprobe, k_factor)
                     if recall >= settings.target_recall:
                         break
-                if best[0] >= settings.target_recall:
-                    break
+                if best[0] >= settings.target_recall or best[0] < before + 0.001:
+                    break  # reached, or more candidates no longer help: the probes are what limits
             recall, nprobe, k_factor = best
-            set_search_params(index, nprobe, k_factor)
+            set_search_params(searcher, nprobe, k_factor)
     if len(held):
         index.add_with_ids(vectors[held], ids[held])
     latency_queries = queries if len(queries) else vectors[: min(100, n)]
-    p50, p99 = single_query_latency(index, latency_queries[:200], k=min(10, n)) if n else (0.0, 0.0)
+    p50, p99 = single_query_latency(searcher, latency_queries[:200], k=min(10, n)) if n else (0.0, 0.0)
     stats = BuildStats(plan=asdict(plan), vectors=n, dims=d, build_seconds=time.perf_counter() - started,
                        recall_at_10=recall, nprobe=nprobe, queries=len(queries), p50_ms=p50, p99_ms=p99,
-                       recall_by_nprobe=recall_by_nprobe)
+                       recall_by_nprobe=recall_by_nprobe, search=search_params(searcher))
     return index, stats

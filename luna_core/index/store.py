@@ -158,6 +158,24 @@ class IndexStore:
         return IndexVersion(number, final)
 
 
+def vault_fetch(vision, ids: np.ndarray, rows: np.ndarray):
+    """A re-ranking `fetch` over the vault: image ids → their vision rows → the rows' float16 values,
+    read straight from the store's shard files (the page cache keeps what queries touch)."""
+    order = np.argsort(ids)
+    sorted_ids, sorted_rows = ids[order], rows[order]
+    width = vision.fields["embeds"][0]
+
+    def fetch(wanted: np.ndarray):
+        pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(0, len(sorted_ids) - 1))
+        found = (len(sorted_ids) > 0) & (sorted_ids[pos] == wanted)
+        vectors = np.zeros((len(wanted), width), dtype=np.float16)
+        if found.any():
+            vectors[found] = vision.read_rows("embeds", sorted_rows[pos[found]])
+        return vectors, found
+
+    return fetch
+
+
 @dataclass
 class LoadedIndex:
     version: IndexVersion
@@ -167,6 +185,17 @@ class LoadedIndex:
     order: np.ndarray  # lookup row of each sorted id
     lookup: object  # pyarrow.Table
     fell_back_from: int | None = None  # the damaged current version this one stands in for
+
+    def reranked_from(self, vision) -> "LoadedIndex":
+        """For an index that re-ranks from the vault: its search re-ranks against `vision`'s rows."""
+        from luna_core.index.faiss_index import RerankedIndex, reranks_from_vault
+
+        if reranks_from_vault(self.meta.get("plan", {})) and not isinstance(self.index, RerankedIndex):
+            ids = self.lookup.column("image_id").to_numpy()
+            rows = self.lookup.column("vision_row").to_numpy()
+            k_factor = self.meta.get("search_params", {}).get("k_factor") or 2
+            self.index = RerankedIndex(self.index, vault_fetch(vision, ids, rows), k_factor)
+        return self
 
     def rows_for(self, image_ids: np.ndarray) -> np.ndarray:
         """Lookup rows of the given ids; -1 for ids no longer in the library (missing files)."""

@@ -161,7 +161,7 @@ class Vault:
                                  "rebuild it or configure that model")
             if loaded.index.ntotal == 0:
                 raise QueryError(f"the index at {loaded.version.path} is empty: ingest and embed some images first")
-            self._index = loaded
+            self._index = loaded.reranked_from(self.home.open_vision_store(self.profile))
         return self._index
 
     def _device_dtype(self):

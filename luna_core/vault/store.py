@@ -11,7 +11,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import warnings
+import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotB
 from luna_core.storage import is_remote, location, tree_bytes
 
 DTYPE = "float16"
+OPEN_SHARDS = 256  # shard files a reader keeps open per array
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ class RowStore:
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """A few rows at random, fast: straight from the shard files when the layout is the plain one
-        Luna writes (row-wide chunks, uncompressed, index at the shard's end), else through zarr.
+        Luna writes (chunks of whole rows, uncompressed, index at the shard's end), else through zarr.
 
         zarr-python spends about a millisecond of machinery per call; a k-NN answer reads k rows
         scattered over the store, so this path reads each row with two positioned reads instead."""
@@ -205,13 +209,14 @@ class RowStore:
         checksummed = inner == ["bytes", "crc32c"]
         if (conf.get("index_location", "end") != "end" or inner not in (["bytes"], ["bytes", "crc32c"])
                 or index_codecs != ["bytes", "crc32c"]
-                or conf["chunk_shape"] != [1, *row_shape] or meta.get("data_type") != DTYPE
+                or conf["chunk_shape"][1:] != list(row_shape) or meta.get("data_type") != DTYPE
                 or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator") != "/"):
             return None
         shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        chunk_rows = conf["chunk_shape"][0]
         row_bytes = int(np.prod(row_shape)) * 2
-        index_bytes = shard_rows * 16 + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
-        chunk_bytes = row_bytes + 4 if checksummed else row_bytes
+        index_bytes = shard_rows // chunk_rows * 16 + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
+        chunk_bytes = chunk_rows * row_bytes + (4 if checksummed else 0)
         zero_dims = "/".join("0" for _ in row_shape)
         empty = np.uint64(2**64 - 1)
         from numcodecs.checksum32 import CRC32C
@@ -225,35 +230,62 @@ class RowStore:
                 raise CorruptStoreError(f"vault store {self.path}: {what} in {path} fails its CRC32C checksum; "
                                         "rebuild the store (delete it and run luna build)") from None
 
+        def shard_index(path: Path):
+            """(fd, size, chunk index) of a shard file, kept open while the file is unchanged (a query reads a
+            few rows from many shards: reopening each, and re-reading its index, cost more than the rows)."""
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                return None  # a shard never written reads as the fill value, as in zarr
+            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            held = files.get(path)
+            if held is not None and held[0] == key:
+                files.move_to_end(path)
+                return held[1:]
+            if held is not None:
+                os.close(files.pop(path)[1])
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                raw_index = verified(os.pread(fd, index_bytes, size - index_bytes), path, "the shard index")
+            except BaseException:
+                os.close(fd)
+                raise
+            files[path] = (key, fd, size, np.frombuffer(raw_index, dtype="<u8").reshape(-1, 2))
+            while len(files) > OPEN_SHARDS:
+                os.close(files.popitem(last=False)[1][1])
+            return files[path][1:]
+
         def read(rows: np.ndarray) -> np.ndarray:
             out = np.zeros((len(rows), *row_shape), dtype=DTYPE)
-            for shard, positions in _group_by(rows // shard_rows, np.arange(len(rows))):
-                path = self.path / name / "c" / str(int(shard)) / zero_dims
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue  # a shard never written reads as the fill value, as in zarr
-                try:
-                    size = os.fstat(fd).st_size
-                    raw_index = verified(os.pread(fd, index_bytes, size - index_bytes), path, "the shard index")
-                    index = np.frombuffer(raw_index, dtype="<u8").reshape(-1, 2)
-                    for position in positions:
-                        offset, nbytes = index[int(rows[position] % shard_rows)]
+            with lock:
+                for shard, positions in _group_by(rows // shard_rows, np.arange(len(rows))):
+                    path = self.path / name / "c" / str(int(shard)) / zero_dims
+                    opened = shard_index(path)
+                    if opened is None:
+                        continue
+                    fd, size, index = opened
+                    for chunk, in_chunk in _group_by(rows[positions] % shard_rows // chunk_rows, positions):
+                        offset, nbytes = index[int(chunk)]
                         if offset == empty:
                             continue  # a chunk never written reads as the fill value, as in zarr
                         if nbytes != chunk_bytes or offset + nbytes > size:
                             raise CorruptStoreError(f"vault store {self.path}: the shard index of {path} is damaged "
                                                     "(a chunk of the wrong size); rebuild the store")
-                        if checksummed:
-                            data = verified(os.pread(fd, chunk_bytes, int(offset)), path, f"row {rows[position]}")
-                            out[position] = np.frombuffer(data, dtype=DTYPE).reshape(row_shape)
-                        # Straight into the output row: no intermediate bytes object, no extra copy.
-                        elif os.preadv(fd, [memoryview(out[position]).cast("B")], int(offset)) != row_bytes:
+                        if checksummed or chunk_rows > 1:
+                            data = os.pread(fd, chunk_bytes, int(offset))
+                            if checksummed:
+                                data = verified(data, path, f"the chunk of row {rows[in_chunk[0]]}")
+                            values = np.frombuffer(data, dtype=DTYPE).reshape(chunk_rows, *row_shape)
+                            out[in_chunk] = values[rows[in_chunk] % chunk_rows]
+                        # One row a chunk, no checksum: straight into the output row, no extra copy.
+                        elif os.preadv(fd, [memoryview(out[in_chunk[0]]).cast("B")], int(offset)) != row_bytes:
                             raise OSError(f"short read in {path}: the shard changed while being read")
-                finally:
-                    os.close(fd)
             return out
 
+        files: OrderedDict = OrderedDict()
+        lock = threading.Lock()
+        weakref.finalize(self, _close_all, files)
         cache[name] = read
         return read
 
@@ -281,6 +313,12 @@ class RowStore:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
+
+
+def _close_all(files: dict) -> None:
+    for held in files.values():
+        os.close(held[1])
+    files.clear()
 
 
 def _inner_codecs(array_path: Path) -> list[str]:
