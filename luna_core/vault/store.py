@@ -256,31 +256,41 @@ class RowStore:
                 os.close(files.popitem(last=False)[1][1])
             return files[path][1:]
 
+        chunks_per_shard = shard_rows // chunk_rows
+        shard_paths: dict[int, Path] = {}
+
         def read(rows: np.ndarray) -> np.ndarray:
             out = np.zeros((len(rows), *row_shape), dtype=DTYPE)
+            # One pass per distinct chunk, in file order; a row asked twice is read once.
+            chunk_keys, which = np.unique(rows // chunk_rows, return_inverse=True)
             with lock:
-                for shard, positions in _group_by(rows // shard_rows, np.arange(len(rows))):
-                    path = self.path / name / "c" / str(int(shard)) / zero_dims
+                for j, key in enumerate(chunk_keys.tolist()):
+                    shard, chunk = divmod(key, chunks_per_shard)
+                    path = shard_paths.get(shard)
+                    if path is None:
+                        path = shard_paths[shard] = self.path / name / "c" / str(shard) / zero_dims
                     opened = shard_index(path)
                     if opened is None:
-                        continue
+                        continue  # a shard never written reads as the fill value, as in zarr
                     fd, size, index = opened
-                    for chunk, in_chunk in _group_by(rows[positions] % shard_rows // chunk_rows, positions):
-                        offset, nbytes = index[int(chunk)]
-                        if offset == empty:
-                            continue  # a chunk never written reads as the fill value, as in zarr
-                        if nbytes != chunk_bytes or offset + nbytes > size:
-                            raise CorruptStoreError(f"vault store {self.path}: the shard index of {path} is damaged "
-                                                    "(a chunk of the wrong size); rebuild the store")
-                        if checksummed or chunk_rows > 1:
-                            data = os.pread(fd, chunk_bytes, int(offset))
-                            if checksummed:
-                                data = verified(data, path, f"the chunk of row {rows[in_chunk[0]]}")
-                            values = np.frombuffer(data, dtype=DTYPE).reshape(chunk_rows, *row_shape)
-                            out[in_chunk] = values[rows[in_chunk] % chunk_rows]
-                        # One row a chunk, no checksum: straight into the output row, no extra copy.
-                        elif os.preadv(fd, [memoryview(out[in_chunk[0]]).cast("B")], int(offset)) != row_bytes:
-                            raise OSError(f"short read in {path}: the shard changed while being read")
+                    offset, nbytes = index[chunk]
+                    if offset == empty:
+                        continue  # a chunk never written reads as the fill value, as in zarr
+                    if nbytes != chunk_bytes or offset + nbytes > size:
+                        raise CorruptStoreError(f"vault store {self.path}: the shard index of {path} is damaged "
+                                                "(a chunk of the wrong size); rebuild the store")
+                    positions = np.flatnonzero(which == j)
+                    if checksummed or chunk_rows > 1:
+                        data = os.pread(fd, chunk_bytes, int(offset))
+                        if checksummed:
+                            data = verified(data, path, f"the chunk of row {rows[positions[0]]}")
+                        values = np.frombuffer(data, dtype=DTYPE).reshape(chunk_rows, *row_shape)
+                        out[positions] = values[rows[positions] % chunk_rows]
+                    # One row a chunk, no checksum: straight into the output row, no extra copy.
+                    elif os.preadv(fd, [memoryview(out[positions[0]]).cast("B")], int(offset)) != row_bytes:
+                        raise OSError(f"short read in {path}: the shard changed while being read")
+                    else:
+                        out[positions[1:]] = out[positions[0]]
             return out
 
         files: OrderedDict = OrderedDict()
@@ -330,10 +340,3 @@ def folder_bytes(path) -> int:
     """Bytes of every file under `path` (0 when it does not exist), on disk or object storage."""
     return tree_bytes(path)
 
-
-def _group_by(keys: np.ndarray, values: np.ndarray):
-    order = np.argsort(keys, kind="stable")
-    keys, values = keys[order], values[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    for start, end in zip(starts, np.r_[starts[1:], len(keys)]):
-        yield keys[start], values[start:end]
