@@ -291,6 +291,16 @@ def _shard_pending(catalog_path: Path, rows_table: str, key: str, work_sql: str,
     return [item for item in work if item[0] not in waiting], present, next_row
 
 
+def _work(home: LunaHome, profile: ModelProfile, rows_table: str, key: str, work_sql: str, path: Path,
+          shard: Shard | None) -> tuple[list, int, int]:
+    """(items to embed, rows present, next row) for the store, or for one shard of it."""
+    if shard is not None:
+        return _shard_pending(home.catalog_path, rows_table, key, work_sql, path, shard)
+    if pending_manifests(path):  # rows shards embedded: commit them first, never embed them twice
+        commit_segments(home, profile)
+    return _pending(home.catalog_path, rows_table, key, work_sql, path)
+
+
 def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
     """Put every shard's new manifests into the catalog, one transaction per store; a manifest already
     committed adds nothing. Returns rows committed by kind."""
@@ -407,12 +417,7 @@ def embed_images(
           AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = i.content_hash)
           {shard}
         GROUP BY i.content_hash ORDER BY path"""
-    if shard is None:
-        if pending_manifests(path):  # rows shards embedded: commit them first, never embed them twice
-            commit_segments(home, profile)
-        work, report.already_present, next_row = _pending(catalog_path, "vision_rows", key, work_sql, path)
-    else:
-        work, report.already_present, next_row = _shard_pending(catalog_path, "vision_rows", key, work_sql, path, shard)
+    work, report.already_present, next_row = _work(home, profile, "vision_rows", key, work_sql, path, shard)
     if not work:  # nothing new: no model load, no store write
         return _finish(report, path, started, next_row)
 
@@ -500,12 +505,7 @@ def embed_prompts(
           AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = p.prompt_hash)
           {shard}
         ORDER BY p.prompt_hash"""
-    if shard is None:
-        if pending_manifests(path):  # rows shards embedded: commit them first, never embed them twice
-            commit_segments(home, profile)
-        work, report.already_present, next_row = _pending(catalog_path, "text_rows", key, work_sql, path)
-    else:
-        work, report.already_present, next_row = _shard_pending(catalog_path, "text_rows", key, work_sql, path, shard)
+    work, report.already_present, next_row = _work(home, profile, "text_rows", key, work_sql, path, shard)
     if not work:
         return _finish(report, path, started, next_row)
 
