@@ -21,10 +21,14 @@ QUEUE = "dagster"
 log = logging.getLogger(__name__)
 
 # Workers take one step at a time and record when they start one (with their name), which is what
-# lets `reap_lost_steps` tell a running step from one whose worker is gone.
+# lets `reap_lost_steps` tell a running step from one whose worker is gone. They reserve no message
+# beyond the step in hand: a worker that dies holding one would leave it undelivered (Redis hands an
+# unacknowledged message to another worker only after its visibility timeout, an hour) and its run
+# waiting on it.
 CELERY_SETTINGS = {
     "task_track_started": True,
     "worker_prefetch_multiplier": 1,
+    "worker_disable_prefetch": True,
     "broker_connection_retry_on_startup": True,
     "result_expires": 7 * 24 * 3600,
 }
@@ -86,17 +90,22 @@ def live_workers(app, timeout: float = 2.0) -> set[str]:
 
 
 def reap_lost_steps(app, timeout: float = 2.0) -> list[str]:
-    """Steps started by a worker that no longer answers a ping are marked failed in the result backend
-    (the run then fails, and its partition can be run again). Returns one line per step."""
+    """Steps started by a worker that no longer answers a ping (two in a row) are marked failed in the
+    result backend (the run then fails, and its partition can be run again). Returns one line per step."""
     from billiard.exceptions import WorkerLostError
 
-    alive = live_workers(app, timeout)
-    reaped = []
+    started = {}
     for key in app.backend.client.scan_iter(match=b"celery-task-meta-*"):
         task_id = key.decode().removeprefix("celery-task-meta-")
         meta = app.backend.get_task_meta(task_id)
-        worker = (meta.get("result") or {}).get("hostname") if meta.get("status") == "STARTED" else None
-        if worker and worker not in alive:
+        if meta.get("status") == "STARTED" and (meta.get("result") or {}).get("hostname"):
+            started[task_id] = meta["result"]["hostname"]
+    alive = live_workers(app, timeout) if started else set()
+    if any(worker not in alive for worker in started.values()):
+        alive |= live_workers(app, timeout)  # a worker must miss two pings in a row: one can be a hiccup
+    reaped = []
+    for task_id, worker in started.items():
+        if worker not in alive:
             message = f"celery worker {worker} stopped answering while it ran task {task_id}"
             app.backend.mark_as_failure(task_id, WorkerLostError(message))
             log.warning("%s: marked failed", message)

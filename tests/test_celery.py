@@ -41,7 +41,7 @@ def _post(url: str, query: str, variables: dict) -> dict:
         return json.loads(response.read())
 
 
-def _until(condition, timeout: float, what: str, every: float = 0.5):
+def _until(condition, timeout: float, what: str, every: float = 0.5, explain=None):
     """A bounded poll of `condition` (a state held by other processes: the run storage, the broker)."""
     deadline, pause = time.monotonic() + timeout, threading.Event()
     while True:
@@ -49,8 +49,15 @@ def _until(condition, timeout: float, what: str, every: float = 0.5):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+            raise AssertionError(f"{what}: not within {timeout:.0f}s" + (f"\n{explain()}" if explain else ""))
         pause.wait(every)
+
+
+def _state(instance, services: list[Service]) -> str:
+    """What the runs and the services were doing, for a failure message."""
+    runs = [f"{r.run_id[:8]} {r.status.value} {r.tags.get('dagster/partition')}" for r in instance.get_runs()]
+    tails = [f"--- {s.name}:\n" + "\n".join(s.lines[-25:]) for s in services]
+    return "runs: " + "; ".join(runs) + "\n" + "\n".join(tails)
 
 
 @pytest.fixture
@@ -190,7 +197,8 @@ def test_a_backfill_of_every_shard_on_two_celery_workers_survives_losing_one(sha
         app = celery_app(celery_broker(home))
         reaped = _until(lambda: reap_lost_steps(app), 60, "the dead worker's step to be reaped")
         assert len(reaped) == 1 and "w1@luna-test" in reaped[0]
-        _until(lambda: _settled(url, first, instance), 600, "the first backfill to settle")
+        _until(lambda: _settled(url, first, instance), 300, "the first backfill to settle",
+               explain=lambda: _state(instance, services))
 
         # w1's partition failed, naming the lost worker; Luna's instance retries such a run (run retries).
         held = Shard.parse("/".join(reversed(said.split("hanging in ")[1].split("-")[:2]))).key
@@ -201,7 +209,8 @@ def test_a_backfill_of_every_shard_on_two_celery_workers_survives_losing_one(sha
         # Re-running the failed partition, as a person would from the UI, completes and adds nothing.
         rows_before = _vault_rows(home)
         again = _backfill(url, [held])
-        _until(lambda: _settled(url, again, instance), 600, "the re-run of the failed partition")
+        _until(lambda: _settled(url, again, instance), 300, "the re-run of the failed partition",
+               explain=lambda: _state(instance, services))
         assert _vault_rows(home) == rows_before
         assert _materialized(instance) == {key: set(partitions) for key in STORES}, "\n".join(ui.lines[-60:])
         assert _celery_workers(instance) == {"w1@luna-test", "w2@luna-test"}  # both took partitions
