@@ -154,6 +154,7 @@ def main() -> int:
     parser.add_argument("--text-rows", type=int, default=4096, help="conditioning rows for the vault query figure")
     parser.add_argument("--skip-flat", action="store_true")
     parser.add_argument("--skip-extras", action="store_true", help="no incremental-add and vault-query figures")
+    parser.add_argument("--project", type=int, default=5_000_000, help="library size the memory projection is for")
     parser.add_argument("--json")
     args = parser.parse_args()
     results = [run_seed(args, int(seed)) for seed in args.seed.split(",")]
@@ -163,6 +164,13 @@ def main() -> int:
             row = r["rows"][-1]
             print(f"{r['seed']:<5} {row['index']:38s} {row['recall@10']:.4f}     {row['p50_ms_1t']:6.3f}   "
                   f"{row['p99_ms_1t']:6.3f}   {row['p50_ms_2t']:6.3f}   {r['resident_bytes_per_vector']:,.0f}")
+    project = args.project
+    per_vector = float(np.mean([r["resident_bytes_per_vector"] for r in results]))
+    build_per_vector = float(np.mean([r["rows"][-1]["build_s"] for r in results])) / args.vectors
+    print(f"\nprojection to {project:,} vectors at these per-vector costs: index resident "
+          f"{per_vector * project / 1e9:.1f} GB; the vault's float16 rows {args.dims * 2 * project / 1e9:.1f} GB on disk "
+          f"(read by re-ranking through the page cache); build about {build_per_vector * project / 60:.0f} min "
+          "(linear: an upper bound, training is a fixed cost)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
