@@ -46,7 +46,7 @@ def print_catalog_summary(home: LunaHome) -> None:
 
 def print_vault_summary(home: LunaHome) -> None:
     from luna_core import catalog
-    from luna_core.vault.segments import store_bytes
+    from luna_core.vault.segments import pending_manifests, store_bytes
 
     with catalog.open_catalog(home.catalog_path, read_only=True) as con:
         stores = catalog.vault_stores(con)
@@ -56,10 +56,13 @@ def print_vault_summary(home: LunaHome) -> None:
     rows = []
     for store in stores:
         shape_text = ", ".join(f"{k} {list(v)}" for k, v in json.loads(store["shapes"]).items())
+        location = home.recorded_store(store["path"])
+        waiting = len(pending_manifests(location))
         notes = (f"{store['truncated']} prompts over 77 tokens" if store["truncated"] else "") + \
-            (f" {store['failed']} failed" if store["failed"] else "")
+            (f" {store['failed']} failed" if store["failed"] else "") + \
+            (f" {waiting} shard manifest(s) wait for luna_catalog's commit" if waiting else "")
         rows.append({"store": store["kind"], "rows": store["rows"], "shape per row": shape_text,
-                     "MB": f"{store_bytes(home.recorded_store(store['path'])) / 1e6:.2f}", "notes": notes})
+                     "MB": f"{store_bytes(location) / 1e6:.2f}", "notes": notes})
     print_table(rows, ["store", "rows", "shape per row", "MB", "notes"], {"shape per row": 60})
 
 

@@ -124,3 +124,19 @@ def test_a_shard_is_named_and_checked():
     for bad in ("16/16", "x/2", "1/0", "1/2048"):
         with pytest.raises(LunaConfigError):
             Shard.parse(bad)
+
+
+def test_status_says_when_shard_rows_wait_for_the_commit(tiny_home, capsys):
+    from luna_cli.main import main
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.vault.embed import EmbedOptions, commit_segments, embed_images
+
+    profile = resolve_profile("tiny", tiny_home.models_dir)
+    embed_images(tiny_home, profile, EmbedOptions(progress=False), shard=Shard(0, 2))
+    commit_segments(tiny_home, profile)
+    embed_images(tiny_home, profile, EmbedOptions(progress=False), shard=Shard(1, 2))
+    assert main(["status", "--home", str(tiny_home.root)]) == 0
+    assert "1 shard manifest(s) wait for luna_catalog's commit" in capsys.readouterr().out
+    commit_segments(tiny_home, profile)
+    assert main(["status", "--home", str(tiny_home.root)]) == 0
+    assert "wait for luna_catalog" not in capsys.readouterr().out
