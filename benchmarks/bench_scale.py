@@ -1,13 +1,14 @@
 """The vault embedded by shards in worker processes against the single-store path, in one run.
 
-    .venv/bin/python benchmarks/bench_scale.py --images 600 --shards 4
+    .venv/bin/python benchmarks/bench_scale.py --images 600 --shards 4 --celery
 
 The same ingested library, three ways (tiny profile, CPU): the single-store path in one process; the
 shards one after another in one worker process; the shards split over two worker processes at once.
 Prints wall time, images/s, the commit step's time, and the overhead of the sharded path on one
 worker against the single-store path, and what N machines would give for a library of `--project`
-images at this run's per-worker rate. The workers here are plain processes on this machine; each
-reads the catalog but never writes it, which is what lets them run on other machines too.
+images at this run's per-worker rate. With `--celery`, the shards also run as Dagster partition runs
+whose steps go to one, then two `luna worker` processes (Redis started here). Every worker reads
+the catalog but never writes it, which is what lets them run on other machines too.
 """
 
 from __future__ import annotations
@@ -41,6 +42,74 @@ WORKER = textwrap.dedent("""
 """)
 
 
+# One partition's run through Dagster, its steps sent to the Celery workers by the home's executor.
+RUN_PARTITION = textwrap.dedent("""
+    import sys
+    import dagster as dg
+    from dagster_project.definitions import luna_build_all_job
+    from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
+    result = dg.execute_job(dg.reconstructable(luna_build_all_job), dg.DagsterInstance.get(),
+                            tags={"dagster/partition": sys.argv[1]},
+                            asset_selection=[VISION_EMBEDDINGS, TEXT_CONDITIONINGS])
+    sys.exit(0 if result.success else 1)
+""")
+
+
+def _started(command: list[str], ready: str, env: dict) -> subprocess.Popen:
+    """A server or worker, once it printed `ready` (its output is drained by a thread from then on)."""
+    import threading
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if ready in line:
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+            return process
+    raise SystemExit(f"{command[0]} stopped before it was ready:\n" + "".join(seen[-20:]))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    import signal
+
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(60)
+
+
+def _run_on_celery(home, keys: list[str], workers: int) -> float:
+    """Every partition's run at once, their steps on `workers` Celery workers (Redis started here)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, LUNA_HOME=str(home.root), DAGSTER_HOME=str(home.dagster_home))
+    redis = _started([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                      "--save", "", "--appendonly", "no"], "Ready to accept connections", env)
+    started_workers = []
+    try:
+        home.set_setting("scale", "celery_broker", f"redis://127.0.0.1:{port}/0")
+        home.set_operations_setting("gpu_slots", workers)
+        home.ensure()
+        import dagster as dg
+
+        dg.DagsterInstance.from_config(str(home.dagster_home)).get_runs(limit=1)  # storage made once, not by 4 at once
+        luna = str(Path(sys.executable).with_name("luna"))
+        for n in range(workers):
+            started_workers.append(_started([luna, "worker", "--home", str(home.root), "--name", f"bench{n}@%h"],
+                                            " ready.", env))
+        started = time.perf_counter()
+        runs = [subprocess.Popen([sys.executable, "-c", RUN_PARTITION, key], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL) for key in keys]
+        if any(run.wait() != 0 for run in runs):
+            raise SystemExit("a partition's run failed")
+        return time.perf_counter() - started
+    finally:
+        for process in started_workers + [redis]:
+            _stop(process)
+
+
 def _run(home: Path, groups: list[list[str]]) -> float:
     started = time.perf_counter()
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(home), *group]) for group in groups]
@@ -54,6 +123,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--celery", action="store_true",
+                        help="also run the shards as Dagster partition runs on 1 and 2 Celery workers (needs redis-server)")
     parser.add_argument("--project", type=int, default=500_000, help="library size the N-machine projection is for")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -99,6 +170,22 @@ def main() -> int:
             assert done["vision"] == images, done
         rows.append({"path": name, "wall_s": wall, "images_per_s": images / wall, "commit_s": commit})
         print(f"{name:26s} wall {wall:6.1f} s  {images / wall:6.1f} images/s  commit {commit:5.2f} s", flush=True)
+    if args.celery:  # the same shards as Dagster partition runs, their steps on Celery workers
+        if not shutil.which("redis-server"):
+            raise SystemExit("--celery needs Debian's redis-server")
+        from luna_core.vault.segments import shard_keys
+
+        for workers in (1, 2):
+            name = f"{args.shards} shards, Celery, {workers} worker{'s' if workers > 1 else ''}"
+            home = fresh(name.replace(" ", "_").replace(",", ""))
+            home.set_vault_shards(args.shards)
+            wall = _run_on_celery(home, shard_keys(args.shards), workers)
+            started = time.perf_counter()
+            done = commit_segments(home, profile)
+            commit = time.perf_counter() - started
+            assert done["vision"] == images, done
+            rows.append({"path": name, "wall_s": wall, "images_per_s": images / wall, "commit_s": commit})
+            print(f"{name:26s} wall {wall:6.1f} s  {images / wall:6.1f} images/s  commit {commit:5.2f} s", flush=True)
     overhead = (rows[1]["wall_s"] + rows[1]["commit_s"]) / rows[0]["wall_s"] - 1
     speedup = (rows[1]["wall_s"] + rows[1]["commit_s"]) / (rows[2]["wall_s"] + rows[2]["commit_s"])
     print(f"sharded path on 1 worker vs single store: {overhead:+.1%} (goal under +10 %); "
