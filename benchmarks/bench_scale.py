@@ -157,19 +157,21 @@ def main() -> int:
     shards = [f"{i}/{args.shards}" for i in range(args.shards)]
     figures = {"images": images, "shards": args.shards, "size": args.size}
     rows = []
-    for name, groups in (("single store, 1 process", [[]]),
-                         (f"{args.shards} shards, 1 worker", [shards]),
-                         (f"{args.shards} shards, 2 workers", [shards[0::2], shards[1::2]])):
-        home = fresh(name.replace(" ", "_").replace(",", ""))
-        wall = _run(home.root, groups)
+    def record(name: str, home, wall: float, sharded: bool) -> None:
         commit = 0.0
-        if groups != [[]]:
+        if sharded:
             started = time.perf_counter()
             done = commit_segments(home, profile)
             commit = time.perf_counter() - started
             assert done["vision"] == images, done
         rows.append({"path": name, "wall_s": wall, "images_per_s": images / wall, "commit_s": commit})
         print(f"{name:26s} wall {wall:6.1f} s  {images / wall:6.1f} images/s  commit {commit:5.2f} s", flush=True)
+
+    for name, groups in (("single store, 1 process", [[]]),
+                         (f"{args.shards} shards, 1 worker", [shards]),
+                         (f"{args.shards} shards, 2 workers", [shards[0::2], shards[1::2]])):
+        home = fresh(name.replace(" ", "_").replace(",", ""))
+        record(name, home, _run(home.root, groups), sharded=groups != [[]])
     if args.celery:  # the same shards as Dagster partition runs, their steps on Celery workers
         if not shutil.which("redis-server"):
             raise SystemExit("--celery needs Debian's redis-server")
@@ -179,13 +181,7 @@ def main() -> int:
             name = f"{args.shards} shards, Celery, {workers} worker{'s' if workers > 1 else ''}"
             home = fresh(name.replace(" ", "_").replace(",", ""))
             home.set_vault_shards(args.shards)
-            wall = _run_on_celery(home, shard_keys(args.shards), workers)
-            started = time.perf_counter()
-            done = commit_segments(home, profile)
-            commit = time.perf_counter() - started
-            assert done["vision"] == images, done
-            rows.append({"path": name, "wall_s": wall, "images_per_s": images / wall, "commit_s": commit})
-            print(f"{name:26s} wall {wall:6.1f} s  {images / wall:6.1f} images/s  commit {commit:5.2f} s", flush=True)
+            record(name, home, _run_on_celery(home, shard_keys(args.shards), workers), sharded=True)
     overhead = (rows[1]["wall_s"] + rows[1]["commit_s"]) / rows[0]["wall_s"] - 1
     speedup = (rows[1]["wall_s"] + rows[1]["commit_s"]) / (rows[2]["wall_s"] + rows[2]["commit_s"])
     print(f"sharded path on 1 worker vs single store: {overhead:+.1%} (goal under +10 %); "
