@@ -108,8 +108,9 @@ def measure(name: str, index, queries: np.ndarray, truth: np.ndarray, build_s: f
 def vault_query_latency(vectors: np.ndarray, index, rows: int, k: int = 5, seq: int = 77, width: int = 2048,
                         pooled: int = 1280, queries: int = 200) -> dict:
     """Embedding in → k neighbours → their conditioning rows read from a Zarr text store → weighted mean."""
+    from luna_core.storage import tree_bytes
     from luna_core.vault.query import weighted_sum
-    from luna_core.vault.store import TEXT_LAYOUT, RowStore, folder_bytes
+    from luna_core.vault.store import TEXT_LAYOUT, RowStore
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-vault-q-"))
     store = RowStore.open(work / "text.zarr", {"prompt_embeds": (seq, width), "pooled_prompt_embeds": (pooled,)},
@@ -131,7 +132,7 @@ def vault_query_latency(vectors: np.ndarray, index, rows: int, k: int = 5, seq: 
         _ = (weighted_sum(weights, store.read_rows("prompt_embeds", picked)).reshape(seq, width),
              weighted_sum(weights, store.read_rows("pooled_prompt_embeds", picked)))
         times.append((time.perf_counter() - started) * 1000)
-    bytes_on_disk = folder_bytes(work)
+    bytes_on_disk = tree_bytes(work)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,6 @@
 """The `vault` domain (group `embeddings`): the two Zarr stores, filled incrementally after every ingest."""
 
 import hashlib
-from pathlib import Path
 
 import dagster as dg
 
@@ -12,6 +11,7 @@ from luna_assets.metadata import check_results, progress_logger, seconds
 from luna_core.catalog import open_catalog, vault_rows_digest
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
+from luna_core.storage import location
 from luna_core.vault.checks import check_store
 from luna_core.vault.embed import EmbedReport, embed_images, embed_prompts
 from luna_core.vault.segments import Shard, shard_keys, shard_manifests
@@ -31,7 +31,7 @@ def _check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
 
 def _data_version(luna: LunaHomeResource, report: EmbedReport, shard: Shard | None) -> dg.DataVersion:
     if shard is not None:  # a shard's rows are its manifests (each written once, under a unique name)
-        names = "\n".join(p.name for p in shard_manifests(Path(report.store_path), shard, committed=True))
+        names = "\n".join(p.name for p in shard_manifests(location(report.store_path), shard, committed=True))
         return dg.DataVersion(f"{report.store_key}:{shard.key}:{hashlib.sha256(names.encode()).hexdigest()[:16]}")
     with open_catalog(luna.luna_home.catalog_path, read_only=True) as con:
         rows = vault_rows_digest(con, report.kind, report.store_key)

@@ -107,8 +107,9 @@ class LunaHome:
 
     def mlflow_artifacts(self) -> str:
         """Where MLflow keeps checkpoints and report files: under [storage] root when set, else the home."""
-        if self.storage_root is not None:
-            return f"{self.storage_root}/mlflow-artifacts"
+        root = self.storage_root
+        if root is not None:
+            return f"{root}/mlflow-artifacts"
         return (self.mlflow_dir / "artifacts").absolute().as_uri()
 
     def store_label(self, path) -> str:

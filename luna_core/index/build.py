@@ -12,14 +12,7 @@ import numpy as np
 
 from luna_core.catalog import open_catalog
 from luna_core.errors import CorruptStoreError, NotBuiltError
-from luna_core.index.faiss_index import (
-    IndexSettings,
-    RerankedIndex,
-    build_index,
-    plan_index,
-    reranks_from_vault,
-    single_query_latency,
-)
+from luna_core.index.faiss_index import IndexSettings, build_index, plan_index, searcher_for, single_query_latency
 from luna_core.index.store import IndexStore, load_index, vault_fetch
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
@@ -87,9 +80,7 @@ def _update_in_place(store: IndexStore, loaded, vision: RowStore, rows: np.ndarr
         index.add_with_ids(_vectors(vision, rows[new_mask]), ids[new_mask])
     live = int(index.ntotal) - len(departed)
     sample = _vectors(vision, rows[np.random.default_rng(0).choice(len(rows), min(100, len(rows)), replace=False)])
-    searcher = RerankedIndex(index, vault_fetch(vision, ids, rows), old.get("search_params", {}).get("k_factor") or 2) \
-        if reranks_from_vault(old.get("plan", {})) else index  # as queries search it
-    p50, p99 = single_query_latency(searcher, sample)
+    p50, p99 = single_query_latency(searcher_for(index, old, vault_fetch(vision, ids, rows)), sample)
     meta = {**old, **meta_common, "vectors": live, "retired_vectors": len(departed), "p50_ms": p50, "p99_ms": p99,
             "added_since_build": int(old.get("added_since_build", 0)) + added,
             "removed_since_build": int(old.get("removed_since_build", 0)) + removed,

@@ -132,17 +132,29 @@ class RerankedIndex:
         return sims, ids
 
 
+def id_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in `sorted_ids`, found) of each wanted id; a position is meaningless where not found."""
+    pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(0, len(sorted_ids) - 1))
+    return pos, (len(sorted_ids) > 0) & (sorted_ids[pos] == wanted)
+
+
 def memory_fetch(vectors: np.ndarray, ids: np.ndarray):
     """A `fetch` over vectors held in memory (the build's own copy), by id."""
     order = np.argsort(ids)
     sorted_ids = ids[order]
 
     def fetch(wanted: np.ndarray):
-        pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(0, len(sorted_ids) - 1))
-        found = (len(sorted_ids) > 0) & (sorted_ids[pos] == wanted)
+        pos, found = id_positions(sorted_ids, wanted)
         return vectors[order[pos]], found
 
     return fetch
+
+
+def searcher_for(index, meta: dict, fetch):
+    """The index as queries search it: re-ranked through `fetch` when its plan re-ranks from the vault."""
+    if not reranks_from_vault(meta.get("plan", {})):
+        return index
+    return RerankedIndex(index, fetch, meta.get("search_params", {}).get("k_factor") or 2)
 
 
 def _faiss():

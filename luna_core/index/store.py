@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from luna_core.errors import CorruptStoreError, NotBuiltError
+from luna_core.index.faiss_index import id_positions
 from luna_core.storage import is_remote, location, remove_tree, write_whole
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,7 @@ def vault_fetch(vision, ids: np.ndarray, rows: np.ndarray):
     width = vision.fields["embeds"][0]
 
     def fetch(wanted: np.ndarray):
-        pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(0, len(sorted_ids) - 1))
-        found = (len(sorted_ids) > 0) & (sorted_ids[pos] == wanted)
+        pos, found = id_positions(sorted_ids, wanted)
         vectors = np.zeros((len(wanted), width), dtype=np.float16)
         if found.any():
             vectors[found] = vision.read_rows("embeds", sorted_rows[pos[found]])
@@ -188,20 +188,17 @@ class LoadedIndex:
 
     def reranked_from(self, vision) -> "LoadedIndex":
         """For an index that re-ranks from the vault: its search re-ranks against `vision`'s rows."""
-        from luna_core.index.faiss_index import RerankedIndex, reranks_from_vault
+        from luna_core.index.faiss_index import RerankedIndex, reranks_from_vault, searcher_for
 
         if reranks_from_vault(self.meta.get("plan", {})) and not isinstance(self.index, RerankedIndex):
-            ids = self.lookup.column("image_id").to_numpy()
-            rows = self.lookup.column("vision_row").to_numpy()
-            k_factor = self.meta.get("search_params", {}).get("k_factor") or 2
-            self.index = RerankedIndex(self.index, vault_fetch(vision, ids, rows), k_factor)
+            fetch = vault_fetch(vision, self.lookup.column("image_id").to_numpy(),
+                                self.lookup.column("vision_row").to_numpy())
+            self.index = searcher_for(self.index, self.meta, fetch)
         return self
 
     def rows_for(self, image_ids: np.ndarray) -> np.ndarray:
         """Lookup rows of the given ids; -1 for ids no longer in the library (missing files)."""
-        pos = np.searchsorted(self.ids, image_ids)
-        pos = np.clip(pos, 0, max(0, len(self.ids) - 1))
-        found = (len(self.ids) > 0) & (self.ids[pos] == image_ids)
+        pos, found = id_positions(self.ids, image_ids)
         return np.where(found, self.order[pos], -1)
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from luna_core.errors import LunaConfigError
-from luna_core.storage import location, read_parquet
-from luna_core.vault.store import RowStore, folder_bytes
+from luna_core.storage import location, read_parquet, tree_bytes
+from luna_core.vault.store import RowStore
 
 SEGMENT_BITS = 40
 LOCAL_MASK = (1 << SEGMENT_BITS) - 1
@@ -177,7 +177,7 @@ def open_store(path: Path, layout) -> RowStore | SegmentedStore:
 
 def store_bytes(path: Path) -> int:
     """Bytes on disk of a store and its segments (manifests included)."""
-    return folder_bytes(path) + folder_bytes(segments_dir(path))
+    return tree_bytes(path) + tree_bytes(segments_dir(path))
 
 
 def store_exists(path: Path) -> bool:

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
-from luna_core.storage import is_remote, location, tree_bytes
+from luna_core.storage import is_remote, location
 
 DTYPE = "float16"
 OPEN_SHARDS = 256  # shard files a reader keeps open per array
@@ -334,9 +334,3 @@ def _close_all(files: dict) -> None:
 def _inner_codecs(array_path: Path) -> list[str]:
     meta = json.loads((array_path / "zarr.json").read_text())
     return [c.get("name") for c in meta.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])]
-
-
-def folder_bytes(path) -> int:
-    """Bytes of every file under `path` (0 when it does not exist), on disk or object storage."""
-    return tree_bytes(path)
-
