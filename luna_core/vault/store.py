@@ -184,8 +184,10 @@ class RowStore:
         """A few rows at random, fast: straight from the shard files when the layout is the plain one
         Luna writes (chunks of whole rows, uncompressed, index at the shard's end), else through zarr.
 
-        zarr-python spends about a millisecond of machinery per call; a k-NN answer reads k rows
-        scattered over the store, so this path reads each row with two positioned reads instead."""
+        zarr-python spends about a millisecond of machinery per call; a k-NN answer (or an index's
+        re-ranking) reads tens of rows scattered over the store, so this path reads them with positioned
+        reads instead. A chunk is read whole and checked against its CRC32C the first time this reader
+        meets it in an unchanged file (same inode, size and mtime); after that, the rows alone are read."""
         reader = self._shard_reader(name)
         if reader is None:
             return self.read(name, rows)
@@ -218,17 +220,16 @@ class RowStore:
         index_bytes = shard_rows // chunk_rows * 16 + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
         chunk_bytes = chunk_rows * row_bytes + (4 if checksummed else 0)
         zero_dims = "/".join("0" for _ in row_shape)
-        empty = np.uint64(2**64 - 1)
-        from numcodecs.checksum32 import CRC32C
+        empty = 2**64 - 1
+        from google_crc32c import value as crc32c
 
-        crc = CRC32C(location="end")
-
-        def verified(data: bytes, path: Path, what: str) -> bytes:
-            try:
-                return crc.decode(data)
-            except RuntimeError:
+        def verified(data: bytes, path: Path, what: str) -> np.ndarray:
+            """The data (bytes, no copy) without its trailing CRC32C (zarr's crc32c codec: little-endian, at the end)."""
+            body = np.frombuffer(data, dtype=np.uint8)[:-4]
+            if crc32c(body) != int.from_bytes(data[-4:], "little"):
                 raise CorruptStoreError(f"vault store {self.path}: {what} in {path} fails its CRC32C checksum; "
-                                        "rebuild the store (delete it and run luna build)") from None
+                                        "rebuild the store (delete it and run luna build)")
+            return body
 
         def shard_index(path: Path):
             """(fd, size, chunk index) of a shard file, kept open while the file is unchanged (a query reads a
@@ -251,7 +252,8 @@ class RowStore:
             except BaseException:
                 os.close(fd)
                 raise
-            files[path] = (key, fd, size, np.frombuffer(raw_index, dtype="<u8").reshape(-1, 2))
+            chunks = np.frombuffer(raw_index, dtype="<u8").reshape(-1, 2).tolist()
+            files[path] = (key, fd, size, chunks, bytearray(len(chunks)))  # last: chunks checked while unchanged
             while len(files) > OPEN_SHARDS:
                 os.close(files.popitem(last=False)[1][1])
             return files[path][1:]
@@ -261,36 +263,46 @@ class RowStore:
 
         def read(rows: np.ndarray) -> np.ndarray:
             out = np.zeros((len(rows), *row_shape), dtype=DTYPE)
-            # One pass per distinct chunk, in file order; a row asked twice is read once.
-            chunk_keys, which = np.unique(rows // chunk_rows, return_inverse=True)
+            # One pass per distinct chunk, in file order; a row asked twice is read once. Per-chunk work is
+            # plain Python on ints: a query's re-ranking reads tens of rows from as many chunks.
+            chunk_of = rows // chunk_rows
+            order = np.argsort(chunk_of, kind="stable")
+            sorted_chunks = chunk_of[order]
+            starts = np.flatnonzero(np.r_[True, sorted_chunks[1:] != sorted_chunks[:-1]]).tolist()
+            keys, order_list, row_list = sorted_chunks[starts].tolist(), order.tolist(), rows.tolist()
+            opened_now: dict[int, tuple | None] = {}
             with lock:
-                for j, key in enumerate(chunk_keys.tolist()):
+                for j, key in enumerate(keys):
                     shard, chunk = divmod(key, chunks_per_shard)
-                    path = shard_paths.get(shard)
-                    if path is None:
-                        path = shard_paths[shard] = self.path / name / "c" / str(shard) / zero_dims
-                    opened = shard_index(path)
+                    if shard not in opened_now:
+                        path = shard_paths.get(shard)
+                        if path is None:
+                            path = shard_paths[shard] = self.path / name / "c" / str(shard) / zero_dims
+                        opened_now[shard] = (path, shard_index(path))
+                    path, opened = opened_now[shard]
                     if opened is None:
                         continue  # a shard never written reads as the fill value, as in zarr
-                    fd, size, index = opened
+                    fd, size, index, checked = opened
                     offset, nbytes = index[chunk]
                     if offset == empty:
                         continue  # a chunk never written reads as the fill value, as in zarr
                     if nbytes != chunk_bytes or offset + nbytes > size:
                         raise CorruptStoreError(f"vault store {self.path}: the shard index of {path} is damaged "
                                                 "(a chunk of the wrong size); rebuild the store")
-                    positions = np.flatnonzero(which == j)
-                    if checksummed or chunk_rows > 1:
-                        data = os.pread(fd, chunk_bytes, int(offset))
-                        if checksummed:
-                            data = verified(data, path, f"the chunk of row {rows[positions[0]]}")
+                    positions = order_list[starts[j]: starts[j + 1] if j + 1 < len(starts) else len(order_list)]
+                    if checksummed and not checked[chunk]:
+                        # First read of this chunk from this file: whole, against its checksum.
+                        data = verified(os.pread(fd, chunk_bytes, offset), path, f"the chunk of row {row_list[positions[0]]}")
+                        checked[chunk] = 1
                         values = np.frombuffer(data, dtype=DTYPE).reshape(chunk_rows, *row_shape)
-                        out[positions] = values[rows[positions] % chunk_rows]
-                    # One row a chunk, no checksum: straight into the output row, no extra copy.
-                    elif os.preadv(fd, [memoryview(out[positions[0]]).cast("B")], int(offset)) != row_bytes:
-                        raise OSError(f"short read in {path}: the shard changed while being read")
-                    else:
-                        out[positions[1:]] = out[positions[0]]
+                        for position in positions:
+                            out[position] = values[row_list[position] % chunk_rows]
+                        continue
+                    # Checked before (the file unchanged since) or no checksum: each row straight into its place.
+                    for position in positions:
+                        at = offset + (row_list[position] % chunk_rows) * row_bytes
+                        if os.preadv(fd, [memoryview(out[position]).cast("B")], at) != row_bytes:
+                            raise OSError(f"short read in {path}: the shard changed while being read")
             return out
 
         files: OrderedDict = OrderedDict()
