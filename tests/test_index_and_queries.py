@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from luna_core.index.build import update_index
-from luna_core.index.faiss_index import GIB, IndexSettings, build_index, plan_index
+from luna_core.index.faiss_index import GIB, IndexSettings, build_index, exact_neighbors, plan_index, probing_every_list
 from luna_core.index.store import IndexStore, load_index
 from luna_core.library import build_library
 from luna_core.models.profiles import resolve_profile
@@ -54,6 +54,52 @@ def test_approximate_build_measures_recall_and_keeps_catalog_ids():
     assert found[:, 0].tolist() == ids[:5].tolist()  # a stored vector finds itself, by catalog id
     flat, flat_stats = build_index(x, ids)
     assert flat_stats.plan["kind"] == "flat" and flat_stats.recall_at_10 == 1.0
+
+
+def test_each_query_probes_the_lists_its_neighbourhood_spans():
+    """Per-query probing (indexes re-ranked from the vault): a query in a small, well-separated cluster
+    probes a list or two; one in a dense cluster probes the many lists the cluster was split into, and
+    finds its neighbours there, which the small clusters' nprobe given to every query could not."""
+    from luna_core.index.faiss_index import RerankedIndex, _parts, memory_fetch, recall_at, set_search_params
+
+    rng = np.random.default_rng(3)
+    d = 64
+
+    def around(centers: np.ndarray, n_each: int) -> np.ndarray:
+        points = np.repeat(centers, n_each, axis=0) + 0.15 * rng.normal(size=(len(centers) * n_each, d))
+        return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+    dense_center = rng.normal(size=(1, d))
+    x = np.concatenate([around(dense_center, 3000), around(rng.normal(size=(60, d)), 40)])
+    ids = np.arange(len(x), dtype=np.int64) * 5 + 1
+    settings = IndexSettings(flat_max_vectors=0, rerank_in_ram_max_bytes=0, held_out=300, target_recall=0.95)
+    index, stats = build_index(x, ids, settings, fetch=memory_fetch(x, ids))
+    params = stats.search
+    assert stats.plan["kind"] == "ivfsq8_vault" and params["probe_margin"] in settings.probe_margin_choices
+    assert stats.recall_at_10 >= 0.95, stats
+    searcher = RerankedIndex(index, memory_fetch(x, ids), params["k_factor"], params["probe_margin"],
+                             params["max_probes"])
+    ivf, _ = _parts(index)
+    sparse_lists = [len(searcher.lists_for(ivf, q)[0]) for q in x[3000::400]]
+    dense_lists = [len(searcher.lists_for(ivf, q)[0]) for q in x[:3000:500]]
+    assert max(sparse_lists) <= 2, sparse_lists
+    assert min(dense_lists) >= 10 * max(sparse_lists), dense_lists
+    # New points of the dense cluster find their neighbours through the lists they probe.
+    queries = around(dense_center, 50)
+    truth = ids[exact_neighbors(x, queries, 10)]
+    adaptive = recall_at(searcher.search(queries, 10)[1], truth)
+    assert adaptive >= 0.9  # measured 0.94
+    narrow = RerankedIndex(index, memory_fetch(x, ids), params["k_factor"])
+    set_search_params(narrow, max(sparse_lists), params["k_factor"])
+    assert recall_at(narrow.search(queries, 10)[1], truth) < 0.5  # measured 0.17
+    # Searching passes its lists per call: the shared index keeps its settings. Probing every list finds
+    # what the chosen lists held: what the margin left out held none of these neighbours.
+    set_search_params(searcher, None, params["k_factor"], params["probe_margin"], params["max_probes"])
+    searcher.search(queries[:3], 10)
+    assert ivf.nprobe == params["max_probes"] < ivf.nlist
+    with probing_every_list(searcher):
+        assert ivf.nprobe == ivf.nlist
+        assert abs(recall_at(searcher.search(queries, 10)[1], truth) - adaptive) <= 0.01
 
 
 def test_versions_swap_atomically_and_old_ones_are_collected(tmp_path: Path):

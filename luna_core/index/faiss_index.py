@@ -6,16 +6,19 @@
   the vault's own float16 rows: while a copy in RAM is small (`rerank_in_ram_max_bytes`) it is kept
   inside the index (`IVF,SQ8,Refine(SQfp16)`), past it the candidates are re-ranked from the vault's
   shard files (`RerankedIndex`), so RAM per vector is the 8-bit code alone (~1 byte a dimension) and
-  the page cache holds what queries touch. Many lists get an HNSW coarse quantizer (scanning 2,048+
-  centroids of 1,024 floats costs about a millisecond a query by itself). PQ codes were measured here
+  the page cache holds what queries touch. Such an index probes per query: the lists whose centroid is
+  within a margin of the nearest one (a query in a dense region scans all the lists that split it, one
+  in a small cluster one or two), instead of one nprobe sized for the densest region. Many lists get
+  an HNSW coarse quantizer for fixed-nprobe searches. PQ codes were measured here
   to lose too many true neighbours on tightly clustered embeddings (recall@10 0.84 at 100 re-ranked
   candidates; PQ fast-scan 0.62 at 600), and OPQ to cost tens of minutes of training on two cores.
 - Tighter budgets: IVF-PQ codes, re-ranked from the vault the same way (lower recall; the build
   measures and shows it).
 
 At every build, `held_out` vectors are kept out while the index is trained and filled; recall@10
-against exact search is measured on them, `nprobe` is tuned to the smallest value reaching
-`target_recall`, then the held-out vectors are added too. Ids are the catalog's stable image ids.
+against exact search is measured on them, the probing (margin, else `nprobe`) and the re-ranked
+candidates are tuned to the cheapest setting reaching `target_recall`, then the held-out vectors are
+added too. Ids are the catalog's stable image ids.
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ class IndexSettings:
     flat_max_vectors: int = 20_000  # exact scan up to here: ~3 ms a query at CLIP widths
     target_recall: float = 0.99
     k_factor: int = 10  # candidates re-ranked per result (the smallest of k_factor_choices that reaches the target)
-    k_factor_choices: tuple[int, ...] = (2, 5, 10, 25, 50, 100)
+    k_factor_choices: tuple[int, ...] = (2, 3, 5, 10, 25, 50, 100)
     held_out: int = 500
     # Vectors of images that left the library: removed from exact indexes; IVF indexes cannot remove,
     # so they stay unanswered (absent from the lookup) until this share of the index triggers a rebuild.
     max_retired_share: float = 0.1
     nprobe_choices: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+    # Indexes re-ranked from the vault probe per query (`RerankedIndex`): every list whose centroid lies
+    # within (1 + margin) x the squared distance of the nearest one, at most max_probe_share of the lists.
+    probe_margin_choices: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    max_probe_share: float = 0.5
     seed: int = 1234
 
 
@@ -108,10 +115,18 @@ def reranks_from_vault(plan: dict | IndexPlan) -> bool:
 class RerankedIndex:
     """An approximate index whose candidates (k_factor x k) are re-ranked by exact inner products with
     vectors fetched by id, the vault's own rows: the exact copy stays on disk, not in RAM. `fetch(ids)`
-    returns (float vectors [n, d], found mask); ids not found (images gone) are left out of answers."""
+    returns (float vectors [n, d], found mask); ids not found (images gone) are left out of answers.
 
-    def __init__(self, index, fetch, k_factor: float):
+    With `probe_margin`, each query probes its own number of lists (SPANN's query-aware pruning): the
+    lists whose centroid is at most (1 + margin) times as far (squared distance) as its nearest one, up
+    to `max_probes`. A query inside a small, well-separated cluster scans a list or two; one inside a
+    dense region scans all the lists that split it. One nprobe for all must be as large as the densest
+    region needs, and every query pays for it."""
+
+    def __init__(self, index, fetch, k_factor: float, probe_margin: float | None = None, max_probes: int = 0):
         self.index, self.fetch, self.k_factor = index, fetch, float(k_factor)
+        self.probe_margin, self.max_probes = probe_margin, int(max_probes)
+        self._coarse = None
 
     @property
     def ntotal(self) -> int:
@@ -120,7 +135,12 @@ class RerankedIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         depth = int(min(self.ntotal, max(k, math.ceil(k * self.k_factor))))
-        _, candidates = self.index.search(queries, depth)
+        ivf, _ = _parts(self.index)
+        if self.probe_margin is None or ivf is None or ivf.nprobe >= ivf.nlist:  # probing_every_list: all of them
+            _, candidates = self.index.search(queries, depth)
+        else:
+            candidates = np.stack([self._probe(ivf, query, depth) for query in queries]) if len(queries) \
+                else np.zeros((0, depth), dtype=np.int64)
         sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for q, (query, found_ids) in enumerate(zip(queries, candidates)):
@@ -130,6 +150,48 @@ class RerankedIndex:
             order = np.argsort(-exact, kind="stable")[: min(k, int(found.sum()))]
             sims[q, : len(order)], ids[q, : len(order)] = exact[order], found_ids[order]
         return sims, ids
+
+    def lists_for(self, ivf, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lists, inner products with their centroids) this query probes, nearest first. The centroids are
+        ranked by one matrix-vector product over all of them (~0.05 ms for 2,048 x 1,024 floats, faster
+        than the HNSW quantizer's walk), read in place from the quantizer's storage: no second copy."""
+        if self._coarse is None:  # the wrapped index keeps its IVF (adds fill lists, never new centroids)
+            faiss = _faiss()
+            quantizer = faiss.downcast_index(ivf.quantizer)
+            flat = faiss.downcast_index(quantizer.storage) if hasattr(quantizer, "storage") else quantizer
+            if isinstance(flat, faiss.IndexFlat):
+                centroids = faiss.rev_swig_ptr(flat.get_xb(), ivf.nlist * ivf.d).reshape(ivf.nlist, ivf.d)
+            else:
+                centroids = flat.reconstruct_n(0, ivf.nlist)
+            self._coarse = (centroids, np.einsum("ij,ij->i", centroids, centroids))
+        centroids, norms = self._coarse
+        sims = centroids @ query
+        dist = float(query @ query) + norms - 2 * sims  # squared distances
+        chosen = np.flatnonzero(dist <= dist.min() * (1 + self.probe_margin))
+        limit = max(1, min(self.max_probes or ivf.nlist, ivf.nlist))
+        if len(chosen) > limit:
+            chosen = chosen[np.argpartition(dist[chosen], limit - 1)[:limit]]
+        chosen = chosen[np.argsort(dist[chosen], kind="stable")]
+        return chosen, sims[chosen]
+
+    def _probe(self, ivf, query: np.ndarray, depth: int) -> np.ndarray:
+        """Catalog ids of the `depth` best codes in this query's lists (-1 past the end)."""
+        faiss = _faiss()
+        lists, sims = self.lists_for(ivf, query)
+        lists = np.ascontiguousarray(lists, dtype=np.int64)[None]
+        sims = np.ascontiguousarray(sims, dtype=np.float32)[None]
+        distances = np.empty((1, depth), dtype=np.float32)
+        labels = np.empty((1, depth), dtype=np.int64)
+        params = faiss.SearchParametersIVF()
+        params.nprobe = lists.shape[1]  # per call, not on the shared index: concurrent queries stay apart
+        ivf.search_preassigned_c(1, faiss.swig_ptr(query), depth, faiss.swig_ptr(lists), faiss.swig_ptr(sims),
+                                 faiss.swig_ptr(distances), faiss.swig_ptr(labels), False, params)
+        labels = labels[0]
+        if not hasattr(self.index, "id_map"):
+            return labels
+        # The IVF inside the IDMap holds positions; a fresh view of the id map each time (adds reallocate it).
+        id_map = faiss.rev_swig_ptr(self.index.id_map.data(), self.index.id_map.size())
+        return np.where(labels >= 0, id_map[np.maximum(labels, 0)], -1)
 
 
 def id_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +216,9 @@ def searcher_for(index, meta: dict, fetch):
     """The index as queries search it: re-ranked through `fetch` when its plan re-ranks from the vault."""
     if not reranks_from_vault(meta.get("plan", {})):
         return index
-    return RerankedIndex(index, fetch, meta.get("search_params", {}).get("k_factor") or 2)
+    params = meta.get("search_params", {})
+    return RerankedIndex(index, fetch, params.get("k_factor") or 2, params.get("probe_margin"),
+                         params.get("max_probes") or 0)
 
 
 def _faiss():
@@ -175,8 +239,14 @@ def _parts(index):
     return ivf, refine
 
 
-def set_search_params(index, nprobe: int | None, k_factor: int | None) -> None:
+def set_search_params(index, nprobe: int | None, k_factor: int | None, probe_margin: float | None = None,
+                      max_probes: int = 0) -> None:
+    """A fixed `nprobe` for every query, or (a `RerankedIndex` only) per-query probing within
+    `probe_margin`, at most `max_probes` lists (then also the nprobe of a plain search)."""
     ivf, refine = _parts(index)
+    if isinstance(index, RerankedIndex):
+        index.probe_margin, index.max_probes = probe_margin, int(max_probes)
+        nprobe = max_probes if probe_margin is not None else nprobe
     if ivf is not None and nprobe:
         ivf.nprobe = nprobe
     if refine is not None and k_factor:
@@ -206,8 +276,13 @@ def probing_every_list(index, enabled: bool = True):
 def search_params(index) -> dict:
     ivf, refine = _parts(index)
     k_factor = index.k_factor if isinstance(index, RerankedIndex) else refine.k_factor if refine is not None else 0.0
-    return {"nprobe": int(ivf.nprobe) if ivf is not None else 0, "k_factor": float(k_factor),
-            "rerank": "vault" if isinstance(index, RerankedIndex) else "index" if refine is not None else "none"}
+    params = {"nprobe": int(ivf.nprobe) if ivf is not None else 0, "k_factor": float(k_factor),
+              "rerank": "vault" if isinstance(index, RerankedIndex) else "index" if refine is not None else "none"}
+    if isinstance(index, RerankedIndex) and index.probe_margin is not None:
+        params.update(probing=f"per query: the lists at most {1 + index.probe_margin:g}x as far (squared distance) as "
+                              f"the nearest one, up to {index.max_probes}", probe_margin=index.probe_margin,
+                      max_probes=index.max_probes)
+    return params
 
 
 def exact_neighbors(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -244,6 +319,26 @@ def single_query_latency(index, queries: np.ndarray, k: int = 10, threads: int =
             index.search(q[None], k)
             times.append((time.perf_counter() - started) * 1000)
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def _cheapest(searcher, probings: list, settings: IndexSettings, queries: np.ndarray, truth: np.ndarray, k: int,
+              recalls: dict) -> tuple[float, dict, int]:
+    """(recall, probing, k_factor): the first of `probings` (in order of cost) reaching the target recall,
+    trying more candidates (k_factor) while they help; else the best seen. Every recall goes in `recalls`."""
+    best = (-1.0, probings[0][1], settings.k_factor_choices[0])
+    for k_factor in settings.k_factor_choices:
+        before = best[0]
+        for label, probing in probings:
+            set_search_params(searcher, k_factor=k_factor, **{"probe_margin": None, **probing})
+            recall = recall_at(searcher.search(queries, k)[1], truth)
+            recalls[f"{label},k_factor={k_factor}"] = round(recall, 4)
+            if recall > best[0]:
+                best = (recall, probing, k_factor)
+            if recall >= settings.target_recall:
+                break
+        if best[0] >= settings.target_recall or best[0] < before + 0.001:
+            break  # reached, or more candidates no longer help: the probes are what limits
+    return best
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, settings: IndexSettings = IndexSettings(),
@@ -288,23 +383,23 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, settings: IndexSettings = 
         if plan.kind == "flat":
             recall = recall_at(index.search(queries, k)[1], truth)
         else:
-            # Smallest (k_factor, nprobe) reaching the target, in order of cost; else the best seen.
-            factors = settings.k_factor_choices
-            best = (-1.0, settings.nprobe_choices[0], factors[0])
-            for k_factor in factors:
-                before = best[0]
-                for nprobe in (p for p in settings.nprobe_choices if p <= plan.nlist):
-                    set_search_params(searcher, nprobe, k_factor)
-                    recall = recall_at(searcher.search(queries, k)[1], truth)
-                    recall_by_nprobe[f"nprobe={nprobe},k_factor={k_factor}"] = round(recall, 4)
-                    if recall > best[0]:
-                        best = (recall, nprobe, k_factor)
-                    if recall >= settings.target_recall:
-                        break
-                if best[0] >= settings.target_recall or best[0] < before + 0.001:
-                    break  # reached, or more candidates no longer help: the probes are what limits
-            recall, nprobe, k_factor = best
-            set_search_params(searcher, nprobe, k_factor)
+            # Cheapest (k_factor, probing) reaching the target, in order of cost; else the best seen. Per-query
+            # probing first where it applies; lists too small for its margins (the nearest centroid almost
+            # on the query) can leave it short: then one nprobe for all, as other indexes do.
+            families = [[(f"nprobe={p}", {"nprobe": p}) for p in settings.nprobe_choices if p <= plan.nlist]]
+            if isinstance(searcher, RerankedIndex):
+                max_probes = max(1, int(plan.nlist * settings.max_probe_share))
+                families.insert(0, [(f"margin={m:g}", {"nprobe": None, "probe_margin": m, "max_probes": max_probes})
+                                    for m in settings.probe_margin_choices])
+            best = (-1.0, families[0][0][1], settings.k_factor_choices[0])
+            for probings in families:
+                best = max(best, _cheapest(searcher, probings, settings, queries, truth, k, recall_by_nprobe),
+                           key=lambda found: found[0])
+                if best[0] >= settings.target_recall:
+                    break
+            recall, probing, k_factor = best
+            set_search_params(searcher, k_factor=k_factor, **{"probe_margin": None, **probing})
+            nprobe = int(probing["nprobe"] or probing["max_probes"])
     if len(held):
         index.add_with_ids(vectors[held], ids[held])
     latency_queries = queries if len(queries) else vectors[: min(100, n)]
