@@ -222,6 +222,7 @@ def test_row_store_refuses_other_shapes_and_grows_by_shards(tmp_path: Path):
     rows = np.array([8, 0, 5, 0, 15, 3])
     assert store._shard_reader("a") is not None, "chunks of several rows take the fast path too"
     np.testing.assert_array_equal(store.read_rows("a", rows), store.read("a", rows))
+    np.testing.assert_array_equal(store.read_rows("a", rows), store.read("a", rows))  # chunks checked: rows alone
     text = RowStore.open(tmp_path / "t.zarr", {"e": (3, 4)}, Layout(rows_per_chunk=1, rows_per_shard=4))
     text.write(0, {"e": np.arange(6 * 12, dtype=np.float32).reshape(6, 3, 4)})
     assert text._shard_reader("e") is not None, "row-wide chunks take the fast path"
@@ -293,10 +294,16 @@ def test_damaged_rows_are_errors_never_answers(tmp_path):
     store = RowStore.open(tmp_path / "t.zarr", {"e": (3, 4)}, Layout(rows_per_chunk=1, rows_per_shard=4))
     store.write(0, {"e": np.arange(4 * 12, dtype=np.float32).reshape(4, 3, 4)})
     np.testing.assert_array_equal(store.read_rows("e", np.array([2])), store.read("e", np.array([2])))
+    np.testing.assert_array_equal(store.read_rows("e", np.array([1])), store.read("e", np.array([1])))
     shard = tmp_path / "t.zarr" / "e" / "c" / "0" / "0" / "0"
     data = bytearray(shard.read_bytes())
     data[30:34] = bytes([0x00, 0x7E, 0x00, 0x7E])  # inside row 1 (row 0 is bytes 0-27 plus its 4-byte checksum)
-    shard.write_bytes(bytes(data))
+    replacement = shard.with_name("damaged")
+    replacement.write_bytes(bytes(data))
+    replacement.replace(shard)  # as zarr writes a shard: a new file renamed over the old one
+    # The reader that checked row 1's chunk before sees a new file and checks it again.
+    with pytest.raises(CorruptStoreError, match="checksum"):
+        store.read_rows("e", np.array([1]))
     reopened = RowStore.open_readonly(tmp_path / "t.zarr", Layout(rows_per_chunk=1, rows_per_shard=4))
     np.testing.assert_array_equal(reopened.read_rows("e", np.array([0])), store.read("e", np.array([0])))
     for read in (reopened.read_rows, reopened.read):
