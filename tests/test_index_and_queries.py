@@ -80,8 +80,8 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
     searcher = RerankedIndex(index, memory_fetch(x, ids), params["k_factor"], params["probe_margin"],
                              params["max_probes"])
     ivf, _ = _parts(index)
-    sparse_lists = [len(searcher.lists_for(ivf, q)[0]) for q in x[3000::400]]
-    dense_lists = [len(searcher.lists_for(ivf, q)[0]) for q in x[:3000:500]]
+    sparse_lists = [len(searcher.lists_for(q)[0]) for q in x[3000::400]]
+    dense_lists = [len(searcher.lists_for(q)[0]) for q in x[:3000:500]]
     assert max(sparse_lists) <= 2, sparse_lists
     assert min(dense_lists) >= 10 * max(sparse_lists), dense_lists
     # New points of the dense cluster find their neighbours through the lists they probe.

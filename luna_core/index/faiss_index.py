@@ -139,7 +139,7 @@ class RerankedIndex:
         if self.probe_margin is None or ivf is None or ivf.nprobe >= ivf.nlist:  # probing_every_list: all of them
             _, candidates = self.index.search(queries, depth)
         else:
-            candidates = np.stack([self._probe(ivf, query, depth) for query in queries]) if len(queries) \
+            candidates = np.stack([self._probe(query, depth) for query in queries]) if len(queries) \
                 else np.zeros((0, depth), dtype=np.int64)
         sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
@@ -151,20 +151,21 @@ class RerankedIndex:
             sims[q, : len(order)], ids[q, : len(order)] = exact[order], found_ids[order]
         return sims, ids
 
-    def lists_for(self, ivf, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def lists_for(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lists, inner products with their centroids) this query probes, nearest first. The centroids are
         ranked by one matrix-vector product over all of them (~0.05 ms for 2,048 x 1,024 floats, faster
         than the HNSW quantizer's walk), read in place from the quantizer's storage: no second copy."""
         if self._coarse is None:  # the wrapped index keeps its IVF (adds fill lists, never new centroids)
             faiss = _faiss()
+            ivf, _ = _parts(self.index)
             quantizer = faiss.downcast_index(ivf.quantizer)
             flat = faiss.downcast_index(quantizer.storage) if hasattr(quantizer, "storage") else quantizer
             if isinstance(flat, faiss.IndexFlat):
                 centroids = faiss.rev_swig_ptr(flat.get_xb(), ivf.nlist * ivf.d).reshape(ivf.nlist, ivf.d)
             else:
                 centroids = flat.reconstruct_n(0, ivf.nlist)
-            self._coarse = (centroids, np.einsum("ij,ij->i", centroids, centroids))
-        centroids, norms = self._coarse
+            self._coarse = (ivf, centroids, np.einsum("ij,ij->i", centroids, centroids))
+        ivf, centroids, norms = self._coarse
         sims = centroids @ query
         dist = float(query @ query) + norms - 2 * sims  # squared distances
         chosen = np.flatnonzero(dist <= dist.min() * (1 + self.probe_margin))
@@ -174,10 +175,11 @@ class RerankedIndex:
         chosen = chosen[np.argsort(dist[chosen], kind="stable")]
         return chosen, sims[chosen]
 
-    def _probe(self, ivf, query: np.ndarray, depth: int) -> np.ndarray:
+    def _probe(self, query: np.ndarray, depth: int) -> np.ndarray:
         """Catalog ids of the `depth` best codes in this query's lists (-1 past the end)."""
         faiss = _faiss()
-        lists, sims = self.lists_for(ivf, query)
+        lists, sims = self.lists_for(query)
+        ivf = self._coarse[0]
         lists = np.ascontiguousarray(lists, dtype=np.int64)[None]
         sims = np.ascontiguousarray(sims, dtype=np.float32)[None]
         distances = np.empty((1, depth), dtype=np.float32)
