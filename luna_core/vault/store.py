@@ -263,13 +263,14 @@ class RowStore:
 
         def read(rows: np.ndarray) -> np.ndarray:
             out = np.zeros((len(rows), *row_shape), dtype=DTYPE)
-            # One pass per distinct chunk, in file order; a row asked twice is read once. Per-chunk work is
-            # plain Python on ints: a query's re-ranking reads tens of rows from as many chunks.
+            # One pass per distinct chunk, in file order. Per-chunk work is plain Python on ints: a query's
+            # re-ranking reads tens of rows from as many chunks.
             chunk_of = rows // chunk_rows
             order = np.argsort(chunk_of, kind="stable")
             sorted_chunks = chunk_of[order]
             starts = np.flatnonzero(np.r_[True, sorted_chunks[1:] != sorted_chunks[:-1]]).tolist()
             keys, order_list, row_list = sorted_chunks[starts].tolist(), order.tolist(), rows.tolist()
+            bounds = starts + [len(row_list)]
             opened_now: dict[int, tuple | None] = {}
             with lock:
                 for j, key in enumerate(keys):
@@ -289,7 +290,7 @@ class RowStore:
                     if nbytes != chunk_bytes or offset + nbytes > size:
                         raise CorruptStoreError(f"vault store {self.path}: the shard index of {path} is damaged "
                                                 "(a chunk of the wrong size); rebuild the store")
-                    positions = order_list[starts[j]: starts[j + 1] if j + 1 < len(starts) else len(order_list)]
+                    positions = order_list[bounds[j]: bounds[j + 1]]
                     if checksummed and not checked[chunk]:
                         # First read of this chunk from this file: whole, against its checksum.
                         data = verified(os.pread(fd, chunk_bytes, offset), path, f"the chunk of row {row_list[positions[0]]}")
