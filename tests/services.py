@@ -5,6 +5,7 @@ what the server prints (a pipe), never on a sleep."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import json
 import os
@@ -90,8 +91,12 @@ class Service:
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+                pass
+        # What the group still holds goes too: a code server `luna ui` started while shutting down outlived
+        # it once (found orphaned, its heartbeat never ending it).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, 9)
+        self.process.wait()
 
 
 def postgres_bin() -> Path | None:
