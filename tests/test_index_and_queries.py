@@ -60,7 +60,7 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
     """Per-query probing (indexes re-ranked from the vault): a query in a small, well-separated cluster
     probes a list or two; one in a dense cluster probes the many lists the cluster was split into, and
     finds its neighbours there, which the small clusters' nprobe given to every query could not."""
-    from luna_core.index.faiss_index import RerankedIndex, _parts, memory_fetch, recall_at, set_search_params
+    from luna_core.index.faiss_index import RerankedIndex, memory_fetch, recall_at, searcher_for, set_search_params
 
     rng = np.random.default_rng(3)
     d = 64
@@ -77,9 +77,8 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
     params = stats.search
     assert stats.plan["kind"] == "ivfsq8_vault" and params["probe_margin"] in settings.probe_margin_choices
     assert stats.recall_at_10 >= 0.95, stats
-    searcher = RerankedIndex(index, memory_fetch(x, ids), params["k_factor"], params["probe_margin"],
-                             params["max_probes"])
-    ivf, _ = _parts(index)
+    searcher = searcher_for(index, {"plan": stats.plan, "search_params": params}, memory_fetch(x, ids))
+    ivf = searcher.ivf
     sparse_lists = [len(searcher.lists_for(q)[0]) for q in x[3000::400]]
     dense_lists = [len(searcher.lists_for(q)[0]) for q in x[:3000:500]]
     assert max(sparse_lists) <= 2, sparse_lists

@@ -24,6 +24,7 @@ added too. Ids are the catalog's stable image ids.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -132,10 +133,15 @@ class RerankedIndex:
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
+    @functools.cached_property
+    def ivf(self):
+        """The IVF layer inside the wrapped index (adds fill its lists; it is never replaced)."""
+        return _parts(self.index)[0]
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         depth = int(min(self.ntotal, max(k, math.ceil(k * self.k_factor))))
-        ivf, _ = _parts(self.index)
+        ivf = self.ivf
         if self.probe_margin is None or ivf is None or ivf.nprobe >= ivf.nlist:  # probing_every_list: all of them
             _, candidates = self.index.search(queries, depth)
         else:
@@ -155,17 +161,17 @@ class RerankedIndex:
         """(lists, inner products with their centroids) this query probes, nearest first. The centroids are
         ranked by one matrix-vector product over all of them (~0.05 ms for 2,048 x 1,024 floats, faster
         than the HNSW quantizer's walk), read in place from the quantizer's storage: no second copy."""
-        if self._coarse is None:  # the wrapped index keeps its IVF (adds fill lists, never new centroids)
+        ivf = self.ivf
+        if self._coarse is None:  # adds fill lists, never new centroids
             faiss = _faiss()
-            ivf, _ = _parts(self.index)
             quantizer = faiss.downcast_index(ivf.quantizer)
             flat = faiss.downcast_index(quantizer.storage) if hasattr(quantizer, "storage") else quantizer
             if isinstance(flat, faiss.IndexFlat):
                 centroids = faiss.rev_swig_ptr(flat.get_xb(), ivf.nlist * ivf.d).reshape(ivf.nlist, ivf.d)
             else:
                 centroids = flat.reconstruct_n(0, ivf.nlist)
-            self._coarse = (ivf, centroids, np.einsum("ij,ij->i", centroids, centroids))
-        ivf, centroids, norms = self._coarse
+            self._coarse = (centroids, np.einsum("ij,ij->i", centroids, centroids))
+        centroids, norms = self._coarse
         sims = centroids @ query
         dist = float(query @ query) + norms - 2 * sims  # squared distances
         chosen = np.flatnonzero(dist <= dist.min() * (1 + self.probe_margin))
@@ -179,7 +185,7 @@ class RerankedIndex:
         """Catalog ids of the `depth` best codes in this query's lists (-1 past the end)."""
         faiss = _faiss()
         lists, sims = self.lists_for(query)
-        ivf = self._coarse[0]
+        ivf = self.ivf
         lists = np.ascontiguousarray(lists, dtype=np.int64)[None]
         sims = np.ascontiguousarray(sims, dtype=np.float32)[None]
         distances = np.empty((1, depth), dtype=np.float32)
@@ -331,7 +337,7 @@ def _cheapest(searcher, probings: list, settings: IndexSettings, queries: np.nda
     for k_factor in settings.k_factor_choices:
         before = best[0]
         for label, probing in probings:
-            set_search_params(searcher, k_factor=k_factor, **{"probe_margin": None, **probing})
+            set_search_params(searcher, k_factor=k_factor, **probing)
             recall = recall_at(searcher.search(queries, k)[1], truth)
             recalls[f"{label},k_factor={k_factor}"] = round(recall, 4)
             if recall > best[0]:
@@ -388,7 +394,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, settings: IndexSettings = 
             # Cheapest (k_factor, probing) reaching the target, in order of cost; else the best seen. Per-query
             # probing first where it applies; lists too small for its margins (the nearest centroid almost
             # on the query) can leave it short: then one nprobe for all, as other indexes do.
-            families = [[(f"nprobe={p}", {"nprobe": p}) for p in settings.nprobe_choices if p <= plan.nlist]]
+            families = [[(f"nprobe={p}", {"nprobe": p, "probe_margin": None, "max_probes": 0})
+                         for p in settings.nprobe_choices if p <= plan.nlist]]
             if isinstance(searcher, RerankedIndex):
                 max_probes = max(1, int(plan.nlist * settings.max_probe_share))
                 families.insert(0, [(f"margin={m:g}", {"nprobe": None, "probe_margin": m, "max_probes": max_probes})
@@ -400,7 +407,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, settings: IndexSettings = 
                 if best[0] >= settings.target_recall:
                     break
             recall, probing, k_factor = best
-            set_search_params(searcher, k_factor=k_factor, **{"probe_margin": None, **probing})
+            set_search_params(searcher, k_factor=k_factor, **probing)
             nprobe = int(probing["nprobe"] or probing["max_probes"])
     if len(held):
         index.add_with_ids(vectors[held], ids[held])
