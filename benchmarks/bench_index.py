@@ -225,7 +225,8 @@ def run_seed(args, seed: int) -> dict:
     print(f"  tuned on {stats.queries} held-out vectors: recall@10 {stats.recall_at_10:.4f} at {stats.search} "
           f"({len(stats.recall_by_nprobe)} settings tried)", flush=True)
     if getattr(searcher, "probe_margin", None) is not None:
-        probed = np.array([len(searcher.lists_for(q)[0]) for q in queries])
+        depth = int(np.ceil(10 * searcher.k_factor))  # as a k=10 search asks
+        probed = np.array([len(searcher.lists_for(q, depth)[0]) for q in queries])
         print(f"  lists probed per query (of {stats.plan['nlist']}): p50 {np.median(probed):.0f}, "
               f"p90 {np.percentile(probed, 90):.0f}, max {probed.max()}", flush=True)
     rows.append(measure(f"Luna: {plan.factory}" + (" + vault" if reranks_from_vault(plan) else ""), searcher, queries,

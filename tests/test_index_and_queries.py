@@ -101,6 +101,24 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
         assert abs(recall_at(searcher.search(queries, 10)[1], truth) - adaptive) <= 0.01
 
 
+def test_a_query_on_a_centroid_still_probes_its_list():
+    """Rounding put the squared distance to the nearest centroid a hair below zero for a query sitting on it:
+    the margin kept no list and FAISS refused the search (seen on the tiny home, one image a list)."""
+    from luna_core.index.faiss_index import memory_fetch, searcher_for
+
+    x = unit(4000, 32, seed=1)
+    ids = np.arange(4000, dtype=np.int64)
+    settings = IndexSettings(flat_max_vectors=0, rerank_in_ram_max_bytes=0, held_out=200, target_recall=0.9)
+    index, stats = build_index(x, ids, settings, fetch=memory_fetch(x, ids))
+    params = {**stats.search, "probe_margin": 0.25, "max_probes": 8}
+    searcher = searcher_for(index, {"plan": stats.plan, "search_params": params}, memory_fetch(x, ids))
+    ivf = searcher.ivf
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    assert all(len(searcher.lists_for(c)[0]) >= 1 for c in centroids)
+    _, found = searcher.search(centroids, 5)
+    assert (found >= 0).all()
+
+
 def test_versions_swap_atomically_and_old_ones_are_collected(tmp_path: Path):
     import faiss
     import pyarrow as pa
