@@ -80,13 +80,23 @@ def _mlflow(uri: str):
     return mlflow
 
 
-def _experiment(mlflow, home: LunaHome, uri: str, name: str) -> str:
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, "No data"); Luna's
+# experiments hold training runs and reports: the classic view.
+EXPERIMENT_KIND_TAG, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
+
+
+def ensure_experiment(mlflow, home: LunaHome, uri: str, name: str) -> str:
+    """The id of experiment `name`, created (artifacts under the home unless a server decides) as a
+    classic ML experiment; an existing one without a kind gets the classic kind too."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
         return experiment.experiment_id
+    tags = {EXPERIMENT_KIND_TAG: CLASSIC_ML}
     if uri.startswith(("http://", "https://")):
-        return mlflow.create_experiment(name)  # the server decides where artifacts go
-    return mlflow.create_experiment(name, artifact_location=home.mlflow_artifacts())
+        return mlflow.create_experiment(name, tags=tags)  # the server decides where artifacts go
+    return mlflow.create_experiment(name, artifact_location=home.mlflow_artifacts(), tags=tags)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -185,7 +195,7 @@ def register(result, home: LunaHome, profile, scorer, request: ProjectorRequest 
     staging = Path(tempfile.mkdtemp(prefix="luna-projector-"))
     try:
         checkpoint = save_checkpoint(result.model, config, staging / "checkpoint", card)
-        experiment_id = _experiment(mlflow, home, uri, name)
+        experiment_id = ensure_experiment(mlflow, home, uri, name)
         # `config` is the checkpoint's own (widths from the stores), so the tag says what the weights are.
         version_tags = {"data_fingerprint": result.data_fingerprint, "profile": profile.name,
                         "vision_key": profile.vision_key, "text_key": profile.text_key, "arch": config.arch,
