@@ -36,7 +36,7 @@ DEFAULT_REINDEX_CRON = "0 3 * * *"  # nightly, 03:00
     ],
 )
 def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource) -> dg.MaterializeResult:
-    """The `library` view: one row per image joining generation, vision row and conditioning rows, with a stable image id and train/val/test split."""
+    """The `library` view: one row per image joining generation, vision row and conditioning rows, with a stable image id and a train/val/test split that near-duplicates share."""
     profile = models.resolve(luna.luna_home)
     # Rows that shards embedded apart (segment stores and their manifests) enter the catalog here, in one step.
     segments = commit_segments(luna.luna_home, profile)
@@ -53,6 +53,10 @@ def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, mode
             "orphans": dg.MetadataValue.json(report.orphans),
             "retired (left the library)": dg.MetadataValue.json(report.retired),
             "segment rows committed": dg.MetadataValue.json(segments),
+            "new images' splits": dg.MetadataValue.json(report.splits.assigned),
+            "near-duplicate links found": dg.MetadataValue.json(
+                {**report.splits.links, "images compared": report.splits.scanned,
+                 "cosine threshold": report.splits.threshold}),
         },
         data_version=dg.DataVersion(report.digest),
         check_results=[

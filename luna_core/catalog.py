@@ -22,7 +22,7 @@ from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotB
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Vault rows whose item left the library (its file deleted, or edited in place), moved out of
 # vision_rows/text_rows: their Zarr rows are never handed out again, and come back if the item does.
 _RETIRED_ROWS = """CREATE TABLE IF NOT EXISTS retired_rows (
@@ -42,7 +42,25 @@ HELD_PROMPTS = "SELECT prompt_hash FROM prompts WHERE prompt_hash IS NOT NULL"
 # is refused (an older Luna must not write tables it does not know).
 # Where each generation record was read (png:parameters, exif:UserComment, comfy:prompt, alpha:stealth...).
 _GENERATION_SOURCE = "ALTER TABLE generations ADD COLUMN IF NOT EXISTS source VARCHAR"
-MIGRATIONS: dict[int, list[str]] = {1: [_RETIRED_ROWS], 2: [_GENERATION_SOURCE]}
+# Why an image got its split (luna_core.splits), the near-duplicate links found, and which images were
+# compared (per vision store): migration 3 → 4.
+_SPLIT_REASON = "ALTER TABLE splits ADD COLUMN IF NOT EXISTS reason VARCHAR"
+_NEAR_DUPLICATES = """CREATE TABLE IF NOT EXISTS near_duplicates (
+        content_hash VARCHAR NOT NULL,
+        twin_hash VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,  -- vision (cosine >= the profile's threshold) | prompt and seed
+        similarity DOUBLE,  -- the cosine; NULL for prompt and seed
+        found_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (content_hash, twin_hash, kind)
+    )"""
+_TWIN_SCANS = """CREATE TABLE IF NOT EXISTS twin_scans (
+        store_key VARCHAR NOT NULL,
+        content_hash VARCHAR NOT NULL,
+        scanned_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (store_key, content_hash)
+    )"""
+MIGRATIONS: dict[int, list[str]] = {1: [_RETIRED_ROWS], 2: [_GENERATION_SOURCE],
+                                    3: [_SPLIT_REASON, _NEAR_DUPLICATES, _TWIN_SCANS]}
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -150,6 +168,9 @@ _SCHEMA = [
         split VARCHAR NOT NULL,
         assigned_at TIMESTAMP NOT NULL
     )""",
+    _SPLIT_REASON,  # added by migration 3 → 4; fresh catalogs get it the same way
+    _NEAR_DUPLICATES,
+    _TWIN_SCANS,
     """CREATE TABLE IF NOT EXISTS ingest_runs (
         run_id VARCHAR PRIMARY KEY,
         started_at TIMESTAMP NOT NULL,

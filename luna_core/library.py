@@ -2,7 +2,8 @@
 conditioning rows, with a stable integer id and a stable train/val/test split per content hash.
 
 Ids and splits are assigned once and never changed: the FAISS index uses the ids, the projector's
-evaluation depends on the split staying put as the library grows.
+evaluation depends on the split staying put as the library grows. How a split is chosen (near-duplicates
+share one) is luna_core.splits.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ from dataclasses import dataclass, field
 from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
-
-# Percent buckets of the first 32 bits of the content hash: deterministic, and uniform because the
-# hash is.
-SPLIT_PERCENT = {"train": 80, "val": 10, "test": 10}
+from luna_core.splits import SplitReport, assign_splits
 
 
 @dataclass
@@ -30,6 +28,7 @@ class LibraryReport:
     retired: dict[str, int] = field(default_factory=dict)  # left the library since the last build
     uncounted: int = 0  # ok images missing from the view, or in it twice (must be 0)
     digest: str = ""  # what the view holds for the profile (ids, paths, splits, rows): the asset's data version
+    splits: SplitReport = field(default_factory=SplitReport)  # how this build's new images got their split
 
 
 def _quote(text: str) -> str:
@@ -56,8 +55,10 @@ def retire_departed(con) -> dict[str, int]:
 
 def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
     """Assign ids and splits to new content hashes and (re)create the `library` view for the profile's stores."""
+    from luna_core.vault.segments import store_exists
+
     vision_key, text_key = profile.vision_key, profile.text_key
-    train, val = SPLIT_PERCENT["train"], SPLIT_PERCENT["train"] + SPLIT_PERCENT["val"]
+    vision = home.open_vision_store(profile) if store_exists(home.vision_store(profile)) else None
     report = LibraryReport()
     with open_catalog(home.catalog_path) as con:
         with transaction(con):
@@ -70,12 +71,7 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
                 FROM (SELECT DISTINCT content_hash FROM images WHERE status = 'ok') n
                 WHERE NOT EXISTS (SELECT 1 FROM image_ids i WHERE i.content_hash = n.content_hash)
                 RETURNING image_id""").fetchall())
-            con.execute(f"""
-                INSERT INTO splits
-                SELECT content_hash,
-                       CASE WHEN b < {train} THEN 'train' WHEN b < {val} THEN 'val' ELSE 'test' END, now()
-                FROM (SELECT content_hash, (('0x' || left(content_hash, 8))::UBIGINT % 100) AS b
-                      FROM image_ids i WHERE NOT EXISTS (SELECT 1 FROM splits s WHERE s.content_hash = i.content_hash))""")
+            report.splits = assign_splits(con, vision, vision_key, profile.near_duplicate_cosine)
             con.execute(f"""
                 CREATE OR REPLACE VIEW library AS
                 WITH paths AS (
