@@ -1,40 +1,70 @@
-"""The `reports` domain: the refinement benchmark report, the last asset of the chain."""
+"""The `reports` domain: the refinement report (cheap, follows the index and the champion) and the
+refinement benchmark (expensive, weekly and on demand). Neither takes the `gpu` pool that embeddings
+need: a report or a benchmark in progress never delays a library change on its way to the index."""
 
 import dagster as dg
 
 from dagster_project.resources import LunaHomeResource, LunaModelsResource
-from luna_assets.automation import GPU_POOL, on_upstream_change
+from luna_assets.automation import AC, cron_setting
 from luna_assets.index import FAISS_INDEX
 from luna_assets.metadata import md_table
 from luna_assets.projector import PROJECTOR
+from luna_core.reports.benchmark import BENCHMARK_CODE_VERSION, BenchmarkSettings, run_benchmark
 from luna_core.reports.evaluate import EvalSettings
 from luna_core.reports.quality import QualitySettings
 from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
 from luna_core.reports.report import REPORT_CODE_VERSION, ReportSettings, build_report
+from luna_core.reports.test_set import EmptyTestSet
 from luna_core.settings import LunaHome
 
 REFINEMENT_REPORT = dg.AssetKey("refinement_report")
-_EVAL, _QUALITY, _REPORT = EvalSettings(), QualitySettings(), ReportSettings()
+REFINEMENT_BENCHMARK = dg.AssetKey("refinement_benchmark")
+BENCHMARK_POOL = "benchmark"  # its own pool: the benchmark runs one at a time, beside the gpu pool's work
+BENCHMARK_JOB = "run_refinement_benchmark"
+BENCHMARK_SCHEDULE = "weekly_benchmark"
+BENCHMARK_CRON_ENV = "LUNA_BENCHMARK_CRON"
+DEFAULT_BENCHMARK_CRON = "0 5 * * 0"  # weekly, Sunday 05:00 (after the projector's weekly retrain)
+_EVAL, _QUALITY, _BENCH = EvalSettings(), QualitySettings(), BenchmarkSettings()
 
 
 class ReportConfig(dg.Config):
-    """Launchpad settings of the report (defaults: luna_core's EvalSettings, QualitySettings, ReportSettings)."""
+    """Launchpad settings of the report (defaults: luna_core's EvalSettings)."""
 
-    max_test_images: int = _EVAL.max_images
+    max_test_images: int = _EVAL.max_images  # the frozen test set's size at most
     k: int = _EVAL.k
     bootstrap: int = _EVAL.bootstrap
+    force: bool = False  # build a new report even when nothing it depends on changed
+    new_test_set: bool = False  # freeze a new test set (a new series; the report says the set changed)
+
+    def settings(self) -> ReportSettings:
+        return ReportSettings(evaluation=EvalSettings(max_images=self.max_test_images, k=self.k,
+                                                      bootstrap=self.bootstrap),
+                              force=self.force, new_test_set=self.new_test_set)
+
+
+class BenchmarkConfig(dg.Config):
+    """Launchpad settings of the benchmark (defaults: luna_core's BenchmarkSettings and QualitySettings)."""
+
     sample_images: int = _QUALITY.images  # test images refined by every source for the contact sheet
     grid: int = _QUALITY.grid
     strength: float = _QUALITY.strength
     steps: int = _QUALITY.steps
-    batching_repeat: int = _REPORT.batching_repeat
-    force: bool = False  # build a new report even when nothing it depends on changed
+    batching_repeat: int = _BENCH.batching_repeat
+    latency_repeat: int = _BENCH.latency_repeat
+    k: int = _EVAL.k
 
-    def settings(self) -> ReportSettings:
-        return ReportSettings(
-            evaluation=EvalSettings(max_images=self.max_test_images, k=self.k, bootstrap=self.bootstrap),
+    def settings(self) -> BenchmarkSettings:
+        return BenchmarkSettings(
+            evaluation=EvalSettings(k=self.k),
             quality=QualitySettings(images=self.sample_images, grid=self.grid, strength=self.strength, steps=self.steps),
-            batching_repeat=self.batching_repeat, force=self.force)
+            batching_repeat=self.batching_repeat, latency_repeat=self.latency_repeat)
+
+
+def _nothing_to_measure(context: dg.AssetExecutionContext, exc: EmptyTestSet) -> dg.MaterializeResult:
+    """A library too small for a test image: said in the asset's metadata, the chain does not fail."""
+    context.log.warning(f"nothing to measure: {exc}")
+    return dg.MaterializeResult(metadata={"built": False, "reason": f"nothing to measure: {exc}"},
+                                data_version=dg.DataVersion("no test set"))
 
 
 def _source_float(report: dict, kind: str, metric: str, name: str | None = None) -> float:
@@ -45,38 +75,84 @@ def _source_float(report: dict, kind: str, metric: str, name: str | None = None)
 
 
 @dg.asset(
-    key=REFINEMENT_REPORT,
+    key=REFINEMENT_BENCHMARK,
     deps=[FAISS_INDEX, PROJECTOR],
+    group_name="reports",
+    kinds={"pytorch"},
+    code_version=BENCHMARK_CODE_VERSION,
+    # Expensive (minutes): never on a library change; the weekly_benchmark schedule, or on demand.
+    pool=BENCHMARK_POOL,
+)
+def refinement_benchmark(context: dg.AssetExecutionContext, config: BenchmarkConfig, luna: LunaHomeResource,
+                         models: LunaModelsResource) -> dg.MaterializeResult:
+    """Regeneration samples of the frozen test set through the chess refiner with every conditioning source, the sources' costs, and what true batching saves."""
+    home = luna.luna_home
+    try:
+        outcome = run_benchmark(home, models.resolve(home), config.settings(), device=models.device,
+                                on_step=context.log.info)
+    except EmptyTestSet as exc:
+        return _nothing_to_measure(context, exc)
+    result = outcome.result
+    batching = result["costs"]["batching"]
+    load = result["load"]["before"]
+    return dg.MaterializeResult(
+        metadata={"created": result["created"], "seconds": dg.MetadataValue.float(result["seconds"]),
+                  "machine load": f"{load['load_1min']} on {load['cores']} cores",
+                  "sample images": len((result.get("quality") or {}).get("sample_paths", [])),
+                  "chess batching speedup": dg.MetadataValue.float(
+                      round(batching["chess 5x5, 25 tiles in 2 passes"]["speedup"], 3)),
+                  "detailer batching speedup": dg.MetadataValue.float(round(batching["detailer, 9 crops"]["speedup"], 3)),
+                  "folder": dg.MetadataValue.path(str(outcome.folder))},
+        data_version=dg.DataVersion(outcome.folder.name))
+
+
+@dg.asset(
+    key=REFINEMENT_REPORT,
+    deps=[FAISS_INDEX, PROJECTOR, REFINEMENT_BENCHMARK],
     group_name="reports",
     kinds={"mlflow", "python"},
     code_version=REPORT_CODE_VERSION,
-    # Follows new index and projector versions; a run whose inputs are unchanged writes no new report.
-    automation_condition=on_upstream_change(),
-    pool=GPU_POOL,
+    # Cheap (seconds): follows new index versions, champions and benchmarks, and does not wait for a
+    # benchmark that has not run yet or is running (it shows the latest one, with its date).
+    automation_condition=(
+        AC.in_latest_time_window()
+        & (AC.newly_missing() | AC.any_deps_match(
+            (AC.data_version_changed() & ~AC.executed_with_root_target()) | AC.will_be_requested()))
+        .since_last_handled()
+        & ~AC.any_deps_match(AC.missing() & ~AC.will_be_requested()).ignore(dg.AssetSelection.assets(REFINEMENT_BENCHMARK))
+        & ~AC.any_deps_match(AC.in_progress()).ignore(dg.AssetSelection.assets(REFINEMENT_BENCHMARK))
+        & ~AC.in_progress()
+    ).with_label("on a new index, champion or benchmark"),
 )
 def refinement_report(context: dg.AssetExecutionContext, config: ReportConfig, luna: LunaHomeResource,
                       models: LunaModelsResource) -> dg.MaterializeResult:
-    """A benchmark report comparing every conditioning source (true prompt, vault k-NN, each projector version, mean, empty) on the frozen test split, with regeneration samples, costs and the batching speedup."""
+    """Which conditioning source to trust: every source (true prompt, vault k-NN, each projector version, mean, empty) scored on the frozen, near-duplicate-clean test set, with a verdict and the latest benchmark."""
     home = luna.luna_home
-    outcome = build_report(home, models.resolve(home), config.settings(), device=models.device,
-                           on_step=context.log.info)
+    try:
+        outcome = build_report(home, models.resolve(home), config.settings(), device=models.device,
+                               on_step=context.log.info)
+    except EmptyTestSet as exc:
+        return _nothing_to_measure(context, exc)
     report = outcome.report
     champion = report.get("champion")
-    batching = report["costs"]["batching"]
+    test_set = report["test_set"]
+    benchmark = report.get("benchmark")
     metadata = {
         "built": outcome.built, "reason": outcome.reason,
+        "verdict": dg.MetadataValue.md(report["verdict"]["text"]),
         "headline": md_table(headline_rows(report), list(HEADLINE_COLUMNS)),
         "report": dg.MetadataValue.path(str(outcome.html)),
         "markdown": dg.MetadataValue.path(str(outcome.markdown)),
-        "projector vs mean": report.get("projector_verdict") or "no champion projector",
-        "profile": report["profile"], "test images": report["split_sizes"].get("test scored", 0),
+        "test set": test_set["described"],
+        "test images scored": test_set["scored"],
+        "test images left out": dg.MetadataValue.json({k: len(v) for k, v in test_set["excluded"].items()}),
+        "benchmark": benchmark["created"] if benchmark else "none yet: materialize refinement_benchmark",
+        "profile": report["profile"],
         "vault token cosine": dg.MetadataValue.float(_source_float(report, "vault", "token_cosine")),
         "champion token cosine": dg.MetadataValue.float(_source_float(report, "projector", "token_cosine", champion)),
         "mean token cosine": dg.MetadataValue.float(_source_float(report, "mean", "token_cosine")),
         "empty token cosine": dg.MetadataValue.float(_source_float(report, "empty", "token_cosine")),
         "vault R@1": dg.MetadataValue.float(_source_float(report, "vault", "R@1")),
-        "chess batching speedup": dg.MetadataValue.float(round(batching["chess 5x5, 25 tiles in 2 passes"]["speedup"], 3)),
-        "detailer batching speedup": dg.MetadataValue.float(round(batching["detailer, 9 crops"]["speedup"], 3)),
     }
     if report.get("warning"):
         metadata["warning"] = report["warning"]
@@ -86,4 +162,12 @@ def refinement_report(context: dg.AssetExecutionContext, config: ReportConfig, l
 
 
 def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    return dg.Definitions(assets=[refinement_report])
+    benchmark_job = dg.define_asset_job(
+        BENCHMARK_JOB, selection=[refinement_benchmark],
+        description="Regeneration sample, costs and batching (minutes); the report then shows them. Launch it from "
+                    "the UI when you want fresh figures before the weekly run.")
+    cron, problem = cron_setting(BENCHMARK_CRON_ENV, DEFAULT_BENCHMARK_CRON)
+    weekly = dg.ScheduleDefinition(
+        name=BENCHMARK_SCHEDULE, job=benchmark_job, cron_schedule=cron, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Run the refinement benchmark (cron from ${BENCHMARK_CRON_ENV}). {problem}".strip())
+    return dg.Definitions(assets=[refinement_benchmark, refinement_report], jobs=[benchmark_job], schedules=[weekly])

@@ -13,7 +13,7 @@ from luna_core.settings import LunaHome
 
 
 def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dict | None = None,
-                  report_config: dict | None = None):
+                  benchmark_config: dict | None = None):
     """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance."""
     import dagster as dg
 
@@ -28,7 +28,7 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
         print(message, file=sys.stderr)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     ops = {name: {"config": config} for name, config in (("projector", projector_config),
-                                                          ("refinement_report", report_config)) if config}
+                                                          ("refinement_benchmark", benchmark_config)) if config}
     if ops:
         run_config["ops"] = ops
     # One build of a home at a time: a second `luna build` waits for the first (and says so) instead of
@@ -153,5 +153,44 @@ def cmd_ui(args: argparse.Namespace) -> int:
                          "      attribute: defs\n      location_name: luna\n")
     bin_dir = Path(sys.executable).parent
     executable = str(bin_dir / "dagster") if (bin_dir / "dagster").exists() else "dagster"
-    os.execvpe(executable, [executable, "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)], env)
-    return 0
+    command = [executable, "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
+    return supervise(command, env)
+
+
+UI_STOP_GRACE_S = 5.0  # after Ctrl-C or SIGTERM: time for a clean shutdown before the processes are killed
+
+
+def _stop_request(signum, frame):
+    raise KeyboardInterrupt
+
+
+def supervise(command: list[str], env: dict) -> int:
+    """Run `dagster dev` in a process group of its own and stop that whole group within seconds on
+    Ctrl-C or SIGTERM: dagster dev alone waits minutes for its webserver, daemon and code servers,
+    and a code server started while it shut down could outlive it."""
+    import signal
+    import subprocess
+
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _stop_request)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        print(f"\nStopping the Dagster UI (at most {UI_STOP_GRACE_S:.0f}s)…", flush=True)
+        _signal_group(process.pid, signal.SIGINT)  # dagster dev's own clean shutdown first
+        try:
+            process.wait(UI_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            print("  it did not stop in time: killing its processes", flush=True)
+        return 130
+    finally:
+        _signal_group(process.pid, signal.SIGKILL)  # whatever the group still holds
+        process.wait()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,7 +1,7 @@
 """The Dagster instance of a Luna home (`dagster_home/dagster.yaml`), written on first use.
 
 What a workstation running Luna all day needs: a run queue (a bounded number of runs at once), one
-concurrency pool `gpu` that every model-running step takes a slot of (as many slots as GPUs, one on
+concurrency pool `gpu` that every model-running step on the data's path takes a slot of (as many slots as GPUs, one on
 a CPU), run monitoring and retries, and tick retention. With a PostgreSQL URL (`[operations]
 postgres_url` in luna.toml, or $LUNA_POSTGRES_URL), runs, events and schedules live in PostgreSQL.
 
@@ -61,8 +61,10 @@ def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_ru
         "  enabled: false  # Luna runs offline",
         "",
         "# Runs launched from the UI, sensors and schedules wait in a queue; this many run at once.",
-        "# Every step that runs a model (embeddings, projector, report, refine) takes a slot of the pool",
-        f"# `gpu`: {gpu_slots} slot(s): [operations] gpu_slots, else one per GPU found (one on a CPU machine).",
+        "# Every step that runs a model on the data's path (embeddings, projector, refine) takes a slot of the",
+        f"# pool `gpu`: {gpu_slots} slot(s): [operations] gpu_slots, else one per GPU found (one on a CPU machine).",
+        "# The weekly refinement benchmark has a pool of its own (`benchmark`, the same size): it never holds",
+        "# back a library change on its way to the index.",
         "concurrency:",
         "  runs:",
         f"    max_concurrent_runs: {max_concurrent_runs}",

@@ -11,7 +11,7 @@ from luna_cli.main import main
 
 def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     home = tmp_path / "home"
-    assert main(["demo", "--home", str(home), "--images", "44", "--size", "64"]) == 0
+    assert main(["demo", "--home", str(home), "--images", "60", "--size", "64"]) == 0
     out = capsys.readouterr().out
     assert "Catalog:" in out and "luna ui --home" in out and "check ingested_images.every_image_has_content_hash: passed" in out
     with duckdb.connect(str(home / "catalog.duckdb"), read_only=True) as con:
@@ -33,6 +33,7 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     assert "Refined sample_library/comfyui/" in out and "13 even tiles in 1 call" in out
     assert len(list((home / "refined").glob("*.chess.png"))) == 1
     assert "Refinement report" in out and "random weights" in out and "report.html" in out
+    assert "Test set: series 1" in out and "benchmark (regeneration, costs): 20" in out
     assert len(list((home / "reports").glob("*/report.html"))) == 1
 
     # search and condition from the command line, on a crop of a sample image
@@ -50,7 +51,7 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     assert "outside" in capsys.readouterr().err
 
     # A second demo reuses the library and re-reads nothing.
-    assert main(["demo", "--home", str(home), "--images", "44", "--size", "64"]) == 0
+    assert main(["demo", "--home", str(home), "--images", "60", "--size", "64"]) == 0
     assert "reusing it" in capsys.readouterr().out
 
 
@@ -103,3 +104,49 @@ def test_build_names_the_root_cause_and_fails_on_failed_checks(library_home, cap
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FAILED")]
     assert len(err) == 1 and err[0].startswith("FAILED in vision_embeddings:") and "vision model" in err[0], err
     assert "DagsterExecutionStepExecutionError" not in err[0]
+
+
+def test_luna_ui_stops_with_its_processes_on_sigterm(tiny_home):
+    """A SIGTERM to `luna ui` alone (what a service manager sends) ends it and every process it started
+    (webserver, daemon, code servers) within seconds; `dagster dev` by itself took minutes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.services import Service, free_port
+
+    port = free_port()
+    luna = str(Path(sys.executable).with_name("luna"))
+    ui = Service("luna ui", [luna, "ui", "--home", str(tiny_home.root), "--port", str(port)],
+                 ready="Serving dagster-webserver")
+    try:
+        ui.wait_ready(180)
+        children = subprocess.run(["pgrep", "-P", str(ui.process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 1, "luna ui runs dagster dev as one child"
+        group = os.getpgid(int(children[0]))
+        assert group != os.getpgid(ui.process.pid), "in a process group of its own"
+        os.kill(ui.process.pid, signal.SIGTERM)
+        code = ui.process.wait(30)  # a bound for a hang: the grace period is 5 s
+        assert code == 130 and any("Stopping the Dagster UI" in line for line in ui.lines)
+        assert _running_in_group(group) == [], f"processes of dagster dev's group {group} outlived luna ui"
+    finally:
+        ui.stop()
+
+
+def _running_in_group(group: int) -> list[str]:
+    """Processes of a process group that still run (killed ones not yet reaped by init are zombies: done)."""
+    import os
+
+    running = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        if int(fields[2]) == group and fields[0] != "Z":
+            running.append(f"{entry} {stat[:80]}")
+    return running

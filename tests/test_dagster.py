@@ -30,8 +30,13 @@ def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
     assert defs.resolve_assets_def(INGESTED_IMAGES).group_names_by_key[INGESTED_IMAGES] == "ingest"
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
         "ingested_images", "vision_embeddings", "text_conditionings", "luna_catalog", "faiss_index", "projector",
-        "refinement_report"}
+        "refinement_benchmark", "refinement_report"}
     assert defs.resolve_schedule_def("nightly_reindex").default_status == dg.DefaultScheduleStatus.RUNNING
+    weekly = defs.resolve_schedule_def("weekly_benchmark")  # the expensive part, off the path of the data
+    assert weekly.default_status == dg.DefaultScheduleStatus.RUNNING and weekly.cron_schedule == "0 5 * * 0"
+    assert weekly.job_name == "run_refinement_benchmark"
+    benchmark = defs.resolve_assets_def("refinement_benchmark")
+    assert benchmark.automation_conditions_by_key.get(benchmark.key) is None, "never on a library change"
     assert defs.resolve_job_def("rebuild_faiss_index") and defs.resolve_job_def("refine_images")
     assert defs.resolve_job_def(BUILD_ALL_JOB)
     for sensor in ("library_files_changed", "luna_automation"):  # both run without a click in the UI

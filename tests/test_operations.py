@@ -27,8 +27,9 @@ ARTIFACTS = Path(os.environ.get("LUNA_TEST_ARTIFACTS") or Path(__file__).resolve
 SMALL_RUN = {"ops": {
     "projector": {"config": {"arch": "linear", "rank": 8, "epochs": 1, "batch_size": 8,
                              "min_train_pairs": 8, "min_val_pairs": 2}},
-    "refinement_report": {"config": {"sample_images": 1, "grid": 2, "steps": 2, "batching_repeat": 1,
-                                     "bootstrap": 100}},
+    "refinement_benchmark": {"config": {"sample_images": 1, "grid": 2, "steps": 2, "batching_repeat": 1,
+                                        "latency_repeat": 2}},
+    "refinement_report": {"config": {"bootstrap": 100}},
 }}
 LAUNCH = """mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
   __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
@@ -146,7 +147,7 @@ def test_the_chain_runs_on_postgres_and_the_daemon_ticks_there(running, postgres
         SELECT DISTINCT asset_key FROM event_logs WHERE run_id = '{built}' AND dagster_event_type = 'ASSET_MATERIALIZATION'""")}
     assert {json.loads(k)[0] for k in materialized} == {
         "ingested_images", "vision_embeddings", "text_conditionings", "luna_catalog", "faiss_index", "projector",
-        "refinement_report"}
+        "refinement_benchmark", "refinement_report"}
     # The file sensor ticked in the daemon (and, on a built home, requested nothing); the schedule ticked
     # and launched its rebuild: both recorded in PostgreSQL, not in a file under the home.
     sensor_ticks = postgres.query("luna", "SELECT status FROM job_ticks WHERE tick_body LIKE '%\"library_files_changed\"%'")

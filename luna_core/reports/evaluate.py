@@ -1,7 +1,7 @@
 """Every conditioning source scored on the frozen test split against the true prompt's conditioning.
 
 Sources: the true prompt (the ceiling: the stored float16 row itself), the vault's k-NN answer with the
-image itself left out, every registered projector version, the mean conditioning of the training split,
+image itself and its near-duplicates left out, every registered projector version, the mean conditioning of the training split,
 and the empty prompt (the floor). Per image: token cosine (mean over the 77 tokens), pooled cosine and
 MSE to the truth; per source: retrieval R@1 / R@5 of the true prompt among all test prompts by pooled
 cosine, the share of images where the source beats the mean conditioning, and bootstrap 95 % intervals.
@@ -10,7 +10,6 @@ Conditionings are streamed a batch at a time (a row is 315 KB at SDXL widths).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ import numpy as np
 from luna_core.errors import NotBuiltError
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.train import Pairs, load_pairs
+from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.settings import LunaHome
 from luna_core.vault.query import DEFAULT_TEMPERATURE, Vault
 
@@ -51,32 +51,26 @@ class SourceResult:
 
 @dataclass
 class Evaluation:
-    test_images: int
-    test_fingerprint: str
+    test_set: TestSet
     sources: list[SourceResult]
-    split_sizes: dict[str, int]
-    pairs: Pairs  # the test pairs scored
+    train_pairs: int  # the mean conditioning's rows
     mean_conditioning: tuple[np.ndarray, np.ndarray]  # the train split's mean (tokens, pooled)
+
+    @property
+    def pairs(self) -> Pairs:
+        return self.test_set.pairs
 
     def source(self, kind: str) -> SourceResult | None:
         return next((s for s in self.sources if s.kind == kind), None)
 
 
-def test_pairs(home: LunaHome, settings: EvalSettings) -> Pairs:
-    pairs = load_pairs(home, "test")
-    if len(pairs.image_ids) == 0:
-        raise NotBuiltError("the test split has no image with both an embedding and an encoded prompt yet")
-    if len(pairs.image_ids) > settings.max_images:
-        keep = np.sort(np.random.default_rng(settings.seed).choice(len(pairs.image_ids), settings.max_images,
-                                                                    replace=False))
-        pairs = Pairs(pairs.image_ids[keep], pairs.vision_rows[keep], pairs.prompt_rows[keep])
-    return pairs
-
-
-def split_fingerprint(pairs: Pairs) -> str:
-    digest = hashlib.sha256(pairs.image_ids.tobytes())
-    digest.update(pairs.prompt_rows.tobytes())
-    return digest.hexdigest()[:16]
+def paired_difference(a: SourceResult, b: SourceResult, settings: EvalSettings,
+                      metric: str = "token_cosine") -> tuple[float, float, float]:
+    """Mean of a - b over the same test images, with its bootstrap 95 % interval (images resampled)."""
+    difference = a.per_image[metric] - b.per_image[metric]
+    draws = np.random.default_rng(settings.seed).integers(0, len(difference), size=(settings.bootstrap, len(difference)))
+    resampled = difference[draws].mean(axis=1)
+    return float(difference.mean()), float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))
 
 
 class _Truth:
@@ -148,18 +142,17 @@ def summarize(result: SourceResult, mean_source: SourceResult | None, settings: 
     if mean_source is not None:
         beats = result.per_image["token_cosine"] > mean_source.per_image["token_cosine"]
         result.summary["beats_mean"] = float(beats.mean())
-        difference = result.per_image["token_cosine"] - mean_source.per_image["token_cosine"]
-        resampled = difference[draws].mean(axis=1)
-        result.summary["token_cosine_minus_mean"] = float(difference.mean())
-        result.intervals["token_cosine_minus_mean"] = (float(np.percentile(resampled, 2.5)),
-                                                      float(np.percentile(resampled, 97.5)))
+        gain, low, high = paired_difference(result, mean_source, settings)
+        result.summary["token_cosine_minus_mean"] = gain
+        result.intervals["token_cosine_minus_mean"] = (low, high)
 
 
 def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: EvalSettings = EvalSettings(),
-             projectors: list[tuple[str, object]] | None = None, pairs: Pairs | None = None) -> Evaluation:
-    """Score every source on the test split (`pairs`, default `test_pairs`). `projectors`: (label, model)
+             projectors: list[tuple[str, object]] | None = None, test_set: TestSet | None = None) -> Evaluation:
+    """Score every source on the frozen test set (default `load_test_set`). `projectors`: (label, model)
     pairs (default: every registered version of `settings.projector_name` that fits the encoders)."""
-    pairs = pairs if pairs is not None else test_pairs(home, settings)
+    test_set = test_set if test_set is not None else load_test_set(home, settings.max_images, settings.seed)
+    pairs = test_set.pairs
     truth = _Truth(home, profile, pairs)
     vision = home.open_vision_store(profile)
     embeddings = vision.read("embeds", pairs.vision_rows).astype(np.float32)
@@ -183,7 +176,7 @@ def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: Eval
 
     def vault_rows(start: int, count: int):
         answers = [vault.vault_answer(embeddings[i], settings.k, settings.temperature,
-                                      exclude=frozenset({int(pairs.image_ids[i])}))
+                                      exclude=leave_out(test_set, int(pairs.image_ids[i])))
                    for i in range(start, start + count)]
         return np.stack([a[0] for a in answers]), np.stack([a[1] for a in answers])
 
@@ -197,10 +190,12 @@ def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: Eval
     mean_source = next(s for s in sources if s.kind == "mean")
     for source in sources:
         summarize(source, None if source is mean_source else mean_source, settings)
-    split_sizes = {"train": len(train.image_ids), "val": len(load_pairs(home, "val").image_ids),
-                   "test": len(load_pairs(home, "test").image_ids), "test scored": len(pairs.image_ids)}
-    return Evaluation(len(pairs.image_ids), split_fingerprint(pairs), sources, split_sizes, pairs,
-                      (mean_tokens, mean_pooled))
+    return Evaluation(test_set, sources, len(train.image_ids), (mean_tokens, mean_pooled))
+
+
+def leave_out(test_set: TestSet, image_id: int) -> frozenset[int]:
+    """What a vault answer for a test image must not see: the image and its near-duplicates."""
+    return frozenset({image_id}) | test_set.leave_out.get(image_id, frozenset())
 
 
 def _mean_conditioning(text, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -230,3 +225,8 @@ def registered_projectors(home: LunaHome, vault: Vault, settings: EvalSettings) 
         aliases = f" @{version['aliases']}" if version["aliases"] else ""
         out.append((f"projector v{version['version']}{aliases} ({version['arch']})", model))
     return out
+
+
+def mean_of_train(home: LunaHome, profile: ModelProfile) -> tuple[np.ndarray, np.ndarray]:
+    """The mean conditioning (tokens, pooled) of the train split's prompts."""
+    return _mean_conditioning(home.open_text_store(profile), load_pairs(home, "train").prompt_rows)

@@ -49,20 +49,21 @@ class _Fixed:
 
 
 class _Excluding:
-    """A conditioner whose vault answers leave one image (the one being refined) out."""
+    """A conditioner whose vault answers leave the image being refined (and its near-duplicates) out."""
 
-    def __init__(self, conditioner, image_id: int):
-        self.conditioner, self.exclude = conditioner, frozenset({int(image_id)})
+    def __init__(self, conditioner, exclude: frozenset[int]):
+        self.conditioner, self.exclude = conditioner, exclude
 
     def condition(self, crops: list) -> list[ItemConditioning]:
         return self.conditioner.condition(crops, self.exclude)
 
 
-def refine_sample(refiner: Refiner, images: list, image_ids: list[int], whole_image: dict[str, list[ItemConditioning]],
-                  per_tile: dict[str, object], settings: QualitySettings) -> QualityResult:
+def refine_sample(refiner: Refiner, images: list, left_out: list[frozenset[int]],
+                  whole_image: dict[str, list[ItemConditioning]], per_tile: dict[str, object],
+                  settings: QualitySettings) -> QualityResult:
     """`whole_image`: source -> one conditioning per sample image (true prompt, mean, empty);
     `per_tile`: source -> a conditioner answering each tile (vault, projector), as `luna refine` does,
-    with the sample image itself left out of vault answers."""
+    with `left_out[i]` (sample image i and its near-duplicates) left out of vault answers."""
     refine = RefineSettings(grid=settings.grid, sampler=SamplerSettings(strength=settings.strength,
                                                                        steps=settings.steps, seed=settings.seed))
     result = QualityResult()
@@ -76,7 +77,7 @@ def refine_sample(refiner: Refiner, images: list, image_ids: list[int], whole_im
                 if name in whole_image:
                     refiner.conditioner = _Fixed(whole_image[name][i])
                 elif name in per_tile:
-                    refiner.conditioner = _Excluding(per_tile[name], image_ids[i])
+                    refiner.conditioner = _Excluding(per_tile[name], left_out[i])
                 else:
                     continue
                 refined, _ = refiner.chess(image, refine)

@@ -13,17 +13,36 @@ import numpy as np
 HEADLINE_COLUMNS = ("source", "token cos", "pooled cos", "MSE", "R@1", "R@5", "beats mean", "CLIP-I")
 
 
+def quality_of(report: dict) -> dict:
+    """The latest benchmark's regeneration sample ({} when no benchmark ran yet)."""
+    return (report.get("benchmark") or {}).get("quality") or {}
+
+
+def bootstrap_interval(values, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and bootstrap 95 % interval of a small sample (the regeneration sample's CLIP-I)."""
+    values = np.asarray(values, dtype=float)
+    resampled = values[np.random.default_rng(seed).integers(0, len(values), (draws, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))
+
+
+def clip_i_cell(values) -> str:
+    """CLIP-I over a few regenerated images: always with its interval and n (it rests on a handful)."""
+    if not values:
+        return "—"
+    mean, low, high = bootstrap_interval(values)
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}] n={len(values)}"
+
+
 def headline_rows(report: dict) -> list[dict]:
     rows = []
+    clip_i = quality_of(report).get("clip_i", {})
     for source in report["sources"]:
         s = source["summary"]
         with_ci = _with_interval(source)
-
-        clip_i = report.get("quality", {}).get("clip_i", {}).get(source["quality_column"] or "", [])
         rows.append({"source": source["name"], "token cos": with_ci("token_cosine"), "pooled cos": with_ci("pooled_cosine"),
-                     "MSE": with_ci("mse"), "R@1": f"{s['R@1']:.3f}", "R@5": f"{s['R@5']:.3f}",
+                     "MSE": with_ci("mse"), "R@1": with_ci("R@1", 3), "R@5": with_ci("R@5", 3),
                      "beats mean": f"{s['beats_mean']:.2f}" if "beats_mean" in s else "—",
-                     "CLIP-I": f"{np.mean(clip_i):.4f}" if clip_i else "—"})
+                     "CLIP-I": clip_i_cell(clip_i.get(source["quality_column"] or "", []))})
     return rows
 
 
@@ -55,15 +74,24 @@ def plots(report: dict, per_image: dict[str, dict[str, np.ndarray]], folder: Pat
     out = {}
     sources = report["sources"]
     names = [s["name"] for s in sources]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    mean = next((s for s in sources if s["kind"] == "mean"), None)
     for ax, metric, title in ((axes[0], "token_cosine", "token cosine to the true conditioning"),
                               (axes[1], "pooled_cosine", "pooled cosine to the true conditioning")):
-        values = [s["summary"][metric] for s in sources]
-        errors = np.array([[v - s["intervals"][metric][0], s["intervals"][metric][1] - v]
-                           for v, s in zip(values, sources)]).T
-        ax.barh(names, values, xerr=errors, color="#4c72b0", capsize=3)
-        ax.set_title(title)
-        ax.invert_yaxis()
+        # Points with their intervals on an axis fitted to them (bars from 0 hide differences of 0.01).
+        values = np.array([s["summary"][metric] for s in sources])
+        lows = np.array([s["intervals"][metric][0] for s in sources])
+        highs = np.array([s["intervals"][metric][1] for s in sources])
+        positions = np.arange(len(sources))
+        ax.errorbar(values, positions, xerr=[values - lows, highs - values], fmt="o", color="#4c72b0", capsize=4)
+        if mean is not None:
+            ax.axvline(mean["summary"][metric], color="grey", linestyle="--", linewidth=1, label="mean of train")
+            ax.legend(fontsize=8, loc="lower left")
+        ax.set_yticks(positions, names)
+        ax.set_xlim(max(0.0, float(lows.min()) - 0.02), 1.005)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(title + " (95 % intervals)", fontsize=10)
+    axes[0].invert_yaxis()
     out["metrics"] = _save(plt, fig, folder / "metrics.png")
 
     vault = per_image.get("vault")
@@ -79,18 +107,21 @@ def plots(report: dict, per_image: dict[str, dict[str, np.ndarray]], folder: Pat
         ax.set_title("per test image")
         out["vault_vs_projector"] = _save(plt, fig, folder / "vault_vs_projector.png")
 
-    costs = {c["source"]: c for c in report["costs"]["sources"]}
+    benchmark = report.get("benchmark") or {}
+    costs = {c["source"]: c for c in (benchmark.get("costs") or {}).get("sources", [])}
     points = [(costs[s["name"]]["ms_batch_1"], s["summary"]["token_cosine"], s["name"]) for s in sources
               if s["name"] in costs and costs[s["name"]].get("ms_batch_1") is not None]
     if points:
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        for ms, quality, name in points:
-            ax.scatter(max(ms, 1e-3), quality)
-            ax.annotate(name, (max(ms, 1e-3), quality), fontsize=8, xytext=(4, 2), textcoords="offset points")
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        markers = "osD^v<>phX*"
+        for i, (ms, quality, name) in enumerate(points):  # a legend, not labels on the points: they overlap
+            ax.scatter(max(ms, 1e-3), quality, s=60, marker=markers[i % len(markers)], label=name)
         ax.set_xscale("log")
-        ax.set_xlabel("latency per image at batch 1 (ms, CPU)")
-        ax.set_ylabel("token cosine")
-        ax.set_title("cost vs quality")
+        ax.set_xlabel("latency per image at batch 1 (ms, median; constants drawn at 0.001)")
+        ax.set_ylabel("token cosine to the true prompt")
+        ax.set_title(f"cost vs quality (costs from the benchmark of {benchmark.get('created', '?')})", fontsize=9)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        ax.grid(alpha=0.3)
         out["cost_quality"] = _save(plt, fig, folder / "cost_quality.png")
     return out
 
@@ -102,38 +133,66 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
+def _split_counts(report: dict) -> str:
+    sizes = report.get("split_sizes", {})
+    return ", ".join(f"{split} {v['images']} ({v['with embedding and prompt']} with an embedding and an encoded prompt)"
+                     for split, v in sorted(sizes.items()))
+
+
+def _exclusions(test_set: dict) -> list[str]:
+    lines = []
+    for reason, items in test_set.get("excluded", {}).items():
+        shown = ", ".join(f"`{item}`" for item in items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+        lines.append(f"- {len(items)} left out: {reason}: {shown}")
+    return lines
+
+
 def markdown(report: dict, images: dict[str, str]) -> str:
     """The report as markdown; `images` maps a name to the file name beside report.md."""
-    lines = [f"# Luna refinement report — {report['created']}", ""]
+    test_set = report["test_set"]
+    lines = [f"# Luna refinement report — {report['created']}", "", report["verdict"]["text"], ""]
     if report.get("warning"):
         lines += [f"> **{report['warning']}**", ""]
+    lines += [test_set["described"], ""]
+    lines += _exclusions(test_set) + ([""] if test_set.get("excluded") else [])
     lines += [f"Profile `{report['profile']}`: vision `{report['vision_model']}` ({report['vision_key']}), SDXL "
               f"text encoders `{report['sdxl_model']}` ({report['text_key']}). Index v{report['index_version']} "
               f"({report['index'].get('factory', '?')}); projectors compared: "
               f"{', '.join(report['projector_versions']) or 'none registered'}.",
-              f"Splits: {', '.join(f'{k} {v}' for k, v in report['split_sizes'].items())}; test fingerprint "
-              f"`{report['test_fingerprint']}`. Intervals are bootstrap 95 %.", "",
-              "## Conditioning sources on the test split", "",
+              f"Splits in the catalog: {_split_counts(report)}. Near-duplicates (vision cosine ≥ "
+              f"{test_set['near_duplicate_cosine']}, or the same prompt and seed) share a split and are left out of "
+              f"each other's vault answers. Test fingerprint `{test_set['fingerprint']}`. Intervals are bootstrap 95 %.",
+              "", "## Conditioning sources on the test set", "",
               markdown_table(headline_rows(report), HEADLINE_COLUMNS), ""]
     if "metrics" in images:
-        lines += [f"![metrics]({images['metrics']})", ""]
-    verdict = report.get("projector_verdict")
-    if verdict:
-        lines += [f"**Projector vs mean conditioning:** {verdict}", ""]
+        lines += [f"![metrics]({images['metrics']})", "",
+                  "Each source's own interval is drawn here; the verdict compares sources on the same images "
+                  "(paired differences), which can separate sources whose intervals overlap.", ""]
     if "vault_vs_projector" in images:
         lines += [f"![vault vs projector]({images['vault_vs_projector']})", ""]
-    quality = report.get("quality", {})
+    benchmark = report.get("benchmark")
+    if not benchmark:
+        lines += ["## Regeneration and costs", "",
+                  "No benchmark has run yet: it runs weekly, or on demand (materialize `refinement_benchmark` in the "
+                  "Dagster UI, or `luna report --benchmark`).", ""]
+        return "\n".join(lines)
+    load = (benchmark.get("load") or {}).get("before") or {}
+    when = (f"From the benchmark of {benchmark['created']} (index v{benchmark.get('index_version')}, test series "
+            f"{benchmark.get('test_series')}; machine load {load.get('load_1min', '?')} on {load.get('cores', '?')} "
+            f"cores as it began: costs move with load).")
+    quality = benchmark.get("quality") or {}
     if quality:
-        lines += ["## Regeneration through the chess refiner", "",
+        lines += ["## Regeneration through the chess refiner", "", when, "",
                   f"{len(quality.get('sample_paths', []))} test images, grid {quality['settings']['grid']}, "
                   f"strength {quality['settings']['strength']}, {quality['settings']['steps']} steps, same seeds for "
-                  f"every source. CLIP-I = cosine of the vision encoder's embeddings of result and original. "
-                  f"CLIP-T: {quality['clip_t']}.", ""]
+                  f"every source. CLIP-I = cosine of the vision encoder's embeddings of result and original, shown "
+                  f"with its interval and n because it rests on a handful of images. CLIP-T: {quality['clip_t']}.", ""]
         if "contact_sheet" in images:
             lines += [f"![contact sheet]({images['contact_sheet']})", ""]
-    costs = report["costs"]
-    lines += ["## Costs", "", markdown_table(costs["sources"], ["source", "parameters", "MB", "ms_batch_1",
-                                                                "ms_per_image_batch_64", "notes"]), "",
+    costs = benchmark["costs"]
+    lines += ["## Costs", "", when + f" Medians over {costs.get('repeats', '?')} repeats after a warm-up call.", "",
+              markdown_table(costs["sources"], ["source", "parameters", "MB", "ms_batch_1",
+                                                "ms_per_image_batch_64", "notes"]), "",
               f"Index: recall@10 {costs['index'].get('recall_at_10', 0):.4f} on held-out vectors, query p50 "
               f"{costs['index'].get('p50_ms', 0):.3f} ms / p99 {costs['index'].get('p99_ms', 0):.3f} ms, "
               f"{costs['index'].get('mb', 0):.2f} MB; vault answer (search + row reads) p50 "

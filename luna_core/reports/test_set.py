@@ -1,0 +1,152 @@
+"""The report's test set: frozen per report series, so figures of one series compare the same images.
+
+The test *split* grows as the library does (luna_core.splits); the report's test *set* does not. A
+series freezes the content hashes it scores, once, in `HOME/reports/test_set.json`. Every report of the
+series scores those images that can still be scored, and says which were left out and why:
+
+- left the library (deleted), or no embedding or encoded prompt yet;
+- a near-duplicate of a train or val image (a catalog split before near-duplicates shared a split).
+
+A new series starts when there is none, when asked (`new_series`), or when the eligible test split
+has grown to twice the frozen set (and the set is below `max_images`); the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from luna_core.catalog import open_catalog
+from luna_core.errors import NotBuiltError
+from luna_core.files import write_atomically
+from luna_core.projector.train import Pairs
+from luna_core.settings import LunaHome
+from luna_core.splits import twins_of
+
+GROWTH_FOR_NEW_SERIES = 2.0  # the eligible test split at this multiple of the frozen set starts a new series
+
+
+class EmptyTestSet(NotBuiltError):
+    """No test image can be scored yet (a small or new library): nothing to report, not a failure."""
+
+
+@dataclass
+class FrozenSet:
+    series: int
+    frozen_at: str
+    reason: str  # why this series began
+    members: list[str]  # content hashes, sorted
+    paths: dict[str, str] = field(default_factory=dict)  # content hash -> its path when frozen (for people)
+
+
+@dataclass
+class TestSet:
+    frozen: FrozenSet
+    began_now: bool  # this call started the series
+    pairs: Pairs  # the members scored, in image-id order
+    content_hashes: list[str]  # of `pairs`, same order
+    paths: list[str]
+    leave_out: dict[int, frozenset[int]]  # image id -> ids of its near-duplicates (left out with it)
+    excluded: dict[str, list[str]] = field(default_factory=dict)  # reason -> paths (or hashes)
+    joined_since: int = 0  # eligible test images that are not in the frozen set
+    split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> images / with pairs
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(f"series {self.frozen.series}|".encode())
+        digest.update(self.pairs.image_ids.tobytes())
+        digest.update(self.pairs.prompt_rows.tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> str:
+        """One sentence: which set, since when, and whether it changed with this report."""
+        f = self.frozen
+        text = (f"Test set: series {f.series}, frozen {f.frozen_at} with {len(f.members)} images "
+                f"({f.reason}); {len(self.pairs.image_ids)} scored in this report.")
+        if self.began_now:
+            text += " **The test set changed with this report**: figures are not comparable with earlier series."
+        if self.joined_since:
+            text += (f" {self.joined_since} test images joined the library since the freeze and are not scored "
+                     f"(a new series starts when the test split reaches {GROWTH_FOR_NEW_SERIES:g}× the set).")
+        return text
+
+
+def _path(home: LunaHome):
+    return home.reports_dir / "test_set.json"
+
+
+def _read(home: LunaHome) -> FrozenSet | None:
+    try:
+        data = json.loads(_path(home).read_text())
+        return FrozenSet(int(data["series"]), str(data["frozen_at"]), str(data["reason"]), list(data["members"]),
+                         dict(data.get("paths") or {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_test_set(home: LunaHome, max_images: int = 2000, seed: int = 0, new_series: bool = False) -> TestSet:
+    """The current series' test set (a new series first when due), with what it leaves out and why."""
+    with open_catalog(home.catalog_path) as con:
+        if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchone()[0]:
+            raise NotBuiltError("the catalog has no `library` view yet: materialize luna_catalog first")
+        rows = con.execute("""
+            SELECT content_hash, image_id, split, vision_row, prompt_row, path FROM library ORDER BY image_id""").fetchall()
+        split_of = {h: s for h, _, s, _, _, _ in rows}
+        test_hashes = [h for h, _, s, _, _, _ in rows if s == "test"]
+        twins = twins_of(con, test_hashes)
+        id_of = dict(con.execute("SELECT content_hash, image_id FROM image_ids").fetchall())
+    sizes: dict[str, dict[str, int]] = {}
+    for _, _, split, vision_row, prompt_row, _ in rows:
+        entry = sizes.setdefault(split, {"images": 0, "with embedding and prompt": 0})
+        entry["images"] += 1
+        entry["with embedding and prompt"] += vision_row is not None and prompt_row is not None
+    by_hash = {r[0]: r for r in rows}
+    leaked = {h for h in test_hashes if any(split_of.get(t) in ("train", "val") for t in twins.get(h, ()))}
+    eligible = sorted(h for h in test_hashes
+                      if h not in leaked and by_hash[h][3] is not None and by_hash[h][4] is not None)
+
+    frozen, began = _read(home), False
+    reason = ("asked for a new series" if new_series else "first report" if frozen is None else
+              f"the test split grew from {len(frozen.members)} to {len(eligible)} images"
+              if len(eligible) >= GROWTH_FOR_NEW_SERIES * len(frozen.members) and len(frozen.members) < max_images
+              else None)
+    if reason is not None:
+        if not eligible:
+            raise EmptyTestSet(f"the test split has no image with both an embedding and an encoded prompt yet "
+                               f"({len(test_hashes)} test images, {len(leaked)} of them near-duplicates of train or "
+                               "val images): a report needs at least one")
+        members = eligible
+        if len(members) > max_images:  # a deterministic sample, stable while the set is frozen
+            keep = np.sort(np.random.default_rng(seed).choice(len(members), max_images, replace=False))
+            members = [members[i] for i in keep]
+        frozen = FrozenSet((frozen.series + 1) if frozen else 1,
+                           datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), reason, members,
+                           {h: by_hash[h][5] for h in members})
+        write_atomically(_path(home), lambda tmp: tmp.write_text(json.dumps(asdict(frozen))))
+        began = True
+
+    excluded: dict[str, list[str]] = {}
+    scored = []
+    for h in frozen.members:
+        row = by_hash.get(h)
+        why = ("left the library" if row is None else
+               "near-duplicate of a train or val image" if h in leaked else
+               "no embedding or encoded prompt" if row[3] is None or row[4] is None else None)
+        if why:
+            excluded.setdefault(why, []).append(row[5] if row else frozen.paths.get(h, h[:16]))
+        else:
+            scored.append(row)
+    if not scored:
+        raise EmptyTestSet(f"none of the {len(frozen.members)} images of test series {frozen.series} can be "
+                            "scored now; start a new series (report config new_test_set: true)")
+    scored.sort(key=lambda r: r[1])
+    pairs = Pairs(np.array([r[1] for r in scored], np.int64), np.array([r[3] for r in scored], np.int64),
+                  np.array([r[4] for r in scored], np.int64))
+    leave_out = {int(r[1]): frozenset(int(id_of[t]) for t in twins.get(r[0], ()) if t in id_of) for r in scored}
+    members = set(frozen.members)
+    return TestSet(frozen, began, pairs, [r[0] for r in scored], [r[5] for r in scored], leave_out, excluded,
+                   sum(1 for h in eligible if h not in members), sizes)
