@@ -82,7 +82,7 @@ class ProjectorTrainConfig(dg.Config):
 )
 def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, luna: LunaHomeResource,
               models: LunaModelsResource) -> dg.MaterializeResult:
-    """A projector trained on the train split, registered in MLflow as a new version; @champion moves only when it beats the champion on the val split."""
+    """A projector trained on the train split, registered in MLflow as a new version; @champion moves only when it beats the champion on the val split. "Unsynced" after a library change is expected: it retrains weekly, or when the training pairs grew enough (see its latest "retrain policy" observation)."""
     home = luna.luna_home
     profile = models.resolve(home)
     request = config.request(context.run.run_id)
@@ -143,7 +143,13 @@ def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHome
     decision = retrain_decision(luna.luna_home, share)
     context.update_cursor(marker)
     if not decision.due:
-        return dg.SkipReason(decision.reason)
+        # Shown on the projector's page beside Dagster's "Unsynced" badge: why no retrain follows.
+        note = dg.AssetObservation(PROJECTOR, metadata={
+            "retrain policy": f"not due: {decision.reason}",
+            "why Unsynced": f"luna_catalog changed since the last training; the projector retrains when the pairs "
+                            f"grew by {share:.0%} (${GROWTH_ENV}), weekly (${RETRAIN_CRON_ENV}), or when you "
+                            "materialize it"})
+        return dg.SensorResult(skip_reason=decision.reason, asset_events=[note])
     context.log.info(decision.reason)
     return dg.RunRequest(run_key=f"train-pairs-{decision.train_pairs}", asset_selection=[PROJECTOR],
                          tags={"luna/trigger": RETRAIN_SENSOR, "luna/train-pairs": str(decision.train_pairs)})

@@ -103,10 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.set_defaults(func=library.cmd_status)
 
-    cmd = sub.add_parser("ui", help="open the Dagster UI (webserver and daemon) on a Luna home")
+    cmd = sub.add_parser("ui", help="open the Dagster UI (webserver and daemon) on a Luna home; Ctrl-C or SIGTERM "
+                                    "stops it and its processes within seconds")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    cmd.add_argument("--port", type=int, default=3000)
+    cmd.add_argument("--port", type=int, default=3000, help="port to listen on (default 3000)")
     cmd.set_defaults(func=library.cmd_ui)
 
     cmd = sub.add_parser("mlflow-server", help="run the home's MLflow tracking server (registry and UI)")

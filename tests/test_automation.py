@@ -22,8 +22,9 @@ CHAIN = {"vision_embeddings", "text_conditionings", "luna_catalog", "faiss_index
 RUN_CONFIG = {"ops": {
     "projector": {"config": {"arch": "linear", "rank": 8, "epochs": 1, "batch_size": 8,
                              "min_train_pairs": 8, "min_val_pairs": 2}},
-    "refinement_report": {"config": {"sample_images": 1, "grid": 2, "steps": 2, "batching_repeat": 1,
-                                     "bootstrap": 100}},
+    "refinement_benchmark": {"config": {"sample_images": 1, "grid": 2, "steps": 2, "batching_repeat": 1,
+                                        "latency_repeat": 2}},
+    "refinement_report": {"config": {"bootstrap": 100}},
 }}
 
 
@@ -196,7 +197,10 @@ def test_the_retrain_policy_sensor_requests_the_projector_once_the_pairs_grew(pr
     assert isinstance(result, dg.SkipReason) and "not been materialized" in result.skip_message
     instance.report_runless_asset_event(dg.AssetMaterialization(LUNA_CATALOG))
     result, cursor = tick()
-    assert isinstance(result, dg.SkipReason) and "+0%" in result.skip_message
+    assert isinstance(result, dg.SensorResult) and "+0%" in result.skip_reason.skip_message
+    observation, = result.asset_events  # shown beside the projector's "Unsynced" badge: why no retrain follows
+    assert observation.asset_key == dg.AssetKey("projector") and "retrains when the pairs grew by 25%" in \
+        observation.metadata["why Unsynced"].value
     result, cursor = tick(cursor)
     assert "has not changed" in result.skip_message, "no catalog change: the registry is not even asked"
 
@@ -210,7 +214,7 @@ def test_the_retrain_policy_sensor_requests_the_projector_once_the_pairs_grew(pr
     instance.report_runless_asset_event(dg.AssetMaterialization(LUNA_CATALOG))
     monkeypatch.setenv("LUNA_RETRAIN_GROWTH", "5")  # 500%: not yet
     result, cursor = tick(cursor)
-    assert isinstance(result, dg.SkipReason) and "retrains at 500%" in result.skip_message
+    assert "retrains at 500%" in result.skip_reason.skip_message
     monkeypatch.setenv("LUNA_RETRAIN_GROWTH", "0.25")
     instance.report_runless_asset_event(dg.AssetMaterialization(LUNA_CATALOG))
     result, cursor = tick(cursor)
