@@ -30,7 +30,7 @@ SPLIT_PERCENT = {"train": 80, "val": 10, "test": 10}
 # instead of blockwise exact products (a first build of a large library).
 EXACT_PRODUCTS = 4_000_000_000
 APPROX_NEIGHBOURS = 16
-_BLOCK = 4096
+BLOCK_ENTRIES = 32_000_000  # similarities held at once in the exact path (128 MB of float32)
 
 
 @dataclass
@@ -62,8 +62,9 @@ def similar_pairs(new: np.ndarray, known: np.ndarray, threshold: float) -> list[
         return []
     pairs = []
     if len(new) * len(base) <= EXACT_PRODUCTS:
-        for start in range(0, len(new), _BLOCK):
-            sims = new[start : start + _BLOCK] @ base.T
+        block = max(1, min(len(new), BLOCK_ENTRIES // len(base)))
+        for start in range(0, len(new), block):
+            sims = new[start : start + block] @ base.T
             rows, cols = np.nonzero(sims >= threshold)
             pairs += [(int(start + r), int(c), float(sims[r, c])) for r, c in zip(rows, cols) if start + r != c]
         return pairs

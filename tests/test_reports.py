@@ -308,3 +308,14 @@ def test_a_library_without_a_scorable_test_image_reports_nothing_and_fails_nothi
         metadata = result.asset_materializations_for_node(key)[0].metadata
         assert metadata["built"].value is False and "no image with both an embedding" in metadata["reason"].value
     assert latest_report(home) is None and latest_benchmark(home) is None
+
+
+def test_a_report_of_an_older_format_is_not_shown_and_is_replaced(report_home):
+    home, profile = report_home
+    first = build_report(home, profile, SMALL)
+    data = json.loads((first.folder / "report.json").read_text())
+    data["inputs"]["code_version"] = "1"  # as a report written by an older Luna
+    (first.folder / "report.json").write_text(json.dumps(data))
+    assert latest_report(home) is None
+    again = build_report(home, profile, SMALL)
+    assert again.built and latest_report(home)[0] == again.folder

@@ -134,6 +134,8 @@ def test_similar_pairs_finds_planted_copies_exactly_or_through_faiss(monkeypatch
     new /= np.linalg.norm(new, axis=1, keepdims=True)
     if approximate:
         monkeypatch.setattr(splits, "EXACT_PRODUCTS", 0)
+    else:
+        monkeypatch.setattr(splits, "BLOCK_ENTRIES", 3000 * 7)  # several blocks of new vectors
     pairs = similar_pairs(new, known, 0.95)
     assert sorted((i, j - len(new)) for i, j, _ in pairs) == [(0, 5), (1, 77), (2, 2048)]
     assert all(c >= 0.95 for _, _, c in pairs)

@@ -72,11 +72,14 @@ def _pointer(home: LunaHome) -> Path:
 
 
 def latest_report(home: LunaHome) -> tuple[Path, dict] | None:
+    """The latest report of this report format (a report written by an older Luna is not shown: the
+    next build replaces it)."""
     try:
         folder = home.reports_dir / json.loads(_pointer(home).read_text())["folder"]
-        return folder, json.loads((folder / "report.json").read_text())
+        report = json.loads((folder / "report.json").read_text())
     except (OSError, ValueError, KeyError):
         return None
+    return (folder, report) if report.get("inputs", {}).get("code_version") == REPORT_CODE_VERSION else None
 
 
 def _latest_pointer(home: LunaHome) -> dict:
