@@ -14,7 +14,8 @@ from luna_core.settings import LunaHome
 
 def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dict | None = None,
                   benchmark_config: dict | None = None):
-    """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance."""
+    """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance;
+    the refinement benchmark (minutes) only when given a `benchmark_config` (its schedule runs it)."""
     import dagster as dg
 
     from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
@@ -33,14 +34,19 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
         run_config["ops"] = ops
     # One build of a home at a time: a second `luna build` waits for the first (and says so) instead of
     # failing on the stores' writer locks.
+    from luna_assets.reports import REFINEMENT_BENCHMARK
+
+    graph = job.asset_layer.asset_graph
+    skipped = set() if benchmark_config is not None else {REFINEMENT_BENCHMARK}
     with held_lock(home.root / "build", "build"):
         shards = home.vault_shards()
         if shards == 1:
-            return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
-        return _build_by_shard(job, shards, run_config, instance)
+            return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                          asset_selection=sorted(graph.get_all_asset_keys() - skipped))
+        return _build_by_shard(job, shards, run_config, instance, skipped)
 
 
-def _build_by_shard(job, shards: int, run_config: dict, instance) -> list:
+def _build_by_shard(job, shards: int, run_config: dict, instance, skipped: set) -> list:
     """A sharded home's build on this machine: what feeds the vault, each shard's partition, then the rest
     (whose first step commits the shards' manifests). Stops at the first failed run."""
     from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
@@ -49,7 +55,7 @@ def _build_by_shard(job, shards: int, run_config: dict, instance) -> list:
     graph = job.asset_layer.asset_graph
     vault = {VISION_EMBEDDINGS, TEXT_CONDITIONINGS}
     upstream = {key for store in vault for key in graph.get(store).parent_keys} - vault
-    rest = sorted(graph.get_all_asset_keys() - vault - upstream)
+    rest = sorted(graph.get_all_asset_keys() - vault - upstream - skipped)
     stages = [(None, sorted(upstream))] + [(key, sorted(vault)) for key in shard_keys(shards)] + [(None, rest)]
     results = []
     for partition, keys in stages:

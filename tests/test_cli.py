@@ -150,3 +150,15 @@ def _running_in_group(group: int) -> list[str]:
         if int(fields[2]) == group and fields[0] != "Z":
             running.append(f"{entry} {stat[:80]}")
     return running
+
+
+def test_luna_build_leaves_the_benchmark_to_its_schedule(tiny_home, capsys):
+    """`luna build` materializes the chain and the cheap report; the benchmark (minutes) is not in the path."""
+    import dagster as dg
+
+    assert main(["build", "--home", str(tiny_home.root)]) == 0
+    instance = dg.DagsterInstance.from_config(str(tiny_home.dagster_home))
+    materialized = {key.to_user_string() for key in instance.get_asset_keys()
+                    if instance.get_latest_materialization_event(key) is not None}
+    assert {"faiss_index", "luna_catalog", "refinement_report"} <= materialized
+    assert "refinement_benchmark" not in materialized
