@@ -319,3 +319,17 @@ def test_a_report_of_an_older_format_is_not_shown_and_is_replaced(report_home):
     assert latest_report(home) is None
     again = build_report(home, profile, SMALL)
     assert again.built and latest_report(home)[0] == again.folder
+
+
+def test_the_champion_is_found_among_other_aliases(report_home):
+    import mlflow
+
+    from luna_core.reports.evaluate import is_champion
+
+    home, profile = report_home
+    mlflow.set_tracking_uri(home.default_tracking_uri())
+    mlflow.MlflowClient().set_registered_model_alias("luna-projector", "a-first", "1")  # sorts before champion
+    (label, _), = registered_projectors(home, Vault(home, profile), EvalSettings())
+    assert "@a-first" in label and is_champion(label), label
+    assert is_champion("projector v3 @x @champion (kernel)") and is_champion("projector v1 @champion (mlp)")
+    assert not is_champion("projector v2 @champion-old (kernel)") and not is_champion("projector v2 (kernel)")

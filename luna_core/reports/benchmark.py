@@ -24,7 +24,7 @@ import numpy as np
 from luna_core.errors import LunaError
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile
-from luna_core.reports.evaluate import EvalSettings, leave_out, registered_projectors
+from luna_core.reports.evaluate import EvalSettings, is_champion, leave_out, registered_projectors
 from luna_core.reports.quality import QualitySettings, refine_sample
 from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.settings import LunaHome
@@ -141,7 +141,7 @@ def _quality(home: LunaHome, profile: ModelProfile, vault, test_set: TestSet, pr
              "mean": [mean_item] * len(images),
              "empty": [ItemConditioning(empty_tokens, empty_pooled, *zeros)] * len(images)}
     per_tile = {"vault": refiner.conditioner}
-    champion = next((model for label, model in projectors if "@champion" in label), None)
+    champion = next((model for label, model in projectors if is_champion(label)), None)
     if champion is not None:
         per_tile["projector"] = Conditioner(vault, SourceSettings("projector"), projector=(champion, None))
     result = refine_sample(refiner, images, [leave_out(test_set, int(pairs.image_ids[i])) for i in kept], whole,

@@ -222,9 +222,14 @@ def registered_projectors(home: LunaHome, vault: Vault, settings: EvalSettings) 
         except LunaError as exc:
             log.warning("projector %s left out of the report: %s", uri, exc)
             continue
-        aliases = f" @{version['aliases']}" if version["aliases"] else ""
+        aliases = "".join(f" @{alias}" for alias in version["aliases"].split(",") if alias)
         out.append((f"projector v{version['version']}{aliases} ({version['arch']})", model))
     return out
+
+
+def is_champion(label: str) -> bool:
+    """Whether a `registered_projectors` label carries the @champion alias (among any others)."""
+    return "@champion" in label.split()
 
 
 def mean_of_train(home: LunaHome, profile: ModelProfile) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile
 from luna_core.reports.benchmark import latest_benchmark
-from luna_core.reports.evaluate import EvalSettings, Evaluation, evaluate, registered_projectors
+from luna_core.reports.evaluate import EvalSettings, Evaluation, evaluate, is_champion, registered_projectors
 from luna_core.reports.render import markdown, plots, standalone_html
 from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.reports.verdict import verdict
@@ -134,7 +134,7 @@ def build_report(home: LunaHome, profile: ModelProfile, settings: ReportSettings
          f"(series {test_set.frozen.series})")
     projectors = registered_projectors(home, vault, settings.evaluation)
     evaluation = evaluate(home, profile, vault, settings.evaluation, projectors, test_set)
-    champion_label = next((label for label, _ in projectors if "@champion" in label), None)
+    champion_label = next((label for label, _ in projectors if is_champion(label)), None)
     report = _assemble(profile, vault, inputs, evaluation, settings.evaluation, champion_label, benchmark)
     if previous and not fresh and previous[1].get("figures") == report["figures"]:
         # Nothing new to say (an index version that moved no answer): no new folder, no new MLflow run.
@@ -252,5 +252,6 @@ def _log_to_mlflow(home: LunaHome, report: dict, folder: Path, settings: ReportS
                          "verdict": str(report["verdict"]["choice"]), "report_folder": str(folder)})
         mlflow.log_artifacts(str(folder), artifact_path="report")
     report["mlflow_run_id"] = run.info.run_id
-    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    # The pointer already names this folder: replace report.json whole, never rewrite it in place.
+    write_atomically(folder / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str)))
 
