@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import textwrap
 
 from luna_core.errors import NotBuiltError
 from luna_core.settings import LunaHome
@@ -17,10 +18,9 @@ def print_report(folder, report: dict) -> None:
     test_set = report["test_set"]
     print(f"\nRefinement report {report['created']} (profile {report['profile']}, index v{report['index_version']}, "
           f"{test_set['scored']} test images, series {test_set['series']})")
-    print(f"  {report['verdict']['text'].replace('**', '')}")
-    if report.get("warning"):
-        print(f"  {report['warning']}")
-    print(f"  {test_set['described'].replace('**', '')}")
+    for text in (report["verdict"]["text"], report.get("warning"), test_set["described"]):
+        if text:
+            print(textwrap.fill(text.replace("**", ""), width=110, initial_indent="  ", subsequent_indent="  "))
     for reason, items in test_set.get("excluded", {}).items():
         print(f"  left out ({reason}): {len(items)}")
     print_table(headline_rows(report), list(HEADLINE_COLUMNS), {"source": 36, "token cos": 26, "pooled cos": 26,
