@@ -69,7 +69,8 @@ def _run(home: LunaHome, args: argparse.Namespace) -> None:
 
     profile = resolve_profile(home.model_profile(), home.models_dir)
     if args.benchmark:
-        print("Running the benchmark (regeneration sample, costs, batching): minutes on a CPU…")
+        print("Running the benchmark (regeneration sample, costs, batching): under a minute on the tiny profile, "
+              "minutes with SDXL on a CPU…")
         outcome = run_benchmark(home, profile, on_step=lambda message: print(f"  {message}"))
         print(f"  benchmark → {outcome.folder} ({outcome.result['seconds']} s)")
     outcome = build_report(home, profile, ReportSettings(new_test_set=args.new_test_set))
