@@ -10,9 +10,9 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project.celery import celery_broker, celery_executor_for
-from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from dagster_project.runs import dead_run_monitor
 from luna_assets import DOMAINS
+from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.settings import LunaHome
 
 BUILD_ALL_JOB = "luna_build_all"

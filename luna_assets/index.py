@@ -3,9 +3,9 @@ FAISS index, and the job and schedule that rebuild it."""
 
 import dagster as dg
 
-from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.automation import cron_setting, on_upstream_change
 from luna_assets.metadata import seconds
+from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 from luna_core.index.build import update_index
 from luna_core.index.faiss_index import GIB, IndexSettings

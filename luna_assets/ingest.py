@@ -3,8 +3,8 @@ that notices when the roots change."""
 
 import dagster as dg
 
-from dagster_project.resources import LunaHomeResource
 from luna_assets.metadata import md_table, progress_logger, seconds
+from luna_assets.resources import LunaHomeResource
 from luna_core import catalog
 from luna_core.ingest import ingest
 from luna_core.scan import fingerprint_roots

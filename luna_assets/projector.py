@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.automation import AC, GPU_POOL, cron_setting
 from luna_assets.index import LUNA_CATALOG
 from luna_assets.metadata import md_table
+from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.errors import LunaConfigError
 from luna_core.projector.models import ProjectorConfig
 from luna_core.projector.pipeline import train_and_register

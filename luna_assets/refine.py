@@ -9,9 +9,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.automation import GPU_POOL
 from luna_assets.metadata import md_table
+from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.errors import LunaError
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR, SourceSettings
 from luna_core.refine.refiner import RefineSettings

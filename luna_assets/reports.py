@@ -4,11 +4,11 @@ need: a report or a benchmark in progress never delays a library change on its w
 
 import dagster as dg
 
-from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.automation import AC, cron_setting
 from luna_assets.index import FAISS_INDEX
 from luna_assets.metadata import md_table
 from luna_assets.projector import PROJECTOR
+from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.reports.benchmark import BENCHMARK_CODE_VERSION, BenchmarkSettings, run_benchmark
 from luna_core.reports.evaluate import EvalSettings
 from luna_core.reports.quality import QualitySettings

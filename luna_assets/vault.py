@@ -4,10 +4,10 @@ import hashlib
 
 import dagster as dg
 
-from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.automation import GPU_POOL, on_upstream_change
 from luna_assets.ingest import INGESTED_IMAGES
 from luna_assets.metadata import check_results, progress_logger, seconds
+from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.catalog import open_catalog, vault_rows_digest
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome

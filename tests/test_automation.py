@@ -12,9 +12,9 @@ import duckdb
 import pytest
 
 from dagster_project.definitions import build_definitions
-from dagster_project.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.index import LUNA_CATALOG
 from luna_assets.projector import RETRAIN_SENSOR
+from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.samples import SampleLibrary, make_sample_library
 from luna_core.settings import LunaHome
 

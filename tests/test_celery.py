@@ -221,7 +221,7 @@ def test_a_backfill_of_every_shard_on_two_celery_workers_survives_losing_one(sha
 
     # The one committing step, then: one row per image and per prompt, and the values one machine gives.
     profile = resolve_profile("tiny", home.models_dir)
-    from dagster_project.resources import LunaHomeResource, LunaModelsResource
+    from luna_assets.resources import LunaHomeResource, LunaModelsResource
 
     result = dg.materialize([luna_catalog], resources={"luna": LunaHomeResource(home=str(home.root)),
                                                        "models": LunaModelsResource()})

@@ -83,7 +83,7 @@ def test_build_names_the_root_cause_and_fails_on_failed_checks(library_home, cap
 
     import dagster as dg
 
-    from dagster_project.resources import LunaHomeResource, LunaModelsResource
+    from luna_assets.resources import LunaHomeResource, LunaModelsResource
     from luna_assets.vault import vision_embeddings
     from luna_cli.library import report_run
 

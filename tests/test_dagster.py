@@ -11,7 +11,6 @@ import dagster as dg
 import duckdb
 
 from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
-from dagster_project.resources import LunaHomeResource
 from luna_assets.ingest import (
     CHECK_CONTENT_HASH,
     CHECK_QUARANTINE_REASON,
@@ -19,6 +18,7 @@ from luna_assets.ingest import (
     ingested_images,
     library_files_changed,
 )
+from luna_assets.resources import LunaHomeResource
 from luna_core.samples import SampleLibrary
 from luna_core.settings import LunaHome
 
@@ -169,10 +169,9 @@ def test_layers_import_downward_only():
     core = _imports("luna_core")
     assert not {m: deps for m, deps in core.items() if any(d.split(".")[0] != "luna_core" for d in deps)}
     assets = _imports("luna_assets")
-    upward = {m: deps for m, deps in assets.items()
-              if any(d.split(".")[0] in ("luna_cli",) or (d.startswith("dagster_project") and d != "dagster_project.resources")
-                     for d in deps)}
-    assert not upward, "luna_assets imports only resources' types from dagster_project"
+    upward = {m: deps for m, deps in assets.items() if any(d.split(".")[0] in ("luna_cli", "dagster_project")
+                                                            for d in deps)}
+    assert not upward, "luna_assets imports neither the code location nor the CLI"
     project = _imports("dagster_project")
     assert not any(d.startswith("luna_cli") for deps in project.values() for d in deps)
     # The query service and the ComfyUI nodes stand on the core alone (no Dagster, no CLI).
@@ -237,7 +236,7 @@ def test_embedding_assets_follow_ingest_by_themselves(tiny_home: LunaHome):
 
 
 def test_embedding_assets_report_metadata_and_pass_checks(tiny_home: LunaHome):
-    from dagster_project.resources import LunaModelsResource
+    from luna_assets.resources import LunaModelsResource
     from luna_assets.vault import text_conditionings, vision_embeddings
 
     resources = {"luna": LunaHomeResource(home=str(tiny_home.root)), "models": LunaModelsResource()}
@@ -264,8 +263,8 @@ def test_reindex_schedule_cron_is_configurable(monkeypatch, tmp_path):
 
 
 def test_catalog_and_index_assets_add_then_rebuild(tiny_home: LunaHome):
-    from dagster_project.resources import LunaModelsResource
     from luna_assets.index import faiss_index, luna_catalog
+    from luna_assets.resources import LunaModelsResource
     from luna_assets.vault import text_conditionings, vision_embeddings
 
     resources = {"luna": LunaHomeResource(home=str(tiny_home.root), workers=1), "models": LunaModelsResource()}

@@ -187,8 +187,8 @@ def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_li
 
 
 def test_report_and_benchmark_assets_and_cli(report_home, capsys, monkeypatch, tmp_path):
-    from dagster_project.resources import LunaHomeResource, LunaModelsResource
     from luna_assets.reports import BENCHMARK_POOL, refinement_benchmark, refinement_report
+    from luna_assets.resources import LunaHomeResource, LunaModelsResource
     from luna_cli.main import main
     from luna_core.reports.render import clip_i_cell
 
@@ -240,7 +240,7 @@ def test_a_benchmark_in_progress_does_not_delay_an_index_update(report_home, sam
 
     import luna_assets.reports as report_assets
     from dagster_project.definitions import build_definitions
-    from dagster_project.resources import LunaHomeResource, LunaModelsResource
+    from luna_assets.resources import LunaHomeResource, LunaModelsResource
     from luna_core.index.store import load_index
     from luna_core.instance import ensure_instance
 
@@ -294,8 +294,8 @@ def test_a_benchmark_in_progress_does_not_delay_an_index_update(report_home, sam
 def test_a_library_without_a_scorable_test_image_reports_nothing_and_fails_nothing(report_home):
     import duckdb
 
-    from dagster_project.resources import LunaHomeResource, LunaModelsResource
     from luna_assets.reports import refinement_benchmark, refinement_report
+    from luna_assets.resources import LunaHomeResource, LunaModelsResource
 
     home, _ = report_home
     with duckdb.connect(str(home.catalog_path)) as con:

@@ -164,7 +164,7 @@ def test_killed_materialization_reruns_to_exactly_one_row_each(tiny_home: LunaHo
         import luna_core.models.encoders as encoders
         from luna_core.vault import embed
         from dagster_project.definitions import build_definitions
-        from dagster_project.resources import LunaModelsResource
+        from luna_assets.resources import LunaModelsResource
 
         embed._Committer.maybe_commit = embed._Committer.commit  # every batch committed at once
         original, calls = encoders.VisionEncoder.embed_pixels, []
@@ -271,7 +271,7 @@ def test_a_deleted_store_is_rebuilt_by_the_next_run(tiny_home: LunaHome, kind):
 
     import dagster as dg
 
-    from dagster_project.resources import LunaHomeResource, LunaModelsResource
+    from luna_assets.resources import LunaHomeResource, LunaModelsResource
     from luna_assets.vault import text_conditionings, vision_embeddings
 
     asset = vision_embeddings if kind == "vision" else text_conditionings
