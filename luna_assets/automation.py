@@ -7,7 +7,6 @@ import logging
 import os
 
 import dagster as dg
-from dagster._utils.schedules import is_valid_cron_schedule
 
 AC = dg.AutomationCondition
 GPU_POOL = "gpu"  # every step that runs a model takes a slot (limit: GPUs found, 1 on a CPU)
@@ -27,11 +26,20 @@ def on_upstream_change() -> dg.AutomationCondition:
     ).with_label("on upstream data change")
 
 
+def is_valid_cron(cron: str) -> bool:
+    """Whether Dagster accepts `cron` as a schedule (asked through its public API: a ScheduleDefinition)."""
+    try:
+        dg.ScheduleDefinition(name="cron_check", cron_schedule=cron, job_name="cron_check")
+    except dg.DagsterInvalidDefinitionError:
+        return False
+    return True
+
+
 def cron_setting(env: str, default: str) -> tuple[str, str]:
     """The cron expression in $`env` (default when unset) and, when it is not one, the default with
     the problem in words: a bad setting is shown, never a code location that fails to load."""
     cron = os.environ.get(env, "").strip() or default
-    if is_valid_cron_schedule(cron):
+    if is_valid_cron(cron):
         return cron, ""
     problem = f"${env}={cron!r} is not a cron expression; using the default {default!r}"
     logging.getLogger(__name__).warning(problem)

@@ -181,6 +181,17 @@ def test_layers_import_downward_only():
         assert not outside, f"{package} imports {outside}"
 
 
+def test_no_private_dagster_module_is_imported():
+    """Dagster's `_`-modules change without notice between releases: Luna uses the public API only."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    private = re.compile(r"^\s*(from|import)\s+dagster\._", re.MULTILINE)
+    offenders = [str(p.relative_to(root)) for package in ("luna_assets", "dagster_project", "luna_cli", "luna_core")
+                 for p in (root / package).rglob("*.py") if private.search(p.read_text())]
+    assert offenders == []
+
+
 def test_the_import_graph_has_no_cycle():
     graph = {**_imports("luna_core"), **_imports("luna_assets"), **_imports("dagster_project"), **_imports("luna_cli")}
     state: dict[str, int] = {}
