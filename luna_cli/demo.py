@@ -104,7 +104,7 @@ def _demo_query(home: LunaHome) -> None:
 def _demo_projector(home: LunaHome) -> None:
     from luna_core.projector.registry import list_versions
 
-    champion = next((v for v in list_versions(home) if "champion" in v["aliases"]), None)
+    champion = next((v for v in list_versions(home) if "champion" in v["aliases"].split(",")), None)
     sample = _demo_sample(home)
     if champion is None or sample is None:
         return

@@ -225,3 +225,40 @@ def test_refine_job_from_the_launchpad_writes_outputs_and_thumbnails(indexed_hom
     by_query = {"ops": {"refine": {"config": {"where": "generator = 'ComfyUI'", "limit": 2, "grid": 2, "steps": 2}}}}
     chosen = job.execute_in_process(run_config=by_query, instance=dg.DagsterInstance.ephemeral())
     assert len(chosen.output_for_node("refine")) == 2
+
+
+def test_each_refinement_times_itself_when_one_refiner_serves_two_threads(indexed_home, sample_library, monkeypatch):
+    """A refinement's seconds run from its own start: a second call started meanwhile (another thread) does
+    not move it. A clock the test sets keeps this exact."""
+    import threading
+
+    import luna_core.refine.refiner as refiner_module
+    from luna_core.images import read_picture
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    image = read_picture(sample_library.images[1].path)
+    refiner = Refiner(indexed_home, profile, SourceSettings("vault", k=2))
+    clock = {"now": 0.0}
+    monkeypatch.setattr(refiner_module.time, "perf_counter", lambda: clock["now"])
+    inside, release = threading.Event(), threading.Event()
+    conditioner = refiner.conditioner
+
+    class Held:
+        def condition(self, crops, *args):
+            if threading.current_thread().name == "first" and not inside.is_set():
+                inside.set()
+                assert release.wait(120)
+            return conditioner.condition(crops, *args)
+
+    refiner.conditioner = Held()
+    reports = {}
+    first = threading.Thread(name="first", target=lambda: reports.setdefault(
+        "first", refiner.chess(image, RefineSettings(grid=3, sampler=FAST))[1]))
+    first.start()
+    assert inside.wait(120)
+    clock["now"] = 100.0  # the second call starts at 100
+    reports["second"] = refiner.chess(image, RefineSettings(grid=3, sampler=FAST))[1]
+    clock["now"] = 250.0
+    release.set()
+    first.join(120)
+    assert reports["first"].seconds == 250.0 and reports["second"].seconds == 0.0  # the old shared start: 150

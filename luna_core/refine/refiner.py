@@ -111,6 +111,7 @@ class Refiner:
         width, height = image.size
         tiles = chess_tiles(width, height, settings.grid, settings.overlap, self.sampler.pixel_multiple)
         canvas = np.asarray(image.convert("RGB"), dtype=np.float32)
+        started = time.perf_counter()
         report = self._report("chess", image, (tiles[0].rect.width, tiles[0].rect.height))
         weight = CHESS_IP_WEIGHT if settings.ip_weight is None else settings.ip_weight
         for parity, name in ((0, "even"), (1, "odd")):
@@ -127,7 +128,7 @@ class Refiner:
                                                                           tile_feather(tile, tiles, (width, height))))
             report.passes.append(PassReport(name, len(cells), calls, seconds))
         report.regions = [str(t.rect) for t in tiles]
-        return _to_image(canvas), self._finish(report)
+        return _to_image(canvas), self._finish(report, started)
 
     def detail(self, image, boxes: list[Rect], settings: RefineSettings = RefineSettings(),
                on_progress: Callable[[str, int, int], None] | None = None):
@@ -142,6 +143,7 @@ class Refiner:
         canvas = np.asarray(image.convert("RGB"), dtype=np.float32)
         crops = [Image.fromarray(_crop(canvas, c.rect)).resize((side, side), Image.Resampling.LANCZOS)
                  for c in crops_at]
+        started = time.perf_counter()
         report = self._report("detail", image, (side, side))
         weight = DETAIL_IP_WEIGHT if settings.ip_weight is None else settings.ip_weight
         refined, calls, seconds = self._refine_items(crops, crops_at, (height, width), (side, side), 0, settings,
@@ -153,7 +155,7 @@ class Refiner:
             _paste(canvas, crop.rect, back, mask)
         report.passes.append(PassReport("crops", len(crops_at), calls, seconds))
         report.regions = [str(c.rect) for c in crops_at]
-        return _to_image(canvas), self._finish(report)
+        return _to_image(canvas), self._finish(report, started)
 
     # ------------------------------------------------------------ shared steps
 
@@ -181,11 +183,11 @@ class Refiner:
         return refined, calls, time.perf_counter() - started
 
     def _report(self, mode: str, image, item_size) -> RefineReport:
-        self._started = time.perf_counter()
         return RefineReport(mode, image.size, item_size, self.source.source, self.sampler.ip_adapter)
 
-    def _finish(self, report: RefineReport) -> RefineReport:
-        report.seconds = time.perf_counter() - self._started
+    def _finish(self, report: RefineReport, started: float) -> RefineReport:
+        # The start is the call's own (a Refiner shared by threads, or reused after a failed call, keeps none).
+        report.seconds = time.perf_counter() - started
         log.info("refined %s: %d items in %d sampler call(s), %.1fs", report.mode, report.items,
                  report.sampler_calls, report.seconds)
         return report
