@@ -333,3 +333,21 @@ def test_the_champion_is_found_among_other_aliases(report_home):
     assert "@a-first" in label and is_champion(label), label
     assert is_champion("projector v3 @x @champion (kernel)") and is_champion("projector v1 @champion (mlp)")
     assert not is_champion("projector v2 @champion-old (kernel)") and not is_champion("projector v2 (kernel)")
+
+
+def test_a_series_whose_images_all_left_gives_way_to_a_new_one(report_home):
+    import duckdb
+
+    home, _ = report_home
+    first = load_test_set(home)
+    with duckdb.connect(str(home.catalog_path)) as con:  # every frozen member leaves the scorable set
+        con.execute("UPDATE splits SET split = 'train' WHERE content_hash IN (SELECT unnest(?::VARCHAR[]))",
+                    [first.frozen.members])
+        con.execute("UPDATE splits SET split = 'test' WHERE content_hash IN (SELECT content_hash FROM library "
+                    "WHERE split = 'train' AND prompt_row IS NOT NULL AND content_hash NOT IN "
+                    "(SELECT unnest(?::VARCHAR[])) LIMIT 3)", [first.frozen.members])
+    second = load_test_set(home)
+    assert second.began_now and second.frozen.series == 2 and "can be scored any more" in second.frozen.reason
+    # The images moved to test (those with no near-duplicate left in train) make the new set.
+    assert second.frozen.members and not set(second.frozen.members) & set(first.frozen.members)
+    assert len(second.pairs.image_ids) == len(second.frozen.members) <= 3

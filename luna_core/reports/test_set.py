@@ -7,8 +7,9 @@ series scores those images that can still be scored, and says which were left ou
 - left the library (deleted), or no embedding or encoded prompt yet;
 - a near-duplicate of a train or val image (a catalog split before near-duplicates shared a split).
 
-A new series starts when there is none, when asked (`new_series`), or when the eligible test split
-has grown to twice the frozen set (and the set is below `max_images`); the report says so.
+A new series starts when there is none, when asked (`new_series`), when the eligible test split has
+grown to twice the frozen set (and the set is below `max_images`), or when none of the set's images
+can be scored any more; the report says so.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import numpy as np
 
@@ -75,6 +77,19 @@ class TestSet:
         return text
 
 
+class _Image(NamedTuple):
+    content_hash: str
+    image_id: int
+    split: str
+    vision_row: int | None
+    prompt_row: int | None
+    path: str
+
+    @property
+    def scorable(self) -> bool:
+        return self.vision_row is not None and self.prompt_row is not None
+
+
 def _path(home: LunaHome):
     return home.reports_dir / "test_set.json"
 
@@ -93,27 +108,32 @@ def load_test_set(home: LunaHome, max_images: int = 2000, seed: int = 0, new_ser
     with open_catalog(home.catalog_path) as con:
         if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchone()[0]:
             raise NotBuiltError("the catalog has no `library` view yet: materialize luna_catalog first")
-        rows = con.execute("""
-            SELECT content_hash, image_id, split, vision_row, prompt_row, path FROM library ORDER BY image_id""").fetchall()
-        split_of = {h: s for h, _, s, _, _, _ in rows}
-        test_hashes = [h for h, _, s, _, _, _ in rows if s == "test"]
+        images = [_Image(*row) for row in con.execute("""
+            SELECT content_hash, image_id, split, vision_row, prompt_row, path FROM library ORDER BY image_id""").fetchall()]
+        test_hashes = [i.content_hash for i in images if i.split == "test"]
         twins = twins_of(con, test_hashes)
         id_of = dict(con.execute("SELECT content_hash, image_id FROM image_ids").fetchall())
     sizes: dict[str, dict[str, int]] = {}
-    for _, _, split, vision_row, prompt_row, _ in rows:
-        entry = sizes.setdefault(split, {"images": 0, "with embedding and prompt": 0})
+    for image in images:
+        entry = sizes.setdefault(image.split, {"images": 0, "with embedding and prompt": 0})
         entry["images"] += 1
-        entry["with embedding and prompt"] += vision_row is not None and prompt_row is not None
-    by_hash = {r[0]: r for r in rows}
-    leaked = {h for h in test_hashes if any(split_of.get(t) in ("train", "val") for t in twins.get(h, ()))}
-    eligible = sorted(h for h in test_hashes
-                      if h not in leaked and by_hash[h][3] is not None and by_hash[h][4] is not None)
+        entry["with embedding and prompt"] += image.scorable
+    by_hash = {i.content_hash: i for i in images}
+    leaked = {h for h in test_hashes
+              if any(t in by_hash and by_hash[t].split in ("train", "val") for t in twins.get(h, ()))}
+    eligible = sorted(h for h in test_hashes if h not in leaked and by_hash[h].scorable)
 
     frozen, began = _read(home), False
-    reason = ("asked for a new series" if new_series else "first report" if frozen is None else
-              f"the test split grew from {len(frozen.members)} to {len(eligible)} images"
-              if len(eligible) >= GROWTH_FOR_NEW_SERIES * len(frozen.members) and len(frozen.members) < max_images
-              else None)
+    if new_series:
+        reason = "asked for a new series"
+    elif frozen is None:
+        reason = "first report"
+    elif len(eligible) >= GROWTH_FOR_NEW_SERIES * len(frozen.members) and len(frozen.members) < max_images:
+        reason = f"the test split grew from {len(frozen.members)} to {len(eligible)} images"
+    elif eligible and not set(frozen.members) & set(eligible):
+        reason = f"none of series {frozen.series}'s {len(frozen.members)} images can be scored any more"
+    else:
+        reason = None
     if reason is not None:
         if not eligible:
             raise EmptyTestSet(f"the test split has no image with both an embedding and an encoded prompt yet "
@@ -125,28 +145,29 @@ def load_test_set(home: LunaHome, max_images: int = 2000, seed: int = 0, new_ser
             members = [members[i] for i in keep]
         frozen = FrozenSet((frozen.series + 1) if frozen else 1,
                            datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), reason, members,
-                           {h: by_hash[h][5] for h in members})
+                           {h: by_hash[h].path for h in members})
         write_atomically(_path(home), lambda tmp: tmp.write_text(json.dumps(asdict(frozen))))
         began = True
 
     excluded: dict[str, list[str]] = {}
-    scored = []
+    scored: list[_Image] = []
     for h in frozen.members:
-        row = by_hash.get(h)
-        why = ("left the library" if row is None else
+        image = by_hash.get(h)
+        why = ("left the library" if image is None else
                "near-duplicate of a train or val image" if h in leaked else
-               "no embedding or encoded prompt" if row[3] is None or row[4] is None else None)
+               "no embedding or encoded prompt" if not image.scorable else None)
         if why:
-            excluded.setdefault(why, []).append(row[5] if row else frozen.paths.get(h, h[:16]))
+            excluded.setdefault(why, []).append(image.path if image else frozen.paths.get(h, h[:16]))
         else:
-            scored.append(row)
-    if not scored:
+            scored.append(image)
+    if not scored:  # and no other test image is scorable either (else a new series began above)
         raise EmptyTestSet(f"none of the {len(frozen.members)} images of test series {frozen.series} can be "
-                            "scored now; start a new series (report config new_test_set: true)")
-    scored.sort(key=lambda r: r[1])
-    pairs = Pairs(np.array([r[1] for r in scored], np.int64), np.array([r[3] for r in scored], np.int64),
-                  np.array([r[4] for r in scored], np.int64))
-    leave_out = {int(r[1]): frozenset(int(id_of[t]) for t in twins.get(r[0], ()) if t in id_of) for r in scored}
+                           "scored now, and no other test image has both an embedding and an encoded prompt")
+    scored.sort(key=lambda i: i.image_id)
+    pairs = Pairs(np.array([i.image_id for i in scored], np.int64), np.array([i.vision_row for i in scored], np.int64),
+                  np.array([i.prompt_row for i in scored], np.int64))
+    leave_out = {int(i.image_id): frozenset(int(id_of[t]) for t in twins.get(i.content_hash, ()) if t in id_of)
+                 for i in scored}
     members = set(frozen.members)
-    return TestSet(frozen, began, pairs, [r[0] for r in scored], [r[5] for r in scored], leave_out, excluded,
-                   sum(1 for h in eligible if h not in members), sizes)
+    return TestSet(frozen, began, pairs, [i.content_hash for i in scored], [i.path for i in scored], leave_out,
+                   excluded, sum(1 for h in eligible if h not in members), sizes)
