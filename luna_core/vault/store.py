@@ -11,10 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import threading
 import warnings
-import weakref
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +21,7 @@ import numpy as np
 
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.storage import is_remote, location
-
-DTYPE = "float16"
-OPEN_SHARDS = 256  # shard files a reader keeps open per array
+from luna_core.vault.shard_reader import DTYPE, ShardReader
 
 
 @dataclass(frozen=True)
@@ -182,135 +177,17 @@ class RowStore:
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """A few rows at random, fast: straight from the shard files when the layout is the plain one
-        Luna writes (chunks of whole rows, uncompressed, index at the shard's end), else through zarr.
-
-        zarr-python spends about a millisecond of machinery per call; a k-NN answer (or an index's
-        re-ranking) reads tens of rows scattered over the store, so this path reads them with positioned
-        reads instead. A chunk is read whole and checked against its CRC32C the first time this reader
-        meets it in an unchanged file (same inode, size and mtime); after that, the rows alone are read."""
+        Luna writes (luna_core.vault.shard_reader), else through zarr."""
         reader = self._shard_reader(name)
         if reader is None:
             return self.read(name, rows)
-        return reader(np.asarray(rows, dtype=np.int64))
+        return reader.read(np.asarray(rows, dtype=np.int64))
 
-    def _shard_reader(self, name: str):
+    def _shard_reader(self, name: str) -> ShardReader | None:
         cache = self.__dict__.setdefault("_readers", {})
-        if name in cache:
-            return cache[name]
-        cache[name] = None
-        if is_remote(self.path):
-            return None  # object storage: zarr's own reads (ranged GETs)
-        meta = json.loads((self.path / name / "zarr.json").read_text())
-        codecs = meta.get("codecs", [])
-        row_shape = tuple(meta["shape"][1:])
-        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
-            return None
-        conf = codecs[0]["configuration"]
-        inner = [c.get("name") for c in conf.get("codecs", [])]
-        index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
-        checksummed = inner == ["bytes", "crc32c"]
-        if (conf.get("index_location", "end") != "end" or inner not in (["bytes"], ["bytes", "crc32c"])
-                or index_codecs != ["bytes", "crc32c"]
-                or conf["chunk_shape"][1:] != list(row_shape) or meta.get("data_type") != DTYPE
-                or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator") != "/"):
-            return None
-        shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-        chunk_rows = conf["chunk_shape"][0]
-        row_bytes = int(np.prod(row_shape)) * 2
-        index_bytes = shard_rows // chunk_rows * 16 + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
-        chunk_bytes = chunk_rows * row_bytes + (4 if checksummed else 0)
-        zero_dims = "/".join("0" for _ in row_shape)
-        empty = 2**64 - 1
-        from google_crc32c import value as crc32c
-
-        def verified(data: bytes, path: Path, what: str) -> np.ndarray:
-            """The data (bytes, no copy) without its trailing CRC32C (zarr's crc32c codec: little-endian, at the end)."""
-            body = np.frombuffer(data, dtype=np.uint8)[:-4]
-            if crc32c(body) != int.from_bytes(data[-4:], "little"):
-                raise CorruptStoreError(f"vault store {self.path}: {what} in {path} fails its CRC32C checksum; "
-                                        "rebuild the store (delete it and run luna build)")
-            return body
-
-        def shard_index(path: Path):
-            """(fd, size, chunk index) of a shard file, kept open while the file is unchanged (a query reads a
-            few rows from many shards: reopening each, and re-reading its index, cost more than the rows)."""
-            try:
-                stat = os.stat(path)
-            except FileNotFoundError:
-                return None  # a shard never written reads as the fill value, as in zarr
-            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-            held = files.get(path)
-            if held is not None and held[0] == key:
-                files.move_to_end(path)
-                return held[1:]
-            if held is not None:
-                os.close(files.pop(path)[1])
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                size = os.fstat(fd).st_size
-                raw_index = verified(os.pread(fd, index_bytes, size - index_bytes), path, "the shard index")
-            except BaseException:
-                os.close(fd)
-                raise
-            chunks = np.frombuffer(raw_index, dtype="<u8").reshape(-1, 2).tolist()
-            files[path] = (key, fd, size, chunks, bytearray(len(chunks)))  # last: chunks checked while unchanged
-            while len(files) > OPEN_SHARDS:
-                os.close(files.popitem(last=False)[1][1])
-            return files[path][1:]
-
-        chunks_per_shard = shard_rows // chunk_rows
-        shard_paths: dict[int, Path] = {}
-
-        def read(rows: np.ndarray) -> np.ndarray:
-            out = np.zeros((len(rows), *row_shape), dtype=DTYPE)
-            # One pass per distinct chunk, in file order. Per-chunk work is plain Python on ints: a query's
-            # re-ranking reads tens of rows from as many chunks.
-            chunk_of = rows // chunk_rows
-            order = np.argsort(chunk_of, kind="stable")
-            sorted_chunks = chunk_of[order]
-            starts = np.flatnonzero(np.r_[True, sorted_chunks[1:] != sorted_chunks[:-1]]).tolist()
-            keys, order_list, row_list = sorted_chunks[starts].tolist(), order.tolist(), rows.tolist()
-            bounds = starts + [len(row_list)]
-            opened_now: dict[int, tuple | None] = {}
-            with lock:
-                for j, key in enumerate(keys):
-                    shard, chunk = divmod(key, chunks_per_shard)
-                    if shard not in opened_now:
-                        path = shard_paths.get(shard)
-                        if path is None:
-                            path = shard_paths[shard] = self.path / name / "c" / str(shard) / zero_dims
-                        opened_now[shard] = (path, shard_index(path))
-                    path, opened = opened_now[shard]
-                    if opened is None:
-                        continue  # a shard never written reads as the fill value, as in zarr
-                    fd, size, index, checked = opened
-                    offset, nbytes = index[chunk]
-                    if offset == empty:
-                        continue  # a chunk never written reads as the fill value, as in zarr
-                    if nbytes != chunk_bytes or offset + nbytes > size:
-                        raise CorruptStoreError(f"vault store {self.path}: the shard index of {path} is damaged "
-                                                "(a chunk of the wrong size); rebuild the store")
-                    positions = order_list[bounds[j]: bounds[j + 1]]
-                    if checksummed and not checked[chunk]:
-                        # First read of this chunk from this file: whole, against its checksum.
-                        data = verified(os.pread(fd, chunk_bytes, offset), path, f"the chunk of row {row_list[positions[0]]}")
-                        checked[chunk] = 1
-                        values = np.frombuffer(data, dtype=DTYPE).reshape(chunk_rows, *row_shape)
-                        for position in positions:
-                            out[position] = values[row_list[position] % chunk_rows]
-                        continue
-                    # Checked before (the file unchanged since) or no checksum: each row straight into its place.
-                    for position in positions:
-                        at = offset + (row_list[position] % chunk_rows) * row_bytes
-                        if os.preadv(fd, [memoryview(out[position]).cast("B")], at) != row_bytes:
-                            raise OSError(f"short read in {path}: the shard changed while being read")
-            return out
-
-        files: OrderedDict = OrderedDict()
-        lock = threading.Lock()
-        weakref.finalize(self, _close_all, files)
-        cache[name] = read
-        return read
+        if name not in cache:  # object storage: zarr's own reads (ranged GETs)
+            cache[name] = None if is_remote(self.path) else ShardReader.open(self.path, name)
+        return cache[name]
 
     @contextmanager
     def writer(self) -> Iterator["RowStore"]:
@@ -336,12 +213,6 @@ class RowStore:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
-
-
-def _close_all(files: dict) -> None:
-    for held in files.values():
-        os.close(held[1])
-    files.clear()
 
 
 def _inner_codecs(array_path: Path) -> list[str]:
