@@ -138,7 +138,7 @@ def test_unreachable_tracking_server_fails_before_any_training(trained):
 
 
 def test_corrupted_checkpoint_is_a_clear_error(trained, tmp_path):
-    from luna_core.projector.registry import load_checkpoint, save_checkpoint
+    from luna_core.projector.checkpoints import load_checkpoint, save_checkpoint
 
     home, profile, good, score = trained
     folder = save_checkpoint(good.model, good.config, tmp_path / "ckpt")

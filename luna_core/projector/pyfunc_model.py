@@ -4,7 +4,7 @@ weights load from the run's safetensors checkpoint."""
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from luna_core.projector.registry import ProjectorPyfunc
+from luna_core.projector.checkpoints import ProjectorPyfunc
 
 
 class LunaProjectorModel(ProjectorPyfunc, PythonModel):
