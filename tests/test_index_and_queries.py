@@ -60,7 +60,8 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
     """Per-query probing (indexes re-ranked from the vault): a query in a small, well-separated cluster
     probes a list or two; one in a dense cluster probes the many lists the cluster was split into, and
     finds its neighbours there, which the small clusters' nprobe given to every query could not."""
-    from luna_core.index.faiss_index import RerankedIndex, memory_fetch, recall_at, searcher_for, set_search_params
+    from luna_core.index.faiss_index import recall_at, searcher_for, set_search_params
+    from luna_core.index.reranked import RerankedIndex, memory_fetch
 
     rng = np.random.default_rng(3)
     d = 64
@@ -104,7 +105,8 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
 def test_a_query_on_a_centroid_still_probes_its_list():
     """Rounding put the squared distance to the nearest centroid a hair below zero for a query sitting on it:
     the margin kept no list and FAISS refused the search (seen on the tiny home, one image a list)."""
-    from luna_core.index.faiss_index import memory_fetch, searcher_for
+    from luna_core.index.faiss_index import searcher_for
+    from luna_core.index.reranked import memory_fetch
 
     x = unit(4000, 32, seed=1)
     ids = np.arange(4000, dtype=np.int64)
@@ -183,7 +185,7 @@ def test_search_finds_the_image_itself_first(indexed_home, sample_library):
 
 
 def test_an_index_past_its_ram_copy_reranks_from_the_vault_rows(indexed_home, sample_library):
-    from luna_core.index.faiss_index import RerankedIndex
+    from luna_core.index.reranked import RerankedIndex
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     settings = IndexSettings(flat_max_vectors=10, rerank_in_ram_max_bytes=0, held_out=20, target_recall=0.9)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from luna_core.errors import CorruptStoreError, NotBuiltError
-from luna_core.index.faiss_index import id_positions
+from luna_core.index.reranked import id_positions
 from luna_core.storage import is_remote, location, remove_tree, write_whole
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,8 @@ class LoadedIndex:
 
     def reranked_from(self, vision) -> "LoadedIndex":
         """For an index that re-ranks from the vault: its search re-ranks against `vision`'s rows."""
-        from luna_core.index.faiss_index import RerankedIndex, reranks_from_vault, searcher_for
+        from luna_core.index.faiss_index import reranks_from_vault, searcher_for
+        from luna_core.index.reranked import RerankedIndex
 
         if reranks_from_vault(self.meta.get("plan", {})) and not isinstance(self.index, RerankedIndex):
             fetch = vault_fetch(vision, self.lookup.column("image_id").to_numpy(),
