@@ -34,7 +34,7 @@ def test_current_catalog_runs_no_ddl_and_an_older_one_migrates_forward(tmp_path:
     db = tmp_path / "c.duckdb"
     with open_catalog(db):
         pass
-    monkeypatch.setattr(catalog, "_SCHEMA", ["SELECT error('DDL must not run on a current catalog')"])
+    monkeypatch.setattr(catalog, "SCHEMA", ["SELECT error('DDL must not run on a current catalog')"])
     with open_catalog(db) as con:
         assert con.execute("SELECT count(*) FROM images").fetchone() == (0,)
 
