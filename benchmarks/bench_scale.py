@@ -134,7 +134,7 @@ def main() -> int:
     from luna_core.models.tiny import ensure_tiny_models
     from luna_core.samples import make_sample_library
     from luna_core.settings import LunaHome
-    from luna_core.vault.embed import commit_segments
+    from luna_core.vault.commits import commit_segments
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-scale-"))
     library = make_sample_library(work / "library", args.images, seed=3, size=(args.size, args.size))

@@ -11,7 +11,7 @@ from luna_core.index.build import update_index
 from luna_core.index.faiss_index import GIB, IndexSettings
 from luna_core.library import build_library
 from luna_core.settings import LunaHome
-from luna_core.vault.embed import commit_segments
+from luna_core.vault.commits import commit_segments
 
 LUNA_CATALOG = dg.AssetKey("luna_catalog")
 FAISS_INDEX = dg.AssetKey("faiss_index")

@@ -13,9 +13,9 @@ from luna_cli.main import main
 if __name__ == "__main__":
     fifo = os.environ.pop("LUNA_TEST_HANG_FIFO", None)
     if fifo:
-        from luna_core.vault import embed
+        from luna_core.vault import commits
 
-        original = embed._ManifestWriter.commit
+        original = commits.ManifestWriter.commit
 
         def commit_then_hang(self) -> None:
             written = self.sequence
@@ -26,5 +26,5 @@ if __name__ == "__main__":
                 signal.write(f"hanging in {self.prefix} (pid {os.getpid()})\n")
             threading.Event().wait()  # until the test kills this worker
 
-        embed._ManifestWriter.commit = commit_then_hang
+        commits.ManifestWriter.commit = commit_then_hang
     sys.exit(main(["worker", *sys.argv[1:]]))

@@ -162,11 +162,11 @@ def test_killed_materialization_reruns_to_exactly_one_row_each(tiny_home: LunaHo
     script = textwrap.dedent(f"""
         import sys, dagster as dg
         import luna_core.models.encoders as encoders
-        from luna_core.vault import embed
+        from luna_core.vault import commits
         from dagster_project.definitions import build_definitions
         from luna_assets.resources import LunaModelsResource
 
-        embed._Committer.maybe_commit = embed._Committer.commit  # every batch committed at once
+        commits.Committer.maybe_commit = commits.Committer.commit  # every batch committed at once
         original, calls = encoders.VisionEncoder.embed_pixels, []
         def stuck_on_the_third(self, pixels):
             calls.append(1)
