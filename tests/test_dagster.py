@@ -181,6 +181,15 @@ def test_layers_import_downward_only():
         assert not outside, f"{package} imports {outside}"
 
 
+def test_no_module_is_over_400_lines():
+    """A module a person can read in one sitting: past 400 lines, a module gets split along its seams."""
+    root = Path(__file__).resolve().parents[1]
+    long = {str(p.relative_to(root)): n for package in ("luna_core", "luna_assets", "luna_cli", "dagster_project",
+                                                         "luna_service", "comfyui_luna")
+            for p in (root / package).rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
 def test_no_private_dagster_module_is_imported():
     """Dagster's `_`-modules change without notice between releases: Luna uses the public API only."""
     import re
