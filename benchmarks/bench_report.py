@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services import Service, free_port  # noqa: E402
+from devtools.processes import Service, free_port  # noqa: E402
 
 LUNA = str(Path(sys.executable).with_name("luna"))
 LAUNCH = """mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {

@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services import Service, free_port  # noqa: E402
+from devtools.processes import Service, free_port  # noqa: E402
 
 LUNA = str(Path(sys.executable).with_name("luna"))
 

@@ -1,0 +1,1 @@
+"""Helpers for Luna's tests and benchmarks (not part of the installed package)."""
