@@ -116,8 +116,8 @@ def measure(name: str, index, queries: np.ndarray, truth: np.ndarray, build_s: f
 def vault_query_latency(vectors: np.ndarray, index, rows: int, k: int = 5, seq: int = 77, width: int = 2048,
                         pooled: int = 1280, queries: int = 200) -> dict:
     """Embedding in → k neighbours → their conditioning rows read from a Zarr text store → weighted mean."""
+    from luna_core.query import weighted_sum
     from luna_core.storage import tree_bytes
-    from luna_core.vault.query import weighted_sum
     from luna_core.vault.store import TEXT_LAYOUT, RowStore
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-vault-q-"))

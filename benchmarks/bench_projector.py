@@ -54,10 +54,10 @@ def tiny_quality(images: int) -> list[dict]:
     from luna_core.library import build_library
     from luna_core.models.profiles import resolve_profile
     from luna_core.projector.train import TrainSettings, _Stores, load_pairs, losses, train_projector
+    from luna_core.query import Vault
     from luna_core.samples import make_sample_library
     from luna_core.settings import LunaHome
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
-    from luna_core.vault.query import Vault
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-projector-"))
     make_sample_library(work / "library", images, seed=5, size=(96, 96), broken=False)

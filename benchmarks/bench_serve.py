@@ -43,8 +43,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from luna_core.models.profiles import resolve_profile
+    from luna_core.query import Box, Vault, crop
     from luna_core.settings import LunaHome
-    from luna_core.vault.query import Box, Vault, crop
 
     if args.home is None:
         args.home = tempfile.mkdtemp(prefix="luna-bench-serve-")

@@ -64,8 +64,8 @@ def mask_boxes(mask, count: int, width: int, height: int) -> list[str | None]:
 def _vault(home: str):
     """A Vault for the home, kept across executions (encoders and index load once)."""
     from luna_core.models.profiles import resolve_profile
+    from luna_core.query import Vault
     from luna_core.settings import LunaHome
-    from luna_core.vault.query import Vault
 
     key = os.path.abspath(home or os.environ.get("LUNA_HOME", "luna_home"))
     with _cache_lock:
@@ -76,7 +76,7 @@ def _vault(home: str):
 
 
 def _in_process(pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str):
-    from luna_core.vault.query import Box, crop
+    from luna_core.query import Box, crop
 
     vault = _vault(home)
     crops = [crop(p, None if b is None else Box.parse(b), "ComfyUI IMAGE") for p, b in zip(pictures, boxes)]

@@ -86,7 +86,7 @@ def _demo_query(home: LunaHome) -> None:
     """One vault answer on a crop of a sample image: what a user does first."""
     from PIL import Image
 
-    from luna_core.vault.query import Box
+    from luna_core.query import Box
 
     sample = _demo_sample(home)
     if sample is None:

@@ -11,17 +11,17 @@ from luna_core.settings import LunaHome
 
 def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto"):
     from luna_core.models.profiles import resolve_profile
-    from luna_core.vault.query import Vault
+    from luna_core.query import Vault
 
     return Vault(home, resolve_profile(profile or home.model_profile(), home.models_dir), device=device or "auto")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from luna_core.vault.query import Box
+    from luna_core.query import Box
 
     if args.server:
         from luna_cli.serve import ask
-        from luna_core.vault.query import Neighbor
+        from luna_core.query import Neighbor
 
         answer = json.loads(ask(args.server, "/search", args.image, [("k", str(args.k)), ("box", args.box)]))
         neighbors = [Neighbor(**n) for n in answer]
@@ -37,7 +37,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_condition(args: argparse.Namespace) -> int:
-    from luna_core.vault.query import Box, check_inputs
+    from luna_core.query import Box, check_inputs
 
     if args.server:
         return _condition_by_server(args)

@@ -27,9 +27,9 @@ from luna_core.containers import ProbeLimits
 from luna_core.errors import BadFileError, CorruptStoreError, LunaError, NotBuiltError
 from luna_core.images import decode_picture
 from luna_core.models.profiles import ModelProfile
+from luna_core.query import DEFAULT_TEMPERATURE, Box, QueryError, Vault, crop
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR
 from luna_core.settings import LunaHome
-from luna_core.vault.query import DEFAULT_TEMPERATURE, Box, QueryError, Vault, crop
 
 log = logging.getLogger("luna.serve")
 

@@ -20,7 +20,7 @@ from luna_core.index.faiss_index import GIB, IndexSettings, build_index, exact_n
 from luna_core.index.store import IndexStore, load_index
 from luna_core.library import build_library
 from luna_core.models.profiles import resolve_profile
-from luna_core.vault.query import Box, QueryError, Vault, load_image
+from luna_core.query import Box, QueryError, Vault, load_image
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -309,7 +309,7 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
         querier = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
             from luna_core.models.profiles import resolve_profile
             from luna_core.settings import LunaHome
-            from luna_core.vault.query import Vault
+            from luna_core.query import Vault
             home = LunaHome.resolve({str(indexed_home.root)!r})
             profile = resolve_profile("tiny", home.models_dir)
             for _ in range(5):

@@ -56,8 +56,8 @@ def test_partitioned_vault_index_and_artifacts_live_on_object_storage(s3, tiny_h
     from luna_assets.projector import PROJECTOR
     from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
     from luna_core.models.profiles import resolve_profile
+    from luna_core.query import Vault
     from luna_core.vault.checks import check_store
-    from luna_core.vault.query import Vault
     from luna_core.vault.segments import shard_keys
 
     # A copy on disk, with one store, answers first: the reference.

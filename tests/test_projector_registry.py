@@ -220,7 +220,7 @@ def test_projectors_at_a_configured_tracking_uri_are_reachable_from_the_cli(trai
 
 
 def test_projector_answers_check_their_inputs_like_the_vault(trained):
-    from luna_core.vault.query import QueryError, Vault
+    from luna_core.query import QueryError, Vault
 
     home, profile, good, score = trained
     register(good, home, profile, score)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from luna_core.models.profiles import resolve_profile
+from luna_core.query import Vault
 from luna_core.reports.benchmark import BenchmarkSettings, latest_benchmark, run_benchmark
 from luna_core.reports.evaluate import EvalSettings, Evaluation, SourceResult, evaluate, registered_projectors, summarize
 from luna_core.reports.quality import QualitySettings
 from luna_core.reports.report import EXPERIMENT, ReportSettings, build_report, latest_report
 from luna_core.reports.test_set import load_test_set
 from luna_core.reports.verdict import MIN_IMAGES, verdict
-from luna_core.vault.query import Vault
 
 SMALL = ReportSettings(evaluation=EvalSettings(bootstrap=200))
 SMALL_BENCHMARK = BenchmarkSettings(quality=QualitySettings(images=1, grid=2, steps=2), batching_repeat=1,

@@ -23,7 +23,7 @@ def _count(home, sql: str) -> int:
 def _answer(home, profile, image):
     from luna_core.index.build import update_index
     from luna_core.library import build_library
-    from luna_core.vault.query import Vault
+    from luna_core.query import Vault
 
     build_library(home, profile)
     update_index(home, profile)

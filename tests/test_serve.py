@@ -92,7 +92,7 @@ def _tensors(data: bytes) -> dict:
 
 def test_the_service_answers_what_the_core_answers(home, server, picture):
     from luna_core.models.profiles import resolve_profile
-    from luna_core.vault.query import Box, Vault
+    from luna_core.query import Box, Vault
 
     with urllib.request.urlopen(server + "/health", timeout=60) as response:
         health = json.loads(response.read())
@@ -122,7 +122,7 @@ def test_the_service_answers_what_the_core_answers(home, server, picture):
 def test_the_cli_asks_the_service_when_given_one(home, server, picture, tmp_path, capsys):
     from luna_cli.main import main
     from luna_core.models.profiles import resolve_profile
-    from luna_core.vault.query import Vault
+    from luna_core.query import Vault
 
     out = tmp_path / "c.safetensors"
     assert main(["condition", str(picture), "--server", server, "--k", "3", "--out", str(out)]) == 0

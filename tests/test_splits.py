@@ -46,9 +46,9 @@ def _copies(path: str, folder: Path) -> list[Path]:
 
 def test_resized_and_reencoded_copies_join_their_original_and_stay_out_of_its_answers(library_home, sample_library):
     from luna_core.index.build import update_index
+    from luna_core.query import Vault
     from luna_core.reports.evaluate import leave_out
     from luna_core.reports.test_set import load_test_set
-    from luna_core.vault.query import Vault
 
     home, profile = library_home
     originals = _catalog(home, """SELECT path, content_hash, split FROM library WHERE prompt_row IS NOT NULL

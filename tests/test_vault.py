@@ -314,7 +314,7 @@ def test_damaged_rows_are_errors_never_answers(tmp_path):
 def test_a_damaged_text_store_fails_its_check_and_the_query(library_home, sample_library):
     from luna_core.errors import CorruptStoreError
     from luna_core.index.build import update_index
-    from luna_core.vault.query import Vault
+    from luna_core.query import Vault
 
     home, profile = library_home
     update_index(home, profile)

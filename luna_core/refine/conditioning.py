@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from luna_core.query import DEFAULT_TEMPERATURE, QueryError, Vault, check_inputs
 from luna_core.refine.sampler import ItemConditioning
-from luna_core.vault.query import DEFAULT_TEMPERATURE, QueryError, Vault, check_inputs
 
 SOURCES = ("vault", "projector", "prompt", "blend")
 DEFAULT_PROJECTOR = "models:/luna-projector@champion"

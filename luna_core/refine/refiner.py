@@ -22,6 +22,7 @@ import numpy as np
 from luna_core.errors import LunaConfigError
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
+from luna_core.query import Vault
 from luna_core.refine.conditioning import Conditioner, SourceSettings
 from luna_core.refine.geometry import (
     DEFAULT_GRID,
@@ -37,7 +38,6 @@ from luna_core.refine.geometry import (
 )
 from luna_core.refine.sampler import SamplerSettings, SDXLSampler, item_seed, to_pixels
 from luna_core.settings import LunaHome
-from luna_core.vault.query import Vault
 
 log = logging.getLogger(__name__)
 

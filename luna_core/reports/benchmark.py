@@ -68,7 +68,7 @@ def run_benchmark(home: LunaHome, profile: ModelProfile, settings: BenchmarkSett
                   device: str = "auto", on_step=None) -> BenchmarkOutcome:
     """Refine a sample of the frozen test set with every source, time the sources and the batching, and
     write the result beside the earlier ones (the pointer moves last)."""
-    from luna_core.vault.query import Vault
+    from luna_core.query import Vault
 
     step = on_step or (lambda message: log.info(message))
     started, load_before = time.perf_counter(), machine_load()

@@ -18,9 +18,9 @@ import numpy as np
 from luna_core.errors import NotBuiltError
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.train import Pairs, load_pairs
+from luna_core.query import DEFAULT_TEMPERATURE, Vault
 from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.settings import LunaHome
-from luna_core.vault.query import DEFAULT_TEMPERATURE, Vault
 
 log = logging.getLogger(__name__)
 

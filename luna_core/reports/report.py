@@ -117,7 +117,7 @@ def build_report(home: LunaHome, profile: ModelProfile, settings: ReportSettings
     """Score every source on the frozen test set, say which to trust, and write the report files (with
     the latest benchmark's results), logged to MLflow; or, when nothing it depends on changed, or its
     figures came out the same, keep the latest report."""
-    from luna_core.vault.query import Vault
+    from luna_core.query import Vault
 
     step = on_step or (lambda message: log.info(message))
     started = time.perf_counter()
