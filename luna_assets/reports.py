@@ -60,11 +60,17 @@ class BenchmarkConfig(dg.Config):
             batching_repeat=self.batching_repeat, latency_repeat=self.latency_repeat)
 
 
-def _nothing_to_measure(context: dg.AssetExecutionContext, exc: EmptyTestSet) -> dg.MaterializeResult:
-    """A library too small for a test image: said in the asset's metadata, the chain does not fail."""
-    context.log.warning(f"nothing to measure: {exc}")
-    return dg.MaterializeResult(metadata={"built": False, "reason": f"nothing to measure: {exc}"},
-                                data_version=dg.DataVersion("no test set"))
+def _measure(measure, settings, context: dg.AssetExecutionContext, luna: LunaHomeResource,
+             models: LunaModelsResource):
+    """`measure(home, profile, settings, device, on_step)`'s outcome; for a library too small for a test
+    image, a result that says so in the asset's metadata instead (the chain does not fail)."""
+    home = luna.luna_home
+    try:
+        return measure(home, models.resolve(home), settings, device=models.device, on_step=context.log.info)
+    except EmptyTestSet as exc:
+        context.log.warning(f"nothing to measure: {exc}")
+        return dg.MaterializeResult(metadata={"built": False, "reason": f"nothing to measure: {exc}"},
+                                    data_version=dg.DataVersion("no test set"))
 
 
 def _source_float(report: dict, kind: str, metric: str, name: str | None = None) -> float:
@@ -86,12 +92,9 @@ def _source_float(report: dict, kind: str, metric: str, name: str | None = None)
 def refinement_benchmark(context: dg.AssetExecutionContext, config: BenchmarkConfig, luna: LunaHomeResource,
                          models: LunaModelsResource) -> dg.MaterializeResult:
     """Regeneration samples of the frozen test set through the chess refiner with every conditioning source, the sources' costs, and what true batching saves."""
-    home = luna.luna_home
-    try:
-        outcome = run_benchmark(home, models.resolve(home), config.settings(), device=models.device,
-                                on_step=context.log.info)
-    except EmptyTestSet as exc:
-        return _nothing_to_measure(context, exc)
+    outcome = _measure(run_benchmark, config.settings(), context, luna, models)
+    if isinstance(outcome, dg.MaterializeResult):
+        return outcome
     result = outcome.result
     batching = result["costs"]["batching"]
     load = result["load"]["before"]
@@ -127,12 +130,9 @@ def refinement_benchmark(context: dg.AssetExecutionContext, config: BenchmarkCon
 def refinement_report(context: dg.AssetExecutionContext, config: ReportConfig, luna: LunaHomeResource,
                       models: LunaModelsResource) -> dg.MaterializeResult:
     """Which conditioning source to trust: every source (true prompt, vault k-NN, each projector version, mean, empty) scored on the frozen, near-duplicate-clean test set, with a verdict and the latest benchmark."""
-    home = luna.luna_home
-    try:
-        outcome = build_report(home, models.resolve(home), config.settings(), device=models.device,
-                               on_step=context.log.info)
-    except EmptyTestSet as exc:
-        return _nothing_to_measure(context, exc)
+    outcome = _measure(build_report, config.settings(), context, luna, models)
+    if isinstance(outcome, dg.MaterializeResult):
+        return outcome
     report = outcome.report
     champion = report.get("champion")
     test_set = report["test_set"]
