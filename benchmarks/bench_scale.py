@@ -47,7 +47,7 @@ RUN_PARTITION = textwrap.dedent("""
     import sys
     import dagster as dg
     from dagster_project.definitions import luna_build_all_job
-    from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
+    from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
     result = dg.execute_job(dg.reconstructable(luna_build_all_job), dg.DagsterInstance.get(),
                             tags={"dagster/partition": sys.argv[1]},
                             asset_selection=[VISION_EMBEDDINGS, TEXT_CONDITIONINGS])

@@ -1,1 +1,1 @@
-"""The Luna code location: the Definitions assembly and the resources every domain uses."""
+"""The Luna code location: `definitions.defs`, loaded by workspace.yaml and `[tool.dagster]`."""

@@ -1,7 +1,4 @@
-"""Luna's Dagster code, one module per domain (ingest, vault, index, projector, refine, reports): each holds its
-assets, checks, sensors, schedules and jobs, and offers them as `definitions(home)` (the home's settings shape some: the vault's shards). Thin wrappers over
-luna_core."""
-
-from luna_assets import index, ingest, projector, refine, reports, vault
-
-DOMAINS = (ingest, vault, index, projector, refine, reports)
+"""Luna's Dagster code, one package: `defs/<domain>/` folders (ingest, vault, catalog, index, projector,
+refine, reports) each hold their assets, checks, sensors, schedules and jobs; `definitions.py` merges them
+with the executor (`executor.py`) and the run monitor (`runs.py`). Shared pieces: `resources.py`,
+`automation.py`, `metadata.py`. Thin wrappers over luna_core; `dagster_project` is the code location."""

@@ -11,7 +11,7 @@ from luna_core.settings import LunaHome
 def cmd_doctor(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from dagster_project.runs import fail_dead_runs
+    from luna_assets.runs import fail_dead_runs
     from luna_core.doctor import Finding, diagnose
 
     home = LunaHome.existing(args.home)

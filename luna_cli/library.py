@@ -18,8 +18,8 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     the refinement benchmark (minutes) only when given a `benchmark_config` (its schedule runs it)."""
     import dagster as dg
 
-    from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
-    from dagster_project.runs import fail_dead_runs
+    from luna_assets.definitions import BUILD_ALL_JOB, build_definitions
+    from luna_assets.runs import fail_dead_runs
     from luna_core.catalog import held_lock
 
     defs = build_definitions(str(home.root))
@@ -34,7 +34,7 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
         run_config["ops"] = ops
     # One build of a home at a time: a second `luna build` waits for the first (and says so) instead of
     # failing on the stores' writer locks.
-    from luna_assets.reports import REFINEMENT_BENCHMARK
+    from luna_assets.defs.reports.assets import REFINEMENT_BENCHMARK
 
     graph = job.asset_layer.asset_graph
     skipped = set() if benchmark_config is not None else {REFINEMENT_BENCHMARK}
@@ -49,7 +49,7 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
 def _build_by_shard(job, shards: int, run_config: dict, instance, skipped: set) -> list:
     """A sharded home's build on this machine: what feeds the vault, each shard's partition, then the rest
     (whose first step commits the shards' manifests). Stops at the first failed run."""
-    from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
+    from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
     from luna_core.vault.segments import shard_keys
 
     graph = job.asset_layer.asset_graph
@@ -146,7 +146,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from dagster_project.runs import fail_dead_runs
+    from luna_assets.runs import fail_dead_runs
 
     home = LunaHome.existing(args.home).ensure()
     for message in fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home))):

@@ -39,7 +39,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if args.gpu_slots is not None:
         home.set_operations_setting("gpu_slots", args.gpu_slots)
     home.ensure()  # rewrites the managed dagster.yaml when the gpu pool changed
-    from dagster_project.celery import celery_broker
+    from luna_assets.executor import celery_broker
 
     shards, broker = home.vault_shards(), celery_broker(home)
     print(f"{home.config_path}:")
@@ -52,7 +52,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dagster_project.celery import run_worker
+    from luna_assets.executor import run_worker
 
     home = LunaHome.existing(args.home).ensure()
     run_worker(home, args.name, args.concurrency, args.loglevel)

@@ -138,13 +138,13 @@ def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
     import dagster as dg
     from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 
-    from dagster_project.definitions import build_definitions
-    from dagster_project.runs import DEAD_RUN_MONITOR, fail_dead_runs
+    from luna_assets.definitions import build_definitions
+    from luna_assets.runs import DEAD_RUN_MONITOR, fail_dead_runs
 
     script = textwrap.dedent(f"""
         import sys, dagster as dg
         import luna_core.models.encoders as encoders
-        from dagster_project.definitions import build_definitions
+        from luna_assets.definitions import build_definitions
         def stuck(self, pixels):
             print("stuck", flush=True)
             sys.stdin.readline()

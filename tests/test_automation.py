@@ -11,9 +11,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from dagster_project.definitions import build_definitions
-from luna_assets.index import LUNA_CATALOG
-from luna_assets.projector import RETRAIN_SENSOR
+from luna_assets.definitions import build_definitions
+from luna_assets.defs.catalog.assets import LUNA_CATALOG
+from luna_assets.defs.projector.assets import RETRAIN_SENSOR
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.samples import SampleLibrary, make_sample_library
 from luna_core.settings import LunaHome

@@ -161,8 +161,8 @@ def test_a_backfill_of_every_shard_on_two_celery_workers_survives_losing_one(sha
                                                                                sample_library):
     import dagster as dg
 
-    from dagster_project.celery import celery_app, celery_broker, reap_lost_steps
-    from luna_assets.index import luna_catalog
+    from luna_assets.defs.catalog.assets import luna_catalog
+    from luna_assets.executor import celery_app, celery_broker, reap_lost_steps
     from luna_core.catalog import open_catalog
     from luna_core.models.profiles import resolve_profile
     from luna_core.vault.checks import check_store
@@ -262,7 +262,7 @@ def _assert_same_vectors_as_one_store(home, profile, tmp_path, tiny_models, samp
 
 
 def test_a_bad_broker_setting_is_named(tmp_path):
-    from dagster_project.celery import celery_broker
+    from luna_assets.executor import celery_broker
     from luna_core.errors import LunaConfigError
 
     home = LunaHome.resolve(tmp_path / "home").ensure()

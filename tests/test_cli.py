@@ -83,8 +83,8 @@ def test_build_names_the_root_cause_and_fails_on_failed_checks(library_home, cap
 
     import dagster as dg
 
+    from luna_assets.defs.vault.assets import vision_embeddings
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
-    from luna_assets.vault import vision_embeddings
     from luna_cli.library import report_run
 
     home, profile = library_home

@@ -10,14 +10,14 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
-from luna_assets.ingest import (
+from luna_assets.definitions import BUILD_ALL_JOB, build_definitions
+from luna_assets.defs.ingest.assets import (
     CHECK_CONTENT_HASH,
     CHECK_QUARANTINE_REASON,
     INGESTED_IMAGES,
     ingested_images,
-    library_files_changed,
 )
+from luna_assets.defs.ingest.sensors import library_files_changed
 from luna_assets.resources import LunaHomeResource
 from luna_core.samples import SampleLibrary
 from luna_core.settings import LunaHome
@@ -166,14 +166,22 @@ def _imports(package: str) -> dict[str, set[str]]:
 
 
 def test_layers_import_downward_only():
+    """CLI → code location (dagster_project) → Dagster package (luna_assets) → luna_core; inside luna_assets,
+    definitions.py → defs/<domain>/ → the shared pieces (resources, automation, metadata, executor, runs)."""
     core = _imports("luna_core")
     assert not {m: deps for m, deps in core.items() if any(d.split(".")[0] != "luna_core" for d in deps)}
     assets = _imports("luna_assets")
     upward = {m: deps for m, deps in assets.items() if any(d.split(".")[0] in ("luna_cli", "dagster_project")
                                                             for d in deps)}
     assert not upward, "luna_assets imports neither the code location nor the CLI"
+    shared = {m: deps for m, deps in assets.items() if not m.startswith(("luna_assets.defs", "luna_assets.definitions"))
+              and any(d.startswith(("luna_assets.defs", "luna_assets.definitions")) for d in deps)}
+    assert not shared, f"shared pieces reach up into the domains: {shared}"
+    domains = {m: deps for m, deps in assets.items() if m.startswith("luna_assets.defs.")
+               and any(d == "luna_assets.definitions" or d == "luna_assets.defs" for d in deps)}
+    assert not domains, f"a domain reaches up to the assembly: {domains}"
     project = _imports("dagster_project")
-    assert not any(d.startswith("luna_cli") for deps in project.values() for d in deps)
+    assert {d.split(".")[0] for deps in project.values() for d in deps} <= {"luna_assets"}, project
     # The query service and the ComfyUI nodes stand on the core alone (no Dagster, no CLI).
     for package in ("luna_service", "comfyui_luna"):
         outside = {d for deps in _imports(package).values() for d in deps
@@ -256,8 +264,8 @@ def test_embedding_assets_follow_ingest_by_themselves(tiny_home: LunaHome):
 
 
 def test_embedding_assets_report_metadata_and_pass_checks(tiny_home: LunaHome):
+    from luna_assets.defs.vault.assets import text_conditionings, vision_embeddings
     from luna_assets.resources import LunaModelsResource
-    from luna_assets.vault import text_conditionings, vision_embeddings
 
     resources = {"luna": LunaHomeResource(home=str(tiny_home.root)), "models": LunaModelsResource()}
     result = dg.materialize([vision_embeddings, text_conditionings], resources=resources,
@@ -283,9 +291,10 @@ def test_reindex_schedule_cron_is_configurable(monkeypatch, tmp_path):
 
 
 def test_catalog_and_index_assets_add_then_rebuild(tiny_home: LunaHome):
-    from luna_assets.index import faiss_index, luna_catalog
+    from luna_assets.defs.catalog.assets import luna_catalog
+    from luna_assets.defs.index.assets import faiss_index
+    from luna_assets.defs.vault.assets import text_conditionings, vision_embeddings
     from luna_assets.resources import LunaModelsResource
-    from luna_assets.vault import text_conditionings, vision_embeddings
 
     resources = {"luna": LunaHomeResource(home=str(tiny_home.root), workers=1), "models": LunaModelsResource()}
     instance = dg.DagsterInstance.ephemeral()

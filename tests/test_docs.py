@@ -44,7 +44,7 @@ def test_the_readme_is_short_and_links_pages_that_exist():
 
 
 def test_every_asset_is_in_the_readme_table_with_code_that_exists(tmp_path, monkeypatch):
-    from dagster_project.definitions import build_definitions
+    from luna_assets.definitions import build_definitions
 
     monkeypatch.setenv("LUNA_HOME", str(tmp_path / "home"))
     keys = {k.to_user_string() for k in build_definitions().resolve_all_asset_keys()}

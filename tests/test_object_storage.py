@@ -51,10 +51,11 @@ def _keys(client, prefix: str) -> list[str]:
 
 
 def test_partitioned_vault_index_and_artifacts_live_on_object_storage(s3, tiny_home, tmp_path, sample_library):
-    from dagster_project.definitions import BUILD_ALL_JOB, build_definitions
-    from luna_assets.index import FAISS_INDEX, LUNA_CATALOG
-    from luna_assets.projector import PROJECTOR
-    from luna_assets.vault import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
+    from luna_assets.definitions import BUILD_ALL_JOB, build_definitions
+    from luna_assets.defs.catalog.assets import LUNA_CATALOG
+    from luna_assets.defs.index.assets import FAISS_INDEX
+    from luna_assets.defs.projector.assets import PROJECTOR
+    from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
     from luna_core.models.profiles import resolve_profile
     from luna_core.query import Vault
     from luna_core.vault.checks import check_store

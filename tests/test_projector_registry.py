@@ -69,7 +69,7 @@ def test_widths_that_do_not_fit_and_missing_versions_are_clear_errors(trained):
 
 
 def test_projector_asset_registers_once_per_data_and_config(tiny_home):
-    from dagster_project.definitions import build_definitions
+    from luna_assets.definitions import build_definitions
 
     config = {"ops": {"projector": {"config": {"arch": "mlp", "hidden": 32, "rank": 8, "epochs": 2, "batch_size": 8}}}}
     defs = build_definitions(str(tiny_home.root))

@@ -206,7 +206,7 @@ def test_cli_refines_in_both_modes_and_writes_nothing_on_failure(projector_home,
 
 
 def test_refine_job_from_the_launchpad_writes_outputs_and_thumbnails(indexed_home, sample_library):
-    from dagster_project.definitions import build_definitions
+    from luna_assets.definitions import build_definitions
 
     job = build_definitions(str(indexed_home.root)).resolve_job_def("refine_images")
     good = str(sample_library.images[0].path)

@@ -187,7 +187,7 @@ def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_li
 
 
 def test_report_and_benchmark_assets_and_cli(report_home, capsys, monkeypatch, tmp_path):
-    from luna_assets.reports import BENCHMARK_POOL, refinement_benchmark, refinement_report
+    from luna_assets.defs.reports.assets import BENCHMARK_POOL, refinement_benchmark, refinement_report
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
     from luna_cli.main import main
     from luna_core.reports.render import clip_i_cell
@@ -211,7 +211,7 @@ def test_report_and_benchmark_assets_and_cli(report_home, capsys, monkeypatch, t
     assert again.asset_materializations_for_node("refinement_report")[0].metadata["built"].value is False
     # Neither takes the pool the embeddings need.
     from luna_assets.automation import GPU_POOL
-    from luna_assets.vault import vision_embeddings
+    from luna_assets.defs.vault.assets import vision_embeddings
 
     assert refinement_benchmark.op.pool == BENCHMARK_POOL != GPU_POOL and refinement_report.op.pool is None
     assert vision_embeddings.op.pool == GPU_POOL
@@ -238,8 +238,8 @@ def test_a_benchmark_in_progress_does_not_delay_an_index_update(report_home, sam
     and the index, and leaves the index; the benchmark then finishes."""
     import threading
 
-    import luna_assets.reports as report_assets
-    from dagster_project.definitions import build_definitions
+    import luna_assets.defs.reports.assets as report_assets
+    from luna_assets.definitions import build_definitions
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
     from luna_core.index.store import load_index
     from luna_core.instance import ensure_instance
@@ -294,7 +294,7 @@ def test_a_benchmark_in_progress_does_not_delay_an_index_update(report_home, sam
 def test_a_library_without_a_scorable_test_image_reports_nothing_and_fails_nothing(report_home):
     import duckdb
 
-    from luna_assets.reports import refinement_benchmark, refinement_report
+    from luna_assets.defs.reports.assets import refinement_benchmark, refinement_report
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
 
     home, _ = report_home

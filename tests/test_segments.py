@@ -67,7 +67,7 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(tiny_home,
     # The chain's catalog step is the one committing step.
     import dagster as dg
 
-    from luna_assets.index import luna_catalog
+    from luna_assets.defs.catalog.assets import luna_catalog
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
 
     result = dg.materialize([luna_catalog], resources={"luna": LunaHomeResource(home=str(tiny_home.root)),

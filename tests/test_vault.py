@@ -163,7 +163,7 @@ def test_killed_materialization_reruns_to_exactly_one_row_each(tiny_home: LunaHo
         import sys, dagster as dg
         import luna_core.models.encoders as encoders
         from luna_core.vault import commits
-        from dagster_project.definitions import build_definitions
+        from luna_assets.definitions import build_definitions
         from luna_assets.resources import LunaModelsResource
 
         commits.Committer.maybe_commit = commits.Committer.commit  # every batch committed at once
@@ -271,8 +271,8 @@ def test_a_deleted_store_is_rebuilt_by_the_next_run(tiny_home: LunaHome, kind):
 
     import dagster as dg
 
+    from luna_assets.defs.vault.assets import text_conditionings, vision_embeddings
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
-    from luna_assets.vault import text_conditionings, vision_embeddings
 
     asset = vision_embeddings if kind == "vision" else text_conditionings
     resources = {"luna": LunaHomeResource(home=str(tiny_home.root)), "models": LunaModelsResource()}

@@ -16,7 +16,6 @@ from luna_core.errors import LunaError
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR, SourceSettings
 from luna_core.refine.refiner import RefineSettings
 from luna_core.refine.sampler import SamplerSettings
-from luna_core.settings import LunaHome
 
 REFINE_JOB = "refine_images"
 THUMBNAIL = 256
@@ -123,7 +122,3 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
                     "vault or projector answer; outputs under the home's refined/ folder.")
 def refine_images():
     refine_op()
-
-
-def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    return dg.Definitions(jobs=[refine_images])

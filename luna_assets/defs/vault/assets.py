@@ -5,12 +5,11 @@ import hashlib
 import dagster as dg
 
 from luna_assets.automation import GPU_POOL, on_upstream_change
-from luna_assets.ingest import INGESTED_IMAGES
+from luna_assets.defs.ingest.assets import INGESTED_IMAGES
 from luna_assets.metadata import check_results, progress_logger, seconds
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.catalog import open_catalog, vault_rows_digest
 from luna_core.models.profiles import ModelProfile
-from luna_core.settings import LunaHome
 from luna_core.storage import location
 from luna_core.vault.checks import check_store
 from luna_core.vault.embed import EmbedReport, embed_images, embed_prompts
@@ -87,7 +86,7 @@ def _fill(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: Lun
     return _result(report, luna, profile, "images" if kind == "vision" else "prompts", shard)
 
 
-def _store_assets(shards: int) -> list[dg.AssetsDefinition]:
+def store_assets(shards: int) -> list[dg.AssetsDefinition]:
     """The two store assets; with `shards` > 1, partitioned by shard of the item hash (one segment store each)."""
     partitions = dg.StaticPartitionsDefinition(shard_keys(shards)) if shards > 1 else None
     # Both stores follow every ingest that changed the library, side by side (one process each).
@@ -111,10 +110,4 @@ def _store_assets(shards: int) -> list[dg.AssetsDefinition]:
     return [vision_embeddings, text_conditionings]
 
 
-vision_embeddings, text_conditionings = _store_assets(1)
-
-
-def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    """The vault's assets; partitioned by shard when the home asks for more than one ([vault] shards)."""
-    shards = home.vault_shards() if home is not None else 1
-    return dg.Definitions(assets=_store_assets(shards) if shards > 1 else [vision_embeddings, text_conditionings])
+vision_embeddings, text_conditionings = store_assets(1)

@@ -3,17 +3,14 @@
 import dagster as dg
 
 from luna_assets.automation import AC, GPU_POOL, cron_setting
-from luna_assets.index import LUNA_CATALOG
+from luna_assets.defs.catalog.assets import LUNA_CATALOG
 from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
-from luna_core.errors import LunaConfigError
 from luna_core.projector.models import ProjectorConfig
 from luna_core.projector.pipeline import train_and_register
-from luna_core.projector.policy import DEFAULT_GROWTH, GROWTH_ENV, growth_share, retrain_decision
 from luna_core.projector.registry import list_versions, resolve_tracking_uri, verify_champion
 from luna_core.projector.request import REGISTERED_NAME, ProjectorRequest
 from luna_core.projector.train import TrainSettings, validation_scorer
-from luna_core.settings import LunaHome
 
 PROJECTOR = dg.AssetKey("projector")
 PROJECTOR_CODE_VERSION = "1"
@@ -118,42 +115,3 @@ def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, l
     latest = versions[-1]["version"] if versions else None
     return dg.MaterializeResult(metadata=metadata, check_results=checks,
                                 data_version=dg.DataVersion(f"{request.name}: latest v{latest}, @champion v{champion}"))
-
-
-@dg.sensor(
-    name=RETRAIN_SENSOR,
-    target=[PROJECTOR],
-    minimum_interval_seconds=120,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=f"Requests `projector` when the training pairs grew by a share (${GROWTH_ENV}, default "
-                f"{DEFAULT_GROWTH:.0%}) since the pairs that trained @champion; looks only after luna_catalog changed.",
-)
-def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHomeResource):
-    latest = context.instance.get_latest_materialization_event(LUNA_CATALOG)
-    if latest is None:
-        return dg.SkipReason("luna_catalog has not been materialized yet")
-    marker = f"{latest.run_id}@{latest.timestamp}"
-    if marker == context.cursor:
-        return dg.SkipReason("luna_catalog has not changed since the last look")
-    try:
-        share = growth_share()
-    except LunaConfigError as exc:
-        context.log.warning(f"{exc}; using the default {DEFAULT_GROWTH}")
-        share = DEFAULT_GROWTH
-    decision = retrain_decision(luna.luna_home, share)
-    context.update_cursor(marker)
-    if not decision.due:
-        # Shown on the projector's page beside Dagster's "Unsynced" badge: why no retrain follows.
-        note = dg.AssetObservation(PROJECTOR, metadata={
-            "retrain policy": f"not due: {decision.reason}",
-            "why Unsynced": f"luna_catalog changed since the last training; the projector retrains when the pairs "
-                            f"grew by {share:.0%} (${GROWTH_ENV}), weekly (${RETRAIN_CRON_ENV}), or when you "
-                            "materialize it"})
-        return dg.SensorResult(skip_reason=decision.reason, asset_events=[note])
-    context.log.info(decision.reason)
-    return dg.RunRequest(run_key=f"train-pairs-{decision.train_pairs}", asset_selection=[PROJECTOR],
-                         tags={"luna/trigger": RETRAIN_SENSOR, "luna/train-pairs": str(decision.train_pairs)})
-
-
-def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    return dg.Definitions(assets=[projector], sensors=[projector_retrain_policy])

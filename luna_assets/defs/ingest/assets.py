@@ -8,12 +8,10 @@ from luna_assets.resources import LunaHomeResource
 from luna_core import catalog
 from luna_core.ingest import ingest
 from luna_core.scan import fingerprint_roots
-from luna_core.settings import LunaHome
 
 INGESTED_IMAGES = dg.AssetKey("ingested_images")
 CHECK_CONTENT_HASH = "every_image_has_content_hash"
 CHECK_QUARANTINE_REASON = "every_quarantined_file_has_reason"
-INGEST_JOB = "ingest_library"
 
 
 @dg.asset(
@@ -85,36 +83,4 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
                                 metadata={"rows without reason": len(unexplained),
                                           "examples": dg.MetadataValue.json(unexplained)}),
         ],
-    )
-
-
-@dg.sensor(
-    name="library_files_changed",
-    target=[INGESTED_IMAGES],
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests `ingested_images` when a file under a library root appears, changes or disappears "
-    "(path, size and mtime only; no file is opened).",
-)
-def library_files_changed(context: dg.SensorEvaluationContext, luna: LunaHomeResource):
-    roots = luna.library_roots()
-    if not roots:
-        return dg.SkipReason("no library roots configured; add one with `luna ingest ROOT`")
-    count, digest = fingerprint_roots(roots)
-    if digest == context.cursor:
-        return dg.SkipReason(f"no change in {count:,} entries under {len(roots)} root(s)")
-    context.update_cursor(digest)
-    if digest == luna.luna_home.recorded_library_fingerprint(roots):
-        # A built home's first tick (a fresh cursor): the last ingest already saw exactly these files.
-        return dg.SkipReason(f"the catalog already matches the {count:,} entries under {len(roots)} root(s)")
-    # No run_key: the cursor already dedupes, and a library that returns to an earlier state must still be re-scanned.
-    return dg.RunRequest(tags={"luna/trigger": "library_files_changed", "luna/entries": str(count)})
-
-
-def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    return dg.Definitions(
-        assets=[ingested_images],
-        jobs=[dg.define_asset_job(INGEST_JOB, selection=[ingested_images],
-                                  description="Scan the library roots into the catalog.")],
-        sensors=[library_files_changed],
     )

@@ -4,10 +4,10 @@ need: a report or a benchmark in progress never delays a library change on its w
 
 import dagster as dg
 
-from luna_assets.automation import AC, cron_setting
-from luna_assets.index import FAISS_INDEX
+from luna_assets.automation import AC
+from luna_assets.defs.index.assets import FAISS_INDEX
+from luna_assets.defs.projector.assets import PROJECTOR
 from luna_assets.metadata import md_table
-from luna_assets.projector import PROJECTOR
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.reports.benchmark import BENCHMARK_CODE_VERSION, BenchmarkSettings, run_benchmark
 from luna_core.reports.evaluate import EvalSettings
@@ -15,15 +15,10 @@ from luna_core.reports.quality import QualitySettings
 from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
 from luna_core.reports.report import REPORT_CODE_VERSION, ReportSettings, build_report
 from luna_core.reports.test_set import EmptyTestSet
-from luna_core.settings import LunaHome
 
 REFINEMENT_REPORT = dg.AssetKey("refinement_report")
 REFINEMENT_BENCHMARK = dg.AssetKey("refinement_benchmark")
 BENCHMARK_POOL = "benchmark"  # its own pool: the benchmark runs one at a time, beside the gpu pool's work
-BENCHMARK_JOB = "run_refinement_benchmark"
-BENCHMARK_SCHEDULE = "weekly_benchmark"
-BENCHMARK_CRON_ENV = "LUNA_BENCHMARK_CRON"
-DEFAULT_BENCHMARK_CRON = "0 5 * * 0"  # weekly, Sunday 05:00 (after the projector's weekly retrain)
 _EVAL, _QUALITY, _BENCH = EvalSettings(), QualitySettings(), BenchmarkSettings()
 
 
@@ -159,15 +154,3 @@ def refinement_report(context: dg.AssetExecutionContext, config: ReportConfig, l
     if report.get("mlflow_run_id"):
         metadata["mlflow run"] = report["mlflow_run_id"]
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(outcome.folder.name))
-
-
-def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    benchmark_job = dg.define_asset_job(
-        BENCHMARK_JOB, selection=[refinement_benchmark],
-        description="Regeneration sample, costs and batching (minutes); the report then shows them. Launch it from "
-                    "the UI when you want fresh figures before the weekly run.")
-    cron, problem = cron_setting(BENCHMARK_CRON_ENV, DEFAULT_BENCHMARK_CRON)
-    weekly = dg.ScheduleDefinition(
-        name=BENCHMARK_SCHEDULE, job=benchmark_job, cron_schedule=cron, default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Run the refinement benchmark (cron from ${BENCHMARK_CRON_ENV}). {problem}".strip())
-    return dg.Definitions(assets=[refinement_benchmark, refinement_report], jobs=[benchmark_job], schedules=[weekly])
