@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 import urllib.error
 import urllib.parse
@@ -67,7 +66,7 @@ def _vault(home: str):
     from luna_core.query import Vault
     from luna_core.settings import LunaHome
 
-    key = os.path.abspath(home or os.environ.get("LUNA_HOME", "luna_home"))
+    key = str(LunaHome.resolve(home or None).root)
     with _cache_lock:
         if key not in _cache:
             luna_home = LunaHome.existing(key)

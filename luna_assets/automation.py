@@ -1,12 +1,13 @@
 """Automation rules shared by the domains: assets follow their parents' *data*, and cron settings
-from the environment that can never take the code location down."""
+that can never take the code location down."""
 
 from __future__ import annotations
 
 import logging
-import os
 
 import dagster as dg
+
+from luna_core.settings import LunaHome
 
 AC = dg.AutomationCondition
 GPU_POOL = "gpu"  # every step that runs a model takes a slot (limit: GPUs found, 1 on a CPU)
@@ -35,12 +36,14 @@ def is_valid_cron(cron: str) -> bool:
     return True
 
 
-def cron_setting(env: str, default: str) -> tuple[str, str]:
-    """The cron expression in $`env` (default when unset) and, when it is not one, the default with
-    the problem in words: a bad setting is shown, never a code location that fails to load."""
-    cron = os.environ.get(env, "").strip() or default
+def cron_setting(home: LunaHome | None, name: str) -> tuple[str, str]:
+    """The cron expression of the setting `name` (e.g. schedules.reindex_cron) and, when it is not one,
+    the default with the problem in words: a bad setting is shown, never a code location that fails to load."""
+    settings = (home or LunaHome.resolve()).settings()
+    setting, default = settings.setting(name), str(settings.setting(name).key.default)
+    cron = str(setting.value).strip() or default
     if is_valid_cron(cron):
         return cron, ""
-    problem = f"${env}={cron!r} is not a cron expression; using the default {default!r}"
+    problem = f"{setting.where()} = {cron!r} is not a cron expression; using the default {default!r}"
     logging.getLogger(__name__).warning(problem)
     return default, problem

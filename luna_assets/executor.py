@@ -13,10 +13,11 @@ import logging
 import os
 import socket
 
+from luna_core.config import KEYS_BY_NAME
 from luna_core.errors import LunaConfigError
 from luna_core.settings import LunaHome
 
-BROKER_ENV = "LUNA_CELERY_BROKER"
+BROKER = KEYS_BY_NAME["scale.celery_broker"]
 QUEUE = "dagster"
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,12 @@ CELERY_SETTINGS = {
 
 def celery_broker(home: LunaHome) -> str | None:
     """The broker URL the home's runs use (None: runs execute on this machine)."""
-    url = os.environ.get(BROKER_ENV) or home.config().get("scale", {}).get("celery_broker")
-    if url is None:
+    setting = home.settings().setting("scale.celery_broker")
+    url = setting.value
+    if url in ("", None):
         return None
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://")):
-        raise LunaConfigError(f"celery broker {url!r} ({home.config_path} [scale] celery_broker or ${BROKER_ENV}): "
+        raise LunaConfigError(f"celery broker {url!r} ({setting.where()} of {home.root}): "
                               "need a Redis URL, e.g. redis://127.0.0.1:6379/0")
     return url
 
@@ -75,8 +77,8 @@ def run_worker(home: LunaHome, name: str | None = None, concurrency: int = 1, lo
     broker = celery_broker(home)
     if broker is None:
         raise LunaConfigError(f"{home.config_path} names no Celery broker: set [scale] celery_broker "
-                              f"(e.g. redis://127.0.0.1:6379/0) or ${BROKER_ENV}")
-    os.environ["LUNA_HOME"] = str(home.root)
+                              f"(e.g. redis://127.0.0.1:6379/0) or ${BROKER.env}")
+    os.environ[KEYS_BY_NAME["home"].env] = str(home.root)
     os.environ["DAGSTER_HOME"] = str(home.dagster_home)
     name = name or f"luna-{socket.gethostname()}-{os.getpid()}"
     app = celery_app(broker)

@@ -36,7 +36,7 @@ class LunaHomeResource(dg.ConfigurableResource):
 class LunaModelsResource(dg.ConfigurableResource):
     """Which models embed the library, and on what device. Empty fields fall back to the home."""
 
-    profile: str | None = None  # sdxl | tiny; None: the home's luna.toml, else $LUNA_PROFILE, else sdxl
+    profile: str | None = None  # sdxl | tiny; None: $LUNA_PROFILE, else the home's luna.toml, else sdxl
     vision_model: str | None = None  # hub id or local folder, overriding the profile's
     sdxl_model: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
@@ -46,7 +46,7 @@ class LunaModelsResource(dg.ConfigurableResource):
     decode_workers: int = EmbedOptions.decode_workers  # image decode threads; 0: one per core (at most 8)
 
     def resolve(self, home: LunaHome) -> ModelProfile:
-        return resolve_profile(self.profile or home.model_profile(), home.models_dir, self.vision_model, self.sdxl_model)
+        return resolve_profile(home.model_profile(self.profile), home.models_dir, self.vision_model, self.sdxl_model)
 
     def embed_options(self, batch_size: int) -> EmbedOptions:
         return EmbedOptions(device=self.device, dtype=self.dtype, batch_size=batch_size,

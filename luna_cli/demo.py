@@ -48,7 +48,7 @@ def ensure_samples(home: LunaHome, n_images: int, size: int, seed: int) -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     home = LunaHome.resolve(args.home)
-    recorded = home.model_profile() if home.config_path.is_file() else None
+    recorded = home.recorded_model_profile()
     if recorded not in (None, args.profile):  # before anything is written to the home
         raise LunaConfigError(f"{home.root} was built with the '{recorded}' model profile, not '{args.profile}'; "
                               "use another --home")
@@ -61,12 +61,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Model profile '{args.profile}'" + (" (tiny random-weight encoders built locally: their numbers are not CLIP's)"
                                              if args.profile == "tiny" else ""))
     print("Materializing every Luna asset through Dagster (job luna_build_all)…")
-    if not report_run(run_build_all(home, projector_config=DEMO_PROJECTOR_CONFIG, benchmark_config=DEMO_BENCHMARK_CONFIG)):
+    if not report_run(run_build_all(home, projector_config=DEMO_PROJECTOR_CONFIG, benchmark_config=DEMO_BENCHMARK_CONFIG,
+                                profile=args.profile)):
         return 1
     print_home_summary(home)
-    _demo_query(home)
-    _demo_projector(home)
-    _demo_refine(home)
+    _demo_query(home, args.profile)
+    _demo_projector(home, args.profile)
+    _demo_refine(home, args.profile)
     _demo_report(home)
     print(f"\nBuilt in {time.perf_counter() - started:.1f}s:")
     print(f"  catalog      {home.catalog_path}")
@@ -82,7 +83,7 @@ def _demo_sample(home: LunaHome) -> Path | None:
     return next(iter(sorted((home.samples_dir / "comfyui").glob("*.png"))), None)
 
 
-def _demo_query(home: LunaHome) -> None:
+def _demo_query(home: LunaHome, profile: str) -> None:
     """One vault answer on a crop of a sample image: what a user does first."""
     from PIL import Image
 
@@ -93,7 +94,7 @@ def _demo_query(home: LunaHome) -> None:
         return
     with Image.open(sample) as image:
         box = Box(image.width // 4, image.height // 4, image.width // 2, image.height // 2)
-    conditioning = open_vault(home).condition(sample, box, k=5)
+    conditioning = open_vault(home, profile).condition(sample, box, k=5)
     out = conditioning.save(home.root / "demo_condition.safetensors")
     print(f"\nVault query: the centre crop {box.x},{box.y},{box.width},{box.height} of {os.path.relpath(sample, home.root)}")
     print_neighbors(conditioning.neighbors, home)
@@ -101,20 +102,20 @@ def _demo_query(home: LunaHome) -> None:
           f"pooled {list(conditioning.pooled_prompt_embeds.shape)})")
 
 
-def _demo_projector(home: LunaHome) -> None:
+def _demo_projector(home: LunaHome, profile: str) -> None:
     from luna_core.projector.registry import list_versions
 
     champion = next((v for v in list_versions(home) if "champion" in v["aliases"].split(",")), None)
     sample = _demo_sample(home)
     if champion is None or sample is None:
         return
-    answer = open_vault(home).condition_with_projector(sample, "models:/luna-projector@champion")
+    answer = open_vault(home, profile).condition_with_projector(sample, "models:/luna-projector@champion")
     out = answer.save(home.root / "demo_projector.safetensors")
     print(f"\nProjector: luna-projector v{champion['version']} is @champion ({champion['arch']}, val token cosine "
           f"{champion['token_cos']}); answer for {os.path.relpath(sample, home.root)} → {out}")
 
 
-def _demo_refine(home: LunaHome) -> None:
+def _demo_refine(home: LunaHome, profile: str) -> None:
     """The chess refiner on one sample image, every tile conditioned by its own vault answer."""
     from luna_core.images import read_picture
     from luna_core.models.profiles import resolve_profile
@@ -125,12 +126,12 @@ def _demo_refine(home: LunaHome) -> None:
     sample = _demo_sample(home)
     if sample is None:
         return
-    refiner = Refiner(home, resolve_profile(home.model_profile(), home.models_dir), SourceSettings("vault"))
+    refiner = Refiner(home, resolve_profile(profile, home.models_dir), SourceSettings("vault"))
     refined, report = refiner.chess(read_picture(sample), RefineSettings(sampler=SamplerSettings(steps=8)))
     out = save_image(refined, home.refined_dir / f"{sample.stem}.chess.png", report)
     passes = ", ".join(f"{p.items} {p.name} tiles in {p.sampler_calls} call" for p in report.passes)
     print(f"\nRefined {os.path.relpath(sample, home.root)} with the chess refiner ({passes}, each tile conditioned by "
-          f"its own vault answer{'; random-weight tiny UNet' if home.model_profile() == 'tiny' else ''}) → {out}")
+          f"its own vault answer{'; random-weight tiny UNet' if profile == 'tiny' else ''}) → {out}")
 
 
 def _demo_report(home: LunaHome) -> None:

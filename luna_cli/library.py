@@ -8,21 +8,24 @@ import sys
 from pathlib import Path
 
 from luna_cli.output import print_home_summary
+from luna_core.config import KEYS_BY_NAME
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.settings import LunaHome
 
 
 def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dict | None = None,
-                  benchmark_config: dict | None = None):
+                  benchmark_config: dict | None = None, profile: str | None = None):
     """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance;
-    the refinement benchmark (minutes) only when given a `benchmark_config` (its schedule runs it)."""
+    the refinement benchmark (minutes) only when given a `benchmark_config` (its schedule runs it); `profile`
+    overrides the model profile of the home's settings."""
     import dagster as dg
 
     from luna_assets.definitions import BUILD_ALL_JOB, build_definitions
+    from luna_assets.resources import LunaModelsResource
     from luna_assets.runs import fail_dead_runs
     from luna_core.catalog import held_lock
 
-    defs = build_definitions(str(home.root))
+    defs = build_definitions(str(home.root), LunaModelsResource(profile=profile) if profile else None)
     job = defs.resolve_job_def(BUILD_ALL_JOB)
     instance = dg.DagsterInstance.from_config(str(home.dagster_home))
     for message in fail_dead_runs(instance):
@@ -127,8 +130,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise NotBuiltError(f"no library roots recorded in {home.config_path}; run `luna ingest ROOT` first")
     if args.profile:
         home.set_model_profile(args.profile)
-    print(f"Materializing every Luna asset for {home.root} (profile '{home.model_profile() or 'sdxl'}')…")
-    if not report_run(run_build_all(home.ensure())):
+    print(f"Materializing every Luna asset for {home.root} (profile '{home.model_profile(args.profile)}')…")
+    if not report_run(run_build_all(home.ensure(), profile=args.profile)):
         return 1
     print_home_summary(home)
     return 0
@@ -151,7 +154,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     home = LunaHome.existing(args.home).ensure()
     for message in fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home))):
         print(message)
-    env = dict(os.environ, LUNA_HOME=str(home.root), DAGSTER_HOME=str(home.dagster_home))
+    env = dict(os.environ, **{KEYS_BY_NAME["home"].env: str(home.root)}, DAGSTER_HOME=str(home.dagster_home))
     print(f"Starting the Dagster UI for {home.root} on http://{args.host}:{args.port} (Ctrl-C stops it)")
     # The same code location name as the repository's workspace.yaml, wherever Luna is installed.
     workspace = home.dagster_home / "workspace.yaml"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
+from luna_core.instance import gpu_slots
 from luna_core.operations import ensure_database, mlflow_backend_uri, mlflow_server_command
 from luna_core.settings import LunaHome
 
@@ -47,7 +49,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
                                         f" (vision_embeddings and text_conditionings have {shards} partitions)"))
     print(f"  celery broker {broker or '(none: runs execute on this machine)'}"
           + ("; start `luna worker` on each machine" if broker else ""))
-    print(f"  gpu pool      {home.config().get('operations', {}).get('gpu_slots', 'one slot per GPU found here')}")
+    print(f"  gpu pool      {gpu_slots(home.settings()) or 'one slot per GPU found here'}")
     return 0
 
 
@@ -56,4 +58,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     home = LunaHome.existing(args.home).ensure()
     run_worker(home, args.name, args.concurrency, args.loglevel)
+    return 0
+
+
+def _shown(value) -> str:
+    """A setting as printed: a URL's password hidden."""
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest and ":" in rest.split("@", 1)[0]:
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        return f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
+    return text
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Every setting's effective value and where it came from (argument > environment > luna.toml > default)."""
+    home = LunaHome.resolve(args.home)
+    settings = home.settings({"home": args.home} if args.home else None)
+    rows = [{"setting": s.key.name, "value": _shown(s.value), "from": s.where(), "environment": s.key.env,
+             "about": s.key.doc} for s in settings.all()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"Settings of {home.root} (argument > environment > {home.config_path.name} > default):")
+    width = {column: max(len(column), *(len(r[column]) for r in rows)) for column in ("setting", "value", "from")}
+    for row in rows:
+        value = row["value"] if row["value"] != "" else "(none)"
+        print(f"  {row['setting']:<{width['setting']}}  {value:<{width['value']}}  {row['from']:<{width['from']}}  "
+              f"{row['about']}")
     return 0

@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--gpu-slots", type=int, help="steps running models at once, over all workers (the gpu pool)")
     cmd.set_defaults(func=operations.cmd_scale)
 
+    cmd = sub.add_parser("config", help="every setting's effective value and where it came from "
+                                        "(argument > $LUNA_* > luna.toml > default)")
+    cmd.add_argument("--home", help=HOME_HELP)
+    cmd.add_argument("--json", action="store_true", help="as JSON")
+    cmd.set_defaults(func=operations.cmd_config)
+
     cmd = sub.add_parser("worker", help="a Celery worker running the home's steps (with [scale] celery_broker)")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--name", help="worker name (default luna-<host>-<pid>)")

@@ -13,7 +13,7 @@ def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto")
     from luna_core.models.profiles import resolve_profile
     from luna_core.query import Vault
 
-    return Vault(home, resolve_profile(profile or home.model_profile(), home.models_dir), device=device or "auto")
+    return Vault(home, resolve_profile(home.model_profile(profile), home.models_dir), device=device or "auto")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

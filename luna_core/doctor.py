@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from luna_core.errors import LunaError
+from luna_core.index.store import index_store
 from luna_core.settings import LunaHome
 
 MIN_FREE_BYTES = 1 << 30  # below this a build may run out of space midway
@@ -97,7 +98,7 @@ def _index(home: LunaHome, profile, build: str) -> list[Finding]:
     from luna_core.index.build import LOOKUP_COLUMNS, _library_rows, lookup_digest
     from luna_core.index.store import load_index
 
-    store = home.index_store(profile)
+    store = index_store(home, profile)
     try:
         if store.current() is None:
             return [Finding("warning", "index", "not built yet", build)]

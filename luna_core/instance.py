@@ -12,13 +12,12 @@ edits of your own.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from luna_core.config import Settings
 from luna_core.files import write_atomically
 
 MANAGED = "# managed-by-luna v1: Luna rewrites this file when its settings change; delete this line to keep your edits."
-POSTGRES_ENV = "LUNA_POSTGRES_URL"
 MAX_CONCURRENT_RUNS = 4
 RUN_RETRIES = 2
 
@@ -33,10 +32,9 @@ def gpu_count() -> int:
         return 0
 
 
-def postgres_url(config: dict) -> str | None:
+def postgres_url(settings: Settings) -> str | None:
     """$LUNA_POSTGRES_URL, else `[operations] postgres_url` of luna.toml, else None (local storage)."""
-    url = os.environ.get(POSTGRES_ENV, "").strip() or str(config.get("operations", {}).get("postgres_url", "")).strip()
-    return url or None
+    return settings.text("operations.postgres_url") or None
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -105,11 +103,11 @@ def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_ru
     return "\n".join(lines) + "\n"
 
 
-def ensure_instance(dagster_home: Path, config: dict) -> Path:
+def ensure_instance(dagster_home: Path, settings: Settings) -> Path:
     """Write dagster.yaml when missing, or when Luna manages it and its storage setting changed."""
     path = dagster_home / "dagster.yaml"
-    postgres = postgres_url(config)
-    slots = gpu_slots(config)
+    postgres = postgres_url(settings)
+    slots = gpu_slots(settings)
     if path.exists():
         current = path.read_text(encoding="utf-8")
         if MANAGED.split(":")[0] not in current and "Dagster instance of this Luna home: local storage" not in current:
@@ -123,14 +121,7 @@ def ensure_instance(dagster_home: Path, config: dict) -> Path:
     return path
 
 
-def gpu_slots(config: dict) -> int | None:
+def gpu_slots(settings: Settings) -> int | None:
     """`[operations] gpu_slots`: the `gpu` pool's size when steps run on other machines (Celery workers:
-    the GPUs of all of them); None: the GPUs this machine has."""
-    value = config.get("operations", {}).get("gpu_slots")
-    if value is None:
-        return None
-    if not isinstance(value, int) or value < 1:
-        from luna_core.errors import LunaConfigError
-
-        raise LunaConfigError(f"[operations] gpu_slots = {value!r}: need a whole number of at least 1")
-    return value
+    the GPUs of all of them); None (0, the default): the GPUs this machine has."""
+    return settings.integer("operations.gpu_slots", 0, 4096) or None

@@ -14,6 +14,7 @@ from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transacti
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
 from luna_core.splits import SplitReport, assign_splits
+from luna_core.vault.segments import open_vision_store
 
 
 @dataclass
@@ -58,7 +59,7 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
     from luna_core.vault.segments import store_exists
 
     vision_key, text_key = profile.vision_key, profile.text_key
-    vision = home.open_vision_store(profile) if store_exists(home.vision_store(profile)) else None
+    vision = open_vision_store(home, profile) if store_exists(home.vision_store(profile)) else None
     report = LibraryReport()
     with open_catalog(home.catalog_path) as con:
         with transaction(con):

@@ -54,7 +54,7 @@ def ensure_database(url: str) -> None:
 def mlflow_backend_uri(home: LunaHome) -> str:
     """Where the tracking server keeps runs and the registry: PostgreSQL beside the Dagster instance's
     database when one is configured, else the home's embedded sqlite file."""
-    postgres = postgres_url(home.config())
+    postgres = postgres_url(home.settings())
     return database_beside(postgres) if postgres else home.default_tracking_uri()
 
 

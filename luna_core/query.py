@@ -23,10 +23,10 @@ from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.files import write_atomically
 from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads, probing_every_list
-from luna_core.index.store import LoadedIndex, load_index
+from luna_core.index.store import LoadedIndex, index_store, load_index
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.settings import LunaHome
-from luna_core.vault.segments import store_exists
+from luna_core.vault.segments import open_text_store, open_vision_store, store_exists
 from luna_core.vault.store import RowStore
 
 MODES = ("replace", "blend", "concat")
@@ -154,14 +154,14 @@ class Vault:
     @property
     def index(self) -> LoadedIndex:
         if self._index is None:
-            loaded = load_index(self.home.index_store(self.profile), fall_back=True)
+            loaded = load_index(index_store(self.home, self.profile), fall_back=True)
             if loaded.meta.get("vision_key") != self.profile.vision_key:
                 raise QueryError(f"the index at {loaded.version.path} was built with vision model "
                                  f"{loaded.meta.get('vision_key')}, not the configured {self.profile.vision_key}; "
                                  "rebuild it or configure that model")
             if loaded.index.ntotal == 0:
                 raise QueryError(f"the index at {loaded.version.path} is empty: ingest and embed some images first")
-            self._index = loaded.reranked_from(self.home.open_vision_store(self.profile))
+            self._index = loaded.reranked_from(open_vision_store(self.home, self.profile))
         return self._index
 
     def _device_dtype(self):
@@ -192,7 +192,7 @@ class Vault:
     @property
     def text_store(self) -> RowStore:
         if self._store is None:
-            self._store = self.home.open_text_store(self.profile)
+            self._store = open_text_store(self.home, self.profile)
         return self._store
 
     # ------------------------------------------------------------ queries

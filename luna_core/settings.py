@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from luna_core.config import Settings, environment_settings, read_toml
 from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.instance import ensure_instance
+from luna_core.storage import is_remote, location
 
 if TYPE_CHECKING:
     from luna_core.models.profiles import ModelProfile
-    from luna_core.vault.store import RowStore
 
-DEFAULT_HOME = "./luna_home"
-HOME_ENV = "LUNA_HOME"
 CONFIG_NAME = "luna.toml"
 
 
@@ -39,7 +39,7 @@ class LunaHome:
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None) -> "LunaHome":
         """The home given, else $LUNA_HOME, else ./luna_home; always an absolute path."""
-        chosen = home if home not in (None, "") else os.environ.get(HOME_ENV) or DEFAULT_HOME
+        chosen = environment_settings({"home": os.fspath(home) if home not in (None, "") else None}).get("home")
         return cls(Path(chosen).expanduser().absolute())
 
     @property
@@ -79,9 +79,7 @@ class LunaHome:
         except OSError as exc:
             raise LunaConfigError(f"cannot create the Luna home {self.root}: {exc.strerror or exc}") from None
         self.dagster_home.mkdir(exist_ok=True)
-        from luna_core.instance import ensure_instance
-
-        ensure_instance(self.dagster_home, self.config())
+        ensure_instance(self.dagster_home, self.settings())
         return self
 
     @property
@@ -92,14 +90,8 @@ class LunaHome:
     def storage_root(self):
         """Where the vault and the index live when not in the home: `[storage] root` in luna.toml or
         $LUNA_STORAGE_ROOT (e.g. s3://bucket/luna); None: in the home."""
-        from luna_core.storage import STORAGE_ENV, location
-
-        root = os.environ.get(STORAGE_ENV) or self.config().get("storage", {}).get("root")
-        if root is None:
-            return None
-        if not isinstance(root, str) or not root.strip():
-            raise LunaConfigError(f"{self.config_path} [storage] root must be a path or URL (e.g. s3://bucket/luna)")
-        return location(root.rstrip("/"))
+        root = self.settings().text("storage.root")
+        return location(root.rstrip("/")) if root else None
 
     @property
     def vault_dir(self) -> Path:
@@ -114,14 +106,10 @@ class LunaHome:
 
     def store_label(self, path) -> str:
         """How a store is recorded (catalog, index metadata): relative to the home, or its URL."""
-        from luna_core.storage import is_remote
-
         return str(path) if is_remote(path) else str(Path(path).relative_to(self.root))
 
     def recorded_store(self, recorded: str):
         """A store as the catalog records it: a URL, or a path relative to the home."""
-        from luna_core.storage import location
-
         return location(recorded) if "://" in recorded else self.root / recorded
 
     @property
@@ -153,26 +141,6 @@ class LunaHome:
     def index_root(self) -> Path:
         return (self.storage_root or self.root) / "index"
 
-    def index_store(self, profile: ModelProfile):
-        """The profile's index versions; on object storage, read through a local copy under the home."""
-        from luna_core.index.store import IndexStore
-
-        folder = self.index_dir(profile)
-        return IndexStore(folder, cache=self.root / "cache" / "index" / folder.name)
-
-    def open_vision_store(self, profile: ModelProfile) -> RowStore:
-        """The profile's image embeddings for reading: the store and any segments written by shards."""
-        from luna_core.vault.segments import open_store
-        from luna_core.vault.store import VISION_LAYOUT
-
-        return open_store(self.vision_store(profile), VISION_LAYOUT)
-
-    def open_text_store(self, profile: ModelProfile) -> RowStore:
-        from luna_core.vault.segments import open_store
-        from luna_core.vault.store import TEXT_LAYOUT
-
-        return open_store(self.text_store(profile), TEXT_LAYOUT)
-
     def default_tracking_uri(self) -> str:
         """The embedded MLflow store: sqlite under the home (absolute, as MLflow 3 wants)."""
         return f"sqlite:///{(self.mlflow_dir / 'mlflow.db').absolute()}"
@@ -180,12 +148,12 @@ class LunaHome:
     # ------------------------------------------------------------ luna.toml
 
     def config(self) -> dict:
-        if not self.config_path.exists():
-            return {}
-        try:
-            return tomllib.loads(self.config_path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise LunaConfigError(f"{self.config_path}: not valid TOML ({exc})") from None
+        """luna.toml as written (a copy; parsed again only when the file changed)."""
+        return read_toml(self.config_path)
+
+    def settings(self, arguments: Mapping[str, object] | None = None) -> Settings:
+        """The effective settings: `arguments` (e.g. {"models.profile": "tiny"}) > $LUNA_* > luna.toml > defaults."""
+        return Settings(self.config(), os.environ, arguments, self.config_path)
 
     def _write_config(self, config: dict) -> None:
         # json.dumps quoting is valid TOML basic-string quoting for paths and names.
@@ -249,22 +217,19 @@ class LunaHome:
     def vault_shards(self) -> int:
         """How many partitions embed the vault ([vault] shards in luna.toml, or $LUNA_VAULT_SHARDS; 1 = one
         store, the single-machine default). With more, each shard embeds into its own segment store."""
-        raw = os.environ.get("LUNA_VAULT_SHARDS") or self.config().get("vault", {}).get("shards", 1)
-        try:
-            shards = int(raw)
-        except (TypeError, ValueError):
-            shards = 0
-        if not 1 <= shards <= 1024:
-            raise LunaConfigError(f"vault shards {raw!r} ({self.config_path} [vault] shards or $LUNA_VAULT_SHARDS): "
-                                  "need a whole number from 1 to 1024")
-        return shards
+        return self.settings().integer("vault.shards", 1, 1024)
 
     def set_vault_shards(self, shards: int) -> None:
         self.set_setting("vault", "shards", int(shards))
         self.vault_shards()  # refuse a bad count now, not at the next load
 
-    def model_profile(self) -> str | None:
-        """The model profile this home was built with ([models] profile in luna.toml), if recorded."""
+    def model_profile(self, argument: str | None = None) -> str:
+        """The model profile to use: the argument, else $LUNA_PROFILE, else the one the home recorded
+        ([models] profile in luna.toml), else sdxl."""
+        return self.settings({"models.profile": argument}).text("models.profile")
+
+    def recorded_model_profile(self) -> str | None:
+        """The model profile this home was built with, if luna.toml records one."""
         name = self.config().get("models", {}).get("profile")
         return name if isinstance(name, str) else None
 

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 from typing import Union
 
-STORAGE_ENV = "LUNA_STORAGE_ROOT"
 Location = Union[Path, "UPath"]  # noqa: F821 (upath is imported only where object storage is used)
 
 

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from luna_core.containers import ProbeLimits
 from luna_core.errors import BadFileError, CorruptStoreError, LunaError, NotBuiltError
 from luna_core.images import decode_picture
+from luna_core.index.store import index_store
 from luna_core.models.profiles import ModelProfile
 from luna_core.query import DEFAULT_TEMPERATURE, Box, QueryError, Vault, crop
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR
@@ -64,7 +65,7 @@ class LunaService:
 
     def _current_index_version(self) -> int | None:
         try:
-            current = self.home.index_store(self.profile).current()
+            current = index_store(self.home, self.profile).current()
         except CorruptStoreError:
             return self.state.index_version
         return None if current is None else current.number

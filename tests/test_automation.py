@@ -222,11 +222,14 @@ def test_the_retrain_policy_sensor_requests_the_projector_once_the_pairs_grew(pr
     assert result.tags["luna/trigger"] == RETRAIN_SENSOR
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "lots", "nan"])
-def test_a_bad_growth_share_is_refused_by_name(value):
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "nan", "inf"])
+def test_a_bad_growth_share_is_refused_by_name(value, tmp_path, monkeypatch):
     from luna_core.errors import LunaConfigError
     from luna_core.projector.policy import growth_share
 
+    home = LunaHome.resolve(tmp_path / "home")
+    monkeypatch.setenv("LUNA_RETRAIN_GROWTH", value)
     with pytest.raises(LunaConfigError, match="LUNA_RETRAIN_GROWTH"):
-        growth_share(value)
-    assert growth_share("") == 0.25 and growth_share("0.5") == 0.5
+        growth_share(home)
+    monkeypatch.delenv("LUNA_RETRAIN_GROWTH")
+    assert growth_share(home) == 0.25 and growth_share(home, "0.5") == 0.5

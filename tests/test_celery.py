@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import open_vision_store
 from tests.services import Service, free_port, unavailable
 
 LUNA = str(Path(sys.executable).with_name("luna"))
@@ -252,7 +253,7 @@ def _assert_same_vectors_as_one_store(home, profile, tmp_path, tiny_models, samp
     def vectors(h: LunaHome) -> dict[str, np.ndarray]:
         with open_catalog(h.catalog_path, read_only=True) as con:
             rows = con.execute('SELECT content_hash, "row" FROM vision_rows ORDER BY 1').fetchall()
-        values = h.open_vision_store(profile).read("embeds", np.array([r for _, r in rows]))
+        values = open_vision_store(h, profile).read("embeds", np.array([r for _, r in rows]))
         return {key: values[i] for i, (key, _) in enumerate(rows)}
 
     ours, reference = vectors(home), vectors(single)

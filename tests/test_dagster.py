@@ -283,7 +283,9 @@ def test_embedding_assets_report_metadata_and_pass_checks(tiny_home: LunaHome):
 
 
 def test_reindex_schedule_cron_is_configurable(monkeypatch, tmp_path):
-    monkeypatch.setenv("LUNA_REINDEX_CRON", "30 1 * * 0")
+    LunaHome.resolve(tmp_path).set_setting("schedules", "reindex_cron", "15 2 * * *")
+    assert build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex").cron_schedule == "15 2 * * *"
+    monkeypatch.setenv("LUNA_REINDEX_CRON", "30 1 * * 0")  # the environment beats luna.toml
     assert build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex").cron_schedule == "30 1 * * 0"
     monkeypatch.setenv("LUNA_REINDEX_CRON", "nightly")  # a bad setting: the location still loads
     schedule = build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex")

@@ -21,6 +21,7 @@ from luna_core.index.store import IndexStore, load_index
 from luna_core.library import build_library
 from luna_core.models.profiles import resolve_profile
 from luna_core.query import Box, QueryError, Vault, load_image
+from luna_core.vault.segments import open_vision_store
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -202,7 +203,7 @@ def test_an_index_past_its_ram_copy_reranks_from_the_vault_rows(indexed_home, sa
     lookup = vault.index.lookup
     ids = lookup.column("image_id").to_numpy()
     rows = lookup.column("vision_row").to_numpy()
-    store = indexed_home.open_vision_store(profile)
+    store = open_vision_store(indexed_home, profile)
     for neighbor in neighbors:
         row = rows[ids == neighbor.image_id]
         exact = float(store.read("embeds", row)[0].astype(np.float32) @ query.astype(np.float32))

@@ -221,7 +221,7 @@ def test_a_new_home_gets_the_documented_instance(tmp_path):
 
 
 def test_the_instance_follows_the_postgres_setting_but_never_a_person_s_own_file(tmp_path, monkeypatch):
-    from luna_core.instance import POSTGRES_ENV
+    POSTGRES_ENV = "LUNA_POSTGRES_URL"
 
     home = LunaHome.resolve(tmp_path / "home").ensure()
     yaml = home.dagster_home / "dagster.yaml"

@@ -12,6 +12,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from luna_core.index.store import index_store
 from luna_core.models.profiles import resolve_profile
 from luna_core.query import Vault
 from luna_core.reports.benchmark import BenchmarkSettings, latest_benchmark, run_benchmark
@@ -20,6 +21,7 @@ from luna_core.reports.quality import QualitySettings
 from luna_core.reports.report import EXPERIMENT, ReportSettings, build_report, latest_report
 from luna_core.reports.test_set import load_test_set
 from luna_core.reports.verdict import MIN_IMAGES, verdict
+from luna_core.vault.segments import open_text_store
 
 SMALL = ReportSettings(evaluation=EvalSettings(bootstrap=200))
 SMALL_BENCHMARK = BenchmarkSettings(quality=QualitySettings(images=1, grid=2, steps=2), batching_repeat=1,
@@ -46,7 +48,7 @@ def test_ceiling_floor_and_intervals(report_home):
     assert np.allclose(true.per_image["token_cosine"], 1.0, atol=1e-3) and true.summary["R@1"] == 1.0
     empty = evaluation.source("empty")
     tokens, pooled = vault.encode_prompt("")
-    store = home.open_text_store(profile)
+    store = open_text_store(home, profile)
     first_row = load_test_set(home).pairs.prompt_rows[:1]
     truth = store.read_rows("prompt_embeds", first_row)[0].astype(np.float32)
     expected = np.mean([np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in zip(tokens, truth)])
@@ -241,11 +243,12 @@ def test_a_benchmark_in_progress_does_not_delay_an_index_update(report_home, sam
     import luna_assets.defs.reports.assets as report_assets
     from luna_assets.definitions import build_definitions
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
+    from luna_core.config import Settings
     from luna_core.index.store import load_index
     from luna_core.instance import ensure_instance
 
     home, profile = report_home
-    instance = dg.DagsterInstance.from_config(str(ensure_instance(tmp_path / "dagster", {}).parent))
+    instance = dg.DagsterInstance.from_config(str(ensure_instance(tmp_path / "dagster", Settings({}, {})).parent))
     assert "default_limit: 1" in (tmp_path / "dagster" / "dagster.yaml").read_text()
     defs = build_definitions(str(home.root))
     resources = {"luna": LunaHomeResource(home=str(home.root), workers=1), "models": LunaModelsResource()}
@@ -270,7 +273,7 @@ def test_a_benchmark_in_progress_does_not_delay_an_index_update(report_home, sam
     benchmark.start()
     assert held.wait(300), "the benchmark step started"
 
-    index = load_index(home.index_store(profile))
+    index = load_index(index_store(home, profile))
     gone = index.lookup.column("path")[0].as_py()
     content = open(gone, "rb").read()
     for path in [p for p in sample_library.root.rglob("*") if p.is_file() and p.read_bytes() == content]:
@@ -283,7 +286,7 @@ def test_a_benchmark_in_progress_does_not_delay_an_index_update(report_home, sam
         assert not update.is_alive(), "the index update waited behind the benchmark"
         assert benchmark.is_alive() and not release.is_set(), "the benchmark was still held"
         assert outcome["update"] is True
-        after = load_index(home.index_store(profile))
+        after = load_index(index_store(home, profile))
         assert gone not in after.lookup.column("path").to_pylist() and after.version.number > index.version.number
     finally:
         release.set()

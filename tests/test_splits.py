@@ -13,6 +13,7 @@ from PIL import Image
 
 from luna_core import splits
 from luna_core.splits import hash_split, similar_pairs
+from luna_core.vault.segments import open_vision_store
 
 
 def _catalog(home, sql: str, params=None):
@@ -91,7 +92,7 @@ def test_resized_and_reencoded_copies_join_their_original_and_stay_out_of_its_an
             continue
         image_id = int(test_set.pairs.image_ids[position])
         assert copies <= leave_out(test_set, image_id)
-        embedding = home.open_vision_store(profile).read("embeds", test_set.pairs.vision_rows[position:position + 1])[0]
+        embedding = open_vision_store(home, profile).read("embeds", test_set.pairs.vision_rows[position:position + 1])[0]
         neighbors = vault.nearest(embedding.astype(np.float32), 5, exclude=leave_out(test_set, image_id))
         assert not ({n.image_id for n in neighbors} & (copies | {image_id}))
         checked += 1

@@ -13,10 +13,10 @@ import numpy as np
 from luna_core.catalog import open_catalog
 from luna_core.errors import CorruptStoreError, NotBuiltError
 from luna_core.index.faiss_index import IndexSettings, build_index, plan_index, searcher_for, single_query_latency
-from luna_core.index.store import IndexStore, load_index, vault_fetch
+from luna_core.index.store import IndexStore, index_store, load_index, vault_fetch
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
-from luna_core.vault.segments import store_exists
+from luna_core.vault.segments import open_vision_store, store_exists
 from luna_core.vault.store import RowStore
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,13 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
     table = _library_rows(home)
     if table.num_rows == 0 or not store_exists(home.vision_store(profile)):
         raise NotBuiltError("no image embeddings to index yet: materialize vision_embeddings first")
-    vision = home.open_vision_store(profile)
+    vision = open_vision_store(home, profile)
     dims = vision.fields["embeds"][0]
     ids = table.column("image_id").to_numpy().astype(np.int64)
     rows = table.column("vision_row").to_numpy().astype(np.int64)
     lookup = table.select(list(LOOKUP_COLUMNS))
     digest = lookup_digest(lookup)
-    store = home.index_store(profile)
+    store = index_store(home, profile)
     current = store.current()
     plan = plan_index(len(ids), dims, settings)
     meta_common = {

@@ -27,6 +27,8 @@ import numpy as np
 
 from luna_core.errors import CorruptStoreError, NotBuiltError
 from luna_core.index.reranked import id_positions
+from luna_core.models.profiles import ModelProfile
+from luna_core.settings import LunaHome
 from luna_core.storage import is_remote, location, remove_tree, write_whole
 
 log = logging.getLogger(__name__)
@@ -256,3 +258,9 @@ def _load_version(version: IndexVersion) -> LoadedIndex:
     ids = lookup.column("image_id").to_numpy()
     order = np.argsort(ids)
     return LoadedIndex(version, index, meta, ids[order], order, lookup)
+
+
+def index_store(home: LunaHome, profile: ModelProfile) -> IndexStore:
+    """The profile's index versions; on object storage, read through a local copy under the home."""
+    folder = home.index_dir(profile)
+    return IndexStore(folder, cache=home.root / "cache" / "index" / folder.name)

@@ -8,10 +8,10 @@ The file, `bpe_simple_vocab_16e6.txt.gz`, comes from the `open_clip_torch` wheel
 from __future__ import annotations
 
 import gzip
-import os
 import sys
 from pathlib import Path
 
+from luna_core.config import environment_settings
 from luna_core.errors import LunaConfigError
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -21,8 +21,9 @@ N_MERGES = 49152 - 256 - 2  # the merges CLIP uses: vocab = 512 byte symbols + m
 
 def find_bpe_file() -> Path:
     candidates = []
-    if os.environ.get("LUNA_CLIP_BPE"):
-        candidates.append(Path(os.environ["LUNA_CLIP_BPE"]))
+    chosen = environment_settings().text("models.clip_bpe")
+    if chosen:
+        candidates.append(Path(chosen).expanduser())
     candidates.append(Path(sys.prefix) / "share" / "luna" / BPE_FILE)
     try:  # an installed open_clip package, located without importing it (it needs torchvision)
         import importlib.util

@@ -14,9 +14,6 @@ from pathlib import Path
 
 from luna_core.errors import LunaConfigError
 
-PROFILE_ENV = "LUNA_PROFILE"
-DEFAULT_PROFILE = "sdxl"
-
 
 @dataclass(frozen=True)
 class ModelProfile:
@@ -86,13 +83,12 @@ def check_model_reference(model: str, what: str) -> None:
 
 
 def resolve_profile(
-    name: str | None,
+    name: str,
     models_dir: Path,
     vision_model: str | None = None,
     sdxl_model: str | None = None,
 ) -> ModelProfile:
-    """The named profile (else $LUNA_PROFILE, else sdxl), with any model overrides applied."""
-    name = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    """The named profile (`LunaHome.model_profile()` chooses it), with any model overrides applied."""
     if name == "sdxl":
         profile = SDXL
     elif name == "tiny":

@@ -4,18 +4,15 @@ condition holds)."""
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 
 from luna_core.catalog import open_catalog
-from luna_core.errors import LunaConfigError
+from luna_core.config import KEYS_BY_NAME
 from luna_core.projector.registry import champion_training
 from luna_core.projector.request import REGISTERED_NAME
 from luna_core.settings import LunaHome
 
-GROWTH_ENV = "LUNA_RETRAIN_GROWTH"
-DEFAULT_GROWTH = 0.25  # retrain once the training pairs grew by a quarter
+GROWTH = KEYS_BY_NAME["projector.retrain_growth"]  # retrain once the training pairs grew by this share
 
 
 @dataclass(frozen=True)
@@ -26,18 +23,10 @@ class RetrainDecision:
     champion_pairs: int | None = None
 
 
-def growth_share(value: str | None = None) -> float:
-    """The configured growth share ($LUNA_RETRAIN_GROWTH, a fraction above 0; default 0.25)."""
-    text = os.environ.get(GROWTH_ENV, "") if value is None else value
-    if not text.strip():
-        return DEFAULT_GROWTH
-    try:
-        share = float(text)
-    except ValueError:
-        share = math.nan
-    if not (share > 0 and math.isfinite(share)):
-        raise LunaConfigError(f"${GROWTH_ENV}={text!r} is not a share above 0 (e.g. 0.25 for a quarter more pairs)")
-    return share
+def growth_share(home: LunaHome, value: str | None = None) -> float:
+    """The configured growth share (`value`, else $LUNA_RETRAIN_GROWTH, else luna.toml [projector]
+    retrain_growth, else 0.25): a share above 0, e.g. 0.25 for a quarter more pairs."""
+    return home.settings({"projector.retrain_growth": value}).number("projector.retrain_growth", 0.0)
 
 
 def train_pairs_now(home: LunaHome) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from luna_core.config import KEYS_BY_NAME
 from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
 
 # Re-exported: models registered before checkpoints.py existed import ProjectorPyfunc from this module.
@@ -30,7 +31,7 @@ from luna_core.projector.models import ProjectorConfig, parameter_count
 from luna_core.projector.request import CHAMPION, REGISTERED_NAME, ProjectorRequest
 from luna_core.settings import LunaHome
 
-TRACKING_URI_ENV = "LUNA_MLFLOW_URI"
+TRACKING_URI_ENV = KEYS_BY_NAME["operations.tracking_uri"].env
 # Bit noise between scoring at registration and re-scoring from the stored checkpoint.
 RESCORE_TOLERANCE = 1e-4
 
@@ -38,8 +39,7 @@ RESCORE_TOLERANCE = 1e-4
 def resolve_tracking_uri(home: LunaHome, uri: str | None = None) -> str:
     """The registry to use: the URI given, else $LUNA_MLFLOW_URI, else `[operations] tracking_uri` of the
     home's luna.toml (a `luna mlflow-server`), else the home's embedded sqlite store."""
-    chosen = uri or os.environ.get(TRACKING_URI_ENV) or str(home.config().get("operations", {}).get("tracking_uri", ""))
-    return chosen.strip() or home.default_tracking_uri()
+    return home.settings({"operations.tracking_uri": uri}).text("operations.tracking_uri") or home.default_tracking_uri()
 
 
 def _embedded_registry_missing(home: LunaHome, uri: str) -> bool:

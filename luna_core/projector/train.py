@@ -23,6 +23,7 @@ from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.models.profiles import ModelProfile, choose_device
 from luna_core.projector.models import KernelRidge, LowRankRidge, ProjectorConfig, build_projector, target_basis
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import open_text_store, open_vision_store
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ def fingerprint(pairs: Pairs, profile: ModelProfile) -> str:
 
 class _Stores:
     def __init__(self, home: LunaHome, profile: ModelProfile):
-        self.vision = home.open_vision_store(profile)
-        self.text = home.open_text_store(profile)
+        self.vision = open_vision_store(home, profile)
+        self.text = open_text_store(home, profile)
 
     def dims(self) -> dict:
         seq, width = self.text.fields["prompt_embeds"]

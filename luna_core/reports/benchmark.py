@@ -28,6 +28,7 @@ from luna_core.reports.evaluate import EvalSettings, is_champion, leave_out, reg
 from luna_core.reports.quality import QualitySettings, refine_sample
 from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import open_text_store, open_vision_store
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _quality(home: LunaHome, profile: ModelProfile, vault, test_set: TestSet, pr
             kept.append(int(position))
         except LunaError as exc:  # a file gone since the catalog was built: the sample shrinks, says so
             log.warning("benchmark sample image left out: %s", exc)
-    text = home.open_text_store(profile)
+    text = open_text_store(home, profile)
     true_rows = pairs.prompt_rows[kept]
     empty_tokens, empty_pooled = vault.encode_prompt("")
     zeros = (np.zeros(text.fields["prompt_embeds"], np.float32), np.zeros(text.fields["pooled_prompt_embeds"], np.float32))
@@ -170,7 +171,7 @@ def _costs(home: LunaHome, vault, projectors, test_set: TestSet, sampler, settin
 
     meta = vault.index.meta
     k, temperature, repeat = settings.evaluation.k, settings.evaluation.temperature, settings.latency_repeat
-    embeddings = home.open_vision_store(vault.profile).read("embeds", test_set.pairs.vision_rows[:64]).astype(np.float32)
+    embeddings = open_vision_store(home, vault.profile).read("embeds", test_set.pairs.vision_rows[:64]).astype(np.float32)
     one = embeddings[:1]
     batch = np.resize(embeddings, (64, embeddings.shape[1]))
     answer_times = []
@@ -201,7 +202,7 @@ def _costs(home: LunaHome, vault, projectors, test_set: TestSet, sampler, settin
                 row[key] = round(row[key], 4)
     side = sampler.native_size * 4
     picture = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    text = home.open_text_store(vault.profile)
+    text = open_text_store(home, vault.profile)
     widths = (*text.fields["prompt_embeds"], text.fields["pooled_prompt_embeds"][0])
     table = batching_table(sampler, picture, SamplerSettings(steps=settings.batching_steps, strength=0.5, batch_size=64),
                            settings.batching_repeat, widths)

@@ -21,6 +21,7 @@ from luna_core.projector.train import Pairs, load_pairs
 from luna_core.query import DEFAULT_TEMPERATURE, Vault
 from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import open_text_store, open_vision_store
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class _Truth:
     """The true conditionings of the test pairs, read a batch at a time."""
 
     def __init__(self, home: LunaHome, profile: ModelProfile, pairs: Pairs):
-        self.text = home.open_text_store(profile)
+        self.text = open_text_store(home, profile)
         self.pairs = pairs
         self.pooled = self.text.read_rows("pooled_prompt_embeds", pairs.prompt_rows).astype(np.float32)
 
@@ -154,7 +155,7 @@ def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: Eval
     test_set = test_set if test_set is not None else load_test_set(home, settings.max_images, settings.seed)
     pairs = test_set.pairs
     truth = _Truth(home, profile, pairs)
-    vision = home.open_vision_store(profile)
+    vision = open_vision_store(home, profile)
     embeddings = vision.read("embeds", pairs.vision_rows).astype(np.float32)
     sources: list[SourceResult] = []
 
@@ -234,4 +235,4 @@ def is_champion(label: str) -> bool:
 
 def mean_of_train(home: LunaHome, profile: ModelProfile) -> tuple[np.ndarray, np.ndarray]:
     """The mean conditioning (tokens, pooled) of the train split's prompts."""
-    return _mean_conditioning(home.open_text_store(profile), load_pairs(home, "train").prompt_rows)
+    return _mean_conditioning(open_text_store(home, profile), load_pairs(home, "train").prompt_rows)

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from luna_core.errors import LunaConfigError
+from luna_core.models.profiles import ModelProfile
+from luna_core.settings import LunaHome
 from luna_core.storage import location, read_parquet, tree_bytes
-from luna_core.vault.store import RowStore
+from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 SEGMENT_BITS = 40
 LOCAL_MASK = (1 << SEGMENT_BITS) - 1
@@ -184,3 +186,13 @@ def store_exists(path: Path) -> bool:
     """The base store or any segment of it."""
     folder = segments_dir(path)
     return location(path).exists() or (folder.is_dir() and any(folder.glob("*.zarr")))
+
+
+def open_vision_store(home: LunaHome, profile: ModelProfile) -> RowStore:
+    """The profile's image embeddings for reading: the store and any segments written by shards."""
+    return open_store(home.vision_store(profile), VISION_LAYOUT)
+
+
+def open_text_store(home: LunaHome, profile: ModelProfile) -> RowStore:
+    """The profile's prompt conditionings for reading: the store and any segments written by shards."""
+    return open_store(home.text_store(profile), TEXT_LAYOUT)

@@ -8,5 +8,5 @@ from luna_core.settings import LunaHome
 
 
 def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    rebuild_job, nightly = rebuild_job_and_schedule()
+    rebuild_job, nightly = rebuild_job_and_schedule(home)
     return dg.Definitions(assets=[faiss_index], jobs=[rebuild_job], schedules=[nightly])

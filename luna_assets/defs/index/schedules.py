@@ -4,21 +4,23 @@ import dagster as dg
 
 from luna_assets.automation import cron_setting
 from luna_assets.defs.index.assets import faiss_index
+from luna_core.config import KEYS_BY_NAME
+from luna_core.settings import LunaHome
 
 REBUILD_INDEX_JOB = "rebuild_faiss_index"
 REINDEX_SCHEDULE = "nightly_reindex"
-REINDEX_CRON_ENV = "LUNA_REINDEX_CRON"
-DEFAULT_REINDEX_CRON = "0 3 * * *"  # nightly, 03:00
+REINDEX_CRON = "schedules.reindex_cron"  # default nightly, 03:00
 
 
-def rebuild_job_and_schedule() :
+def rebuild_job_and_schedule(home: LunaHome | None):
+    """The job that rebuilds the index from scratch, and the schedule that runs it nightly."""
     rebuild_job = dg.define_asset_job(
         REBUILD_INDEX_JOB, selection=[faiss_index],
         config={"ops": {"faiss_index": {"config": {"rebuild": True}}}},
         description="Rebuild and retrain the FAISS index from every embedding (also launchable from the UI).",
     )
-    cron, problem = cron_setting(REINDEX_CRON_ENV, DEFAULT_REINDEX_CRON)
+    cron, problem = cron_setting(home, REINDEX_CRON)
     nightly = dg.ScheduleDefinition(
         name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=cron, default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Rebuild and retrain the FAISS index (cron from ${REINDEX_CRON_ENV}). {problem}".strip())
+        description=f"Rebuild and retrain the FAISS index (cron: {KEYS_BY_NAME[REINDEX_CRON].place}). {problem}".strip())
     return rebuild_job, nightly

@@ -11,11 +11,11 @@ from luna_core.projector.pipeline import train_and_register
 from luna_core.projector.registry import list_versions, resolve_tracking_uri, verify_champion
 from luna_core.projector.request import REGISTERED_NAME, ProjectorRequest
 from luna_core.projector.train import TrainSettings, validation_scorer
+from luna_core.settings import LunaHome
 
 PROJECTOR = dg.AssetKey("projector")
 PROJECTOR_CODE_VERSION = "1"
-RETRAIN_CRON_ENV = "LUNA_RETRAIN_CRON"
-DEFAULT_RETRAIN_CRON = "0 4 * * 0"  # weekly, Sunday 04:00
+RETRAIN_CRON = "schedules.retrain_cron"  # default weekly, Sunday 04:00
 RETRAIN_SENSOR = "projector_retrain_policy"
 CHECK_CHAMPION = "champion_is_best"
 CHECK_FINGERPRINTS = "versions_have_fingerprints"
@@ -55,29 +55,7 @@ class ProjectorTrainConfig(dg.Config):
                                 self.tracking_uri or None, PROJECTOR_CODE_VERSION, {"dagster_run_id": run_id})
 
 
-@dg.asset(
-    key=PROJECTOR,
-    deps=[LUNA_CATALOG],
-    group_name="projector",
-    kinds={"pytorch", "mlflow"},
-    code_version=PROJECTOR_CODE_VERSION,
-    # Not on every new image: trained when missing, weekly when the catalog changed, and by the
-    # retrain-policy sensor once the training pairs grew by a share.
-    automation_condition=(
-        (AC.missing() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress()).newly_true()
-        .with_label("missing, once the catalog is built")
-        | AC.on_cron(cron_setting(RETRAIN_CRON_ENV, DEFAULT_RETRAIN_CRON)[0])
-    ).with_label("trained when missing, else weekly"),
-    pool=GPU_POOL,
-    check_specs=[
-        dg.AssetCheckSpec(CHECK_CHAMPION, asset=PROJECTOR, blocking=True,
-                          description="@champion's checkpoint, re-scored on the val pairs, reproduces its recorded "
-                                      "val loss, the lowest among versions scored on the same pairs."),
-        dg.AssetCheckSpec(CHECK_FINGERPRINTS, asset=PROJECTOR,
-                          description="Every registered version carries the fingerprint of the pairs that trained it."),
-    ],
-)
-def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, luna: LunaHomeResource,
+def train_projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, luna: LunaHomeResource,
               models: LunaModelsResource) -> dg.MaterializeResult:
     """A projector trained on the train split, registered in MLflow as a new version; @champion moves only when it beats the champion on the val split. "Unsynced" after a library change is expected: it retrains weekly, or when the training pairs grew enough (see its latest "retrain policy" observation)."""
     home = luna.luna_home
@@ -115,3 +93,29 @@ def projector(context: dg.AssetExecutionContext, config: ProjectorTrainConfig, l
     latest = versions[-1]["version"] if versions else None
     return dg.MaterializeResult(metadata=metadata, check_results=checks,
                                 data_version=dg.DataVersion(f"{request.name}: latest v{latest}, @champion v{champion}"))
+
+
+def projector_asset(home: LunaHome | None) -> dg.AssetsDefinition:
+    """The projector asset, its weekly retrain cron taken from the home's settings."""
+    return dg.asset(
+        key=PROJECTOR,
+        deps=[LUNA_CATALOG],
+        group_name="projector",
+        kinds={"pytorch", "mlflow"},
+        code_version=PROJECTOR_CODE_VERSION,
+        # Not on every new image: trained when missing, weekly when the catalog changed, and by the
+        # retrain-policy sensor once the training pairs grew by a share.
+        automation_condition=(
+            (AC.missing() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress()).newly_true()
+            .with_label("missing, once the catalog is built")
+            | AC.on_cron(cron_setting(home, RETRAIN_CRON)[0])
+        ).with_label("trained when missing, else weekly"),
+        pool=GPU_POOL,
+        check_specs=[
+            dg.AssetCheckSpec(CHECK_CHAMPION, asset=PROJECTOR, blocking=True,
+                              description="@champion's checkpoint, re-scored on the val pairs, reproduces its recorded "
+                                          "val loss, the lowest among versions scored on the same pairs."),
+            dg.AssetCheckSpec(CHECK_FINGERPRINTS, asset=PROJECTOR,
+                              description="Every registered version carries the fingerprint of the pairs that trained it."),
+        ],
+    )(train_projector)

@@ -3,10 +3,11 @@
 import dagster as dg
 
 from luna_assets.defs.catalog.assets import LUNA_CATALOG
-from luna_assets.defs.projector.assets import PROJECTOR, RETRAIN_CRON_ENV, RETRAIN_SENSOR
+from luna_assets.defs.projector.assets import PROJECTOR, RETRAIN_CRON, RETRAIN_SENSOR
 from luna_assets.resources import LunaHomeResource
+from luna_core.config import KEYS_BY_NAME
 from luna_core.errors import LunaConfigError
-from luna_core.projector.policy import DEFAULT_GROWTH, GROWTH_ENV, growth_share, retrain_decision
+from luna_core.projector.policy import GROWTH, growth_share, retrain_decision
 
 
 @dg.sensor(
@@ -14,8 +15,8 @@ from luna_core.projector.policy import DEFAULT_GROWTH, GROWTH_ENV, growth_share,
     target=[PROJECTOR],
     minimum_interval_seconds=120,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description=f"Requests `projector` when the training pairs grew by a share (${GROWTH_ENV}, default "
-                f"{DEFAULT_GROWTH:.0%}) since the pairs that trained @champion; looks only after luna_catalog changed.",
+    description=f"Requests `projector` when the training pairs grew by a share ({GROWTH.place}; "
+                f"default {GROWTH.default:.0%}) since the pairs that trained @champion; looks only after luna_catalog changed.",
 )
 def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHomeResource):
     latest = context.instance.get_latest_materialization_event(LUNA_CATALOG)
@@ -25,10 +26,10 @@ def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHome
     if marker == context.cursor:
         return dg.SkipReason("luna_catalog has not changed since the last look")
     try:
-        share = growth_share()
+        share = growth_share(luna.luna_home)
     except LunaConfigError as exc:
-        context.log.warning(f"{exc}; using the default {DEFAULT_GROWTH}")
-        share = DEFAULT_GROWTH
+        context.log.warning(f"{exc}; using the default {GROWTH.default}")
+        share = GROWTH.default
     decision = retrain_decision(luna.luna_home, share)
     context.update_cursor(marker)
     if not decision.due:
@@ -36,7 +37,7 @@ def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHome
         note = dg.AssetObservation(PROJECTOR, metadata={
             "retrain policy": f"not due: {decision.reason}",
             "why Unsynced": f"luna_catalog changed since the last training; the projector retrains when the pairs "
-                            f"grew by {share:.0%} (${GROWTH_ENV}), weekly (${RETRAIN_CRON_ENV}), or when you "
+                            f"grew by {share:.0%} ({GROWTH.place}), weekly ({KEYS_BY_NAME[RETRAIN_CRON].place}), or when you "
                             "materialize it"})
         return dg.SensorResult(skip_reason=decision.reason, asset_events=[note])
     context.log.info(decision.reason)

@@ -9,5 +9,5 @@ from luna_core.settings import LunaHome
 
 
 def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    benchmark_job, weekly = benchmark_job_and_schedule()
+    benchmark_job, weekly = benchmark_job_and_schedule(home)
     return dg.Definitions(assets=[refinement_benchmark, refinement_report], jobs=[benchmark_job], schedules=[weekly])

@@ -4,20 +4,22 @@ import dagster as dg
 
 from luna_assets.automation import cron_setting
 from luna_assets.defs.reports.assets import refinement_benchmark
+from luna_core.config import KEYS_BY_NAME
+from luna_core.settings import LunaHome
 
 BENCHMARK_JOB = "run_refinement_benchmark"
 BENCHMARK_SCHEDULE = "weekly_benchmark"
-BENCHMARK_CRON_ENV = "LUNA_BENCHMARK_CRON"
-DEFAULT_BENCHMARK_CRON = "0 5 * * 0"  # weekly, Sunday 05:00 (after the projector's weekly retrain)
+BENCHMARK_CRON = "schedules.benchmark_cron"  # default weekly, Sunday 05:00 (after the projector's weekly retrain)
 
 
-def benchmark_job_and_schedule() :
+def benchmark_job_and_schedule(home: LunaHome | None):
+    """The benchmark job, and the schedule that runs it weekly."""
     benchmark_job = dg.define_asset_job(
         BENCHMARK_JOB, selection=[refinement_benchmark],
         description="Regeneration sample, costs and batching (minutes); the report then shows them. Launch it from "
                     "the UI when you want fresh figures before the weekly run.")
-    cron, problem = cron_setting(BENCHMARK_CRON_ENV, DEFAULT_BENCHMARK_CRON)
+    cron, problem = cron_setting(home, BENCHMARK_CRON)
     weekly = dg.ScheduleDefinition(
         name=BENCHMARK_SCHEDULE, job=benchmark_job, cron_schedule=cron, default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Run the refinement benchmark (cron from ${BENCHMARK_CRON_ENV}). {problem}".strip())
+        description=f"Run the refinement benchmark (cron: {KEYS_BY_NAME[BENCHMARK_CRON].place}). {problem}".strip())
     return benchmark_job, weekly
