@@ -103,16 +103,16 @@ def _demo_query(home: LunaHome, profile: str) -> None:
 
 
 def _demo_projector(home: LunaHome, profile: str) -> None:
-    from luna_core.projector.registry import list_versions
+    from luna_core.projector.registry import Registry
 
-    champion = next((v for v in list_versions(home) if "champion" in v["aliases"].split(",")), None)
+    champion = Registry(home).champion()
     sample = _demo_sample(home)
     if champion is None or sample is None:
         return
     answer = open_vault(home, profile).condition_with_projector(sample, "models:/luna-projector@champion")
     out = answer.save(home.root / "demo_projector.safetensors")
-    print(f"\nProjector: luna-projector v{champion['version']} is @champion ({champion['arch']}, val token cosine "
-          f"{champion['token_cos']}); answer for {os.path.relpath(sample, home.root)} → {out}")
+    print(f"\nProjector: luna-projector v{champion.version} is @champion ({champion.arch}, val token cosine "
+          f"{champion.token_cos:.4f}); answer for {os.path.relpath(sample, home.root)} → {out}")
 
 
 def _demo_refine(home: LunaHome, profile: str) -> None:

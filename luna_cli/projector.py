@@ -9,11 +9,12 @@ from luna_core.settings import LunaHome
 
 
 def cmd_projector_list(args: argparse.Namespace) -> int:
-    from luna_core.projector.registry import list_versions, resolve_tracking_uri
+    from luna_core.projector.registry import Registry  # mlflow is heavy: only this command pays for it
 
     home = LunaHome.existing(args.home)
-    uri = resolve_tracking_uri(home, args.tracking_uri)
-    versions = list_versions(home, args.name, uri=uri)
+    registry = Registry(home, args.tracking_uri)
+    uri = registry.uri
+    versions = [v.row() for v in registry.versions(args.name)]
     if not versions:
         print(f"no versions of {args.name} in {uri}: materialize `projector` (or run luna demo)")
         return 1

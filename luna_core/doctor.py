@@ -11,6 +11,7 @@ from pathlib import Path
 
 from luna_core.errors import LunaError
 from luna_core.index.store import index_store
+from luna_core.projector.registry import Registry
 from luna_core.settings import LunaHome
 
 MIN_FREE_BYTES = 1 << 30  # below this a build may run out of space midway
@@ -120,24 +121,23 @@ def _index(home: LunaHome, profile, build: str) -> list[Finding]:
 
 
 def _registry(home: LunaHome) -> list[Finding]:
-    from luna_core.projector.registry import list_versions, load_version, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(home)
+    registry = Registry(home)
+    uri = registry.uri
     try:
-        versions = list_versions(home)
+        versions = registry.versions()
     except Exception as exc:  # noqa: BLE001 - a damaged registry database surfaces as anything
         return [Finding("error", "registry", f"MLflow at {uri} cannot be read ({str(exc).splitlines()[0][:160]})",
                         f"move {home.mlflow_dir / 'mlflow.db'} aside and rerun `luna build` (checkpoints stay under "
                         f"{home.mlflow_dir / 'artifacts'})")]
     if not versions:
         return [Finding("warning", "registry", f"no projector registered in {uri}", f"luna build --home {home.root}")]
-    champion = next((v for v in versions if "champion" in v["aliases"].split(",")), None)
+    champion = next((v for v in versions if v.is_champion), None)
     if champion is None:
         return [Finding("warning", "registry", f"{len(versions)} version(s) but no @champion",
                         f"luna build --home {home.root}")]
     try:
-        load_version(home, "luna-projector", "champion")
+        registry.load(champion.name, champion.version)
     except LunaError as exc:
-        return [Finding("error", "registry", f"@champion v{champion['version']} cannot be loaded: {exc}",
+        return [Finding("error", "registry", f"@champion v{champion.version} cannot be loaded: {exc}",
                         f"luna build --home {home.root}")]
-    return [Finding("ok", "registry", f"{len(versions)} version(s); @champion v{champion['version']} loads")]
+    return [Finding("ok", "registry", f"{len(versions)} version(s); @champion v{champion.version} loads")]

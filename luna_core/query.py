@@ -25,6 +25,7 @@ from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads, probing_every_list
 from luna_core.index.store import LoadedIndex, index_store, load_index
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
+from luna_core.projector.registry import Registry, parse_model_uri
 from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store, store_exists
 from luna_core.vault.store import RowStore
@@ -348,10 +349,8 @@ class Vault:
 
     def load_projector(self, projector_uri: str, tracking_uri: str | None = None):
         """(model, config) of a registered projector, checked against the configured encoders' widths."""
-        from luna_core.projector.registry import load_version, parse_model_uri
-
         name, ref = parse_model_uri(projector_uri)
-        model, config = load_version(self.home, name, ref, uri=tracking_uri)
+        model, config = Registry(self.home, tracking_uri).load(name, ref)
         width = self._encoder().width
         if config.in_dim != width:
             raise QueryError(f"projector {projector_uri} expects {config.in_dim}-d image embeddings; the configured "

@@ -28,6 +28,7 @@ from luna_core.errors import BadFileError, CorruptStoreError, LunaError, NotBuil
 from luna_core.images import decode_picture
 from luna_core.index.store import index_store
 from luna_core.models.profiles import ModelProfile
+from luna_core.projector.registry import Registry, parse_model_uri
 from luna_core.query import DEFAULT_TEMPERATURE, Box, QueryError, Vault, crop
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR
 from luna_core.settings import LunaHome
@@ -56,6 +57,7 @@ class LunaService:
                  limits: ProbeLimits = ProbeLimits()):
         self.home, self.profile, self.device = home, profile, device
         self.projector_uri, self.tracking_uri, self.limits = projector_uri, tracking_uri, limits
+        self.registry = Registry(home, tracking_uri)
         self.lock = threading.Lock()
         self._alias_checked = 0.0
         self.state = ServiceState(Vault(home, profile, device=device), None)
@@ -71,11 +73,9 @@ class LunaService:
         return None if current is None else current.number
 
     def _projector_version(self) -> str | None:
-        from luna_core.projector.registry import parse_model_uri, resolve_version
-
         name, ref = parse_model_uri(self.projector_uri)
         try:
-            return resolve_version(self.home, name, ref, uri=self.tracking_uri)
+            return str(self.registry.resolve(name, ref))
         except LunaError:
             return None
 

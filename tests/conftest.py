@@ -93,11 +93,12 @@ def projector_home(indexed_home):
     """indexed_home with a small linear projector registered as luna-projector@champion."""
     from luna_core.models.profiles import resolve_profile
     from luna_core.projector.models import ProjectorConfig
-    from luna_core.projector.registry import register
+    from luna_core.projector.promotion import register
+    from luna_core.projector.registry import Registry
     from luna_core.projector.train import TrainSettings, train_projector, validation_scorer
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     settings = TrainSettings(epochs=1, min_train_pairs=8, min_val_pairs=2, batch_size=8, progress=False)
     result = train_projector(indexed_home, profile, ProjectorConfig(arch="linear", rank=8), settings)
-    register(result, indexed_home, profile, validation_scorer(indexed_home, profile))
+    register(Registry(indexed_home), result, profile, validation_scorer(indexed_home, profile))
     return indexed_home

@@ -12,7 +12,8 @@ import torch
 
 from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.projector.models import ProjectorConfig
-from luna_core.projector.registry import list_versions, load_version, register
+from luna_core.projector.promotion import register, verify_champion
+from luna_core.projector.registry import Registry
 from luna_core.projector.request import ProjectorRequest
 from luna_core.projector.train import TrainSettings, train_projector, validation_scorer
 
@@ -29,27 +30,42 @@ def trained(library_home):
 
 def test_only_a_better_candidate_becomes_champion(trained):
     home, profile, good, score = trained
-    first = register(good, home, profile, score)
+    first = register(Registry(home), good, profile, score)
     assert (first.version, first.promoted) == (1, True)
     worse = replace(good, model=type(good.model)(good.config))  # an unfitted model: all-zero answers
-    second = register(worse, home, profile, score)
+    second = register(Registry(home), worse, profile, score)
     assert (second.version, second.promoted) == (2, False) and second.candidate_score > second.champion_score
-    better_margin = register(good, home, profile, score, ProjectorRequest(margin=10.0))
+    better_margin = register(Registry(home), good, profile, score, ProjectorRequest(margin=10.0))
     assert better_margin.promoted is False, "a candidate must beat the champion by the margin"
-    versions = {v["version"]: v for v in list_versions(home)}
-    assert versions[1]["aliases"] == "champion" and versions[2]["promoted"] == "False"
-    assert all(v["fingerprint"] == good.data_fingerprint for v in versions.values())
-    model, config = load_version(home, "luna-projector", "champion")
+    versions = {v.version: v for v in Registry(home).versions()}
+    assert versions[1].aliases == ("champion",) and versions[2].promoted == "False"
+    assert all(v.fingerprint == good.data_fingerprint for v in versions.values())
+    assert Registry(home).champion().version == 1 and Registry(home).resolve("luna-projector", "champion") == 1
+    model, config = Registry(home).load("luna-projector", "champion")
     x = torch.randn(3, config.in_dim)
     with torch.no_grad():
         np.testing.assert_allclose(model(x)[0].numpy(), good.model(x)[0].numpy(), atol=1e-5)
+
+
+def test_the_registry_leaves_the_process_wide_mlflow_uri_alone(trained, monkeypatch):
+    """Two homes in one process (the service, the report, a notebook) each keep their own registry."""
+    import mlflow
+
+    home, profile, good, score = trained
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    registry = Registry(home)
+    register(registry, good, profile, score)
+    assert registry.champion().version == 1 and registry.load("luna-projector", "champion")[1].in_dim == 32
+    assert mlflow.get_tracking_uri() == before and "MLFLOW_TRACKING_URI" not in __import__("os").environ
+    assert registry.client is registry.client, "one client per registry"
 
 
 def test_pyfunc_model_maps_embeddings_to_flat_conditionings(trained):
     import mlflow
 
     home, profile, good, score = trained
-    register(good, home, profile, score)
+    register(Registry(home), good, profile, score)
     mlflow.set_tracking_uri(home.default_tracking_uri())
     model = mlflow.pyfunc.load_model("models:/luna-projector@champion")
     out = model.predict(np.zeros((2, 32), np.float32))
@@ -59,13 +75,13 @@ def test_pyfunc_model_maps_embeddings_to_flat_conditionings(trained):
 
 def test_widths_that_do_not_fit_and_missing_versions_are_clear_errors(trained):
     home, profile, good, score = trained
-    register(good, home, profile, score)
+    register(Registry(home), good, profile, score)
     with pytest.raises(LunaConfigError, match="trained for other encoders"):
-        load_version(home, "luna-projector", 1, expect={"width": 2048})
+        Registry(home).load("luna-projector", 1, expect={"width": 2048})
     with pytest.raises(NotBuiltError, match="no projector luna-projector version 7"):
-        load_version(home, "luna-projector", 7)
+        Registry(home).load("luna-projector", 7)
     with pytest.raises(NotBuiltError, match="alias nightly"):
-        load_version(home, "luna-projector", "nightly")
+        Registry(home).load("luna-projector", "nightly")
 
 
 def test_projector_asset_registers_once_per_data_and_config(tiny_home):
@@ -90,12 +106,7 @@ def test_projector_asset_registers_once_per_data_and_config(tiny_home):
     # The version's config tag is the checkpoint's own: tiny widths, not SDXL's.
     import json
 
-    import mlflow
-    from mlflow import MlflowClient
-
-    from luna_core.projector.registry import resolve_tracking_uri
-    mlflow.set_tracking_uri(resolve_tracking_uri(tiny_home))
-    tag = json.loads(MlflowClient().get_model_version("luna-projector", "1").tags["config"])
+    tag = json.loads(Registry(tiny_home).client.get_model_version("luna-projector", "1").tags["config"])
     assert (tag["in_dim"], tag["width"], tag["pooled_width"]) == (32, 96, 48)
 
     specialist = {"ops": {"projector": {"config": {"arch": "linear", "rank": 4, "model_name": "luna-projector-no-comfy",
@@ -103,7 +114,7 @@ def test_projector_asset_registers_once_per_data_and_config(tiny_home):
                                                    "min_train_pairs": 8}}}}
     done = job.execute_in_process(run_config=specialist, instance=instance, asset_selection=[dg.AssetKey("projector")])
     assert done.asset_materializations_for_node("projector")[0].metadata["registered model"].value == "luna-projector-no-comfy"
-    assert [v["subset"] for v in list_versions(tiny_home, "luna-projector-no-comfy")] == ["generator <> 'ComfyUI'"]
+    assert [v.subset for v in Registry(tiny_home).versions("luna-projector-no-comfy")] == ["generator <> 'ComfyUI'"]
 
 
 def test_cli_projector_list_and_condition(trained, tmp_path, capsys):
@@ -112,7 +123,7 @@ def test_cli_projector_list_and_condition(trained, tmp_path, capsys):
 
     home, profile, good, score = trained
     update_index(home, profile)
-    register(good, home, profile, score)
+    register(Registry(home), good, profile, score)
     assert main(["projector", "list", "--home", str(home.root)]) == 0
     assert "champion" in capsys.readouterr().out
     image = next(Path(home.roots()[0]).rglob("*_a1111_png.png"))
@@ -134,7 +145,7 @@ def test_unreachable_tracking_server_fails_before_any_training(trained):
     with pytest.raises(LunaConfigError, match="not reachable"):
         train_and_register(home, profile, ProjectorRequest(ProjectorConfig(arch="linear"), SMALL,
                                                            tracking_uri="http://127.0.0.1:9"))
-    assert list_versions(home) == []
+    assert Registry(home).versions() == []
 
 
 def test_corrupted_checkpoint_is_a_clear_error(trained, tmp_path):
@@ -161,25 +172,22 @@ def test_training_that_never_gives_a_finite_val_loss_is_refused(library_home, mo
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: {**real(*a, **k), "loss": float("nan")})
     with pytest.raises(LunaConfigError, match="no finite validation loss"):
         train_and_register(home, profile, ProjectorRequest(ProjectorConfig(arch="mlp", hidden=16, rank=4), SMALL))
-    assert list_versions(home) == [], "nothing registered"
+    assert Registry(home).versions() == [], "nothing registered"
 
 
 def test_champion_check_fails_when_the_champion_is_not_the_best(trained):
-    from mlflow import MlflowClient
-
-    from luna_core.projector.registry import verify_champion
-
     home, profile, good, score = trained
-    register(good, home, profile, score)
+    registry = Registry(home)
+    register(Registry(home), good, profile, score)
     worse = replace(good, model=type(good.model)(good.config))
-    register(worse, home, profile, score)
-    assert verify_champion(home, score).passed
-    MlflowClient().set_registered_model_alias("luna-projector", "champion", "2")  # a person moved it by hand
-    verdict = verify_champion(home, score)
+    register(Registry(home), worse, profile, score)
+    assert verify_champion(registry, score).passed
+    registry.client.set_registered_model_alias("luna-projector", "champion", "2")  # a person moved it by hand
+    verdict = verify_champion(registry, score)
     assert not verdict.passed and "beaten by v1" in verdict.description
-    MlflowClient().set_registered_model_alias("luna-projector", "champion", "1")
-    MlflowClient().set_model_version_tag("luna-projector", "1", "candidate_val_loss", "0.000001")  # a forged score
-    verdict = verify_champion(home, score)
+    registry.client.set_registered_model_alias("luna-projector", "champion", "1")
+    registry.client.set_model_version_tag("luna-projector", "1", "candidate_val_loss", "0.000001")  # a forged score
+    verdict = verify_champion(registry, score)
     assert not verdict.passed and "not its recorded" in verdict.description
 
 
@@ -190,7 +198,7 @@ def test_pyfunc_accepts_any_float_array_and_dataframes(trained):
     import pandas as pd
 
     home, profile, good, score = trained
-    register(good, home, profile, score)
+    register(Registry(home), good, profile, score)
     mlflow.set_tracking_uri(home.default_tracking_uri())
     model = mlflow.pyfunc.load_model("models:/luna-projector@champion")
     x = np.random.default_rng(0).normal(size=(2, 32))
@@ -206,7 +214,7 @@ def test_projectors_at_a_configured_tracking_uri_are_reachable_from_the_cli(trai
 
     home, profile, good, score = trained
     elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    register(good, home, profile, score, ProjectorRequest(tracking_uri=elsewhere))
+    register(Registry(home, elsewhere), good, profile, score)
     assert main(["projector", "list", "--home", str(home.root)]) == 1, "nothing in the home's own registry"
     capsys.readouterr()
     assert main(["projector", "list", "--home", str(home.root), "--tracking-uri", elsewhere]) == 0
@@ -223,7 +231,7 @@ def test_projector_answers_check_their_inputs_like_the_vault(trained):
     from luna_core.query import QueryError, Vault
 
     home, profile, good, score = trained
-    register(good, home, profile, score)
+    register(Registry(home), good, profile, score)
     image = next(Path(home.roots()[0]).rglob("*_a1111_png.png"))
     vault = Vault(home, profile)
     for alpha in (2.0, -0.1, float("nan")):
@@ -252,8 +260,8 @@ def test_model_names_cannot_change_a_registry_search(trained):
     from luna_core.projector.registry import name_filter
 
     home, profile, good, score = trained
-    register(good, home, profile, score)
-    assert list_versions(home, "x' OR name LIKE '%") == [], "a quote in a name matches nothing else"
+    register(Registry(home), good, profile, score)
+    assert Registry(home).versions("x' OR name LIKE '%") == [], "a quote in a name matches nothing else"
     assert name_filter("it's") == 'name="it\'s"'
     with pytest.raises(LunaConfigError, match="quote"):
         name_filter("""both ' and " """)

@@ -16,7 +16,15 @@ from luna_core.index.store import index_store
 from luna_core.models.profiles import resolve_profile
 from luna_core.query import Vault
 from luna_core.reports.benchmark import BenchmarkSettings, latest_benchmark, run_benchmark
-from luna_core.reports.evaluate import EvalSettings, Evaluation, SourceResult, evaluate, registered_projectors, summarize
+from luna_core.reports.evaluate import (
+    EvalSettings,
+    Evaluation,
+    LoadedProjector,
+    SourceResult,
+    evaluate,
+    registered_projectors,
+    summarize,
+)
 from luna_core.reports.quality import QualitySettings
 from luna_core.reports.report import EXPERIMENT, ReportSettings, build_report, latest_report
 from luna_core.reports.test_set import load_test_set
@@ -40,10 +48,10 @@ def _folders(home) -> list[str]:
 def test_ceiling_floor_and_intervals(report_home):
     home, profile = report_home
     vault = Vault(home, profile)
-    champion = registered_projectors(home, vault, EvalSettings())
-    broken_model = type(champion[0][1])(champion[0][1].config)  # an unfitted ridge: random-free, all-zero answers
+    champion = registered_projectors(home, vault, EvalSettings())[0].model
+    broken_model = type(champion)(champion.config)  # an unfitted ridge: random-free, all-zero answers
     evaluation = evaluate(home, profile, vault, EvalSettings(bootstrap=200),
-                          projectors=[("champion", champion[0][1]), ("broken", broken_model)])
+                          projectors=[LoadedProjector("champion", champion), LoadedProjector("broken", broken_model)])
     true = evaluation.source("true")
     assert np.allclose(true.per_image["token_cosine"], 1.0, atol=1e-3) and true.summary["R@1"] == 1.0
     empty = evaluation.source("empty")
@@ -325,17 +333,19 @@ def test_a_report_of_an_older_format_is_not_shown_and_is_replaced(report_home):
 
 
 def test_the_champion_is_found_among_other_aliases(report_home):
-    import mlflow
-
-    from luna_core.reports.evaluate import is_champion
+    from luna_core.projector.registry import Registry
 
     home, profile = report_home
-    mlflow.set_tracking_uri(home.default_tracking_uri())
-    mlflow.MlflowClient().set_registered_model_alias("luna-projector", "a-first", "1")  # sorts before champion
-    (label, _), = registered_projectors(home, Vault(home, profile), EvalSettings())
-    assert "@a-first" in label and is_champion(label), label
-    assert is_champion("projector v3 @x @champion (kernel)") and is_champion("projector v1 @champion (mlp)")
-    assert not is_champion("projector v2 @champion-old (kernel)") and not is_champion("projector v2 (kernel)")
+    registry = Registry(home)
+    registry.client.set_registered_model_alias("luna-projector", "a-first", "1")  # sorts before champion
+    registry.client.set_registered_model_alias("luna-projector", "champion-old", "1")  # holds the word, is not it
+    (projector,) = registered_projectors(home, Vault(home, profile), EvalSettings())
+    assert "@a-first" in projector.label and projector.champion, projector.label
+    assert registry.champion().aliases == ("a-first", "champion", "champion-old")
+    registry.client.delete_registered_model_alias("luna-projector", "champion")
+    assert registry.champion() is None, "an alias that holds the word is not @champion"
+    (projector,) = registered_projectors(home, Vault(home, profile), EvalSettings())
+    assert not projector.champion
 
 
 def test_a_series_whose_images_all_left_gives_way_to_a_new_one(report_home):

@@ -32,7 +32,8 @@ def home(tmp_path_factory, tiny_models, sample_library_master) -> LunaHome:
     from luna_core.library import build_library
     from luna_core.models.profiles import resolve_profile
     from luna_core.projector.models import ProjectorConfig
-    from luna_core.projector.registry import register
+    from luna_core.projector.promotion import register
+    from luna_core.projector.registry import Registry
     from luna_core.projector.train import TrainSettings, train_projector, validation_scorer
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
@@ -51,7 +52,7 @@ def home(tmp_path_factory, tiny_models, sample_library_master) -> LunaHome:
     update_index(luna_home, profile)
     settings = TrainSettings(epochs=1, min_train_pairs=8, min_val_pairs=2, batch_size=8, progress=False)
     result = train_projector(luna_home, profile, ProjectorConfig(arch="linear", rank=8), settings)
-    register(result, luna_home, profile, validation_scorer(luna_home, profile))
+    register(Registry(luna_home), result, profile, validation_scorer(luna_home, profile))
     return luna_home
 
 

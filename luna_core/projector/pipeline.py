@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from luna_core.models.profiles import ModelProfile
-from luna_core.projector.registry import (
-    Registration,
-    check_reachable,
-    name_filter,
-    register,
-    resolve_tracking_uri,
-)
+from luna_core.projector.promotion import Registration, register
+from luna_core.projector.registry import Registry
 from luna_core.projector.request import ProjectorRequest
 from luna_core.projector.train import TrainResult, check_settings, fingerprint, load_pairs, train_projector, validation_scorer
 from luna_core.settings import LunaHome
@@ -25,22 +20,12 @@ class ProjectorOutcome:
     registration: Registration | None = None
 
 
-def already_trained(home: LunaHome, request: ProjectorRequest, data_fingerprint: str) -> int | None:
+def already_trained(registry: Registry, request: ProjectorRequest, data_fingerprint: str) -> int | None:
     """The version trained on these pairs with this request's identity (config, settings, subset, code), if any."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(resolve_tracking_uri(home, request.tracking_uri))
-    try:
-        versions = MlflowClient().search_model_versions(name_filter(request.name))
-    except MlflowException:
-        return None
     identity = request.training_identity()
-    for version in versions:
-        tags = version.tags
-        if tags.get("data_fingerprint") == data_fingerprint and tags.get("training_identity") == identity:
-            return int(version.version)
+    for version in registry.versions(request.name):
+        if version.fingerprint == data_fingerprint and version.tags.get("training_identity") == identity:
+            return version.version
     return None
 
 
@@ -49,14 +34,15 @@ def train_and_register(home: LunaHome, profile: ModelProfile, request: Projector
     """Train unless a version with the same data and training identity is registered already; then
     register the candidate and move @champion only if it beats the champion on the same val pairs."""
     check_settings(request.config, request.settings)
-    check_reachable(resolve_tracking_uri(home, request.tracking_uri))  # before any training: register nothing
+    registry = Registry(home, request.tracking_uri)
+    registry.client  # noqa: B018 - a remote registry must answer before any training: register nothing
     data_fingerprint = fingerprint(load_pairs(home, "train", request.where), profile)
     if not request.force:
-        existing = already_trained(home, request, data_fingerprint)
+        existing = already_trained(registry, request, data_fingerprint)
         if existing is not None:
             return ProjectorOutcome(False, f"{request.name} v{existing} was trained on the same pairs, "
                                            "config, settings and code")
     result = train_projector(home, profile, request.config, request.settings, request.where, on_epoch)
     scorer = validation_scorer(home, profile, request.settings.batch_size, request.where)
-    registration = register(result, home, profile, scorer, request)
+    registration = register(registry, result, profile, scorer, request)
     return ProjectorOutcome(True, "trained", result, registration)

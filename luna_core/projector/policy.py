@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from luna_core.catalog import open_catalog
 from luna_core.config import KEYS_BY_NAME
-from luna_core.projector.registry import champion_training
+from luna_core.projector.registry import Registry
 from luna_core.projector.request import REGISTERED_NAME
 from luna_core.settings import LunaHome
 
@@ -44,7 +44,7 @@ def retrain_decision(home: LunaHome, share: float, name: str = REGISTERED_NAME, 
     """Whether the training pairs grew by `share` since @champion's; with no champion, never (the
     asset's own condition trains the first one)."""
     now = train_pairs_now(home)
-    champion = champion_training(home, name, uri)
+    champion = Registry(home, uri).champion_training(name)
     if champion is None:
         return RetrainDecision(False, f"{name} has no @champion yet; {now:,} training pairs", now)
     before = champion["train_pairs"]

@@ -24,7 +24,7 @@ import numpy as np
 from luna_core.errors import LunaError
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile
-from luna_core.reports.evaluate import EvalSettings, is_champion, leave_out, registered_projectors
+from luna_core.reports.evaluate import EvalSettings, leave_out, registered_projectors
 from luna_core.reports.quality import QualitySettings, refine_sample
 from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.settings import LunaHome
@@ -83,7 +83,7 @@ def run_benchmark(home: LunaHome, profile: ModelProfile, settings: BenchmarkSett
     result = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
               "code_version": BENCHMARK_CODE_VERSION, "profile": profile.name,
               "index_version": vault.index.version.number, "test_series": test_set.frozen.series,
-              "projectors": [label for label, _ in projectors], "settings": asdict(settings),
+              "projectors": [p.label for p in projectors], "settings": asdict(settings),
               "quality": quality, "costs": costs,
               "load": {"before": load_before, "after": machine_load()},
               "seconds": round(time.perf_counter() - started, 1)}
@@ -142,7 +142,7 @@ def _quality(home: LunaHome, profile: ModelProfile, vault, test_set: TestSet, pr
              "mean": [mean_item] * len(images),
              "empty": [ItemConditioning(empty_tokens, empty_pooled, *zeros)] * len(images)}
     per_tile = {"vault": refiner.conditioner}
-    champion = next((model for label, model in projectors if is_champion(label)), None)
+    champion = next((p.model for p in projectors if p.champion), None)
     if champion is not None:
         per_tile["projector"] = Conditioner(vault, SourceSettings("projector"), projector=(champion, None))
     result = refine_sample(refiner, images, [leave_out(test_set, int(pairs.image_ids[i])) for i in kept], whole,
@@ -186,7 +186,7 @@ def _costs(home: LunaHome, vault, projectors, test_set: TestSet, sampler, settin
             {"source": f"vault k={k}", "parameters": 0, "MB": f"{index_mb + text_mb:.2f}",
              "ms_batch_1": float(np.median(answer_times)), "ms_per_image_batch_64": float(np.median(answer_times)),
              "notes": "index + conditioning store; answers one image at a time"}]
-    for label, model in projectors:
+    for label, model, _ in projectors:
         rows.append({"source": label, "parameters": parameter_count(model),
                      "MB": f"{sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6:.2f}",
                      "ms_batch_1": _median_ms(lambda m=model: vault.projector_answers(m, one), 1, repeat),

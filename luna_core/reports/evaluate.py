@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from luna_core.errors import NotBuiltError
+from luna_core.errors import LunaError, NotBuiltError
 from luna_core.models.profiles import ModelProfile
+from luna_core.projector.registry import Registry
 from luna_core.projector.train import Pairs, load_pairs
 from luna_core.query import DEFAULT_TEMPERATURE, Vault
 from luna_core.reports.test_set import TestSet, load_test_set
@@ -183,7 +185,7 @@ def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: Eval
 
     sources.append(score_source(f"vault k={settings.k}", "vault", truth, vault_rows))
 
-    for label, model in projectors if projectors is not None else registered_projectors(home, vault, settings):
+    for label, model, _ in projectors if projectors is not None else registered_projectors(home, vault, settings):
         sources.append(score_source(label, "projector", truth, lambda start, count, model=model:
                                     vault.projector_answers(model, embeddings[start : start + count])))
         sources[-1].info["label"] = label
@@ -210,27 +212,27 @@ def _mean_conditioning(text, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (tokens / len(rows)).astype(np.float32), (pooled / len(rows)).astype(np.float32)
 
 
-def registered_projectors(home: LunaHome, vault: Vault, settings: EvalSettings) -> list[tuple[str, object]]:
-    """Every registered version that fits the configured encoders, labelled with its version and aliases."""
-    from luna_core.errors import LunaError
-    from luna_core.projector.registry import list_versions
+class LoadedProjector(NamedTuple):
+    """A registered version loaded for scoring, labelled with its version and aliases."""
 
+    label: str
+    model: object
+    champion: bool = False
+
+
+def registered_projectors(home: LunaHome, vault: Vault, settings: EvalSettings) -> list[LoadedProjector]:
+    """Every registered version that fits the configured encoders, labelled with its version and aliases."""
     out = []
-    for version in list_versions(home, settings.projector_name, uri=settings.tracking_uri):
-        uri = f"models:/{settings.projector_name}/{version['version']}"
+    for version in Registry(home, settings.tracking_uri).versions(settings.projector_name):
+        uri = version.uri
         try:
             model, _ = vault.load_projector(uri, settings.tracking_uri)
         except LunaError as exc:
             log.warning("projector %s left out of the report: %s", uri, exc)
             continue
-        aliases = "".join(f" @{alias}" for alias in version["aliases"].split(",") if alias)
-        out.append((f"projector v{version['version']}{aliases} ({version['arch']})", model))
+        aliases = "".join(f" @{alias}" for alias in version.aliases)
+        out.append(LoadedProjector(f"projector v{version.version}{aliases} ({version.arch})", model, version.is_champion))
     return out
-
-
-def is_champion(label: str) -> bool:
-    """Whether a `registered_projectors` label carries the @champion alias (among any others)."""
-    return "@champion" in label.split()
 
 
 def mean_of_train(home: LunaHome, profile: ModelProfile) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -28,8 +29,9 @@ from pathlib import Path
 
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile
+from luna_core.projector.registry import Registry
 from luna_core.reports.benchmark import latest_benchmark
-from luna_core.reports.evaluate import EvalSettings, Evaluation, evaluate, is_champion, registered_projectors
+from luna_core.reports.evaluate import EvalSettings, Evaluation, evaluate, registered_projectors
 from luna_core.reports.render import markdown, plots, standalone_html
 from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.reports.verdict import verdict
@@ -92,13 +94,11 @@ def _latest_pointer(home: LunaHome) -> dict:
 def report_inputs(home: LunaHome, profile: ModelProfile, settings: ReportSettings, vault, test_set: TestSet,
                   benchmark_folder: str | None) -> dict:
     """What a report depends on: a report with the same inputs is the same report."""
-    from luna_core.projector.registry import list_versions
-
-    versions = list_versions(home, settings.evaluation.projector_name, uri=settings.evaluation.tracking_uri)
-    champion = next((v["version"] for v in versions if "champion" in v["aliases"].split(",")), None)
+    versions = Registry(home, settings.evaluation.tracking_uri).versions(settings.evaluation.projector_name)
+    champion = next((v.version for v in versions if v.is_champion), None)
     settings_text = json.dumps(asdict(_shaping(settings)), sort_keys=True, default=str)
     return {"index_version": vault.index.version.number, "champion_version": champion,
-            "projector_versions": [v["version"] for v in versions],
+            "projector_versions": [v.version for v in versions],
             "test_series": test_set.frozen.series, "test_fingerprint": test_set.fingerprint(),
             "benchmark": benchmark_folder, "code_version": REPORT_CODE_VERSION,
             "vision_key": profile.vision_key, "text_key": profile.text_key,
@@ -134,7 +134,7 @@ def build_report(home: LunaHome, profile: ModelProfile, settings: ReportSettings
          f"(series {test_set.frozen.series})")
     projectors = registered_projectors(home, vault, settings.evaluation)
     evaluation = evaluate(home, profile, vault, settings.evaluation, projectors, test_set)
-    champion_label = next((label for label, _ in projectors if is_champion(label)), None)
+    champion_label = next((p.label for p in projectors if p.champion), None)
     report = _assemble(profile, vault, inputs, evaluation, settings.evaluation, champion_label, benchmark)
     if previous and not fresh and previous[1].get("figures") == report["figures"]:
         # Nothing new to say (an index version that moved no answer): no new folder, no new MLflow run.
@@ -232,26 +232,15 @@ def _write(home: LunaHome, report: dict, evaluation: Evaluation, benchmark: tupl
 
 
 def _log_to_mlflow(home: LunaHome, report: dict, folder: Path, settings: ReportSettings) -> None:
-    import re
-
-    from luna_core.projector.registry import _mlflow, ensure_experiment, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(home, settings.evaluation.tracking_uri)
-    home.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    mlflow = _mlflow(uri)
-    experiment_id = ensure_experiment(mlflow, home, uri, EXPERIMENT)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=folder.name) as run:
-        for source in report["sources"]:
-            key = re.sub(r"[^A-Za-z0-9_]+", "_", source["name"]).strip("_")
-            mlflow.log_metrics({f"{key}.{metric.replace('@', '_at_')}": float(value)
-                                for metric, value in source["summary"].items()})
-        mlflow.set_tags({"index_version": str(report["index_version"]), "champion": str(report.get("champion")),
-                         "projector_versions": ", ".join(report["projector_versions"]), "profile": report["profile"],
-                         "test_series": str(report["test_set"]["series"]),
-                         "test_fingerprint": report["test_set"]["fingerprint"],
-                         "verdict": str(report["verdict"]["choice"]), "report_folder": str(folder)})
-        mlflow.log_artifacts(str(folder), artifact_path="report")
-    report["mlflow_run_id"] = run.info.run_id
+    registry = Registry(home, settings.evaluation.tracking_uri)
+    metrics = [(f"{re.sub(r'[^A-Za-z0-9_]+', '_', source['name']).strip('_')}.{metric.replace('@', '_at_')}",
+                float(value), 0) for source in report["sources"] for metric, value in source["summary"].items()]
+    tags = {"index_version": str(report["index_version"]), "champion": str(report.get("champion")),
+            "projector_versions": ", ".join(report["projector_versions"]), "profile": report["profile"],
+            "test_series": str(report["test_set"]["series"]), "test_fingerprint": report["test_set"]["fingerprint"],
+            "verdict": str(report["verdict"]["choice"]), "report_folder": str(folder)}
+    run_id, _ = registry.log_run(EXPERIMENT, folder.name, metrics=metrics, tags=tags, artifacts={"report": folder})
+    report["mlflow_run_id"] = run_id
     # The pointer already names this folder: replace report.json whole, never rewrite it in place.
     write_atomically(folder / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str)))
 

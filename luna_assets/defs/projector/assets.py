@@ -8,7 +8,8 @@ from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.projector.models import ProjectorConfig
 from luna_core.projector.pipeline import train_and_register
-from luna_core.projector.registry import list_versions, resolve_tracking_uri, verify_champion
+from luna_core.projector.promotion import verify_champion
+from luna_core.projector.registry import Registry
 from luna_core.projector.request import REGISTERED_NAME, ProjectorRequest
 from luna_core.projector.train import TrainSettings, validation_scorer
 from luna_core.settings import LunaHome
@@ -64,10 +65,12 @@ def train_projector(context: dg.AssetExecutionContext, config: ProjectorTrainCon
     outcome = train_and_register(home, profile, request, on_epoch=lambda row: context.log.info(
         "epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
         "val token cosine {val_token_cosine:.4f}".format(**row)))
-    versions = list_versions(home, request.name, uri=request.tracking_uri)
+    registry = Registry(home, request.tracking_uri)
+    versions = registry.versions(request.name)
     metadata = {"trained": outcome.trained, "reason": outcome.reason, "registered model": request.name,
-                "tracking uri": resolve_tracking_uri(home, request.tracking_uri),
-                "versions": md_table(versions, ["version", "aliases", "arch", "val_loss", "token_cos", "pooled_cos"])}
+                "tracking uri": registry.uri,
+                "versions": md_table([v.row() for v in versions],
+                                     ["version", "aliases", "arch", "val_loss", "token_cos", "pooled_cos"])}
     if outcome.trained:
         result, reg = outcome.result, outcome.registration
         metadata.update({
@@ -81,16 +84,16 @@ def train_projector(context: dg.AssetExecutionContext, config: ProjectorTrainCon
             "val pooled cosine": dg.MetadataValue.float(round(result.val_metrics["pooled_cosine"], 4)),
         })
     scorer = validation_scorer(home, profile, request.settings.batch_size, request.where)
-    verdict = verify_champion(home, scorer, request.name, request.tracking_uri)
+    verdict = verify_champion(registry, scorer, request.name)
     checks = [
         dg.AssetCheckResult(check_name=CHECK_CHAMPION, passed=verdict.passed, description=verdict.description,
                             metadata=verdict.metadata),
-        dg.AssetCheckResult(check_name=CHECK_FINGERPRINTS, passed=all(v["fingerprint"] for v in versions),
+        dg.AssetCheckResult(check_name=CHECK_FINGERPRINTS, passed=all(v.fingerprint for v in versions),
                             metadata={"versions": len(versions)}),
     ]
     # Downstream (the report) follows new versions and a moved @champion, not a run that trained nothing.
-    champion = next((v["version"] for v in versions if "champion" in v["aliases"].split(",")), None)
-    latest = versions[-1]["version"] if versions else None
+    champion = next((v.version for v in versions if v.is_champion), None)
+    latest = versions[-1].version if versions else None
     return dg.MaterializeResult(metadata=metadata, check_results=checks,
                                 data_version=dg.DataVersion(f"{request.name}: latest v{latest}, @champion v{champion}"))
 
