@@ -42,8 +42,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
+    from luna_core.boxes import Box
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Box, Vault, crop
+    from luna_core.query import Vault, crop
     from luna_core.settings import LunaHome
 
     if args.home is None:

@@ -75,7 +75,8 @@ def _vault(home: str):
 
 
 def _in_process(pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str):
-    from luna_core.query import Box, crop
+    from luna_core.boxes import Box
+    from luna_core.query import crop
 
     vault = _vault(home)
     crops = [crop(p, None if b is None else Box.parse(b), "ComfyUI IMAGE") for p, b in zip(pictures, boxes)]
@@ -177,8 +178,10 @@ class LunaProjectorConditioning(_CropConditioning):
 
 
 class LunaBlend:
-    """A typed CONDITIONING with the vault's: blend (1 - alpha) * typed + alpha * vault, or concat (typed
-    tokens, then the vault's; pooled from the typed). A typed batch of 1 is repeated over the vault's batch."""
+    """A typed CONDITIONING with the vault's, by luna_core.mixing's rule for one side: blend gives
+    (1 - alpha) * typed + alpha * vault (tokens and pooled); concat gives the typed tokens, then the vault's,
+    pooled from the typed. Mix the negative side with a second Luna Blend (typed negative with the vault's
+    negative). A typed batch of 1 is repeated over the vault's batch."""
 
     CATEGORY = "Luna"
     RETURN_TYPES = ("CONDITIONING",)
@@ -193,6 +196,8 @@ class LunaBlend:
     def blend(self, conditioning, vault_conditioning, alpha=0.5, mode="blend"):
         import torch
 
+        from luna_core.mixing import mix_side
+
         vault_tokens, vault_extra = vault_conditioning[0]
         vault_pooled = vault_extra.get("pooled_output")
         out = []
@@ -204,12 +209,8 @@ class LunaBlend:
                 raise ValueError(f"CONDITIONING {list(tokens.shape)} cannot meet the vault's {list(vault_tokens.shape)}")
             if pooled is not None:
                 pooled = pooled.expand(batch, -1) if pooled.shape[0] == 1 else pooled
-            if mode == "blend":
-                new_tokens = (1 - alpha) * tokens + alpha * vault_tokens
-                new_pooled = None if pooled is None or vault_pooled is None else (1 - alpha) * pooled + alpha * vault_pooled
-            else:
-                new_tokens = torch.cat([tokens, vault_tokens], dim=1)
-                new_pooled = pooled
+            new_tokens, new_pooled = mix_side(tokens, pooled, vault_tokens, vault_pooled, mode, alpha,
+                                              join=lambda parts: torch.cat(list(parts), dim=-2))
             out.append([new_tokens, {**extra, "pooled_output": new_pooled}])
         return (out,)
 

@@ -87,7 +87,7 @@ def _demo_query(home: LunaHome, profile: str) -> None:
     """One vault answer on a crop of a sample image: what a user does first."""
     from PIL import Image
 
-    from luna_core.query import Box
+    from luna_core.boxes import Box
 
     sample = _demo_sample(home)
     if sample is None:

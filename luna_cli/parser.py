@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from luna_cli import demo, doctor, inspect, library, operations, projector, refine, report, serve, vault
+from luna_core.mixing import MODES
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
 TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
@@ -66,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("condition", help="an SDXL conditioning (safetensors) for an image or a crop of it")
     _query_arguments(cmd)
     cmd.add_argument("--prompt", help="a typed prompt to mix the answer into")
-    cmd.add_argument("--mode", default="replace", choices=["replace", "blend", "concat"],
-                     help="replace: the answer alone; blend: (1-alpha)*prompt + alpha*answer; "
-                          "concat: prompt tokens then answer tokens (154)")
+    cmd.add_argument("--negative-prompt", help="the typed prompt's negative (blend, concat; default: SDXL's zeros)")
+    cmd.add_argument("--mode", default="replace", choices=list(MODES),
+                     help="replace: the answer alone; blend: (1-alpha)*typed + alpha*answer, negatives too; "
+                          "concat: typed tokens then the answer's (154), pooled from the typed (docs/usage.md)")
     cmd.add_argument("--alpha", type=float, default=0.5, help="the answer's share in blend mode, within [0, 1]")
     cmd.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the neighbour weights")
     cmd.add_argument("--projector", help="answer with a registered projector instead of the vault, "

@@ -26,16 +26,16 @@ def source_settings(args: argparse.Namespace):
 def cmd_refine(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from luna_core.boxes import Box, load_boxes
     from luna_core.images import read_picture
     from luna_core.models.profiles import resolve_profile
-    from luna_core.refine.geometry import load_boxes, parse_box
     from luna_core.refine.refiner import Refiner, save_image
 
     home = LunaHome.existing(args.home)
     settings, source = refine_settings(args), source_settings(args)
     settings.sampler.check()
     source.check()
-    boxes = [parse_box(b) for b in args.box or []] + (load_boxes(args.boxes) if args.boxes else [])
+    boxes = [Box.parse(b) for b in args.box or []] + (load_boxes(args.boxes) if args.boxes else [])
     image = read_picture(args.image)
     profile = resolve_profile(home.model_profile(), home.models_dir)
     refiner = Refiner(home, profile, source, device=args.device, ip_adapter=args.ip_adapter)

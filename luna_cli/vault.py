@@ -17,7 +17,7 @@ def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from luna_core.query import Box
+    from luna_core.boxes import Box
 
     if args.server:
         from luna_cli.serve import ask
@@ -37,7 +37,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_condition(args: argparse.Namespace) -> int:
-    from luna_core.query import Box, check_inputs
+    from luna_core.boxes import Box
+    from luna_core.query import check_inputs
 
     if args.server:
         return _condition_by_server(args)
@@ -49,10 +50,12 @@ def cmd_condition(args: argparse.Namespace) -> int:
     vault = open_vault(home, device=args.device)
     if args.projector:
         conditioning = vault.condition_with_projector(args.image, args.projector, box, args.prompt, args.mode,
-                                                      args.alpha, tracking_uri=args.tracking_uri)
+                                                      args.alpha, tracking_uri=args.tracking_uri,
+                                                      negative_prompt=args.negative_prompt)
         print(f"projector {args.projector} ({conditioning.info['arch']})")
     else:
-        conditioning = vault.condition(args.image, box, args.k, args.prompt, args.mode, args.alpha, args.temperature)
+        conditioning = vault.condition(args.image, box, args.k, args.prompt, args.mode, args.alpha, args.temperature,
+                                       negative_prompt=args.negative_prompt)
         print_neighbors(conditioning.neighbors)
     out = conditioning.save(args.out)
     print(f"wrote {out}: prompt_embeds {list(conditioning.prompt_embeds.shape)}, pooled_prompt_embeds "
@@ -68,7 +71,7 @@ def _condition_by_server(args: argparse.Namespace) -> int:
         print(f"note: the service answers with the projector it was started with, not {args.projector}")
     params = [("source", "projector" if args.projector else "vault"), ("k", str(args.k)), ("box", args.box),
               ("temperature", str(args.temperature)), ("prompt", args.prompt), ("mode", args.mode),
-              ("alpha", str(args.alpha))]
+              ("alpha", str(args.alpha)), ("negative_prompt", args.negative_prompt)]
     data = ask(args.server, "/condition", args.image, params)
     out = write_atomically(args.out, lambda tmp: tmp.write_bytes(data))
     print(f"wrote {out} ({len(data):,} bytes) from {args.server}")

@@ -52,3 +52,7 @@ class BadFileError(LunaError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class QueryError(LunaConfigError):
+    """A query that cannot be answered as asked (a box, a mix, k); the message says why."""

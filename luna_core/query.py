@@ -19,54 +19,30 @@ from pathlib import Path
 
 import numpy as np
 
-from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
+from luna_core.boxes import Box
+from luna_core.errors import CorruptStoreError, NotBuiltError, QueryError
 from luna_core.files import write_atomically
 from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads, probing_every_list
 from luna_core.index.store import LoadedIndex, index_store, load_index
+from luna_core.mixing import Parts, check_mix, mix, typed_parts
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.projector.registry import Registry, parse_model_uri
 from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store, store_exists
 from luna_core.vault.store import RowStore
 
-MODES = ("replace", "blend", "concat")
 DEFAULT_TEMPERATURE = 0.05
-
-
-class QueryError(LunaConfigError):
-    """A query that cannot be answered as asked; the message says why."""
 
 
 def check_inputs(mode: str = "replace", alpha: float = 0.5, prompt: str | None = None, k: int | None = None,
                  temperature: float | None = None) -> None:
     """One check of a query's settings, whichever source answers it (vault or projector)."""
-    if mode not in MODES:
-        raise QueryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise QueryError(f"alpha must be within [0, 1] (got {alpha})")
-    if prompt is None and mode != "replace":
-        raise QueryError(f"mode {mode} mixes the answer into a typed prompt: give --prompt")
+    check_mix(mode, alpha, prompt)
     if k is not None and k <= 0:
         raise QueryError(f"k must be at least 1 (got {k})")
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
         raise QueryError(f"temperature must be a positive number (got {temperature})")
-
-
-@dataclass(frozen=True)
-class Box:
-    x: int
-    y: int
-    width: int
-    height: int
-
-    @classmethod
-    def parse(cls, text: str) -> "Box":
-        try:
-            x, y, w, h = (int(part) for part in text.split(","))
-        except ValueError:
-            raise QueryError(f"box {text!r} is not X,Y,W,H in whole pixels (e.g. 120,40,256,256)") from None
-        return cls(x, y, w, h)
 
 
 @dataclass
@@ -131,12 +107,8 @@ def crop(image, box: Box | None, name: str):
     """The part of `image` inside `box` (the whole image without one); a box outside it is an error."""
     if box is None:
         return image
-    if box.width <= 0 or box.height <= 0:
-        raise QueryError(f"box {box.x},{box.y},{box.width},{box.height} is empty")
-    if box.x < 0 or box.y < 0 or box.x + box.width > image.width or box.y + box.height > image.height:
-        raise QueryError(f"box {box.x},{box.y},{box.width},{box.height} lies outside the {image.width}x{image.height} "
-                         f"image {name}")
-    return image.crop((box.x, box.y, box.x + box.width, box.y + box.height))
+    box.check_within(image.width, image.height, name)
+    return image.crop(box.edges)
 
 
 class Vault:
@@ -275,31 +247,31 @@ class Vault:
         return embeds, pooled, neg_embeds, neg_pooled, neighbors
 
     def condition(self, image_path: str | Path, box: Box | None = None, k: int = 5, prompt: str | None = None,
-                  mode: str = "replace", alpha: float = 0.5, temperature: float = DEFAULT_TEMPERATURE) -> Conditioning:
+                  mode: str = "replace", alpha: float = 0.5, temperature: float = DEFAULT_TEMPERATURE,
+                  negative_prompt: str | None = None) -> Conditioning:
         check_inputs(mode, alpha, prompt, k, temperature)
         *answer, neighbors = self.vault_answer(self.embed(load_image(image_path, box)), k, temperature)
         info = {"source": "vault", "vision_key": self.profile.vision_key, "text_key": self.index.meta.get("text_key"),
                 "k": k, "mode": mode, "alpha": alpha, "temperature": temperature, "prompt": prompt,
-                "index_version": self.index.version.number, "box": None if box is None else box.__dict__}
-        return self._mix(*answer, prompt, mode, alpha, neighbors, info)
+                "negative_prompt": negative_prompt, "index_version": self.index.version.number,
+                "box": None if box is None else box.__dict__}
+        return self._conditioning(mix(Parts(*answer), self.typed(prompt, negative_prompt, mode), mode, alpha),
+                                  neighbors, info)
 
-    def _mix(self, embeds, pooled, neg_embeds, neg_pooled, prompt, mode, alpha, neighbors, info) -> Conditioning:
-        """replace: the answer alone; blend: (1 - alpha) * prompt + alpha * answer; concat: prompt tokens,
-        then the answer's (pooled from the prompt)."""
-        if prompt is not None and mode != "replace":
-            typed, typed_pooled = self.encode_prompt(prompt)
-            if mode == "blend":
-                embeds = (1 - alpha) * typed + alpha * embeds
-                pooled = (1 - alpha) * typed_pooled + alpha * pooled
-            else:
-                embeds = np.concatenate([typed, embeds], axis=0)
-                neg_embeds = np.concatenate([neg_embeds, neg_embeds], axis=0)
-                pooled = typed_pooled
-        return Conditioning(embeds[None], pooled[None], neg_embeds[None], neg_pooled[None], neighbors, info)
+    def typed(self, prompt: str | None, negative_prompt: str | None, mode: str = "blend") -> Parts | None:
+        """A typed prompt's four parts for mixing (None when `mode` does not use it); see luna_core.mixing."""
+        if prompt is None or mode == "replace":
+            return None
+        return typed_parts(self.encode_prompt(prompt), self.encode_prompt(negative_prompt) if negative_prompt else None)
+
+    @staticmethod
+    def _conditioning(parts: Parts, neighbors: list, info: dict) -> Conditioning:
+        return Conditioning(parts.embeds[None], parts.pooled[None], parts.negative[None], parts.negative_pooled[None],
+                            neighbors, info)
 
     def condition_with_projector(self, image_path: str | Path, projector_uri: str, box: Box | None = None,
                                  prompt: str | None = None, mode: str = "replace", alpha: float = 0.5,
-                                 tracking_uri: str | None = None) -> Conditioning:
+                                 tracking_uri: str | None = None, negative_prompt: str | None = None) -> Conditioning:
         """The registered projector's answer for the image (`models:/NAME@ALIAS` or `models:/NAME/VERSION`),
         looked up at `tracking_uri` (default: $LUNA_MLFLOW_URI, else the home's embedded registry).
         Its negative is zeros: SDXL's empty negative prompt."""
@@ -309,12 +281,13 @@ class Vault:
         tokens, pooled = self.projector_answers(model, self.embed_pictures([image], use_index=False))
         embeds, pooled = tokens[0], pooled[0]
         info = {"source": "projector", "projector": projector_uri, "arch": config.arch, "mode": mode, "alpha": alpha,
-                "prompt": prompt, "box": None if box is None else box.__dict__}
-        return self._mix(embeds, pooled, np.zeros_like(embeds), np.zeros_like(pooled), prompt, mode, alpha, [], info)
+                "prompt": prompt, "negative_prompt": negative_prompt, "box": None if box is None else box.__dict__}
+        answer = Parts(embeds, pooled, np.zeros_like(embeds), np.zeros_like(pooled))
+        return self._conditioning(mix(answer, self.typed(prompt, negative_prompt, mode), mode, alpha), [], info)
 
     def condition_crops(self, crops: list, source: str = "vault", k: int = 5, temperature: float = DEFAULT_TEMPERATURE,
                         prompt: str | None = None, mode: str = "replace", alpha: float = 0.5,
-                        projector=None) -> Conditioning:
+                        projector=None, negative_prompt: str | None = None) -> Conditioning:
         """One conditioning per crop (PIL images), stacked on the batch axis [N, 77, D]: crop i gets its own
         vault answer (`source` vault) or projector answer (`projector`: a loaded (model, config)), then
         the same prompt `mode` as `condition`. One forward pass of the vision encoder for all crops."""
@@ -325,23 +298,25 @@ class Vault:
         if not crops:
             raise QueryError("no image to condition")
         parts, neighbors_per_item = [], []
+        typed = self.typed(prompt, negative_prompt, mode)  # encoded once for every crop
         if source == "projector":
             if projector is None:
                 raise QueryError("the projector source needs a projector (models:/NAME@ALIAS)")
             model, config = projector
             tokens, pooled = self.projector_answers(model, self.embed_pictures(crops, use_index=False))
             for t, p in zip(tokens, pooled):
-                parts.append(self._mix(t, p, np.zeros_like(t), np.zeros_like(p), prompt, mode, alpha, [], {}))
+                parts.append(self._conditioning(mix(Parts(t, p, np.zeros_like(t), np.zeros_like(p)), typed, mode, alpha),
+                                                [], {}))
                 neighbors_per_item.append([])
         else:
             for embedding in self.embed_pictures(crops):
                 *answer, neighbors = self.vault_answer(embedding, k, temperature)
-                parts.append(self._mix(*answer, prompt, mode, alpha, neighbors, {}))
+                parts.append(self._conditioning(mix(Parts(*answer), typed, mode, alpha), neighbors, {}))
                 neighbors_per_item.append(neighbors)
         stacked = {name: np.concatenate([getattr(part, name) for part in parts]) for name in (
             "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")}
         info = {"source": source, "items": len(crops), "k": k, "mode": mode, "alpha": alpha, "prompt": prompt,
-                "vision_key": self.profile.vision_key,
+                "negative_prompt": negative_prompt, "vision_key": self.profile.vision_key,
                 "neighbors_per_item": [[n.path for n in items] for items in neighbors_per_item]}
         if source == "vault":
             info["index_version"] = self.index.version.number

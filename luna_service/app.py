@@ -23,13 +23,14 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from luna_core.boxes import Box
 from luna_core.containers import ProbeLimits
 from luna_core.errors import BadFileError, CorruptStoreError, LunaError, NotBuiltError
 from luna_core.images import decode_picture
 from luna_core.index.store import index_store
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.registry import Registry, parse_model_uri
-from luna_core.query import DEFAULT_TEMPERATURE, Box, QueryError, Vault, crop
+from luna_core.query import DEFAULT_TEMPERATURE, QueryError, Vault, crop
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR
 from luna_core.settings import LunaHome
 
@@ -138,7 +139,8 @@ class LunaService:
         return results[0] if len(results) == 1 else results
 
     def condition(self, body: bytes, source: str = "vault", k: int = 5, temperature: float = DEFAULT_TEMPERATURE,
-                  prompt: str | None = None, mode: str = "replace", alpha: float = 0.5, boxes: list[str] = ()):
+                  prompt: str | None = None, mode: str = "replace", alpha: float = 0.5, boxes: list[str] = (),
+                  negative_prompt: str | None = None):
         with self.lock:
             self.refresh()
             state = self.state
@@ -147,7 +149,7 @@ class LunaService:
                 raise NotBuiltError(f"no projector at {self.projector_uri}: register one (luna build) or start the "
                                     "service with another --projector")
             conditioning = state.vault.condition_crops(crops, source, k, temperature, prompt, mode, alpha,
-                                                       projector=state.projector)
+                                                       projector=state.projector, negative_prompt=negative_prompt)
             conditioning.info["projector_version"] = state.projector_version if source == "projector" else None
         return conditioning
 
@@ -204,11 +206,12 @@ def create_app(service: LunaService):
     @app.post("/condition")
     async def condition(request: Request, source: str = "vault", k: int = 5,
                         temperature: float = DEFAULT_TEMPERATURE, prompt: str | None = None, mode: str = "replace",
-                        alpha: float = 0.5, box: list[str] = Query(default=[]), format: str = "safetensors"):
+                        alpha: float = 0.5, box: list[str] = Query(default=[]), format: str = "safetensors",
+                        negative_prompt: str | None = None):
         if format not in ("safetensors", "json"):
             raise QueryError(f"format {format!r} is not one of safetensors, json")
         body = await body_of(request)
-        conditioning = service.condition(body, source, k, temperature, prompt, mode, alpha, box)
+        conditioning = service.condition(body, source, k, temperature, prompt, mode, alpha, box, negative_prompt)
         if format == "json":
             return {**conditioning.info, "shapes": {name: list(getattr(conditioning, name).shape) for name in (
                 "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")},

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from luna_core.boxes import Box
 from luna_core.index.build import update_index
 from luna_core.index.faiss_index import GIB, IndexSettings, build_index, exact_neighbors, plan_index, probing_every_list
 from luna_core.index.store import IndexStore, load_index
 from luna_core.library import build_library
 from luna_core.models.profiles import resolve_profile
-from luna_core.query import Box, QueryError, Vault, load_image
+from luna_core.query import QueryError, Vault, load_image
 from luna_core.vault.segments import open_vision_store
 
 

@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from luna_core.boxes import Box, BoxError, load_boxes
 from luna_core.errors import NotBuiltError
 from luna_core.models.profiles import resolve_profile, tiny_profile
 from luna_core.refine.conditioning import SourceSettings
-from luna_core.refine.geometry import (
-    Rect,
-    RefineInputError,
-    chess_tiles,
-    detail_crops,
-    feather_mask,
-    load_boxes,
-    parse_box,
-)
+from luna_core.refine.geometry import RefineInputError, chess_tiles, detail_crops, feather_mask
 from luna_core.refine.refiner import Refiner, RefineSettings, save_image
 from luna_core.refine.sampler import ItemConditioning, SamplerSettings, SDXLSampler, item_seed
 
@@ -54,18 +47,18 @@ def test_bad_grids_boxes_and_sizes_are_refused(tmp_path: Path):
         chess_tiles(6, 6, 1)
     for box, message in (("0,0,0,10", "empty"), ("-5,0,10,10", "outside"), ("250,250,20,20", "outside"),
                          ("1,2,3", "X,Y,W,H")):
-        with pytest.raises(RefineInputError, match=message):
-            detail_crops(256, 256, [parse_box(box)])
+        with pytest.raises(BoxError, match=message):
+            detail_crops(256, 256, [Box.parse(box)])
     (tmp_path / "boxes.json").write_text(json.dumps([[1, 2, 30, 40], "5,6,7,8", {"x": 1, "y": 1, "w": 9, "h": 9}]))
-    assert load_boxes(tmp_path / "boxes.json") == [Rect(1, 2, 30, 40), Rect(5, 6, 7, 8), Rect(1, 1, 9, 9)]
+    assert load_boxes(tmp_path / "boxes.json") == [Box(1, 2, 30, 40), Box(5, 6, 7, 8), Box(1, 1, 9, 9)]
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(RefineInputError, match="cannot be read"):
+    with pytest.raises(BoxError, match="cannot be read"):
         load_boxes(tmp_path / "bad.json")
 
 
 def test_detail_crops_hold_their_box_and_feather_only_the_margin():
-    crops = detail_crops(256, 256, [Rect(100, 100, 40, 40), Rect(0, 0, 30, 20)], margin=0.25)
-    assert crops[0].rect == Rect(90, 90, 60, 60) and crops[1].rect.x == 0 and crops[1].rect.y == 0
+    crops = detail_crops(256, 256, [Box(100, 100, 40, 40), Box(0, 0, 30, 20)], margin=0.25)
+    assert crops[0].rect == Box(90, 90, 60, 60) and crops[1].rect.x == 0 and crops[1].rect.y == 0
     mask = feather_mask(60, 60, (10, 10, 10, 10))
     assert mask[10:50, 10:50].min() == 1.0 and mask[0, 0] < 0.1
     assert feather_mask(8, 8, (0, 0, 0, 0)).min() == 1.0
@@ -155,7 +148,7 @@ def test_chess_and_detailer_with_every_source(projector_home, sample_library, so
     assert refined.size == image.size
     assert [(p.name, p.items, p.sampler_calls) for p in report.passes] == [("even", 13, 1), ("odd", 12, 1)]
     assert np.asarray(refined).astype(int).std() > 0 and np.any(np.asarray(refined) != np.asarray(image.convert("RGB")))
-    detailed, report = refiner.detail(image, [Rect(10, 10, 30, 30), Rect(50, 40, 40, 40), Rect(0, 60, 20, 20)], settings)
+    detailed, report = refiner.detail(image, [Box(10, 10, 30, 30), Box(50, 40, 40, 40), Box(0, 60, 20, 20)], settings)
     assert detailed.size == image.size and [(p.items, p.sampler_calls) for p in report.passes] == [(3, 1)]
     untouched = np.asarray(detailed)[92:, 92:]  # far from every box: the detailer leaves it as it was
     np.testing.assert_array_equal(untouched, np.asarray(image.convert("RGB"))[92:, 92:])

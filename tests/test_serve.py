@@ -92,8 +92,9 @@ def _tensors(data: bytes) -> dict:
 
 
 def test_the_service_answers_what_the_core_answers(home, server, picture):
+    from luna_core.boxes import Box
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Box, Vault
+    from luna_core.query import Vault
 
     with urllib.request.urlopen(server + "/health", timeout=60) as response:
         health = json.loads(response.read())

@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from luna_core.refine.geometry import Rect, chess_tiles, detail_crops
+from luna_core.boxes import Box
+from luna_core.refine.geometry import chess_tiles, detail_crops
 from luna_core.refine.sampler import ItemConditioning, SamplerSettings, SDXLSampler, item_seed
 
 
@@ -17,7 +18,7 @@ def random_conditions(n: int, seq: int, width: int, pooled: int, seed: int) -> l
                              np.zeros((seq, width), np.float32), np.zeros(pooled, np.float32)) for _ in range(n)]
 
 
-def measure(sampler: SDXLSampler, images: list, places: list[Rect], original: tuple[int, int],
+def measure(sampler: SDXLSampler, images: list, places: list[Box], original: tuple[int, int],
             target: tuple[int, int], conditions: list[ItemConditioning], settings: SamplerSettings,
             repeat: int = 3, pass_index: int = 0) -> dict:
     """Median wall time of one batched call and of one call per item, and the largest difference
@@ -53,7 +54,7 @@ def batching_table(sampler: SDXLSampler, picture: np.ndarray, settings: SamplerS
     seq, width, pooled = widths
     side = min(picture.shape[:2])
     native = sampler.native_size
-    boxes = [Rect(int(x), int(y), side // 8, side // 8) for x in np.linspace(0, side * 7 // 8, 3)
+    boxes = [Box(int(x), int(y), side // 8, side // 8) for x in np.linspace(0, side * 7 // 8, 3)
              for y in np.linspace(0, side * 7 // 8, 3)]
     crops = detail_crops(side, side, boxes)
     crop_images = [np.asarray(Image.fromarray(picture[c.rect.y : c.rect.y + c.rect.height,

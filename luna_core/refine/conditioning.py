@@ -3,7 +3,8 @@
 - `vault`: k-NN in the library on the crop's own CLIP-ViT embedding (as `luna condition --box` does);
 - `projector`: a registered projector (default `models:/luna-projector@champion`) on that embedding;
 - `prompt`: one typed prompt for every item;
-- `blend`: (1 - alpha) * typed prompt + alpha * the vault's answer, item by item.
+- `blend`: the vault's answer blended with the typed prompt, item by item (`luna_core.mixing`'s blend:
+  (1 - alpha) * typed + alpha * answer, the negative side too).
 
 Everything a source needs (index, projector, text encoders) is opened when the conditioner is made,
 so a missing index or an unknown projector is reported before any pixel is refined.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from luna_core.mixing import Parts, mix
 from luna_core.query import DEFAULT_TEMPERATURE, QueryError, Vault, check_inputs
 from luna_core.refine.sampler import ItemConditioning
 
@@ -48,25 +50,21 @@ class Conditioner:
         """`projector`: an already loaded (model, config) for the projector source (else loaded from the URI)."""
         settings.check()
         self.vault, self.settings = vault, settings
-        self._typed = self._typed_negative = None
+        self._typed = None
         self._projector = None
         if settings.source in ("vault", "blend"):
             vault.index  # noqa: B018 - opened now: "not built yet" before any work
         if settings.source == "projector":
             self._projector = projector or vault.load_projector(settings.projector, settings.tracking_uri)
         if settings.source in ("prompt", "blend"):
-            self._typed = vault.encode_prompt(settings.prompt)
-            if settings.negative_prompt:
-                self._typed_negative = vault.encode_prompt(settings.negative_prompt)
+            self._typed = vault.typed(settings.prompt, settings.negative_prompt)
 
     def condition(self, crops: list, exclude: frozenset[int] = frozenset()) -> list[ItemConditioning]:
         """One conditioning per crop (PIL images), in order; vault answers skip the image ids in `exclude`
         (an evaluation refining a library image must not answer it with itself)."""
         s = self.settings
         if s.source == "prompt":
-            embeds, pooled = self._typed
-            negative, negative_pooled = self._negative(embeds, pooled)
-            return [ItemConditioning(embeds, pooled, negative, negative_pooled, {"source": "prompt"}) for _ in crops]
+            return [ItemConditioning(*self._typed, {"source": "prompt"}) for _ in crops]
         if s.source == "projector":
             model, _ = self._projector
             tokens, pooled = self.vault.projector_answers(model, self.vault.embed_pictures(crops, use_index=False))
@@ -74,19 +72,8 @@ class Conditioner:
                                      "projector": s.projector}) for t, p in zip(tokens, pooled)]
         out = []
         for embedding in self.vault.embed_pictures(crops):
-            embeds, pooled, negative, negative_pooled, neighbors = self.vault.vault_answer(embedding, s.k, s.temperature, exclude)
+            *answer, neighbors = self.vault.vault_answer(embedding, s.k, s.temperature, exclude)
             info = {"source": s.source, "neighbors": [n.path for n in neighbors]}
-            if s.source == "blend":
-                typed, typed_pooled = self._typed
-                typed_negative, typed_negative_pooled = self._negative(typed, typed_pooled)
-                embeds = (1 - s.alpha) * typed + s.alpha * embeds
-                pooled = (1 - s.alpha) * typed_pooled + s.alpha * pooled
-                negative = (1 - s.alpha) * typed_negative + s.alpha * negative
-                negative_pooled = (1 - s.alpha) * typed_negative_pooled + s.alpha * negative_pooled
-            out.append(ItemConditioning(embeds, pooled, negative, negative_pooled, info))
+            parts = mix(Parts(*answer), self._typed, "blend", s.alpha) if s.source == "blend" else Parts(*answer)
+            out.append(ItemConditioning(*parts, info))
         return out
-
-    def _negative(self, embeds: np.ndarray, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._typed_negative is not None:
-            return self._typed_negative
-        return np.zeros_like(embeds), np.zeros_like(pooled)

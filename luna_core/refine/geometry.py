@@ -7,13 +7,12 @@ same size and all of them go through the sampler together.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
 
 DEFAULT_GRID = 5
@@ -26,27 +25,11 @@ class RefineInputError(LunaConfigError):
 
 
 @dataclass(frozen=True)
-class Rect:
-    x: int
-    y: int
-    width: int
-    height: int
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom), as PIL crops take it."""
-        return self.x, self.y, self.x + self.width, self.y + self.height
-
-    def __str__(self) -> str:
-        return f"{self.x},{self.y},{self.width},{self.height}"
-
-
-@dataclass(frozen=True)
 class Tile:
     """One region to refine: `rect` is cut from the image; `parity` is its chess colour (0 even, 1 odd)."""
 
     index: int
-    rect: Rect
+    rect: Box
     parity: int = 0
     row: int = 0
     col: int = 0
@@ -75,7 +58,7 @@ def chess_tiles(width: int, height: int, grid: int = DEFAULT_GRID, overlap: floa
     tiles = []
     for row, y in enumerate(ys):
         for col, x in enumerate(xs):
-            tiles.append(Tile(len(tiles), Rect(x, y, tile_w, tile_h), (row + col) % 2, row, col))
+            tiles.append(Tile(len(tiles), Box(x, y, tile_w, tile_h), (row + col) % 2, row, col))
     return tiles
 
 
@@ -86,59 +69,20 @@ def _spread(extent: int, size: int, count: int) -> list[int]:
     return [int(round(i * (extent - size) / (count - 1))) for i in range(count)]
 
 
-def parse_box(text: str) -> Rect:
-    try:
-        x, y, w, h = (int(part) for part in str(text).split(","))
-    except ValueError:
-        raise RefineInputError(f"box {text!r} is not X,Y,W,H in whole pixels (e.g. 120,40,256,256)") from None
-    return Rect(x, y, w, h)
-
-
-def load_boxes(path: str | Path) -> list[Rect]:
-    """Boxes from a JSON file: a list of [x, y, w, h], of "x,y,w,h", or of {"x":…, "y":…, "w":…, "h":…}."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")[: 1 << 20])
-    except (OSError, ValueError) as exc:
-        raise RefineInputError(f"boxes file {path} cannot be read as JSON ({exc})") from None
-    items = data.get("boxes") if isinstance(data, dict) else data
-    if not isinstance(items, list) or not items:
-        raise RefineInputError(f"boxes file {path} holds no list of boxes")
-    boxes = []
-    for item in items[:10_000]:
-        if isinstance(item, str):
-            boxes.append(parse_box(item))
-        elif isinstance(item, (list, tuple)) and len(item) == 4:
-            boxes.append(parse_box(",".join(str(v) for v in item)))
-        elif isinstance(item, dict) and {"x", "y"} <= item.keys():
-            w, h = item.get("w", item.get("width")), item.get("h", item.get("height"))
-            boxes.append(parse_box(f"{item['x']},{item['y']},{w},{h}"))
-        else:
-            raise RefineInputError(f"boxes file {path}: {item!r} is not a box")
-    return boxes
-
-
-def check_box(box: Rect, width: int, height: int) -> None:
-    if box.width <= 0 or box.height <= 0:
-        raise RefineInputError(f"box {box} is empty or negative")
-    if box.x < 0 or box.y < 0 or box.x + box.width > width or box.y + box.height > height:
-        raise RefineInputError(f"box {box} lies outside the {width}x{height} image")
-
-
-def detail_crops(width: int, height: int, boxes: list[Rect], margin: float = DEFAULT_MARGIN) -> list[Tile]:
+def detail_crops(width: int, height: int, boxes: list[Box], margin: float = DEFAULT_MARGIN) -> list[Tile]:
     """Each box grown by its context margin into a square (as far as the image allows), clipped to it."""
     if not boxes:
         raise RefineInputError("the detailer needs at least one box")
     crops = []
     for index, box in enumerate(boxes):
-        check_box(box, width, height)
+        box.check_within(width, height)
         longer = max(box.width, box.height)
         side = longer + 2 * int(math.ceil(margin * longer))
         cx, cy = box.x + box.width / 2, box.y + box.height / 2
         w, h = min(side, width), min(side, height)
         x = int(round(min(max(cx - w / 2, 0), width - w)))
         y = int(round(min(max(cy - h / 2, 0), height - h)))
-        crops.append(Tile(index, Rect(x, y, w, h)))
+        crops.append(Tile(index, Box(x, y, w, h)))
     return crops
 
 
@@ -182,7 +126,7 @@ def tile_feather(tile: Tile, tiles: list[Tile], image_size: tuple[int, int]) -> 
     return tuple(overlaps)
 
 
-def crop_feather(crop: Tile, box: Rect, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+def crop_feather(crop: Tile, box: Box, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
     """A detailer crop fades over its context margin (never into the box itself), not at the border."""
     width, height = image_size
     r = crop.rect

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
@@ -28,7 +29,6 @@ from luna_core.refine.geometry import (
     DEFAULT_GRID,
     DEFAULT_MARGIN,
     DEFAULT_OVERLAP,
-    Rect,
     Tile,
     chess_tiles,
     crop_feather,
@@ -130,7 +130,7 @@ class Refiner:
         report.regions = [str(t.rect) for t in tiles]
         return _to_image(canvas), self._finish(report, started)
 
-    def detail(self, image, boxes: list[Rect], settings: RefineSettings = RefineSettings(),
+    def detail(self, image, boxes: list[Box], settings: RefineSettings = RefineSettings(),
                on_progress: Callable[[str, int, int], None] | None = None):
         """Refine each box with its context margin at the model's native size, all crops in one call,
         and paste each back with a feathered edge."""
@@ -193,11 +193,11 @@ class Refiner:
         return report
 
 
-def _crop(canvas: np.ndarray, rect: Rect) -> np.ndarray:
+def _crop(canvas: np.ndarray, rect: Box) -> np.ndarray:
     return np.clip(canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width], 0, 255).round().astype(np.uint8)
 
 
-def _paste(canvas: np.ndarray, rect: Rect, pixels: np.ndarray, mask: np.ndarray) -> None:
+def _paste(canvas: np.ndarray, rect: Box, pixels: np.ndarray, mask: np.ndarray) -> None:
     region = canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
     region += (pixels - region) * mask[..., None]
 

@@ -12,6 +12,7 @@ import dagster as dg
 from luna_assets.automation import GPU_POOL
 from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
+from luna_core.boxes import Box
 from luna_core.errors import LunaError
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR, SourceSettings
 from luna_core.refine.refiner import RefineSettings
@@ -68,13 +69,12 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
     """Refine every configured image; a bad image is reported by name and the others still go on."""
     from luna_core.images import read_picture
     from luna_core.library import library_paths
-    from luna_core.refine.geometry import parse_box
     from luna_core.refine.refiner import Refiner, save_image
 
     home = luna.luna_home
     settings, source = config.settings()
     settings.sampler.check()
-    boxes = [parse_box(b) for b in config.boxes]
+    boxes = [Box.parse(b) for b in config.boxes]
     images = list(config.images) + (library_paths(home, config.where, config.limit) if config.where else [])
     if not images:
         raise dg.Failure("no images to refine: give `images`, or `where` (a condition over the library view)")

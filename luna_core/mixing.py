@@ -1,0 +1,84 @@
+"""How an answer (the vault's or a projector's) meets a typed prompt: the one definition of each mix
+mode, used by `luna condition`, `luna serve`, the ComfyUI nodes and the refiners alike.
+
+- `replace`: the answer alone; the typed prompt is not used.
+- `blend`: every part is `(1 - alpha) * typed + alpha * answer` (alpha: the answer's share): the tokens,
+  the pooled vector, and the negative side the same way. The typed negative is the encoded negative
+  prompt, or zeros (SDXL's empty negative) when none is given.
+- `concat`: the typed prompt's tokens, then the answer's (`[154, D]`), pooled from the typed prompt; the
+  negative likewise: typed negative tokens then the answer's, pooled from the typed negative.
+
+Each side (positive, negative) is mixed by `mix_side`, so a tool that carries the two sides on
+separate wires (ComfyUI) mixes each with the same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from luna_core.errors import QueryError
+
+MODES = ("replace", "blend", "concat")
+
+
+class MixError(QueryError):
+    """A mix mode, share or prompt that cannot be used as asked."""
+
+
+class Parts(NamedTuple):
+    """One conditioning's four parts, without a batch axis: tokens [T, D], pooled [P], and the negatives."""
+
+    embeds: np.ndarray
+    pooled: np.ndarray
+    negative: np.ndarray
+    negative_pooled: np.ndarray
+
+
+def check_mix(mode: str, alpha: float, prompt: str | None) -> None:
+    if mode not in MODES:
+        raise MixError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise MixError(f"alpha must be within [0, 1] (got {alpha})")
+    if prompt is None and mode != "replace":
+        raise MixError(f"mode {mode} mixes the answer into a typed prompt: give --prompt")
+
+
+def _join_tokens(parts: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts, axis=-2)
+
+
+def mix_side(typed_tokens, typed_pooled, tokens, pooled, mode: str, alpha: float,
+             join: Callable[[Sequence], object] = _join_tokens):
+    """One side (positive or negative): (tokens, pooled) of `mode`. Works on numpy arrays and torch tensors
+    alike (`join` concatenates along the token axis, -2); a pooled vector may be None (left out)."""
+    if mode == "replace":
+        return tokens, pooled
+    if mode == "blend":
+        mixed_pooled = None if typed_pooled is None or pooled is None else (1 - alpha) * typed_pooled + alpha * pooled
+        return (1 - alpha) * typed_tokens + alpha * tokens, mixed_pooled
+    if mode == "concat":
+        return join([typed_tokens, tokens]), typed_pooled
+    raise MixError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+
+
+def mix(answer: Parts, typed: Parts | None, mode: str, alpha: float) -> Parts:
+    """The answer with a typed prompt (`typed`: its four parts; None only with `replace`)."""
+    if mode == "replace":
+        return answer
+    if typed is None:
+        raise MixError(f"mode {mode} mixes the answer into a typed prompt: give --prompt")
+    embeds, pooled = mix_side(typed.embeds, typed.pooled, answer.embeds, answer.pooled, mode, alpha)
+    negative, negative_pooled = mix_side(typed.negative, typed.negative_pooled, answer.negative,
+                                         answer.negative_pooled, mode, alpha)
+    return Parts(embeds, pooled, negative, negative_pooled)
+
+
+def typed_parts(prompt: tuple[np.ndarray, np.ndarray], negative: tuple[np.ndarray, np.ndarray] | None) -> Parts:
+    """A typed prompt's parts from its encoding and its negative's (zeros when there is no negative)."""
+    embeds, pooled = prompt
+    negative_embeds, negative_pooled = negative if negative is not None else (np.zeros_like(embeds),
+                                                                               np.zeros_like(pooled))
+    return Parts(embeds, pooled, negative_embeds, negative_pooled)

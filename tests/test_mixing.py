@@ -1,0 +1,103 @@
+"""One definition of each mix mode: the query layer, the refiners' blend source and the ComfyUI node give
+the same numbers for the same inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from luna_core.boxes import Box, BoxError, load_boxes
+from luna_core.errors import QueryError
+from luna_core.mixing import MODES, Parts, mix, mix_side, typed_parts
+
+rng = np.random.default_rng(0)
+
+
+def _parts(tokens: int = 77) -> Parts:
+    return Parts(rng.normal(size=(tokens, 8)).astype(np.float32), rng.normal(size=4).astype(np.float32),
+                 rng.normal(size=(tokens, 8)).astype(np.float32), rng.normal(size=4).astype(np.float32))
+
+
+def test_each_mode_mixes_both_sides_by_one_rule():
+    answer, typed = _parts(), _parts()
+    assert mix(answer, typed, "replace", 0.3) is answer
+    blended = mix(answer, typed, "blend", 0.3)
+    for got, t, a in zip(blended, typed, answer):
+        np.testing.assert_allclose(got, 0.7 * t + 0.3 * a, rtol=1e-6)
+    joined = mix(answer, typed, "concat", 0.3)
+    assert joined.embeds.shape == (154, 8) and joined.negative.shape == (154, 8)
+    np.testing.assert_array_equal(joined.embeds[:77], typed.embeds)
+    np.testing.assert_array_equal(joined.negative[77:], answer.negative)
+    np.testing.assert_array_equal(joined.pooled, typed.pooled)
+    np.testing.assert_array_equal(joined.negative_pooled, typed.negative_pooled)
+
+
+def test_without_a_typed_negative_the_negative_side_mixes_with_zeros():
+    answer = _parts()
+    typed = typed_parts((answer.embeds * 0 + 1, answer.pooled * 0 + 1), None)
+    blended = mix(answer, typed, "blend", 0.25)
+    np.testing.assert_allclose(blended.negative, 0.25 * answer.negative, rtol=1e-6)
+    np.testing.assert_allclose(blended.embeds, 0.75 + 0.25 * answer.embeds, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["blend", "concat"])
+def test_the_comfyui_node_mixes_as_the_core_does(mode):
+    from comfyui_luna.nodes import LunaBlend
+
+    answer, typed = _parts(), _parts()
+    vault = [[torch.from_numpy(answer.embeds[None]), {"pooled_output": torch.from_numpy(answer.pooled[None])}]]
+    conditioning = [[torch.from_numpy(typed.embeds[None]), {"pooled_output": torch.from_numpy(typed.pooled[None])}]]
+    ((tokens, extra),), = LunaBlend().blend(conditioning, vault, alpha=0.4, mode=mode)
+    expected = mix(answer, typed, mode, 0.4)
+    np.testing.assert_allclose(tokens[0].numpy(), expected.embeds, rtol=1e-6)
+    np.testing.assert_allclose(extra["pooled_output"][0].numpy(), expected.pooled, rtol=1e-6)
+    side = mix_side(typed.negative, typed.negative_pooled, answer.negative, answer.negative_pooled, mode, 0.4)
+    np.testing.assert_allclose(side[0], expected.negative, rtol=1e-6)
+
+
+def test_bad_modes_and_shares_are_query_errors():
+    from luna_core.mixing import check_mix
+
+    with pytest.raises(QueryError, match="not one of replace, blend, concat"):
+        check_mix("average", 0.5, "a cat")
+    with pytest.raises(QueryError, match="within"):
+        check_mix("blend", 1.5, "a cat")
+    with pytest.raises(QueryError, match="give --prompt"):
+        check_mix("concat", 0.5, None)
+    assert MODES == ("replace", "blend", "concat")
+
+
+def test_one_box_type_and_parser(tmp_path):
+    assert Box.parse("1,2,3,4") == Box(1, 2, 3, 4) and str(Box(1, 2, 3, 4)) == "1,2,3,4"
+    assert Box(1, 2, 3, 4).edges == (1, 2, 4, 6)
+    with pytest.raises(BoxError, match="X,Y,W,H"):
+        Box.parse("1,2,3")
+    with pytest.raises(BoxError, match="outside the 10x10 image a.png"):
+        Box(5, 5, 6, 1).check_within(10, 10, "a.png")
+    (tmp_path / "b.json").write_text('{"boxes": [[0, 0, 2, 2], {"x": 1, "y": 1, "width": 3, "height": 4}]}')
+    assert load_boxes(tmp_path / "b.json") == [Box(0, 0, 2, 2), Box(1, 1, 3, 4)]
+
+
+def test_the_vault_and_the_refiner_blend_alike(indexed_home):
+    from PIL import Image
+
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.query import Vault
+    from luna_core.refine.conditioning import Conditioner, SourceSettings
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    vault = Vault(indexed_home, profile)
+    image = sorted(Path(indexed_home.roots()[0]).rglob("*_a1111_png.png"))[0]
+    crops = [Image.open(image).convert("RGB").crop((0, 0, 48, 48)), Image.open(image).convert("RGB")]
+    served = vault.condition_crops(crops, "vault", k=3, prompt="a red fox", mode="blend", alpha=0.3,
+                                   negative_prompt="blurry")
+    refined = Conditioner(vault, SourceSettings("blend", prompt="a red fox", negative_prompt="blurry", alpha=0.3,
+                                                k=3)).condition(crops)
+    for i, item in enumerate(refined):
+        np.testing.assert_allclose(served.prompt_embeds[i], item.prompt_embeds, atol=1e-5)
+        np.testing.assert_allclose(served.negative_prompt_embeds[i], item.negative_prompt_embeds, atol=1e-5)
+        np.testing.assert_allclose(served.negative_pooled_prompt_embeds[i], item.negative_pooled_prompt_embeds,
+                                   atol=1e-5)
