@@ -18,18 +18,23 @@ import urllib.parse
 import urllib.request
 
 import numpy as np
+from PIL import Image
+from safetensors.numpy import load
+
+from luna_core.boxes import Box
+from luna_core.mixing import mix_side
+from luna_core.models.profiles import resolve_profile
+from luna_core.settings import LunaHome
 
 DEFAULT_PROJECTOR = "models:/luna-projector@champion"
 _cache: dict = {}
 _cache_lock = threading.Lock()
-
 
 # ---------------------------------------------------------------- inputs
 
 
 def to_pictures(image) -> list:
     """ComfyUI IMAGE [B, H, W, C] float in [0, 1] → B RGB PIL pictures."""
-    from PIL import Image
 
     array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
     if array.ndim == 3:
@@ -56,15 +61,13 @@ def mask_boxes(mask, count: int, width: int, height: int) -> list[str | None]:
         boxes.append(None if len(xs) == 0 else f"{xs.min()},{ys.min()},{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1}")
     return boxes
 
-
 # ---------------------------------------------------------------- backends
 
 
 def _vault(home: str):
     """A Vault for the home, kept across executions (encoders and index load once)."""
-    from luna_core.models.profiles import resolve_profile
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.query import Vault
-    from luna_core.settings import LunaHome
 
     key = str(LunaHome.resolve(home or None).root)
     with _cache_lock:
@@ -75,7 +78,7 @@ def _vault(home: str):
 
 
 def _in_process(pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str):
-    from luna_core.boxes import Box
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.query import crop
 
     vault = _vault(home)
@@ -92,8 +95,6 @@ def _in_process(pictures: list, boxes: list, source: str, home: str, k: int, tem
 
 
 def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, temperature: float):
-    from safetensors.numpy import load
-
     parts = []
     for picture, box in zip(pictures, boxes):
         buffer = io.BytesIO()
@@ -115,6 +116,7 @@ def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, te
 
 
 def _conditioning(tokens: np.ndarray, pooled: np.ndarray) -> list:
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     return [[torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)),
@@ -130,8 +132,8 @@ def _answer(image, mask, source: str, home: str, server_url: str, k: int, temper
         tokens, pooled, neg_tokens, neg_pooled = _in_process(pictures, boxes, source, home, k, temperature, projector)
     return _conditioning(tokens, pooled), _conditioning(neg_tokens, neg_pooled)
 
-
 # ---------------------------------------------------------------- nodes
+
 
 _COMMON_OPTIONAL = {
     "mask": ("MASK",),
@@ -194,9 +196,8 @@ class LunaBlend:
                              "mode": (["blend", "concat"],)}}
 
     def blend(self, conditioning, vault_conditioning, alpha=0.5, mode="blend"):
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
-
-        from luna_core.mixing import mix_side
 
         vault_tokens, vault_extra = vault_conditioning[0]
         vault_pooled = vault_extra.get("pooled_output")

@@ -53,6 +53,7 @@ def executor_config(broker: str) -> dict:
 
 
 def celery_executor_for(broker: str):
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from dagster_celery import celery_executor
 
     return celery_executor.configured(executor_config(broker), name="luna_celery")
@@ -60,6 +61,7 @@ def celery_executor_for(broker: str):
 
 def celery_app(broker: str):
     """The Celery app as the executor and the workers build it, with the step task registered."""
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from dagster_celery.executor import CeleryExecutor
     from dagster_celery.make_app import make_app
     from dagster_celery.tasks import create_task
@@ -94,6 +96,7 @@ def live_workers(app, timeout: float = 2.0) -> set[str]:
 def reap_lost_steps(app, timeout: float = 2.0) -> list[str]:
     """Steps started by a worker that no longer answers a ping (two in a row) are marked failed in the
     result backend (the run then fails, and its partition can be run again). Returns one line per step."""
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from billiard.exceptions import WorkerLostError
 
     started = {}

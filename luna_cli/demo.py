@@ -8,10 +8,19 @@ import os
 import time
 from pathlib import Path
 
+from PIL import Image
+from tqdm.auto import tqdm
+
 from luna_cli.library import report_run, run_build_all
 from luna_cli.output import print_home_summary, print_neighbors
+from luna_cli.report import print_report
 from luna_cli.vault import open_vault
+from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
+from luna_core.images import read_picture
+from luna_core.models.profiles import resolve_profile
+from luna_core.refine.sampler import SamplerSettings
+from luna_core.samples import make_sample_library
 from luna_core.settings import LunaHome
 
 DEMO_MARKER = "sample_library.json"
@@ -23,9 +32,6 @@ DEMO_BENCHMARK_CONFIG = {"sample_images": 2, "batching_repeat": 1, "latency_repe
 
 def ensure_samples(home: LunaHome, n_images: int, size: int, seed: int) -> Path:
     """Generate the sample library once per (n, size, seed); a rerun reuses it so ingest stays incremental."""
-    from tqdm.auto import tqdm
-
-    from luna_core.samples import make_sample_library
 
     marker = home.root / DEMO_MARKER
     wanted = {"images": n_images, "size": size, "seed": seed}
@@ -85,9 +91,6 @@ def _demo_sample(home: LunaHome) -> Path | None:
 
 def _demo_query(home: LunaHome, profile: str) -> None:
     """One vault answer on a crop of a sample image: what a user does first."""
-    from PIL import Image
-
-    from luna_core.boxes import Box
 
     sample = _demo_sample(home)
     if sample is None:
@@ -103,6 +106,7 @@ def _demo_query(home: LunaHome, profile: str) -> None:
 
 
 def _demo_projector(home: LunaHome, profile: str) -> None:
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.projector.registry import Registry
 
     champion = Registry(home).champion()
@@ -117,11 +121,9 @@ def _demo_projector(home: LunaHome, profile: str) -> None:
 
 def _demo_refine(home: LunaHome, profile: str) -> None:
     """The chess refiner on one sample image, every tile conditioned by its own vault answer."""
-    from luna_core.images import read_picture
-    from luna_core.models.profiles import resolve_profile
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.refine.conditioning import SourceSettings
     from luna_core.refine.refiner import Refiner, RefineSettings, save_image
-    from luna_core.refine.sampler import SamplerSettings
 
     sample = _demo_sample(home)
     if sample is None:
@@ -135,7 +137,7 @@ def _demo_refine(home: LunaHome, profile: str) -> None:
 
 
 def _demo_report(home: LunaHome) -> None:
-    from luna_cli.report import print_report
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.reports.report import latest_report
 
     latest = latest_report(home)

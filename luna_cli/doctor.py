@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import shutil
 
+from luna_cli.library import report_run, run_build_all
 from luna_core.settings import LunaHome
+from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     import dagster as dg
 
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from luna_assets.runs import fail_dead_runs
     from luna_core.doctor import Finding, diagnose
 
@@ -25,8 +29,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     broken = [f for f in findings if f.severity == "error"]
     if not args.repair or not (broken or any(f.fix for f in findings)):
         return 1 if broken else 0
-    from luna_cli.library import report_run, run_build_all
-    from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
     for finding in findings:
         if finding.add_checksums is not None:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from luna_cli.output import print_home_summary
+from luna_core.catalog import held_lock
 from luna_core.config import KEYS_BY_NAME
+from luna_core.containers import ProbeLimits
 from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.ingest import IngestOptions, ingest
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import shard_keys
 
 
 def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dict | None = None,
@@ -18,12 +24,13 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance;
     the refinement benchmark (minutes) only when given a `benchmark_config` (its schedule runs it); `profile`
     overrides the model profile of the home's settings."""
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     import dagster as dg
 
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from luna_assets.definitions import BUILD_ALL_JOB, build_definitions
     from luna_assets.resources import LunaModelsResource
     from luna_assets.runs import fail_dead_runs
-    from luna_core.catalog import held_lock
 
     defs = build_definitions(str(home.root), LunaModelsResource(profile=profile) if profile else None)
     job = defs.resolve_job_def(BUILD_ALL_JOB)
@@ -52,8 +59,8 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
 def _build_by_shard(job, shards: int, run_config: dict, instance, skipped: set) -> list:
     """A sharded home's build on this machine: what feeds the vault, each shard's partition, then the rest
     (whose first step commits the shards' manifests). Stops at the first failed run."""
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
-    from luna_core.vault.segments import shard_keys
 
     graph = job.asset_layer.asset_graph
     vault = {VISION_EMBEDDINGS, TEXT_CONDITIONINGS}
@@ -72,6 +79,7 @@ def _build_by_shard(job, shards: int, run_config: dict, instance, skipped: set) 
 def report_run(results) -> bool:
     """Print step failures (their root cause, in one line each) and check results of a Dagster run (or of
     the runs of a sharded build); True when all succeeded and no error-level (or blocking) check failed."""
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     import dagster as dg
 
     results = results if isinstance(results, list) else [results]
@@ -102,9 +110,6 @@ def _root_cause(error) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from luna_core.containers import ProbeLimits
-    from luna_core.ingest import IngestOptions, ingest
-
     missing = [r for r in args.roots if not Path(r).is_dir()]
     if missing:
         raise LunaConfigError(f"not a folder: {', '.join(missing)}")
@@ -147,8 +152,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     import dagster as dg
 
+    # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from luna_assets.runs import fail_dead_runs
 
     home = LunaHome.existing(args.home).ensure()
@@ -177,8 +184,6 @@ def supervise(command: list[str], env: dict) -> int:
     """Run `dagster dev` in a process group of its own and stop that whole group within seconds on
     Ctrl-C or SIGTERM: dagster dev alone waits minutes for its webserver, daemon and code servers,
     and a code server started while it shut down could outlive it."""
-    import signal
-    import subprocess
 
     process = subprocess.Popen(command, env=env, start_new_session=True)
     previous = signal.signal(signal.SIGTERM, _stop_request)

@@ -10,6 +10,7 @@ import logging
 import sys
 
 from luna_cli.parser import build_parser, normalize_argv
+from luna_core.errors import LunaError
 
 _PLAIN_OS_ERRORS = {
     errno.ENOSPC: "free some space, then run the same command again: committed work is kept",
@@ -23,7 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(normalize_argv(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from luna_core.errors import LunaError
 
     try:
         return args.func(args)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from luna_assets.executor import celery_broker, run_worker
 from luna_core.instance import gpu_slots
 from luna_core.operations import ensure_database, mlflow_backend_uri, mlflow_server_command
 from luna_core.settings import LunaHome
@@ -41,7 +42,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if args.gpu_slots is not None:
         home.set_operations_setting("gpu_slots", args.gpu_slots)
     home.ensure()  # rewrites the managed dagster.yaml when the gpu pool changed
-    from luna_assets.executor import celery_broker
 
     shards, broker = home.vault_shards(), celery_broker(home)
     print(f"{home.config_path}:")
@@ -54,8 +54,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from luna_assets.executor import run_worker
-
     home = LunaHome.existing(args.home).ensure()
     run_worker(home, args.name, args.concurrency, args.loglevel)
     return 0

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+from luna_core import catalog
+from luna_core.index.store import IndexStore
 from luna_core.settings import LunaHome
+from luna_core.vault.segments import pending_manifests, store_bytes
 
 
 def print_table(rows: list[dict], columns: list[str], widths: dict[str, int] | None = None) -> None:
@@ -29,8 +32,6 @@ def print_neighbors(neighbors, home: LunaHome | None = None) -> None:
 
 
 def print_catalog_summary(home: LunaHome) -> None:
-    from luna_core import catalog
-
     with catalog.open_catalog(home.catalog_path, read_only=True) as con:
         counts = catalog.image_counts(con)
         by_generator = catalog.images_by_generator(con)
@@ -45,9 +46,6 @@ def print_catalog_summary(home: LunaHome) -> None:
 
 
 def print_vault_summary(home: LunaHome) -> None:
-    from luna_core import catalog
-    from luna_core.vault.segments import pending_manifests, store_bytes
-
     with catalog.open_catalog(home.catalog_path, read_only=True) as con:
         stores = catalog.vault_stores(con)
     if not stores:
@@ -67,8 +65,6 @@ def print_vault_summary(home: LunaHome) -> None:
 
 
 def print_index_summary(home: LunaHome) -> None:
-    from luna_core.index.store import IndexStore
-
     for pointer in sorted(home.index_root.glob("*/current.json")):
         version = IndexStore(pointer.parent).current()
         meta = version.meta()

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from tqdm.auto import tqdm
+
+from luna_core.boxes import Box, load_boxes
+from luna_core.images import read_picture
+from luna_core.models.profiles import resolve_profile
+from luna_core.refine.sampler import SamplerSettings
 from luna_core.settings import LunaHome
 
 
 def refine_settings(args: argparse.Namespace):
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.refine.refiner import RefineSettings
-    from luna_core.refine.sampler import SamplerSettings
 
     sampler = SamplerSettings(strength=args.strength, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                               guidance_scale=args.guidance)
@@ -17,6 +23,7 @@ def refine_settings(args: argparse.Namespace):
 
 
 def source_settings(args: argparse.Namespace):
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.refine.conditioning import SourceSettings
 
     return SourceSettings(source=args.source, prompt=args.prompt, negative_prompt=args.negative_prompt,
@@ -24,11 +31,7 @@ def source_settings(args: argparse.Namespace):
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from luna_core.boxes import Box, load_boxes
-    from luna_core.images import read_picture
-    from luna_core.models.profiles import resolve_profile
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.refine.refiner import Refiner, save_image
 
     home = LunaHome.existing(args.home)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import textwrap
 
+from luna_cli.output import print_table
 from luna_core.errors import NotBuiltError
+from luna_core.models.profiles import resolve_profile
+from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
 from luna_core.settings import LunaHome
 
 
 def print_report(folder, report: dict) -> None:
-    from luna_cli.output import print_table
-    from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
-
     test_set = report["test_set"]
     print(f"\nRefinement report {report['created']} (profile {report['profile']}, index v{report['index_version']}, "
           f"{test_set['scored']} test images, series {test_set['series']})")
@@ -33,7 +34,6 @@ def print_report(folder, report: dict) -> None:
 
 def _open(path) -> None:
     """Open `path` with the system's opener; without a display (or an opener) say where it is instead."""
-    import os
 
     opener = shutil.which("xdg-open") or shutil.which("open")
     if opener is None or (opener.endswith("xdg-open") and not (os.environ.get("DISPLAY") or
@@ -46,6 +46,7 @@ def _open(path) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.reports.report import latest_report
 
     home = LunaHome.existing(args.home)
@@ -63,7 +64,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _run(home: LunaHome, args: argparse.Namespace) -> None:
     """On demand: the benchmark (regeneration, costs) and/or a new test series, then the report."""
-    from luna_core.models.profiles import resolve_profile
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.reports.benchmark import run_benchmark
     from luna_core.reports.report import ReportSettings, build_report
 

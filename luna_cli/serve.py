@@ -10,13 +10,15 @@ import urllib.request
 from pathlib import Path
 
 from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.models.profiles import resolve_profile
 from luna_core.settings import LunaHome
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # the server's stack (FastAPI, torch) loads only for `luna serve`
     import uvicorn
 
-    from luna_core.models.profiles import resolve_profile
+    # the server's stack (FastAPI, torch) loads only for `luna serve`
     from luna_service.app import LunaService, create_app
 
     home = LunaHome.existing(args.home)

@@ -6,21 +6,23 @@ import argparse
 import json
 
 from luna_cli.output import print_neighbors
+from luna_cli.serve import ask
+from luna_core.boxes import Box
+from luna_core.files import write_atomically
+from luna_core.models.profiles import resolve_profile
 from luna_core.settings import LunaHome
 
 
 def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto"):
-    from luna_core.models.profiles import resolve_profile
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.query import Vault
 
     return Vault(home, resolve_profile(home.model_profile(profile), home.models_dir), device=device or "auto")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from luna_core.boxes import Box
-
     if args.server:
-        from luna_cli.serve import ask
+        # pulls torch in (about a second to import): only the commands that need it pay for it
         from luna_core.query import Neighbor
 
         answer = json.loads(ask(args.server, "/search", args.image, [("k", str(args.k)), ("box", args.box)]))
@@ -37,7 +39,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_condition(args: argparse.Namespace) -> int:
-    from luna_core.boxes import Box
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.query import check_inputs
 
     if args.server:
@@ -64,9 +66,6 @@ def cmd_condition(args: argparse.Namespace) -> int:
 
 
 def _condition_by_server(args: argparse.Namespace) -> int:
-    from luna_cli.serve import ask
-    from luna_core.files import write_atomically
-
     if args.projector and args.projector != "models:/luna-projector@champion":
         print(f"note: the service answers with the projector it was started with, not {args.projector}")
     params = [("source", "projector" if args.projector else "vault"), ("k", str(args.k)), ("box", args.box),

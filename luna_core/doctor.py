@@ -9,10 +9,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from luna_core import catalog
 from luna_core.errors import LunaError
-from luna_core.index.store import index_store
+from luna_core.index.build import LOOKUP_COLUMNS, _library_rows, lookup_digest
+from luna_core.index.store import index_store, load_index
+from luna_core.models.profiles import resolve_profile
 from luna_core.projector.registry import Registry
 from luna_core.settings import LunaHome
+from luna_core.vault.checks import check_store
+from luna_core.vault.store import TEXT_LAYOUT, RowStore
 
 MIN_FREE_BYTES = 1 << 30  # below this a build may run out of space midway
 
@@ -32,9 +37,6 @@ class Finding:
 
 
 def diagnose(home: LunaHome) -> list[Finding]:
-    from luna_core import catalog
-    from luna_core.models.profiles import resolve_profile
-
     build = f"luna build --home {home.root}"
     findings: list[Finding] = []
     if not home.catalog_path.exists():
@@ -61,8 +63,6 @@ def diagnose(home: LunaHome) -> list[Finding]:
 
 
 def _stores(home: LunaHome, profile, stores: list[dict], build: str) -> list[Finding]:
-    from luna_core.vault.checks import check_store
-
     out = []
     for kind, path in (("vision", home.vision_store(profile)), ("text", home.text_store(profile))):
         listed = next((s for s in stores if s["kind"] == kind and f"{s['store_key']}.zarr" == path.name), None)
@@ -83,7 +83,6 @@ def _stores(home: LunaHome, profile, stores: list[dict], build: str) -> list[Fin
             out.append(Finding("error", f"{kind} store", "; ".join(f"{o.name}: {o.description}" for o in failed),
                                f"rm -rf {path} && {build}", remove=path))
         else:
-            from luna_core.vault.store import TEXT_LAYOUT, RowStore
 
             checksummed = RowStore.open_readonly(path, TEXT_LAYOUT).checksummed
             out.append(Finding("ok" if checksummed else "warning", f"{kind} store",
@@ -96,9 +95,6 @@ def _stores(home: LunaHome, profile, stores: list[dict], build: str) -> list[Fin
 
 
 def _index(home: LunaHome, profile, build: str) -> list[Finding]:
-    from luna_core.index.build import LOOKUP_COLUMNS, _library_rows, lookup_digest
-    from luna_core.index.store import load_index
-
     store = index_store(home, profile)
     try:
         if store.current() is None:

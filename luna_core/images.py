@@ -13,6 +13,8 @@ import stat
 import warnings
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from luna_core.containers import ProbeLimits
 from luna_core.errors import LunaConfigError
 
@@ -42,7 +44,6 @@ def read_picture(path: str | os.PathLike[str], limits: ProbeLimits = ProbeLimits
 
 def decode_picture(data: bytes, name: str, limits: ProbeLimits = ProbeLimits()):
     """The decoded picture in `data` (a PIL image, fully loaded); `name` says which in errors."""
-    from PIL import Image, UnidentifiedImageError
 
     if len(data) > limits.max_file_bytes:
         raise PictureError(f"image {name} is {len(data):,} bytes, over the {limits.max_file_bytes:,} byte bound")

@@ -10,10 +10,12 @@ there; files gone since the last full scan are marked `missing` only when a scan
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from luna_core.catalog import open_catalog, transaction
 from luna_core.containers import ProbeLimits
@@ -84,8 +87,6 @@ def _chunks(items: list[FileEntry], size: int) -> Iterable[list[FileEntry]]:
 def _die_with_parent(parent: int) -> None:
     """A reader process ends when the ingest that started it dies (even by SIGKILL): Linux's parent-death
     signal; elsewhere the pool's own shutdown is all there is."""
-    import ctypes
-    import signal
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
@@ -261,7 +262,6 @@ def ingest(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
     """Bring the catalog up to date with the files under `roots`; returns what changed."""
-    from tqdm.auto import tqdm
 
     options = options or IngestOptions()
     roots = [os.path.abspath(r) for r in roots]

@@ -25,6 +25,7 @@ RUN_RETRIES = 2
 def gpu_count() -> int:
     """GPUs torch can see (the `gpu` pool's slots); 0 without CUDA or torch."""
     try:
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
 
         return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0

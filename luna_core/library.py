@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import duckdb
+
 from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
+from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
 from luna_core.splits import SplitReport, assign_splits
-from luna_core.vault.segments import open_vision_store
+from luna_core.vault.segments import open_vision_store, store_exists
 
 
 @dataclass
@@ -56,7 +59,6 @@ def retire_departed(con) -> dict[str, int]:
 
 def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
     """Assign ids and splits to new content hashes and (re)create the `library` view for the profile's stores."""
-    from luna_core.vault.segments import store_exists
 
     vision_key, text_key = profile.vision_key, profile.text_key
     vision = open_vision_store(home, profile) if store_exists(home.vision_store(profile)) else None
@@ -118,9 +120,6 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
 def library_paths(home: LunaHome, where: str, limit: int = 16) -> list[str]:
     """Paths of library images matching an SQL condition over the `library` view (e.g. `prompt ILIKE
     '%portrait%'`), on a sandboxed read-only connection: the condition can read, never write."""
-    import duckdb
-
-    from luna_core.errors import LunaConfigError
 
     if limit < 1:
         raise LunaConfigError(f"limit must be at least 1 (got {limit})")

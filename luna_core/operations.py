@@ -27,6 +27,7 @@ def database_beside(url: str, suffix: str = MLFLOW_DATABASE_SUFFIX) -> str:
 def ensure_database(url: str) -> None:
     """Create the database `url` names when it does not exist, connecting to the server's `postgres`
     database with the same credentials."""
+    # optional: only a home with PostgreSQL needs it
     import psycopg2
     from psycopg2 import sql
 

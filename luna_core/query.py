@@ -26,6 +26,7 @@ from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads, probing_every_list
 from luna_core.index.store import LoadedIndex, index_store, load_index
 from luna_core.mixing import Parts, check_mix, mix, typed_parts
+from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.projector.registry import Registry, parse_model_uri
 from luna_core.settings import LunaHome
@@ -67,6 +68,7 @@ class Conditioning:
     info: dict = field(default_factory=dict)
 
     def _tensors(self) -> tuple[dict, dict]:
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
 
         tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
@@ -77,6 +79,7 @@ class Conditioning:
 
     def save(self, path: str | Path) -> Path:
         """A safetensors file diffusers' SDXL pipelines take as keyword arguments, unchanged."""
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         from safetensors.torch import save_file
 
         tensors, metadata = self._tensors()
@@ -84,6 +87,7 @@ class Conditioning:
 
     def to_bytes(self) -> bytes:
         """The same safetensors content as `save`, in memory (what `luna serve` answers)."""
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         from safetensors.torch import save
 
         tensors, metadata = self._tensors()
@@ -92,6 +96,7 @@ class Conditioning:
 
 def weighted_sum(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """sum_i w_i * rows[i] in float32 for float16 rows (torch converts float16 ~10x faster than numpy)."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     flat = torch.from_numpy(np.ascontiguousarray(rows).reshape(len(rows), -1)).float()
@@ -144,7 +149,6 @@ class Vault:
 
     def _encoder(self):
         if self._vision is None:
-            from luna_core.models.encoders import VisionEncoder
 
             self._vision = VisionEncoder(self.profile.vision_model, self.profile.vision_revision, *self._device_dtype())
         return self._vision
@@ -340,6 +344,7 @@ class Vault:
     @staticmethod
     def projector_answers(model, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """([N, 77, D], [N, P]) float32 conditionings of N image embeddings, in one forward pass."""
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
 
         with torch.no_grad():
@@ -354,7 +359,6 @@ class Vault:
 
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         if self._text is None:
-            from luna_core.models.encoders import SDXLTextEncoder
 
             self._text = SDXLTextEncoder(self.profile.sdxl_model, self.profile.sdxl_revision, *self._device_dtype())
         embeds, pooled = self._text.encode([prompt])

@@ -6,7 +6,9 @@ looped through); special files (FIFOs, sockets, devices) are reported, never ope
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -39,8 +41,6 @@ class ScanStats:
 
 
 def _problem_for(err: OSError, path: str, root: str, what: str) -> ScanProblem:
-    import errno
-
     if err.errno == errno.ELOOP:
         return ScanProblem(path, root, "symlink_loop", f"{what} is a symbolic link that loops back on itself")
     if err.errno == errno.ENOENT:
@@ -107,7 +107,6 @@ def walk_root(
 
 def fingerprint_roots(roots: list[str], ignore: tuple[str, ...] = DEFAULT_IGNORE) -> tuple[int, str]:
     """(file count, digest of every path+size+mtime) for the roots; cheap change detection."""
-    import hashlib
 
     digest = hashlib.blake2b(digest_size=16)
     count = 0

@@ -19,6 +19,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 
 from luna_core.catalog import HELD_IMAGES
@@ -68,7 +69,6 @@ def similar_pairs(new: np.ndarray, known: np.ndarray, threshold: float) -> list[
             rows, cols = np.nonzero(sims >= threshold)
             pairs += [(int(start + r), int(c), float(sims[r, c])) for r, c in zip(rows, cols) if start + r != c]
         return pairs
-    import faiss
 
     nlist = int(4 * np.sqrt(len(base)))
     quantizer = faiss.IndexFlatIP(base.shape[1])

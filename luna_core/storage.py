@@ -15,6 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Union
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 Location = Union[Path, "UPath"]  # noqa: F821 (upath is imported only where object storage is used)
 
 
@@ -25,6 +28,7 @@ def location(value) -> Location:
     text = os.fspath(value) if not isinstance(value, str) else value
     if "://" not in text:
         return Path(text)
+    # optional: only stores on object storage need it
     from upath import UPath
 
     protocol = text.split("://", 1)[0]
@@ -71,16 +75,11 @@ def tree_bytes(path: Location) -> int:
 
 
 def read_parquet(path: Location, columns: list[str] | None = None):
-    import pyarrow.parquet as pq
-
     with location(path).open("rb") as fh:
         return pq.read_table(fh, columns=columns)
 
 
 def parquet_bytes(table) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()

@@ -198,6 +198,43 @@ def test_no_module_is_over_400_lines():
     assert long == {}
 
 
+# Imports inside functions are for these alone: each takes from a third of a second to seconds to import,
+# and most commands never need them (`luna --help`, `luna config`, a served request, a code-location load).
+HEAVY = ("torch", "transformers", "diffusers", "safetensors.torch", "mlflow", "dagster", "dagster_celery", "celery",
+         "billiard", "matplotlib", "psycopg2", "upath", "uvicorn")
+ENTRY_POINTS = ("luna_cli", "comfyui_luna")  # may defer a project module that pulls one of HEAVY in
+
+
+def test_imports_inside_functions_are_heavy_and_say_why():
+    """No lazy-import tricks: a function-level import is of a heavy dependency (or, in an entry point, of a
+    project module that pulls one in), with a comment on it or just above its block saying why."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for package in ("luna_core", "luna_assets", "luna_cli", "dagster_project", "luna_service", "comfyui_luna"):
+        for path in (root / package).rglob("*.py"):
+            lines = path.read_text().splitlines()
+            for function in ast.walk(ast.parse("\n".join(lines))):
+                if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                statements = [n for n in ast.walk(function) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                for node in statements:
+                    names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                    heavy = all(any(n == h or n.startswith(h + ".") for h in HEAVY) for n in names)
+                    deferred = package in ENTRY_POINTS and all(n.split(".")[0].startswith("luna_") for n in names)
+                    # the block of imports this one belongs to, and the line above it
+                    first = node.lineno
+                    while first > 1 and lines[first - 2].strip().startswith(("from ", "import ", "#", ")")) \
+                            or (first > 1 and lines[first - 2].startswith(" ") and lines[first - 2].strip().endswith(",")):
+                        first -= 1
+                    said = any("#" in line for line in lines[first - 1 : node.end_lineno])
+                    if not (heavy or deferred) or not said:
+                        offenders.append(f"{path.relative_to(root)}:{node.lineno} {', '.join(names)}"
+                                         + ("" if heavy or deferred else " (not heavy)") + ("" if said else " (no why)"))
+    assert offenders == [], "\n".join(offenders)
+
+
 def test_no_private_dagster_module_is_imported():
     """Dagster's `_`-modules change without notice between releases: Luna uses the public API only."""
     import re

@@ -12,6 +12,7 @@ import io
 import zlib
 
 import numpy as np
+from PIL import Image
 
 SIGNATURES = {b"stealth_pnginfo": False, b"stealth_pngcomp": True}
 _SIGNATURE_BITS = 15 * 8
@@ -20,7 +21,6 @@ _LENGTH_BITS = 32
 
 def read_stealth_alpha(data: bytes, max_bytes: int) -> str | None:
     """The hidden text, or None when the alpha plane carries no stealth signature."""
-    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
         if "A" not in image.getbands():

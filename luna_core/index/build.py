@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import faiss
 import numpy as np
+import pyarrow as pa
 
 from luna_core.catalog import open_catalog
 from luna_core.errors import CorruptStoreError, NotBuiltError
@@ -58,7 +60,6 @@ def _vectors(vision: RowStore, rows: np.ndarray) -> np.ndarray:
 
 def lookup_digest(lookup) -> str:
     """What the published lookup holds (paths, prompts, conditioning rows, splits), as one digest."""
-    import pyarrow as pa
 
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, lookup.schema) as writer:
@@ -137,7 +138,6 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
         elif old.get("plan", {}).get("kind") != plan.kind:
             reason = f"the library outgrew a {old.get('plan', {}).get('kind')} index ({len(ids):,} vectors: {plan.kind})"
         else:
-            import faiss
 
             # The ids in the index itself (not the lookup): an image that went missing and came back
             # is still indexed and must not be added twice.

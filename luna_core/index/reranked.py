@@ -6,12 +6,12 @@ from __future__ import annotations
 import functools
 import math
 
+import faiss
 import numpy as np
 
 
 def faiss_module():
     """faiss, imported on first use: a second of start-up that commands without an index need not pay."""
-    import faiss
 
     return faiss
 

@@ -23,10 +23,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
+import pyarrow as pa
 
 from luna_core.errors import CorruptStoreError, NotBuiltError
-from luna_core.index.reranked import id_positions
+from luna_core.index.faiss_index import reranks_from_vault, searcher_for
+from luna_core.index.reranked import RerankedIndex, id_positions
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
 from luna_core.storage import is_remote, location, remove_tree, write_whole
@@ -128,8 +131,6 @@ class IndexStore:
 
     def publish(self, index, lookup, meta: dict) -> IndexVersion:
         """Write a new version next to the current one, then point readers at it in one rename."""
-        import faiss
-        import pyarrow as pa
 
         versions = self.root / "versions"
         versions.mkdir(parents=True, exist_ok=True)
@@ -190,8 +191,6 @@ class LoadedIndex:
 
     def reranked_from(self, vision) -> "LoadedIndex":
         """For an index that re-ranks from the vault: its search re-ranks against `vision`'s rows."""
-        from luna_core.index.faiss_index import reranks_from_vault, searcher_for
-        from luna_core.index.reranked import RerankedIndex
 
         if reranks_from_vault(self.meta.get("plan", {})) and not isinstance(self.index, RerankedIndex):
             fetch = vault_fetch(vision, self.lookup.column("image_id").to_numpy(),
@@ -230,9 +229,6 @@ def load_index(store: IndexStore, fall_back: bool = False) -> LoadedIndex:
 
 
 def _load_version(version: IndexVersion) -> LoadedIndex:
-    import faiss
-    import pyarrow as pa
-
     meta = version.meta()
     for name, expected in (meta.get("digests") or {}).items():
         path = version.path / name

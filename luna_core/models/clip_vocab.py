@@ -8,6 +8,7 @@ The file, `bpe_simple_vocab_16e6.txt.gz`, comes from the `open_clip_torch` wheel
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -26,7 +27,6 @@ def find_bpe_file() -> Path:
         candidates.append(Path(chosen).expanduser())
     candidates.append(Path(sys.prefix) / "share" / "luna" / BPE_FILE)
     try:  # an installed open_clip package, located without importing it (it needs torchvision)
-        import importlib.util
 
         spec = importlib.util.find_spec("open_clip")
         if spec and spec.submodule_search_locations:
@@ -70,6 +70,7 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
     """A CLIPTokenizer over the real vocabulary, 77 tokens long like SDXL's two tokenizers.
 
     SDXL's first tokenizer pads with <|endoftext|>, its second with '!' (id 0)."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()

@@ -28,6 +28,7 @@ def _is_local(model: str) -> bool:
 
 def _load(loader, model: str, revision: str | None, what: str, **kwargs):
     """from_pretrained with a load failure turned into an error that says what to do."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # Luna shows its own progress; per-file weight bars are noise
@@ -90,6 +91,7 @@ class VisionEncoder:
     """CLIP-ViT image tower with projection: image → unit-length embedding of `width` floats."""
 
     def __init__(self, model: str, revision: str | None, device, dtype):
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
         from transformers import CLIPVisionModelWithProjection
         from transformers.utils import cached_file
@@ -117,6 +119,7 @@ class SDXLTextEncoder:
     """SDXL's two CLIP text encoders: prompt → ([77, width], [pooled_width])."""
 
     def __init__(self, model: str, revision: str | None, device, dtype):
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 

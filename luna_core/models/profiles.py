@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from luna_core.errors import LunaConfigError
+from luna_core.models.tiny import TINY_VERSION, ensure_tiny_models
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,6 @@ SDXL = ModelProfile(
 
 def tiny_profile(root: Path) -> ModelProfile:
     """The tiny profile over models built under `root` (see luna_core.models.tiny)."""
-    from luna_core.models.tiny import TINY_VERSION
 
     return ModelProfile(
         name="tiny",
@@ -92,7 +92,6 @@ def resolve_profile(
     if name == "sdxl":
         profile = SDXL
     elif name == "tiny":
-        from luna_core.models.tiny import ensure_tiny_models
 
         profile = tiny_profile(ensure_tiny_models(models_dir / "tiny"))
     else:
@@ -107,6 +106,7 @@ def resolve_profile(
 
 
 def choose_device(device: str = "auto"):
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     if device == "auto":
@@ -129,6 +129,7 @@ def choose_device(device: str = "auto"):
 
 def choose_dtype(device, dtype: str = "auto"):
     """CUDA: bf16 where supported, else fp16. CPU: bf16 where the CPU has native bf16, else fp32."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

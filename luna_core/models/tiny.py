@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from luna_core.models.clip_vocab import clip_tokenizer
+
 TINY_VERSION = "2"
 IMAGE_SIZE = 64
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -21,6 +23,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def _build(dest: Path) -> None:
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
     from transformers import (
         CLIPTextConfig,
@@ -30,8 +33,6 @@ def _build(dest: Path) -> None:
         CLIPVisionModelWithProjection,
     )
     from transformers.utils import logging as hf_logging
-
-    from luna_core.models.clip_vocab import clip_tokenizer
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
@@ -61,6 +62,7 @@ def _build(dest: Path) -> None:
 def _build_sdxl_refiner_parts(sdxl_dir: Path, cross_attention_dim: int, pooled_dim: int) -> None:
     """A tiny SDXL UNet, VAE and scheduler beside the text encoders, with model_index.json, so the
     folder loads as a diffusers SDXL (img2img) pipeline exactly as the real base model does."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -139,6 +141,7 @@ def ensure_tiny_ip_adapter(tiny_root: Path) -> Path:
 
 
 def _build_ip_adapter(tiny_root: Path, dest: Path) -> None:
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 
 from luna_core.errors import CorruptStoreError, LunaConfigError
 from luna_core.projector.models import ProjectorConfig, build_projector
@@ -15,6 +16,7 @@ WEIGHTS, CONFIG, CARD = "weights.safetensors", "config.json", "MODEL_CARD.md"
 
 
 def save_checkpoint(model, config: ProjectorConfig, folder: Path, card: str = "") -> Path:
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -28,7 +30,7 @@ def save_checkpoint(model, config: ProjectorConfig, folder: Path, card: str = ""
 
 def load_checkpoint(folder: Path, expect: dict | None = None):
     """The model in `folder` (weights + config); widths that do not fit `expect` are refused."""
-    from safetensors import SafetensorError
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     from safetensors.torch import load_file
 
     try:
@@ -54,6 +56,7 @@ class ProjectorPyfunc:
         self.model, self.config = load_checkpoint(Path(context.artifacts["checkpoint"]))
 
     def predict(self, context, model_input, params=None):
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
 
         # Any float (or int) array or DataFrame: cast to float32 in a fresh, writable array.

@@ -109,6 +109,7 @@ def register(registry: Registry, result, profile, scorer, request: ProjectorRequ
 def _signature(config: ProjectorConfig):
     """Inputs: `in_dim` unnamed double columns, so float32, float64 and int arrays all pass MLflow's
     schema check (it refuses a tensor of another float width); outputs: the flattened conditioning."""
+    # mlflow takes about a second to import: only code that reads or writes the registry pays for it
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
 

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -131,8 +132,8 @@ class Registry:
         """One finished run through this registry's client (never MLflow's process-wide URI): params, metrics
         as (key, value, step), tags, and folders logged under their artifact paths. Returns (run id,
         artifact URI); a failure marks the run FAILED."""
-        import time
 
+        # mlflow takes about a second to import: only code that reads or writes the registry pays for it
         from mlflow.entities import Metric, Param, RunTag
 
         run = self.client.create_run(self.experiment(experiment), run_name=run_name)
@@ -157,6 +158,7 @@ class Registry:
         """Every version of `name`, oldest first; [] when the model or the registry does not exist."""
         if not self.exists:
             return []
+        # mlflow takes about a second to import: only code that reads or writes the registry pays for it
         from mlflow.exceptions import MlflowException
 
         try:
@@ -183,6 +185,7 @@ class Registry:
         if not self.exists:
             raise NotBuiltError(f"no projector is registered in {self.home.root} yet: materialize `projector` "
                                 f"(or run `luna demo`), or give the registry with --tracking-uri / ${TRACKING_URI_ENV}")
+        # mlflow takes about a second to import: only code that reads or writes the registry pays for it
         from mlflow.exceptions import MlflowException
 
         try:
@@ -202,6 +205,7 @@ class Registry:
 
     def load(self, name: str, ref: int | str, expect: dict | None = None):
         """(model, config) of a version by number or alias, from its safetensors checkpoint."""
+        # mlflow takes about a second to import: only code that reads or writes the registry pays for it
         from mlflow.exceptions import MlflowException
 
         version = self._model_version(name, ref)
@@ -263,5 +267,4 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
     else:
         raise LunaConfigError(f"projector reference {uri!r} names no alias or version")
     return name, ref
-
 

@@ -9,6 +9,7 @@ stays bounded by the batch. Fixed seeds: a run repeats.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -17,11 +18,12 @@ from typing import Callable
 import duckdb
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from luna_core.catalog import open_catalog
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.models.profiles import ModelProfile, choose_device
-from luna_core.projector.models import KernelRidge, LowRankRidge, ProjectorConfig, build_projector, target_basis
+from luna_core.projector.models import ARCHITECTURES, KernelRidge, LowRankRidge, ProjectorConfig, build_projector, target_basis
 from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store
 
@@ -90,7 +92,6 @@ def load_pairs(home: LunaHome, split: str, where: str | None = None) -> Pairs:
 
 def fingerprint(pairs: Pairs, profile: ModelProfile) -> str:
     """Which pairs trained a model: the image ids and prompt rows, and the stores they come from."""
-    import hashlib
 
     digest = hashlib.sha256(f"{profile.vision_key}|{profile.text_key}|".encode())
     digest.update(pairs.image_ids.tobytes())
@@ -148,7 +149,6 @@ def evaluate(model: torch.nn.Module, stores: _Stores, embeddings: np.ndarray, pa
 
 def check_settings(config: ProjectorConfig, settings: TrainSettings) -> None:
     """Refuse settings that cannot train a model, before any data is read."""
-    from luna_core.projector.models import ARCHITECTURES
 
     if config.arch not in ARCHITECTURES:
         raise LunaConfigError(f"projector architecture {config.arch!r} is not one of {', '.join(ARCHITECTURES)}")
@@ -216,7 +216,6 @@ def train_projector(
         model.load_state_dict(best_state)
         seen = len(sample)
     else:
-        from tqdm.auto import tqdm
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         best, best_state, stale = float("inf"), None, 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from PIL import Image
 
 from luna_core.boxes import Box
 from luna_core.refine.geometry import chess_tiles, detail_crops
@@ -23,6 +24,7 @@ def measure(sampler: SDXLSampler, images: list, places: list[Box], original: tup
             repeat: int = 3, pass_index: int = 0) -> dict:
     """Median wall time of one batched call and of one call per item, and the largest difference
     between an item's two results (decoded pixels in [-1, 1], before rounding)."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     time_ids = np.array([[*original, r.y, r.x, *target] for r in places], np.float32)
@@ -49,7 +51,6 @@ def measure(sampler: SDXLSampler, images: list, places: list[Box], original: tup
 def batching_table(sampler: SDXLSampler, picture: np.ndarray, settings: SamplerSettings, repeat: int = 3,
                    widths: tuple[int, int, int] = (77, 2048, 1280)) -> dict[str, dict]:
     """Batched vs one call per item for 9 detailer crops and a 5 x 5 chess grid (two passes) on `picture`."""
-    from PIL import Image
 
     seq, width, pooled = widths
     side = min(picture.shape[:2])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image, PngImagePlugin
 
 from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
@@ -134,7 +135,6 @@ class Refiner:
                on_progress: Callable[[str, int, int], None] | None = None):
         """Refine each box with its context margin at the model's native size, all crops in one call,
         and paste each back with a feathered edge."""
-        from PIL import Image
 
         settings.sampler.check()
         width, height = image.size
@@ -162,7 +162,6 @@ class Refiner:
     def _refine_items(self, crops: list, places: list[Tile], original: tuple[int, int], target: tuple[int, int],
                       pass_index: int, settings: RefineSettings, ip_weight: float, on_done):
         """Condition and refine one pass's items: one sampler call (or one per item when sequential)."""
-        from PIL import Image
 
         pictures = [c if hasattr(c, "convert") else Image.fromarray(c) for c in crops]
         conditions = self.conditioner.condition(pictures)
@@ -203,6 +202,7 @@ def _paste(canvas: np.ndarray, rect: Box, pixels: np.ndarray, mask: np.ndarray) 
 
 
 def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
@@ -212,15 +212,12 @@ def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _to_image(canvas: np.ndarray):
-    from PIL import Image
-
     return Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8))
 
 
 def save_image(image, path: str | os.PathLike[str], report: RefineReport | None = None) -> Path:
     """Write the refined image (format from the suffix), through a temporary file and a rename: a failed
     write leaves nothing behind. PNGs carry the refinement report in a `luna_refine` text chunk."""
-    from PIL import PngImagePlugin
 
     path = Path(path)
     suffix = path.suffix.lower()

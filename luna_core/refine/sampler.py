@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from luna_core.errors import LunaConfigError
+from luna_core.models.encoders import _load
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class SamplerSettings:
 @contextlib.contextmanager
 def _quiet_loaders():
     """diffusers' and transformers' loading notes (optional packages, dtype casts) are not the user's to act on."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -82,15 +84,15 @@ class SDXLSampler:
     folder laid out like stabilityai/stable-diffusion-xl-base-1.0; text encoders are not loaded)."""
 
     def __init__(self, model: str, revision: str | None, device, dtype):
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
         from diffusers.utils import logging as diffusers_logging
-
-        from luna_core.models.encoders import _load
 
         diffusers_logging.disable_progress_bar()
         self.device, self.dtype = device, dtype
         # The pipeline object is kept for diffusers' own IP-Adapter loading code; its loop is not used.
         with _quiet_loaders():
+            # torch and the model libraries take about a second to import: only code that runs a model pays for it
             from diffusers import StableDiffusionXLImg2ImgPipeline
 
             self.pipe = _load(StableDiffusionXLImg2ImgPipeline.from_pretrained, model, revision, "SDXL pipeline",
@@ -133,6 +135,7 @@ class SDXLSampler:
 
     def ip_image_embeds(self, images: list) -> np.ndarray:
         """[N, D] IP-Adapter image embeddings, one per image (computed one image per row, as CLIP does)."""
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
 
         pixels = self.pipe.feature_extractor(images, return_tensors="pt").pixel_values
@@ -164,6 +167,7 @@ class SDXLSampler:
         return out
 
     def _refine_chunk(self, images, conditions, time_ids, seeds, settings: SamplerSettings, ip_embeds):
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
         from diffusers import EulerDiscreteScheduler
 

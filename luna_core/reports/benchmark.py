@@ -23,12 +23,19 @@ import numpy as np
 
 from luna_core.errors import LunaError
 from luna_core.files import write_atomically
+from luna_core.images import read_picture
 from luna_core.models.profiles import ModelProfile
-from luna_core.reports.evaluate import EvalSettings, leave_out, registered_projectors
+from luna_core.projector.models import parameter_count
+from luna_core.query import Vault
+from luna_core.refine.batching import batching_table
+from luna_core.refine.conditioning import Conditioner, SourceSettings
+from luna_core.refine.refiner import Refiner
+from luna_core.refine.sampler import ItemConditioning, SamplerSettings
+from luna_core.reports.evaluate import EvalSettings, leave_out, mean_of_train, registered_projectors
 from luna_core.reports.quality import QualitySettings, refine_sample
 from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.settings import LunaHome
-from luna_core.vault.segments import open_text_store, open_vision_store
+from luna_core.vault.segments import open_text_store, open_vision_store, store_bytes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,6 @@ def run_benchmark(home: LunaHome, profile: ModelProfile, settings: BenchmarkSett
                   device: str = "auto", on_step=None) -> BenchmarkOutcome:
     """Refine a sample of the frozen test set with every source, time the sources and the batching, and
     write the result beside the earlier ones (the pointer moves last)."""
-    from luna_core.query import Vault
 
     step = on_step or (lambda message: log.info(message))
     started, load_before = time.perf_counter(), machine_load()
@@ -112,11 +118,6 @@ def _write(home: LunaHome, result: dict, sheet) -> Path:
 
 def _quality(home: LunaHome, profile: ModelProfile, vault, test_set: TestSet, projectors, settings: BenchmarkSettings,
              device):
-    from luna_core.images import read_picture
-    from luna_core.refine.conditioning import Conditioner, SourceSettings
-    from luna_core.refine.refiner import Refiner
-    from luna_core.refine.sampler import ItemConditioning
-    from luna_core.reports.evaluate import mean_of_train
 
     pairs = test_set.pairs
     refiner = Refiner(home, profile, SourceSettings("vault", k=settings.evaluation.k), device=device)
@@ -164,11 +165,6 @@ def _median_ms(fn, batch: int, repeat: int) -> float:
 
 
 def _costs(home: LunaHome, vault, projectors, test_set: TestSet, sampler, settings: BenchmarkSettings) -> dict:
-    from luna_core.projector.models import parameter_count
-    from luna_core.refine.batching import batching_table
-    from luna_core.refine.sampler import SamplerSettings
-    from luna_core.vault.segments import store_bytes
-
     meta = vault.index.meta
     k, temperature, repeat = settings.evaluation.k, settings.evaluation.temperature, settings.latency_repeat
     embeddings = open_vision_store(home, vault.profile).read("embeds", test_set.pairs.vision_rows[:64]).astype(np.float32)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from luna_core.refine.refiner import Refiner, RefineSettings
 from luna_core.refine.sampler import ItemConditioning, SamplerSettings
@@ -97,7 +98,6 @@ def refine_sample(refiner: Refiner, images: list, left_out: list[frozenset[int]]
 
 def contact_sheet(rows: list[list], cell: int = 160):
     """A grid of thumbnails with the column names on top: original | true prompt | vault | projector | mean | empty."""
-    from PIL import Image, ImageDraw
 
     header = 18
     sheet = Image.new("RGB", (cell * len(COLUMNS), header + cell * max(1, len(rows))), (255, 255, 255))

@@ -66,9 +66,11 @@ def markdown_table(rows: list[dict], columns) -> str:
 
 def plots(report: dict, per_image: dict[str, dict[str, np.ndarray]], folder: Path) -> dict[str, Path]:
     """metrics.png (bars with 95 % intervals), vault_vs_projector.png (per-image scatter), cost_quality.png."""
+    # matplotlib takes half a second to import: only rendering a report pays for it
     import matplotlib
 
     matplotlib.use("Agg")
+    # matplotlib takes half a second to import: only rendering a report pays for it
     import matplotlib.pyplot as plt
 
     out = {}

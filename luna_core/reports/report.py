@@ -23,13 +23,14 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.registry import Registry
+from luna_core.query import Vault
 from luna_core.reports.benchmark import latest_benchmark
 from luna_core.reports.evaluate import EvalSettings, Evaluation, evaluate, registered_projectors
 from luna_core.reports.render import markdown, plots, standalone_html
@@ -107,7 +108,6 @@ def report_inputs(home: LunaHome, profile: ModelProfile, settings: ReportSetting
 
 def _shaping(settings: ReportSettings) -> ReportSettings:
     """The settings that shape a report's figures (not the one-off flags)."""
-    from dataclasses import replace
 
     return replace(settings, force=False, new_test_set=False, log_to_mlflow=True)
 
@@ -117,7 +117,6 @@ def build_report(home: LunaHome, profile: ModelProfile, settings: ReportSettings
     """Score every source on the frozen test set, say which to trust, and write the report files (with
     the latest benchmark's results), logged to MLflow; or, when nothing it depends on changed, or its
     figures came out the same, keep the latest report."""
-    from luna_core.query import Vault
 
     step = on_step or (lambda message: log.info(message))
     started = time.perf_counter()

@@ -14,6 +14,7 @@ can be scored any more; the report says so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -57,8 +58,6 @@ class TestSet:
     split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> images / with pairs
 
     def fingerprint(self) -> str:
-        import hashlib
-
         digest = hashlib.sha256(f"series {self.frozen.series}|".encode())
         digest.update(self.pairs.image_ids.tobytes())
         digest.update(self.pairs.prompt_rows.tobytes())

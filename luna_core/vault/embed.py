@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
+from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
 from luna_core.settings import LunaHome
 from luna_core.vault.commits import TEXT, VISION, Committer, store_and_committer, work_for
@@ -32,7 +35,6 @@ from luna_core.vault.segments import (
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -90,7 +92,6 @@ def _encoder(cls, model: str, revision: str | None, device, dtype):
         _ENCODERS[cls.__name__] = (key, cls(model, revision, device, dtype))
     return _ENCODERS[cls.__name__][1]
 
-
 # ---------------------------------------------------------------- images
 
 
@@ -105,8 +106,6 @@ class _Loaded:
 
 
 def _load_image(item: tuple[str, str], preprocess) -> _Loaded:
-    from PIL import Image
-
     content_hash, path = item
     try:
         with open(path, "rb") as fh:
@@ -140,8 +139,6 @@ def prefetch(items: Iterable, fn: Callable, workers: int, window: int) -> Iterat
 
 
 def _progress_bar(total: int, desc: str, unit: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, mininterval=0.5)
 
 
@@ -154,7 +151,6 @@ def embed_images(
 ) -> EmbedReport:
     """CLIP-ViT embeddings for every ingested image without one for the profile's vision model. With a
     `shard`, only its images, into its own segment store and manifests (`commit_segments` commits them)."""
-    from luna_core.models.encoders import VisionEncoder
 
     options = options or EmbedOptions()
     catalog_path, started = home.catalog_path, time.perf_counter()
@@ -230,7 +226,6 @@ def _finish(report: EmbedReport, path: Path, started: float, rows_total: int) ->
              report.already_present, report.failed, report.seconds)
     return report
 
-
 # ---------------------------------------------------------------- prompts
 
 
@@ -244,7 +239,6 @@ def embed_prompts(
     """SDXL conditionings for every unique prompt text (positive and negative) without one for the
     profile's encoder pair; one row per text, shared by every image that used it. With a `shard`, only
     its prompts, into its own segment store and manifests."""
-    from luna_core.models.encoders import SDXLTextEncoder
 
     options = options or EmbedOptions()
     catalog_path, started = home.catalog_path, time.perf_counter()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile
@@ -113,7 +114,6 @@ def shard_manifests(store_path: Path, shard: Shard, committed: bool = False) -> 
 
 def read_manifests(paths: list[Path]):
     """The manifests' rows as one Arrow table (key, row, ...; row null for a failure)."""
-    import pyarrow as pa
 
     return pa.concat_tables([read_parquet(path) for path in paths]) if paths else None
 

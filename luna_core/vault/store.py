@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import zarr
+import zarr as _zarr
+from zarr.codecs import Crc32cCodec
 
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.storage import is_remote, location
@@ -47,14 +51,12 @@ class RowStore:
     def open(cls, path: str | Path, fields: dict[str, tuple[int, ...]], layout: Layout,
              attrs: dict | None = None, create: bool = True) -> "RowStore":
         """Open the store at `path`, creating it for these row shapes; refuse a store of other shapes."""
-        import zarr
 
         path = location(path)
         if not path.exists():
             if not create:
                 raise NotBuiltError(f"no vault store at {path}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            from zarr.codecs import Crc32cCodec
 
             group = zarr.open_group(str(path), mode="a", attributes={"luna": attrs or {}})
             for name, row_shape in fields.items():
@@ -81,7 +83,6 @@ class RowStore:
     @classmethod
     def open_readonly(cls, path: str | Path, layout: Layout) -> "RowStore":
         """An existing store for reading, with the row shapes it holds (every array of the group)."""
-        import zarr
 
         path = location(path)
         if not path.exists():
@@ -106,10 +107,6 @@ class RowStore:
         """Rewrite the arrays written before Luna added checksums with a CRC32C per chunk; returns the
         arrays rewritten. Crash-safe: each array is copied beside itself, then swapped in by renames, and
         an interrupted swap is finished by the next call. Take the writer lock first."""
-        import shutil
-
-        import zarr
-        from zarr.codecs import Crc32cCodec
 
         done = []
         for name, row_shape in self.fields.items():
@@ -132,7 +129,6 @@ class RowStore:
             shutil.rmtree(old, ignore_errors=True)
             done.append(name)
         if done:
-            import zarr as _zarr
 
             self.group = _zarr.open_group(str(self.path), mode="a")
             self.__dict__.pop("_readers", None)

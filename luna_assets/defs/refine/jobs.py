@@ -14,8 +14,10 @@ from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.boxes import Box
 from luna_core.errors import LunaError
+from luna_core.images import read_picture
+from luna_core.library import library_paths
 from luna_core.refine.conditioning import DEFAULT_PROJECTOR, SourceSettings
-from luna_core.refine.refiner import RefineSettings
+from luna_core.refine.refiner import Refiner, RefineSettings, save_image
 from luna_core.refine.sampler import SamplerSettings
 
 REFINE_JOB = "refine_images"
@@ -67,9 +69,6 @@ def _thumbnail(image) -> str:
 def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHomeResource,
               models: LunaModelsResource) -> list[str]:
     """Refine every configured image; a bad image is reported by name and the others still go on."""
-    from luna_core.images import read_picture
-    from luna_core.library import library_paths
-    from luna_core.refine.refiner import Refiner, save_image
 
     home = luna.luna_home
     settings, source = config.settings()

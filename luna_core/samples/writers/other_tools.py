@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from xml.sax.saxutils import escape
 
 from PIL import Image
 
@@ -50,7 +51,6 @@ def write_invokeai_dream_png(image: Image.Image, gen: Generation) -> tuple[bytes
     prompt = f"{gen.prompt} [{gen.negative}]" if gen.negative else gen.prompt
     dream = f'"{prompt}" -s {gen.steps} -S {gen.seed} -W {gen.width} -H {gen.height} -C {gen.cfg:g} -A k_lms'
     return png_bytes(image, text=[("Dream", dream)]), "png"
-
 
 # ---------------------------------------------------------------- NovelAI, Fooocus, SwarmUI, Easy Diffusion, Draw Things
 
@@ -138,8 +138,6 @@ def write_easy_diffusion_jpeg(image: Image.Image, gen: Generation) -> tuple[byte
 
 
 def draw_things_xmp(gen: Generation) -> str:
-    from xml.sax.saxutils import escape
-
     record = {"c": gen.prompt, "uc": gen.negative, "seed": gen.seed, "steps": gen.steps, "scale": gen.cfg,
               "sampler": f"{gen.sampler} {gen.scheduler}", "model": f"{gen.model}_f16.ckpt",
               "size": f"{gen.width}x{gen.height}", "strength": 1,
