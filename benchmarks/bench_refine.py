@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from luna_core.refine.batching import batching_table
-from luna_core.refine.sampler import SamplerSettings, SDXLSampler
+from luna_core.refine.sampler import SDXLSampler
+from luna_core.refine.settings import SamplerSettings
 
 
 def main() -> int:

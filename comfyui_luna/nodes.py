@@ -26,7 +26,7 @@ from luna_core.mixing import mix_side
 from luna_core.models.profiles import resolve_profile
 from luna_core.settings import LunaHome
 
-DEFAULT_PROJECTOR = "models:/luna-projector@champion"
+DEFAULT_PROJECTOR = "models:/luna-projector@champion"  # luna_core.projector.names; the pack loads without Luna
 _cache: dict = {}
 _cache_lock = threading.Lock()
 

@@ -19,6 +19,8 @@ from luna_core.settings import LunaHome
 
 BROKER = KEYS_BY_NAME["scale.celery_broker"]
 QUEUE = "dagster"
+WORKER_CONCURRENCY = 1  # steps a worker runs at once: one per GPU
+WORKER_LOGLEVEL = "INFO"
 log = logging.getLogger(__name__)
 
 # Workers take one step at a time and record when they start one (with their name), which is what
@@ -73,7 +75,8 @@ def celery_app(broker: str):
     return app
 
 
-def run_worker(home: LunaHome, name: str | None = None, concurrency: int = 1, loglevel: str = "INFO") -> None:
+def run_worker(home: LunaHome, name: str | None = None, concurrency: int = WORKER_CONCURRENCY,
+               loglevel: str = WORKER_LOGLEVEL) -> None:
     """Run a Celery worker for the home's runs in this process until it is stopped (SIGTERM: after the
     step in hand). Steps load the code location from $LUNA_HOME like every other Dagster process."""
     broker = celery_broker(home)

@@ -19,11 +19,13 @@ from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
 from luna_core.images import read_picture
 from luna_core.models.profiles import resolve_profile
-from luna_core.refine.sampler import SamplerSettings
+from luna_core.projector.names import DEFAULT_PROJECTOR
+from luna_core.refine.settings import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.samples import make_sample_library
 from luna_core.settings import LunaHome
 
 DEMO_MARKER = "sample_library.json"
+DEMO_IMAGES, DEMO_SIZE, DEMO_SEED, DEMO_PROFILE = 200, 256, 0, "tiny"  # the sample library `luna demo` makes
 # The demo library is small: its projector may train on a few dozen pairs (the default refuses < 32).
 DEMO_PROJECTOR_CONFIG = {"arch": "kernel", "min_train_pairs": 8, "min_val_pairs": 2}
 # The demo's benchmark refines two test images per source and times batching once: seconds, not minutes.
@@ -113,7 +115,7 @@ def _demo_projector(home: LunaHome, profile: str) -> None:
     sample = _demo_sample(home)
     if champion is None or sample is None:
         return
-    answer = open_vault(home, profile).condition_with_projector(sample, "models:/luna-projector@champion")
+    answer = open_vault(home, profile).condition_with_projector(sample, DEFAULT_PROJECTOR)
     out = answer.save(home.root / "demo_projector.safetensors")
     print(f"\nProjector: luna-projector v{champion.version} is @champion ({champion.arch}, val token cosine "
           f"{champion.token_cos:.4f}); answer for {os.path.relpath(sample, home.root)} → {out}")
@@ -122,8 +124,7 @@ def _demo_projector(home: LunaHome, profile: str) -> None:
 def _demo_refine(home: LunaHome, profile: str) -> None:
     """The chess refiner on one sample image, every tile conditioned by its own vault answer."""
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.refine.conditioning import SourceSettings
-    from luna_core.refine.refiner import Refiner, RefineSettings, save_image
+    from luna_core.refine.refiner import Refiner, save_image
 
     sample = _demo_sample(home)
     if sample is None:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from luna_assets.executor import WORKER_CONCURRENCY, WORKER_LOGLEVEL
 from luna_cli import demo, doctor, inspect, library, operations, projector, refine, report, serve, vault
-from luna_core.mixing import MODES
+from luna_core.config import LOCAL_HOST, MLFLOW_PORT, SERVE_PORT, UI_PORT
+from luna_core.containers import ProbeLimits
+from luna_core.ingest import IngestOptions
+from luna_core.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, MODES
+from luna_core.models.profiles import AUTO, PROFILES
+from luna_core.operations import MLFLOW_WORKERS
+from luna_core.projector.names import DEFAULT_PROJECTOR, REGISTERED_NAME
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
 TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_URI, else the home's own)"
@@ -33,18 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("demo", help="generate a sample library and build every asset through Dagster")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--images", type=int, default=200, help="sample images to generate (default 200)")
-    cmd.add_argument("--size", type=int, default=256, help="sample image side in pixels (default 256)")
-    cmd.add_argument("--seed", type=int, default=0, help="sample library seed (default 0)")
-    cmd.add_argument("--profile", default="tiny", choices=["tiny", "sdxl"],
+    cmd.add_argument("--images", type=int, default=demo.DEMO_IMAGES, help="sample images to generate (default %(default)s)")
+    cmd.add_argument("--size", type=int, default=demo.DEMO_SIZE, help="sample image side in pixels (default %(default)s)")
+    cmd.add_argument("--seed", type=int, default=demo.DEMO_SEED, help="sample library seed (default %(default)s)")
+    cmd.add_argument("--profile", default=demo.DEMO_PROFILE, choices=list(PROFILES),
                      help="model profile (default tiny: small local encoders, no download)")
     cmd.set_defaults(func=demo.cmd_demo)
 
     cmd = sub.add_parser("ingest", help="catalog the images under one or more folders")
     cmd.add_argument("roots", nargs="+", metavar="ROOT", help="library folder")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--workers", type=int, default=0, help="reader processes (default: one per core)")
-    cmd.add_argument("--max-pixels", type=int, default=100_000_000, help="decompression-bomb bound (default 100M)")
+    cmd.add_argument("--workers", type=int, default=IngestOptions.workers, help="reader processes (default: one per core)")
+    cmd.add_argument("--max-pixels", type=int, default=ProbeLimits.max_pixels,
+                     help="decompression-bomb bound (default %(default)s)")
     cmd.add_argument("--no-record", action="store_true", help="do not record the roots in the home's luna.toml")
     cmd.set_defaults(func=library.cmd_ingest)
 
@@ -56,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("build", help="materialize every asset for the recorded library roots through Dagster")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--profile", choices=["tiny", "sdxl"], help="record and use this model profile")
+    cmd.add_argument("--profile", choices=list(PROFILES), help="record and use this model profile")
     cmd.set_defaults(func=library.cmd_build)
 
     cmd = sub.add_parser("search", help="the library images most similar to an image or a crop of it")
@@ -68,11 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     _query_arguments(cmd)
     cmd.add_argument("--prompt", help="a typed prompt to mix the answer into")
     cmd.add_argument("--negative-prompt", help="the typed prompt's negative (blend, concat; default: SDXL's zeros)")
-    cmd.add_argument("--mode", default="replace", choices=list(MODES),
+    cmd.add_argument("--mode", default=MODES[0], choices=list(MODES),
                      help="replace: the answer alone; blend: (1-alpha)*typed + alpha*answer, negatives too; "
                           "concat: typed tokens then the answer's (154), pooled from the typed (docs/usage.md)")
-    cmd.add_argument("--alpha", type=float, default=0.5, help="the answer's share in blend mode, within [0, 1]")
-    cmd.add_argument("--temperature", type=float, default=0.05, help="softmax temperature of the neighbour weights")
+    cmd.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="the answer's share in blend mode, within [0, 1]")
+    cmd.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                     help="softmax temperature of the neighbour weights (default %(default)s)")
     cmd.add_argument("--projector", help="answer with a registered projector instead of the vault, "
                                          "e.g. models:/luna-projector@champion")
     cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
@@ -81,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("serve", help="serve the vault and the projector over HTTP, loaded once (for ComfyUI, scripts)")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    cmd.add_argument("--port", type=int, default=7861)
-    cmd.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    cmd.add_argument("--projector", default="models:/luna-projector@champion",
+    cmd.add_argument("--host", default=LOCAL_HOST, help="address to listen on (default %(default)s: this machine only)")
+    cmd.add_argument("--port", type=int, default=SERVE_PORT, help="port to listen on (default %(default)s)")
+    cmd.add_argument("--device", default=AUTO, help="auto | cpu | cuda[:N]")
+    cmd.add_argument("--projector", default=DEFAULT_PROJECTOR,
                      help="the projector answering source=projector (default models:/luna-projector@champion)")
     cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
     cmd.set_defaults(func=serve.cmd_serve)
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("projector", help="registered projectors (MLflow)")
     projector_sub = cmd.add_subparsers(dest="projector_command", required=True)
     cmd = projector_sub.add_parser("list", help="versions, aliases and key metrics")
-    cmd.add_argument("--name", default="luna-projector")
+    cmd.add_argument("--name", default=REGISTERED_NAME, help="registered model name (default %(default)s)")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
     cmd.set_defaults(func=projector.cmd_projector_list)
@@ -108,18 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("ui", help="open the Dagster UI (webserver and daemon) on a Luna home; Ctrl-C or SIGTERM "
                                     "stops it and its processes within seconds")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    cmd.add_argument("--port", type=int, default=3000, help="port to listen on (default 3000)")
+    cmd.add_argument("--host", default=LOCAL_HOST, help="address to listen on (default %(default)s: this machine only)")
+    cmd.add_argument("--port", type=int, default=UI_PORT, help="port to listen on (default %(default)s)")
     cmd.set_defaults(func=library.cmd_ui)
 
     cmd = sub.add_parser("mlflow-server", help="run the home's MLflow tracking server (registry and UI)")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    cmd.add_argument("--port", type=int, default=5000)
+    cmd.add_argument("--host", default=LOCAL_HOST, help="address to listen on (default %(default)s: this machine only)")
+    cmd.add_argument("--port", type=int, default=MLFLOW_PORT, help="port to listen on (default %(default)s)")
     cmd.add_argument("--backend-store-uri",
                      help="default: PostgreSQL beside the Dagster instance's database (luna.toml [operations] "
                           "postgres_url or $LUNA_POSTGRES_URL, database <name>_mlflow), else the home's sqlite file")
-    cmd.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    cmd.add_argument("--workers", type=int, default=MLFLOW_WORKERS, help="server worker processes (default %(default)s)")
     cmd.add_argument("--record", action="store_true",
                      help="record this server as the home's registry ([operations] tracking_uri in luna.toml)")
     cmd.set_defaults(func=operations.cmd_mlflow_server)
@@ -140,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("worker", help="a Celery worker running the home's steps (with [scale] celery_broker)")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--name", help="worker name (default luna-<host>-<pid>)")
-    cmd.add_argument("--concurrency", type=int, default=1, help="steps at once (default 1: one per GPU)")
-    cmd.add_argument("--loglevel", default="INFO")
+    cmd.add_argument("--concurrency", type=int, default=WORKER_CONCURRENCY,
+                     help="steps at once (default %(default)s: one per GPU)")
+    cmd.add_argument("--loglevel", default=WORKER_LOGLEVEL)
     cmd.set_defaults(func=operations.cmd_worker)
     return parser
 
@@ -149,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _query_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("image", help="PNG, JPEG or WebP file")
     cmd.add_argument("--box", help="crop X,Y,W,H in pixels")
-    cmd.add_argument("--k", type=int, default=5, help="neighbours to use (default 5)")
+    cmd.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours to use (default %(default)s)")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    cmd.add_argument("--device", default=AUTO, help="auto | cpu | cuda[:N]")
     cmd.add_argument("--server", help="ask a running `luna serve` at this URL (e.g. http://127.0.0.1:7861) "
                                       "instead of loading the models here")

@@ -8,24 +8,18 @@ from tqdm.auto import tqdm
 
 from luna_core.boxes import Box, load_boxes
 from luna_core.images import read_picture
-from luna_core.models.profiles import resolve_profile
-from luna_core.refine.sampler import SamplerSettings
+from luna_core.models.profiles import AUTO, resolve_profile
+from luna_core.refine.settings import SOURCES, RefineSettings, SamplerSettings, SourceSettings
 from luna_core.settings import LunaHome
 
 
 def refine_settings(args: argparse.Namespace):
-    # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.refine.refiner import RefineSettings
-
     sampler = SamplerSettings(strength=args.strength, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                               guidance_scale=args.guidance)
     return RefineSettings(grid=args.grid, sampler=sampler, ip_weight=args.ip_weight, sequential=args.sequential)
 
 
 def source_settings(args: argparse.Namespace):
-    # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.refine.conditioning import SourceSettings
-
     return SourceSettings(source=args.source, prompt=args.prompt, negative_prompt=args.negative_prompt,
                           alpha=args.alpha, k=args.k, projector=args.projector, tracking_uri=args.tracking_uri)
 
@@ -67,25 +61,27 @@ def add_parser(sub) -> None:
                                         "each item conditioned by its own vault or projector answer")
     cmd.add_argument("image", help="PNG, JPEG or WebP file")
     cmd.add_argument("--out", required=True, help="output file (.png, .jpg or .webp)")
-    cmd.add_argument("--grid", type=int, default=5, help="chess refiner: N x N tiles (default 5)")
+    cmd.add_argument("--grid", type=int, default=RefineSettings.grid, help="chess refiner: N x N tiles (default %(default)s)")
     cmd.add_argument("--box", action="append", help="detailer: a box X,Y,W,H (repeat for more)")
     cmd.add_argument("--boxes", help="detailer: a JSON file of boxes ([[x, y, w, h], ...])")
-    cmd.add_argument("--source", default="vault", choices=["vault", "projector", "prompt", "blend"],
+    cmd.add_argument("--source", default=SourceSettings.source, choices=list(SOURCES),
                      help="where each item's conditioning comes from (default vault)")
     cmd.add_argument("--prompt", help="typed prompt (sources prompt and blend)")
     cmd.add_argument("--negative-prompt", help="typed negative prompt (sources prompt and blend)")
-    cmd.add_argument("--alpha", type=float, default=0.5, help="the vault's share in blend (default 0.5)")
-    cmd.add_argument("--k", type=int, default=5, help="neighbours per item (vault, blend)")
-    cmd.add_argument("--projector", default="models:/luna-projector@champion", help="projector model URI")
+    cmd.add_argument("--alpha", type=float, default=SourceSettings.alpha, help="the vault's share in blend (default %(default)s)")
+    cmd.add_argument("--k", type=int, default=SourceSettings.k, help="neighbours per item (vault, blend)")
+    cmd.add_argument("--projector", default=SourceSettings.projector, help="projector model URI")
     cmd.add_argument("--tracking-uri", help="MLflow registry (default: $LUNA_MLFLOW_URI, else the home's own)")
-    cmd.add_argument("--strength", type=float, default=0.35, help="img2img strength in (0, 1] (default 0.35)")
-    cmd.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    cmd.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
-    cmd.add_argument("--seed", type=int, default=0)
-    cmd.add_argument("--batch-size", type=int, default=16, help="items per sampler call (memory bound)")
+    cmd.add_argument("--strength", type=float, default=SamplerSettings.strength,
+                     help="img2img strength in (0, 1] (default %(default)s)")
+    cmd.add_argument("--steps", type=int, default=SamplerSettings.steps, help="sampler steps (default %(default)s)")
+    cmd.add_argument("--guidance", type=float, default=SamplerSettings.guidance_scale,
+                     help="classifier-free guidance scale (default %(default)s)")
+    cmd.add_argument("--seed", type=int, default=SamplerSettings.seed)
+    cmd.add_argument("--batch-size", type=int, default=SamplerSettings.batch_size, help="items per sampler call (memory bound)")
     cmd.add_argument("--ip-adapter", help="IP-Adapter weights (.safetensors with image_encoder/ beside it)")
     cmd.add_argument("--ip-weight", type=float, help="IP-Adapter scale (default 0.4 chess, 0.5 detailer)")
     cmd.add_argument("--sequential", action="store_true", help="one item per sampler call (for comparison)")
     cmd.add_argument("--home", help="Luna home folder (default: $LUNA_HOME, else ./luna_home)")
-    cmd.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    cmd.add_argument("--device", default=AUTO, help="auto | cpu | cuda[:N]")
     cmd.set_defaults(func=cmd_refine)

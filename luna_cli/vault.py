@@ -10,6 +10,7 @@ from luna_cli.serve import ask
 from luna_core.boxes import Box
 from luna_core.files import write_atomically
 from luna_core.models.profiles import resolve_profile
+from luna_core.projector.names import DEFAULT_PROJECTOR
 from luna_core.settings import LunaHome
 
 
@@ -66,7 +67,7 @@ def cmd_condition(args: argparse.Namespace) -> int:
 
 
 def _condition_by_server(args: argparse.Namespace) -> int:
-    if args.projector and args.projector != "models:/luna-projector@champion":
+    if args.projector and args.projector != DEFAULT_PROJECTOR:
         print(f"note: the service answers with the projector it was started with, not {args.projector}")
     params = [("source", "projector" if args.projector else "vault"), ("k", str(args.k)), ("box", args.box),
               ("temperature", str(args.temperature)), ("prompt", args.prompt), ("mode", args.mode),

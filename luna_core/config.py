@@ -65,6 +65,12 @@ KEYS_BY_NAME = {key.name: key for key in KEYS}
 
 ARGUMENT, DEFAULT, TOML = "argument", "default", "luna.toml"
 
+# Where the commands' servers listen unless told otherwise: this machine only.
+LOCAL_HOST = "127.0.0.1"
+SERVE_PORT = 7861  # luna serve
+UI_PORT = 3000  # luna ui (Dagster's webserver)
+MLFLOW_PORT = 5000  # luna mlflow-server
+
 
 @dataclass(frozen=True)
 class Setting:

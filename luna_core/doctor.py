@@ -83,7 +83,6 @@ def _stores(home: LunaHome, profile, stores: list[dict], build: str) -> list[Fin
             out.append(Finding("error", f"{kind} store", "; ".join(f"{o.name}: {o.description}" for o in failed),
                                f"rm -rf {path} && {build}", remove=path))
         else:
-
             checksummed = RowStore.open_readonly(path, TEXT_LAYOUT).checksummed
             out.append(Finding("ok" if checksummed else "warning", f"{kind} store",
                                f"{outcomes[0].metadata.get('committed rows', 0)} rows; counts and norms verified"

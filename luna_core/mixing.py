@@ -14,6 +14,7 @@ separate wires (ComfyUI) mixes each with the same rule.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -22,6 +23,9 @@ import numpy as np
 from luna_core.errors import QueryError
 
 MODES = ("replace", "blend", "concat")
+DEFAULT_K = 5  # neighbours mixed into a vault answer
+DEFAULT_TEMPERATURE = 0.05  # softmax temperature of the neighbour weights: near-ties share, a clear winner dominates
+DEFAULT_ALPHA = 0.5  # the answer's share in blend
 
 
 class MixError(QueryError):
@@ -82,3 +86,13 @@ def typed_parts(prompt: tuple[np.ndarray, np.ndarray], negative: tuple[np.ndarra
     negative_embeds, negative_pooled = negative if negative is not None else (np.zeros_like(embeds),
                                                                                np.zeros_like(pooled))
     return Parts(embeds, pooled, negative_embeds, negative_pooled)
+
+
+def check_inputs(mode: str = "replace", alpha: float = DEFAULT_ALPHA, prompt: str | None = None, k: int | None = None,
+                 temperature: float | None = None) -> None:
+    """One check of a query's settings, whichever source answers it (vault or projector)."""
+    check_mix(mode, alpha, prompt)
+    if k is not None and k <= 0:
+        raise MixError(f"k must be at least 1 (got {k})")
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise MixError(f"temperature must be a positive number (got {temperature})")

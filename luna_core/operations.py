@@ -12,6 +12,7 @@ from luna_core.errors import LunaConfigError
 from luna_core.instance import libpq_url, postgres_url, sqlalchemy_url
 from luna_core.settings import LunaHome
 
+MLFLOW_WORKERS = 1  # the tracking server's worker processes
 MLFLOW_DATABASE_SUFFIX = "_mlflow"  # Dagster and MLflow both have a `runs` table: one database each
 
 
@@ -59,7 +60,7 @@ def mlflow_backend_uri(home: LunaHome) -> str:
     return database_beside(postgres) if postgres else home.default_tracking_uri()
 
 
-def mlflow_server_command(home: LunaHome, host: str, port: int, backend: str, workers: int = 1) -> list[str]:
+def mlflow_server_command(home: LunaHome, host: str, port: int, backend: str, workers: int = MLFLOW_WORKERS) -> list[str]:
     """`mlflow server` with this backend store, serving the artifacts (under the home, or [storage] root)."""
     artifacts = home.mlflow_artifacts()  # object storage under [storage] root, else the home's folder
     if artifacts.startswith("file:"):

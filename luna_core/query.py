@@ -13,7 +13,6 @@ SDXL uses for an empty negative).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,25 +24,13 @@ from luna_core.files import write_atomically
 from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads, probing_every_list
 from luna_core.index.store import LoadedIndex, index_store, load_index
-from luna_core.mixing import Parts, check_mix, mix, typed_parts
+from luna_core.mixing import DEFAULT_TEMPERATURE, Parts, check_inputs, mix, typed_parts
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.projector.registry import Registry, parse_model_uri
 from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store, store_exists
 from luna_core.vault.store import RowStore
-
-DEFAULT_TEMPERATURE = 0.05
-
-
-def check_inputs(mode: str = "replace", alpha: float = 0.5, prompt: str | None = None, k: int | None = None,
-                 temperature: float | None = None) -> None:
-    """One check of a query's settings, whichever source answers it (vault or projector)."""
-    check_mix(mode, alpha, prompt)
-    if k is not None and k <= 0:
-        raise QueryError(f"k must be at least 1 (got {k})")
-    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-        raise QueryError(f"temperature must be a positive number (got {temperature})")
 
 
 @dataclass
@@ -149,7 +136,6 @@ class Vault:
 
     def _encoder(self):
         if self._vision is None:
-
             self._vision = VisionEncoder(self.profile.vision_model, self.profile.vision_revision, *self._device_dtype())
         return self._vision
 
@@ -359,7 +345,6 @@ class Vault:
 
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         if self._text is None:
-
             self._text = SDXLTextEncoder(self.profile.sdxl_model, self.profile.sdxl_revision, *self._device_dtype())
         embeds, pooled = self._text.encode([prompt])
         return embeds[0], pooled[0]

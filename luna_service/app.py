@@ -18,10 +18,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from luna_core.boxes import Box
 from luna_core.containers import ProbeLimits
@@ -31,7 +33,7 @@ from luna_core.index.store import index_store
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.registry import Registry, parse_model_uri
 from luna_core.query import DEFAULT_TEMPERATURE, QueryError, Vault, crop
-from luna_core.refine.conditioning import DEFAULT_PROJECTOR
+from luna_core.refine.settings import DEFAULT_PROJECTOR
 from luna_core.settings import LunaHome
 
 log = logging.getLogger("luna.serve")
@@ -50,6 +52,20 @@ class ServiceState:
     projector: tuple | None = None  # (model, config)
     projector_version: str | None = None
     loaded_at: float = field(default_factory=time.time)
+
+
+class ConditionQuery(BaseModel):
+    """What `POST /condition` asks, as query parameters (the image is the body); mixing: luna_core.mixing."""
+
+    source: str = "vault"
+    k: int = 5
+    temperature: float = DEFAULT_TEMPERATURE
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    mode: str = "replace"
+    alpha: float = 0.5
+    box: list[str] = []
+    format: str = "safetensors"
 
 
 class LunaService:
@@ -138,19 +154,19 @@ class LunaService:
             results = [[n.__dict__ for n in state.vault.nearest(e, k)] for e in embeddings]
         return results[0] if len(results) == 1 else results
 
-    def condition(self, body: bytes, source: str = "vault", k: int = 5, temperature: float = DEFAULT_TEMPERATURE,
-                  prompt: str | None = None, mode: str = "replace", alpha: float = 0.5, boxes: list[str] = (),
-                  negative_prompt: str | None = None):
+    def condition(self, body: bytes, ask: ConditionQuery | None = None):
+        ask = ask or ConditionQuery()
         with self.lock:
             self.refresh()
             state = self.state
-            crops = self._crops(body, list(boxes))
-            if source == "projector" and state.projector is None:
+            crops = self._crops(body, list(ask.box))
+            if ask.source == "projector" and state.projector is None:
                 raise NotBuiltError(f"no projector at {self.projector_uri}: register one (luna build) or start the "
                                     "service with another --projector")
-            conditioning = state.vault.condition_crops(crops, source, k, temperature, prompt, mode, alpha,
-                                                       projector=state.projector, negative_prompt=negative_prompt)
-            conditioning.info["projector_version"] = state.projector_version if source == "projector" else None
+            conditioning = state.vault.condition_crops(crops, ask.source, ask.k, ask.temperature, ask.prompt, ask.mode,
+                                                       ask.alpha, projector=state.projector,
+                                                       negative_prompt=ask.negative_prompt)
+            conditioning.info["projector_version"] = state.projector_version if ask.source == "projector" else None
         return conditioning
 
 
@@ -204,15 +220,12 @@ def create_app(service: LunaService):
         return service.search(body, k, box)
 
     @app.post("/condition")
-    async def condition(request: Request, source: str = "vault", k: int = 5,
-                        temperature: float = DEFAULT_TEMPERATURE, prompt: str | None = None, mode: str = "replace",
-                        alpha: float = 0.5, box: list[str] = Query(default=[]), format: str = "safetensors",
-                        negative_prompt: str | None = None):
-        if format not in ("safetensors", "json"):
-            raise QueryError(f"format {format!r} is not one of safetensors, json")
+    async def condition(request: Request, ask: Annotated[ConditionQuery, Query()]):
+        if ask.format not in ("safetensors", "json"):
+            raise QueryError(f"format {ask.format!r} is not one of safetensors, json")
         body = await body_of(request)
-        conditioning = service.condition(body, source, k, temperature, prompt, mode, alpha, box, negative_prompt)
-        if format == "json":
+        conditioning = service.condition(body, ask)
+        if ask.format == "json":
             return {**conditioning.info, "shapes": {name: list(getattr(conditioning, name).shape) for name in (
                 "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")},
                 "neighbors": [n.__dict__ for n in conditioning.neighbors]}

@@ -162,3 +162,26 @@ def test_luna_build_leaves_the_benchmark_to_its_schedule(tiny_home, capsys):
                     if instance.get_latest_materialization_event(key) is not None}
     assert {"faiss_index", "luna_catalog", "refinement_report"} <= materialized
     assert "refinement_benchmark" not in materialized
+
+
+def test_the_cli_restates_no_default():
+    """Every option default comes from the core (settings dataclasses, named constants): a literal number
+    or word in `default=` would drift from the code that uses it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    literals = []
+    for path in (root / "luna_cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                for keyword in node.keywords:
+                    if keyword.arg == "default" and isinstance(keyword.value, ast.Constant) \
+                            and keyword.value.value not in (None, True, False):
+                        literals.append(f"{path.name}:{node.lineno} {ast.unparse(node.args[0])}={keyword.value.value!r}")
+    assert literals == []
+    from luna_cli.parser import build_parser
+    from luna_core.refine.settings import SamplerSettings
+
+    refine = build_parser().parse_args(["refine", "x.png", "--out", "y.png"])
+    assert (refine.steps, refine.strength, refine.batch_size) == (SamplerSettings.steps, SamplerSettings.strength,
+                                                                   SamplerSettings.batch_size)

@@ -235,6 +235,23 @@ def test_imports_inside_functions_are_heavy_and_say_why():
     assert offenders == [], "\n".join(offenders)
 
 
+def test_no_function_takes_ten_parameters_or_more():
+    """Past nine parameters a call cannot be read: related ones travel together as a settings object."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    long = []
+    for package in ("luna_core", "luna_assets", "luna_cli", "dagster_project", "luna_service", "comfyui_luna"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    a = node.args
+                    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                    if len(names) >= 10:
+                        long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({len(names)})")
+    assert long == []
+
+
 def test_no_private_dagster_module_is_imported():
     """Dagster's `_`-modules change without notice between releases: Luna uses the public API only."""
     import re

@@ -86,7 +86,8 @@ def test_the_vault_and_the_refiner_blend_alike(indexed_home):
 
     from luna_core.models.profiles import resolve_profile
     from luna_core.query import Vault
-    from luna_core.refine.conditioning import Conditioner, SourceSettings
+    from luna_core.refine.conditioning import Conditioner
+    from luna_core.refine.settings import SourceSettings
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     vault = Vault(indexed_home, profile)

@@ -14,10 +14,10 @@ import torch
 from luna_core.boxes import Box, BoxError, load_boxes
 from luna_core.errors import NotBuiltError
 from luna_core.models.profiles import resolve_profile, tiny_profile
-from luna_core.refine.conditioning import SourceSettings
 from luna_core.refine.geometry import RefineInputError, chess_tiles, detail_crops, feather_mask
-from luna_core.refine.refiner import Refiner, RefineSettings, save_image
-from luna_core.refine.sampler import ItemConditioning, SamplerSettings, SDXLSampler, item_seed
+from luna_core.refine.refiner import Refiner, save_image
+from luna_core.refine.sampler import ItemConditioning, SDXLSampler, item_seed
+from luna_core.refine.settings import RefineSettings, SamplerSettings, SourceSettings
 
 # Eight steps, as a real run takes (the final step scales the UNet's float rounding by its sigma: with one or
 # two steps at high noise, batched and single kernels differ by ~1e-5; at 8 steps by ~4e-6).

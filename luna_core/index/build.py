@@ -67,11 +67,23 @@ def lookup_digest(lookup) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:32]
 
 
-def _update_in_place(store: IndexStore, loaded, vision: RowStore, rows: np.ndarray, ids: np.ndarray,
-                     new_mask: np.ndarray, departed: np.ndarray, removed: int, lookup, digest: str, meta_common: dict,
-                     started: float) -> IndexReport:
+@dataclass(frozen=True)
+class IndexDelta:
+    """How the library differs from the loaded index: every (vault row, image id), which are new, which
+    departed images are still in the index, and how many vectors were removed from it already."""
+
+    rows: np.ndarray
+    ids: np.ndarray
+    new_mask: np.ndarray
+    departed: np.ndarray
+    removed: int
+
+
+def _update_in_place(store: IndexStore, loaded, vision: RowStore, delta: IndexDelta, lookup, digest: str,
+                     meta_common: dict, started: float) -> IndexReport:
     """Add the new embeddings to the loaded index (departed ones already removed, or left unanswered)
     and publish it with the new lookup; nothing is published when nothing changed."""
+    rows, ids, new_mask, departed, removed = delta.rows, delta.ids, delta.new_mask, delta.departed, delta.removed
     old, index = loaded.meta, loaded.index
     added = int(new_mask.sum())
     if added == 0 and removed == 0 and old.get("lookup_digest") == digest and old.get("digests"):
@@ -138,7 +150,6 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
         elif old.get("plan", {}).get("kind") != plan.kind:
             reason = f"the library outgrew a {old.get('plan', {}).get('kind')} index ({len(ids):,} vectors: {plan.kind})"
         else:
-
             # The ids in the index itself (not the lookup): an image that went missing and came back
             # is still indexed and must not be added twice.
             indexed = faiss.vector_to_array(loaded.index.id_map)
@@ -153,8 +164,8 @@ def update_index(home: LunaHome, profile: ModelProfile, settings: IndexSettings 
                 reason = (f"{len(departed):,} vectors of images no longer in the library ({share:.0%} of the index, "
                           f"past {settings.max_retired_share:.0%}): rebuilt without them")
             else:
-                return _update_in_place(store, loaded, vision, rows, ids, new_mask, departed, removed, lookup, digest,
-                                        meta_common, started)
+                return _update_in_place(store, loaded, vision, IndexDelta(rows, ids, new_mask, departed, removed),
+                                        lookup, digest, meta_common, started)
 
     vectors = _vectors(vision, rows)
     index, stats = build_index(vectors, ids, settings, log=log.info, fetch=vault_fetch(vision, ids, rows))

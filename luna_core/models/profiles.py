@@ -15,6 +15,9 @@ from pathlib import Path
 from luna_core.errors import LunaConfigError
 from luna_core.models.tiny import TINY_VERSION, ensure_tiny_models
 
+AUTO = "auto"  # device and dtype: chosen from the machine
+PROFILES = ("sdxl", "tiny")  # the real models; tiny ones built locally (demo, tests, CI)
+
 
 @dataclass(frozen=True)
 class ModelProfile:
@@ -92,10 +95,9 @@ def resolve_profile(
     if name == "sdxl":
         profile = SDXL
     elif name == "tiny":
-
         profile = tiny_profile(ensure_tiny_models(models_dir / "tiny"))
     else:
-        raise LunaConfigError(f"unknown model profile {name!r}: choose 'sdxl' or 'tiny'")
+        raise LunaConfigError(f"unknown model profile {name!r}: choose one of {', '.join(PROFILES)}")
     if vision_model:
         check_model_reference(vision_model, "vision model")
         profile = replace(profile, vision_model=vision_model, vision_id=None, vision_revision=None)
@@ -105,7 +107,7 @@ def resolve_profile(
     return profile
 
 
-def choose_device(device: str = "auto"):
+def choose_device(device: str = AUTO):
     # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
@@ -127,7 +129,7 @@ def choose_device(device: str = "auto"):
     return chosen
 
 
-def choose_dtype(device, dtype: str = "auto"):
+def choose_dtype(device, dtype: str = AUTO):
     """CUDA: bf16 where supported, else fp16. CPU: bf16 where the CPU has native bf16, else fp32."""
     # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch

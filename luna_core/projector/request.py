@@ -7,10 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from luna_core.projector.models import ProjectorConfig
+from luna_core.projector.names import CHAMPION, REGISTERED_NAME  # noqa: F401 - re-exported
 from luna_core.projector.train import TrainSettings
-
-REGISTERED_NAME = "luna-projector"
-CHAMPION = "champion"
 
 # Settings that change the trained weights; the rest (progress bars, refusal thresholds, device) do not.
 RESULT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "ridge_l2", "kernel_scales", "basis_sample")

@@ -216,7 +216,6 @@ def train_projector(
         model.load_state_dict(best_state)
         seen = len(sample)
     else:
-
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         best, best_state, stale = float("inf"), None, 0
         bar = tqdm(total=settings.epochs, desc=f"train {config.arch}", unit="epoch", disable=not settings.progress)

@@ -10,7 +10,8 @@ from PIL import Image
 
 from luna_core.boxes import Box
 from luna_core.refine.geometry import chess_tiles, detail_crops
-from luna_core.refine.sampler import ItemConditioning, SamplerSettings, SDXLSampler, item_seed
+from luna_core.refine.sampler import ItemConditioning, SDXLSampler, item_seed
+from luna_core.refine.settings import SamplerSettings
 
 
 def random_conditions(n: int, seq: int, width: int, pooled: int, seed: int) -> list[ItemConditioning]:

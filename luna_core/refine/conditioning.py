@@ -12,37 +12,12 @@ so a missing index or an unknown projector is reported before any pixel is refin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from luna_core.mixing import Parts, mix
-from luna_core.query import DEFAULT_TEMPERATURE, QueryError, Vault, check_inputs
+from luna_core.query import Vault
 from luna_core.refine.sampler import ItemConditioning
-
-SOURCES = ("vault", "projector", "prompt", "blend")
-DEFAULT_PROJECTOR = "models:/luna-projector@champion"
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    source: str = "vault"
-    prompt: str | None = None  # the typed prompt (sources prompt and blend)
-    negative_prompt: str | None = None  # typed negative (prompt, blend); none: SDXL's zeros
-    alpha: float = 0.5  # the vault's share in blend
-    k: int = 5
-    temperature: float = DEFAULT_TEMPERATURE
-    projector: str = DEFAULT_PROJECTOR
-    tracking_uri: str | None = None
-
-    def check(self) -> None:
-        if self.source not in SOURCES:
-            raise QueryError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
-        if self.source in ("prompt", "blend") and not self.prompt:
-            raise QueryError(f"source {self.source} needs a typed prompt: give --prompt")
-        check_inputs("blend" if self.source == "blend" else "replace", self.alpha, self.prompt,
-                      self.k if self.source in ("vault", "blend") else None,
-                      self.temperature if self.source in ("vault", "blend") else None)
+from luna_core.refine.settings import SourceSettings
 
 
 class Conditioner:

@@ -25,11 +25,8 @@ from luna_core.errors import LunaConfigError
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.query import Vault
-from luna_core.refine.conditioning import Conditioner, SourceSettings
+from luna_core.refine.conditioning import Conditioner
 from luna_core.refine.geometry import (
-    DEFAULT_GRID,
-    DEFAULT_MARGIN,
-    DEFAULT_OVERLAP,
     Tile,
     chess_tiles,
     crop_feather,
@@ -37,24 +34,11 @@ from luna_core.refine.geometry import (
     feather_mask,
     tile_feather,
 )
-from luna_core.refine.sampler import SamplerSettings, SDXLSampler, item_seed, to_pixels
+from luna_core.refine.sampler import SDXLSampler, item_seed, to_pixels
+from luna_core.refine.settings import CHESS_IP_WEIGHT, DETAIL_IP_WEIGHT, RefineSettings, SourceSettings
 from luna_core.settings import LunaHome
 
 log = logging.getLogger(__name__)
-
-CHESS_IP_WEIGHT = 0.4
-DETAIL_IP_WEIGHT = 0.5
-
-
-@dataclass(frozen=True)
-class RefineSettings:
-    grid: int = DEFAULT_GRID
-    overlap: float = DEFAULT_OVERLAP
-    margin: float = DEFAULT_MARGIN
-    sampler: SamplerSettings = SamplerSettings()
-    ip_weight: float | None = None  # None: 0.4 for the chess refiner, 0.5 for the detailer
-    sequential: bool = False  # one item per sampler call (for comparison)
-
 
 @dataclass
 class PassReport:

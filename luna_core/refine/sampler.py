@@ -23,6 +23,7 @@ import numpy as np
 
 from luna_core.errors import LunaConfigError
 from luna_core.models.encoders import _load
+from luna_core.refine.settings import SamplerSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +37,6 @@ class ItemConditioning:
     negative_prompt_embeds: np.ndarray
     negative_pooled_prompt_embeds: np.ndarray
     info: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    strength: float = 0.35  # how much of the noise schedule is re-run: 0 keeps the tile, 1 redraws it
-    steps: int = 20
-    guidance_scale: float = 5.0
-    seed: int = 0
-    batch_size: int = 16  # items per UNet call (memory bound); all items otherwise go together
-
-    def check(self) -> None:
-        if not 0.0 < self.strength <= 1.0:
-            raise LunaConfigError(f"strength must be within (0, 1] (got {self.strength})")
-        if self.steps < 1:
-            raise LunaConfigError(f"steps must be at least 1 (got {self.steps})")
-        if self.batch_size < 1:
-            raise LunaConfigError(f"batch size must be at least 1 (got {self.batch_size})")
-        if not np.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise LunaConfigError(f"guidance scale must be a non-negative number (got {self.guidance_scale})")
 
 
 @contextlib.contextmanager

@@ -28,9 +28,10 @@ from luna_core.models.profiles import ModelProfile
 from luna_core.projector.models import parameter_count
 from luna_core.query import Vault
 from luna_core.refine.batching import batching_table
-from luna_core.refine.conditioning import Conditioner, SourceSettings
+from luna_core.refine.conditioning import Conditioner
 from luna_core.refine.refiner import Refiner
-from luna_core.refine.sampler import ItemConditioning, SamplerSettings
+from luna_core.refine.sampler import ItemConditioning
+from luna_core.refine.settings import SamplerSettings, SourceSettings
 from luna_core.reports.evaluate import EvalSettings, leave_out, mean_of_train, registered_projectors
 from luna_core.reports.quality import QualitySettings, refine_sample
 from luna_core.reports.test_set import TestSet, load_test_set

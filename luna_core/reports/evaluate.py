@@ -18,6 +18,7 @@ import numpy as np
 
 from luna_core.errors import LunaError, NotBuiltError
 from luna_core.models.profiles import ModelProfile
+from luna_core.projector.names import REGISTERED_NAME
 from luna_core.projector.registry import Registry
 from luna_core.projector.train import Pairs, load_pairs
 from luna_core.query import DEFAULT_TEMPERATURE, Vault
@@ -38,7 +39,7 @@ class EvalSettings:
     temperature: float = DEFAULT_TEMPERATURE
     bootstrap: int = 1000
     seed: int = 0
-    projector_name: str = "luna-projector"
+    projector_name: str = REGISTERED_NAME
     tracking_uri: str | None = None
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from luna_core.refine.refiner import Refiner, RefineSettings
-from luna_core.refine.sampler import ItemConditioning, SamplerSettings
+from luna_core.refine.refiner import Refiner
+from luna_core.refine.sampler import ItemConditioning
+from luna_core.refine.settings import RefineSettings, SamplerSettings
 
 COLUMNS = ("original", "true prompt", "vault", "projector", "mean", "empty")
 CLIP_T_NOTE = ("not comparable: the vision encoder and SDXL's text encoders are different CLIP models, "

@@ -144,7 +144,6 @@ def draw_picture(spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256)
                       (cx + s * 0.5, cy + s * 0.5), (cx - s * 0.5, cy + s * 0.5)], fill=colour)
         draw.polygon([(cx, cy - s * 0.8), (cx, cy + s * 0.05), (cx + s * 0.5, cy + s * 0.05)], fill=dark)
     if grain > 0:
-
         noise = np.random.default_rng(seed).normal(0.0, grain, (height, width, 3))
         pixels = np.asarray(image, dtype=np.float32) + noise
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")

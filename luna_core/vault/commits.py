@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -103,27 +104,39 @@ def pending_work(catalog_path: Path, rows_table: str, key: str, work_sql: str, p
     return work, present, next_row
 
 
-def open_store(catalog_path: Path, kind: str, key: str, model: str, revision: str | None, path: Path,
-                fields: dict[str, tuple[int, ...]], layout) -> RowStore:
+@dataclass(frozen=True)
+class StoreSpec:
+    """One vault store: its kind (vision or text), its key, the model that fills it, where it lives, and the
+    shape and layout of its rows."""
+
+    kind: str
+    key: str
+    model: str
+    revision: str | None
+    path: Path
+    fields: dict[str, tuple[int, ...]]
+    layout: object
+
+
+def open_store(catalog_path: Path, spec: StoreSpec) -> RowStore:
     """Record the store in the catalog (refusing other shapes under the same key), then open it."""
     with open_catalog(catalog_path) as con:
-        register_store(con, kind, key, model, revision, path, fields)
-    store = RowStore.open(path, fields, layout, attrs={"model": model, "kind": kind})
+        register_store(con, spec.kind, spec.key, spec.model, spec.revision, spec.path, spec.fields)
+    store = RowStore.open(spec.path, spec.fields, spec.layout, attrs={"model": spec.model, "kind": spec.kind})
     if not store.checksummed:  # written before Luna added checksums: rewritten once, under the writer lock
         with store.writer():
-            log.info("adding checksums to vault store %s: %s", path, store.add_checksums())
+            log.info("adding checksums to vault store %s: %s", spec.path, store.add_checksums())
     return store
 
 
-def store_and_committer(catalog_path: Path, kind: str, key: str, model: str, revision: str | None, path: Path,
-                         fields: dict, layout, commit_rows: int, commit_seconds: float, shard: Shard | None):
+def store_and_committer(catalog_path: Path, spec: StoreSpec, commit_rows: int, commit_seconds: float,
+                        shard: Shard | None):
     """(store to write, committer, row offset): the store and the catalog, or a shard's segment and manifests."""
     if shard is None:
-        return (open_store(catalog_path, kind, key, model, revision, path, fields, layout),
-                Committer(catalog_path, kind, key, commit_rows, commit_seconds), 0)
-    store = RowStore.open(segment_path(path, shard), fields, layout, attrs={"model": model, "kind": kind,
-                                                                            "shard": shard.name})
-    return store, ManifestWriter(path, kind, shard, commit_rows, commit_seconds), shard.first_row
+        return (open_store(catalog_path, spec), Committer(catalog_path, spec.kind, spec.key, commit_rows, commit_seconds), 0)
+    store = RowStore.open(segment_path(spec.path, shard), spec.fields, spec.layout,
+                          attrs={"model": spec.model, "kind": spec.kind, "shard": shard.name})
+    return store, ManifestWriter(spec.path, spec.kind, shard, commit_rows, commit_seconds), shard.first_row
 
 
 class Committer:

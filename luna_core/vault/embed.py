@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
 from luna_core.settings import LunaHome
-from luna_core.vault.commits import TEXT, VISION, Committer, store_and_committer, work_for
+from luna_core.vault.commits import TEXT, VISION, Committer, StoreSpec, store_and_committer, work_for
 from luna_core.vault.segments import (
     Shard,
     store_bytes,
@@ -172,9 +172,9 @@ def embed_images(
     encoder = _encoder(VisionEncoder, profile.vision_model, profile.vision_revision,
                        *_device_dtype(profile, options, report))
     fields = {"embeds": (encoder.width,)}
-    store, committer, offset = store_and_committer(catalog_path, VISION, key, profile.vision_model,
-                                                    profile.vision_revision, path, fields, VISION_LAYOUT,
-                                                   options.commit_rows, options.commit_seconds, shard)
+    spec = StoreSpec(VISION, key, profile.vision_model, profile.vision_revision, path, fields, VISION_LAYOUT)
+    store, committer, offset = store_and_committer(catalog_path, spec, options.commit_rows, options.commit_seconds,
+                                                   shard)
     workers = options.decode_workers or min(8, os.cpu_count() or 1)
     bar = _progress_bar(len(work), "vision embeddings", "img", options.progress)
     report.new_rows = (next_row, next_row)
@@ -259,9 +259,9 @@ def embed_prompts(
     encoder = _encoder(SDXLTextEncoder, profile.sdxl_model, profile.sdxl_revision,
                        *_device_dtype(profile, options, report))
     fields = {"prompt_embeds": (encoder.seq_len, encoder.width), "pooled_prompt_embeds": (encoder.pooled_width,)}
-    store, committer, offset = store_and_committer(catalog_path, TEXT, key, profile.sdxl_model, profile.sdxl_revision,
-                                                   path, fields, TEXT_LAYOUT, options.commit_rows,
-                                                   options.commit_seconds, shard)
+    spec = StoreSpec(TEXT, key, profile.sdxl_model, profile.sdxl_revision, path, fields, TEXT_LAYOUT)
+    store, committer, offset = store_and_committer(catalog_path, spec, options.commit_rows, options.commit_seconds,
+                                                   shard)
     batch_size = max(1, min(options.batch_size, TEXT_LAYOUT.rows_per_shard))
     bar = _progress_bar(len(work), "text conditionings", "prompt", options.progress)
     report.new_rows = (next_row, next_row)

@@ -129,7 +129,6 @@ class RowStore:
             shutil.rmtree(old, ignore_errors=True)
             done.append(name)
         if done:
-
             self.group = _zarr.open_group(str(self.path), mode="a")
             self.__dict__.pop("_readers", None)
         return done

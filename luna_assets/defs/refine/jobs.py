@@ -16,9 +16,8 @@ from luna_core.boxes import Box
 from luna_core.errors import LunaError
 from luna_core.images import read_picture
 from luna_core.library import library_paths
-from luna_core.refine.conditioning import DEFAULT_PROJECTOR, SourceSettings
-from luna_core.refine.refiner import Refiner, RefineSettings, save_image
-from luna_core.refine.sampler import SamplerSettings
+from luna_core.refine.refiner import Refiner, save_image
+from luna_core.refine.settings import DEFAULT_PROJECTOR, RefineSettings, SamplerSettings, SourceSettings
 
 REFINE_JOB = "refine_images"
 THUMBNAIL = 256

@@ -1,0 +1,70 @@
+"""What a refinement is asked to do: the sampler's settings, the refiner's, and where each item's
+conditioning comes from. Plain settings, no model: the CLI and the Dagster launchpad take their
+defaults from here without loading torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from luna_core.errors import LunaConfigError, QueryError
+from luna_core.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, check_inputs
+from luna_core.projector.names import DEFAULT_PROJECTOR
+from luna_core.refine.geometry import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_OVERLAP
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    strength: float = 0.35  # how much of the noise schedule is re-run: 0 keeps the tile, 1 redraws it
+    steps: int = 20
+    guidance_scale: float = 5.0
+    seed: int = 0
+    batch_size: int = 16  # items per UNet call (memory bound); all items otherwise go together
+
+    def check(self) -> None:
+        if not 0.0 < self.strength <= 1.0:
+            raise LunaConfigError(f"strength must be within (0, 1] (got {self.strength})")
+        if self.steps < 1:
+            raise LunaConfigError(f"steps must be at least 1 (got {self.steps})")
+        if self.batch_size < 1:
+            raise LunaConfigError(f"batch size must be at least 1 (got {self.batch_size})")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise LunaConfigError(f"guidance scale must be a non-negative number (got {self.guidance_scale})")
+
+
+CHESS_IP_WEIGHT = 0.4
+DETAIL_IP_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    grid: int = DEFAULT_GRID
+    overlap: float = DEFAULT_OVERLAP
+    margin: float = DEFAULT_MARGIN
+    sampler: SamplerSettings = SamplerSettings()
+    ip_weight: float | None = None  # None: 0.4 for the chess refiner, 0.5 for the detailer
+    sequential: bool = False  # one item per sampler call (for comparison)
+
+
+SOURCES = ("vault", "projector", "prompt", "blend")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    source: str = "vault"
+    prompt: str | None = None  # the typed prompt (sources prompt and blend)
+    negative_prompt: str | None = None  # typed negative (prompt, blend); none: SDXL's zeros
+    alpha: float = DEFAULT_ALPHA  # the vault's share in blend
+    k: int = DEFAULT_K
+    temperature: float = DEFAULT_TEMPERATURE
+    projector: str = DEFAULT_PROJECTOR
+    tracking_uri: str | None = None
+
+    def check(self) -> None:
+        if self.source not in SOURCES:
+            raise QueryError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
+        if self.source in ("prompt", "blend") and not self.prompt:
+            raise QueryError(f"source {self.source} needs a typed prompt: give --prompt")
+        check_inputs("blend" if self.source == "blend" else "replace", self.alpha, self.prompt,
+                      self.k if self.source in ("vault", "blend") else None,
+                      self.temperature if self.source in ("vault", "blend") else None)
