@@ -146,6 +146,19 @@ class SDXLTextEncoder:
         finally:
             tokenizer_log.setLevel(level)
 
+    def encode_ids(self, ids: np.ndarray, ids_2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids [c, 77] for each encoder → (hidden states [c, 77, width], pooled [c, pooled_width]) float32:
+        the penultimate layer of both encoders concatenated, and encoder 2's projected end token."""
+        torch = self._torch
+        hidden = []
+        with torch.inference_mode():
+            for tokens, encoder in ((ids, self.text_encoder), (ids_2, self.text_encoder_2)):
+                output = encoder(torch.from_numpy(tokens).to(self.device), output_hidden_states=True)
+                hidden.append(output.hidden_states[-2])
+            pooled = output.text_embeds
+            states = torch.cat(hidden, dim=-1)
+        return states.float().cpu().numpy(), pooled.float().cpu().numpy()
+
     def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """([B, seq_len, width], [B, pooled_width]) float32; prompts past 77 tokens are truncated
         (as SDXL does: callers record the token count)."""
