@@ -9,6 +9,8 @@ from pathlib import Path
 
 from luna_core.containers import ProbeLimits
 from luna_core.filereader import IngestedFile, read_file
+from luna_core.prompts.parsers import parse
+from luna_core.prompts.syntax import syntax_for
 from luna_core.scan import FileEntry
 
 FIELDS = ("generator", "generator_version", "source", "prompt", "negative_prompt", "seed", "steps", "sampler",
@@ -32,12 +34,25 @@ def inspect_file(path: str, limits: ProbeLimits = ProbeLimits()) -> dict:
            "warnings": list(result.warnings) + list(generation.get("warnings") or []),
            "extra": generation.get("extra") or {}}
     out["raw"] = generation.get("raw") or {}
+    syntax = syntax_for(generation.get("generator"))
+    out["prompt_parse"] = {side: parse(generation.get(side), syntax).as_dict()
+                           for side in ("prompt", "negative_prompt") if generation.get(side)}
     return out
 
 
 def _shorten(value, width: int = 400) -> str:
     text = str(value)
     return text if len(text) <= width else text[:width] + f"… ({len(text):,} characters)"
+
+
+def _parse_line(parsed: dict) -> str:
+    """The weighted pieces as one line: weighted ones as (text:w), chunk breaks as ' | '."""
+    parts = []
+    for index, (text, weight) in enumerate(parsed["pieces"]):
+        if index in parsed["breaks"]:
+            parts.append(" | ")
+        parts.append(text if weight == 1.0 else f"({text.strip()}:{weight:.3g})")
+    return _shorten("".join(parts))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -59,6 +74,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 value = ", ".join(f"{lora['name']}:{lora['weight']:g}" for lora in value) if value else None
             if value is not None and value != "":
                 print(f"  {name + ':':<18} {_shorten(value)}")
+        for side, parsed in result.get("prompt_parse", {}).items():
+            print(f"  {side + ' read as:':<18} {parsed['rules']}: {_parse_line(parsed)}")
+            for removed in parsed["removed"]:
+                print(f"    taken out: {removed['kind']} {removed['name']}{':' + removed['value'] if removed['value'] else ''}")
+            for note in parsed["notes"]:
+                print(f"    note: {note}")
         samplers = result["extra"].get("samplers") if isinstance(result["extra"], dict) else None
         if samplers and len(samplers) > 1:
             print(f"  {'samplers:':<18} {len(samplers)} ({', '.join(str(s.get('class_type')) for s in samplers)})")

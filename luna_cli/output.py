@@ -56,7 +56,8 @@ def print_vault_summary(home: LunaHome) -> None:
         shape_text = ", ".join(f"{k} {list(v)}" for k, v in json.loads(store["shapes"]).items())
         location = home.recorded_store(store["path"])
         waiting = len(pending_manifests(location))
-        notes = (f"{store['truncated']} prompts over 77 tokens" if store["truncated"] else "") + \
+        notes = (f"{store['chunked']} prompts over one chunk of 77 tokens" if store.get("chunked") else "") + \
+            (f" {store['truncated']} cut at 77 (literal)" if store["truncated"] else "") + \
             (f" {store['failed']} failed" if store["failed"] else "") + \
             (f" {waiting} shard manifest(s) wait for luna_catalog's commit" if waiting else "")
         rows.append({"store": store["kind"], "rows": store["rows"], "shape per row": shape_text,

@@ -288,14 +288,16 @@ def images_by_generator(con: duckdb.DuckDBPyConnection) -> list[dict]:
 
 
 def vault_stores(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """Each vault store with its committed rows, prompts over 77 tokens and recorded failures."""
+    """Each vault store with its committed rows, prompts spanning more than one chunk, prompts cut at 77
+    tokens (the literal rules) and recorded failures."""
     cursor = con.execute("""
         SELECT s.kind, s.store_key, s.path, s.shapes,
-               coalesce(v.n, t.n, 0) AS rows, coalesce(t.truncated, 0) AS truncated,
+               coalesce(v.n, t.n, 0) AS rows, coalesce(t.truncated, 0) AS truncated, coalesce(t.chunked, 0) AS chunked,
                (SELECT count(*) FROM embedding_failures f WHERE f.store_key = s.store_key) AS failed
         FROM vault_stores s
         LEFT JOIN (SELECT store_key, count(*) AS n FROM vision_rows GROUP BY 1) v USING (store_key)
-        LEFT JOIN (SELECT store_key, count(*) AS n, sum(truncated::INT) AS truncated FROM text_rows GROUP BY 1) t
+        LEFT JOIN (SELECT store_key, count(*) AS n, sum((truncated AND chunks > 0)::INT) AS truncated,
+                          sum((chunks > 1)::INT) AS chunked FROM text_rows GROUP BY 1) t
                USING (store_key)
         ORDER BY s.kind DESC, s.store_key""")
     names = [d[0] for d in cursor.description]

@@ -1,7 +1,9 @@
 """The catalog's tables, its schema version and the migrations from each older version (applied by
 luna_core.catalog.ensure_schema)."""
 
-SCHEMA_VERSION = 4
+from luna_core.prompts.syntax import GENERATOR_SYNTAX, PARSER_VERSION
+
+SCHEMA_VERSION = 5
 # Vault rows whose item left the library (its file deleted, or edited in place), moved out of
 # vision_rows/text_rows: their Zarr rows are never handed out again, and come back if the item does.
 _RETIRED_ROWS = """CREATE TABLE IF NOT EXISTS retired_rows (
@@ -24,6 +26,31 @@ _GENERATION_SOURCE = "ALTER TABLE generations ADD COLUMN IF NOT EXISTS source VA
 # Why an image got its split (luna_core.splits), the near-duplicate links found, and which images were
 # compared (per vision store): migration 3 → 4.
 _SPLIT_REASON = "ALTER TABLE splits ADD COLUMN IF NOT EXISTS reason VARCHAR"
+# The prompt syntax a generation's writer reads its prompts by (luna_core.prompts), and the chunks of 77
+# tokens a conditioning spans (its rows follow one another from `row`): migration 4 → 5. A conditioning's
+# key is the SHA-256 of its rules and text, so the same text under two writers is two conditionings; the
+# literal rules keep the text's own hash, which every earlier row has.
+_PROMPT_SYNTAX = "ALTER TABLE generations ADD COLUMN IF NOT EXISTS prompt_syntax VARCHAR"
+SYNTAX_OF_GENERATOR = ("CASE generator " + " ".join(f"WHEN '{g}' THEN '{s}'" for g, s in GENERATOR_SYNTAX.items())
+                        + " ELSE 'literal' END")
+_FILL_SYNTAX = f"UPDATE generations SET prompt_syntax = {SYNTAX_OF_GENERATOR} WHERE prompt_syntax IS NULL"
+_TEXT_CHUNKS = "ALTER TABLE text_rows ADD COLUMN IF NOT EXISTS chunks INTEGER DEFAULT 1"
+_RETIRED_CHUNKS = "ALTER TABLE retired_rows ADD COLUMN IF NOT EXISTS chunks INTEGER DEFAULT 1"
+
+
+def conditioning_key_sql(text: str, syntax: str) -> str:
+    """The SQL of luna_core.prompts.syntax.conditioning_key for columns `text` and `syntax`."""
+    return (f"CASE WHEN coalesce({syntax}, 'literal') = 'literal' THEN sha256({text}) "
+            f"ELSE sha256({syntax} || '/{PARSER_VERSION}' || chr(10) || {text}) END")
+
+
+# Every unique conditioning to encode: a prompt text (positive or negative) with the syntax it is read by.
+_PROMPTS_VIEW = f"""CREATE OR REPLACE VIEW prompts AS
+        SELECT DISTINCT {conditioning_key_sql('text', 'syntax')} AS prompt_hash, text AS prompt,
+               coalesce(syntax, 'literal') AS syntax, length(text) AS chars
+        FROM (SELECT prompt AS text, prompt_syntax AS syntax FROM generations
+              UNION SELECT negative_prompt, prompt_syntax FROM generations)
+        WHERE text IS NOT NULL"""
 _NEAR_DUPLICATES = """CREATE TABLE IF NOT EXISTS near_duplicates (
         content_hash VARCHAR NOT NULL,
         twin_hash VARCHAR NOT NULL,
@@ -39,7 +66,8 @@ _TWIN_SCANS = """CREATE TABLE IF NOT EXISTS twin_scans (
         PRIMARY KEY (store_key, content_hash)
     )"""
 MIGRATIONS: dict[int, list[str]] = {1: [_RETIRED_ROWS], 2: [_GENERATION_SOURCE],
-                                    3: [_SPLIT_REASON, _NEAR_DUPLICATES, _TWIN_SCANS]}
+                                    3: [_SPLIT_REASON, _NEAR_DUPLICATES, _TWIN_SCANS],
+                                    4: [_PROMPT_SYNTAX, _FILL_SYNTAX, _TEXT_CHUNKS, _RETIRED_CHUNKS, _PROMPTS_VIEW]}
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -83,6 +111,7 @@ SCHEMA = [
         parsed_at TIMESTAMP NOT NULL
     )""",
     _GENERATION_SOURCE,  # a column added by migration 2 → 3; fresh catalogs get it the same way
+    _PROMPT_SYNTAX,  # added by migration 4 → 5, as the two below
     # Every file that could not be read, with a reason code and a sentence for a person.
     """CREATE TABLE IF NOT EXISTS quarantine (
         path VARCHAR PRIMARY KEY,
@@ -110,7 +139,8 @@ SCHEMA = [
         committed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (store_key, content_hash)
     )""",
-    # token_count: CLIP tokens with start/end, before truncation; truncated: over the 77-token window.
+    # token_count: CLIP tokens with start/end; truncated: cut at 77 tokens (the literal rules only); chunks:
+    # the rows its conditioning spans, from "row" on (its chunk rows 2.. are keyed prompt_hash#2 ...).
     """CREATE TABLE IF NOT EXISTS text_rows (
         store_key VARCHAR NOT NULL,
         prompt_hash VARCHAR NOT NULL,
@@ -120,7 +150,9 @@ SCHEMA = [
         committed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (store_key, prompt_hash)
     )""",
+    _TEXT_CHUNKS,
     _RETIRED_ROWS,
+    _RETIRED_CHUNKS,
     # Items a model could not embed (an image that no longer decodes...), with the reason.
     """CREATE TABLE IF NOT EXISTS embedding_failures (
         store_key VARCHAR NOT NULL,
@@ -131,11 +163,7 @@ SCHEMA = [
         failed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (store_key, item_key)
     )""",
-    # Every unique prompt text, positive or negative; a prompt is the SHA-256 of its exact text.
-    """CREATE OR REPLACE VIEW prompts AS
-        SELECT sha256(text) AS prompt_hash, text AS prompt, length(text) AS chars
-        FROM (SELECT prompt AS text FROM generations UNION SELECT negative_prompt FROM generations)
-        WHERE text IS NOT NULL""",
+    _PROMPTS_VIEW,
     # Stable per content hash, assigned once (luna_core.library): FAISS ids and the data split.
     """CREATE TABLE IF NOT EXISTS image_ids (
         content_hash VARCHAR PRIMARY KEY,

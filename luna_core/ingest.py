@@ -27,6 +27,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from luna_core.catalog import open_catalog, transaction
+from luna_core.catalog_schema import SYNTAX_OF_GENERATOR
 from luna_core.containers import ProbeLimits
 from luna_core.filereader import IngestedFile, QuarantinedFile, clean_text, read_chunk
 from luna_core.scan import DEFAULT_IGNORE, FileEntry, ScanProblem, ScanStats, walk_root
@@ -194,13 +195,13 @@ def _commit_batch(catalog_path: str | Path, results: list[IngestedFile | Quarant
             SELECT b.path, b.content_hash, b.root, b.size_bytes, b.mtime_ns, b.width, b.height, b.format, 'ok',
                    COALESCE(i.first_seen, $now), $now, NULL, b.warnings
             FROM batch_images b LEFT JOIN images i ON i.path = b.path""", {"now": now})
-        con.execute("""
+        con.execute(f"""
             INSERT OR REPLACE INTO generations (content_hash, generator, generator_version, prompt, negative_prompt,
                    seed, steps, sampler, scheduler, cfg_scale, width, height, model, model_hash, loras, extra, raw,
-                   warnings, parsed_at, source)
+                   warnings, parsed_at, source, prompt_syntax)
             SELECT content_hash, generator, generator_version, prompt, negative_prompt, TRY_CAST(seed AS HUGEINT),
                    steps, sampler, scheduler, cfg_scale, width, height, model, model_hash, loras,
-                   extra::JSON, raw::JSON, warnings, $now, source
+                   extra::JSON, raw::JSON, warnings, $now, source, {SYNTAX_OF_GENERATOR}
             FROM batch_generations""", {"now": now})
         con.execute("DELETE FROM quarantine WHERE path IN (SELECT path FROM batch_images)")
         con.execute("""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
+from luna_core.catalog_schema import conditioning_key_sql
 from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
@@ -48,12 +49,14 @@ def retire_departed(con) -> dict[str, int]:
         f"DELETE FROM generations WHERE content_hash NOT IN ({HELD_IMAGES}) RETURNING 1").fetchall())}
     for kind, table, key, held in (("vision", "vision_rows", "content_hash", HELD_IMAGES),
                                    ("text", "text_rows", "prompt_hash", HELD_PROMPTS)):
-        extra = "token_count, truncated" if kind == "text" else "NULL, NULL"
+        extra = "token_count, truncated, now(), chunks" if kind == "text" else "NULL, NULL, now(), NULL"
+        # A conditioning's chunk rows 2.. (KEY#1, KEY#2...) go with it.
+        item = f"split_part({key}, '#', 1)" if kind == "text" else key
         con.execute(f"""
-            INSERT OR REPLACE INTO retired_rows
-            SELECT store_key, '{kind}', {key}, "row", {extra}, now() FROM {table} WHERE {key} NOT IN ({held})""")
+            INSERT OR REPLACE INTO retired_rows (store_key, kind, item_key, "row", token_count, truncated, retired_at, chunks)
+            SELECT store_key, '{kind}', {key}, "row", {extra} FROM {table} WHERE {item} NOT IN ({held})""")
         retired[f"{kind} rows"] = len(con.execute(
-            f"DELETE FROM {table} WHERE {key} NOT IN ({held}) RETURNING 1").fetchall())
+            f"DELETE FROM {table} WHERE {item} NOT IN ({held}) RETURNING 1").fetchall())
     return retired
 
 
@@ -84,17 +87,21 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
                 SELECT ids.image_id, p.content_hash, p.path, p.copies, s.split,
                        g.generator, g.prompt, g.negative_prompt, g.seed, g.model,
                        v."row" AS vision_row,
-                       sha256(g.prompt) AS prompt_hash, tp."row" AS prompt_row,
-                       tp.token_count AS prompt_tokens, tp.truncated AS prompt_truncated,
-                       sha256(g.negative_prompt) AS negative_hash, tn."row" AS negative_row,
+                       {conditioning_key_sql('g.prompt', 'g.prompt_syntax')} AS prompt_hash, tp."row" AS prompt_row,
+                       tp.token_count AS prompt_tokens, tp.truncated AS prompt_truncated, tp.chunks AS prompt_chunks,
+                       g.prompt_syntax,
+                       {conditioning_key_sql('g.negative_prompt', 'g.prompt_syntax')} AS negative_hash,
+                       tn."row" AS negative_row, tn.chunks AS negative_chunks,
                        {_quote(vision_key)} AS vision_store, {_quote(text_key)} AS text_store
                 FROM paths p
                 JOIN image_ids ids USING (content_hash)
                 JOIN splits s USING (content_hash)
                 LEFT JOIN generations g USING (content_hash)
                 LEFT JOIN vision_rows v ON v.content_hash = p.content_hash AND v.store_key = {_quote(vision_key)}
-                LEFT JOIN text_rows tp ON tp.prompt_hash = sha256(g.prompt) AND tp.store_key = {_quote(text_key)}
-                LEFT JOIN text_rows tn ON tn.prompt_hash = sha256(g.negative_prompt) AND tn.store_key = {_quote(text_key)}""")
+                LEFT JOIN text_rows tp ON tp.prompt_hash = {conditioning_key_sql('g.prompt', 'g.prompt_syntax')}
+                                      AND tp.store_key = {_quote(text_key)}
+                LEFT JOIN text_rows tn ON tn.prompt_hash = {conditioning_key_sql('g.negative_prompt', 'g.prompt_syntax')}
+                                      AND tn.store_key = {_quote(text_key)}""")
 
         report.images = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
         report.by_split = dict(con.execute("SELECT split, count(*) FROM library GROUP BY 1 ORDER BY 1").fetchall())
@@ -106,7 +113,8 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
             "vision rows of unknown images": con.execute(
                 "SELECT count(*) FROM vision_rows v ANTI JOIN images i USING (content_hash)").fetchone()[0],
             "text rows of unused prompts": con.execute(
-                "SELECT count(*) FROM text_rows t ANTI JOIN prompts p USING (prompt_hash)").fetchone()[0],
+                "SELECT count(*) FROM text_rows t ANTI JOIN prompts p ON p.prompt_hash = split_part(t.prompt_hash, '#', 1)"
+            ).fetchone()[0],
             "generations without an image": con.execute(
                 "SELECT count(*) FROM generations g ANTI JOIN images i USING (content_hash)").fetchone()[0],
         }

@@ -52,7 +52,7 @@ def test_every_asset_is_in_the_readme_table_with_code_that_exists(tmp_path, monk
     monkeypatch.setenv("LUNA_HOME", str(tmp_path / "home"))
     keys = {k.to_user_string() for k in build_definitions().resolve_all_asset_keys()}
     rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
-    in_table = {re.match(r"\| `([a-z_]+)`", row).group(1): row for row in rows}
+    in_table = {re.match(r"\| `([a-z_0-9]+)`", row).group(1): row for row in rows}
     assert keys <= set(in_table), keys - set(in_table)
     for key in keys:
         for path in re.findall(r"`((?:luna_assets|luna_core)/[^`]+)`", in_table[key]):

@@ -172,3 +172,20 @@ def test_compel_syntax_goes_through_compel(encoder):
     assert np.allclose(tokens, reference.embeds[0].numpy(), atol=1e-6)
     plain, _ = encode_parsed(encoder, parse("a red fox in the snow", "compel"))
     assert not np.allclose(tokens, plain)
+
+
+def test_inspect_shows_how_a_prompt_is_read(tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    from luna_cli.inspect import inspect_file
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "(masterpiece:1.2), a [red] fox, <lora:detail:0.5> BREAK snow\n"
+                                "Negative prompt: (blurry:1.4)\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, "
+                                "Size: 64x64, Model: sdxl")
+    path = tmp_path / "a.png"
+    Image.new("RGB", (64, 64)).save(path, pnginfo=info)
+    result = inspect_file(str(path))
+    prompt = result["prompt_parse"]["prompt"]
+    assert prompt["rules"] == "a1111/1" and ["masterpiece", 1.2] in prompt["pieces"] and prompt["breaks"]
+    assert result["prompt_parse"]["negative_prompt"]["pieces"] == [["blurry", 1.4]]

@@ -177,3 +177,31 @@ def encode_compel(encoder, text: str) -> tuple[np.ndarray, np.ndarray]:
     with encoder._torch.inference_mode():
         out = CompelForSDXL(encoder, device=str(encoder.device))(text)
     return out.embeds[0].float().cpu().numpy(), out.pooled_embeds[0].float().cpu().numpy()
+
+
+def encode_many(encoder, parsed: list[ParsedPrompt]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`encode_parsed` for a batch: every chunk of every prompt through the encoders in one call (Compel
+    prompts through compel, one by one)."""
+    tokenizers = (encoder.tokenizer, encoder.tokenizer_2)
+    plans = [None if p.syntax == "compel" else chunk_tokens(tokenizers, p) for p in parsed]
+    batched = [plan for plan in plans if plan is not None]
+    out: list = [None] * len(parsed)
+    if batched:
+        hidden, pooled = encoder.encode_ids(np.concatenate([plan.ids[0] for plan in batched]),
+                                            np.concatenate([plan.ids[1] for plan in batched]))
+        empty = None
+        if any(p.syntax == "comfy" and (plan.weights != 1.0).any() for p, plan in zip(parsed, plans) if plan):
+            empty, _ = encoder.encode_ids(empty_ids(tokenizers[0])[None], empty_ids(tokenizers[1])[None])
+            empty = empty[0]
+        start = 0
+        for index, (prompt, plan) in enumerate(zip(parsed, plans)):
+            if plan is None:
+                continue
+            states = hidden[start : start + plan.count]
+            weighted = apply_weights(states, empty, plan.weights, "comfy" if prompt.syntax == "comfy" else "a1111")
+            out[index] = (weighted.reshape(-1, weighted.shape[-1]), pooled[start])
+            start += plan.count
+    for index, prompt in enumerate(parsed):
+        if prompt.syntax == "compel":
+            out[index] = encode_compel(encoder, prompt.plain)
+    return out

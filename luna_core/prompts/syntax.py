@@ -95,7 +95,12 @@ def conditioning_key(text: str, rules: str) -> str:
     """The key of a conditioning: the literal rules keep the plain text hash older homes used."""
     if rules.startswith("literal/"):
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return hashlib.sha256(f"{rules}\0{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{rules}\n{text}".encode("utf-8")).hexdigest()
+
+
+def chunk_key(key: str, index: int) -> str:
+    """The catalog key of a conditioning's chunk row: its own key for the first, KEY#1, KEY#2... after it."""
+    return key if index == 0 else f"{key}#{index}"
 
 
 @dataclass

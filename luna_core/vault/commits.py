@@ -65,7 +65,7 @@ def register_store(con, kind: str, key: str, model: str, revision: str | None, p
 
 _REVIVE = {
     "vision_rows": ("vision", HELD_IMAGES, '"row", now()'),
-    "text_rows": ("text", HELD_PROMPTS, '"row", token_count, truncated, now()'),
+    "text_rows": ("text", HELD_PROMPTS, '"row", token_count, truncated, now(), coalesce(chunks, 1)'),
 }
 
 
@@ -87,7 +87,9 @@ def pending_work(catalog_path: Path, rows_table: str, key: str, work_sql: str, p
                 log.warning("vault store %s is missing: its %d catalogued rows are forgotten and rebuilt", path,
                             len(forgotten))
         else:
-            back = f"store_key = $key AND kind = '{kind}' AND item_key IN ({held})"
+            # A conditioning's chunk rows 2.. are keyed KEY#1, KEY#2...: they come back with it.
+            item = "split_part(item_key, '#', 1)" if kind == "text" else "item_key"
+            back = f"store_key = $key AND kind = '{kind}' AND {item} IN ({held})"
             with transaction(con):
                 con.execute(f"INSERT OR IGNORE INTO {rows_table} SELECT store_key, item_key, {columns} "
                             f"FROM retired_rows WHERE {back}", {"key": key})
@@ -171,8 +173,10 @@ class Committer:
             insert = 'INSERT INTO vision_rows SELECT $store, key, "row", $now FROM new_rows'
         else:
             rows = pa.Table.from_pylist(self.rows, schema=pa.schema([
-                ("key", pa.string()), ("row", pa.int64()), ("token_count", pa.int32()), ("truncated", pa.bool_())]))
-            insert = 'INSERT INTO text_rows SELECT $store, key, "row", token_count, truncated, $now FROM new_rows'
+                ("key", pa.string()), ("row", pa.int64()), ("token_count", pa.int32()), ("truncated", pa.bool_()),
+                ("chunks", pa.int32())]))
+            insert = ('INSERT INTO text_rows (store_key, prompt_hash, "row", token_count, truncated, committed_at, chunks) '
+                      'SELECT $store, key, "row", token_count, truncated, $now, chunks FROM new_rows')
         with open_catalog(self.catalog_path) as con, transaction(con, new_rows=rows, new_failures=failures):
             con.execute(insert, {"store": self.store_key, "now": now})
             con.execute("INSERT OR REPLACE INTO embedding_failures SELECT $store, item_key, path, reason, detail, $now "
@@ -183,7 +187,7 @@ class Committer:
 
 MANIFEST_SCHEMA = pa.schema([("key", pa.string()), ("row", pa.int64()), ("token_count", pa.int32()),
                               ("truncated", pa.bool_()), ("path", pa.string()), ("reason", pa.string()),
-                              ("detail", pa.string())])
+                              ("detail", pa.string()), ("chunks", pa.int32())])
 
 
 class ManifestWriter(Committer):
@@ -199,7 +203,8 @@ class ManifestWriter(Committer):
     def commit(self) -> None:
         if not self.rows and not self.failures:
             return
-        records = [{**row, "token_count": row.get("token_count"), "truncated": row.get("truncated")} for row in self.rows]
+        records = [{**row, "token_count": row.get("token_count"), "truncated": row.get("truncated"),
+                    "chunks": row.get("chunks")} for row in self.rows]
         records += [{"key": f["item_key"], "row": None, "path": f["path"], "reason": f["reason"], "detail": f["detail"]}
                     for f in self.failures]
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -260,6 +265,8 @@ def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
         segment = next(segments_dir(path).glob("*.zarr"))
         fields = RowStore.open_readonly(segment, layout).fields
         table = read_manifests(manifests)
+        if "chunks" not in table.column_names:  # manifests written before conditionings had chunks: one each
+            table = table.append_column("chunks", pa.array([1] * table.num_rows, pa.int32()))
         now = utcnow()
         with open_catalog(home.catalog_path) as con, transaction(con, manifest=table):
             register_store(con, kind, key, model, revision, path, fields)
@@ -269,7 +276,8 @@ def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
                                     {"store": key, "now": now}).fetchall()
             else:
                 added = con.execute("""INSERT OR IGNORE INTO text_rows
-                                       SELECT $store, key, "row", token_count, truncated, $now
+                                       (store_key, prompt_hash, "row", token_count, truncated, committed_at, chunks)
+                                       SELECT $store, key, "row", token_count, truncated, $now, coalesce(chunks, 1)
                                        FROM manifest WHERE "row" IS NOT NULL RETURNING 1""",
                                     {"store": key, "now": now}).fetchall()
             con.execute("""INSERT OR REPLACE INTO embedding_failures SELECT $store, key, path, reason, detail, $now

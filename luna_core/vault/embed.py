@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, check_model_reference, choose_device, choose_dtype
+from luna_core.prompts.encode import encode_many
+from luna_core.prompts.parsers import parse
+from luna_core.prompts.syntax import chunk_key
 from luna_core.settings import LunaHome
 from luna_core.vault.commits import TEXT, VISION, Committer, StoreSpec, store_and_committer, work_for
 from luna_core.vault.segments import (
@@ -60,7 +63,8 @@ class EmbedReport:
     already_present: int = 0
     failed: int = 0
     changed_since_ingest: int = 0
-    truncated: int = 0  # prompts over the 77-token window (text only)
+    truncated: int = 0  # prompts cut at 77 tokens (the literal rules only)
+    chunked: int = 0  # prompts whose conditioning spans more than one chunk of 77 tokens
     rows_total: int = 0
     new_rows: tuple[int, int] = (0, 0)  # [start, end) rows written by this run
     seconds: float = 0.0
@@ -247,7 +251,7 @@ def embed_prompts(
     report = EmbedReport(TEXT, key, profile.sdxl_model, str(path))
     check_model_reference(profile.sdxl_model, "SDXL model")
     work_sql = """
-        SELECT p.prompt_hash, p.prompt FROM prompts p
+        SELECT p.prompt_hash, p.prompt, p.syntax FROM prompts p
         WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $key AND t.prompt_hash = p.prompt_hash)
           AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key = p.prompt_hash)
           {shard}
@@ -268,25 +272,33 @@ def embed_prompts(
     with store.writer():
         for start in range(0, len(work), batch_size):
             items = work[start : start + batch_size]
-            texts = [text for _, text in items]
+            parsed = [parse(text, syntax) for _, text, syntax in items]
             try:
-                counts = encoder.token_counts(texts)
+                counts = encoder.token_counts([p.plain for p in parsed])
                 t0 = time.perf_counter()
-                prompt_embeds, pooled = encoder.encode(texts)
+                encoded = encode_many(encoder, parsed)
                 report.model_seconds += time.perf_counter() - t0
             except Exception as exc:  # one bad batch must not stop the rest: retry its prompts one by one
                 log.warning("text batch failed (%s); encoding its prompts one at a time", exc)
-                items, counts, prompt_embeds, pooled = _encode_one_by_one(encoder, items, committer, report)
+                items, parsed, counts, encoded = _encode_one_by_one(encoder, items, parsed, committer, report)
                 if not items:
                     continue
-            store.write(next_row - offset, {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled})
-            rows = [{"key": h, "row": next_row + i, "token_count": n, "truncated": n > encoder.seq_len}
-                    for i, ((h, _), n) in enumerate(zip(items, counts))]
+            rows, embeds, pooled = [], [], []
+            for (key, _, _), prompt, count, (tokens, pool) in zip(items, parsed, counts, encoded):
+                chunks = tokens.shape[0] // encoder.seq_len
+                embeds.append(tokens.reshape(chunks, encoder.seq_len, -1))
+                pooled.append(np.repeat(pool[None], chunks, axis=0))  # every chunk row carries the prompt's pooled
+                truncated = prompt.syntax == "literal" and count > encoder.seq_len
+                rows += [{"key": chunk_key(key, i), "row": next_row + len(rows) + i, "token_count": count,
+                          "truncated": truncated, "chunks": chunks if i == 0 else 0} for i in range(chunks)]
+                report.truncated += truncated
+                report.chunked += chunks > 1
+            store.write(next_row - offset, {"prompt_embeds": np.concatenate(embeds),
+                                            "pooled_prompt_embeds": np.concatenate(pooled)})
             committer.add_rows(rows)
-            report.truncated += sum(r["truncated"] for r in rows)
-            next_row += len(items)
+            next_row += len(rows)
             report.added += len(items)
-            bar.update(len(texts))
+            bar.update(len(items))
             if on_progress:
                 on_progress(min(start + batch_size, len(work)), len(work))
         committer.commit()
@@ -295,21 +307,20 @@ def embed_prompts(
     return _finish(report, path, started, next_row)
 
 
-def _encode_one_by_one(encoder, items, committer: Committer, report: EmbedReport):
-    kept, counts, embeds, pooled = [], [], [], []
-    for prompt_hash, text in items:
+def _encode_one_by_one(encoder, items, parsed, committer: Committer, report: EmbedReport):
+    """The prompts of a failed batch, each on its own: one that fails is recorded, the rest are kept."""
+    kept, kept_parsed, counts, encoded = [], [], [], []
+    for item, prompt in zip(items, parsed):
         try:
-            count = encoder.token_counts([text])[0]
-            e, p = encoder.encode([text])
+            count = encoder.token_counts([prompt.plain])[0]
+            (answer,) = encode_many(encoder, [prompt])
         except Exception as exc:
-            committer.add_failure(prompt_hash, None, "encode_failed", f"{type(exc).__name__}: {exc}")
+            committer.add_failure(item[0], None, "encode_failed", f"{type(exc).__name__}: {exc}")
             report.failed += 1
             report.failures_by_reason["encode_failed"] = report.failures_by_reason.get("encode_failed", 0) + 1
             continue
-        kept.append((prompt_hash, text))
+        kept.append(item)
+        kept_parsed.append(prompt)
         counts.append(count)
-        embeds.append(e[0])
-        pooled.append(p[0])
-    if not kept:
-        return [], [], None, None
-    return kept, counts, np.stack(embeds), np.stack(pooled)
+        encoded.append(answer)
+    return kept, kept_parsed, counts, encoded

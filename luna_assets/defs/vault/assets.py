@@ -63,7 +63,8 @@ def _result(report: EmbedReport, luna: LunaHomeResource, profile: ModelProfile, 
     if report.kind == "vision":
         metadata["files changed since ingest (left for the next ingest)"] = report.changed_since_ingest
     else:
-        metadata["prompts over 77 tokens (truncated, flagged in text_rows)"] = report.truncated
+        metadata["prompts over one chunk of 77 tokens (kept whole, one row per chunk)"] = report.chunked
+        metadata["prompts cut at 77 tokens (the literal rules)"] = report.truncated
     return dg.MaterializeResult(metadata=metadata, check_results=check_results(outcomes),
                                 data_version=_data_version(luna, report, shard))
 
