@@ -1,0 +1,142 @@
+"""Prompt fidelity's cost, measured side by side in one run.
+
+    # parsed + encoded vs literal prompts/s on the tiny encoders, the parser alone on 500k prompts, and
+    # the share of a sample library's prompts the parse changes
+    .venv/bin/python benchmarks/bench_text.py --prompts 500000
+
+    # the encoding side at SDXL's real widths (CLIP ViT-L + OpenCLIP ViT-bigG architecture, RANDOM weights:
+    # speed only) so the parser's share is measured against the encoding it rides on
+    .venv/bin/python benchmarks/bench_text.py --encoder sdxl-random --encode-prompts 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from luna_core.ingest import IngestOptions, ingest
+from luna_core.prompts.encode import encode_many
+from luna_core.prompts.parsers import parse
+from luna_core.prompts.syntax import syntax_for
+from luna_core.samples import make_sample_library
+from luna_core.settings import LunaHome
+
+WORDS = ("portrait", "red", "dress", "forest", "light", "detailed", "castle", "river", "cinematic", "soft", "sky",
+         "golden hour", "masterpiece", "best quality", "1girl", "smile", "rain", "neon", "city", "night")
+
+
+def synthetic_prompts(count: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(text, syntax) prompts shaped like people's: weights, nested brackets, LoRA tags, BREAK, long tails."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        parts = []
+        for _ in range(rng.randint(6, 60)):
+            word = rng.choice(WORDS)
+            roll = rng.random()
+            if roll < 0.15:
+                word = f"({word}:{rng.uniform(0.5, 1.6):.2f})"
+            elif roll < 0.22:
+                word = f"(({word}))"
+            elif roll < 0.26:
+                word = f"[{word}]"
+            parts.append(word)
+        if rng.random() < 0.3:
+            parts.append(f"<lora:style_{rng.randint(1, 50)}:{rng.uniform(0.3, 1.0):.1f}>")
+        if rng.random() < 0.1:
+            parts.insert(len(parts) // 2, "BREAK")
+        out.append((", ".join(parts), ("a1111", "comfy", "novelai")[i % 3]))
+    return out
+
+
+def _encoder(kind: str, work: Path):
+    import torch
+
+    from luna_core.models.encoders import SDXLTextEncoder
+    from luna_core.models.profiles import tiny_profile
+    from luna_core.models.tiny import ensure_tiny_models
+
+    if kind == "tiny":
+        return SDXLTextEncoder(tiny_profile(ensure_tiny_models(work / "tiny")).sdxl_model, None, "cpu", torch.float32)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = work / "sdxl_random"
+    tiny = ensure_tiny_models(work / "tiny")
+    for name in ("tokenizer", "tokenizer_2"):  # the real CLIP BPE vocabulary, as the tiny profile ships it
+        shutil.copytree(Path(tiny_profile(tiny).sdxl_model) / name, folder / name, dirs_exist_ok=True)
+    torch.manual_seed(0)
+    CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                 projection_dim=768, hidden_act="quick_gelu")).save_pretrained(folder / "text_encoder")
+    CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                               num_attention_heads=20, projection_dim=1280, hidden_act="gelu")
+                                ).save_pretrained(folder / "text_encoder_2")
+    return SDXLTextEncoder(str(folder), None, "cpu", torch.float32)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=500_000, help="prompts for the parser-alone timing")
+    parser.add_argument("--encode-prompts", type=int, default=512, help="prompts for the encoding timings")
+    parser.add_argument("--encoder", choices=["tiny", "sdxl-random"], default="tiny")
+    parser.add_argument("--library", type=int, default=200, help="sample library images for the changed share")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="luna-bench-text-"))
+
+    corpus = synthetic_prompts(args.prompts)
+    started = time.perf_counter()
+    for text, syntax in corpus:
+        parse(text, syntax)
+    parse_seconds = time.perf_counter() - started
+    parse_per_prompt = parse_seconds / len(corpus)
+
+    encoder = _encoder(args.encoder, work)
+    sample = corpus[: args.encode_prompts]
+    batch = 16
+    started = time.perf_counter()
+    for start in range(0, len(sample), batch):
+        encoder.encode([t for t, _ in sample[start : start + batch]])
+    literal_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    chunks = 0
+    for start in range(0, len(sample), batch):
+        parsed = [parse(t, s) for t, s in sample[start : start + batch]]
+        chunks += sum(tokens.shape[0] // 77 for tokens, _ in encode_many(encoder, parsed))
+    parsed_seconds = time.perf_counter() - started
+
+    library = make_sample_library(work / "library", args.library, seed=5, size=(64, 64), broken=False)
+    home = LunaHome.resolve(work / "home").ensure()
+    ingest(home.catalog_path, [str(library.root)], IngestOptions(progress=False))
+    import duckdb
+
+    with duckdb.connect(str(home.catalog_path), read_only=True) as con:
+        rows = con.execute("SELECT generator, prompt FROM generations WHERE prompt IS NOT NULL").fetchall()
+    changed = sum(1 for generator, text in rows
+                  if (p := parse(text, syntax_for(generator))).plain != text or p.weighted or p.breaks or p.removed)
+    figures = {
+        "parser_prompts": len(corpus), "parser_prompts_per_s": len(corpus) / parse_seconds,
+        "encoder": args.encoder, "encode_prompts": len(sample), "chunks_encoded": chunks,
+        "literal_prompts_per_s": len(sample) / literal_seconds, "parsed_prompts_per_s": len(sample) / parsed_seconds,
+        "parsed_over_literal_time": parsed_seconds / literal_seconds,
+        "parser_share_of_parsed_encoding": parse_per_prompt / (parsed_seconds / len(sample)),
+        "library_prompts": len(rows), "library_prompts_changed_by_parse": changed,
+    }
+    print(f"parser alone: {len(corpus):,} prompts in {parse_seconds:.1f}s = {figures['parser_prompts_per_s']:,.0f}/s")
+    print(f"encoding ({args.encoder} encoders, batches of {batch}, CPU):")
+    print(f"  literal (one chunk, cut at 77)       {figures['literal_prompts_per_s']:10.1f} prompts/s")
+    print(f"  parsed and chunked ({chunks} chunks)  {figures['parsed_prompts_per_s']:10.1f} prompts/s"
+          f"   time ratio parsed/literal {figures['parsed_over_literal_time']:.2f}")
+    print(f"  parser's share of the parsed path     {figures['parser_share_of_parsed_encoding']:10.4f}")
+    print(f"sample library: {changed} of {len(rows)} prompts read differently than their literal text")
+    print(json.dumps(figures), file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
