@@ -75,3 +75,29 @@ def test_a_failed_library_build_leaves_no_half_assigned_ids(library_home, monkey
         assert con.execute("SELECT count(*) FROM splits").fetchone()[0] == 0
     monkeypatch.undo()
     assert library.build_library(home, profile).new_ids == before
+
+
+def test_a_version_4_catalog_keeps_its_conditionings_and_learns_each_writers_syntax(library_home):
+    """Schema 4 → 5: rows encoded literally before stay (under the text's own hash); each generation gets its
+    writer's syntax; the prompts it reads by rules get new keys, encoded by the next build, nothing lost."""
+    home, profile = library_home
+    with duckdb.connect(str(home.catalog_path)) as con:
+        before = con.execute("SELECT count(*) FROM text_rows").fetchone()[0]
+        # Back to how a version-4 catalog looked: no syntax, no chunks, the prompts view of one hash per text.
+        con.execute("DROP VIEW IF EXISTS library")
+        con.execute("DROP VIEW prompts")
+        con.execute("ALTER TABLE generations DROP COLUMN prompt_syntax")
+        con.execute("ALTER TABLE text_rows DROP COLUMN chunks")
+        con.execute("ALTER TABLE retired_rows DROP COLUMN chunks")
+        con.execute("""CREATE VIEW prompts AS SELECT sha256(text) AS prompt_hash, text AS prompt, length(text) AS chars
+                       FROM (SELECT prompt AS text FROM generations UNION SELECT negative_prompt FROM generations)
+                       WHERE text IS NOT NULL""")
+        con.execute("UPDATE schema_info SET value = '4' WHERE key = 'schema_version'")
+    with open_catalog(home.catalog_path) as con:
+        assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()[0] == "5"
+        syntaxes = dict(con.execute("SELECT generator, any_value(prompt_syntax) FROM generations GROUP BY 1").fetchall())
+        assert syntaxes["AUTOMATIC1111"] == "a1111" and syntaxes["ComfyUI"] == "comfy"
+        assert con.execute("SELECT count(*), min(chunks) FROM text_rows").fetchone() == (before, 1)
+        keys = {k for (k,) in con.execute("SELECT prompt_hash FROM prompts WHERE syntax <> 'literal'").fetchall()}
+        plain = {k for (k,) in con.execute("SELECT sha256(prompt) FROM prompts WHERE syntax <> 'literal'").fetchall()}
+        assert keys and not keys & plain, "the same text read by rules is another conditioning"
