@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.numpy import load
 
 from luna_core.boxes import Box
-from luna_core.mixing import mix_side
+from luna_core.mixing import aligned, mix_side
 from luna_core.models.profiles import resolve_profile
 from luna_core.settings import LunaHome
 
@@ -111,8 +111,10 @@ def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, te
             except ValueError:
                 message = exc.reason
             raise RuntimeError(f"Luna service {server}: {message}") from None
-    names = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
-    return tuple(np.concatenate([p[name] for p in parts]) for name in names)
+    # Answers of different chunk counts meet at one length, both sides alike (the service's own rule).
+    tokens = aligned([p["prompt_embeds"] for p in parts] + [p["negative_prompt_embeds"] for p in parts])
+    return (np.concatenate(tokens[: len(parts)]), np.concatenate([p["pooled_prompt_embeds"] for p in parts]),
+            np.concatenate(tokens[len(parts):]), np.concatenate([p["negative_pooled_prompt_embeds"] for p in parts]))
 
 
 def _conditioning(tokens: np.ndarray, pooled: np.ndarray) -> list:

@@ -10,6 +10,10 @@ mode, used by `luna condition`, `luna serve`, the ComfyUI nodes and the refiners
 
 Each side (positive, negative) is mixed by `mix_side`, so a tool that carries the two sides on
 separate wires (ComfyUI) mixes each with the same rule.
+
+Conditionings of different lengths (prompts of 1, 2, 3 … chunks of 77 tokens) meet by repetition to the
+least common multiple of their chunk counts, as ComfyUI meets them: cross-attention over a conditioning
+repeated n times equals attention over it once, so a repeated conditioning means what it meant.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ MODES = ("replace", "blend", "concat")
 DEFAULT_K = 5  # neighbours mixed into a vault answer
 DEFAULT_TEMPERATURE = 0.05  # softmax temperature of the neighbour weights: near-ties share, a clear winner dominates
 DEFAULT_ALPHA = 0.5  # the answer's share in blend
+CHUNK_TOKENS = 77
+MAX_CHUNKS = 12  # past this least common multiple, conditionings are repeated to the longest and cut
 
 
 class MixError(QueryError):
@@ -54,6 +60,29 @@ def _join_tokens(parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, axis=-2)
 
 
+def common_length(lengths: Sequence[int]) -> int:
+    """The token length conditionings of these lengths meet at: the least common multiple of their chunk
+    counts (capped at MAX_CHUNKS chunks: then the longest)."""
+    chunks = [max(1, length // CHUNK_TOKENS) for length in lengths]
+    target = math.lcm(*chunks)
+    return (target if target <= MAX_CHUNKS else max(chunks)) * CHUNK_TOKENS
+
+
+def repeat_to(tokens, length: int, join: Callable[[Sequence], object] = _join_tokens):
+    """`tokens` ([..., T, D]) repeated along the token axis to `length` (cut when it does not divide)."""
+    current = tokens.shape[-2]
+    if current == length:
+        return tokens
+    repeated = join([tokens] * -(-length // current))
+    return repeated[..., :length, :]
+
+
+def aligned(conditionings: Sequence, join: Callable[[Sequence], object] = _join_tokens) -> list:
+    """Conditionings of token lengths that differ, repeated to their common length."""
+    length = common_length([c.shape[-2] for c in conditionings])
+    return [repeat_to(c, length, join) for c in conditionings]
+
+
 def mix_side(typed_tokens, typed_pooled, tokens, pooled, mode: str, alpha: float,
              join: Callable[[Sequence], object] = _join_tokens):
     """One side (positive or negative): (tokens, pooled) of `mode`. Works on numpy arrays and torch tensors
@@ -61,6 +90,7 @@ def mix_side(typed_tokens, typed_pooled, tokens, pooled, mode: str, alpha: float
     if mode == "replace":
         return tokens, pooled
     if mode == "blend":
+        typed_tokens, tokens = aligned([typed_tokens, tokens], join)
         mixed_pooled = None if typed_pooled is None or pooled is None else (1 - alpha) * typed_pooled + alpha * pooled
         return (1 - alpha) * typed_tokens + alpha * tokens, mixed_pooled
     if mode == "concat":
@@ -77,6 +107,7 @@ def mix(answer: Parts, typed: Parts | None, mode: str, alpha: float) -> Parts:
     embeds, pooled = mix_side(typed.embeds, typed.pooled, answer.embeds, answer.pooled, mode, alpha)
     negative, negative_pooled = mix_side(typed.negative, typed.negative_pooled, answer.negative,
                                          answer.negative_pooled, mode, alpha)
+    embeds, negative = aligned([embeds, negative])  # a pipeline concatenates the two sides: one length
     return Parts(embeds, pooled, negative, negative_pooled)
 
 

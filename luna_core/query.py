@@ -24,7 +24,7 @@ from luna_core.files import write_atomically
 from luna_core.images import read_picture
 from luna_core.index.faiss_index import omp_threads, probing_every_list
 from luna_core.index.store import LoadedIndex, index_store, load_index
-from luna_core.mixing import DEFAULT_TEMPERATURE, Parts, check_inputs, mix, typed_parts
+from luna_core.mixing import DEFAULT_TEMPERATURE, Parts, aligned, check_inputs, mix, typed_parts
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.projector.registry import Registry, parse_model_uri
@@ -205,35 +205,48 @@ class Vault:
     def search(self, image_path: str | Path, box: Box | None = None, k: int = 5) -> list[Neighbor]:
         return self.nearest(self.embed(load_image(image_path, box)), k)
 
-    def _mean_rows(self, rows: list[int], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _mean_rows(self, rows: list[int], chunks: list[int], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted mean of the neighbours' conditionings: each of `chunks[i]` rows from `rows[i]`,
+        repeated to their common length (luna_core.mixing); pooled from each one's first row."""
         store = self.text_store
         seq_width, pooled_width = store.fields["prompt_embeds"], store.fields["pooled_prompt_embeds"]
-        embeds = np.zeros(seq_width, np.float32)
-        pooled = np.zeros(pooled_width, np.float32)
         present = [i for i, r in enumerate(rows) if r >= 0]
-        if present:
-            picked = np.array([rows[i] for i in present], dtype=np.int64)
-            embeds = weighted_sum(weights[present], store.read_rows("prompt_embeds", picked)).reshape(seq_width)
-            pooled = weighted_sum(weights[present], store.read_rows("pooled_prompt_embeds", picked))
-            if not (np.isfinite(embeds).all() and np.isfinite(pooled).all()):  # stores written before checksums
-                raise CorruptStoreError(f"conditioning store {store.path} holds non-finite values in rows "
-                                        f"{picked.tolist()}: it is damaged; rebuild it (delete it and run luna build)")
+        if not present:
+            return np.zeros(seq_width, np.float32), np.zeros(pooled_width, np.float32)
+        counts = [max(1, chunks[i]) for i in present]
+        picked = np.concatenate([np.arange(rows[i], rows[i] + c, dtype=np.int64) for i, c in zip(present, counts)])
+        tokens = store.read_rows("prompt_embeds", picked)
+        firsts = np.cumsum([0, *counts[:-1]])
+        pooled = weighted_sum(weights[present], store.read_rows("pooled_prompt_embeds", picked[firsts]))
+        parts = [tokens[f : f + c].reshape(c * seq_width[0], seq_width[1]) for f, c in zip(firsts, counts)]
+        stacked = np.stack(aligned(parts))
+        embeds = weighted_sum(weights[present], stacked).reshape(stacked.shape[1:])
+        if not (np.isfinite(embeds).all() and np.isfinite(pooled).all()):  # stores written before checksums
+            raise CorruptStoreError(f"conditioning store {store.path} holds non-finite values in rows "
+                                    f"{picked.tolist()}: it is damaged; rebuild it (delete it and run luna build)")
         return embeds, pooled
 
     def vault_answer(self, embedding: np.ndarray, k: int = 5, temperature: float = DEFAULT_TEMPERATURE,
                      exclude: frozenset[int] = frozenset()):
         """(prompt_embeds, pooled, negative_embeds, negative_pooled, neighbours) for one image embedding:
-        the neighbours' conditionings weighted by softmax(similarity / temperature)."""
+        the neighbours' conditionings (every chunk) weighted by softmax(similarity / temperature); the two
+        sides repeated to one length."""
         neighbors = self.nearest(embedding, k, temperature, exclude)
         weights = np.array([n.weight for n in neighbors])
         rows = self.index.lookup
         lookup_rows = self.index.rows_for(np.array([n.image_id for n in neighbors], dtype=np.int64))
-        pos_rows = [int(rows.column("prompt_row")[r].as_py()) for r in lookup_rows]
-        neg_rows = [int(rows.column("negative_row")[r].as_py()) for r in lookup_rows]
+
+        def column(name: str, default: int) -> list[int]:  # indexes published before chunks: one row each
+            if name not in rows.column_names:
+                return [default] * len(lookup_rows)
+            return [int(rows.column(name)[r].as_py()) for r in lookup_rows]
+
+        pos_rows, neg_rows = column("prompt_row", -1), column("negative_row", -1)
         if all(r < 0 for r in pos_rows):
             raise NotBuiltError("none of the neighbours has an encoded prompt yet: materialize text_conditionings")
-        embeds, pooled = self._mean_rows(pos_rows, weights)
-        neg_embeds, neg_pooled = self._mean_rows(neg_rows, weights)
+        embeds, pooled = self._mean_rows(pos_rows, column("prompt_chunks", 1), weights)
+        neg_embeds, neg_pooled = self._mean_rows(neg_rows, column("negative_chunks", 1), weights)
+        embeds, neg_embeds = aligned([embeds, neg_embeds])
         return embeds, pooled, neg_embeds, neg_pooled, neighbors
 
     def condition(self, image_path: str | Path, box: Box | None = None, k: int = 5, prompt: str | None = None,
@@ -303,8 +316,12 @@ class Vault:
                 *answer, neighbors = self.vault_answer(embedding, k, temperature)
                 parts.append(self._conditioning(mix(Parts(*answer), typed, mode, alpha), neighbors, {}))
                 neighbors_per_item.append(neighbors)
-        stacked = {name: np.concatenate([getattr(part, name) for part in parts]) for name in (
-            "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")}
+        # Items whose conditionings span different chunk counts meet at one length, both sides alike.
+        tokens = aligned([part.prompt_embeds for part in parts] + [part.negative_prompt_embeds for part in parts])
+        stacked = {"prompt_embeds": np.concatenate(tokens[: len(parts)]),
+                   "negative_prompt_embeds": np.concatenate(tokens[len(parts):]),
+                   **{name: np.concatenate([getattr(part, name) for part in parts])
+                      for name in ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")}}
         info = {"source": source, "items": len(crops), "k": k, "mode": mode, "alpha": alpha, "prompt": prompt,
                 "negative_prompt": negative_prompt, "vision_key": self.profile.vision_key,
                 "neighbors_per_item": [[n.path for n in items] for items in neighbors_per_item]}

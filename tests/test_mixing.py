@@ -102,3 +102,36 @@ def test_the_vault_and_the_refiner_blend_alike(indexed_home):
         np.testing.assert_allclose(served.negative_prompt_embeds[i], item.negative_prompt_embeds, atol=1e-5)
         np.testing.assert_allclose(served.negative_pooled_prompt_embeds[i], item.negative_pooled_prompt_embeds,
                                    atol=1e-5)
+
+
+def test_conditionings_of_different_lengths_meet_by_repetition():
+    from luna_core.mixing import aligned, common_length, repeat_to
+
+    one, two, three = (np.arange(77 * c * 2, dtype=np.float32).reshape(77 * c, 2) for c in (1, 2, 3))
+    assert common_length([77, 154]) == 154 and common_length([154, 231]) == 462 and common_length([77]) == 77
+    a, b = aligned([one, two])
+    assert a.shape == b.shape == (154, 2) and np.array_equal(a[77:], one) and np.array_equal(b, two)
+    assert repeat_to(three, 462).shape == (462, 2)
+    blended = mix(Parts(two, two[0], two, two[0]), Parts(one, one[0], one, one[0]), "blend", 0.5)
+    assert blended.embeds.shape == (154, 2) and np.allclose(blended.embeds[77:], (one + two[77:]) / 2)
+
+
+def test_a_long_prompt_s_neighbour_answers_with_every_chunk(indexed_home):
+    import duckdb
+
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.query import Vault
+
+    with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
+        found = con.execute("""SELECT image_id, vision_row, prompt_row, prompt_chunks FROM library
+                               WHERE prompt_chunks > 1 ORDER BY image_id LIMIT 1""").fetchone()
+    assert found, "the sample library holds prompts longer than one chunk"
+    image_id, vision_row, prompt_row, chunks = found
+    vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
+    from luna_core.vault.segments import open_vision_store
+
+    embedding = open_vision_store(indexed_home, vault.profile).read("embeds", np.array([vision_row]))[0]
+    embeds, pooled, negative, _, neighbors = vault.vault_answer(embedding.astype(np.float32), k=1)
+    assert neighbors[0].image_id == image_id and embeds.shape[0] == 77 * chunks and negative.shape == embeds.shape
+    rows = vault.text_store.read_rows("prompt_embeds", np.arange(prompt_row, prompt_row + chunks))
+    assert np.allclose(embeds, rows.reshape(-1, rows.shape[-1]), atol=1e-3)

@@ -255,3 +255,18 @@ def test_each_refinement_times_itself_when_one_refiner_serves_two_threads(indexe
     release.set()
     first.join(120)
     assert reports["first"].seconds == 250.0 and reports["second"].seconds == 0.0  # the old shared start: 150
+
+
+def test_items_of_different_chunk_counts_batch_as_they_refine_alone(sampler):
+    """A two-chunk conditioning beside a one-chunk one: the batch meets at 154 tokens by repetition (the
+    rule ComfyUI uses), and each item still refines as it does alone."""
+    images, conditions, time_ids, seeds, _ = _items(3, seed=4)
+    rng = np.random.default_rng(9)
+    long_item = ItemConditioning(rng.normal(size=(154, 96)).astype(np.float32), conditions[1].pooled_prompt_embeds,
+                                 rng.normal(size=(154, 96)).astype(np.float32),
+                                 conditions[1].negative_pooled_prompt_embeds)
+    conditions[1] = long_item
+    batched = sampler.refine(images, conditions, time_ids, seeds, FAST)
+    for i in range(3):
+        alone = sampler.refine(images[i : i + 1], conditions[i : i + 1], time_ids[i : i + 1], seeds[i : i + 1], FAST)[0]
+        assert _max_diff(batched[i], alone) <= 1e-4, i

@@ -24,7 +24,8 @@ from luna_core.vault.store import RowStore
 log = logging.getLogger(__name__)
 
 LOOKUP_COLUMNS = ("image_id", "content_hash", "path", "generator", "split", "prompt", "negative_prompt",
-                  "prompt_row", "negative_row", "vision_row")  # vision_row: where re-ranking reads
+                  "prompt_row", "negative_row", "vision_row",  # vision_row: where re-ranking reads
+                  "prompt_chunks", "negative_chunks")  # conditioning rows from *_row on
 
 
 @dataclass
@@ -44,9 +45,10 @@ def _library_rows(home: LunaHome):
         if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchall()[0][0]:
             raise NotBuiltError("the catalog has no `library` view yet: materialize luna_catalog first")
         table = con.sql(f"""
-            SELECT {", ".join(c for c in LOOKUP_COLUMNS if not c.endswith("_row"))},
+            SELECT {", ".join(c for c in LOOKUP_COLUMNS if not c.endswith(("_row", "_chunks")))},
                    coalesce(prompt_row, -1) AS prompt_row, coalesce(negative_row, -1) AS negative_row,
-                   vision_row
+                   vision_row, coalesce(prompt_chunks, 1) AS prompt_chunks,
+                   coalesce(negative_chunks, 1) AS negative_chunks
             FROM library WHERE vision_row IS NOT NULL ORDER BY image_id""").to_arrow_table()
     return table
 

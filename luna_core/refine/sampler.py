@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from luna_core.errors import LunaConfigError
+from luna_core.mixing import aligned
 from luna_core.models.encoders import _load
 from luna_core.refine.settings import SamplerSettings
 
@@ -159,11 +160,14 @@ class SDXLSampler:
         pixels = (pixels.permute(0, 3, 1, 2) / 127.5 - 1.0).to(device)
         batch = len(images)
 
-        def stacked(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.stack([getattr(c, name) for c in conditions]).astype(np.float32)).to(device, dtype)
+        def stacked(arrays) -> torch.Tensor:
+            return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(device, dtype)
 
-        embeds, pooled = stacked("prompt_embeds"), stacked("pooled_prompt_embeds")
-        negative, negative_pooled = stacked("negative_prompt_embeds"), stacked("negative_pooled_prompt_embeds")
+        # Items of different chunk counts meet at one token length by repetition (attention-equivalent).
+        tokens = aligned([c.prompt_embeds for c in conditions] + [c.negative_prompt_embeds for c in conditions])
+        embeds, negative = stacked(tokens[: len(conditions)]), stacked(tokens[len(conditions):])
+        pooled = stacked([c.pooled_prompt_embeds for c in conditions])
+        negative_pooled = stacked([c.negative_pooled_prompt_embeds for c in conditions])
         times = torch.as_tensor(np.asarray(time_ids, dtype=np.float32), device=device, dtype=dtype)
         guided = settings.guidance_scale > 1.0
         if guided:  # negatives first, as diffusers orders them; item i is row i and row batch + i

@@ -182,7 +182,8 @@ def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: Eval
         answers = [vault.vault_answer(embeddings[i], settings.k, settings.temperature,
                                       exclude=leave_out(test_set, int(pairs.image_ids[i])))
                    for i in range(start, start + count)]
-        return np.stack([a[0] for a in answers]), np.stack([a[1] for a in answers])
+        # Scored on the first chunk, as every source and the truth are (their first 77 tokens).
+        return np.stack([a[0][:77] for a in answers]), np.stack([a[1] for a in answers])
 
     sources.append(score_source(f"vault k={settings.k}", "vault", truth, vault_rows))
 
