@@ -60,6 +60,8 @@ KEYS: tuple[Key, ...] = (
     Key("schedules.retrain_cron", "LUNA_RETRAIN_CRON", "0 4 * * 0", "when the projector retrains (cron)"),
     Key("schedules.benchmark_cron", "LUNA_BENCHMARK_CRON", "0 5 * * 0", "when the refinement benchmark runs (cron)"),
     Key("projector.retrain_growth", "LUNA_RETRAIN_GROWTH", 0.25, "retrain once the training pairs grew by this share"),
+    Key("prompts.syntax", "LUNA_PROMPT_SYNTAX", "a1111", "how a typed prompt is read (luna condition --prompt, "
+        "serve, refine): a1111, comfy, compel, novelai or literal"),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 

@@ -28,6 +28,8 @@ from luna_core.mixing import DEFAULT_TEMPERATURE, Parts, aligned, check_inputs, 
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.projector.registry import Registry, parse_model_uri
+from luna_core.prompts.encode import encode_parsed
+from luna_core.prompts.parsers import parse
 from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store, store_exists
 from luna_core.vault.store import RowStore
@@ -360,8 +362,10 @@ class Vault:
         encoder = self.vision if use_index else self._encoder()
         return encoder.embed_pixels(np.stack([encoder.preprocess(image) for image in images]))
 
-    def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    def encode_prompt(self, prompt: str, syntax: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A typed prompt's conditioning ([77·c, D], [P]), read by `syntax` (default: the `prompts.syntax`
+        setting, a1111): weights, BREAK and long prompts as that writer reads them."""
         if self._text is None:
             self._text = SDXLTextEncoder(self.profile.sdxl_model, self.profile.sdxl_revision, *self._device_dtype())
-        embeds, pooled = self._text.encode([prompt])
-        return embeds[0], pooled[0]
+        syntax = syntax or self.home.settings().text("prompts.syntax")
+        return encode_parsed(self._text, parse(prompt, syntax))

@@ -135,3 +135,20 @@ def test_a_long_prompt_s_neighbour_answers_with_every_chunk(indexed_home):
     assert neighbors[0].image_id == image_id and embeds.shape[0] == 77 * chunks and negative.shape == embeds.shape
     rows = vault.text_store.read_rows("prompt_embeds", np.arange(prompt_row, prompt_row + chunks))
     assert np.allclose(embeds, rows.reshape(-1, rows.shape[-1]), atol=1e-3)
+
+
+def test_a_typed_prompt_is_read_by_the_prompt_syntax_setting(indexed_home, monkeypatch):
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.query import Vault
+
+    vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
+    weighted, _ = vault.encode_prompt("a (red:1.5) fox")
+    literal, _ = vault.encode_prompt("a (red:1.5) fox", "literal")
+    assert weighted.shape == literal.shape == (77, 96) and not np.allclose(weighted, literal)
+    long_text = ", ".join(f"a red fox number {i}" for i in range(30))
+    assert vault.encode_prompt(long_text)[0].shape[0] >= 154
+    monkeypatch.setenv("LUNA_PROMPT_SYNTAX", "literal")
+    assert vault.encode_prompt(long_text)[0].shape[0] == 77
+    image = sorted(Path(indexed_home.roots()[0]).rglob("*_a1111_png.png"))[0]
+    answer = vault.condition(image, k=3, prompt=long_text, mode="concat")
+    assert answer.prompt_embeds.shape[1] >= 154 and answer.negative_prompt_embeds.shape == answer.prompt_embeds.shape
