@@ -123,7 +123,7 @@ def test_report_files_mlflow_and_no_rebuild_when_unchanged(report_home):
     assert not re.search(r"""(src|href)=["'](?!data:)""", html), "the HTML references nothing outside itself"
     assert html.count("data:image/png;base64,") >= 3 and "random weights" in html
     report = json.loads((second.folder / "report.json").read_text())
-    assert {s["kind"] for s in report["sources"]} == {"true", "vault", "projector", "mean", "empty"}
+    assert {s["kind"] for s in report["sources"]} == {"true", "literal", "vault", "projector", "mean", "empty"}
     assert report["benchmark"]["costs"]["batching"]["chess 5x5, 25 tiles in 2 passes"]["max_item_diff"] <= 1e-5
     assert report["benchmark"]["load"]["before"]["cores"] >= 1 and "machine load" in second.markdown.read_text()
     text = second.markdown.read_text()

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from luna_core.catalog import open_catalog
 from luna_core.errors import LunaError, NotBuiltError
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.names import REGISTERED_NAME
@@ -167,6 +168,16 @@ def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: Eval
         return truth.text.read_rows("prompt_embeds", rows), truth.text.read_rows("pooled_prompt_embeds", rows)
 
     sources.append(score_source("true prompt", "true", truth, rows_of))
+
+    # The same prompts read literally, as Luna encoded them before prompt parsing (cut at 77 tokens, weights as
+    # text): how far that reading is from what the generators computed is the error the parsing fixed.
+    with open_catalog(home.catalog_path, read_only=True) as con:
+        texts = dict(con.execute("SELECT image_id, prompt FROM library WHERE image_id IN (SELECT unnest($ids))",
+                                 {"ids": [int(i) for i in pairs.image_ids]}).fetchall())
+    literal = [vault.encode_prompt(texts.get(int(i)) or "", "literal") for i in pairs.image_ids]
+    sources.append(score_source("true prompt read literally (before prompt parsing)", "literal", truth,
+                                lambda start, count: (np.stack([t for t, _ in literal[start : start + count]]),
+                                                      np.stack([p for _, p in literal[start : start + count]]))))
 
     train = load_pairs(home, "train")
     mean_tokens, mean_pooled = _mean_conditioning(truth.text, train.prompt_rows)

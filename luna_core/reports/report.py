@@ -40,7 +40,7 @@ from luna_core.settings import LunaHome
 
 log = logging.getLogger(__name__)
 
-REPORT_CODE_VERSION = "2"
+REPORT_CODE_VERSION = "3"  # 3: the literal reading of the true prompt, beside the parsed one
 EXPERIMENT = "luna-reports"
 RANDOM_WEIGHTS_WARNING = ("This report was made with the tiny profile: its encoders and UNet have random weights. "
                           "It checks the pipeline end to end; it makes no claim about quality.")
