@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from luna_core.ingest import IngestOptions, ingest
 from luna_core.prompts.encode import encode_many
 from luna_core.prompts.parsers import parse
@@ -79,6 +81,21 @@ def _encoder(kind: str, work: Path):
     return SDXLTextEncoder(str(folder), None, "cpu", torch.float32)
 
 
+def int8_codec(rows: np.ndarray) -> tuple[float, float, float]:
+    """An 8-bit-per-channel codec with a float16 scale per channel and row, against float16 storage:
+    (bytes per chunk row over float16's, the largest and the mean token cosine error)."""
+    rows16 = rows.astype(np.float16).astype(np.float32)  # what the store keeps today
+    scale = np.abs(rows16).max(axis=1, keepdims=True) / 127.0
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float16).astype(np.float32)
+    decoded = np.clip(np.round(rows16 / scale), -127, 127) * scale
+    dot = (decoded * rows16).sum(-1)
+    norms = np.linalg.norm(decoded, axis=-1) * np.linalg.norm(rows16, axis=-1)
+    error = 1.0 - dot / np.where(norms == 0, 1.0, norms)
+    tokens, width = rows.shape[1:]
+    ratio = (tokens * width + 2 * width) / (tokens * width * 2)
+    return ratio, float(error.max()), float(error.mean())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=500_000, help="prompts for the parser-alone timing")
@@ -103,11 +120,14 @@ def main() -> int:
         encoder.encode([t for t, _ in sample[start : start + batch]])
     literal_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    chunks = 0
+    chunks, kept = 0, []
     for start in range(0, len(sample), batch):
         parsed = [parse(t, s) for t, s in sample[start : start + batch]]
-        chunks += sum(tokens.shape[0] // 77 for tokens, _ in encode_many(encoder, parsed))
+        answers = encode_many(encoder, parsed)
+        chunks += sum(tokens.shape[0] // 77 for tokens, _ in answers)
+        kept += [tokens.reshape(-1, 77, tokens.shape[-1]) for tokens, _ in answers[:4]]
     parsed_seconds = time.perf_counter() - started
+    codec_ratio, codec_max_error, codec_mean_error = int8_codec(np.concatenate(kept))
 
     library = make_sample_library(work / "library", args.library, seed=5, size=(64, 64), broken=False)
     home = LunaHome.resolve(work / "home").ensure()
@@ -125,6 +145,9 @@ def main() -> int:
         "parsed_over_literal_time": parsed_seconds / literal_seconds,
         "parser_share_of_parsed_encoding": parse_per_prompt / (parsed_seconds / len(sample)),
         "library_prompts": len(rows), "library_prompts_changed_by_parse": changed,
+        "int8_bytes_over_float16": codec_ratio, "int8_max_token_cosine_error": codec_max_error,
+        "int8_mean_token_cosine_error": codec_mean_error,
+        "int8_bytes_over_float16_at_sdxl_width": (77 * 2048 + 2 * 2048) / (77 * 2048 * 2),
     }
     print(f"parser alone: {len(corpus):,} prompts in {parse_seconds:.1f}s = {figures['parser_prompts_per_s']:,.0f}/s")
     print(f"encoding ({args.encoder} encoders, batches of {batch}, CPU):")
@@ -133,6 +156,9 @@ def main() -> int:
           f"   time ratio parsed/literal {figures['parsed_over_literal_time']:.2f}")
     print(f"  parser's share of the parsed path     {figures['parser_share_of_parsed_encoding']:10.4f}")
     print(f"sample library: {changed} of {len(rows)} prompts read differently than their literal text")
+    print(f"8-bit codec (per-channel scale) vs float16: {codec_ratio:.3f} of the bytes "
+          f"({figures['int8_bytes_over_float16_at_sdxl_width']:.3f} at SDXL width), token cosine error max "
+          f"{codec_max_error:.2e}, mean {codec_mean_error:.2e} ({args.encoder} encoders)")
     print(json.dumps(figures), file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
     return 0
