@@ -233,9 +233,12 @@ def test_a_backfill_of_every_shard_on_two_celery_workers_survives_losing_one(sha
         images = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
         vision = con.execute("SELECT content_hash, count(*) FROM vision_rows GROUP BY 1").fetchall()
         prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
-        text = con.execute("SELECT prompt_hash, count(*) FROM text_rows GROUP BY 1").fetchall()
+        # A conditioning's first row (chunks > 0), then its chunk rows KEY#1... (chunks = 0).
+        text = con.execute("SELECT prompt_hash, count(*) FROM text_rows WHERE chunks > 0 GROUP BY 1").fetchall()
+        continued, expected = con.execute("SELECT count(*) FILTER (WHERE chunks = 0), "
+                                          "coalesce(sum(chunks - 1) FILTER (WHERE chunks > 0), 0) FROM text_rows").fetchone()
     assert len(vision) == images and {n for _, n in vision} == {1}
-    assert len(text) == prompts and {n for _, n in text} == {1}
+    assert len(text) == prompts and {n for _, n in text} == {1} and continued == expected
     _assert_same_vectors_as_one_store(home, profile, tmp_path, tiny_models, sample_library)
 
 
