@@ -20,7 +20,7 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     assert {"AUTOMATIC1111", "Forge", "ComfyUI", "InvokeAI", "NovelAI", "Fooocus", "SwarmUI", "Easy Diffusion",
             "Draw Things"} <= generators
     assert quarantined == 9
-    assert "Vault (Zarr, float16):" in out and "prompts over 77 tokens" in out
+    assert "Vault (Zarr, float16):" in out and "prompts over one chunk of 77 tokens" in out
     assert "check vision_embeddings.counts_agree: passed" in out and "FAILED" not in out
     with duckdb.connect(str(home / "catalog.duckdb"), read_only=True) as con:
         images = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]

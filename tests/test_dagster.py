@@ -328,7 +328,7 @@ def test_embedding_assets_report_metadata_and_pass_checks(tiny_home: LunaHome):
     vision = result.asset_materializations_for_node("vision_embeddings")[0].metadata
     text = result.asset_materializations_for_node("text_conditionings")[0].metadata
     assert vision["rows added"].value > 0 and vision["device"].value == "cpu"
-    assert text["prompts over 77 tokens (truncated, flagged in text_rows)"].value >= 1
+    assert text["prompts over one chunk of 77 tokens (kept whole, one row per chunk)"].value >= 1
     checks = [(c.asset_key.to_user_string(), c.check_name, c.passed) for c in result.get_asset_check_evaluations()]
     assert len(checks) == 6 and all(passed for _, _, passed in checks), checks
     again = dg.materialize([vision_embeddings, text_conditionings], resources=resources,
