@@ -200,7 +200,7 @@ def test_no_module_is_over_400_lines():
 
 # Imports inside functions are for these alone: each takes from a third of a second to seconds to import,
 # and most commands never need them (`luna --help`, `luna config`, a served request, a code-location load).
-HEAVY = ("torch", "transformers", "diffusers", "safetensors.torch", "mlflow", "dagster", "dagster_celery", "celery",
+HEAVY = ("torch", "transformers", "diffusers", "safetensors.torch", "compel", "mlflow", "dagster", "dagster_celery", "celery",
          "billiard", "matplotlib", "psycopg2", "upath", "uvicorn")
 ENTRY_POINTS = ("luna_cli", "comfyui_luna")  # may defer a project module that pulls one of HEAVY in
 
