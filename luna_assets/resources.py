@@ -30,7 +30,8 @@ class LunaHomeResource(dg.ConfigurableResource):
 
     def ingest_options(self, progress: bool = True) -> IngestOptions:
         limits = ProbeLimits(max_pixels=self.max_pixels, max_text_bytes=self.max_text_bytes)
-        return IngestOptions(limits=limits, workers=self.workers, progress=progress)
+        return IngestOptions(limits=limits, workers=self.workers, progress=progress,
+                             writer_syntax=self.luna_home.writer_syntax())
 
 
 class LunaModelsResource(dg.ConfigurableResource):

@@ -116,7 +116,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     home = LunaHome.resolve(args.home).ensure()
     roots = home.add_roots(args.roots) if not args.no_record else [str(Path(r).absolute()) for r in args.roots]
     selected = [str(Path(r).absolute()) for r in args.roots]
-    options = IngestOptions(limits=ProbeLimits(max_pixels=args.max_pixels), workers=args.workers)
+    options = IngestOptions(limits=ProbeLimits(max_pixels=args.max_pixels), workers=args.workers,
+                            writer_syntax=home.writer_syntax())
     report = ingest(home.catalog_path, selected, options)
     print(f"Ingested {', '.join(selected)} into {home.catalog_path} in {report.seconds:.1f}s")
     counts = report.counts()

@@ -265,10 +265,12 @@ def image_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 def library_files_digest(con: duckdb.DuckDBPyConnection) -> str:
-    """What the library holds (each readable file's path and content hash), as one digest: an ingest
-    that changed nothing gives the same digest, so nothing downstream needs to run."""
-    return con.execute("""SELECT coalesce(md5(string_agg(path || '|' || content_hash, '\n' ORDER BY path)), '')
-                           FROM images WHERE status = 'ok'""").fetchone()[0]
+    """What the library holds (each readable file's path, content hash and prompt syntax), as one digest:
+    an ingest that changed nothing gives the same digest, so nothing downstream needs to run."""
+    return con.execute("""SELECT coalesce(md5(string_agg(i.path || '|' || i.content_hash || '|'
+                                                     || coalesce(g.prompt_syntax, ''), '\n' ORDER BY i.path)), '')
+                           FROM images i LEFT JOIN generations g USING (content_hash)
+                           WHERE i.status = 'ok'""").fetchone()[0]
 
 
 def vault_rows_digest(con: duckdb.DuckDBPyConnection, kind: str, store_key: str) -> str:

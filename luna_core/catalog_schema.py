@@ -1,7 +1,7 @@
 """The catalog's tables, its schema version and the migrations from each older version (applied by
 luna_core.catalog.ensure_schema)."""
 
-from luna_core.prompts.syntax import GENERATOR_SYNTAX, PARSER_VERSION
+from luna_core.prompts.syntax import PARSER_VERSION, syntax_case_sql
 
 SCHEMA_VERSION = 5
 # Vault rows whose item left the library (its file deleted, or edited in place), moved out of
@@ -31,8 +31,7 @@ _SPLIT_REASON = "ALTER TABLE splits ADD COLUMN IF NOT EXISTS reason VARCHAR"
 # key is the SHA-256 of its rules and text, so the same text under two writers is two conditionings; the
 # literal rules keep the text's own hash, which every earlier row has.
 _PROMPT_SYNTAX = "ALTER TABLE generations ADD COLUMN IF NOT EXISTS prompt_syntax VARCHAR"
-SYNTAX_OF_GENERATOR = ("CASE generator " + " ".join(f"WHEN '{g}' THEN '{s}'" for g, s in GENERATOR_SYNTAX.items())
-                        + " ELSE 'literal' END")
+SYNTAX_OF_GENERATOR = syntax_case_sql()
 _FILL_SYNTAX = f"UPDATE generations SET prompt_syntax = {SYNTAX_OF_GENERATOR} WHERE prompt_syntax IS NULL"
 _TEXT_CHUNKS = "ALTER TABLE text_rows ADD COLUMN IF NOT EXISTS chunks INTEGER DEFAULT 1"
 _RETIRED_CHUNKS = "ALTER TABLE retired_rows ADD COLUMN IF NOT EXISTS chunks INTEGER DEFAULT 1"

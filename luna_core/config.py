@@ -62,6 +62,8 @@ KEYS: tuple[Key, ...] = (
     Key("projector.retrain_growth", "LUNA_RETRAIN_GROWTH", 0.25, "retrain once the training pairs grew by this share"),
     Key("prompts.syntax", "LUNA_PROMPT_SYNTAX", "a1111", "how a typed prompt is read (luna condition --prompt, "
         "serve, refine): a1111, comfy, compel, novelai or literal"),
+    Key("prompts.writers", "LUNA_PROMPT_WRITERS", "", "a catalogued generator's prompt syntax instead of its "
+        "writer's own, e.g. 'ComfyUI=a1111, SwarmUI=comfy' (applied at the next ingest)"),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 

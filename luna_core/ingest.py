@@ -30,6 +30,7 @@ from luna_core.catalog import open_catalog, transaction
 from luna_core.catalog_schema import SYNTAX_OF_GENERATOR
 from luna_core.containers import ProbeLimits
 from luna_core.filereader import IngestedFile, QuarantinedFile, clean_text, read_chunk
+from luna_core.prompts.syntax import syntax_case_sql
 from luna_core.scan import DEFAULT_IGNORE, FileEntry, ScanProblem, ScanStats, walk_root
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class IngestOptions:
     batch_size: int = BATCH_SIZE
     progress: bool = True
     min_files_for_pool: int = 64  # fewer files are read in this process: a pool's start-up would cost more
+    writer_syntax: tuple[tuple[str, str], ...] = ()  # (generator, prompt syntax) overriding the writers' own
 
 
 @dataclass
@@ -63,6 +65,7 @@ class IngestReport:
     bytes_read: int = 0
     seconds: float = 0.0
     by_generator: dict[str, int] = field(default_factory=dict)
+    syntax_changed: int = 0  # generations whose prompt syntax a changed setting moved (their prompts re-encode)
     by_reason: dict[str, int] = field(default_factory=dict)
     unavailable_roots: list[str] = field(default_factory=list)  # not scanned: their rows were left as they were
 
@@ -256,6 +259,15 @@ def _storable(path: str) -> bool:
         return False
 
 
+def apply_writer_syntax(catalog_path: str | Path, overrides: dict[str, str]) -> int:
+    """Every generation's prompt syntax from its generator, overrides applied (a changed setting reaches
+    generations catalogued earlier); how many changed."""
+    case = syntax_case_sql(overrides)
+    with open_catalog(catalog_path) as con:
+        return len(con.execute(f"UPDATE generations SET prompt_syntax = {case} "
+                               f"WHERE prompt_syntax IS DISTINCT FROM {case} RETURNING 1").fetchall())
+
+
 def ingest(
     catalog_path: str | Path,
     roots: list[str],
@@ -362,6 +374,7 @@ def ingest(
         bar.close()
     scanned = [r for r in roots if r not in report.unavailable_roots]
     _finish_scan(catalog_path, scanned, unchanged_paths, seen_quarantine, _utcnow(), report, run_started)
+    report.syntax_changed = apply_writer_syntax(catalog_path, dict(options.writer_syntax))
     report.seconds = time.perf_counter() - started
     log.info("ingest finished in %.1fs: %s", report.seconds, report.counts())
     return report

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from luna_core.config import Settings, environment_settings, read_toml
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.instance import ensure_instance
+from luna_core.prompts.syntax import writer_overrides
 from luna_core.storage import is_remote, location
 
 if TYPE_CHECKING:
@@ -227,6 +228,14 @@ class LunaHome:
         """The model profile to use: the argument, else $LUNA_PROFILE, else the one the home recorded
         ([models] profile in luna.toml), else sdxl."""
         return self.settings({"models.profile": argument}).text("models.profile")
+
+    def writer_syntax(self) -> tuple[tuple[str, str], ...]:
+        """(generator, prompt syntax) pairs overriding the writers' own rules (`prompts.writers`)."""
+        setting = self.settings().setting("prompts.writers")
+        try:
+            return tuple(writer_overrides(str(setting.value)).items())
+        except ValueError as exc:
+            raise LunaConfigError(f"{setting.where()}: {exc}") from None
 
     def recorded_model_profile(self) -> str | None:
         """The model profile this home was built with, if luna.toml records one."""

@@ -189,3 +189,26 @@ def test_inspect_shows_how_a_prompt_is_read(tmp_path):
     prompt = result["prompt_parse"]["prompt"]
     assert prompt["rules"] == "a1111/1" and ["masterpiece", 1.2] in prompt["pieces"] and prompt["breaks"]
     assert result["prompt_parse"]["negative_prompt"]["pieces"] == [["blurry", 1.4]]
+
+
+def test_a_writers_syntax_can_be_overridden_and_reaches_earlier_generations(tiny_home, monkeypatch):
+    import duckdb
+
+    from luna_core.errors import LunaConfigError
+    from luna_core.ingest import IngestOptions, ingest
+
+    def syntaxes() -> dict:
+        with duckdb.connect(str(tiny_home.catalog_path), read_only=True) as con:
+            return dict(con.execute("SELECT generator, any_value(prompt_syntax) FROM generations GROUP BY 1").fetchall())
+
+    assert syntaxes()["ComfyUI"] == "comfy"
+    monkeypatch.setenv("LUNA_PROMPT_WRITERS", "ComfyUI=a1111")
+    options = IngestOptions(workers=1, progress=False, writer_syntax=tiny_home.writer_syntax())
+    report = ingest(tiny_home.catalog_path, tiny_home.roots(), options)
+    assert syntaxes()["ComfyUI"] == "a1111" and syntaxes()["AUTOMATIC1111"] == "a1111" and report.syntax_changed > 0
+    monkeypatch.delenv("LUNA_PROMPT_WRITERS")
+    ingest(tiny_home.catalog_path, tiny_home.roots(), IngestOptions(workers=1, progress=False))
+    assert syntaxes()["ComfyUI"] == "comfy"
+    monkeypatch.setenv("LUNA_PROMPT_WRITERS", "ComfyUI=fancy")
+    with pytest.raises(LunaConfigError, match=r"\$LUNA_PROMPT_WRITERS: 'ComfyUI=fancy' is not GENERATOR=SYNTAX"):
+        tiny_home.writer_syntax()

@@ -164,6 +164,26 @@ def take_wildcards(text: str, draft: Draft) -> str:
     return WILDCARD.sub(remove, text)
 
 
+def writer_overrides(text: str) -> dict[str, str]:
+    """'ComfyUI=a1111, SwarmUI=comfy' → {"ComfyUI": "a1111", "SwarmUI": "comfy"}; ValueError naming the bad part."""
+    overrides = {}
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        generator, sep, syntax = (x.strip() for x in part.partition("="))
+        if not sep or not generator or syntax not in SYNTAXES:
+            raise ValueError(f"{part!r} is not GENERATOR=SYNTAX with SYNTAX one of {', '.join(SYNTAXES)}")
+        overrides[generator] = syntax
+    return overrides
+
+
+def syntax_case_sql(overrides: dict[str, str] | None = None, column: str = "generator") -> str:
+    """SQL giving each generation's prompt syntax from its generator: the writers' own, then `overrides`."""
+    mapping = {**GENERATOR_SYNTAX, **(overrides or {})}
+    quoted = {g.replace("'", "''"): s for g, s in mapping.items()}
+    return f"CASE {column} " + " ".join(f"WHEN '{g}' THEN '{s}'" for g, s in quoted.items()) + " ELSE 'literal' END"
+
+
 def syntax_for(generator: str | None, override: str | None = None) -> str:
     """The syntax a generator's prompts follow; `override` (a setting) wins when given."""
     if override and override != "auto":

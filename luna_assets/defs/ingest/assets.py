@@ -57,6 +57,7 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
         data_version=dg.DataVersion(held),
         metadata={
             "new": report.new,
+            "prompt syntax changed (a setting; their prompts re-encode)": report.syntax_changed,
             "changed": report.changed,
             "unchanged": report.unchanged,
             "missing": report.missing,
