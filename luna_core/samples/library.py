@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from luna_core.prompts.syntax import syntax_for
 from luna_core.samples.pictures import PromptSpec, draw_picture, random_prompt
 from luna_core.samples.writers import (
     FORMATS,
@@ -60,12 +61,13 @@ class SampleLibrary:
         return [f for f in self.files if f.quarantine_reason is not None]
 
 
-def _generation(rng: random.Random, spec: PromptSpec, size: tuple[int, int]) -> Generation:
+def _generation(rng: random.Random, spec: PromptSpec, size: tuple[int, int], generator: str = "") -> Generation:
     model, model_hash = rng.choice(MODELS)
     loras = [(rng.choice(LORA_NAMES), round(rng.uniform(0.3, 1.0), 2))] if rng.random() < 0.5 else []
     return Generation(
         spec=spec, seed=rng.randrange(2**32), steps=rng.choice((20, 25, 30, 40)), cfg=rng.choice((4.5, 6.0, 7.0, 7.5)),
         width=size[0] * 4, height=size[1] * 4, model=model, model_hash=model_hash, loras=loras,
+        syntax=syntax_for(generator),
     )
 
 
@@ -83,12 +85,13 @@ def make_sample_library(
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     n_prompts = max(1, n_images // 3)  # each prompt at about three seeds, as people reroll
-    pool = [random_prompt(rng, long=(i % 7 == 3)) for i in range(n_prompts)]
+    # A third of the prompts weight a tag, in their writer's own syntax, as real libraries' prompts do.
+    pool = [random_prompt(rng, long=(i % 7 == 3), emphasis=1.2 if i % 3 == 1 else None) for i in range(n_prompts)]
     files: list[SampleFile] = []
     for i in range(n_images):
         spec = pool[rng.randrange(len(pool))] if i >= len(pool) else pool[i]
         kind, writer, generator = FORMATS[i % len(FORMATS)]
-        gen = _generation(rng, spec, size)
+        gen = _generation(rng, spec, size, generator)
         data, ext = writer(draw_picture(spec, gen.seed, size, grain), gen)
         folder = root / kind.split("_")[0]
         folder.mkdir(exist_ok=True)

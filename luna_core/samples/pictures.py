@@ -43,6 +43,15 @@ LONG_TAGS = (
 )
 
 
+# The style's first tag with more attention, as each writer's users type it (its own syntax).
+EMPHASIS = {
+    "a1111": lambda tag, weight: f"({tag}:{weight:g})",
+    "comfy": lambda tag, weight: f"({tag}:{weight:g})",
+    "compel": lambda tag, weight: f"({tag}){weight:g}",
+    "novelai": lambda tag, weight: "{" + tag + "}",  # NovelAI's braces: x1.05 each
+}
+
+
 @dataclass(frozen=True)
 class PromptSpec:
     subject: str
@@ -51,19 +60,28 @@ class PromptSpec:
     style: str
     negative: str
     long: bool = False
+    emphasis: float | None = None  # the weight of the style's first tag, written in the writer's syntax
 
     @property
     def prompt(self) -> str:
-        text = f"a {self.colour} {self.subject} on a {self.background} background, {self.style}"
+        return self.render("literal")
+
+    def render(self, syntax: str) -> str:
+        """The prompt as a user of a writer with this prompt syntax types it."""
+        style = self.style
+        if self.emphasis is not None and syntax in EMPHASIS:
+            first, _, rest = style.partition(", ")
+            style = EMPHASIS[syntax](first, self.emphasis) + (f", {rest}" if rest else "")
+        text = f"a {self.colour} {self.subject} on a {self.background} background, {style}"
         if self.long:
             text += ", " + ", ".join(LONG_TAGS)
         return text
 
 
-def random_prompt(rng: random.Random, long: bool = False) -> PromptSpec:
+def random_prompt(rng: random.Random, long: bool = False, emphasis: float | None = None) -> PromptSpec:
     return PromptSpec(
         subject=rng.choice(SUBJECTS), colour=rng.choice(list(COLOURS)), background=rng.choice(list(BACKGROUNDS)),
-        style=rng.choice(STYLES), negative=rng.choice(NEGATIVES), long=long,
+        style=rng.choice(STYLES), negative=rng.choice(NEGATIVES), long=long, emphasis=emphasis,
     )
 
 

@@ -27,10 +27,11 @@ class Generation:
     model: str = "sd_xl_base_1.0"
     model_hash: str = "31e35c80fc"
     loras: list[tuple[str, float]] = field(default_factory=list)
+    syntax: str = "literal"  # the writer's prompt syntax: how its user types emphasis (luna_core.prompts.syntax)
 
     @property
     def prompt(self) -> str:
-        return self.spec.prompt
+        return self.spec.render(self.syntax)
 
     @property
     def negative(self) -> str:
