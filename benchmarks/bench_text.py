@@ -28,6 +28,9 @@ from luna_core.prompts.parsers import parse
 from luna_core.prompts.syntax import syntax_for
 from luna_core.samples import make_sample_library
 from luna_core.settings import LunaHome
+from luna_core.vault.codec import CODECS
+from luna_core.vault.segments import store_bytes
+from luna_core.vault.store import TEXT_LAYOUT, RowStore
 
 WORDS = ("portrait", "red", "dress", "forest", "light", "detailed", "castle", "river", "cinematic", "soft", "sky",
          "golden hour", "masterpiece", "best quality", "1girl", "smile", "rain", "neon", "city", "night")
@@ -81,19 +84,20 @@ def _encoder(kind: str, work: Path):
     return SDXLTextEncoder(str(folder), None, "cpu", torch.float32)
 
 
-def int8_codec(rows: np.ndarray) -> tuple[float, float, float]:
-    """An 8-bit-per-channel codec with a float16 scale per channel and row, against float16 storage:
-    (bytes per chunk row over float16's, the largest and the mean token cosine error)."""
-    rows16 = rows.astype(np.float16).astype(np.float32)  # what the store keeps today
-    scale = np.abs(rows16).max(axis=1, keepdims=True) / 127.0
-    scale = np.where(scale == 0, 1.0, scale).astype(np.float16).astype(np.float32)
-    decoded = np.clip(np.round(rows16 / scale), -127, 127) * scale
-    dot = (decoded * rows16).sum(-1)
-    norms = np.linalg.norm(decoded, axis=-1) * np.linalg.norm(rows16, axis=-1)
-    error = 1.0 - dot / np.where(norms == 0, 1.0, norms)
-    tokens, width = rows.shape[1:]
-    ratio = (tokens * width + 2 * width) / (tokens * width * 2)
-    return ratio, float(error.max()), float(error.mean())
+def codec_figures(rows: np.ndarray, work: Path) -> dict[str, float]:
+    """The text store's codecs side by side: the same chunk rows written through each, then read back.
+    Bytes per chunk row on disk, and the token cosine error of int8 against what float16 keeps."""
+    figures, read_back = {}, {}
+    for codec in CODECS:
+        store = RowStore.open(work / f"{codec}.zarr", {"prompt_embeds": rows.shape[1:]}, TEXT_LAYOUT, codec=codec)
+        store.write(0, {"prompt_embeds": rows})
+        read_back[codec] = store.read_rows("prompt_embeds", np.arange(len(rows))).astype(np.float64)
+        figures[f"{codec}_bytes_per_chunk_row"] = store_bytes(work / f"{codec}.zarr") / len(rows)
+    plain, coded = read_back["float16"], read_back["int8"]
+    error = 1 - (plain * coded).sum(-1) / (np.linalg.norm(plain, axis=-1) * np.linalg.norm(coded, axis=-1))
+    figures.update(int8_bytes_over_float16=figures["int8_bytes_per_chunk_row"] / figures["float16_bytes_per_chunk_row"],
+                   int8_max_token_cosine_error=float(error.max()), int8_mean_token_cosine_error=float(error.mean()))
+    return figures
 
 
 def main() -> int:
@@ -127,7 +131,7 @@ def main() -> int:
         chunks += sum(tokens.shape[0] // 77 for tokens, _ in answers)
         kept += [tokens.reshape(-1, 77, tokens.shape[-1]) for tokens, _ in answers[:4]]
     parsed_seconds = time.perf_counter() - started
-    codec_ratio, codec_max_error, codec_mean_error = int8_codec(np.concatenate(kept))
+    codec = codec_figures(np.concatenate(kept), work)
 
     library = make_sample_library(work / "library", args.library, seed=5, size=(64, 64), broken=False)
     home = LunaHome.resolve(work / "home").ensure()
@@ -145,9 +149,7 @@ def main() -> int:
         "parsed_over_literal_time": parsed_seconds / literal_seconds,
         "parser_share_of_parsed_encoding": parse_per_prompt / (parsed_seconds / len(sample)),
         "library_prompts": len(rows), "library_prompts_changed_by_parse": changed,
-        "int8_bytes_over_float16": codec_ratio, "int8_max_token_cosine_error": codec_max_error,
-        "int8_mean_token_cosine_error": codec_mean_error,
-        "int8_bytes_over_float16_at_sdxl_width": (77 * 2048 + 2 * 2048) / (77 * 2048 * 2),
+        **codec, "int8_bytes_over_float16_at_sdxl_width": (77 * 2048 + 2 * 2048) / (77 * 2048 * 2),
     }
     print(f"parser alone: {len(corpus):,} prompts in {parse_seconds:.1f}s = {figures['parser_prompts_per_s']:,.0f}/s")
     print(f"encoding ({args.encoder} encoders, batches of {batch}, CPU):")
@@ -156,9 +158,11 @@ def main() -> int:
           f"   time ratio parsed/literal {figures['parsed_over_literal_time']:.2f}")
     print(f"  parser's share of the parsed path     {figures['parser_share_of_parsed_encoding']:10.4f}")
     print(f"sample library: {changed} of {len(rows)} prompts read differently than their literal text")
-    print(f"8-bit codec (per-channel scale) vs float16: {codec_ratio:.3f} of the bytes "
-          f"({figures['int8_bytes_over_float16_at_sdxl_width']:.3f} at SDXL width), token cosine error max "
-          f"{codec_max_error:.2e}, mean {codec_mean_error:.2e} ({args.encoder} encoders)")
+    print(f"text store, int8 codec vs float16 ({len(np.concatenate(kept))} chunk rows written and read back): "
+          f"{codec['int8_bytes_per_chunk_row']:,.0f} vs {codec['float16_bytes_per_chunk_row']:,.0f} bytes per chunk "
+          f"row = {codec['int8_bytes_over_float16']:.3f} ({figures['int8_bytes_over_float16_at_sdxl_width']:.3f} "
+          f"at SDXL width); token cosine error max {codec['int8_max_token_cosine_error']:.2e}, mean "
+          f"{codec['int8_mean_token_cosine_error']:.2e} ({args.encoder} encoders)")
     print(json.dumps(figures), file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
     return 0

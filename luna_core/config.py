@@ -51,6 +51,8 @@ KEYS: tuple[Key, ...] = (
     Key("storage.root", "LUNA_STORAGE_ROOT", "", "where the vault and the index live when not in the home "
         "(a folder or s3://bucket/prefix)"),
     Key("vault.shards", "LUNA_VAULT_SHARDS", 1, "partitions that embed the vault, 1 to 1024 (1: one store)"),
+    Key("vault.text_codec", "LUNA_TEXT_CODEC", "float16", "how a new text store keeps conditionings: float16, or "
+        "int8 (8 bits per channel with a float16 scale: 0.51 of the bytes); a store keeps the codec it was made with"),
     Key("operations.tracking_uri", "LUNA_MLFLOW_URI", "", "the MLflow registry (default: the home's sqlite file)"),
     Key("operations.postgres_url", "LUNA_POSTGRES_URL", "", "PostgreSQL for the Dagster instance (default: "
         "files under the home)"),

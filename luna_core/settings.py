@@ -14,6 +14,7 @@ from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.instance import ensure_instance
 from luna_core.prompts.syntax import writer_overrides
 from luna_core.storage import is_remote, location
+from luna_core.vault.codec import check_codec
 
 if TYPE_CHECKING:
     from luna_core.models.profiles import ModelProfile
@@ -219,6 +220,14 @@ class LunaHome:
         """How many partitions embed the vault ([vault] shards in luna.toml, or $LUNA_VAULT_SHARDS; 1 = one
         store, the single-machine default). With more, each shard embeds into its own segment store."""
         return self.settings().integer("vault.shards", 1, 1024)
+
+    def text_codec(self) -> str:
+        """How a new text store keeps its conditionings (`vault.text_codec`: float16 or int8)."""
+        setting = self.settings().setting("vault.text_codec")
+        try:
+            return check_codec(self.settings().text("vault.text_codec"))
+        except LunaConfigError as exc:
+            raise LunaConfigError(f"{setting.where()}: {exc}") from None
 
     def set_vault_shards(self, shards: int) -> None:
         self.set_setting("vault", "shards", int(shards))

@@ -19,6 +19,7 @@ from luna_core.errors import LunaConfigError
 from luna_core.models.profiles import ModelProfile
 from luna_core.settings import LunaHome
 from luna_core.storage import is_remote, move, parquet_bytes, read_parquet, write_whole
+from luna_core.vault.codec import FLOAT16
 from luna_core.vault.segments import (
     LOCAL_MASK,
     Shard,
@@ -118,13 +119,15 @@ class StoreSpec:
     path: Path
     fields: dict[str, tuple[int, ...]]
     layout: object
+    codec: str = FLOAT16  # how a new store keeps its values (luna_core.vault.codec)
 
 
 def open_store(catalog_path: Path, spec: StoreSpec) -> RowStore:
     """Record the store in the catalog (refusing other shapes under the same key), then open it."""
     with open_catalog(catalog_path) as con:
         register_store(con, spec.kind, spec.key, spec.model, spec.revision, spec.path, spec.fields)
-    store = RowStore.open(spec.path, spec.fields, spec.layout, attrs={"model": spec.model, "kind": spec.kind})
+    store = RowStore.open(spec.path, spec.fields, spec.layout, attrs={"model": spec.model, "kind": spec.kind},
+                          codec=spec.codec)
     if not store.checksummed:  # written before Luna added checksums: rewritten once, under the writer lock
         with store.writer():
             log.info("adding checksums to vault store %s: %s", spec.path, store.add_checksums())
@@ -137,7 +140,7 @@ def store_and_committer(catalog_path: Path, spec: StoreSpec, commit_rows: int, c
     if shard is None:
         return (open_store(catalog_path, spec), Committer(catalog_path, spec.kind, spec.key, commit_rows, commit_seconds), 0)
     store = RowStore.open(segment_path(spec.path, shard), spec.fields, spec.layout,
-                          attrs={"model": spec.model, "kind": spec.kind, "shard": shard.name})
+                          attrs={"model": spec.model, "kind": spec.kind, "shard": shard.name}, codec=spec.codec)
     return store, ManifestWriter(spec.path, spec.kind, shard, commit_rows, commit_seconds), shard.first_row
 
 

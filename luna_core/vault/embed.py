@@ -263,7 +263,8 @@ def embed_prompts(
     encoder = _encoder(SDXLTextEncoder, profile.sdxl_model, profile.sdxl_revision,
                        *_device_dtype(profile, options, report))
     fields = {"prompt_embeds": (encoder.seq_len, encoder.width), "pooled_prompt_embeds": (encoder.pooled_width,)}
-    spec = StoreSpec(TEXT, key, profile.sdxl_model, profile.sdxl_revision, path, fields, TEXT_LAYOUT)
+    spec = StoreSpec(TEXT, key, profile.sdxl_model, profile.sdxl_revision, path, fields, TEXT_LAYOUT,
+                     codec=home.text_codec())
     store, committer, offset = store_and_committer(catalog_path, spec, options.commit_rows, options.commit_seconds,
                                                    shard)
     batch_size = max(1, min(options.batch_size, TEXT_LAYOUT.rows_per_shard))

@@ -22,6 +22,7 @@ from google_crc32c import value as crc32c
 from luna_core.errors import CorruptStoreError
 
 DTYPE = "float16"
+DTYPES = (DTYPE, "int8")  # float16 rows, or the int8 codec's values (luna_core.vault.codec)
 OPEN_SHARDS = 256  # shard files a reader keeps open per array
 _EMPTY = 2**64 - 1  # the shard index's offset of a chunk never written
 
@@ -41,18 +42,18 @@ class ShardReader:
         index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
         if (conf.get("index_location", "end") != "end" or inner not in (["bytes"], ["bytes", "crc32c"])
                 or index_codecs != ["bytes", "crc32c"]
-                or conf["chunk_shape"][1:] != list(row_shape) or meta.get("data_type") != DTYPE
+                or conf["chunk_shape"][1:] != list(row_shape) or meta.get("data_type") not in DTYPES
                 or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator") != "/"):
             return None
         return cls(store, name, row_shape, meta["chunk_grid"]["configuration"]["chunk_shape"][0],
-                   conf["chunk_shape"][0], checksummed=inner == ["bytes", "crc32c"])
+                   conf["chunk_shape"][0], checksummed=inner == ["bytes", "crc32c"], dtype=meta["data_type"])
 
     def __init__(self, store: Path, name: str, row_shape: tuple[int, ...], shard_rows: int, chunk_rows: int,
-                 checksummed: bool):
-        self.store, self.name, self.row_shape = store, name, row_shape
+                 checksummed: bool, dtype: str = DTYPE):
+        self.store, self.name, self.row_shape, self.dtype = store, name, row_shape, np.dtype(dtype)
         self.chunk_rows, self.checksummed = chunk_rows, checksummed
         self.chunks_per_shard = shard_rows // chunk_rows
-        self.row_bytes = int(np.prod(row_shape)) * 2
+        self.row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
         self.index_bytes = self.chunks_per_shard * 16 + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
         self.chunk_bytes = chunk_rows * self.row_bytes + (4 if checksummed else 0)
         self._zero_dims = "/".join("0" for _ in row_shape)
@@ -99,7 +100,7 @@ class ShardReader:
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         chunk_rows, row_shape, row_bytes = self.chunk_rows, self.row_shape, self.row_bytes
-        out = np.zeros((len(rows), *row_shape), dtype=DTYPE)
+        out = np.zeros((len(rows), *row_shape), dtype=self.dtype)
         # One pass per distinct chunk, in file order. Per-chunk work is plain Python on ints: a query's
         # re-ranking reads tens of rows from as many chunks.
         chunk_of = rows // chunk_rows
@@ -133,7 +134,7 @@ class ShardReader:
                     data = self._verified(os.pread(fd, self.chunk_bytes, offset), path,
                                           f"the chunk of row {row_list[positions[0]]}")
                     checked[chunk] = 1
-                    values = np.frombuffer(data, dtype=DTYPE).reshape(chunk_rows, *row_shape)
+                    values = np.frombuffer(data, dtype=self.dtype).reshape(chunk_rows, *row_shape)
                     for position in positions:
                         out[position] = values[row_list[position] % chunk_rows]
                     continue

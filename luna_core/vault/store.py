@@ -1,4 +1,5 @@
-"""Append-only row stores in Zarr v3: fixed-shape float16 rows, one array per field.
+"""Append-only row stores in Zarr v3: fixed-shape float16 rows, one array per field (or, with the int8
+codec, int8 rows and a float16 scale array beside them: luna_core.vault.codec).
 
 Rows are written first and made visible only when the catalog commits their row numbers, so the
 store itself never needs a transaction: rows past the committed high-water mark are garbage from an
@@ -25,6 +26,7 @@ from zarr.codecs import Crc32cCodec
 
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.storage import is_remote, location
+from luna_core.vault.codec import FLOAT16, SCALE_SUFFIX, check_codec, coded, decode_int8, encode_int8
 from luna_core.vault.shard_reader import DTYPE, ShardReader
 
 
@@ -46,11 +48,14 @@ TEXT_LAYOUT = Layout(rows_per_chunk=1, rows_per_shard=64)
 class RowStore:
     def __init__(self, path: Path, group, fields: dict[str, tuple[int, ...]], layout: Layout):
         self.path, self.group, self.fields, self.layout = path, group, fields, layout
+        # The codec is the store's own, recorded when it was made: a changed setting applies to new stores.
+        self.codec = check_codec(group.attrs.get("luna", {}).get("codec", FLOAT16))
 
     @classmethod
     def open(cls, path: str | Path, fields: dict[str, tuple[int, ...]], layout: Layout,
-             attrs: dict | None = None, create: bool = True) -> "RowStore":
-        """Open the store at `path`, creating it for these row shapes; refuse a store of other shapes."""
+             attrs: dict | None = None, create: bool = True, codec: str = FLOAT16) -> "RowStore":
+        """Open the store at `path`, creating it for these row shapes (and values kept by `codec`); refuse a
+        store of other shapes. An existing store keeps the codec it was made with."""
 
         path = location(path)
         if not path.exists():
@@ -58,14 +63,18 @@ class RowStore:
                 raise NotBuiltError(f"no vault store at {path}")
             path.parent.mkdir(parents=True, exist_ok=True)
 
-            group = zarr.open_group(str(path), mode="a", attributes={"luna": attrs or {}})
+            group = zarr.open_group(str(path), mode="a",
+                                    attributes={"luna": {**(attrs or {}), "codec": check_codec(codec)}})
             for name, row_shape in fields.items():
-                chunk = (layout.rows_per_chunk, *row_shape)
-                shard = (layout.rows_per_shard, *row_shape)
-                # No compression (float16 embeddings barely compress); a CRC32C per chunk, so a damaged
-                # row is an error, never an answer.
-                group.create_array(name, shape=(0, *row_shape), chunks=chunk, shards=shard, dtype=DTYPE,
-                                   fill_value=0, compressors=[Crc32cCodec()])
+                arrays = {name: (row_shape, DTYPE)}
+                if coded(codec, row_shape):
+                    arrays = {name: (row_shape, "int8"), name + SCALE_SUFFIX: (row_shape[-1:], DTYPE)}
+                for array_name, (shape, dtype) in arrays.items():
+                    # No compression (float16 embeddings barely compress); a CRC32C per chunk, so a damaged
+                    # row is an error, never an answer.
+                    group.create_array(array_name, shape=(0, *shape), chunks=(layout.rows_per_chunk, *shape),
+                                       shards=(layout.rows_per_shard, *shape), dtype=dtype, fill_value=0,
+                                       compressors=[Crc32cCodec()])
             return cls(path, group, fields, layout)
         group = zarr.open_group(str(path), mode="a")
         for name, row_shape in fields.items():
@@ -91,7 +100,9 @@ class RowStore:
             group = zarr.open_group(str(path), mode="r")
             with warnings.catch_warnings():  # the writer's lock file beside the arrays is not a zarr node
                 warnings.simplefilter("ignore")
-                fields = {name: tuple(array.shape[1:]) for name, array in sorted(group.arrays())}
+                arrays = {name: tuple(array.shape[1:]) for name, array in sorted(group.arrays())}
+            fields = {name: shape for name, shape in arrays.items()
+                      if not (name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in arrays)}
         except (OSError, ValueError, KeyError) as exc:
             raise CorruptStoreError(f"vault store {path} cannot be read ({exc})") from None
         if not fields:
@@ -101,7 +112,15 @@ class RowStore:
     @property
     def checksummed(self) -> bool:
         """Whether the arrays carry a CRC32C per chunk (stores written before Luna added them do not)."""
-        return all(_inner_codecs(self.path / name) == ["bytes", "crc32c"] for name in self.fields)
+        return all(_inner_codecs(self.path / name) == ["bytes", "crc32c"] for name in self._arrays())
+
+    def _arrays(self) -> dict[str, tuple[int, ...]]:
+        """Every array of the store with its row shape: the fields, and the scales of coded ones."""
+        arrays = dict(self.fields)
+        for name, row_shape in self.fields.items():
+            if coded(self.codec, row_shape):
+                arrays[name + SCALE_SUFFIX] = row_shape[-1:]
+        return arrays
 
     def add_checksums(self) -> list[str]:
         """Rewrite the arrays written before Luna added checksums with a CRC32C per chunk; returns the
@@ -109,7 +128,7 @@ class RowStore:
         an interrupted swap is finished by the next call. Take the writer lock first."""
 
         done = []
-        for name, row_shape in self.fields.items():
+        for name, row_shape in self._arrays().items():
             old, new = self.path / f"{name}.old", self.path / f"{name}.crc"
             if not (self.path / name).exists() and old.exists() and new.exists():
                 os.rename(new, self.path / name)  # finish a swap a crash interrupted
@@ -120,7 +139,7 @@ class RowStore:
             source = zarr.open_array(str(self.path / name), mode="r")
             target = zarr.open_group(str(self.path), mode="a").create_array(
                 f"{name}.crc", shape=source.shape, chunks=(self.layout.rows_per_chunk, *row_shape),
-                shards=(self.layout.rows_per_shard, *row_shape), dtype=DTYPE, fill_value=0,
+                shards=(self.layout.rows_per_shard, *row_shape), dtype=source.dtype, fill_value=0,
                 compressors=[Crc32cCodec()])
             for start in range(0, source.shape[0], self.layout.rows_per_shard):
                 target[start : start + self.layout.rows_per_shard] = source[start : start + self.layout.rows_per_shard]
@@ -144,23 +163,34 @@ class RowStore:
         if end > self.capacity:
             shard = self.layout.rows_per_shard
             new_capacity = -(-end // shard) * shard
-            for name, row_shape in self.fields.items():
+            for name, row_shape in self._arrays().items():
                 self.group[name].resize((new_capacity, *row_shape))
         for name, values in data.items():
             if values.shape != (n, *self.fields[name]):
                 raise ValueError(f"{name}: got {values.shape}, expected {(n, *self.fields[name])}")
-            self.group[name][start:end] = values.astype(DTYPE, copy=False)
+            if coded(self.codec, self.fields[name]):
+                quantized, scale = encode_int8(values)
+                self.group[name][start:end] = quantized
+                self.group[name + SCALE_SUFFIX][start:end] = scale
+            else:
+                self.group[name][start:end] = values.astype(DTYPE, copy=False)
 
     def read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
+        """float16 rows of one field, decoded by the store's codec."""
+        if coded(self.codec, self.fields[name]):
+            return decode_int8(self._read(name, rows), self._read(name + SCALE_SUFFIX, rows))
+        return self._read(name, rows)
+
+    def _read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
         array = self.group[name]
         try:
             if isinstance(rows, slice):
                 return array[rows]
             rows = np.asarray(rows, dtype=np.int64)
             if rows.size == 0:
-                return np.zeros((0, *self.fields[name]), dtype=DTYPE)
+                return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
             order = np.argsort(rows)  # sorted reads touch each chunk once
-            values = array.get_orthogonal_selection((rows[order],) + (slice(None),) * len(self.fields[name]))
+            values = array.get_orthogonal_selection((rows[order],) + (slice(None),) * (array.ndim - 1))
         except (ValueError, RuntimeError) as exc:
             if "checksum" not in str(exc).lower():
                 raise
@@ -173,9 +203,14 @@ class RowStore:
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """A few rows at random, fast: straight from the shard files when the layout is the plain one
         Luna writes (luna_core.vault.shard_reader), else through zarr."""
+        if coded(self.codec, self.fields[name]):
+            return decode_int8(self._read_rows(name, rows), self._read_rows(name + SCALE_SUFFIX, rows))
+        return self._read_rows(name, rows)
+
+    def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         reader = self._shard_reader(name)
         if reader is None:
-            return self.read(name, rows)
+            return self._read(name, rows)
         return reader.read(np.asarray(rows, dtype=np.int64))
 
     def _shard_reader(self, name: str) -> ShardReader | None:
