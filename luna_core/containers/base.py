@@ -69,12 +69,28 @@ def sniff_format(head: bytes) -> str | None:
 
 
 def decode_text(raw: bytes, what: str, warnings: list[str]) -> str:
-    """UTF-8 when it is valid (what most tools really write), else Latin-1 (the PNG spec's tEXt)."""
+    """UTF-8 when it is valid (what most tools really write), else Latin-1 (the PNG spec's tEXt); text that
+    a writer decoded as Latin-1 and re-encoded (UTF-8 twice) is undone."""
     try:
-        return raw.decode("utf-8")
+        return undo_double_encoding(raw.decode("utf-8"), what, warnings)
     except UnicodeDecodeError as exc:
         warnings.append(f"{what}: not valid UTF-8 (byte {exc.start}); read as Latin-1")
         return raw.decode("latin-1")
+
+
+def undo_double_encoding(text: str, what: str, warnings: list[str]) -> str:
+    """`#ãã¹ã` back to `#テスト`: when every character fits in Latin-1, some are not ASCII, and their
+    Latin-1 bytes are valid UTF-8, the text is UTF-8 that was read as Latin-1 on its way in. Real Latin-1
+    text almost never forms valid UTF-8 sequences (an accented letter followed by C1 controls), so this
+    reading is taken; anything else is left as it is."""
+    if text.isascii() or max(map(ord, text)) > 0xFF:
+        return text
+    try:
+        fixed = text.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return text
+    warnings.append(f"{what}: UTF-8 that was read as Latin-1 on its way in (mojibake); read as UTF-8")
+    return fixed
 
 
 def decode_user_comment(raw: bytes, big_endian_tiff: bool, warnings: list[str]) -> str:

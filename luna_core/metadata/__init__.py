@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from luna_core.metadata.a1111 import parse_a1111
+from luna_core.metadata.civitai import is_civitai_generator, parse_civitai_generator
 from luna_core.metadata.comfyui import parse_comfyui
 from luna_core.metadata.invokeai import parse_dream, parse_invokeai_metadata, parse_sd_metadata
 from luna_core.metadata.json_tools import (
@@ -20,6 +21,7 @@ from luna_core.metadata.json_tools import (
     parse_draw_things,
     parse_easy_diffusion,
     parse_fooocus,
+    parse_json_parameters,
     parse_novelai,
     parse_ruined_fooocus,
     parse_swarmui,
@@ -50,6 +52,8 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 
 
 def _from_json_record(data: dict[str, Any]) -> GenerationRecord | None:
+    if is_civitai_generator(data):
+        return parse_civitai_generator(data)
     if isinstance(data.get("sui_image_params"), dict):
         return parse_swarmui(data)
     if is_ruined_fooocus(data):
@@ -119,8 +123,12 @@ def _with_saver_text(graph: GenerationRecord, text: GenerationRecord) -> Generat
                  "height", "model", "model_hash"):
         if getattr(graph, name) is None and getattr(text, name) is not None:
             setattr(graph, name, getattr(text, name))
+            if name.endswith("prompt"):  # the saver wrote the text the graph evaluated at run time
+                graph.extra.setdefault("read_by", {})[name] = "png:parameters (the save node's evaluated text)"
     if not graph.loras:
         graph.loras = text.loras
+    if text.generator == "Stability Matrix":  # a ComfyUI backend behind its own front end
+        graph.generator = text.generator
     graph.extra["saver_parameters"] = {k: v for k, v in text.extra.items() if isinstance(v, (str, int, float, dict))}
     return graph
 
@@ -143,11 +151,51 @@ def _text_record(text: str, where: str) -> GenerationRecord | None:
     return None
 
 
+def _legacy_invokeai(items: dict[str, str]) -> GenerationRecord:
+    """InvokeAI 1.x-2.x: `sd-metadata` JSON, the `Dream` command line, or both (what one lacks, the other
+    gives; a disagreement on the prompt is recorded, the JSON kept)."""
+    record = _tagged(parse_sd_metadata(items["sd-metadata"]), "png:sd-metadata")
+    if "Dream" not in items:
+        return record
+    try:
+        dream = parse_dream(items["Dream"])
+    except MetadataError as exc:
+        record.warnings.append(str(exc))
+        return record
+    read_by = {}
+    for name in ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "width", "height"):
+        if getattr(record, name) is None and getattr(dream, name) is not None and not (
+                name.endswith("prompt") and record.extra.get("prompt_pieces")):
+            setattr(record, name, getattr(dream, name))
+            read_by[name] = "png:Dream"
+    if dream.prompt is not None and record.prompt is not None and dream.prompt != record.prompt:
+        record.warnings.append("InvokeAI sd-metadata and Dream disagree on the prompt; sd-metadata's is kept")
+    if read_by:
+        record.extra["read_by"] = read_by
+    record.extra.update({k: v for k, v in dream.extra.items() if k not in record.extra})
+    return record
+
+
+def _typed_prompt(record: GenerationRecord, items: dict[str, str]) -> GenerationRecord:
+    """Stability Matrix's `parameters-json` twin holds the prompt as written (with its `#` comments, which
+    it strips before sending the text to ComfyUI): kept as the typed prompt, never as the encoded one."""
+    try:
+        data = _json_object(items["parameters-json"], "Stability Matrix parameters-json")
+    except MetadataError as exc:
+        record.warnings.append(str(exc))
+        return record
+    for field, key, encoded in (("typed_prompt", "PositivePrompt", record.prompt),
+                                ("typed_negative_prompt", "NegativePrompt", record.negative_prompt)):
+        if isinstance(data.get(key), str) and data[key] != encoded:
+            record.extra[field] = data[key]
+    return record
+
+
 def _dispatch(items: dict[str, str]) -> GenerationRecord | None:
     if "invokeai_metadata" in items:
         return _tagged(parse_invokeai_metadata(items["invokeai_metadata"]), "png:invokeai_metadata")
     if "sd-metadata" in items:
-        return _tagged(parse_sd_metadata(items["sd-metadata"]), "png:sd-metadata")
+        return _legacy_invokeai(items)
     if "Dream" in items:
         return _tagged(parse_dream(items["Dream"]), "png:Dream")
     if items.get("Software", "").startswith("NovelAI") and looks_like_json_object(items.get("Comment")):
@@ -158,13 +206,17 @@ def _dispatch(items: dict[str, str]) -> GenerationRecord | None:
     parameters = items.get("parameters")
     graph = _graph_record(items)
     if looks_like_json_object(parameters):
-        record = _from_json_record(_json_object(parameters, "parameters"))
+        data = _json_object(parameters, "parameters")
+        record = _from_json_record(data)
+        if record is None and graph is None:
+            record = parse_json_parameters(data)  # a Gradio app's, or another app's JSON: never A1111 text
         if record is not None:
             return _tagged(record, "png:parameters")
     elif parameters is not None and "fooocus_scheme" not in items:
         text = _a1111(parameters, items)
-        if graph is not None and graph.prompt is not None:
-            return _with_saver_text(graph, text)
+        if graph is not None and (graph.prompt is not None or graph.extra.get("prompt_unknown")):
+            graph = _with_saver_text(graph, text)
+            return _typed_prompt(graph, items) if "parameters-json" in items else graph
         return _tagged(text, "png:parameters")
     if graph is not None:
         return graph

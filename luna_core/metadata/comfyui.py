@@ -10,6 +10,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from luna_core.metadata.comfyui_nodes import (
+    _CONCAT_INPUT,
+    _CONTEXT_SIDES,
+    _ENCODER_TEXTS,
+    _MODEL_NAME_INPUTS,
+    _SAMPLER_HINTS,
+    _TEXT_INPUTS,
+    MAX_VISITS,
+    RUNTIME,
+    _is_encoder,
+    _is_generative,
+    _is_link,
+    _RuntimeText,
+    _switch_inputs,
+)
 from luna_core.metadata.comfyui_workflow import MAX_DEPTH, workflow_to_api
 from luna_core.metadata.record import (
     GenerationRecord,
@@ -21,47 +36,29 @@ from luna_core.metadata.record import (
     load_json,
 )
 
-MAX_VISITS = 5_000
-_SAMPLER_HINTS = ("seed", "noise_seed", "steps", "cfg")
-_TEXT_INPUTS = ("text", "text_g", "string", "prompt", "value", "text_positive", "wildcard_text", "populated_text")
-# Text inputs of text encoders, main text first: CLIPTextEncode (text), Qwen/rgthree (prompt), Flux and
-# SD3 (t5xxl), SDXL (text_g, text_l), SD3/HiDream (clip_g, llama, clip_l).
-_ENCODER_TEXTS = ("text", "prompt", "t5xxl", "text_g", "clip_g", "llama", "clip_l", "text_l")
-_CONCAT_INPUT = re.compile(r"(string|text)_?([a-f]|[0-9])")
-# rgthree context outputs: CONTEXT, MODEL, CLIP, VAE, POSITIVE, NEGATIVE, LATENT, IMAGE, SEED.
-_CONTEXT_SIDES = {4: "positive", 5: "negative"}
-_MODEL_NAME_INPUTS = ("ckpt_name", "unet_name", "model_name", "base_ckpt_name")
-
-def _is_encoder(class_type: str, inputs: dict[str, Any]) -> bool:
-    """A text encoder: a node that takes a CLIP (`clip`, rgthree's `opt_clip`), or whose class name says so
-    (`...TextEncode...`: Flux, SD3, HiDream, Qwen, Wan, Krea)."""
-    return any(_is_link(inputs.get(n)) for n in ("clip", "opt_clip")) or "textencode" in class_type.lower()
-
-
-def _switch_inputs(node: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The connected inputs of a switch/reroute node, in order (rgthree Any Switch: any_01, any_02...)."""
-    class_type = str(node.get("class_type", "")).lower()
-    if "switch" not in class_type and "reroute" not in class_type:
-        return []
-    inputs = node.get("inputs", {})
-    return sorted(((name, value) for name, value in inputs.items() if _is_link(value)), key=lambda item: item[0])
-
-
-def _is_link(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], (str, int))
-        and isinstance(value[1], int)
-        and not isinstance(value[1], bool)
-    )
-
 
 class _Graph:
     def __init__(self, nodes: dict[str, dict[str, Any]], warnings: list[str]):
         self.nodes = nodes
         self.warnings = warnings
         self.visits = 0
+        self.runtime: list[dict[str, Any]] = []  # generative nodes met: what each was given
+
+    def switch_choice(self, node: dict[str, Any]) -> tuple[bool, Any]:
+        """(is a boolean switch, the input it passes): ComfyUI's ComfySwitchNode (comfy_extras/nodes_logic.py:
+        `switch`, `on_true`, `on_false`) with its switch a constant or a PrimitiveBoolean. An undecidable
+        switch passes None: its text is unknown, never guessed."""
+        inputs = node.get("inputs", {})
+        if "on_true" not in inputs and "on_false" not in inputs:
+            return False, None
+        value = inputs.get("switch", inputs.get("boolean"))
+        if _is_link(value):
+            source, _ = self.node(value)
+            value = (source or {}).get("inputs", {}).get("value")
+        if not isinstance(value, bool):
+            self.warnings.append("ComfyUI switch node's switch is not a constant; its branch is unknown")
+            return True, None
+        return True, inputs.get("on_true" if value else "on_false")
 
     def node(self, link: Any) -> tuple[dict[str, Any] | None, int]:
         if not _is_link(link):
@@ -85,9 +82,23 @@ class _Graph:
         if key in seen:
             return None
         inputs = node.get("inputs", {})
+        class_type = str(node.get("class_type", ""))
+        if _is_generative(class_type):
+            given = next((self.text_of(inputs[n], depth + 1, seen | {key}) for n in ("prompt", "text", "string")
+                          if n in inputs), None)
+            self.runtime.append({"node": key, "class_type": class_type,
+                                 "given": None if given is None or isinstance(given, _RuntimeText) else given})
+            return RUNTIME
+        is_switch, chosen = self.switch_choice(node)
+        if is_switch:
+            return self.text_of(chosen, depth + 1, seen | {key}) if chosen is not None else None
+        if "source" in inputs and class_type.startswith("Preview"):  # PreviewAny: shows its input, passes it on
+            return self.text_of(inputs["source"], depth + 1, seen | {key})
         parts = sorted(name for name in inputs if _CONCAT_INPUT.fullmatch(name))
         if len(parts) >= 2:  # StringConcatenate (string_a, string_b), Text Concatenate (text_a...), text1, text2
             texts = [self.text_of(inputs[name], depth + 1, seen | {key}) for name in parts]
+            if any(isinstance(t, _RuntimeText) for t in texts):
+                return RUNTIME
             delimiter = next((inputs[d] for d in ("delimiter", "separator") if isinstance(inputs.get(d), str)), "")
             return delimiter.join(t for t in texts if t) if any(texts) else None
         for name in _TEXT_INPUTS:
@@ -131,9 +142,14 @@ class _Graph:
                 found = self.encoder_texts(inputs)
                 if found:
                     main_name = next(name for name in _ENCODER_TEXTS if name in found)
+                    if isinstance(inputs.get("parser"), str):  # smZ CLIPTextEncode: the weighting rules it used
+                        extra.setdefault("prompt_parser", inputs["parser"])
+                    if isinstance(found[main_name], _RuntimeText):
+                        extra["runtime_text"] = True
+                        continue
                     texts.append(found[main_name])
                     for name, text in found.items():  # other encoders' texts (SDXL text_l, Flux clip_l...)
-                        if name != main_name and text != found[main_name]:
+                        if name != main_name and text.strip() and text != found[main_name]:
                             extra.setdefault(name, []).append(text)
                     continue
             lowered = class_type.lower()
@@ -150,6 +166,11 @@ class _Graph:
             # A node that transforms a (positive, negative) pair: follow the side it was read from.
             if _is_link(inputs.get("positive")) and _is_link(inputs.get("negative")):
                 stack.append((inputs["negative" if slot == 1 else "positive"], depth + 1))
+                continue
+            is_switch, chosen = self.switch_choice(node)
+            if is_switch:
+                if chosen is not None:
+                    stack.append((chosen, depth + 1))
                 continue
             switched = _switch_inputs(node)
             if switched:  # Any Switch and friends: the first connected input is what passed
@@ -257,6 +278,7 @@ def _as_graph(value: Any, what: str) -> dict[str, dict[str, Any]]:
 
 
 def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> GenerationRecord:
+    """The record of a ComfyUI file from its API graph (`prompt`), else its editor graph (`workflow`)."""
     record = GenerationRecord(generator="ComfyUI")
     nodes: dict[str, dict[str, Any]] | None = None
     errors: list[str] = []
@@ -276,6 +298,11 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> Generat
     record.warnings.extend(errors)
     if nodes is None:
         return record
+    return record_from_nodes(nodes, record)
+
+
+def record_from_nodes(nodes: dict[str, dict[str, Any]], record: GenerationRecord) -> GenerationRecord:
+    """Fill `record` from an API graph's nodes: the first full-strength sampler's texts and settings."""
     graph = _Graph(nodes, record.warnings)
     samplers = []
     for node_id, node, positive, negative in _sampler_nodes(graph):
@@ -290,6 +317,10 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> Generat
         width, height = graph.latent_size(node.get("inputs", {}).get("latent_image"))
         prompt = ", ".join(graph.conditioning_texts(positive, positive_extra)) or None
         negative_prompt = ", ".join(graph.conditioning_texts(negative, negative_extra)) if negative else None
+        if positive_extra.get("runtime_text"):  # part of the text was generated at run time: unknown
+            prompt = None
+        if negative_extra.get("runtime_text"):
+            negative_prompt = None
         extra = {**positive_extra, **{f"negative_{key}": value for key, value in negative_extra.items()}}
         samplers.append(
             {
@@ -320,9 +351,18 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> Generat
     record.sampler, record.scheduler = primary["sampler_name"], primary["scheduler"]
     record.model, record.loras = primary["model"], primary["loras"]
     record.width, record.height = primary["width"], primary["height"]
-    for key in ("text_l", "negative_text_l"):
+    for key in ("text_l", "negative_text_l", "prompt_parser"):
         if key in primary:
             record.extra[key] = primary[key]
+    if primary.get("runtime_text") or primary.get("negative_runtime_text"):
+        made_by = ", ".join(f"{r['class_type']} (node {r['node']})" for r in graph.runtime) or "a node"
+        record.extra["prompt_unknown"] = f"prompt expanded at run time by {made_by}, encoded text unknown"
+        record.extra["prompt_given"] = [r["given"] for r in graph.runtime if r["given"] is not None]
+        record.warnings.append(record.extra["prompt_unknown"])
+    family = next((n["inputs"]["type"] for n in nodes.values() if "CLIPLoader" in str(n.get("class_type", ""))
+                   and isinstance(n.get("inputs", {}).get("type"), str)), None)
+    if family:
+        record.extra["text_encoder_family"] = family
     record.extra["samplers"] = [
         {**s, "loras": [{"name": lora.name, "weight": lora.weight} for lora in s["loras"]]} for s in samplers
     ]

@@ -69,10 +69,33 @@ def is_fooocus(data: dict[str, Any]) -> bool:
 _FOOOCUS_LORA = re.compile(r"^(.*?)\s*:\s*(-?[\d.]+)\s*$")
 
 
+def encoded_pieces(value: Any) -> str | None:
+    """Fooocus encodes each text of `full_prompt` (the styled prompt, then its expansion) on its own and
+    concatenates the conditionings along the sequence, pooled output from the first (Fooocus
+    modules/default_pipeline.py clip_encode, async_worker.py `positive`/`negative` lists). In A1111's
+    syntax that is the texts joined by BREAK: each starts a new chunk. None unless a list of texts."""
+    if not isinstance(value, list) or not value or not all(isinstance(text, str) for text in value):
+        return None
+    texts = [text for text in value if text.strip()]
+    return " BREAK ".join(texts) if texts else ""
+
+
 def parse_fooocus(data: dict[str, Any]) -> GenerationRecord:
+    """Fooocus (and forks that keep its scheme): the record its `metadata_scheme: fooocus` writes
+    (Fooocus modules/meta_parser.py FooocusMetadataParser.to_json). The prompt stored is what was
+    encoded (`full_prompt`); the typed prompt is kept as `typed_prompt`."""
     record = GenerationRecord(generator="Fooocus")
-    record.prompt = as_str(data.get("prompt"))
-    record.negative_prompt = as_str(data.get("negative_prompt"))
+    typed, typed_negative = as_str(data.get("prompt")), as_str(data.get("negative_prompt"))
+    record.prompt, record.negative_prompt = typed, typed_negative
+    full, full_negative = encoded_pieces(data.get("full_prompt")), encoded_pieces(data.get("full_negative_prompt"))
+    if full is not None:
+        record.prompt = full
+        record.extra["typed_prompt"] = typed
+        record.extra["read_by"] = {"prompt": "full_prompt (each text encoded, joined by BREAK)"}
+    if full_negative is not None:
+        record.negative_prompt = full_negative
+        if full_negative != typed_negative:
+            record.extra["typed_negative_prompt"] = typed_negative
     record.seed, record.steps = as_int(data.get("seed")), as_int(data.get("steps"))
     record.cfg_scale = as_float(data.get("guidance_scale"))
     record.sampler, record.scheduler = as_str(data.get("sampler")), as_str(data.get("scheduler"))
@@ -167,4 +190,31 @@ def parse_draw_things(data: dict[str, Any]) -> GenerationRecord:
         record.loras = loras_in_prompt(record.prompt)
     if data.get("strength") is not None:
         record.extra["strength"] = data["strength"]
+    return record
+
+
+# Gradio apps (Hugging Face Spaces, self-hosted diffusers UIs) write a JSON object into the PNG `parameters`
+# chunk (gr.Image with PngInfo; the keys are the app's: diffusers' call arguments and A1111-like names).
+_GRADIO_KEYS = ("guidance_scale", "num_inference_steps", "resolution", "Model", "Model hash", "negative_prompt")
+
+
+def is_gradio(data: dict[str, Any]) -> bool:
+    return isinstance(data.get("prompt"), str) and any(key in data for key in _GRADIO_KEYS)
+
+
+def parse_json_parameters(data: dict[str, Any]) -> GenerationRecord:
+    """A JSON `parameters` object of a Gradio app, or of an app with other keys: the keys it shares with
+    the others. Never read as A1111 text; the whole object stays in the raw metadata."""
+    record = GenerationRecord(generator="Gradio" if is_gradio(data) else "unknown")
+    record.prompt = as_str(data.get("prompt"))
+    record.negative_prompt = as_str(data.get("negative_prompt", data.get("negativePrompt")))
+    record.seed = as_int(data.get("seed"))
+    record.steps = as_int(data.get("num_inference_steps", data.get("steps")))
+    record.cfg_scale = as_float(data.get("guidance_scale", data.get("cfg_scale")))
+    record.sampler = as_str(data.get("sampler", data.get("scheduler")))
+    record.width, record.height = parse_size(data.get("resolution"))
+    if record.width is None:
+        record.width, record.height = as_int(data.get("width")), as_int(data.get("height"))
+    record.model = as_str(data.get("Model", data.get("model")))
+    record.model_hash = as_str(data.get("Model hash", data.get("model_hash")))
     return record

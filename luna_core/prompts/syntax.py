@@ -26,7 +26,7 @@ MAX_PROMPT_CHARS = 20_000  # past this, the rest of a prompt is dropped (and sai
 # Which syntax a catalogued generator's prompts follow (generations.generator).
 GENERATOR_SYNTAX = {
     "AUTOMATIC1111": "a1111", "Forge": "a1111", "SD.Next": "a1111", "Fooocus": "a1111", "Civitai": "a1111",
-    "ComfyUI": "comfy", "SwarmUI": "comfy",
+    "ComfyUI": "comfy", "SwarmUI": "comfy", "Stability Matrix": "comfy",  # its text goes to a ComfyUI backend
     "InvokeAI": "compel",
     "NovelAI": "novelai",
 }
