@@ -20,6 +20,7 @@ from luna_core.samples.writers import (
     api_to_workflow,
     comfy_sdxl_hires_graph,
     comfy_simple_graph,
+    encoded_prompt,
     png_bytes,
 )
 
@@ -41,7 +42,7 @@ def test_every_format_parses_to_its_generator_prompt_and_seed(name, writer, gene
     if generator == "none":
         assert record.prompt is None and record.seed is None
         return
-    assert record.prompt == SPEC.prompt
+    assert record.prompt == encoded_prompt(name, GEN), "the text the generator encoded"
     assert record.negative_prompt == SPEC.negative
     assert record.seed == GEN.seed
     assert record.steps == GEN.steps
@@ -66,7 +67,8 @@ def test_cfg_and_size_are_read_where_the_format_has_them(name, writer):
                                           if n.split("_")[0] in ("a1111", "forge", "fooocus", "swarmui", "invokeai",
                                                                   "draw", "easy", "ruined", "civitai", "sdnext",
                                                                   "stability")
-                                          and n not in ("invokeai_v2", "invokeai_dream")])
+                                          and n not in ("invokeai_v2", "invokeai_dream", "invokeai_legacy_both",
+                                                        "civitai_generator_jpeg")])
 def test_loras_name_and_weight(name, writer):
     record = parsed(writer)
     assert len(record.loras) == 1
@@ -233,7 +235,7 @@ def test_japanese_and_emoji_prompts_survive_every_writer(name, writer):
     gen = Generation(spec=JAPANESE, seed=42, steps=20, cfg=5.0, width=768, height=768)
     data, _ = writer(PICTURE, gen)
     record = parse_generation(probe_image(data).items)
-    assert record.prompt == JAPANESE.prompt and record.negative_prompt == JAPANESE.negative
+    assert record.prompt == encoded_prompt(name, gen) and record.negative_prompt == JAPANESE.negative
 
 
 def test_newer_graphs_resolve_encoders_concatenation_contexts_and_switches():

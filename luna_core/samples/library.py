@@ -20,6 +20,7 @@ from luna_core.samples.writers import (
     Generation,
     a1111_infotext,
     comfy_simple_graph,
+    encoded_prompt,
     insert_png_chunks,
     jpeg_bytes,
     png_bytes,
@@ -100,7 +101,7 @@ def make_sample_library(
         has_prompt = generator != "none"
         files.append(SampleFile(
             path, kind, generator,
-            prompt=gen.prompt if has_prompt else None,
+            prompt=encoded_prompt(kind, gen) if has_prompt else None,
             negative_prompt=(gen.negative or None) if has_prompt else None,
             seed=gen.seed if has_prompt else None, long_prompt=spec.long,
         ))

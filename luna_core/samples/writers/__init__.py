@@ -42,7 +42,16 @@ from luna_core.samples.writers.common import (
     user_comment,
     webp_bytes,
 )
+from luna_core.samples.writers.encoded import (
+    comfy_expansion_graph,
+    write_civitai_generator_jpeg,
+    write_comfy_expansion_png,
+    write_comfy_llm_expanded_png,
+    write_gradio_png,
+    write_invokeai_legacy_png,
+)
 from luna_core.samples.writers.other_tools import (
+    fooocus_full_prompt,
     write_camera_jpeg,
     write_draw_things_png,
     write_easy_diffusion_jpeg,
@@ -87,6 +96,7 @@ __all__ = [
     "write_easy_diffusion_png", "write_fooocus_jpeg", "write_fooocus_png", "write_forge_png",
     "write_invokeai_dream_png", "write_invokeai_png", "write_invokeai_v2_png", "write_novelai_png", "write_plain_png",
     "write_swarmui_jpeg", "write_swarmui_png", "FORMATS", "Writer", "hide_in_alpha", "strip_png_text", "SOURCES",
+    "comfy_expansion_graph", "write_comfy_llm_expanded_png", "encoded_prompt",
 ]
 
 Writer = Callable[[Image.Image, Generation], tuple[bytes, str]]
@@ -129,6 +139,10 @@ FORMATS: list[tuple[str, Writer, str]] = [
     ("sdnext_png", write_sdnext_png, "SD.Next"),
     ("stability_matrix_png", write_stability_matrix_png, "Stability Matrix"),
     ("ruined_fooocus_png", write_ruined_fooocus_png, "RuinedFooocus"),
+    ("invokeai_legacy_both", write_invokeai_legacy_png, "InvokeAI"),
+    ("civitai_generator_jpeg", write_civitai_generator_jpeg, "Civitai"),
+    ("gradio_png", write_gradio_png, "Gradio"),
+    ("comfy_prompt_expansion_png", write_comfy_expansion_png, "ComfyUI"),
     ("plain_png", write_plain_png, "none"),
     ("camera_jpeg", write_camera_jpeg, "none"),
 ]
@@ -149,5 +163,15 @@ SOURCES: dict[str, str | None] = {
     "comfy_frontend_workflow_png": "comfy:workflow", "a1111_stealth_png": "png:parameters",
     "novelai_stealth_png": "png:Comment", "novelai_webp": "exif:UserComment", "civitai_jpeg": "exif:UserComment",
     "sdnext_png": "png:parameters",
-    "stability_matrix_png": "png:parameters", "ruined_fooocus_png": "png:parameters", "plain_png": None, "camera_jpeg": None,
+    "stability_matrix_png": "comfy:prompt", "invokeai_legacy_both": "png:sd-metadata",
+    "civitai_generator_jpeg": "exif:UserComment", "gradio_png": "png:parameters",
+    "comfy_prompt_expansion_png": "comfy:prompt", "ruined_fooocus_png": "png:parameters", "plain_png": None, "camera_jpeg": None,
 }
+
+
+def encoded_prompt(kind: str, gen: Generation) -> str:
+    """The prompt a format's file must be catalogued with: the text its generator encoded (Fooocus: the
+    prompt and its expansion, each encoded, joined by BREAK in A1111's syntax), else the typed prompt."""
+    if kind.startswith("fooocus"):
+        return " BREAK ".join(fooocus_full_prompt(gen))
+    return gen.prompt

@@ -16,6 +16,7 @@ from luna_core.samples.writers.common import (
     tiff_block,
     user_comment,
 )
+from luna_core.samples.writers.encoded import dream_line
 
 # ---------------------------------------------------------------- InvokeAI
 
@@ -48,9 +49,7 @@ def write_invokeai_v2_png(image: Image.Image, gen: Generation) -> tuple[bytes, s
 
 
 def write_invokeai_dream_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    prompt = f"{gen.prompt} [{gen.negative}]" if gen.negative else gen.prompt
-    dream = f'"{prompt}" -s {gen.steps} -S {gen.seed} -W {gen.width} -H {gen.height} -C {gen.cfg:g} -A k_lms'
-    return png_bytes(image, text=[("Dream", dream)]), "png"
+    return png_bytes(image, text=[("Dream", dream_line(gen))]), "png"
 
 # ---------------------------------------------------------------- NovelAI, Fooocus, SwarmUI, Easy Diffusion, Draw Things
 
@@ -65,12 +64,17 @@ def write_novelai_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
     ]), "png"
 
 
+def fooocus_full_prompt(gen: Generation) -> list[str]:
+    """What Fooocus encodes: the (styled) prompt, then its "Fooocus V2" expansion (async_worker.py)."""
+    return [gen.prompt, gen.prompt + ", highly detailed"]
+
+
 def fooocus_record(gen: Generation) -> dict[str, Any]:
     record = {
         "adm_guidance": "(1.5, 0.8, 0.3)", "base_model": f"{gen.model}.safetensors", "base_model_hash": gen.model_hash,
-        "clip_skip": 2, "full_negative_prompt": [gen.negative], "full_prompt": [gen.prompt],
+        "clip_skip": 2, "full_negative_prompt": [gen.negative], "full_prompt": fooocus_full_prompt(gen),
         "guidance_scale": gen.cfg, "metadata_scheme": "fooocus", "negative_prompt": gen.negative,
-        "performance": "Speed", "prompt": gen.prompt, "prompt_expansion": gen.prompt + ", highly detailed",
+        "performance": "Speed", "prompt": gen.prompt, "prompt_expansion": fooocus_full_prompt(gen)[-1],
         "refiner_model": "None", "refiner_switch": 0.5, "resolution": f"({gen.width}, {gen.height})",
         "sampler": "dpmpp_2m_sde_gpu", "scheduler": "karras", "seed": str(gen.seed), "sharpness": 2,
         "steps": gen.steps, "styles": "['Fooocus V2', 'Fooocus Enhance']", "vae": "Default (model)",

@@ -18,8 +18,10 @@ from luna_core.samples.writers.comfyui import api_to_workflow, comfy_simple_grap
 from luna_core.samples.writers.common import (
     Generation,
     ascii_tag,
+    insert_png_chunks,
     jpeg_bytes,
     png_bytes,
+    png_chunk,
     tiff_block,
     user_comment,
     webp_bytes,
@@ -279,14 +281,23 @@ def write_sdnext_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
     return png_bytes(image, text=[("parameters", text)]), "png"
 
 
+STABILITY_MATRIX_COMMENT = "# 参考: テスト"
+
+
 def write_stability_matrix_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """Stability Matrix's inference: A1111 `parameters`, its own `parameters-json` and `smproj` project."""
-    params = {"PositivePrompt": gen.prompt, "NegativePrompt": gen.negative, "Steps": gen.steps, "CfgScale": gen.cfg,
+    """Stability Matrix's inference: the prompt as written (its `#` comment lines included) in A1111
+    `parameters` (UTF-8 bytes in a tEXt chunk, which the PNG spec calls Latin-1) and in its JSON twin
+    `parameters-json`; the ComfyUI graph it ran, whose text has the comments stripped; its `smproj`."""
+    written = f"{STABILITY_MATRIX_COMMENT}\n{gen.prompt}"
+    params = {"PositivePrompt": written, "NegativePrompt": gen.negative, "Steps": gen.steps, "CfgScale": gen.cfg,
               "Width": gen.width, "Height": gen.height, "Seed": gen.seed, "ModelName": gen.model,
               "ModelHash": gen.model_hash, "Sampler": "dpmpp_2m", "Scheduler": "karras"}
     project = {"Version": 2, "Type": "TextToImage", "State": {"Modules": []}}
-    return png_bytes(image, text=[("parameters", a1111_infotext(gen, version="StabilityMatrix 2.12")),
-                                  ("parameters-json", json.dumps(params)), ("smproj", json.dumps(project))]), "png"
+    api = comfy_simple_graph(gen)
+    text = a1111_infotext(gen, version="StabilityMatrix 2.12").replace(gen.prompt, written, 1)
+    png = png_bytes(image, text=[("parameters-json", json.dumps(params)), ("smproj", json.dumps(project)),
+                                 ("prompt", json.dumps(api))])
+    return insert_png_chunks(png, [png_chunk(b"tEXt", b"parameters\x00" + text.encode("utf-8"))]), "png"
 
 
 def write_ruined_fooocus_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
