@@ -34,6 +34,10 @@ def inspect_file(path: str, limits: ProbeLimits = ProbeLimits()) -> dict:
            "warnings": list(result.warnings) + list(generation.get("warnings") or []),
            "extra": generation.get("extra") or {}}
     out["raw"] = generation.get("raw") or {}
+    # Which rule read each field: the record's own container and key, unless a field came from elsewhere.
+    special = out["extra"].get("read_by", {}) if isinstance(out["extra"], dict) else {}
+    out["read_by"] = {name: special.get(name, generation.get("source")) for name in FIELDS[3:]
+                      if generation.get(name) not in (None, "", [])}
     syntax = syntax_for(generation.get("generator"))
     out["prompt_parse"] = {side: parse(generation.get(side), syntax).as_dict()
                            for side in ("prompt", "negative_prompt") if generation.get(side)}
@@ -80,7 +84,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 print(f"    taken out: {removed['kind']} {removed['name']}{':' + removed['value'] if removed['value'] else ''}")
             for note in parsed["notes"]:
                 print(f"    note: {note}")
-        samplers = result["extra"].get("samplers") if isinstance(result["extra"], dict) else None
+        by_rule: dict[str, list[str]] = {}
+        for name, rule in result.get("read_by", {}).items():
+            by_rule.setdefault(str(rule), []).append(name)
+        for rule, names in by_rule.items():
+            print(f"  {'read from:':<18} {rule}: {', '.join(names)}")
+        extra = result["extra"] if isinstance(result["extra"], dict) else {}
+        for key, label in (("prompt_unknown", "encoded text"), ("typed_prompt", "typed prompt"),
+                           ("prompt_parser", "weighting rules"), ("text_encoder_family", "text encoder")):
+            if extra.get(key):
+                print(f"  {label + ':':<18} {_shorten(extra[key])}")
+        samplers = extra.get("samplers")
         if samplers and len(samplers) > 1:
             print(f"  {'samplers:':<18} {len(samplers)} ({', '.join(str(s.get('class_type')) for s in samplers)})")
         for warning in result["warnings"]:

@@ -362,6 +362,8 @@ def test_catalog_and_index_assets_add_then_rebuild(tiny_home: LunaHome):
     catalog_meta = result.asset_materializations_for_node("luna_catalog")[0].metadata
     assert catalog_meta["images"].value == catalog_meta["with vision row"].value
     assert all(c.passed for c in result.get_asset_check_evaluations())
+    audit = next(c for c in result.get_asset_check_evaluations() if c.check_name == "prompts_are_encoded_text")
+    assert audit.metadata["generations checked"].value > 0, "every catalogued prompt was scanned for leaked text"
     again = dg.materialize([luna_catalog, faiss_index], resources=resources, instance=instance)
     assert again.asset_materializations_for_node("faiss_index")[0].metadata["action"].value == "unchanged"
     rebuild = build_definitions(str(tiny_home.root)).resolve_job_def("rebuild_faiss_index")

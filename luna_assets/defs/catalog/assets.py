@@ -6,6 +6,7 @@ from luna_assets.automation import on_upstream_change
 from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.library import build_library
+from luna_core.metadata.audit import audit_prompts
 from luna_core.vault.commits import commit_segments
 
 LUNA_CATALOG = dg.AssetKey("luna_catalog")
@@ -23,6 +24,9 @@ LUNA_CATALOG = dg.AssetKey("luna_catalog")
                           description="Every ok image is in the library view exactly once, with an id and a split."),
         dg.AssetCheckSpec("no_orphans", asset=LUNA_CATALOG,
                           description="No vault row or generation points at an image or prompt the catalog no longer has."),
+        dg.AssetCheckSpec("prompts_are_encoded_text", asset=LUNA_CATALOG,
+                          description="No stored prompt holds a command-line switch, a JSON fragment, a ComfyUI node "
+                                      "link or mojibake: text no generator encoded."),
     ],
 )
 def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, models: LunaModelsResource) -> dg.MaterializeResult:
@@ -34,6 +38,7 @@ def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, mode
         context.log.info(f"committed segment rows: {segments}")
     report = build_library(luna.luna_home, profile)
     orphans = sum(report.orphans.values())
+    audit = audit_prompts(luna.luna_home.catalog_path)
     return dg.MaterializeResult(
         metadata={
             "images": report.images, "new ids": report.new_ids,
@@ -55,5 +60,8 @@ def luna_catalog(context: dg.AssetExecutionContext, luna: LunaHomeResource, mode
             # Leftovers the retirement above missed (harmless to answers): a warning.
             dg.AssetCheckResult(check_name="no_orphans", passed=orphans == 0, severity=dg.AssetCheckSeverity.WARN,
                                 metadata={k: v for k, v in report.orphans.items()}),
+            dg.AssetCheckResult(check_name="prompts_are_encoded_text", passed=audit.passed,
+                                metadata={"generations checked": audit.checked, **audit.found,
+                                          "examples": dg.MetadataValue.json(audit.examples)}),
         ],
     )
