@@ -255,3 +255,15 @@ def test_the_catalog_check_finds_leaked_text(tmp_path):
     audit = audit_prompts(catalog)
     assert audit.found == {"command-line switch": 1, "JSON fragment": 1, "ComfyUI node link": 1, "mojibake": 1}
     assert not audit.passed and {e["content_hash"] for e in audit.examples} == {"b", "c", "d", "e"}
+
+
+@pytest.mark.parametrize("name", ["invokeai_dream", "invokeai_legacy_both", "civitai_generator_jpeg", "gradio_png",
+                                  "comfy_prompt_expansion_png", "stability_matrix_png", "fooocus_png"])
+def test_the_six_give_every_setting_they_hold(name):
+    writer = dict((n, w) for n, w, _ in FORMATS)[name]
+    record = record_of(probe_image(writer(PICTURE, GEN)[0]).items)
+    assert (record.seed, record.steps, record.cfg_scale) == (GEN.seed, GEN.steps, GEN.cfg)
+    assert (record.width, record.height) == (GEN.width, GEN.height)
+    assert record.sampler
+    if name != "invokeai_dream":  # a Dream line names no model
+        assert record.model

@@ -59,8 +59,7 @@ def test_every_format_names_where_its_record_was_read():
 def test_cfg_and_size_are_read_where_the_format_has_them(name, writer):
     record = parsed(writer)
     assert record.cfg_scale == pytest.approx(GEN.cfg)
-    if name not in ("invokeai_dream",):
-        assert (record.width, record.height) == (GEN.width, GEN.height)
+    assert (record.width, record.height) == (GEN.width, GEN.height)
 
 
 @pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS
