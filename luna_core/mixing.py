@@ -38,6 +38,15 @@ class MixError(QueryError):
     """A mix mode, share or prompt that cannot be used as asked."""
 
 
+class PromptMix(NamedTuple):
+    """A typed prompt and how it meets an answer: `mode` replace (not used), blend (by `alpha`) or concat."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    mode: str = "replace"
+    alpha: float = DEFAULT_ALPHA
+
+
 class Parts(NamedTuple):
     """One conditioning's four parts, without a batch axis: tokens [T, D], pooled [P], and the negatives."""
 

@@ -22,9 +22,10 @@ from luna_core.boxes import Box
 from luna_core.errors import CorruptStoreError, NotBuiltError, QueryError
 from luna_core.files import write_atomically
 from luna_core.images import read_picture
-from luna_core.index.faiss_index import omp_threads, probing_every_list
+from luna_core.index.faiss_index import omp_threads
+from luna_core.index.reranked import search_index
 from luna_core.index.store import LoadedIndex, index_store, load_index
-from luna_core.mixing import DEFAULT_TEMPERATURE, Parts, aligned, check_inputs, mix, typed_parts
+from luna_core.mixing import DEFAULT_TEMPERATURE, Parts, PromptMix, aligned, check_inputs, mix, typed_parts
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.projector.registry import Registry, parse_model_uri
@@ -166,9 +167,11 @@ class Vault:
         return self.embed_pictures([image])[0]
 
     def nearest(self, embedding: np.ndarray, k: int, temperature: float = DEFAULT_TEMPERATURE,
-                exclude: frozenset[int] = frozenset()) -> list[Neighbor]:
+                exclude: frozenset[int] = frozenset(), allow=None) -> list[Neighbor]:
         """The k nearest images still in the library, weighted by softmax(similarity / temperature);
-        image ids in `exclude` are skipped (an evaluation leaves the query image out of its own answer)."""
+        image ids in `exclude` are skipped (an evaluation leaves the query image out of its own answer).
+        `allow(content_hashes) -> set`, when given, says which candidates a person's filters let through:
+        then fewer than k may come back, never none."""
         check_inputs(k=k, temperature=temperature)
         index = self.index
         total, present = int(index.index.ntotal), int(index.lookup.num_rows)
@@ -177,20 +180,27 @@ class Vault:
         # Images gone since the build are still in the index (until the next rebuild) but not in the
         # lookup: search deeper until k present ones are found or the whole index has been seen.
         query = np.ascontiguousarray(embedding[None], dtype=np.float32)
-        fetch = min(total, k + len(exclude) + 16)
+        fetch = min(total, (k if allow is None else 8 * k) + len(exclude) + 16)
         exhaustive = False
+        hashes = index.lookup.column("content_hash")
         while True:
-            with omp_threads(1), probing_every_list(index.index, exhaustive):
-                sims, ids = index.index.search(query, fetch)
+            with omp_threads(1):  # OpenMP's thread count is per calling thread: concurrent queries keep theirs
+                sims, ids = search_index(index.index, query, fetch, every_list=exhaustive)
             rows = index.rows_for(ids[0])
-            keep = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows)
-                    if r >= 0 and i >= 0 and int(i) not in exclude][:k]
+            found = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows)
+                     if r >= 0 and i >= 0 and int(i) not in exclude]
+            if allow is not None and found:
+                allowed = allow([hashes[r].as_py() for _, _, r in found])
+                found = [f for f in found if hashes[f[2]].as_py() in allowed]
+            keep = found[:k]
             if len(keep) == k or (fetch >= total and exhaustive):
                 break
             # The whole index asked for and still short: an IVF index probed only some lists; probe all.
             exhaustive = fetch >= total
             fetch = min(total, fetch * 4)
-        if len(keep) < k:
+        if not keep and allow is not None:
+            raise QueryError("no image in the library matches the filters")
+        if len(keep) < k and allow is None:
             raise QueryError(f"only {len(keep)} of the k={k} nearest indexed images are still in the library; "
                              "lower k or rebuild the index")
         scores = np.array([s for s, _, _ in keep])
@@ -229,11 +239,11 @@ class Vault:
         return embeds, pooled
 
     def vault_answer(self, embedding: np.ndarray, k: int = 5, temperature: float = DEFAULT_TEMPERATURE,
-                     exclude: frozenset[int] = frozenset()):
+                     exclude: frozenset[int] = frozenset(), allow=None):
         """(prompt_embeds, pooled, negative_embeds, negative_pooled, neighbours) for one image embedding:
         the neighbours' conditionings (every chunk) weighted by softmax(similarity / temperature); the two
         sides repeated to one length."""
-        neighbors = self.nearest(embedding, k, temperature, exclude)
+        neighbors = self.nearest(embedding, k, temperature, exclude, allow)
         weights = np.array([n.weight for n in neighbors])
         rows = self.index.lookup
         lookup_rows = self.index.rows_for(np.array([n.image_id for n in neighbors], dtype=np.int64))
@@ -291,11 +301,12 @@ class Vault:
         return self._conditioning(mix(answer, self.typed(prompt, negative_prompt, mode), mode, alpha), [], info)
 
     def condition_crops(self, crops: list, source: str = "vault", k: int = 5, temperature: float = DEFAULT_TEMPERATURE,
-                        prompt: str | None = None, mode: str = "replace", alpha: float = 0.5,
-                        projector=None, negative_prompt: str | None = None) -> Conditioning:
+                        with_prompt: PromptMix = PromptMix(), projector=None, allow=None) -> Conditioning:
         """One conditioning per crop (PIL images), stacked on the batch axis [N, 77, D]: crop i gets its own
-        vault answer (`source` vault) or projector answer (`projector`: a loaded (model, config)), then
-        the same prompt `mode` as `condition`. One forward pass of the vision encoder for all crops."""
+        vault answer (`source` vault; `allow` as in `nearest`) or projector answer (`projector`: a loaded
+        (model, config)), then mixed `with_prompt` as `condition` does. One forward pass of the vision
+        encoder for all crops."""
+        prompt, negative_prompt, mode, alpha = with_prompt
         if source not in ("vault", "projector"):
             raise QueryError(f"source {source!r} is not one of vault, projector")
         check_inputs(mode, alpha, prompt, k if source == "vault" else None,
@@ -315,7 +326,7 @@ class Vault:
                 neighbors_per_item.append([])
         else:
             for embedding in self.embed_pictures(crops):
-                *answer, neighbors = self.vault_answer(embedding, k, temperature)
+                *answer, neighbors = self.vault_answer(embedding, k, temperature, allow=allow)
                 parts.append(self._conditioning(mix(Parts(*answer), typed, mode, alpha), neighbors, {}))
                 neighbors_per_item.append(neighbors)
         # Items whose conditionings span different chunk counts meet at one length, both sides alike.

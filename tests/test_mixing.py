@@ -11,7 +11,7 @@ import torch
 
 from luna_core.boxes import Box, BoxError, load_boxes
 from luna_core.errors import QueryError
-from luna_core.mixing import MODES, Parts, mix, mix_side, typed_parts
+from luna_core.mixing import MODES, Parts, PromptMix, mix, mix_side, typed_parts
 
 rng = np.random.default_rng(0)
 
@@ -93,8 +93,7 @@ def test_the_vault_and_the_refiner_blend_alike(indexed_home):
     vault = Vault(indexed_home, profile)
     image = sorted(Path(indexed_home.roots()[0]).rglob("*_a1111_png.png"))[0]
     crops = [Image.open(image).convert("RGB").crop((0, 0, 48, 48)), Image.open(image).convert("RGB")]
-    served = vault.condition_crops(crops, "vault", k=3, prompt="a red fox", mode="blend", alpha=0.3,
-                                   negative_prompt="blurry")
+    served = vault.condition_crops(crops, "vault", k=3, with_prompt=PromptMix("a red fox", "blurry", "blend", 0.3))
     refined = Conditioner(vault, SourceSettings("blend", prompt="a red fox", negative_prompt="blurry", alpha=0.3,
                                                 k=3)).condition(crops)
     for i, item in enumerate(refined):

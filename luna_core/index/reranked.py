@@ -41,11 +41,15 @@ class RerankedIndex:
         """The IVF layer inside the wrapped index (adds fill its lists; it is never replaced)."""
         return index_layers(self.index)[0]
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, every_list: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top k by exact inner product among the candidates; `every_list`: probe all the IVF lists (per call,
+        never set on the shared index, so concurrent searches stay apart)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         depth = int(min(self.ntotal, max(k, math.ceil(k * self.k_factor))))
         ivf = self.ivf
-        if self.probe_margin is None or ivf is None or ivf.nprobe >= ivf.nlist:  # probing_every_list: all of them
+        if every_list and ivf is not None:
+            _, candidates = self.index.search(queries, depth, params=every_list_params(self.index))
+        elif self.probe_margin is None or ivf is None or ivf.nprobe >= ivf.nlist:
             _, candidates = self.index.search(queries, depth)
         else:
             candidates = np.stack([self._probe(query, depth) for query in queries]) if len(queries) \
@@ -120,6 +124,32 @@ class RerankedIndex:
         # The IVF inside the IDMap holds positions; a fresh view of the id map each time (adds reallocate it).
         id_map = faiss.rev_swig_ptr(self.index.id_map.data(), self.index.id_map.size())
         return np.where(labels >= 0, id_map[np.maximum(labels, 0)], -1)
+
+
+def every_list_params(index):
+    """Search parameters that probe every IVF list of `index` (an IDMap over an IVF, with or without a
+    Refine layer): passed to one call, unlike `nprobe` set on the index, which every thread shares."""
+    faiss = faiss_module()
+    ivf, refine = index_layers(index)
+    params = faiss.SearchParametersIVF()
+    params.nprobe = ivf.nlist
+    if refine is not None:
+        refined = faiss.IndexRefineSearchParameters()
+        refined.k_factor = refine.k_factor
+        refined.base_index_params = params
+        refined.thisown_params = params  # keep the inner parameters alive with the outer ones
+        return refined
+    return params
+
+
+def search_index(index, queries: np.ndarray, k: int, every_list: bool = False):
+    """(similarities, ids) of a RerankedIndex or a plain FAISS index; `every_list` per call."""
+    if isinstance(index, RerankedIndex):
+        return index.search(queries, k, every_list)
+    ivf, _ = index_layers(index)
+    if every_list and ivf is not None:
+        return index.search(queries, k, params=every_list_params(index))
+    return index.search(queries, k)
 
 
 def id_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

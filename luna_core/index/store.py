@@ -14,12 +14,15 @@ Old versions are kept a while so a reader that has just read the pointer still f
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +114,13 @@ class IndexStore:
     def pointer(self) -> Path:
         return self.root / "current.json"
 
+    def current_number(self) -> int | None:
+        """The version the pointer names (None: no pointer, or one that cannot be read)."""
+        try:
+            return int(json.loads(self.pointer.read_text())["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def current(self) -> IndexVersion | None:
         if not self.pointer.exists():
             return None
@@ -129,13 +139,46 @@ class IndexStore:
                           and int(p.name[1:]) < below), reverse=True)
         return [IndexVersion(n, self.root / "versions" / f"v{n:06d}") for n in numbers]
 
+    @contextlib.contextmanager
+    def _publishing(self):
+        """One publisher at a time on this machine (the nightly rebuild and an automation run may meet):
+        the version number, the files and the pointer move together. Object storage has no lock: there a
+        number is claimed (below) and the pointer never moves back."""
+        if self.remote:
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".publish.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _claim(self, versions, existing: list[int]) -> int:
+        """The next version number, claimed on object storage by a marker: of two publishers that picked
+        the same number, the one whose marker sorts first keeps it; the other takes the next one."""
+        token = uuid.uuid4().hex
+        number = max(existing, default=0) + 1
+        claims = versions / ".claims"
+        for _ in range(64):
+            (claims / f"v{number:06d}-{token}").write_bytes(b"")
+            rivals = sorted(p.name for p in claims.glob(f"v{number:06d}-*"))
+            if rivals and rivals[0].endswith(token):
+                return number
+            number += 1
+        raise CorruptStoreError(f"index store {self.root}: no version number could be claimed; is a publisher stuck?")
+
     def publish(self, index, lookup, meta: dict) -> IndexVersion:
         """Write a new version next to the current one, then point readers at it in one rename."""
+        with self._publishing():
+            return self._publish(index, lookup, meta)
 
+    def _publish(self, index, lookup, meta: dict) -> IndexVersion:
         versions = self.root / "versions"
         versions.mkdir(parents=True, exist_ok=True)
         existing = [int(p.name[1:]) for p in versions.glob("v[0-9]*") if p.name[1:].isdigit()]
-        number = max(existing, default=0) + 1
+        number = self._claim(versions, existing) if self.remote else max(existing, default=0) + 1
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=None if self.remote else versions))
         try:
             faiss.write_index(index, str(staging / "index.faiss"))
@@ -156,7 +199,9 @@ class IndexStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # a failed publish (disk full…) leaves nothing behind
             raise
-        write_whole(self.pointer, json.dumps({"version": number}).encode())
+        current = self.current_number()
+        if current is None or number > current:  # a slower publisher of an older number never moves it back
+            write_whole(self.pointer, json.dumps({"version": number}).encode())
         for old in sorted(existing)[: max(0, len(existing) - (KEEP_VERSIONS - 1))]:
             remove_tree(versions / f"v{old:06d}")
         return IndexVersion(number, final)
