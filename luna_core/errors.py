@@ -56,3 +56,7 @@ class BadFileError(LunaError):
 
 class QueryError(LunaConfigError):
     """A query that cannot be answered as asked (a box, a mix, k); the message says why."""
+
+
+class OutsideLibraryError(LunaConfigError):
+    """A path asked for that lies outside every library root (or is no library file): never served."""

@@ -19,6 +19,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.open("wb").close()  # a place that takes no files (/proc, a read-only mount) fails here, clearly
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:

@@ -126,6 +126,11 @@ class LunaHome:
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
+    @property
+    def thumbnails_dir(self) -> Path:
+        """The search page's thumbnail cache (luna_core.thumbnails): safe to delete at any time."""
+        return self.root / "cache" / "thumbnails"
+
     # ------------------------------------------------------------ stores of a model profile
 
     def vision_store(self, profile: ModelProfile) -> Path:
