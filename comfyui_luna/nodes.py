@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors.numpy import load
 
 from luna_core.boxes import Box
+from luna_core.errors import NotBuiltError
 from luna_core.mixing import aligned, mix_side
 from luna_core.models.profiles import resolve_profile
 from luna_core.settings import LunaHome
@@ -64,33 +65,32 @@ def mask_boxes(mask, count: int, width: int, height: int) -> list[str | None]:
 # ---------------------------------------------------------------- backends
 
 
-def _vault(home: str):
-    """A Vault for the home, kept across executions (encoders and index load once)."""
+def _service(home: str, projector: str):
+    """The home's vault, kept across executions (encoders and index load once) and swapped, as `luna serve`
+    swaps it, when a new index version is published or the projector's alias moves."""
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.query import Vault
+    from luna_service.service import LunaService
 
-    key = str(LunaHome.resolve(home or None).root)
+    key = (str(LunaHome.resolve(home or None).root), projector)
     with _cache_lock:
         if key not in _cache:
-            luna_home = LunaHome.existing(key)
-            _cache[key] = Vault(luna_home, resolve_profile(luna_home.model_profile(), luna_home.models_dir))
-        return _cache[key]
+            luna_home = LunaHome.existing(key[0])
+            _cache[key] = LunaService(luna_home, resolve_profile(luna_home.model_profile(), luna_home.models_dir),
+                                      projector_uri=projector)
+        service = _cache[key]
+    service.refresh()  # a stat of the index pointer; the registry at most every few seconds
+    return service
 
 
 def _in_process(pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str):
     # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.query import crop
 
-    vault = _vault(home)
+    state = _service(home, projector).state
     crops = [crop(p, None if b is None else Box.parse(b), "ComfyUI IMAGE") for p, b in zip(pictures, boxes)]
-    loaded = None
-    if source == "projector":
-        with _cache_lock:
-            key = (id(vault), projector)
-            if key not in _cache:
-                _cache[key] = vault.load_projector(projector)
-            loaded = _cache[key]
-    c = vault.condition_crops(crops, source, k, temperature, projector=loaded)
+    if source == "projector" and state.projector is None:
+        raise NotBuiltError(f"no projector at {projector}: register one (luna build)")
+    c = state.vault.condition_crops(crops, source, k, temperature, projector=state.projector)
     return c.prompt_embeds, c.pooled_prompt_embeds, c.negative_prompt_embeds, c.negative_pooled_prompt_embeds
 
 

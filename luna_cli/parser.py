@@ -20,6 +20,23 @@ TRACKING_HELP = "MLflow registry holding the projectors (default: $LUNA_MLFLOW_U
 VALUE_OPTIONS = ("--box",)
 
 
+def whole(low: int, high: int | None = None):
+    """An argparse type: a whole number from `low` (to `high`), refused with the bounds otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: give {low} to {high}" if high is not None
+                                             else f"{value} is too small: give {low} or more")
+        return value
+    return parse
+
+
+PORT = whole(1, 65535)
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """`--box -10,-10,50,50` as `--box=-10,-10,50,50`: argparse would read the value as an option."""
     out, i = [], 0
@@ -40,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("demo", help="generate a sample library and build every asset through Dagster")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--images", type=int, default=demo.DEMO_IMAGES, help="sample images to generate (default %(default)s)")
-    cmd.add_argument("--size", type=int, default=demo.DEMO_SIZE, help="sample image side in pixels (default %(default)s)")
+    cmd.add_argument("--images", type=whole(1), default=demo.DEMO_IMAGES, help="sample images to generate (default %(default)s)")
+    cmd.add_argument("--size", type=whole(16, 8192), default=demo.DEMO_SIZE,
+                     help="sample image side in pixels (default %(default)s)")
     cmd.add_argument("--seed", type=int, default=demo.DEMO_SEED, help="sample library seed (default %(default)s)")
     cmd.add_argument("--profile", default=demo.DEMO_PROFILE, choices=list(PROFILES),
                      help="model profile (default tiny: small local encoders, no download)")
@@ -50,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("ingest", help="catalog the images under one or more folders")
     cmd.add_argument("roots", nargs="+", metavar="ROOT", help="library folder")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--workers", type=int, default=IngestOptions.workers, help="reader processes (default: one per core)")
-    cmd.add_argument("--max-pixels", type=int, default=ProbeLimits.max_pixels,
+    cmd.add_argument("--workers", type=whole(0, 256), default=IngestOptions.workers,
+                     help="reader processes (default 0: one per core)")
+    cmd.add_argument("--max-pixels", type=whole(1), default=ProbeLimits.max_pixels,
                      help="decompression-bomb bound (default %(default)s)")
     cmd.add_argument("--no-record", action="store_true", help="do not record the roots in the home's luna.toml")
     cmd.set_defaults(func=library.cmd_ingest)
@@ -91,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("serve", help="serve the vault and the projector over HTTP, loaded once (for ComfyUI, scripts)")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--host", default=LOCAL_HOST, help="address to listen on (default %(default)s: this machine only)")
-    cmd.add_argument("--port", type=int, default=SERVE_PORT, help="port to listen on (default %(default)s)")
+    cmd.add_argument("--port", type=PORT, default=SERVE_PORT, help="port to listen on (default %(default)s)")
     cmd.add_argument("--device", default=AUTO, help="auto | cpu | cuda[:N]")
     cmd.add_argument("--projector", default=DEFAULT_PROJECTOR,
                      help="the projector answering source=projector (default models:/luna-projector@champion)")
@@ -118,26 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
                                     "stops it and its processes within seconds")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--host", default=LOCAL_HOST, help="address to listen on (default %(default)s: this machine only)")
-    cmd.add_argument("--port", type=int, default=UI_PORT, help="port to listen on (default %(default)s)")
+    cmd.add_argument("--port", type=PORT, default=UI_PORT, help="port to listen on (default %(default)s)")
     cmd.set_defaults(func=library.cmd_ui)
 
     cmd = sub.add_parser("mlflow-server", help="run the home's MLflow tracking server (registry and UI)")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--host", default=LOCAL_HOST, help="address to listen on (default %(default)s: this machine only)")
-    cmd.add_argument("--port", type=int, default=MLFLOW_PORT, help="port to listen on (default %(default)s)")
+    cmd.add_argument("--port", type=PORT, default=MLFLOW_PORT, help="port to listen on (default %(default)s)")
     cmd.add_argument("--backend-store-uri",
                      help="default: PostgreSQL beside the Dagster instance's database (luna.toml [operations] "
                           "postgres_url or $LUNA_POSTGRES_URL, database <name>_mlflow), else the home's sqlite file")
-    cmd.add_argument("--workers", type=int, default=MLFLOW_WORKERS, help="server worker processes (default %(default)s)")
+    cmd.add_argument("--workers", type=whole(1, 64), default=MLFLOW_WORKERS, help="server worker processes (default %(default)s)")
     cmd.add_argument("--record", action="store_true",
                      help="record this server as the home's registry ([operations] tracking_uri in luna.toml)")
     cmd.set_defaults(func=operations.cmd_mlflow_server)
 
     cmd = sub.add_parser("scale", help="scale-out settings: vault shards, the Celery broker, the gpu pool's size")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.add_argument("--shards", type=int, help="partitions of the embedding assets (1: one store, the default)")
+    cmd.add_argument("--shards", type=whole(1, 1024), help="partitions of the embedding assets (1: one store, the default)")
     cmd.add_argument("--celery-broker", help="Redis URL: every run's steps go to `luna worker` processes")
-    cmd.add_argument("--gpu-slots", type=int, help="steps running models at once, over all workers (the gpu pool)")
+    cmd.add_argument("--gpu-slots", type=whole(0, 64), help="steps running models at once, over all workers (the gpu pool)")
     cmd.set_defaults(func=operations.cmd_scale)
 
     cmd = sub.add_parser("config", help="every setting's effective value and where it came from "
@@ -149,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("worker", help="a Celery worker running the home's steps (with [scale] celery_broker)")
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--name", help="worker name (default luna-<host>-<pid>)")
-    cmd.add_argument("--concurrency", type=int, default=WORKER_CONCURRENCY,
+    cmd.add_argument("--concurrency", type=whole(1, 256), default=WORKER_CONCURRENCY,
                      help="steps at once (default %(default)s: one per GPU)")
     cmd.add_argument("--loglevel", default=WORKER_LOGLEVEL)
     cmd.set_defaults(func=operations.cmd_worker)

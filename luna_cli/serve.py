@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from luna_core.config import LOCAL_HOST
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.models.profiles import resolve_profile
 from luna_core.settings import LunaHome
+
+
+def serve_workers(home: LunaHome) -> int:
+    """Worker threads for searches (`serve.workers`; 0: one per core, at most 8)."""
+    workers = home.settings().integer("serve.workers", 0, 64)
+    return workers or min(8, os.cpu_count() or 1)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -19,24 +29,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     # the server's stack (FastAPI, torch) loads only for `luna serve`
-    from luna_service.app import LunaService, create_app
+    from luna_service.app import create_app
+    from luna_service.service import LunaService
 
     home = LunaHome.existing(args.home)
     profile = resolve_profile(home.model_profile(), home.models_dir)
+    workers = serve_workers(home)
+    if args.host not in (LOCAL_HOST, "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can search the library and "
+              "open its images; keep it on 127.0.0.1 unless that is what you want", file=sys.stderr, flush=True)
     service = LunaService(home, profile, device=args.device, projector_uri=args.projector,
                           tracking_uri=args.tracking_uri)
     state = service.state
     print(f"Luna serves {home.root} (profile {profile.name}, index v{state.index_version}, projector "
-          f"{args.projector} v{state.projector_version}) on http://{args.host}:{args.port}; Ctrl-C stops it",
-          flush=True)
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="info", access_log=False)
+          f"{args.projector} v{state.projector_version}, {workers} workers): open http://{args.host}:{args.port}/ "
+          "to search; Ctrl-C stops it", flush=True)
+    uvicorn.run(create_app(service, workers), host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
 
 
 def ask(server: str, path: str, image: str, params: list[tuple[str, str]]) -> bytes:
     """POST the image file to `server` + `path`; a service error becomes the same one-line error."""
+    parsed = urllib.parse.urlsplit(server)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise LunaConfigError(f"--server {server!r} is not a URL: give the service's address, e.g. "
+                              f"http://{LOCAL_HOST}:7861 (what `luna serve` prints)")
     try:
         body = Path(image).read_bytes()
+    except IsADirectoryError:
+        raise LunaConfigError(f"image {image} is a folder: give an image file") from None
     except OSError as exc:
         raise LunaConfigError(f"cannot read image {image}: {exc.strerror or exc}") from None
     url = server.rstrip("/") + path + "?" + urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
@@ -52,3 +73,6 @@ def ask(server: str, path: str, image: str, params: list[tuple[str, str]]) -> by
         raise (NotBuiltError if exc.code == 409 else LunaConfigError)(f"{server}: {message}") from None
     except urllib.error.URLError as exc:
         raise LunaConfigError(f"cannot reach the Luna service at {server} ({exc.reason}); start it with `luna serve`") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # a dropped connection, a bad port number
+        raise LunaConfigError(f"the Luna service at {server} did not answer ({exc}); is `luna serve` running "
+                              "there?") from None

@@ -27,7 +27,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         from luna_core.query import Neighbor
 
         answer = json.loads(ask(args.server, "/search", args.image, [("k", str(args.k)), ("box", args.box)]))
-        neighbors = [Neighbor(**n) for n in answer]
+        fields = Neighbor.__dataclass_fields__
+        neighbors = [Neighbor(**{k: v for k, v in n.items() if k in fields}) for n in answer["results"][0]["neighbors"]]
     else:
         home = LunaHome.existing(args.home)
         box = Box.parse(args.box) if args.box else None

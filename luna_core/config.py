@@ -57,6 +57,8 @@ KEYS: tuple[Key, ...] = (
     Key("operations.postgres_url", "LUNA_POSTGRES_URL", "", "PostgreSQL for the Dagster instance (default: "
         "files under the home)"),
     Key("operations.gpu_slots", "LUNA_GPU_SLOTS", 0, "slots of the `gpu` pool (0: one per GPU found, one on a CPU)"),
+    Key("serve.workers", "LUNA_SERVE_WORKERS", 0, "worker threads of `luna serve` that run searches side by side "
+        "(0: one per core, at most 8)"),
     Key("scale.celery_broker", "LUNA_CELERY_BROKER", "", "Redis URL of the Celery broker (default: steps run here)"),
     Key("schedules.reindex_cron", "LUNA_REINDEX_CRON", "0 3 * * *", "when the index is rebuilt (cron)"),
     Key("schedules.retrain_cron", "LUNA_RETRAIN_CRON", "0 4 * * 0", "when the projector retrains (cron)"),

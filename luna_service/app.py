@@ -1,235 +1,253 @@
-"""`luna serve`: the vault and the champion projector behind a local HTTP API, loaded once.
+"""`luna serve`: the search page and the HTTP API over the vault and the champion projector.
 
-The encoders, the current index and the projector stay in memory; each request only embeds its crops
-and looks up the answer. Between requests the service notices a new index version (`current.json`
-moved) or a moved projector alias and swaps in the new one whole: a request always sees one
-consistent index (and its lookup), never half of a swap. Requests are served one at a time (the
-models are not shared across threads), each under the same lock as the swap.
+    GET  /                                      the search page (no asset from outside the machine)
+    POST /search?k=&box=X,Y,W,H&…filters        body: image bytes (raw or multipart), or ?path= / ?hash=
+                                                → {"index_version", "k", "results": [{"box", "neighbors",
+                                                   "mixed_prompt"}]}: one shape for any number of boxes
+    POST /condition?source=vault|projector&k=&temperature=&prompt=&mode=&alpha=&box=…&format=
+                                                → safetensors (or JSON with format=json)
+    GET  /library/search?q=&page=&per_page=&…filters   text search over the catalog's prompts, paged
+    GET  /library/facets                        generators, models, LoRAs (for the filters)
+    GET  /library/thumbnail?hash=|path=         a cached JPEG thumbnail of a library image
+    GET  /library/file?hash=|path=              the library image itself
+    GET  /health                                versions of index and projector
 
-    POST /search?k=5&box=X,Y,W,H          body: image bytes     → JSON neighbours
-    POST /condition?source=vault|projector&k=&temperature=&prompt=&mode=&alpha=&box=...&format=
-                                          body: image bytes     → safetensors (or JSON with format=json)
-    GET  /health                                                → versions of index and projector
+Filters (search, condition, library search): model, lora, generator, after, before (YYYY-MM-DD), text.
+Blocking work (models, index, catalog) runs on a pool of worker threads, never on the event loop, so
+/health answers while searches run. Bodies are read as a stream with a cap (413 past it); a non-image
+is 415, a bad box or k 422, a path outside the library roots 403. Every response carries a CSP.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.parser
+import email.policy
 import logging
-import threading
-import time
-from dataclasses import dataclass, field
+import mimetypes
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from luna_core.boxes import Box
-from luna_core.containers import ProbeLimits
-from luna_core.errors import BadFileError, CorruptStoreError, LunaError, NotBuiltError
-from luna_core.images import decode_picture
-from luna_core.index.store import index_store
-from luna_core.models.profiles import ModelProfile
-from luna_core.projector.registry import Registry, parse_model_uri
-from luna_core.query import DEFAULT_TEMPERATURE, QueryError, Vault, crop
-from luna_core.refine.settings import DEFAULT_PROJECTOR
-from luna_core.settings import LunaHome
+from luna_core.browse import CatalogFilter, facets
+from luna_core.errors import BadFileError, LunaConfigError, LunaError, NotBuiltError, OutsideLibraryError, QueryError
+from luna_core.images import PictureError
+from luna_core.mixing import PromptMix
+from luna_core.thumbnails import thumbnail
+from luna_service.service import LunaService
+from luna_service.service import Query as Ask
 
 log = logging.getLogger("luna.serve")
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_BOXES = 64
-ALIAS_CHECK_SECONDS = 2.0  # how often the registry is asked whether the projector alias moved
+STATIC = {"app.js": "text/javascript", "app.css": "text/css", "logo.svg": "image/svg+xml"}
+# Everything the page needs comes from this service; images may be blobs (a dropped file) or data URLs.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
-@dataclass
-class ServiceState:
-    """What one request is answered from: swapped whole, never edited in place."""
-
-    vault: Vault
-    index_version: int | None
-    projector: tuple | None = None  # (model, config)
-    projector_version: str | None = None
-    loaded_at: float = field(default_factory=time.time)
+class BodyTooLarge(LunaError):
+    """A request body over the service's bound."""
 
 
-class ConditionQuery(BaseModel):
+class Filters(BaseModel):
+    model: str = ""
+    lora: str = ""
+    generator: str = ""
+    after: str = ""
+    before: str = ""
+    text: str = ""
+
+    def where(self) -> CatalogFilter:
+        return CatalogFilter(self.model, self.lora, self.generator, self.after, self.before, self.text)
+
+
+class SearchQuery(Filters):
+    k: int = 5
+    box: list[str] = []
+    temperature: float | None = None
+    path: str | None = None
+    hash: str | None = None
+
+
+class ConditionQuery(SearchQuery):
     """What `POST /condition` asks, as query parameters (the image is the body); mixing: luna_core.mixing."""
 
     source: str = "vault"
-    k: int = 5
-    temperature: float = DEFAULT_TEMPERATURE
     prompt: str | None = None
     negative_prompt: str | None = None
     mode: str = "replace"
     alpha: float = 0.5
-    box: list[str] = []
     format: str = "safetensors"
 
 
-class LunaService:
-    def __init__(self, home: LunaHome, profile: ModelProfile, device: str = "auto",
-                 projector_uri: str = DEFAULT_PROJECTOR, tracking_uri: str | None = None,
-                 limits: ProbeLimits = ProbeLimits()):
-        self.home, self.profile, self.device = home, profile, device
-        self.projector_uri, self.tracking_uri, self.limits = projector_uri, tracking_uri, limits
-        self.registry = Registry(home, tracking_uri)
-        self.lock = threading.Lock()
-        self._alias_checked = 0.0
-        self.state = ServiceState(Vault(home, profile, device=device), None)
-        self.refresh(force=True)
-
-    # ------------------------------------------------------------ swapping
-
-    def _current_index_version(self) -> int | None:
-        try:
-            current = index_store(self.home, self.profile).current()
-        except CorruptStoreError:
-            return self.state.index_version
-        return None if current is None else current.number
-
-    def _projector_version(self) -> str | None:
-        name, ref = parse_model_uri(self.projector_uri)
-        try:
-            return str(self.registry.resolve(name, ref))
-        except LunaError:
-            return None
-
-    def refresh(self, force: bool = False) -> None:
-        """Swap in a new index version or projector version when either moved (call under the lock)."""
-        state = self.state
-        version = self._current_index_version()
-        projector_version = state.projector_version
-        if force or time.monotonic() - self._alias_checked >= ALIAS_CHECK_SECONDS:
-            self._alias_checked = time.monotonic()
-            projector_version = self._projector_version()
-        if not force and version == state.index_version and projector_version == state.projector_version:
-            return
-        vault = Vault(self.home, self.profile, device=self.device)
-        vault.adopt_encoders(state.vault)
-        if version is not None:
-            try:
-                vault.index  # noqa: B018 - loaded now, so a request never meets a half-loaded index
-            except LunaError as exc:
-                log.warning("index v%s could not be loaded (%s); still answering from v%s", version, exc,
-                            state.index_version)
-                return
-        projector = state.projector
-        if projector_version is not None and (force or projector_version != state.projector_version):
-            try:
-                projector = vault.load_projector(self.projector_uri, self.tracking_uri)
-            except LunaError as exc:
-                log.warning("projector %s could not be loaded: %s", self.projector_uri, exc)
-                projector, projector_version = None, None
-        self.state = ServiceState(vault, version, projector, projector_version)
-        log.info("serving index v%s, projector %s v%s", version, self.projector_uri, projector_version)
-
-    # ------------------------------------------------------------ requests
-
-    def health(self) -> dict:
-        with self.lock:
-            self.refresh()
-            state = self.state
-        return {"status": "ok", "home": str(self.home.root), "profile": self.profile.name,
-                "vision_key": self.profile.vision_key, "text_key": self.profile.text_key,
-                "index_version": state.index_version,
-                "projector": {"uri": self.projector_uri, "version": state.projector_version}
-                if state.projector_version else None}
-
-    def _crops(self, body: bytes, boxes: list[str]) -> list:
-        if not body:
-            raise QueryError("the request has no image: send the image file's bytes as the request body")
-        if len(boxes) > MAX_BOXES:
-            raise QueryError(f"{len(boxes)} boxes; at most {MAX_BOXES} a request")
-        image = decode_picture(body, "the uploaded file", self.limits).convert("RGB")
-        return [crop(image, Box.parse(b), "uploaded") for b in boxes] or [image]
-
-    def search(self, body: bytes, k: int = 5, boxes: list[str] = ()) -> list[dict]:
-        with self.lock:
-            self.refresh()
-            state = self.state
-            crops = self._crops(body, list(boxes))
-            embeddings = state.vault.embed_pictures(crops)
-            results = [[n.__dict__ for n in state.vault.nearest(e, k)] for e in embeddings]
-        return results[0] if len(results) == 1 else results
-
-    def condition(self, body: bytes, ask: ConditionQuery | None = None):
-        ask = ask or ConditionQuery()
-        with self.lock:
-            self.refresh()
-            state = self.state
-            crops = self._crops(body, list(ask.box))
-            if ask.source == "projector" and state.projector is None:
-                raise NotBuiltError(f"no projector at {self.projector_uri}: register one (luna build) or start the "
-                                    "service with another --projector")
-            conditioning = state.vault.condition_crops(crops, ask.source, ask.k, ask.temperature, ask.prompt, ask.mode,
-                                                       ask.alpha, projector=state.projector,
-                                                       negative_prompt=ask.negative_prompt)
-            conditioning.info["projector_version"] = state.projector_version if ask.source == "projector" else None
-        return conditioning
+def _ask(query: SearchQuery, **more) -> Ask:
+    extra = {} if query.temperature is None else {"temperature": query.temperature}
+    return Ask(k=query.k, boxes=tuple(query.box), where=query.where(), **extra, **more)
 
 
-def create_app(service: LunaService):
+def _status(exc: Exception) -> int:
+    if isinstance(exc, (BodyTooLarge,)):
+        return 413
+    if isinstance(exc, PictureError):
+        return {"not_an_image": 415, "too_large": 413}.get(exc.reason, 422)
+    if isinstance(exc, BadFileError):
+        return 415 if exc.reason in ("not_an_image", "empty_file") else 422
+    if isinstance(exc, OutsideLibraryError):
+        return 403
+    if isinstance(exc, QueryError):
+        return 422
+    if isinstance(exc, NotBuiltError):
+        return 409
+    return 400
+
+
+async def read_body(request: Request) -> bytes:
+    """The request's image bytes, read as a stream and refused past the cap; a multipart form's first
+    file part (curl -F image=@file.png) is the image."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"the request body is {int(declared):,} bytes, over the {MAX_BODY_BYTES:,} byte bound")
+    chunks, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"the request body is over the {MAX_BODY_BYTES:,} byte bound")
+        chunks.append(part)
+    body = b"".join(chunks)
+    content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/form-data") and body:
+        return _multipart_file(content_type, body)
+    return body
+
+
+def _multipart_file(content_type: str, body: bytes) -> bytes:
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise QueryError("the multipart body could not be read: send the image as a form file or as raw bytes")
+    for part in message.iter_parts():
+        if part.get_filename() is not None or part.get_param("name", header="content-disposition") in ("image", "file"):
+            return part.get_payload(decode=True) or b""
+    raise QueryError("the multipart form has no file part: send it as -F image=@picture.png")
+
+
+def create_app(service: LunaService, workers: int = 4):
     """The FastAPI application: every Luna error becomes one JSON error with a 4xx status, never a trace."""
-    app = FastAPI(title="Luna", description="The vault and the projector, loaded once.", version="1")
+    app = FastAPI(title="Luna", description="Search your library; take a conditioning.", version="2")
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="luna-serve")
+    refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="luna-refresh")  # never behind searches
+    static = resources.files("luna_service") / "static"
+
+    async def off_loop(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+        return JSONResponse({"error": message}, status_code=status, headers=SECURITY_HEADERS)
+
+    @app.middleware("http")
+    async def secure(request: Request, call_next):
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in exc.errors())
-        return error(400, problems or "invalid request")
-
-    @app.exception_handler(NotBuiltError)
-    async def not_built(request: Request, exc: NotBuiltError):
-        return error(409, str(exc))
+        return error(422, problems or "invalid request")
 
     @app.exception_handler(LunaError)
-    async def bad_input(request: Request, exc: LunaError):
-        return error(400, str(exc))
-
-    @app.exception_handler(BadFileError)
-    async def bad_file(request: Request, exc: BadFileError):
-        return error(400, f"the uploaded image: {exc.detail}")
+    async def luna_error(request: Request, exc: LunaError):
+        return error(_status(exc), f"the uploaded image: {exc.detail}" if isinstance(exc, BadFileError) else str(exc))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         log.exception("request %s failed", request.url.path)
         return error(500, f"internal error ({type(exc).__name__}); the service log has the details")
 
-    async def body_of(request: Request) -> bytes:
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > MAX_BODY_BYTES:
-            raise QueryError(f"the request body is {declared:,} bytes, over the {MAX_BODY_BYTES:,} byte bound")
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > MAX_BODY_BYTES:
-                raise QueryError(f"the request body is over the {MAX_BODY_BYTES:,} byte bound")
-        return body
+    # ------------------------------------------------------------ the page
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return Response((static / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str):
+        if name not in STATIC:  # a fixed list: no path from the request reaches the file system
+            return error(404, f"no static file {name!r}")
+        return Response((static / name).read_bytes(), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------ the API
 
     @app.get("/health")
-    def health():
+    async def health():
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(refresher, service.refresh)  # a stat when nothing moved
         return service.health()
 
     @app.post("/search")
-    async def search(request: Request, k: int = 5, box: list[str] = Query(default=[])):
-        body = await body_of(request)
-        return service.search(body, k, box)
+    async def search(request: Request, query: Annotated[SearchQuery, Query()]):
+        body = await read_body(request)
+
+        def work():
+            return service.search(service.picture(body, query.path, query.hash), _ask(query))
+        return await off_loop(work)
 
     @app.post("/condition")
-    async def condition(request: Request, ask: Annotated[ConditionQuery, Query()]):
-        if ask.format not in ("safetensors", "json"):
-            raise QueryError(f"format {ask.format!r} is not one of safetensors, json")
-        body = await body_of(request)
-        conditioning = service.condition(body, ask)
-        if ask.format == "json":
+    async def condition(request: Request, query: Annotated[ConditionQuery, Query()]):
+        if query.format not in ("safetensors", "json"):
+            raise QueryError(f"format {query.format!r} is not one of safetensors, json")
+        if query.source not in ("vault", "projector"):
+            raise QueryError(f"source {query.source!r} is not one of vault, projector")
+        body = await read_body(request)
+        ask = _ask(query, source=query.source,
+                   with_prompt=PromptMix(query.prompt, query.negative_prompt, query.mode, query.alpha))
+
+        def work():
+            return service.condition(service.picture(body, query.path, query.hash), ask)
+        conditioning = await off_loop(work)
+        if query.format == "json":
             return {**conditioning.info, "shapes": {name: list(getattr(conditioning, name).shape) for name in (
                 "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")},
                 "neighbors": [n.__dict__ for n in conditioning.neighbors]}
-        return Response(conditioning.to_bytes(), media_type="application/octet-stream",
-                        headers={"X-Luna-Items": str(len(conditioning.prompt_embeds))})
+        payload = await off_loop(conditioning.to_bytes)
+        return Response(payload, media_type="application/octet-stream",
+                        headers={"X-Luna-Items": str(len(conditioning.prompt_embeds)),
+                                 "Content-Disposition": 'attachment; filename="luna-conditioning.safetensors"'})
 
+    @app.get("/library/search")
+    async def library_search(query: Annotated[Filters, Query()], q: str = "", page: int = 1, per_page: int = 40):
+        return await off_loop(service.library_search, q, query.where(), page, per_page)
+
+    @app.get("/library/facets")
+    async def library_facets():
+        return await off_loop(facets, service.home.catalog_path)
+
+    @app.get("/library/thumbnail")
+    async def library_thumbnail(path: str | None = None, hash: str | None = None):
+        def work():
+            return thumbnail(service.home.thumbnails_dir, service.library_path(path, hash), service.limits)
+        return FileResponse(await off_loop(work), media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/library/file")
+    async def library_file(path: str | None = None, hash: str | None = None):
+        real = await off_loop(service.library_path, path, hash)
+        media = mimetypes.guess_type(real.name)[0] or "application/octet-stream"
+        if not media.startswith("image/"):
+            raise LunaConfigError(f"{real.name} is not an image file")
+        return FileResponse(real, media_type=media, headers={"Cache-Control": "private, max-age=300"})
+
+    app.state.pool = pool
     return app
