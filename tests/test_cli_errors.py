@@ -77,3 +77,30 @@ def test_demo_checks_the_profile_before_writing_to_the_home(tmp_path, capsys):
     assert code == 2 and "'sdxl' model profile" in err
     assert "library" not in (home / "luna.toml").read_text(), "no root recorded before the refusal"
     assert not (home / "sample_library").exists()
+
+
+def test_mistakes_that_ended_in_a_traceback_end_in_one_line(cli_home, tmp_path, capsys):
+    home, image = cli_home
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    for command in (["search", str(folder)], ["condition", str(folder), "--out", str(tmp_path / "c.safetensors")]):
+        code, err = run(capsys, *command, "--home", str(home.root))
+        assert code == 2 and "not a regular file" in err and str(folder) in err, command
+    code, err = run(capsys, "condition", image, "--home", str(home.root), "--out", "/proc/luna.safetensors")
+    assert code == 2 and "cannot write /proc/luna.safetensors" in err
+    code, err = run(capsys, "condition", image, "--server", "notaurl", "--out", str(tmp_path / "c.safetensors"))
+    assert code == 2 and "is not a URL" in err
+    code, err = run(capsys, "search", str(folder), "--server", "http://127.0.0.1:1")
+    assert code == 2 and "is a folder" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["ingest", "/tmp", "--workers", "-1"], "--workers: -1 is out of range"),
+    (["ingest", "/tmp", "--max-pixels", "0"], "--max-pixels: 0 is too small"),
+    (["serve", "--port", "70000"], "--port: 70000 is out of range"),
+    (["demo", "--images", "0"], "--images: 0 is too small"),
+])
+def test_counts_out_of_range_are_refused_by_the_parser(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and needle in capsys.readouterr().err
