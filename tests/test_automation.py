@@ -106,6 +106,23 @@ def test_the_chain_follows_the_library_tick_by_tick(tiny_home: LunaHome, sample_
     assert daemon.tick() == set()
 
 
+def test_a_build_in_progress_is_not_doubled_by_the_automation(tiny_home: LunaHome, sample_library: SampleLibrary):
+    """`luna build` (or the UI's build-all) plans the projector; once the catalog is built, the projector is
+    still missing, but the run that will train it is in progress: the automation must not train a second
+    version beside it (seen: @champion became v2 when the sensor ticked between the catalog and the
+    projector steps)."""
+    daemon = Daemon(tiny_home)
+    daemon.run({"ingested_images"})
+    build = daemon.instance.create_run_for_job(job_def=daemon.defs.resolve_job_def("luna_build_all"),
+                                               run_config=RUN_CONFIG)  # every asset planned
+    daemon.instance.report_dagster_event(dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value,
+                                                         job_name=build.job_name), run_id=build.run_id)
+    daemon.run(CHAIN)  # its first steps are done; the projector's is still to come
+    assert "projector" not in daemon.tick()
+    daemon.instance.report_run_canceled(build)  # the build stopped: the projector is missing again, and asked for
+    assert "projector" in daemon.tick()
+
+
 def test_an_edit_in_place_retires_the_old_content_and_a_restored_file_is_revived(library_home):
     """Edited in place: the old content's generation, vision row and prompt rows leave; the orphan
     check passes by itself. Edit undone: the retired rows come back without embedding anything."""

@@ -109,7 +109,9 @@ def projector_asset(home: LunaHome | None) -> dg.AssetsDefinition:
         # Not on every new image: trained when missing, weekly when the catalog changed, and by the
         # retrain-policy sensor once the training pairs grew by a share.
         automation_condition=(
-            (AC.missing() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress()).newly_true()
+            # Not while a run that will train it (`luna build`, the UI's build-all) is in progress: else the
+            # automation sensor trains a second version beside it.
+            (AC.missing() & ~AC.any_deps_missing() & ~AC.any_deps_in_progress() & ~AC.in_progress()).newly_true()
             .with_label("missing, once the catalog is built")
             | AC.on_cron(cron_setting(home, RETRAIN_CRON)[0])
         ).with_label("trained when missing, else weekly"),
