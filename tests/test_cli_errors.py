@@ -28,6 +28,10 @@ def test_query_image_mistakes(cli_home, tmp_path, capsys):
     Image.new("1", (12_000, 10_000)).save(bomb)  # 120 MP, a few KB on disk
     code, err = run(capsys, "search", str(bomb), "--home", str(home.root))
     assert code == 2 and "decompression-bomb" in err and str(bomb) in err
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20_000, 10_000)).save(huge)  # past twice Pillow's own limit: Pillow refuses it first
+    code, err = run(capsys, "search", str(huge), "--home", str(home.root))
+    assert code == 2 and "100 MP bound" in err and "Pillow" not in err and "DecompressionBomb" not in err
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     code, err = run(capsys, "search", str(fifo), "--home", str(home.root))
