@@ -111,7 +111,7 @@ def test_projector_asset_registers_once_per_data_and_config(tiny_home):
 
     specialist = {"ops": {"projector": {"config": {"arch": "linear", "rank": 4, "model_name": "luna-projector-no-comfy",
                                                    "where": "generator <> 'ComfyUI'",
-                                                   "min_train_pairs": 8}}}}
+                                                   "min_train_pairs": 8, "min_val_pairs": 1}}}}
     done = job.execute_in_process(run_config=specialist, instance=instance, asset_selection=[dg.AssetKey("projector")])
     assert done.asset_materializations_for_node("projector")[0].metadata["registered model"].value == "luna-projector-no-comfy"
     assert [v.subset for v in Registry(tiny_home).versions("luna-projector-no-comfy")] == ["generator <> 'ComfyUI'"]

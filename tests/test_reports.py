@@ -155,7 +155,7 @@ def test_report_files_mlflow_and_no_rebuild_when_unchanged(report_home):
     assert latest_report(home)[0] == second.folder
 
 
-def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_library):
+def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_library, monkeypatch):
     from luna_core.index.build import update_index
     from luna_core.ingest import IngestOptions, ingest
     from luna_core.library import build_library
@@ -175,7 +175,9 @@ def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_li
     assert first["series"] == 1 and first["began_now"] and "changed with this report" in first["described"]
     members = load_test_set(home).frozen.members
 
-    make_sample_library(sample_library.root / "later", 30, seed=5, size=(96, 96), broken=False)
+    # New images join the test split; growth alone starts no new series here (that rule has its own test).
+    monkeypatch.setattr("luna_core.reports.test_set.GROWTH_FOR_NEW_SERIES", 1000.0)
+    make_sample_library(sample_library.root / "later", 60, seed=5, size=(96, 96), broken=False)
     refresh()
     grown = load_test_set(home)
     assert grown.frozen.members == members and not grown.began_now, "new images do not enter the frozen set"
@@ -194,6 +196,27 @@ def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_li
     described = renewed.report["test_set"]["described"]
     assert renewed.built and renewed.report["test_set"]["series"] == 2 and "changed with this report" in described
     assert renewed.report["test_set"]["scored"] >= after["scored"], "the new series takes the grown split"
+
+
+def test_a_test_split_grown_to_twice_the_set_starts_a_new_series(report_home, sample_library):
+    from luna_core.index.build import update_index
+    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.library import build_library
+    from luna_core.samples import make_sample_library
+    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+
+    home, profile = report_home
+    first = load_test_set(home)
+    make_sample_library(sample_library.root / "later", 60, seed=5, size=(96, 96), broken=False)
+    ingest(home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
+    embed_images(home, profile, EmbedOptions(progress=False))
+    embed_prompts(home, profile, EmbedOptions(progress=False))
+    build_library(home, profile)
+    update_index(home, profile)
+    grown = load_test_set(home)
+    assert grown.began_now and grown.frozen.series == first.frozen.series + 1
+    assert grown.frozen.reason.startswith("the test split grew from")
+    assert len(grown.frozen.members) >= 2 * len(first.frozen.members)
 
 
 def test_report_and_benchmark_assets_and_cli(report_home, capsys, monkeypatch, tmp_path):

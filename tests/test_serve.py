@@ -437,7 +437,9 @@ def test_health_answers_while_the_workers_are_busy(server, picture):
     import http.client
 
     body = picture.read_bytes()
-    boxes = [("box", f"{x},{y},24,24") for x in range(0, 128, 16) for y in range(0, 128, 16)]
+    width, height = Image.open(picture).size
+    side = min(width, height) // 8
+    boxes = [("box", f"{x * side},{y * side},{side},{side}") for x in range(8) for y in range(8)]
     address = urllib.parse.urlsplit(server)
     searches = []
     for _ in range(8):
