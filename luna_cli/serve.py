@@ -38,6 +38,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in (LOCAL_HOST, "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can search the library and "
               "open its images; keep it on 127.0.0.1 unless that is what you want", file=sys.stderr, flush=True)
+    # the server's stack (FastAPI, torch) loads only for `luna serve`
+    import torch
+
+    # Requests run side by side on the workers: each model call gets its share of the cores, not all of
+    # them (8 workers each asking torch for every core spent more time switching than computing).
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     service = LunaService(home, profile, device=args.device, projector_uri=args.projector,
                           tracking_uri=args.tracking_uri)
     state = service.state

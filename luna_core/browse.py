@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import pyarrow.compute as pc
+
 from luna_core.catalog import open_catalog
 from luna_core.errors import OutsideLibraryError, QueryError
 
 MAX_PER_PAGE = 200
 MAX_TEXT = 500  # characters of a text filter or query
 DETAIL_COLUMNS = ("content_hash", "path", "generator", "prompt", "negative_prompt", "model", "loras", "sampler",
-                  "scheduler", "seed", "steps", "cfg_scale", "width", "height", "modified", "source")
+                  "scheduler", "seed", "steps", "cfg_scale", "modified", "source")
 
 # One row per image: its first path and its generation; `modified` is the file's mtime (when it was made).
 _IMAGES = """
@@ -207,3 +210,54 @@ def mixed_prompt(weighted: list[tuple[str | None, float]], least: float = 0.5) -
     if not kept:
         return max(((text, w) for text, w in weighted if text), key=lambda tw: tw[1], default=("", 0))[0]
     return ", ".join(spelled[key] for key in sorted(kept, key=lambda k: -scores[k]))
+
+
+# ---------------------------------------------------------------- the same, from a published index's lookup
+
+LOOKUP_DETAILS = ("model", "loras", "sampler", "scheduler", "seed", "steps", "cfg_scale", "mtime_ns")
+
+
+def lookup_has_details(lookup) -> bool:
+    """Whether an index's lookup carries the browsing columns (indexes published before them do not)."""
+    return all(name in lookup.column_names for name in LOOKUP_DETAILS)
+
+
+def lookup_details(lookup, rows: list[int]) -> list[dict]:
+    """The details of these lookup rows, as `details` gives them, read from the memory-mapped lookup."""
+    out = []
+    for row in lookup.take(rows).to_pylist():
+        mtime = row.pop("mtime_ns", None)
+        row["modified"] = datetime.fromtimestamp(mtime / 1e9, timezone.utc).isoformat(timespec="seconds") \
+            if mtime else None
+        out.append({name: row.get(name) for name in DETAIL_COLUMNS if name != "source"})
+    return out
+
+
+def filter_mask(lookup, where: CatalogFilter):
+    """A boolean per lookup row: which images `where` lets through (vectorized: ~ms for 500k rows)."""
+    mask = np.ones(lookup.num_rows, dtype=bool)
+
+    def contains(column: str, text: str):
+        found = pc.match_substring(lookup[column], text, ignore_case=True)
+        return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+
+    if where.model:
+        mask &= contains("model", where.model)
+    if where.text:
+        mask &= contains("prompt", where.text)
+    if where.generator:
+        mask &= pc.fill_null(pc.equal(lookup["generator"], where.generator), False).to_numpy(zero_copy_only=False)
+    if where.lora:
+        loras = lookup["loras"].combine_chunks()
+        names = pc.struct_field(pc.list_flatten(loras), "name")
+        hits = pc.fill_null(pc.match_substring(names, where.lora, ignore_case=True), False).to_numpy(zero_copy_only=False)
+        parents = pc.list_parent_indices(loras).to_numpy()
+        with_lora = np.zeros(lookup.num_rows, dtype=bool)
+        with_lora[parents[hits]] = True
+        mask &= with_lora
+    times = lookup["mtime_ns"].to_numpy(zero_copy_only=False) if (where.after or where.before) else None
+    if where.after:
+        mask &= np.nan_to_num(times.astype(float), nan=-1) >= _epoch_ns(_day(where.after, "after"))
+    if where.before:
+        mask &= np.nan_to_num(times.astype(float), nan=np.inf) < _epoch_ns(_day(where.before, "before")) + 86_400e9
+    return mask

@@ -81,11 +81,12 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
             con.execute(f"""
                 CREATE OR REPLACE VIEW library AS
                 WITH paths AS (
-                    SELECT content_hash, min(path) AS path, count(*) AS copies
+                    SELECT content_hash, min(path) AS path, count(*) AS copies, max(mtime_ns) AS mtime_ns
                     FROM images WHERE status = 'ok' GROUP BY content_hash
                 )
                 SELECT ids.image_id, p.content_hash, p.path, p.copies, s.split,
                        g.generator, g.prompt, g.negative_prompt, g.seed, g.model,
+                       g.loras, g.sampler, g.scheduler, g.steps, g.cfg_scale, p.mtime_ns,
                        v."row" AS vision_row,
                        {conditioning_key_sql('g.prompt', 'g.prompt_syntax')} AS prompt_hash, tp."row" AS prompt_row,
                        tp.token_count AS prompt_tokens, tp.truncated AS prompt_truncated, tp.chunks AS prompt_chunks,

@@ -170,8 +170,8 @@ class Vault:
                 exclude: frozenset[int] = frozenset(), allow=None) -> list[Neighbor]:
         """The k nearest images still in the library, weighted by softmax(similarity / temperature);
         image ids in `exclude` are skipped (an evaluation leaves the query image out of its own answer).
-        `allow(content_hashes) -> set`, when given, says which candidates a person's filters let through:
-        then fewer than k may come back, never none."""
+        `allow(lookup_rows) -> bool per row`, when given, says which candidates a person's filters let
+        through: then fewer than k may come back, never none."""
         check_inputs(k=k, temperature=temperature)
         index = self.index
         total, present = int(index.index.ntotal), int(index.lookup.num_rows)
@@ -182,7 +182,6 @@ class Vault:
         query = np.ascontiguousarray(embedding[None], dtype=np.float32)
         fetch = min(total, (k if allow is None else 8 * k) + len(exclude) + 16)
         exhaustive = False
-        hashes = index.lookup.column("content_hash")
         while True:
             with omp_threads(1):  # OpenMP's thread count is per calling thread: concurrent queries keep theirs
                 sims, ids = search_index(index.index, query, fetch, every_list=exhaustive)
@@ -190,8 +189,8 @@ class Vault:
             found = [(float(s), int(i), int(r)) for s, i, r in zip(sims[0], ids[0], rows)
                      if r >= 0 and i >= 0 and int(i) not in exclude]
             if allow is not None and found:
-                allowed = allow([hashes[r].as_py() for _, _, r in found])
-                found = [f for f in found if hashes[f[2]].as_py() in allowed]
+                allowed = allow(np.array([r for _, _, r in found], dtype=np.int64))
+                found = [f for f, ok in zip(found, allowed) if ok]
             keep = found[:k]
             if len(keep) == k or (fetch >= total and exhaustive):
                 break

@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from luna_core import browse
 from luna_core.boxes import Box
 from luna_core.containers import ProbeLimits
@@ -181,10 +183,32 @@ class LunaService:
         boxes = [Box.parse(b) for b in ask.boxes]
         return [crop(picture, box, "") for box in boxes] or [picture], boxes or [None]
 
-    def _allow(self, where: browse.CatalogFilter):
+    def _allow(self, vault: Vault, where: browse.CatalogFilter):
+        """The filter as a mask over the index's lookup rows (an index published before the lookup carried
+        the details: asked of the catalog, candidate by candidate)."""
         if where.empty:
             return None
-        return lambda hashes: set(browse.details(self.home.catalog_path, hashes, where))
+        lookup = vault.index.lookup
+        if browse.lookup_has_details(lookup):
+            mask = browse.filter_mask(lookup, where)
+            return lambda rows: mask[rows]
+        hashes = lookup.column("content_hash")
+
+        def ask_catalog(rows):
+            wanted = [hashes[int(r)].as_py() for r in rows]
+            allowed = browse.details(self.home.catalog_path, wanted, where)
+            return [h in allowed for h in wanted]
+        return ask_catalog
+
+    def _details(self, vault: Vault, neighbors: list) -> list[dict]:
+        lookup = vault.index.lookup
+        if browse.lookup_has_details(lookup):
+            rows = vault.index.rows_for(np.array([n.image_id for n in neighbors], dtype=np.int64))
+            found = browse.lookup_details(lookup, [int(r) for r in rows])
+        else:
+            by_hash = browse.details(self.home.catalog_path, [n.content_hash for n in neighbors])
+            found = [by_hash.get(n.content_hash, {}) for n in neighbors]
+        return [{**details, **n.__dict__} for details, n in zip(found, neighbors)]
 
     def search(self, picture, ask: Query) -> dict:
         """The k nearest library images of each box (the whole picture without boxes), with their
@@ -193,12 +217,11 @@ class LunaService:
         self.refresh(wait=False)
         state = self.state
         crops, boxes = self._crops(picture, ask)
-        allow = self._allow(ask.where)
+        allow = self._allow(state.vault, ask.where)
         results = []
         for box, embedding in zip(boxes, state.vault.embed_pictures(crops)):
             neighbors = state.vault.nearest(embedding, ask.k, ask.temperature, allow=allow)
-            found = browse.details(self.home.catalog_path, [n.content_hash for n in neighbors])
-            rows = [{**found.get(n.content_hash, {}), **n.__dict__} for n in neighbors]
+            rows = self._details(state.vault, neighbors)
             results.append({"box": None if box is None else [box.x, box.y, box.width, box.height], "neighbors": rows,
                             "mixed_prompt": browse.mixed_prompt([(n.prompt, n.weight) for n in neighbors])})
         return {"index_version": state.index_version, "k": ask.k, "results": results}
@@ -212,7 +235,7 @@ class LunaService:
             raise NotBuiltError(f"no projector at {self.projector_uri}: register one (luna build) or start the "
                                 "service with another --projector")
         conditioning = state.vault.condition_crops(crops, ask.source, ask.k, ask.temperature, ask.with_prompt,
-                                                   projector=state.projector, allow=self._allow(ask.where))
+                                                   projector=state.projector, allow=self._allow(state.vault, ask.where))
         conditioning.info["projector_version"] = state.projector_version if ask.source == "projector" else None
         return conditioning
 

@@ -83,3 +83,28 @@ def test_probing_every_list_is_a_parameter_of_one_call(indexed_home):
     _, every = search_index(index, queries, 10, every_list=True)
     assert ivf.nprobe == 1, "the shared index is left as it was"
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(every, exact)]) == 1.0
+
+
+def test_filters_on_the_index_lookup_agree_with_the_catalog(indexed_home):
+    """The service filters neighbours on the index's memory-mapped lookup; the catalog's SQL is the reference."""
+    from luna_core import browse
+    from luna_core.index.store import load_index
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    lookup = load_index(index_store(indexed_home, profile)).lookup
+    assert browse.lookup_has_details(lookup)
+    hashes = lookup.column("content_hash").to_pylist()
+    lora = next(entry["name"] for loras in lookup.column("loras").to_pylist() for entry in (loras or []))
+    model = next(m for m in lookup.column("model").to_pylist() if m)
+    for where in (browse.CatalogFilter(generator="ComfyUI"), browse.CatalogFilter(model=model[3:9].upper()),
+                  browse.CatalogFilter(lora=lora[:5]), browse.CatalogFilter(text="RED"),
+                  browse.CatalogFilter(after="2000-01-01", before="2999-12-31"), browse.CatalogFilter(after="2999-01-01"),
+                  browse.CatalogFilter(generator="ComfyUI", text="background", lora=lora[-4:])):
+        mask = browse.filter_mask(lookup, where)
+        from_lookup = {h for h, keep in zip(hashes, mask) if keep}
+        assert from_lookup == set(browse.details(indexed_home.catalog_path, hashes, where)), where
+    details = browse.lookup_details(lookup, [0, 1])
+    reference = browse.details(indexed_home.catalog_path, hashes[:2])
+    for row in details:
+        expected = reference[row["content_hash"]]
+        assert {k: row[k] for k in row} == {k: expected[k] for k in row}

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from luna_core.catalog import open_catalog
 from luna_core.errors import CorruptStoreError, NotBuiltError
@@ -24,6 +25,8 @@ from luna_core.vault.store import RowStore
 log = logging.getLogger(__name__)
 
 LOOKUP_COLUMNS = ("image_id", "content_hash", "path", "generator", "split", "prompt", "negative_prompt",
+                  # what a person browsing the neighbours sees and filters on, without a catalog query
+                  "model", "loras", "sampler", "scheduler", "seed", "steps", "cfg_scale", "mtime_ns",
                   "prompt_row", "negative_row", "vision_row",  # vision_row: where re-ranking reads
                   "prompt_chunks", "negative_chunks")  # conditioning rows from *_row on
 
@@ -45,7 +48,8 @@ def _library_rows(home: LunaHome):
         if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchall()[0][0]:
             raise NotBuiltError("the catalog has no `library` view yet: materialize luna_catalog first")
         table = con.sql(f"""
-            SELECT {", ".join(c for c in LOOKUP_COLUMNS if not c.endswith(("_row", "_chunks")))},
+            SELECT {", ".join(c if c != "seed" else "seed::VARCHAR AS seed"
+                              for c in LOOKUP_COLUMNS if not c.endswith(("_row", "_chunks")))},
                    coalesce(prompt_row, -1) AS prompt_row, coalesce(negative_row, -1) AS negative_row,
                    vision_row, coalesce(prompt_chunks, 1) AS prompt_chunks,
                    coalesce(negative_chunks, 1) AS negative_chunks
@@ -61,11 +65,21 @@ def _vectors(vision: RowStore, rows: np.ndarray) -> np.ndarray:
 
 
 def lookup_digest(lookup) -> str:
-    """What the published lookup holds (paths, prompts, conditioning rows, splits), as one digest."""
+    """What the published lookup holds (paths, prompts, conditioning rows, splits), as one digest. A number
+    column's null slots hold whatever bytes DuckDB left there: they are zeroed, and the nulls hashed apart."""
 
+    columns, names = [], []
+    for name, column in zip(lookup.column_names, lookup.columns):
+        if column.null_count and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            columns += [pc.fill_null(column, 0), pc.is_null(column)]
+            names += [name, f"{name} is null"]
+        else:
+            columns.append(column)
+            names.append(name)
+    canonical = pa.table(columns, names=names)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, lookup.schema) as writer:
-        writer.write_table(lookup)
+    with pa.ipc.new_stream(sink, canonical.schema) as writer:
+        writer.write_table(canonical)
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:32]
 
 
