@@ -135,7 +135,8 @@ def choose_dtype(device, dtype: str = AUTO):
     import torch
 
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float64": torch.float64, "fp64": torch.float64}  # float64: exactness checks, never speed
     if dtype != "auto":
         if dtype not in names:
             raise LunaConfigError(f"unknown dtype {dtype!r}: choose one of {', '.join(names)} or auto")

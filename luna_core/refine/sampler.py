@@ -82,7 +82,7 @@ class SDXLSampler:
                               text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None,
                               dtype=dtype, low_cpu_mem_usage=False)
         self.pipe.to(device)
-        if dtype != torch.float32:
+        if dtype in (torch.float16, torch.bfloat16):
             self.pipe.vae.to(dtype=torch.float32)  # SDXL's VAE overflows in half precision
         self.unet, self.vae = self.pipe.unet, self.pipe.vae
         self.scheduler_config = self.pipe.scheduler.config
@@ -157,7 +157,8 @@ class SDXLSampler:
         device, dtype = self.device, self.dtype
         pixels = torch.from_numpy(np.stack([np.asarray(image.convert("RGB") if hasattr(image, "convert") else image,
                                                        dtype=np.float32) for image in images]))
-        pixels = (pixels.permute(0, 3, 1, 2) / 127.5 - 1.0).to(device)
+        vae_dtype = next(self.vae.parameters()).dtype
+        pixels = (pixels.permute(0, 3, 1, 2) / 127.5 - 1.0).to(device, vae_dtype)
         batch = len(images)
 
         def stacked(arrays) -> torch.Tensor:
@@ -187,7 +188,7 @@ class SDXLSampler:
             # The latent's mean (no VAE sampling noise): the tile's own content, deterministically.
             latents = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
             noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(s))
-                                 for s in seeds]).to(device)
+                                 for s in seeds]).to(device, latents.dtype)
             latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch)).to(dtype)
             for t in timesteps:
                 model_input = torch.cat([latents, latents]) if guided else latents
@@ -197,7 +198,7 @@ class SDXLSampler:
                     uncond, cond = prediction.chunk(2)
                     prediction = uncond + settings.guidance_scale * (cond - uncond)
                 latents = scheduler.step(prediction, t, latents).prev_sample.to(dtype)
-            decoded = self.vae.decode(latents.float() / self.vae.config.scaling_factor).sample
+            decoded = self.vae.decode(latents.to(vae_dtype) / self.vae.config.scaling_factor).sample
         return list(decoded.clamp(-1, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32))
 
 
