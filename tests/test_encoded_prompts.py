@@ -7,7 +7,6 @@ import json
 import random
 
 import pytest
-from PIL import Image
 
 from luna_core.containers import probe_image
 from luna_core.containers.base import undo_double_encoding
@@ -27,11 +26,7 @@ from luna_core.samples.writers import (
     write_comfy_llm_expanded_png,
 )
 from luna_core.samples.writers.encoded import civitai_generator_record
-
-PICTURE = Image.new("RGB", (16, 16), (90, 90, 90))
-SPEC = PromptSpec("cat", "red", "forest", "masterpiece, best quality", "blurry, lowres")
-GEN = Generation(spec=SPEC, seed=3_141_592_653, steps=28, cfg=6.5, width=832, height=1216,
-                 model="juggernautXL_v9", model_hash="c9e3e68f89", loras=[("detail_tweaker_xl", 0.6)])
+from tests.test_metadata_formats import GEN, PICTURE  # one picture and generation for every writer test
 
 
 def record_of(items: dict[str, str]):

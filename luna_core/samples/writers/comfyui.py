@@ -81,17 +81,28 @@ def comfy_custom_sampler_graph(gen: Generation) -> dict[str, Any]:
     }
 
 
+def sample_and_save(gen: Generation, ids: tuple[str, str, str], links: dict[str, list],
+                    sampler: tuple[str, str] = ("euler", "normal")) -> dict[str, Any]:
+    """The tail most graphs end with: a full-strength KSampler, VAEDecode, SaveImage, under node ids `ids`.
+    `links`: the KSampler's model, positive, negative and latent_image, and the decoder's vae."""
+    sampler_id, decode_id, save_id = ids
+    return {
+        sampler_id: {"class_type": "KSampler", "inputs": {
+            "seed": gen.seed, "steps": gen.steps, "cfg": gen.cfg, "sampler_name": sampler[0], "scheduler": sampler[1],
+            "denoise": 1.0, **{name: links[name] for name in ("model", "positive", "negative", "latent_image")}}},
+        decode_id: {"class_type": "VAEDecode", "inputs": {"samples": [sampler_id, 0], "vae": links["vae"]}},
+        save_id: {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": [decode_id, 0]}},
+    }
+
+
 def comfy_simple_graph(gen: Generation) -> dict[str, Any]:
     return {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": f"{gen.model}.safetensors"}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": gen.prompt, "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": gen.negative, "clip": ["4", 1]}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": gen.width, "height": gen.height, "batch_size": 1}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": gen.seed, "steps": gen.steps, "cfg": gen.cfg, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+        **sample_and_save(gen, ("3", "8", "9"), {"model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+                                                 "latent_image": ["5", 0], "vae": ["4", 2]}),
     }
 
 

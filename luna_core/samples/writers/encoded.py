@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image
 
-from luna_core.samples.writers.comfyui import api_to_workflow
+from luna_core.samples.writers.comfyui import api_to_workflow, sample_and_save
 from luna_core.samples.writers.common import Generation, jpeg_bytes, png_bytes, tiff_block, user_comment
 
 # ---------------------------------------------------------------- InvokeAI 1.x-2.x
@@ -60,12 +60,9 @@ def civitai_generator_record(gen: Generation) -> dict[str, Any]:
     graph.update({
         "20": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "urn:air:other:upscaler:civitai:147759@164821"}},
         "26": {"class_type": "EmptyLatentImage", "inputs": {"width": gen.width, "height": gen.height, "batch_size": 1}},
-        "11": {"class_type": "KSampler", "inputs": {
-            "sampler_name": "euler_ancestral", "scheduler": "normal", "seed": gen.seed, "steps": gen.steps,
-            "cfg": gen.cfg, "denoise": 1, "model": model, "positive": ["6", 0], "negative": ["7", 0],
-            "latent_image": ["26", 0]}},
-        "27": {"class_type": "VAEDecode", "inputs": {"samples": ["11", 0], "vae": ["resource-stack", 2]}},
-        "12": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["27", 0]}},
+        **sample_and_save(gen, ("11", "27", "12"), {"model": model, "positive": ["6", 0], "negative": ["7", 0],
+                                                    "latent_image": ["26", 0], "vae": ["resource-stack", 2]},
+                          ("euler_ancestral", "normal")),
     })
     extra = {"prompt": gen.prompt, "negativePrompt": gen.negative, "steps": gen.steps, "cfgScale": gen.cfg,
              "sampler": "Euler a", "seed": gen.seed, "workflowId": "txt2img",
@@ -118,11 +115,8 @@ def comfy_expansion_graph(gen: Generation, expand: bool = False) -> dict[str, An
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": ["16", 0], "clip": ["2", 0]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": gen.negative, "clip": ["2", 0]}},
         "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": gen.width, "height": gen.height, "batch_size": 1}},
-        "8": {"class_type": "KSampler", "inputs": {
-            "seed": gen.seed, "steps": gen.steps, "cfg": gen.cfg, "sampler_name": "euler", "scheduler": "simple",
-            "denoise": 1.0, "model": ["1", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["3", 0]}},
-        "17": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["9", 0]}},
+        **sample_and_save(gen, ("8", "9", "17"), {"model": ["1", 0], "positive": ["6", 0], "negative": ["7", 0],
+                                                  "latent_image": ["5", 0], "vae": ["3", 0]}, ("euler", "simple")),
     }
 
 
