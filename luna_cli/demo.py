@@ -28,8 +28,8 @@ DEMO_MARKER = "sample_library.json"
 DEMO_IMAGES, DEMO_SIZE, DEMO_SEED, DEMO_PROFILE = 200, 256, 0, "tiny"  # the sample library `luna demo` makes
 # The demo library is small: its projector may train on a few dozen pairs (the default refuses < 32).
 DEMO_PROJECTOR_CONFIG = {"arch": "kernel", "min_train_pairs": 8, "min_val_pairs": 2}
-# The demo's benchmark refines two test images per source and times batching once: seconds, not minutes.
-DEMO_BENCHMARK_CONFIG = {"sample_images": 2, "batching_repeat": 1, "latency_repeat": 5}
+# The demo's benchmark refines 16 test images per source (enough for its intervals) and times batching once.
+DEMO_BENCHMARK_CONFIG = {"sample_images": 16, "batching_repeat": 1, "latency_repeat": 5}
 
 
 def ensure_samples(home: LunaHome, n_images: int, size: int, seed: int) -> Path:
@@ -66,8 +66,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     samples = ensure_samples(home, args.images, args.size, args.seed)
     home.add_roots([samples])
     home.set_model_profile(args.profile)
-    print(f"Model profile '{args.profile}'" + (" (tiny random-weight encoders built locally: their numbers are not CLIP's)"
-                                             if args.profile == "tiny" else ""))
+    tiny_said = " (small models trained on generated shapes: a check of the method, not CLIP or SDXL)"
+    print(f"Model profile '{args.profile}'" + (tiny_said if args.profile == "tiny" else ""))
     print("Materializing every Luna asset through Dagster (job luna_build_all)…")
     if not report_run(run_build_all(home, projector_config=DEMO_PROJECTOR_CONFIG, benchmark_config=DEMO_BENCHMARK_CONFIG,
                                 profile=args.profile)):
@@ -134,7 +134,7 @@ def _demo_refine(home: LunaHome, profile: str) -> None:
     out = save_image(refined, home.refined_dir / f"{sample.stem}.chess.png", report)
     passes = ", ".join(f"{p.items} {p.name} tiles in {p.sampler_calls} call" for p in report.passes)
     print(f"\nRefined {os.path.relpath(sample, home.root)} with the chess refiner ({passes}, each tile conditioned by "
-          f"its own vault answer{'; random-weight tiny UNet' if profile == 'tiny' else ''}) → {out}")
+          f"its own vault answer{'; the tiny UNet, trained on generated shapes' if profile == 'tiny' else ''}) → {out}")
 
 
 def _demo_report(home: LunaHome) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from luna_assets.executor import WORKER_CONCURRENCY, WORKER_LOGLEVEL
-from luna_cli import demo, doctor, inspect, library, operations, projector, refine, report, serve, vault
+from luna_cli import demo, doctor, inspect, library, operations, projector, refine, report, serve, tiny_world, vault
 from luna_core.config import LOCAL_HOST, MLFLOW_PORT, SERVE_PORT, UI_PORT
 from luna_core.containers import ProbeLimits
 from luna_core.ingest import IngestOptions
@@ -86,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--profile", choices=list(PROFILES), help="record and use this model profile")
     cmd.set_defaults(func=library.cmd_build)
 
-    cmd = sub.add_parser("search", help="the library images most similar to an image or a crop of it")
-    _query_arguments(cmd)
+    cmd = sub.add_parser("search", help="the library images most similar to an image or a crop of it "
+                                        "(or, on the tiny profile, to a text: --text)")
+    _query_arguments(cmd, image_optional=True)
+    cmd.add_argument("--text", help="search by a prompt instead of an image (profiles whose vision encoder shares "
+                                    "SDXL's pooled space: the tiny world)")
     cmd.add_argument("--json", action="store_true", help="print JSON")
     cmd.set_defaults(func=vault.cmd_search)
 
@@ -120,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_parser(sub)
     report.add_parser(sub)
     doctor.add_parser(sub)
+    tiny_world.add_parser(sub)
 
     cmd = sub.add_parser("projector", help="registered projectors (MLflow)")
     projector_sub = cmd.add_subparsers(dest="projector_command", required=True)
@@ -175,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _query_arguments(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("image", help="PNG, JPEG or WebP file")
+def _query_arguments(cmd: argparse.ArgumentParser, image_optional: bool = False) -> None:
+    cmd.add_argument("image", help="PNG, JPEG or WebP file", **({"nargs": "?"} if image_optional else {}))
     cmd.add_argument("--box", help="crop X,Y,W,H in pixels")
     cmd.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours to use (default %(default)s)")
     cmd.add_argument("--home", help=HOME_HELP)

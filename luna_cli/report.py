@@ -11,7 +11,7 @@ import textwrap
 from luna_cli.output import print_table
 from luna_core.errors import NotBuiltError
 from luna_core.models.profiles import resolve_profile
-from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
+from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows, ordering_lines, quality_of
 from luna_core.settings import LunaHome
 
 
@@ -27,6 +27,8 @@ def print_report(folder, report: dict) -> None:
     print_table(headline_rows(report), list(HEADLINE_COLUMNS), {"source": 36, "token cos": 26, "pooled cos": 26,
                                                                  "MSE": 26, "R@1": 22, "R@5": 22, "CLIP-I": 32})
     benchmark = report.get("benchmark")
+    if quality_of(report).get("clip_i"):
+        print("  regeneration (CLIP-I, paired): " + "; ".join(ordering_lines(report)))
     print(f"  benchmark (regeneration, costs): {benchmark['created'] if benchmark else 'none yet'}"
           + ("" if benchmark else " (luna report --benchmark, or materialize refinement_benchmark)"))
     print(f"  report → {folder / 'report.html'} (and report.md beside it)")

@@ -8,6 +8,7 @@ import json
 from luna_cli.output import print_neighbors
 from luna_cli.serve import ask
 from luna_core.boxes import Box
+from luna_core.errors import QueryError
 from luna_core.files import write_atomically
 from luna_core.models.profiles import resolve_profile
 from luna_core.projector.names import DEFAULT_PROJECTOR
@@ -22,7 +23,13 @@ def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto")
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if args.server:
+    if (args.image is None) == (args.text is None):
+        raise QueryError("give an image or --text, not both or neither")
+    if args.text is not None:
+        if args.server or args.box:
+            raise QueryError("--text searches this home's vault: --server and --box do not apply")
+        neighbors = open_vault(LunaHome.existing(args.home), device=args.device).search_text(args.text, args.k)
+    elif args.server:
         # pulls torch in (about a second to import): only the commands that need it pay for it
         from luna_core.query import Neighbor
 

@@ -216,6 +216,18 @@ class Vault:
     def search(self, image_path: str | Path, box: Box | None = None, k: int = 5) -> list[Neighbor]:
         return self.nearest(self.embed(load_image(image_path, box)), k)
 
+    def search_text(self, prompt: str, k: int = 5) -> list[Neighbor]:
+        """The library images nearest to a prompt's pooled embedding: only where the profile's vision
+        tower shares SDXL's pooled space (the trained tiny world); elsewhere the two spaces are unrelated."""
+        if not self.profile.shared_space:
+            raise QueryError(f"text search needs a vision encoder trained in SDXL's pooled text space; the "
+                             f"'{self.profile.name}' profile's vision encoder and text encoders are different "
+                             "CLIP models")
+        if not prompt.strip():
+            raise QueryError("text search needs some text")
+        pooled = self.encode_prompt(prompt)[1].astype(np.float32)
+        return self.nearest(pooled / max(float(np.linalg.norm(pooled)), 1e-12), k)
+
     def _mean_rows(self, rows: list[int], chunks: list[int], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The weighted mean of the neighbours' conditionings: each of `chunks[i]` rows from `rows[i]`,
         repeated to their common length (luna_core.mixing); pooled from each one's first row."""

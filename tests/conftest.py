@@ -40,13 +40,12 @@ def sample_library(sample_library_master: SampleLibrary, tmp_path: Path) -> Samp
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> Path:
-    """The tiny profile, built once for the session (built per home in real use)."""
+def tiny_models() -> Path:
+    """The trained tiny world from this machine's cache (scripts/bootstrap trains it once per machine;
+    every home and test shares it)."""
     from luna_core.models.tiny import ensure_tiny_models
 
-    root = tmp_path_factory.mktemp("models") / "tiny"
-    ensure_tiny_models(root)
-    return root
+    return ensure_tiny_models(progress=False)
 
 
 @pytest.fixture
@@ -56,7 +55,6 @@ def tiny_home(tmp_path: Path, tiny_models: Path, sample_library: SampleLibrary):
     from luna_core.settings import LunaHome
 
     home = LunaHome.resolve(tmp_path / "home").ensure()
-    shutil.copytree(tiny_models, home.models_dir / "tiny")
     home.add_roots([sample_library.root])
     home.set_model_profile("tiny")
     ingest(home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))

@@ -88,7 +88,6 @@ def sharded_home(tmp_path, tiny_models, sample_library, redis_url):
     home.set_setting("scale", "celery_broker", redis_url)
     home.set_operations_setting("gpu_slots", 2)
     home.ensure()
-    shutil.copytree(tiny_models, home.models_dir / "tiny")
     home.add_roots([sample_library.root])
     home.set_model_profile("tiny")
     roots = home.roots()
@@ -248,7 +247,6 @@ def _assert_same_vectors_as_one_store(home, profile, tmp_path, tiny_models, samp
     from luna_core.vault.embed import EmbedOptions, embed_images
 
     single = LunaHome.resolve(tmp_path / "single").ensure()
-    shutil.copytree(tiny_models, single.models_dir / "tiny")
     single.set_model_profile("tiny")
     ingest(single.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
     embed_images(single, profile, EmbedOptions(progress=False))

@@ -32,7 +32,7 @@ def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     assert "Projector: luna-projector v1 is @champion" in out and (home / "demo_projector.safetensors").exists()
     assert "Refined sample_library/comfyui/" in out and "13 even tiles in 1 call" in out
     assert len(list((home / "refined").glob("*.chess.png"))) == 1
-    assert "Refinement report" in out and "random weights" in out and "report.html" in out
+    assert "Refinement report" in out and "sample generator" in out and "report.html" in out
     assert "Test set: series 1" in out and "benchmark (regeneration, costs): 20" in out
     assert len(list((home / "reports").glob("*/report.html"))) == 1
 
@@ -76,7 +76,7 @@ def test_status_without_catalog(tmp_path: Path, capsys):
     assert "luna demo" in capsys.readouterr().err
 
 
-def test_build_names_the_root_cause_and_fails_on_failed_checks(library_home, capsys):
+def test_build_names_the_root_cause_and_fails_on_failed_checks(library_home, capsys, tmp_path, monkeypatch):
     """What `luna build` prints for a run: a failed step by its root cause in one line, and a failed
     error-level check makes the build fail, by name."""
     import shutil
@@ -97,7 +97,10 @@ def test_build_names_the_root_cause_and_fails_on_failed_checks(library_home, cap
 
     with duckdb.connect(str(home.catalog_path)) as con:
         con.execute("DELETE FROM vision_rows")  # everything to embed again, with the model folder gone
-    shutil.rmtree(home.models_dir / "tiny" / "vision")
+    cache = tmp_path / "tiny-cache"  # a copy of the machine's tiny world, to break without harm
+    shutil.copytree(Path(profile.vision_model).parent, cache / Path(profile.vision_model).parent.name)
+    monkeypatch.setenv("LUNA_TINY_CACHE", str(cache))
+    shutil.rmtree(cache / Path(profile.vision_model).parent.name / "vision")
     failed = dg.materialize([vision_embeddings], resources=resources, instance=dg.DagsterInstance.ephemeral(),
                             raise_on_error=False)
     assert report_run(failed) is False

@@ -103,7 +103,6 @@ def _world(tmp_path: Path, sample_library, tiny_models) -> tuple[dict, dict]:
     shutil.copy(first, old / "old.png")
     (tmp_path / "faces.json").write_text("[[410, 220, 180, 180]]")
     home = tmp_path / "home"
-    shutil.copytree(tiny_models, home / "models" / "tiny")
     env = {**os.environ, "LUNA_HOME": str(home), "LUNA_PROFILE": "tiny"}
     for name in ("LUNA_MLFLOW_URI", "LUNA_STORAGE_ROOT", "LUNA_VAULT_SHARDS", "LUNA_CELERY_BROKER"):
         env.pop(name, None)

@@ -186,6 +186,33 @@ def test_search_finds_the_image_itself_first(indexed_home, sample_library):
     assert abs(sum(n.weight for n in neighbors) - 1) < 1e-6
 
 
+def test_text_search_finds_pictures_by_their_words_where_the_spaces_are_shared(indexed_home, capsys):
+    """On the trained tiny world the vision tower shares SDXL's pooled space: a prompt finds pictures of
+    its colour and background. Elsewhere text search is refused, not computed across unrelated spaces."""
+    from dataclasses import replace
+
+    from luna_cli.main import main
+
+    profile = resolve_profile("tiny", indexed_home.models_dir)
+    vault = Vault(indexed_home, profile)
+    with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
+        prompts = [p for (p,) in con.execute("SELECT prompt FROM generations WHERE prompt LIKE 'a % on a % background%'")
+                   .fetchall()]
+    colour_and_background = sorted({p.split(",")[0] for p in prompts})
+    hits = 0
+    for words in colour_and_background:
+        hits += words in (vault.search_text(words, k=1)[0].prompt or "")
+    assert hits >= 0.6 * len(colour_and_background), (hits, len(colour_and_background))
+
+    assert main(["search", "--text", colour_and_background[0], "--k", "2", "--json",
+                 "--home", str(indexed_home.root)]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(["search", "--home", str(indexed_home.root)]) == 2
+    assert "an image or --text" in capsys.readouterr().err
+    with pytest.raises(QueryError, match="different CLIP models"):
+        Vault(indexed_home, replace(profile, shared_space=False)).search_text("a red cat")
+
+
 def test_an_index_past_its_ram_copy_reranks_from_the_vault_rows(indexed_home, sample_library):
     from luna_core.index.reranked import RerankedIndex
 

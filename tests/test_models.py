@@ -29,9 +29,9 @@ def test_tiny_profile_loads_through_from_pretrained(tiny_models: Path):
     profile = tiny_profile(tiny_models)
     vision = VisionEncoder(profile.vision_model, profile.vision_revision, CPU, torch.float32)
     text = SDXLTextEncoder(profile.sdxl_model, profile.sdxl_revision, CPU, torch.float32)
-    assert (vision.width, text.width, text.pooled_width, text.seq_len) == (32, 96, 48, 77)
+    assert (vision.width, text.width, text.pooled_width, text.seq_len) == (48, 96, 48, 77)
     assert type(text.tokenizer).__name__ == "CLIPTokenizer"
-    assert profile.vision_key == f"luna-tiny--clip-vit@v{TINY_VERSION}"
+    assert profile.vision_key == f"luna-tiny--clip-vit@v{TINY_VERSION}-{tiny_models.name}"
 
 
 def test_sdxl_conditioning_equals_diffusers_encode_prompt(tiny_models: Path):

@@ -57,7 +57,6 @@ def running(tmp_path_factory, tiny_models, sample_library_master, postgres):
     home.root.mkdir()
     home.set_operations_setting("postgres_url", postgres.create_database("luna"))
     home.ensure()
-    shutil.copytree(tiny_models, home.models_dir / "tiny")
     home.add_roots([library])
     home.set_model_profile("tiny")
     roots = home.roots()

@@ -41,7 +41,6 @@ def home(tmp_path_factory, tiny_models, sample_library_master) -> LunaHome:
     library = base / "library"
     shutil.copytree(sample_library_master.root, library, symlinks=True)
     luna_home = LunaHome.resolve(base / "home").ensure()
-    shutil.copytree(tiny_models, luna_home.models_dir / "tiny")
     luna_home.add_roots([library])
     luna_home.set_model_profile("tiny")
     profile = resolve_profile("tiny", luna_home.models_dir)

@@ -1,30 +1,120 @@
-"""The `tiny` profile: SDXL's encoder classes with tiny configs and fixed-seed weights.
+"""The `tiny` profile: SDXL's model classes with tiny configs, trained on the sample generator's world.
 
-Built once under the Luna home and saved with `save_pretrained`, then loaded through the same
-`from_pretrained` code as the real models. Tokenizers use the real CLIP BPE vocabulary, so token
-counts and 77-token truncation are real. Random weights: no figure from them is a CLIP figure.
+Trained once per machine (luna_core.models.tiny_world) into a cache outside any checkout or home,
+keyed by the training recipe's hash, then loaded through the same `from_pretrained` code as the real
+models. Tokenizers use the real CLIP BPE vocabulary, so token counts and 77-token truncation are
+real. The IP-Adapter stays random (fixed-seed): nothing trains it. Trained on generated shapes: a
+check of the method, not of SDXL quality, and no figure from it is a CLIP figure.
+
+    CACHE/                      $LUNA_TINY_CACHE, else $XDG_CACHE_HOME/luna/tiny-world (~/.cache/...)
+        .build.lock             one process trains; the others wait and use its result
+        <recipe hash>/          vision/, sdxl/ (a diffusers SDXL folder), ip-adapter/, complete.json
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from luna_core.models.clip_vocab import clip_tokenizer
 
-TINY_VERSION = "2"
+log = logging.getLogger(__name__)
+
+TINY_VERSION = "3"
 IMAGE_SIZE = 64
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+TEXT_COMMON = dict(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=2, num_attention_heads=2,
+                   bos_token_id=49406, eos_token_id=49407, hidden_act="gelu")
+# The models' shapes (part of the recipe hash). The vision embedding has the pooled width, so images
+# and prompts share one space; GroupNorm groups of 4 channels keep a flat picture's colour (a group
+# per channel would normalize it away); the VAE downsamples 4x without mid-block attention.
+ARCHITECTURE = {
+    "vision": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                   image_size=IMAGE_SIZE, patch_size=8, projection_dim=48),
+    "text_encoder": dict(hidden_size=32, intermediate_size=64, pad_token_id=49407),
+    "text_encoder_2": dict(hidden_size=64, intermediate_size=128, projection_dim=48, pad_token_id=0),
+    "vae": dict(block_out_channels=[16, 32, 32], in_channels=3, out_channels=3, latent_channels=4,
+                down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+                layers_per_block=1, sample_size=IMAGE_SIZE, norm_num_groups=4, mid_block_add_attention=False),
+    "unet": dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
+                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                 up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=[2, 4],
+                 use_linear_projection=True, cross_attention_dim=32 + 64, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=48 + 6 * 8, norm_num_groups=8),
+    "scheduler": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                      timestep_spacing="leading"),
+}
 
 
-def _build(dest: Path) -> None:
+def tiny_cache_dir() -> Path:
+    """Where this machine keeps its trained tiny worlds (shared by every home, checkout and test run)."""
+    if os.environ.get("LUNA_TINY_CACHE"):
+        return Path(os.environ["LUNA_TINY_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "luna" / "tiny-world"
+
+
+def tiny_world_root() -> Path:
+    from luna_core.models.tiny_world import recipe_hash
+
+    return tiny_cache_dir() / recipe_hash()
+
+
+def _complete(root: Path, key: str) -> bool:
+    marker = root / "complete.json"
+    try:
+        return json.loads(marker.read_text()).get("recipe_hash") == key
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_tiny_models(progress: bool = True, rebuild: bool = False) -> Path:
+    """The trained tiny world, trained now unless this machine's cache holds it (safe across processes:
+    one trains under the lock, the others wait for it and use its result). `rebuild` trains anew."""
+    from luna_core.models.tiny_world import recipe_hash
+
+    key = recipe_hash()
+    root = tiny_cache_dir() / key
+    if _complete(root, key) and not rebuild:
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / ".build.lock", "w") as lock:
+        if not rebuild:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("another process is training the tiny world (%s); waiting for it", root)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(root, key) and not rebuild:
+            return root
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
+        try:
+            _train(staging, key, progress)
+            if root.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{key}-old-", dir=root.parent))
+                os.replace(root, old / "world")  # readers of the old build keep their open files
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(staging, root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a failed or killed build (disk full, Ctrl-C) leaves nothing
+            raise
+    return root
+
+
+def _train(dest: Path, key: str, progress: bool) -> None:
     # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from tqdm.auto import tqdm
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
@@ -34,12 +124,34 @@ def _build(dest: Path) -> None:
     )
     from transformers.utils import logging as hf_logging
 
+    from luna_core.models import tiny_world
+    from luna_core.models.encoders import SDXLTextEncoder
+
     hf_logging.disable_progress_bar()
-    torch.manual_seed(0)
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=8, projection_dim=32,
-    ))
+    recipe, seed = tiny_world.RECIPE, tiny_world.RECIPE["seed"]
+    bar = tqdm(total=tiny_world.total_steps(recipe), unit="step", desc="training the tiny world", disable=not progress)
+    seconds: dict[str, float] = {}
+    clock = {"part": None, "since": time.perf_counter()}
+
+    def update(part: str, steps: int) -> None:
+        if clock["part"] != part:
+            bar.set_description(f"training the tiny world: {part}")
+            clock["part"] = part
+        bar.update(steps)
+
+    progress_hook = tiny_world.Progress(update)
+    torch.manual_seed(seed)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**ARCHITECTURE["vision"]))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**ARCHITECTURE["text_encoder"], **TEXT_COMMON))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**ARCHITECTURE["text_encoder_2"], **TEXT_COMMON))
+    tokenizer, tokenizer_2 = clip_tokenizer("<|endoftext|>"), clip_tokenizer("!")
+    vae = AutoencoderKL(**ARCHITECTURE["vae"])
+    unet = UNet2DConditionModel(**ARCHITECTURE["unet"])
+    scheduler = EulerDiscreteScheduler(**ARCHITECTURE["scheduler"])
+
+    started = time.perf_counter()
+    tiny_world.train_clip(vision, text_encoder_2, tokenizer_2, recipe["clip"], seed, progress_hook)
+    seconds["clip"] = time.perf_counter() - started
     vision.save_pretrained(dest / "vision")
     (dest / "vision" / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": IMAGE_SIZE},
@@ -47,106 +159,56 @@ def _build(dest: Path) -> None:
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,
         "image_std": CLIP_STD, "do_convert_rgb": True,
     }, indent=2))
+    sdxl = dest / "sdxl"
+    text_encoder.save_pretrained(sdxl / "text_encoder")
+    text_encoder_2.save_pretrained(sdxl / "text_encoder_2")
+    tokenizer.save_pretrained(sdxl / "tokenizer")
+    tokenizer_2.save_pretrained(sdxl / "tokenizer_2")
 
-    common = dict(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=2, num_attention_heads=2,
-                  bos_token_id=49406, eos_token_id=49407, hidden_act="gelu")
-    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, pad_token_id=49407, **common)).save_pretrained(
-        dest / "sdxl" / "text_encoder")
-    CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=64, intermediate_size=128, projection_dim=48, pad_token_id=0,
-                                               **common)).save_pretrained(dest / "sdxl" / "text_encoder_2")
-    clip_tokenizer("<|endoftext|>").save_pretrained(dest / "sdxl" / "tokenizer")
-    clip_tokenizer("!").save_pretrained(dest / "sdxl" / "tokenizer_2")
-    _build_sdxl_refiner_parts(dest / "sdxl", cross_attention_dim=32 + 64, pooled_dim=48)
-
-
-def _build_sdxl_refiner_parts(sdxl_dir: Path, cross_attention_dim: int, pooled_dim: int) -> None:
-    """A tiny SDXL UNet, VAE and scheduler beside the text encoders, with model_index.json, so the
-    folder loads as a diffusers SDXL (img2img) pipeline exactly as the real base model does."""
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    time_embed_dim = 8  # SDXL adds 6 size/crop numbers, each embedded in this many channels
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=cross_attention_dim,
-        addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
-        projection_class_embeddings_input_dim=pooled_dim + 6 * time_embed_dim, norm_num_groups=32,
-    )
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        sample_size=64, norm_num_groups=32)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
+    started = time.perf_counter()
+    tiny_world.train_vae(vae, recipe["vae"], seed, progress_hook)
+    seconds["vae"] = time.perf_counter() - started
+    started = time.perf_counter()
+    encoder = SDXLTextEncoder(str(sdxl), None, torch.device("cpu"), torch.float32)  # the vault's own encoding
+    tiny_world.train_unet(unet, vae, encoder, dict(scheduler.config), recipe["unet"], seed, progress_hook)
+    seconds["unet"] = time.perf_counter() - started
+    bar.close()
     pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=vae, unet=unet, scheduler=scheduler,
-        text_encoder=CLIPTextModel.from_pretrained(sdxl_dir / "text_encoder"),
-        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(sdxl_dir / "text_encoder_2"),
-        tokenizer=CLIPTokenizer.from_pretrained(sdxl_dir / "tokenizer"),
-        tokenizer_2=CLIPTokenizer.from_pretrained(sdxl_dir / "tokenizer_2"),
-        requires_aesthetics_score=False, force_zeros_for_empty_prompt=True,
+        vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, requires_aesthetics_score=False,
+        force_zeros_for_empty_prompt=True,
     )
-    pipe.save_pretrained(sdxl_dir)
-
-
-def ensure_tiny_models(root: Path) -> Path:
-    """Build the tiny models under `root` unless a complete build is there; safe across processes."""
-    root = Path(root)
-    marker = root / "complete.json"
-    if not (marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION):
-        root.parent.mkdir(parents=True, exist_ok=True)
-        with open(root.parent / ".tiny-build.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # two asset processes may ask at once: one builds
-            if not (marker.exists() and json.loads(marker.read_text()).get("version") == TINY_VERSION):
-                staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
-                try:
-                    _build(staging)
-                    (staging / "complete.json").write_text(json.dumps({"version": TINY_VERSION}))
-                    if root.exists():
-                        shutil.rmtree(root)
-                    os.replace(staging, root)
-                except BaseException:
-                    shutil.rmtree(staging, ignore_errors=True)  # a failed build (disk full…) leaves nothing
-                    raise
-    return root
+    pipe.save_pretrained(sdxl)
+    _build_ip_adapter(dest)
+    (dest / "complete.json").write_text(json.dumps({
+        "version": TINY_VERSION, "recipe_hash": key, "recipe": recipe, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }, indent=2))
 
 
 IP_ADAPTER_WEIGHTS = "ip-adapter_tiny.safetensors"
 
 
 def ensure_tiny_ip_adapter(tiny_root: Path) -> Path:
-    """A tiny IP-Adapter for the tiny SDXL UNet (random, fixed-seed weights) laid out as h94/IP-Adapter
-    lays out its SDXL files: the weights beside an `image_encoder/` folder (the tiny CLIP-ViT), so it
-    loads through diffusers' own `load_ip_adapter`. Returns the weights file."""
-    tiny_root = Path(tiny_root)
-    dest = tiny_root.parent / "tiny-ip-adapter"
-    weights = dest / IP_ADAPTER_WEIGHTS
-    if weights.exists():
-        return weights
-    with open(tiny_root.parent / ".tiny-build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if weights.exists():
-            return weights
-        staging = Path(tempfile.mkdtemp(prefix=".tiny-ip-", dir=tiny_root.parent))
-        try:
-            _build_ip_adapter(tiny_root, staging)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(staging, dest)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    """The tiny IP-Adapter's weights file (built with the world: see `_build_ip_adapter`)."""
+    weights = Path(tiny_root) / "ip-adapter" / IP_ADAPTER_WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing: rebuild the tiny world (luna models rebuild-tiny)")
     return weights
 
 
-def _build_ip_adapter(tiny_root: Path, dest: Path) -> None:
+def _build_ip_adapter(tiny_root: Path) -> None:
+    """A tiny IP-Adapter for the tiny SDXL UNet (random, fixed-seed weights) laid out as h94/IP-Adapter
+    lays out its SDXL files: the weights beside an `image_encoder/` folder (the tiny CLIP-ViT), so it
+    loads through diffusers' own `load_ip_adapter`."""
     # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
 
-    unet = UNet2DConditionModel.from_pretrained(tiny_root / "sdxl" / "unet")
+    dest = tiny_root / "ip-adapter"
+    dest.mkdir()
+    unet = UNet2DConditionModel.from_pretrained(tiny_root / "sdxl" / "unet", low_cpu_mem_usage=False)
     config = json.loads((tiny_root / "vision" / "config.json").read_text())
     image_dim = config["projection_dim"]
     cross_dim = unet.config.cross_attention_dim

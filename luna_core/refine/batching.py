@@ -78,3 +78,29 @@ def batching_table(sampler: SDXLSampler, picture: np.ndarray, settings: SamplerS
     chess["speedup"] = chess["one_call_per_item_s"] / chess["batched_s"] if chess["batched_s"] else 0.0
     return {"detailer, 9 crops": detail, "chess 5x5, 25 tiles in 2 passes": chess,
             "tile": tiles[0].rect.width, "crop": native}
+
+
+def refiner_batching(refiner, image, boxes: list[Box], settings, repeat: int = 1) -> dict[str, dict]:
+    """Whole refiner calls on one image, as `luna refine` makes them: batched (one sampler call per pass)
+    and sequential (one call per item), for the chess refiner and the detailer. Wall time of each, and how
+    far the two saved images differ (0-255 levels; the share of pixel values that differ at all)."""
+    from dataclasses import replace
+
+    rows = {}
+    runs = ((f"chess {settings.grid}x{settings.grid}", lambda s: refiner.chess(image, s)),
+            (f"detailer, {len(boxes)} boxes", lambda s: refiner.detail(image, boxes, s)))
+    for name, run in runs:
+        timings: dict[bool, list[float]] = {False: [], True: []}
+        results = {}
+        for _ in range(repeat):  # alternate, so both see the same machine state
+            for sequential in (False, True):
+                started = time.perf_counter()
+                results[sequential], report = run(replace(settings, sequential=sequential))
+                timings[sequential].append(time.perf_counter() - started)
+        batched = np.asarray(results[False], dtype=np.int16)
+        diff = np.abs(batched - np.asarray(results[True], dtype=np.int16))
+        batched_s, sequential_s = float(np.median(timings[False])), float(np.median(timings[True]))
+        rows[name] = {"items": sum(p.items for p in report.passes), "batched_s": batched_s,
+                      "sequential_s": sequential_s, "speedup": sequential_s / batched_s if batched_s else 0.0,
+                      "max_pixel_diff": int(diff.max()), "pixels_differing": float((diff > 0).mean())}
+    return rows

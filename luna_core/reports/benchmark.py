@@ -21,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from luna_core.boxes import Box
 from luna_core.errors import LunaError
 from luna_core.files import write_atomically
 from luna_core.images import read_picture
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.models import parameter_count
 from luna_core.query import Vault
-from luna_core.refine.batching import batching_table
+from luna_core.refine.batching import refiner_batching
 from luna_core.refine.conditioning import Conditioner
 from luna_core.refine.refiner import Refiner
 from luna_core.refine.sampler import ItemConditioning
-from luna_core.refine.settings import SamplerSettings, SourceSettings
+from luna_core.refine.settings import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.reports.evaluate import EvalSettings, leave_out, mean_of_train, registered_projectors
 from luna_core.reports.quality import QualitySettings, refine_sample
 from luna_core.reports.test_set import TestSet, load_test_set
@@ -40,7 +41,7 @@ from luna_core.vault.segments import open_text_store, open_vision_store, store_b
 
 log = logging.getLogger(__name__)
 
-BENCHMARK_CODE_VERSION = "1"
+BENCHMARK_CODE_VERSION = "2"  # 2: batching as whole refiner calls; CLIP-T where comparable
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,9 @@ def run_benchmark(home: LunaHome, profile: ModelProfile, settings: BenchmarkSett
     test_set = load_test_set(home, settings.evaluation.max_images, settings.evaluation.seed)
     projectors = registered_projectors(home, vault, settings.evaluation)
     step("refining a sample of test images with each source")
-    quality, sheet, sampler = _quality(home, profile, vault, test_set, projectors, settings, device)
+    quality, sheet, refiner, picture = _quality(home, profile, vault, test_set, projectors, settings, device)
     step("measuring costs and what batching saves")
-    costs = _costs(home, vault, projectors, test_set, sampler, settings)
+    costs = _costs(home, vault, projectors, test_set, refiner, picture, settings)
     result = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
               "code_version": BENCHMARK_CODE_VERSION, "profile": profile.name,
               "index_version": vault.index.version.number, "test_series": test_set.frozen.series,
@@ -124,7 +125,7 @@ def _quality(home: LunaHome, profile: ModelProfile, vault, test_set: TestSet, pr
     refiner = Refiner(home, profile, SourceSettings("vault", k=settings.evaluation.k), device=device)
     count = min(settings.quality.images, len(pairs.image_ids))
     if count == 0:
-        return {}, None, refiner.sampler
+        return {}, None, refiner, None
     chosen = np.sort(np.random.default_rng(settings.quality.seed).choice(len(pairs.image_ids), count, replace=False))
     images, kept = [], []
     for position in chosen:
@@ -148,9 +149,9 @@ def _quality(home: LunaHome, profile: ModelProfile, vault, test_set: TestSet, pr
     if champion is not None:
         per_tile["projector"] = Conditioner(vault, SourceSettings("projector"), projector=(champion, None))
     result = refine_sample(refiner, images, [leave_out(test_set, int(pairs.image_ids[i])) for i in kept], whole,
-                           per_tile, settings.quality)
+                           per_tile, settings.quality, shared_space=profile.shared_space)
     return ({"clip_i": result.clip_i, "sample_paths": [test_set.paths[i] for i in kept], "clip_t": result.clip_t,
-             "settings": asdict(settings.quality)}, result.sheet, refiner.sampler)
+             "settings": asdict(settings.quality)}, result.sheet, refiner, images[0] if images else None)
 
 
 def _median_ms(fn, batch: int, repeat: int) -> float:
@@ -165,7 +166,7 @@ def _median_ms(fn, batch: int, repeat: int) -> float:
     return float(np.median(times))
 
 
-def _costs(home: LunaHome, vault, projectors, test_set: TestSet, sampler, settings: BenchmarkSettings) -> dict:
+def _costs(home: LunaHome, vault, projectors, test_set: TestSet, refiner, picture, settings: BenchmarkSettings) -> dict:
     meta = vault.index.meta
     k, temperature, repeat = settings.evaluation.k, settings.evaluation.temperature, settings.latency_repeat
     embeddings = open_vision_store(home, vault.profile).read("embeds", test_set.pairs.vision_rows[:64]).astype(np.float32)
@@ -197,17 +198,17 @@ def _costs(home: LunaHome, vault, projectors, test_set: TestSet, sampler, settin
         for key in ("ms_batch_1", "ms_per_image_batch_64"):
             if isinstance(row[key], float):
                 row[key] = round(row[key], 4)
-    side = sampler.native_size * 4
-    picture = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    text = open_text_store(home, vault.profile)
-    widths = (*text.fields["prompt_embeds"], text.fields["pooled_prompt_embeds"][0])
-    table = batching_table(sampler, picture, SamplerSettings(steps=settings.batching_steps, strength=0.5, batch_size=64),
-                           settings.batching_repeat, widths)
-    tile, crop = table.pop("tile"), table.pop("crop")
+    batching = {}
+    if picture is not None:  # whole refiner calls on a test image, batched and --sequential
+        side = min(picture.size)
+        boxes = [Box(int(x), int(y), side // 4, side // 4) for x in (side // 8, side * 5 // 8)
+                 for y in (side // 8, side * 5 // 8)]
+        batching = refiner_batching(refiner, picture, boxes, RefineSettings(
+            sampler=SamplerSettings(steps=settings.batching_steps, strength=0.5)), settings.batching_repeat)
     return {"sources": rows, "repeats": repeat,
             "index": {"recall_at_10": float(meta.get("recall_at_10", 0.0)), "p50_ms": float(meta.get("p50_ms", 0.0)),
                       "p99_ms": float(meta.get("p99_ms", 0.0)), "mb": index_mb,
                       "factory": meta.get("plan", {}).get("factory", "")},
             "vault_answer_p50_ms": float(np.percentile(answer_times, 50)),
             "vault_answer_p99_ms": float(np.percentile(answer_times, 99)),
-            "batching": table, "batching_sizes": {"tile": tile, "crop": crop}}
+            "batching": batching}

@@ -2,8 +2,9 @@
 conditioning (same seeds, same strength), scored by CLIP-I, with a contact sheet.
 
 CLIP-I is the cosine of the vision encoder's embeddings of the result and the original. CLIP-T (to the
-true prompt's pooled text embedding) needs an image tower and a text tower trained together; Luna's
-vision encoder and SDXL's text encoders are different CLIP models, so CLIP-T is reported as not
+true prompt's pooled text embedding) needs an image tower and a text tower trained together: the
+trained tiny world's are (its vision tower learned SDXL's pooled space); the real profile's vision
+encoder and SDXL's text encoders are different CLIP models, so there CLIP-T is reported as not
 comparable rather than computed across unrelated spaces.
 """
 
@@ -25,11 +26,12 @@ CLIP_T_NOTE = ("not comparable: the vision encoder and SDXL's text encoders are 
 
 @dataclass(frozen=True)
 class QualitySettings:
-    images: int = 4  # test images refined per source
+    images: int = 16  # test images refined per source (enough for an interval)
     grid: int = 3
     strength: float = 0.35
     steps: int = 12
     seed: int = 0
+    guidance: float = 5.0
 
 
 @dataclass
@@ -37,7 +39,7 @@ class QualityResult:
     clip_i: dict[str, list[float]] = field(default_factory=dict)  # source -> per sample image
     sample_paths: list[str] = field(default_factory=list)
     sheet: object = None  # PIL image: rows of original | sources
-    clip_t: str = CLIP_T_NOTE
+    clip_t: dict[str, list[float]] | str = CLIP_T_NOTE  # source -> per sample image, where comparable
 
 
 class _Fixed:
@@ -62,13 +64,14 @@ class _Excluding:
 
 def refine_sample(refiner: Refiner, images: list, left_out: list[frozenset[int]],
                   whole_image: dict[str, list[ItemConditioning]], per_tile: dict[str, object],
-                  settings: QualitySettings) -> QualityResult:
+                  settings: QualitySettings, shared_space: bool = False) -> QualityResult:
     """`whole_image`: source -> one conditioning per sample image (true prompt, mean, empty);
     `per_tile`: source -> a conditioner answering each tile (vault, projector), as `luna refine` does,
     with `left_out[i]` (sample image i and its near-duplicates) left out of vault answers."""
-    refine = RefineSettings(grid=settings.grid, sampler=SamplerSettings(strength=settings.strength,
-                                                                       steps=settings.steps, seed=settings.seed))
-    result = QualityResult()
+    refine = RefineSettings(grid=settings.grid, sampler=SamplerSettings(
+        strength=settings.strength, steps=settings.steps, seed=settings.seed, guidance_scale=settings.guidance))
+    result = QualityResult(clip_t={} if shared_space and "true prompt" in whole_image else CLIP_T_NOTE)
+    shared_space = isinstance(result.clip_t, dict)
     rows = []
     own_conditioner = refiner.conditioner
     originals = refiner.vault.embed_pictures(images, use_index=False)
@@ -87,14 +90,44 @@ def refine_sample(refiner: Refiner, images: list, left_out: list[frozenset[int]]
         for name, refined in outputs.items():
             if refined:
                 embeds = refiner.vault.embed_pictures(refined, use_index=False)
-                result.clip_i[name] = [float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-                                       for a, b in zip(embeds, originals)]
+                result.clip_i[name] = [_cosine(a, b) for a, b in zip(embeds, originals)]
+                if shared_space:
+                    truth = [c.pooled_prompt_embeds for c in whole_image["true prompt"]]
+                    result.clip_t[name] = [_cosine(a, b) for a, b in zip(embeds, truth)]
         for i, image in enumerate(images):
             rows.append([image] + [outputs[name][i] if outputs[name] else None for name in COLUMNS[1:]])
     finally:
         refiner.conditioner = own_conditioner
     result.sheet = contact_sheet(rows)
     return result
+
+
+def _cosine(a, b) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# What the method predicts for regeneration: the true prompt is the ceiling; the vault and the projector
+# come close to it and beat the mean of train, which beats the empty prompt.
+ORDERING = (("true prompt", ">=", "vault"), ("true prompt", ">=", "projector"), ("vault", ">", "mean"),
+            ("projector", ">", "mean"), ("mean", ">", "empty"))
+
+
+def ordering(clip_i: dict[str, list[float]], draws: int = 2000, seed: int = 0) -> list[dict]:
+    """Each predicted ordering checked on paired CLIP-I differences (the same images and seeds) with a
+    bootstrap 95 % interval: `>` holds when the interval lies above 0, `>=` unless it lies below 0."""
+    out = []
+    rng = np.random.default_rng(seed)
+    for left, relation, right in ORDERING:
+        a, b = clip_i.get(left) or [], clip_i.get(right) or []
+        if not a or len(a) != len(b):
+            continue
+        diff = np.asarray(a, float) - np.asarray(b, float)
+        means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
+        low, high = float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+        holds = low > 0 if relation == ">" else high >= 0
+        out.append({"claim": f"{left} {relation} {right}", "difference": float(diff.mean()), "interval": [low, high],
+                    "n": len(diff), "holds": bool(holds)})
+    return out
 
 
 def contact_sheet(rows: list[list], cell: int = 160):

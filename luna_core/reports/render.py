@@ -188,7 +188,9 @@ def markdown(report: dict, images: dict[str, str]) -> str:
                   f"{len(quality.get('sample_paths', []))} test images, grid {quality['settings']['grid']}, "
                   f"strength {quality['settings']['strength']}, {quality['settings']['steps']} steps, same seeds for "
                   f"every source. CLIP-I = cosine of the vision encoder's embeddings of result and original, shown "
-                  f"with its interval and n because it rests on a handful of images. CLIP-T: {quality['clip_t']}.", ""]
+                  f"with its interval and n because it rests on a sample of images. " + _clip_t_said(quality), ""]
+        lines += ["What the method predicts (true prompt >= vault and projector > mean > empty), checked on paired "
+                  "differences:", ""] + [f"- {line}" for line in ordering_lines(report)] + [""]
         if "contact_sheet" in images:
             lines += [f"![contact sheet]({images['contact_sheet']})", ""]
     costs = benchmark["costs"]
@@ -199,12 +201,42 @@ def markdown(report: dict, images: dict[str, str]) -> str:
               f"{costs['index'].get('p50_ms', 0):.3f} ms / p99 {costs['index'].get('p99_ms', 0):.3f} ms, "
               f"{costs['index'].get('mb', 0):.2f} MB; vault answer (search + row reads) p50 "
               f"{costs['vault_answer_p50_ms']:.2f} ms / p99 {costs['vault_answer_p99_ms']:.2f} ms.", "",
-              "### True batching (one sampler call per pass vs one per item)", "",
+              "### True batching: whole refiner calls on one test image, batched vs `--sequential`", "",
+              "One sampler call per pass against one per item, same seeds and conditionings; the difference is "
+              "between the two saved images, in 0-255 levels.", "",
               markdown_table([{"workload": k, **{c: _fmt(v.get(c)) for c in v}} for k, v in costs["batching"].items()],
-                             ["workload", "items", "batched_s", "one_call_per_item_s", "speedup", "max_item_diff"]), ""]
+                             ["workload", "items", "batched_s", "sequential_s", "speedup", "max_pixel_diff",
+                              "pixels_differing"]), ""]
     if "cost_quality" in images:
         lines += [f"![cost vs quality]({images['cost_quality']})", ""]
     return "\n".join(lines)
+
+
+def _clip_t_said(quality: dict) -> str:
+    clip_t = quality.get("clip_t")
+    if not isinstance(clip_t, dict):
+        return f"CLIP-T: {clip_t}."
+    cells = ", ".join(f"{name} {clip_i_cell(values)}" for name, values in clip_t.items())
+    return f"CLIP-T (cosine of the result's image embedding and the true prompt's pooled embedding): {cells}."
+
+
+def ordering_lines(report: dict) -> list[str]:
+    """The regeneration ordering the method predicts, each claim with its paired interval, in words."""
+    # the report's figures are plain data: no model code is needed to say them
+    from luna_core.reports.quality import ordering
+
+    clip_i = quality_of(report).get("clip_i", {})
+    checks = ordering(clip_i)
+    if not checks:
+        return ["No regeneration sample to order the sources by."]
+    lines = []
+    for check in checks:
+        low, high = check["interval"]
+        said = "holds" if check["holds"] else ("does NOT hold: the interval includes 0" if low <= 0 <= high
+                                                else "does NOT hold: the reverse is true")
+        lines.append(f"{check['claim']}: {said} (CLIP-I difference {check['difference']:+.4f} "
+                     f"[{low:+.4f}, {high:+.4f}], n={check['n']})")
+    return lines
 
 
 def _fmt(value) -> str:

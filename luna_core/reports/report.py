@@ -40,10 +40,19 @@ from luna_core.settings import LunaHome
 
 log = logging.getLogger(__name__)
 
-REPORT_CODE_VERSION = "3"  # 3: the literal reading of the true prompt, beside the parsed one
+REPORT_CODE_VERSION = "4"  # 4: the trained tiny world's wording, CLIP-T where comparable, the ordering check
 EXPERIMENT = "luna-reports"
-RANDOM_WEIGHTS_WARNING = ("This report was made with the tiny profile: its encoders and UNet have random weights. "
-                          "It checks the pipeline end to end; it makes no claim about quality.")
+RANDOM_WEIGHTS_WARNING = ("This report was made with models of random weights. It checks the pipeline end to end; "
+                          "it makes no claim about quality.")
+TINY_WORLD_NOTE = ("This report was made with the tiny profile: small models trained on the sample generator's "
+                   "pictures (coloured shapes on patterned backgrounds) and their prompts. It checks the method end to "
+                   "end on that world, not SDXL quality.")
+
+
+def profile_warning(profile: ModelProfile) -> str | None:
+    if not profile.trained:
+        return RANDOM_WEIGHTS_WARNING
+    return TINY_WORLD_NOTE if profile.name == "tiny" else None
 
 
 @dataclass(frozen=True)
@@ -166,7 +175,9 @@ def _assemble(profile, vault, inputs, evaluation: Evaluation, settings: EvalSett
         column = _QUALITY_COLUMN.get(s.kind) or ("projector" if s.name == champion_label else None)
         sources.append({"name": s.name, "kind": s.kind, "summary": s.summary,
                         "intervals": {k: list(v) for k, v in s.intervals.items()}, "quality_column": column})
-    caveat = ("The tiny profile's models have random weights: this verdict checks the method, not SDXL quality."
+    caveat = ("The tiny profile's models have random weights: this verdict checks the pipeline, not quality."
+              if not profile.trained else
+              "The tiny profile is trained on generated shapes: this verdict checks the method, not SDXL quality."
               if profile.name == "tiny" else None)
     said = verdict(evaluation, settings, caveat)
     test_set = evaluation.test_set
@@ -174,7 +185,7 @@ def _assemble(profile, vault, inputs, evaluation: Evaluation, settings: EvalSett
     report = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), "inputs": inputs,
               "profile": profile.name, "vision_model": profile.vision_model, "vision_key": profile.vision_key,
               "sdxl_model": profile.sdxl_model, "text_key": profile.text_key,
-              "warning": RANDOM_WEIGHTS_WARNING if profile.name == "tiny" else None,
+              "warning": profile_warning(profile),
               "index_version": inputs["index_version"], "index": {"factory": plan.get("factory", "")},
               "projector_versions": [s.name for s in evaluation.sources if s.kind == "projector"],
               "champion": champion_label, "sources": sources,

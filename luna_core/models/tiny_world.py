@@ -1,0 +1,260 @@
+"""The tiny world: the `tiny` profile's models trained on the sample generator's pictures and prompts.
+
+The sample generator draws a picture from its prompt (a coloured subject on a patterned background,
+moved by the seed). That world is small enough to learn on two cores in minutes, so the tiny models
+are trained once per machine, deterministically from the recipe's seed, never on a user's library:
+
+1. the CLIP pair: the vision tower (and the second text encoder's projection, which gives SDXL's
+   pooled embedding) trained contrastively, so image and text embeddings share a space;
+2. the VAE, an autoencoder (4x down, 4 latent channels) on crops of pictures at the demo's sizes;
+3. the UNet, an SDXL-style epsilon denoiser on the VAE's latents, conditioned on both text encoders'
+   hidden states, the pooled embedding and the size/crop ids, with the prompt dropped for
+   classifier-free guidance. Text encoders' transformers keep their fixed-seed random weights.
+
+A check of the method on generated shapes, not of SDXL quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from luna_core.samples.pictures import draw_picture, random_prompt
+
+# Everything that decides the weights. Its hash names the machine cache's folder: change a number
+# here (or the architecture in luna_core.models.tiny) and bump `version`, and every machine retrains.
+RECIPE = {
+    "version": "3.0",
+    "seed": 0,
+    "clip": {"pictures": 6000, "steps": 2600, "batch": 128, "lr": 2e-3, "long_share": 0.15,
+             "hard_group": 16, "hard_every": 3},
+    "vae": {"pictures": 1500, "sizes": [64, 96, 128, 192, 256], "steps": 450, "batch": 32, "crop": 48,
+            "lr": 2e-3, "kl": 1e-6},
+    "unet": {"pictures": 4000, "steps": 1000, "batch": 32, "lr": 2e-3, "drop_prompt": 0.1, "tile": 64,
+             "min_snr": 5.0},
+}
+IMAGE_SIZE = 64  # the vision tower's input, and the UNet's training tile
+
+
+def recipe_hash(recipe: dict = RECIPE) -> str:
+    from luna_core.models import tiny  # the architectures are part of what decides the weights
+
+    text = json.dumps({"recipe": recipe, "architecture": tiny.ARCHITECTURE}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Progress:
+    """One bar over the whole training (steps of every part), or nothing."""
+
+    update: Callable[[str, int], None] = lambda part, steps: None
+
+
+def world_pictures(count: int, seed: int, sizes=(64, 96, 128), out: int = IMAGE_SIZE, long_share: float = 0.0):
+    """`count` (prompt, picture) pairs from the sample generator; pictures drawn at one of `sizes` and
+    resized to `out` (bicubic, as CLIP's preprocessing does), or kept at their size when `out` is None."""
+    rng = random.Random(seed)
+    specs, pictures = [], []
+    for _ in range(count):
+        spec = random_prompt(rng, long=rng.random() < long_share)
+        side = rng.choice(sizes)
+        picture = draw_picture(spec, rng.randrange(2**31), (side, side))
+        if out is not None and side != out:
+            picture = picture.resize((out, out), Image.Resampling.BICUBIC)
+        specs.append(spec)
+        pictures.append(np.asarray(picture))
+    return specs, pictures
+
+
+def _cosine_lr(optimizer, base: float, step: int, steps: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def _clip_pixels(pictures: np.ndarray):
+    import torch
+
+    from luna_core.models.tiny import CLIP_MEAN, CLIP_STD
+
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (torch.from_numpy(np.ascontiguousarray(pictures)).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+
+def train_clip(vision, text_encoder_2, tokenizer_2, recipe: dict, seed: int, progress: Progress) -> None:
+    """Contrastive (CLIP) training of the vision tower and text_encoder_2's projection; the text
+    transformer is frozen, so its pooled features are computed once."""
+    import torch
+    import torch.nn.functional as F
+
+    specs, pictures = world_pictures(recipe["pictures"], seed + 1, long_share=recipe["long_share"])
+    pixels = _clip_pixels(np.stack(pictures))
+    with torch.no_grad():
+        features = torch.cat([
+            text_encoder_2.text_model(tokenizer_2([s.prompt for s in specs[i:i + 256]], padding="max_length",
+                                                  max_length=77, truncation=True, return_tensors="pt").input_ids
+                                      ).pooler_output
+            for i in range(0, len(specs), 256)])
+    prompt_ids = torch.as_tensor(_prompt_ids([s.prompt for s in specs]))
+    projection = text_encoder_2.text_projection
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+    optimizer = torch.optim.AdamW([*vision.parameters(), *projection.parameters(), log_scale],
+                                  lr=recipe["lr"], weight_decay=0.01)
+    generator = torch.Generator().manual_seed(seed + 2)
+    # Colour and background tell most pairs of a random batch apart; batches of pictures that share them
+    # (hard negatives) make the subject's shape the thing to learn.
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault((spec.colour, spec.background), []).append(i)
+    members = [torch.tensor(v) for _, v in sorted(groups.items())]
+    vision.train()
+    batch = recipe["batch"]
+    per_group = recipe["hard_group"]
+    for step in range(recipe["steps"]):
+        if step % recipe["hard_every"] == 1:
+            picked = torch.randint(0, len(members), (batch // per_group,), generator=generator).tolist()
+            index = torch.cat([members[g][torch.randint(0, len(members[g]), (per_group,), generator=generator)]
+                               for g in picked])
+        else:
+            index = torch.randint(0, len(pixels), (batch,), generator=generator)
+        x = pixels[index].flip(3) if (step // 2) % 2 else pixels[index]  # a mirrored picture says the same
+        image = F.normalize(vision(pixel_values=x).image_embeds, dim=-1)
+        text = F.normalize(projection(features[index]), dim=-1)
+        logits = log_scale.exp() * image @ text.T
+        ids = prompt_ids[index]
+        same = (ids[:, None] == ids[None, :]) & ~torch.eye(batch, dtype=torch.bool)
+        logits = logits.masked_fill(same, -1e4)  # one prompt drawn twice is not a negative
+        labels = torch.arange(batch)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        _cosine_lr(optimizer, recipe["lr"], step, recipe["steps"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.update("CLIP pair", 1)
+    vision.eval()
+
+
+def _prompt_ids(prompts: list[str]) -> np.ndarray:
+    seen: dict[str, int] = {}
+    return np.array([seen.setdefault(p, len(seen)) for p in prompts])
+
+
+def _crops(pictures: list[np.ndarray], count: int, size: int, generator):
+    import torch
+
+    chosen = torch.randint(0, len(pictures), (count,), generator=generator).tolist()
+    out = []
+    for i in chosen:
+        picture = pictures[i]
+        top = int(torch.randint(0, picture.shape[0] - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, picture.shape[1] - size + 1, (1,), generator=generator))
+        out.append(picture[top:top + size, left:left + size])
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(vae, recipe: dict, seed: int, progress: Progress) -> None:
+    """The VAE as an autoencoder (MSE + L1, a whisper of KL) on crops of pictures drawn at the demo's
+    sizes; its scaling factor is then set so the latents have unit variance, as SDXL's are."""
+    import torch
+    import torch.nn.functional as F
+
+    _, pictures = world_pictures(recipe["pictures"], seed + 3, sizes=tuple(recipe["sizes"]), out=None)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe["lr"], weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed + 4)
+    vae.train()
+    for step in range(recipe["steps"]):
+        x = _crops(pictures, recipe["batch"], recipe["crop"], generator)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        reconstruction = vae.decode(z).sample
+        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + recipe["kl"] * posterior.kl().mean()
+        _cosine_lr(optimizer, recipe["lr"], step, recipe["steps"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.update("VAE", 1)
+    vae.eval()
+    with torch.no_grad():
+        latents = vae.encode(_crops(pictures, 256, IMAGE_SIZE, generator)).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+
+
+def unet_examples(count: int, seed: int, tile: int):
+    """(prompts, [N, H, W, 3] pictures, [N, 6] SDXL size/crop ids): half whole pictures at the tile's
+    size, half tiles cut from larger pictures at their place (as the chess refiner cuts them)."""
+    rng = random.Random(seed)
+    prompts, pictures, ids = [], [], []
+    for n in range(count):
+        spec = random_prompt(rng, long=rng.random() < 0.15)
+        if n % 2 == 0:
+            side = rng.choice((64, 96, 128))
+            picture = draw_picture(spec, rng.randrange(2**31), (side, side))
+            picture = picture.resize((tile, tile), Image.Resampling.BICUBIC) if side != tile else picture
+            ids.append((side, side, 0, 0, tile, tile))
+        else:
+            side = rng.choice((128, 192, 256))
+            picture = draw_picture(spec, rng.randrange(2**31), (side, side))
+            top, left = rng.randrange(side - tile + 1), rng.randrange(side - tile + 1)
+            picture = picture.crop((left, top, left + tile, top + tile))
+            ids.append((side, side, top, left, tile, tile))
+        prompts.append(spec.prompt)
+        pictures.append(np.asarray(picture))
+    return prompts, np.stack(pictures), np.asarray(ids, np.float32)
+
+
+def train_unet(unet, vae, text_encoder, scheduler_config: dict, recipe: dict, seed: int, progress: Progress) -> None:
+    """Epsilon prediction on the VAE's latents under SDXL's noise schedule, conditioned as SDXL is;
+    a share of prompts is dropped to SDXL's zeros (the sampler's unconditional side)."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    prompts, pictures, time_ids = unet_examples(recipe["pictures"], seed + 5, recipe["tile"])
+    pixels = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
+    scale = vae.config.scaling_factor
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)]) * scale
+        mirrored = torch.cat([vae.encode(pixels[i:i + 256].flip(3)).latent_dist.mean
+                              for i in range(0, len(pixels), 256)]) * scale
+    hidden, pooled = text_encoder.encode(prompts)
+    hidden, pooled = torch.from_numpy(hidden), torch.from_numpy(pooled)
+    time_ids = torch.from_numpy(time_ids)
+    alphas = DDPMScheduler.from_config(scheduler_config).alphas_cumprod
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe["lr"], weight_decay=0.01)
+    generator = torch.Generator().manual_seed(seed + 6)
+    unet.train()
+    batch = recipe["batch"]
+    for step in range(recipe["steps"]):
+        index = torch.randint(0, len(latents), (batch,), generator=generator)
+        flip = (torch.rand(batch, generator=generator) < 0.5) & (time_ids[index, 3] == 0)  # whole pictures only
+        clean = torch.where(flip[:, None, None, None], mirrored[index], latents[index])
+        states, vectors = hidden[index].clone(), pooled[index].clone()
+        drop = torch.rand(batch, generator=generator) < recipe["drop_prompt"]
+        states[drop], vectors[drop] = 0.0, 0.0
+        t = torch.randint(0, len(alphas), (batch,), generator=generator)
+        noise = torch.randn(clean.shape, generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
+        prediction = unet(noisy, t, encoder_hidden_states=states,
+                          added_cond_kwargs={"text_embeds": vectors, "time_ids": time_ids[index]}).sample
+        # Min-SNR weighting (Hang et al., 2023): the many nearly clean steps, where the prompt hardly
+        # matters, weigh less; the noisy ones, where the prompt decides the picture, weigh more.
+        snr = a.flatten() / (1 - a.flatten())
+        weight = torch.clamp(snr, max=recipe["min_snr"]) / snr
+        loss = (weight * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        _cosine_lr(optimizer, recipe["lr"], step, recipe["steps"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.update("UNet", 1)
+    unet.eval()
+
+
+def total_steps(recipe: dict = RECIPE) -> int:
+    return recipe["clip"]["steps"] + recipe["vae"]["steps"] + recipe["unet"]["steps"]
