@@ -48,8 +48,8 @@ def main() -> int:
         from luna_core.models.profiles import tiny_profile
         from luna_core.models.tiny import ensure_tiny_models
 
-        model, (seq, width, pooled) = tiny_profile(ensure_tiny_models(work / "tiny")).sdxl_model, (77, 96, 48)
-        label = "tiny profile (random weights)"
+        model, (seq, width, pooled) = tiny_profile(ensure_tiny_models()).sdxl_model, (77, 96, 48)
+        label = "tiny profile (trained tiny world)"
     sampler = SDXLSampler(model, None, device, dtype)
     settings = SamplerSettings(strength=args.strength, steps=args.steps, guidance_scale=5.0, seed=0, batch_size=64)
     side = args.image or sampler.native_size * 4

@@ -139,7 +139,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="luna-bench-scale-"))
     library = make_sample_library(work / "library", args.images, seed=3, size=(args.size, args.size))
     template = LunaHome.resolve(work / "template").ensure()
-    ensure_tiny_models(template.models_dir / "tiny")
+    ensure_tiny_models()  # trained once per machine, shared by every home
     template.add_roots([library.root])
     template.set_model_profile("tiny")
     ingest(template.catalog_path, [str(library.root)], IngestOptions(progress=False))

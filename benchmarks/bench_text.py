@@ -68,11 +68,11 @@ def _encoder(kind: str, work: Path):
     from luna_core.models.tiny import ensure_tiny_models
 
     if kind == "tiny":
-        return SDXLTextEncoder(tiny_profile(ensure_tiny_models(work / "tiny")).sdxl_model, None, "cpu", torch.float32)
+        return SDXLTextEncoder(tiny_profile(ensure_tiny_models()).sdxl_model, None, "cpu", torch.float32)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     folder = work / "sdxl_random"
-    tiny = ensure_tiny_models(work / "tiny")
+    tiny = ensure_tiny_models()
     for name in ("tokenizer", "tokenizer_2"):  # the real CLIP BPE vocabulary, as the tiny profile ships it
         shutil.copytree(Path(tiny_profile(tiny).sdxl_model) / name, folder / name, dirs_exist_ok=True)
     torch.manual_seed(0)

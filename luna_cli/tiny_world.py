@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_tiny_world(args: argparse.Namespace) -> int:
+    # training pulls torch and the model libraries in: only this command pays for importing them
     from luna_core.models.tiny import ensure_tiny_models, tiny_world_root
 
     root = tiny_world_root()

@@ -45,7 +45,10 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     Key("home", "LUNA_HOME", "./luna_home", "the Luna home folder", in_toml=False),
-    Key("models.profile", "LUNA_PROFILE", "sdxl", "model profile: sdxl (the real models) or tiny (built locally)"),
+    Key("models.profile", "LUNA_PROFILE", "sdxl", "model profile: sdxl (the real models) or tiny (trained locally "
+        "on generated shapes)"),
+    Key("models.tiny_cache", "LUNA_TINY_CACHE", "", "where this machine keeps the trained tiny world (default: "
+        "$XDG_CACHE_HOME/luna/tiny-world, else ~/.cache/luna/tiny-world)", in_toml=False),
     Key("models.clip_bpe", "LUNA_CLIP_BPE", "", "CLIP's BPE vocabulary file (default: the copy scripts/bootstrap "
         "puts under <venv>/share/luna/)", in_toml=False),
     Key("storage.root", "LUNA_STORAGE_ROOT", "", "where the vault and the index live when not in the home "

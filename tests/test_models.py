@@ -63,7 +63,7 @@ def test_preprocessing_matches_clip_image_processor(tiny_models: Path):
         expected = reference(images=image, return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(encoder.preprocess(image), expected, atol=1e-5)
     embeds = encoder.embed_pixels(encoder.preprocess(image)[None])
-    assert embeds.shape == (1, 32) and abs(np.linalg.norm(embeds) - 1) < 1e-5
+    assert embeds.shape == (1, 48) and abs(np.linalg.norm(embeds) - 1) < 1e-5
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path: Path):

@@ -64,7 +64,7 @@ def test_training_improves_on_val_and_repeats_exactly(library_home):
     config = ProjectorConfig(arch="resampler", hidden=32, heads=2, layers=1)
     first = train_projector(home, profile, config, SMALL)
     again = train_projector(home, profile, config, SMALL)
-    assert first.config.width == 96 and first.config.pooled_width == 48 and first.config.in_dim == 32
+    assert first.config.width == 96 and first.config.pooled_width == 48 and first.config.in_dim == 48
     losses = [row["val_loss"] for row in first.history]
     assert min(losses) < losses[0], "training lowers the val loss"
     assert first.val_metrics["loss"] == pytest.approx(min(losses), rel=1e-5), "the best epoch is kept"

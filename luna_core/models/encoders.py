@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from luna_core.errors import LunaConfigError
-from luna_core.models.profiles import check_model_reference
+from luna_core.models.references import check_model_reference
 
 log = logging.getLogger(__name__)
 

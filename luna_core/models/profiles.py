@@ -9,13 +9,13 @@ Its numbers check the method on generated shapes; they are not CLIP's or SDXL's.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from luna_core.errors import LunaConfigError
+from luna_core.models.references import check_model_reference
 from luna_core.models.tiny import TINY_VERSION, ensure_tiny_models
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,6 @@ def store_key(model_id: str, revision: str | None) -> str:
     """A file-name-safe identity: model id (hub id or path) plus revision."""
     text = f"{model_id}@{revision or 'main'}"
     return re.sub(r"[^A-Za-z0-9._@-]+", "--", text).strip("-")
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) or os.path.exists(model)
-
-
-def check_model_reference(model: str, what: str) -> None:
-    """A local path that does not exist is a clear error before any work (hub ids are checked on load)."""
-    if _looks_like_path(model) and not Path(model).expanduser().exists():
-        raise LunaConfigError(f"the configured {what} '{model}' does not exist")
 
 
 def resolve_profile(

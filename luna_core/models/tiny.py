@@ -22,49 +22,28 @@ import tempfile
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from luna_core.config import environment_settings
+from luna_core.models import tiny_world
 from luna_core.models.clip_vocab import clip_tokenizer
+from luna_core.models.encoders import SDXLTextEncoder
+from luna_core.models.tiny_world import ARCHITECTURE, CLIP_MEAN, CLIP_STD, IMAGE_SIZE, TEXT_COMMON
 
 log = logging.getLogger(__name__)
 
 TINY_VERSION = "3"
-IMAGE_SIZE = 64
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-TEXT_COMMON = dict(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=2, num_attention_heads=2,
-                   bos_token_id=49406, eos_token_id=49407, hidden_act="gelu")
-# The models' shapes (part of the recipe hash). The vision embedding has the pooled width, so images
-# and prompts share one space; GroupNorm groups of 4 channels keep a flat picture's colour (a group
-# per channel would normalize it away); the VAE downsamples 4x without mid-block attention.
-ARCHITECTURE = {
-    "vision": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                   image_size=IMAGE_SIZE, patch_size=8, projection_dim=48),
-    "text_encoder": dict(hidden_size=32, intermediate_size=64, pad_token_id=49407),
-    "text_encoder_2": dict(hidden_size=64, intermediate_size=128, projection_dim=48, pad_token_id=0),
-    "vae": dict(block_out_channels=[16, 32, 32], in_channels=3, out_channels=3, latent_channels=4,
-                down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-                layers_per_block=1, sample_size=IMAGE_SIZE, norm_num_groups=4, mid_block_add_attention=False),
-    "unet": dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
-                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-                 up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=[2, 4],
-                 use_linear_projection=True, cross_attention_dim=32 + 64, addition_embed_type="text_time",
-                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=48 + 6 * 8, norm_num_groups=8),
-    "scheduler": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                      timestep_spacing="leading"),
-}
-
-
 def tiny_cache_dir() -> Path:
     """Where this machine keeps its trained tiny worlds (shared by every home, checkout and test run)."""
-    if os.environ.get("LUNA_TINY_CACHE"):
-        return Path(os.environ["LUNA_TINY_CACHE"]).expanduser()
+    chosen = environment_settings().text("models.tiny_cache")
+    if chosen:
+        return Path(chosen).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "luna" / "tiny-world"
 
 
 def tiny_world_root() -> Path:
-    from luna_core.models.tiny_world import recipe_hash
-
-    return tiny_cache_dir() / recipe_hash()
+    return tiny_cache_dir() / tiny_world.recipe_hash()
 
 
 def _complete(root: Path, key: str) -> bool:
@@ -78,9 +57,7 @@ def _complete(root: Path, key: str) -> bool:
 def ensure_tiny_models(progress: bool = True, rebuild: bool = False) -> Path:
     """The trained tiny world, trained now unless this machine's cache holds it (safe across processes:
     one trains under the lock, the others wait for it and use its result). `rebuild` trains anew."""
-    from luna_core.models.tiny_world import recipe_hash
-
-    key = recipe_hash()
+    key = tiny_world.recipe_hash()
     root = tiny_cache_dir() / key
     if _complete(root, key) and not rebuild:
         return root
@@ -114,7 +91,6 @@ def _train(dest: Path, key: str, progress: bool) -> None:
     # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
-    from tqdm.auto import tqdm
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,
@@ -123,9 +99,6 @@ def _train(dest: Path, key: str, progress: bool) -> None:
         CLIPVisionModelWithProjection,
     )
     from transformers.utils import logging as hf_logging
-
-    from luna_core.models import tiny_world
-    from luna_core.models.encoders import SDXLTextEncoder
 
     hf_logging.disable_progress_bar()
     recipe, seed = tiny_world.RECIPE, tiny_world.RECIPE["seed"]

@@ -41,12 +41,36 @@ RECIPE = {
              "min_snr": 5.0},
 }
 IMAGE_SIZE = 64  # the vision tower's input, and the UNet's training tile
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+TEXT_COMMON = dict(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=2, num_attention_heads=2,
+                   bos_token_id=49406, eos_token_id=49407, hidden_act="gelu")
+# The models' shapes (part of the recipe hash). The vision embedding has the pooled width, so images
+# and prompts share one space; GroupNorm groups of 4 channels keep a flat picture's colour (a group
+# per channel would normalize it away); the VAE downsamples 4x without mid-block attention.
+ARCHITECTURE = {
+    "vision": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                   image_size=IMAGE_SIZE, patch_size=8, projection_dim=48),
+    "text_encoder": dict(hidden_size=32, intermediate_size=64, pad_token_id=49407),
+    "text_encoder_2": dict(hidden_size=64, intermediate_size=128, projection_dim=48, pad_token_id=0),
+    "vae": dict(block_out_channels=[16, 32, 32], in_channels=3, out_channels=3, latent_channels=4,
+                down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+                layers_per_block=1, sample_size=IMAGE_SIZE, norm_num_groups=4, mid_block_add_attention=False),
+    "unet": dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
+                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                 up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=[2, 4],
+                 use_linear_projection=True, cross_attention_dim=32 + 64, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=48 + 6 * 8, norm_num_groups=8),
+    "scheduler": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                      timestep_spacing="leading"),
+}
 
 
-def recipe_hash(recipe: dict = RECIPE) -> str:
-    from luna_core.models import tiny  # the architectures are part of what decides the weights
 
-    text = json.dumps({"recipe": recipe, "architecture": tiny.ARCHITECTURE}, sort_keys=True)
+
+def recipe_hash(recipe: dict | None = None) -> str:
+    """The cache's key: the recipe and the architectures, which together decide the weights."""
+    text = json.dumps({"recipe": RECIPE if recipe is None else recipe, "architecture": ARCHITECTURE}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -73,15 +97,18 @@ def world_pictures(count: int, seed: int, sizes=(64, 96, 128), out: int = IMAGE_
     return specs, pictures
 
 
-def _cosine_lr(optimizer, base: float, step: int, steps: int) -> None:
+def _optimize(optimizer, loss, recipe: dict, step: int) -> None:
+    """One step at the recipe's learning rate, decayed along a cosine to 5 % of it."""
     for group in optimizer.param_groups:
-        group["lr"] = base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        group["lr"] = recipe["lr"] * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / recipe["steps"])))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
 
 
 def _clip_pixels(pictures: np.ndarray):
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
-
-    from luna_core.models.tiny import CLIP_MEAN, CLIP_STD
 
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -91,6 +118,7 @@ def _clip_pixels(pictures: np.ndarray):
 def train_clip(vision, text_encoder_2, tokenizer_2, recipe: dict, seed: int, progress: Progress) -> None:
     """Contrastive (CLIP) training of the vision tower and text_encoder_2's projection; the text
     transformer is frozen, so its pooled features are computed once."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
     import torch.nn.functional as F
 
@@ -133,10 +161,7 @@ def train_clip(vision, text_encoder_2, tokenizer_2, recipe: dict, seed: int, pro
         logits = logits.masked_fill(same, -1e4)  # one prompt drawn twice is not a negative
         labels = torch.arange(batch)
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        _cosine_lr(optimizer, recipe["lr"], step, recipe["steps"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        _optimize(optimizer, loss, recipe, step)
         progress.update("CLIP pair", 1)
     vision.eval()
 
@@ -147,6 +172,7 @@ def _prompt_ids(prompts: list[str]) -> np.ndarray:
 
 
 def _crops(pictures: list[np.ndarray], count: int, size: int, generator):
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     chosen = torch.randint(0, len(pictures), (count,), generator=generator).tolist()
@@ -162,6 +188,7 @@ def _crops(pictures: list[np.ndarray], count: int, size: int, generator):
 def train_vae(vae, recipe: dict, seed: int, progress: Progress) -> None:
     """The VAE as an autoencoder (MSE + L1, a whisper of KL) on crops of pictures drawn at the demo's
     sizes; its scaling factor is then set so the latents have unit variance, as SDXL's are."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
     import torch.nn.functional as F
 
@@ -175,10 +202,7 @@ def train_vae(vae, recipe: dict, seed: int, progress: Progress) -> None:
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(z).sample
         loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + recipe["kl"] * posterior.kl().mean()
-        _cosine_lr(optimizer, recipe["lr"], step, recipe["steps"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        _optimize(optimizer, loss, recipe, step)
         progress.update("VAE", 1)
     vae.eval()
     with torch.no_grad():
@@ -212,6 +236,7 @@ def unet_examples(count: int, seed: int, tile: int):
 def train_unet(unet, vae, text_encoder, scheduler_config: dict, recipe: dict, seed: int, progress: Progress) -> None:
     """Epsilon prediction on the VAE's latents under SDXL's noise schedule, conditioned as SDXL is;
     a share of prompts is dropped to SDXL's zeros (the sampler's unconditional side)."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
     from diffusers import DDPMScheduler
 
@@ -248,10 +273,7 @@ def train_unet(unet, vae, text_encoder, scheduler_config: dict, recipe: dict, se
         snr = a.flatten() / (1 - a.flatten())
         weight = torch.clamp(snr, max=recipe["min_snr"]) / snr
         loss = (weight * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        _cosine_lr(optimizer, recipe["lr"], step, recipe["steps"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        _optimize(optimizer, loss, recipe, step)
         progress.update("UNet", 1)
     unet.eval()
 

@@ -4,6 +4,7 @@ one call per item, side by side (used by benchmarks/bench_refine.py and the refi
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -84,8 +85,6 @@ def refiner_batching(refiner, image, boxes: list[Box], settings, repeat: int = 1
     """Whole refiner calls on one image, as `luna refine` makes them: batched (one sampler call per pass)
     and sequential (one call per item), for the chess refiner and the detailer. Wall time of each, and how
     far the two saved images differ (0-255 levels; the share of pixel values that differ at all)."""
-    from dataclasses import replace
-
     rows = {}
     runs = ((f"chess {settings.grid}x{settings.grid}", lambda s: refiner.chess(image, s)),
             (f"detailer, {len(boxes)} boxes", lambda s: refiner.detail(image, boxes, s)))

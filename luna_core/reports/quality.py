@@ -106,30 +106,6 @@ def _cosine(a, b) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-# What the method predicts for regeneration: the true prompt is the ceiling; the vault and the projector
-# come close to it and beat the mean of train, which beats the empty prompt.
-ORDERING = (("true prompt", ">=", "vault"), ("true prompt", ">=", "projector"), ("vault", ">", "mean"),
-            ("projector", ">", "mean"), ("mean", ">", "empty"))
-
-
-def ordering(clip_i: dict[str, list[float]], draws: int = 2000, seed: int = 0) -> list[dict]:
-    """Each predicted ordering checked on paired CLIP-I differences (the same images and seeds) with a
-    bootstrap 95 % interval: `>` holds when the interval lies above 0, `>=` unless it lies below 0."""
-    out = []
-    rng = np.random.default_rng(seed)
-    for left, relation, right in ORDERING:
-        a, b = clip_i.get(left) or [], clip_i.get(right) or []
-        if not a or len(a) != len(b):
-            continue
-        diff = np.asarray(a, float) - np.asarray(b, float)
-        means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
-        low, high = float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-        holds = low > 0 if relation == ">" else high >= 0
-        out.append({"claim": f"{left} {relation} {right}", "difference": float(diff.mean()), "interval": [low, high],
-                    "n": len(diff), "holds": bool(holds)})
-    return out
-
-
 def contact_sheet(rows: list[list], cell: int = 160):
     """A grid of thumbnails with the column names on top: original | true prompt | vault | projector | mean | empty."""
 
