@@ -7,8 +7,10 @@ import argparse
 from tqdm.auto import tqdm
 
 from luna_core.boxes import Box, load_boxes
+from luna_core.errors import QueryError
 from luna_core.images import read_picture
 from luna_core.models.profiles import AUTO, resolve_profile
+from luna_core.refine.detections import read_detections
 from luna_core.refine.settings import SOURCES, RefineSettings, SamplerSettings, SourceSettings
 from luna_core.settings import LunaHome
 
@@ -34,6 +36,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
     source.check()
     boxes = [Box.parse(b) for b in args.box or []] + (load_boxes(args.boxes) if args.boxes else [])
     image = read_picture(args.image)
+    detections = read_detections(args.detections, image.size, args.image) if args.detections else []
+    if detections and boxes:
+        raise QueryError("give boxes or --detections, not both")
     profile = resolve_profile(home.model_profile(), home.models_dir)
     refiner = Refiner(home, profile, source, device=args.device, ip_adapter=args.ip_adapter)
     bars: dict[str, tqdm] = {}
@@ -42,7 +47,12 @@ def cmd_refine(args: argparse.Namespace) -> int:
         bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, desc=f"refine {name}", unit="item"))
         bar.update(done - bar.n)
 
-    if boxes:
+    if detections:
+        print(f"{len(detections)} detections from {args.detections}: " + ", ".join(
+            f"{d.label or '?'} at {d.box}" for d in detections[:8]) + (" …" if len(detections) > 8 else ""))
+        refined, report = refiner.detail(image, [d.box for d in detections], settings, progress,
+                                         masks=[d.mask for d in detections])
+    elif boxes:
         refined, report = refiner.detail(image, boxes, settings, progress)
     else:
         refined, report = refiner.chess(image, settings, progress)
@@ -64,6 +74,9 @@ def add_parser(sub) -> None:
     cmd.add_argument("--grid", type=int, default=RefineSettings.grid, help="chess refiner: N x N tiles (default %(default)s)")
     cmd.add_argument("--box", action="append", help="detailer: a box X,Y,W,H (repeat for more)")
     cmd.add_argument("--boxes", help="detailer: a JSON file of boxes ([[x, y, w, h], ...])")
+    cmd.add_argument("--detections", help="detailer: a detector's output (COCO .json with bbox or segmentation, YOLO "
+                                          ".txt, a label-mask PNG, or a folder of masks); the mask decides what is "
+                                          "pasted back")
     cmd.add_argument("--source", default=SourceSettings.source, choices=list(SOURCES),
                      help="where each item's conditioning comes from (default vault)")
     cmd.add_argument("--prompt", help="typed prompt (sources prompt and blend)")

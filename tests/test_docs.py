@@ -3,6 +3,7 @@ every path named in the table exists, and every `luna` command shown parses with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -102,6 +103,11 @@ def _world(tmp_path: Path, sample_library, tiny_models) -> tuple[dict, dict]:
     Image.open(first).convert("RGB").resize((1024, 1024)).save(tmp_path / "render.png")
     shutil.copy(first, old / "old.png")
     (tmp_path / "faces.json").write_text("[[410, 220, 180, 180]]")
+    (tmp_path / "detections.json").write_text(json.dumps({  # COCO, as a detector writes it
+        "images": [{"id": 1, "file_name": "render.png", "width": 1024, "height": 1024}],
+        "categories": [{"id": 1, "name": "hand"}],
+        "annotations": [{"image_id": 1, "category_id": 1, "bbox": [300, 500, 200, 160],
+                         "segmentation": [[300, 500, 500, 500, 400, 660]]}]}))
     home = tmp_path / "home"
     env = {**os.environ, "LUNA_HOME": str(home), "LUNA_PROFILE": "tiny"}
     for name in ("LUNA_MLFLOW_URI", "LUNA_STORAGE_ROOT", "LUNA_VAULT_SHARDS", "LUNA_CELERY_BROKER"):

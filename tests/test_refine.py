@@ -268,6 +268,13 @@ def test_refine_job_from_the_launchpad_writes_outputs_and_thumbnails(indexed_hom
     by_query = {"ops": {"refine": {"config": {"where": "generator = 'ComfyUI'", "limit": 2, "grid": 2, "steps": 2}}}}
     chosen = job.execute_in_process(run_config=by_query, instance=dg.DagsterInstance.ephemeral())
     assert len(chosen.output_for_node("refine")) == 2
+    labels = indexed_home.root / "labels"  # YOLO writes one .txt per image: `{stem}` picks each one's
+    labels.mkdir()
+    (labels / f"{Path(good).stem}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    detected = {"ops": {"refine": {"config": {"images": [good], "detections": str(labels / "{stem}.txt"),
+                                              "steps": 2}}}}
+    result = job.execute_in_process(run_config=detected, instance=dg.DagsterInstance.ephemeral())
+    assert result.success and result.output_for_node("refine")[0].endswith(".detail." + result.run_id[:8] + ".png")
 
 
 def test_each_refinement_times_itself_when_one_refiner_serves_two_threads(indexed_home, sample_library, monkeypatch):

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
@@ -135,3 +136,12 @@ def crop_feather(crop: Tile, box: Box, image_size: tuple[int, int]) -> tuple[int
     right = 0 if r.x + r.width >= width else r.x + r.width - (box.x + box.width)
     bottom = 0 if r.y + r.height >= height else r.y + r.height - (box.y + box.height)
     return max(0, left), max(0, top), max(0, right), max(0, bottom)
+
+
+def soft_mask(mask: np.ndarray, rect: Box, box: Box) -> np.ndarray:
+    """A detection's [H, W] bool mask over the image, cut to `rect` and feathered over a few pixels
+    (a 32nd of the box's shorter side, at least one), as float32 weights in [0, 1]."""
+    cut = mask[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
+    radius = max(1, min(box.width, box.height) // 32)
+    blurred = Image.fromarray(cut.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(radius))
+    return np.asarray(blurred, dtype=np.float32) / 255.0

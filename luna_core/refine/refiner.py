@@ -32,6 +32,7 @@ from luna_core.refine.geometry import (
     crop_feather,
     detail_crops,
     feather_mask,
+    soft_mask,
     tile_feather,
 )
 from luna_core.refine.sampler import SDXLSampler, item_seed, to_pixels
@@ -116,9 +117,10 @@ class Refiner:
         return _to_image(canvas), self._finish(report, started)
 
     def detail(self, image, boxes: list[Box], settings: RefineSettings = RefineSettings(),
-               on_progress: Callable[[str, int, int], None] | None = None):
+               on_progress: Callable[[str, int, int], None] | None = None, masks: list | None = None):
         """Refine each box with its context margin at the model's native size, all crops in one call,
-        and paste each back with a feathered edge."""
+        and paste each back with a feathered edge; with `masks` ([H, W] bool over the image, one per
+        box: a detector's), only the mask's pixels, its edge feathered, are pasted back."""
 
         settings.sampler.check()
         width, height = image.size
@@ -133,9 +135,11 @@ class Refiner:
         refined, calls, seconds = self._refine_items(crops, crops_at, (height, width), (side, side), 0, settings,
                                                      weight, lambda done: on_progress and
                                                      on_progress("crops", done, len(crops_at)))
-        for crop, box, pixels in zip(crops_at, boxes, refined):
+        for i, (crop, box, pixels) in enumerate(zip(crops_at, boxes, refined)):
             back = _resize(to_pixels(pixels), crop.rect.width, crop.rect.height)
             mask = feather_mask(crop.rect.width, crop.rect.height, crop_feather(crop, box, (width, height)))
+            if masks is not None:
+                mask = mask * soft_mask(masks[i], crop.rect, box)
             _paste(canvas, crop.rect, back, mask)
         report.passes.append(PassReport("crops", len(crops_at), calls, seconds))
         report.regions = [str(c.rect) for c in crops_at]

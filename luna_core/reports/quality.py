@@ -32,6 +32,9 @@ class QualitySettings:
     steps: int = 12
     seed: int = 0
     guidance: float = 5.0
+    # Regenerate at the UNet's native size (the picture resized to about native² pixels) rather than at
+    # the picture's own size: what the conditioning alone can rebuild, at a strength that leaves it work.
+    native_size: bool = False
 
 
 @dataclass
@@ -74,6 +77,8 @@ def refine_sample(refiner: Refiner, images: list, left_out: list[frozenset[int]]
     shared_space = isinstance(result.clip_t, dict)
     rows = []
     own_conditioner = refiner.conditioner
+    if settings.native_size:
+        images = [at_native_size(image, refiner.sampler.native_size, refiner.sampler.pixel_multiple) for image in images]
     originals = refiner.vault.embed_pictures(images, use_index=False)
     try:
         outputs: dict[str, list] = {name: [] for name in COLUMNS[1:]}
@@ -100,6 +105,14 @@ def refine_sample(refiner: Refiner, images: list, left_out: list[frozenset[int]]
         refiner.conditioner = own_conditioner
     result.sheet = contact_sheet(rows)
     return result
+
+
+def at_native_size(image, native: int, multiple: int):
+    """The picture scaled to about native x native pixels (its aspect kept), sides a multiple of `multiple`."""
+    scale = native / (image.width * image.height) ** 0.5
+    width = max(multiple, round(image.width * scale / multiple) * multiple)
+    height = max(multiple, round(image.height * scale / multiple) * multiple)
+    return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
 
 
 def _cosine(a, b) -> float:

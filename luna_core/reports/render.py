@@ -185,7 +185,9 @@ def markdown(report: dict, images: dict[str, str]) -> str:
     quality = benchmark.get("quality") or {}
     if quality:
         lines += ["## Regeneration through the chess refiner", "", when, "",
-                  f"{len(quality.get('sample_paths', []))} test images, grid {quality['settings']['grid']}, "
+                  f"{len(quality.get('sample_paths', []))} test images"
+                  f"{' resized to the UNet' + chr(39) + 's native size' if quality['settings'].get('native_size') else ''}"
+                  f", grid {quality['settings']['grid']}, "
                   f"strength {quality['settings']['strength']}, {quality['settings']['steps']} steps, same seeds for "
                   f"every source. CLIP-I = cosine of the vision encoder's embeddings of result and original, shown "
                   f"with its interval and n because it rests on a sample of images. " + _clip_t_said(quality), ""]

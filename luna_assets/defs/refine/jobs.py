@@ -16,6 +16,7 @@ from luna_core.boxes import Box
 from luna_core.errors import LunaError
 from luna_core.images import read_picture
 from luna_core.library import library_paths
+from luna_core.refine.detections import read_detections
 from luna_core.refine.refiner import Refiner, save_image
 from luna_core.refine.settings import DEFAULT_PROJECTOR, RefineSettings, SamplerSettings, SourceSettings
 
@@ -31,6 +32,9 @@ class RefineConfig(dg.Config):
     where: str = ""  # and/or library images matching an SQL condition, e.g. prompt ILIKE '%portrait%'
     limit: int = 8  # at most this many images from `where`
     boxes: list[str] = []  # X,Y,W,H boxes for the detailer, applied to every image; empty: chess refiner
+    # A detector's output for the detailer (COCO .json, YOLO .txt, a label-mask PNG, a mask folder); `{stem}`
+    # becomes each image's file stem (YOLO writes one .txt per image). The masks decide what is pasted back.
+    detections: str = ""
     grid: int = _REFINE.grid
     source: str = _SOURCE.source  # vault | projector | prompt | blend
     prompt: str = ""
@@ -86,7 +90,11 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
             started = time.perf_counter()
             progress = lambda name, n, total, file=Path(path).name: context.log.info(  # noqa: E731
                 f"{file}: {name} {n}/{total}")
-            if boxes:
+            if config.detections:
+                found = read_detections(config.detections.replace("{stem}", Path(path).stem), image.size, path)
+                refined, report = refiner.detail(image, [d.box for d in found], settings, progress,
+                                                 masks=[d.mask for d in found])
+            elif boxes:
                 refined, report = refiner.detail(image, boxes, settings, progress)
             else:
                 refined, report = refiner.chess(image, settings, progress)
@@ -103,7 +111,7 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
                      "before": _thumbnail(image), "after": _thumbnail(refined)})
     metadata = {
         "refined": len(done), "failed": len(failed), "source": source.source,
-        "mode": "detailer" if boxes else f"chess {settings.grid}x{settings.grid}",
+        "mode": "detailer" if boxes or config.detections else f"chess {settings.grid}x{settings.grid}",
         "before / after": md_table(done, ["before", "after", "items", "sampler calls", "seconds", "output"]),
         "failures": md_table(failed, ["image", "reason"]),
         "outputs": dg.MetadataValue.path(str(home.refined_dir)),

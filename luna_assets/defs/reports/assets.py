@@ -44,6 +44,8 @@ class BenchmarkConfig(dg.Config):
     grid: int = _QUALITY.grid
     strength: float = _QUALITY.strength
     steps: int = _QUALITY.steps
+    guidance: float = _QUALITY.guidance
+    native_size: bool = _QUALITY.native_size  # regenerate at the UNet's native size, not the picture's own
     batching_repeat: int = _BENCH.batching_repeat
     latency_repeat: int = _BENCH.latency_repeat
     k: int = _EVAL.k
@@ -51,7 +53,8 @@ class BenchmarkConfig(dg.Config):
     def settings(self) -> BenchmarkSettings:
         return BenchmarkSettings(
             evaluation=EvalSettings(k=self.k),
-            quality=QualitySettings(images=self.sample_images, grid=self.grid, strength=self.strength, steps=self.steps),
+            quality=QualitySettings(images=self.sample_images, grid=self.grid, strength=self.strength, steps=self.steps,
+                                    guidance=self.guidance, native_size=self.native_size),
             batching_repeat=self.batching_repeat, latency_repeat=self.latency_repeat)
 
 
