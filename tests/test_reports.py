@@ -240,6 +240,7 @@ def test_report_and_benchmark_assets_and_cli(report_home, capsys, monkeypatch, t
     assert metadata["verdict"].value.startswith("**") and "series 1" in metadata["test set"].value
     assert 0 < metadata["vault token cosine"].value <= 1 and metadata["report"].value.endswith("report.html")
     assert metadata["benchmark"].value == latest_benchmark(home)[1]["created"]
+    assert "- true prompt >= vault: " in metadata["regeneration ordering"].value, "each claim, said in words"
     again = dg.materialize([refinement_report], resources=resources,
                            run_config={"ops": {"refinement_report": config["ops"]["refinement_report"]}},
                            instance=dg.DagsterInstance.ephemeral())

@@ -12,7 +12,7 @@ from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.reports.benchmark import BENCHMARK_CODE_VERSION, BenchmarkSettings, run_benchmark
 from luna_core.reports.evaluate import EvalSettings
 from luna_core.reports.quality import QualitySettings
-from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
+from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows, ordering_lines
 from luna_core.reports.report import REPORT_CODE_VERSION, ReportSettings, build_report
 from luna_core.reports.test_set import EmptyTestSet
 
@@ -147,6 +147,7 @@ def refinement_report(context: dg.AssetExecutionContext, config: ReportConfig, l
         "test images scored": test_set["scored"],
         "test images left out": dg.MetadataValue.json({k: len(v) for k, v in test_set["excluded"].items()}),
         "benchmark": benchmark["created"] if benchmark else "none yet: materialize refinement_benchmark",
+        "regeneration ordering": dg.MetadataValue.md("\n".join(f"- {line}" for line in ordering_lines(report))),
         "profile": report["profile"],
         "vault token cosine": dg.MetadataValue.float(_source_float(report, "vault", "token_cosine")),
         "champion token cosine": dg.MetadataValue.float(_source_float(report, "projector", "token_cosine", champion)),
