@@ -51,6 +51,8 @@ KEYS: tuple[Key, ...] = (
         "$XDG_CACHE_HOME/luna/tiny-world, else ~/.cache/luna/tiny-world)", in_toml=False),
     Key("models.clip_bpe", "LUNA_CLIP_BPE", "", "CLIP's BPE vocabulary file (default: the copy scripts/bootstrap "
         "puts under <venv>/share/luna/)", in_toml=False),
+    Key("models.lora_dirs", "LUNA_LORA_DIRS", "", "folders of LoRA .safetensors files for refinement (a list in "
+        "luna.toml; separated by ':' in the environment); relative to the home"),
     Key("storage.root", "LUNA_STORAGE_ROOT", "", "where the vault and the index live when not in the home "
         "(a folder or s3://bucket/prefix)"),
     Key("vault.shards", "LUNA_VAULT_SHARDS", 1, "partitions that embed the vault, 1 to 1024 (1: one store)"),
@@ -139,6 +141,16 @@ class Settings:
         if not value > low_exclusive or value == float("inf"):
             raise LunaConfigError(f"{self._place(setting)} = {setting.value!r}: need a number above {low_exclusive}")
         return value
+
+    def paths(self, name: str, base: Path) -> tuple[Path, ...]:
+        """A list of folders: a TOML list of strings, or one string of paths joined by os.pathsep; relative
+        paths are relative to `base` (the home), `~` is the user's."""
+        setting = self._settings[name]
+        value = setting.value
+        items = value.split(os.pathsep) if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise LunaConfigError(f"{self._place(setting)} = {value!r}: need a list of folders")
+        return tuple(base / Path(v.strip()).expanduser() for v in items if v.strip())
 
     def all(self) -> list[Setting]:
         return list(self._settings.values())

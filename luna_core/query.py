@@ -46,6 +46,7 @@ class Neighbor:
     negative_prompt: str | None
     generator: str | None
     content_hash: str
+    loras: list = field(default_factory=list)  # [{"name", "weight"}] the catalog read from the image's metadata
 
 
 @dataclass
@@ -210,6 +211,7 @@ class Vault:
         for (sim, image_id, row), weight in zip(keep, weights):
             values = {column: lookup.column(column)[row].as_py()
                       for column in ("path", "prompt", "negative_prompt", "generator", "content_hash")}
+            values["loras"] = (lookup.column("loras")[row].as_py() or []) if "loras" in lookup.column_names else []
             out.append(Neighbor(image_id, sim, float(weight), **values))
         return out
 

@@ -234,6 +234,10 @@ class LunaHome:
         except LunaConfigError as exc:
             raise LunaConfigError(f"{setting.where()}: {exc}") from None
 
+    def lora_dirs(self) -> tuple[Path, ...]:
+        """The folders LoRA files are looked for in ([models] lora_dirs, or $LUNA_LORA_DIRS)."""
+        return self.settings().paths("models.lora_dirs", self.root)
+
     def set_vault_shards(self, shards: int) -> None:
         self.set_setting("vault", "shards", int(shards))
         self.vault_shards()  # refuse a bad count now, not at the next load

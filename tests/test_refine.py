@@ -294,11 +294,11 @@ def test_each_refinement_times_itself_when_one_refiner_serves_two_threads(indexe
     conditioner = refiner.conditioner
 
     class Held:
-        def condition(self, crops, *args):
+        def condition(self, crops, *args, **kwargs):
             if threading.current_thread().name == "first" and not inside.is_set():
                 inside.set()
                 assert release.wait(120)
-            return conditioner.condition(crops, *args)
+            return conditioner.condition(crops, *args, **kwargs)
 
     refiner.conditioner = Held()
     reports = {}

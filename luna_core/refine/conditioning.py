@@ -6,6 +6,9 @@
 - `blend`: the vault's answer blended with the typed prompt, item by item (`luna_core.mixing`'s blend:
   (1 - alpha) * typed + alpha * answer, the negative side too).
 
+A detection's prompt piece is mixed into its item's answer by `piece_mode` (default concat: the piece's
+tokens, then the answer's, pooled from the piece; blend: by alpha, the answer's share).
+
 Everything a source needs (index, projector, text encoders) is opened when the conditioner is made,
 so a missing index or an unknown projector is reported before any pixel is refined.
 """
@@ -16,6 +19,7 @@ import numpy as np
 
 from luna_core.mixing import Parts, mix
 from luna_core.query import Vault
+from luna_core.refine.lora import neighbour_loras
 from luna_core.refine.sampler import ItemConditioning
 from luna_core.refine.settings import SourceSettings
 
@@ -27,6 +31,7 @@ class Conditioner:
         self.vault, self.settings = vault, settings
         self._typed = None
         self._projector = None
+        self._pieces: dict[str, Parts] = {}
         if settings.source in ("vault", "blend"):
             vault.index  # noqa: B018 - opened now: "not built yet" before any work
         if settings.source == "projector":
@@ -34,21 +39,49 @@ class Conditioner:
         if settings.source in ("prompt", "blend"):
             self._typed = vault.typed(settings.prompt, settings.negative_prompt)
 
-    def condition(self, crops: list, exclude: frozenset[int] = frozenset()) -> list[ItemConditioning]:
+    def condition(self, crops: list, exclude: frozenset[int] = frozenset(), pieces: list | None = None,
+                  lora_cap: int = 0) -> list[ItemConditioning]:
         """One conditioning per crop (PIL images), in order; vault answers skip the image ids in `exclude`
-        (an evaluation refining a library image must not answer it with itself)."""
+        (an evaluation refining a library image must not answer it with itself). `pieces`: a prompt piece
+        per crop (or None), mixed into its conditioning by `piece_mode`. `lora_cap` > 0: each item's info
+        carries `vault_loras`, the weighted union of its k neighbours' LoRAs, the `lora_cap` strongest."""
+        out = self._answers(crops, exclude, lora_cap)
+        for item, piece in zip(out, pieces or []):
+            if piece:
+                parts = mix(Parts(item.prompt_embeds, item.pooled_prompt_embeds, item.negative_prompt_embeds,
+                                  item.negative_pooled_prompt_embeds), self._piece(piece), self.settings.piece_mode,
+                            self.settings.alpha)
+                item.prompt_embeds, item.pooled_prompt_embeds, item.negative_prompt_embeds, \
+                    item.negative_pooled_prompt_embeds = parts
+                item.info["piece"] = piece
+        return out
+
+    def _piece(self, piece: str) -> Parts:
+        if piece not in self._pieces:
+            self._pieces[piece] = self.vault.typed(piece, None)
+        return self._pieces[piece]
+
+    def _answers(self, crops: list, exclude: frozenset[int], lora_cap: int) -> list[ItemConditioning]:
         s = self.settings
         if s.source == "prompt":
-            return [ItemConditioning(*self._typed, {"source": "prompt"}) for _ in crops]
-        if s.source == "projector":
+            out = [ItemConditioning(*self._typed, {"source": "prompt"}) for _ in crops]
+        elif s.source == "projector":
             model, _ = self._projector
             tokens, pooled = self.vault.projector_answers(model, self.vault.embed_pictures(crops, use_index=False))
-            return [ItemConditioning(t, p, np.zeros_like(t), np.zeros_like(p), {"source": "projector",
-                                     "projector": s.projector}) for t, p in zip(tokens, pooled)]
-        out = []
-        for embedding in self.vault.embed_pictures(crops):
-            *answer, neighbors = self.vault.vault_answer(embedding, s.k, s.temperature, exclude)
-            info = {"source": s.source, "neighbors": [n.path for n in neighbors]}
-            parts = mix(Parts(*answer), self._typed, "blend", s.alpha) if s.source == "blend" else Parts(*answer)
-            out.append(ItemConditioning(*parts, info))
+            out = [ItemConditioning(t, p, np.zeros_like(t), np.zeros_like(p), {"source": "projector",
+                                    "projector": s.projector}) for t, p in zip(tokens, pooled)]
+        else:
+            out = []
+            for embedding in self.vault.embed_pictures(crops):
+                *answer, neighbors = self.vault.vault_answer(embedding, s.k, s.temperature, exclude)
+                info = {"source": s.source, "neighbors": [n.path for n in neighbors]}
+                if lora_cap:
+                    info["vault_loras"] = neighbour_loras([(n.weight, n.loras) for n in neighbors], lora_cap)
+                parts = mix(Parts(*answer), self._typed, "blend", s.alpha) if s.source == "blend" else Parts(*answer)
+                out.append(ItemConditioning(*parts, info))
+            return out
+        if lora_cap:  # the neighbours of each crop, for their LoRAs only
+            for item, embedding in zip(out, self.vault.embed_pictures(crops)):
+                neighbors = self.vault.nearest(embedding, s.k, s.temperature, exclude)
+                item.info["vault_loras"] = neighbour_loras([(n.weight, n.loras) for n in neighbors], lora_cap)
         return out

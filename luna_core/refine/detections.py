@@ -4,7 +4,8 @@ label and a prompt piece per detection.
 Formats (chosen by what the path is):
 - COCO JSON (`.json`): `bbox` [x, y, w, h], and `segmentation` as polygons or RLE (counts as a list, or
   COCO's compressed string); the image is picked by file name when the file covers several. Labels come
-  from `categories`; a `prompt` field on an annotation is its prompt piece.
+  from `categories`; a `prompt` field on an annotation is its prompt piece, a `loras` field its LoRAs
+  (`[{"name": "detail_tweaker_xl", "weight": 0.8}]` or `["detail_tweaker_xl:0.8"]`).
 - YOLO txt (`.txt`): `class cx cy w h` normalized to [0, 1] (boxes), or `class x1 y1 x2 y2 …` (YOLO-seg
   polygons); class names from a `classes.txt` beside it, else the class number.
 - A label-mask PNG (`.png`): every non-zero value is a label; each connected component of it is one
@@ -26,7 +27,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from luna_core.boxes import Box, BoxError
-from luna_core.errors import QueryError
+from luna_core.errors import LunaConfigError, QueryError
+from luna_core.metadata.record import Lora
+from luna_core.refine.lora import lora_set
 
 MAX_DETECTIONS_FILE_BYTES = 64 << 20
 MAX_DETECTIONS = 10_000
@@ -42,7 +45,8 @@ class Detection:
     box: Box
     mask: np.ndarray  # [H, W] bool over the whole image: what is pasted back
     label: str | None = None
-    prompt: str | None = None
+    prompt: str | None = None  # a prompt piece, mixed into this detection's conditioning
+    loras: tuple[Lora, ...] = ()  # LoRAs this detection's crop gets on top of the run's own
 
 
 def read_detections(path: str | Path, size: tuple[int, int], image_name: str | None = None) -> list[Detection]:
@@ -69,7 +73,8 @@ def read_detections(path: str | Path, size: tuple[int, int], image_name: str | N
     return found
 
 
-def _detection(path: Path, index: int, mask: np.ndarray, box: Box | None = None, label=None, prompt=None) -> Detection:
+def _detection(path: Path, index: int, mask: np.ndarray, box: Box | None = None, label=None, prompt=None,
+               loras=None) -> Detection:
     """A detection whose box is `box` (else the mask's bounds), checked against the image."""
     height, width = mask.shape
     if not mask.any():
@@ -81,7 +86,11 @@ def _detection(path: Path, index: int, mask: np.ndarray, box: Box | None = None,
         box.check_within(width, height)
     except BoxError as exc:
         raise DetectionsError(f"{path}: detection {index}{_named(label)}: {exc}") from None
-    return Detection(box, mask, None if label is None else str(label), None if prompt is None else str(prompt))
+    try:
+        chosen = lora_set([loras] if isinstance(loras, str | dict) else loras or [])
+    except LunaConfigError as exc:
+        raise DetectionsError(f"{path}: detection {index}{_named(label)}: {exc}") from None
+    return Detection(box, mask, None if label is None else str(label), None if prompt is None else str(prompt), chosen)
 
 
 def _named(label) -> str:
@@ -192,7 +201,7 @@ def _coco(path: Path, size: tuple[int, int], image_name: str | None) -> list[Det
                 mask = _box_mask(box, size)
         except (ValueError, KeyError, TypeError) as exc:
             raise DetectionsError(f"{path}: annotation {index} cannot be read ({exc})") from None
-        out.append(_detection(path, index, mask, box, label, annotation.get("prompt")))
+        out.append(_detection(path, index, mask, box, label, annotation.get("prompt"), annotation.get("loras")))
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from luna_core.boxes import Box
-from luna_core.errors import LunaConfigError
+from luna_core.errors import LunaConfigError, QueryError
 from luna_core.files import write_atomically
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.query import Vault
@@ -35,8 +35,10 @@ from luna_core.refine.geometry import (
     soft_mask,
     tile_feather,
 )
+from luna_core.refine.lora import LoraLibrary, lora_set
+from luna_core.refine.memory import peak_memory
 from luna_core.refine.sampler import SDXLSampler, item_seed, to_pixels
-from luna_core.refine.settings import CHESS_IP_WEIGHT, DETAIL_IP_WEIGHT, RefineSettings, SourceSettings
+from luna_core.refine.settings import BLOCKS, CHESS_IP_WEIGHT, DETAIL_IP_WEIGHT, RefineSettings, SourceSettings
 from luna_core.settings import LunaHome
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ class PassReport:
     items: int
     sampler_calls: int
     seconds: float
+    vae_calls: int = 1
+    chunking: str = ""  # how the memory plan split the pass (luna_core.refine.memory)
+    peak_memory_mb: float | None = None
+    peak_measured_as: str = ""
 
 
 @dataclass
@@ -59,6 +65,18 @@ class RefineReport:
     passes: list[PassReport] = field(default_factory=list)
     seconds: float = 0.0
     regions: list[str] = field(default_factory=list)
+    loras: dict = field(default_factory=dict)  # adapters used, each item's set, files not found
+    per_block: dict | None = None  # which blocks saw the whole image's answer
+    memory_budget_mb: float = 0.0
+
+    @property
+    def peak_memory_mb(self) -> float | None:
+        peaks = [p.peak_memory_mb for p in self.passes if p.peak_memory_mb is not None]
+        return max(peaks) if peaks else None
+
+    @property
+    def split_by_budget(self) -> bool:
+        return any(p.sampler_calls > 1 or p.vae_calls > 1 for p in self.passes)
 
     @property
     def items(self) -> int:
@@ -69,7 +87,30 @@ class RefineReport:
         return sum(p.sampler_calls for p in self.passes)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "items": self.items, "sampler_calls": self.sampler_calls}
+        return {**asdict(self), "items": self.items, "sampler_calls": self.sampler_calls,
+                "peak_memory_mb": self.peak_memory_mb, "split_by_budget": self.split_by_budget}
+
+    def summary(self) -> str:
+        """What a person reads after a run: passes, LoRAs, per-block conditioning, memory."""
+        lines = [f"{self.mode}: " + ", ".join(f"{p.name}: {p.items} items in {p.sampler_calls} UNet call(s), "
+                                              f"{p.seconds:.2f}s" for p in self.passes) + f"; source {self.source}"
+                 + (f", IP-Adapter {self.ip_adapter}" if self.ip_adapter else "")]
+        if self.loras.get("adapters"):
+            with_sets = sum(1 for s in self.loras["items"] if s)
+            lines.append(f"LoRAs: {', '.join(a['name'] for a in self.loras['adapters'])} "
+                         f"({with_sets} of {len(self.loras['items'])} items carry some)")
+        if self.loras.get("missing"):
+            lines.append(f"LoRAs not found (skipped): {', '.join(self.loras['missing'])}")
+        if self.per_block:
+            lines.append(f"per-block: {', '.join(self.per_block['whole_image'])} blocks saw the whole image's answer, "
+                         f"{', '.join(self.per_block['own']) or 'none'} the item's own")
+        for p in self.passes:
+            if p.chunking.startswith("split"):
+                lines.append(f"{p.name}: {p.chunking}")
+        if self.peak_memory_mb is not None:
+            lines.append(f"peak memory {self.peak_memory_mb:,.0f} MB ({self.passes[0].peak_measured_as}); "
+                         f"budget {self.memory_budget_mb:,.0f} MB")
+        return "\n".join(lines)
 
 
 class Refiner:
@@ -86,6 +127,21 @@ class Refiner:
         if ip_adapter:
             self.sampler.load_ip_adapter(ip_adapter, CHESS_IP_WEIGHT)
         self.source = source
+        self.lora_library = LoraLibrary(home.lora_dirs())
+
+    def refine(self, image, settings: RefineSettings = RefineSettings(), boxes: list[Box] | None = None,
+               detections: list | None = None, on_progress: Callable[[str, int, int], None] | None = None):
+        """The detailer on `detections` (a detector's: masks, prompt pieces, LoRAs) or `boxes`, else the
+        chess refiner."""
+        if detections and boxes:
+            raise QueryError("give boxes or detections, not both")
+        if detections:
+            return self.detail(image, [d.box for d in detections], settings, on_progress,
+                               masks=[d.mask for d in detections], pieces=[d.prompt for d in detections],
+                               loras=[d.loras for d in detections])
+        if boxes:
+            return self.detail(image, boxes, settings, on_progress)
+        return self.chess(image, settings, on_progress)
 
     # ------------------------------------------------------------ the two modes
 
@@ -100,27 +156,30 @@ class Refiner:
         started = time.perf_counter()
         report = self._report("chess", image, (tiles[0].rect.width, tiles[0].rect.height))
         weight = CHESS_IP_WEIGHT if settings.ip_weight is None else settings.ip_weight
+        whole = self._whole_image(image, settings, report)
         for parity, name in ((0, "even"), (1, "odd")):
             cells = [t for t in tiles if t.parity == parity]
             if not cells:
                 continue
             crops = [_crop(canvas, t.rect) for t in cells]
             target = (cells[0].rect.height, cells[0].rect.width)
-            refined, calls, seconds = self._refine_items(crops, cells, (height, width), target, parity, settings,
-                                                         weight, lambda done, n=name, total=len(cells):
-                                                         on_progress and on_progress(n, done, total))
+            refined, done = self._refine_items(crops, cells, (height, width), target, parity, settings, weight,
+                                               lambda n_done, n=name, total=len(cells):
+                                               on_progress and on_progress(n, n_done, total), report, name, whole)
             for tile, pixels in zip(cells, refined):
                 _paste(canvas, tile.rect, to_pixels(pixels), feather_mask(tile.rect.width, tile.rect.height,
                                                                           tile_feather(tile, tiles, (width, height))))
-            report.passes.append(PassReport(name, len(cells), calls, seconds))
+            report.passes.append(done)
         report.regions = [str(t.rect) for t in tiles]
         return _to_image(canvas), self._finish(report, started)
 
     def detail(self, image, boxes: list[Box], settings: RefineSettings = RefineSettings(),
-               on_progress: Callable[[str, int, int], None] | None = None, masks: list | None = None):
+               on_progress: Callable[[str, int, int], None] | None = None, masks: list | None = None,
+               pieces: list | None = None, loras: list | None = None):
         """Refine each box with its context margin at the model's native size, all crops in one call,
         and paste each back with a feathered edge; with `masks` ([H, W] bool over the image, one per
-        box: a detector's), only the mask's pixels, its edge feathered, are pasted back."""
+        box: a detector's), only the mask's pixels, its edge feathered, are pasted back. `pieces`: a prompt
+        piece per box (or None), mixed into its answer; `loras`: each box's own LoRAs, beside the run's."""
 
         settings.sampler.check()
         width, height = image.size
@@ -132,42 +191,82 @@ class Refiner:
         started = time.perf_counter()
         report = self._report("detail", image, (side, side))
         weight = DETAIL_IP_WEIGHT if settings.ip_weight is None else settings.ip_weight
-        refined, calls, seconds = self._refine_items(crops, crops_at, (height, width), (side, side), 0, settings,
-                                                     weight, lambda done: on_progress and
-                                                     on_progress("crops", done, len(crops_at)))
+        whole = self._whole_image(image, settings, report)
+        refined, done = self._refine_items(crops, crops_at, (height, width), (side, side), 0, settings, weight,
+                                           lambda n_done: on_progress and on_progress("crops", n_done, len(crops_at)),
+                                           report, "crops", whole, pieces, loras)
         for i, (crop, box, pixels) in enumerate(zip(crops_at, boxes, refined)):
             back = _resize(to_pixels(pixels), crop.rect.width, crop.rect.height)
             mask = feather_mask(crop.rect.width, crop.rect.height, crop_feather(crop, box, (width, height)))
             if masks is not None:
                 mask = mask * soft_mask(masks[i], crop.rect, box)
             _paste(canvas, crop.rect, back, mask)
-        report.passes.append(PassReport("crops", len(crops_at), calls, seconds))
+        report.passes.append(done)
         report.regions = [str(c.rect) for c in crops_at]
         return _to_image(canvas), self._finish(report, started)
 
     # ------------------------------------------------------------ shared steps
 
     def _refine_items(self, crops: list, places: list[Tile], original: tuple[int, int], target: tuple[int, int],
-                      pass_index: int, settings: RefineSettings, ip_weight: float, on_done):
+                      pass_index: int, settings: RefineSettings, ip_weight: float, on_done, report: RefineReport,
+                      name: str, whole=None, pieces: list | None = None, item_loras: list | None = None):
         """Condition and refine one pass's items: one sampler call (or one per item when sequential)."""
 
         pictures = [c if hasattr(c, "convert") else Image.fromarray(c) for c in crops]
-        conditions = self.conditioner.condition(pictures)
+        conditions = self.conditioner.condition(pictures, pieces=pieces, lora_cap=settings.lora_from_vault)
+        if whole is not None:
+            for c in conditions:
+                c.composition_embeds, c.composition_negative_embeds = whole.prompt_embeds, whole.negative_prompt_embeds
+        loras = self._lora_sets(conditions, settings, item_loras, report)
         time_ids = np.array([[*original, t.rect.y, t.rect.x, *target] for t in places], dtype=np.float32)
         seeds = [item_seed(settings.sampler.seed, pass_index, t.index) for t in places]
         ip = None
         if self.sampler.ip_adapter:
             self.sampler.pipe.set_ip_adapter_scale(ip_weight)
             ip = self.sampler.ip_image_embeds(pictures)
+        sampler = replace(settings.sampler, batch_size=1) if settings.sequential else settings.sampler
+        plan = self.sampler.plan(len(pictures), target[0], target[1], sampler)
+        report.memory_budget_mb = plan.budget_mb
         started = time.perf_counter()
-        if settings.sequential:
-            one = replace(settings.sampler, batch_size=1)
-            refined = self.sampler.refine(pictures, conditions, time_ids, seeds, one, ip, on_chunk=on_done)
-            calls = len(pictures)
-        else:
-            refined = self.sampler.refine(pictures, conditions, time_ids, seeds, settings.sampler, ip, on_chunk=on_done)
-            calls = -(-len(pictures) // settings.sampler.batch_size)
-        return refined, calls, time.perf_counter() - started
+        with peak_memory(self.sampler.device) as peak:
+            refined = self.sampler.refine(pictures, conditions, time_ids, seeds, sampler, ip, on_chunk=on_done,
+                                          loras=loras if any(loras) else None)
+        return refined, PassReport(name, len(pictures), plan.unet_chunks, time.perf_counter() - started,
+                                   plan.vae_chunks, plan.describe(), peak["peak_mb"], peak["measured_as"])
+
+    def _whole_image(self, image, settings: RefineSettings, report: RefineReport):
+        """Per-block conditioning: the whole image's own answer, which the composition blocks see."""
+        if not settings.per_block:
+            return None
+        whole = self.conditioner.condition([image.convert("RGB")])[0]
+        blocks = settings.sampler.composition_blocks
+        report.per_block = {"whole_image": list(blocks), "own": [b for b in BLOCKS if b not in blocks],
+                            "whole_image_neighbors": whole.info.get("neighbors", [])}
+        return whole
+
+    def _lora_sets(self, conditions, settings: RefineSettings, item_loras: list | None, report: RefineReport) -> list:
+        """Each item's LoRA set (the run's, its detection's, its neighbours'), with the files found and
+        loaded; names without a file are named in one warning and left out."""
+        sets = []
+        for i, condition in enumerate(conditions):
+            own = list(settings.loras) + list(item_loras[i] if item_loras else ()) + \
+                list(condition.info.get("vault_loras", ()))
+            sets.append(lora_set(own))
+        names = sorted({lora.name for s in sets for lora in s})
+        if not names:
+            report.loras.setdefault("items", []).extend([[] for _ in sets])
+            return sets
+        found, missing = self.lora_library.resolve(names)
+        if missing:
+            where = ", ".join(str(d) for d in self.lora_library.dirs) or "no folder ([models] lora_dirs is not set)"
+            log.warning("LoRAs not found in %s, skipped: %s", where, ", ".join(missing))
+        adapters = self.sampler.load_loras(found)
+        sets = [tuple(lora for lora in s if lora.name in found) for s in sets]
+        known = {a["name"] for a in report.loras.get("adapters", [])}
+        report.loras.setdefault("adapters", []).extend(a.describe() for a in adapters if a.name not in known)
+        report.loras["missing"] = sorted(set(report.loras.get("missing", [])) | set(missing))
+        report.loras.setdefault("items", []).extend([[f"{lora.name}:{lora.weight:g}" for lora in s] for s in sets])
+        return sets
 
     def _report(self, mode: str, image, item_size) -> RefineReport:
         return RefineReport(mode, image.size, item_size, self.source.source, self.sampler.ip_adapter)

@@ -24,6 +24,8 @@ import numpy as np
 from luna_core.errors import LunaConfigError
 from luna_core.mixing import aligned
 from luna_core.models.encoders import _load
+from luna_core.refine.lora import LoraAdapter, RowLoras
+from luna_core.refine.memory import ChunkPlan, default_budget_mb, plan_chunks
 from luna_core.refine.settings import SamplerSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ class ItemConditioning:
     negative_prompt_embeds: np.ndarray
     negative_pooled_prompt_embeds: np.ndarray
     info: dict = field(default_factory=dict)
+    # Per-block conditioning: what the composition blocks (settings.composition_blocks) see instead of
+    # the item's own tokens, e.g. the whole image's answer; None: the item's own everywhere.
+    composition_embeds: np.ndarray | None = None
+    composition_negative_embeds: np.ndarray | None = None
 
 
 @contextlib.contextmanager
@@ -90,6 +96,7 @@ class SDXLSampler:
         self.pixel_multiple = max(8, self.vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1))
         self.native_size = int(self.unet.config.sample_size) * self.vae_factor
         self.ip_adapter: str | None = None
+        self._row_loras: RowLoras | None = None
 
     # ------------------------------------------------------------ IP-Adapter
 
@@ -127,50 +134,107 @@ class SDXLSampler:
             embeds = encoder(pixels.to(self.device, next(encoder.parameters()).dtype)).image_embeds
         return embeds.float().cpu().numpy()
 
+    # ------------------------------------------------------------ LoRAs and the memory plan
+
+    @property
+    def row_loras(self) -> RowLoras:
+        if self._row_loras is None:
+            self._row_loras = RowLoras(self.unet)
+        return self._row_loras
+
+    def load_loras(self, files: dict[str, Path]) -> list[LoraAdapter]:
+        """LoRA files (name → path), read and checked against this UNet, kept beside it (never fused)."""
+        return [self.row_loras.load(name, path) for name, path in files.items()]
+
+    def plan(self, items: int, height: int, width: int, settings: SamplerSettings) -> ChunkPlan:
+        """How a pass of `items` pictures of height x width is split to fit the memory budget."""
+        budget = settings.memory_budget_mb or default_budget_mb(self.device)
+        bytes_of = lambda module: next(module.parameters()).element_size()  # noqa: E731
+        return plan_chunks(items, height, width, int(self.vae.config.block_out_channels[0]), bytes_of(self.vae),
+                           self.vae_factor, list(self.unet.config.block_out_channels), bytes_of(self.unet),
+                           2 if settings.guidance_scale > 1.0 else 1, budget, settings.batch_size)
+
     # ------------------------------------------------------------ the batched loop
 
     def refine(self, images: list, conditions: list[ItemConditioning], time_ids: np.ndarray,
                seeds: list[int], settings: SamplerSettings, ip_embeds: np.ndarray | None = None,
-               on_chunk: Callable[[int], None] | None = None) -> list[np.ndarray]:
+               on_chunk: Callable[[int], None] | None = None, loras: list | None = None) -> list[np.ndarray]:
         """Refine equally sized RGB images ([H, W, 3] uint8 arrays or PIL images), item i with
-        conditions[i], time_ids[i] and seeds[i]; returns [H, W, 3] float32 arrays in [-1, 1] (unrounded,
-        so results can be blended and compared exactly). Items go through the UNet `settings.batch_size`
-        at a time (all at once when that is at least their number)."""
+        conditions[i], time_ids[i], seeds[i] and its LoRA set loras[i] (names loaded by `load_loras`, with
+        weights); returns [H, W, 3] float32 arrays in [-1, 1] (unrounded, so results can be blended and
+        compared exactly). The memory plan (`plan`) says how many items go through the VAE and the UNet
+        at once: all of them unless the budget (or an explicit batch size) says otherwise."""
         if not (len(images) == len(conditions) == len(time_ids) == len(seeds)):
             raise ValueError("one conditioning, time_ids row and seed per image")
+        if loras is not None and len(loras) != len(images):
+            raise ValueError("one LoRA set per image (empty for none)")
         if ip_embeds is not None and self.ip_adapter is None:
             raise ValueError("IP-Adapter embeddings given but no IP-Adapter is loaded")
-        out: list[np.ndarray] = []
-        for start in range(0, len(images), settings.batch_size):
-            end = start + settings.batch_size
-            out += self._refine_chunk(images[start:end], conditions[start:end], time_ids[start:end],
-                                      seeds[start:end], settings, None if ip_embeds is None else ip_embeds[start:end])
-            if on_chunk:
-                on_chunk(min(end, len(images)))
+        if not images:
+            return []
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        import torch
+
+        pixels = [np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float32)
+                  for image in images]
+        plan = self.plan(len(images), *pixels[0].shape[:2], settings)
+        vae_dtype = next(self.vae.parameters()).dtype
+        with torch.no_grad():
+            latents = []
+            for start in range(0, len(pixels), plan.vae_items):
+                batch = torch.from_numpy(np.stack(pixels[start : start + plan.vae_items]))
+                batch = (batch.permute(0, 3, 1, 2) / 127.5 - 1.0).to(self.device, vae_dtype)
+                # The latent's mean (no VAE sampling noise): the tile's own content, deterministically.
+                latents.append(self.vae.encode(batch).latent_dist.mean * self.vae.config.scaling_factor)
+            latents = torch.cat(latents)
+            denoised = []
+            for start in range(0, len(images), plan.unet_items):
+                end = start + plan.unet_items
+                denoised.append(self._denoise(latents[start:end], conditions[start:end], time_ids[start:end],
+                                              seeds[start:end], settings,
+                                              None if ip_embeds is None else ip_embeds[start:end],
+                                              None if loras is None else loras[start:end]))
+                if on_chunk:
+                    on_chunk(min(end, len(images)))
+            denoised = torch.cat(denoised)
+            out: list[np.ndarray] = []
+            for start in range(0, len(images), plan.vae_items):
+                chunk = denoised[start : start + plan.vae_items].to(vae_dtype) / self.vae.config.scaling_factor
+                decoded = self.vae.decode(chunk).sample
+                out += list(decoded.clamp(-1, 1).permute(0, 2, 3, 1).float().cpu().numpy())
         return out
 
-    def _refine_chunk(self, images, conditions, time_ids, seeds, settings: SamplerSettings, ip_embeds):
+    def _denoise(self, latents, conditions, time_ids, seeds, settings: SamplerSettings, ip_embeds, loras):
+        """One UNet chunk: noise each item's latent by its own seed and run the schedule's tail."""
         # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
         from diffusers import EulerDiscreteScheduler
 
         device, dtype = self.device, self.dtype
-        pixels = torch.from_numpy(np.stack([np.asarray(image.convert("RGB") if hasattr(image, "convert") else image,
-                                                       dtype=np.float32) for image in images]))
-        vae_dtype = next(self.vae.parameters()).dtype
-        pixels = (pixels.permute(0, 3, 1, 2) / 127.5 - 1.0).to(device, vae_dtype)
-        batch = len(images)
+        batch = len(conditions)
 
         def stacked(arrays) -> torch.Tensor:
             return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(device, dtype)
 
-        # Items of different chunk counts meet at one token length by repetition (attention-equivalent).
-        tokens = aligned([c.prompt_embeds for c in conditions] + [c.negative_prompt_embeds for c in conditions])
-        embeds, negative = stacked(tokens[: len(conditions)]), stacked(tokens[len(conditions):])
+        # Items of different chunk counts meet at one token length by repetition (attention-equivalent);
+        # the composition blocks' conditioning (per-block) meets the same length.
+        composed = any(c.composition_embeds is not None for c in conditions)
+        token_sets = [c.prompt_embeds for c in conditions] + [c.negative_prompt_embeds for c in conditions]
+        if composed:
+            token_sets += [c.composition_embeds if c.composition_embeds is not None else c.prompt_embeds
+                           for c in conditions]
+            token_sets += [c.composition_negative_embeds if c.composition_embeds is not None
+                           else c.negative_prompt_embeds for c in conditions]
+        tokens = aligned(token_sets)
+        embeds, negative = stacked(tokens[:batch]), stacked(tokens[batch : 2 * batch])
         pooled = stacked([c.pooled_prompt_embeds for c in conditions])
         negative_pooled = stacked([c.negative_pooled_prompt_embeds for c in conditions])
         times = torch.as_tensor(np.asarray(time_ids, dtype=np.float32), device=device, dtype=dtype)
         guided = settings.guidance_scale > 1.0
+        composition = None
+        if composed:
+            composition, composition_negative = stacked(tokens[2 * batch : 3 * batch]), stacked(tokens[3 * batch :])
+            composition = torch.cat([composition_negative, composition]) if guided else composition
         if guided:  # negatives first, as diffusers orders them; item i is row i and row batch + i
             embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
             times = torch.cat([times, times])
@@ -178,18 +242,23 @@ class SDXLSampler:
         if ip_embeds is not None:
             image = torch.from_numpy(np.asarray(ip_embeds, dtype=np.float32)).to(device, dtype)[:, None, :]
             added["image_embeds"] = [torch.cat([torch.zeros_like(image), image]) if guided else image]
+        rows = None
+        if loras is not None and any(loras):  # both guidance rows of an item carry its LoRAs
+            rows = [tuple(s) for s in loras] * (2 if guided else 1)
 
         scheduler = EulerDiscreteScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(settings.steps, device=device)
         start = settings.steps - min(settings.steps, max(1, int(round(settings.steps * settings.strength))))
         timesteps = scheduler.timesteps[start * scheduler.order:]
         scheduler.set_begin_index(start * scheduler.order)
-        with torch.no_grad():
-            # The latent's mean (no VAE sampling noise): the tile's own content, deterministically.
-            latents = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
-            noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(s))
-                                 for s in seeds]).to(device, latents.dtype)
-            latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch)).to(dtype)
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(s))
+                             for s in seeds]).to(device, latents.dtype)
+        latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch)).to(dtype)
+        with contextlib.ExitStack() as stack:
+            if rows is not None:
+                stack.enter_context(self.row_loras.applied(rows))
+            if composition is not None:
+                stack.enter_context(block_conditioning(self.unet, composition, settings.composition_blocks))
             for t in timesteps:
                 model_input = torch.cat([latents, latents]) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
@@ -198,8 +267,41 @@ class SDXLSampler:
                     uncond, cond = prediction.chunk(2)
                     prediction = uncond + settings.guidance_scale * (cond - uncond)
                 latents = scheduler.step(prediction, t, latents).prev_sample.to(dtype)
-            decoded = self.vae.decode(latents.to(vae_dtype) / self.vae.config.scaling_factor).sample
-        return list(decoded.clamp(-1, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float32))
+        return latents
+
+
+BLOCK_GROUPS = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
+
+
+class _BlockConditioning:
+    """An attention processor that gives a cross-attention layer another conditioning (`context`, one row
+    per UNet row) than the UNet's own, and otherwise runs the processor it wraps unchanged."""
+
+    def __init__(self, inner, context):
+        self.inner, self.context = inner, context
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if encoder_hidden_states is not None:
+            if isinstance(encoder_hidden_states, tuple):  # (text, IP-Adapter image tokens)
+                encoder_hidden_states = (self.context, *encoder_hidden_states[1:])
+            else:
+                encoder_hidden_states = self.context
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def block_conditioning(unet, context, blocks: tuple[str, ...]):
+    """Within the block, the cross-attention layers of the UNet blocks in `blocks` (down, mid, up) see
+    `context` ([rows, T, D]) instead of the UNet call's own conditioning."""
+    prefixes = tuple(BLOCK_GROUPS[b] + "." for b in blocks)
+    original = dict(unet.attn_processors)
+    patched = {name: _BlockConditioning(proc, context) if name.startswith(prefixes) and ".attn2." in name else proc
+               for name, proc in original.items()}
+    unet.set_attn_processor(patched)
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(original)
 
 
 def to_pixels(decoded: np.ndarray) -> np.ndarray:

@@ -8,9 +8,12 @@ import math
 from dataclasses import dataclass
 
 from luna_core.errors import LunaConfigError, QueryError
+from luna_core.metadata.record import Lora
 from luna_core.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, check_inputs
 from luna_core.projector.names import DEFAULT_PROJECTOR
 from luna_core.refine.geometry import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_OVERLAP
+
+BLOCKS = ("down", "mid", "up")
 
 
 @dataclass(frozen=True)
@@ -19,15 +22,25 @@ class SamplerSettings:
     steps: int = 20
     guidance_scale: float = 5.0
     seed: int = 0
-    batch_size: int = 16  # items per UNet call (memory bound); all items otherwise go together
+    batch_size: int = 0  # a cap on items per VAE and UNet call; 0: only the memory budget splits a pass
+    memory_budget_mb: float = 0  # what one VAE or UNet call may take; 0: 80 % of free GPU memory, half the RAM on a CPU
+    # Per-block conditioning: the UNet blocks that see the composition conditioning (the whole image's
+    # answer) when a refinement asks for it; the others see the item's own answer.
+    composition_blocks: tuple[str, ...] = ("down", "mid")
 
     def check(self) -> None:
         if not 0.0 < self.strength <= 1.0:
             raise LunaConfigError(f"strength must be within (0, 1] (got {self.strength})")
         if self.steps < 1:
             raise LunaConfigError(f"steps must be at least 1 (got {self.steps})")
-        if self.batch_size < 1:
-            raise LunaConfigError(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.batch_size < 0:
+            raise LunaConfigError(f"batch size must be 0 (no cap) or more (got {self.batch_size})")
+        if not math.isfinite(self.memory_budget_mb) or self.memory_budget_mb < 0:
+            raise LunaConfigError(f"memory budget must be 0 (automatic) or a number of MB (got {self.memory_budget_mb})")
+        unknown = [b for b in self.composition_blocks if b not in BLOCKS]
+        if unknown or not self.composition_blocks:
+            raise LunaConfigError(f"composition blocks must be some of {', '.join(BLOCKS)} (got "
+                                  f"{', '.join(self.composition_blocks) or 'none'})")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             raise LunaConfigError(f"guidance scale must be a non-negative number (got {self.guidance_scale})")
 
@@ -44,6 +57,9 @@ class RefineSettings:
     sampler: SamplerSettings = SamplerSettings()
     ip_weight: float | None = None  # None: 0.4 for the chess refiner, 0.5 for the detailer
     sequential: bool = False  # one item per sampler call (for comparison)
+    loras: tuple[Lora, ...] = ()  # LoRAs every item gets (a detection may add its own)
+    lora_from_vault: int = 0  # > 0: each item also gets its k neighbours' LoRAs, the strongest this many
+    per_block: bool = False  # the composition blocks see the whole image's answer, the others the item's own
 
 
 SOURCES = ("vault", "projector", "prompt", "blend")
@@ -59,8 +75,11 @@ class SourceSettings:
     temperature: float = DEFAULT_TEMPERATURE
     projector: str = DEFAULT_PROJECTOR
     tracking_uri: str | None = None
+    piece_mode: str = "concat"  # how a detection's prompt piece meets its item's answer: concat or blend
 
     def check(self) -> None:
+        if self.piece_mode not in ("concat", "blend"):
+            raise QueryError(f"piece mode {self.piece_mode!r} is not concat or blend")
         if self.source not in SOURCES:
             raise QueryError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
         if self.source in ("prompt", "blend") and not self.prompt:

@@ -1,0 +1,120 @@
+"""How many items of a pass go through the VAE and the UNet at once, under a memory budget, and the peak
+memory a pass really used.
+
+The budget is the only thing that splits a pass into chunks (besides an explicit `batch_size` cap):
+- per-item estimates: the VAE at full resolution holds about 6 activations of its widest full-size layer
+  (`block_out_channels[0]` x H x W); the UNet about 12 activations per level (its skip connections
+  included), per guidance row;
+- no budget given: 80 % of the free GPU memory on CUDA, half the available RAM on a CPU.
+
+Estimates are estimates: the measured peak is printed beside the budget so a person can set it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+VAE_ACTIVATIONS = 6
+UNET_ACTIVATIONS = 12
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    items: int
+    budget_mb: float
+    vae_item_mb: float
+    unet_item_mb: float
+    vae_items: int  # items per VAE encode / decode call
+    unet_items: int  # items per UNet call
+
+    @property
+    def vae_chunks(self) -> int:
+        return -(-self.items // self.vae_items) if self.items else 0
+
+    @property
+    def unet_chunks(self) -> int:
+        return -(-self.items // self.unet_items) if self.items else 0
+
+    def describe(self) -> str:
+        if self.vae_chunks <= 1 and self.unet_chunks <= 1:
+            return f"{self.items} item(s) in one VAE and one UNet call (budget {self.budget_mb:,.0f} MB)"
+        return (f"split by the {self.budget_mb:,.0f} MB budget: VAE {self.vae_chunks} chunk(s) of up to {self.vae_items}, "
+                f"UNet {self.unet_chunks} chunk(s) of up to {self.unet_items} (estimated {self.vae_item_mb:,.0f} MB per "
+                f"item in the VAE, {self.unet_item_mb:,.0f} MB in the UNet)")
+
+
+def default_budget_mb(device) -> float:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.8 * free / MB
+    return 0.5 * _available_ram() / MB
+
+
+def _available_ram() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def plan_chunks(items: int, height: int, width: int, vae_channels: int, vae_bytes: int, vae_factor: int,
+                unet_channels: list[int], unet_bytes: int, guidance_rows: int, budget_mb: float,
+                cap: int = 0) -> ChunkPlan:
+    """Items per VAE and UNet call for `items` pictures of height x width (cap: an explicit batch size)."""
+    vae_mb = VAE_ACTIVATIONS * vae_channels * height * width * vae_bytes / MB
+    latent = (height // vae_factor) * (width // vae_factor)
+    unet_mb = guidance_rows * UNET_ACTIVATIONS * unet_bytes * latent * sum(c / 4**level for level, c in
+                                                                            enumerate(unet_channels)) / MB
+    limit = cap if cap > 0 else max(items, 1)
+    vae_items = max(1, min(limit, int(budget_mb // max(vae_mb, 1e-9))))
+    unet_items = max(1, min(limit, int(budget_mb // max(unet_mb, 1e-9))))
+    return ChunkPlan(items, budget_mb, vae_mb, unet_mb, vae_items, unet_items)
+
+
+@contextlib.contextmanager
+def peak_memory(device):
+    """Yields a dict that holds, after the block, `peak_mb` and what it measured: CUDA's allocator peak, or
+    the process's resident-set high-water mark (reset at the start where Linux allows)."""
+    import torch
+
+    result: dict = {}
+    cuda = getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result["measured_as"] = "CUDA allocator peak"
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+            result["measured_as"] = "process resident-set peak during the pass"
+        except OSError:
+            result["measured_as"] = "process resident-set peak since it started"
+    try:
+        yield result
+    finally:
+        if cuda:
+            torch.cuda.synchronize(device)
+            result["peak_mb"] = torch.cuda.max_memory_allocated(device) / MB
+        else:
+            result["peak_mb"] = _rss_high_water() / MB
+
+
+def _rss_high_water() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

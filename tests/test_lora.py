@@ -1,0 +1,195 @@
+"""Per-item LoRA sets and per-block conditioning in one batched sampler call (issue 26): an item refined in
+a batch with its own LoRAs equals the same item alone on a UNet with those LoRAs loaded and fused by
+diffusers' own `load_lora_weights`; an item without LoRAs is untouched by its neighbours'; the same for
+per-block conditioning. LoRA files are found by name, path or hash; bad files get one clear error."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from luna_core.errors import LunaConfigError
+from luna_core.metadata.record import Lora
+from luna_core.models.profiles import tiny_profile
+from luna_core.refine.lora import LoraError, LoraLibrary, lora_set, neighbour_loras, parse_lora, read_lora, tensor_data_hash
+from luna_core.refine.sampler import ItemConditioning, SDXLSampler, item_seed
+from luna_core.refine.settings import SamplerSettings
+from luna_core.samples.loras import write_sample_lora
+
+FAST = SamplerSettings(strength=0.5, steps=8, guidance_scale=4.0, seed=3)
+WITHIN = 1e-4  # the issue's bound: a per-row update against diffusers' fused weights, after 8 steps
+
+
+def _sampler(tiny_models) -> SDXLSampler:
+    return SDXLSampler(tiny_profile(tiny_models).sdxl_model, None, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny_models):
+    return _sampler(tiny_models)
+
+
+@pytest.fixture(scope="module")
+def lora_files(tmp_path_factory, sampler):
+    """Two LoRAs in each layout people's files come in."""
+    folder = tmp_path_factory.mktemp("loras")
+    return {layout: [write_sample_lora(folder / f"{layout}-{seed}.safetensors", sampler.unet, seed, layout)
+                     for seed in (1, 2)] for layout in ("kohya", "kohya-sgm", "peft")}
+
+
+def _fused(tiny_models, loras: list[tuple[Path, float]]) -> SDXLSampler:
+    """A sampler whose UNet has `loras` loaded and fused through diffusers' own loader (PEFT)."""
+    fused = _sampler(tiny_models)
+    names = [f"l{i}" for i in range(len(loras))]
+    for name, (path, _) in zip(names, loras):
+        fused.pipe.load_lora_weights(str(path), adapter_name=name)
+    fused.pipe.set_adapters(names, [w for _, w in loras])
+    fused.pipe.fuse_lora(adapter_names=names)
+    return fused
+
+
+def _items(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
+    conditions = [ItemConditioning(rng.normal(size=(77, 96)).astype(np.float32), rng.normal(size=48).astype(np.float32),
+                                   rng.normal(size=(77, 96)).astype(np.float32), rng.normal(size=48).astype(np.float32))
+                  for _ in range(n)]
+    time_ids = np.array([[128, 128, 8 * i, 16 * i, 32, 32] for i in range(n)], np.float32)
+    return images, conditions, time_ids, [item_seed(FAST.seed, 0, i) for i in range(n)]
+
+
+def _alone(sampler, items, i, **kwargs):
+    images, conditions, time_ids, seeds = items
+    return sampler.refine(images[i : i + 1], conditions[i : i + 1], time_ids[i : i + 1], seeds[i : i + 1], FAST,
+                          **kwargs)[0]
+
+
+def _diff(a, b) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
+
+
+@pytest.mark.parametrize("layout", ["kohya", "kohya-sgm", "peft"])
+def test_items_with_their_own_loras_in_one_batch_equal_each_alone_with_diffusers_fused_loras(
+        tiny_models, sampler, lora_files, layout):
+    first, second = lora_files[layout]
+    sampler.load_loras({"first": first, "second": second})
+    items = _items(4)
+    sets = [(Lora("first", 0.8),), (Lora("second", 0.6),), (), (Lora("first", 0.5), Lora("second", 0.7))]
+    batched = sampler.refine(*items, FAST, loras=sets)
+    plain = [_alone(sampler, items, i) for i in range(4)]
+    references = {0: [(first, 0.8)], 1: [(second, 0.6)], 3: [(first, 0.5), (second, 0.7)]}
+    for i, loras in references.items():
+        expected = _alone(_fused(tiny_models, loras), items, i)
+        assert _diff(batched[i], expected) < WITHIN, (layout, i)
+        assert _diff(batched[i], plain[i]) > 100 * WITHIN, "the LoRA changed the item"
+    assert _diff(batched[2], plain[2]) < 1e-5, "an item without LoRAs is unchanged by its neighbours' LoRAs"
+    assert _diff(sampler.refine(*items, FAST)[2], plain[2]) < 1e-5
+
+
+def test_guidance_rows_of_an_item_share_its_loras_and_hooks_are_gone_after_the_call(sampler, lora_files):
+    sampler.load_loras({"first": lora_files["kohya"][0]})
+    items = _items(2, seed=5)
+    before = _alone(sampler, items, 0)
+    with_lora = sampler.refine(*items, FAST, loras=[(Lora("first", 1.0),), ()])
+    # An unguided run (one row per item) and a guided one agree on which rows carry the LoRA.
+    unguided = SamplerSettings(strength=0.5, steps=8, guidance_scale=1.0, seed=3)
+    one_row = sampler.refine(*items, unguided, loras=[(Lora("first", 1.0),), ()])
+    assert _diff(one_row[1], sampler.refine(*items, unguided)[1]) < 1e-5
+    assert _diff(with_lora[0], before) > 1e-3
+    assert all(not m._forward_hooks for m in sampler.unet.modules()), "no LoRA hook outlives its call"
+    assert _diff(_alone(sampler, items, 0), before) == 0.0
+
+
+def test_per_block_conditioning_batched_equals_alone_and_reaches_only_its_blocks(sampler):
+    items = _items(3, seed=9)
+    images, conditions, time_ids, seeds = items
+    rng = np.random.default_rng(1)
+    whole = [rng.normal(size=(77, 96)).astype(np.float32) for _ in range(2)]
+    conditions[0].composition_embeds, conditions[0].composition_negative_embeds = whole
+    conditions[1].composition_embeds, conditions[1].composition_negative_embeds = whole[1], whole[0]
+    plain_item = _alone(sampler, items, 2)
+    batched = sampler.refine(*items, FAST)
+    for i in range(3):
+        assert _diff(batched[i], _alone(sampler, items, i)) < 1e-5, i
+    assert _diff(batched[2], plain_item) < 1e-5, "an item without per-block conditioning is unchanged"
+    own = [ItemConditioning(c.prompt_embeds, c.pooled_prompt_embeds, c.negative_prompt_embeds,
+                            c.negative_pooled_prompt_embeds) for c in conditions]
+    assert _diff(batched[0], sampler.refine(images, own, time_ids, seeds, FAST)[0]) > 1e-3, "down and mid saw it"
+    # Every block given the composition conditioning is the same as that conditioning given to the UNet.
+    everywhere = SamplerSettings(**{**FAST.__dict__, "composition_blocks": ("down", "mid", "up")})
+    replaced = [ItemConditioning(whole[0], c.pooled_prompt_embeds, whole[1], c.negative_pooled_prompt_embeds)
+                for c in conditions[:1]]
+    assert _diff(sampler.refine(images[:1], conditions[:1], time_ids[:1], seeds[:1], everywhere)[0],
+                 sampler.refine(images[:1], replaced, time_ids[:1], seeds[:1], everywhere)[0]) < 1e-5
+    assert all(type(p).__name__ != "_BlockConditioning" for p in sampler.unet.attn_processors.values())
+
+
+def test_the_memory_budget_alone_splits_a_pass_and_results_do_not_change(sampler):
+    items = _items(5, seed=2)
+    whole = sampler.refine(*items, FAST)
+    plan = sampler.plan(5, 32, 32, FAST)
+    assert (plan.vae_chunks, plan.unet_chunks) == (1, 1), "a roomy budget keeps the pass whole"
+    tight = SamplerSettings(**{**FAST.__dict__, "memory_budget_mb": plan.unet_item_mb * 2.5})
+    split = sampler.plan(5, 32, 32, tight)
+    assert split.unet_items == 2 and split.unet_chunks == 3 and "split by the" in split.describe()
+    for a, b in zip(whole, sampler.refine(*items, tight)):
+        assert _diff(a, b) < 1e-5
+
+
+# ---------------------------------------------------------------- files: layouts, errors, finding them
+
+
+def test_bad_lora_files_get_one_clear_error(tmp_path, sampler, lora_files, caplog):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + bytes(64))
+    with pytest.raises(LoraError, match="corrupt.safetensors cannot be read as safetensors"):
+        read_lora(corrupt, sampler.unet)
+    from diffusers import UNet2DConditionModel
+
+    other = UNet2DConditionModel(**{**dict(sampler.unet.config), "cross_attention_dim": 64})  # another model's widths
+    foreign = write_sample_lora(tmp_path / "foreign.safetensors", other, 1)
+    with pytest.raises(LoraError, match="foreign.safetensors: layer .* LoRA for another model"):
+        read_lora(foreign, sampler.unet)
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_input_blocks_99_1_proj_in.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_input_blocks_99_1_proj_in.lora_up.weight": torch.zeros(8, 4)}, str(tmp_path / "sd15.safetensors"))
+    with pytest.raises(LoraError, match="is not for this UNet: 1 of its 1 layers"):
+        read_lora(tmp_path / "sd15.safetensors", sampler.unet)
+    save_file({"lora_unet_down_blocks_1_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 8)}, str(tmp_path / "loha.safetensors"))
+    with pytest.raises(LoraError, match="LyCORIS LoHa"):
+        read_lora(tmp_path / "loha.safetensors", sampler.unet)
+    with_text = write_sample_lora(tmp_path / "with_text.safetensors", sampler.unet, 3, text_encoder_layers=2)
+    with caplog.at_level(logging.WARNING):
+        adapter = read_lora(with_text, sampler.unet)
+    assert adapter.skipped_text_encoder_layers == 2 and adapter.layers
+    assert "2 text-encoder layer(s) skipped" in caplog.text
+
+
+def test_lora_files_are_found_by_name_path_or_hash(tmp_path, sampler):
+    root = tmp_path / "loras"
+    nested = write_sample_lora(root / "styles" / "Film_Grain_Style.safetensors", sampler.unet, 4)
+    library = LoraLibrary((root, tmp_path / "absent"))
+    assert library.find("film_grain_style") == nested, "names match file stems, in any case"
+    assert library.find("styles/film_grain_style") == nested
+    assert library.find(tensor_data_hash(nested)[:12]) == nested, "A1111's 12-digit LoRA hash"
+    found, missing = library.resolve(["film_grain_style", "nope", "film_grain_style"])
+    assert found == {"film_grain_style": nested} and missing == ["nope"]
+
+
+def test_lora_sets_parse_merge_and_come_from_the_neighbours():
+    assert parse_lora("detail:0.8") == Lora("detail", 0.8) and parse_lora("detail") == Lora("detail", 1.0)
+    assert parse_lora("c:/x/y") == Lora("c:/x/y", 1.0)
+    assert lora_set(["a:0.5", {"name": "b", "weight": 2}, Lora("a", 0.25)]) == (Lora("a", 0.75), Lora("b", 2.0))
+    with pytest.raises(LunaConfigError, match="not a number"):
+        lora_set([{"name": "a", "weight": "lots"}])
+    with pytest.raises(LunaConfigError, match="a list"):
+        lora_set(42)
+    union = neighbour_loras([(0.6, [{"name": "a", "weight": 1.0}]), (0.3, [{"name": "b", "weight": 0.5},
+                                                                       {"name": "a", "weight": 0.5}]),
+                             (0.1, [{"name": "c", "weight": 0.2}])], cap=2)
+    assert union == (Lora("a", 0.75), Lora("b", 0.15)), "weighted by the neighbours' shares, the strongest kept"
