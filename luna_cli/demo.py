@@ -133,12 +133,40 @@ def _demo_refine(home: LunaHome, profile: str) -> None:
     sample = _demo_sample(home)
     if sample is None:
         return
-    refiner = Refiner(home, resolve_profile(profile, home.models_dir), SourceSettings("vault"))
-    refined, report = refiner.chess(read_picture(sample), RefineSettings(sampler=SamplerSettings(steps=8)))
+    resolved = resolve_profile(profile, home.models_dir)
+    sample_loras = _demo_loras(home, resolved) if profile == "tiny" else 0
+    refiner = Refiner(home, resolved, SourceSettings("vault"))
+    settings = RefineSettings(sampler=SamplerSettings(steps=8), lora_from_vault=2 if sample_loras else 0)
+    refined, report = refiner.chess(read_picture(sample), settings)
     out = save_image(refined, home.refined_dir / f"{sample.stem}.chess.png", report)
     passes = ", ".join(f"{p.items} {p.name} tiles in {p.sampler_calls} call" for p in report.passes)
     print(f"\nRefined {os.path.relpath(sample, home.root)} with the chess refiner ({passes}, each tile conditioned by "
           f"its own vault answer{'; the tiny UNet, trained on generated shapes' if profile == 'tiny' else ''}) → {out}")
+    if report.loras.get("adapters"):
+        with_loras = sum(1 for s in report.loras["items"] if s)
+        print(f"  {with_loras} of {len(report.loras['items'])} tiles also carried their neighbours' LoRAs, each its own "
+              f"set in the same UNet call ({sample_loras} sample LoRA files with random weights in "
+              f"{os.path.relpath(home.root / 'loras', home.root)}/, named as the sample prompts' <lora:…> tags)")
+
+
+def _demo_loras(home: LunaHome, profile) -> int:
+    """LoRA files named as the sample library's `<lora:…>` tags (random weights, for the tiny UNet), in
+    the home's loras/ folder, and [models] lora_dirs pointing there; kept when the home already has them."""
+    from diffusers import UNet2DConditionModel
+
+    from luna_core.samples.library import LORA_NAMES
+    from luna_core.samples.loras import write_sample_lora
+
+    folder = home.root / "loras"
+    missing = [name for name in LORA_NAMES if not (folder / f"{name}.safetensors").exists()]
+    if missing:
+        unet = UNet2DConditionModel.from_pretrained(profile.sdxl_model, subfolder="unet")
+        for seed, name in enumerate(LORA_NAMES):
+            if name in missing:
+                write_sample_lora(folder / f"{name}.safetensors", unet, seed, layout="kohya-sgm" if seed % 2 else "kohya")
+    if not home.config().get("models", {}).get("lora_dirs"):
+        home.set_setting("models", "lora_dirs", ["loras"])
+    return len(LORA_NAMES)
 
 
 def _demo_report(home: LunaHome) -> None:

@@ -11,19 +11,29 @@ from luna_core.errors import QueryError
 from luna_core.images import read_picture
 from luna_core.models.profiles import AUTO, resolve_profile
 from luna_core.refine.detections import read_detections
-from luna_core.refine.settings import SOURCES, RefineSettings, SamplerSettings, SourceSettings
+from luna_core.refine.settings import (
+    DEFAULT_LORA_CAP,
+    SOURCES,
+    RefineSettings,
+    SamplerSettings,
+    SourceSettings,
+    refine_settings,
+)
 from luna_core.settings import LunaHome
 
 
-def refine_settings(args: argparse.Namespace):
-    sampler = SamplerSettings(strength=args.strength, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                              guidance_scale=args.guidance)
-    return RefineSettings(grid=args.grid, sampler=sampler, ip_weight=args.ip_weight, sequential=args.sequential)
+def settings_of(args: argparse.Namespace):
+    return refine_settings(grid=args.grid, strength=args.strength, steps=args.steps, guidance=args.guidance,
+                           seed=args.seed, batch_size=args.batch_size, memory_budget_mb=args.memory_budget,
+                           ip_weight=args.ip_weight, sequential=args.sequential, loras=args.lora or [],
+                           lora_from=args.lora_from, lora_cap=args.lora_cap, per_block=args.per_block,
+                           composition_blocks=args.composition_blocks)
 
 
 def source_settings(args: argparse.Namespace):
     return SourceSettings(source=args.source, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                          alpha=args.alpha, k=args.k, projector=args.projector, tracking_uri=args.tracking_uri)
+                          alpha=args.alpha, k=args.k, projector=args.projector, tracking_uri=args.tracking_uri,
+                          piece_mode=args.piece_mode)
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
@@ -31,8 +41,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     from luna_core.refine.refiner import Refiner, save_image
 
     home = LunaHome.existing(args.home)
-    settings, source = refine_settings(args), source_settings(args)
-    settings.sampler.check()
+    settings, source = settings_of(args), source_settings(args)
     source.check()
     boxes = [Box.parse(b) for b in args.box or []] + (load_boxes(args.boxes) if args.boxes else [])
     image = read_picture(args.image)
@@ -50,18 +59,11 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if detections:
         print(f"{len(detections)} detections from {args.detections}: " + ", ".join(
             f"{d.label or '?'} at {d.box}" for d in detections[:8]) + (" …" if len(detections) > 8 else ""))
-        refined, report = refiner.detail(image, [d.box for d in detections], settings, progress,
-                                         masks=[d.mask for d in detections])
-    elif boxes:
-        refined, report = refiner.detail(image, boxes, settings, progress)
-    else:
-        refined, report = refiner.chess(image, settings, progress)
+    refined, report = refiner.refine(image, settings, boxes, detections, progress)
     for bar in bars.values():
         bar.close()
     out = save_image(refined, args.out, report)
-    passes = ", ".join(f"{p.name}: {p.items} items in {p.sampler_calls} call(s), {p.seconds:.2f}s" for p in report.passes)
-    print(f"{report.mode}: {passes}; source {report.source}" + (f", IP-Adapter {report.ip_adapter}"
-                                                                if report.ip_adapter else ""))
+    print(report.summary())
     print(f"wrote {out} ({refined.width}x{refined.height})")
     return 0
 
@@ -91,7 +93,22 @@ def add_parser(sub) -> None:
     cmd.add_argument("--guidance", type=float, default=SamplerSettings.guidance_scale,
                      help="classifier-free guidance scale (default %(default)s)")
     cmd.add_argument("--seed", type=int, default=SamplerSettings.seed)
-    cmd.add_argument("--batch-size", type=int, default=SamplerSettings.batch_size, help="items per sampler call (memory bound)")
+    cmd.add_argument("--batch-size", type=int, default=SamplerSettings.batch_size,
+                     help="a cap on items per VAE and UNet call (default: none; the memory budget splits a pass)")
+    cmd.add_argument("--memory-budget", type=float, default=SamplerSettings.memory_budget_mb, metavar="MB",
+                     help="what one VAE or UNet call may take (default: 80%% of free GPU memory, half the RAM on a CPU)")
+    cmd.add_argument("--lora", action="append", metavar="NAME:WEIGHT",
+                     help="a LoRA every item gets (repeat for more), from the folders of [models] lora_dirs")
+    cmd.add_argument("--lora-from", choices=["vault"],
+                     help="vault: each item also gets the weighted union of its k neighbours' LoRAs")
+    cmd.add_argument("--lora-cap", type=int, default=DEFAULT_LORA_CAP,
+                     help="--lora-from vault: the strongest this many per item (default %(default)s)")
+    cmd.add_argument("--per-block", action="store_true",
+                     help="the composition blocks see the whole image's answer, the others each item's own")
+    cmd.add_argument("--composition-blocks", default=",".join(SamplerSettings.composition_blocks),
+                     help="--per-block: which UNet blocks see the whole image's answer (default %(default)s)")
+    cmd.add_argument("--piece-mode", default=SourceSettings.piece_mode, choices=["concat", "blend"],
+                     help="how a detection's prompt piece meets its item's answer (default %(default)s)")
     cmd.add_argument("--ip-adapter", help="IP-Adapter weights (.safetensors with image_encoder/ beside it)")
     cmd.add_argument("--ip-weight", type=float, help="IP-Adapter scale (default 0.4 chess, 0.5 detailer)")
     cmd.add_argument("--sequential", action="store_true", help="one item per sampler call (for comparison)")

@@ -216,7 +216,7 @@ class LunaHome:
         """One `[operations]` setting of luna.toml (postgres_url, tracking_uri, gpu_slots)."""
         self.set_setting("operations", key, value)
 
-    def set_setting(self, table: str, key: str, value: str | int) -> None:
+    def set_setting(self, table: str, key: str, value: str | int | list[str]) -> None:
         config = self.config()
         config.setdefault(table, {})[key] = value
         self._write_config(config)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from luna_core.boxes import Box
+from luna_core.metadata.record import Lora
 from luna_core.refine.detections import DetectionsError, read_detections, rle_counts
 
 SIZE = (120, 90)  # width, height
@@ -66,7 +67,8 @@ def test_coco_bbox_polygon_and_both_rle_forms_round_trip(tmp_path: Path):
     coco = {"images": [{"id": 1, "file_name": "render.png", "width": SIZE[0], "height": SIZE[1]}],
             "categories": [{"id": 1, "name": "face"}, {"id": 2, "name": "hand"}],
             "annotations": [
-                {"image_id": 1, "category_id": 1, "bbox": [80, 10, 30, 20], "prompt": "a smiling face"},
+                {"image_id": 1, "category_id": 1, "bbox": [80, 10, 30, 20], "prompt": "a smiling face",
+                 "loras": ["detail_tweaker_xl:0.8", {"name": "film_grain_style.safetensors", "weight": 0.5}]},
                 {"image_id": 1, "category_id": 2, "segmentation": polygon, "bbox": [70, 50, 40, 35]},
                 {"image_id": 1, "category_id": 1, "segmentation": {"size": [SIZE[1], SIZE[0]], "counts": _runs(disc)}},
                 {"image_id": 1, "category_id": 2,
@@ -76,6 +78,7 @@ def test_coco_bbox_polygon_and_both_rle_forms_round_trip(tmp_path: Path):
     assert [d.label for d in found] == ["face", "hand", "face", "hand"]
     assert found[0].box == Box(80, 10, 30, 20) and np.array_equal(found[0].mask, square)
     assert found[0].prompt == "a smiling face" and found[1].prompt is None
+    assert found[0].loras == (Lora("detail_tweaker_xl", 0.8), Lora("film_grain_style", 0.5)) and found[1].loras == ()
     assert np.array_equal(found[1].mask, np.asarray(drawn, bool)) and found[1].box == _bounds(np.asarray(drawn, bool))
     for d in found[2:]:
         assert np.array_equal(d.mask, disc) and d.box == _bounds(disc)
@@ -131,6 +134,7 @@ def test_a_mask_folder_gives_one_detection_per_file(tmp_path: Path):
     ("empty.png", None, "empty mask"),
     ("small.png", "small", "the mask is 10x10"),
     ("boxes.csv", "1,2,3,4", "not a detections file"),
+    ("lora.json", {"annotations": [{"bbox": [1, 1, 5, 5], "loras": [{"weight": 1}]}]}, "detection 0: a LoRA needs a name"),
 ])
 def test_bad_detections_are_one_clear_error_naming_the_file(tmp_path: Path, name, content, message):
     path = tmp_path / name

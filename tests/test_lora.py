@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
 from luna_core.metadata.record import Lora
 from luna_core.models.profiles import tiny_profile
@@ -193,3 +194,103 @@ def test_lora_sets_parse_merge_and_come_from_the_neighbours():
                                                                        {"name": "a", "weight": 0.5}]),
                              (0.1, [{"name": "c", "weight": 0.2}])], cap=2)
     assert union == (Lora("a", 0.75), Lora("b", 0.15)), "weighted by the neighbours' shares, the strongest kept"
+
+
+# ---------------------------------------------------------------- the refiner, the CLI and the job
+
+
+@pytest.fixture
+def lora_home(indexed_home, sampler):
+    """indexed_home with the sample library's LoRAs (`<lora:…>` names) in loras/, found through lora_dirs."""
+    from luna_core.samples.library import LORA_NAMES
+
+    for seed, name in enumerate(LORA_NAMES):
+        write_sample_lora(indexed_home.root / "loras" / f"{name}.safetensors", sampler.unet, seed,
+                          layout=("kohya", "kohya-sgm", "peft")[seed % 3])
+    indexed_home.set_setting("models", "lora_dirs", ["loras"])
+    return indexed_home
+
+
+def test_refiner_batched_equals_sequential_with_loras_pieces_and_per_block(lora_home, sample_library):
+    from dataclasses import replace
+
+    from luna_core.images import read_picture
+    from luna_core.models.profiles import resolve_profile
+    from luna_core.refine.detections import Detection
+    from luna_core.refine.refiner import Refiner
+    from luna_core.refine.settings import RefineSettings, SourceSettings
+
+    refiner = Refiner(lora_home, resolve_profile("tiny", lora_home.models_dir), SourceSettings("vault", k=2),
+                      dtype="float64")
+    image = read_picture(sample_library.images[1].path)
+    settings = RefineSettings(grid=3, sampler=FAST, loras=(Lora("watercolor_v2", 0.5),), lora_from_vault=2,
+                              per_block=True)
+    plain, _ = refiner.chess(image, RefineSettings(grid=3, sampler=FAST))
+    batched, report = refiner.chess(image, settings)
+    sequential, _ = refiner.chess(image, replace(settings, sequential=True))
+    assert np.array_equal(np.asarray(batched), np.asarray(sequential))
+    assert not np.array_equal(np.asarray(batched), np.asarray(plain))
+    assert report.per_block["whole_image"] == ["down", "mid"] and report.per_block["own"] == ["up"]
+    assert "watercolor_v2" in {a["name"] for a in report.loras["adapters"]}
+    assert all(any(x.startswith("watercolor_v2:") for x in s) for s in report.loras["items"])
+    w, h = image.size
+    mask = np.zeros((h, w), bool)
+    mask[10:40, 10:40] = True
+    detections = [Detection(Box(10, 10, 30, 30), mask, "flower", "a red flower", (Lora("film_grain_style", 0.8),)),
+                  Detection(Box(50, 40, 30, 30), np.roll(mask, (30, 40), (0, 1)), "bird", None, ())]
+    found, report = refiner.refine(image, RefineSettings(sampler=FAST), detections=detections)
+    alone, _ = refiner.refine(image, RefineSettings(sampler=FAST, sequential=True), detections=detections)
+    unpieced = [replace(d, prompt=None) for d in detections]
+    without, _ = refiner.refine(image, RefineSettings(sampler=FAST), detections=unpieced)
+    assert np.array_equal(np.asarray(found), np.asarray(alone))
+    assert report.loras["items"] == [["film_grain_style:0.8"], []]
+    found, without = np.asarray(found, dtype=int), np.asarray(without, dtype=int)
+    assert np.abs(found - without)[10:40, 10:40].max() > 0, "the prompt piece changed its own detection"
+    assert np.array_equal(found[40:70, 50:80], without[40:70, 50:80]), "and nothing of the other one"
+
+
+def test_luna_refine_takes_loras_and_names_bad_or_missing_ones(lora_home, sample_library, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from luna_cli.main import main
+
+    image = str(sample_library.images[0].path)
+    common = [image, "--grid", "2", "--steps", "2", "--home", str(lora_home.root)]
+    out = tmp_path / "with_loras.png"
+    assert main(["refine", *common, "--out", str(out), "--lora", "watercolor_v2:0.6", "--lora", "nope:1",
+                 "--lora-from", "vault", "--per-block"]) == 0
+    printed = capsys.readouterr().out
+    assert "LoRAs not found (skipped): nope" in printed and "per-block: down, mid" in printed
+    report = json.loads(Image.open(out).text["luna_refine"])
+    assert report["loras"]["missing"] == ["nope"] and report["per_block"]["own"] == ["up"]
+    (lora_home.root / "loras" / "broken.safetensors").write_bytes(b"not a safetensors file at all")
+    assert main(["refine", *common, "--out", str(tmp_path / "broken.png"), "--lora", "broken:1"]) == 2
+    assert "broken.safetensors cannot be read as safetensors" in capsys.readouterr().err
+    assert main(["refine", *common, "--out", str(tmp_path / "cap.png"), "--lora-from", "vault", "--lora-cap", "0"]) == 2
+    assert "cap must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "broken.png").exists() and not (tmp_path / "cap.png").exists()
+
+
+def test_refine_job_takes_loras_per_block_and_a_memory_budget(lora_home, sample_library):
+    import dagster as dg
+
+    from luna_assets.definitions import build_definitions
+
+    job = build_definitions(str(lora_home.root)).resolve_job_def("refine_images")
+    image = str(sample_library.images[0].path)
+    config = {"images": [image], "grid": 2, "steps": 2, "loras": ["pixel_art_xl:0.7"], "lora_from": "vault",
+              "per_block": True, "composition_blocks": ["down"], "memory_budget_mb": 0.5}
+    result = job.execute_in_process(run_config={"ops": {"refine": {"config": config}}},
+                                    instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    output = next(e for e in result.all_events if e.event_type_value == "STEP_OUTPUT")
+    runs = output.event_specific_data.metadata["runs"].value
+    assert "LoRAs: pixel_art_xl" in runs and "per-block: down blocks saw the whole image's answer" in runs
+    assert "split by the 0.5 MB budget" in runs and "peak memory" in runs
+    bad = {**config, "lora_from": "library"}
+    failed = job.execute_in_process(run_config={"ops": {"refine": {"config": bad}}},
+                                    instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not failed.success
+    assert "--lora-from takes vault" in next(e for e in failed.all_events if e.is_step_failure).step_failure_data.error.message

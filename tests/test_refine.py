@@ -235,11 +235,11 @@ def test_cli_refines_in_both_modes_and_writes_nothing_on_failure(projector_home,
     image = str(sample_library.images[0].path)
     home = ["--home", str(projector_home.root), "--steps", "2"]
     assert main(["refine", image, "--out", str(tmp_path / "chess.png"), "--grid", "3", *home]) == 0
-    assert "even: 5 items in 1 call(s)" in capsys.readouterr().out
+    assert "even: 5 items in 1 UNet call(s)" in capsys.readouterr().out
     (tmp_path / "boxes.json").write_text(json.dumps([[10, 10, 30, 30], [40, 40, 30, 30]]))
     assert main(["refine", image, "--out", str(tmp_path / "detail.webp"), "--boxes", str(tmp_path / "boxes.json"),
                  "--source", "projector", *home]) == 0
-    assert "crops: 2 items in 1 call(s)" in capsys.readouterr().out
+    assert "crops: 2 items in 1 UNet call(s)" in capsys.readouterr().out
     assert main(["refine", image, "--out", str(tmp_path / "x.png"), "--box", "90,90,50,50", *home]) == 2
     assert "outside" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
     assert main(["refine", image, "--out", str(tmp_path / "y.png"), "--grid", "0", *home]) == 2

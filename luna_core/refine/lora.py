@@ -63,6 +63,14 @@ def _bad_lora(text: str) -> Lora:
     raise LunaConfigError(f"--lora {text!r}: give NAME or NAME:WEIGHT")
 
 
+def canonical_name(name: str) -> str:
+    """A LoRA's name as written by any tool (`film_grain`, `film_grain.safetensors`, `styles\\film_grain.pt`)
+    without its file suffix and with forward slashes."""
+    name = name.strip().replace("\\", "/")
+    stem, dot, suffix = name.rpartition(".")
+    return stem if dot and suffix.lower() in ("safetensors", "pt", "ckpt", "bin") else name
+
+
 def lora_set(loras: Iterable[Lora | dict | str]) -> tuple[Lora, ...]:
     """One item's LoRA set from the forms people write it in (Lora, {"name", "weight"}, "NAME:W"), with
     a name given twice kept once, its weights added."""
@@ -83,7 +91,8 @@ def lora_set(loras: Iterable[Lora | dict | str]) -> tuple[Lora, ...]:
                 lora = Lora(lora["name"].strip(), float(lora.get("weight", 1.0)))
             except (TypeError, ValueError):
                 raise LunaConfigError(f"LoRA {lora['name']!r}: weight {lora.get('weight')!r} is not a number") from None
-        merged[lora.name] = merged.get(lora.name, 0.0) + float(lora.weight)
+        name = canonical_name(lora.name)
+        merged[name] = merged.get(name, 0.0) + float(lora.weight)
     return tuple(Lora(name, weight) for name, weight in merged.items() if weight != 0.0)
 
 

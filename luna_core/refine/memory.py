@@ -22,6 +22,10 @@ UNET_ACTIVATIONS = 12
 MB = 1 << 20
 
 
+def megabytes(value: float) -> str:
+    return f"{value:,.0f} MB" if value >= 10 else f"{value:.2g} MB"
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     items: int
@@ -41,10 +45,10 @@ class ChunkPlan:
 
     def describe(self) -> str:
         if self.vae_chunks <= 1 and self.unet_chunks <= 1:
-            return f"{self.items} item(s) in one VAE and one UNet call (budget {self.budget_mb:,.0f} MB)"
-        return (f"split by the {self.budget_mb:,.0f} MB budget: VAE {self.vae_chunks} chunk(s) of up to {self.vae_items}, "
-                f"UNet {self.unet_chunks} chunk(s) of up to {self.unet_items} (estimated {self.vae_item_mb:,.0f} MB per "
-                f"item in the VAE, {self.unet_item_mb:,.0f} MB in the UNet)")
+            return f"{self.items} item(s) in one VAE and one UNet call (budget {megabytes(self.budget_mb)})"
+        return (f"split by the {megabytes(self.budget_mb)} budget: VAE {self.vae_chunks} chunk(s) of up to "
+                f"{self.vae_items}, UNet {self.unet_chunks} chunk(s) of up to {self.unet_items} (estimated "
+                f"{megabytes(self.vae_item_mb)} per item in the VAE, {megabytes(self.unet_item_mb)} in the UNet)")
 
 
 def default_budget_mb(device) -> float:

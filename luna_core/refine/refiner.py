@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin
 from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError, QueryError
 from luna_core.files import write_atomically
+from luna_core.metadata.record import Lora
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.query import Vault
 from luna_core.refine.conditioning import Conditioner
@@ -35,8 +36,8 @@ from luna_core.refine.geometry import (
     soft_mask,
     tile_feather,
 )
-from luna_core.refine.lora import LoraLibrary, lora_set
-from luna_core.refine.memory import peak_memory
+from luna_core.refine.lora import LoraLibrary, canonical_name, lora_set
+from luna_core.refine.memory import megabytes, peak_memory
 from luna_core.refine.sampler import SDXLSampler, item_seed, to_pixels
 from luna_core.refine.settings import BLOCKS, CHESS_IP_WEIGHT, DETAIL_IP_WEIGHT, RefineSettings, SourceSettings
 from luna_core.settings import LunaHome
@@ -108,8 +109,8 @@ class RefineReport:
             if p.chunking.startswith("split"):
                 lines.append(f"{p.name}: {p.chunking}")
         if self.peak_memory_mb is not None:
-            lines.append(f"peak memory {self.peak_memory_mb:,.0f} MB ({self.passes[0].peak_measured_as}); "
-                         f"budget {self.memory_budget_mb:,.0f} MB")
+            lines.append(f"peak memory {megabytes(self.peak_memory_mb)} ({self.passes[0].peak_measured_as}); "
+                         f"budget {megabytes(self.memory_budget_mb)}")
         return "\n".join(lines)
 
 
@@ -215,8 +216,8 @@ class Refiner:
         pictures = [c if hasattr(c, "convert") else Image.fromarray(c) for c in crops]
         conditions = self.conditioner.condition(pictures, pieces=pieces, lora_cap=settings.lora_from_vault)
         if whole is not None:
-            for c in conditions:
-                c.composition_embeds, c.composition_negative_embeds = whole.prompt_embeds, whole.negative_prompt_embeds
+            conditions = [replace(c, composition_embeds=whole.prompt_embeds,
+                                  composition_negative_embeds=whole.negative_prompt_embeds) for c in conditions]
         loras = self._lora_sets(conditions, settings, item_loras, report)
         time_ids = np.array([[*original, t.rect.y, t.rect.x, *target] for t in places], dtype=np.float32)
         seeds = [item_seed(settings.sampler.seed, pass_index, t.index) for t in places]
@@ -260,12 +261,16 @@ class Refiner:
         if missing:
             where = ", ".join(str(d) for d in self.lora_library.dirs) or "no folder ([models] lora_dirs is not set)"
             log.warning("LoRAs not found in %s, skipped: %s", where, ", ".join(missing))
-        adapters = self.sampler.load_loras(found)
-        sets = [tuple(lora for lora in s if lora.name in found) for s in sets]
-        known = {a["name"] for a in report.loras.get("adapters", [])}
-        report.loras.setdefault("adapters", []).extend(a.describe() for a in adapters if a.name not in known)
+        # Names that find the same file (`x`, `x.safetensors`, its hash) are one adapter, named by its file.
+        files = {name: canonical_name(str(path)) for name, path in found.items()}
+        adapters = self.sampler.load_loras({files[name]: path for name, path in found.items()})
+        sets = [lora_set([Lora(files[lora.name], lora.weight) for lora in s if lora.name in found]) for s in sets]
+        known = {a["file"] for a in report.loras.get("adapters", [])}
+        report.loras.setdefault("adapters", []).extend(
+            {**a.describe(), "name": a.path.stem} for a in adapters if str(a.path) not in known)
         report.loras["missing"] = sorted(set(report.loras.get("missing", [])) | set(missing))
-        report.loras.setdefault("items", []).extend([[f"{lora.name}:{lora.weight:g}" for lora in s] for s in sets])
+        report.loras.setdefault("items", []).extend([[f"{Path(lora.name).stem}:{lora.weight:g}" for lora in s]
+                                                     for s in sets])
         return sets
 
     def _report(self, mode: str, image, item_size) -> RefineReport:

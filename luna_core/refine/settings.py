@@ -62,6 +62,31 @@ class RefineSettings:
     per_block: bool = False  # the composition blocks see the whole image's answer, the others the item's own
 
 
+DEFAULT_LORA_CAP = 3  # --lora-from vault: the neighbours' strongest LoRAs kept per item
+
+
+def refine_settings(grid: int = DEFAULT_GRID, strength: float = SamplerSettings.strength,
+                    steps: int = SamplerSettings.steps, guidance: float = SamplerSettings.guidance_scale,
+                    seed: int = 0, batch_size: int = 0, memory_budget_mb: float = 0.0, ip_weight: float | None = None,
+                    sequential: bool = False, loras: list[str] | tuple = (), lora_from: str | None = None,
+                    lora_cap: int = DEFAULT_LORA_CAP, per_block: bool = False,
+                    composition_blocks: str | tuple[str, ...] = SamplerSettings.composition_blocks) -> RefineSettings:
+    """RefineSettings from the words of `luna refine` and the refine job's launchpad, checked."""
+    from luna_core.refine.lora import lora_set
+
+    if lora_from not in (None, "", "vault"):
+        raise LunaConfigError(f"--lora-from takes vault (got {lora_from!r})")
+    if lora_from and lora_cap < 1:
+        raise LunaConfigError(f"the LoRA cap must be at least 1 (got {lora_cap})")
+    if isinstance(composition_blocks, str):
+        composition_blocks = tuple(b.strip() for b in composition_blocks.split(",") if b.strip())
+    sampler = SamplerSettings(strength=strength, steps=steps, guidance_scale=guidance, seed=seed, batch_size=batch_size,
+                              memory_budget_mb=memory_budget_mb, composition_blocks=tuple(composition_blocks))
+    sampler.check()
+    return RefineSettings(grid=grid, sampler=sampler, ip_weight=ip_weight, sequential=sequential,
+                          loras=lora_set(list(loras)), lora_from_vault=lora_cap if lora_from else 0, per_block=per_block)
+
+
 SOURCES = ("vault", "projector", "prompt", "blend")
 
 

@@ -51,7 +51,7 @@ class _Fixed:
     def __init__(self, condition: ItemConditioning):
         self.item = condition
 
-    def condition(self, crops: list) -> list[ItemConditioning]:
+    def condition(self, crops: list, **_options) -> list[ItemConditioning]:  # the report asks for no pieces or LoRAs
         return [self.item] * len(crops)
 
 
@@ -61,8 +61,8 @@ class _Excluding:
     def __init__(self, conditioner, exclude: frozenset[int]):
         self.conditioner, self.exclude = conditioner, exclude
 
-    def condition(self, crops: list) -> list[ItemConditioning]:
-        return self.conditioner.condition(crops, self.exclude)
+    def condition(self, crops: list, **options) -> list[ItemConditioning]:
+        return self.conditioner.condition(crops, self.exclude, **options)
 
 
 def refine_sample(refiner: Refiner, images: list, left_out: list[frozenset[int]],

@@ -18,7 +18,14 @@ from luna_core.images import read_picture
 from luna_core.library import library_paths
 from luna_core.refine.detections import read_detections
 from luna_core.refine.refiner import Refiner, save_image
-from luna_core.refine.settings import DEFAULT_PROJECTOR, RefineSettings, SamplerSettings, SourceSettings
+from luna_core.refine.settings import (
+    DEFAULT_LORA_CAP,
+    DEFAULT_PROJECTOR,
+    RefineSettings,
+    SamplerSettings,
+    SourceSettings,
+    refine_settings,
+)
 
 REFINE_JOB = "refine_images"
 THUMBNAIL = 256
@@ -47,16 +54,26 @@ class RefineConfig(dg.Config):
     steps: int = _SAMPLER.steps
     guidance: float = _SAMPLER.guidance_scale
     seed: int = _SAMPLER.seed
-    batch_size: int = _SAMPLER.batch_size
+    batch_size: int = _SAMPLER.batch_size  # a cap on items per call; 0: only the memory budget splits a pass
+    memory_budget_mb: float = _SAMPLER.memory_budget_mb  # 0: 80 % of free GPU memory, half the RAM on a CPU
     ip_adapter: str = ""  # IP-Adapter weights (.safetensors with image_encoder/ beside it); empty: text only
     ip_weight: float = -1.0  # negative: 0.4 for the chess refiner, 0.5 for the detailer
+    loras: list[str] = []  # NAME:WEIGHT LoRAs every item gets, from the folders of [models] lora_dirs
+    lora_from: str = ""  # vault: each item also gets the weighted union of its k neighbours' LoRAs
+    lora_cap: int = DEFAULT_LORA_CAP  # lora_from vault: the strongest this many per item
+    per_block: bool = False  # the composition blocks see the whole image's answer, the others each item's own
+    composition_blocks: list[str] = list(_SAMPLER.composition_blocks)
+    piece_mode: str = _SOURCE.piece_mode  # how a detection's prompt piece meets its answer: concat or blend
 
     def settings(self) -> tuple[RefineSettings, SourceSettings]:
-        sampler = SamplerSettings(strength=self.strength, steps=self.steps, guidance_scale=self.guidance,
-                                  seed=self.seed, batch_size=self.batch_size)
-        refine = RefineSettings(grid=self.grid, sampler=sampler, ip_weight=None if self.ip_weight < 0 else self.ip_weight)
+        refine = refine_settings(grid=self.grid, strength=self.strength, steps=self.steps, guidance=self.guidance,
+                                 seed=self.seed, batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb,
+                                 ip_weight=None if self.ip_weight < 0 else self.ip_weight, loras=self.loras,
+                                 lora_from=self.lora_from, lora_cap=self.lora_cap, per_block=self.per_block,
+                                 composition_blocks=tuple(self.composition_blocks))
         source = SourceSettings(self.source, self.prompt or None, self.negative_prompt or None, self.alpha, self.k,
-                                projector=self.projector, tracking_uri=self.tracking_uri or None)
+                                projector=self.projector, tracking_uri=self.tracking_uri or None,
+                                piece_mode=self.piece_mode)
         return refine, source
 
 
@@ -74,8 +91,10 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
     """Refine every configured image; a bad image is reported by name and the others still go on."""
 
     home = luna.luna_home
-    settings, source = config.settings()
-    settings.sampler.check()
+    try:
+        settings, source = config.settings()
+    except LunaError as exc:
+        raise dg.Failure(f"refine settings: {exc}") from None
     boxes = [Box.parse(b) for b in config.boxes]
     images = list(config.images) + (library_paths(home, config.where, config.limit) if config.where else [])
     if not images:
@@ -90,30 +109,28 @@ def refine_op(context: dg.OpExecutionContext, config: RefineConfig, luna: LunaHo
             started = time.perf_counter()
             progress = lambda name, n, total, file=Path(path).name: context.log.info(  # noqa: E731
                 f"{file}: {name} {n}/{total}")
-            if config.detections:
-                found = read_detections(config.detections.replace("{stem}", Path(path).stem), image.size, path)
-                refined, report = refiner.detail(image, [d.box for d in found], settings, progress,
-                                                 masks=[d.mask for d in found])
-            elif boxes:
-                refined, report = refiner.detail(image, boxes, settings, progress)
-            else:
-                refined, report = refiner.chess(image, settings, progress)
+            found = read_detections(config.detections.replace("{stem}", Path(path).stem), image.size, path) \
+                if config.detections else None
+            refined, report = refiner.refine(image, settings, boxes, found, progress)
             out = save_image(refined, home.refined_dir / f"{Path(path).stem}.{report.mode}.{context.run.run_id[:8]}.png",
                              report)
         except LunaError as exc:
             context.log.error(f"{path}: {exc}")
             failed.append({"image": path, "reason": str(exc)})
             continue
-        context.log.info(f"{path} → {out} ({report.items} items in {report.sampler_calls} sampler calls, "
-                         f"{time.perf_counter() - started:.1f}s)")
+        context.log.info(f"{path} → {out} ({time.perf_counter() - started:.1f}s)\n{report.summary()}")
         done.append({"image": path, "output": str(out), "mode": report.mode, "items": report.items,
                      "sampler calls": report.sampler_calls, "seconds": f"{report.seconds:.2f}",
-                     "before": _thumbnail(image), "after": _thumbnail(refined)})
+                     "LoRAs": ", ".join(a["name"] for a in report.loras.get("adapters", [])) or "–",
+                     "peak MB": f"{report.peak_memory_mb:,.0f}" if report.peak_memory_mb is not None else "–",
+                     "before": _thumbnail(image), "after": _thumbnail(refined), "summary": report.summary()})
     metadata = {
         "refined": len(done), "failed": len(failed), "source": source.source,
         "mode": "detailer" if boxes or config.detections else f"chess {settings.grid}x{settings.grid}",
-        "before / after": md_table(done, ["before", "after", "items", "sampler calls", "seconds", "output"]),
+        "before / after": md_table(done, ["before", "after", "items", "sampler calls", "LoRAs", "peak MB", "seconds",
+                                          "output"]),
         "failures": md_table(failed, ["image", "reason"]),
+        "runs": dg.MetadataValue.md("\n\n".join(f"**{Path(d['image']).name}**\n```\n{d['summary']}\n```" for d in done)),
         "outputs": dg.MetadataValue.path(str(home.refined_dir)),
     }
     if failed:
