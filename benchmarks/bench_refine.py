@@ -5,9 +5,18 @@ side in one run, on the same items with the same per-item seeds and conditioning
 - chess refiner: 25 tiles of a 5 x 5 grid (two passes: 13 even tiles, then 12 odd).
 
 Prints the wall time of each, the speedup, and the largest difference between an item refined in the
-batch and the same item refined alone (decoded pixels in [-1, 1], before rounding). Tiny profile on
-CPU by default (random weights: speed and exactness only). `--sdxl-unet` builds the real SDXL UNet
-architecture with random weights (for a GPU machine; 1024² tiles take minutes each on a CPU).
+batch and the same item refined alone (decoded pixels in [-1, 1], before rounding). Then:
+
+- per-item LoRAs: 9 crops with 3 different LoRAs (kohya, SGM-named kohya and PEFT files, seeded random
+  weights) in one call, against one call per crop with its LoRA loaded and fused by diffusers
+  (`load_lora_weights` + `fuse_lora`, then unfused and unloaded); and the overhead of per-row updates
+  over one fused LoRA (the same 9 crops, one LoRA, one call each way);
+- memory: the even pass (13 tiles) of a 5 x 5 chess refinement of a 4096² picture, at `--budget-mb` and
+  at the automatic budget, with the peak memory measured (CUDA's allocator, or the process's resident
+  set on a CPU).
+
+Tiny profile (the trained tiny world) on CPU by default. `--sdxl-unet` builds the real SDXL UNet and VAE
+architectures with random weights (for a GPU machine; 1024² tiles take minutes each on a CPU).
 
     .venv/bin/python benchmarks/bench_refine.py --repeat 3
 """
@@ -18,12 +27,14 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from luna_core.refine.batching import batching_table
+from luna_core.refine.batching import batching_table, budget_pass, lora_batching
 from luna_core.refine.sampler import SDXLSampler
 from luna_core.refine.settings import SamplerSettings
 
@@ -37,6 +48,9 @@ def main() -> int:
     parser.add_argument("--sdxl-unet", action="store_true", help="real SDXL UNet/VAE architecture, random weights")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--budget-mb", type=float, default=1024.0, help="the memory budget of the 4096² pass")
+    parser.add_argument("--big", type=int, default=4096, help="side of the chess picture of the memory figure")
+    parser.add_argument("--skip", action="append", default=[], choices=["batching", "lora", "memory"])
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -58,15 +72,45 @@ def main() -> int:
     print(f"{label}; device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, "
           f"{args.steps} steps at strength {args.strength}, median of {args.repeat}")
 
-    table = batching_table(sampler, picture, settings, args.repeat, (seq, width, pooled))
-    figures = {"label": label, "device": str(device), "tile": table.pop("tile"), "crop": table.pop("crop")}
-    for name, row in table.items():
-        figures[name] = row
-        print(f"{name:34s} batched {row['batched_s']:7.3f}s   one call per item {row['one_call_per_item_s']:7.3f}s   "
-              f"speedup {row['speedup']:5.2f}x   max item difference {row['max_item_diff']:.2e}")
+    figures = {"label": label, "device": str(device)}
+    if "batching" not in args.skip:
+        table = batching_table(sampler, picture, settings, args.repeat, (seq, width, pooled))
+        figures.update({"tile": table.pop("tile"), "crop": table.pop("crop")})
+        for name, row in table.items():
+            figures[name] = row
+            print(f"{name:34s} batched {row['batched_s']:7.3f}s   one call per item {row['one_call_per_item_s']:7.3f}s   "
+                  f"speedup {row['speedup']:5.2f}x   max item difference {row['max_item_diff']:.2e}")
+    if "lora" not in args.skip:
+        figures["per-item LoRA"] = row = _lora_figure(sampler, picture, work, settings, args.repeat, (seq, width, pooled))
+        t = row["seconds"]
+        print(f"per-item LoRA, {row['items']} crops, {row['loras']} LoRAs: batched {t['batched']:.3f}s   sequential "
+              f"load+fuse per crop {t['sequential']:.3f}s   speedup {row['speedup']:.2f}x   max item difference "
+              f"{row['max_item_diff']:.2e}")
+        print(f"per-row LoRA vs one fused LoRA ({row['items']} crops, one call each): {t['per-row, one LoRA']:.3f}s vs "
+              f"{t['fused, one LoRA']:.3f}s   overhead {100 * row['per_row_overhead']:+.1f} %")
+    if "memory" not in args.skip:
+        figures["memory"] = rows = budget_pass(sampler, args.big, 5, [args.budget_mb, 0.0],
+                                               replace(settings, batch_size=0, steps=2), (seq, width, pooled))
+        for row in rows:
+            print(f"chess 5x5 of {args.big}², even pass ({row['tiles']} tiles of {row['tile']}), budget "
+                  f"{row['budget_mb']:,.0f} MB: peak {row['peak_mb']:,.0f} MB ({row['measured_as']}), "
+                  f"{row['seconds']:.1f}s; {row['plan']}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
+
+
+def _lora_figure(sampler, picture, work: Path, settings, repeat: int, widths) -> dict:
+    from luna_core.samples.loras import write_sample_lora
+
+    native = sampler.native_size
+    side = min(picture.shape[:2])
+    crops = [np.asarray(Image.fromarray(picture[y : y + side // 3, x : x + side // 3]).resize((native, native)))
+             for y in (0, side // 3, 2 * side // 3) for x in (0, side // 3, 2 * side // 3)]
+    files = {f"lora{i}": str(write_sample_lora(work / f"lora{i}.safetensors", sampler.unet, i, layout))
+             for i, layout in enumerate(("kohya", "kohya-sgm", "peft"))}
+    loras = [(f"lora{i % 3}", 0.5 + 0.25 * (i % 3)) for i in range(len(crops))]
+    return lora_batching(sampler, crops, loras, files, settings, repeat, widths)
 
 
 def _random_sdxl(dest: Path) -> str:

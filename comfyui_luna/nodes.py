@@ -16,6 +16,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,7 @@ from luna_core.boxes import Box
 from luna_core.errors import NotBuiltError
 from luna_core.mixing import aligned, mix_side
 from luna_core.models.profiles import resolve_profile
+from luna_core.refine.lora import lora_set
 from luna_core.settings import LunaHome
 
 DEFAULT_PROJECTOR = "models:/luna-projector@champion"  # luna_core.projector.names; the pack loads without Luna
@@ -218,13 +220,154 @@ class LunaBlend:
         return (out,)
 
 
+# ---------------------------------------------------------------- refinement: detections and per-item LoRAs
+
+
+class LunaDetections:
+    """A detector's output (COCO .json, YOLO .txt, a label-mask PNG, a folder of masks) for the IMAGE:
+    LUNA_DETECTIONS (boxes, masks, labels, prompt pieces, LoRAs) for Luna Refine, and the masks as a MASK
+    batch (one per detection) for any other node."""
+
+    CATEGORY = "Luna"
+    RETURN_TYPES = ("LUNA_DETECTIONS", "MASK")
+    RETURN_NAMES = ("detections", "masks")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",),
+                             "path": ("STRING", {"default": "", "tooltip": "detections file or mask folder"})}}
+
+    def load(self, image, path=""):
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        import torch
+
+        from luna_core.refine.detections import read_detections
+
+        picture = to_pictures(image)[0]
+        found = read_detections(path, picture.size)
+        masks = torch.from_numpy(np.stack([d.mask for d in found]).astype(np.float32))
+        return ({"size": picture.size, "detections": found}, masks)
+
+
+class LunaLoraStack:
+    """One LoRA (a file name in the home's [models] lora_dirs, or a hash) and its weight, added to a stack:
+    the LoRAs every item of a Luna Refine gets."""
+
+    CATEGORY = "Luna"
+    RETURN_TYPES = ("LUNA_LORAS",)
+    RETURN_NAMES = ("loras",)
+    FUNCTION = "stack"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"lora_name": ("STRING", {"default": ""}),
+                             "weight": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05})},
+                "optional": {"loras": ("LUNA_LORAS",)}}
+
+    def stack(self, lora_name="", weight=1.0, loras=None):
+        if not lora_name.strip():
+            raise ValueError("Luna LoRA Stack: give a LoRA name")
+        return ((*(loras or ()), f"{lora_name.strip()}:{weight:g}"),)
+
+
+def _refiner(home: str, source: str, projector: str):
+    """The home's Refiner (sampler, conditioner, LoRA folders), kept across executions."""
+    # pulls torch in (about a second to import): only the commands that need it pay for it
+    from luna_core.refine.refiner import Refiner
+    from luna_core.refine.settings import SourceSettings
+
+    key = ("refiner", str(LunaHome.resolve(home or None).root), source, projector)
+    with _cache_lock:
+        if key not in _cache:
+            luna_home = LunaHome.existing(key[1])
+            profile = resolve_profile(luna_home.model_profile(), luna_home.models_dir)
+            _cache[key] = Refiner(luna_home, profile, SourceSettings(source, projector=projector))
+        return _cache[key]
+
+
+def item_lora_lines(text: str, count: int) -> list[tuple[str, ...]]:
+    """`item_loras`: line i holds detection i's LoRAs, `NAME:W, NAME:W` (an empty line: none)."""
+    lines = text.splitlines() if text.strip() else []
+    if len(lines) > count:
+        raise ValueError(f"item_loras has {len(lines)} lines for {count} detections")
+    return [tuple(p.strip() for p in line.split(",") if p.strip()) for line in lines] + [()] * (count - len(lines))
+
+
+class LunaRefine:
+    """Luna's refiners in one node: with detections, the detailer (each detection's crop conditioned by its
+    own vault or projector answer, its prompt piece mixed in, its own LoRAs, its mask pasted back); without,
+    the chess refiner. Every item of a pass goes through one batched UNet call, each row with its own LoRA
+    set (the stack for all, a detection's own, `item_loras`, and with `lora_from_vault` > 0 the strongest
+    of its neighbours' LoRAs). The models are the Luna home's profile, not the graph's."""
+
+    CATEGORY = "Luna"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "report")
+    FUNCTION = "refine"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",),
+                             "source": (["vault", "projector"],),
+                             "steps": ("INT", {"default": 20, "min": 1, "max": 200}),
+                             "strength": ("FLOAT", {"default": 0.35, "min": 0.01, "max": 1.0, "step": 0.01}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1})},
+                "optional": {"detections": ("LUNA_DETECTIONS",),
+                             "loras": ("LUNA_LORAS",),
+                             "item_loras": ("STRING", {"default": "", "multiline": True,
+                                                       "tooltip": "line i: detection i's LoRAs, NAME:W, NAME:W"}),
+                             "lora_from_vault": ("INT", {"default": 0, "min": 0, "max": 16,
+                                                         "tooltip": "each item's neighbours' strongest LoRAs (0: off)"}),
+                             "per_block": ("BOOLEAN", {"default": False,
+                                                       "tooltip": "down and mid blocks see the whole image's answer"}),
+                             "grid": ("INT", {"default": 3, "min": 1, "max": 16}),
+                             "memory_budget_mb": ("FLOAT", {"default": 0.0, "min": 0.0,
+                                                            "tooltip": "0: 80 % of free GPU memory"}),
+                             "home": _COMMON_OPTIONAL["home"],
+                             "projector": ("STRING", {"default": DEFAULT_PROJECTOR})}}
+
+    def refine(self, image, source="vault", steps=20, strength=0.35, seed=0, detections=None, loras=None,
+               item_loras="", lora_from_vault=0, per_block=False, grid=3, memory_budget_mb=0.0, home="",
+               projector=DEFAULT_PROJECTOR):
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        import torch
+
+        from luna_core.refine.settings import refine_settings
+
+        settings = refine_settings(grid=grid, strength=strength, steps=steps, seed=seed, loras=list(loras or ()),
+                                   lora_from="vault" if lora_from_vault else None, lora_cap=max(1, lora_from_vault),
+                                   per_block=per_block, memory_budget_mb=memory_budget_mb)
+        refiner = _refiner(home, source, projector)
+        found = None
+        if detections is not None:
+            found = detections["detections"]
+            extra = item_lora_lines(item_loras, len(found))
+            found = [replace(d, loras=(*d.loras, *lora_set(list(more)))) for d, more in zip(found, extra)]
+        out, reports = [], []
+        for picture in to_pictures(image):
+            if found is not None and picture.size != tuple(detections["size"]):
+                raise ValueError(f"the detections are for a {detections['size'][0]}x{detections['size'][1]} image, "
+                                 f"not {picture.width}x{picture.height}")
+            refined, report = refiner.refine(picture, settings, detections=found)
+            out.append(np.asarray(refined.convert("RGB"), dtype=np.float32) / 255.0)
+            reports.append(report.summary())
+        return (torch.from_numpy(np.stack(out)), "\n\n".join(reports))
+
+
 NODE_CLASS_MAPPINGS = {
     "LunaVaultConditioning": LunaVaultConditioning,
     "LunaProjectorConditioning": LunaProjectorConditioning,
     "LunaBlend": LunaBlend,
+    "LunaDetections": LunaDetections,
+    "LunaLoraStack": LunaLoraStack,
+    "LunaRefine": LunaRefine,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LunaVaultConditioning": "Luna Vault Conditioning",
     "LunaProjectorConditioning": "Luna Projector Conditioning",
     "LunaBlend": "Luna Blend",
+    "LunaDetections": "Luna Detections",
+    "LunaLoraStack": "Luna LoRA Stack",
+    "LunaRefine": "Luna Refine (per-item LoRAs, detections)",
 }

@@ -294,3 +294,26 @@ def test_refine_job_takes_loras_per_block_and_a_memory_budget(lora_home, sample_
                                     instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     assert not failed.success
     assert "--lora-from takes vault" in next(e for e in failed.all_events if e.is_step_failure).step_failure_data.error.message
+
+
+def test_comfyui_nodes_refine_a_detector_s_crops_each_with_its_own_loras(lora_home, sample_library, tmp_path):
+    from PIL import Image
+
+    from comfyui_luna.nodes import LunaDetections, LunaLoraStack, LunaRefine
+
+    picture = Image.open(sample_library.images[0].path).convert("RGB")
+    image = torch.from_numpy(np.asarray(picture, dtype=np.float32)[None] / 255.0)
+    (tmp_path / "det.txt").write_text("0 0.3 0.3 0.3 0.3\n1 0.7 0.7 0.3 0.3\n")
+    detections, masks = LunaDetections().load(image, str(tmp_path / "det.txt"))
+    assert masks.shape == (2, picture.height, picture.width) and masks.sum() > 0
+    (loras,) = LunaLoraStack().stack("watercolor_v2", 0.5)
+    (loras,) = LunaLoraStack().stack("nope", 1.0, loras)
+    common = {"steps": 2, "strength": 0.5, "seed": 1, "detections": detections, "home": str(lora_home.root)}
+    refined, report = LunaRefine().refine(image, loras=loras, item_loras="pixel_art_xl:0.8\n", **common)
+    assert refined.shape == image.shape and refined.dtype == torch.float32
+    assert "LoRAs: pixel_art_xl, watercolor_v2 (2 of 2 items carry some)" in report
+    assert "LoRAs not found (skipped): nope" in report
+    plain, _ = LunaRefine().refine(image, **common)
+    assert not torch.equal(refined, plain)
+    with pytest.raises(ValueError, match="3 lines for 2 detections"):
+        LunaRefine().refine(image, item_loras="a\nb\nc", **common)

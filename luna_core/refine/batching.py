@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from luna_core.boxes import Box
+from luna_core.metadata.record import Lora
 from luna_core.refine.geometry import chess_tiles, detail_crops
 from luna_core.refine.sampler import ItemConditioning, SDXLSampler, item_seed
 from luna_core.refine.settings import SamplerSettings
@@ -102,4 +103,90 @@ def refiner_batching(refiner, image, boxes: list[Box], settings, repeat: int = 1
         rows[name] = {"items": sum(p.items for p in report.passes), "batched_s": batched_s,
                       "sequential_s": sequential_s, "speedup": sequential_s / batched_s if batched_s else 0.0,
                       "max_pixel_diff": int(diff.max()), "pixels_differing": float((diff > 0).mean())}
+    return rows
+
+
+def lora_batching(sampler: SDXLSampler, crops: list, loras: list[tuple[str, float]], files: dict[str, str],
+                  settings: SamplerSettings, repeat: int = 3, widths: tuple[int, int, int] = (77, 2048, 1280)) -> dict:
+    """Per-item LoRAs, crop i with loras[i] (a name of `files` and a weight), three ways on the same crops,
+    seeds and conditionings:
+    - batched: one sampler call, each row its own LoRA (luna_core.refine.lora);
+    - sequential: per crop, diffusers' `load_lora_weights` + `fuse_lora`, one call, then unfuse and unload
+      (what a diffusers user does; needs peft);
+    - fused, one LoRA: every crop with the first LoRA fused into the UNet, one call; against the same
+      crops batched with that LoRA per row: the cost of per-row updates over fused weights.
+    Median wall times and the largest difference between the batched and sequential results."""
+    seq, width, pooled = widths
+    conditions = random_conditions(len(crops), seq, width, pooled, 3)
+    side = crops[0].shape[0]
+    time_ids = np.array([[side * 3, side * 3, 0, 0, side, side]] * len(crops), np.float32)
+    seeds = [item_seed(settings.seed, 0, i) for i in range(len(crops))]
+    sampler.load_loras({name: path for name, path in files.items()})
+    sets = [((Lora(name, weight),)) for name, weight in loras]
+    one = [((Lora(loras[0][0], loras[0][1]),))] * len(crops)
+    timings: dict[str, list[float]] = {"batched": [], "sequential": [], "per-row, one LoRA": [], "fused, one LoRA": []}
+    results: dict[str, list] = {}
+    pipe = sampler.pipe
+
+    def fused(name: str, weight: float):
+        pipe.load_lora_weights(files[name], adapter_name="bench")
+        pipe.set_adapters(["bench"], [weight])
+        pipe.fuse_lora(adapter_names=["bench"])
+
+    def unfused():
+        pipe.unfuse_lora()
+        pipe.unload_lora_weights()
+
+    for _ in range(repeat):  # alternate, so all see the same machine state
+        started = time.perf_counter()
+        results["batched"] = sampler.refine(crops, conditions, time_ids, seeds, settings, loras=sets)
+        timings["batched"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        out = []
+        for i, (name, weight) in enumerate(loras):
+            fused(name, weight)
+            out += sampler.refine(crops[i : i + 1], conditions[i : i + 1], time_ids[i : i + 1], seeds[i : i + 1], settings)
+            unfused()
+        results["sequential"] = out
+        timings["sequential"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        sampler.refine(crops, conditions, time_ids, seeds, settings, loras=one)
+        timings["per-row, one LoRA"].append(time.perf_counter() - started)
+        fused(*loras[0])
+        started = time.perf_counter()
+        sampler.refine(crops, conditions, time_ids, seeds, settings)
+        timings["fused, one LoRA"].append(time.perf_counter() - started)
+        unfused()
+    medians = {name: float(np.median(t)) for name, t in timings.items()}
+    diff = max(float(np.max(np.abs(b - s))) for b, s in zip(results["batched"], results["sequential"]))
+    return {"items": len(crops), "loras": len(files), "seconds": medians,
+            "speedup": medians["sequential"] / medians["batched"],
+            "per_row_overhead": medians["per-row, one LoRA"] / medians["fused, one LoRA"] - 1.0,
+            "max_item_diff": diff}
+
+
+def budget_pass(sampler: SDXLSampler, side: int, grid: int, budgets_mb: list[float], settings: SamplerSettings,
+                widths: tuple[int, int, int] = (77, 2048, 1280)) -> list[dict]:
+    """The even pass of a grid x grid chess refinement of a side x side picture, once per memory budget
+    (0: the automatic one): how the budget split it, the peak memory measured, and the wall time."""
+    from luna_core.refine.memory import peak_memory
+
+    seq, width, pooled = widths
+    tiles = [t for t in chess_tiles(side, side, grid, multiple=sampler.pixel_multiple) if t.parity == 0]
+    rng = np.random.default_rng(0)
+    h, w = tiles[0].rect.height, tiles[0].rect.width
+    crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in tiles]
+    conditions = random_conditions(len(tiles), seq, width, pooled, 4)
+    time_ids = np.array([[side, side, t.rect.y, t.rect.x, h, w] for t in tiles], np.float32)
+    seeds = [item_seed(settings.seed, 0, t.index) for t in tiles]
+    rows = []
+    for budget in budgets_mb:
+        chosen = replace(settings, memory_budget_mb=budget)
+        plan = sampler.plan(len(crops), h, w, chosen)
+        started = time.perf_counter()
+        with peak_memory(sampler.device) as peak:
+            sampler.refine(crops, conditions, time_ids, seeds, chosen)
+        rows.append({"budget_mb": plan.budget_mb, "tiles": len(crops), "tile": f"{w}x{h}", "plan": plan.describe(),
+                     "vae_chunks": plan.vae_chunks, "unet_chunks": plan.unet_chunks, "peak_mb": peak["peak_mb"],
+                     "measured_as": peak["measured_as"], "seconds": time.perf_counter() - started})
     return rows
