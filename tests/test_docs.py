@@ -107,12 +107,27 @@ def _world(tmp_path: Path, sample_library, tiny_models) -> tuple[dict, dict]:
         "images": [{"id": 1, "file_name": "render.png", "width": 1024, "height": 1024}],
         "categories": [{"id": 1, "name": "hand"}],
         "annotations": [{"image_id": 1, "category_id": 1, "bbox": [300, 500, 200, 160],
-                         "segmentation": [[300, 500, 500, 500, 400, 660]]}]}))
+                         "segmentation": [[300, 500, 500, 500, 400, 660]], "prompt": "a hand",
+                         "loras": ["film_grain_style:0.7"]}]}))
+    _sample_loras(tmp_path / "loras", tiny_models)
     home = tmp_path / "home"
-    env = {**os.environ, "LUNA_HOME": str(home), "LUNA_PROFILE": "tiny"}
+    env = {**os.environ, "LUNA_HOME": str(home), "LUNA_PROFILE": "tiny", "LUNA_LORA_DIRS": str(tmp_path / "loras")}
     for name in ("LUNA_MLFLOW_URI", "LUNA_STORAGE_ROOT", "LUNA_VAULT_SHARDS", "LUNA_CELERY_BROKER"):
         env.pop(name, None)
     return {"/data/renders": str(renders), "/mnt/old_renders": str(old)}, env
+
+
+def _sample_loras(folder: Path, tiny_models) -> None:
+    """The LoRAs the pages name and the sample prompts' tags, for the tiny UNet (random weights)."""
+    from diffusers import UNet2DConditionModel
+
+    from luna_core.models.profiles import tiny_profile
+    from luna_core.samples.library import LORA_NAMES
+    from luna_core.samples.loras import write_sample_lora
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_profile(tiny_models).sdxl_model, subfolder="unet")
+    for seed, name in enumerate(LORA_NAMES):
+        write_sample_lora(folder / f"{name}.safetensors", unet, seed)
 
 
 def test_every_command_shown_runs(tmp_path, sample_library, tiny_models):

@@ -317,3 +317,18 @@ def test_comfyui_nodes_refine_a_detector_s_crops_each_with_its_own_loras(lora_ho
     assert not torch.equal(refined, plain)
     with pytest.raises(ValueError, match="3 lines for 2 detections"):
         LunaRefine().refine(image, item_loras="a\nb\nc", **common)
+
+
+def test_per_block_conditioning_meets_an_ip_adapter_item_by_item(tiny_models):
+    from luna_core.models.tiny import ensure_tiny_ip_adapter
+
+    ip_sampler = _sampler(tiny_models)
+    ip_sampler.load_ip_adapter(ensure_tiny_ip_adapter(tiny_models), 0.5)
+    items = _items(3, seed=4)
+    rng = np.random.default_rng(2)
+    items[1][0].composition_embeds = rng.normal(size=(154, 96)).astype(np.float32)  # two chunks meet one
+    items[1][0].composition_negative_embeds = np.zeros((77, 96), np.float32)
+    ip = rng.normal(size=(3, 48)).astype(np.float32)
+    batched = ip_sampler.refine(*items, FAST, ip)
+    for i in range(3):
+        assert _diff(batched[i], _alone(ip_sampler, items, i, ip_embeds=ip[i : i + 1])) < 1e-5, i

@@ -130,7 +130,7 @@ class LoraLibrary:
 
     dirs: tuple[Path, ...]
     _files: list[Path] | None = None
-    _hashes: dict[Path, str] = field(default_factory=dict)
+    _hashes: dict[tuple, str] = field(default_factory=dict)  # (path, mtime_ns, size) → hash
 
     @property
     def files(self) -> list[Path]:
@@ -150,14 +150,17 @@ class LoraLibrary:
             return by_stem[0]
         if re.fullmatch(r"[0-9a-f]{%d,64}" % HASH_DIGITS, wanted):
             for path in self.files:
-                if path not in self._hashes:
-                    self._hashes[path] = tensor_data_hash(path)
-                if self._hashes[path].startswith(wanted):
+                stat = path.stat()
+                key = (path, stat.st_mtime_ns, stat.st_size)
+                if key not in self._hashes:
+                    self._hashes[key] = tensor_data_hash(path)
+                if self._hashes[key].startswith(wanted):
                     return path
         return None
 
     def resolve(self, names: Iterable[str]) -> tuple[dict[str, Path], list[str]]:
-        """(found name → file, missing names)."""
+        """(found name → file, missing names), from the folders as they are now (files come and go)."""
+        self._files = None
         found, missing = {}, []
         for name in dict.fromkeys(names):
             path = self.find(name)
@@ -389,13 +392,21 @@ class RowLoras:
         self.unet = unet
         self.modules = dict(unet.named_modules())
         self.adapters: dict[str, LoraAdapter] = {}
+        self._versions: dict[str, tuple] = {}
         self._targets: dict[str, str] | None = None
 
     def load(self, name: str, path: Path) -> LoraAdapter:
-        if name not in self.adapters:
+        """The adapter `name` from `path`, read again when the file changed since it was read."""
+        try:
+            stat = Path(path).stat()
+        except OSError as exc:
+            raise LoraError(f"LoRA {path} cannot be read: {exc.strerror}") from None
+        version = (str(path), stat.st_mtime_ns, stat.st_size)
+        if self._versions.get(name) != version:
             if self._targets is None:
                 self._targets = unet_targets(self.unet)
             self.adapters[name] = read_lora(path, self.unet, name, self._targets)
+            self._versions[name] = version
         return self.adapters[name]
 
     @contextlib.contextmanager
