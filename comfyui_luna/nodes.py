@@ -225,11 +225,11 @@ class LunaBlend:
 
 class LunaDetections:
     """A detector's output (COCO .json, YOLO .txt, a label-mask PNG, a folder of masks) for the IMAGE:
-    LUNA_DETECTIONS (boxes, masks, labels, prompt pieces, LoRAs) for Luna Refine, and the masks as a MASK
+    LunaDetections (boxes, masks, labels, prompt pieces, LoRAs) for Luna Refine, and the masks as a MASK
     batch (one per detection) for any other node."""
 
     CATEGORY = "Luna"
-    RETURN_TYPES = ("LUNA_DETECTIONS", "MASK")
+    RETURN_TYPES = ("LunaDetections", "MASK")
     RETURN_NAMES = ("detections", "masks")
     FUNCTION = "load"
 
@@ -255,7 +255,7 @@ class LunaLoraStack:
     the LoRAs every item of a Luna Refine gets."""
 
     CATEGORY = "Luna"
-    RETURN_TYPES = ("LUNA_LORAS",)
+    RETURN_TYPES = ("LunaLoRAs",)
     RETURN_NAMES = ("loras",)
     FUNCTION = "stack"
 
@@ -263,7 +263,7 @@ class LunaLoraStack:
     def INPUT_TYPES(cls):
         return {"required": {"lora_name": ("STRING", {"default": ""}),
                              "weight": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05})},
-                "optional": {"loras": ("LUNA_LORAS",)}}
+                "optional": {"loras": ("LunaLoRAs",)}}
 
     def stack(self, lora_name="", weight=1.0, loras=None):
         if not lora_name.strip():
@@ -313,8 +313,8 @@ class LunaRefine:
                              "steps": ("INT", {"default": 20, "min": 1, "max": 200}),
                              "strength": ("FLOAT", {"default": 0.35, "min": 0.01, "max": 1.0, "step": 0.01}),
                              "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1})},
-                "optional": {"detections": ("LUNA_DETECTIONS",),
-                             "loras": ("LUNA_LORAS",),
+                "optional": {"detections": ("LunaDetections",),
+                             "loras": ("LunaLoRAs",),
                              "item_loras": ("STRING", {"default": "", "multiline": True,
                                                        "tooltip": "line i: detection i's LoRAs, NAME:W, NAME:W"}),
                              "lora_from_vault": ("INT", {"default": 0, "min": 0, "max": 16,
