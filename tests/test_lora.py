@@ -17,9 +17,10 @@ from luna_core.errors import LunaConfigError
 from luna_core.metadata.record import Lora
 from luna_core.models.profiles import tiny_profile
 from luna_core.refine.lora import LoraError, LoraLibrary, lora_set, neighbour_loras, parse_lora, read_lora, tensor_data_hash
-from luna_core.refine.sampler import ItemConditioning, SDXLSampler, item_seed
+from luna_core.refine.sampler import ItemConditioning, SDXLSampler
 from luna_core.refine.settings import SamplerSettings
 from luna_core.samples.loras import write_sample_lora
+from tests.refine_items import random_items
 
 FAST = SamplerSettings(strength=0.5, steps=8, guidance_scale=4.0, seed=3)
 WITHIN = 1e-4  # the issue's bound: a per-row update against diffusers' fused weights, after 8 steps
@@ -54,13 +55,7 @@ def _fused(tiny_models, loras: list[tuple[Path, float]]) -> SDXLSampler:
 
 
 def _items(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
-    conditions = [ItemConditioning(rng.normal(size=(77, 96)).astype(np.float32), rng.normal(size=48).astype(np.float32),
-                                   rng.normal(size=(77, 96)).astype(np.float32), rng.normal(size=48).astype(np.float32))
-                  for _ in range(n)]
-    time_ids = np.array([[128, 128, 8 * i, 16 * i, 32, 32] for i in range(n)], np.float32)
-    return images, conditions, time_ids, [item_seed(FAST.seed, 0, i) for i in range(n)]
+    return random_items(n, seed, FAST.seed)[:4]
 
 
 def _alone(sampler, items, i, **kwargs):

@@ -16,8 +16,9 @@ from luna_core.errors import NotBuiltError
 from luna_core.models.profiles import resolve_profile, tiny_profile
 from luna_core.refine.geometry import RefineInputError, chess_tiles, detail_crops, feather_mask
 from luna_core.refine.refiner import Refiner, save_image
-from luna_core.refine.sampler import ItemConditioning, SDXLSampler, item_seed
+from luna_core.refine.sampler import ItemConditioning, SDXLSampler
 from luna_core.refine.settings import RefineSettings, SamplerSettings, SourceSettings
+from tests.refine_items import random_items
 
 # Eight steps, as a real run takes (the final step scales the UNet's float rounding by its sigma: with one or
 # two steps at high noise, batched and single kernels differ by ~1e-5; at 8 steps by ~4e-6).
@@ -84,15 +85,7 @@ def ip_sampler(tiny_models):
 
 
 def _items(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
-    conditions = [ItemConditioning(rng.normal(size=(77, 96)).astype(np.float32), rng.normal(size=48).astype(np.float32),
-                                   rng.normal(size=(77, 96)).astype(np.float32), rng.normal(size=48).astype(np.float32))
-                  for _ in range(n)]
-    time_ids = np.array([[256, 256, 8 * i, 16 * i, 32, 32] for i in range(n)], np.float32)
-    seeds = [item_seed(FAST.seed, 0, i) for i in range(n)]
-    ip = rng.normal(size=(n, 48)).astype(np.float32)
-    return images, conditions, time_ids, seeds, ip
+    return random_items(n, seed, FAST.seed)
 
 
 def _max_diff(a, b) -> float:
