@@ -26,7 +26,7 @@ from luna_core.boxes import Box
 from luna_core.errors import NotBuiltError
 from luna_core.mixing import aligned, mix_side
 from luna_core.models.profiles import resolve_profile
-from luna_core.refine.lora import lora_set
+from luna_core.refine.lora_files import lora_set
 from luna_core.settings import LunaHome
 
 DEFAULT_PROJECTOR = "models:/luna-projector@champion"  # luna_core.projector.names; the pack loads without Luna
@@ -242,6 +242,7 @@ class LunaDetections:
         # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
 
+        # the detections reader pulls scipy in: only graphs that use the node pay for it
         from luna_core.refine.detections import read_detections
 
         picture = to_pictures(image)[0]
@@ -327,17 +328,22 @@ class LunaRefine:
                              "home": _COMMON_OPTIONAL["home"],
                              "projector": ("STRING", {"default": DEFAULT_PROJECTOR})}}
 
-    def refine(self, image, source="vault", steps=20, strength=0.35, seed=0, detections=None, loras=None,
-               item_loras="", lora_from_vault=0, per_block=False, grid=3, memory_budget_mb=0.0, home="",
-               projector=DEFAULT_PROJECTOR):
+    def refine(self, image, **options):
+        """ComfyUI passes every connected or set input by name (optional ones may be absent)."""
         # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
 
-        from luna_core.refine.settings import refine_settings
+        # the refiner's settings pull no model in, but the pack keeps its own imports light
+        from luna_core.refine.settings import RefineOptions
 
-        settings = refine_settings(grid=grid, strength=strength, steps=steps, seed=seed, loras=list(loras or ()),
-                                   lora_from="vault" if lora_from_vault else None, lora_cap=max(1, lora_from_vault),
-                                   per_block=per_block, memory_budget_mb=memory_budget_mb)
+        get = options.get
+        given = {k: options[k] for k in ("grid", "strength", "steps", "seed", "per_block", "memory_budget_mb")
+                 if k in options}
+        settings = RefineOptions(**given, loras=tuple(get("loras") or ()),
+                                 lora_from="vault" if get("lora_from_vault", 0) else None,
+                                 lora_cap=max(1, get("lora_from_vault", 0))).settings()
+        detections, item_loras = get("detections"), get("item_loras", "")
+        home, source, projector = get("home", ""), get("source", "vault"), get("projector", DEFAULT_PROJECTOR)
         refiner = _refiner(home, source, projector)
         found = None
         if detections is not None:

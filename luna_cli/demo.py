@@ -22,6 +22,8 @@ from luna_core.models.profiles import resolve_profile
 from luna_core.projector.names import DEFAULT_PROJECTOR
 from luna_core.refine.settings import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.samples import make_sample_library
+from luna_core.samples.library import LORA_NAMES
+from luna_core.samples.loras import write_sample_lora
 from luna_core.settings import LunaHome
 
 DEMO_MARKER = "sample_library.json"
@@ -152,10 +154,8 @@ def _demo_refine(home: LunaHome, profile: str) -> None:
 def _demo_loras(home: LunaHome, profile) -> int:
     """LoRA files named as the sample library's `<lora:…>` tags (random weights, for the tiny UNet), in
     the home's loras/ folder, and [models] lora_dirs pointing there; kept when the home already has them."""
+    # pulls torch in (about a second to import): only the commands that need it pay for it
     from diffusers import UNet2DConditionModel
-
-    from luna_core.samples.library import LORA_NAMES
-    from luna_core.samples.loras import write_sample_lora
 
     folder = home.root / "loras"
     missing = [name for name in LORA_NAMES if not (folder / f"{name}.safetensors").exists()]

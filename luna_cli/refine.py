@@ -14,20 +14,20 @@ from luna_core.refine.detections import read_detections
 from luna_core.refine.settings import (
     DEFAULT_LORA_CAP,
     SOURCES,
+    RefineOptions,
     RefineSettings,
     SamplerSettings,
     SourceSettings,
-    refine_settings,
 )
 from luna_core.settings import LunaHome
 
 
 def settings_of(args: argparse.Namespace):
-    return refine_settings(grid=args.grid, strength=args.strength, steps=args.steps, guidance=args.guidance,
-                           seed=args.seed, batch_size=args.batch_size, memory_budget_mb=args.memory_budget,
-                           ip_weight=args.ip_weight, sequential=args.sequential, loras=args.lora or [],
-                           lora_from=args.lora_from, lora_cap=args.lora_cap, per_block=args.per_block,
-                           composition_blocks=args.composition_blocks)
+    return RefineOptions(grid=args.grid, strength=args.strength, steps=args.steps, guidance=args.guidance,
+                         seed=args.seed, batch_size=args.batch_size, memory_budget_mb=args.memory_budget,
+                         ip_weight=args.ip_weight, sequential=args.sequential, loras=tuple(args.lora or ()),
+                         lora_from=args.lora_from, lora_cap=args.lora_cap, per_block=args.per_block,
+                         composition_blocks=args.composition_blocks).settings()
 
 
 def source_settings(args: argparse.Namespace):

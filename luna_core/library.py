@@ -87,6 +87,8 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
                 SELECT ids.image_id, p.content_hash, p.path, p.copies, s.split,
                        g.generator, g.prompt, g.negative_prompt, g.seed, g.model,
                        g.loras, g.sampler, g.scheduler, g.steps, g.cfg_scale, p.mtime_ns,
+                       -- A1111 and Forge write each LoRA's hash ("name: hash, ..."): refinement finds files by it
+                       json_extract_string(g.extra, '$."Lora hashes"') AS lora_hashes,
                        v."row" AS vision_row,
                        {conditioning_key_sql('g.prompt', 'g.prompt_syntax')} AS prompt_hash, tp."row" AS prompt_row,
                        tp.token_count AS prompt_tokens, tp.truncated AS prompt_truncated, tp.chunks AS prompt_chunks,

@@ -47,6 +47,7 @@ class Neighbor:
     generator: str | None
     content_hash: str
     loras: list = field(default_factory=list)  # [{"name", "weight"}] the catalog read from the image's metadata
+    lora_hashes: str | None = None  # A1111's "Lora hashes" ("name: hash, ..."), where the metadata has it
 
 
 @dataclass
@@ -211,7 +212,8 @@ class Vault:
         for (sim, image_id, row), weight in zip(keep, weights):
             values = {column: lookup.column(column)[row].as_py()
                       for column in ("path", "prompt", "negative_prompt", "generator", "content_hash")}
-            values["loras"] = (lookup.column("loras")[row].as_py() or []) if "loras" in lookup.column_names else []
+            for column, empty in (("loras", []), ("lora_hashes", None)):  # indexes published before them lack these
+                values[column] = (lookup.column(column)[row].as_py() or empty) if column in lookup.column_names else empty
             out.append(Neighbor(image_id, sim, float(weight), **values))
         return out
 

@@ -16,7 +16,16 @@ from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
 from luna_core.metadata.record import Lora
 from luna_core.models.profiles import tiny_profile
-from luna_core.refine.lora import LoraError, LoraLibrary, lora_set, neighbour_loras, parse_lora, read_lora, tensor_data_hash
+from luna_core.refine.lora import read_lora
+from luna_core.refine.lora_files import (
+    LoraError,
+    LoraLibrary,
+    lora_set,
+    neighbour_loras,
+    parse_lora,
+    parse_lora_hashes,
+    tensor_data_hash,
+)
 from luna_core.refine.sampler import ItemConditioning, SDXLSampler
 from luna_core.refine.settings import SamplerSettings
 from luna_core.samples.loras import write_sample_lora
@@ -175,6 +184,10 @@ def test_lora_files_are_found_by_name_path_or_hash(tmp_path, sampler):
     assert library.find(tensor_data_hash(nested)[:12]) == nested, "A1111's 12-digit LoRA hash"
     found, missing = library.resolve(["film_grain_style", "nope", "film_grain_style"])
     assert found == {"film_grain_style": nested} and missing == ["nope"]
+    # A name no file is called by, found by the hash the image's metadata recorded for it (A1111's Lora hashes).
+    hashes = parse_lora_hashes(f"grainy_v1: {tensor_data_hash(nested)[:12]}, broken entry, other: xyz")
+    assert hashes == {"grainy_v1": tensor_data_hash(nested)[:12]}
+    assert library.resolve(["grainy_v1", "other"], hashes) == ({"grainy_v1": nested}, ["other"])
 
 
 def test_lora_sets_parse_merge_and_come_from_the_neighbours():
@@ -226,6 +239,8 @@ def test_refiner_batched_equals_sequential_with_loras_pieces_and_per_block(lora_
     assert np.array_equal(np.asarray(batched), np.asarray(sequential))
     assert not np.array_equal(np.asarray(batched), np.asarray(plain))
     assert report.per_block["whole_image"] == ["down", "mid"] and report.per_block["own"] == ["up"]
+    neighbours = refiner.vault.nearest(refiner.vault.embed_pictures([image.convert("RGB")])[0], 20)
+    assert any(n.lora_hashes and n.loras for n in neighbours), "the index's lookup carries A1111's LoRA hashes"
     assert "watercolor_v2" in {a["name"] for a in report.loras["adapters"]}
     assert all(any(x.startswith("watercolor_v2:") for x in s) for s in report.loras["items"])
     w, h = image.size

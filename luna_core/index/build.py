@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 LOOKUP_COLUMNS = ("image_id", "content_hash", "path", "generator", "split", "prompt", "negative_prompt",
                   # what a person browsing the neighbours sees and filters on, without a catalog query
                   "model", "loras", "sampler", "scheduler", "seed", "steps", "cfg_scale", "mtime_ns",
+                  "lora_hashes",  # A1111's "Lora hashes" text: how refinement finds a neighbour's LoRA file
                   "prompt_row", "negative_row", "vision_row",  # vision_row: where re-ranking reads
                   "prompt_chunks", "negative_chunks")  # conditioning rows from *_row on
 
@@ -47,9 +48,16 @@ def _library_rows(home: LunaHome):
     with open_catalog(home.catalog_path) as con:
         if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchall()[0][0]:
             raise NotBuiltError("the catalog has no `library` view yet: materialize luna_catalog first")
+        in_view = {name for (name,) in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'library'").fetchall()}
+
+        def column(name: str) -> str:  # a view made by an older Luna lacks the newest columns until rebuilt
+            if name not in in_view:
+                return f"NULL::VARCHAR AS {name}"
+            return "seed::VARCHAR AS seed" if name == "seed" else name
+
         table = con.sql(f"""
-            SELECT {", ".join(c if c != "seed" else "seed::VARCHAR AS seed"
-                              for c in LOOKUP_COLUMNS if not c.endswith(("_row", "_chunks")))},
+            SELECT {", ".join(column(c) for c in LOOKUP_COLUMNS if not c.endswith(("_row", "_chunks")))},
                    coalesce(prompt_row, -1) AS prompt_row, coalesce(negative_row, -1) AS negative_row,
                    vision_row, coalesce(prompt_chunks, 1) AS prompt_chunks,
                    coalesce(negative_chunks, 1) AS negative_chunks

@@ -12,6 +12,7 @@ from PIL import Image
 from luna_core.boxes import Box
 from luna_core.metadata.record import Lora
 from luna_core.refine.geometry import chess_tiles, detail_crops
+from luna_core.refine.memory import peak_memory
 from luna_core.refine.sampler import ItemConditioning, SDXLSampler, item_seed
 from luna_core.refine.settings import SamplerSettings
 
@@ -169,8 +170,6 @@ def budget_pass(sampler: SDXLSampler, side: int, grid: int, budgets_mb: list[flo
                 widths: tuple[int, int, int] = (77, 2048, 1280)) -> list[dict]:
     """The even pass of a grid x grid chess refinement of a side x side picture, once per memory budget
     (0: the automatic one): how the budget split it, the peak memory measured, and the wall time."""
-    from luna_core.refine.memory import peak_memory
-
     seq, width, pooled = widths
     tiles = [t for t in chess_tiles(side, side, grid, multiple=sampler.pixel_multiple) if t.parity == 0]
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ import numpy as np
 
 from luna_core.mixing import Parts, mix
 from luna_core.query import Vault
-from luna_core.refine.lora import neighbour_loras
+from luna_core.refine.lora_files import neighbour_loras, parse_lora_hashes
 from luna_core.refine.sampler import ItemConditioning
 from luna_core.refine.settings import SourceSettings
 
@@ -76,12 +76,20 @@ class Conditioner:
                 *answer, neighbors = self.vault.vault_answer(embedding, s.k, s.temperature, exclude)
                 info = {"source": s.source, "neighbors": [n.path for n in neighbors]}
                 if lora_cap:
-                    info["vault_loras"] = neighbour_loras([(n.weight, n.loras) for n in neighbors], lora_cap)
+                    info.update(_neighbour_loras(neighbors, lora_cap))
                 parts = mix(Parts(*answer), self._typed, "blend", s.alpha) if s.source == "blend" else Parts(*answer)
                 out.append(ItemConditioning(*parts, info))
             return out
         if lora_cap:  # the neighbours of each crop, for their LoRAs only
             for item, embedding in zip(out, self.vault.embed_pictures(crops)):
-                neighbors = self.vault.nearest(embedding, s.k, s.temperature, exclude)
-                item.info["vault_loras"] = neighbour_loras([(n.weight, n.loras) for n in neighbors], lora_cap)
+                item.info.update(_neighbour_loras(self.vault.nearest(embedding, s.k, s.temperature, exclude), lora_cap))
         return out
+
+
+def _neighbour_loras(neighbors, cap: int) -> dict:
+    """`vault_loras`: the weighted union of the neighbours' LoRAs (the `cap` strongest); `lora_hashes`: the
+    hashes their metadata recorded for them, by name."""
+    hashes: dict[str, str] = {}
+    for n in neighbors:
+        hashes.update(parse_lora_hashes(n.lora_hashes))
+    return {"vault_loras": neighbour_loras([(n.weight, n.loras) for n in neighbors], cap), "lora_hashes": hashes}

@@ -29,7 +29,7 @@ from scipy import ndimage
 from luna_core.boxes import Box, BoxError
 from luna_core.errors import LunaConfigError, QueryError
 from luna_core.metadata.record import Lora
-from luna_core.refine.lora import lora_set
+from luna_core.refine.lora_files import lora_set
 
 MAX_DETECTIONS_FILE_BYTES = 64 << 20
 MAX_DETECTIONS = 10_000

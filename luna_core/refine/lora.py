@@ -17,159 +17,29 @@ Text-encoder parts (`lora_te1_`, `lora_te2_`, `text_encoder.`, `text_encoder_2.`
 so: an item's conditioning comes from the vault or a projector, not from encoding a prompt with the
 LoRA's text encoder. LyCORIS variants (LoHa, LoKr) and DoRA are refused by name.
 
-LoRA files are found in the folders of `[models] lora_dirs` (luna.toml, or $LUNA_LORA_DIRS): by file
-name (the catalog's `<lora:NAME:…>` names are file stems), by path below a folder, or by hash (the
-first 10 or more hex digits of the sha256 of the tensor data, A1111's and Civitai's LoRA hash).
+LoRA files are found in the folders of `[models] lora_dirs` (luna.toml, or $LUNA_LORA_DIRS) by
+luna_core.refine.lora_files: by file name, path below a folder, or hash.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from luna_core.errors import LunaConfigError
+from safetensors import SafetensorError, safe_open
+
 from luna_core.metadata.record import Lora
+from luna_core.refine.lora_files import LoraError
 
 log = logging.getLogger(__name__)
 
 MAX_LORA_TENSORS = 20_000
 MAX_LORA_BYTES = 4 << 30
-MAX_LORAS_PER_ITEM = 64
-HASH_DIGITS = 10  # the shortest hash prefix a name may be matched by (A1111 writes 12)
-
-
-class LoraError(LunaConfigError):
-    """A LoRA file that cannot be used: unreadable, in an unknown layout, or for another UNet."""
-
-
-def parse_lora(text: str) -> Lora:
-    """`NAME:WEIGHT` or `NAME` (weight 1), as `--lora` takes it; a name may itself hold colons."""
-    name, _, weight = text.strip().rpartition(":")
-    if not name:
-        return Lora(weight.strip(), 1.0) if weight.strip() else _bad_lora(text)
-    try:
-        return Lora(name.strip(), float(weight))
-    except ValueError:
-        return Lora(text.strip(), 1.0)
-
-
-def _bad_lora(text: str) -> Lora:
-    raise LunaConfigError(f"--lora {text!r}: give NAME or NAME:WEIGHT")
-
-
-def canonical_name(name: str) -> str:
-    """A LoRA's name as written by any tool (`film_grain`, `film_grain.safetensors`, `styles\\film_grain.pt`)
-    without its file suffix and with forward slashes."""
-    name = name.strip().replace("\\", "/")
-    stem, dot, suffix = name.rpartition(".")
-    return stem if dot and suffix.lower() in ("safetensors", "pt", "ckpt", "bin") else name
-
-
-def lora_set(loras: Iterable[Lora | dict | str]) -> tuple[Lora, ...]:
-    """One item's LoRA set from the forms people write it in (Lora, {"name", "weight"}, "NAME:W"), with
-    a name given twice kept once, its weights added."""
-    merged: dict[str, float] = {}
-    if not isinstance(loras, list | tuple):
-        raise LunaConfigError(f"LoRAs are a list of NAME:WEIGHT or {{name, weight}} (got {type(loras).__name__})")
-    if len(loras) > MAX_LORAS_PER_ITEM:
-        raise LunaConfigError(f"{len(loras)} LoRAs for one item (at most {MAX_LORAS_PER_ITEM})")
-    for lora in loras:
-        if not isinstance(lora, Lora | dict | str):
-            raise LunaConfigError(f"a LoRA is NAME:WEIGHT or {{name, weight}} (got {lora!r})")
-        if isinstance(lora, str):
-            lora = parse_lora(lora)
-        elif isinstance(lora, dict):
-            if not isinstance(lora.get("name"), str) or not lora["name"].strip():
-                raise LunaConfigError(f"a LoRA needs a name (got {lora!r})")
-            try:
-                lora = Lora(lora["name"].strip(), float(lora.get("weight", 1.0)))
-            except (TypeError, ValueError):
-                raise LunaConfigError(f"LoRA {lora['name']!r}: weight {lora.get('weight')!r} is not a number") from None
-        name = canonical_name(lora.name)
-        merged[name] = merged.get(name, 0.0) + float(lora.weight)
-    return tuple(Lora(name, weight) for name, weight in merged.items() if weight != 0.0)
-
-
-def neighbour_loras(neighbours: Sequence[tuple[float, Sequence]], cap: int) -> tuple[Lora, ...]:
-    """The weighted union of the neighbours' LoRAs: each LoRA's weight is the sum over the neighbours of
-    (neighbour weight x LoRA weight); the `cap` strongest (by absolute weight) are kept."""
-    summed: dict[str, float] = {}
-    for share, loras in neighbours:
-        for lora in lora_set(list(loras or ())):
-            summed[lora.name] = summed.get(lora.name, 0.0) + float(share) * lora.weight
-    ranked = sorted(summed.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
-    return tuple(Lora(name, round(weight, 4)) for name, weight in ranked[: max(0, cap)] if weight != 0.0)
-
-
-# ------------------------------------------------------------------ finding files
-
-
-def tensor_data_hash(path: Path) -> str:
-    """sha256 of a .safetensors file's tensor data (the bytes after its header): A1111's and Civitai's
-    LoRA hash, unchanged when only the file's metadata is edited."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        header = f.read(8)
-        if len(header) < 8:
-            raise LoraError(f"LoRA {path} is not a safetensors file (shorter than its header)")
-        f.seek(8 + int.from_bytes(header, "little"))
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass
-class LoraLibrary:
-    """The LoRA files in the configured folders, found by name, relative path or hash."""
-
-    dirs: tuple[Path, ...]
-    _files: list[Path] | None = None
-    _hashes: dict[tuple, str] = field(default_factory=dict)  # (path, mtime_ns, size) → hash
-
-    @property
-    def files(self) -> list[Path]:
-        if self._files is None:
-            self._files = sorted(p for d in self.dirs if d.is_dir() for p in d.rglob("*.safetensors") if p.is_file())
-        return self._files
-
-    def find(self, name: str) -> Path | None:
-        wanted = name.strip().replace("\\", "/").lower()
-        wanted = wanted[: -len(".safetensors")] if wanted.endswith(".safetensors") else wanted
-        for path in self.files:  # a path below a folder, then a file name
-            for folder in self.dirs:
-                if path.is_relative_to(folder) and path.relative_to(folder).with_suffix("").as_posix().lower() == wanted:
-                    return path
-        by_stem = [p for p in self.files if p.stem.lower() == wanted.rsplit("/", 1)[-1]]
-        if by_stem:
-            return by_stem[0]
-        if re.fullmatch(r"[0-9a-f]{%d,64}" % HASH_DIGITS, wanted):
-            for path in self.files:
-                stat = path.stat()
-                key = (path, stat.st_mtime_ns, stat.st_size)
-                if key not in self._hashes:
-                    self._hashes[key] = tensor_data_hash(path)
-                if self._hashes[key].startswith(wanted):
-                    return path
-        return None
-
-    def resolve(self, names: Iterable[str]) -> tuple[dict[str, Path], list[str]]:
-        """(found name → file, missing names), from the folders as they are now (files come and go)."""
-        self._files = None
-        found, missing = {}, []
-        for name in dict.fromkeys(names):
-            path = self.find(name)
-            if path is None:
-                missing.append(name)
-            else:
-                found[name] = path
-        return found, missing
-
 
 # ------------------------------------------------------------------ reading a file
 
@@ -206,6 +76,7 @@ _UNSUPPORTED = (("hada_", "LyCORIS LoHa"), ("lokr_", "LyCORIS LoKr"), ("dora_sca
 def unet_targets(unet) -> dict[str, str]:
     """Every name a LoRA file may give a UNet Linear or Conv2d layer by, → the module's own name: the
     module name, kohya's flat form of it, and kohya's flat form of SDXL's original (SGM) name."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     lpb = int(unet.config.layers_per_block)
@@ -216,7 +87,7 @@ def unet_targets(unet) -> dict[str, str]:
             continue
         targets[name] = name
         targets[name.replace(".", "_")] = name
-        sgm = _sgm_name(name, lpb, up_has_attention)
+        sgm = sgm_name(name, lpb, up_has_attention)
         if sgm:
             targets[sgm.replace(".", "_")] = name
     return targets
@@ -229,7 +100,7 @@ _TOP_SGM = {"conv_in": "input_blocks.0.0", "conv_out": "out.2", "time_embedding.
             "add_embedding.linear_2": "label_emb.0.2"}
 
 
-def _sgm_name(name: str, lpb: int, up_has_attention: list[bool]) -> str | None:
+def sgm_name(name: str, lpb: int, up_has_attention: list[bool]) -> str | None:
     """SDXL's original (SGM) name of a diffusers UNet module, as kohya's SDXL LoRAs name layers."""
     if name in _TOP_SGM:
         return _TOP_SGM[name]
@@ -261,8 +132,8 @@ def _sgm_name(name: str, lpb: int, up_has_attention: list[bool]) -> str | None:
 
 def read_lora(path: str | Path, unet, name: str | None = None, targets: dict[str, str] | None = None) -> LoraAdapter:
     """A LoRA file's UNet layers, checked against `unet` (every layer must exist there, with its shape)."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
-    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     label = f"LoRA {path}"
@@ -356,6 +227,7 @@ def _layer_of(key: str) -> tuple[str | None, str | None, str | None]:
 
 
 def _checked_layer(label: str, module_name: str, module, parts: dict) -> LoraLayer:
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     down, up = parts["down"].float(), parts["up"].float()
@@ -412,6 +284,7 @@ class RowLoras:
     @contextlib.contextmanager
     def applied(self, rows: Sequence[Sequence[Lora]]):
         """Within the block, UNet row r gets the LoRAs `rows[r]` (loaded adapters by name)."""
+        # torch and the model libraries take about a second to import: only code that runs a model pays for it
         import torch
 
         plan: dict[str, list] = {}
@@ -433,6 +306,7 @@ class RowLoras:
 
 
 def _row_hook(entries):
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch.nn.functional as F
 
     def hook(module, inputs, output):

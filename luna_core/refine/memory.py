@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class ChunkPlan:
 
 
 def default_budget_mb(device) -> float:
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
@@ -70,14 +72,24 @@ def _available_ram() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def plan_chunks(items: int, height: int, width: int, vae_channels: int, vae_bytes: int, vae_factor: int,
-                unet_channels: list[int], unet_bytes: int, guidance_rows: int, budget_mb: float,
+@dataclass(frozen=True)
+class ModelSizes:
+    """What the estimates need of a VAE and a UNet."""
+
+    vae_channels: int  # the VAE's widest full-resolution layer (block_out_channels[0])
+    vae_bytes: int  # bytes per value
+    vae_factor: int  # pixels per latent, per side
+    unet_channels: tuple[int, ...]  # block_out_channels, one per level
+    unet_bytes: int
+
+
+def plan_chunks(items: int, height: int, width: int, sizes: ModelSizes, guidance_rows: int, budget_mb: float,
                 cap: int = 0) -> ChunkPlan:
     """Items per VAE and UNet call for `items` pictures of height x width (cap: an explicit batch size)."""
-    vae_mb = VAE_ACTIVATIONS * vae_channels * height * width * vae_bytes / MB
-    latent = (height // vae_factor) * (width // vae_factor)
-    unet_mb = guidance_rows * UNET_ACTIVATIONS * unet_bytes * latent * sum(c / 4**level for level, c in
-                                                                            enumerate(unet_channels)) / MB
+    vae_mb = VAE_ACTIVATIONS * sizes.vae_channels * height * width * sizes.vae_bytes / MB
+    latent = (height // sizes.vae_factor) * (width // sizes.vae_factor)
+    unet_mb = guidance_rows * UNET_ACTIVATIONS * sizes.unet_bytes * latent * sum(
+        c / 4**level for level, c in enumerate(sizes.unet_channels)) / MB
     limit = cap if cap > 0 else max(items, 1)
     vae_items = max(1, min(limit, int(budget_mb // max(vae_mb, 1e-9))))
     unet_items = max(1, min(limit, int(budget_mb // max(unet_mb, 1e-9))))
@@ -88,6 +100,7 @@ def plan_chunks(items: int, height: int, width: int, vae_channels: int, vae_byte
 def peak_memory(device):
     """Yields a dict that holds, after the block, `peak_mb` and what it measured: CUDA's allocator peak, or
     the process's resident-set high-water mark (reset at the start where Linux allows)."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     result: dict = {}
@@ -119,6 +132,4 @@ def _rss_high_water() -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

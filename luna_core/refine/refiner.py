@@ -36,7 +36,7 @@ from luna_core.refine.geometry import (
     soft_mask,
     tile_feather,
 )
-from luna_core.refine.lora import LoraLibrary, canonical_name, lora_set
+from luna_core.refine.lora_files import LoraLibrary, canonical_name, lora_set
 from luna_core.refine.memory import megabytes, peak_memory
 from luna_core.refine.sampler import SDXLSampler, item_seed, to_pixels
 from luna_core.refine.settings import BLOCKS, CHESS_IP_WEIGHT, DETAIL_IP_WEIGHT, RefineSettings, SourceSettings
@@ -114,6 +114,22 @@ class RefineReport:
         return "\n".join(lines)
 
 
+@dataclass
+class _Pass:
+    """One sampler pass's items: the crops, where each sits, and what each carries."""
+
+    name: str
+    index: int  # the pass's place in the item seeds (seed, pass, item)
+    crops: list
+    places: list[Tile]
+    original: tuple[int, int]  # the whole image (height, width), for SDXL's micro-conditioning
+    target: tuple[int, int]  # each item's size as refined
+    ip_weight: float
+    on_done: Callable[[int], None]
+    pieces: list | None = None  # a prompt piece per item
+    item_loras: list | None = None  # each item's own LoRAs
+
+
 class Refiner:
     """The sampler, the conditioning source and (optionally) an IP-Adapter, loaded once for many images."""
 
@@ -164,9 +180,9 @@ class Refiner:
                 continue
             crops = [_crop(canvas, t.rect) for t in cells]
             target = (cells[0].rect.height, cells[0].rect.width)
-            refined, done = self._refine_items(crops, cells, (height, width), target, parity, settings, weight,
-                                               lambda n_done, n=name, total=len(cells):
-                                               on_progress and on_progress(n, n_done, total), report, name, whole)
+            work = _Pass(name, parity, crops, cells, (height, width), target, weight,
+                         lambda n_done, n=name, total=len(cells): on_progress and on_progress(n, n_done, total))
+            refined, done = self._refine_items(work, settings, report, whole)
             for tile, pixels in zip(cells, refined):
                 _paste(canvas, tile.rect, to_pixels(pixels), feather_mask(tile.rect.width, tile.rect.height,
                                                                           tile_feather(tile, tiles, (width, height))))
@@ -193,9 +209,9 @@ class Refiner:
         report = self._report("detail", image, (side, side))
         weight = DETAIL_IP_WEIGHT if settings.ip_weight is None else settings.ip_weight
         whole = self._whole_image(image, settings, report)
-        refined, done = self._refine_items(crops, crops_at, (height, width), (side, side), 0, settings, weight,
-                                           lambda n_done: on_progress and on_progress("crops", n_done, len(crops_at)),
-                                           report, "crops", whole, pieces, loras)
+        work = _Pass("crops", 0, crops, crops_at, (height, width), (side, side), weight,
+                     lambda n_done: on_progress and on_progress("crops", n_done, len(crops_at)), pieces, loras)
+        refined, done = self._refine_items(work, settings, report, whole)
         for i, (crop, box, pixels) in enumerate(zip(crops_at, boxes, refined)):
             back = _resize(to_pixels(pixels), crop.rect.width, crop.rect.height)
             mask = feather_mask(crop.rect.width, crop.rect.height, crop_feather(crop, box, (width, height)))
@@ -208,31 +224,29 @@ class Refiner:
 
     # ------------------------------------------------------------ shared steps
 
-    def _refine_items(self, crops: list, places: list[Tile], original: tuple[int, int], target: tuple[int, int],
-                      pass_index: int, settings: RefineSettings, ip_weight: float, on_done, report: RefineReport,
-                      name: str, whole=None, pieces: list | None = None, item_loras: list | None = None):
+    def _refine_items(self, work: _Pass, settings: RefineSettings, report: RefineReport, whole=None):
         """Condition and refine one pass's items: one sampler call (or one per item when sequential)."""
 
-        pictures = [c if hasattr(c, "convert") else Image.fromarray(c) for c in crops]
-        conditions = self.conditioner.condition(pictures, pieces=pieces, lora_cap=settings.lora_from_vault)
+        pictures = [c if hasattr(c, "convert") else Image.fromarray(c) for c in work.crops]
+        conditions = self.conditioner.condition(pictures, pieces=work.pieces, lora_cap=settings.lora_from_vault)
         if whole is not None:
             conditions = [replace(c, composition_embeds=whole.prompt_embeds,
                                   composition_negative_embeds=whole.negative_prompt_embeds) for c in conditions]
-        loras = self._lora_sets(conditions, settings, item_loras, report)
-        time_ids = np.array([[*original, t.rect.y, t.rect.x, *target] for t in places], dtype=np.float32)
-        seeds = [item_seed(settings.sampler.seed, pass_index, t.index) for t in places]
+        loras = self._lora_sets(conditions, settings, work.item_loras, report)
+        time_ids = np.array([[*work.original, t.rect.y, t.rect.x, *work.target] for t in work.places], dtype=np.float32)
+        seeds = [item_seed(settings.sampler.seed, work.index, t.index) for t in work.places]
         ip = None
         if self.sampler.ip_adapter:
-            self.sampler.pipe.set_ip_adapter_scale(ip_weight)
+            self.sampler.pipe.set_ip_adapter_scale(work.ip_weight)
             ip = self.sampler.ip_image_embeds(pictures)
         sampler = replace(settings.sampler, batch_size=1) if settings.sequential else settings.sampler
-        plan = self.sampler.plan(len(pictures), target[0], target[1], sampler)
+        plan = self.sampler.plan(len(pictures), work.target[0], work.target[1], sampler)
         report.memory_budget_mb = plan.budget_mb
         started = time.perf_counter()
         with peak_memory(self.sampler.device) as peak:
-            refined = self.sampler.refine(pictures, conditions, time_ids, seeds, sampler, ip, on_chunk=on_done,
+            refined = self.sampler.refine(pictures, conditions, time_ids, seeds, sampler, ip, on_chunk=work.on_done,
                                           loras=loras if any(loras) else None)
-        return refined, PassReport(name, len(pictures), plan.unet_chunks, time.perf_counter() - started,
+        return refined, PassReport(work.name, len(pictures), plan.unet_chunks, time.perf_counter() - started,
                                    plan.vae_chunks, plan.describe(), peak["peak_mb"], peak["measured_as"])
 
     def _whole_image(self, image, settings: RefineSettings, report: RefineReport):
@@ -257,8 +271,9 @@ class Refiner:
         if not names:
             report.loras.setdefault("items", []).extend([[] for _ in sets])
             return sets
-        found, missing = self.lora_library.resolve(names)
-        if missing:
+        hashes = {name: digest for c in conditions for name, digest in c.info.get("lora_hashes", {}).items()}
+        found, missing = self.lora_library.resolve(names, hashes)
+        if set(missing) - set(report.loras.get("missing", [])):  # one warning per refinement, not per pass
             where = ", ".join(str(d) for d in self.lora_library.dirs) or "no folder ([models] lora_dirs is not set)"
             log.warning("LoRAs not found in %s, skipped: %s", where, ", ".join(missing))
         # Names that find the same file (`x`, `x.safetensors`, its hash) are one adapter, named by its file.

@@ -25,7 +25,7 @@ from luna_core.errors import LunaConfigError
 from luna_core.mixing import aligned
 from luna_core.models.encoders import _load
 from luna_core.refine.lora import LoraAdapter, RowLoras
-from luna_core.refine.memory import ChunkPlan, default_budget_mb, plan_chunks
+from luna_core.refine.memory import ChunkPlan, ModelSizes, default_budget_mb, plan_chunks
 from luna_core.refine.settings import SamplerSettings
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,10 @@ class SDXLSampler:
         """How a pass of `items` pictures of height x width is split to fit the memory budget."""
         budget = settings.memory_budget_mb or default_budget_mb(self.device)
         bytes_of = lambda module: next(module.parameters()).element_size()  # noqa: E731
-        return plan_chunks(items, height, width, int(self.vae.config.block_out_channels[0]), bytes_of(self.vae),
-                           self.vae_factor, list(self.unet.config.block_out_channels), bytes_of(self.unet),
-                           2 if settings.guidance_scale > 1.0 else 1, budget, settings.batch_size)
+        sizes = ModelSizes(int(self.vae.config.block_out_channels[0]), bytes_of(self.vae), self.vae_factor,
+                           tuple(self.unet.config.block_out_channels), bytes_of(self.unet))
+        return plan_chunks(items, height, width, sizes, 2 if settings.guidance_scale > 1.0 else 1, budget,
+                           settings.batch_size)
 
     # ------------------------------------------------------------ the batched loop
 

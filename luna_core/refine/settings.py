@@ -12,6 +12,7 @@ from luna_core.metadata.record import Lora
 from luna_core.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, check_inputs
 from luna_core.projector.names import DEFAULT_PROJECTOR
 from luna_core.refine.geometry import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_OVERLAP
+from luna_core.refine.lora_files import lora_set
 
 BLOCKS = ("down", "mid", "up")
 
@@ -65,26 +66,41 @@ class RefineSettings:
 DEFAULT_LORA_CAP = 3  # --lora-from vault: the neighbours' strongest LoRAs kept per item
 
 
-def refine_settings(grid: int = DEFAULT_GRID, strength: float = SamplerSettings.strength,
-                    steps: int = SamplerSettings.steps, guidance: float = SamplerSettings.guidance_scale,
-                    seed: int = 0, batch_size: int = 0, memory_budget_mb: float = 0.0, ip_weight: float | None = None,
-                    sequential: bool = False, loras: list[str] | tuple = (), lora_from: str | None = None,
-                    lora_cap: int = DEFAULT_LORA_CAP, per_block: bool = False,
-                    composition_blocks: str | tuple[str, ...] = SamplerSettings.composition_blocks) -> RefineSettings:
-    """RefineSettings from the words of `luna refine` and the refine job's launchpad, checked."""
-    from luna_core.refine.lora import lora_set
+@dataclass(frozen=True)
+class RefineOptions:
+    """A refinement in the words of `luna refine`, the refine job's launchpad and the ComfyUI node;
+    `settings()` checks them and gives the RefineSettings."""
 
-    if lora_from not in (None, "", "vault"):
-        raise LunaConfigError(f"--lora-from takes vault (got {lora_from!r})")
-    if lora_from and lora_cap < 1:
-        raise LunaConfigError(f"the LoRA cap must be at least 1 (got {lora_cap})")
-    if isinstance(composition_blocks, str):
-        composition_blocks = tuple(b.strip() for b in composition_blocks.split(",") if b.strip())
-    sampler = SamplerSettings(strength=strength, steps=steps, guidance_scale=guidance, seed=seed, batch_size=batch_size,
-                              memory_budget_mb=memory_budget_mb, composition_blocks=tuple(composition_blocks))
-    sampler.check()
-    return RefineSettings(grid=grid, sampler=sampler, ip_weight=ip_weight, sequential=sequential,
-                          loras=lora_set(list(loras)), lora_from_vault=lora_cap if lora_from else 0, per_block=per_block)
+    grid: int = DEFAULT_GRID
+    strength: float = SamplerSettings.strength
+    steps: int = SamplerSettings.steps
+    guidance: float = SamplerSettings.guidance_scale
+    seed: int = 0
+    batch_size: int = 0
+    memory_budget_mb: float = 0.0
+    ip_weight: float | None = None
+    sequential: bool = False
+    loras: tuple[str, ...] = ()  # NAME:WEIGHT
+    lora_from: str | None = None  # vault
+    lora_cap: int = DEFAULT_LORA_CAP
+    per_block: bool = False
+    composition_blocks: str | tuple[str, ...] = SamplerSettings.composition_blocks  # or "down,mid"
+
+    def settings(self) -> RefineSettings:
+        if self.lora_from not in (None, "", "vault"):
+            raise LunaConfigError(f"--lora-from takes vault (got {self.lora_from!r})")
+        if self.lora_from and self.lora_cap < 1:
+            raise LunaConfigError(f"the LoRA cap must be at least 1 (got {self.lora_cap})")
+        blocks = self.composition_blocks
+        if isinstance(blocks, str):
+            blocks = tuple(b.strip() for b in blocks.split(",") if b.strip())
+        sampler = SamplerSettings(strength=self.strength, steps=self.steps, guidance_scale=self.guidance, seed=self.seed,
+                                  batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb,
+                                  composition_blocks=tuple(blocks))
+        sampler.check()
+        return RefineSettings(grid=self.grid, sampler=sampler, ip_weight=self.ip_weight, sequential=self.sequential,
+                              loras=lora_set(list(self.loras)), lora_from_vault=self.lora_cap if self.lora_from else 0,
+                              per_block=self.per_block)
 
 
 SOURCES = ("vault", "projector", "prompt", "blend")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from luna_core.files import write_atomically
-from luna_core.refine.lora import _sgm_name
+from luna_core.refine.lora import sgm_name
 
 LAYOUTS = ("kohya", "kohya-sgm", "peft")
 ATTENTION_LAYERS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -20,6 +20,7 @@ ATTENTION_LAYERS = ("to_q", "to_k", "to_v", "to_out.0")
 def lora_layers(unet, convolutions: bool = True) -> list[str]:
     """The UNet layers a sample LoRA patches: every attention projection, and (with `convolutions`) the
     resnets' 3x3 convolutions, as LoCon files do."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
 
     names = []
@@ -35,6 +36,7 @@ def write_sample_lora(path: str | Path, unet, seed: int, layout: str = "kohya", 
                       strength: float = 0.5, text_encoder_layers: int = 0, convolutions: bool = True) -> Path:
     """A LoRA for `unet` at `path`. `strength` sets the size of the update relative to each layer's own
     weights; `text_encoder_layers` adds that many (skipped) text-encoder layers, as real files carry."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays for it
     import torch
     from safetensors.torch import save
 
@@ -61,7 +63,7 @@ def write_sample_lora(path: str | Path, unet, seed: int, layout: str = "kohya", 
         if layout == "peft":
             tensors[f"unet.{name}.lora_A.weight"], tensors[f"unet.{name}.lora_B.weight"] = down_t, up_t
         else:
-            flat = (name if layout == "kohya" else _sgm_name(name, lpb, up_attention)).replace(".", "_")
+            flat = (name if layout == "kohya" else sgm_name(name, lpb, up_attention)).replace(".", "_")
             tensors[f"lora_unet_{flat}.lora_down.weight"] = down_t
             tensors[f"lora_unet_{flat}.lora_up.weight"] = up_t
             tensors[f"lora_unet_{flat}.alpha"] = torch.tensor(alpha)

@@ -21,10 +21,10 @@ from luna_core.refine.refiner import Refiner, save_image
 from luna_core.refine.settings import (
     DEFAULT_LORA_CAP,
     DEFAULT_PROJECTOR,
+    RefineOptions,
     RefineSettings,
     SamplerSettings,
     SourceSettings,
-    refine_settings,
 )
 
 REFINE_JOB = "refine_images"
@@ -66,11 +66,11 @@ class RefineConfig(dg.Config):
     piece_mode: str = _SOURCE.piece_mode  # how a detection's prompt piece meets its answer: concat or blend
 
     def settings(self) -> tuple[RefineSettings, SourceSettings]:
-        refine = refine_settings(grid=self.grid, strength=self.strength, steps=self.steps, guidance=self.guidance,
-                                 seed=self.seed, batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb,
-                                 ip_weight=None if self.ip_weight < 0 else self.ip_weight, loras=self.loras,
-                                 lora_from=self.lora_from, lora_cap=self.lora_cap, per_block=self.per_block,
-                                 composition_blocks=tuple(self.composition_blocks))
+        refine = RefineOptions(grid=self.grid, strength=self.strength, steps=self.steps, guidance=self.guidance,
+                               seed=self.seed, batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb,
+                               ip_weight=None if self.ip_weight < 0 else self.ip_weight, loras=tuple(self.loras),
+                               lora_from=self.lora_from, lora_cap=self.lora_cap, per_block=self.per_block,
+                               composition_blocks=tuple(self.composition_blocks)).settings()
         source = SourceSettings(self.source, self.prompt or None, self.negative_prompt or None, self.alpha, self.k,
                                 projector=self.projector, tracking_uri=self.tracking_uri or None,
                                 piece_mode=self.piece_mode)
