@@ -342,3 +342,19 @@ def test_per_block_conditioning_meets_an_ip_adapter_item_by_item(tiny_models):
     batched = ip_sampler.refine(*items, FAST, ip)
     for i in range(3):
         assert _diff(batched[i], _alone(ip_sampler, items, i, ip_embeds=ip[i : i + 1])) < 1e-5, i
+
+
+def test_sdxl_layer_names_map_to_the_original_names_kohya_sdxl_files_use():
+    from luna_core.refine.lora import sgm_name
+
+    up_attention = [True, True, False]  # SDXL base: two cross-attention up blocks, then a plain one
+    expected = {"down_blocks.1.attentions.0.proj_in": "input_blocks.4.1.proj_in",
+                "down_blocks.0.downsamplers.0.conv": "input_blocks.3.0.op",
+                "down_blocks.2.resnets.1.conv2": "input_blocks.8.0.out_layers.3",
+                "mid_block.resnets.1.conv1": "middle_block.2.in_layers.2",
+                "mid_block.attentions.0.transformer_blocks.0.attn1.to_q": "middle_block.1.transformer_blocks.0.attn1.to_q",
+                "up_blocks.0.upsamplers.0.conv": "output_blocks.2.2.conv",
+                "up_blocks.2.resnets.2.time_emb_proj": "output_blocks.8.0.emb_layers.1",
+                "up_blocks.1.attentions.2.proj_out": "output_blocks.5.1.proj_out",
+                "conv_in": "input_blocks.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+    assert {name: sgm_name(name, 2, up_attention) for name in expected} == expected

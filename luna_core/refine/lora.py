@@ -106,27 +106,30 @@ def sgm_name(name: str, lpb: int, up_has_attention: list[bool]) -> str | None:
         return _TOP_SGM[name]
     parts = name.split(".")
 
-    def inner(rest: list[str], kind: str) -> str:
+    def block(prefix: str, index: int, kind: str, rest: list[str]) -> str | None:
+        """A resnet (sub-block 0) or attention (sub-block 1) of SGM block `prefix.index`."""
+        sub = {"resnets": 0, "attentions": 1}.get(kind)
+        if sub is None:
+            return None
         if kind == "resnets" and rest and rest[0] in _RESNET_SGM:
-            return ".".join([_RESNET_SGM[rest[0]], *rest[1:]])
-        return ".".join(rest)
+            rest = [_RESNET_SGM[rest[0]], *rest[1:]]
+        return f"{prefix}.{index}.{sub}.{'.'.join(rest)}"
 
     if parts[0] == "down_blocks" and len(parts) > 4:
         level, kind, j = int(parts[1]), parts[2], int(parts[3])
         if kind == "downsamplers":
             return f"input_blocks.{(level + 1) * (lpb + 1)}.0.op"
-        sub = {"resnets": 0, "attentions": 1}.get(kind)
-        return None if sub is None else f"input_blocks.{1 + level * (lpb + 1) + j}.{sub}.{inner(parts[4:], kind)}"
+        return block("input_blocks", 1 + level * (lpb + 1) + j, kind, parts[4:])
     if parts[0] == "mid_block" and len(parts) > 3:
         kind, j = parts[1], int(parts[2])
         index = {"resnets": 2 * j, "attentions": 1}.get(kind)
-        return None if index is None else f"middle_block.{index}.{inner(parts[3:], kind)}"
+        rest = [_RESNET_SGM.get(parts[3], parts[3]), *parts[4:]] if kind == "resnets" else parts[3:]
+        return None if index is None else f"middle_block.{index}.{'.'.join(rest)}"
     if parts[0] == "up_blocks" and len(parts) > 4:
         level, kind, j = int(parts[1]), parts[2], int(parts[3])
         if kind == "upsamplers":
             return f"output_blocks.{level * (lpb + 1) + lpb}.{2 if up_has_attention[level] else 1}.{'.'.join(parts[4:])}"
-        sub = {"resnets": 0, "attentions": 1}.get(kind)
-        return None if sub is None else f"output_blocks.{level * (lpb + 1) + j}.{sub}.{inner(parts[4:], kind)}"
+        return block("output_blocks", level * (lpb + 1) + j, kind, parts[4:])
     return None
 
 
