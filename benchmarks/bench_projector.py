@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from luna_core.projector.models import ARCHITECTURES, ProjectorConfig, build_projector, parameter_count
+from luna_core.projector.models import (
+    ARCHITECTURES,
+    ProjectorConfig,
+    build_projector,
+    parameter_count,
+)
 
 
 def sdxl_width_figures() -> list[dict]:
@@ -41,10 +46,20 @@ def sdxl_width_figures() -> list[dict]:
                     model(x)
                     n += 1
                 times[batch] = (time.perf_counter() - started) / n / batch * 1000
-        rows.append({"arch": arch, "params": parameter_count(model), "MB": size / 1e6,
-                     "ms_per_image_b1": times[1], "ms_per_image_b64": times[64]})
-        print(f"{arch:10s} {rows[-1]['params'] / 1e6:6.2f} M params  {size / 1e6:7.1f} MB  "
-              f"{times[1]:6.2f} ms/img at batch 1  {times[64]:6.2f} ms/img at batch 64", flush=True)
+        rows.append(
+            {
+                "arch": arch,
+                "params": parameter_count(model),
+                "MB": size / 1e6,
+                "ms_per_image_b1": times[1],
+                "ms_per_image_b64": times[64],
+            }
+        )
+        print(
+            f"{arch:10s} {rows[-1]['params'] / 1e6:6.2f} M params  {size / 1e6:7.1f} MB  "
+            f"{times[1]:6.2f} ms/img at batch 1  {times[64]:6.2f} ms/img at batch 64",
+            flush=True,
+        )
     return rows
 
 
@@ -53,7 +68,13 @@ def tiny_quality(images: int) -> list[dict]:
     from luna_core.ingest import IngestOptions, ingest
     from luna_core.library import build_library
     from luna_core.models.profiles import resolve_profile
-    from luna_core.projector.train import TrainSettings, _Stores, load_pairs, losses, train_projector
+    from luna_core.projector.train import (
+        TrainSettings,
+        _Stores,
+        load_pairs,
+        losses,
+        train_projector,
+    )
     from luna_core.query import Vault
     from luna_core.samples import make_sample_library
     from luna_core.settings import LunaHome
@@ -74,8 +95,12 @@ def tiny_quality(images: int) -> list[dict]:
     rows = []
     settings = TrainSettings(epochs=20, batch_size=16, min_train_pairs=8, min_val_pairs=2)
     for arch in ARCHITECTURES:
-        result = train_projector(home, profile, ProjectorConfig(arch=arch, hidden=64, heads=2, rank=16), settings)
-        rows.append({"answer": f"projector {arch}", "pairs_per_s": result.pairs_per_s, **result.val_metrics})
+        result = train_projector(
+            home, profile, ProjectorConfig(arch=arch, hidden=64, heads=2, rank=16), settings
+        )
+        rows.append(
+            {"answer": f"projector {arch}", "pairs_per_s": result.pairs_per_s, **result.val_metrics}
+        )
 
     # The vault's k-NN answer for each val image, its own entry excluded, and the mean conditioning.
     vault = Vault(home, profile)
@@ -90,30 +115,45 @@ def tiny_quality(images: int) -> list[dict]:
     mean_tokens /= len(train.prompt_rows)
     mean_pooled /= len(train.prompt_rows)
     for i, embedding in enumerate(val_x.astype(np.float32)):
-        neighbors = [n for n in vault.nearest(embedding, 6) if n.image_id != int(val.image_ids[i])][:5]
-        lookup_rows = vault.index.rows_for(np.array([n.image_id for n in neighbors], dtype=np.int64))
+        neighbors = [n for n in vault.nearest(embedding, 6) if n.image_id != int(val.image_ids[i])][
+            :5
+        ]
+        lookup_rows = vault.index.rows_for(
+            np.array([n.image_id for n in neighbors], dtype=np.int64)
+        )
         prompt_rows = [int(vault.index.lookup.column("prompt_row")[r].as_py()) for r in lookup_rows]
         weights = np.array([n.weight for n in neighbors])
         weights /= weights.sum()
         knn_tokens, knn_pooled = vault._mean_rows(prompt_rows, weights)
         target_tokens, target_pooled = stores.targets(val.prompt_rows[i : i + 1])
-        for name, (tok, pool) in {"knn": (torch.from_numpy(knn_tokens)[None], torch.from_numpy(knn_pooled)[None]),
-                                  "mean": (mean_tokens[None], mean_pooled[None])}.items():
+        for name, (tok, pool) in {
+            "knn": (torch.from_numpy(knn_tokens)[None], torch.from_numpy(knn_pooled)[None]),
+            "mean": (mean_tokens[None], mean_pooled[None]),
+        }.items():
             loss, metrics = losses(tok, pool, target_tokens, target_pooled)
             for key, value in {"loss": float(loss), **metrics}.items():
                 totals[name][key] = totals[name].get(key, 0.0) + value / len(val_x)
     rows.append({"answer": "vault k-NN (k=5)", "pairs_per_s": float("nan"), **totals["knn"]})
     rows.append({"answer": "mean conditioning", "pairs_per_s": float("nan"), **totals["mean"]})
-    print(f"\ntiny profile, {images} images: {len(train.prompt_rows)} train / {len(val.prompt_rows)} val pairs "
-          "(random-weight encoders: pipeline check, not quality)")
+    print(
+        f"\ntiny profile, {images} images: {len(train.prompt_rows)} train / "
+        f"{len(val.prompt_rows)} val pairs "
+        "(random-weight encoders: pipeline check, not quality)"
+    )
     for row in rows:
-        print(f"  {row['answer']:22s} val loss {row['loss']:.4f}  token cos {row['token_cosine']:.4f}  "
-              f"pooled cos {row['pooled_cosine']:.4f}  train {row['pairs_per_s']:8.0f} pairs/s", flush=True)
+        print(
+            f"  {row['answer']:22s} val loss {row['loss']:.4f}  token cos "
+            f"{row['token_cosine']:.4f}  "
+            f"pooled cos {row['pooled_cosine']:.4f}  train {row['pairs_per_s']:8.0f} pairs/s",
+            flush=True,
+        )
     return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -121,7 +161,9 @@ def main() -> int:
     widths = sdxl_width_figures()
     quality = tiny_quality(args.images)
     if args.json:
-        Path(args.json).write_text(json.dumps({"sdxl_widths": widths, "tiny_quality": quality}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"sdxl_widths": widths, "tiny_quality": quality}, indent=2)
+        )
     return 0
 
 

@@ -1,10 +1,11 @@
-"""The report off the path of the data: the demo's build, the cheap report at two library sizes beside
-the expensive benchmark, and how long a deleted file stays in `/search` under automation, with and
-without a benchmark running, measured side by side in one run.
+"""The report off the path of the data: the demo's build, the cheap report at two library sizes
+beside the expensive benchmark, and how long a deleted file stays in `/search` under automation,
+with and without a benchmark running, measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench_report.py                       # everything (about 15 minutes)
-    .venv/bin/python benchmarks/bench_report.py --skip-latency        # build and report times only
-    .venv/bin/python benchmarks/bench_report.py --large 0             # no 5,000-image home
+    .venv/bin/python benchmarks/bench_report.py                       # everything (about 15
+    minutes) .venv/bin/python benchmarks/bench_report.py --skip-latency        # build and report
+    times only .venv/bin/python benchmarks/bench_report.py --large 0             # no 5,000-image
+    home
 
 The latency runs `luna ui` (sensor, automation, daemon) and `luna serve` on the demo home, deletes a
 file whose content no other file holds, and asks `/search` with that image every 2 s until no hit is
@@ -39,15 +40,19 @@ STATUS = """query Status($id: ID!) { runOrError(runId: $id) { ... on Run { statu
 
 def demo(home: str, images: int, size: int) -> float:
     """`luna demo` on a fresh home; the build time it prints."""
-    done = subprocess.run([LUNA, "demo", "--home", home, "--images", str(images), "--size", str(size)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [LUNA, "demo", "--home", home, "--images", str(images), "--size", str(size)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"luna demo failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return float(re.search(r"Built in ([0-9.]+)s", done.stdout).group(1))
 
 
 def report_seconds(home_path: str, repeat: int = 3) -> tuple[float, int]:
-    """Median seconds of a forced cheap report (MLflow logging included) and the images it scored."""
+    """Median seconds of a forced cheap report (MLflow logging included) and the images it
+    scored."""
     import numpy as np
 
     from luna_core.models.profiles import resolve_profile
@@ -67,8 +72,11 @@ def report_seconds(home_path: str, repeat: int = 3) -> tuple[float, int]:
 
 
 def _post(url: str, query: str, variables: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps({"query": query, "variables": variables}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
@@ -82,7 +90,9 @@ def _top_paths(search_url: str, body: bytes) -> list[str]:
 def deletion_latency(home, search_url: str, victim: Path, timeout: float = 900) -> float:
     """Seconds from deleting `victim` until no /search hit for its own picture is that file."""
     body = victim.read_bytes()
-    assert str(victim) in _top_paths(search_url, body), f"{victim} is not found by /search before its deletion"
+    assert str(victim) in _top_paths(search_url, body), (
+        f"{victim} is not found by /search before its deletion"
+    )
     started, pause = time.monotonic(), threading.Event()
     victim.unlink()
     while str(victim) in _top_paths(search_url, body):
@@ -98,7 +108,8 @@ def sole_copies(home) -> list[Path]:
     with duckdb.connect(str(home.catalog_path), read_only=True) as con:
         rows = con.execute("""SELECT path FROM images WHERE status = 'ok' AND content_hash IN
                               (SELECT content_hash FROM images GROUP BY 1 HAVING count(*) = 1)
-                              AND content_hash NOT IN (SELECT content_hash FROM near_duplicates UNION
+                              AND content_hash NOT IN (SELECT content_hash FROM near_duplicates
+                                  UNION
                                                        SELECT twin_hash FROM near_duplicates)
                               ORDER BY path""").fetchall()
     return [Path(p) for (p,) in rows if not Path(p).is_symlink() and p.endswith(".png")]
@@ -109,9 +120,16 @@ def latency(home_path: str) -> dict:
 
     home = LunaHome.existing(home_path)
     ui_port, serve_port = free_port(), free_port()
-    ui = Service("luna ui", [LUNA, "ui", "--home", home_path, "--port", str(ui_port)], ready="Serving dagster-webserver on")
-    serve = Service("luna serve", [LUNA, "serve", "--home", home_path, "--port", str(serve_port)],
-                    ready="Uvicorn running on")
+    ui = Service(
+        "luna ui",
+        [LUNA, "ui", "--home", home_path, "--port", str(ui_port)],
+        ready="Serving dagster-webserver on",
+    )
+    serve = Service(
+        "luna serve",
+        [LUNA, "serve", "--home", home_path, "--port", str(serve_port)],
+        ready="Uvicorn running on",
+    )
     figures = {}
     try:
         ui.wait_ready(240)
@@ -120,23 +138,40 @@ def latency(home_path: str) -> dict:
         search = f"http://127.0.0.1:{serve_port}/search"
         victims = sole_copies(home)
         figures["idle_s"] = deletion_latency(home, search, victims[0])
-        print(f"deleted file gone from /search, nothing else running: {figures['idle_s']:.0f} s", flush=True)
+        print(
+            f"deleted file gone from /search, nothing else running: {figures['idle_s']:.0f} s",
+            flush=True,
+        )
 
-        params = {"selector": {"repositoryLocationName": "luna", "repositoryName": "__repository__",
-                               "jobName": "run_refinement_benchmark"}, "runConfigData": {}}
-        answer = _post(f"http://127.0.0.1:{ui_port}/graphql", LAUNCH, {"params": params})["data"]["launchRun"]
+        params = {
+            "selector": {
+                "repositoryLocationName": "luna",
+                "repositoryName": "__repository__",
+                "jobName": "run_refinement_benchmark",
+            },
+            "runConfigData": {},
+        }
+        answer = _post(f"http://127.0.0.1:{ui_port}/graphql", LAUNCH, {"params": params})["data"][
+            "launchRun"
+        ]
         run_id = answer["run"]["runId"]
         pause = threading.Event()
 
         def status() -> str:
-            return _post(f"http://127.0.0.1:{ui_port}/graphql", STATUS, {"id": run_id})["data"]["runOrError"]["status"]
+            return _post(f"http://127.0.0.1:{ui_port}/graphql", STATUS, {"id": run_id})["data"][
+                "runOrError"
+            ]["status"]
 
         while status() in ("QUEUED", "STARTING", "NOT_STARTED"):
             pause.wait(1.0)
         figures["with_benchmark_s"] = deletion_latency(home, search, victims[1])
         figures["benchmark_status_after"] = status()
-        print(f"deleted file gone from /search, a benchmark running: {figures['with_benchmark_s']:.0f} s "
-              f"(the benchmark run was {figures['benchmark_status_after']} when the file was gone)", flush=True)
+        print(
+            "deleted file gone from /search, a benchmark running: "
+            f"{figures['with_benchmark_s']:.0f} s "
+            f"(the benchmark run was {figures['benchmark_status_after']} when the file was gone)",
+            flush=True,
+        )
     finally:
         serve.stop()
         ui.stop()
@@ -144,9 +179,16 @@ def latency(home_path: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=150, help="the demo's images (default 150)")
-    parser.add_argument("--large", type=int, default=5000, help="a second home's images for the report time (0: skip)")
+    parser.add_argument(
+        "--large",
+        type=int,
+        default=5000,
+        help="a second home's images for the report time (0: skip)",
+    )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -156,28 +198,41 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="luna-bench-report-"))
     demo_home = str(root / "demo")
     figures["demo_build_s"] = demo(demo_home, args.images, 256)
-    print(f"demo build at {args.images} images: {figures['demo_build_s']:.1f} s (goal <= 60 s)", flush=True)
+    print(
+        f"demo build at {args.images} images: {figures['demo_build_s']:.1f} s (goal <= 60 s)",
+        flush=True,
+    )
     from luna_core.reports.benchmark import latest_benchmark
     from luna_core.settings import LunaHome
 
     figures["demo_benchmark_s"] = latest_benchmark(LunaHome.existing(demo_home))[1]["seconds"]
     seconds, scored = report_seconds(demo_home)
     figures[f"report_{args.images}_s"] = seconds
-    print(f"cheap report at {args.images} images ({scored} test images scored): {seconds:.2f} s; the demo's "
-          f"benchmark (2 sample images, 1 batching repeat) took {figures['demo_benchmark_s']:.1f} s", flush=True)
+    print(
+        f"cheap report at {args.images} images ({scored} test images scored): {seconds:.2f} s; "
+        "the demo's "
+        f"benchmark (2 sample images, 1 batching repeat) took {figures['demo_benchmark_s']:.1f} s",
+        flush=True,
+    )
     if args.large:
         large_home = str(root / "large")
         figures["large_build_s"] = demo(large_home, args.large, 64)
         seconds, scored = report_seconds(large_home)
         figures[f"report_{args.large}_s"] = seconds
-        print(f"cheap report at {args.large} images ({scored} test images scored): {seconds:.2f} s "
-              f"(that home built in {figures['large_build_s']:.0f} s)", flush=True)
+        print(
+            f"cheap report at {args.large} images ({scored} test images scored): {seconds:.2f} s "
+            f"(that home built in {figures['large_build_s']:.0f} s)",
+            flush=True,
+        )
     if not args.skip_latency:
         figures["deletion_latency"] = latency(demo_home)
     one, five, _ = os.getloadavg()
     figures["load_after"] = [round(one, 2), round(five, 2)]
-    print(f"machine load (1 min, 5 min) before {figures['load_before']}, after {figures['load_after']} on "
-          f"{figures['cores']} cores")
+    print(
+        f"machine load (1 min, 5 min) before {figures['load_before']}, after "
+        f"{figures['load_after']} on "
+        f"{figures['cores']} cores"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# A worker embeds the shards given as arguments, one after another; with none, the single-store path.
+# A worker embeds the shards given as arguments, one after another; with none, the single-store
+# path.
 WORKER = textwrap.dedent("""
     import sys
     from luna_core.models.profiles import resolve_profile
@@ -56,11 +57,18 @@ RUN_PARTITION = textwrap.dedent("""
 
 
 def _started(command: list[str], ready: str, env: dict) -> subprocess.Popen:
-    """A server or worker, once it printed `ready` (its output is drained by a thread from then on)."""
+    """A server or worker, once it printed `ready` (its output is drained by a thread from then
+    on)."""
     import threading
 
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     seen = []
     for line in process.stdout:
         seen.append(line)
@@ -78,15 +86,29 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _run_on_celery(home, keys: list[str], workers: int) -> float:
-    """Every partition's run at once, their steps on `workers` Celery workers (Redis started here)."""
+    """Every partition's run at once, their steps on `workers` Celery workers (Redis started
+    here)."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = dict(os.environ, LUNA_HOME=str(home.root), DAGSTER_HOME=str(home.dagster_home))
-    redis = _started([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                      "--save", "", "--appendonly", "no"], "Ready to accept connections", env)
+    redis = _started(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        "Ready to accept connections",
+        env,
+    )
     started_workers = []
     try:
         home.set_setting("scale", "celery_broker", f"redis://127.0.0.1:{port}/0")
@@ -94,14 +116,28 @@ def _run_on_celery(home, keys: list[str], workers: int) -> float:
         home.ensure()
         import dagster as dg
 
-        dg.DagsterInstance.from_config(str(home.dagster_home)).get_runs(limit=1)  # storage made once, not by 4 at once
+        dg.DagsterInstance.from_config(str(home.dagster_home)).get_runs(
+            limit=1
+        )  # storage made once, not by 4 at once
         luna = str(Path(sys.executable).with_name("luna"))
         for n in range(workers):
-            started_workers.append(_started([luna, "worker", "--home", str(home.root), "--name", f"bench{n}@%h"],
-                                            " ready.", env))
+            started_workers.append(
+                _started(
+                    [luna, "worker", "--home", str(home.root), "--name", f"bench{n}@%h"],
+                    " ready.",
+                    env,
+                )
+            )
         started = time.perf_counter()
-        runs = [subprocess.Popen([sys.executable, "-c", RUN_PARTITION, key], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL) for key in keys]
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RUN_PARTITION, key],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for key in keys
+        ]
         if any(run.wait() != 0 for run in runs):
             raise SystemExit("a partition's run failed")
         return time.perf_counter() - started
@@ -112,20 +148,30 @@ def _run_on_celery(home, keys: list[str], workers: int) -> float:
 
 def _run(home: Path, groups: list[list[str]]) -> float:
     started = time.perf_counter()
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(home), *group]) for group in groups]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, str(home), *group]) for group in groups
+    ]
     if any(w.wait() != 0 for w in workers):
         raise SystemExit("a worker failed")
     return time.perf_counter() - started
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--celery", action="store_true",
-                        help="also run the shards as Dagster partition runs on 1 and 2 Celery workers (needs redis-server)")
-    parser.add_argument("--project", type=int, default=500_000, help="library size the N-machine projection is for")
+    parser.add_argument(
+        "--celery",
+        action="store_true",
+        help="also run the shards as Dagster partition runs on 1 and 2 Celery workers (needs "
+        "redis-server)",
+    )
+    parser.add_argument(
+        "--project", type=int, default=500_000, help="library size the N-machine projection is for"
+    )
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -137,7 +183,9 @@ def main() -> int:
     from luna_core.vault.commits import commit_segments
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-scale-"))
-    library = make_sample_library(work / "library", args.images, seed=3, size=(args.size, args.size))
+    library = make_sample_library(
+        work / "library", args.images, seed=3, size=(args.size, args.size)
+    )
     template = LunaHome.resolve(work / "template").ensure()
     ensure_tiny_models()  # trained once per machine, shared by every home
     template.add_roots([library.root])
@@ -153,10 +201,13 @@ def main() -> int:
     import duckdb
 
     with duckdb.connect(str(template.catalog_path), read_only=True) as con:
-        images = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
+        images = con.execute(
+            "SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'"
+        ).fetchone()[0]
     shards = [f"{i}/{args.shards}" for i in range(args.shards)]
     figures = {"images": images, "shards": args.shards, "size": args.size}
     rows = []
+
     def record(name: str, home, wall: float, sharded: bool) -> None:
         commit = 0.0
         if sharded:
@@ -164,12 +215,19 @@ def main() -> int:
             done = commit_segments(home, profile)
             commit = time.perf_counter() - started
             assert done["vision"] == images, done
-        rows.append({"path": name, "wall_s": wall, "images_per_s": images / wall, "commit_s": commit})
-        print(f"{name:26s} wall {wall:6.1f} s  {images / wall:6.1f} images/s  commit {commit:5.2f} s", flush=True)
+        rows.append(
+            {"path": name, "wall_s": wall, "images_per_s": images / wall, "commit_s": commit}
+        )
+        print(
+            f"{name:26s} wall {wall:6.1f} s  {images / wall:6.1f} images/s  commit {commit:5.2f} s",
+            flush=True,
+        )
 
-    for name, groups in (("single store, 1 process", [[]]),
-                         (f"{args.shards} shards, 1 worker", [shards]),
-                         (f"{args.shards} shards, 2 workers", [shards[0::2], shards[1::2]])):
+    for name, groups in (
+        ("single store, 1 process", [[]]),
+        (f"{args.shards} shards, 1 worker", [shards]),
+        (f"{args.shards} shards, 2 workers", [shards[0::2], shards[1::2]]),
+    ):
         home = fresh(name.replace(" ", "_").replace(",", ""))
         record(name, home, _run(home.root, groups), sharded=groups != [[]])
     if args.celery:  # the same shards as Dagster partition runs, their steps on Celery workers
@@ -184,19 +242,28 @@ def main() -> int:
             record(name, home, _run_on_celery(home, shard_keys(args.shards), workers), sharded=True)
     overhead = (rows[1]["wall_s"] + rows[1]["commit_s"]) / rows[0]["wall_s"] - 1
     speedup = (rows[1]["wall_s"] + rows[1]["commit_s"]) / (rows[2]["wall_s"] + rows[2]["commit_s"])
-    print(f"sharded path on 1 worker vs single store: {overhead:+.1%} (goal under +10 %); "
-          f"2 workers vs 1: {speedup:.2f}x on this {os.cpu_count()}-core machine")
-    # N machines, each embedding its shards at the one-worker rate measured above; one commit at the end.
+    print(
+        f"sharded path on 1 worker vs single store: {overhead:+.1%} (goal under +10 %); "
+        f"2 workers vs 1: {speedup:.2f}x on this {os.cpu_count()}-core machine"
+    )
+    # N machines, each embedding its shards at the one-worker rate measured above; one commit at the
+    # end.
     per_worker = images / rows[1]["wall_s"]
     commit_per_image = rows[1]["commit_s"] / images
     projection = []
-    print(f"projection for {args.project:,} images (this run's rates: {per_worker:.1f} images/s a worker, "
-          f"commit {commit_per_image * 1e6:.0f} us an image):")
+    print(
+        f"projection for {args.project:,} images (this run's rates: {per_worker:.1f} images/s a "
+        "worker, "
+        f"commit {commit_per_image * 1e6:.0f} us an image):"
+    )
     for machines in (1, 2, 4, 8, 16):
         embed_s = args.project / (machines * per_worker)
         commit_s = args.project * commit_per_image
         projection.append({"machines": machines, "embed_s": embed_s, "commit_s": commit_s})
-        print(f"  {machines:2d} machine(s): embed {embed_s / 60:7.1f} min + commit {commit_s:5.1f} s", flush=True)
+        print(
+            f"  {machines:2d} machine(s): embed {embed_s / 60:7.1f} min + commit {commit_s:5.1f} s",
+            flush=True,
+        )
     figures.update(rows=rows, overhead=overhead, two_worker_speedup=speedup, projection=projection)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

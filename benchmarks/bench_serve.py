@@ -1,16 +1,18 @@
 """`luna serve` against the core call it wraps and the CLI's whole process, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_serve.py --home luna_home        # a built home (e.g. `luna demo`)
-    .venv/bin/python benchmarks/bench_serve.py                         # builds a small demo home first
+    .venv/bin/python benchmarks/bench_serve.py --home luna_home        # a built home (e.g. `luna
+    demo`) .venv/bin/python benchmarks/bench_serve.py                         # builds a small
+    demo home first
 
 Prints p50/p99 of POST /condition for one crop and for a batch of 9 crops, the in-process
 `Vault.condition_crops` for the same crops, the service's overhead (p50 difference), and the time of
 one `luna condition` process (start-up, model load, index open, answer).
 
-Then a load test on loopback, bounded in count: `--searches` POST /search from one client, then the same
-number from `--clients` clients at once with `--malformed` bad requests among them, while a prober asks
-/health over and over: p50/p99 of /search for one client and for many, /health's p50/p99 under that
-load, and every status that was not the expected one (200 for searches, 4xx for the malformed).
+Then a load test on loopback, bounded in count: `--searches` POST /search from one client, then
+the same number from `--clients` clients at once with `--malformed` bad requests among them,
+while a prober asks /health over and over: p50/p99 of /search for one client and for many,
+/health's p50/p99 under that load, and every status that was not the expected one (200 for
+searches, 4xx for the malformed).
 """
 
 from __future__ import annotations
@@ -55,16 +57,25 @@ def _timed_request(url: str, data: bytes | None = None) -> tuple[int, float]:
     return status, (time.perf_counter() - started) * 1000
 
 
-MALFORMED = [("/search?k=0", True), ("/search?box=1,2,3", True), ("/search", False), ("/search?k=lots", True),
-             ("/search?path=/etc/passwd", False), ("/search?after=someday", True)]
+MALFORMED = [
+    ("/search?k=0", True),
+    ("/search?box=1,2,3", True),
+    ("/search", False),
+    ("/search?k=lots", True),
+    ("/search?path=/etc/passwd", False),
+    ("/search?after=someday", True),
+]
 
 
 def load_test(server: str, body: bytes, searches: int, clients: int, malformed: int) -> dict:
-    """One client, then `clients` at once (with malformed requests among them), /health probed throughout."""
+    """One client, then `clients` at once (with malformed requests among them), /health probed
+    throughout."""
     url = f"{server}/search?k=5&box=0,0,64,64"
     single = [_timed_request(url, body) for _ in range(searches)]
-    jobs = [(url, body, 200)] * searches + [(f"{server}{path}", body if with_body else b"not an image", 400)
-                                              for path, with_body in (MALFORMED * malformed)[:malformed]]
+    jobs = [(url, body, 200)] * searches + [
+        (f"{server}{path}", body if with_body else b"not an image", 400)
+        for path, with_body in (MALFORMED * malformed)[:malformed]
+    ]
     jobs = jobs[::2] + jobs[1::2]  # the malformed ones spread among the searches
     results, health, lock, done = [], [], threading.Lock(), threading.Event()
 
@@ -90,34 +101,61 @@ def load_test(server: str, body: bytes, searches: int, clients: int, malformed: 
     done.set()
     probe.join()
     many = [ms for expected, status, ms in results if expected == 200 and status == 200]
-    unexpected = [(expected, status) for expected, status, _ in results
-                  if (expected == 200) != (status == 200) or (expected != 200 and not 400 <= status < 500)]
+    unexpected = [
+        (expected, status)
+        for expected, status, _ in results
+        if (expected == 200) != (status == 200) or (expected != 200 and not 400 <= status < 500)
+    ]
     one50, one99 = _percentiles([ms for _, ms in single])
     many50, many99 = _percentiles(many)
     health50, health99 = _percentiles([ms for _, ms in health])
-    figures = {"searches": searches, "clients": clients, "malformed": malformed,
-               "one_client_p50_ms": one50, "one_client_p99_ms": one99, "many_clients_p50_ms": many50,
-               "many_clients_p99_ms": many99, "many_clients_searches_per_s": len(many) / elapsed,
-               "one_client_searches_per_s": len(single) / (sum(ms for _, ms in single) / 1000),
-               "health_p50_ms": health50, "health_p99_ms": health99, "health_probes": len(health),
-               "unexpected_statuses": unexpected, "single_client_errors": sum(s != 200 for s, _ in single)}
-    print(f"/search, 1 client:  p50 {one50:7.1f} ms  p99 {one99:7.1f} ms  "
-          f"({figures['one_client_searches_per_s']:.1f}/s)")
-    print(f"/search, {clients} clients: p50 {many50:7.1f} ms  p99 {many99:7.1f} ms  "
-          f"({figures['many_clients_searches_per_s']:.1f}/s, {malformed} malformed among them)")
-    print(f"/health under that load: p50 {health50:.1f} ms  p99 {health99:.1f} ms over {len(health)} probes")
-    print(f"unexpected statuses: {unexpected or 'none'}; single-client errors: {figures['single_client_errors']}",
-          flush=True)
+    figures = {
+        "searches": searches,
+        "clients": clients,
+        "malformed": malformed,
+        "one_client_p50_ms": one50,
+        "one_client_p99_ms": one99,
+        "many_clients_p50_ms": many50,
+        "many_clients_p99_ms": many99,
+        "many_clients_searches_per_s": len(many) / elapsed,
+        "one_client_searches_per_s": len(single) / (sum(ms for _, ms in single) / 1000),
+        "health_p50_ms": health50,
+        "health_p99_ms": health99,
+        "health_probes": len(health),
+        "unexpected_statuses": unexpected,
+        "single_client_errors": sum(s != 200 for s, _ in single),
+    }
+    print(
+        f"/search, 1 client:  p50 {one50:7.1f} ms  p99 {one99:7.1f} ms  "
+        f"({figures['one_client_searches_per_s']:.1f}/s)"
+    )
+    print(
+        f"/search, {clients} clients: p50 {many50:7.1f} ms  p99 {many99:7.1f} ms  "
+        f"({figures['many_clients_searches_per_s']:.1f}/s, {malformed} malformed among them)"
+    )
+    print(
+        f"/health under that load: p50 {health50:.1f} ms  p99 {health99:.1f} ms over "
+        f"{len(health)} probes"
+    )
+    print(
+        f"unexpected statuses: {unexpected or 'none'}; single-client errors: "
+        f"{figures['single_client_errors']}",
+        flush=True,
+    )
     return figures
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--home", help="a built Luna home (default: a fresh 120-image demo home)")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--searches", type=int, default=500, help="searches in each load phase")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--malformed", type=int, default=50, help="bad requests sent among the searches")
+    parser.add_argument(
+        "--malformed", type=int, default=50, help="bad requests sent among the searches"
+    )
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -128,7 +166,11 @@ def main() -> int:
 
     if args.home is None:
         args.home = tempfile.mkdtemp(prefix="luna-bench-serve-")
-        subprocess.run([LUNA, "demo", "--home", args.home, "--images", "120"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [LUNA, "demo", "--home", args.home, "--images", "120"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     home = LunaHome.existing(args.home)
     profile = resolve_profile(home.model_profile(), home.models_dir)
     vault = Vault(home, profile)
@@ -147,9 +189,17 @@ def main() -> int:
         return (time.perf_counter() - started) * 1000
 
     port = free_port()
-    server = Service("luna serve", [LUNA, "serve", "--home", str(home.root), "--port", str(port)],
-                     ready="Uvicorn running on")
-    figures = {"home": str(home.root), "profile": profile.name, "picture": str(picture_path), "repeats": args.repeats}
+    server = Service(
+        "luna serve",
+        [LUNA, "serve", "--home", str(home.root), "--port", str(port)],
+        ready="Uvicorn running on",
+    )
+    figures = {
+        "home": str(home.root),
+        "profile": profile.name,
+        "picture": str(picture_path),
+        "repeats": args.repeats,
+    }
     try:
         server.wait_ready(180)
         server.wait_listening(port, 30)
@@ -158,30 +208,59 @@ def main() -> int:
         def served(box_list: list[str]) -> float:
             query = urllib.parse.urlencode([("box", b) for b in box_list])
             started = time.perf_counter()
-            with urllib.request.urlopen(urllib.request.Request(f"{url}?{query}", data=body, method="POST")) as r:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"{url}?{query}", data=body, method="POST")
+            ) as r:
                 r.read()
             return (time.perf_counter() - started) * 1000
 
-        figures["load"] = load_test(f"http://127.0.0.1:{port}", body, args.searches, args.clients, args.malformed)
+        figures["load"] = load_test(
+            f"http://127.0.0.1:{port}", body, args.searches, args.clients, args.malformed
+        )
         for name, box_list in (("one crop", boxes[:1]), ("batch of 9 crops", boxes)):
             for fn in (core, served):
                 fn(box_list)  # warm
             core_times = [core(box_list) for _ in range(args.repeats)]
             served_times = [served(box_list) for _ in range(args.repeats)]
             (c50, c99), (s50, s99) = _percentiles(core_times), _percentiles(served_times)
-            figures[name] = {"core_p50_ms": c50, "core_p99_ms": c99, "service_p50_ms": s50, "service_p99_ms": s99,
-                             "overhead_p50_ms": s50 - c50}
-            print(f"{name:18s} core p50 {c50:7.2f} ms p99 {c99:7.2f} ms | /condition p50 {s50:7.2f} ms "
-                  f"p99 {s99:7.2f} ms | service overhead at p50 {s50 - c50:+6.2f} ms", flush=True)
+            figures[name] = {
+                "core_p50_ms": c50,
+                "core_p99_ms": c99,
+                "service_p50_ms": s50,
+                "service_p99_ms": s99,
+                "overhead_p50_ms": s50 - c50,
+            }
+            print(
+                f"{name:18s} core p50 {c50:7.2f} ms p99 {c99:7.2f} ms | /condition p50 "
+                f"{s50:7.2f} ms "
+                f"p99 {s99:7.2f} ms | service overhead at p50 {s50 - c50:+6.2f} ms",
+                flush=True,
+            )
     finally:
         server.stop()
 
     out = Path(tempfile.mkdtemp()) / "c.safetensors"
     started = time.perf_counter()
-    subprocess.run([LUNA, "condition", str(picture_path), "--home", str(home.root), "--box", boxes[0],
-                    "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            LUNA,
+            "condition",
+            str(picture_path),
+            "--home",
+            str(home.root),
+            "--box",
+            boxes[0],
+            "--out",
+            str(out),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     figures["cli_process_s"] = time.perf_counter() - started
-    print(f"one `luna condition` process (start-up, models, index, answer): {figures['cli_process_s']:.2f} s")
+    print(
+        "one `luna condition` process (start-up, models, index, answer): "
+        f"{figures['cli_process_s']:.2f} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

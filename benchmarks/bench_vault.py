@@ -1,11 +1,11 @@
 """Vault benchmarks, each printed as ratios measured side by side in one run.
 
-    # Pipeline efficiency: the whole vision_embeddings path vs the bare model forward, with the real
-    # CLIP ViT-H/14 architecture (RANDOM weights: speed only, these are not CLIP embeddings).
-    .venv/bin/python benchmarks/bench_vault.py efficiency --images 256 --size 1024
+# Pipeline efficiency: the whole vision_embeddings path vs the bare model forward, with the real
+# CLIP ViT-H/14 architecture (RANDOM weights: speed only, these are not CLIP embeddings).
+.venv/bin/python benchmarks/bench_vault.py efficiency --images 256 --size 1024
 
-    # Bytes on disk per image, both stores, vs a naive float32-per-image layout.
-    .venv/bin/python benchmarks/bench_vault.py storage --images 3000
+# Bytes on disk per image, both stores, vs a naive float32-per-image layout.
+.venv/bin/python benchmarks/bench_vault.py storage --images 3000
 """
 
 from __future__ import annotations
@@ -24,19 +24,37 @@ from luna_core.ingest import IngestOptions, ingest
 from luna_core.samples import make_sample_library
 from luna_core.settings import LunaHome
 
-VIT_H_14 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+VIT_H_14 = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    projection_dim=1024,
+    hidden_act="gelu",
+)
 CLIP_PREPROCESSOR = {
-    "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 224}, "resample": 3,
-    "do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
-    "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True,
+    "image_processor_type": "CLIPImageProcessor",
+    "do_resize": True,
+    "size": {"shortest_edge": 224},
+    "resample": 3,
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "do_convert_rgb": True,
 }
 
 
 def _library(work: Path, images: int, size: int, grain: float, broken: bool = False) -> Path:
     started = time.perf_counter()
-    make_sample_library(work / "library", images, seed=3, size=(size, size), grain=grain, broken=broken)
+    make_sample_library(
+        work / "library", images, seed=3, size=(size, size), grain=grain, broken=broken
+    )
     print(f"generated {images} images of {size}x{size} in {time.perf_counter() - started:.0f}s")
     return work / "library"
 
@@ -65,7 +83,10 @@ def efficiency(args: argparse.Namespace) -> dict:
         (model_dir / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR))
         del model
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    print(f"device {device}, dtype {dtype}, torch threads {torch.get_num_threads()}, batch {args.batch}")
+    print(
+        f"device {device}, dtype {dtype}, torch threads {torch.get_num_threads()}, batch "
+        f"{args.batch}"
+    )
 
     shutil.rmtree(work / "home", ignore_errors=True)
     home = LunaHome.resolve(work / "home").ensure()
@@ -92,19 +113,31 @@ def efficiency(args: argparse.Namespace) -> dict:
     load_started = time.perf_counter()
     VisionEncoder(str(model_dir), None, device, dtype)
     load_seconds = time.perf_counter() - load_started
-    report = embed_images(home, profile,
-                          EmbedOptions(device=args.device, dtype=args.dtype, batch_size=args.batch, progress=False))
+    report = embed_images(
+        home,
+        profile,
+        EmbedOptions(device=args.device, dtype=args.dtype, batch_size=args.batch, progress=False),
+    )
     pipeline_seconds = report.seconds - load_seconds
     whole = report.added / pipeline_seconds
     figures = {
-        "device": str(device), "dtype": str(dtype), "images": report.added, "batch": args.batch,
-        "bare_forward_img_per_s": bare, "whole_path_img_per_s": whole, "efficiency": whole / bare,
-        "model_load_s": load_seconds, "model_share_of_path": report.model_seconds / pipeline_seconds,
+        "device": str(device),
+        "dtype": str(dtype),
+        "images": report.added,
+        "batch": args.batch,
+        "bare_forward_img_per_s": bare,
+        "whole_path_img_per_s": whole,
+        "efficiency": whole / bare,
+        "model_load_s": load_seconds,
+        "model_share_of_path": report.model_seconds / pipeline_seconds,
     }
     print()
     print(f"bare model forward (ViT-H/14, random weights)   {bare:8.2f} img/s")
-    print(f"whole vision_embeddings path                    {whole:8.2f} img/s  ({report.added} images, "
-          f"model load {load_seconds:.1f}s excluded)")
+    print(
+        f"whole vision_embeddings path                    {whole:8.2f} img/s  ({report.added} "
+        "images, "
+        f"model load {load_seconds:.1f}s excluded)"
+    )
     print(f"  efficiency (whole / bare)                     {whole / bare:8.3f}")
     print(f"  model forward share of the path's time        {figures['model_share_of_path']:8.3f}")
     return figures
@@ -125,7 +158,8 @@ def storage(args: argparse.Namespace) -> dict:
     with open_catalog(home.catalog_path, read_only=True) as con:
         n_images, n_pos, n_neg = con.execute("""
             SELECT count(DISTINCT i.content_hash), count(g.prompt), count(g.negative_prompt)
-            FROM images i JOIN generations g USING (content_hash) WHERE i.status = 'ok'""").fetchone()
+            FROM images i JOIN generations g USING (content_hash) WHERE i.status =
+                'ok'""").fetchone()
         unique_prompts = con.execute("SELECT count(*) FROM prompts").fetchone()[0]
         (shapes,) = con.execute("SELECT shapes FROM vault_stores WHERE kind = 'text'").fetchone()
     shapes = json.loads(shapes)
@@ -140,26 +174,38 @@ def storage(args: argparse.Namespace) -> dict:
     real_ours = n_images * real_vision * 2 + unique_prompts * real_cond * 2
     real_naive = n_images * real_vision * 4 + (n_pos + n_neg) * real_cond * 4
     figures = {
-        "images": n_images, "prompt uses": n_pos + n_neg, "unique prompts": unique_prompts,
-        "bytes_per_image_ours": ours / n_images, "bytes_per_image_naive_fp32": naive / n_images,
-        "ratio": ours / naive, "ratio_at_sdxl_widths": real_ours / real_naive,
+        "images": n_images,
+        "prompt uses": n_pos + n_neg,
+        "unique prompts": unique_prompts,
+        "bytes_per_image_ours": ours / n_images,
+        "bytes_per_image_naive_fp32": naive / n_images,
+        "ratio": ours / naive,
+        "ratio_at_sdxl_widths": real_ours / real_naive,
         "sdxl_widths_GB_per_500k_images_ours": real_ours / n_images * 500_000 / 1e9,
         "sdxl_widths_GB_per_500k_images_naive": real_naive / n_images * 500_000 / 1e9,
     }
     print()
-    print(f"{n_images} images, {n_pos + n_neg} prompt uses (positive + negative), {unique_prompts} unique prompt texts")
+    print(
+        f"{n_images} images, {n_pos + n_neg} prompt uses (positive + negative), {unique_prompts} "
+        "unique prompt texts"
+    )
     print(f"bytes per image, Luna stores (measured on disk, tiny widths)  {ours / n_images:12,.0f}")
     print(f"bytes per image, naive float32 per image (same widths)       {naive / n_images:12,.0f}")
     print(f"  ratio                                                      {ours / naive:12.3f}")
-    print(f"  ratio at SDXL widths (same counts, computed)               {real_ours / real_naive:12.3f}"
-          f"   -> {figures['sdxl_widths_GB_per_500k_images_ours']:.0f} GB vs "
-          f"{figures['sdxl_widths_GB_per_500k_images_naive']:.0f} GB for 500k images")
+    print(
+        "  ratio at SDXL widths (same counts, computed)               "
+        f"{real_ours / real_naive:12.3f}"
+        f"   -> {figures['sdxl_widths_GB_per_500k_images_ours']:.0f} GB vs "
+        f"{figures['sdxl_widths_GB_per_500k_images_naive']:.0f} GB for 500k images"
+    )
     shutil.rmtree(work, ignore_errors=True)
     return figures
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="which", required=True)
     eff = sub.add_parser("efficiency")
     eff.add_argument("--images", type=int, default=256)

@@ -1,8 +1,8 @@
 """The node classes, following ComfyUI's conventions:
 
 - IMAGE is a float tensor [B, H, W, C] in [0, 1]; MASK is [B, H, W] (or [H, W]) in [0, 1];
-- CONDITIONING is a list of [tokens [B, 77, D], {"pooled_output": [B, P]}]; a batch of B conditionings
-  meets a batch of B latents item by item (latent i gets conditioning i).
+- CONDITIONING is a list of [tokens [B, 77, D], {"pooled_output": [B, P]}]; a batch of B
+  conditionings meets a batch of B latents item by item (latent i gets conditioning i).
 
 With `server_url` the nodes ask a running `luna serve`; without, they use Luna's Python API in this
 process, with the home's models and index cached across executions.
@@ -29,7 +29,9 @@ from luna_core.models.profiles import resolve_profile
 from luna_core.refine.lora_files import lora_set
 from luna_core.settings import LunaHome
 
-DEFAULT_PROJECTOR = "models:/luna-projector@champion"  # luna_core.projector.names; the pack loads without Luna
+DEFAULT_PROJECTOR = (
+    "models:/luna-projector@champion"  # luna_core.projector.names; the pack loads without Luna
+)
 _cache: dict = {}
 _cache_lock = threading.Lock()
 
@@ -45,7 +47,10 @@ def to_pictures(image) -> list:
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
         raise ValueError(f"IMAGE must be [B, H, W, C] with C in 1, 3, 4; got {list(array.shape)}")
     pixels = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return [Image.fromarray(p[..., :3] if p.shape[-1] != 1 else p[..., 0]).convert("RGB") for p in pixels]
+    return [
+        Image.fromarray(p[..., :3] if p.shape[-1] != 1 else p[..., 0]).convert("RGB")
+        for p in pixels
+    ]
 
 
 def mask_boxes(mask, count: int, width: int, height: int) -> list[str | None]:
@@ -61,15 +66,20 @@ def mask_boxes(mask, count: int, width: int, height: int) -> list[str | None]:
         if m.shape != (height, width):
             raise ValueError(f"MASK {list(m.shape)} does not match the IMAGE's {height}x{width}")
         ys, xs = np.nonzero(m > 0.5)
-        boxes.append(None if len(xs) == 0 else f"{xs.min()},{ys.min()},{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1}")
+        boxes.append(
+            None
+            if len(xs) == 0
+            else f"{xs.min()},{ys.min()},{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1}"
+        )
     return boxes
+
 
 # ---------------------------------------------------------------- backends
 
 
 def _service(home: str, projector: str):
-    """The home's vault, kept across executions (encoders and index load once) and swapped, as `luna serve`
-    swaps it, when a new index version is published or the projector's alias moves."""
+    """The home's vault, kept across executions (encoders and index load once) and swapped, as `luna
+    serve` swaps it, when a new index version is published or the projector's alias moves."""
     # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_service.service import LunaService
 
@@ -77,23 +87,36 @@ def _service(home: str, projector: str):
     with _cache_lock:
         if key not in _cache:
             luna_home = LunaHome.existing(key[0])
-            _cache[key] = LunaService(luna_home, resolve_profile(luna_home.model_profile(), luna_home.models_dir),
-                                      projector_uri=projector)
+            _cache[key] = LunaService(
+                luna_home,
+                resolve_profile(luna_home.model_profile(), luna_home.models_dir),
+                projector_uri=projector,
+            )
         service = _cache[key]
     service.refresh()  # a stat of the index pointer; the registry at most every few seconds
     return service
 
 
-def _in_process(pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str):
+def _in_process(
+    pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str
+):
     # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.query import crop
 
     state = _service(home, projector).state
-    crops = [crop(p, None if b is None else Box.parse(b), "ComfyUI IMAGE") for p, b in zip(pictures, boxes)]
+    crops = [
+        crop(p, None if b is None else Box.parse(b), "ComfyUI IMAGE")
+        for p, b in zip(pictures, boxes)
+    ]
     if source == "projector" and state.projector is None:
         raise NotBuiltError(f"no projector at {projector}: register one (luna build)")
     c = state.vault.condition_crops(crops, source, k, temperature, projector=state.projector)
-    return c.prompt_embeds, c.pooled_prompt_embeds, c.negative_prompt_embeds, c.negative_pooled_prompt_embeds
+    return (
+        c.prompt_embeds,
+        c.pooled_prompt_embeds,
+        c.negative_prompt_embeds,
+        c.negative_pooled_prompt_embeds,
+    )
 
 
 def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, temperature: float):
@@ -101,9 +124,14 @@ def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, te
     for picture, box in zip(pictures, boxes):
         buffer = io.BytesIO()
         picture.save(buffer, "PNG")
-        params = [("source", source), ("k", str(k)), ("temperature", str(temperature))] + ([("box", box)] if box else [])
-        request = urllib.request.Request(f"{server.rstrip('/')}/condition?{urllib.parse.urlencode(params)}",
-                                         data=buffer.getvalue(), method="POST")
+        params = [("source", source), ("k", str(k)), ("temperature", str(temperature))] + (
+            [("box", box)] if box else []
+        )
+        request = urllib.request.Request(
+            f"{server.rstrip('/')}/condition?{urllib.parse.urlencode(params)}",
+            data=buffer.getvalue(),
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(request, timeout=300) as response:
                 parts.append(load(response.read()))
@@ -113,42 +141,71 @@ def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, te
             except ValueError:
                 message = exc.reason
             raise RuntimeError(f"Luna service {server}: {message}") from None
-    # Answers of different chunk counts meet at one length, both sides alike (the service's own rule).
-    tokens = aligned([p["prompt_embeds"] for p in parts] + [p["negative_prompt_embeds"] for p in parts])
-    return (np.concatenate(tokens[: len(parts)]), np.concatenate([p["pooled_prompt_embeds"] for p in parts]),
-            np.concatenate(tokens[len(parts):]), np.concatenate([p["negative_pooled_prompt_embeds"] for p in parts]))
+    # Answers of different chunk counts meet at one length, both sides alike (the service's own
+    # rule).
+    tokens = aligned(
+        [p["prompt_embeds"] for p in parts] + [p["negative_prompt_embeds"] for p in parts]
+    )
+    return (
+        np.concatenate(tokens[: len(parts)]),
+        np.concatenate([p["pooled_prompt_embeds"] for p in parts]),
+        np.concatenate(tokens[len(parts) :]),
+        np.concatenate([p["negative_pooled_prompt_embeds"] for p in parts]),
+    )
 
 
 def _conditioning(tokens: np.ndarray, pooled: np.ndarray) -> list:
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
 
-    return [[torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)),
-             {"pooled_output": torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))}]]
+    return [
+        [
+            torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)),
+            {"pooled_output": torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))},
+        ]
+    ]
 
 
-def _answer(image, mask, source: str, home: str, server_url: str, k: int, temperature: float, projector: str):
+def _answer(
+    image, mask, source: str, home: str, server_url: str, k: int, temperature: float, projector: str
+):
     pictures = to_pictures(image)
     boxes = mask_boxes(mask, len(pictures), pictures[0].width, pictures[0].height)
     if server_url:
-        tokens, pooled, neg_tokens, neg_pooled = _by_server(server_url, pictures, boxes, source, k, temperature)
+        tokens, pooled, neg_tokens, neg_pooled = _by_server(
+            server_url, pictures, boxes, source, k, temperature
+        )
     else:
-        tokens, pooled, neg_tokens, neg_pooled = _in_process(pictures, boxes, source, home, k, temperature, projector)
+        tokens, pooled, neg_tokens, neg_pooled = _in_process(
+            pictures, boxes, source, home, k, temperature, projector
+        )
     return _conditioning(tokens, pooled), _conditioning(neg_tokens, neg_pooled)
+
 
 # ---------------------------------------------------------------- nodes
 
 
 _COMMON_OPTIONAL = {
     "mask": ("MASK",),
-    "home": ("STRING", {"default": "", "tooltip": "Luna home folder (empty: $LUNA_HOME, else ./luna_home)"}),
-    "server_url": ("STRING", {"default": "", "tooltip": "a running `luna serve`, e.g. http://127.0.0.1:7861 "
-                                                        "(empty: Luna's Python API in this process)"}),
+    "home": (
+        "STRING",
+        {"default": "", "tooltip": "Luna home folder (empty: $LUNA_HOME, else ./luna_home)"},
+    ),
+    "server_url": (
+        "STRING",
+        {
+            "default": "",
+            "tooltip": "a running `luna serve`, e.g. http://127.0.0.1:7861 "
+            "(empty: Luna's Python API in this process)",
+        },
+    ),
 }
 
 
 class _CropConditioning:
-    """What both conditioning nodes share: IMAGE (+ MASK) in, positive and negative CONDITIONING out."""
+    """What both conditioning nodes share: IMAGE (+ MASK) in, positive and negative CONDITIONING
+    out."""
 
     CATEGORY = "Luna"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
@@ -161,10 +218,17 @@ class LunaVaultConditioning(_CropConditioning):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",),
-                             "k": ("INT", {"default": 5, "min": 1, "max": 64}),
-                             "temperature": ("FLOAT", {"default": 0.05, "min": 0.001, "max": 10.0, "step": 0.005})},
-                "optional": dict(_COMMON_OPTIONAL)}
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "k": ("INT", {"default": 5, "min": 1, "max": 64}),
+                "temperature": (
+                    "FLOAT",
+                    {"default": 0.05, "min": 0.001, "max": 10.0, "step": 0.005},
+                ),
+            },
+            "optional": dict(_COMMON_OPTIONAL),
+        }
 
     def condition(self, image, k=5, temperature=0.05, mask=None, home="", server_url=""):
         return _answer(image, mask, "vault", home, server_url, k, temperature, DEFAULT_PROJECTOR)
@@ -175,9 +239,13 @@ class LunaProjectorConditioning(_CropConditioning):
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",),
-                             "projector": ("STRING", {"default": DEFAULT_PROJECTOR})},
-                "optional": dict(_COMMON_OPTIONAL)}
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "projector": ("STRING", {"default": DEFAULT_PROJECTOR}),
+            },
+            "optional": dict(_COMMON_OPTIONAL),
+        }
 
     def condition(self, image, projector=DEFAULT_PROJECTOR, mask=None, home="", server_url=""):
         return _answer(image, mask, "projector", home, server_url, 5, 0.05, projector)
@@ -185,9 +253,9 @@ class LunaProjectorConditioning(_CropConditioning):
 
 class LunaBlend:
     """A typed CONDITIONING with the vault's, by luna_core.mixing's rule for one side: blend gives
-    (1 - alpha) * typed + alpha * vault (tokens and pooled); concat gives the typed tokens, then the vault's,
-    pooled from the typed. Mix the negative side with a second Luna Blend (typed negative with the vault's
-    negative). A typed batch of 1 is repeated over the vault's batch."""
+    (1 - alpha) * typed + alpha * vault (tokens and pooled); concat gives the typed tokens, then
+    the vault's, pooled from the typed. Mix the negative side with a second Luna Blend (typed
+    negative with the vault's negative). A typed batch of 1 is repeated over the vault's batch."""
 
     CATEGORY = "Luna"
     RETURN_TYPES = ("CONDITIONING",)
@@ -195,12 +263,18 @@ class LunaBlend:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"conditioning": ("CONDITIONING",), "vault_conditioning": ("CONDITIONING",),
-                             "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05}),
-                             "mode": (["blend", "concat"],)}}
+        return {
+            "required": {
+                "conditioning": ("CONDITIONING",),
+                "vault_conditioning": ("CONDITIONING",),
+                "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05}),
+                "mode": (["blend", "concat"],),
+            }
+        }
 
     def blend(self, conditioning, vault_conditioning, alpha=0.5, mode="blend"):
-        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        # torch and the model libraries take about a second to import: only code that runs a model
+        # pays for it
         import torch
 
         vault_tokens, vault_extra = vault_conditioning[0]
@@ -211,22 +285,33 @@ class LunaBlend:
             batch = vault_tokens.shape[0]
             tokens = tokens.expand(batch, -1, -1) if tokens.shape[0] == 1 else tokens
             if tokens.shape[0] != batch or tokens.shape[-1] != vault_tokens.shape[-1]:
-                raise ValueError(f"CONDITIONING {list(tokens.shape)} cannot meet the vault's {list(vault_tokens.shape)}")
+                raise ValueError(
+                    f"CONDITIONING {list(tokens.shape)} cannot meet the vault's "
+                    f"{list(vault_tokens.shape)}"
+                )
             if pooled is not None:
                 pooled = pooled.expand(batch, -1) if pooled.shape[0] == 1 else pooled
-            new_tokens, new_pooled = mix_side(tokens, pooled, vault_tokens, vault_pooled, mode, alpha,
-                                              join=lambda parts: torch.cat(list(parts), dim=-2))
+            new_tokens, new_pooled = mix_side(
+                tokens,
+                pooled,
+                vault_tokens,
+                vault_pooled,
+                mode,
+                alpha,
+                join=lambda parts: torch.cat(list(parts), dim=-2),
+            )
             out.append([new_tokens, {**extra, "pooled_output": new_pooled}])
         return (out,)
 
 
-# ---------------------------------------------------------------- refinement: detections and per-item LoRAs
+# ---------------------------------------------------------------- refinement: detections and
+# per-item LoRAs
 
 
 class LunaDetections:
-    """A detector's output (COCO .json, YOLO .txt, a label-mask PNG, a folder of masks) for the IMAGE:
-    LunaDetections (boxes, masks, labels, prompt pieces, LoRAs) for Luna Refine, and the masks as a MASK
-    batch (one per detection) for any other node."""
+    """A detector's output (COCO .json, YOLO .txt, a label-mask PNG, a folder of masks) for the
+    IMAGE: LunaDetections (boxes, masks, labels, prompt pieces, LoRAs) for Luna Refine, and the
+    masks as a MASK batch (one per detection) for any other node."""
 
     CATEGORY = "Luna"
     RETURN_TYPES = ("LunaDetections", "MASK")
@@ -235,11 +320,16 @@ class LunaDetections:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",),
-                             "path": ("STRING", {"default": "", "tooltip": "detections file or mask folder"})}}
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "path": ("STRING", {"default": "", "tooltip": "detections file or mask folder"}),
+            }
+        }
 
     def load(self, image, path=""):
-        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        # torch and the model libraries take about a second to import: only code that runs a model
+        # pays for it
         import torch
 
         # the detections reader pulls scipy in: only graphs that use the node pay for it
@@ -252,8 +342,8 @@ class LunaDetections:
 
 
 class LunaLoraStack:
-    """One LoRA (a file name in the home's [models] lora_dirs, or a hash) and its weight, added to a stack:
-    the LoRAs every item of a Luna Refine gets."""
+    """One LoRA (a file name in the home's [models] lora_dirs, or a hash) and its weight, added to a
+    stack: the LoRAs every item of a Luna Refine gets."""
 
     CATEGORY = "Luna"
     RETURN_TYPES = ("LunaLoRAs",)
@@ -262,9 +352,13 @@ class LunaLoraStack:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"lora_name": ("STRING", {"default": ""}),
-                             "weight": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05})},
-                "optional": {"loras": ("LunaLoRAs",)}}
+        return {
+            "required": {
+                "lora_name": ("STRING", {"default": ""}),
+                "weight": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
+            },
+            "optional": {"loras": ("LunaLoRAs",)},
+        }
 
     def stack(self, lora_name="", weight=1.0, loras=None):
         if not lora_name.strip():
@@ -292,15 +386,18 @@ def item_lora_lines(text: str, count: int) -> list[tuple[str, ...]]:
     lines = text.splitlines() if text.strip() else []
     if len(lines) > count:
         raise ValueError(f"item_loras has {len(lines)} lines for {count} detections")
-    return [tuple(p.strip() for p in line.split(",") if p.strip()) for line in lines] + [()] * (count - len(lines))
+    return [tuple(p.strip() for p in line.split(",") if p.strip()) for line in lines] + [()] * (
+        count - len(lines)
+    )
 
 
 class LunaRefine:
-    """Luna's refiners in one node: with detections, the detailer (each detection's crop conditioned by its
-    own vault or projector answer, its prompt piece mixed in, its own LoRAs, its mask pasted back); without,
-    the chess refiner. Every item of a pass goes through one batched UNet call, each row with its own LoRA
-    set (the stack for all, a detection's own, `item_loras`, and with `lora_from_vault` > 0 the strongest
-    of its neighbours' LoRAs). The models are the Luna home's profile, not the graph's."""
+    """Luna's refiners in one node: with detections, the detailer (each detection's crop conditioned
+    by its own vault or projector answer, its prompt piece mixed in, its own LoRAs, its mask
+    pasted back); without, the chess refiner. Every item of a pass goes through one batched UNet
+    call, each row with its own LoRA set (the stack for all, a detection's own, `item_loras`, and
+    with `lora_from_vault` > 0 the strongest of its neighbours' LoRAs). The models are the Luna
+    home's profile, not the graph's."""
 
     CATEGORY = "Luna"
     RETURN_TYPES = ("IMAGE", "STRING")
@@ -309,52 +406,94 @@ class LunaRefine:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",),
-                             "source": (["vault", "projector"],),
-                             "steps": ("INT", {"default": 20, "min": 1, "max": 200}),
-                             "strength": ("FLOAT", {"default": 0.35, "min": 0.01, "max": 1.0, "step": 0.01}),
-                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1})},
-                "optional": {"detections": ("LunaDetections",),
-                             "loras": ("LunaLoRAs",),
-                             "item_loras": ("STRING", {"default": "", "multiline": True,
-                                                       "tooltip": "line i: detection i's LoRAs, NAME:W, NAME:W"}),
-                             "lora_from_vault": ("INT", {"default": 0, "min": 0, "max": 16,
-                                                         "tooltip": "each item's neighbours' strongest LoRAs (0: off)"}),
-                             "per_block": ("BOOLEAN", {"default": False,
-                                                       "tooltip": "down and mid blocks see the whole image's answer"}),
-                             "grid": ("INT", {"default": 3, "min": 1, "max": 16}),
-                             "memory_budget_mb": ("FLOAT", {"default": 0.0, "min": 0.0,
-                                                            "tooltip": "0: 80 % of free GPU memory"}),
-                             "home": _COMMON_OPTIONAL["home"],
-                             "projector": ("STRING", {"default": DEFAULT_PROJECTOR})}}
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "source": (["vault", "projector"],),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 200}),
+                "strength": ("FLOAT", {"default": 0.35, "min": 0.01, "max": 1.0, "step": 0.01}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1}),
+            },
+            "optional": {
+                "detections": ("LunaDetections",),
+                "loras": ("LunaLoRAs",),
+                "item_loras": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "tooltip": "line i: detection i's LoRAs, NAME:W, NAME:W",
+                    },
+                ),
+                "lora_from_vault": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 16,
+                        "tooltip": "each item's neighbours' strongest LoRAs (0: off)",
+                    },
+                ),
+                "per_block": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "down and mid blocks see the whole image's answer",
+                    },
+                ),
+                "grid": ("INT", {"default": 3, "min": 1, "max": 16}),
+                "memory_budget_mb": (
+                    "FLOAT",
+                    {"default": 0.0, "min": 0.0, "tooltip": "0: 80 % of free GPU memory"},
+                ),
+                "home": _COMMON_OPTIONAL["home"],
+                "projector": ("STRING", {"default": DEFAULT_PROJECTOR}),
+            },
+        }
 
     def refine(self, image, **options):
         """ComfyUI passes every connected or set input by name (optional ones may be absent)."""
-        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        # torch and the model libraries take about a second to import: only code that runs a model
+        # pays for it
         import torch
 
         # the refiner's settings pull no model in, but the pack keeps its own imports light
         from luna_core.refine.settings import RefineOptions
 
         get = options.get
-        given = {k: options[k] for k in ("grid", "strength", "steps", "seed", "per_block", "memory_budget_mb")
-                 if k in options}
-        settings = RefineOptions(**given, loras=tuple(get("loras") or ()),
-                                 lora_from="vault" if get("lora_from_vault", 0) else None,
-                                 lora_cap=max(1, get("lora_from_vault", 0))).settings()
+        given = {
+            k: options[k]
+            for k in ("grid", "strength", "steps", "seed", "per_block", "memory_budget_mb")
+            if k in options
+        }
+        settings = RefineOptions(
+            **given,
+            loras=tuple(get("loras") or ()),
+            lora_from="vault" if get("lora_from_vault", 0) else None,
+            lora_cap=max(1, get("lora_from_vault", 0)),
+        ).settings()
         detections, item_loras = get("detections"), get("item_loras", "")
-        home, source, projector = get("home", ""), get("source", "vault"), get("projector", DEFAULT_PROJECTOR)
+        home, source, projector = (
+            get("home", ""),
+            get("source", "vault"),
+            get("projector", DEFAULT_PROJECTOR),
+        )
         refiner = _refiner(home, source, projector)
         found = None
         if detections is not None:
             found = detections["detections"]
             extra = item_lora_lines(item_loras, len(found))
-            found = [replace(d, loras=(*d.loras, *lora_set(list(more)))) for d, more in zip(found, extra)]
+            found = [
+                replace(d, loras=(*d.loras, *lora_set(list(more)))) for d, more in zip(found, extra)
+            ]
         out, reports = [], []
         for picture in to_pictures(image):
             if found is not None and picture.size != tuple(detections["size"]):
-                raise ValueError(f"the detections are for a {detections['size'][0]}x{detections['size'][1]} image, "
-                                 f"not {picture.width}x{picture.height}")
+                raise ValueError(
+                    f"the detections are for a {detections['size'][0]}x{detections['size'][1]} "
+                    "image, "
+                    f"not {picture.width}x{picture.height}"
+                )
             refined, report = refiner.refine(picture, settings, detections=found)
             out.append(np.asarray(refined.convert("RGB"), dtype=np.float32) / 255.0)
             reports.append(report.summary())

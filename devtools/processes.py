@@ -21,8 +21,15 @@ def free_port() -> int:
 class Service:
     """A child process whose output is read line by line; `ready` is set when a line matches."""
 
-    def __init__(self, name: str, command: list[str], ready: str, env: dict | None = None, cwd: str | None = None,
-                 user: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        ready: str,
+        env: dict | None = None,
+        cwd: str | None = None,
+        user: tuple[int, int] | None = None,
+    ):
         self.name, self.lines, self.ready = name, [], threading.Event()
         self._pattern = re.compile(ready)
         preexec = None
@@ -34,8 +41,16 @@ class Service:
                 os.setgid(gid)
                 os.setuid(uid)
 
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env=env, cwd=cwd, preexec_fn=preexec, start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=cwd,
+            preexec_fn=preexec,
+            start_new_session=True,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -48,13 +63,15 @@ class Service:
 
     def wait_ready(self, timeout: float) -> None:
         if not self.ready.wait(timeout) or self.process.poll() is not None:
-            raise AssertionError(f"{self.name} did not become ready within {timeout:.0f}s; its output:\n"
-                                 + "\n".join(self.lines[-40:]))
+            raise AssertionError(
+                f"{self.name} did not become ready within {timeout:.0f}s; its output:\n"
+                + "\n".join(self.lines[-40:])
+            )
 
     def wait_listening(self, port: int, timeout: float) -> None:
-        """Until 127.0.0.1:`port` accepts connections: some servers log their address just before they
-        bind it. Each refused attempt waits a little on an Event that nothing sets (a bounded poll
-        of the condition itself, with a deadline)."""
+        """Until 127.0.0.1:`port` accepts connections: some servers log their address just before
+        they bind it. Each refused attempt waits a little on an Event that nothing sets (a
+        bounded poll of the condition itself, with a deadline)."""
         import time
 
         deadline, pause = time.monotonic() + timeout, threading.Event()
@@ -64,8 +81,10 @@ class Service:
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"{self.name} never listened on port {port}; its output:\n"
-                                         + "\n".join(self.lines[-40:])) from None
+                    raise AssertionError(
+                        f"{self.name} never listened on port {port}; its output:\n"
+                        + "\n".join(self.lines[-40:])
+                    ) from None
                 pause.wait(0.2)
 
     def stop(self) -> None:
@@ -75,8 +94,8 @@ class Service:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 pass
-        # What the group still holds goes too: a code server `luna ui` started while shutting down outlived
-        # it once (found orphaned, its heartbeat never ending it).
+        # What the group still holds goes too: a code server `luna ui` started while shutting down
+        # outlived it once (found orphaned, its heartbeat never ending it).
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, 9)
         self.process.wait()

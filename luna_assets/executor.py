@@ -1,10 +1,11 @@
-"""Scale-out on Dagster's Celery executor: every step of every run goes to `luna worker` processes (one
-per machine or GPU) through a Redis broker, when the home names one ([scale] celery_broker in
-luna.toml, or $LUNA_CELERY_BROKER).
+"""Scale-out on Dagster's Celery executor: every step of every run goes to `luna worker` processes
+(one per machine or GPU) through a Redis broker, when the home names one ([scale] celery_broker
+in luna.toml, or $LUNA_CELERY_BROKER).
 
-A worker that dies (a machine lost, SIGKILL, the OOM killer) takes its step's result with it, and the
-run would wait for it forever: `reap_lost_steps` marks the steps of workers that no longer answer as
-failed, so the run fails and its partition can be run again (each shard's rerun is idempotent).
+A worker that dies (a machine lost, SIGKILL, the OOM killer) takes its step's result with it, and
+the run would wait for it forever: `reap_lost_steps` marks the steps of workers that no longer
+answer as failed, so the run fails and its partition can be run again (each shard's rerun is
+idempotent).
 """
 
 from __future__ import annotations
@@ -44,14 +45,21 @@ def celery_broker(home: LunaHome) -> str | None:
     if url in ("", None):
         return None
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://")):
-        raise LunaConfigError(f"celery broker {url!r} ({setting.where()} of {home.root}): "
-                              "need a Redis URL, e.g. redis://127.0.0.1:6379/0")
+        raise LunaConfigError(
+            f"celery broker {url!r} ({setting.where()} of {home.root}): "
+            "need a Redis URL, e.g. redis://127.0.0.1:6379/0"
+        )
     return url
 
 
 def executor_config(broker: str) -> dict:
     """The celery executor's config: Redis as broker and result backend, Luna's worker settings."""
-    return {"broker": broker, "backend": broker, "include": [], "config_source": dict(CELERY_SETTINGS)}
+    return {
+        "broker": broker,
+        "backend": broker,
+        "include": [],
+        "config_source": dict(CELERY_SETTINGS),
+    }
 
 
 def celery_executor_for(broker: str):
@@ -69,27 +77,51 @@ def celery_app(broker: str):
     from dagster_celery.tasks import create_task
 
     config = executor_config(broker)
-    app = make_app(CeleryExecutor.for_cli(config["broker"], config["backend"], config["include"],
-                                          config["config_source"]).app_args())
+    app = make_app(
+        CeleryExecutor.for_cli(
+            config["broker"], config["backend"], config["include"], config["config_source"]
+        ).app_args()
+    )
     create_task(app)
     return app
 
 
-def run_worker(home: LunaHome, name: str | None = None, concurrency: int = WORKER_CONCURRENCY,
-               loglevel: str = WORKER_LOGLEVEL) -> None:
-    """Run a Celery worker for the home's runs in this process until it is stopped (SIGTERM: after the
-    step in hand). Steps load the code location from $LUNA_HOME like every other Dagster process."""
+def run_worker(
+    home: LunaHome,
+    name: str | None = None,
+    concurrency: int = WORKER_CONCURRENCY,
+    loglevel: str = WORKER_LOGLEVEL,
+) -> None:
+    """Run a Celery worker for the home's runs in this process until it is stopped (SIGTERM: after
+    the step in hand). Steps load the code location from $LUNA_HOME like every other Dagster
+    process."""
     broker = celery_broker(home)
     if broker is None:
-        raise LunaConfigError(f"{home.config_path} names no Celery broker: set [scale] celery_broker "
-                              f"(e.g. redis://127.0.0.1:6379/0) or ${BROKER.env}")
+        raise LunaConfigError(
+            f"{home.config_path} names no Celery broker: set [scale] celery_broker "
+            f"(e.g. redis://127.0.0.1:6379/0) or ${BROKER.env}"
+        )
     os.environ[KEYS_BY_NAME["home"].env] = str(home.root)
     os.environ["DAGSTER_HOME"] = str(home.dagster_home)
     name = name or f"luna-{socket.gethostname()}-{os.getpid()}"
     app = celery_app(broker)
-    app.worker_main(["worker", "-Q", QUEUE, "-n", name if "@" in name else f"{name}@%h",
-                     "--concurrency", str(concurrency), "--prefetch-multiplier", "1", "--loglevel", loglevel,
-                     "--without-gossip", "--without-mingle"])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            QUEUE,
+            "-n",
+            name if "@" in name else f"{name}@%h",
+            "--concurrency",
+            str(concurrency),
+            "--prefetch-multiplier",
+            "1",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 def live_workers(app, timeout: float = 2.0) -> set[str]:
@@ -97,8 +129,9 @@ def live_workers(app, timeout: float = 2.0) -> set[str]:
 
 
 def reap_lost_steps(app, timeout: float = 2.0) -> list[str]:
-    """Steps started by a worker that no longer answers a ping (two in a row) are marked failed in the
-    result backend (the run then fails, and its partition can be run again). Returns one line per step."""
+    """Steps started by a worker that no longer answers a ping (two in a row) are marked failed in
+    the result backend (the run then fails, and its partition can be run again). Returns one line
+    per step."""
     # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from billiard.exceptions import WorkerLostError
 
@@ -110,7 +143,9 @@ def reap_lost_steps(app, timeout: float = 2.0) -> list[str]:
             started[task_id] = meta["result"]["hostname"]
     alive = live_workers(app, timeout) if started else set()
     if any(worker not in alive for worker in started.values()):
-        alive |= live_workers(app, timeout)  # a worker must miss two pings in a row: one can be a hiccup
+        alive |= live_workers(
+            app, timeout
+        )  # a worker must miss two pings in a row: one can be a hiccup
     reaped = []
     for task_id, worker in started.items():
         if worker not in alive:

@@ -1,4 +1,5 @@
-"""What every Luna asset shows a person: markdown tables, progress lines in the run log, check results."""
+"""What every Luna asset shows a person: markdown tables, progress lines in the run log, check
+results."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def md_table(rows: list[dict], columns: list[str]) -> dg.MetadataValue:
 
 
 def progress_logger(context: dg.AssetExecutionContext, what: str) -> Callable[[int, int], None]:
-    """An on_progress(done, total) callback that logs `what: done/total` about every tenth of the work."""
+    """An on_progress(done, total) callback that logs `what: done/total` about every tenth of the
+    work."""
     state = {"next": 0.0}
 
     def log_progress(done: int, total: int) -> None:
@@ -31,9 +33,14 @@ def progress_logger(context: dg.AssetExecutionContext, what: str) -> Callable[[i
 
 
 def check_results(outcomes) -> list[dg.AssetCheckResult]:
-    """Asset check results from luna_core outcomes (objects with name, passed, description, metadata)."""
-    return [dg.AssetCheckResult(check_name=o.name, passed=bool(o.passed), description=o.description,
-                                metadata=o.metadata) for o in outcomes]
+    """Asset check results from luna_core outcomes (objects with name, passed, description,
+    metadata)."""
+    return [
+        dg.AssetCheckResult(
+            check_name=o.name, passed=bool(o.passed), description=o.description, metadata=o.metadata
+        )
+        for o in outcomes
+    ]
 
 
 def seconds(value: float) -> dg.MetadataValue:

@@ -30,25 +30,39 @@ class LunaHomeResource(dg.ConfigurableResource):
 
     def ingest_options(self, progress: bool = True) -> IngestOptions:
         limits = ProbeLimits(max_pixels=self.max_pixels, max_text_bytes=self.max_text_bytes)
-        return IngestOptions(limits=limits, workers=self.workers, progress=progress,
-                             writer_syntax=self.luna_home.writer_syntax())
+        return IngestOptions(
+            limits=limits,
+            workers=self.workers,
+            progress=progress,
+            writer_syntax=self.luna_home.writer_syntax(),
+        )
 
 
 class LunaModelsResource(dg.ConfigurableResource):
     """Which models embed the library, and on what device. Empty fields fall back to the home."""
 
-    profile: str | None = None  # sdxl | tiny; None: $LUNA_PROFILE, else the home's luna.toml, else sdxl
+    profile: str | None = (
+        None  # sdxl | tiny; None: $LUNA_PROFILE, else the home's luna.toml, else sdxl
+    )
     vision_model: str | None = None  # hub id or local folder, overriding the profile's
     sdxl_model: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     vision_batch_size: int = EmbedOptions.batch_size
     text_batch_size: int = 16  # conditionings are 315 KB a row at SDXL widths: smaller batches
-    decode_workers: int = EmbedOptions.decode_workers  # image decode threads; 0: one per core (at most 8)
+    decode_workers: int = (
+        EmbedOptions.decode_workers
+    )  # image decode threads; 0: one per core (at most 8)
 
     def resolve(self, home: LunaHome) -> ModelProfile:
-        return resolve_profile(home.model_profile(self.profile), home.models_dir, self.vision_model, self.sdxl_model)
+        return resolve_profile(
+            home.model_profile(self.profile), home.models_dir, self.vision_model, self.sdxl_model
+        )
 
     def embed_options(self, batch_size: int) -> EmbedOptions:
-        return EmbedOptions(device=self.device, dtype=self.dtype, batch_size=batch_size,
-                            decode_workers=self.decode_workers)
+        return EmbedOptions(
+            device=self.device,
+            dtype=self.dtype,
+            batch_size=batch_size,
+            decode_workers=self.decode_workers,
+        )

@@ -22,8 +22,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     findings = diagnose(home)
     if home.dagster_home.is_dir():
         dead = fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home)), mark=False)
-        findings += [Finding("warning", "dagster run", line, f"luna doctor --repair --home {home.root}")
-                     for line in dead]
+        findings += [
+            Finding("warning", "dagster run", line, f"luna doctor --repair --home {home.root}")
+            for line in dead
+        ]
     for finding in findings:
         print(finding.line())
     broken = [f for f in findings if f.severity == "error"]
@@ -35,12 +37,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             layout = VISION_LAYOUT if finding.what.startswith("vision") else TEXT_LAYOUT
             store = RowStore.open_readonly(finding.add_checksums, layout)
             with store.writer():
-                print(f"repair: adding checksums to {finding.add_checksums}: {', '.join(store.add_checksums())}")
+                print(
+                    f"repair: adding checksums to {finding.add_checksums}: "
+                    f"{', '.join(store.add_checksums())}"
+                )
     for finding in broken:
         if finding.remove is not None and finding.remove.is_relative_to(home.root):
             print(f"repair: removing the damaged {finding.what} {finding.remove}")
             shutil.rmtree(finding.remove)
-    print("repair: rebuilding every asset (luna build; runs left STARTED by a dead process are marked failed)…")
+    print(
+        "repair: rebuilding every asset (luna build; runs left STARTED by a dead process are "
+        "marked failed)…"
+    )
     report_run(run_build_all(home.ensure()))
     findings = diagnose(home)
     print("after repair:")
@@ -50,8 +58,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    cmd = sub.add_parser("doctor", help="check a home (schema, checksums, counts, index, registry, disk) and say "
-                                        "how to fix each finding")
-    cmd.add_argument("--repair", action="store_true", help="run the fixes: remove damaged stores, then rebuild")
+    cmd = sub.add_parser(
+        "doctor",
+        help="check a home (schema, checksums, counts, index, registry, disk) and say "
+        "how to fix each finding",
+    )
+    cmd.add_argument(
+        "--repair", action="store_true", help="run the fixes: remove damaged stores, then rebuild"
+    )
     cmd.add_argument("--home", help="Luna home folder (default: $LUNA_HOME, else ./luna_home)")
     cmd.set_defaults(func=cmd_doctor)

@@ -1,4 +1,5 @@
-"""`luna ingest`, `luna build`, `luna status`, `luna ui`: the library and the Dagster chain over it."""
+"""`luna ingest`, `luna build`, `luna status`, `luna ui`: the library and the Dagster chain over
+it."""
 
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ from luna_core.settings import LunaHome
 from luna_core.vault.segments import shard_keys
 
 
-def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dict | None = None,
-                  benchmark_config: dict | None = None, profile: str | None = None):
-    """Materialize every asset through the same Definitions the UI loads, on the home's Dagster instance;
-    the refinement benchmark (minutes) only when given a `benchmark_config` (its schedule runs it); `profile`
-    overrides the model profile of the home's settings."""
+def run_build_all(
+    home: LunaHome,
+    log_level: str = "INFO",
+    projector_config: dict | None = None,
+    benchmark_config: dict | None = None,
+    profile: str | None = None,
+):
+    """Materialize every asset through the same Definitions the UI loads, on the home's Dagster
+    instance; the refinement benchmark (minutes) only when given a `benchmark_config` (its
+    schedule runs it); `profile` overrides the model profile of the home's settings."""
     # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     import dagster as dg
 
@@ -32,18 +38,26 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     from luna_assets.resources import LunaModelsResource
     from luna_assets.runs import fail_dead_runs
 
-    defs = build_definitions(str(home.root), LunaModelsResource(profile=profile) if profile else None)
+    defs = build_definitions(
+        str(home.root), LunaModelsResource(profile=profile) if profile else None
+    )
     job = defs.resolve_job_def(BUILD_ALL_JOB)
     instance = dg.DagsterInstance.from_config(str(home.dagster_home))
     for message in fail_dead_runs(instance):
         print(message, file=sys.stderr)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    ops = {name: {"config": config} for name, config in (("projector", projector_config),
-                                                          ("refinement_benchmark", benchmark_config)) if config}
+    ops = {
+        name: {"config": config}
+        for name, config in (
+            ("projector", projector_config),
+            ("refinement_benchmark", benchmark_config),
+        )
+        if config
+    }
     if ops:
         run_config["ops"] = ops
-    # One build of a home at a time: a second `luna build` waits for the first (and says so) instead of
-    # failing on the stores' writer locks.
+    # One build of a home at a time: a second `luna build` waits for the first (and says so) instead
+    # of failing on the stores' writer locks.
     from luna_assets.defs.reports.assets import REFINEMENT_BENCHMARK
 
     graph = job.asset_layer.asset_graph
@@ -51,14 +65,18 @@ def run_build_all(home: LunaHome, log_level: str = "INFO", projector_config: dic
     with held_lock(home.root / "build", "build"):
         shards = home.vault_shards()
         if shards == 1:
-            return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                          asset_selection=sorted(graph.get_all_asset_keys() - skipped))
+            return job.execute_in_process(
+                run_config=run_config,
+                instance=instance,
+                raise_on_error=False,
+                asset_selection=sorted(graph.get_all_asset_keys() - skipped),
+            )
         return _build_by_shard(job, shards, run_config, instance, skipped)
 
 
 def _build_by_shard(job, shards: int, run_config: dict, instance, skipped: set) -> list:
-    """A sharded home's build on this machine: what feeds the vault, each shard's partition, then the rest
-    (whose first step commits the shards' manifests). Stops at the first failed run."""
+    """A sharded home's build on this machine: what feeds the vault, each shard's partition, then
+    the rest (whose first step commits the shards' manifests). Stops at the first failed run."""
     # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 
@@ -66,19 +84,31 @@ def _build_by_shard(job, shards: int, run_config: dict, instance, skipped: set) 
     vault = {VISION_EMBEDDINGS, TEXT_CONDITIONINGS}
     upstream = {key for store in vault for key in graph.get(store).parent_keys} - vault
     rest = sorted(graph.get_all_asset_keys() - vault - upstream - skipped)
-    stages = [(None, sorted(upstream))] + [(key, sorted(vault)) for key in shard_keys(shards)] + [(None, rest)]
+    stages = (
+        [(None, sorted(upstream))]
+        + [(key, sorted(vault)) for key in shard_keys(shards)]
+        + [(None, rest)]
+    )
     results = []
     for partition, keys in stages:
-        results.append(job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                              partition_key=partition, asset_selection=keys))
+        results.append(
+            job.execute_in_process(
+                run_config=run_config,
+                instance=instance,
+                raise_on_error=False,
+                partition_key=partition,
+                asset_selection=keys,
+            )
+        )
         if not results[-1].success:
             break
     return results
 
 
 def report_run(results) -> bool:
-    """Print step failures (their root cause, in one line each) and check results of a Dagster run (or of
-    the runs of a sharded build); True when all succeeded and no error-level (or blocking) check failed."""
+    """Print step failures (their root cause, in one line each) and check results of a Dagster run
+    (or of the runs of a sharded build); True when all succeeded and no error-level (or blocking)
+    check failed."""
     # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     import dagster as dg
 
@@ -87,7 +117,10 @@ def report_run(results) -> bool:
         if not result.success:
             for event in result.all_events:
                 if event.is_step_failure:
-                    print(f"FAILED in {event.step_key}: {_root_cause(event.step_failure_data.error)}", file=sys.stderr)
+                    print(
+                        f"FAILED in {event.step_key}: {_root_cause(event.step_failure_data.error)}",
+                        file=sys.stderr,
+                    )
             return False
     failed = []
     for check in (check for result in results for check in result.get_asset_check_evaluations()):
@@ -97,7 +130,10 @@ def report_run(results) -> bool:
         if not check.passed and not warning:
             failed.append(name)
     if failed:
-        print(f"FAILED checks: {', '.join(failed)} (see the asset's checks in `luna ui`)", file=sys.stderr)
+        print(
+            f"FAILED checks: {', '.join(failed)} (see the asset's checks in `luna ui`)",
+            file=sys.stderr,
+        )
     return not failed
 
 
@@ -114,17 +150,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if missing:
         raise LunaConfigError(f"not a folder: {', '.join(missing)}")
     home = LunaHome.resolve(args.home).ensure()
-    roots = home.add_roots(args.roots) if not args.no_record else [str(Path(r).absolute()) for r in args.roots]
+    roots = (
+        home.add_roots(args.roots)
+        if not args.no_record
+        else [str(Path(r).absolute()) for r in args.roots]
+    )
     selected = [str(Path(r).absolute()) for r in args.roots]
-    options = IngestOptions(limits=ProbeLimits(max_pixels=args.max_pixels), workers=args.workers,
-                            writer_syntax=home.writer_syntax())
+    options = IngestOptions(
+        limits=ProbeLimits(max_pixels=args.max_pixels),
+        workers=args.workers,
+        writer_syntax=home.writer_syntax(),
+    )
     report = ingest(home.catalog_path, selected, options)
     print(f"Ingested {', '.join(selected)} into {home.catalog_path} in {report.seconds:.1f}s")
     counts = report.counts()
-    print("  " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if k != "bytes_read"))
+    print(
+        "  "
+        + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if k != "bytes_read")
+    )
     if report.by_reason:
-        print("  quarantine by reason: " + ", ".join(f"{k} {v}" for k, v in report.by_reason.items())
-              + "  (see `luna status`)")
+        print(
+            "  quarantine by reason: "
+            + ", ".join(f"{k} {v}" for k, v in report.by_reason.items())
+            + "  (see `luna status`)"
+        )
     if len(roots) > len(selected):
         print(f"  ({len(roots)} roots recorded in {home.config_path})")
     return 0
@@ -133,10 +182,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     home = LunaHome.existing(args.home)
     if not home.roots():
-        raise NotBuiltError(f"no library roots recorded in {home.config_path}; run `luna ingest ROOT` first")
+        raise NotBuiltError(
+            f"no library roots recorded in {home.config_path}; run `luna ingest ROOT` first"
+        )
     if args.profile:
         home.set_model_profile(args.profile)
-    print(f"Materializing every Luna asset for {home.root} (profile '{home.model_profile(args.profile)}')…")
+    print(
+        f"Materializing every Luna asset for {home.root} (profile "
+        f"'{home.model_profile(args.profile)}')…"
+    )
     if not report_run(run_build_all(home.ensure(), profile=args.profile)):
         return 1
     print_home_summary(home)
@@ -146,7 +200,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     home = LunaHome.existing(args.home)
     if not home.catalog_path.exists():
-        raise NotBuiltError(f"no catalog at {home.catalog_path} yet: run `luna ingest ROOT` or `luna demo`")
+        raise NotBuiltError(
+            f"no catalog at {home.catalog_path} yet: run `luna ingest ROOT` or `luna demo`"
+        )
     print(f"Luna home {home.root}; roots: {', '.join(home.roots()) or '(none)'}")
     print_home_summary(home)
     return 0
@@ -162,19 +218,30 @@ def cmd_ui(args: argparse.Namespace) -> int:
     home = LunaHome.existing(args.home).ensure()
     for message in fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home))):
         print(message)
-    env = dict(os.environ, **{KEYS_BY_NAME["home"].env: str(home.root)}, DAGSTER_HOME=str(home.dagster_home))
-    print(f"Starting the Dagster UI for {home.root} on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    env = dict(
+        os.environ,
+        **{KEYS_BY_NAME["home"].env: str(home.root)},
+        DAGSTER_HOME=str(home.dagster_home),
+    )
+    print(
+        f"Starting the Dagster UI for {home.root} on http://{args.host}:{args.port} (Ctrl-C "
+        "stops it)"
+    )
     # The same code location name as the repository's workspace.yaml, wherever Luna is installed.
     workspace = home.dagster_home / "workspace.yaml"
-    workspace.write_text("load_from:\n  - python_module:\n      module_name: dagster_project.definitions\n"
-                         "      attribute: defs\n      location_name: luna\n")
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: dagster_project.definitions\n"
+        "      attribute: defs\n      location_name: luna\n"
+    )
     bin_dir = Path(sys.executable).parent
     executable = str(bin_dir / "dagster") if (bin_dir / "dagster").exists() else "dagster"
     command = [executable, "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
     return supervise(command, env)
 
 
-UI_STOP_GRACE_S = 5.0  # after Ctrl-C or SIGTERM: time for a clean shutdown before the processes are killed
+UI_STOP_GRACE_S = (
+    5.0  # after Ctrl-C or SIGTERM: time for a clean shutdown before the processes are killed
+)
 
 
 def _stop_request(signum, frame):

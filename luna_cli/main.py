@@ -22,8 +22,10 @@ _PLAIN_OS_ERRORS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(normalize_argv(sys.argv[1:] if argv is None else list(argv)))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
     try:
         return args.func(args)
@@ -31,11 +33,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - only the machine's own refusals are turned into one line
-        code = exc.errno if isinstance(exc, OSError) else errno.ENOSPC if "No space left on device" in str(exc) else None
+        code = (
+            exc.errno
+            if isinstance(exc, OSError)
+            else errno.ENOSPC
+            if "No space left on device" in str(exc)
+            else None
+        )
         if code not in _PLAIN_OS_ERRORS:
             raise
         where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+        reason = (
+            exc.strerror
+            if isinstance(exc, OSError) and exc.strerror
+            else str(exc).splitlines()[0][:200]
+        )
         print(f"error: {reason}{where}: {_PLAIN_OS_ERRORS[code]}", file=sys.stderr)
         return 6
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""`luna mlflow-server`: the home's MLflow tracking server (registry and UI), on PostgreSQL when set."""
+"""`luna mlflow-server`: the home's MLflow tracking server (registry and UI), on PostgreSQL when
+set."""
 
 from __future__ import annotations
 
@@ -20,13 +21,20 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
     url = f"http://{args.host}:{args.port}"
     if args.record:
         home.set_operations_setting("tracking_uri", url)
-        print(f"Recorded tracking_uri = {url} in {home.config_path}: the chain and every registry command use it")
+        print(
+            f"Recorded tracking_uri = {url} in {home.config_path}: the chain and every registry "
+            "command use it"
+        )
     shown = backend.split("@")[-1] if "@" in backend else backend  # no password on the screen
-    print(f"Starting the MLflow tracking server for {home.root} on {url} (backend {shown}; artifacts under "
-          f"{home.mlflow_dir / 'artifacts'}); Ctrl-C stops it")
+    print(
+        f"Starting the MLflow tracking server for {home.root} on {url} (backend {shown}; "
+        "artifacts under "
+        f"{home.mlflow_dir / 'artifacts'}); Ctrl-C stops it"
+    )
     command = mlflow_server_command(home, args.host, args.port, backend, args.workers)
     env = dict(os.environ)
-    # MLflow 3's job runner (GenAI jobs Luna never submits) starts ~8 consumer processes: off unless asked.
+    # MLflow 3's job runner (GenAI jobs Luna never submits) starts ~8 consumer processes: off unless
+    # asked.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execvpe(command[0], command, env)
     return 0
@@ -45,10 +53,18 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
     shards, broker = home.vault_shards(), celery_broker(home)
     print(f"{home.config_path}:")
-    print(f"  vault shards  {shards}" + (" (one store: the single-machine default)" if shards == 1 else
-                                        f" (vision_embeddings and text_conditionings have {shards} partitions)"))
-    print(f"  celery broker {broker or '(none: runs execute on this machine)'}"
-          + ("; start `luna worker` on each machine" if broker else ""))
+    print(
+        f"  vault shards  {shards}"
+        + (
+            " (one store: the single-machine default)"
+            if shards == 1
+            else f" (vision_embeddings and text_conditionings have {shards} partitions)"
+        )
+    )
+    print(
+        f"  celery broker {broker or '(none: runs execute on this machine)'}"
+        + ("; start `luna worker` on each machine" if broker else "")
+    )
     print(f"  gpu pool      {gpu_slots(home.settings()) or 'one slot per GPU found here'}")
     return 0
 
@@ -70,18 +86,33 @@ def _shown(value) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Every setting's effective value and where it came from (argument > environment > luna.toml > default)."""
+    """Every setting's effective value and where it came from (argument > environment > luna.toml
+    > default)."""
     home = LunaHome.resolve(args.home)
     settings = home.settings({"home": args.home} if args.home else None)
-    rows = [{"setting": s.key.name, "value": _shown(s.value), "from": s.where(), "environment": s.key.env,
-             "about": s.key.doc} for s in settings.all()]
+    rows = [
+        {
+            "setting": s.key.name,
+            "value": _shown(s.value),
+            "from": s.where(),
+            "environment": s.key.env,
+            "about": s.key.doc,
+        }
+        for s in settings.all()
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"Settings of {home.root} (argument > environment > {home.config_path.name} > default):")
-    width = {column: max(len(column), *(len(r[column]) for r in rows)) for column in ("setting", "value", "from")}
+    width = {
+        column: max(len(column), *(len(r[column]) for r in rows))
+        for column in ("setting", "value", "from")
+    }
     for row in rows:
         value = row["value"] if row["value"] != "" else "(none)"
-        print(f"  {row['setting']:<{width['setting']}}  {value:<{width['value']}}  {row['from']:<{width['from']}}  "
-              f"{row['about']}")
+        print(
+            f"  {row['setting']:<{width['setting']}}  {value:<{width['value']}}  "
+            f"{row['from']:<{width['from']}}  "
+            f"{row['about']}"
+        )
     return 0

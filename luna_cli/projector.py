@@ -9,7 +9,9 @@ from luna_core.settings import LunaHome
 
 
 def cmd_projector_list(args: argparse.Namespace) -> int:
-    from luna_core.projector.registry import Registry  # mlflow is heavy: only this command pays for it
+    from luna_core.projector.registry import (
+        Registry,
+    )  # mlflow is heavy: only this command pays for it
 
     home = LunaHome.existing(args.home)
     registry = Registry(home, args.tracking_uri)
@@ -19,6 +21,18 @@ def cmd_projector_list(args: argparse.Namespace) -> int:
         print(f"no versions of {args.name} in {uri}: materialize `projector` (or run luna demo)")
         return 1
     print(f"{args.name} in {uri}")
-    print_table(versions, ["version", "aliases", "arch", "val_loss", "token_cos", "pooled_cos", "promoted",
-                           "fingerprint", "subset"])
+    print_table(
+        versions,
+        [
+            "version",
+            "aliases",
+            "arch",
+            "val_loss",
+            "token_cos",
+            "pooled_cos",
+            "promoted",
+            "fingerprint",
+            "subset",
+        ],
+    )
     return 0

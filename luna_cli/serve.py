@@ -36,21 +36,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     profile = resolve_profile(home.model_profile(), home.models_dir)
     workers = serve_workers(home)
     if args.host not in (LOCAL_HOST, "localhost", "::1"):
-        print(f"warning: listening on {args.host}: anyone who can reach this machine can search the library and "
-              "open its images; keep it on 127.0.0.1 unless that is what you want", file=sys.stderr, flush=True)
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine can search "
+            "the library and "
+            "open its images; keep it on 127.0.0.1 unless that is what you want",
+            file=sys.stderr,
+            flush=True,
+        )
     # the server's stack (FastAPI, torch) loads only for `luna serve`
     import torch
 
-    # Requests run side by side on the workers: each model call gets its share of the cores, not all of
-    # them (8 workers each asking torch for every core spent more time switching than computing).
+    # Requests run side by side on the workers: each model call gets its share of the cores, not all
+    # of them (8 workers each asking torch for every core spent more time switching than computing).
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    service = LunaService(home, profile, device=args.device, projector_uri=args.projector,
-                          tracking_uri=args.tracking_uri)
+    service = LunaService(
+        home,
+        profile,
+        device=args.device,
+        projector_uri=args.projector,
+        tracking_uri=args.tracking_uri,
+    )
     state = service.state
-    print(f"Luna serves {home.root} (profile {profile.name}, index v{state.index_version}, projector "
-          f"{args.projector} v{state.projector_version}, {workers} workers): open http://{args.host}:{args.port}/ "
-          "to search; Ctrl-C stops it", flush=True)
-    uvicorn.run(create_app(service, workers), host=args.host, port=args.port, log_level="info", access_log=False)
+    print(
+        f"Luna serves {home.root} (profile {profile.name}, index v{state.index_version}, projector "
+        f"{args.projector} v{state.projector_version}, {workers} workers): open "
+        f"http://{args.host}:{args.port}/ "
+        "to search; Ctrl-C stops it",
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(service, workers),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=False,
+    )
     return 0
 
 
@@ -58,16 +78,25 @@ def ask(server: str, path: str, image: str, params: list[tuple[str, str]]) -> by
     """POST the image file to `server` + `path`; a service error becomes the same one-line error."""
     parsed = urllib.parse.urlsplit(server)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise LunaConfigError(f"--server {server!r} is not a URL: give the service's address, e.g. "
-                              f"http://{LOCAL_HOST}:7861 (what `luna serve` prints)")
+        raise LunaConfigError(
+            f"--server {server!r} is not a URL: give the service's address, e.g. "
+            f"http://{LOCAL_HOST}:7861 (what `luna serve` prints)"
+        )
     try:
         body = Path(image).read_bytes()
     except IsADirectoryError:
         raise LunaConfigError(f"image {image} is a folder: give an image file") from None
     except OSError as exc:
         raise LunaConfigError(f"cannot read image {image}: {exc.strerror or exc}") from None
-    url = server.rstrip("/") + path + "?" + urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/octet-stream"})
+    url = (
+        server.rstrip("/")
+        + path
+        + "?"
+        + urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
+    )
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/octet-stream"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             return response.read()
@@ -76,9 +105,18 @@ def ask(server: str, path: str, image: str, params: list[tuple[str, str]]) -> by
             message = json.loads(exc.read()).get("error", exc.reason)
         except ValueError:
             message = exc.reason
-        raise (NotBuiltError if exc.code == 409 else LunaConfigError)(f"{server}: {message}") from None
+        raise (NotBuiltError if exc.code == 409 else LunaConfigError)(
+            f"{server}: {message}"
+        ) from None
     except urllib.error.URLError as exc:
-        raise LunaConfigError(f"cannot reach the Luna service at {server} ({exc.reason}); start it with `luna serve`") from None
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # a dropped connection, a bad port number
-        raise LunaConfigError(f"the Luna service at {server} did not answer ({exc}); is `luna serve` running "
-                              "there?") from None
+        raise LunaConfigError(
+            f"cannot reach the Luna service at {server} ({exc.reason}); start it with `luna serve`"
+        ) from None
+    except (
+        OSError,
+        ValueError,
+        http.client.HTTPException,
+    ) as exc:  # a dropped connection, a bad port number
+        raise LunaConfigError(
+            f"the Luna service at {server} did not answer ({exc}); is `luna serve` running there?"
+        ) from None

@@ -8,9 +8,14 @@ import json
 
 
 def add_parser(sub) -> None:
-    cmd = sub.add_parser("tiny-world", help="the tiny profile's trained models: where this machine caches them "
-                                            "(training them when missing; --rebuild trains them anew)")
-    cmd.add_argument("--rebuild", action="store_true", help="train anew, replacing this recipe's cached models")
+    cmd = sub.add_parser(
+        "tiny-world",
+        help="the tiny profile's trained models: where this machine caches them "
+        "(training them when missing; --rebuild trains them anew)",
+    )
+    cmd.add_argument(
+        "--rebuild", action="store_true", help="train anew, replacing this recipe's cached models"
+    )
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     cmd.set_defaults(func=cmd_tiny_world)
 
@@ -22,12 +27,18 @@ def cmd_tiny_world(args: argparse.Namespace) -> int:
     root = tiny_world_root()
     cached = (root / "complete.json").exists() and not args.rebuild
     if not cached:
-        print(f"Training the tiny world (sample-generator pictures only; a few minutes on 2 cores) into {root}")
+        print(
+            "Training the tiny world (sample-generator pictures only; a few minutes on 2 cores) "
+            f"into {root}"
+        )
     root = ensure_tiny_models(progress=not args.quiet, rebuild=args.rebuild)
     built = json.loads((root / "complete.json").read_text())
     seconds = built.get("seconds", {})
-    print(f"Tiny world {built['version']} (recipe {built['recipe_hash']}) at {root}"
-          f"{' (cached)' if cached else ''}: trained in {sum(seconds.values()):.0f} s "
-          f"({', '.join(f'{part} {s:.0f} s' for part, s in seconds.items())}; torch {built.get('torch')}, "
-          f"{built.get('threads')} threads)")
+    print(
+        f"Tiny world {built['version']} (recipe {built['recipe_hash']}) at {root}"
+        f"{' (cached)' if cached else ''}: trained in {sum(seconds.values()):.0f} s "
+        f"({', '.join(f'{part} {s:.0f} s' for part, s in seconds.items())}; torch "
+        f"{built.get('torch')}, "
+        f"{built.get('threads')} threads)"
+    )
     return 0

@@ -1,4 +1,5 @@
-"""`luna search` and `luna condition`: ask the vault (or a registered projector) about an image or a crop."""
+"""`luna search` and `luna condition`: ask the vault (or a registered projector) about an image
+or a crop."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto")
     # pulls torch in (about a second to import): only the commands that need it pay for it
     from luna_core.query import Vault
 
-    return Vault(home, resolve_profile(home.model_profile(profile), home.models_dir), device=device or "auto")
+    return Vault(
+        home, resolve_profile(home.model_profile(profile), home.models_dir), device=device or "auto"
+    )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -28,14 +31,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.text is not None:
         if args.server or args.box:
             raise QueryError("--text searches this home's vault: --server and --box do not apply")
-        neighbors = open_vault(LunaHome.existing(args.home), device=args.device).search_text(args.text, args.k)
+        neighbors = open_vault(LunaHome.existing(args.home), device=args.device).search_text(
+            args.text, args.k
+        )
     elif args.server:
         # pulls torch in (about a second to import): only the commands that need it pay for it
         from luna_core.query import Neighbor
 
-        answer = json.loads(ask(args.server, "/search", args.image, [("k", str(args.k)), ("box", args.box)]))
+        answer = json.loads(
+            ask(args.server, "/search", args.image, [("k", str(args.k)), ("box", args.box)])
+        )
         fields = Neighbor.__dataclass_fields__
-        neighbors = [Neighbor(**{k: v for k, v in n.items() if k in fields}) for n in answer["results"][0]["neighbors"]]
+        neighbors = [
+            Neighbor(**{k: v for k, v in n.items() if k in fields})
+            for n in answer["results"][0]["neighbors"]
+        ]
     else:
         home = LunaHome.existing(args.home)
         box = Box.parse(args.box) if args.box else None
@@ -56,30 +66,63 @@ def cmd_condition(args: argparse.Namespace) -> int:
     home = LunaHome.existing(args.home)
     box = Box.parse(args.box) if args.box else None
     # Every setting is checked before a model loads, whichever source answers.
-    check_inputs(args.mode, args.alpha, args.prompt, None if args.projector else args.k,
-                 None if args.projector else args.temperature)
+    check_inputs(
+        args.mode,
+        args.alpha,
+        args.prompt,
+        None if args.projector else args.k,
+        None if args.projector else args.temperature,
+    )
     vault = open_vault(home, device=args.device)
     if args.projector:
-        conditioning = vault.condition_with_projector(args.image, args.projector, box, args.prompt, args.mode,
-                                                      args.alpha, tracking_uri=args.tracking_uri,
-                                                      negative_prompt=args.negative_prompt)
+        conditioning = vault.condition_with_projector(
+            args.image,
+            args.projector,
+            box,
+            args.prompt,
+            args.mode,
+            args.alpha,
+            tracking_uri=args.tracking_uri,
+            negative_prompt=args.negative_prompt,
+        )
         print(f"projector {args.projector} ({conditioning.info['arch']})")
     else:
-        conditioning = vault.condition(args.image, box, args.k, args.prompt, args.mode, args.alpha, args.temperature,
-                                       negative_prompt=args.negative_prompt)
+        conditioning = vault.condition(
+            args.image,
+            box,
+            args.k,
+            args.prompt,
+            args.mode,
+            args.alpha,
+            args.temperature,
+            negative_prompt=args.negative_prompt,
+        )
         print_neighbors(conditioning.neighbors)
     out = conditioning.save(args.out)
-    print(f"wrote {out}: prompt_embeds {list(conditioning.prompt_embeds.shape)}, pooled_prompt_embeds "
-          f"{list(conditioning.pooled_prompt_embeds.shape)} (+ negatives), mode {args.mode}")
+    print(
+        f"wrote {out}: prompt_embeds {list(conditioning.prompt_embeds.shape)}, "
+        "pooled_prompt_embeds "
+        f"{list(conditioning.pooled_prompt_embeds.shape)} (+ negatives), mode {args.mode}"
+    )
     return 0
 
 
 def _condition_by_server(args: argparse.Namespace) -> int:
     if args.projector and args.projector != DEFAULT_PROJECTOR:
-        print(f"note: the service answers with the projector it was started with, not {args.projector}")
-    params = [("source", "projector" if args.projector else "vault"), ("k", str(args.k)), ("box", args.box),
-              ("temperature", str(args.temperature)), ("prompt", args.prompt), ("mode", args.mode),
-              ("alpha", str(args.alpha)), ("negative_prompt", args.negative_prompt)]
+        print(
+            "note: the service answers with the projector it was started with, not "
+            f"{args.projector}"
+        )
+    params = [
+        ("source", "projector" if args.projector else "vault"),
+        ("k", str(args.k)),
+        ("box", args.box),
+        ("temperature", str(args.temperature)),
+        ("prompt", args.prompt),
+        ("mode", args.mode),
+        ("alpha", str(args.alpha)),
+        ("negative_prompt", args.negative_prompt),
+    ]
     data = ask(args.server, "/condition", args.image, params)
     out = write_atomically(args.out, lambda tmp: tmp.write_bytes(data))
     print(f"wrote {out} ({len(data):,} bytes) from {args.server}")

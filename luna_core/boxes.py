@@ -31,7 +31,9 @@ class Box:
         try:
             x, y, w, h = (int(part) for part in str(text).split(","))
         except ValueError:
-            raise BoxError(f"box {text!r} is not X,Y,W,H in whole pixels (e.g. 120,40,256,256)") from None
+            raise BoxError(
+                f"box {text!r} is not X,Y,W,H in whole pixels (e.g. 120,40,256,256)"
+            ) from None
         return cls(x, y, w, h)
 
     @property
@@ -40,11 +42,14 @@ class Box:
         return self.x, self.y, self.x + self.width, self.y + self.height
 
     def check_within(self, width: int, height: int, name: str = "") -> None:
-        """A box must hold pixels and lie inside its `width` x `height` image (named `name` in the error)."""
+        """A box must hold pixels and lie inside its `width` x `height` image (named `name` in
+        the error)."""
         if self.width <= 0 or self.height <= 0:
             raise BoxError(f"box {self} is empty")
         if self.x < 0 or self.y < 0 or self.x + self.width > width or self.y + self.height > height:
-            raise BoxError(f"box {self} lies outside the {width}x{height} image{' ' + name if name else ''}")
+            raise BoxError(
+                f"box {self} lies outside the {width}x{height} image{' ' + name if name else ''}"
+            )
 
     def __str__(self) -> str:
         return f"{self.x},{self.y},{self.width},{self.height}"

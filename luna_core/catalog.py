@@ -1,4 +1,5 @@
-"""The DuckDB catalog: one file under the Luna home; its tables are luna_core.catalog_schema's, nowhere else.
+"""The DuckDB catalog: one file under the Luna home; its tables are luna_core.catalog_schema's,
+nowhere else.
 
 DuckDB lets one process open a file read-write, and then no other process may open it at all, so
 every Luna process opens it under an inter-process file lock, works in one short transaction and
@@ -54,9 +55,15 @@ def _acquire_file_lock(path: Path, timeout_s: float, what: str = "catalog") -> N
                     f"{what} {path} stayed locked for {timeout_s:.0f}s by {_holder(key)}; "
                     "is a long run still writing it? Try again when it has finished."
                 ) from None
-            if not told:  # the catalog is held for moments (info); anything else may be a long wait (warning)
-                log.log(logging.INFO if what == "catalog" else logging.WARNING, "waiting for the %s lock held by %s",
-                        what, _holder(key))
+            if (
+                not told
+            ):  # the catalog is held for moments (info); anything else may be a long wait (warning)
+                log.log(
+                    logging.INFO if what == "catalog" else logging.WARNING,
+                    "waiting for the %s lock held by %s",
+                    what,
+                    _holder(key),
+                )
                 told = True
             time.sleep(0.05)
     os.ftruncate(fd, 0)
@@ -66,8 +73,8 @@ def _acquire_file_lock(path: Path, timeout_s: float, what: str = "catalog") -> N
 
 @contextlib.contextmanager
 def held_lock(path: str | Path, what: str, timeout_s: float = float("inf")) -> Iterator[None]:
-    """An inter-process lock on `path` (the lock file beside it), waiting visibly while another process
-    holds it (e.g. two builds of one home queue instead of both failing)."""
+    """An inter-process lock on `path` (the lock file beside it), waiting visibly while another
+    process holds it (e.g. two builds of one home queue instead of both failing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _process_lock:
@@ -96,7 +103,9 @@ def _holder(lock_file: str) -> str:
         return "another process"
 
 
-def _connect(path: Path, read_only: bool, deadline: float, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+def _connect(
+    path: Path, read_only: bool, deadline: float, config: dict | None = None
+) -> duckdb.DuckDBPyConnection:
     # Luna's writers take the file lock first; DuckDB's own lock still guards against other tools
     # (a DuckDB shell left open), so a held lock is retried until the deadline, then explained.
     told = False
@@ -113,23 +122,34 @@ def _connect(path: Path, read_only: bool, deadline: float, config: dict | None =
                     "close that program (a DuckDB shell?) or wait for its run to finish"
                 ) from None
             if not told:  # visible: another program (not a Luna process) holds DuckDB's own lock
-                log.warning("catalog %s is held by another program (%s); waiting up to %.0fs — close it to "
-                            "go on", path, message.splitlines()[0][:160], max(0.0, deadline - time.monotonic()))
+                log.warning(
+                    "catalog %s is held by another program (%s); waiting up to %.0fs — close it to "
+                    "go on",
+                    path,
+                    message.splitlines()[0][:160],
+                    max(0.0, deadline - time.monotonic()),
+                )
                 told = True
             time.sleep(0.1)
         except duckdb.Error as exc:
-            raise CorruptStoreError(f"catalog {path} cannot be opened: {str(exc).splitlines()[0]}") from None
+            raise CorruptStoreError(
+                f"catalog {path} cannot be opened: {str(exc).splitlines()[0]}"
+            ) from None
 
 
 def stored_schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
     """The schema version the catalog records; None for a new (empty) catalog."""
-    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_info'").fetchone()[0]:
+    if not con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_info'"
+    ).fetchone()[0]:
         return None
     row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
     try:
         return int(row[0]) if row else None
     except ValueError:
-        raise CorruptStoreError(f"the catalog records schema version {row[0]!r}, not a number") from None
+        raise CorruptStoreError(
+            f"the catalog records schema version {row[0]!r}, not a number"
+        ) from None
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path | str = "the catalog") -> None:
@@ -139,8 +159,10 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path | str = "the catalo
         return
     if version is not None and version > SCHEMA_VERSION:
         raise LunaConfigError(
-            f"catalog {path} has schema version {version}, but this Luna knows versions up to {SCHEMA_VERSION}: "
-            "it was written by a newer Luna; upgrade Luna to use it")
+            f"catalog {path} has schema version {version}, but this Luna knows versions up to "
+            f"{SCHEMA_VERSION}: "
+            "it was written by a newer Luna; upgrade Luna to use it"
+        )
     con.execute("BEGIN TRANSACTION")
     try:
         if version is None:
@@ -149,12 +171,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path | str = "the catalo
         else:
             for step in range(version, SCHEMA_VERSION):
                 if step not in MIGRATIONS:
-                    raise LunaConfigError(f"catalog {path} has schema version {version} and no migration from "
-                                          f"version {step} to {step + 1} exists; rebuild the catalog")
+                    raise LunaConfigError(
+                        f"catalog {path} has schema version {version} and no migration from "
+                        f"version {step} to {step + 1} exists; rebuild the catalog"
+                    )
                 for statement in MIGRATIONS[step]:
                     con.execute(statement)
                 log.info("catalog %s migrated from schema version %d to %d", path, step, step + 1)
-        con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        con.execute(
+            "INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -163,7 +189,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path | str = "the catalo
 
 @contextlib.contextmanager
 def open_catalog(
-    path: str | Path, read_only: bool = False, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    path: str | Path,
+    read_only: bool = False,
+    timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     sandboxed: bool = False,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the catalog at `path`, schema ensured when writable; closed on exit.
@@ -180,7 +208,9 @@ def open_catalog(
     if read_only and not path.exists():
         raise NotBuiltError(f"no catalog at {path}: run `luna ingest` or `luna demo` first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {"enable_external_access": False, "autoload_known_extensions": False} if sandboxed else None
+    config = (
+        {"enable_external_access": False, "autoload_known_extensions": False} if sandboxed else None
+    )
     with _process_lock:
         _acquire_file_lock(path, timeout_s)
         try:
@@ -190,8 +220,11 @@ def open_catalog(
                     version = stored_schema_version(con)
                     if version is not None and version > SCHEMA_VERSION:
                         raise LunaConfigError(
-                            f"catalog {path} has schema version {version}, but this Luna knows versions up to "
-                            f"{SCHEMA_VERSION}: it was written by a newer Luna; upgrade Luna to use it")
+                            f"catalog {path} has schema version {version}, but this Luna knows "
+                            "versions up to "
+                            f"{SCHEMA_VERSION}: it was written by a newer Luna; upgrade Luna to "
+                            "use it"
+                        )
                 else:
                     ensure_schema(con, path)
                 yield con
@@ -211,8 +244,8 @@ def transaction(con: duckdb.DuckDBPyConnection, **tables) -> Iterator[duckdb.Duc
         yield con
         con.execute("COMMIT")
     except BaseException:
-        # A COMMIT that failed (disk full…) may leave nothing to roll back: the rollback's own error must
-        # never hide the cause.
+        # A COMMIT that failed (disk full…) may leave nothing to roll back: the rollback's own error
+        # must never hide the cause.
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
         raise
@@ -227,57 +260,83 @@ def transaction(con: duckdb.DuckDBPyConnection, **tables) -> Iterator[duckdb.Duc
 
 def rows_without_content_hash(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Paths of image rows whose identity is missing or not a SHA-256 hex digest."""
-    return [p for (p,) in con.execute(
-        "SELECT path FROM images WHERE content_hash IS NULL OR NOT regexp_full_match(content_hash, '[0-9a-f]{64}') LIMIT 20"
-    ).fetchall()]
+    return [
+        p
+        for (p,) in con.execute(
+            "SELECT path FROM images WHERE content_hash IS NULL OR NOT "
+            "regexp_full_match(content_hash, '[0-9a-f]{64}') LIMIT 20"
+        ).fetchall()
+    ]
 
 
 def quarantined_without_reason(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return [p for (p,) in con.execute(
-        "SELECT path FROM quarantine WHERE coalesce(trim(reason), '') = '' OR coalesce(trim(detail), '') = '' LIMIT 20"
-    ).fetchall()]
+    return [
+        p
+        for (p,) in con.execute(
+            "SELECT path FROM quarantine WHERE coalesce(trim(reason), '') = '' OR "
+            "coalesce(trim(detail), '') = '' LIMIT 20"
+        ).fetchall()
+    ]
 
 
 def sample_images(con: duckdb.DuckDBPyConnection, limit: int = 10) -> list[dict]:
-    """A few catalogued images with their prompts, one per generator first, for a person to eyeball."""
-    cursor = con.execute("""
+    """A few catalogued images with their prompts, one per generator first, for a person to
+    eyeball."""
+    cursor = con.execute(
+        """
         SELECT i.path, g.generator, i.format, i.width || 'x' || i.height AS size, g.seed,
                left(coalesce(g.prompt, ''), 80) AS prompt
         FROM images i JOIN generations g USING (content_hash)
         WHERE i.status = 'ok'
         QUALIFY row_number() OVER (PARTITION BY g.generator ORDER BY i.path) = 1
-        ORDER BY g.generator LIMIT ?""", [limit])
+        ORDER BY g.generator LIMIT ?""",
+        [limit],
+    )
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def quarantine_rows(con: duckdb.DuckDBPyConnection, limit: int = 50) -> list[dict]:
-    cursor = con.execute("SELECT path, reason, detail FROM quarantine ORDER BY reason, path LIMIT ?", [limit])
+    cursor = con.execute(
+        "SELECT path, reason, detail FROM quarantine ORDER BY reason, path LIMIT ?", [limit]
+    )
     return [dict(zip(("path", "reason", "detail"), row)) for row in cursor.fetchall()]
 
 
 def image_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Image files by status (ok, missing, quarantined), unique contents, and quarantine rows."""
-    counts = {status: n for status, n in con.execute("SELECT status, count(*) FROM images GROUP BY 1").fetchall()}
-    counts["unique"] = con.execute("SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'").fetchone()[0]
+    counts = {
+        status: n
+        for status, n in con.execute("SELECT status, count(*) FROM images GROUP BY 1").fetchall()
+    }
+    counts["unique"] = con.execute(
+        "SELECT count(DISTINCT content_hash) FROM images WHERE status = 'ok'"
+    ).fetchone()[0]
     counts["quarantine"] = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
     return counts
 
 
 def library_files_digest(con: duckdb.DuckDBPyConnection) -> str:
-    """What the library holds (each readable file's path, content hash and prompt syntax), as one digest:
-    an ingest that changed nothing gives the same digest, so nothing downstream needs to run."""
+    """What the library holds (each readable file's path, content hash and prompt syntax), as one
+    digest: an ingest that changed nothing gives the same digest, so nothing downstream needs to
+    run."""
     return con.execute("""SELECT coalesce(md5(string_agg(i.path || '|' || i.content_hash || '|'
-                                                     || coalesce(g.prompt_syntax, ''), '\n' ORDER BY i.path)), '')
+                                                     || coalesce(g.prompt_syntax, ''), '\n' ORDER BY
+                                                         i.path)), '')
                            FROM images i LEFT JOIN generations g USING (content_hash)
                            WHERE i.status = 'ok'""").fetchone()[0]
 
 
 def vault_rows_digest(con: duckdb.DuckDBPyConnection, kind: str, store_key: str) -> str:
     """Which items have which rows in one vault store (`kind` vision or text), as one digest."""
-    table, key = ("vision_rows", "content_hash") if kind == "vision" else ("text_rows", "prompt_hash")
-    return con.execute(f"""SELECT coalesce(md5(string_agg({key} || '|' || "row", '\n' ORDER BY {key})), '')
-                           FROM {table} WHERE store_key = ?""", [store_key]).fetchone()[0]
+    table, key = (
+        ("vision_rows", "content_hash") if kind == "vision" else ("text_rows", "prompt_hash")
+    )
+    return con.execute(
+        f"""SELECT coalesce(md5(string_agg({key} || '|' || "row", '\n' ORDER BY {key})), '')
+                           FROM {table} WHERE store_key = ?""",
+        [store_key],
+    ).fetchone()[0]
 
 
 def images_by_generator(con: duckdb.DuckDBPyConnection) -> list[dict]:
@@ -290,15 +349,17 @@ def images_by_generator(con: duckdb.DuckDBPyConnection) -> list[dict]:
 
 
 def vault_stores(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """Each vault store with its committed rows, prompts spanning more than one chunk, prompts cut at 77
-    tokens (the literal rules) and recorded failures."""
+    """Each vault store with its committed rows, prompts spanning more than one chunk, prompts cut
+    at 77 tokens (the literal rules) and recorded failures."""
     cursor = con.execute("""
         SELECT s.kind, s.store_key, s.path, s.shapes,
-               coalesce(v.n, t.n, 0) AS rows, coalesce(t.truncated, 0) AS truncated, coalesce(t.chunked, 0) AS chunked,
+               coalesce(v.n, t.n, 0) AS rows, coalesce(t.truncated, 0) AS truncated,
+                   coalesce(t.chunked, 0) AS chunked,
                (SELECT count(*) FROM embedding_failures f WHERE f.store_key = s.store_key) AS failed
         FROM vault_stores s
         LEFT JOIN (SELECT store_key, count(*) AS n FROM vision_rows GROUP BY 1) v USING (store_key)
-        LEFT JOIN (SELECT store_key, count(*) AS n, sum((truncated AND chunks > 0)::INT) AS truncated,
+        LEFT JOIN (SELECT store_key, count(*) AS n, sum((truncated AND chunks > 0)::INT) AS
+            truncated,
                           sum((chunks > 1)::INT) AS chunked FROM text_rows GROUP BY 1) t
                USING (store_key)
         ORDER BY s.kind DESC, s.store_key""")

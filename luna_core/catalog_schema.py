@@ -21,31 +21,37 @@ HELD_IMAGES = "SELECT content_hash FROM images WHERE status = 'ok'"
 HELD_PROMPTS = "SELECT prompt_hash FROM prompts WHERE prompt_hash IS NOT NULL"
 # Statements that bring a catalog of version v to v + 1, keyed by v. A catalog newer than this code
 # is refused (an older Luna must not write tables it does not know).
-# Where each generation record was read (png:parameters, exif:UserComment, comfy:prompt, alpha:stealth...).
+# Where each generation record was read (png:parameters, exif:UserComment, comfy:prompt,
+# alpha:stealth...).
 _GENERATION_SOURCE = "ALTER TABLE generations ADD COLUMN IF NOT EXISTS source VARCHAR"
-# Why an image got its split (luna_core.splits), the near-duplicate links found, and which images were
-# compared (per vision store): migration 3 → 4.
+# Why an image got its split (luna_core.splits), the near-duplicate links found, and which images
+# were compared (per vision store): migration 3 → 4.
 _SPLIT_REASON = "ALTER TABLE splits ADD COLUMN IF NOT EXISTS reason VARCHAR"
-# The prompt syntax a generation's writer reads its prompts by (luna_core.prompts), and the chunks of 77
-# tokens a conditioning spans (its rows follow one another from `row`): migration 4 → 5. A conditioning's
-# key is the SHA-256 of its rules and text, so the same text under two writers is two conditionings; the
-# literal rules keep the text's own hash, which every earlier row has.
+# The prompt syntax a generation's writer reads its prompts by (luna_core.prompts), and the chunks
+# of 77 tokens a conditioning spans (its rows follow one another from `row`): migration 4 → 5. A
+# conditioning's key is the SHA-256 of its rules and text, so the same text under two writers is two
+# conditionings; the literal rules keep the text's own hash, which every earlier row has.
 _PROMPT_SYNTAX = "ALTER TABLE generations ADD COLUMN IF NOT EXISTS prompt_syntax VARCHAR"
 SYNTAX_OF_GENERATOR = syntax_case_sql()
-_FILL_SYNTAX = f"UPDATE generations SET prompt_syntax = {SYNTAX_OF_GENERATOR} WHERE prompt_syntax IS NULL"
+_FILL_SYNTAX = (
+    f"UPDATE generations SET prompt_syntax = {SYNTAX_OF_GENERATOR} WHERE prompt_syntax IS NULL"
+)
 _TEXT_CHUNKS = "ALTER TABLE text_rows ADD COLUMN IF NOT EXISTS chunks INTEGER DEFAULT 1"
 _RETIRED_CHUNKS = "ALTER TABLE retired_rows ADD COLUMN IF NOT EXISTS chunks INTEGER DEFAULT 1"
 
 
 def conditioning_key_sql(text: str, syntax: str) -> str:
     """The SQL of luna_core.prompts.syntax.conditioning_key for columns `text` and `syntax`."""
-    return (f"CASE WHEN coalesce({syntax}, 'literal') = 'literal' THEN sha256({text}) "
-            f"ELSE sha256({syntax} || '/{PARSER_VERSION}' || chr(10) || {text}) END")
+    return (
+        f"CASE WHEN coalesce({syntax}, 'literal') = 'literal' THEN sha256({text}) "
+        f"ELSE sha256({syntax} || '/{PARSER_VERSION}' || chr(10) || {text}) END"
+    )
 
 
-# Every unique conditioning to encode: a prompt text (positive or negative) with the syntax it is read by.
+# Every unique conditioning to encode: a prompt text (positive or negative) with the syntax it is
+# read by.
 _PROMPTS_VIEW = f"""CREATE OR REPLACE VIEW prompts AS
-        SELECT DISTINCT {conditioning_key_sql('text', 'syntax')} AS prompt_hash, text AS prompt,
+        SELECT DISTINCT {conditioning_key_sql("text", "syntax")} AS prompt_hash, text AS prompt,
                coalesce(syntax, 'literal') AS syntax, length(text) AS chars
         FROM (SELECT prompt AS text, prompt_syntax AS syntax FROM generations
               UNION SELECT negative_prompt, prompt_syntax FROM generations)
@@ -64,9 +70,12 @@ _TWIN_SCANS = """CREATE TABLE IF NOT EXISTS twin_scans (
         scanned_at TIMESTAMP NOT NULL,
         PRIMARY KEY (store_key, content_hash)
     )"""
-MIGRATIONS: dict[int, list[str]] = {1: [_RETIRED_ROWS], 2: [_GENERATION_SOURCE],
-                                    3: [_SPLIT_REASON, _NEAR_DUPLICATES, _TWIN_SCANS],
-                                    4: [_PROMPT_SYNTAX, _FILL_SYNTAX, _TEXT_CHUNKS, _RETIRED_CHUNKS, _PROMPTS_VIEW]}
+MIGRATIONS: dict[int, list[str]] = {
+    1: [_RETIRED_ROWS],
+    2: [_GENERATION_SOURCE],
+    3: [_SPLIT_REASON, _NEAR_DUPLICATES, _TWIN_SCANS],
+    4: [_PROMPT_SYNTAX, _FILL_SYNTAX, _TEXT_CHUNKS, _RETIRED_CHUNKS, _PROMPTS_VIEW],
+}
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -138,8 +147,9 @@ SCHEMA = [
         committed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (store_key, content_hash)
     )""",
-    # token_count: CLIP tokens with start/end; truncated: cut at 77 tokens (the literal rules only); chunks:
-    # the rows its conditioning spans, from "row" on (its chunk rows 2.. are keyed prompt_hash#2 ...).
+    # token_count: CLIP tokens with start/end; truncated: cut at 77 tokens (the literal rules only);
+    # chunks: the rows its conditioning spans, from "row" on (its chunk rows 2.. are keyed
+    # prompt_hash#2 ...).
     """CREATE TABLE IF NOT EXISTS text_rows (
         store_key VARCHAR NOT NULL,
         prompt_hash VARCHAR NOT NULL,

@@ -1,9 +1,10 @@
 """Luna's settings: one table of every key, and one precedence for all of them:
-an argument (a CLI flag, a Dagster config field) > the environment ($LUNA_*) > the home's luna.toml > the default.
+an argument (a CLI flag, a Dagster config field) > the environment ($LUNA_*) > the home's
+luna.toml > the default.
 
-`LunaHome.settings()` gives the effective settings of a home; `luna config` prints them with where each
-came from. luna.toml is parsed once and read again only when the file changes (its mtime or size), so a
-served request never parses it.
+`LunaHome.settings()` gives the effective settings of a home; `luna config` prints them with
+where each came from. luna.toml is parsed once and read again only when the file changes (its
+mtime or size), so a served request never parses it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ class Key:
     env: str
     default: str | int | float
     doc: str
-    in_toml: bool = True  # False: not a property of a home (where the home is; a file of the install)
+    in_toml: bool = (
+        True  # False: not a property of a home (where the home is; a file of the install)
+    )
 
     @property
     def place(self) -> str:
         """Where a person sets it: luna.toml's table and key, and the environment variable."""
-        return (f"[{self.table}] {self.field} in luna.toml, or ${self.env}" if self.in_toml else f"${self.env}")
+        return (
+            f"[{self.table}] {self.field} in luna.toml, or ${self.env}"
+            if self.in_toml
+            else f"${self.env}"
+        )
 
     @property
     def table(self) -> str:
@@ -45,34 +52,124 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     Key("home", "LUNA_HOME", "./luna_home", "the Luna home folder", in_toml=False),
-    Key("models.profile", "LUNA_PROFILE", "sdxl", "model profile: sdxl (the real models) or tiny (trained locally "
-        "on generated shapes)"),
-    Key("models.tiny_cache", "LUNA_TINY_CACHE", "", "where this machine keeps the trained tiny world (default: "
-        "$XDG_CACHE_HOME/luna/tiny-world, else ~/.cache/luna/tiny-world)", in_toml=False),
-    Key("models.clip_bpe", "LUNA_CLIP_BPE", "", "CLIP's BPE vocabulary file (default: the copy scripts/bootstrap "
-        "puts under <venv>/share/luna/)", in_toml=False),
-    Key("models.lora_dirs", "LUNA_LORA_DIRS", "", "folders of LoRA .safetensors files for refinement (a list in "
-        "luna.toml; separated by ':' in the environment); relative to the home"),
-    Key("storage.root", "LUNA_STORAGE_ROOT", "", "where the vault and the index live when not in the home "
-        "(a folder or s3://bucket/prefix)"),
-    Key("vault.shards", "LUNA_VAULT_SHARDS", 1, "partitions that embed the vault, 1 to 1024 (1: one store)"),
-    Key("vault.text_codec", "LUNA_TEXT_CODEC", "float16", "how a new text store keeps conditionings: float16, or "
-        "int8 (8 bits per channel with a float16 scale: 0.51 of the bytes); a store keeps the codec it was made with"),
-    Key("operations.tracking_uri", "LUNA_MLFLOW_URI", "", "the MLflow registry (default: the home's sqlite file)"),
-    Key("operations.postgres_url", "LUNA_POSTGRES_URL", "", "PostgreSQL for the Dagster instance (default: "
-        "files under the home)"),
-    Key("operations.gpu_slots", "LUNA_GPU_SLOTS", 0, "slots of the `gpu` pool (0: one per GPU found, one on a CPU)"),
-    Key("serve.workers", "LUNA_SERVE_WORKERS", 0, "worker threads of `luna serve` that run searches side by side "
-        "(0: one per core, at most 8)"),
-    Key("scale.celery_broker", "LUNA_CELERY_BROKER", "", "Redis URL of the Celery broker (default: steps run here)"),
-    Key("schedules.reindex_cron", "LUNA_REINDEX_CRON", "0 3 * * *", "when the index is rebuilt (cron)"),
-    Key("schedules.retrain_cron", "LUNA_RETRAIN_CRON", "0 4 * * 0", "when the projector retrains (cron)"),
-    Key("schedules.benchmark_cron", "LUNA_BENCHMARK_CRON", "0 5 * * 0", "when the refinement benchmark runs (cron)"),
-    Key("projector.retrain_growth", "LUNA_RETRAIN_GROWTH", 0.25, "retrain once the training pairs grew by this share"),
-    Key("prompts.syntax", "LUNA_PROMPT_SYNTAX", "a1111", "how a typed prompt is read (luna condition --prompt, "
-        "serve, refine): a1111, comfy, compel, novelai or literal"),
-    Key("prompts.writers", "LUNA_PROMPT_WRITERS", "", "a catalogued generator's prompt syntax instead of its "
-        "writer's own, e.g. 'ComfyUI=a1111, SwarmUI=comfy' (applied at the next ingest)"),
+    Key(
+        "models.profile",
+        "LUNA_PROFILE",
+        "sdxl",
+        "model profile: sdxl (the real models) or tiny (trained locally on generated shapes)",
+    ),
+    Key(
+        "models.tiny_cache",
+        "LUNA_TINY_CACHE",
+        "",
+        "where this machine keeps the trained tiny world (default: "
+        "$XDG_CACHE_HOME/luna/tiny-world, else ~/.cache/luna/tiny-world)",
+        in_toml=False,
+    ),
+    Key(
+        "models.clip_bpe",
+        "LUNA_CLIP_BPE",
+        "",
+        "CLIP's BPE vocabulary file (default: the copy scripts/bootstrap "
+        "puts under <venv>/share/luna/)",
+        in_toml=False,
+    ),
+    Key(
+        "models.lora_dirs",
+        "LUNA_LORA_DIRS",
+        "",
+        "folders of LoRA .safetensors files for refinement (a list in "
+        "luna.toml; separated by ':' in the environment); relative to the home",
+    ),
+    Key(
+        "storage.root",
+        "LUNA_STORAGE_ROOT",
+        "",
+        "where the vault and the index live when not in the home (a folder or s3://bucket/prefix)",
+    ),
+    Key(
+        "vault.shards",
+        "LUNA_VAULT_SHARDS",
+        1,
+        "partitions that embed the vault, 1 to 1024 (1: one store)",
+    ),
+    Key(
+        "vault.text_codec",
+        "LUNA_TEXT_CODEC",
+        "float16",
+        "how a new text store keeps conditionings: float16, or "
+        "int8 (8 bits per channel with a float16 scale: 0.51 of the bytes); a store keeps the "
+        "codec it was made with",
+    ),
+    Key(
+        "operations.tracking_uri",
+        "LUNA_MLFLOW_URI",
+        "",
+        "the MLflow registry (default: the home's sqlite file)",
+    ),
+    Key(
+        "operations.postgres_url",
+        "LUNA_POSTGRES_URL",
+        "",
+        "PostgreSQL for the Dagster instance (default: files under the home)",
+    ),
+    Key(
+        "operations.gpu_slots",
+        "LUNA_GPU_SLOTS",
+        0,
+        "slots of the `gpu` pool (0: one per GPU found, one on a CPU)",
+    ),
+    Key(
+        "serve.workers",
+        "LUNA_SERVE_WORKERS",
+        0,
+        "worker threads of `luna serve` that run searches side by side "
+        "(0: one per core, at most 8)",
+    ),
+    Key(
+        "scale.celery_broker",
+        "LUNA_CELERY_BROKER",
+        "",
+        "Redis URL of the Celery broker (default: steps run here)",
+    ),
+    Key(
+        "schedules.reindex_cron",
+        "LUNA_REINDEX_CRON",
+        "0 3 * * *",
+        "when the index is rebuilt (cron)",
+    ),
+    Key(
+        "schedules.retrain_cron",
+        "LUNA_RETRAIN_CRON",
+        "0 4 * * 0",
+        "when the projector retrains (cron)",
+    ),
+    Key(
+        "schedules.benchmark_cron",
+        "LUNA_BENCHMARK_CRON",
+        "0 5 * * 0",
+        "when the refinement benchmark runs (cron)",
+    ),
+    Key(
+        "projector.retrain_growth",
+        "LUNA_RETRAIN_GROWTH",
+        0.25,
+        "retrain once the training pairs grew by this share",
+    ),
+    Key(
+        "prompts.syntax",
+        "LUNA_PROMPT_SYNTAX",
+        "a1111",
+        "how a typed prompt is read (luna condition --prompt, "
+        "serve, refine): a1111, comfy, compel, novelai or literal",
+    ),
+    Key(
+        "prompts.writers",
+        "LUNA_PROMPT_WRITERS",
+        "",
+        "a catalogued generator's prompt syntax instead of its "
+        "writer's own, e.g. 'ComfyUI=a1111, SwarmUI=comfy' (applied at the next ingest)",
+    ),
 )
 KEYS_BY_NAME = {key.name: key for key in KEYS}
 
@@ -101,8 +198,13 @@ class Setting:
 class Settings:
     """The effective settings of one home (or of no home: environment and defaults only)."""
 
-    def __init__(self, toml: Mapping, env: Mapping[str, str], arguments: Mapping[str, object] | None = None,
-                 config_path: Path | None = None):
+    def __init__(
+        self,
+        toml: Mapping,
+        env: Mapping[str, str],
+        arguments: Mapping[str, object] | None = None,
+        config_path: Path | None = None,
+    ):
         unknown = set(arguments or ()) - set(KEYS_BY_NAME)
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}")
@@ -129,7 +231,10 @@ class Settings:
         except (TypeError, ValueError):
             value = None
         if value is None or not low <= value <= high:
-            raise LunaConfigError(f"{self._place(setting)} = {setting.value!r}: need a whole number from {low} to {high}")
+            raise LunaConfigError(
+                f"{self._place(setting)} = {setting.value!r}: need a whole number from {low} to "
+                f"{high}"
+            )
         return value
 
     def number(self, name: str, low_exclusive: float) -> float:
@@ -139,12 +244,14 @@ class Settings:
         except (TypeError, ValueError):
             value = float("nan")
         if not value > low_exclusive or value == float("inf"):
-            raise LunaConfigError(f"{self._place(setting)} = {setting.value!r}: need a number above {low_exclusive}")
+            raise LunaConfigError(
+                f"{self._place(setting)} = {setting.value!r}: need a number above {low_exclusive}"
+            )
         return value
 
     def paths(self, name: str, base: Path) -> tuple[Path, ...]:
-        """A list of folders: a TOML list of strings, or one string of paths joined by os.pathsep; relative
-        paths are relative to `base` (the home), `~` is the user's."""
+        """A list of folders: a TOML list of strings, or one string of paths joined by os.pathsep;
+        relative paths are relative to `base` (the home), `~` is the user's."""
         setting = self._settings[name]
         value = setting.value
         items = value.split(os.pathsep) if isinstance(value, str) else value
@@ -158,10 +265,14 @@ class Settings:
     def _place(self, setting: Setting) -> str:
         if setting.source == TOML and self.config_path is not None:
             return f"{self.config_path} [{setting.key.table}] {setting.key.field}"
-        return setting.where() if setting.source != DEFAULT else f"the default of {setting.key.name}"
+        return (
+            setting.where() if setting.source != DEFAULT else f"the default of {setting.key.name}"
+        )
 
 
-def _choose(key: Key, toml: Mapping, env: Mapping[str, str], arguments: Mapping[str, object]) -> Setting:
+def _choose(
+    key: Key, toml: Mapping, env: Mapping[str, str], arguments: Mapping[str, object]
+) -> Setting:
     argument = arguments.get(key.name)
     if argument not in (None, ""):
         return Setting(key, argument, ARGUMENT)
@@ -180,8 +291,8 @@ _toml_lock = threading.Lock()
 
 
 def read_toml(path: Path) -> dict:
-    """luna.toml as a dict ({} when missing), parsed again only when the file changed; the caller gets its
-    own copy to change."""
+    """luna.toml as a dict ({} when missing), parsed again only when the file changed; the caller
+    gets its own copy to change."""
     try:
         stat = path.stat()
     except FileNotFoundError:

@@ -59,4 +59,5 @@ class QueryError(LunaConfigError):
 
 
 class OutsideLibraryError(LunaConfigError):
-    """A path asked for that lies outside every library root (or is no library file): never served."""
+    """A path asked for that lies outside every library root (or is no library file): never
+    served."""

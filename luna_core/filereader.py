@@ -57,18 +57,35 @@ def read_file(entry: FileEntry, limits: ProbeLimits) -> IngestedFile | Quarantin
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
             if st.st_size > limits.max_file_bytes:
-                raise BadFileError("file_too_large", f"{st.st_size:,} bytes is over the {limits.max_file_bytes:,} byte bound")
+                raise BadFileError(
+                    "file_too_large",
+                    f"{st.st_size:,} bytes is over the {limits.max_file_bytes:,} byte bound",
+                )
             data = fh.read(limits.max_file_bytes + 1)
     except FileNotFoundError:
-        return QuarantinedFile(path, entry.root, "vanished", "the file was deleted while the scan ran")
+        return QuarantinedFile(
+            path, entry.root, "vanished", "the file was deleted while the scan ran"
+        )
     except PermissionError:
-        return QuarantinedFile(path, entry.root, "permission_denied", "the file cannot be read: permission denied",
-                               entry.size, entry.mtime_ns)
+        return QuarantinedFile(
+            path,
+            entry.root,
+            "permission_denied",
+            "the file cannot be read: permission denied",
+            entry.size,
+            entry.mtime_ns,
+        )
     except BadFileError as exc:
         return QuarantinedFile(path, entry.root, exc.reason, exc.detail, entry.size, entry.mtime_ns)
     except OSError as exc:
-        return QuarantinedFile(path, entry.root, "unreadable", f"the file cannot be read: {exc.strerror or exc}",
-                               entry.size, entry.mtime_ns)
+        return QuarantinedFile(
+            path,
+            entry.root,
+            "unreadable",
+            f"the file cannot be read: {exc.strerror or exc}",
+            entry.size,
+            entry.mtime_ns,
+        )
     size, mtime_ns = len(data), st.st_mtime_ns
     try:
         probe = probe_image(data, limits)
@@ -78,17 +95,34 @@ def read_file(entry: FileEntry, limits: ProbeLimits) -> IngestedFile | Quarantin
     suffix = Path(path).suffix.lower().lstrip(".")
     expected = {"png": ("png",), "jpeg": ("jpg", "jpeg", "jfif"), "webp": ("webp",)}[probe.format]
     if suffix not in expected:
-        warnings.append(f"file name ends in .{suffix or '(none)'} but the content is {probe.format.upper()}")
+        warnings.append(
+            f"file name ends in .{suffix or '(none)'} but the content is {probe.format.upper()}"
+        )
     try:
         record = parse_generation(probe.items)
     except Exception as exc:  # a parser bug must not lose the file: keep it, say why
         log.exception("metadata parser failed on %s", path)
-        record = GenerationRecord(generator="unknown", raw=dict(probe.items),
-                                  warnings=[f"metadata parser failed: {type(exc).__name__}: {exc}"])
+        record = GenerationRecord(
+            generator="unknown",
+            raw=dict(probe.items),
+            warnings=[f"metadata parser failed: {type(exc).__name__}: {exc}"],
+        )
     generation = {k: clean_text(v) for k, v in record.to_row().items()}
-    return IngestedFile(path, entry.root, size, mtime_ns, hashlib.sha256(data).hexdigest(), probe.format,
-                        probe.width, probe.height, warnings, generation)
+    return IngestedFile(
+        path,
+        entry.root,
+        size,
+        mtime_ns,
+        hashlib.sha256(data).hexdigest(),
+        probe.format,
+        probe.width,
+        probe.height,
+        warnings,
+        generation,
+    )
 
 
-def read_chunk(entries: list[FileEntry], limits: ProbeLimits) -> list[IngestedFile | QuarantinedFile]:
+def read_chunk(
+    entries: list[FileEntry], limits: ProbeLimits
+) -> list[IngestedFile | QuarantinedFile]:
     return [read_file(entry, limits) for entry in entries]

@@ -20,8 +20,8 @@ from luna_core.errors import LunaConfigError
 
 
 class PictureError(LunaConfigError):
-    """A picture given on the command line (or in a job's config, or a request) that Luna cannot use;
-    `reason`: not_an_image, too_large (bytes or pixels over Luna's bounds) or unreadable."""
+    """A picture given on the command line (or in a job's config, or a request) that Luna cannot
+    use; `reason`: not_an_image, too_large (bytes or pixels over Luna's bounds) or unreadable."""
 
     def __init__(self, message: str, reason: str = "unreadable"):
         super().__init__(message)
@@ -43,8 +43,11 @@ def read_picture(path: str | os.PathLike[str], limits: ProbeLimits = ProbeLimits
         raise PictureError(f"image {path} is not a regular file (a folder, FIFO or device)")
     with os.fdopen(fd, "rb") as fh:
         if info.st_size > limits.max_file_bytes:
-            raise PictureError(f"image {path} is {info.st_size:,} bytes, over the {limits.max_file_bytes:,} byte bound",
-                               "too_large")
+            raise PictureError(
+                f"image {path} is {info.st_size:,} bytes, over the {limits.max_file_bytes:,} "
+                "byte bound",
+                "too_large",
+            )
         data = fh.read(limits.max_file_bytes + 1)
     return decode_picture(data, str(path), limits)
 
@@ -53,24 +56,38 @@ def decode_picture(data: bytes, name: str, limits: ProbeLimits = ProbeLimits()):
     """The decoded picture in `data` (a PIL image, fully loaded); `name` says which in errors."""
 
     if len(data) > limits.max_file_bytes:
-        raise PictureError(f"image {name} is {len(data):,} bytes, over the {limits.max_file_bytes:,} byte bound",
-                           "too_large")
+        raise PictureError(
+            f"image {name} is {len(data):,} bytes, over the {limits.max_file_bytes:,} byte bound",
+            "too_large",
+        )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Luna's own bound applies below
+            warnings.simplefilter(
+                "ignore", Image.DecompressionBombWarning
+            )  # Luna's own bound applies below
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise PictureError(
                     f"image {name} is {width}x{height} = {width * height / 1e6:.0f} MP, over the "
-                    f"{limits.max_pixels / 1e6:.0f} MP bound (decompression-bomb guard)", "too_large")
+                    f"{limits.max_pixels / 1e6:.0f} MP bound (decompression-bomb guard)",
+                    "too_large",
+                )
             image.load()
-    except Image.DecompressionBombError:  # Pillow refuses past twice its own limit, before Luna can look
-        raise PictureError(f"image {name} declares more pixels than the {limits.max_pixels / 1e6:.0f} MP bound "
-                           "(decompression-bomb guard)", "too_large") from None
+    except (
+        Image.DecompressionBombError
+    ):  # Pillow refuses past twice its own limit, before Luna can look
+        raise PictureError(
+            f"image {name} declares more pixels than the {limits.max_pixels / 1e6:.0f} MP bound "
+            "(decompression-bomb guard)",
+            "too_large",
+        ) from None
     except UnidentifiedImageError:
-        raise PictureError(f"{name} is not an image Luna can decode (not PNG, JPEG, WebP or another format Pillow "
-                           "reads)", "not_an_image") from None
+        raise PictureError(
+            f"{name} is not an image Luna can decode (not PNG, JPEG, WebP or another format Pillow "
+            "reads)",
+            "not_an_image",
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise PictureError(f"{name} is not an image Luna can decode ({exc})") from None
     return image

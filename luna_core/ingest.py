@@ -45,8 +45,12 @@ class IngestOptions:
     workers: int = 0  # 0: one per core; 1: in this process (no pool)
     batch_size: int = BATCH_SIZE
     progress: bool = True
-    min_files_for_pool: int = 64  # fewer files are read in this process: a pool's start-up would cost more
-    writer_syntax: tuple[tuple[str, str], ...] = ()  # (generator, prompt syntax) overriding the writers' own
+    min_files_for_pool: int = (
+        64  # fewer files are read in this process: a pool's start-up would cost more
+    )
+    writer_syntax: tuple[
+        tuple[str, str], ...
+    ] = ()  # (generator, prompt syntax) overriding the writers' own
 
 
 @dataclass
@@ -65,17 +69,31 @@ class IngestReport:
     bytes_read: int = 0
     seconds: float = 0.0
     by_generator: dict[str, int] = field(default_factory=dict)
-    syntax_changed: int = 0  # generations whose prompt syntax a changed setting moved (their prompts re-encode)
+    syntax_changed: int = (
+        0  # generations whose prompt syntax a changed setting moved (their prompts re-encode)
+    )
     by_reason: dict[str, int] = field(default_factory=dict)
-    unavailable_roots: list[str] = field(default_factory=list)  # not scanned: their rows were left as they were
+    unavailable_roots: list[str] = field(
+        default_factory=list
+    )  # not scanned: their rows were left as they were
 
     @property
     def seen(self) -> int:
         return self.new + self.changed + self.unchanged + self.quarantined_total
 
     def counts(self) -> dict[str, int]:
-        keys = ("new", "changed", "unchanged", "missing", "moved", "quarantined", "quarantined_total",
-                "ignored", "files_read", "bytes_read")
+        keys = (
+            "new",
+            "changed",
+            "unchanged",
+            "missing",
+            "moved",
+            "quarantined",
+            "quarantined_total",
+            "ignored",
+            "files_read",
+            "bytes_read",
+        )
         return {k: getattr(self, k) for k in keys}
 
 
@@ -89,8 +107,8 @@ def _chunks(items: list[FileEntry], size: int) -> Iterable[list[FileEntry]]:
 
 
 def _die_with_parent(parent: int) -> None:
-    """A reader process ends when the ingest that started it dies (even by SIGKILL): Linux's parent-death
-    signal; elsewhere the pool's own shutdown is all there is."""
+    """A reader process ends when the ingest that started it dies (even by SIGKILL): Linux's
+    parent-death signal; elsewhere the pool's own shutdown is all there is."""
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
@@ -107,15 +125,20 @@ class _Processor:
         self.workers = workers if workers > 0 else max(1, os.cpu_count() or 1)
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
-    def map(self, entries: list[FileEntry], limits: ProbeLimits, chunk: int,
-            min_files_for_pool: int) -> Iterable[list[IngestedFile | QuarantinedFile]]:
+    def map(
+        self, entries: list[FileEntry], limits: ProbeLimits, chunk: int, min_files_for_pool: int
+    ) -> Iterable[list[IngestedFile | QuarantinedFile]]:
         if self.workers == 1 or len(entries) < min_files_for_pool:
             for part in _chunks(entries, chunk):
                 yield read_chunk(part, limits)
             return
         # spawn: forking a process that holds DuckDB or Dagster threads is unsafe.
-        self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                           initializer=_die_with_parent, initargs=(os.getpid(),))
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )
         try:
             # Small tasks keep every worker busy; results come back in order, batch by batch.
             parts = list(_chunks(entries, max(8, min(64, chunk // self.workers))))
@@ -132,23 +155,52 @@ class _Processor:
             self.pool.shutdown(cancel_futures=True)
 
 
-_IMAGE_SCHEMA = pa.schema([
-    ("path", pa.string()), ("content_hash", pa.string()), ("root", pa.string()), ("size_bytes", pa.int64()),
-    ("mtime_ns", pa.int64()), ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()),
-    ("warnings", pa.list_(pa.string())),
-])
-_GENERATION_SCHEMA = pa.schema([
-    ("content_hash", pa.string()), ("generator", pa.string()), ("generator_version", pa.string()),
-    ("prompt", pa.string()), ("negative_prompt", pa.string()), ("seed", pa.string()), ("steps", pa.int64()),
-    ("sampler", pa.string()), ("scheduler", pa.string()), ("cfg_scale", pa.float64()), ("width", pa.int64()),
-    ("height", pa.int64()), ("model", pa.string()), ("model_hash", pa.string()),
-    ("loras", pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64())]))),
-    ("extra", pa.string()), ("raw", pa.string()), ("warnings", pa.list_(pa.string())), ("source", pa.string()),
-])
-_QUARANTINE_SCHEMA = pa.schema([
-    ("path", pa.string()), ("root", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
-    ("size_bytes", pa.int64()), ("mtime_ns", pa.int64()),
-])
+_IMAGE_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("content_hash", pa.string()),
+        ("root", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("warnings", pa.list_(pa.string())),
+    ]
+)
+_GENERATION_SCHEMA = pa.schema(
+    [
+        ("content_hash", pa.string()),
+        ("generator", pa.string()),
+        ("generator_version", pa.string()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("seed", pa.string()),
+        ("steps", pa.int64()),
+        ("sampler", pa.string()),
+        ("scheduler", pa.string()),
+        ("cfg_scale", pa.float64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("model", pa.string()),
+        ("model_hash", pa.string()),
+        ("loras", pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64())]))),
+        ("extra", pa.string()),
+        ("raw", pa.string()),
+        ("warnings", pa.list_(pa.string())),
+        ("source", pa.string()),
+    ]
+)
+_QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("root", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("mtime_ns", pa.int64()),
+    ]
+)
 
 
 def _int32(value: Any) -> int | None:
@@ -159,96 +211,198 @@ def _generation_row(result: IngestedFile) -> dict[str, Any]:
     g = result.generation
     seed = g.get("seed")
     return {
-        "content_hash": result.content_hash, "generator": g["generator"], "generator_version": g.get("generator_version"),
-        "prompt": g.get("prompt"), "negative_prompt": g.get("negative_prompt"),
+        "content_hash": result.content_hash,
+        "generator": g["generator"],
+        "generator_version": g.get("generator_version"),
+        "prompt": g.get("prompt"),
+        "negative_prompt": g.get("negative_prompt"),
         "seed": str(seed) if isinstance(seed, int) and abs(seed) < 2**127 else None,
-        "steps": _int32(g.get("steps")), "sampler": g.get("sampler"), "scheduler": g.get("scheduler"),
-        "cfg_scale": g.get("cfg_scale"), "width": _int32(g.get("width")), "height": _int32(g.get("height")),
-        "model": g.get("model"), "model_hash": g.get("model_hash"),
-        "loras": [{"name": clean_text(lora["name"]), "weight": lora["weight"]} for lora in g.get("loras", [])],
+        "steps": _int32(g.get("steps")),
+        "sampler": g.get("sampler"),
+        "scheduler": g.get("scheduler"),
+        "cfg_scale": g.get("cfg_scale"),
+        "width": _int32(g.get("width")),
+        "height": _int32(g.get("height")),
+        "model": g.get("model"),
+        "model_hash": g.get("model_hash"),
+        "loras": [
+            {"name": clean_text(lora["name"]), "weight": lora["weight"]}
+            for lora in g.get("loras", [])
+        ],
         "extra": json.dumps(g.get("extra") or {}, ensure_ascii=False, default=str),
         "raw": json.dumps(g.get("raw") or {}, ensure_ascii=False),
-        "warnings": list(g.get("warnings") or []), "source": g.get("source"),
+        "warnings": list(g.get("warnings") or []),
+        "source": g.get("source"),
     }
 
 
-def _commit_batch(catalog_path: str | Path, results: list[IngestedFile | QuarantinedFile], now: datetime,
-                  known_hashes: set[str]) -> None:
+def _commit_batch(
+    catalog_path: str | Path,
+    results: list[IngestedFile | QuarantinedFile],
+    now: datetime,
+    known_hashes: set[str],
+) -> None:
     ingested = [r for r in results if isinstance(r, IngestedFile)]
     quarantined = [r for r in results if isinstance(r, QuarantinedFile)]
-    images = pa.Table.from_pylist([
-        {"path": r.path, "content_hash": r.content_hash, "root": r.root, "size_bytes": r.size, "mtime_ns": r.mtime_ns,
-         "width": r.width, "height": r.height, "format": r.format, "warnings": r.warnings} for r in ingested
-    ], schema=_IMAGE_SCHEMA)
+    images = pa.Table.from_pylist(
+        [
+            {
+                "path": r.path,
+                "content_hash": r.content_hash,
+                "root": r.root,
+                "size_bytes": r.size,
+                "mtime_ns": r.mtime_ns,
+                "width": r.width,
+                "height": r.height,
+                "format": r.format,
+                "warnings": r.warnings,
+            }
+            for r in ingested
+        ],
+        schema=_IMAGE_SCHEMA,
+    )
     fresh, seen_now = [], set()
     for r in ingested:  # one generation row per content hash; the same bytes parse the same way
         if r.content_hash not in known_hashes and r.content_hash not in seen_now:
             seen_now.add(r.content_hash)
             fresh.append(_generation_row(r))
     generations = pa.Table.from_pylist(fresh, schema=_GENERATION_SCHEMA)
-    bad = pa.Table.from_pylist([
-        {"path": r.path, "root": r.root, "reason": r.reason, "detail": r.detail, "size_bytes": r.size,
-         "mtime_ns": r.mtime_ns} for r in quarantined
-    ], schema=_QUARANTINE_SCHEMA)
-    with open_catalog(catalog_path) as con, transaction(
-        con, batch_images=images, batch_generations=generations, batch_quarantine=bad
+    bad = pa.Table.from_pylist(
+        [
+            {
+                "path": r.path,
+                "root": r.root,
+                "reason": r.reason,
+                "detail": r.detail,
+                "size_bytes": r.size,
+                "mtime_ns": r.mtime_ns,
+            }
+            for r in quarantined
+        ],
+        schema=_QUARANTINE_SCHEMA,
+    )
+    with (
+        open_catalog(catalog_path) as con,
+        transaction(con, batch_images=images, batch_generations=generations, batch_quarantine=bad),
     ):
-        con.execute("""
+        con.execute(
+            """
             INSERT OR REPLACE INTO images
-            SELECT b.path, b.content_hash, b.root, b.size_bytes, b.mtime_ns, b.width, b.height, b.format, 'ok',
+            SELECT b.path, b.content_hash, b.root, b.size_bytes, b.mtime_ns, b.width, b.height,
+                b.format, 'ok',
                    COALESCE(i.first_seen, $now), $now, NULL, b.warnings
-            FROM batch_images b LEFT JOIN images i ON i.path = b.path""", {"now": now})
-        con.execute(f"""
-            INSERT OR REPLACE INTO generations (content_hash, generator, generator_version, prompt, negative_prompt,
-                   seed, steps, sampler, scheduler, cfg_scale, width, height, model, model_hash, loras, extra, raw,
+            FROM batch_images b LEFT JOIN images i ON i.path = b.path""",
+            {"now": now},
+        )
+        con.execute(
+            f"""
+            INSERT OR REPLACE INTO generations (content_hash, generator, generator_version, prompt,
+                negative_prompt,
+                   seed, steps, sampler, scheduler, cfg_scale, width, height, model, model_hash,
+                       loras, extra, raw,
                    warnings, parsed_at, source, prompt_syntax)
-            SELECT content_hash, generator, generator_version, prompt, negative_prompt, TRY_CAST(seed AS HUGEINT),
+            SELECT content_hash, generator, generator_version, prompt, negative_prompt,
+                TRY_CAST(seed AS HUGEINT),
                    steps, sampler, scheduler, cfg_scale, width, height, model, model_hash, loras,
                    extra::JSON, raw::JSON, warnings, $now, source, {SYNTAX_OF_GENERATOR}
-            FROM batch_generations""", {"now": now})
+            FROM batch_generations""",
+            {"now": now},
+        )
         con.execute("DELETE FROM quarantine WHERE path IN (SELECT path FROM batch_images)")
-        con.execute("""
+        con.execute(
+            """
             INSERT OR REPLACE INTO quarantine
-            SELECT path, root, reason, detail, size_bytes, mtime_ns, $now FROM batch_quarantine""", {"now": now})
-        con.execute("UPDATE images SET status = 'quarantined', last_seen = $now "
-                    "WHERE path IN (SELECT path FROM batch_quarantine)", {"now": now})
+            SELECT path, root, reason, detail, size_bytes, mtime_ns, $now FROM batch_quarantine""",
+            {"now": now},
+        )
+        con.execute(
+            "UPDATE images SET status = 'quarantined', last_seen = $now "
+            "WHERE path IN (SELECT path FROM batch_quarantine)",
+            {"now": now},
+        )
     known_hashes.update(seen_now)
 
 
-def _finish_scan(catalog_path: str | Path, roots: list[str], seen_images: list[str], seen_quarantine: list[str], now: datetime,
-                 report: IngestReport, run_started: datetime) -> None:
+def _finish_scan(
+    catalog_path: str | Path,
+    roots: list[str],
+    seen_images: list[str],
+    seen_quarantine: list[str],
+    now: datetime,
+    report: IngestReport,
+    run_started: datetime,
+) -> None:
     """After a complete scan: unchanged rows touched, vanished rows marked missing, moves linked."""
-    seen = pa.Table.from_pylist([{"path": p} for p in seen_images], schema=pa.schema([("path", pa.string())]))
-    seen_q = pa.Table.from_pylist([{"path": p} for p in seen_quarantine], schema=pa.schema([("path", pa.string())]))
+    seen = pa.Table.from_pylist(
+        [{"path": p} for p in seen_images], schema=pa.schema([("path", pa.string())])
+    )
+    seen_q = pa.Table.from_pylist(
+        [{"path": p} for p in seen_quarantine], schema=pa.schema([("path", pa.string())])
+    )
     roots_list = list(roots)
-    with open_catalog(catalog_path) as con, transaction(con, seen_paths=seen, seen_quarantine=seen_q):
-        con.execute("UPDATE images SET last_seen = $now, status = 'ok' WHERE path IN (SELECT path FROM seen_paths)",
-                    {"now": now})
-        con.execute("UPDATE quarantine SET seen_at = $now WHERE path IN (SELECT path FROM seen_quarantine)", {"now": now})
-        report.missing = len(con.execute("""
+    with (
+        open_catalog(catalog_path) as con,
+        transaction(con, seen_paths=seen, seen_quarantine=seen_q),
+    ):
+        con.execute(
+            "UPDATE images SET last_seen = $now, status = 'ok' WHERE path IN (SELECT path FROM "
+            "seen_paths)",
+            {"now": now},
+        )
+        con.execute(
+            "UPDATE quarantine SET seen_at = $now WHERE path IN (SELECT path FROM seen_quarantine)",
+            {"now": now},
+        )
+        report.missing = len(
+            con.execute(
+                """
             UPDATE images SET status = 'missing'
             WHERE list_contains($roots, root) AND status <> 'missing' AND last_seen < $started
-            RETURNING path""", {"roots": roots_list, "started": run_started}).fetchall())
-        con.execute("""DELETE FROM quarantine WHERE list_contains($roots, root) AND seen_at < $started""",
-                    {"roots": roots_list, "started": run_started})
+            RETURNING path""",
+                {"roots": roots_list, "started": run_started},
+            ).fetchall()
+        )
+        con.execute(
+            """DELETE FROM quarantine WHERE list_contains($roots, root) AND seen_at < $started""",
+            {"roots": roots_list, "started": run_started},
+        )
         # A new path whose bytes are those of a path that just went missing is that file, moved.
-        report.moved = len(con.execute("""
-            UPDATE images AS n SET moved_from = o.path, first_seen = LEAST(n.first_seen, o.first_seen)
+        report.moved = len(
+            con.execute(
+                """
+            UPDATE images AS n SET moved_from = o.path, first_seen = LEAST(n.first_seen,
+                o.first_seen)
             FROM images AS o
             WHERE n.content_hash = o.content_hash AND n.status = 'ok' AND n.first_seen >= $started
               AND o.status = 'missing' AND o.last_seen < $started AND n.moved_from IS NULL
-            RETURNING n.path""", {"started": run_started}).fetchall())
+            RETURNING n.path""",
+                {"started": run_started},
+            ).fetchall()
+        )
         report.quarantined_total = con.execute(
-            "SELECT count(*) FROM quarantine WHERE list_contains($roots, root)", {"roots": roots_list}).fetchone()[0]
-        report.by_generator = dict(con.execute("""
+            "SELECT count(*) FROM quarantine WHERE list_contains($roots, root)",
+            {"roots": roots_list},
+        ).fetchone()[0]
+        report.by_generator = dict(
+            con.execute(
+                """
             SELECT g.generator, count(*) FROM images i JOIN generations g USING (content_hash)
             WHERE i.status = 'ok' AND list_contains($roots, i.root) GROUP BY 1 ORDER BY 2 DESC""",
-            {"roots": roots_list}).fetchall())
-        report.by_reason = dict(con.execute("""
-            SELECT reason, count(*) FROM quarantine WHERE list_contains($roots, root) GROUP BY 1 ORDER BY 2 DESC""",
-            {"roots": roots_list}).fetchall())
-        con.execute("UPDATE ingest_runs SET finished_at = $now, counts = $counts WHERE run_id = $run",
-                    {"now": _utcnow(), "counts": json.dumps(report.counts()), "run": report.run_id})
+                {"roots": roots_list},
+            ).fetchall()
+        )
+        report.by_reason = dict(
+            con.execute(
+                """
+            SELECT reason, count(*) FROM quarantine WHERE list_contains($roots, root) GROUP BY 1
+                ORDER BY 2 DESC""",
+                {"roots": roots_list},
+            ).fetchall()
+        )
+        con.execute(
+            "UPDATE ingest_runs SET finished_at = $now, counts = $counts WHERE run_id = $run",
+            {"now": _utcnow(), "counts": json.dumps(report.counts()), "run": report.run_id},
+        )
 
 
 def _storable(path: str) -> bool:
@@ -260,12 +414,16 @@ def _storable(path: str) -> bool:
 
 
 def apply_writer_syntax(catalog_path: str | Path, overrides: dict[str, str]) -> int:
-    """Every generation's prompt syntax from its generator, overrides applied (a changed setting reaches
-    generations catalogued earlier); how many changed."""
+    """Every generation's prompt syntax from its generator, overrides applied (a changed setting
+    reaches generations catalogued earlier); how many changed."""
     case = syntax_case_sql(overrides)
     with open_catalog(catalog_path) as con:
-        return len(con.execute(f"UPDATE generations SET prompt_syntax = {case} "
-                               f"WHERE prompt_syntax IS DISTINCT FROM {case} RETURNING 1").fetchall())
+        return len(
+            con.execute(
+                f"UPDATE generations SET prompt_syntax = {case} "
+                f"WHERE prompt_syntax IS DISTINCT FROM {case} RETURNING 1"
+            ).fetchall()
+        )
 
 
 def ingest(
@@ -282,25 +440,34 @@ def ingest(
     run_started = _utcnow()
     report = IngestReport(run_id=uuid.uuid4().hex, roots=roots)
     with open_catalog(catalog_path) as con:  # held briefly: other Luna processes share the catalog
-        con.execute("INSERT INTO ingest_runs VALUES ($run, $now, NULL, $roots, NULL)",
-                    {"run": report.run_id, "now": run_started, "roots": roots})
+        con.execute(
+            "INSERT INTO ingest_runs VALUES ($run, $now, NULL, $roots, NULL)",
+            {"run": report.run_id, "now": run_started, "roots": roots},
+        )
         known = {
             path: (size, mtime, status)
             for path, size, mtime, status in con.execute(
-                # A missing file whose generation was retired meanwhile reads as 'retired': read again.
+                # A missing file whose generation was retired meanwhile reads as 'retired': read
+                # again.
                 """SELECT path, size_bytes, mtime_ns,
-                          CASE WHEN status = 'missing' AND content_hash NOT IN (SELECT content_hash FROM generations)
+                          CASE WHEN status = 'missing' AND content_hash NOT IN (SELECT content_hash
+                              FROM generations)
                                THEN 'retired' ELSE status END
                    FROM images WHERE list_contains($roots, root)""",
-                {"roots": roots}).fetchall()
+                {"roots": roots},
+            ).fetchall()
         }
         known_bad = {
             path: (size, mtime)
             for path, size, mtime in con.execute(
-                "SELECT path, size_bytes, mtime_ns FROM quarantine WHERE list_contains($roots, root)",
-                {"roots": roots}).fetchall()
+                "SELECT path, size_bytes, mtime_ns FROM quarantine WHERE list_contains($roots, "
+                "root)",
+                {"roots": roots},
+            ).fetchall()
         }
-        known_hashes = {h for (h,) in con.execute("SELECT content_hash FROM generations").fetchall()}
+        known_hashes = {
+            h for (h,) in con.execute("SELECT content_hash FROM generations").fetchall()
+        }
 
     stats = ScanStats()
     to_read: list[FileEntry] = []
@@ -311,7 +478,9 @@ def ingest(
     for root in roots:
         if not os.path.isdir(root):
             # An unmounted drive is not a deleted library: leave its rows as they are.
-            log.warning("library root %s is not available; its catalog rows are left unchanged", root)
+            log.warning(
+                "library root %s is not available; its catalog rows are left unchanged", root
+            )
             report.unavailable_roots.append(root)
             continue
         for item in walk_root(root, options.ignore, stats):
@@ -319,9 +488,17 @@ def ingest(
                 if isinstance(item, ScanProblem):
                     problem = QuarantinedFile(item.path, item.root, item.reason, item.detail)
                 else:
-                    shown = item.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                    problem = QuarantinedFile(shown, item.root, "bad_filename",
-                                              "the file name is not valid UTF-8; rename the file", item.size, item.mtime_ns)
+                    shown = item.path.encode("utf-8", "surrogateescape").decode(
+                        "utf-8", "backslashreplace"
+                    )
+                    problem = QuarantinedFile(
+                        shown,
+                        item.root,
+                        "bad_filename",
+                        "the file name is not valid UTF-8; rename the file",
+                        item.size,
+                        item.mtime_ns,
+                    )
                 if known_bad.get(problem.path) == (problem.size, problem.mtime_ns):
                     repeated_problems.add(problem.path)
                 problems.append(problem)
@@ -329,7 +506,11 @@ def ingest(
             previous = known.get(item.path)
             # A 'missing' file back with the same size and mtime (a drive remounted) is not re-read
             # while its generation is still catalogued.
-            if previous and previous[2] in ("ok", "missing") and previous[:2] == (item.size, item.mtime_ns):
+            if (
+                previous
+                and previous[2] in ("ok", "missing")
+                and previous[:2] == (item.size, item.mtime_ns)
+            ):
                 unchanged_paths.append(item.path)
             elif known_bad.get(item.path) == (item.size, item.mtime_ns):
                 unchanged_bad.append(item.path)  # still the same bad file: not read again
@@ -337,20 +518,32 @@ def ingest(
                 to_read.append(item)
     report.ignored = stats.ignored
     report.unchanged = len(unchanged_paths)
-    log.info("scanned %d folders: %d unchanged, %d to read, %d problems", stats.directories,
-             len(unchanged_paths), len(to_read), len(problems))
+    log.info(
+        "scanned %d folders: %d unchanged, %d to read, %d problems",
+        stats.directories,
+        len(unchanged_paths),
+        len(to_read),
+        len(problems),
+    )
 
     now = _utcnow()
     if problems:
         _commit_batch(catalog_path, problems, now, known_hashes)
         report.quarantined += sum(1 for p in problems if p.path not in repeated_problems)
     processor = _Processor(options.workers)
-    bar = tqdm(total=len(to_read), unit="file", desc="ingest", disable=not options.progress or not to_read,
-               mininterval=0.5)
+    bar = tqdm(
+        total=len(to_read),
+        unit="file",
+        desc="ingest",
+        disable=not options.progress or not to_read,
+        mininterval=0.5,
+    )
     done = 0
     seen_quarantine = list(unchanged_bad) + [p.path for p in problems]
     try:  # the bar is closed whatever happens, so an error starts on a line of its own
-        for results in processor.map(to_read, options.limits, options.batch_size, options.min_files_for_pool):
+        for results in processor.map(
+            to_read, options.limits, options.batch_size, options.min_files_for_pool
+        ):
             _commit_batch(catalog_path, results, _utcnow(), known_hashes)
             for result in results:
                 if isinstance(result, IngestedFile):
@@ -373,7 +566,9 @@ def ingest(
     finally:
         bar.close()
     scanned = [r for r in roots if r not in report.unavailable_roots]
-    _finish_scan(catalog_path, scanned, unchanged_paths, seen_quarantine, _utcnow(), report, run_started)
+    _finish_scan(
+        catalog_path, scanned, unchanged_paths, seen_quarantine, _utcnow(), report, run_started
+    )
     report.syntax_changed = apply_writer_syntax(catalog_path, dict(options.writer_syntax))
     report.seconds = time.perf_counter() - started
     log.info("ingest finished in %.1fs: %s", report.seconds, report.counts())

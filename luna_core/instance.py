@@ -1,9 +1,10 @@
 """The Dagster instance of a Luna home (`dagster_home/dagster.yaml`), written on first use.
 
 What a workstation running Luna all day needs: a run queue (a bounded number of runs at once), one
-concurrency pool `gpu` that every model-running step on the data's path takes a slot of (as many slots as GPUs, one on
-a CPU), run monitoring and retries, and tick retention. With a PostgreSQL URL (`[operations]
-postgres_url` in luna.toml, or $LUNA_POSTGRES_URL), runs, events and schedules live in PostgreSQL.
+concurrency pool `gpu` that every model-running step on the data's path takes a slot of (as many
+slots as GPUs, one on a CPU), run monitoring and retries, and tick retention. With a PostgreSQL
+URL (`[operations] postgres_url` in luna.toml, or $LUNA_POSTGRES_URL), runs, events and schedules
+live in PostgreSQL.
 
 Luna rewrites the file only while it carries the MANAGED marker line; delete that line to keep
 edits of your own.
@@ -17,7 +18,10 @@ from pathlib import Path
 from luna_core.config import Settings
 from luna_core.files import write_atomically
 
-MANAGED = "# managed-by-luna v1: Luna rewrites this file when its settings change; delete this line to keep your edits."
+MANAGED = (
+    "# managed-by-luna v1: Luna rewrites this file when its settings change; delete this "
+    "line to keep your edits."
+)
 MAX_CONCURRENT_RUNS = 4
 RUN_RETRIES = 2
 
@@ -25,7 +29,8 @@ RUN_RETRIES = 2
 def gpu_count() -> int:
     """GPUs torch can see (the `gpu` pool's slots); 0 without CUDA or torch."""
     try:
-        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        # torch and the model libraries take about a second to import: only code that runs a model
+        # pays for it
         import torch
 
         return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
@@ -34,7 +39,8 @@ def gpu_count() -> int:
 
 
 def postgres_url(settings: Settings) -> str | None:
-    """$LUNA_POSTGRES_URL, else `[operations] postgres_url` of luna.toml, else None (local storage)."""
+    """$LUNA_POSTGRES_URL, else `[operations] postgres_url` of luna.toml, else None (local
+    storage)."""
     return settings.text("operations.postgres_url") or None
 
 
@@ -51,7 +57,9 @@ def libpq_url(url: str) -> str:
     return f"postgresql://{rest}" if sep and scheme.startswith("postgres") else url
 
 
-def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_runs: int = MAX_CONCURRENT_RUNS) -> str:
+def instance_yaml(
+    gpu_slots: int, postgres: str | None = None, max_concurrent_runs: int = MAX_CONCURRENT_RUNS
+) -> str:
     """The dagster.yaml text for these settings."""
     lines = [
         MANAGED,
@@ -59,10 +67,14 @@ def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_ru
         "telemetry:",
         "  enabled: false  # Luna runs offline",
         "",
-        "# Runs launched from the UI, sensors and schedules wait in a queue; this many run at once.",
-        "# Every step that runs a model on the data's path (embeddings, projector, refine) takes a slot of the",
-        f"# pool `gpu`: {gpu_slots} slot(s): [operations] gpu_slots, else one per GPU found (one on a CPU machine).",
-        "# The weekly refinement benchmark has a pool of its own (`benchmark`, the same size): it never holds",
+        "# Runs launched from the UI, sensors and schedules wait in a queue; this many run at "
+        "once.",
+        "# Every step that runs a model on the data's path (embeddings, projector, refine) takes "
+        "a slot of the",
+        f"# pool `gpu`: {gpu_slots} slot(s): [operations] gpu_slots, else one per GPU found (one "
+        "on a CPU machine).",
+        "# The weekly refinement benchmark has a pool of its own (`benchmark`, the same size): "
+        "it never holds",
         "# back a library change on its way to the index.",
         "concurrency:",
         "  runs:",
@@ -71,8 +83,10 @@ def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_ru
         f"    default_limit: {gpu_slots}",
         "    granularity: op",
         "",
-        "# Runs stuck starting or cancelling are failed; Luna's `dead_run_monitor` sensor fails runs whose",
-        "# process died (the default launcher cannot check run workers), and run retries re-launch them.",
+        "# Runs stuck starting or cancelling are failed; Luna's `dead_run_monitor` sensor fails "
+        "runs whose",
+        "# process died (the default launcher cannot check run workers), and run retries "
+        "re-launch them.",
         "run_monitoring:",
         "  enabled: true",
         "  start_timeout_seconds: 300",
@@ -81,7 +95,8 @@ def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_ru
         "run_retries:",
         "  enabled: true",
         f"  max_retries: {RUN_RETRIES}",
-        "  retry_on_asset_or_op_failure: false  # retried: a dead or crashed run; not: a step's own error",
+        "  retry_on_asset_or_op_failure: false  # retried: a dead or crashed run; not: a step's "
+        "own error",
         "",
         "# Old ticks are purged (days; -1 keeps them).",
         "retention:",
@@ -99,8 +114,13 @@ def instance_yaml(gpu_slots: int, postgres: str | None = None, max_concurrent_ru
         "      success: -1",
     ]
     if postgres:
-        lines += ["", "# Runs, events and schedules in PostgreSQL (dagster-postgres).",
-                  "storage:", "  postgres:", f"    postgres_url: {json.dumps(sqlalchemy_url(postgres))}"]
+        lines += [
+            "",
+            "# Runs, events and schedules in PostgreSQL (dagster-postgres).",
+            "storage:",
+            "  postgres:",
+            f"    postgres_url: {json.dumps(sqlalchemy_url(postgres))}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -111,18 +131,27 @@ def ensure_instance(dagster_home: Path, settings: Settings) -> Path:
     slots = gpu_slots(settings)
     if path.exists():
         current = path.read_text(encoding="utf-8")
-        if MANAGED.split(":")[0] not in current and "Dagster instance of this Luna home: local storage" not in current:
-            return path  # the person's own file (the first Luna file carried no marker: it is replaced)
+        if (
+            MANAGED.split(":")[0] not in current
+            and "Dagster instance of this Luna home: local storage" not in current
+        ):
+            # the person's own file (the first Luna file carried no marker: it is replaced)
+            return path
         storage = f"postgres_url: {json.dumps(sqlalchemy_url(postgres))}" if postgres else None
-        if (current.startswith(MANAGED) and ((storage in current) if storage else ("postgres_url" not in current))
-                and (slots is None or f"default_limit: {slots}\n" in current)):
+        if (
+            current.startswith(MANAGED)
+            and ((storage in current) if storage else ("postgres_url" not in current))
+            and (slots is None or f"default_limit: {slots}\n" in current)
+        ):
             return path  # up to date: no need to count GPUs (an import of torch)
     slots = slots or max(1, gpu_count())
-    write_atomically(path, lambda tmp: tmp.write_text(instance_yaml(slots, postgres), encoding="utf-8"))
+    write_atomically(
+        path, lambda tmp: tmp.write_text(instance_yaml(slots, postgres), encoding="utf-8")
+    )
     return path
 
 
 def gpu_slots(settings: Settings) -> int | None:
-    """`[operations] gpu_slots`: the `gpu` pool's size when steps run on other machines (Celery workers:
-    the GPUs of all of them); None (0, the default): the GPUs this machine has."""
+    """`[operations] gpu_slots`: the `gpu` pool's size when steps run on other machines (Celery
+    workers: the GPUs of all of them); None (0, the default): the GPUs this machine has."""
     return settings.integer("operations.gpu_slots", 0, 4096) or None

@@ -2,18 +2,20 @@
 mode, used by `luna condition`, `luna serve`, the ComfyUI nodes and the refiners alike.
 
 - `replace`: the answer alone; the typed prompt is not used.
-- `blend`: every part is `(1 - alpha) * typed + alpha * answer` (alpha: the answer's share): the tokens,
-  the pooled vector, and the negative side the same way. The typed negative is the encoded negative
-  prompt, or zeros (SDXL's empty negative) when none is given.
-- `concat`: the typed prompt's tokens, then the answer's (`[154, D]`), pooled from the typed prompt; the
-  negative likewise: typed negative tokens then the answer's, pooled from the typed negative.
+- `blend`: every part is `(1 - alpha) * typed + alpha * answer` (alpha: the answer's share):
+  the tokens, the pooled vector, and the negative side the same way. The typed negative is the
+  encoded negative prompt, or zeros (SDXL's empty negative) when none is given.
+- `concat`: the typed prompt's tokens, then the answer's (`[154, D]`), pooled from the typed
+  prompt; the negative likewise: typed negative tokens then the answer's, pooled from the typed
+  negative.
 
 Each side (positive, negative) is mixed by `mix_side`, so a tool that carries the two sides on
 separate wires (ComfyUI) mixes each with the same rule.
 
-Conditionings of different lengths (prompts of 1, 2, 3 … chunks of 77 tokens) meet by repetition to the
-least common multiple of their chunk counts, as ComfyUI meets them: cross-attention over a conditioning
-repeated n times equals attention over it once, so a repeated conditioning means what it meant.
+Conditionings of different lengths (prompts of 1, 2, 3 … chunks of 77 tokens) meet by repetition
+to the least common multiple of their chunk counts, as ComfyUI meets them: cross-attention over a
+conditioning repeated n times equals attention over it once, so a repeated conditioning means
+what it meant.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from luna_core.errors import QueryError
 
 MODES = ("replace", "blend", "concat")
 DEFAULT_K = 5  # neighbours mixed into a vault answer
-DEFAULT_TEMPERATURE = 0.05  # softmax temperature of the neighbour weights: near-ties share, a clear winner dominates
+DEFAULT_TEMPERATURE = (
+    0.05  # softmax temperature of the neighbour weights: near-ties share, a clear winner dominates
+)
 DEFAULT_ALPHA = 0.5  # the answer's share in blend
 CHUNK_TOKENS = 77
-MAX_CHUNKS = 12  # past this least common multiple, conditionings are repeated to the longest and cut
+MAX_CHUNKS = (
+    12  # past this least common multiple, conditionings are repeated to the longest and cut
+)
 
 
 class MixError(QueryError):
@@ -39,7 +45,8 @@ class MixError(QueryError):
 
 
 class PromptMix(NamedTuple):
-    """A typed prompt and how it meets an answer: `mode` replace (not used), blend (by `alpha`) or concat."""
+    """A typed prompt and how it meets an answer: `mode` replace (not used), blend (by `alpha`)
+    or concat."""
 
     prompt: str | None = None
     negative_prompt: str | None = None
@@ -48,7 +55,8 @@ class PromptMix(NamedTuple):
 
 
 class Parts(NamedTuple):
-    """One conditioning's four parts, without a batch axis: tokens [T, D], pooled [P], and the negatives."""
+    """One conditioning's four parts, without a batch axis: tokens [T, D], pooled [P], and the
+    negatives."""
 
     embeds: np.ndarray
     pooled: np.ndarray
@@ -70,15 +78,16 @@ def _join_tokens(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def common_length(lengths: Sequence[int]) -> int:
-    """The token length conditionings of these lengths meet at: the least common multiple of their chunk
-    counts (capped at MAX_CHUNKS chunks: then the longest)."""
+    """The token length conditionings of these lengths meet at: the least common multiple of their
+    chunk counts (capped at MAX_CHUNKS chunks: then the longest)."""
     chunks = [max(1, length // CHUNK_TOKENS) for length in lengths]
     target = math.lcm(*chunks)
     return (target if target <= MAX_CHUNKS else max(chunks)) * CHUNK_TOKENS
 
 
 def repeat_to(tokens, length: int, join: Callable[[Sequence], object] = _join_tokens):
-    """`tokens` ([..., T, D]) repeated along the token axis to `length` (cut when it does not divide)."""
+    """`tokens` ([..., T, D]) repeated along the token axis to `length` (cut when it does not
+    divide)."""
     current = tokens.shape[-2]
     if current == length:
         return tokens
@@ -92,15 +101,27 @@ def aligned(conditionings: Sequence, join: Callable[[Sequence], object] = _join_
     return [repeat_to(c, length, join) for c in conditionings]
 
 
-def mix_side(typed_tokens, typed_pooled, tokens, pooled, mode: str, alpha: float,
-             join: Callable[[Sequence], object] = _join_tokens):
-    """One side (positive or negative): (tokens, pooled) of `mode`. Works on numpy arrays and torch tensors
-    alike (`join` concatenates along the token axis, -2); a pooled vector may be None (left out)."""
+def mix_side(
+    typed_tokens,
+    typed_pooled,
+    tokens,
+    pooled,
+    mode: str,
+    alpha: float,
+    join: Callable[[Sequence], object] = _join_tokens,
+):
+    """One side (positive or negative): (tokens, pooled) of `mode`. Works on numpy arrays and torch
+    tensors alike (`join` concatenates along the token axis, -2); a pooled vector may be None
+    (left out)."""
     if mode == "replace":
         return tokens, pooled
     if mode == "blend":
         typed_tokens, tokens = aligned([typed_tokens, tokens], join)
-        mixed_pooled = None if typed_pooled is None or pooled is None else (1 - alpha) * typed_pooled + alpha * pooled
+        mixed_pooled = (
+            None
+            if typed_pooled is None or pooled is None
+            else (1 - alpha) * typed_pooled + alpha * pooled
+        )
         return (1 - alpha) * typed_tokens + alpha * tokens, mixed_pooled
     if mode == "concat":
         return join([typed_tokens, tokens]), typed_pooled
@@ -114,22 +135,34 @@ def mix(answer: Parts, typed: Parts | None, mode: str, alpha: float) -> Parts:
     if typed is None:
         raise MixError(f"mode {mode} mixes the answer into a typed prompt: give --prompt")
     embeds, pooled = mix_side(typed.embeds, typed.pooled, answer.embeds, answer.pooled, mode, alpha)
-    negative, negative_pooled = mix_side(typed.negative, typed.negative_pooled, answer.negative,
-                                         answer.negative_pooled, mode, alpha)
-    embeds, negative = aligned([embeds, negative])  # a pipeline concatenates the two sides: one length
+    negative, negative_pooled = mix_side(
+        typed.negative, typed.negative_pooled, answer.negative, answer.negative_pooled, mode, alpha
+    )
+    embeds, negative = aligned(
+        [embeds, negative]
+    )  # a pipeline concatenates the two sides: one length
     return Parts(embeds, pooled, negative, negative_pooled)
 
 
-def typed_parts(prompt: tuple[np.ndarray, np.ndarray], negative: tuple[np.ndarray, np.ndarray] | None) -> Parts:
-    """A typed prompt's parts from its encoding and its negative's (zeros when there is no negative)."""
+def typed_parts(
+    prompt: tuple[np.ndarray, np.ndarray], negative: tuple[np.ndarray, np.ndarray] | None
+) -> Parts:
+    """A typed prompt's parts from its encoding and its negative's (zeros when there is no
+    negative)."""
     embeds, pooled = prompt
-    negative_embeds, negative_pooled = negative if negative is not None else (np.zeros_like(embeds),
-                                                                               np.zeros_like(pooled))
+    negative_embeds, negative_pooled = (
+        negative if negative is not None else (np.zeros_like(embeds), np.zeros_like(pooled))
+    )
     return Parts(embeds, pooled, negative_embeds, negative_pooled)
 
 
-def check_inputs(mode: str = "replace", alpha: float = DEFAULT_ALPHA, prompt: str | None = None, k: int | None = None,
-                 temperature: float | None = None) -> None:
+def check_inputs(
+    mode: str = "replace",
+    alpha: float = DEFAULT_ALPHA,
+    prompt: str | None = None,
+    k: int | None = None,
+    temperature: float | None = None,
+) -> None:
     """One check of a query's settings, whichever source answers it (vault or projector)."""
     check_mix(mode, alpha, prompt)
     if k is not None and k <= 0:

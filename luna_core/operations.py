@@ -17,11 +17,14 @@ MLFLOW_DATABASE_SUFFIX = "_mlflow"  # Dagster and MLflow both have a `runs` tabl
 
 
 def database_beside(url: str, suffix: str = MLFLOW_DATABASE_SUFFIX) -> str:
-    """The URL of a database named like `url`'s with `suffix`, on the same server and credentials."""
+    """The URL of a database named like `url`'s with `suffix`, on the same server and
+    credentials."""
     parts = urlsplit(url)
     name = parts.path.lstrip("/") or "postgres"
     if not parts.scheme.startswith("postgres"):
-        raise LunaConfigError(f"{url!r} is not a PostgreSQL URL (postgresql://user:password@host:port/database)")
+        raise LunaConfigError(
+            f"{url!r} is not a PostgreSQL URL (postgresql://user:password@host:port/database)"
+        )
     return sqlalchemy_url(urlunsplit(parts._replace(path="/" + name + suffix)))
 
 
@@ -38,8 +41,10 @@ def ensure_database(url: str) -> None:
     try:
         con = psycopg2.connect(admin)
     except psycopg2.Error as exc:
-        raise LunaConfigError(f"cannot reach PostgreSQL at {parts.hostname}:{parts.port or 5432}: "
-                              f"{str(exc).strip().splitlines()[0]}") from None
+        raise LunaConfigError(
+            f"cannot reach PostgreSQL at {parts.hostname}:{parts.port or 5432}: "
+            f"{str(exc).strip().splitlines()[0]}"
+        ) from None
     try:
         con.autocommit = True
         with con.cursor() as cur:
@@ -47,26 +52,46 @@ def ensure_database(url: str) -> None:
             if cur.fetchone() is None:
                 cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg2.Error as exc:
-        raise LunaConfigError(f"cannot create the database {name!r} for MLflow: {str(exc).strip().splitlines()[0]} "
-                              f"(create it, or give --backend-store-uri)") from None
+        raise LunaConfigError(
+            f"cannot create the database {name!r} for MLflow: {str(exc).strip().splitlines()[0]} "
+            f"(create it, or give --backend-store-uri)"
+        ) from None
     finally:
         con.close()
 
 
 def mlflow_backend_uri(home: LunaHome) -> str:
-    """Where the tracking server keeps runs and the registry: PostgreSQL beside the Dagster instance's
-    database when one is configured, else the home's embedded sqlite file."""
+    """Where the tracking server keeps runs and the registry: PostgreSQL beside the Dagster
+    instance's database when one is configured, else the home's embedded sqlite file."""
     postgres = postgres_url(home.settings())
     return database_beside(postgres) if postgres else home.default_tracking_uri()
 
 
-def mlflow_server_command(home: LunaHome, host: str, port: int, backend: str, workers: int = MLFLOW_WORKERS) -> list[str]:
-    """`mlflow server` with this backend store, serving the artifacts (under the home, or [storage] root)."""
-    artifacts = home.mlflow_artifacts()  # object storage under [storage] root, else the home's folder
+def mlflow_server_command(
+    home: LunaHome, host: str, port: int, backend: str, workers: int = MLFLOW_WORKERS
+) -> list[str]:
+    """`mlflow server` with this backend store, serving the artifacts (under the home, or
+    [storage] root)."""
+    artifacts = (
+        home.mlflow_artifacts()
+    )  # object storage under [storage] root, else the home's folder
     if artifacts.startswith("file:"):
         artifacts = home.mlflow_dir / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
     found = Path(sys.executable).with_name("mlflow")
     executable = str(found) if found.exists() else shutil.which("mlflow") or "mlflow"
-    return [executable, "server", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
-            "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
+    return [
+        executable,
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]

@@ -14,7 +14,8 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator
 
-# Files that operating systems and sync tools drop into folders; skipped and counted, not quarantined.
+# Files that operating systems and sync tools drop into folders; skipped and counted, not
+# quarantined.
 DEFAULT_IGNORE = (".DS_Store", "Thumbs.db", "desktop.ini", "._*", ".*.swp", "*.tmp", ".luna-*")
 
 
@@ -42,14 +43,23 @@ class ScanStats:
 
 def _problem_for(err: OSError, path: str, root: str, what: str) -> ScanProblem:
     if err.errno == errno.ELOOP:
-        return ScanProblem(path, root, "symlink_loop", f"{what} is a symbolic link that loops back on itself")
+        return ScanProblem(
+            path, root, "symlink_loop", f"{what} is a symbolic link that loops back on itself"
+        )
     if err.errno == errno.ENOENT:
         if os.path.islink(path):
             target = os.readlink(path)
-            return ScanProblem(path, root, "broken_link", f"{what} is a symbolic link to {target!r}, which does not exist")
+            return ScanProblem(
+                path,
+                root,
+                "broken_link",
+                f"{what} is a symbolic link to {target!r}, which does not exist",
+            )
         return ScanProblem(path, root, "vanished", f"{what} was deleted while the scan ran")
     if err.errno in (errno.EACCES, errno.EPERM):
-        return ScanProblem(path, root, "permission_denied", f"{what} cannot be read: permission denied")
+        return ScanProblem(
+            path, root, "permission_denied", f"{what} cannot be read: permission denied"
+        )
     return ScanProblem(path, root, "unreadable", f"{what} cannot be read: {err.strerror or err}")
 
 
@@ -92,7 +102,9 @@ def walk_root(
                 key = (st.st_dev, st.st_ino)
                 if key in visited:
                     yield ScanProblem(
-                        entry.path, root, "symlink_loop",
+                        entry.path,
+                        root,
+                        "symlink_loop",
                         f"folder link leads back to {visited[key]}, which is already scanned",
                     )
                     continue
@@ -101,11 +113,18 @@ def walk_root(
             elif stat.S_ISREG(st.st_mode):
                 yield FileEntry(entry.path, root, st.st_size, st.st_mtime_ns)
             else:
-                yield ScanProblem(entry.path, root, "not_a_file", "a special file (pipe, socket or device), not an image")
+                yield ScanProblem(
+                    entry.path,
+                    root,
+                    "not_a_file",
+                    "a special file (pipe, socket or device), not an image",
+                )
         pending.extend(reversed(subfolders))
 
 
-def fingerprint_roots(roots: list[str], ignore: tuple[str, ...] = DEFAULT_IGNORE) -> tuple[int, str]:
+def fingerprint_roots(
+    roots: list[str], ignore: tuple[str, ...] = DEFAULT_IGNORE
+) -> tuple[int, str]:
     """(file count, digest of every path+size+mtime) for the roots; cheap change detection."""
 
     digest = hashlib.blake2b(digest_size=16)
@@ -114,7 +133,11 @@ def fingerprint_roots(roots: list[str], ignore: tuple[str, ...] = DEFAULT_IGNORE
         for item in walk_root(root, ignore):
             count += 1
             if isinstance(item, FileEntry):
-                digest.update(f"{item.path}\0{item.size}\0{item.mtime_ns}\n".encode("utf-8", "surrogateescape"))
+                digest.update(
+                    f"{item.path}\0{item.size}\0{item.mtime_ns}\n".encode(
+                        "utf-8", "surrogateescape"
+                    )
+                )
             else:
                 digest.update(f"{item.path}\0{item.reason}\n".encode("utf-8", "surrogateescape"))
     return count, digest.hexdigest()

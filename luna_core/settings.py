@@ -26,14 +26,14 @@ CONFIG_NAME = "luna.toml"
 class LunaHome:
     """Where every store of one Luna home lives. No other module builds paths under the home.
 
-        catalog.duckdb                   the DuckDB catalog
-        vault/vision/<vision key>.zarr   CLIP-ViT image embeddings of one vision model
-        vault/text/<text key>.zarr       SDXL conditionings of one text-encoder pair
-        index/<vision key>__<text key>/  FAISS index versions (vectors of one model, rows of the other)
-        mlflow/                          the embedded MLflow registry (sqlite + artifacts)
-        models/                          locally built model profiles (tiny)
-        refined/, reports/               refinement outputs and benchmark reports
-        dagster_home/                    the Dagster instance
+    catalog.duckdb                   the DuckDB catalog
+    vault/vision/<vision key>.zarr   CLIP-ViT image embeddings of one vision model
+    vault/text/<text key>.zarr       SDXL conditionings of one text-encoder pair
+    index/<vision key>__<text key>/  FAISS index versions (vectors of one model, rows of the other)
+    mlflow/                          the embedded MLflow registry (sqlite + artifacts)
+    models/                          locally built model profiles (tiny)
+    refined/, reports/               refinement outputs and benchmark reports
+    dagster_home/                    the Dagster instance
     """
 
     root: Path
@@ -41,7 +41,9 @@ class LunaHome:
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None) -> "LunaHome":
         """The home given, else $LUNA_HOME, else ./luna_home; always an absolute path."""
-        chosen = environment_settings({"home": os.fspath(home) if home not in (None, "") else None}).get("home")
+        chosen = environment_settings(
+            {"home": os.fspath(home) if home not in (None, "") else None}
+        ).get("home")
         return cls(Path(chosen).expanduser().absolute())
 
     @property
@@ -68,8 +70,10 @@ class LunaHome:
         if resolved.root.exists() and not resolved.root.is_dir():
             raise LunaConfigError(f"Luna home {resolved.root} is a file, not a folder")
         if not resolved.root.is_dir():
-            raise NotBuiltError(f"no Luna home at {resolved.root}: check --home (or $LUNA_HOME), "
-                                "or make one with `luna demo` or `luna ingest ROOT`")
+            raise NotBuiltError(
+                f"no Luna home at {resolved.root}: check --home (or $LUNA_HOME), "
+                "or make one with `luna demo` or `luna ingest ROOT`"
+            )
         return resolved
 
     def ensure(self) -> "LunaHome":
@@ -79,7 +83,9 @@ class LunaHome:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LunaConfigError(f"cannot create the Luna home {self.root}: {exc.strerror or exc}") from None
+            raise LunaConfigError(
+                f"cannot create the Luna home {self.root}: {exc.strerror or exc}"
+            ) from None
         self.dagster_home.mkdir(exist_ok=True)
         ensure_instance(self.dagster_home, self.settings())
         return self
@@ -100,7 +106,8 @@ class LunaHome:
         return (self.storage_root or self.root) / "vault"
 
     def mlflow_artifacts(self) -> str:
-        """Where MLflow keeps checkpoints and report files: under [storage] root when set, else the home."""
+        """Where MLflow keeps checkpoints and report files: under [storage] root when set, else
+        the home."""
         root = self.storage_root
         if root is not None:
             return f"{root}/mlflow-artifacts"
@@ -140,8 +147,8 @@ class LunaHome:
         return self.vault_dir / "text" / f"{profile.text_key}.zarr"
 
     def index_dir(self, profile: ModelProfile) -> Path:
-        """Index versions of one (vision model, text-encoder pair): the vectors come from the first, the
-        published conditioning rows from the second, so a change of either is another index."""
+        """Index versions of one (vision model, text-encoder pair): the vectors come from the first,
+        the published conditioning rows from the second, so a change of either is another index."""
         return self.index_root / f"{profile.vision_key}__{profile.text_key}"
 
     @property
@@ -159,16 +166,24 @@ class LunaHome:
         return read_toml(self.config_path)
 
     def settings(self, arguments: Mapping[str, object] | None = None) -> Settings:
-        """The effective settings: `arguments` (e.g. {"models.profile": "tiny"}) > $LUNA_* > luna.toml > defaults."""
+        """The effective settings: `arguments` (e.g. {"models.profile": "tiny"}) > $LUNA_* >
+        luna.toml > defaults."""
         return Settings(self.config(), os.environ, arguments, self.config_path)
 
     def _write_config(self, config: dict) -> None:
         # json.dumps quoting is valid TOML basic-string quoting for paths and names.
-        lines = ["# Luna home settings. Library roots are scanned by `luna ingest`, the UI and the sensor."]
+        lines = [
+            "# Luna home settings. Library roots are scanned by `luna ingest`, the UI and the "
+            "sensor."
+        ]
         for table, values in config.items():
             lines.append(f"[{table}]")
             for key, value in values.items():
-                rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]" if isinstance(value, list) else json.dumps(value)
+                rendered = (
+                    "[" + ", ".join(json.dumps(v) for v in value) + "]"
+                    if isinstance(value, list)
+                    else json.dumps(value)
+                )
                 lines.append(f"{key} = {rendered}")
             lines.append("")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -200,7 +215,8 @@ class LunaHome:
         return self.root / "library_fingerprint.json"
 
     def record_library_fingerprint(self, roots: list[str], digest: str) -> None:
-        """The roots' stat fingerprint as the last completed ingest saw them (taken before it scanned)."""
+        """The roots' stat fingerprint as the last completed ingest saw them (taken before it
+        scanned)."""
         tmp = self.library_fingerprint_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"roots": sorted(roots), "digest": digest}))
         os.replace(tmp, self.library_fingerprint_path)
@@ -222,8 +238,9 @@ class LunaHome:
         self._write_config(config)
 
     def vault_shards(self) -> int:
-        """How many partitions embed the vault ([vault] shards in luna.toml, or $LUNA_VAULT_SHARDS; 1 = one
-        store, the single-machine default). With more, each shard embeds into its own segment store."""
+        """How many partitions embed the vault ([vault] shards in luna.toml, or $LUNA_VAULT_SHARDS;
+        1 = one store, the single-machine default). With more, each shard embeds into its own
+        segment store."""
         return self.settings().integer("vault.shards", 1, 1024)
 
     def text_codec(self) -> str:
@@ -243,12 +260,13 @@ class LunaHome:
         self.vault_shards()  # refuse a bad count now, not at the next load
 
     def model_profile(self, argument: str | None = None) -> str:
-        """The model profile to use: the argument, else $LUNA_PROFILE, else the one the home recorded
-        ([models] profile in luna.toml), else sdxl."""
+        """The model profile to use: the argument, else $LUNA_PROFILE, else the one the home
+        recorded ([models] profile in luna.toml), else sdxl."""
         return self.settings({"models.profile": argument}).text("models.profile")
 
     def writer_syntax(self) -> tuple[tuple[str, str], ...]:
-        """(generator, prompt syntax) pairs overriding the writers' own rules (`prompts.writers`)."""
+        """(generator, prompt syntax) pairs overriding the writers' own rules
+        (`prompts.writers`)."""
         setting = self.settings().setting("prompts.writers")
         try:
             return tuple(writer_overrides(str(setting.value)).items())

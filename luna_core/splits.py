@@ -1,4 +1,5 @@
-"""Train/val/test membership: decided once per image, stored, never moved; near-duplicates share a split.
+"""Train/val/test membership: decided once per image, stored, never moved; near-duplicates share a
+split.
 
 An image's split is chosen the first time the catalog sees it and is kept for as long as the catalog
 lives (an image that leaves and comes back keeps it). The rule, in content-hash order:
@@ -27,8 +28,8 @@ from luna_core.catalog import HELD_IMAGES
 log = logging.getLogger(__name__)
 
 SPLIT_PERCENT = {"train": 80, "val": 10, "test": 10}
-# Past this many (new x compared) products the vision comparison goes through a FAISS IVF k-NN search
-# instead of blockwise exact products (a first build of a large library).
+# Past this many (new x compared) products the vision comparison goes through a FAISS IVF k-NN
+# search instead of blockwise exact products (a first build of a large library).
 EXACT_PRODUCTS = 4_000_000_000
 APPROX_NEIGHBOURS = 16
 BLOCK_ENTRIES = 32_000_000  # similarities held at once in the exact path (128 MB of float32)
@@ -36,7 +37,9 @@ BLOCK_ENTRIES = 32_000_000  # similarities held at once in the exact path (128 M
 
 @dataclass
 class SplitReport:
-    assigned: dict[str, int] = field(default_factory=dict)  # how new images got their split -> count
+    assigned: dict[str, int] = field(
+        default_factory=dict
+    )  # how new images got their split -> count
     scanned: int = 0  # images compared with the library for near-duplicates in this build
     links: dict[str, int] = field(default_factory=dict)  # new near-duplicate links by kind
     threshold: float = 0.0
@@ -55,9 +58,11 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def similar_pairs(new: np.ndarray, known: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Pairs (i of `new`, j of the concatenation new + known, cosine) with cosine >= threshold, i != j.
-    Exact in blocks while the products stay bounded; a FAISS IVF k-NN search past that."""
+def similar_pairs(
+    new: np.ndarray, known: np.ndarray, threshold: float
+) -> list[tuple[int, int, float]]:
+    """Pairs (i of `new`, j of the concatenation new + known, cosine) with cosine >= threshold, i !=
+    j. Exact in blocks while the products stay bounded; a FAISS IVF k-NN search past that."""
     base = np.concatenate([new, known]) if len(known) else new
     if len(new) == 0 or len(base) < 2:
         return []
@@ -67,45 +72,68 @@ def similar_pairs(new: np.ndarray, known: np.ndarray, threshold: float) -> list[
         for start in range(0, len(new), block):
             sims = new[start : start + block] @ base.T
             rows, cols = np.nonzero(sims >= threshold)
-            pairs += [(int(start + r), int(c), float(sims[r, c])) for r, c in zip(rows, cols) if start + r != c]
+            pairs += [
+                (int(start + r), int(c), float(sims[r, c]))
+                for r, c in zip(rows, cols)
+                if start + r != c
+            ]
         return pairs
 
     nlist = int(4 * np.sqrt(len(base)))
     quantizer = faiss.IndexFlatIP(base.shape[1])
     index = faiss.IndexIVFFlat(quantizer, base.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(base[np.random.default_rng(0).choice(len(base), min(len(base), nlist * 64), replace=False)])
+    index.train(
+        base[np.random.default_rng(0).choice(len(base), min(len(base), nlist * 64), replace=False)]
+    )
     index.add(base)
     index.nprobe = 8
     sims, neighbours = index.search(new, APPROX_NEIGHBOURS)
     for i in range(len(new)):
-        pairs += [(i, int(j), float(s)) for s, j in zip(sims[i], neighbours[i]) if j >= 0 and j != i and s >= threshold]
+        pairs += [
+            (i, int(j), float(s))
+            for s, j in zip(sims[i], neighbours[i])
+            if j >= 0 and j != i and s >= threshold
+        ]
     return pairs
 
 
 def _vision_links(con, vision, store_key: str, threshold: float) -> tuple[list[str], list[tuple]]:
-    """Content hashes not yet compared in this vision store, and their links to every compared image."""
+    """Content hashes not yet compared in this vision store, and their links to every compared
+    image."""
     held = f"content_hash IN ({HELD_IMAGES})"
-    new = con.execute(f"""
+    new = con.execute(
+        f"""
         SELECT v.content_hash, v."row" FROM vision_rows v
         WHERE v.store_key = ? AND {held}
-          AND NOT EXISTS (SELECT 1 FROM twin_scans t WHERE t.store_key = v.store_key AND t.content_hash = v.content_hash)
-        ORDER BY v.content_hash""", [store_key]).fetchall()
+          AND NOT EXISTS (SELECT 1 FROM twin_scans t WHERE t.store_key = v.store_key AND
+              t.content_hash = v.content_hash)
+        ORDER BY v.content_hash""",
+        [store_key],
+    ).fetchall()
     if not new or vision is None:
         return [h for h, _ in new], []
-    known = con.execute(f"""
-        SELECT v.content_hash, v."row" FROM vision_rows v JOIN twin_scans t USING (store_key, content_hash)
-        WHERE v.store_key = ? AND {held} ORDER BY v.content_hash""", [store_key]).fetchall()
+    known = con.execute(
+        f"""
+        SELECT v.content_hash, v."row" FROM vision_rows v JOIN twin_scans t USING (store_key,
+            content_hash)
+        WHERE v.store_key = ? AND {held} ORDER BY v.content_hash""",
+        [store_key],
+    ).fetchall()
     hashes = [h for h, _ in new] + [h for h, _ in known]
 
     def read(rows) -> np.ndarray:
         rows = np.array([r for _, r in rows], dtype=np.int64)
         out = np.empty((len(rows), vision.fields["embeds"][0]), dtype=np.float32)
-        for start in range(0, len(rows), 65536):  # bounded reads: float16 → float32 a slice at a time
+        for start in range(
+            0, len(rows), 65536
+        ):  # bounded reads: float16 → float32 a slice at a time
             out[start : start + 65536] = vision.read("embeds", rows[start : start + 65536])
         return _unit(out)
 
     links = []
-    for i, j, cosine in similar_pairs(read(new), read(known) if known else np.empty((0, 1), np.float32), threshold):
+    for i, j, cosine in similar_pairs(
+        read(new), read(known) if known else np.empty((0, 1), np.float32), threshold
+    ):
         a, b = hashes[i], hashes[j]
         if j < len(new) and b < a:
             continue  # a pair of two new images is found from both ends: keep one
@@ -118,7 +146,8 @@ def assign_splits(con, vision, store_key: str, threshold: float) -> SplitReport:
     without a split its split (see the module's rule). Call inside a catalog transaction."""
     report = SplitReport(threshold=threshold)
     scanned, links = _vision_links(con, vision, store_key, threshold)
-    # One generation saved twice (same prompt and seed), whatever the pixels: among images without a split.
+    # One generation saved twice (same prompt and seed), whatever the pixels: among images without a
+    # split.
     links += con.execute(f"""
         SELECT a.content_hash, b.content_hash, 'prompt and seed', NULL
         FROM generations a JOIN generations b
@@ -127,49 +156,81 @@ def assign_splits(con, vision, store_key: str, threshold: float) -> SplitReport:
           AND b.content_hash IN ({HELD_IMAGES})
           AND NOT EXISTS (SELECT 1 FROM splits s WHERE s.content_hash = a.content_hash)
           AND (a.content_hash < b.content_hash
-               OR EXISTS (SELECT 1 FROM splits s WHERE s.content_hash = b.content_hash))""").fetchall()
+               OR EXISTS (SELECT 1 FROM splits s WHERE s.content_hash =
+                   b.content_hash))""").fetchall()
     if links:
-        con.executemany("""INSERT OR IGNORE INTO near_duplicates VALUES (?, ?, ?, ?, now())""", links)
+        con.executemany(
+            """INSERT OR IGNORE INTO near_duplicates VALUES (?, ?, ?, ?, now())""", links
+        )
     if scanned:
-        con.executemany("INSERT OR IGNORE INTO twin_scans VALUES (?, ?, now())", [(store_key, h) for h in scanned])
+        con.executemany(
+            "INSERT OR IGNORE INTO twin_scans VALUES (?, ?, now())",
+            [(store_key, h) for h in scanned],
+        )
     report.scanned = len(scanned)
     for _, _, kind, _ in links:
         report.links[kind] = report.links.get(kind, 0) + 1
 
-    unassigned = [h for (h,) in con.execute("""
+    unassigned = [
+        h
+        for (h,) in con.execute("""
         SELECT content_hash FROM image_ids i
         WHERE NOT EXISTS (SELECT 1 FROM splits s WHERE s.content_hash = i.content_hash)
-        ORDER BY content_hash""").fetchall()]
+        ORDER BY content_hash""").fetchall()
+    ]
     if not unassigned:
         return report
-    twins: dict[str, list[tuple[float, str, str]]] = defaultdict(list)  # hash -> (similarity, twin, kind)
+    twins: dict[str, list[tuple[float, str, str]]] = defaultdict(
+        list
+    )  # hash -> (similarity, twin, kind)
     pending = set(unassigned)
-    for a, b, kind, similarity in con.execute("""
+    for a, b, kind, similarity in con.execute(
+        """
             SELECT content_hash, twin_hash, kind, similarity FROM near_duplicates
-            WHERE content_hash IN (SELECT unnest(?::VARCHAR[])) OR twin_hash IN (SELECT unnest(?::VARCHAR[]))""",
-                                              [unassigned, unassigned]).fetchall():
-        strength = 1.0 if similarity is None else float(similarity)  # the same generation: the strongest link
+            WHERE content_hash IN (SELECT unnest(?::VARCHAR[])) OR twin_hash IN (SELECT
+                unnest(?::VARCHAR[]))""",
+        [unassigned, unassigned],
+    ).fetchall():
+        strength = (
+            1.0 if similarity is None else float(similarity)
+        )  # the same generation: the strongest link
         twins[a].append((strength, b, kind))
         twins[b].append((strength, a, kind))
-    split_of = dict(con.execute("""
+    split_of = dict(
+        con.execute(
+            """
         SELECT content_hash, split FROM splits
         WHERE content_hash IN (SELECT twin FROM (SELECT unnest(?::VARCHAR[]) AS twin))""",
-                                [sorted({t for h in pending for _, t, _ in twins.get(h, [])})]).fetchall())
+            [sorted({t for h in pending for _, t, _ in twins.get(h, [])})],
+        ).fetchall()
+    )
     rows = []
     for content_hash in unassigned:  # content-hash order: the same library gives the same splits
-        placed = sorted(((s, t, k) for s, t, k in twins.get(content_hash, []) if t in split_of), reverse=True)
+        placed = sorted(
+            ((s, t, k) for s, t, k in twins.get(content_hash, []) if t in split_of), reverse=True
+        )
         if placed:
             similarity, twin, kind = placed[0]
             split = split_of[twin]
-            reason = (f"same prompt and seed as {twin[:12]}" if kind == "prompt and seed"
-                      else f"near-duplicate of {twin[:12]} (cosine {similarity:.4f})")
-            report.assigned[f"with a near-duplicate ({kind})"] = report.assigned.get(f"with a near-duplicate ({kind})", 0) + 1
+            reason = (
+                f"same prompt and seed as {twin[:12]}"
+                if kind == "prompt and seed"
+                else f"near-duplicate of {twin[:12]} (cosine {similarity:.4f})"
+            )
+            report.assigned[f"with a near-duplicate ({kind})"] = (
+                report.assigned.get(f"with a near-duplicate ({kind})", 0) + 1
+            )
         else:
             split, reason = hash_split(content_hash), "content-hash bucket"
-            report.assigned["content-hash bucket"] = report.assigned.get("content-hash bucket", 0) + 1
+            report.assigned["content-hash bucket"] = (
+                report.assigned.get("content-hash bucket", 0) + 1
+            )
         split_of[content_hash] = split
         rows.append((content_hash, split, reason))
-    con.executemany("INSERT INTO splits (content_hash, split, assigned_at, reason) VALUES (?, ?, now(), ?)", rows)
+    con.executemany(
+        "INSERT INTO splits (content_hash, split, assigned_at, reason) VALUES (?, ?, now(), ?)",
+        rows,
+    )
     return report
 
 
@@ -178,10 +239,13 @@ def twins_of(con, content_hashes: list[str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     if not content_hashes:
         return out
-    for a, b in con.execute("""
+    for a, b in con.execute(
+        """
             SELECT content_hash, twin_hash FROM near_duplicates
-            WHERE content_hash IN (SELECT unnest(?::VARCHAR[])) OR twin_hash IN (SELECT unnest(?::VARCHAR[]))""",
-                            [content_hashes, content_hashes]).fetchall():
+            WHERE content_hash IN (SELECT unnest(?::VARCHAR[])) OR twin_hash IN (SELECT
+                unnest(?::VARCHAR[]))""",
+        [content_hashes, content_hashes],
+    ).fetchall():
         out[a].add(b)
         out[b].add(a)
     return out

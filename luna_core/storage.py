@@ -1,11 +1,12 @@
-"""Where the vault and the index live: the home's folder, or object storage (`s3://bucket/prefix`, any
-S3-compatible server) through fsspec, set by `[storage] root` in luna.toml or $LUNA_STORAGE_ROOT.
+"""Where the vault and the index live: the home's folder, or object storage (`s3://bucket/prefix`,
+any S3-compatible server) through fsspec, set by `[storage] root` in luna.toml or
+$LUNA_STORAGE_ROOT.
 
 Paths to stores are `pathlib.Path` on disk and `upath.UPath` on object storage: the same operations
-(`/`, `exists`, `glob`, `open`, `read_text`). What differs is here: a file replaced whole (a rename on
-disk, one PUT on object storage, which is whole or absent), a move, sizes. Credentials and the
-endpoint come from the environment, as for every S3 client (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-AWS_ENDPOINT_URL for a server other than AWS).
+(`/`, `exists`, `glob`, `open`, `read_text`). What differs is here: a file replaced whole (a
+rename on disk, one PUT on object storage, which is whole or absent), a move, sizes. Credentials
+and the endpoint come from the environment, as for every S3 client (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for a server other than AWS).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ Location = Union[Path, "UPath"]  # noqa: F821 (upath is imported only where obje
 
 
 def location(value) -> Location:
-    """A path on disk, or a UPath for a URL (`s3://…`); Path and UPath objects are returned as they are."""
+    """A path on disk, or a UPath for a URL (`s3://…`); Path and UPath objects are returned as
+    they are."""
     if isinstance(value, Path) or (type(value).__module__.startswith("upath")):
         return value
     text = os.fspath(value) if not isinstance(value, str) else value
@@ -33,7 +35,11 @@ def location(value) -> Location:
 
     protocol = text.split("://", 1)[0]
     # Listings are never cached: other machines add segments and manifests between two looks.
-    options = {"use_listings_cache": False} if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs") else {}
+    options = (
+        {"use_listings_cache": False}
+        if protocol in ("s3", "s3a", "gs", "gcs", "az", "abfs")
+        else {}
+    )
     return UPath(text, **options)
 
 
@@ -83,4 +89,3 @@ def parquet_bytes(table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
-

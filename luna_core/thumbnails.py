@@ -17,11 +17,14 @@ from luna_core.files import write_atomically
 from luna_core.images import read_picture
 
 SIDE = 256  # the longest side of a thumbnail, in pixels
-_making = threading.Lock()  # one decode at a time per process: a page of 40 cards must not spike memory
+_making = (
+    threading.Lock()
+)  # one decode at a time per process: a page of 40 cards must not spike memory
 
 
 def thumbnail(cache_dir: Path, path: Path, limits: ProbeLimits = ProbeLimits()) -> Path:
-    """The cached JPEG thumbnail of the library file at `path` (a real path, checked by the caller)."""
+    """The cached JPEG thumbnail of the library file at `path` (a real path, checked by the
+    caller)."""
     name = hashlib.sha256(f"{file_key(path)}|{SIDE}".encode()).hexdigest()
     target = cache_dir / name[:2] / f"{name}.jpg"
     if target.exists():

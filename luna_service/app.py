@@ -1,9 +1,12 @@
 """`luna serve`: the search page and the HTTP API over the vault and the champion projector.
 
     GET  /                                      the search page (no asset from outside the machine)
-    POST /search?k=&box=X,Y,W,H&…filters        body: image bytes (raw or multipart), or ?path= / ?hash=
-                                                → {"index_version", "k", "results": [{"box", "neighbors",
-                                                   "mixed_prompt"}]}: one shape for any number of boxes
+    POST /search?k=&box=X,Y,W,H&…filters        body: image bytes (raw or multipart), or ?path= /
+    ?hash=
+                                                → {"index_version", "k", "results": [{"box",
+                                                "neighbors",
+                                                   "mixed_prompt"}]}: one shape for any number of
+                                                   boxes
     POST /condition?source=vault|projector&k=&temperature=&prompt=&mode=&alpha=&box=…&format=
                                                 → safetensors (or JSON with format=json)
     GET  /library/search?q=&page=&per_page=&…filters   text search over the catalog's prompts, paged
@@ -12,10 +15,11 @@
     GET  /library/file?hash=|path=              the library image itself
     GET  /health                                versions of index and projector
 
-Filters (search, condition, library search): model, lora, generator, after, before (YYYY-MM-DD), text.
-Blocking work (models, index, catalog) runs on a pool of worker threads, never on the event loop, so
-/health answers while searches run. Bodies are read as a stream with a cap (413 past it); a non-image
-is 415, a bad box or k 422, a path outside the library roots 403. Every response carries a CSP.
+Filters (search, condition, library search): model, lora, generator, after, before (YYYY-MM-DD),
+text. Blocking work (models, index, catalog) runs on a pool of worker threads, never on the event
+loop, so /health answers while searches run. Bodies are read as a stream with a cap (413 past
+it); a non-image is 415, a bad box or k 422, a path outside the library roots 403. Every response
+carries a CSP.
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from luna_core.browse import CatalogFilter, facets
-from luna_core.errors import BadFileError, LunaConfigError, LunaError, NotBuiltError, OutsideLibraryError, QueryError
+from luna_core.errors import (
+    BadFileError,
+    LunaConfigError,
+    LunaError,
+    NotBuiltError,
+    OutsideLibraryError,
+    QueryError,
+)
 from luna_core.images import PictureError
 from luna_core.mixing import PromptMix
 from luna_core.thumbnails import thumbnail
@@ -46,10 +57,12 @@ log = logging.getLogger("luna.serve")
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 STATIC = {"app.js": "text/javascript", "app.css": "text/css", "logo.svg": "image/svg+xml"}
-# Everything the page needs comes from this service; images may be blobs (a dropped file) or data URLs.
+# Everything the page needs comes from this service; images may be blobs (a dropped file) or data
+# URLs.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src "
+    "'self' blob: data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -68,7 +81,9 @@ class Filters(BaseModel):
     text: str = ""
 
     def where(self) -> CatalogFilter:
-        return CatalogFilter(self.model, self.lora, self.generator, self.after, self.before, self.text)
+        return CatalogFilter(
+            self.model, self.lora, self.generator, self.after, self.before, self.text
+        )
 
 
 class SearchQuery(Filters):
@@ -80,7 +95,8 @@ class SearchQuery(Filters):
 
 
 class ConditionQuery(SearchQuery):
-    """What `POST /condition` asks, as query parameters (the image is the body); mixing: luna_core.mixing."""
+    """What `POST /condition` asks, as query parameters (the image is the body); mixing:
+    luna_core.mixing."""
 
     source: str = "vault"
     prompt: str | None = None
@@ -112,11 +128,13 @@ def _status(exc: Exception) -> int:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request's image bytes, read as a stream and refused past the cap; a multipart form's first
-    file part (curl -F image=@file.png) is the image."""
+    """The request's image bytes, read as a stream and refused past the cap; a multipart form's
+    first file part (curl -F image=@file.png) is the image."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise BodyTooLarge(f"the request body is {int(declared):,} bytes, over the {MAX_BODY_BYTES:,} byte bound")
+        raise BodyTooLarge(
+            f"the request body is {int(declared):,} bytes, over the {MAX_BODY_BYTES:,} byte bound"
+        )
     chunks, size = [], 0
     async for part in request.stream():
         size += len(part)
@@ -132,20 +150,30 @@ async def read_body(request: Request) -> bytes:
 
 def _multipart_file(content_type: str, body: bytes) -> bytes:
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body
+    )
     if not message.is_multipart():
-        raise QueryError("the multipart body could not be read: send the image as a form file or as raw bytes")
+        raise QueryError(
+            "the multipart body could not be read: send the image as a form file or as raw bytes"
+        )
     for part in message.iter_parts():
-        if part.get_filename() is not None or part.get_param("name", header="content-disposition") in ("image", "file"):
+        if part.get_filename() is not None or part.get_param(
+            "name", header="content-disposition"
+        ) in ("image", "file"):
             return part.get_payload(decode=True) or b""
     raise QueryError("the multipart form has no file part: send it as -F image=@picture.png")
 
 
 def create_app(service: LunaService, workers: int = 4):
-    """The FastAPI application: every Luna error becomes one JSON error with a 4xx status, never a trace."""
-    app = FastAPI(title="Luna", description="Search your library; take a conditioning.", version="2")
+    """The FastAPI application: every Luna error becomes one JSON error with a 4xx status, never
+    a trace."""
+    app = FastAPI(
+        title="Luna", description="Search your library; take a conditioning.", version="2"
+    )
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="luna-serve")
-    refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="luna-refresh")  # never behind searches
+    refresher = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="luna-refresh"
+    )  # never behind searches
     static = resources.files("luna_service") / "static"
 
     async def off_loop(fn, *args):
@@ -163,12 +191,18 @@ def create_app(service: LunaService, workers: int = 4):
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', [])[1:])}: {e.get('msg')}"
+            for e in exc.errors()
+        )
         return error(422, problems or "invalid request")
 
     @app.exception_handler(LunaError)
     async def luna_error(request: Request, exc: LunaError):
-        return error(_status(exc), f"the uploaded image: {exc.detail}" if isinstance(exc, BadFileError) else str(exc))
+        return error(
+            _status(exc),
+            f"the uploaded image: {exc.detail}" if isinstance(exc, BadFileError) else str(exc),
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
@@ -179,14 +213,21 @@ def create_app(service: LunaService, workers: int = 4):
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return Response((static / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": "no-cache"})
+        return Response(
+            (static / "index.html").read_bytes(),
+            media_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     @app.get("/static/{name}", include_in_schema=False)
     async def asset(name: str):
         if name not in STATIC:  # a fixed list: no path from the request reaches the file system
             return error(404, f"no static file {name!r}")
-        return Response((static / name).read_bytes(), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+        return Response(
+            (static / name).read_bytes(),
+            media_type=STATIC[name],
+            headers={"Cache-Control": "no-cache"},
+        )
 
     # ------------------------------------------------------------ the API
 
@@ -202,6 +243,7 @@ def create_app(service: LunaService, workers: int = 4):
 
         def work():
             return service.search(service.picture(body, query.path, query.hash), _ask(query))
+
         return await off_loop(work)
 
     @app.post("/condition")
@@ -211,23 +253,44 @@ def create_app(service: LunaService, workers: int = 4):
         if query.source not in ("vault", "projector"):
             raise QueryError(f"source {query.source!r} is not one of vault, projector")
         body = await read_body(request)
-        ask = _ask(query, source=query.source,
-                   with_prompt=PromptMix(query.prompt, query.negative_prompt, query.mode, query.alpha))
+        ask = _ask(
+            query,
+            source=query.source,
+            with_prompt=PromptMix(query.prompt, query.negative_prompt, query.mode, query.alpha),
+        )
 
         def work():
             return service.condition(service.picture(body, query.path, query.hash), ask)
+
         conditioning = await off_loop(work)
         if query.format == "json":
-            return {**conditioning.info, "shapes": {name: list(getattr(conditioning, name).shape) for name in (
-                "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")},
-                "neighbors": [n.__dict__ for n in conditioning.neighbors]}
+            return {
+                **conditioning.info,
+                "shapes": {
+                    name: list(getattr(conditioning, name).shape)
+                    for name in (
+                        "prompt_embeds",
+                        "pooled_prompt_embeds",
+                        "negative_prompt_embeds",
+                        "negative_pooled_prompt_embeds",
+                    )
+                },
+                "neighbors": [n.__dict__ for n in conditioning.neighbors],
+            }
         payload = await off_loop(conditioning.to_bytes)
-        return Response(payload, media_type="application/octet-stream",
-                        headers={"X-Luna-Items": str(len(conditioning.prompt_embeds)),
-                                 "Content-Disposition": 'attachment; filename="luna-conditioning.safetensors"'})
+        return Response(
+            payload,
+            media_type="application/octet-stream",
+            headers={
+                "X-Luna-Items": str(len(conditioning.prompt_embeds)),
+                "Content-Disposition": 'attachment; filename="luna-conditioning.safetensors"',
+            },
+        )
 
     @app.get("/library/search")
-    async def library_search(query: Annotated[Filters, Query()], q: str = "", page: int = 1, per_page: int = 40):
+    async def library_search(
+        query: Annotated[Filters, Query()], q: str = "", page: int = 1, per_page: int = 40
+    ):
         return await off_loop(service.library_search, q, query.where(), page, per_page)
 
     @app.get("/library/facets")
@@ -237,9 +300,15 @@ def create_app(service: LunaService, workers: int = 4):
     @app.get("/library/thumbnail")
     async def library_thumbnail(path: str | None = None, hash: str | None = None):
         def work():
-            return thumbnail(service.home.thumbnails_dir, service.library_path(path, hash), service.limits)
-        return FileResponse(await off_loop(work), media_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=300"})
+            return thumbnail(
+                service.home.thumbnails_dir, service.library_path(path, hash), service.limits
+            )
+
+        return FileResponse(
+            await off_loop(work),
+            media_type="image/jpeg",
+            headers={"Cache-Control": "private, max-age=300"},
+        )
 
     @app.get("/library/file")
     async def library_file(path: str | None = None, hash: str | None = None):
@@ -247,7 +316,9 @@ def create_app(service: LunaService, workers: int = 4):
         media = mimetypes.guess_type(real.name)[0] or "application/octet-stream"
         if not media.startswith("image/"):
             raise LunaConfigError(f"{real.name} is not an image file")
-        return FileResponse(real, media_type=media, headers={"Cache-Control": "private, max-age=300"})
+        return FileResponse(
+            real, media_type=media, headers={"Cache-Control": "private, max-age=300"}
+        )
 
     app.state.pool = pool
     return app

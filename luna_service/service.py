@@ -1,11 +1,12 @@
 """The state `luna serve` answers from, and the work each request does (off the event loop).
 
 The encoders, the current index and the projector stay in memory. A request takes a snapshot of the
-state (one attribute read) and works on it with no lock held: any number of searches run side by side,
-as FAISS searches and the row reader allow. A new index version (`current.json` moved) or a moved
-projector alias is loaded beside the old state and swapped in whole: a request sees one consistent
-index and lookup, never half of a swap. Whether anything moved is asked cheaply: a stat of the local
-pointer, and at most every ALIAS_CHECK_SECONDS the registry (and a pointer on object storage).
+state (one attribute read) and works on it with no lock held: any number of searches run side by
+side, as FAISS searches and the row reader allow. A new index version (`current.json` moved) or a
+moved projector alias is loaded beside the old state and swapped in whole: a request sees one
+consistent index and lookup, never half of a swap. Whether anything moved is asked cheaply: a
+stat of the local pointer, and at most every ALIAS_CHECK_SECONDS the registry (and a pointer on
+object storage).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ log = logging.getLogger("luna.serve")
 
 MAX_BOXES = 64
 MAX_K = 200
-ALIAS_CHECK_SECONDS = 2.0  # how often the registry (and an index pointer on object storage) is asked
+ALIAS_CHECK_SECONDS = (
+    2.0  # how often the registry (and an index pointer on object storage) is asked
+)
 
 
 @dataclass
@@ -52,7 +55,8 @@ class ServiceState:
 
 @dataclass
 class Query:
-    """What a search or a conditioning asks besides the picture (see luna_core.mixing for the mix)."""
+    """What a search or a conditioning asks besides the picture (see luna_core.mixing for the
+    mix)."""
 
     k: int = 5
     boxes: tuple[str, ...] = ()
@@ -63,8 +67,11 @@ class Query:
 
     def check(self) -> None:
         if not 1 <= self.k <= MAX_K:
-            raise QueryError(f"k must be at least 1 and at most {MAX_K}" if self.k < 1 else
-                             f"k={self.k} is over the service's bound of {MAX_K}")
+            raise QueryError(
+                f"k must be at least 1 and at most {MAX_K}"
+                if self.k < 1
+                else f"k={self.k} is over the service's bound of {MAX_K}"
+            )
         if len(self.boxes) > MAX_BOXES:
             raise QueryError(f"{len(self.boxes)} boxes; at most {MAX_BOXES} a request")
         for box in self.boxes:
@@ -72,9 +79,15 @@ class Query:
 
 
 class LunaService:
-    def __init__(self, home: LunaHome, profile: ModelProfile, device: str = "auto",
-                 projector_uri: str = DEFAULT_PROJECTOR, tracking_uri: str | None = None,
-                 limits: ProbeLimits = ProbeLimits()):
+    def __init__(
+        self,
+        home: LunaHome,
+        profile: ModelProfile,
+        device: str = "auto",
+        projector_uri: str = DEFAULT_PROJECTOR,
+        tracking_uri: str | None = None,
+        limits: ProbeLimits = ProbeLimits(),
+    ):
         self.home, self.profile, self.device = home, profile, device
         self.projector_uri, self.tracking_uri, self.limits = projector_uri, tracking_uri, limits
         self.registry = Registry(home, tracking_uri)
@@ -113,7 +126,8 @@ class LunaService:
 
     def refresh(self, force: bool = False, wait: bool = True) -> None:
         """Swap in a new index version or projector version when either moved. With `wait` False (a
-        request), a refresh already running elsewhere is not waited for: the request uses the state it has."""
+        request), a refresh already running elsewhere is not waited for: the request uses the
+        state it has."""
         if not self._refreshing.acquire(blocking=wait):
             return
         try:
@@ -127,13 +141,21 @@ class LunaService:
         pointer = self._pointer_key()
         if not due and pointer is not None and pointer == self._pointer_seen:
             return
-        version = self._current_index_version() if (due or pointer != self._pointer_seen) else state.index_version
+        version = (
+            self._current_index_version()
+            if (due or pointer != self._pointer_seen)
+            else state.index_version
+        )
         self._pointer_seen = pointer
         projector_version = state.projector_version
         if due:
             self._alias_checked = time.monotonic()
             projector_version = self._projector_version()
-        if not force and version == state.index_version and projector_version == state.projector_version:
+        if (
+            not force
+            and version == state.index_version
+            and projector_version == state.projector_version
+        ):
             return
         vault = Vault(self.home, self.profile, device=self.device)
         vault.adopt_encoders(state.vault)
@@ -142,41 +164,59 @@ class LunaService:
                 vault.index  # noqa: B018 - loaded now, so a request never meets a half-loaded index
                 vault.text_store  # noqa: B018 - opened now, not by two requests at once
             except LunaError as exc:
-                log.warning("index v%s could not be loaded (%s); still answering from v%s", version, exc,
-                            state.index_version)
+                log.warning(
+                    "index v%s could not be loaded (%s); still answering from v%s",
+                    version,
+                    exc,
+                    state.index_version,
+                )
                 return
         projector = state.projector
-        if projector_version is not None and (force or projector_version != state.projector_version):
+        if projector_version is not None and (
+            force or projector_version != state.projector_version
+        ):
             try:
                 projector = vault.load_projector(self.projector_uri, self.tracking_uri)
             except LunaError as exc:
                 log.warning("projector %s could not be loaded: %s", self.projector_uri, exc)
                 projector, projector_version = None, None
         self.state = ServiceState(vault, version, projector, projector_version)
-        log.info("serving index v%s, projector %s v%s", version, self.projector_uri, projector_version)
+        log.info(
+            "serving index v%s, projector %s v%s", version, self.projector_uri, projector_version
+        )
 
     # ------------------------------------------------------------ requests
 
     def health(self) -> dict:
         state = self.state
-        return {"status": "ok", "home": str(self.home.root), "profile": self.profile.name,
-                "vision_key": self.profile.vision_key, "text_key": self.profile.text_key,
-                "index_version": state.index_version,
-                "projector": {"uri": self.projector_uri, "version": state.projector_version}
-                if state.projector_version else None}
+        return {
+            "status": "ok",
+            "home": str(self.home.root),
+            "profile": self.profile.name,
+            "vision_key": self.profile.vision_key,
+            "text_key": self.profile.text_key,
+            "index_version": state.index_version,
+            "projector": {"uri": self.projector_uri, "version": state.projector_version}
+            if state.projector_version
+            else None,
+        }
 
     def picture(self, body: bytes, path: str | None, content_hash: str | None):
-        """The query picture: the uploaded bytes, or a library file named by path or content hash (only
-        under a library root; read with ingest's bounds)."""
+        """The query picture: the uploaded bytes, or a library file named by path or content hash
+        (only under a library root; read with ingest's bounds)."""
         if content_hash:
             path = browse.path_of(self.home.catalog_path, content_hash)
         if path:
             if body:
                 raise QueryError("send either an image or a library path, not both")
-            return read_picture(browse.library_file(path, self.home.roots()), self.limits).convert("RGB")
+            return read_picture(browse.library_file(path, self.home.roots()), self.limits).convert(
+                "RGB"
+            )
         if not body:
-            raise QueryError("the request has no image: send the image file's bytes as the request body, "
-                             "or name a library file with ?path=")
+            raise QueryError(
+                "the request has no image: send the image file's bytes as the request body, "
+                "or name a library file with ?path="
+            )
         return decode_picture(body, "the uploaded file", self.limits).convert("RGB")
 
     def _crops(self, picture, ask: Query) -> tuple[list, list]:
@@ -184,8 +224,8 @@ class LunaService:
         return [crop(picture, box, "") for box in boxes] or [picture], boxes or [None]
 
     def _allow(self, vault: Vault, where: browse.CatalogFilter):
-        """The filter as a mask over the index's lookup rows (an index published before the lookup carried
-        the details: asked of the catalog, candidate by candidate)."""
+        """The filter as a mask over the index's lookup rows (an index published before the lookup
+        carried the details: asked of the catalog, candidate by candidate)."""
         if where.empty:
             return None
         lookup = vault.index.lookup
@@ -198,6 +238,7 @@ class LunaService:
             wanted = [hashes[int(r)].as_py() for r in rows]
             allowed = browse.details(self.home.catalog_path, wanted, where)
             return [h in allowed for h in wanted]
+
         return ask_catalog
 
     def _details(self, vault: Vault, neighbors: list) -> list[dict]:
@@ -222,8 +263,13 @@ class LunaService:
         for box, embedding in zip(boxes, state.vault.embed_pictures(crops)):
             neighbors = state.vault.nearest(embedding, ask.k, ask.temperature, allow=allow)
             rows = self._details(state.vault, neighbors)
-            results.append({"box": None if box is None else [box.x, box.y, box.width, box.height], "neighbors": rows,
-                            "mixed_prompt": browse.mixed_prompt([(n.prompt, n.weight) for n in neighbors])})
+            results.append(
+                {
+                    "box": None if box is None else [box.x, box.y, box.width, box.height],
+                    "neighbors": rows,
+                    "mixed_prompt": browse.mixed_prompt([(n.prompt, n.weight) for n in neighbors]),
+                }
+            )
         return {"index_version": state.index_version, "k": ask.k, "results": results}
 
     def condition(self, picture, ask: Query):
@@ -232,19 +278,33 @@ class LunaService:
         state = self.state
         crops, _ = self._crops(picture, ask)
         if ask.source == "projector" and state.projector is None:
-            raise NotBuiltError(f"no projector at {self.projector_uri}: register one (luna build) or start the "
-                                "service with another --projector")
-        conditioning = state.vault.condition_crops(crops, ask.source, ask.k, ask.temperature, ask.with_prompt,
-                                                   projector=state.projector, allow=self._allow(state.vault, ask.where))
-        conditioning.info["projector_version"] = state.projector_version if ask.source == "projector" else None
+            raise NotBuiltError(
+                f"no projector at {self.projector_uri}: register one (luna build) or start the "
+                "service with another --projector"
+            )
+        conditioning = state.vault.condition_crops(
+            crops,
+            ask.source,
+            ask.k,
+            ask.temperature,
+            ask.with_prompt,
+            projector=state.projector,
+            allow=self._allow(state.vault, ask.where),
+        )
+        conditioning.info["projector_version"] = (
+            state.projector_version if ask.source == "projector" else None
+        )
         return conditioning
 
-    def library_search(self, text: str, where: browse.CatalogFilter, page: int, per_page: int) -> dict:
+    def library_search(
+        self, text: str, where: browse.CatalogFilter, page: int, per_page: int
+    ) -> dict:
         total, items = browse.search_prompts(self.home.catalog_path, text, where, page, per_page)
         return {"total": total, "page": page, "per_page": per_page, "items": items}
 
     def library_path(self, path: str | None, content_hash: str | None):
-        """The real file of a library image named by path or content hash, checked under the roots."""
+        """The real file of a library image named by path or content hash, checked under the
+        roots."""
         if content_hash:
             path = browse.path_of(self.home.catalog_path, content_hash)
         return browse.library_file(path or "", self.home.roots())

@@ -1,6 +1,6 @@
-"""`luna worker` for the Celery test, optionally made to hang in its first step after the step's first
-manifest is written (as a machine does when it dies mid-shard): it says so on a FIFO the test reads,
-then waits to be killed."""
+"""`luna worker` for the Celery test, optionally made to hang in its first step after the step's
+first manifest is written (as a machine does when it dies mid-shard): it says so on a FIFO the
+test reads, then waits to be killed."""
 
 from __future__ import annotations
 

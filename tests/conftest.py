@@ -24,7 +24,9 @@ SAMPLE_IMAGES = 48
 
 @pytest.fixture(scope="session")
 def sample_library_master(tmp_path_factory) -> SampleLibrary:
-    return make_sample_library(tmp_path_factory.mktemp("master") / "library", SAMPLE_IMAGES, seed=7, size=(96, 96))
+    return make_sample_library(
+        tmp_path_factory.mktemp("master") / "library", SAMPLE_IMAGES, seed=7, size=(96, 96)
+    )
 
 
 @pytest.fixture
@@ -41,8 +43,8 @@ def sample_library(sample_library_master: SampleLibrary, tmp_path: Path) -> Samp
 
 @pytest.fixture(scope="session")
 def tiny_models() -> Path:
-    """The trained tiny world from this machine's cache (scripts/bootstrap trains it once per machine;
-    every home and test shares it)."""
+    """The trained tiny world from this machine's cache (scripts/bootstrap trains it once per
+    machine; every home and test shares it)."""
     from luna_core.models.tiny import ensure_tiny_models
 
     return ensure_tiny_models(progress=False)
@@ -96,7 +98,11 @@ def projector_home(indexed_home):
     from luna_core.projector.train import TrainSettings, train_projector, validation_scorer
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    settings = TrainSettings(epochs=1, min_train_pairs=8, min_val_pairs=2, batch_size=8, progress=False)
-    result = train_projector(indexed_home, profile, ProjectorConfig(arch="linear", rank=8), settings)
+    settings = TrainSettings(
+        epochs=1, min_train_pairs=8, min_val_pairs=2, batch_size=8, progress=False
+    )
+    result = train_projector(
+        indexed_home, profile, ProjectorConfig(arch="linear", rank=8), settings
+    )
     register(Registry(indexed_home), result, profile, validation_scorer(indexed_home, profile))
     return indexed_home

@@ -17,7 +17,9 @@ import pytest
 
 from devtools.processes import Service, free_port  # noqa: F401 (the tests import them from here too)
 
-REQUIRE_ENV = "LUNA_REQUIRE_SERVICES"  # set by .ci/run: a missing PostgreSQL or Chromium fails, not skips
+REQUIRE_ENV = (
+    "LUNA_REQUIRE_SERVICES"  # set by .ci/run: a missing PostgreSQL or Chromium fails, not skips
+)
 
 
 def unavailable(what: str) -> None:
@@ -28,7 +30,9 @@ def unavailable(what: str) -> None:
 
 
 def postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
     return Path(found[-1]).parent if found else None
 
 
@@ -47,11 +51,27 @@ class PostgresServer:
         self.user = (65534, 65534) if os.geteuid() == 0 else None
         if self.user:
             os.chown(self.dir, *self.user)
-        self._run("initdb", "-D", str(self.data), "-U", "luna", "-A", "trust", "-E", "UTF8", "--no-sync")
-        self.server = Service("postgres", [str(bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                                           "-c", "listen_addresses=127.0.0.1",
-                                           "-c", f"unix_socket_directories={self.dir}", "-c", "fsync=off"],
-                              ready="ready to accept connections", user=self.user)
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "luna", "-A", "trust", "-E", "UTF8", "--no-sync"
+        )
+        self.server = Service(
+            "postgres",
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.dir}",
+                "-c",
+                "fsync=off",
+            ],
+            ready="ready to accept connections",
+            user=self.user,
+        )
         self.server.wait_ready(120)
 
     def _run(self, program: str, *args: str) -> None:
@@ -64,8 +84,13 @@ class PostgresServer:
                 os.setgid(gid)
                 os.setuid(uid)
 
-        done = subprocess.run([str(self.bindir / program), *args], capture_output=True, text=True, preexec_fn=preexec,
-                              cwd=self.dir)
+        done = subprocess.run(
+            [str(self.bindir / program), *args],
+            capture_output=True,
+            text=True,
+            preexec_fn=preexec,
+            cwd=self.dir,
+        )
         assert done.returncode == 0, f"{program} failed: {done.stdout}\n{done.stderr}"
 
     def url(self, database: str) -> str:
@@ -94,20 +119,37 @@ class PostgresServer:
 
 
 class Chromium:
-    """Headless Chromium over the DevTools protocol: open a page, read its rendered text, screenshot it."""
+    """Headless Chromium over the DevTools protocol: open a page, read its rendered text,
+    screenshot it."""
 
     def __init__(self):
         executable = shutil.which("chromium") or shutil.which("chromium-browser")
         if executable is None:
             unavailable("Chromium is not installed (Debian package chromium)")
         self.profile = tempfile.mkdtemp(prefix="luna-chromium-")
-        self.service = Service("chromium", [
-            executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--window-size=1600,1000", f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
-            "about:blank"], ready=r"DevTools listening on ws://")
+        self.service = Service(
+            "chromium",
+            [
+                executable,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1600,1000",
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            ready=r"DevTools listening on ws://",
+        )
         self.service.wait_ready(60)
-        endpoint = next(line for line in self.service.lines if "DevTools listening on" in line).split()[-1]
+        endpoint = next(
+            line for line in self.service.lines if "DevTools listening on" in line
+        ).split()[-1]
         from websockets.sync.client import connect
 
         self.socket = connect(endpoint, max_size=None, open_timeout=30)
@@ -131,31 +173,48 @@ class Chromium:
         return self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
 
     def text(self, session: str) -> str:
-        result = self.call("Runtime.evaluate", session, expression="document.body ? document.body.innerText : ''",
-                           returnByValue=True)
+        result = self.call(
+            "Runtime.evaluate",
+            session,
+            expression="document.body ? document.body.innerText : ''",
+            returnByValue=True,
+        )
         return result["result"].get("value", "")
 
     def wait_for_text(self, session: str, needles: list[str], timeout: float = 90) -> str:
-        """The page's text once every needle shows (a script in the page resolves the wait: no sleep)."""
+        """The page's text once every needle shows (a script in the page resolves the wait: no
+        sleep)."""
         script = """new Promise((resolve) => {
             const needles = %s;
-            const seen = () => needles.every((n) => document.body && document.body.innerText.includes(n));
+            const seen = () => needles.every(
+                (n) => document.body && document.body.innerText.includes(n));
             if (seen()) { resolve(true); return; }
-            const observer = new MutationObserver(() => { if (seen()) { observer.disconnect(); resolve(true); } });
+            const observer = new MutationObserver(() => {
+                if (seen()) { observer.disconnect(); resolve(true); }
+            });
             observer.observe(document, {subtree: true, childList: true, characterData: true});
             setTimeout(() => { observer.disconnect(); resolve(seen()); }, %d);
         })""" % (json.dumps(needles), int(timeout * 1000))
-        for _ in range(5):  # a navigation (a redirect) destroys the page's context: ask the new page
+        for _ in range(
+            5
+        ):  # a navigation (a redirect) destroys the page's context: ask the new page
             try:
-                found = self.call("Runtime.evaluate", session, expression=script, awaitPromise=True,
-                                  returnByValue=True)
+                found = self.call(
+                    "Runtime.evaluate",
+                    session,
+                    expression=script,
+                    awaitPromise=True,
+                    returnByValue=True,
+                )
                 break
             except AssertionError as exc:
                 if "context" not in str(exc):
                     raise
         text = self.text(session)
         missing = [n for n in needles if n not in text]
-        assert found["result"].get("value") and not missing, f"never shown: {missing}; the page said:\n{text[:3000]}"
+        assert found["result"].get("value") and not missing, (
+            f"never shown: {missing}; the page said:\n{text[:3000]}"
+        )
         return text
 
     def screenshot(self, session: str, path: Path) -> Path:

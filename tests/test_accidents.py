@@ -1,4 +1,5 @@
-"""Accidents a person meets: a full disk, a killed ingest, a cleanup whose own error would hide the cause."""
+"""Accidents a person meets: a full disk, a killed ingest, a cleanup whose own error would hide
+the cause."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def test_a_failed_commit_is_reported_not_hidden_by_the_rollback():
     class FullDisk:
         def execute(self, sql):
             if sql == "COMMIT":
-                raise duckdb.IOException('Could not write file "catalog.duckdb.wal": No space left on device')
+                raise duckdb.IOException(
+                    'Could not write file "catalog.duckdb.wal": No space left on device'
+                )
             if sql == "ROLLBACK":
                 raise duckdb.TransactionException("cannot rollback - no transaction is active")
 
@@ -44,7 +47,11 @@ def small_disk(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a 1 MB tmpfs needs root and mount(8)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -54,10 +61,17 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_a_nonzero_exit(small_disk, sample_library, capsys):
-    code = main(["ingest", str(sample_library.root), "--home", str(small_disk / "home"), "--workers", "1"])
+    code = main(
+        ["ingest", str(sample_library.root), "--home", str(small_disk / "home"), "--workers", "1"]
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
-    assert code == 6 and len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in err
+    assert (
+        code == 6
+        and len(lines) == 1
+        and "No space left on device" in lines[0]
+        and "Traceback" not in err
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -81,11 +95,12 @@ def _running(pid: int) -> bool:
 
 
 def test_a_killed_ingest_leaves_no_reader_process(sample_library, tmp_path):
-    """SIGKILL an ingest while its reader processes work: they end with it (no orphan keeps reading)."""
+    """SIGKILL an ingest while its reader processes work: they end with it (no orphan keeps
+    reading)."""
     script = textwrap.dedent(f"""
         from luna_core.ingest import IngestOptions, ingest
         print("start", flush=True)
-        ingest({str(tmp_path / 'c.duckdb')!r}, [{str(sample_library.root)!r}],
+        ingest({str(tmp_path / "c.duckdb")!r}, [{str(sample_library.root)!r}],
                IngestOptions(workers=2, progress=False, batch_size=4, min_files_for_pool=0))
         print("finished", flush=True)
     """)
@@ -95,14 +110,25 @@ def test_a_killed_ingest_leaves_no_reader_process(sample_library, tmp_path):
         deadline, pause = time.monotonic() + 120, threading.Event()
         workers: list[int] = []
         while time.monotonic() < deadline and child.poll() is None and len(workers) < 2:
-            workers = [p for p in _children(child.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()
-                       .replace("\\0", " ")] if child.poll() is None else []
+            workers = (
+                [
+                    p
+                    for p in _children(child.pid)
+                    if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text().replace("\\0", " ")
+                ]
+                if child.poll() is None
+                else []
+            )
             pause.wait(0.01)  # a bounded poll of /proc, not a spin
         # An ingest that ends before its readers are seen proves nothing: a failure, never a skip.
-        assert child.poll() is None, "the ingest finished before its reader processes could be observed"
+        assert child.poll() is None, (
+            "the ingest finished before its reader processes could be observed"
+        )
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
-        deadline = time.monotonic() + 60  # the parent-death signal is delivered by the kernel, at once
+        deadline = (
+            time.monotonic() + 60
+        )  # the parent-death signal is delivered by the kernel, at once
         alive = workers
         while alive and time.monotonic() < deadline:
             alive = [p for p in workers if _running(p)]
@@ -120,10 +146,13 @@ def test_a_second_build_of_a_home_waits_for_the_first(tmp_path):
     from luna_core.catalog import held_lock
 
     lock = tmp_path / "home" / "build"
-    holder = hold_in_child("from luna_core.catalog import held_lock\n", f"held_lock({str(lock)!r}, 'build')")
+    holder = hold_in_child(
+        "from luna_core.catalog import held_lock\n", f"held_lock({str(lock)!r}, 'build')"
+    )
     try:
-        logged, blocked, got_it = waits_then_gets(holder, lambda: held_lock(lock, "build"),
-                                                  "waiting for the build lock held by pid")
+        logged, blocked, got_it = waits_then_gets(
+            holder, lambda: held_lock(lock, "build"), "waiting for the build lock held by pid"
+        )
         assert logged and blocked, (logged, blocked)
         assert got_it
     finally:
@@ -131,8 +160,9 @@ def test_a_second_build_of_a_home_waits_for_the_first(tmp_path):
 
 
 def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
-    """SIGKILL a materialization on the home's own Dagster instance: the run stays STARTED until Luna
-    notices its process is gone and marks it failed (what `luna build` and `luna ui` do first)."""
+    """SIGKILL a materialization on the home's own Dagster instance: the run stays STARTED until
+    Luna notices its process is gone and marks it failed (what `luna build` and `luna ui` do
+    first)."""
     import signal as signals
 
     import dagster as dg
@@ -154,28 +184,43 @@ def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
         job.execute_in_process(asset_selection=[dg.AssetKey("vision_embeddings")],
                                instance=dg.DagsterInstance.from_config({str(tiny_home.dagster_home)!r}))
     """)
-    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
-        assert next((line.strip() for line in iter(child.stdout.readline, "") if line.strip() == "stuck"), None)
+        assert next(
+            (line.strip() for line in iter(child.stdout.readline, "") if line.strip() == "stuck"),
+            None,
+        )
         child.send_signal(signals.SIGKILL)
         child.wait()
     finally:
         if child.poll() is None:
             child.kill()
     instance = dg.DagsterInstance.from_config(str(tiny_home.dagster_home))
-    started = instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    started = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    )
     assert len(started) == 1, "the killed run is left STARTED"
     run_id = started[0].dagster_run.run_id
-    assert [s.run_id for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots] == [run_id], \
-        "the dead run still holds the gpu pool's one slot"
+    assert [
+        s.run_id for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+    ] == [run_id], "the dead run still holds the gpu pool's one slot"
     assert len(fail_dead_runs(instance)) == 1
     failed = instance.get_run_by_id(run_id)
     assert failed.status == dg.DagsterRunStatus.FAILURE
-    assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == [], "its slot was freed"
-    assert should_retry(failed, instance), "run retries (retry_on_asset_or_op_failure: false) re-launch it"
+    assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == [], (
+        "its slot was freed"
+    )
+    assert should_retry(failed, instance), (
+        "run retries (retry_on_asset_or_op_failure: false) re-launch it"
+    )
     assert fail_dead_runs(instance) == []
     sensor = build_definitions(str(tiny_home.root)).resolve_sensor_def(DEAD_RUN_MONITOR)
-    assert "every STARTED run has a live process" in sensor(dg.build_sensor_context(instance=instance)).skip_message
+    assert (
+        "every STARTED run has a live process"
+        in sensor(dg.build_sensor_context(instance=instance)).skip_message
+    )
 
 
 def test_a_catalog_held_by_another_program_is_a_visible_wait_then_a_clear_error(tmp_path, caplog):
@@ -187,12 +232,21 @@ def test_a_catalog_held_by_another_program_is_a_visible_wait_then_a_clear_error(
     db = tmp_path / "c.duckdb"
     with open_catalog(db):
         pass
-    shell = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    shell = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, duckdb
         con = duckdb.connect({str(db)!r})  # a DuckDB shell left open: DuckDB's own lock, not Luna's
         print("open", flush=True)
         sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert shell.stdout.readline().strip() == "open"
         with caplog.at_level(logging.WARNING, logger="luna_core.catalog"):

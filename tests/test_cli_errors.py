@@ -29,9 +29,16 @@ def test_query_image_mistakes(cli_home, tmp_path, capsys):
     code, err = run(capsys, "search", str(bomb), "--home", str(home.root))
     assert code == 2 and "decompression-bomb" in err and str(bomb) in err
     huge = tmp_path / "huge.png"
-    Image.new("1", (20_000, 10_000)).save(huge)  # past twice Pillow's own limit: Pillow refuses it first
+    Image.new("1", (20_000, 10_000)).save(
+        huge
+    )  # past twice Pillow's own limit: Pillow refuses it first
     code, err = run(capsys, "search", str(huge), "--home", str(home.root))
-    assert code == 2 and "100 MP bound" in err and "Pillow" not in err and "DecompressionBomb" not in err
+    assert (
+        code == 2
+        and "100 MP bound" in err
+        and "Pillow" not in err
+        and "DecompressionBomb" not in err
+    )
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     code, err = run(capsys, "search", str(fifo), "--home", str(home.root))
@@ -48,8 +55,19 @@ def test_home_mistakes_create_nothing(cli_home, tmp_path, capsys):
         code, err = run(capsys, *command, "--home", str(a_file))
         assert code == 2 and "is a file" in err, command
     typo = tmp_path / "hoem"
-    for command in (["search", image], ["status"], ["projector", "list"],
-                    ["condition", image, "--projector", "models:/luna-projector@champion", "--out", str(tmp_path / "o")]):
+    for command in (
+        ["search", image],
+        ["status"],
+        ["projector", "list"],
+        [
+            "condition",
+            image,
+            "--projector",
+            "models:/luna-projector@champion",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    ):
         code, err = run(capsys, *command, "--home", str(typo))
         assert code == 3 and "no Luna home" in err, command
     assert not typo.exists(), "a mistyped --home creates nothing"
@@ -68,8 +86,20 @@ def test_condition_output_and_setting_mistakes(cli_home, tmp_path, capsys):
     assert code == 2 and "temperature" in err and not (tmp_path / "c.safetensors").exists()
     code, err = run(capsys, *base, "--out", str(tmp_path / "c.safetensors"), "--device", "cuda")
     assert code == 2 and "CUDA" in err
-    code, err = run(capsys, *base, "--out", str(tmp_path / "c.safetensors"), "--projector",
-                    "models:/luna-projector@champion", "--mode", "blend", "--prompt", "a cat", "--alpha", "3")
+    code, err = run(
+        capsys,
+        *base,
+        "--out",
+        str(tmp_path / "c.safetensors"),
+        "--projector",
+        "models:/luna-projector@champion",
+        "--mode",
+        "blend",
+        "--prompt",
+        "a cat",
+        "--alpha",
+        "3",
+    )
     assert code == 2 and "alpha" in err
 
 
@@ -87,23 +117,33 @@ def test_mistakes_that_ended_in_a_traceback_end_in_one_line(cli_home, tmp_path, 
     home, image = cli_home
     folder = tmp_path / "renders"
     folder.mkdir()
-    for command in (["search", str(folder)], ["condition", str(folder), "--out", str(tmp_path / "c.safetensors")]):
+    for command in (
+        ["search", str(folder)],
+        ["condition", str(folder), "--out", str(tmp_path / "c.safetensors")],
+    ):
         code, err = run(capsys, *command, "--home", str(home.root))
         assert code == 2 and "not a regular file" in err and str(folder) in err, command
-    code, err = run(capsys, "condition", image, "--home", str(home.root), "--out", "/proc/luna.safetensors")
+    code, err = run(
+        capsys, "condition", image, "--home", str(home.root), "--out", "/proc/luna.safetensors"
+    )
     assert code == 2 and "cannot write /proc/luna.safetensors" in err
-    code, err = run(capsys, "condition", image, "--server", "notaurl", "--out", str(tmp_path / "c.safetensors"))
+    code, err = run(
+        capsys, "condition", image, "--server", "notaurl", "--out", str(tmp_path / "c.safetensors")
+    )
     assert code == 2 and "is not a URL" in err
     code, err = run(capsys, "search", str(folder), "--server", "http://127.0.0.1:1")
     assert code == 2 and "is a folder" in err
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["ingest", "/tmp", "--workers", "-1"], "--workers: -1 is out of range"),
-    (["ingest", "/tmp", "--max-pixels", "0"], "--max-pixels: 0 is too small"),
-    (["serve", "--port", "70000"], "--port: 70000 is out of range"),
-    (["demo", "--images", "0"], "--images: 0 is too small"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["ingest", "/tmp", "--workers", "-1"], "--workers: -1 is out of range"),
+        (["ingest", "/tmp", "--max-pixels", "0"], "--max-pixels: 0 is too small"),
+        (["serve", "--port", "70000"], "--port: 70000 is out of range"),
+        (["demo", "--images", "0"], "--images: 0 is too small"),
+    ],
+)
 def test_counts_out_of_range_are_refused_by_the_parser(capsys, argv, needle):
     with pytest.raises(SystemExit) as exit_:
         main(argv)

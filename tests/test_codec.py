@@ -26,13 +26,18 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_each_channel_is_kept_within_half_a_step_of_its_own_scale():
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(4, 77, 64)).astype(np.float16)
-    rows[:, :, 3] *= 500  # an outlier channel, as CLIP hidden states have: it must not flatten the others
+    rows[:, :, 3] *= (
+        500  # an outlier channel, as CLIP hidden states have: it must not flatten the others
+    )
     rows[2] = 0  # an all-zero row decodes to zeros, not NaN
     quantized, scale = encode_int8(rows)
     assert quantized.dtype == np.int8 and scale.shape == (4, 64) and scale.dtype == np.float16
     decoded = decode_int8(quantized, scale)
     step = scale.astype(np.float32)[:, None, :]
-    assert np.all(np.abs(decoded.astype(np.float32) - rows.astype(np.float32)) <= step / 2 + np.abs(rows) * 1e-3)
+    assert np.all(
+        np.abs(decoded.astype(np.float32) - rows.astype(np.float32))
+        <= step / 2 + np.abs(rows) * 1e-3
+    )
     assert not decoded[2].any() and np.isfinite(decoded).all()
     # Without the outlier channel's own scale, channel 0's values would all round to zero.
     assert np.corrcoef(decoded[0, :, 0], rows[0, :, 0])[0, 1] > 0.99
@@ -45,15 +50,22 @@ def test_an_int8_store_reads_alike_on_both_paths_and_keeps_its_codec(tmp_path):
     fields = {"e": (5, 8), "p": (8,)}
     store = RowStore.open(tmp_path / "t.zarr", fields, layout, codec="int8")
     rng = np.random.default_rng(1)
-    values = {"e": rng.normal(size=(6, 5, 8)).astype(np.float16), "p": rng.normal(size=(6, 8)).astype(np.float16)}
+    values = {
+        "e": rng.normal(size=(6, 5, 8)).astype(np.float16),
+        "p": rng.normal(size=(6, 8)).astype(np.float16),
+    }
     store.write(0, values)
-    assert store.group["e"].dtype == np.int8 and store.group["p"].dtype == np.float16  # pooled rows stay float16
+    assert (
+        store.group["e"].dtype == np.int8 and store.group["p"].dtype == np.float16
+    )  # pooled rows stay float16
     rows = np.array([5, 0, 3])
     np.testing.assert_array_equal(store.read_rows("e", rows), store.read("e", rows))
     np.testing.assert_array_equal(store.read("p", rows), values["p"][rows])
     assert _cosine(store.read("e", rows), values["e"][rows]).min() > 0.999
     reopened = RowStore.open_readonly(tmp_path / "t.zarr", layout)
-    assert reopened.fields == fields and reopened.codec == "int8"  # the scales are the codec's, not a field
+    assert (
+        reopened.fields == fields and reopened.codec == "int8"
+    )  # the scales are the codec's, not a field
     assert reopened.checksummed
     # A float16 setting later does not change a store made with int8: its rows would be misread.
     assert RowStore.open(tmp_path / "t.zarr", fields, layout, codec="float16").codec == "int8"
@@ -75,7 +87,9 @@ def test_a_damaged_scale_is_an_error_never_an_answer(tmp_path):
             read("e", np.array([0]))
 
 
-def test_a_home_set_to_int8_stores_half_the_bytes_and_answers_alike(tiny_home: LunaHome, tmp_path, monkeypatch):
+def test_a_home_set_to_int8_stores_half_the_bytes_and_answers_alike(
+    tiny_home: LunaHome, tmp_path, monkeypatch
+):
     profile = resolve_profile("tiny", tiny_home.models_dir)
     compact = LunaHome.resolve(tmp_path / "compact")
     shutil.copytree(tiny_home.root, compact.root, symlinks=True)
@@ -87,14 +101,22 @@ def test_a_home_set_to_int8_stores_half_the_bytes_and_answers_alike(tiny_home: L
 
     def rows_by_key(home):
         with duckdb.connect(str(home.catalog_path), read_only=True) as con:
-            return dict(con.execute('SELECT prompt_hash, "row" FROM text_rows WHERE store_key = ?',
-                                    [profile.text_key]).fetchall())
+            return dict(
+                con.execute(
+                    'SELECT prompt_hash, "row" FROM text_rows WHERE store_key = ?',
+                    [profile.text_key],
+                ).fetchall()
+            )
 
     plain_rows, compact_rows = rows_by_key(tiny_home), rows_by_key(compact)
     assert plain_rows.keys() == compact_rows.keys()
     keys = sorted(plain_rows)
-    plain = open_text_store(tiny_home, profile).read_rows("prompt_embeds", np.array([plain_rows[k] for k in keys]))
-    coded = open_text_store(compact, profile).read_rows("prompt_embeds", np.array([compact_rows[k] for k in keys]))
+    plain = open_text_store(tiny_home, profile).read_rows(
+        "prompt_embeds", np.array([plain_rows[k] for k in keys])
+    )
+    coded = open_text_store(compact, profile).read_rows(
+        "prompt_embeds", np.array([compact_rows[k] for k in keys])
+    )
     assert open_text_store(compact, profile).codec == "int8"
     assert _cosine(coded, plain).min() > 0.999
     ratio = store_bytes(compact.text_store(profile)) / store_bytes(tiny_home.text_store(profile))

@@ -1,5 +1,5 @@
-"""Settings: one table, one precedence (argument > environment > luna.toml > default), luna.toml read
-again only when it changes, and `luna config` saying where each value came from."""
+"""Settings: one table, one precedence (argument > environment > luna.toml > default), luna.toml
+read again only when it changes, and `luna config` saying where each value came from."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def test_every_key_has_one_precedence(key):
     assert Settings({}, {}).setting(key.name).source == "default"
     if key.in_toml:
         assert Settings(toml, {}).get(key.name) == toml_value
-        assert Settings(toml, {}).setting(key.name).where() == f"luna.toml [{key.table}] {key.field}"
+        assert (
+            Settings(toml, {}).setting(key.name).where() == f"luna.toml [{key.table}] {key.field}"
+        )
     assert Settings(toml, env).get(key.name) == env_value
     assert Settings(toml, env).setting(key.name).source == f"${key.env}"
     assert Settings(toml, env, {key.name: argument}).get(key.name) == argument
@@ -83,7 +85,9 @@ def test_a_bad_value_names_where_it_came_from(tmp_path, monkeypatch):
     monkeypatch.setenv("LUNA_RETRAIN_GROWTH", "-1")
     from luna_core.projector.policy import growth_share
 
-    with pytest.raises(LunaConfigError, match=r"\$LUNA_RETRAIN_GROWTH = '-1': need a number above 0"):
+    with pytest.raises(
+        LunaConfigError, match=r"\$LUNA_RETRAIN_GROWTH = '-1': need a number above 0"
+    ):
         growth_share(home)
 
 
@@ -91,7 +95,14 @@ def test_every_luna_variable_is_named_in_the_one_table():
     """No module names a $LUNA_* variable of its own: each comes from config.KEYS."""
     names = {key.env for key in KEYS}
     found = {}
-    for package in ("luna_core", "luna_assets", "luna_cli", "luna_service", "comfyui_luna", "dagster_project"):
+    for package in (
+        "luna_core",
+        "luna_assets",
+        "luna_cli",
+        "luna_service",
+        "comfyui_luna",
+        "dagster_project",
+    ):
         for path in (ROOT / package).rglob("*.py"):
             if path == ROOT / "luna_core" / "config.py":
                 continue
@@ -115,12 +126,23 @@ def test_luna_config_says_where_each_value_came_from(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LUNA_")}
     env["LUNA_VAULT_SHARDS"] = "4"
     env["LUNA_POSTGRES_URL"] = "postgresql://luna:secret@db/luna"
-    out = subprocess.run([str(Path(sys.executable).with_name("luna")), "config", "--home", str(home.root), "--json"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("luna")), "config", "--home", str(home.root), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     rows = {row["setting"]: row for row in json.loads(out)}
     assert set(rows) == set(KEYS_BY_NAME)
-    assert (rows["vault.shards"]["value"], rows["vault.shards"]["from"]) == ("4", "$LUNA_VAULT_SHARDS")
+    assert (rows["vault.shards"]["value"], rows["vault.shards"]["from"]) == (
+        "4",
+        "$LUNA_VAULT_SHARDS",
+    )
     assert rows["schedules.reindex_cron"]["from"] == "luna.toml [schedules] reindex_cron"
     assert rows["schedules.retrain_cron"]["from"] == "default"
     assert rows["home"]["from"] == "argument"
-    assert "secret" not in out and rows["operations.postgres_url"]["value"] == "postgresql://luna:***@db/luna"
+    assert (
+        "secret" not in out
+        and rows["operations.postgres_url"]["value"] == "postgresql://luna:***@db/luna"
+    )

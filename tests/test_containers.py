@@ -7,7 +7,13 @@ import zlib
 import pytest
 from PIL import Image
 
-from luna_core.containers import ProbeLimits, decode_user_comment, parse_exif, parse_xmp, probe_image
+from luna_core.containers import (
+    ProbeLimits,
+    decode_user_comment,
+    parse_exif,
+    parse_xmp,
+    probe_image,
+)
 from luna_core.errors import BadFileError
 from luna_core.samples.writers import (
     ascii_tag,
@@ -24,7 +30,9 @@ PICTURE = Image.new("RGB", (40, 30), (10, 120, 200))
 
 
 def test_png_text_chunks_and_size():
-    data = png_bytes(PICTURE, text=[("parameters", "a cat\nSteps: 1, Sampler: Euler, Seed: 3"), ("Title", "t")])
+    data = png_bytes(
+        PICTURE, text=[("parameters", "a cat\nSteps: 1, Sampler: Euler, Seed: 3"), ("Title", "t")]
+    )
     probe = probe_image(data)
     assert (probe.format, probe.width, probe.height) == ("png", 40, 30)
     assert probe.items["parameters"].startswith("a cat")
@@ -53,7 +61,9 @@ def test_png_ztxt_bomb_is_refused_without_inflating_it_all():
 
 
 def test_gigantic_plain_text_chunk_is_refused():
-    data = insert_png_chunks(png_bytes(PICTURE), [png_chunk(b"tEXt", b"parameters\x00" + b"x" * 300_000)])
+    data = insert_png_chunks(
+        png_bytes(PICTURE), [png_chunk(b"tEXt", b"parameters\x00" + b"x" * 300_000)]
+    )
     with pytest.raises(BadFileError) as err:
         probe_image(data, ProbeLimits(max_text_bytes=100_000))
     assert err.value.reason == "metadata_too_large"
@@ -86,13 +96,16 @@ def test_decompression_bomb_is_refused_from_the_header_alone():
     assert probe_image(_png_1bit(20000, 20000), ProbeLimits(max_pixels=500_000_000)).width == 20000
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty_file"),
-    (b"hello world, not an image", "not_an_image"),
-    (b"GIF89a" + b"\x00" * 20, "not_an_image"),
-    (b"\x89PNG\r\n\x1a\n", "truncated"),
-    (b"RIFF\xff\xff\x00\x00WEBPVP8 ", "truncated"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty_file"),
+        (b"hello world, not an image", "not_an_image"),
+        (b"GIF89a" + b"\x00" * 20, "not_an_image"),
+        (b"\x89PNG\r\n\x1a\n", "truncated"),
+        (b"RIFF\xff\xff\x00\x00WEBPVP8 ", "truncated"),
+    ],
+)
 def test_bad_bytes_get_a_reason(data, reason):
     with pytest.raises(BadFileError) as err:
         probe_image(data)
@@ -137,8 +150,12 @@ def test_utf16_garbage_decodes_with_warnings_not_errors():
 
 def test_webp_exif_and_xmp_are_read():
     tiff = tiff_block({0x0110: ascii_tag("prompt:{}")}, {}, big_endian=False)
-    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-           '<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="Draw Things"/></rdf:RDF></x:xmpmeta>')
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="Draw '
+        'Things"/></rdf:RDF></x:xmpmeta>'
+    )
     probe = probe_image(webp_bytes(PICTURE, exif=b"Exif\x00\x00" + tiff, xmp=xmp))
     assert (probe.format, probe.width, probe.height) == ("webp", 40, 30)
     assert probe.items["exif:Model"] == "prompt:{}"
@@ -153,8 +170,10 @@ def test_webp_truncated_is_refused():
 
 
 def test_xmp_with_entities_is_not_parsed():
-    billion_laughs = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>'
-                      '<x:xmpmeta xmlns:x="adobe:ns:meta/">&lol;</x:xmpmeta>')
+    billion_laughs = (
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">&lol;</x:xmpmeta>'
+    )
     warnings: list[str] = []
     items = parse_xmp(billion_laughs, warnings)
     assert set(items) == {"xmp"}
@@ -168,5 +187,10 @@ def test_malformed_exif_gives_warnings_not_exceptions():
     # An Exif sub-IFD pointer that points back at IFD0: the walk must end.
     import struct
 
-    cyclic = b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + struct.pack("<HHII", 0x8769, 4, 1, 8) + b"\x00" * 4
+    cyclic = (
+        b"II*\x00\x08\x00\x00\x00"
+        + b"\x01\x00"
+        + struct.pack("<HHII", 0x8769, 4, 1, 8)
+        + b"\x00" * 4
+    )
     assert parse_exif(cyclic, warnings) == {}

@@ -1,4 +1,5 @@
-"""The Dagster layer: Definitions load, the asset materializes with its checks, the sensor reacts."""
+"""The Dagster layer: Definitions load, the asset materializes with its checks, the sensor
+reacts."""
 
 from __future__ import annotations
 
@@ -29,44 +30,89 @@ def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_assets_def(INGESTED_IMAGES).group_names_by_key[INGESTED_IMAGES] == "ingest"
     assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == {
-        "ingested_images", "vision_embeddings", "text_conditionings", "luna_catalog", "faiss_index", "projector",
-        "refinement_benchmark", "refinement_report"}
-    assert defs.resolve_schedule_def("nightly_reindex").default_status == dg.DefaultScheduleStatus.RUNNING
-    weekly = defs.resolve_schedule_def("weekly_benchmark")  # the expensive part, off the path of the data
-    assert weekly.default_status == dg.DefaultScheduleStatus.RUNNING and weekly.cron_schedule == "0 5 * * 0"
+        "ingested_images",
+        "vision_embeddings",
+        "text_conditionings",
+        "luna_catalog",
+        "faiss_index",
+        "projector",
+        "refinement_benchmark",
+        "refinement_report",
+    }
+    assert (
+        defs.resolve_schedule_def("nightly_reindex").default_status
+        == dg.DefaultScheduleStatus.RUNNING
+    )
+    weekly = defs.resolve_schedule_def(
+        "weekly_benchmark"
+    )  # the expensive part, off the path of the data
+    assert (
+        weekly.default_status == dg.DefaultScheduleStatus.RUNNING
+        and weekly.cron_schedule == "0 5 * * 0"
+    )
     assert weekly.job_name == "run_refinement_benchmark"
     benchmark = defs.resolve_assets_def("refinement_benchmark")
-    assert benchmark.automation_conditions_by_key.get(benchmark.key) is None, "never on a library change"
+    assert benchmark.automation_conditions_by_key.get(benchmark.key) is None, (
+        "never on a library change"
+    )
     assert defs.resolve_job_def("rebuild_faiss_index") and defs.resolve_job_def("refine_images")
     assert defs.resolve_job_def(BUILD_ALL_JOB)
-    for sensor in ("library_files_changed", "luna_automation"):  # both run without a click in the UI
+    for sensor in (
+        "library_files_changed",
+        "luna_automation",
+    ):  # both run without a click in the UI
         assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_workspace_yaml_loads_with_the_dagster_cli(tmp_path: Path):
-    env = {"LUNA_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = {
+        "LUNA_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "passed validation" in result.stderr + result.stdout
 
 
-def test_materialize_ingested_images_reports_counts_and_passes_checks(sample_library: SampleLibrary, tmp_path: Path):
+def test_materialize_ingested_images_reports_counts_and_passes_checks(
+    sample_library: SampleLibrary, tmp_path: Path
+):
     home = LunaHome.resolve(tmp_path / "home").ensure()
     home.add_roots([sample_library.root])
     luna = LunaHomeResource(home=str(home.root), workers=1)
-    result = dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral()
+    )
     assert result.success
     metadata = result.asset_materializations_for_node("ingested_images")[0].metadata
     assert metadata["new"].value == len(sample_library.images)
     assert metadata["quarantined (total)"].value == len(sample_library.quarantined)
-    assert "ComfyUI" in metadata["by generator"].value and "too_many_pixels" in metadata["quarantine"].value
+    assert (
+        "ComfyUI" in metadata["by generator"].value
+        and "too_many_pixels" in metadata["quarantine"].value
+    )
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {CHECK_CONTENT_HASH: True, CHECK_QUARANTINE_REASON: True}
 
-    again = dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral())
+    again = dg.materialize(
+        [ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral()
+    )
     metadata = again.asset_materializations_for_node("ingested_images")[0].metadata
     assert (metadata["new"].value, metadata["unchanged"].value) == (0, len(sample_library.images))
 
@@ -75,39 +121,64 @@ def test_check_fails_when_a_row_has_no_valid_hash(sample_library: SampleLibrary,
     home = LunaHome.resolve(tmp_path / "home").ensure()
     home.add_roots([sample_library.root])
     luna = LunaHomeResource(home=str(home.root), workers=1)
-    dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral())
+    dg.materialize(
+        [ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral()
+    )
     with duckdb.connect(str(home.catalog_path)) as con:
         # A row with no identity, written behind Luna's back: the check must catch it.
-        con.execute("INSERT INTO images SELECT 'ghost.png', '', root, 1, 1, 1, 1, 'png', 'missing', now(), now(), NULL, [] "
-                    "FROM images LIMIT 1")
-    result = dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral(),
-                            raise_on_error=False)
-    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[CHECK_CONTENT_HASH] is False
+        con.execute(
+            "INSERT INTO images SELECT 'ghost.png', '', root, 1, 1, 1, 1, 'png', 'missing', "
+            "now(), now(), NULL, [] "
+            "FROM images LIMIT 1"
+        )
+    result = dg.materialize(
+        [ingested_images],
+        resources={"luna": luna},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()}[
+        CHECK_CONTENT_HASH
+    ] is False
 
 
 def test_missing_roots_fail_with_an_actionable_message(tmp_path: Path):
     luna = LunaHomeResource(home=str(tmp_path / "empty_home"))
-    result = dg.materialize([ingested_images], resources={"luna": luna}, instance=dg.DagsterInstance.ephemeral(),
-                            raise_on_error=False)
+    result = dg.materialize(
+        [ingested_images],
+        resources={"luna": luna},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "luna ingest ROOT" in failure.step_failure_data.error.message
 
 
-def test_sensor_requests_a_run_only_when_files_change(sample_library: SampleLibrary, tmp_path: Path):
+def test_sensor_requests_a_run_only_when_files_change(
+    sample_library: SampleLibrary, tmp_path: Path
+):
     home = LunaHome.resolve(tmp_path / "home").ensure()
     home.add_roots([sample_library.root])
     luna = LunaHomeResource(home=str(home.root))
     instance = dg.DagsterInstance.ephemeral()
 
     def evaluate(cursor):
-        context = dg.build_sensor_context(cursor=cursor, instance=instance, resources={"luna": luna})
+        context = dg.build_sensor_context(
+            cursor=cursor, instance=instance, resources={"luna": luna}
+        )
         return library_files_changed.evaluate_tick(context)
 
     opened: list[str] = []
     root = str(sample_library.root)
-    sys.addaudithook(lambda event, args: event == "open" and isinstance(args[0], str)
-                     and args[0].startswith(root) and opened.append(args[0]))
+    sys.addaudithook(
+        lambda event, args: (
+            event == "open"
+            and isinstance(args[0], str)
+            and args[0].startswith(root)
+            and opened.append(args[0])
+        )
+    )
     first = evaluate(None)
     assert len(first.run_requests) == 1
     assert opened == [], "the sensor stats files, it never opens them"
@@ -118,9 +189,11 @@ def test_sensor_requests_a_run_only_when_files_change(sample_library: SampleLibr
     assert len(third.run_requests) == 1 and third.cursor != first.cursor
 
 
-def test_a_built_home_s_first_sensor_tick_requests_nothing(sample_library: SampleLibrary, tmp_path: Path):
-    """After an ingest, a fresh sensor cursor (the first `luna ui` on a demo home) requests no run: the
-    catalog already matches the files; a changed file still requests one."""
+def test_a_built_home_s_first_sensor_tick_requests_nothing(
+    sample_library: SampleLibrary, tmp_path: Path
+):
+    """After an ingest, a fresh sensor cursor (the first `luna ui` on a demo home) requests no run:
+    the catalog already matches the files; a changed file still requests one."""
     home = LunaHome.resolve(tmp_path / "home").ensure()
     home.add_roots([sample_library.root])
     luna = LunaHomeResource(home=str(home.root), workers=1)
@@ -130,16 +203,25 @@ def test_a_built_home_s_first_sensor_tick_requests_nothing(sample_library: Sampl
     first = library_files_changed.evaluate_tick(context)
     assert first.run_requests == [] and "already matches" in first.skip_message and first.cursor
     shutil.copyfile(sample_library.images[0].path, sample_library.root / "new_render.png")
-    context = dg.build_sensor_context(cursor=first.cursor, instance=instance, resources={"luna": luna})
+    context = dg.build_sensor_context(
+        cursor=first.cursor, instance=instance, resources={"luna": luna}
+    )
     assert len(library_files_changed.evaluate_tick(context).run_requests) == 1
 
 
 def test_luna_core_never_imports_dagster():
-    code = ("import sys, luna_core.ingest, luna_core.samples, luna_core.catalog, luna_core.scan, luna_core.settings;"
-            "bad = [m for m in sys.modules if m.split('.')[0] == 'dagster']; assert not bad, bad")
+    code = (
+        "import sys, luna_core.ingest, luna_core.samples, luna_core.catalog, luna_core.scan, "
+        "luna_core.settings;"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'dagster']; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     root = Path(__file__).resolve().parents[1] / "luna_core"
-    offenders = [p for p in root.rglob("*.py") if "import dagster" in p.read_text() or "from dagster" in p.read_text()]
+    offenders = [
+        p
+        for p in root.rglob("*.py")
+        if "import dagster" in p.read_text() or "from dagster" in p.read_text()
+    ]
     assert offenders == []
 
 
@@ -155,116 +237,217 @@ def _imports(package: str) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 # `from pkg import submodule` depends on the submodule, not on the package itself.
-                subs = {f"{node.module}.{alias.name}" for alias in node.names
-                        if (root / node.module.replace(".", "/") / f"{alias.name}.py").exists()
-                        or (root / node.module.replace(".", "/") / alias.name / "__init__.py").exists()}
+                subs = {
+                    f"{node.module}.{alias.name}"
+                    for alias in node.names
+                    if (root / node.module.replace(".", "/") / f"{alias.name}.py").exists()
+                    or (root / node.module.replace(".", "/") / alias.name / "__init__.py").exists()
+                }
                 found.update(subs or {node.module})
             elif isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
-        graph[module] = {m for m in found if m.split(".")[0] in ("luna_core", "luna_assets", "luna_cli", "dagster_project")}
+        graph[module] = {
+            m
+            for m in found
+            if m.split(".")[0] in ("luna_core", "luna_assets", "luna_cli", "dagster_project")
+        }
     return graph
 
 
 def test_layers_import_downward_only():
-    """CLI → code location (dagster_project) → Dagster package (luna_assets) → luna_core; inside luna_assets,
-    definitions.py → defs/<domain>/ → the shared pieces (resources, automation, metadata, executor, runs)."""
+    """CLI → code location (dagster_project) → Dagster package (luna_assets) → luna_core; inside
+    luna_assets, definitions.py → defs/<domain>/ → the shared pieces (resources, automation,
+    metadata, executor, runs)."""
     core = _imports("luna_core")
-    assert not {m: deps for m, deps in core.items() if any(d.split(".")[0] != "luna_core" for d in deps)}
+    assert not {
+        m: deps for m, deps in core.items() if any(d.split(".")[0] != "luna_core" for d in deps)
+    }
     assets = _imports("luna_assets")
-    upward = {m: deps for m, deps in assets.items() if any(d.split(".")[0] in ("luna_cli", "dagster_project")
-                                                            for d in deps)}
+    upward = {
+        m: deps
+        for m, deps in assets.items()
+        if any(d.split(".")[0] in ("luna_cli", "dagster_project") for d in deps)
+    }
     assert not upward, "luna_assets imports neither the code location nor the CLI"
-    shared = {m: deps for m, deps in assets.items() if not m.startswith(("luna_assets.defs", "luna_assets.definitions"))
-              and any(d.startswith(("luna_assets.defs", "luna_assets.definitions")) for d in deps)}
+    shared = {
+        m: deps
+        for m, deps in assets.items()
+        if not m.startswith(("luna_assets.defs", "luna_assets.definitions"))
+        and any(d.startswith(("luna_assets.defs", "luna_assets.definitions")) for d in deps)
+    }
     assert not shared, f"shared pieces reach up into the domains: {shared}"
-    domains = {m: deps for m, deps in assets.items() if m.startswith("luna_assets.defs.")
-               and any(d == "luna_assets.definitions" or d == "luna_assets.defs" for d in deps)}
+    domains = {
+        m: deps
+        for m, deps in assets.items()
+        if m.startswith("luna_assets.defs.")
+        and any(d == "luna_assets.definitions" or d == "luna_assets.defs" for d in deps)
+    }
     assert not domains, f"a domain reaches up to the assembly: {domains}"
     project = _imports("dagster_project")
     assert {d.split(".")[0] for deps in project.values() for d in deps} <= {"luna_assets"}, project
     # The query service and the ComfyUI nodes stand on the core alone (no Dagster, no CLI).
     for package in ("luna_service", "comfyui_luna"):
-        outside = {d for deps in _imports(package).values() for d in deps
-                   if d.split(".")[0] in ("luna_cli", "luna_assets", "dagster_project", "dagster")}
+        outside = {
+            d
+            for deps in _imports(package).values()
+            for d in deps
+            if d.split(".")[0] in ("luna_cli", "luna_assets", "dagster_project", "dagster")
+        }
         assert not outside, f"{package} imports {outside}"
 
 
 def test_no_module_is_over_400_lines():
-    """A module a person can read in one sitting: past 400 lines, a module gets split along its seams."""
+    """A module a person can read in one sitting: past 400 lines, a module gets split along its
+    seams."""
     root = Path(__file__).resolve().parents[1]
-    long = {str(p.relative_to(root)): n for package in ("luna_core", "luna_assets", "luna_cli", "dagster_project",
-                                                         "luna_service", "comfyui_luna")
-            for p in (root / package).rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    long = {
+        str(p.relative_to(root)): n
+        for package in (
+            "luna_core",
+            "luna_assets",
+            "luna_cli",
+            "dagster_project",
+            "luna_service",
+            "comfyui_luna",
+        )
+        for p in (root / package).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
     assert long == {}
 
 
-# Imports inside functions are for these alone: each takes from a third of a second to seconds to import,
-# and most commands never need them (`luna --help`, `luna config`, a served request, a code-location load).
-HEAVY = ("torch", "transformers", "diffusers", "safetensors.torch", "compel", "mlflow", "dagster", "dagster_celery", "celery",
-         "billiard", "matplotlib", "psycopg2", "upath", "uvicorn")
+# Imports inside functions are for these alone: each takes from a third of a second to seconds to
+# import, and most commands never need them (`luna --help`, `luna config`, a served request, a
+# code-location load).
+HEAVY = (
+    "torch",
+    "transformers",
+    "diffusers",
+    "safetensors.torch",
+    "compel",
+    "mlflow",
+    "dagster",
+    "dagster_celery",
+    "celery",
+    "billiard",
+    "matplotlib",
+    "psycopg2",
+    "upath",
+    "uvicorn",
+)
 ENTRY_POINTS = ("luna_cli", "comfyui_luna")  # may defer a project module that pulls one of HEAVY in
 
 
 def test_imports_inside_functions_are_heavy_and_say_why():
-    """No lazy-import tricks: a function-level import is of a heavy dependency (or, in an entry point, of a
-    project module that pulls one in), with a comment on it or just above its block saying why."""
+    """No lazy-import tricks: a function-level import is of a heavy dependency (or, in an entry
+    point, of a project module that pulls one in), with a comment on it or just above its block
+    saying why."""
     import ast
 
     root = Path(__file__).resolve().parents[1]
     offenders = []
-    for package in ("luna_core", "luna_assets", "luna_cli", "dagster_project", "luna_service", "comfyui_luna"):
+    for package in (
+        "luna_core",
+        "luna_assets",
+        "luna_cli",
+        "dagster_project",
+        "luna_service",
+        "comfyui_luna",
+    ):
         for path in (root / package).rglob("*.py"):
             lines = path.read_text().splitlines()
             for function in ast.walk(ast.parse("\n".join(lines))):
                 if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     continue
-                statements = [n for n in ast.walk(function) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                statements = [
+                    n for n in ast.walk(function) if isinstance(n, (ast.Import, ast.ImportFrom))
+                ]
                 for node in statements:
-                    names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                    names = (
+                        [node.module]
+                        if isinstance(node, ast.ImportFrom)
+                        else [a.name for a in node.names]
+                    )
                     heavy = all(any(n == h or n.startswith(h + ".") for h in HEAVY) for n in names)
-                    deferred = package in ENTRY_POINTS and all(n.split(".")[0].startswith("luna_") for n in names)
+                    deferred = package in ENTRY_POINTS and all(
+                        n.split(".")[0].startswith("luna_") for n in names
+                    )
                     # the block of imports this one belongs to, and the line above it
                     first = node.lineno
-                    while first > 1 and lines[first - 2].strip().startswith(("from ", "import ", "#", ")")) \
-                            or (first > 1 and lines[first - 2].startswith(" ") and lines[first - 2].strip().endswith(",")):
+                    while (
+                        first > 1
+                        and lines[first - 2].strip().startswith(("from ", "import ", "#", ")"))
+                        or (
+                            first > 1
+                            and lines[first - 2].startswith(" ")
+                            and lines[first - 2].strip().endswith(",")
+                        )
+                    ):
                         first -= 1
                     said = any("#" in line for line in lines[first - 1 : node.end_lineno])
                     if not (heavy or deferred) or not said:
-                        offenders.append(f"{path.relative_to(root)}:{node.lineno} {', '.join(names)}"
-                                         + ("" if heavy or deferred else " (not heavy)") + ("" if said else " (no why)"))
+                        offenders.append(
+                            f"{path.relative_to(root)}:{node.lineno} {', '.join(names)}"
+                            + ("" if heavy or deferred else " (not heavy)")
+                            + ("" if said else " (no why)")
+                        )
     assert offenders == [], "\n".join(offenders)
 
 
 def test_no_function_takes_ten_parameters_or_more():
-    """Past nine parameters a call cannot be read: related ones travel together as a settings object."""
+    """Past nine parameters a call cannot be read: related ones travel together as a settings
+    object."""
     import ast
 
     root = Path(__file__).resolve().parents[1]
     long = []
-    for package in ("luna_core", "luna_assets", "luna_cli", "dagster_project", "luna_service", "comfyui_luna"):
+    for package in (
+        "luna_core",
+        "luna_assets",
+        "luna_cli",
+        "dagster_project",
+        "luna_service",
+        "comfyui_luna",
+    ):
         for path in (root / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     a = node.args
-                    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                    names = [
+                        x.arg
+                        for x in a.posonlyargs + a.args + a.kwonlyargs
+                        if x.arg not in ("self", "cls")
+                    ]
                     if len(names) >= 10:
-                        long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({len(names)})")
+                        long.append(
+                            f"{path.relative_to(root)}:{node.lineno} {node.name} ({len(names)})"
+                        )
     assert long == []
 
 
 def test_no_private_dagster_module_is_imported():
-    """Dagster's `_`-modules change without notice between releases: Luna uses the public API only."""
+    """Dagster's `_`-modules change without notice between releases: Luna uses the public API
+    only."""
     import re
 
     root = Path(__file__).resolve().parents[1]
     private = re.compile(r"^\s*(from|import)\s+dagster\._", re.MULTILINE)
-    offenders = [str(p.relative_to(root)) for package in ("luna_assets", "dagster_project", "luna_cli", "luna_core")
-                 for p in (root / package).rglob("*.py") if private.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(root))
+        for package in ("luna_assets", "dagster_project", "luna_cli", "luna_core")
+        for p in (root / package).rglob("*.py")
+        if private.search(p.read_text())
+    ]
     assert offenders == []
 
 
 def test_the_import_graph_has_no_cycle():
-    graph = {**_imports("luna_core"), **_imports("luna_assets"), **_imports("dagster_project"), **_imports("luna_cli")}
+    graph = {
+        **_imports("luna_core"),
+        **_imports("luna_assets"),
+        **_imports("dagster_project"),
+        **_imports("luna_cli"),
+    }
     state: dict[str, int] = {}
 
     def visit(module: str, trail: list[str]) -> None:
@@ -281,7 +464,9 @@ def test_the_import_graph_has_no_cycle():
             visit(module, [])
 
 
-def test_embedding_assets_run_side_by_side_with_the_multiprocess_executor(tiny_home: LunaHome, tmp_path, monkeypatch):
+def test_embedding_assets_run_side_by_side_with_the_multiprocess_executor(
+    tiny_home: LunaHome, tmp_path, monkeypatch
+):
     """Both embedding assets in one run, each in its own process, sharing the one DuckDB catalog."""
     from dagster_project import definitions
 
@@ -290,15 +475,26 @@ def test_embedding_assets_run_side_by_side_with_the_multiprocess_executor(tiny_h
     instance_dir.mkdir()
     (instance_dir / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with dg.DagsterInstance.from_config(str(instance_dir)) as instance:
-        result = dg.execute_job(dg.reconstructable(definitions.luna_build_all_job), instance=instance)
+        result = dg.execute_job(
+            dg.reconstructable(definitions.luna_build_all_job), instance=instance
+        )
         assert result.success
         events = instance.all_logs(result.run_id)
     steps = [e for e in events if e.dagster_event]
-    starts = {e.step_key: e.timestamp for e in steps if e.dagster_event.event_type_value == "STEP_START"}
-    ends = {e.step_key: e.timestamp for e in steps if e.dagster_event.event_type_value == "STEP_SUCCESS"}
-    pids = {e.step_key: e.dagster_event.pid for e in steps if e.dagster_event.event_type_value == "STEP_START"}
-    assert max(starts["vision_embeddings"], starts["text_conditionings"]) < min(ends["vision_embeddings"],
-                                                                               ends["text_conditionings"]), "they overlapped"
+    starts = {
+        e.step_key: e.timestamp for e in steps if e.dagster_event.event_type_value == "STEP_START"
+    }
+    ends = {
+        e.step_key: e.timestamp for e in steps if e.dagster_event.event_type_value == "STEP_SUCCESS"
+    }
+    pids = {
+        e.step_key: e.dagster_event.pid
+        for e in steps
+        if e.dagster_event.event_type_value == "STEP_START"
+    }
+    assert max(starts["vision_embeddings"], starts["text_conditionings"]) < min(
+        ends["vision_embeddings"], ends["text_conditionings"]
+    ), "they overlapped"
     assert pids["vision_embeddings"] != pids["text_conditionings"]
     with duckdb.connect(str(tiny_home.catalog_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM vision_rows").fetchone()[0] > 0
@@ -308,11 +504,16 @@ def test_embedding_assets_run_side_by_side_with_the_multiprocess_executor(tiny_h
 def test_embedding_assets_follow_ingest_by_themselves(tiny_home: LunaHome):
     instance = dg.DagsterInstance.ephemeral()
     luna = LunaHomeResource(home=str(tiny_home.root), workers=1)
-    first = dg.evaluate_automation_conditions(defs=build_definitions(str(tiny_home.root)), instance=instance)
-    assert not {r.key.to_user_string() for r in first.results if r.true_subset.size > 0}, "nothing before ingest"
+    first = dg.evaluate_automation_conditions(
+        defs=build_definitions(str(tiny_home.root)), instance=instance
+    )
+    assert not {r.key.to_user_string() for r in first.results if r.true_subset.size > 0}, (
+        "nothing before ingest"
+    )
     dg.materialize([ingested_images], resources={"luna": luna}, instance=instance)
-    evaluation = dg.evaluate_automation_conditions(defs=build_definitions(str(tiny_home.root)), instance=instance,
-                                                   cursor=first.cursor)
+    evaluation = dg.evaluate_automation_conditions(
+        defs=build_definitions(str(tiny_home.root)), instance=instance, cursor=first.cursor
+    )
     requested = {r.key.to_user_string() for r in evaluation.results if r.true_subset.size > 0}
     assert {"vision_embeddings", "text_conditionings"} <= requested
 
@@ -322,28 +523,49 @@ def test_embedding_assets_report_metadata_and_pass_checks(tiny_home: LunaHome):
     from luna_assets.resources import LunaModelsResource
 
     resources = {"luna": LunaHomeResource(home=str(tiny_home.root)), "models": LunaModelsResource()}
-    result = dg.materialize([vision_embeddings, text_conditionings], resources=resources,
-                            instance=dg.DagsterInstance.ephemeral())
+    result = dg.materialize(
+        [vision_embeddings, text_conditionings],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
     assert result.success
     vision = result.asset_materializations_for_node("vision_embeddings")[0].metadata
     text = result.asset_materializations_for_node("text_conditionings")[0].metadata
     assert vision["rows added"].value > 0 and vision["device"].value == "cpu"
     assert text["prompts over one chunk of 77 tokens (kept whole, one row per chunk)"].value >= 1
-    checks = [(c.asset_key.to_user_string(), c.check_name, c.passed) for c in result.get_asset_check_evaluations()]
+    checks = [
+        (c.asset_key.to_user_string(), c.check_name, c.passed)
+        for c in result.get_asset_check_evaluations()
+    ]
     assert len(checks) == 6 and all(passed for _, _, passed in checks), checks
-    again = dg.materialize([vision_embeddings, text_conditionings], resources=resources,
-                           instance=dg.DagsterInstance.ephemeral())
-    assert again.asset_materializations_for_node("vision_embeddings")[0].metadata["rows added"].value == 0
+    again = dg.materialize(
+        [vision_embeddings, text_conditionings],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert (
+        again.asset_materializations_for_node("vision_embeddings")[0].metadata["rows added"].value
+        == 0
+    )
 
 
 def test_reindex_schedule_cron_is_configurable(monkeypatch, tmp_path):
     LunaHome.resolve(tmp_path).set_setting("schedules", "reindex_cron", "15 2 * * *")
-    assert build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex").cron_schedule == "15 2 * * *"
+    assert (
+        build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex").cron_schedule
+        == "15 2 * * *"
+    )
     monkeypatch.setenv("LUNA_REINDEX_CRON", "30 1 * * 0")  # the environment beats luna.toml
-    assert build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex").cron_schedule == "30 1 * * 0"
+    assert (
+        build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex").cron_schedule
+        == "30 1 * * 0"
+    )
     monkeypatch.setenv("LUNA_REINDEX_CRON", "nightly")  # a bad setting: the location still loads
     schedule = build_definitions(str(tmp_path)).resolve_schedule_def("nightly_reindex")
-    assert schedule.cron_schedule == "0 3 * * *" and "'nightly' is not a cron expression" in schedule.description
+    assert (
+        schedule.cron_schedule == "0 3 * * *"
+        and "'nightly' is not a cron expression" in schedule.description
+    )
 
 
 def test_catalog_and_index_assets_add_then_rebuild(tiny_home: LunaHome):
@@ -352,20 +574,41 @@ def test_catalog_and_index_assets_add_then_rebuild(tiny_home: LunaHome):
     from luna_assets.defs.vault.assets import text_conditionings, vision_embeddings
     from luna_assets.resources import LunaModelsResource
 
-    resources = {"luna": LunaHomeResource(home=str(tiny_home.root), workers=1), "models": LunaModelsResource()}
+    resources = {
+        "luna": LunaHomeResource(home=str(tiny_home.root), workers=1),
+        "models": LunaModelsResource(),
+    }
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([ingested_images, vision_embeddings, text_conditionings, luna_catalog, faiss_index],
-                            resources=resources, instance=instance)
+    result = dg.materialize(
+        [ingested_images, vision_embeddings, text_conditionings, luna_catalog, faiss_index],
+        resources=resources,
+        instance=instance,
+    )
     assert result.success
     index_meta = result.asset_materializations_for_node("faiss_index")[0].metadata
-    assert index_meta["action"].value == "built" and index_meta["recall@10 (held-out, vs exact)"].value == 1.0
+    assert (
+        index_meta["action"].value == "built"
+        and index_meta["recall@10 (held-out, vs exact)"].value == 1.0
+    )
     catalog_meta = result.asset_materializations_for_node("luna_catalog")[0].metadata
     assert catalog_meta["images"].value == catalog_meta["with vision row"].value
     assert all(c.passed for c in result.get_asset_check_evaluations())
-    audit = next(c for c in result.get_asset_check_evaluations() if c.check_name == "prompts_are_encoded_text")
-    assert audit.metadata["generations checked"].value > 0, "every catalogued prompt was scanned for leaked text"
+    audit = next(
+        c
+        for c in result.get_asset_check_evaluations()
+        if c.check_name == "prompts_are_encoded_text"
+    )
+    assert audit.metadata["generations checked"].value > 0, (
+        "every catalogued prompt was scanned for leaked text"
+    )
     again = dg.materialize([luna_catalog, faiss_index], resources=resources, instance=instance)
-    assert again.asset_materializations_for_node("faiss_index")[0].metadata["action"].value == "unchanged"
+    assert (
+        again.asset_materializations_for_node("faiss_index")[0].metadata["action"].value
+        == "unchanged"
+    )
     rebuild = build_definitions(str(tiny_home.root)).resolve_job_def("rebuild_faiss_index")
     rebuilt = rebuild.execute_in_process(instance=instance)
-    assert rebuilt.asset_materializations_for_node("faiss_index")[0].metadata["action"].value == "built"
+    assert (
+        rebuilt.asset_materializations_for_node("faiss_index")[0].metadata["action"].value
+        == "built"
+    )

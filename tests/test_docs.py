@@ -1,5 +1,6 @@
-"""The README and docs/ stay true: every asset is in the README's table with a code path that exists,
-every path named in the table exists, and every `luna` command shown parses with today's CLI and runs."""
+"""The README and docs/ stay true: every asset is in the README's table with a code path that
+exists, every path named in the table exists, and every `luna` command shown parses with today's
+CLI and runs."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _commands() -> list[tuple[str, str]]:
-    """(page, command line) for each `.venv/bin/luna …` line of a code block (continuations joined)."""
+    """(page, command line) for each `.venv/bin/luna …` line of a code block (continuations
+    joined)."""
     found = []
     for page in PAGES:
         in_code, pending = False, ""
@@ -52,7 +54,9 @@ def test_every_asset_is_in_the_readme_table_with_code_that_exists(tmp_path, monk
 
     monkeypatch.setenv("LUNA_HOME", str(tmp_path / "home"))
     keys = {k.to_user_string() for k in build_definitions().resolve_all_asset_keys()}
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
+    rows = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")
+    ]
     in_table = {re.match(r"\| `([a-z_0-9]+)`", row).group(1): row for row in rows}
     assert keys <= set(in_table), keys - set(in_table)
     for key in keys:
@@ -74,12 +78,16 @@ def test_every_command_shown_parses(page, command):
 # ---------------------------------------------------------------- every command, run
 
 LUNA = str(Path(sys.executable).with_name("luna"))
-SERVERS = {"serve": "Uvicorn running on", "ui": "Serving dagster-webserver on",
-           "mlflow-server": "Application startup complete"}
+SERVERS = {
+    "serve": "Uvicorn running on",
+    "ui": "Serving dagster-webserver on",
+    "mlflow-server": "Application startup complete",
+}
 
 
 def _phase(argv: list[str]) -> int:
-    """The order a person would run them in: catalog, build, ask, then the servers and what needs them."""
+    """The order a person would run them in: catalog, build, ask, then the servers and what needs
+    them."""
     command = argv[0]
     order = {"ingest": 0, "build": 1, "status": 2, "config": 2, "scale": 9}
     if command in SERVERS:
@@ -90,8 +98,8 @@ def _phase(argv: list[str]) -> int:
 
 
 def _world(tmp_path: Path, sample_library, tiny_models) -> tuple[dict, dict]:
-    """The files and folders the pages name, made real: two library folders, a 1024² render.png from the
-    library, a boxes file; a home on the tiny profile."""
+    """The files and folders the pages name, made real: two library folders, a 1024² render.png from
+    the library, a boxes file; a home on the tiny profile."""
     import shutil
 
     from PIL import Image
@@ -103,15 +111,32 @@ def _world(tmp_path: Path, sample_library, tiny_models) -> tuple[dict, dict]:
     Image.open(first).convert("RGB").resize((1024, 1024)).save(tmp_path / "render.png")
     shutil.copy(first, old / "old.png")
     (tmp_path / "faces.json").write_text("[[410, 220, 180, 180]]")
-    (tmp_path / "detections.json").write_text(json.dumps({  # COCO, as a detector writes it
-        "images": [{"id": 1, "file_name": "render.png", "width": 1024, "height": 1024}],
-        "categories": [{"id": 1, "name": "hand"}],
-        "annotations": [{"image_id": 1, "category_id": 1, "bbox": [300, 500, 200, 160],
-                         "segmentation": [[300, 500, 500, 500, 400, 660]], "prompt": "a hand",
-                         "loras": ["film_grain_style:0.7"]}]}))
+    (tmp_path / "detections.json").write_text(
+        json.dumps(
+            {  # COCO, as a detector writes it
+                "images": [{"id": 1, "file_name": "render.png", "width": 1024, "height": 1024}],
+                "categories": [{"id": 1, "name": "hand"}],
+                "annotations": [
+                    {
+                        "image_id": 1,
+                        "category_id": 1,
+                        "bbox": [300, 500, 200, 160],
+                        "segmentation": [[300, 500, 500, 500, 400, 660]],
+                        "prompt": "a hand",
+                        "loras": ["film_grain_style:0.7"],
+                    }
+                ],
+            }
+        )
+    )
     _sample_loras(tmp_path / "loras", tiny_models)
     home = tmp_path / "home"
-    env = {**os.environ, "LUNA_HOME": str(home), "LUNA_PROFILE": "tiny", "LUNA_LORA_DIRS": str(tmp_path / "loras")}
+    env = {
+        **os.environ,
+        "LUNA_HOME": str(home),
+        "LUNA_PROFILE": "tiny",
+        "LUNA_LORA_DIRS": str(tmp_path / "loras"),
+    }
     for name in ("LUNA_MLFLOW_URI", "LUNA_STORAGE_ROOT", "LUNA_VAULT_SHARDS", "LUNA_CELERY_BROKER"):
         env.pop(name, None)
     return {"/data/renders": str(renders), "/mnt/old_renders": str(old)}, env
@@ -125,15 +150,17 @@ def _sample_loras(folder: Path, tiny_models) -> None:
     from luna_core.samples.library import LORA_NAMES
     from luna_core.samples.loras import write_sample_lora
 
-    unet = UNet2DConditionModel.from_pretrained(tiny_profile(tiny_models).sdxl_model, subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(
+        tiny_profile(tiny_models).sdxl_model, subfolder="unet"
+    )
     for seed, name in enumerate(LORA_NAMES):
         write_sample_lora(folder / f"{name}.safetensors", unet, seed)
 
 
 def test_every_command_shown_runs(tmp_path, sample_library, tiny_models):
-    """Each `luna` command of the README and docs/ runs on a tiny home and exits 0. Only what a page cannot
-    know is changed: its paths become real folders and files, servers listen on free ports (their URLs
-    replaced in the commands that use them), and refining runs 2 sampler steps."""
+    """Each `luna` command of the README and docs/ runs on a tiny home and exits 0. Only what a page
+    cannot know is changed: its paths become real folders and files, servers listen on free ports
+    (their URLs replaced in the commands that use them), and refining runs 2 sampler steps."""
     from devtools.processes import Service, free_port
 
     paths, env = _world(tmp_path, sample_library, tiny_models)
@@ -152,8 +179,13 @@ def test_every_command_shown_runs(tmp_path, sample_library, tiny_models):
             argv += ["--steps", "2"]
         if argv[0] in SERVERS:
             port = free_port()
-            service = Service(f"luna {argv[0]}", [LUNA, *argv, "--port", str(port)], SERVERS[argv[0]], env=env,
-                              cwd=str(tmp_path))
+            service = Service(
+                f"luna {argv[0]}",
+                [LUNA, *argv, "--port", str(port)],
+                SERVERS[argv[0]],
+                env=env,
+                cwd=str(tmp_path),
+            )
             running.append(service)
             try:
                 service.wait_ready(300)
@@ -165,16 +197,24 @@ def test_every_command_shown_runs(tmp_path, sample_library, tiny_models):
             if argv[0] == "mlflow-server":
                 urls["http://mlflow:5000"] = f"http://127.0.0.1:{port}"
             return
-        done = subprocess.run([LUNA, *argv], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [LUNA, *argv], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900
+        )
         if done.returncode != 0:
-            failures.append(f"{page}: `{line}` exited {done.returncode}:\n{(done.stdout + done.stderr)[-1500:]}")
+            failures.append(
+                f"{page}: `{line}` exited {done.returncode}:\n{(done.stdout + done.stderr)[-1500:]}"
+            )
 
     try:
         servers = [c for c in commands if c[2][0] in SERVERS]
         dependents = [c for c in commands if _phase(c[2]) == 8 and c[2][0] not in SERVERS]
         for page, line, argv in [c for c in commands if _phase(c[2]) < 8]:
             run(page, line, argv)
-        for page, line, argv in servers:  # one at a time: each started, its dependents run, then stopped
+        for (
+            page,
+            line,
+            argv,
+        ) in servers:  # one at a time: each started, its dependents run, then stopped
             run(page, line, argv)
             for dependent in [d for d in dependents if any(a in urls for a in d[2])]:
                 run(*dependent)

@@ -1,4 +1,5 @@
-"""`luna doctor` finds each accident on a damaged home, names its fix, and `--repair` makes the home whole."""
+"""`luna doctor` finds each accident on a damaged home, names its fix, and `--repair` makes the
+home whole."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ def test_doctor_finds_each_accident_and_repairs_the_home(projector_home, capsys)
     profile = resolve_profile("tiny", home.models_dir)
     assert all(f.severity != "error" for f in diagnose(home))
 
-    for shard in (home.text_store(profile) / "prompt_embeds" / "c").rglob("0"):  # garbage in the text store
+    for shard in (home.text_store(profile) / "prompt_embeds" / "c").rglob(
+        "0"
+    ):  # garbage in the text store
         if shard.is_file():
             data = bytearray(shard.read_bytes())
             for position in range(0, len(data) - (64 * 16 + 4), 997):
@@ -28,7 +31,10 @@ def test_doctor_finds_each_accident_and_repairs_the_home(projector_home, capsys)
     shutil.rmtree(home.vision_store(profile))  # a deleted store
 
     findings = {f.what: f for f in diagnose(home)}
-    assert findings["vision store"].severity == "error" and "missing" in findings["vision store"].detail
+    assert (
+        findings["vision store"].severity == "error"
+        and "missing" in findings["vision store"].detail
+    )
     assert findings["text store"].severity == "error" and "damaged" in findings["text store"].detail
     assert findings["index"].severity == "error" and "corrupted" in findings["index"].detail
     assert all("luna build" in findings[w].fix for w in ("vision store", "text store", "index"))

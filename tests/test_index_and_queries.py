@@ -1,4 +1,5 @@
-"""The index and the vault's answers: choice, recall, versions, queries, conditionings, bad input."""
+"""The index and the vault's answers: choice, recall, versions, queries, conditionings, bad
+input."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ import torch
 
 from luna_core.boxes import Box
 from luna_core.index.build import update_index
-from luna_core.index.faiss_index import GIB, IndexSettings, build_index, exact_neighbors, plan_index, probing_every_list
+from luna_core.index.faiss_index import (
+    GIB,
+    IndexSettings,
+    build_index,
+    exact_neighbors,
+    plan_index,
+    probing_every_list,
+)
 from luna_core.index.store import IndexStore, load_index
 from luna_core.library import build_library
 from luna_core.models.profiles import resolve_profile
@@ -34,12 +42,15 @@ def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 def test_index_choice_follows_size_and_budget():
     assert plan_index(1_000, 1024).kind == "flat"
-    # A float16 re-ranking copy small enough stays in the index; past it, re-ranking reads the vault.
+    # A float16 re-ranking copy small enough stays in the index; past it, re-ranking reads the
+    # vault.
     medium = plan_index(100_000, 512)
     assert medium.kind == "ivfsq8_refine" and medium.factory.endswith("Refine(SQfp16)")
     big = plan_index(500_000, 1024)
     assert big.kind == "ivfsq8_vault" and big.factory == "IVF2048_HNSW32,SQ8"
-    assert big.estimated_bytes / 500_000 <= 1.1 * 1024  # the 8-bit code, its ids and the lists alone
+    assert (
+        big.estimated_bytes / 500_000 <= 1.1 * 1024
+    )  # the 8-bit code, its ids and the lists alone
     everything_in_ram = plan_index(500_000, 1024, IndexSettings(rerank_in_ram_max_bytes=2 * GIB))
     assert everything_in_ram.kind == "ivfsq8_refine" and everything_in_ram.estimated_bytes < 4 * GIB
     tight = plan_index(500_000, 1024, IndexSettings(memory_budget_bytes=256 * 1024**2))
@@ -49,7 +60,9 @@ def test_index_choice_follows_size_and_budget():
 def test_approximate_build_measures_recall_and_keeps_catalog_ids():
     x = unit(4000, 32)
     ids = np.arange(4000, dtype=np.int64) * 3 + 11
-    index, stats = build_index(x, ids, IndexSettings(flat_max_vectors=0, held_out=200, target_recall=0.95))
+    index, stats = build_index(
+        x, ids, IndexSettings(flat_max_vectors=0, held_out=200, target_recall=0.95)
+    )
     assert stats.plan["kind"] == "ivfsq8_refine" and index.ntotal == 4000
     assert stats.queries == 200 and stats.recall_at_10 >= 0.95, stats
     _, found = index.search(x[:5], 1)
@@ -59,9 +72,10 @@ def test_approximate_build_measures_recall_and_keeps_catalog_ids():
 
 
 def test_each_query_probes_the_lists_its_neighbourhood_spans():
-    """Per-query probing (indexes re-ranked from the vault): a query in a small, well-separated cluster
-    probes a list or two; one in a dense cluster probes the many lists the cluster was split into, and
-    finds its neighbours there, which the small clusters' nprobe given to every query could not."""
+    """Per-query probing (indexes re-ranked from the vault): a query in a small, well-separated
+    cluster probes a list or two; one in a dense cluster probes the many lists the cluster was
+    split into, and finds its neighbours there, which the small clusters' nprobe given to every
+    query could not."""
     from luna_core.index.faiss_index import recall_at, searcher_for, set_search_params
     from luna_core.index.reranked import RerankedIndex, memory_fetch
 
@@ -69,18 +83,27 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
     d = 64
 
     def around(centers: np.ndarray, n_each: int) -> np.ndarray:
-        points = np.repeat(centers, n_each, axis=0) + 0.15 * rng.normal(size=(len(centers) * n_each, d))
+        points = np.repeat(centers, n_each, axis=0) + 0.15 * rng.normal(
+            size=(len(centers) * n_each, d)
+        )
         return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
     dense_center = rng.normal(size=(1, d))
     x = np.concatenate([around(dense_center, 3000), around(rng.normal(size=(60, d)), 40)])
     ids = np.arange(len(x), dtype=np.int64) * 5 + 1
-    settings = IndexSettings(flat_max_vectors=0, rerank_in_ram_max_bytes=0, held_out=300, target_recall=0.95)
+    settings = IndexSettings(
+        flat_max_vectors=0, rerank_in_ram_max_bytes=0, held_out=300, target_recall=0.95
+    )
     index, stats = build_index(x, ids, settings, fetch=memory_fetch(x, ids))
     params = stats.search
-    assert stats.plan["kind"] == "ivfsq8_vault" and params["probe_margin"] in settings.probe_margin_choices
+    assert (
+        stats.plan["kind"] == "ivfsq8_vault"
+        and params["probe_margin"] in settings.probe_margin_choices
+    )
     assert stats.recall_at_10 >= 0.95, stats
-    searcher = searcher_for(index, {"plan": stats.plan, "search_params": params}, memory_fetch(x, ids))
+    searcher = searcher_for(
+        index, {"plan": stats.plan, "search_params": params}, memory_fetch(x, ids)
+    )
     ivf = searcher.ivf
     sparse_lists = [len(searcher.lists_for(q)[0]) for q in x[3000::400]]
     dense_lists = [len(searcher.lists_for(q)[0]) for q in x[:3000:500]]
@@ -94,9 +117,11 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
     narrow = RerankedIndex(index, memory_fetch(x, ids), params["k_factor"])
     set_search_params(narrow, max(sparse_lists), params["k_factor"])
     assert recall_at(narrow.search(queries, 10)[1], truth) < 0.5  # measured 0.17
-    # Searching passes its lists per call: the shared index keeps its settings. Probing every list finds
-    # what the chosen lists held: what the margin left out held none of these neighbours.
-    set_search_params(searcher, None, params["k_factor"], params["probe_margin"], params["max_probes"])
+    # Searching passes its lists per call: the shared index keeps its settings. Probing every list
+    # finds what the chosen lists held: what the margin left out held none of these neighbours.
+    set_search_params(
+        searcher, None, params["k_factor"], params["probe_margin"], params["max_probes"]
+    )
     searcher.search(queries[:3], 10)
     assert ivf.nprobe == params["max_probes"] < ivf.nlist
     with probing_every_list(searcher):
@@ -105,17 +130,22 @@ def test_each_query_probes_the_lists_its_neighbourhood_spans():
 
 
 def test_a_query_on_a_centroid_still_probes_its_list():
-    """Rounding put the squared distance to the nearest centroid a hair below zero for a query sitting on it:
-    the margin kept no list and FAISS refused the search (seen on the tiny home, one image a list)."""
+    """Rounding put the squared distance to the nearest centroid a hair below zero for a query
+    sitting on it: the margin kept no list and FAISS refused the search (seen on the tiny home,
+    one image a list)."""
     from luna_core.index.faiss_index import searcher_for
     from luna_core.index.reranked import memory_fetch
 
     x = unit(4000, 32, seed=1)
     ids = np.arange(4000, dtype=np.int64)
-    settings = IndexSettings(flat_max_vectors=0, rerank_in_ram_max_bytes=0, held_out=200, target_recall=0.9)
+    settings = IndexSettings(
+        flat_max_vectors=0, rerank_in_ram_max_bytes=0, held_out=200, target_recall=0.9
+    )
     index, stats = build_index(x, ids, settings, fetch=memory_fetch(x, ids))
     params = {**stats.search, "probe_margin": 0.25, "max_probes": 8}
-    searcher = searcher_for(index, {"plan": stats.plan, "search_params": params}, memory_fetch(x, ids))
+    searcher = searcher_for(
+        index, {"plan": stats.plan, "search_params": params}, memory_fetch(x, ids)
+    )
     ivf = searcher.ivf
     centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
     assert all(len(searcher.lists_for(c)[0]) >= 1 for c in centroids)
@@ -134,7 +164,11 @@ def test_versions_swap_atomically_and_old_ones_are_collected(tmp_path: Path):
         index.add_with_ids(np.eye(4, dtype=np.float32)[:1], np.array([1]))
         version = store.publish(index, lookup, {"n": i})
     assert store.current().number == 5 and version.meta()["n"] == 4
-    assert sorted(p.name for p in (tmp_path / "idx" / "versions").iterdir()) == ["v000003", "v000004", "v000005"]
+    assert sorted(p.name for p in (tmp_path / "idx" / "versions").iterdir()) == [
+        "v000003",
+        "v000004",
+        "v000005",
+    ]
 
 
 def test_index_follows_the_library_incrementally(indexed_home, sample_library):
@@ -150,7 +184,11 @@ def test_index_follows_the_library_incrementally(indexed_home, sample_library):
     spec = PromptSpec("boat", "yellow", "desert", "new style", "")
     data, _ = write_a1111_png(draw_picture(spec, 9, (96, 96)), Generation(spec=spec, seed=9))
     (sample_library.root / "new.png").write_bytes(data)
-    ingest(indexed_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
+    ingest(
+        indexed_home.catalog_path,
+        [str(sample_library.root)],
+        IngestOptions(workers=1, progress=False),
+    )
     embed_images(indexed_home, profile, EmbedOptions(progress=False))
     embed_prompts(indexed_home, profile, EmbedOptions(progress=False))
     build_library(indexed_home, profile)
@@ -158,12 +196,19 @@ def test_index_follows_the_library_incrementally(indexed_home, sample_library):
     assert (added.action, added.added) == ("added", 1)
     assert added.vectors == again.vectors + 1
     rebuilt = update_index(indexed_home, profile, rebuild=True)
-    assert rebuilt.action == "built" and rebuilt.vectors == added.vectors and rebuilt.version == added.version + 1
+    assert (
+        rebuilt.action == "built"
+        and rebuilt.vectors == added.vectors
+        and rebuilt.version == added.version + 1
+    )
 
 
 def test_ids_and_splits_never_change(indexed_home):
-    before = dict(duckdb.connect(str(indexed_home.catalog_path), read_only=True).execute(
-        "SELECT content_hash, image_id || split FROM library").fetchall())
+    before = dict(
+        duckdb.connect(str(indexed_home.catalog_path), read_only=True)
+        .execute("SELECT content_hash, image_id || split FROM library")
+        .fetchall()
+    )
     profile = resolve_profile("tiny", indexed_home.models_dir)
     build_library(indexed_home, profile)
     with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
@@ -186,9 +231,12 @@ def test_search_finds_the_image_itself_first(indexed_home, sample_library):
     assert abs(sum(n.weight for n in neighbors) - 1) < 1e-6
 
 
-def test_text_search_finds_pictures_by_their_words_where_the_spaces_are_shared(indexed_home, capsys):
-    """On the trained tiny world the vision tower shares SDXL's pooled space: a prompt finds pictures of
-    its colour and background. Elsewhere text search is refused, not computed across unrelated spaces."""
+def test_text_search_finds_pictures_by_their_words_where_the_spaces_are_shared(
+    indexed_home, capsys
+):
+    """On the trained tiny world the vision tower shares SDXL's pooled space: a prompt finds
+    pictures of its colour and background. Elsewhere text search is refused, not computed across
+    unrelated spaces."""
     from dataclasses import replace
 
     from luna_cli.main import main
@@ -196,9 +244,15 @@ def test_text_search_finds_pictures_by_their_words_where_the_spaces_are_shared(i
     profile = resolve_profile("tiny", indexed_home.models_dir)
     vault = Vault(indexed_home, profile)
     with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
-        prompts = [p for (p,) in con.execute("SELECT prompt FROM generations WHERE prompt LIKE 'a % on a % background%'")
-                   .fetchall()]
-    described = sorted(set(prompts))  # "a red cat on a forest background, watercolor painting, soft light"
+        prompts = [
+            p
+            for (p,) in con.execute(
+                "SELECT prompt FROM generations WHERE prompt LIKE 'a % on a % background%'"
+            ).fetchall()
+        ]
+    described = sorted(
+        set(prompts)
+    )  # "a red cat on a forest background, watercolor painting, soft light"
 
     def colour_and_background(text: str | None) -> tuple[str, str]:
         words = (text or "").split(",")[0].split(" on a ")
@@ -210,10 +264,27 @@ def test_text_search_finds_pictures_by_their_words_where_the_spaces_are_shared(i
     wanted = [colour_and_background(words) for words in described]
     colours = sum(f[0] == w[0] for f, w in zip(found, wanted))
     both = sum(f == w for f, w in zip(found, wanted))
-    assert colours >= 0.8 * len(described) and both >= 0.75 * len(described), (colours, both, len(described))
+    assert colours >= 0.8 * len(described) and both >= 0.75 * len(described), (
+        colours,
+        both,
+        len(described),
+    )
 
-    assert main(["search", "--text", described[0], "--k", "2", "--json",
-                 "--home", str(indexed_home.root)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--text",
+                described[0],
+                "--k",
+                "2",
+                "--json",
+                "--home",
+                str(indexed_home.root),
+            ]
+        )
+        == 0
+    )
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert main(["search", "--home", str(indexed_home.root)]) == 2
     assert "an image or --text" in capsys.readouterr().err
@@ -225,9 +296,14 @@ def test_an_index_past_its_ram_copy_reranks_from_the_vault_rows(indexed_home, sa
     from luna_core.index.reranked import RerankedIndex
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    settings = IndexSettings(flat_max_vectors=10, rerank_in_ram_max_bytes=0, held_out=20, target_recall=0.9)
+    settings = IndexSettings(
+        flat_max_vectors=10, rerank_in_ram_max_bytes=0, held_out=20, target_recall=0.9
+    )
     report = update_index(indexed_home, profile, settings, rebuild=True)
-    assert report.meta["plan"]["kind"] == "ivfsq8_vault" and report.meta["search_params"]["rerank"] == "vault"
+    assert (
+        report.meta["plan"]["kind"] == "ivfsq8_vault"
+        and report.meta["search_params"]["rerank"] == "vault"
+    )
     assert report.meta["recall_at_10"] >= 0.9
     vault = Vault(indexed_home, profile)
     target = sample_library.images[4].path
@@ -254,43 +330,72 @@ def test_conditioning_is_the_weighted_mean_of_neighbour_rows(indexed_home, sampl
     profile = resolve_profile("tiny", indexed_home.models_dir)
     vault = Vault(indexed_home, profile)
     answer = vault.condition(sample_library.images[0].path, Box(8, 8, 64, 64), k=4)
-    assert answer.prompt_embeds.shape == (1, 77, 96) and answer.pooled_prompt_embeds.shape == (1, 48)
+    assert answer.prompt_embeds.shape == (1, 77, 96) and answer.pooled_prompt_embeds.shape == (
+        1,
+        48,
+    )
     assert answer.negative_prompt_embeds.shape == (1, 77, 96)
     with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
         rows = dict(con.execute("SELECT image_id, prompt_row FROM library").fetchall())
     store = zarr.open_group(str(indexed_home.text_store(vault.profile)), mode="r")
-    expected = sum(n.weight * store["prompt_embeds"][rows[n.image_id]].astype(np.float32) for n in answer.neighbors)
+    expected = sum(
+        n.weight * store["prompt_embeds"][rows[n.image_id]].astype(np.float32)
+        for n in answer.neighbors
+    )
     np.testing.assert_allclose(answer.prompt_embeds[0], expected, atol=1e-5)
 
     typed, typed_pooled = vault.encode_prompt("a red cat")
-    blend0 = vault.condition(sample_library.images[0].path, k=4, prompt="a red cat", mode="blend", alpha=0.0)
+    blend0 = vault.condition(
+        sample_library.images[0].path, k=4, prompt="a red cat", mode="blend", alpha=0.0
+    )
     np.testing.assert_allclose(blend0.prompt_embeds[0], typed, atol=1e-6)
     concat = vault.condition(sample_library.images[0].path, k=4, prompt="a red cat", mode="concat")
-    assert concat.prompt_embeds.shape == (1, 154, 96) and concat.negative_prompt_embeds.shape == (1, 154, 96)
+    assert concat.prompt_embeds.shape == (1, 154, 96) and concat.negative_prompt_embeds.shape == (
+        1,
+        154,
+        96,
+    )
     np.testing.assert_allclose(concat.pooled_prompt_embeds[0], typed_pooled, atol=1e-6)
 
 
-def test_conditioning_file_drives_the_sdxl_img2img_pipeline_unchanged(indexed_home, sample_library, tmp_path):
+def test_conditioning_file_drives_the_sdxl_img2img_pipeline_unchanged(
+    indexed_home, sample_library, tmp_path
+):
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from PIL import Image
     from safetensors.torch import load_file
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    out = Vault(indexed_home, profile).condition(sample_library.images[2].path, k=3).save(tmp_path / "c.safetensors")
-    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(profile.sdxl_model, text_encoder=None, text_encoder_2=None,
-                                                            tokenizer=None, tokenizer_2=None)
+    out = (
+        Vault(indexed_home, profile)
+        .condition(sample_library.images[2].path, k=3)
+        .save(tmp_path / "c.safetensors")
+    )
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        profile.sdxl_model, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None
+    )
     pipe.set_progress_bar_config(disable=True)
-    result = pipe(image=Image.open(sample_library.images[2].path).convert("RGB").resize((64, 64)),
-                  strength=0.5, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-                  **load_file(str(out)))
+    result = pipe(
+        image=Image.open(sample_library.images[2].path).convert("RGB").resize((64, 64)),
+        strength=0.5,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        **load_file(str(out)),
+    )
     image = result.images[0]
     assert image.size == (64, 64) and np.asarray(image).std() > 0
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing.png", "cannot read"),
-    (lambda p: (p / "notes.png").write_text("not an image") and p / "notes.png", "not an image"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.png", "cannot read"),
+        (
+            lambda p: (p / "notes.png").write_text("not an image") and p / "notes.png",
+            "not an image",
+        ),
+    ],
+)
 def test_bad_query_files(indexed_home, tmp_path, make, message):
     from luna_core.images import PictureError
 
@@ -299,10 +404,17 @@ def test_bad_query_files(indexed_home, tmp_path, make, message):
         vault.search(make(tmp_path))
 
 
-@pytest.mark.parametrize("box, k, message", [
-    ("0,0,0,10", 3, "empty"), ("90,90,20,20", 3, "outside"), ("-1,0,5,5", 3, "outside"), ("a,b", 3, "X,Y,W,H"),
-    (None, 0, "at least 1"), (None, 10_000, "larger than the library"),
-])
+@pytest.mark.parametrize(
+    "box, k, message",
+    [
+        ("0,0,0,10", 3, "empty"),
+        ("90,90,20,20", 3, "outside"),
+        ("-1,0,5,5", 3, "outside"),
+        ("a,b", 3, "X,Y,W,H"),
+        (None, 0, "at least 1"),
+        (None, 10_000, "larger than the library"),
+    ],
+)
 def test_bad_boxes_and_k(indexed_home, sample_library, box, k, message):
     vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
     with pytest.raises(QueryError, match=message):
@@ -330,20 +442,33 @@ def test_missing_corrupted_and_foreign_indexes_are_refused(indexed_home, sample_
 
 
 def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_home, sample_library):
-    """Another process holds the catalog (as a materialization does) and the index is rebuilt meanwhile:
-    queries from a third process never wait and never fail. The holder keeps the catalog until it is
-    told to let go, however long the queries take on a loaded machine."""
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    """Another process holds the catalog (as a materialization does) and the index is rebuilt
+    meanwhile: queries from a third process never wait and never fail. The holder keeps the
+    catalog until it is told to let go, however long the queries take on a loaded machine."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys
         from luna_core.catalog import open_catalog
         with open_catalog({str(indexed_home.catalog_path)!r}) as con:
             print("held", flush=True)
             sys.stdin.readline()  # until the test says release
         print("released", flush=True)
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        querier = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        querier = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
             from luna_core.models.profiles import resolve_profile
             from luna_core.settings import LunaHome
             from luna_core.query import Vault
@@ -353,7 +478,12 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
                 answer = Vault(home, profile).condition({str(sample_library.images[0].path)!r}, k=3)
                 assert answer.prompt_embeds.shape == (1, 77, 96)
             print("ok")
-        """)], capture_output=True, text=True, timeout=300)
+        """),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert querier.returncode == 0, querier.stderr[-2000:]
         assert holder.poll() is None, "the holder still holds the catalog while the queries ran"
     finally:
@@ -384,8 +514,11 @@ def test_an_image_that_leaves_and_returns_is_indexed_once(indexed_home):
     profile = resolve_profile("tiny", indexed_home.models_dir)
     total = load_index(IndexStore(indexed_home.index_dir(profile))).index.ntotal
     with duckdb.connect(str(indexed_home.catalog_path)) as con:
-        (path,) = con.execute("""SELECT min(path) FROM images WHERE status = 'ok' AND content_hash IN
-                                 (SELECT content_hash FROM images GROUP BY 1 HAVING count(*) = 1)""").fetchone()
+        (path,) = (
+            con.execute("""SELECT min(path) FROM images WHERE status = 'ok' AND content_hash IN
+                                 (SELECT content_hash FROM images GROUP BY 1 HAVING count(*) =
+                                     1)""").fetchone()
+        )
         con.execute("UPDATE images SET status = 'missing' WHERE path = ?", [path])
     gone = update_index(indexed_home, profile)
     loaded = load_index(IndexStore(indexed_home.index_dir(profile)))
@@ -395,7 +528,9 @@ def test_an_image_that_leaves_and_returns_is_indexed_once(indexed_home):
         con.execute("UPDATE images SET status = 'ok' WHERE path = ?", [path])
     back = update_index(indexed_home, profile)
     assert back.added == 1 and back.vectors == total
-    assert load_index(IndexStore(indexed_home.index_dir(profile))).index.ntotal == total, "indexed once"
+    assert load_index(IndexStore(indexed_home.index_dir(profile))).index.ntotal == total, (
+        "indexed once"
+    )
 
 
 def test_a_moved_file_and_prompts_encoded_later_republish_the_lookup(indexed_home, sample_library):
@@ -407,11 +542,17 @@ def test_a_moved_file_and_prompts_encoded_later_republish_the_lookup(indexed_hom
     image = sample_library.images[3].path
     moved = image.with_name("moved-" + image.name)
     image.rename(moved)
-    ingest(indexed_home.catalog_path, [str(sample_library.root)], IngestOptions(workers=1, progress=False))
+    ingest(
+        indexed_home.catalog_path,
+        [str(sample_library.root)],
+        IngestOptions(workers=1, progress=False),
+    )
     build_library(indexed_home, profile)
     report = update_index(indexed_home, profile)
     assert (report.action, report.added) == ("refreshed", 0)
-    paths = set(load_index(IndexStore(indexed_home.index_dir(profile))).lookup.column("path").to_pylist())
+    paths = set(
+        load_index(IndexStore(indexed_home.index_dir(profile))).lookup.column("path").to_pylist()
+    )
     assert str(moved) in paths and str(image) not in paths
 
     # Prompts encoded after the index was built: the published conditioning rows follow.
@@ -425,7 +566,13 @@ def test_a_moved_file_and_prompts_encoded_later_republish_the_lookup(indexed_hom
     build_library(indexed_home, profile)
     assert update_index(indexed_home, profile).action == "refreshed"
     lookup = load_index(IndexStore(indexed_home.index_dir(profile))).lookup
-    rows = [r for r, p in zip(lookup.column("prompt_row").to_pylist(), lookup.column("prompt").to_pylist()) if p]
+    rows = [
+        r
+        for r, p in zip(
+            lookup.column("prompt_row").to_pylist(), lookup.column("prompt").to_pylist()
+        )
+        if p
+    ]
     assert rows and min(rows) >= 0, "every image with a prompt has its conditioning row again"
     assert update_index(indexed_home, profile).action == "unchanged"
 
@@ -441,35 +588,49 @@ def test_the_index_is_keyed_by_both_models(indexed_home):
 
 
 def test_a_query_that_loses_many_neighbours_searches_deeper(indexed_home, sample_library):
-    """Images gone since the build stay in an IVF index (it cannot remove; here the rebuild threshold is
-    never reached); a query still gets k images of the library."""
+    """Images gone since the build stay in an IVF index (it cannot remove; here the rebuild
+    threshold is never reached); a query still gets k images of the library."""
     from luna_core.index.faiss_index import IndexSettings
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     ivf = IndexSettings(flat_max_vectors=2, held_out=8, max_retired_share=1.0)
     assert update_index(indexed_home, profile, ivf).meta["plan"]["kind"] != "flat"
     with duckdb.connect(str(indexed_home.catalog_path)) as con:
-        kept = [p for (p,) in con.execute(
-            "SELECT min(path) FROM images WHERE status = 'ok' GROUP BY content_hash ORDER BY 1 LIMIT 3").fetchall()]
-        con.execute("UPDATE images SET status = 'missing' WHERE path NOT IN (SELECT unnest(?))", [kept])
+        kept = [
+            p
+            for (p,) in con.execute(
+                "SELECT min(path) FROM images WHERE status = 'ok' GROUP BY content_hash ORDER BY "
+                "1 LIMIT 3"
+            ).fetchall()
+        ]
+        con.execute(
+            "UPDATE images SET status = 'missing' WHERE path NOT IN (SELECT unnest(?))", [kept]
+        )
     build_library(indexed_home, profile)
     report = update_index(indexed_home, profile, ivf)
-    assert report.action == "refreshed" and report.meta["retired_vectors"] > 20, "gone images are still in the index"
+    assert report.action == "refreshed" and report.meta["retired_vectors"] > 20, (
+        "gone images are still in the index"
+    )
     found = Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
     assert sorted(n.path for n in found) == sorted(kept)
     with pytest.raises(QueryError, match="larger than the library"):
         Vault(indexed_home, profile).search(sample_library.images[0].path, k=4)
 
 
-def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(indexed_home, sample_library):
-    """A few garbage bytes inside index.faiss (same size, so only a checksum can tell): queries answer from
-    the previous good version or refuse, never from the damaged one; the next build rebuilds."""
+def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(
+    indexed_home, sample_library
+):
+    """A few garbage bytes inside index.faiss (same size, so only a checksum can tell): queries
+    answer from the previous good version or refuse, never from the damaged one; the next build
+    rebuilds."""
     from luna_core.errors import CorruptStoreError
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     store = IndexStore(indexed_home.index_dir(profile))
     first = store.current()
-    expected = [n.path for n in Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)]
+    expected = [
+        n.path for n in Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
+    ]
 
     def damage(version) -> None:
         data = bytearray(version.index_file.read_bytes())
@@ -481,21 +642,27 @@ def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(indexed_
         Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
     rebuilt = update_index(indexed_home, profile)
     assert rebuilt.action == "built" and "damaged" in rebuilt.reason
-    assert [n.path for n in Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)] == expected
+    assert [
+        n.path for n in Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
+    ] == expected
 
-    with duckdb.connect(str(indexed_home.catalog_path)) as con:  # a lookup change publishes one more version
-        con.execute("DELETE FROM text_rows WHERE \"row\" = 0")
+    with duckdb.connect(
+        str(indexed_home.catalog_path)
+    ) as con:  # a lookup change publishes one more version
+        con.execute('DELETE FROM text_rows WHERE "row" = 0')
     build_library(indexed_home, profile)
     assert update_index(indexed_home, profile).action == "refreshed"
     damage(store.current())
     vault = Vault(indexed_home, profile)
     assert [n.path for n in vault.search(sample_library.images[0].path, k=3)] == expected
-    assert vault.index.fell_back_from == store.current().number, "served by the previous good version"
+    assert vault.index.fell_back_from == store.current().number, (
+        "served by the previous good version"
+    )
 
 
 def test_a_copied_home_answers_from_its_own_files(projector_home, sample_library, tmp_path):
-    """Build, copy the home, damage the original: the copy still answers (vault and projector) from its
-    own stores, index and checkpoints; nothing inside it points back at the original."""
+    """Build, copy the home, damage the original: the copy still answers (vault and projector) from
+    its own stores, index and checkpoints; nothing inside it points back at the original."""
     from luna_core.settings import LunaHome
 
     profile = resolve_profile("tiny", projector_home.models_dir)
@@ -512,6 +679,10 @@ def test_a_copied_home_answers_from_its_own_files(projector_home, sample_library
     assert answer.prompt_embeds.shape == (1, 77, 96)
     with duckdb.connect(str(copy.catalog_path), read_only=True) as con:
         paths = [p for (p,) in con.execute("SELECT path FROM vault_stores").fetchall()]
-    assert paths and not any(p.startswith("/") for p in paths), "store paths are relative to the home"
+    assert paths and not any(p.startswith("/") for p in paths), (
+        "store paths are relative to the home"
+    )
     meta = load_index(IndexStore(copy.index_dir(profile))).meta
-    assert not meta["text_store"].startswith("/"), "the index names its text store relative to the home"
+    assert not meta["text_store"].startswith("/"), (
+        "the index names its text store relative to the home"
+    )

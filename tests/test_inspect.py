@@ -18,8 +18,13 @@ from luna_core.samples.writers import (
     write_comfy_rgthree_png,
 )
 
-GEN = Generation(spec=PromptSpec("猫", "赤い", "森の中", "傑作 🌸", "ぼやけた"), seed=5, steps=24, cfg=5.5,
-                 loras=[("detail", 0.5)])
+GEN = Generation(
+    spec=PromptSpec("猫", "赤い", "森の中", "傑作 🌸", "ぼやけた"),
+    seed=5,
+    steps=24,
+    cfg=5.5,
+    loras=[("detail", 0.5)],
+)
 
 
 def _write(tmp_path, writer, name, strip=False):
@@ -34,15 +39,25 @@ def test_inspect_prints_every_field_and_where_it_was_found(tmp_path, capsys):
     civitai = _write(tmp_path, write_civitai_jpeg, "civitai")
     assert main(["inspect", str(civitai)]) == 0
     out = capsys.readouterr().out
-    for needle in ("generator:         Civitai", "source:            exif:UserComment", f"prompt:            {GEN.prompt}",
-                   "negative_prompt:   ぼやけた", "seed:              5", "steps:             24", "cfg_scale:         5.5",
-                   "loras:             detail:0.5", "model:             sd_xl_base_1.0"):
+    for needle in (
+        "generator:         Civitai",
+        "source:            exif:UserComment",
+        f"prompt:            {GEN.prompt}",
+        "negative_prompt:   ぼやけた",
+        "seed:              5",
+        "steps:             24",
+        "cfg_scale:         5.5",
+        "loras:             detail:0.5",
+        "model:             sd_xl_base_1.0",
+    ):
         assert needle in out, needle
 
 
 def test_inspect_json_and_raw_for_scripts(tmp_path, capsys):
-    files = [_write(tmp_path, write_a1111_stealth_png, "stealth", strip=True),
-             _write(tmp_path, write_comfy_rgthree_png, "rg")]
+    files = [
+        _write(tmp_path, write_a1111_stealth_png, "stealth", strip=True),
+        _write(tmp_path, write_comfy_rgthree_png, "rg"),
+    ]
     assert main(["inspect", "--json", *map(str, files)]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["source"] for r in results] == ["alpha:stealth", "comfy:prompt"]
@@ -62,6 +77,10 @@ def test_inspect_names_a_file_it_cannot_read_and_exits_1(tmp_path, capsys):
 
 def test_the_catalog_records_where_each_generation_was_read(tiny_home):
     with duckdb.connect(str(tiny_home.catalog_path), read_only=True) as con:
-        rows = dict(con.execute("""SELECT g.generator, min(g.source) FROM generations g GROUP BY 1""").fetchall())
+        rows = dict(
+            con.execute(
+                """SELECT g.generator, min(g.source) FROM generations g GROUP BY 1"""
+            ).fetchall()
+        )
     assert rows["ComfyUI"].startswith(("comfy:", "exif:")) and rows["AUTOMATIC1111"]
     assert rows.get("none") is None, "a file without generation metadata has no source"

@@ -1,4 +1,5 @@
-"""Every generator's layout, written as the tool writes it, parses into the same normalized record."""
+"""Every generator's layout, written as the tool writes it, parses into the same normalized
+record."""
 
 from __future__ import annotations
 
@@ -26,8 +27,17 @@ from luna_core.samples.writers import (
 
 PICTURE = Image.new("RGB", (32, 32), (90, 90, 90))
 SPEC = PromptSpec("cat", "red", "forest", "masterpiece, best quality", "blurry, lowres")
-GEN = Generation(spec=SPEC, seed=3_141_592_653, steps=28, cfg=6.5, width=832, height=1216,
-                 model="juggernautXL_v9", model_hash="c9e3e68f89", loras=[("detail_tweaker_xl", 0.6)])
+GEN = Generation(
+    spec=SPEC,
+    seed=3_141_592_653,
+    steps=28,
+    cfg=6.5,
+    width=832,
+    height=1216,
+    model="juggernautXL_v9",
+    model_hash="c9e3e68f89",
+    loras=[("detail_tweaker_xl", 0.6)],
+)
 
 
 def parsed(writer):
@@ -55,19 +65,38 @@ def test_every_format_names_where_its_record_was_read():
     assert set(SOURCES) == {name for name, _, _ in FORMATS}
 
 
-@pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS if g not in ("none", "NovelAI")])
+@pytest.mark.parametrize(
+    "name, writer", [(n, w) for n, w, g in FORMATS if g not in ("none", "NovelAI")]
+)
 def test_cfg_and_size_are_read_where_the_format_has_them(name, writer):
     record = parsed(writer)
     assert record.cfg_scale == pytest.approx(GEN.cfg)
     assert (record.width, record.height) == (GEN.width, GEN.height)
 
 
-@pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS
-                                          if n.split("_")[0] in ("a1111", "forge", "fooocus", "swarmui", "invokeai",
-                                                                  "draw", "easy", "ruined", "civitai", "sdnext",
-                                                                  "stability")
-                                          and n not in ("invokeai_v2", "invokeai_dream", "invokeai_legacy_both",
-                                                        "civitai_generator_jpeg")])
+@pytest.mark.parametrize(
+    "name, writer",
+    [
+        (n, w)
+        for n, w, g in FORMATS
+        if n.split("_")[0]
+        in (
+            "a1111",
+            "forge",
+            "fooocus",
+            "swarmui",
+            "invokeai",
+            "draw",
+            "easy",
+            "ruined",
+            "civitai",
+            "sdnext",
+            "stability",
+        )
+        and n
+        not in ("invokeai_v2", "invokeai_dream", "invokeai_legacy_both", "civitai_generator_jpeg")
+    ],
+)
 def test_loras_name_and_weight(name, writer):
     record = parsed(writer)
     assert len(record.loras) == 1
@@ -76,27 +105,40 @@ def test_loras_name_and_weight(name, writer):
 
 
 def test_a1111_settings_line_with_quoted_commas_and_json_hashes():
-    line = ('Steps: 30, Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 832x1216, '
-            'Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Lora hashes: "add_detail: 7c6bad76eb54, grain: 2f7b6c1d", '
-            'Hashes: {"model": "31e35c80fc", "lora:add_detail": "7c6bad76eb54"}, Wildcard prompt: "a \\"quoted\\", b", '
-            'Version: v1.10.1')
+    line = (
+        "Steps: 30, Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: "
+        "832x1216, "
+        'Model hash: 31e35c80fc, Model: sd_xl_base_1.0, Lora hashes: "add_detail: 7c6bad76eb54, '
+        'grain: 2f7b6c1d", '
+        'Hashes: {"model": "31e35c80fc", "lora:add_detail": "7c6bad76eb54"}, Wildcard prompt: "a '
+        '\\"quoted\\", b", '
+        "Version: v1.10.1"
+    )
     pairs = dict(parse_settings_line(line))
     assert pairs["Lora hashes"] == "add_detail: 7c6bad76eb54, grain: 2f7b6c1d"
     assert json.loads(pairs["Hashes"]) == {"model": "31e35c80fc", "lora:add_detail": "7c6bad76eb54"}
     assert pairs["Wildcard prompt"] == 'a "quoted", b'
     assert pairs["Version"] == "v1.10.1"
 
-    record = parse_a1111("a cat <lora:add_detail:0.8>, <lyco:grain>\nwith a hat\nNegative prompt: ugly\nblurry\n" + line)
+    record = parse_a1111(
+        "a cat <lora:add_detail:0.8>, <lyco:grain>\nwith a hat\nNegative prompt: ugly\nblurry\n"
+        + line
+    )
     assert record.prompt == "a cat , \nwith a hat"  # tags removed, the rest as A1111 encodes it
     assert record.negative_prompt == "ugly\nblurry"
-    assert [(lora.name, lora.weight) for lora in record.loras] == [("add_detail", 0.8), ("grain", 1.0)]
+    assert [(lora.name, lora.weight) for lora in record.loras] == [
+        ("add_detail", 0.8),
+        ("grain", 1.0),
+    ]
     assert (record.sampler, record.scheduler, record.seed) == ("DPM++ 2M SDE", "Karras", 42)
     assert record.extra["Hashes"]["lora:add_detail"] == "7c6bad76eb54"
     assert record.model_hash == "31e35c80fc"
 
 
 def test_a1111_old_sampler_names_carry_the_scheduler():
-    record = parse_a1111("a dog\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512")
+    record = parse_a1111(
+        "a dog\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512"
+    )
     assert (record.sampler, record.scheduler) == ("DPM++ 2M", "Karras")
     assert record.negative_prompt is None
 
@@ -108,8 +150,16 @@ def test_a1111_prompt_without_settings_line_is_kept_with_a_warning():
 
 
 def test_forge_is_told_apart_from_a1111_by_its_version():
-    assert parse_a1111("x\nSteps: 1, Seed: 2, Sampler: Euler, Version: f2.0.1v1.10.1-previous-6").generator == "Forge"
-    assert parse_a1111("x\nSteps: 1, Seed: 2, Sampler: Euler, Version: v1.9.4").generator == "AUTOMATIC1111"
+    assert (
+        parse_a1111(
+            "x\nSteps: 1, Seed: 2, Sampler: Euler, Version: f2.0.1v1.10.1-previous-6"
+        ).generator
+        == "Forge"
+    )
+    assert (
+        parse_a1111("x\nSteps: 1, Seed: 2, Sampler: Euler, Version: v1.9.4").generator
+        == "AUTOMATIC1111"
+    )
 
 
 def test_comfyui_records_every_sampler_and_picks_the_first_full_pass():
@@ -120,7 +170,9 @@ def test_comfyui_records_every_sampler_and_picks_the_first_full_pass():
     assert [s["denoise"] for s in samplers] == [1.0, 0.45]
     assert record.seed == GEN.seed and samplers[1]["seed"] == GEN.seed + 1
     assert record.model == "juggernautXL_v9.safetensors"
-    assert [(lora.name, lora.weight) for lora in record.loras] == [("detail_tweaker_xl.safetensors", 0.6)]
+    assert [(lora.name, lora.weight) for lora in record.loras] == [
+        ("detail_tweaker_xl.safetensors", 0.6)
+    ]
 
 
 def test_comfyui_sdxl_encoder_with_different_text_l_keeps_both():
@@ -134,8 +186,10 @@ def test_comfyui_sdxl_encoder_with_different_text_l_keeps_both():
 def test_comfyui_negative_text_l_stays_with_the_negative():
     api = comfy_sdxl_hires_graph(GEN)
     negative_id = api["3"]["inputs"]["negative"][0]
-    api[negative_id] = {"class_type": "CLIPTextEncodeSDXL",
-                        "inputs": {"text_g": "blurry", "text_l": "grainy", "clip": ["1", 1]}}
+    api[negative_id] = {
+        "class_type": "CLIPTextEncodeSDXL",
+        "inputs": {"text_g": "blurry", "text_l": "grainy", "clip": ["1", 1]},
+    }
     record = parse_comfyui(json.dumps(api), None)
     assert record.negative_prompt == "blurry"
     assert "text_l" not in record.extra, "the negative's text_l leaked into the positive"
@@ -144,7 +198,10 @@ def test_comfyui_negative_text_l_stays_with_the_negative():
 
 def test_comfyui_graph_with_a_cycle_ends_and_finds_the_encoder():
     api = comfy_simple_graph(GEN)
-    api["20"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["21", 0], "conditioning_2": ["6", 0]}}
+    api["20"] = {
+        "class_type": "ConditioningCombine",
+        "inputs": {"conditioning_1": ["21", 0], "conditioning_2": ["6", 0]},
+    }
     api["21"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["20", 0]}}
     api["3"]["inputs"]["positive"] = ["20", 0]
     record = parse_comfyui(json.dumps(api), None)
@@ -153,8 +210,16 @@ def test_comfyui_graph_with_a_cycle_ends_and_finds_the_encoder():
 
 def test_comfyui_controlnet_pair_node_is_followed_on_the_right_side():
     api = comfy_simple_graph(GEN)
-    api["30"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["31", 0], "image": ["32", 0], "strength": 0.8}}
+    api["30"] = {
+        "class_type": "ControlNetApplyAdvanced",
+        "inputs": {
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "control_net": ["31", 0],
+            "image": ["32", 0],
+            "strength": 0.8,
+        },
+    }
     api["3"]["inputs"]["positive"] = ["30", 0]
     api["3"]["inputs"]["negative"] = ["30", 1]
     record = parse_comfyui(json.dumps(api), None)
@@ -172,16 +237,24 @@ def test_comfyui_custom_sampler_found_by_its_input_names():
 
 def test_comfyui_workflow_only_is_read_through_widget_layouts():
     record = parse_comfyui(None, json.dumps(api_to_workflow(comfy_simple_graph(GEN))))
-    assert (record.prompt, record.negative_prompt, record.seed, record.steps) == (SPEC.prompt, SPEC.negative, GEN.seed, GEN.steps)
+    assert (record.prompt, record.negative_prompt, record.seed, record.steps) == (
+        SPEC.prompt,
+        SPEC.negative,
+        GEN.seed,
+        GEN.steps,
+    )
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('{"3": {"class_type": "KSampler", "inputs": {', "not valid JSON"),
-    ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
-    ('["not", "a", "graph"]', "not a JSON object"),
-    ('{"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "lonely"}}}', "no sampler"),
-    ('{"1": 5, "2": "x"}', "holds no nodes"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('{"3": {"class_type": "KSampler", "inputs": {', "not valid JSON"),
+        ("[" * 50_000 + "]" * 50_000, "nested too deeply"),
+        ('["not", "a", "graph"]', "not a JSON object"),
+        ('{"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "lonely"}}}', "no sampler"),
+        ('{"1": 5, "2": "x"}', "holds no nodes"),
+    ],
+)
 def test_comfyui_bad_graphs_are_recorded_with_a_reason(text, needle):
     record = parse_generation({"prompt": text})
     assert record.generator == "ComfyUI"
@@ -191,19 +264,55 @@ def test_comfyui_bad_graphs_are_recorded_with_a_reason(text, needle):
 
 def test_random_garbage_metadata_never_raises():
     rng = random.Random(5)
-    keys = ["parameters", "prompt", "workflow", "invokeai_metadata", "sd-metadata", "Dream", "Comment",
-            "exif:UserComment", "xmp:UserComment", "sui_image_params"]
-    fragments = ['{', '}', '[', ']', '"', ':', ',', '1', 'null', 'Steps: 3', '"class_type"', '"inputs"',
-                 '"positive"', '["1", 0]', 'Negative prompt:', '\x00', 'é', '{"c": 1}', '-S', '"']
+    keys = [
+        "parameters",
+        "prompt",
+        "workflow",
+        "invokeai_metadata",
+        "sd-metadata",
+        "Dream",
+        "Comment",
+        "exif:UserComment",
+        "xmp:UserComment",
+        "sui_image_params",
+    ]
+    fragments = [
+        "{",
+        "}",
+        "[",
+        "]",
+        '"',
+        ":",
+        ",",
+        "1",
+        "null",
+        "Steps: 3",
+        '"class_type"',
+        '"inputs"',
+        '"positive"',
+        '["1", 0]',
+        "Negative prompt:",
+        "\x00",
+        "é",
+        '{"c": 1}',
+        "-S",
+        '"',
+    ]
     for _ in range(400):
         text = "".join(rng.choice(fragments) for _ in range(rng.randrange(1, 40)))
-        record = parse_generation({rng.choice(keys): text, **({"Software": "NovelAI"} if rng.random() < 0.1 else {})})
+        record = parse_generation(
+            {rng.choice(keys): text, **({"Software": "NovelAI"} if rng.random() < 0.1 else {})}
+        )
         assert isinstance(record.generator, str)
 
 
 def test_novelai_fields():
     record = parsed(dict((n, w) for n, w, _ in FORMATS)["novelai"])
-    assert (record.sampler, record.cfg_scale, record.model) == ("k_euler_ancestral", GEN.cfg, "Stable Diffusion XL C1E1DE52")
+    assert (record.sampler, record.cfg_scale, record.model) == (
+        "k_euler_ancestral",
+        GEN.cfg,
+        "Stable Diffusion XL C1E1DE52",
+    )
 
 
 def test_invokeai_bracket_negatives_in_v2_and_dream():
@@ -221,31 +330,46 @@ def test_no_metadata_and_unknown_metadata_are_told_apart():
 
 
 def test_png_with_a1111_text_in_latin1_and_utf8():
-    data = png_bytes(PICTURE, text=[("parameters", "café au lait\nSteps: 20, Sampler: Euler, Seed: 9")])
+    data = png_bytes(
+        PICTURE, text=[("parameters", "café au lait\nSteps: 20, Sampler: Euler, Seed: 9")]
+    )
     assert parse_generation(probe_image(data).items).prompt == "café au lait"
 
 
 JAPANESE = PromptSpec("猫", "赤い", "森の中", "傑作, 最高品質 🌸✨", "ぼやけた, 低解像度 😿")
 
 
-@pytest.mark.parametrize("name, writer", [(n, w) for n, w, g in FORMATS if g != "none"], ids=[
-    n for n, _, g in FORMATS if g != "none"])
+@pytest.mark.parametrize(
+    "name, writer",
+    [(n, w) for n, w, g in FORMATS if g != "none"],
+    ids=[n for n, _, g in FORMATS if g != "none"],
+)
 def test_japanese_and_emoji_prompts_survive_every_writer(name, writer):
     gen = Generation(spec=JAPANESE, seed=42, steps=20, cfg=5.0, width=768, height=768)
     data, _ = writer(PICTURE, gen)
     record = parse_generation(probe_image(data).items)
-    assert record.prompt == encoded_prompt(name, gen) and record.negative_prompt == JAPANESE.negative
+    assert (
+        record.prompt == encoded_prompt(name, gen) and record.negative_prompt == JAPANESE.negative
+    )
 
 
 def test_newer_graphs_resolve_encoders_concatenation_contexts_and_switches():
     from luna_core.samples.writers import write_comfy_flux_png, write_comfy_rgthree_png
 
     flux = parsed(write_comfy_flux_png)
-    assert (flux.sampler, flux.scheduler, flux.model) == ("euler", "simple", f"{GEN.model}.safetensors")
+    assert (flux.sampler, flux.scheduler, flux.model) == (
+        "euler",
+        "simple",
+        f"{GEN.model}.safetensors",
+    )
     assert flux.extra["samplers"][0]["class_type"] == "SamplerCustomAdvanced"
     rgthree = parsed(write_comfy_rgthree_png)
-    assert rgthree.prompt == SPEC.prompt, "primitive + StringConcatenate + Power Prompt + Context + Any Switch"
-    assert rgthree.extra["samplers"][0]["node"] == "30:3", "a sampler inside a subgraph keeps its flattened id"
+    assert rgthree.prompt == SPEC.prompt, (
+        "primitive + StringConcatenate + Power Prompt + Context + Any Switch"
+    )
+    assert rgthree.extra["samplers"][0]["node"] == "30:3", (
+        "a sampler inside a subgraph keeps its flattened id"
+    )
 
 
 def test_a_comfy_save_node_s_text_fills_what_the_graph_does_not_say():
@@ -261,11 +385,15 @@ def test_civitai_resources_name_the_checkpoint_and_the_loras():
     from luna_core.samples.writers import write_civitai_jpeg
 
     record = parsed(write_civitai_jpeg)
-    assert record.model == GEN.model and [(lora.name, lora.weight) for lora in record.loras] == [("detail_tweaker_xl", 0.6)]
+    assert record.model == GEN.model and [(lora.name, lora.weight) for lora in record.loras] == [
+        ("detail_tweaker_xl", 0.6)
+    ]
 
 
-@pytest.mark.parametrize("writer_name, generator", [("write_a1111_stealth_png", "AUTOMATIC1111"),
-                                                    ("write_novelai_stealth_png", "NovelAI")])
+@pytest.mark.parametrize(
+    "writer_name, generator",
+    [("write_a1111_stealth_png", "AUTOMATIC1111"), ("write_novelai_stealth_png", "NovelAI")],
+)
 def test_stealth_metadata_survives_a_site_that_strips_the_text_chunks(writer_name, generator):
     from luna_core.samples import writers
 
@@ -274,8 +402,12 @@ def test_stealth_metadata_survives_a_site_that_strips_the_text_chunks(writer_nam
     assert b"tEXt" not in stripped and b"iTXt" not in stripped
     record = parse_generation(probe_image(stripped).items)
     assert (record.generator, record.source) == (generator, "alpha:stealth")
-    assert (record.prompt, record.negative_prompt, record.seed, record.steps) == (SPEC.prompt, SPEC.negative, GEN.seed,
-                                                                                 GEN.steps)
+    assert (record.prompt, record.negative_prompt, record.seed, record.steps) == (
+        SPEC.prompt,
+        SPEC.negative,
+        GEN.seed,
+        GEN.steps,
+    )
     assert record.cfg_scale == pytest.approx(GEN.cfg)
 
 
@@ -285,7 +417,9 @@ def test_stealth_is_read_only_from_an_alpha_channel_with_nothing_else_and_is_bou
 
     hidden = hide_in_alpha(Image.new("RGBA", (160, 160), (10, 20, 30, 255)), a1111_infotext(GEN))
     assert "stealth:alpha" in probe_image(png_bytes(hidden)).items
-    with_text = probe_image(png_bytes(hidden, text=[("parameters", "a cat\nSteps: 5, Seed: 1, Size: 8x8")]))
+    with_text = probe_image(
+        png_bytes(hidden, text=[("parameters", "a cat\nSteps: 5, Seed: 1, Size: 8x8")])
+    )
     assert "stealth:alpha" not in with_text.items, "a file with other metadata is never decoded"
     opaque = probe_image(png_bytes(Image.new("RGB", (160, 160))))
     assert "stealth:alpha" not in opaque.items and not opaque.warnings, "no alpha, no decode"
@@ -303,9 +437,13 @@ def test_a1111_text_in_a_jpeg_comment_or_an_xmp_description_is_read_and_says_whe
     PICTURE.save(out, "JPEG", comment=a1111_infotext(GEN).encode("utf-8"))
     record = parse_generation(probe_image(out.getvalue()).items)
     assert (record.prompt, record.seed, record.source) == (SPEC.prompt, GEN.seed, "jpeg:COM")
-    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-           '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description><rdf:Alt>'
-           f'<rdf:li xml:lang="x-default">{escape(a1111_infotext(GEN))}</rdf:li></rdf:Alt></dc:description>'
-           '</rdf:Description></rdf:RDF></x:xmpmeta>')
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description><rdf:Alt>'
+        "<rdf:li "
+        f'xml:lang="x-default">{escape(a1111_infotext(GEN))}</rdf:li></rdf:Alt></dc:description>'
+        "</rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
     record = parse_generation(probe_image(webp_bytes(PICTURE, xmp=xmp)).items)
     assert (record.prompt, record.seed, record.source) == (SPEC.prompt, GEN.seed, "xmp:description")

@@ -1,5 +1,5 @@
-"""One definition of each mix mode: the query layer, the refiners' blend source and the ComfyUI node give
-the same numbers for the same inputs."""
+"""One definition of each mix mode: the query layer, the refiners' blend source and the ComfyUI node
+give the same numbers for the same inputs."""
 
 from __future__ import annotations
 
@@ -17,8 +17,12 @@ rng = np.random.default_rng(0)
 
 
 def _parts(tokens: int = 77) -> Parts:
-    return Parts(rng.normal(size=(tokens, 8)).astype(np.float32), rng.normal(size=4).astype(np.float32),
-                 rng.normal(size=(tokens, 8)).astype(np.float32), rng.normal(size=4).astype(np.float32))
+    return Parts(
+        rng.normal(size=(tokens, 8)).astype(np.float32),
+        rng.normal(size=4).astype(np.float32),
+        rng.normal(size=(tokens, 8)).astype(np.float32),
+        rng.normal(size=4).astype(np.float32),
+    )
 
 
 def test_each_mode_mixes_both_sides_by_one_rule():
@@ -48,13 +52,25 @@ def test_the_comfyui_node_mixes_as_the_core_does(mode):
     from comfyui_luna.nodes import LunaBlend
 
     answer, typed = _parts(), _parts()
-    vault = [[torch.from_numpy(answer.embeds[None]), {"pooled_output": torch.from_numpy(answer.pooled[None])}]]
-    conditioning = [[torch.from_numpy(typed.embeds[None]), {"pooled_output": torch.from_numpy(typed.pooled[None])}]]
-    ((tokens, extra),), = LunaBlend().blend(conditioning, vault, alpha=0.4, mode=mode)
+    vault = [
+        [
+            torch.from_numpy(answer.embeds[None]),
+            {"pooled_output": torch.from_numpy(answer.pooled[None])},
+        ]
+    ]
+    conditioning = [
+        [
+            torch.from_numpy(typed.embeds[None]),
+            {"pooled_output": torch.from_numpy(typed.pooled[None])},
+        ]
+    ]
+    (((tokens, extra),),) = LunaBlend().blend(conditioning, vault, alpha=0.4, mode=mode)
     expected = mix(answer, typed, mode, 0.4)
     np.testing.assert_allclose(tokens[0].numpy(), expected.embeds, rtol=1e-6)
     np.testing.assert_allclose(extra["pooled_output"][0].numpy(), expected.pooled, rtol=1e-6)
-    side = mix_side(typed.negative, typed.negative_pooled, answer.negative, answer.negative_pooled, mode, 0.4)
+    side = mix_side(
+        typed.negative, typed.negative_pooled, answer.negative, answer.negative_pooled, mode, 0.4
+    )
     np.testing.assert_allclose(side[0], expected.negative, rtol=1e-6)
 
 
@@ -77,7 +93,9 @@ def test_one_box_type_and_parser(tmp_path):
         Box.parse("1,2,3")
     with pytest.raises(BoxError, match="outside the 10x10 image a.png"):
         Box(5, 5, 6, 1).check_within(10, 10, "a.png")
-    (tmp_path / "b.json").write_text('{"boxes": [[0, 0, 2, 2], {"x": 1, "y": 1, "width": 3, "height": 4}]}')
+    (tmp_path / "b.json").write_text(
+        '{"boxes": [[0, 0, 2, 2], {"x": 1, "y": 1, "width": 3, "height": 4}]}'
+    )
     assert load_boxes(tmp_path / "b.json") == [Box(0, 0, 2, 2), Box(1, 1, 3, 4)]
 
 
@@ -92,27 +110,44 @@ def test_the_vault_and_the_refiner_blend_alike(indexed_home):
     profile = resolve_profile("tiny", indexed_home.models_dir)
     vault = Vault(indexed_home, profile)
     image = sorted(Path(indexed_home.roots()[0]).rglob("*_a1111_png.png"))[0]
-    crops = [Image.open(image).convert("RGB").crop((0, 0, 48, 48)), Image.open(image).convert("RGB")]
-    served = vault.condition_crops(crops, "vault", k=3, with_prompt=PromptMix("a red fox", "blurry", "blend", 0.3))
-    refined = Conditioner(vault, SourceSettings("blend", prompt="a red fox", negative_prompt="blurry", alpha=0.3,
-                                                k=3)).condition(crops)
+    crops = [
+        Image.open(image).convert("RGB").crop((0, 0, 48, 48)),
+        Image.open(image).convert("RGB"),
+    ]
+    served = vault.condition_crops(
+        crops, "vault", k=3, with_prompt=PromptMix("a red fox", "blurry", "blend", 0.3)
+    )
+    refined = Conditioner(
+        vault, SourceSettings("blend", prompt="a red fox", negative_prompt="blurry", alpha=0.3, k=3)
+    ).condition(crops)
     for i, item in enumerate(refined):
         np.testing.assert_allclose(served.prompt_embeds[i], item.prompt_embeds, atol=1e-5)
-        np.testing.assert_allclose(served.negative_prompt_embeds[i], item.negative_prompt_embeds, atol=1e-5)
-        np.testing.assert_allclose(served.negative_pooled_prompt_embeds[i], item.negative_pooled_prompt_embeds,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            served.negative_prompt_embeds[i], item.negative_prompt_embeds, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            served.negative_pooled_prompt_embeds[i], item.negative_pooled_prompt_embeds, atol=1e-5
+        )
 
 
 def test_conditionings_of_different_lengths_meet_by_repetition():
     from luna_core.mixing import aligned, common_length, repeat_to
 
-    one, two, three = (np.arange(77 * c * 2, dtype=np.float32).reshape(77 * c, 2) for c in (1, 2, 3))
-    assert common_length([77, 154]) == 154 and common_length([154, 231]) == 462 and common_length([77]) == 77
+    one, two, three = (
+        np.arange(77 * c * 2, dtype=np.float32).reshape(77 * c, 2) for c in (1, 2, 3)
+    )
+    assert (
+        common_length([77, 154]) == 154
+        and common_length([154, 231]) == 462
+        and common_length([77]) == 77
+    )
     a, b = aligned([one, two])
     assert a.shape == b.shape == (154, 2) and np.array_equal(a[77:], one) and np.array_equal(b, two)
     assert repeat_to(three, 462).shape == (462, 2)
     blended = mix(Parts(two, two[0], two, two[0]), Parts(one, one[0], one, one[0]), "blend", 0.5)
-    assert blended.embeds.shape == (154, 2) and np.allclose(blended.embeds[77:], (one + two[77:]) / 2)
+    assert blended.embeds.shape == (154, 2) and np.allclose(
+        blended.embeds[77:], (one + two[77:]) / 2
+    )
 
 
 def test_a_long_prompt_s_neighbour_answers_with_every_chunk(indexed_home):
@@ -129,9 +164,15 @@ def test_a_long_prompt_s_neighbour_answers_with_every_chunk(indexed_home):
     vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
     from luna_core.vault.segments import open_vision_store
 
-    embedding = open_vision_store(indexed_home, vault.profile).read("embeds", np.array([vision_row]))[0]
+    embedding = open_vision_store(indexed_home, vault.profile).read(
+        "embeds", np.array([vision_row])
+    )[0]
     embeds, pooled, negative, _, neighbors = vault.vault_answer(embedding.astype(np.float32), k=1)
-    assert neighbors[0].image_id == image_id and embeds.shape[0] == 77 * chunks and negative.shape == embeds.shape
+    assert (
+        neighbors[0].image_id == image_id
+        and embeds.shape[0] == 77 * chunks
+        and negative.shape == embeds.shape
+    )
     rows = vault.text_store.read_rows("prompt_embeds", np.arange(prompt_row, prompt_row + chunks))
     assert np.allclose(embeds, rows.reshape(-1, rows.shape[-1]), atol=1e-3)
 
@@ -150,4 +191,7 @@ def test_a_typed_prompt_is_read_by_the_prompt_syntax_setting(indexed_home, monke
     assert vault.encode_prompt(long_text)[0].shape[0] == 77
     image = sorted(Path(indexed_home.roots()[0]).rglob("*_a1111_png.png"))[0]
     answer = vault.condition(image, k=3, prompt=long_text, mode="concat")
-    assert answer.prompt_embeds.shape[1] >= 154 and answer.negative_prompt_embeds.shape == answer.prompt_embeds.shape
+    assert (
+        answer.prompt_embeds.shape[1] >= 154
+        and answer.negative_prompt_embeds.shape == answer.prompt_embeds.shape
+    )

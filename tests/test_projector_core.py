@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from luna_core.errors import LunaConfigError
-from luna_core.projector.models import ARCHITECTURES, LowRankRidge, ProjectorConfig, build_projector, parameter_count
+from luna_core.projector.models import (
+    ARCHITECTURES,
+    LowRankRidge,
+    ProjectorConfig,
+    build_projector,
+    parameter_count,
+)
 from luna_core.projector.train import TrainSettings, train_projector
 
 
@@ -26,24 +32,28 @@ def test_closed_form_ridge_recovers_a_linear_map():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.normal(size=(200, 8)).astype(np.float32))
     true = torch.from_numpy(rng.normal(size=(8, 4)).astype(np.float32)) @ torch.from_numpy(
-        rng.normal(size=(4, config.out_dim)).astype(np.float32))
+        rng.normal(size=(4, config.out_dim)).astype(np.float32)
+    )
     model = LowRankRidge(config)
     model.fit(x, x @ true + 0.5, l2=1e-6)
     tokens, pooled = model(x[:5])
-    np.testing.assert_allclose(torch.cat([tokens.flatten(1), pooled], 1).numpy(), (x[:5] @ true + 0.5).numpy(), atol=1e-3)
-
+    np.testing.assert_allclose(
+        torch.cat([tokens.flatten(1), pooled], 1).numpy(), (x[:5] @ true + 0.5).numpy(), atol=1e-3
+    )
 
 
 def test_kernel_ridge_fits_what_a_linear_map_cannot():
-    """On held-out points of a non-linear map (a bump around two centres), Gaussian-kernel features beat
-    the plain ridge: the kernel projector interpolates between library images, as k-NN does."""
+    """On held-out points of a non-linear map (a bump around two centres), Gaussian-kernel features
+    beat the plain ridge: the kernel projector interpolates between library images, as k-NN does."""
     from luna_core.projector.models import KernelRidge, target_basis
 
-    config = ProjectorConfig(arch="kernel", in_dim=4, seq_len=2, width=3, pooled_width=2, rank=4, anchors=300)
+    config = ProjectorConfig(
+        arch="kernel", in_dim=4, seq_len=2, width=3, pooled_width=2, rank=4, anchors=300
+    )
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.normal(size=(400, 4)).astype(np.float32))
     centres = torch.from_numpy(rng.normal(size=(2, 4)).astype(np.float32))
-    bumps = torch.exp(-torch.cdist(x, centres) ** 2)  # [N, 2]
+    bumps = torch.exp(-(torch.cdist(x, centres) ** 2))  # [N, 2]
     y = bumps @ torch.from_numpy(rng.normal(size=(2, config.out_dim)).astype(np.float32))
     train, test = slice(0, 300), slice(300, 400)
     errors = {}
@@ -52,7 +62,9 @@ def test_kernel_ridge_fits_what_a_linear_map_cannot():
             model.set_anchors(x[train], 1.0)
         model.fit(x[train], y[train], 1e-4, target_basis(y[train], config.rank))
         tokens, pooled = model(x[test])
-        errors[type(model).__name__] = float(((torch.cat([tokens.flatten(1), pooled], 1) - y[test]) ** 2).mean())
+        errors[type(model).__name__] = float(
+            ((torch.cat([tokens.flatten(1), pooled], 1) - y[test]) ** 2).mean()
+        )
     assert errors["KernelRidge"] < 0.7 * errors["LowRankRidge"], errors
 
 
@@ -64,27 +76,44 @@ def test_training_improves_on_val_and_repeats_exactly(library_home):
     config = ProjectorConfig(arch="resampler", hidden=32, heads=2, layers=1)
     first = train_projector(home, profile, config, SMALL)
     again = train_projector(home, profile, config, SMALL)
-    assert first.config.width == 96 and first.config.pooled_width == 48 and first.config.in_dim == 48
+    assert (
+        first.config.width == 96 and first.config.pooled_width == 48 and first.config.in_dim == 48
+    )
     losses = [row["val_loss"] for row in first.history]
     assert min(losses) < losses[0], "training lowers the val loss"
-    assert first.val_metrics["loss"] == pytest.approx(min(losses), rel=1e-5), "the best epoch is kept"
-    assert first.val_metrics == again.val_metrics and first.data_fingerprint == again.data_fingerprint
+    assert first.val_metrics["loss"] == pytest.approx(min(losses), rel=1e-5), (
+        "the best epoch is kept"
+    )
+    assert (
+        first.val_metrics == again.val_metrics and first.data_fingerprint == again.data_fingerprint
+    )
 
 
 def test_tiny_or_empty_splits_are_refused(library_home):
     home, profile = library_home
     with pytest.raises(LunaConfigError, match="too little data"):
-        train_projector(home, profile, ProjectorConfig(arch="mlp"),
-                        TrainSettings(min_train_pairs=1000))
+        train_projector(
+            home, profile, ProjectorConfig(arch="mlp"), TrainSettings(min_train_pairs=1000)
+        )
     with pytest.raises(LunaConfigError, match="matching"):
-        train_projector(home, profile, ProjectorConfig(arch="mlp"), SMALL,
-                        where="prompt ILIKE '%no such subject%'")
+        train_projector(
+            home,
+            profile,
+            ProjectorConfig(arch="mlp"),
+            SMALL,
+            where="prompt ILIKE '%no such subject%'",
+        )
 
 
 def test_subset_specialist_trains_on_its_filter(library_home):
     home, profile = library_home
     everything = train_projector(home, profile, ProjectorConfig(arch="linear", rank=4), SMALL)
-    subset = train_projector(home, profile, ProjectorConfig(arch="linear", rank=4),
-                             TrainSettings(min_train_pairs=2, min_val_pairs=1), where="generator <> 'ComfyUI'")
+    subset = train_projector(
+        home,
+        profile,
+        ProjectorConfig(arch="linear", rank=4),
+        TrainSettings(min_train_pairs=2, min_val_pairs=1),
+        where="generator <> 'ComfyUI'",
+    )
     assert subset.train_pairs < everything.train_pairs
     assert subset.data_fingerprint != everything.data_fingerprint

@@ -30,7 +30,9 @@ def _answer(home, profile, image):
     return Vault(home, profile).condition(image, k=3)
 
 
-def test_shards_written_apart_then_committed_answer_as_one_store_does(tiny_home, tmp_path, sample_library):
+def test_shards_written_apart_then_committed_answer_as_one_store_does(
+    tiny_home, tmp_path, sample_library
+):
     from luna_core.models.profiles import resolve_profile
     from luna_core.settings import LunaHome
     from luna_core.vault.checks import check_store
@@ -44,7 +46,8 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(tiny_home,
     embed_images(single, profile, options)
     embed_prompts(single, profile, options)
 
-    # Two shards at once, in two processes: neither writes the catalog nor waits for the other's lock.
+    # Two shards at once, in two processes: neither writes the catalog nor waits for the other's
+    # lock.
     script = textwrap.dedent(f"""
         import sys
         from luna_core.models.profiles import resolve_profile
@@ -62,7 +65,9 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(tiny_home,
     for i in (2, 3):
         embed_images(tiny_home, profile, options, shard=Shard(i, 4))
         embed_prompts(tiny_home, profile, options, shard=Shard(i, 4))
-    assert _count(tiny_home, "SELECT count(*) FROM vision_rows") == 0, "shards never write the catalog"
+    assert _count(tiny_home, "SELECT count(*) FROM vision_rows") == 0, (
+        "shards never write the catalog"
+    )
 
     # The chain's catalog step is the one committing step.
     import dagster as dg
@@ -70,17 +75,39 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(tiny_home,
     from luna_assets.defs.catalog.assets import luna_catalog
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
 
-    result = dg.materialize([luna_catalog], resources={"luna": LunaHomeResource(home=str(tiny_home.root)),
-                                                       "models": LunaModelsResource()})
-    committed = result.asset_materializations_for_node("luna_catalog")[0].metadata["segment rows committed"].value
+    result = dg.materialize(
+        [luna_catalog],
+        resources={
+            "luna": LunaHomeResource(home=str(tiny_home.root)),
+            "models": LunaModelsResource(),
+        },
+    )
+    committed = (
+        result.asset_materializations_for_node("luna_catalog")[0]
+        .metadata["segment rows committed"]
+        .value
+    )
     assert committed["vision"] == _count(single, "SELECT count(*) FROM vision_rows")
     assert committed["text"] == _count(single, "SELECT count(*) FROM text_rows")
     assert commit_segments(tiny_home, profile) == {"vision": 0, "text": 0}, "nothing left to commit"
-    assert _count(tiny_home, """SELECT count(*) FROM (SELECT DISTINCT content_hash FROM images WHERE status = 'ok')
-                                ANTI JOIN vision_rows USING (content_hash)""") == 0, "every image has a row"
-    assert _count(tiny_home, "SELECT count(*) - count(DISTINCT content_hash) FROM vision_rows") == 0, "exactly one"
-    assert all(o.passed for kind in ("vision", "text") for o in check_store(tiny_home, profile, kind)), [
-        (o.name, o.description) for kind in ("vision", "text") for o in check_store(tiny_home, profile, kind)]
+    assert (
+        _count(
+            tiny_home,
+            """SELECT count(*) FROM (SELECT DISTINCT content_hash FROM images WHERE status = 'ok')
+                                ANTI JOIN vision_rows USING (content_hash)""",
+        )
+        == 0
+    ), "every image has a row"
+    assert (
+        _count(tiny_home, "SELECT count(*) - count(DISTINCT content_hash) FROM vision_rows") == 0
+    ), "exactly one"
+    assert all(
+        o.passed for kind in ("vision", "text") for o in check_store(tiny_home, profile, kind)
+    ), [
+        (o.name, o.description)
+        for kind in ("vision", "text")
+        for o in check_store(tiny_home, profile, kind)
+    ]
 
     image = sample_library.images[0].path
     expected, answered = _answer(single, profile, image), _answer(tiny_home, profile, image)
@@ -113,8 +140,11 @@ def test_a_shard_run_that_dies_midway_is_finished_by_the_next_run(tiny_home, mon
     rerun = embed_images(tiny_home, profile, options, shard=shard)
     assert rerun.added > 0 and embed_images(tiny_home, profile, options, shard=shard).added == 0
     commit_segments(tiny_home, profile)
-    in_shard = _count(tiny_home, f"""SELECT count(DISTINCT content_hash) FROM images i WHERE status = 'ok'
-                                     AND {shard.sql('i.content_hash')}""")
+    in_shard = _count(
+        tiny_home,
+        f"""SELECT count(DISTINCT content_hash) FROM images i WHERE status = 'ok'
+                                     AND {shard.sql("i.content_hash")}""",
+    )
     assert _count(tiny_home, "SELECT count(*) FROM vision_rows") == in_shard == 8 + rerun.added
 
 

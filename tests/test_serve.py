@@ -49,7 +49,9 @@ def home(tmp_path_factory, tiny_models, sample_library_master) -> LunaHome:
     embed_prompts(luna_home, profile, EmbedOptions(progress=False))
     build_library(luna_home, profile)
     update_index(luna_home, profile)
-    settings = TrainSettings(epochs=1, min_train_pairs=8, min_val_pairs=2, batch_size=8, progress=False)
+    settings = TrainSettings(
+        epochs=1, min_train_pairs=8, min_val_pairs=2, batch_size=8, progress=False
+    )
     result = train_projector(luna_home, profile, ProjectorConfig(arch="linear", rank=8), settings)
     register(Registry(luna_home), result, profile, validation_scorer(luna_home, profile))
     return luna_home
@@ -58,8 +60,11 @@ def home(tmp_path_factory, tiny_models, sample_library_master) -> LunaHome:
 @pytest.fixture(scope="module")
 def server(home):
     port = free_port()
-    service = Service("luna serve", [LUNA, "serve", "--home", str(home.root), "--port", str(port)],
-                      ready="Uvicorn running on")
+    service = Service(
+        "luna serve",
+        [LUNA, "serve", "--home", str(home.root), "--port", str(port)],
+        ready="Uvicorn running on",
+    )
     try:
         service.wait_ready(180)
         service.wait_listening(port, 30)
@@ -71,12 +76,18 @@ def server(home):
 @pytest.fixture(scope="module")
 def picture(home) -> Path:
     with __import__("duckdb").connect(str(home.catalog_path), read_only=True) as con:
-        (path,) = con.execute("SELECT path FROM library WHERE path LIKE '%.png' ORDER BY image_id LIMIT 1").fetchone()
+        (path,) = con.execute(
+            "SELECT path FROM library WHERE path LIKE '%.png' ORDER BY image_id LIMIT 1"
+        ).fetchone()
     return Path(path)
 
 
-def _post(url: str, path: str, body: bytes, params: list[tuple[str, str]] = ()) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"{url}{path}?{urllib.parse.urlencode(list(params))}", data=body, method="POST")
+def _post(
+    url: str, path: str, body: bytes, params: list[tuple[str, str]] = ()
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"{url}{path}?{urllib.parse.urlencode(list(params))}", data=body, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, response.read()
@@ -97,27 +108,41 @@ def test_the_service_answers_what_the_core_answers(home, server, picture):
 
     with urllib.request.urlopen(server + "/health", timeout=60) as response:
         health = json.loads(response.read())
-    assert health["index_version"] == 1 and health["projector"]["version"] == "1" and health["profile"] == "tiny"
+    assert (
+        health["index_version"] == 1
+        and health["projector"]["version"] == "1"
+        and health["profile"] == "tiny"
+    )
 
     vault = Vault(home, resolve_profile("tiny", home.models_dir))
     expected = vault.condition(picture, Box(0, 0, 48, 48), k=3)
-    status, data = _post(server, "/condition", picture.read_bytes(), [("k", "3"), ("box", "0,0,48,48")])
+    status, data = _post(
+        server, "/condition", picture.read_bytes(), [("k", "3"), ("box", "0,0,48,48")]
+    )
     assert status == 200
     answer = _tensors(data)
     np.testing.assert_allclose(answer["prompt_embeds"], expected.prompt_embeds, atol=1e-5)
-    np.testing.assert_allclose(answer["negative_pooled_prompt_embeds"], expected.negative_pooled_prompt_embeds, atol=1e-5)
+    np.testing.assert_allclose(
+        answer["negative_pooled_prompt_embeds"], expected.negative_pooled_prompt_embeds, atol=1e-5
+    )
 
     boxes = [("box", f"{x},{y},32,32") for x in (0, 32, 64) for y in (0, 32, 64)]
     status, data = _post(server, "/condition", picture.read_bytes(), boxes)
     batch = _tensors(data)["prompt_embeds"]
-    assert status == 200 and batch.shape[0] == 9 and batch.shape[1] % 77 == 0  # every chunk of the answers
+    assert (
+        status == 200 and batch.shape[0] == 9 and batch.shape[1] % 77 == 0
+    )  # every chunk of the answers
     assert len({batch[i].tobytes() for i in range(9)}) > 1, "each crop has its own answer"
 
     status, data = _post(server, "/search", picture.read_bytes(), [("k", "3")])
     answer = json.loads(data)
-    assert [n["path"] for n in answer["results"][0]["neighbors"]] == [n.path for n in vault.search(picture, k=3)]
+    assert [n["path"] for n in answer["results"][0]["neighbors"]] == [
+        n.path for n in vault.search(picture, k=3)
+    ]
     assert answer["results"][0]["box"] is None and answer["index_version"] == 1
-    status, data = _post(server, "/condition", picture.read_bytes(), [("source", "projector"), ("format", "json")])
+    status, data = _post(
+        server, "/condition", picture.read_bytes(), [("source", "projector"), ("format", "json")]
+    )
     info = json.loads(data)
     assert status == 200 and info["source"] == "projector" and info["projector_version"] == "1"
 
@@ -130,25 +155,33 @@ def test_the_cli_asks_the_service_when_given_one(home, server, picture, tmp_path
     out = tmp_path / "c.safetensors"
     assert main(["condition", str(picture), "--server", server, "--k", "3", "--out", str(out)]) == 0
     expected = Vault(home, resolve_profile("tiny", home.models_dir)).condition(picture, k=3)
-    np.testing.assert_allclose(_tensors(out.read_bytes())["prompt_embeds"], expected.prompt_embeds, atol=1e-5)
+    np.testing.assert_allclose(
+        _tensors(out.read_bytes())["prompt_embeds"], expected.prompt_embeds, atol=1e-5
+    )
     capsys.readouterr()
     assert main(["search", str(picture), "--server", server, "--k", "2", "--json"]) == 0
-    assert [n["path"] for n in json.loads(capsys.readouterr().out)] == [n.path for n in Vault(
-        home, resolve_profile("tiny", home.models_dir)).search(picture, k=2)]
+    assert [n["path"] for n in json.loads(capsys.readouterr().out)] == [
+        n.path for n in Vault(home, resolve_profile("tiny", home.models_dir)).search(picture, k=2)
+    ]
     assert main(["condition", str(picture), "--server", server, "--k", "0", "--out", str(out)]) == 2
     assert "k must be at least 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("body, params, needle", [
-    (b"garbage", [], "not an image Luna can decode"),
-    (None, [("k", "0")], "k must be at least 1"),
-    (None, [("k", "lots")], "k: "),
-    (None, [("box", "0,0,9999,10")], "lies outside"),
-    (None, [("source", "oracle")], "not one of vault, projector"),
-    (b"", [], "has no image"),
-])
+@pytest.mark.parametrize(
+    "body, params, needle",
+    [
+        (b"garbage", [], "not an image Luna can decode"),
+        (None, [("k", "0")], "k must be at least 1"),
+        (None, [("k", "lots")], "k: "),
+        (None, [("box", "0,0,9999,10")], "lies outside"),
+        (None, [("source", "oracle")], "not one of vault, projector"),
+        (b"", [], "has no image"),
+    ],
+)
 def test_a_bad_request_is_one_json_error(server, picture, body, params, needle):
-    status, data = _post(server, "/condition", picture.read_bytes() if body is None else body, params)
+    status, data = _post(
+        server, "/condition", picture.read_bytes() if body is None else body, params
+    )
     answer = json.loads(data)
     assert 400 <= status < 500 and needle in answer["error"], answer
     assert "Traceback" not in data.decode()
@@ -158,11 +191,21 @@ def test_a_picture_over_the_pixel_bound_is_refused_before_decoding(server):
     import struct
     import zlib
 
-    header = struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0)  # 144 MP declared in a few bytes
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(
+        ">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0
+    )  # 144 MP declared in a few bytes
 
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     status, data = _post(server, "/condition", png)
     assert status == 413 and "MP bound" in json.loads(data)["error"]
 
@@ -221,10 +264,14 @@ def test_the_nodes_follow_comfyui_s_contract():
     for cls in comfyui_luna.NODE_CLASS_MAPPINGS.values():
         inputs = cls.INPUT_TYPES()
         assert set(inputs) <= {"required", "optional", "hidden"} and inputs["required"]
-        assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
+        assert isinstance(cls.RETURN_TYPES, tuple) and all(
+            isinstance(t, str) for t in cls.RETURN_TYPES
+        )
         assert callable(getattr(cls(), cls.FUNCTION)) and cls.CATEGORY == "Luna"
         for spec in [*inputs["required"].values(), *inputs.get("optional", {}).values()]:
-            assert isinstance(spec, tuple) and (isinstance(spec[0], str) or isinstance(spec[0], list))
+            assert isinstance(spec, tuple) and (
+                isinstance(spec[0], str) or isinstance(spec[0], list)
+            )
 
 
 def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home, picture, server):
@@ -234,7 +281,7 @@ def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home
 
     images = _image_batch(picture)
     positive, negative = LunaVaultConditioning().condition(images, k=3, home=str(home.root))
-    (tokens, extra), = positive
+    ((tokens, extra),) = positive
     assert tokens.dtype == torch.float32 and tokens.shape[0] == 3 and tokens.shape[1] % 77 == 0
     assert extra["pooled_output"].shape[0] == 3 and negative[0][0].shape == tokens.shape
     assert len({tokens[i].numpy().tobytes() for i in range(3)}) == 3, "crop i has its own answer"
@@ -244,7 +291,9 @@ def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home
     masked, _ = LunaVaultConditioning().condition(images, k=3, mask=mask, home=str(home.root))
     assert not torch.equal(masked[0][0], tokens), "the box around the mask is what is answered"
     served, _ = LunaVaultConditioning().condition(images, k=3, mask=mask, server_url=server)
-    assert torch.allclose(served[0][0], masked[0][0], atol=1e-4), "the service answers as the Python API does"
+    assert torch.allclose(served[0][0], masked[0][0], atol=1e-4), (
+        "the service answers as the Python API does"
+    )
 
     projected, _ = LunaProjectorConditioning().condition(images, home=str(home.root))
     # The projector predicts one chunk; the vault answers every chunk its neighbours' prompts have.
@@ -254,9 +303,12 @@ def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home
     (blended,) = LunaBlend().blend(typed, positive, alpha=0.25, mode="blend")
     assert torch.allclose(blended[0][0], 0.75 + 0.25 * tokens)
     (joined,) = LunaBlend().blend(typed, positive, mode="concat")
-    assert joined[0][0].shape == (3, 2 * tokens.shape[1], tokens.shape[-1])  # typed (as long as the answer) + answer
-    assert torch.equal(joined[0][1]["pooled_output"][0],
-                                                                             typed[0][1]["pooled_output"][0])
+    assert joined[0][0].shape == (
+        3,
+        2 * tokens.shape[1],
+        tokens.shape[-1],
+    )  # typed (as long as the answer) + answer
+    assert torch.equal(joined[0][1]["pooled_output"][0], typed[0][1]["pooled_output"][0])
 
 
 def test_io_png_round_trip_keeps_the_pixels(picture):
@@ -272,7 +324,10 @@ def test_io_png_round_trip_keeps_the_pixels(picture):
 
 # ---------------------------------------------------------------- the search page and its API
 
-ARTIFACTS = Path(__import__("os").environ.get("LUNA_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "test-artifacts")
+ARTIFACTS = Path(
+    __import__("os").environ.get("LUNA_TEST_ARTIFACTS")
+    or Path(__file__).resolve().parents[1] / "test-artifacts"
+)
 
 
 def _get(url: str) -> tuple[int, bytes, dict]:
@@ -290,60 +345,108 @@ def _neighbors(data: bytes, box: int = 0) -> list[dict]:
 def test_the_page_and_its_assets_come_from_the_service_alone(server):
     status, page, headers = _get(server + "/")
     assert status == 200 and b'src="/static/app.js"' in page
-    assert "script-src 'self'" in headers["content-security-policy"] and "frame-ancestors 'none'" in headers[
-        "content-security-policy"]
+    assert (
+        "script-src 'self'" in headers["content-security-policy"]
+        and "frame-ancestors 'none'" in headers["content-security-policy"]
+    )
     static = Path(__file__).resolve().parents[1] / "luna_service" / "static"
     for name in ("app.js", "app.css", "logo.svg"):
         status, body, _ = _get(f"{server}/static/{name}")
         assert status == 200 and body == (static / name).read_bytes()
     for path in static.iterdir():  # no CDN, no font service: nothing loads from outside the machine
         text = path.read_text()
-        assert "https://" not in text and "http://" not in text.replace("http://www.w3.org/2000/svg", ""), path
+        assert "https://" not in text and "http://" not in text.replace(
+            "http://www.w3.org/2000/svg", ""
+        ), path
     assert _get(server + "/static/..%2fapp.py")[0] == 404
 
 
 def test_search_answers_one_shape_with_details_filters_and_a_mixed_prompt(home, server, picture):
     body = picture.read_bytes()
-    status, data = _post(server, "/search", body, [("k", "4"), ("box", "0,0,48,48"), ("box", "16,16,64,64")])
+    status, data = _post(
+        server, "/search", body, [("k", "4"), ("box", "0,0,48,48"), ("box", "16,16,64,64")]
+    )
     answer = json.loads(data)
-    assert status == 200 and [r["box"] for r in answer["results"]] == [[0, 0, 48, 48], [16, 16, 64, 64]]
+    assert status == 200 and [r["box"] for r in answer["results"]] == [
+        [0, 0, 48, 48],
+        [16, 16, 64, 64],
+    ]
     first = answer["results"][0]
     assert len(first["neighbors"]) == 4 and first["mixed_prompt"]
-    assert {"model", "loras", "sampler", "seed", "generator", "path", "modified", "similarity"} <= set(first["neighbors"][0])
-    # The same picture named by library path, by content hash, or sent as a multipart form: the same answer.
-    same = [_neighbors(_post(server, "/search", b"", [("k", "4"), ("path", str(picture))])[1]),
-            _neighbors(_post(server, "/search", b"", [("k", "4"), ("hash", first["neighbors"][0]["content_hash"])])[1])]
+    assert {
+        "model",
+        "loras",
+        "sampler",
+        "seed",
+        "generator",
+        "path",
+        "modified",
+        "similarity",
+    } <= set(first["neighbors"][0])
+    # The same picture named by library path, by content hash, or sent as a multipart form: the same
+    # answer.
+    same = [
+        _neighbors(_post(server, "/search", b"", [("k", "4"), ("path", str(picture))])[1]),
+        _neighbors(
+            _post(
+                server,
+                "/search",
+                b"",
+                [("k", "4"), ("hash", first["neighbors"][0]["content_hash"])],
+            )[1]
+        ),
+    ]
     plain = _neighbors(_post(server, "/search", body, [("k", "4")])[1])
     assert same[0] == plain
     boundary = "luna-test-boundary"
-    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{server}/search?k=4", data=form, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + body
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{server}/search?k=4",
+        data=form,
+        method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with urllib.request.urlopen(request, timeout=120) as response:
         assert _neighbors(response.read()) == plain
     # Filters narrow the neighbours by catalog fields.
     generator = plain[1]["generator"]
     filtered = _neighbors(_post(server, "/search", body, [("k", "3"), ("generator", generator)])[1])
     assert filtered and all(n["generator"] == generator for n in filtered)
-    lora = next(n["loras"][0]["name"] for n in plain + same[1] if n["loras"]) if any(
-        n["loras"] for n in plain + same[1]) else "detail_tweaker_xl"
-    assert all(any(lora in x["name"] for x in n["loras"]) for n in _neighbors(
-        _post(server, "/search", body, [("k", "3"), ("lora", lora)])[1]))
+    lora = (
+        next(n["loras"][0]["name"] for n in plain + same[1] if n["loras"])
+        if any(n["loras"] for n in plain + same[1])
+        else "detail_tweaker_xl"
+    )
+    assert all(
+        any(lora in x["name"] for x in n["loras"])
+        for n in _neighbors(_post(server, "/search", body, [("k", "3"), ("lora", lora)])[1])
+    )
     status, data = _post(server, "/search", body, [("after", "2999-01-01")])
     assert status == 422 and "matches the filters" in json.loads(data)["error"]
 
 
-@pytest.mark.parametrize("body, params, status, needle", [
-    (b"not an image at all", [], 415, "not an image"),
-    (None, [("box", "0,0,9999,10")], 422, "lies outside"),
-    (None, [("box", "one,two")], 422, "X,Y,W,H"),
-    (None, [("k", "0")], 422, "k must be at least 1"),
-    (None, [("k", "100000")], 422, "over the service's bound"),
-    (None, [("after", "yesterday")], 422, "not a date"),
-    (b"", [], 422, "has no image"),
-])
-def test_search_mistakes_get_their_status_and_a_sentence(server, picture, body, params, status, needle):
+@pytest.mark.parametrize(
+    "body, params, status, needle",
+    [
+        (b"not an image at all", [], 415, "not an image"),
+        (None, [("box", "0,0,9999,10")], 422, "lies outside"),
+        (None, [("box", "one,two")], 422, "X,Y,W,H"),
+        (None, [("k", "0")], 422, "k must be at least 1"),
+        (None, [("k", "100000")], 422, "over the service's bound"),
+        (None, [("after", "yesterday")], 422, "not a date"),
+        (b"", [], 422, "has no image"),
+    ],
+)
+def test_search_mistakes_get_their_status_and_a_sentence(
+    server, picture, body, params, status, needle
+):
     got, data = _post(server, "/search", picture.read_bytes() if body is None else body, params)
     assert got == status and needle in json.loads(data)["error"]
 
@@ -356,7 +459,9 @@ def test_a_body_over_the_cap_is_413_and_the_service_goes_on(server, picture):
     address = urllib.parse.urlsplit(server)
     declared = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
     declared.putrequest("POST", "/search")
-    declared.putheader("Content-Length", str(MAX_BODY_BYTES + 1))  # refused from the header, before the body
+    declared.putheader(
+        "Content-Length", str(MAX_BODY_BYTES + 1)
+    )  # refused from the header, before the body
     declared.endheaders(b"\0" * 1024)
     answer = declared.getresponse()
     assert answer.status == 413 and "byte bound" in json.loads(answer.read())["error"]
@@ -381,12 +486,23 @@ def test_no_path_outside_the_library_roots_is_ever_served(home, server, tmp_path
     folder = root / "a_folder.png"
     folder.mkdir()
     try:
-        forms = [str(outside), f"{root}/../{outside.name}", f"{root}/../../{outside.relative_to('/')}",
-                 "secret.png", str(link), str(folder), str(home.catalog_path), "/etc/passwd", f"{root}/x\x00.png",
-                 f"{root}/%2e%2e/{outside.name}"]
+        forms = [
+            str(outside),
+            f"{root}/../{outside.name}",
+            f"{root}/../../{outside.relative_to('/')}",
+            "secret.png",
+            str(link),
+            str(folder),
+            str(home.catalog_path),
+            "/etc/passwd",
+            f"{root}/x\x00.png",
+            f"{root}/%2e%2e/{outside.name}",
+        ]
         for form in forms:
             for endpoint in ("/library/file", "/library/thumbnail"):
-                status, data, _ = _get(f"{server}{endpoint}?{urllib.parse.urlencode({'path': form})}")
+                status, data, _ = _get(
+                    f"{server}{endpoint}?{urllib.parse.urlencode({'path': form})}"
+                )
                 assert status == 403, (endpoint, form, status)
             status, _ = _post(server, "/search", b"", [("path", form)])
             assert status == 403, ("/search", form, status)
@@ -406,11 +522,15 @@ def test_thumbnails_are_made_once_and_follow_the_file(home, server, picture):
         assert status == 200 and headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(first)).size == (256, 171)
         made = sorted(home.thumbnails_dir.rglob("*.jpg"))
-        assert _get(url)[1] == first and sorted(home.thumbnails_dir.rglob("*.jpg")) == made, "served from the cache"
+        assert _get(url)[1] == first and sorted(home.thumbnails_dir.rglob("*.jpg")) == made, (
+            "served from the cache"
+        )
         Image.new("RGB", (300, 200), (30, 30, 200)).save(copy)  # the file changes: a new thumbnail
         status, second, _ = _get(url)
         assert status == 200 and second != first
-        red, blue = (Image.open(io.BytesIO(b)).convert("RGB").getpixel((5, 5)) for b in (first, second))
+        red, blue = (
+            Image.open(io.BytesIO(b)).convert("RGB").getpixel((5, 5)) for b in (first, second)
+        )
         assert red[0] > red[2] and blue[2] > blue[0]
     finally:
         copy.unlink()
@@ -421,18 +541,23 @@ def test_text_search_pages_through_the_catalog(server):
     page1 = json.loads(data)
     page2 = json.loads(_get(f"{server}/library/search?q=a&per_page=5&page=2")[1])
     assert status == 200 and page1["total"] > 5 and len(page1["items"]) == 5
-    assert not {i["content_hash"] for i in page1["items"]} & {i["content_hash"] for i in page2["items"]}
+    assert not {i["content_hash"] for i in page1["items"]} & {
+        i["content_hash"] for i in page2["items"]
+    }
     narrow = json.loads(_get(f"{server}/library/search?q=a&generator=ComfyUI&per_page=200")[1])
-    assert narrow["total"] < page1["total"] and all(i["generator"] == "ComfyUI" for i in narrow["items"])
+    assert narrow["total"] < page1["total"] and all(
+        i["generator"] == "ComfyUI" for i in narrow["items"]
+    )
     assert _get(f"{server}/library/search?q=a&per_page=0")[0] == 422
     facets = json.loads(_get(f"{server}/library/facets")[1])
     assert "ComfyUI" in facets["generators"] and facets["models"]
 
 
 def test_health_answers_while_the_workers_are_busy(server, picture):
-    """Eight requests for 64 crops each are sent whole first; /health, sent after them, must come back before
-    the last of them has (the work is on worker threads, not on the event loop, which answers health at once;
-    a service that searched on its event loop, or under one lock, answers health after them all)."""
+    """Eight requests for 64 crops each are sent whole first; /health, sent after them, must come
+    back before the last of them has (the work is on worker threads, not on the event loop, which
+    answers health at once; a service that searched on its event loop, or under one lock, answers
+    health after them all)."""
     import http.client
 
     body = picture.read_bytes()
@@ -443,13 +568,17 @@ def test_health_answers_while_the_workers_are_busy(server, picture):
     searches = []
     for _ in range(8):
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=300)
-        connection.request("POST", f"/condition?{urllib.parse.urlencode(boxes + [('k', '20')])}", body=body)
+        connection.request(
+            "POST", f"/condition?{urllib.parse.urlencode(boxes + [('k', '20')])}", body=body
+        )
         searches.append(connection)
     health = http.client.HTTPConnection(address.hostname, address.port, timeout=300)
     health.request("GET", "/health")
     answer = health.getresponse()
     assert answer.status == 200 and json.loads(answer.read())["status"] == "ok"
-    ready = [c.sock is not None and __import__("select").select([c.sock], [], [], 0)[0] for c in searches]
+    ready = [
+        c.sock is not None and __import__("select").select([c.sock], [], [], 0)[0] for c in searches
+    ]
     assert sum(map(bool, ready)) < len(searches), "health waited behind every search"
     for connection in searches:
         response = connection.getresponse()
@@ -457,8 +586,9 @@ def test_health_answers_while_the_workers_are_busy(server, picture):
 
 
 def test_a_person_searches_a_box_filters_and_takes_the_conditioning_in_a_browser(server, picture):
-    """Headless Chromium on the page: upload, draw a box with the mouse, see k results with their prompts,
-    apply a filter, and take a .safetensors that loads with its four tensors. Screenshots are kept."""
+    """Headless Chromium on the page: upload, draw a box with the mouse, see k results with their
+    prompts, apply a filter, and take a .safetensors that loads with its four tensors.
+    Screenshots are kept."""
     import base64
 
     from tests.services import Chromium
@@ -468,67 +598,141 @@ def test_a_person_searches_a_box_filters_and_takes_the_conditioning_in_a_browser
         page = browser.open(server + "/")
         browser.wait_for_text(page, ["Query image", "index v"])
         root = browser.call("DOM.getDocument", page)["root"]["nodeId"]
-        file_input = browser.call("DOM.querySelector", page, nodeId=root, selector="#file")["nodeId"]
+        file_input = browser.call("DOM.querySelector", page, nodeId=root, selector="#file")[
+            "nodeId"
+        ]
         browser.call("DOM.setFileInputFiles", page, nodeId=file_input, files=[str(picture)])
-        shown = browser.call("Runtime.evaluate", page, awaitPromise=True, returnByValue=True, expression="""
+        shown = browser.call(
+            "Runtime.evaluate",
+            page,
+            awaitPromise=True,
+            returnByValue=True,
+            expression="""
             new Promise((resolve) => {
               const picture = document.getElementById('picture');
-              const ready = () => !document.getElementById('stage').hidden && picture.naturalWidth > 0;
+              const ready = () =>
+                !document.getElementById('stage').hidden && picture.naturalWidth > 0;
               if (ready()) { resolve(true); return; }
-              picture.addEventListener('load', () => requestAnimationFrame(() => resolve(ready())), {once: true});
-            })""")
+              picture.addEventListener(
+                'load', () => requestAnimationFrame(() => resolve(ready())), {once: true});
+            })""",
+        )
         assert shown["result"]["value"] is True
-        rect = json.loads(browser.call("Runtime.evaluate", page, returnByValue=True, expression=(
-            "JSON.stringify(document.getElementById('picture').getBoundingClientRect())"))["result"]["value"])
+        rect = json.loads(
+            browser.call(
+                "Runtime.evaluate",
+                page,
+                returnByValue=True,
+                expression=(
+                    "JSON.stringify(document.getElementById('picture').getBoundingClientRect())"
+                ),
+            )["result"]["value"]
+        )
         start = (rect["x"] + rect["width"] * 0.1, rect["y"] + rect["height"] * 0.1)
         end = (rect["x"] + rect["width"] * 0.6, rect["y"] + rect["height"] * 0.6)
         for kind, (x, y) in (("mousePressed", start), ("mouseMoved", end), ("mouseReleased", end)):
-            browser.call("Input.dispatchMouseEvent", page, type=kind, x=x, y=y, button="left", clickCount=1)
-        boxes = browser.call("Runtime.evaluate", page, returnByValue=True, expression="JSON.stringify(query.boxes)")
+            browser.call(
+                "Input.dispatchMouseEvent", page, type=kind, x=x, y=y, button="left", clickCount=1
+            )
+        boxes = browser.call(
+            "Runtime.evaluate", page, returnByValue=True, expression="JSON.stringify(query.boxes)"
+        )
         assert len(json.loads(boxes["result"]["value"])) == 1, "the drag drew one box"
-        browser.call("Runtime.evaluate", page, expression="document.getElementById('k').value = '5'; "
-                                                          "document.getElementById('search').click()")
+        browser.call(
+            "Runtime.evaluate",
+            page,
+            expression="document.getElementById('k').value = '5'; "
+            "document.getElementById('search').click()",
+        )
         text = browser.wait_for_text(page, ["Box 1", "similarity", "mixed prompt", "open image"])
-        cards = browser.call("Runtime.evaluate", page, returnByValue=True,
-                             expression="document.querySelectorAll('.card').length")["result"]["value"]
+        cards = browser.call(
+            "Runtime.evaluate",
+            page,
+            returnByValue=True,
+            expression="document.querySelectorAll('.card').length",
+        )["result"]["value"]
         assert cards == 5 and "on a" in text, "five neighbours, each with its prompt"
-        browser.call("Runtime.evaluate", page, awaitPromise=True, expression="""
+        browser.call(
+            "Runtime.evaluate",
+            page,
+            awaitPromise=True,
+            expression="""
             Promise.all([...document.querySelectorAll('img.thumb')].map((i) => i.complete ? null
-                : new Promise((r) => { i.onload = i.onerror = r; })))""")
+                : new Promise((r) => { i.onload = i.onerror = r; })))""",
+        )
         browser.screenshot(page, ARTIFACTS / "search-page-box.png")
         # A filter: only one generator's images.
-        browser.call("Runtime.evaluate", page, expression="""
+        browser.call(
+            "Runtime.evaluate",
+            page,
+            expression="""
             const select = document.getElementById('f-generator');
             select.value = [...select.options].map((o) => o.value).find((v) => v === 'ComfyUI');
             document.getElementById('results').replaceChildren();
-            document.getElementById('search').click()""")
+            document.getElementById('search').click()""",
+        )
         browser.wait_for_text(page, ["Box 1", "similarity"])
-        metas = browser.call("Runtime.evaluate", page, returnByValue=True, expression=(
-            "[...document.querySelectorAll('.card')].map((c) => c.querySelector('.meta').textContent)"))
-        assert metas["result"]["value"] and all(m.startswith("ComfyUI") for m in metas["result"]["value"])
+        metas = browser.call(
+            "Runtime.evaluate",
+            page,
+            returnByValue=True,
+            expression=(
+                "[...document.querySelectorAll('.card')].map((c) => "
+                "c.querySelector('.meta').textContent)"
+            ),
+        )
+        assert metas["result"]["value"] and all(
+            m.startswith("ComfyUI") for m in metas["result"]["value"]
+        )
         # The conditioning the page's download button asks for, fetched the same way.
-        fetched = browser.call("Runtime.evaluate", page, awaitPromise=True, returnByValue=True, expression="""
+        fetched = browser.call(
+            "Runtime.evaluate",
+            page,
+            awaitPromise=True,
+            returnByValue=True,
+            expression="""
             (async () => {
               const params = queryParams({source: 'vault', format: 'safetensors'});
-              const response = await fetch('/condition?' + params, {method: 'POST', body: query.file});
+              const response = await fetch(
+                '/condition?' + params, {method: 'POST', body: query.file});
               const bytes = new Uint8Array(await response.arrayBuffer());
               let text = ''; for (const b of bytes) text += String.fromCharCode(b);
               return {status: response.status, data: btoa(text)};
-            })()""")["result"]["value"]
+            })()""",
+        )["result"]["value"]
         assert fetched["status"] == 200
         tensors = _tensors(base64.b64decode(fetched["data"]))
-        assert set(tensors) == {"prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds",
-                                "negative_pooled_prompt_embeds"} and tensors["prompt_embeds"].shape[0] == 1
+        assert (
+            set(tensors)
+            == {
+                "prompt_embeds",
+                "pooled_prompt_embeds",
+                "negative_prompt_embeds",
+                "negative_pooled_prompt_embeds",
+            }
+            and tensors["prompt_embeds"].shape[0] == 1
+        )
         # Text search, paged.
-        browser.call("Runtime.evaluate", page, expression="""
+        browser.call(
+            "Runtime.evaluate",
+            page,
+            expression="""
             document.querySelector('.tab[data-tab="by-text"]').click();
             document.getElementById('f-generator').value = '';
             document.getElementById('q').value = 'background';
-            document.querySelector('#text-form button').click()""")
+            document.querySelector('#text-form button').click()""",
+        )
         browser.wait_for_text(page, ["page 1 of", "images"])
         browser.screenshot(page, ARTIFACTS / "search-page-text.png")
-        assert browser.call("Runtime.evaluate", page, returnByValue=True, expression=(
-            "document.getElementById('error').hidden"))["result"]["value"] is True, "no error was shown"
+        assert (
+            browser.call(
+                "Runtime.evaluate",
+                page,
+                returnByValue=True,
+                expression=("document.getElementById('error').hidden"),
+            )["result"]["value"]
+            is True
+        ), "no error was shown"
     finally:
         browser.close()
     assert (ARTIFACTS / "search-page-box.png").stat().st_size > 20_000

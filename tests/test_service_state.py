@@ -17,7 +17,9 @@ def test_the_index_pointer_is_read_only_when_it_changes(indexed_home, monkeypatc
     from luna_service.service import LunaService
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    monkeypatch.setattr(service_module, "ALIAS_CHECK_SECONDS", 3600.0)  # only the pointer's own changes count
+    monkeypatch.setattr(
+        service_module, "ALIAS_CHECK_SECONDS", 3600.0
+    )  # only the pointer's own changes count
     service = LunaService(indexed_home, profile)
     reads = []
     original = IndexStore.current
@@ -28,12 +30,16 @@ def test_the_index_pointer_is_read_only_when_it_changes(indexed_home, monkeypatc
     newest = update_index(indexed_home, profile, rebuild=True).version
     reads.clear()  # the build's own reads
     service.refresh()
-    assert reads and service.state.index_version == newest  # read (its version, then the index it names)
+    assert (
+        reads and service.state.index_version == newest
+    )  # read (its version, then the index it names)
 
 
-def test_two_publishers_at_once_get_two_versions_and_the_pointer_the_newest(indexed_home, monkeypatch):
-    """Both publishers reach the point where a version's files are written at the same time, if they can:
-    without the publish lock they took the same number and one failed on the rename."""
+def test_two_publishers_at_once_get_two_versions_and_the_pointer_the_newest(
+    indexed_home, monkeypatch
+):
+    """Both publishers reach the point where a version's files are written at the same time, if they
+    can: without the publish lock they took the same number and one failed on the rename."""
     import luna_core.index.store as store_module
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
@@ -42,7 +48,9 @@ def test_two_publishers_at_once_get_two_versions_and_the_pointer_the_newest(inde
 
     def write_together(index, path):
         try:
-            meeting.wait(timeout=5)  # the second publisher waits on the lock instead: the barrier breaks
+            meeting.wait(
+                timeout=5
+            )  # the second publisher waits on the lock instead: the barrier breaks
         except threading.BrokenBarrierError:
             pass
         write_index(index, path)
@@ -74,7 +82,9 @@ def test_probing_every_list_is_a_parameter_of_one_call(indexed_home):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(4000, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index, _ = build_index(vectors, np.arange(len(vectors)), IndexSettings(flat_max_vectors=100, held_out=50))
+    index, _ = build_index(
+        vectors, np.arange(len(vectors)), IndexSettings(flat_max_vectors=100, held_out=50)
+    )
     ivf, _ = index_layers(index)
     assert ivf is not None and ivf.nlist > 1
     ivf.nprobe = 1
@@ -86,7 +96,8 @@ def test_probing_every_list_is_a_parameter_of_one_call(indexed_home):
 
 
 def test_filters_on_the_index_lookup_agree_with_the_catalog(indexed_home):
-    """The service filters neighbours on the index's memory-mapped lookup; the catalog's SQL is the reference."""
+    """The service filters neighbours on the index's memory-mapped lookup; the catalog's SQL is
+    the reference."""
     from luna_core import browse
     from luna_core.index.store import load_index
 
@@ -94,12 +105,19 @@ def test_filters_on_the_index_lookup_agree_with_the_catalog(indexed_home):
     lookup = load_index(index_store(indexed_home, profile)).lookup
     assert browse.lookup_has_details(lookup)
     hashes = lookup.column("content_hash").to_pylist()
-    lora = next(entry["name"] for loras in lookup.column("loras").to_pylist() for entry in (loras or []))
+    lora = next(
+        entry["name"] for loras in lookup.column("loras").to_pylist() for entry in (loras or [])
+    )
     model = next(m for m in lookup.column("model").to_pylist() if m)
-    for where in (browse.CatalogFilter(generator="ComfyUI"), browse.CatalogFilter(model=model[3:9].upper()),
-                  browse.CatalogFilter(lora=lora[:5]), browse.CatalogFilter(text="RED"),
-                  browse.CatalogFilter(after="2000-01-01", before="2999-12-31"), browse.CatalogFilter(after="2999-01-01"),
-                  browse.CatalogFilter(generator="ComfyUI", text="background", lora=lora[-4:])):
+    for where in (
+        browse.CatalogFilter(generator="ComfyUI"),
+        browse.CatalogFilter(model=model[3:9].upper()),
+        browse.CatalogFilter(lora=lora[:5]),
+        browse.CatalogFilter(text="RED"),
+        browse.CatalogFilter(after="2000-01-01", before="2999-12-31"),
+        browse.CatalogFilter(after="2999-01-01"),
+        browse.CatalogFilter(generator="ComfyUI", text="background", lora=lora[-4:]),
+    ):
         mask = browse.filter_mask(lookup, where)
         from_lookup = {h for h, keep in zip(hashes, mask) if keep}
         assert from_lookup == set(browse.details(indexed_home.catalog_path, hashes, where)), where

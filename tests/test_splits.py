@@ -45,39 +45,60 @@ def _copies(path: str, folder: Path) -> list[Path]:
     return [half, jpeg]
 
 
-def test_resized_and_reencoded_copies_join_their_original_and_stay_out_of_its_answers(library_home, sample_library):
+def test_resized_and_reencoded_copies_join_their_original_and_stay_out_of_its_answers(
+    library_home, sample_library
+):
     from luna_core.index.build import update_index
     from luna_core.query import Vault
     from luna_core.reports.evaluate import leave_out
     from luna_core.reports.test_set import load_test_set
 
     home, profile = library_home
-    originals = _catalog(home, """SELECT path, content_hash, split FROM library WHERE prompt_row IS NOT NULL
-                                  AND path LIKE '%.png' ORDER BY split = 'test' DESC, split = 'val' DESC, image_id
-                                  LIMIT 3""")
+    originals = _catalog(
+        home,
+        """SELECT path, content_hash, split FROM library WHERE prompt_row IS NOT NULL
+                                  AND path LIKE '%.png' ORDER BY split = 'test' DESC, split = 'val'
+                                      DESC, image_id
+                                  LIMIT 3""",
+    )
     assert originals[0][2] == "test", "the sample has a test image with an encoded prompt"
     folder = sample_library.root / "copies"
     folder.mkdir()
     made = {str(c): (h, s) for p, h, s in originals for c in _copies(p, folder)}
     _refresh(home, profile, sample_library.root)
 
-    rows = dict((p, (h, s, r)) for p, h, s, r in _catalog(home, """
-        SELECT i.path, i.content_hash, s.split, s.reason FROM images i JOIN splits s USING (content_hash)
-        WHERE i.path LIKE ?""", [f"{folder}%"]))
+    rows = dict(
+        (p, (h, s, r))
+        for p, h, s, r in _catalog(
+            home,
+            """
+        SELECT i.path, i.content_hash, s.split, s.reason FROM images i JOIN splits s USING
+            (content_hash)
+        WHERE i.path LIKE ?""",
+            [f"{folder}%"],
+        )
+    )
     assert set(rows) == set(made)
     for path, (original_hash, original_split) in made.items():
         copy_hash, split, reason = rows[path]
         assert split == original_split, f"{path}: {reason}"
         assert reason.startswith("near-duplicate of "), reason
-        link = _catalog(home, """SELECT similarity FROM near_duplicates WHERE kind = 'vision' AND
-                                 ((content_hash = ? AND twin_hash = ?) OR (content_hash = ? AND twin_hash = ?))""",
-                        [copy_hash, original_hash, original_hash, copy_hash])
+        link = _catalog(
+            home,
+            """SELECT similarity FROM near_duplicates WHERE kind = 'vision' AND
+                                 ((content_hash = ? AND twin_hash = ?) OR (content_hash = ? AND
+                                     twin_hash = ?))""",
+            [copy_hash, original_hash, original_hash, copy_hash],
+        )
         assert link and link[0][0] >= profile.near_duplicate_cosine
     # Distinct pictures are not linked to the copies (the sample world has different subjects).
-    others = _catalog(home, f"""SELECT count(*) FROM near_duplicates WHERE content_hash IN
+    others = _catalog(
+        home,
+        f"""SELECT count(*) FROM near_duplicates WHERE content_hash IN
         (SELECT content_hash FROM images WHERE path LIKE '{folder}%') AND twin_hash NOT IN
         ({", ".join(repr(h) for _, h, _ in originals)}) AND twin_hash NOT IN
-        (SELECT content_hash FROM images WHERE path LIKE '{folder}%')""")[0][0]
+        (SELECT content_hash FROM images WHERE path LIKE '{folder}%')""",
+    )[0][0]
     assert others <= 2, "copies link to their original, hardly to anything else"
 
     # The report's leave-one-out leaves the copies out with the original: no answer finds them.
@@ -92,37 +113,60 @@ def test_resized_and_reencoded_copies_join_their_original_and_stay_out_of_its_an
             continue
         image_id = int(test_set.pairs.image_ids[position])
         assert copies <= leave_out(test_set, image_id)
-        embedding = open_vision_store(home, profile).read("embeds", test_set.pairs.vision_rows[position:position + 1])[0]
-        neighbors = vault.nearest(embedding.astype(np.float32), 5, exclude=leave_out(test_set, image_id))
+        embedding = open_vision_store(home, profile).read(
+            "embeds", test_set.pairs.vision_rows[position : position + 1]
+        )[0]
+        neighbors = vault.nearest(
+            embedding.astype(np.float32), 5, exclude=leave_out(test_set, image_id)
+        )
         assert not ({n.image_id for n in neighbors} & (copies | {image_id}))
         checked += 1
     assert checked, "a test image with copies was checked"
 
 
 def test_one_generation_saved_twice_shares_a_split(library_home, sample_library):
-    """Same prompt and seed, different pixels (a re-save with another encoder): linked without vision."""
+    """Same prompt and seed, different pixels (a re-save with another encoder): linked without
+    vision."""
     home, profile = library_home
-    path, content_hash, split, prompt, seed = _catalog(home, """
+    path, content_hash, split, prompt, seed = _catalog(
+        home,
+        """
         SELECT path, content_hash, split, prompt, seed FROM library
-        WHERE prompt IS NOT NULL AND seed IS NOT NULL AND path LIKE '%.png' ORDER BY image_id LIMIT 1""")[0]
+        WHERE prompt IS NOT NULL AND seed IS NOT NULL AND path LIKE '%.png' ORDER BY image_id LIMIT
+            1""",
+    )[0]
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text("parameters", f"{prompt}\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}, Size: 64x64")
-    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # unlike any sample picture
+    info.add_text(
+        "parameters",
+        f"{prompt}\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}, Size: 64x64",
+    )
+    noise = np.random.default_rng(1).integers(
+        0, 256, (64, 64, 3), dtype=np.uint8
+    )  # unlike any sample picture
     twin = sample_library.root / "resaved.png"
     Image.fromarray(noise).save(twin, pnginfo=info)
     _refresh(home, profile, sample_library.root)
-    (twin_split, reason), = _catalog(home, """SELECT s.split, s.reason FROM images i JOIN splits s USING (content_hash)
-                                              WHERE i.path = ?""", [str(twin)])
+    ((twin_split, reason),) = _catalog(
+        home,
+        """SELECT s.split, s.reason FROM images i JOIN splits s USING (content_hash)
+                                              WHERE i.path = ?""",
+        [str(twin)],
+    )
     assert twin_split == split and reason == f"same prompt and seed as {content_hash[:12]}"
 
 
 def test_an_image_without_twins_keeps_the_content_hash_rule(library_home):
     home, _ = library_home
-    rows = _catalog(home, "SELECT content_hash, split FROM splits WHERE reason = 'content-hash bucket'")
+    rows = _catalog(
+        home, "SELECT content_hash, split FROM splits WHERE reason = 'content-hash bucket'"
+    )
     assert rows and all(split == hash_split(h) for h, split in rows)
-    assert hash_split("00000000" + "f" * 56) == "train" and hash_split(f"{99:08x}" + "0" * 56) == "test"
+    assert (
+        hash_split("00000000" + "f" * 56) == "train"
+        and hash_split(f"{99:08x}" + "0" * 56) == "test"
+    )
 
 
 @pytest.mark.parametrize("approximate", [False, True])
@@ -130,8 +174,12 @@ def test_similar_pairs_finds_planted_copies_exactly_or_through_faiss(monkeypatch
     rng = np.random.default_rng(0)
     known = rng.normal(size=(3000, 64)).astype(np.float32)
     known /= np.linalg.norm(known, axis=1, keepdims=True)
-    new = known[[5, 77, 2048]] + rng.normal(scale=0.02, size=(3, 64)).astype(np.float32)  # near copies
-    new = np.concatenate([new, rng.normal(size=(40, 64)).astype(np.float32)])  # and unrelated vectors
+    new = known[[5, 77, 2048]] + rng.normal(scale=0.02, size=(3, 64)).astype(
+        np.float32
+    )  # near copies
+    new = np.concatenate(
+        [new, rng.normal(size=(40, 64)).astype(np.float32)]
+    )  # and unrelated vectors
     new /= np.linalg.norm(new, axis=1, keepdims=True)
     if approximate:
         monkeypatch.setattr(splits, "EXACT_PRODUCTS", 0)

@@ -1,5 +1,5 @@
-"""The trained tiny world: its cache (one training per machine, keyed by the recipe, locked, atomic),
-old homes' upgrade, and that the cached models learned the generator's world."""
+"""The trained tiny world: its cache (one training per machine, keyed by the recipe, locked,
+atomic), old homes' upgrade, and that the cached models learned the generator's world."""
 
 from __future__ import annotations
 
@@ -16,8 +16,13 @@ import pytest
 from luna_core.models import tiny, tiny_world
 from luna_core.samples.pictures import COLOURS, PromptSpec, draw_picture, random_prompt
 
-# A recipe small enough to train in seconds: the cache's rules, not the models' quality, are under test.
-SMALL = {"clip": {"pictures": 64, "steps": 2}, "vae": {"pictures": 16, "steps": 2}, "unet": {"pictures": 32, "steps": 2}}
+# A recipe small enough to train in seconds: the cache's rules, not the models' quality, are under
+# test.
+SMALL = {
+    "clip": {"pictures": 64, "steps": 2},
+    "vae": {"pictures": 16, "steps": 2},
+    "unet": {"pictures": 32, "steps": 2},
+}
 TRAIN_SMALL = """
 import json, sys
 from luna_core.models import tiny, tiny_world
@@ -49,18 +54,27 @@ def test_the_cache_is_keyed_by_the_recipe_and_holds_a_loadable_world(small_recip
     assert root == small_recipe / tiny_world.recipe_hash() and root.parent == small_recipe
     built = json.loads((root / "complete.json").read_text())
     assert built["recipe"] == tiny_world.RECIPE and set(built["seconds"]) == {"clip", "vae", "unet"}
-    assert [p.name for p in small_recipe.iterdir() if not p.name.startswith(".build")] == [root.name], "no staging left"
+    assert [p.name for p in small_recipe.iterdir() if not p.name.startswith(".build")] == [
+        root.name
+    ], "no staging left"
     profile = tiny_profile(root)
     vision = VisionEncoder(profile.vision_model, None, "cpu", __import__("torch").float32)
     text = SDXLTextEncoder(profile.sdxl_model, None, "cpu", __import__("torch").float32)
-    assert vision.width == text.pooled_width == 48, "image and text embeddings share the pooled space"
+    assert vision.width == text.pooled_width == 48, (
+        "image and text embeddings share the pooled space"
+    )
     assert (root / "ip-adapter" / tiny.IP_ADAPTER_WEIGHTS).exists()
 
     stamp = (root / "complete.json").stat().st_mtime_ns
-    assert tiny.ensure_tiny_models(progress=False) == root and (root / "complete.json").stat().st_mtime_ns == stamp
+    assert (
+        tiny.ensure_tiny_models(progress=False) == root
+        and (root / "complete.json").stat().st_mtime_ns == stamp
+    )
     changed = json.loads(json.dumps(tiny_world.RECIPE))
     changed["unet"]["lr"] *= 2
-    assert tiny_world.recipe_hash(changed) != tiny_world.recipe_hash(), "another recipe is another folder"
+    assert tiny_world.recipe_hash(changed) != tiny_world.recipe_hash(), (
+        "another recipe is another folder"
+    )
 
 
 def test_two_processes_asking_at_once_train_once(small_recipe):
@@ -70,8 +84,16 @@ def test_two_processes_asking_at_once_train_once(small_recipe):
     env = {**os.environ, "LUNA_TINY_CACHE": str(small_recipe)}
     with open(small_recipe / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        procs = [subprocess.Popen([sys.executable, "-c", TRAIN_SMALL, json.dumps(SMALL)], env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", TRAIN_SMALL, json.dumps(SMALL)],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(2)
+        ]
         for proc in procs:  # each says it is waiting before it blocks on the lock
             for line in proc.stderr:
                 if "another process is training the tiny world" in line:
@@ -112,7 +134,9 @@ def test_a_home_with_old_random_tiny_models_moves_to_the_trained_world(tmp_path,
     profile = resolve_profile("tiny", tmp_path / "models")
     assert not old.exists() and not (tmp_path / "models" / "tiny-ip-adapter").exists()
     assert Path(profile.vision_model).parent == tiny_models
-    assert profile.vision_revision == f"v{tiny.TINY_VERSION}-{tiny_models.name}", "stores of the old models re-embed"
+    assert profile.vision_revision == f"v{tiny.TINY_VERSION}-{tiny_models.name}", (
+        "stores of the old models re-embed"
+    )
 
 
 def test_rebuild_trains_anew_in_place(small_recipe, capsys):
@@ -150,8 +174,12 @@ def test_the_clip_pair_names_the_colour_and_background_of_held_out_pictures(tiny
     images = vision.embed_pixels(np.stack([vision.preprocess(p) for p in pictures]))
     colours, right = list(COLOURS), 0
     for spec, image in zip(specs, images):
-        pooled = text.encode([PromptSpec(**{**spec.__dict__, "colour": c}).prompt for c in colours])[1]
-        right += colours[int(np.argmax(pooled @ image / np.linalg.norm(pooled, axis=1)))] == spec.colour
+        pooled = text.encode(
+            [PromptSpec(**{**spec.__dict__, "colour": c}).prompt for c in colours]
+        )[1]
+        right += (
+            colours[int(np.argmax(pooled @ image / np.linalg.norm(pooled, axis=1)))] == spec.colour
+        )
     assert right >= 32, f"zero-shot colour {right}/40 (chance 4)"
 
 
@@ -161,7 +189,11 @@ def test_the_vae_reconstructs_demo_sized_pictures(tiny_models):
 
     vae = AutoencoderKL.from_pretrained(tiny_models / "sdxl" / "vae").eval()
     _, pictures = _held_out(6, 256)
-    x = torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = (
+        torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).permute(0, 3, 1, 2).float()
+        / 127.5
+        - 1
+    )
     with torch.no_grad():
         out = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     psnr = 10 * torch.log10(4 / ((out - x) ** 2).flatten(1).mean(1))
@@ -169,8 +201,8 @@ def test_the_vae_reconstructs_demo_sized_pictures(tiny_models):
 
 
 def test_the_unet_follows_the_prompt(tiny_models):
-    """Regenerated at strength 0.6, held-out pictures stay closer to themselves (CLIP-I) with their own
-    prompt than with the empty prompt."""
+    """Regenerated at strength 0.6, held-out pictures stay closer to themselves (CLIP-I) with their
+    own prompt than with the empty prompt."""
     import torch
 
     from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
@@ -185,12 +217,26 @@ def test_the_unet_follows_the_prompt(tiny_models):
     scores = {}
     for name, prompts in (("true", [s.prompt for s in specs]), ("empty", [""] * len(specs))):
         hidden, pooled = text.encode(prompts)
-        conditions = [ItemConditioning(h, p, np.zeros_like(h), np.zeros_like(p)) for h, p in zip(hidden, pooled)]
+        conditions = [
+            ItemConditioning(h, p, np.zeros_like(h), np.zeros_like(p))
+            for h, p in zip(hidden, pooled)
+        ]
         side = sampler.native_size
-        out = sampler.refine(pictures, conditions, np.array([[side, side, 0, 0, side, side]] * len(specs), np.float32),
-                             list(range(len(specs))), SamplerSettings(strength=0.6, steps=8))
+        out = sampler.refine(
+            pictures,
+            conditions,
+            np.array([[side, side, 0, 0, side, side]] * len(specs), np.float32),
+            list(range(len(specs))),
+            SamplerSettings(strength=0.6, steps=8),
+        )
         from PIL import Image
 
-        regenerated = [Image.fromarray(np.clip((o + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)) for o in out]
-        scores[name] = np.sum(vision.embed_pixels(np.stack([vision.preprocess(p) for p in regenerated])) * original, 1)
-    assert scores["true"].mean() > scores["empty"].mean() + 0.02, {k: float(v.mean()) for k, v in scores.items()}
+        regenerated = [
+            Image.fromarray(np.clip((o + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)) for o in out
+        ]
+        scores[name] = np.sum(
+            vision.embed_pixels(np.stack([vision.preprocess(p) for p in regenerated])) * original, 1
+        )
+    assert scores["true"].mean() > scores["empty"].mean() + 0.02, {
+        k: float(v.mean()) for k, v in scores.items()
+    }

@@ -25,12 +25,22 @@ from luna_core.containers.stealth import read_stealth_alpha
 from luna_core.containers.webp import probe_webp
 from luna_core.errors import BadFileError
 
-__all__ = ["PNG_SIGNATURE", "ImageProbe", "ProbeLimits", "decode_text", "decode_user_comment", "parse_exif",
-           "parse_xmp", "probe_image", "sniff_format"]
+__all__ = [
+    "PNG_SIGNATURE",
+    "ImageProbe",
+    "ProbeLimits",
+    "decode_text",
+    "decode_user_comment",
+    "parse_exif",
+    "parse_xmp",
+    "probe_image",
+    "sniff_format",
+]
 
 
 def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits()) -> ImageProbe:
-    """Read an image file's structure and metadata from its bytes; raise BadFileError if unusable."""
+    """Read an image file's structure and metadata from its bytes; raise BadFileError if
+    unusable."""
     if not data:
         raise BadFileError("empty_file", "the file is empty (0 bytes)")
     fmt = sniff_format(data[:16])
@@ -41,12 +51,15 @@ def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits()) -> ImageProbe:
     budget = TextBudget(limits)
     probe = {"png": probe_png, "jpeg": probe_jpeg, "webp": probe_webp}[fmt](data, budget)
     if probe.width <= 0 or probe.height <= 0:
-        raise BadFileError("corrupt", f"{fmt.upper()} declares an empty size {probe.width}x{probe.height}")
+        raise BadFileError(
+            "corrupt", f"{fmt.upper()} declares an empty size {probe.width}x{probe.height}"
+        )
     pixels = probe.width * probe.height
     if pixels > limits.max_pixels:
         raise BadFileError(
             "too_many_pixels",
-            f"{probe.width}x{probe.height} = {pixels / 1e6:.0f} MP exceeds the {limits.max_pixels / 1e6:.0f} MP"
+            f"{probe.width}x{probe.height} = {pixels / 1e6:.0f} MP exceeds the "
+            f"{limits.max_pixels / 1e6:.0f} MP"
             " bound (decompression-bomb guard, ProbeLimits.max_pixels)",
         )
     if probe.has_alpha and not probe.items and fmt in ("png", "webp"):
@@ -59,4 +72,3 @@ def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits()) -> ImageProbe:
         if hidden is not None:
             probe.items["stealth:alpha"] = hidden
     return probe
-

@@ -1,4 +1,5 @@
-"""What every container reader shares: the bounds, the probe record, the text budget and text decoding."""
+"""What every container reader shares: the bounds, the probe record, the text budget and text
+decoding."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class TextBudget:
         if size > self.limits.max_text_bytes:
             raise BadFileError(
                 "metadata_too_large",
-                f"metadata item {key!r} holds {size:,} bytes, over the {self.limits.max_text_bytes:,}"
+                f"metadata item {key!r} holds {size:,} bytes, over the "
+                f"{self.limits.max_text_bytes:,}"
                 " byte bound (ProbeLimits.max_text_bytes)",
             )
         self.used += size
@@ -64,13 +66,12 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-
 # ---------------------------------------------------------------- text decoding
 
 
 def decode_text(raw: bytes, what: str, warnings: list[str]) -> str:
-    """UTF-8 when it is valid (what most tools really write), else Latin-1 (the PNG spec's tEXt); text that
-    a writer decoded as Latin-1 and re-encoded (UTF-8 twice) is undone."""
+    """UTF-8 when it is valid (what most tools really write), else Latin-1 (the PNG spec's tEXt);
+    text that a writer decoded as Latin-1 and re-encoded (UTF-8 twice) is undone."""
     try:
         return undo_double_encoding(raw.decode("utf-8"), what, warnings)
     except UnicodeDecodeError as exc:
@@ -79,17 +80,19 @@ def decode_text(raw: bytes, what: str, warnings: list[str]) -> str:
 
 
 def undo_double_encoding(text: str, what: str, warnings: list[str]) -> str:
-    """`#ãã¹ã` back to `#テスト`: when every character fits in Latin-1, some are not ASCII, and their
-    Latin-1 bytes are valid UTF-8, the text is UTF-8 that was read as Latin-1 on its way in. Real Latin-1
-    text almost never forms valid UTF-8 sequences (an accented letter followed by C1 controls), so this
-    reading is taken; anything else is left as it is."""
+    """`#ãã¹ã` back to `#テスト`: when every character fits in Latin-1, some are not ASCII,
+    and their Latin-1 bytes are valid UTF-8, the text is UTF-8 that was read as Latin-1 on its way
+    in. Real Latin-1 text almost never forms valid UTF-8 sequences (an accented letter followed by
+    C1 controls), so this reading is taken; anything else is left as it is."""
     if text.isascii() or max(map(ord, text)) > 0xFF:
         return text
     try:
         fixed = text.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         return text
-    warnings.append(f"{what}: UTF-8 that was read as Latin-1 on its way in (mojibake); read as UTF-8")
+    warnings.append(
+        f"{what}: UTF-8 that was read as Latin-1 on its way in (mojibake); read as UTF-8"
+    )
     return fixed
 
 
@@ -132,5 +135,3 @@ def _decode_utf16(payload: bytes, big_endian_tiff: bool, warnings: list[str]) ->
 
 
 # ---------------------------------------------------------------- PNG
-
-

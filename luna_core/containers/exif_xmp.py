@@ -1,4 +1,5 @@
-"""EXIF (TIFF IFDs, text-bearing tags only) and XMP (no DTDs, no entities), bounded and forgiving."""
+"""EXIF (TIFF IFDs, text-bearing tags only) and XMP (no DTDs, no entities), bounded and
+forgiving."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1, 9: 4, 10: 8}
 
 
 def parse_exif(tiff: bytes, warnings: list[str]) -> dict[str, str]:
-    """The text-bearing EXIF tags, as 'exif:Name' items. Malformed EXIF yields a warning, not an error."""
+    """The text-bearing EXIF tags, as 'exif:Name' items. Malformed EXIF yields a warning, not an
+    error."""
     items: dict[str, str] = {}
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         warnings.append("EXIF block without a TIFF header ignored")
@@ -58,9 +60,13 @@ def parse_exif(tiff: bytes, warnings: list[str]) -> dict[str, str]:
                 elif tag == _USER_COMMENT:
                     items["exif:UserComment"] = decode_user_comment(value, big, warnings)
                 elif tag == 0x9C9C:
-                    items["exif:XPComment"] = value.decode("utf-16-le", errors="replace").rstrip("\x00")
+                    items["exif:XPComment"] = value.decode("utf-16-le", errors="replace").rstrip(
+                        "\x00"
+                    )
                 elif tag in _EXIF_TEXT_TAGS and typ in (2, 7):
-                    text = decode_text(value.rstrip(b"\x00"), f"EXIF {_EXIF_TEXT_TAGS[tag]}", warnings)
+                    text = decode_text(
+                        value.rstrip(b"\x00"), f"EXIF {_EXIF_TEXT_TAGS[tag]}", warnings
+                    )
                     items[f"exif:{_EXIF_TEXT_TAGS[tag]}"] = text
     except struct.error:
         warnings.append("EXIF block is malformed; partly read")
@@ -78,7 +84,8 @@ _XMP_FIELDS = {
 
 
 def parse_xmp(xml_text: str, warnings: list[str]) -> dict[str, str]:
-    """The fields of an XMP packet that carry generation data; the packet itself is kept as 'xmp'."""
+    """The fields of an XMP packet that carry generation data; the packet itself is kept as
+    'xmp'."""
     items = {"xmp": xml_text}
     if _XMP_FORBIDDEN.search(xml_text):
         warnings.append("XMP packet declares a DOCTYPE or entities; not parsed")
@@ -105,10 +112,11 @@ def parse_xmp(xml_text: str, warnings: list[str]) -> dict[str, str]:
             text = "".join(element.itertext()).strip()
             if text:
                 items[name] = text
-        elif name is None and element.tag.startswith("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Desc"):
+        elif name is None and element.tag.startswith(
+            "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Desc"
+        ):
             for attr, value in element.attrib.items():
                 attr_name = _XMP_FIELDS.get(attr)
                 if attr_name and attr_name not in items:
                     items[attr_name] = value
     return items
-

@@ -34,7 +34,9 @@ def probe_jpeg(data: bytes, budget: TextBudget) -> ImageProbe:
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         start, end = pos + 4, pos + 2 + length
         if length < 2 or end > size:
-            raise BadFileError("truncated", f"JPEG segment 0x{marker:02X} runs past the end of the file")
+            raise BadFileError(
+                "truncated", f"JPEG segment 0x{marker:02X} runs past the end of the file"
+            )
         body = data[start:end]
         if marker in _JPEG_SOF:
             if len(body) < 5:
@@ -49,19 +51,21 @@ def probe_jpeg(data: bytes, budget: TextBudget) -> ImageProbe:
             probe.items.update(parse_xmp(xmp, probe.warnings))
         elif marker == 0xFE:
             budget.take("JPEG comment", len(body))
-            probe.items.setdefault("jpeg:comment", decode_text(body, "JPEG comment", probe.warnings))
+            probe.items.setdefault(
+                "jpeg:comment", decode_text(body, "JPEG comment", probe.warnings)
+            )
         elif marker == 0xDA:
             if probe.width == 0:
                 raise BadFileError("corrupt", "JPEG image data starts before a frame header")
             # 0xFFD9 cannot occur inside entropy-coded data (0xFF is stuffed), so its presence
             # after the scan start tells a complete file from a cut one without decoding.
             if data.find(b"\xff\xd9", end) < 0:
-                raise BadFileError("truncated", f"JPEG image data is cut off (no end marker in {size:,} bytes)")
+                raise BadFileError(
+                    "truncated", f"JPEG image data is cut off (no end marker in {size:,} bytes)"
+                )
             return probe
         pos = end
     raise BadFileError("corrupt", f"JPEG has more than {budget.limits.max_chunks:,} segments")
 
 
 # ---------------------------------------------------------------- WebP
-
-

@@ -19,13 +19,16 @@ def probe_png(data: bytes, budget: TextBudget) -> ImageProbe:
         if pos == size:
             break
         if pos + 8 > size:
-            raise BadFileError("truncated", f"PNG ends inside a chunk header at byte {pos:,} of {size:,}")
+            raise BadFileError(
+                "truncated", f"PNG ends inside a chunk header at byte {pos:,} of {size:,}"
+            )
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
         start, end = pos + 8, pos + 8 + length
         if end + 4 > size:
             name = ctype.decode("latin-1", "replace")
             raise BadFileError(
-                "truncated", f"PNG ends inside chunk {name} (needs {end + 4:,} bytes, file has {size:,})"
+                "truncated",
+                f"PNG ends inside chunk {name} (needs {end + 4:,} bytes, file has {size:,})",
             )
         # Slice only what is read: IDAT bodies are most of the file and never needed here.
         body = data[start:end] if ctype in (b"IHDR", b"tEXt", b"zTXt", b"iTXt", b"eXIf") else b""
@@ -61,7 +64,9 @@ def probe_png(data: bytes, budget: TextBudget) -> ImageProbe:
     if not seen_ihdr:
         raise BadFileError("truncated", "PNG has a signature and nothing else")
     if not seen_idat:
-        raise BadFileError("truncated" if not seen_iend else "corrupt", "PNG holds no image data (IDAT)")
+        raise BadFileError(
+            "truncated" if not seen_iend else "corrupt", "PNG holds no image data (IDAT)"
+        )
     if not seen_iend:
         raise BadFileError("truncated", f"PNG ends after {size:,} bytes without an IEND chunk")
     if pos < size:
@@ -85,7 +90,9 @@ def _inflate_bounded(compressed: bytes, key: str, budget: TextBudget) -> bytes:
     try:
         out = inflater.decompress(compressed, limit + 1)
     except zlib.error as exc:
-        raise BadFileError("corrupt", f"compressed metadata item {key!r} does not inflate: {exc}") from None
+        raise BadFileError(
+            "corrupt", f"compressed metadata item {key!r} does not inflate: {exc}"
+        ) from None
     budget.take(key, len(out))  # raises when the item inflates past the bound
     return out
 
@@ -100,7 +107,9 @@ def _read_png_text(ctype: bytes, body: bytes, probe: ImageProbe, budget: TextBud
     if ctype == b"tEXt":
         text = decode_text(rest, f"PNG text {key!r}", probe.warnings)
     elif ctype == b"zTXt":
-        text = decode_text(_inflate_bounded(rest[1:], key, budget), f"PNG text {key!r}", probe.warnings)
+        text = decode_text(
+            _inflate_bounded(rest[1:], key, budget), f"PNG text {key!r}", probe.warnings
+        )
     else:
         if len(rest) < 2:
             probe.warnings.append(f"PNG iTXt chunk {key!r} is too short; skipped")
@@ -127,4 +136,3 @@ def _read_png_text(ctype: bytes, body: bytes, probe: ImageProbe, budget: TextBud
 
 
 # ---------------------------------------------------------------- JPEG
-

@@ -37,7 +37,10 @@ def read_stealth_alpha(data: bytes, max_bytes: int) -> str | None:
     length = int("".join(map(str, bits[_SIGNATURE_BITS : _SIGNATURE_BITS + _LENGTH_BITS])), 2)
     start = _SIGNATURE_BITS + _LENGTH_BITS
     if length <= 0 or length > len(bits) - start or length // 8 > max_bytes:
-        raise ValueError(f"stealth metadata declares {length:,} bits, more than the image holds or the bound allows")
+        raise ValueError(
+            f"stealth metadata declares {length:,} bits, more than the image holds or the bound "
+            "allows"
+        )
     payload = np.packbits(bits[start : start + length]).tobytes()
     if SIGNATURES[signature]:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip

@@ -27,7 +27,9 @@ def probe_webp(data: bytes, budget: TextBudget) -> ImageProbe:
         if end > end_all:
             name = fourcc.decode("latin-1", "replace")
             raise BadFileError("truncated", f"WebP chunk {name!r} runs past the end of the file")
-        body = data[start:end] if fourcc in (b"EXIF", b"XMP ") else data[start : min(end, start + 16)]
+        body = (
+            data[start:end] if fourcc in (b"EXIF", b"XMP ") else data[start : min(end, start + 16)]
+        )
         if fourcc == b"VP8X" and length >= 10:
             probe.has_alpha = bool(body[0] & 0x10)
             probe.width = 1 + int.from_bytes(body[4:7], "little")
@@ -63,4 +65,3 @@ def probe_webp(data: bytes, budget: TextBudget) -> ImageProbe:
 
 
 # ---------------------------------------------------------------- EXIF (TIFF structure)
-

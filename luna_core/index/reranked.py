@@ -1,5 +1,6 @@
 """An approximate index whose candidates are re-ranked exactly against vectors fetched by id (the
-vault's own rows, or the build's copy in memory), probing per query; and the id lookups it rests on."""
+vault's own rows, or the build's copy in memory), probing per query; and the id lookups it rests
+on."""
 
 from __future__ import annotations
 
@@ -11,23 +12,27 @@ import numpy as np
 
 
 def faiss_module():
-    """faiss, imported on first use: a second of start-up that commands without an index need not pay."""
+    """faiss, imported on first use: a second of start-up that commands without an index need not
+    pay."""
 
     return faiss
 
 
 class RerankedIndex:
-    """An approximate index whose candidates (k_factor x k) are re-ranked by exact inner products with
-    vectors fetched by id, the vault's own rows: the exact copy stays on disk, not in RAM. `fetch(ids)`
-    returns (float vectors [n, d], found mask); ids not found (images gone) are left out of answers.
+    """An approximate index whose candidates (k_factor x k) are re-ranked by exact inner products
+    with vectors fetched by id, the vault's own rows: the exact copy stays on disk, not in RAM.
+    `fetch(ids)` returns (float vectors [n, d], found mask); ids not found (images gone) are left
+    out of answers.
 
-    With `probe_margin`, each query probes its own number of lists (SPANN's query-aware pruning): the
-    lists whose centroid is at most (1 + margin) times as far (squared distance) as its nearest one, up
-    to `max_probes`. A query inside a small, well-separated cluster scans a list or two; one inside a
-    dense region scans all the lists that split it. One nprobe for all must be as large as the densest
-    region needs, and every query pays for it."""
+    With `probe_margin`, each query probes its own number of lists (SPANN's query-aware pruning):
+    the lists whose centroid is at most (1 + margin) times as far (squared distance) as its
+    nearest one, up to `max_probes`. A query inside a small, well-separated cluster scans a list
+    or two; one inside a dense region scans all the lists that split it. One nprobe for all must
+    be as large as the densest region needs, and every query pays for it."""
 
-    def __init__(self, index, fetch, k_factor: float, probe_margin: float | None = None, max_probes: int = 0):
+    def __init__(
+        self, index, fetch, k_factor: float, probe_margin: float | None = None, max_probes: int = 0
+    ):
         self.index, self.fetch, self.k_factor = index, fetch, float(k_factor)
         self.probe_margin, self.max_probes = probe_margin, int(max_probes)
         self._coarse = None
@@ -41,9 +46,11 @@ class RerankedIndex:
         """The IVF layer inside the wrapped index (adds fill its lists; it is never replaced)."""
         return index_layers(self.index)[0]
 
-    def search(self, queries: np.ndarray, k: int, every_list: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Top k by exact inner product among the candidates; `every_list`: probe all the IVF lists (per call,
-        never set on the shared index, so concurrent searches stay apart)."""
+    def search(
+        self, queries: np.ndarray, k: int, every_list: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top k by exact inner product among the candidates; `every_list`: probe all the IVF lists
+        (per call, never set on the shared index, so concurrent searches stay apart)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         depth = int(min(self.ntotal, max(k, math.ceil(k * self.k_factor))))
         ivf = self.ivf
@@ -52,8 +59,11 @@ class RerankedIndex:
         elif self.probe_margin is None or ivf is None or ivf.nprobe >= ivf.nlist:
             _, candidates = self.index.search(queries, depth)
         else:
-            candidates = np.stack([self._probe(query, depth) for query in queries]) if len(queries) \
+            candidates = (
+                np.stack([self._probe(query, depth) for query in queries])
+                if len(queries)
                 else np.zeros((0, depth), dtype=np.int64)
+            )
         sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for q, (query, found_ids) in enumerate(zip(queries, candidates)):
@@ -65,25 +75,31 @@ class RerankedIndex:
         return sims, ids
 
     def lists_for(self, query: np.ndarray, depth: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(lists, inner products with their centroids) this query probes, nearest first, with more of the
-        nearest ones while the chosen lists hold fewer than `depth` codes (a query on a small list's centroid
-        has a margin of ~0). The centroids are ranked by one matrix-vector product over all of them (~0.05 ms
-        for 2,048 x 1,024 floats, faster than the HNSW quantizer's walk), read in place from the quantizer's
-        storage: no second copy."""
+        """(lists, inner products with their centroids) this query probes, nearest first, with more
+        of the nearest ones while the chosen lists hold fewer than `depth` codes (a query on a
+        small list's centroid has a margin of ~0). The centroids are ranked by one matrix-vector
+        product over all of them (~0.05 ms for 2,048 x 1,024 floats, faster than the HNSW
+        quantizer's walk), read in place from the quantizer's storage: no second copy."""
         ivf = self.ivf
         if self._coarse is None:  # adds fill lists, never new centroids
             faiss = faiss_module()
             quantizer = faiss.downcast_index(ivf.quantizer)
-            flat = faiss.downcast_index(quantizer.storage) if hasattr(quantizer, "storage") else quantizer
+            flat = (
+                faiss.downcast_index(quantizer.storage)
+                if hasattr(quantizer, "storage")
+                else quantizer
+            )
             if isinstance(flat, faiss.IndexFlat):
-                centroids = faiss.rev_swig_ptr(flat.get_xb(), ivf.nlist * ivf.d).reshape(ivf.nlist, ivf.d)
+                centroids = faiss.rev_swig_ptr(flat.get_xb(), ivf.nlist * ivf.d).reshape(
+                    ivf.nlist, ivf.d
+                )
             else:
                 centroids = flat.reconstruct_n(0, ivf.nlist)
             self._coarse = (centroids, np.einsum("ij,ij->i", centroids, centroids))
         centroids, norms = self._coarse
         sims = centroids @ query
-        # Squared distances; rounding makes one a hair below 0 for a query on a centroid (then the margin
-        # would keep nothing).
+        # Squared distances; rounding makes one a hair below 0 for a query on a centroid (then the
+        # margin would keep nothing).
         dist = np.maximum(float(query @ query) + norms - 2 * sims, 0.0)
         chosen = np.flatnonzero(dist <= dist.min() * (1 + self.probe_margin))
         limit = max(1, min(self.max_probes or ivf.nlist, ivf.nlist))
@@ -115,20 +131,33 @@ class RerankedIndex:
         distances = np.empty((1, depth), dtype=np.float32)
         labels = np.empty((1, depth), dtype=np.int64)
         params = faiss.SearchParametersIVF()
-        params.nprobe = lists.shape[1]  # per call, not on the shared index: concurrent queries stay apart
-        ivf.search_preassigned_c(1, faiss.swig_ptr(query), depth, faiss.swig_ptr(lists), faiss.swig_ptr(sims),
-                                 faiss.swig_ptr(distances), faiss.swig_ptr(labels), False, params)
+        params.nprobe = lists.shape[
+            1
+        ]  # per call, not on the shared index: concurrent queries stay apart
+        ivf.search_preassigned_c(
+            1,
+            faiss.swig_ptr(query),
+            depth,
+            faiss.swig_ptr(lists),
+            faiss.swig_ptr(sims),
+            faiss.swig_ptr(distances),
+            faiss.swig_ptr(labels),
+            False,
+            params,
+        )
         labels = labels[0]
         if not hasattr(self.index, "id_map"):
             return labels
-        # The IVF inside the IDMap holds positions; a fresh view of the id map each time (adds reallocate it).
+        # The IVF inside the IDMap holds positions; a fresh view of the id map each time (adds
+        # reallocate it).
         id_map = faiss.rev_swig_ptr(self.index.id_map.data(), self.index.id_map.size())
         return np.where(labels >= 0, id_map[np.maximum(labels, 0)], -1)
 
 
 def every_list_params(index):
-    """Search parameters that probe every IVF list of `index` (an IDMap over an IVF, with or without a
-    Refine layer): passed to one call, unlike `nprobe` set on the index, which every thread shares."""
+    """Search parameters that probe every IVF list of `index` (an IDMap over an IVF, with or without
+    a Refine layer): passed to one call, unlike `nprobe` set on the index, which every thread
+    shares."""
     faiss = faiss_module()
     ivf, refine = index_layers(index)
     params = faiss.SearchParametersIVF()
@@ -153,7 +182,8 @@ def search_index(index, queries: np.ndarray, k: int, every_list: bool = False):
 
 
 def id_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position in `sorted_ids`, found) of each wanted id; a position is meaningless where not found."""
+    """(position in `sorted_ids`, found) of each wanted id; a position is meaningless where not
+    found."""
     pos = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(0, len(sorted_ids) - 1))
     return pos, (len(sorted_ids) > 0) & (sorted_ids[pos] == wanted)
 

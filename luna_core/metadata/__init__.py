@@ -41,7 +41,15 @@ __all__ = ["GenerationRecord", "Lora", "parse_generation", "NO_METADATA", "UNKNO
 NO_METADATA = "none"
 UNKNOWN = "unknown"
 # Container items that say nothing about how an image was generated.
-_NEUTRAL_ITEMS = {"xmp", "exif:Software", "exif:Make", "exif:Model", "jpeg:comment", "Title", "Creation Time"}
+_NEUTRAL_ITEMS = {
+    "xmp",
+    "exif:Software",
+    "exif:Make",
+    "exif:Model",
+    "jpeg:comment",
+    "Title",
+    "Creation Time",
+}
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -73,8 +81,8 @@ _COMFY_PREFIXES = ("prompt:", "workflow:")
 def _comfy_graphs(items: dict[str, str]) -> tuple[str | None, str | None, str]:
     """ComfyUI's API graph and editor graph wherever a writer put them, and where they were found:
     PNG `prompt`/`workflow` text; 'prompt:{json}' / 'workflow:{json}' in EXIF text tags (ComfyUI's
-    WebP saver, Save Image Extended); or one JSON object {"prompt": ..., "workflow": ...} in the EXIF
-    UserComment (extended-format savers)."""
+    WebP saver, Save Image Extended); or one JSON object {"prompt": ..., "workflow": ...} in the
+    EXIF UserComment (extended-format savers)."""
     if "prompt" in items or "workflow" in items:
         source = "comfy:prompt" if items.get("prompt") is not None else "comfy:workflow"
         return items.get("prompt"), items.get("workflow"), source
@@ -89,7 +97,11 @@ def _comfy_graphs(items: dict[str, str]) -> tuple[str | None, str | None, str]:
         elif head.startswith("workflow:") and workflow is None:
             workflow = value[len("workflow:") :]
             where = where or key
-    if prompt is None and workflow is None and looks_like_json_object(items.get("exif:UserComment")):
+    if (
+        prompt is None
+        and workflow is None
+        and looks_like_json_object(items.get("exif:UserComment"))
+    ):
         try:
             data = _json_object(items["exif:UserComment"], "EXIF UserComment")
         except MetadataError:
@@ -112,32 +124,56 @@ def _graph_record(items: dict[str, str]) -> GenerationRecord | None:
         record = parse_comfyui(prompt, workflow)
         return _tagged(record, where if where.startswith("exif") else "comfy:prompt")
     if prompt is None and looks_like_json_object(workflow):
-        return _tagged(parse_comfyui(None, workflow), "comfy:workflow" if not where.startswith("exif") else where)
+        return _tagged(
+            parse_comfyui(None, workflow),
+            "comfy:workflow" if not where.startswith("exif") else where,
+        )
     return None
 
 
 def _with_saver_text(graph: GenerationRecord, text: GenerationRecord) -> GenerationRecord:
-    """A ComfyUI save node's A1111-style text beside the graph: the graph is what ran; the text fills
-    what the graph does not say (model hash, LoRAs written as tags, a prompt the walk missed)."""
-    for name in ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "scheduler", "width",
-                 "height", "model", "model_hash"):
+    """A ComfyUI save node's A1111-style text beside the graph: the graph is what ran; the text
+    fills what the graph does not say (model hash, LoRAs written as tags, a prompt the walk
+    missed)."""
+    for name in (
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "steps",
+        "cfg_scale",
+        "sampler",
+        "scheduler",
+        "width",
+        "height",
+        "model",
+        "model_hash",
+    ):
         if getattr(graph, name) is None and getattr(text, name) is not None:
             setattr(graph, name, getattr(text, name))
             if name.endswith("prompt"):  # the saver wrote the text the graph evaluated at run time
-                graph.extra.setdefault("read_by", {})[name] = "png:parameters (the save node's evaluated text)"
+                graph.extra.setdefault("read_by", {})[name] = (
+                    "png:parameters (the save node's evaluated text)"
+                )
     if not graph.loras:
         graph.loras = text.loras
     if text.generator == "Stability Matrix":  # a ComfyUI backend behind its own front end
         graph.generator = text.generator
-    graph.extra["saver_parameters"] = {k: v for k, v in text.extra.items() if isinstance(v, (str, int, float, dict))}
+    graph.extra["saver_parameters"] = {
+        k: v for k, v in text.extra.items() if isinstance(v, (str, int, float, dict))
+    }
     return graph
 
 
 def _novelai_json(data: dict[str, Any]) -> GenerationRecord | None:
     """NovelAI's text chunks as one JSON object (its WebP EXIF, its stealth alpha payload)."""
-    if str(data.get("Software", "")).startswith("NovelAI") and looks_like_json_object(data.get("Comment")):
-        return parse_novelai(_json_object(data["Comment"], "NovelAI Comment"), data.get("Description"),
-                             data.get("Source"))
+    if str(data.get("Software", "")).startswith("NovelAI") and looks_like_json_object(
+        data.get("Comment")
+    ):
+        return parse_novelai(
+            _json_object(data["Comment"], "NovelAI Comment"),
+            data.get("Description"),
+            data.get("Source"),
+        )
     return None
 
 
@@ -152,8 +188,8 @@ def _text_record(text: str, where: str) -> GenerationRecord | None:
 
 
 def _legacy_invokeai(items: dict[str, str]) -> GenerationRecord:
-    """InvokeAI 1.x-2.x: `sd-metadata` JSON, the `Dream` command line, or both (what one lacks, the other
-    gives; a disagreement on the prompt is recorded, the JSON kept)."""
+    """InvokeAI 1.x-2.x: `sd-metadata` JSON, the `Dream` command line, or both (what one lacks, the
+    other gives; a disagreement on the prompt is recorded, the JSON kept)."""
     record = _tagged(parse_sd_metadata(items["sd-metadata"]), "png:sd-metadata")
     if "Dream" not in items:
         return record
@@ -163,13 +199,27 @@ def _legacy_invokeai(items: dict[str, str]) -> GenerationRecord:
         record.warnings.append(str(exc))
         return record
     read_by = {}
-    for name in ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "width", "height"):
-        if getattr(record, name) is None and getattr(dream, name) is not None and not (
-                name.endswith("prompt") and record.extra.get("prompt_pieces")):
+    for name in (
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "steps",
+        "cfg_scale",
+        "sampler",
+        "width",
+        "height",
+    ):
+        if (
+            getattr(record, name) is None
+            and getattr(dream, name) is not None
+            and not (name.endswith("prompt") and record.extra.get("prompt_pieces"))
+        ):
             setattr(record, name, getattr(dream, name))
             read_by[name] = "png:Dream"
     if dream.prompt is not None and record.prompt is not None and dream.prompt != record.prompt:
-        record.warnings.append("InvokeAI sd-metadata and Dream disagree on the prompt; sd-metadata's is kept")
+        record.warnings.append(
+            "InvokeAI sd-metadata and Dream disagree on the prompt; sd-metadata's is kept"
+        )
     if read_by:
         record.extra["read_by"] = read_by
     record.extra.update({k: v for k, v in dream.extra.items() if k not in record.extra})
@@ -177,15 +227,18 @@ def _legacy_invokeai(items: dict[str, str]) -> GenerationRecord:
 
 
 def _typed_prompt(record: GenerationRecord, items: dict[str, str]) -> GenerationRecord:
-    """Stability Matrix's `parameters-json` twin holds the prompt as written (with its `#` comments, which
-    it strips before sending the text to ComfyUI): kept as the typed prompt, never as the encoded one."""
+    """Stability Matrix's `parameters-json` twin holds the prompt as written (with its `#` comments,
+    which it strips before sending the text to ComfyUI): kept as the typed prompt, never as the
+    encoded one."""
     try:
         data = _json_object(items["parameters-json"], "Stability Matrix parameters-json")
     except MetadataError as exc:
         record.warnings.append(str(exc))
         return record
-    for field, key, encoded in (("typed_prompt", "PositivePrompt", record.prompt),
-                                ("typed_negative_prompt", "NegativePrompt", record.negative_prompt)):
+    for field, key, encoded in (
+        ("typed_prompt", "PositivePrompt", record.prompt),
+        ("typed_negative_prompt", "NegativePrompt", record.negative_prompt),
+    ):
         if isinstance(data.get(key), str) and data[key] != encoded:
             record.extra[field] = data[key]
     return record
@@ -198,18 +251,24 @@ def _dispatch(items: dict[str, str]) -> GenerationRecord | None:
         return _legacy_invokeai(items)
     if "Dream" in items:
         return _tagged(parse_dream(items["Dream"]), "png:Dream")
-    if items.get("Software", "").startswith("NovelAI") and looks_like_json_object(items.get("Comment")):
+    if items.get("Software", "").startswith("NovelAI") and looks_like_json_object(
+        items.get("Comment")
+    ):
         return _tagged(_novelai_json(items), "png:Comment")
     if "sui_image_params" in items:
-        return _tagged(parse_swarmui({"sui_image_params": _json_object(items["sui_image_params"], "SwarmUI")}),
-                       "png:sui_image_params")
+        return _tagged(
+            parse_swarmui({"sui_image_params": _json_object(items["sui_image_params"], "SwarmUI")}),
+            "png:sui_image_params",
+        )
     parameters = items.get("parameters")
     graph = _graph_record(items)
     if looks_like_json_object(parameters):
         data = _json_object(parameters, "parameters")
         record = _from_json_record(data)
         if record is None and graph is None:
-            record = parse_json_parameters(data)  # a Gradio app's, or another app's JSON: never A1111 text
+            record = parse_json_parameters(
+                data
+            )  # a Gradio app's, or another app's JSON: never A1111 text
         if record is not None:
             return _tagged(record, "png:parameters")
     elif parameters is not None and "fooocus_scheme" not in items:
@@ -222,11 +281,22 @@ def _dispatch(items: dict[str, str]) -> GenerationRecord | None:
         return graph
     if is_easy_diffusion(items):
         return _tagged(parse_easy_diffusion(items), "png:text")
-    for key in ("Comment", "xmp:UserComment", "exif:UserComment", "xmp:description", "exif:ImageDescription",
-                "jpeg:comment", "stealth:alpha"):
+    for key in (
+        "Comment",
+        "xmp:UserComment",
+        "exif:UserComment",
+        "xmp:description",
+        "exif:ImageDescription",
+        "jpeg:comment",
+        "stealth:alpha",
+    ):
         text = items.get(key)
         if text:
-            where = {"jpeg:comment": "jpeg:COM", "stealth:alpha": "alpha:stealth", "Comment": "png:Comment"}.get(key, key)
+            where = {
+                "jpeg:comment": "jpeg:COM",
+                "stealth:alpha": "alpha:stealth",
+                "Comment": "png:Comment",
+            }.get(key, key)
             record = _text_record(text, where)
             if record is not None:
                 return record
@@ -235,7 +305,8 @@ def _dispatch(items: dict[str, str]) -> GenerationRecord | None:
 
 def _a1111(text: str, items: dict[str, str] | None = None) -> GenerationRecord:
     """A1111-style text, told apart by what the writer adds: `Version: ComfyUI` (Comfy Image Saver),
-    `Version: Fooocus...`, `App: SD.Next`, Civitai's resource list, Stability Matrix's own chunks."""
+    `Version: Fooocus...`, `App: SD.Next`, Civitai's resource list, Stability Matrix's own
+    chunks."""
     record = parse_a1111(text)
     version = record.generator_version or ""
     if version.startswith("Fooocus"):
@@ -253,7 +324,8 @@ def _a1111(text: str, items: dict[str, str] | None = None) -> GenerationRecord:
 
 
 def _civitai_resources(record: GenerationRecord) -> None:
-    """Civitai's resource list names the checkpoint and the LoRAs (with weights) the text leaves out."""
+    """Civitai's resource list names the checkpoint and the LoRAs (with weights) the text leaves
+    out."""
     resources = record.extra.get("Civitai resources")
     if isinstance(resources, str):
         try:
@@ -284,7 +356,9 @@ def parse_generation(items: dict[str, str]) -> GenerationRecord:
     except MetadataError as exc:
         record = GenerationRecord(generator=_guess_generator(items), warnings=[str(exc)])
     except (RecursionError, MemoryError):
-        record = GenerationRecord(generator=_guess_generator(items), warnings=["metadata is too deeply nested to read"])
+        record = GenerationRecord(
+            generator=_guess_generator(items), warnings=["metadata is too deeply nested to read"]
+        )
     if record is None:
         meaningful = set(items) - _NEUTRAL_ITEMS
         record = GenerationRecord(generator=UNKNOWN if meaningful else NO_METADATA)
@@ -300,7 +374,11 @@ def _guess_generator(items: dict[str, str]) -> str:
         return "InvokeAI"
     if items.get("Software", "").startswith("NovelAI"):
         return "NovelAI"
-    if "prompt" in items or "workflow" in items or any(str(v).startswith(("prompt:", "workflow:")) for v in items.values()):
+    if (
+        "prompt" in items
+        or "workflow" in items
+        or any(str(v).startswith(("prompt:", "workflow:")) for v in items.values())
+    ):
         return "ComfyUI"
     if "sui_image_params" in items or "sui_image_params" in items.get("parameters", ""):
         return "SwarmUI"

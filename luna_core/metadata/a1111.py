@@ -1,4 +1,5 @@
-"""AUTOMATIC1111 / Forge 'parameters' text: prompt lines, 'Negative prompt:' lines, settings line."""
+"""AUTOMATIC1111 / Forge 'parameters' text: prompt lines, 'Negative prompt:' lines, settings
+line."""
 
 from __future__ import annotations
 
@@ -111,8 +112,11 @@ def parse_a1111(text: str, generator: str = "AUTOMATIC1111") -> GenerationRecord
 
     record = GenerationRecord(generator=generator)
     record.prompt = "\n".join(prompt_lines).strip()
-    record.negative_prompt = "\n".join(negative_lines).strip() if negative_lines is not None else None
-    # LoRA tags select networks; they are not text the encoder sees, so the prompt is kept without them.
+    record.negative_prompt = (
+        "\n".join(negative_lines).strip() if negative_lines is not None else None
+    )
+    # LoRA tags select networks; they are not text the encoder sees, so the prompt is kept without
+    # them.
     record.loras = loras_in_prompt(record.prompt)
     record.prompt = strip_lora_tags(record.prompt)
     values = dict(settings)

@@ -1,5 +1,6 @@
-"""A catalog-wide check that stored prompts hold only text a generator encoded: no command-line switch,
-no JSON fragment, no ComfyUI node link, no mojibake. Each finding is a parse that went wrong."""
+"""A catalog-wide check that stored prompts hold only text a generator encoded: no command-line
+switch, no JSON fragment, no ComfyUI node link, no mojibake. Each finding is a parse that went
+wrong."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from luna_core.catalog import open_catalog
 
 # RE2 patterns (DuckDB's regexp_*). Each names one way a parse leaks what is not prompt text.
 LEAKS = {
-    # Two or more of InvokeAI Dream's switches with their values: `-s 50 -S 42`, `-U 4 0.95`, `-V 1,0.1;2,0.1`.
+    # Two or more of InvokeAI Dream's switches with their values: `-s 50 -S 42`, `-U 4 0.95`, `-V
+    # 1,0.1;2,0.1`.
     "command-line switch": (r"(?:^|\s)-(?:s|S|W|H|C|A|G|U|V|v|f|cf|ft)\s+-?\d[\d.,;:]*(?:\s|$)", 2),
     # "key": value, as JSON holds it.
     "JSON fragment": (r"\"[A-Za-z_][\w ]*\"\s*:\s*[\"\[{\d]", 1),
@@ -25,7 +27,9 @@ EXAMPLES = 5
 @dataclass
 class PromptAudit:
     checked: int = 0
-    found: dict[str, int] = field(default_factory=dict)  # leak -> generations whose prompt or negative has it
+    found: dict[str, int] = field(
+        default_factory=dict
+    )  # leak -> generations whose prompt or negative has it
     examples: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -36,15 +40,24 @@ class PromptAudit:
 def audit_prompts(catalog_path: str | Path) -> PromptAudit:
     audit = PromptAudit()
     with open_catalog(catalog_path, read_only=True) as con:
-        audit.checked = con.execute("SELECT count(*) FROM generations WHERE prompt IS NOT NULL "
-                                    "OR negative_prompt IS NOT NULL").fetchone()[0]
+        audit.checked = con.execute(
+            "SELECT count(*) FROM generations WHERE prompt IS NOT NULL "
+            "OR negative_prompt IS NOT NULL"
+        ).fetchone()[0]
         for leak, (pattern, least) in LEAKS.items():
-            hit = ("(len(regexp_extract_all(coalesce(prompt, ''), $p)) >= $n "
-                   "OR len(regexp_extract_all(coalesce(negative_prompt, ''), $p)) >= $n)")
-            rows = con.execute(f"SELECT content_hash, generator, source, left(coalesce(prompt, negative_prompt), 120) "
-                               f"FROM generations WHERE {hit} ORDER BY content_hash",
-                               {"p": pattern, "n": least}).fetchall()
+            hit = (
+                "(len(regexp_extract_all(coalesce(prompt, ''), $p)) >= $n "
+                "OR len(regexp_extract_all(coalesce(negative_prompt, ''), $p)) >= $n)"
+            )
+            rows = con.execute(
+                "SELECT content_hash, generator, source, left(coalesce(prompt, "
+                "negative_prompt), 120) "
+                f"FROM generations WHERE {hit} ORDER BY content_hash",
+                {"p": pattern, "n": least},
+            ).fetchall()
             audit.found[leak] = len(rows)
-            audit.examples += [{"leak": leak, "content_hash": h, "generator": g, "source": s or "", "text": t}
-                               for h, g, s, t in rows[:EXAMPLES]]
+            audit.examples += [
+                {"leak": leak, "content_hash": h, "generator": g, "source": s or "", "text": t}
+                for h, g, s, t in rows[:EXAMPLES]
+            ]
     return audit

@@ -1,8 +1,8 @@
 """ComfyUI graphs: find every sampler and walk its conditioning back to the text encoders.
 
 ComfyUI saves the executed API graph (`prompt`: {node_id: {class_type, inputs}}) and the editor
-graph (`workflow`: {nodes, links}). Links are `[node_id, output_slot]`. Graphs are untrusted: the walk
-keeps a visited set (graphs with cycles end) and bounds its depth and work.
+graph (`workflow`: {nodes, links}). Links are `[node_id, output_slot]`. Graphs are untrusted: the
+walk keeps a visited set (graphs with cycles end) and bounds its depth and work.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ class _Graph:
         self.runtime: list[dict[str, Any]] = []  # generative nodes met: what each was given
 
     def switch_choice(self, node: dict[str, Any]) -> tuple[bool, Any]:
-        """(is a boolean switch, the input it passes): ComfyUI's ComfySwitchNode (comfy_extras/nodes_logic.py:
-        `switch`, `on_true`, `on_false`) with its switch a constant or a PrimitiveBoolean. An undecidable
-        switch passes None: its text is unknown, never guessed."""
+        """(is a boolean switch, the input it passes): ComfyUI's ComfySwitchNode
+        (comfy_extras/nodes_logic.py: `switch`, `on_true`, `on_false`) with its switch a constant
+        or a PrimitiveBoolean. An undecidable switch passes None: its text is unknown, never
+        guessed."""
         inputs = node.get("inputs", {})
         if "on_true" not in inputs and "on_false" not in inputs:
             return False, None
@@ -56,7 +57,9 @@ class _Graph:
             source, _ = self.node(value)
             value = (source or {}).get("inputs", {}).get("value")
         if not isinstance(value, bool):
-            self.warnings.append("ComfyUI switch node's switch is not a constant; its branch is unknown")
+            self.warnings.append(
+                "ComfyUI switch node's switch is not a constant; its branch is unknown"
+            )
             return True, None
         return True, inputs.get("on_true" if value else "on_false")
 
@@ -72,7 +75,8 @@ class _Graph:
         return self.visits < MAX_VISITS
 
     def text_of(self, value: Any, depth: int = 0, seen: frozenset[str] = frozenset()) -> str | None:
-        """A string input, following links through primitive, string, concatenate and switch nodes."""
+        """A string input, following links through primitive, string, concatenate and switch
+        nodes."""
         if isinstance(value, str):
             return value
         node, _ = self.node(value)
@@ -84,22 +88,40 @@ class _Graph:
         inputs = node.get("inputs", {})
         class_type = str(node.get("class_type", ""))
         if _is_generative(class_type):
-            given = next((self.text_of(inputs[n], depth + 1, seen | {key}) for n in ("prompt", "text", "string")
-                          if n in inputs), None)
-            self.runtime.append({"node": key, "class_type": class_type,
-                                 "given": None if given is None or isinstance(given, _RuntimeText) else given})
+            given = next(
+                (
+                    self.text_of(inputs[n], depth + 1, seen | {key})
+                    for n in ("prompt", "text", "string")
+                    if n in inputs
+                ),
+                None,
+            )
+            self.runtime.append(
+                {
+                    "node": key,
+                    "class_type": class_type,
+                    "given": None if given is None or isinstance(given, _RuntimeText) else given,
+                }
+            )
             return RUNTIME
         is_switch, chosen = self.switch_choice(node)
         if is_switch:
             return self.text_of(chosen, depth + 1, seen | {key}) if chosen is not None else None
-        if "source" in inputs and class_type.startswith("Preview"):  # PreviewAny: shows its input, passes it on
+        if "source" in inputs and class_type.startswith(
+            "Preview"
+        ):  # PreviewAny: shows its input, passes it on
             return self.text_of(inputs["source"], depth + 1, seen | {key})
         parts = sorted(name for name in inputs if _CONCAT_INPUT.fullmatch(name))
-        if len(parts) >= 2:  # StringConcatenate (string_a, string_b), Text Concatenate (text_a...), text1, text2
+        if (
+            len(parts) >= 2
+        ):  # StringConcatenate (string_a, string_b), Text Concatenate (text_a...), text1, text2
             texts = [self.text_of(inputs[name], depth + 1, seen | {key}) for name in parts]
             if any(isinstance(t, _RuntimeText) for t in texts):
                 return RUNTIME
-            delimiter = next((inputs[d] for d in ("delimiter", "separator") if isinstance(inputs.get(d), str)), "")
+            delimiter = next(
+                (inputs[d] for d in ("delimiter", "separator") if isinstance(inputs.get(d), str)),
+                "",
+            )
             return delimiter.join(t for t in texts if t) if any(texts) else None
         for name in _TEXT_INPUTS:
             if name in inputs:
@@ -113,7 +135,8 @@ class _Graph:
         return None
 
     def encoder_texts(self, inputs: dict[str, Any]) -> dict[str, str]:
-        """The texts of a text encoder's inputs, by input name (CLIP, SDXL, SD3, Flux, HiDream, Qwen...)."""
+        """The texts of a text encoder's inputs, by input name (CLIP, SDXL, SD3, Flux, HiDream,
+        Qwen...)."""
         texts = {}
         for name in _ENCODER_TEXTS:
             if name in inputs:
@@ -142,13 +165,18 @@ class _Graph:
                 found = self.encoder_texts(inputs)
                 if found:
                     main_name = next(name for name in _ENCODER_TEXTS if name in found)
-                    if isinstance(inputs.get("parser"), str):  # smZ CLIPTextEncode: the weighting rules it used
+                    if isinstance(
+                        inputs.get("parser"), str
+                    ):  # smZ CLIPTextEncode: the weighting rules it used
                         extra.setdefault("prompt_parser", inputs["parser"])
                     if isinstance(found[main_name], _RuntimeText):
                         extra["runtime_text"] = True
                         continue
                     texts.append(found[main_name])
-                    for name, text in found.items():  # other encoders' texts (SDXL text_l, Flux clip_l...)
+                    for (
+                        name,
+                        text,
+                    ) in found.items():  # other encoders' texts (SDXL text_l, Flux clip_l...)
                         if name != main_name and text.strip() and text != found[main_name]:
                             extra.setdefault(name, []).append(text)
                     continue
@@ -159,7 +187,14 @@ class _Graph:
                 if _is_link(inputs.get(side)):
                     stack.append((inputs[side], depth + 1))
                 else:
-                    base = next((inputs[n] for n in ("base_ctx", "ctx", "context") if _is_link(inputs.get(n))), None)
+                    base = next(
+                        (
+                            inputs[n]
+                            for n in ("base_ctx", "ctx", "context")
+                            if _is_link(inputs.get(n))
+                        ),
+                        None,
+                    )
                     if base is not None:
                         stack.append(([base[0], slot], depth + 1))
                 continue
@@ -177,7 +212,9 @@ class _Graph:
                 stack.append((switched[0][1], depth + 1))
                 continue
             upstream = [
-                value for name, value in inputs.items() if _is_link(value) and "cond" in name.lower()
+                value
+                for name, value in inputs.items()
+                if _is_link(value) and "cond" in name.lower()
             ]
             stack.extend((value, depth + 1) for value in reversed(upstream))
         ordered: list[str] = []
@@ -237,7 +274,9 @@ class _Graph:
         while node is not None and depth < MAX_DEPTH and self._budget():
             inputs = node.get("inputs", {})
             if "width" in inputs and "height" in inputs:
-                return as_int(self.setting(node, ("width",))), as_int(self.setting(node, ("height",)))
+                return as_int(self.setting(node, ("width",))), as_int(
+                    self.setting(node, ("height",))
+                )
             nxt = inputs.get("samples", inputs.get("latent_image", inputs.get("latent")))
             node, _ = self.node(nxt)
             depth += 1
@@ -271,14 +310,19 @@ def _node_order(node_id: str) -> tuple[int, ...]:
 def _as_graph(value: Any, what: str) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict):
         raise MetadataError(f"ComfyUI {what} is not a JSON object")
-    nodes = {str(k): v for k, v in value.items() if isinstance(v, dict) and isinstance(v.get("inputs", {}), dict)}
+    nodes = {
+        str(k): v
+        for k, v in value.items()
+        if isinstance(v, dict) and isinstance(v.get("inputs", {}), dict)
+    }
     if not nodes:
         raise MetadataError(f"ComfyUI {what} holds no nodes")
     return nodes
 
 
 def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> GenerationRecord:
-    """The record of a ComfyUI file from its API graph (`prompt`), else its editor graph (`workflow`)."""
+    """The record of a ComfyUI file from its API graph (`prompt`), else its editor graph
+    (`workflow`)."""
     record = GenerationRecord(generator="ComfyUI")
     nodes: dict[str, dict[str, Any]] | None = None
     errors: list[str] = []
@@ -301,8 +345,11 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> Generat
     return record_from_nodes(nodes, record)
 
 
-def record_from_nodes(nodes: dict[str, dict[str, Any]], record: GenerationRecord) -> GenerationRecord:
-    """Fill `record` from an API graph's nodes: the first full-strength sampler's texts and settings."""
+def record_from_nodes(
+    nodes: dict[str, dict[str, Any]], record: GenerationRecord
+) -> GenerationRecord:
+    """Fill `record` from an API graph's nodes: the first full-strength sampler's texts and
+    settings."""
     graph = _Graph(nodes, record.warnings)
     samplers = []
     for node_id, node, positive, negative in _sampler_nodes(graph):
@@ -316,12 +363,19 @@ def record_from_nodes(nodes: dict[str, dict[str, Any]], record: GenerationRecord
         model, loras = graph.model_chain(model_link)
         width, height = graph.latent_size(node.get("inputs", {}).get("latent_image"))
         prompt = ", ".join(graph.conditioning_texts(positive, positive_extra)) or None
-        negative_prompt = ", ".join(graph.conditioning_texts(negative, negative_extra)) if negative else None
-        if positive_extra.get("runtime_text"):  # part of the text was generated at run time: unknown
+        negative_prompt = (
+            ", ".join(graph.conditioning_texts(negative, negative_extra)) if negative else None
+        )
+        if positive_extra.get(
+            "runtime_text"
+        ):  # part of the text was generated at run time: unknown
             prompt = None
         if negative_extra.get("runtime_text"):
             negative_prompt = None
-        extra = {**positive_extra, **{f"negative_{key}": value for key, value in negative_extra.items()}}
+        extra = {
+            **positive_extra,
+            **{f"negative_{key}": value for key, value in negative_extra.items()},
+        }
         samplers.append(
             {
                 "node": node_id,
@@ -342,7 +396,9 @@ def record_from_nodes(nodes: dict[str, dict[str, Any]], record: GenerationRecord
             }
         )
     if not samplers:
-        record.warnings.append("ComfyUI graph has no sampler node with a positive/negative conditioning")
+        record.warnings.append(
+            "ComfyUI graph has no sampler node with a positive/negative conditioning"
+        )
         return record
     # The first full-strength pass is the generation; later passes (hires fix, refiner) refine it.
     primary = next((s for s in samplers if s["denoise"] in (None, 1.0)), samplers[0])
@@ -355,15 +411,27 @@ def record_from_nodes(nodes: dict[str, dict[str, Any]], record: GenerationRecord
         if key in primary:
             record.extra[key] = primary[key]
     if primary.get("runtime_text") or primary.get("negative_runtime_text"):
-        made_by = ", ".join(f"{r['class_type']} (node {r['node']})" for r in graph.runtime) or "a node"
-        record.extra["prompt_unknown"] = f"prompt expanded at run time by {made_by}, encoded text unknown"
+        made_by = (
+            ", ".join(f"{r['class_type']} (node {r['node']})" for r in graph.runtime) or "a node"
+        )
+        record.extra["prompt_unknown"] = (
+            f"prompt expanded at run time by {made_by}, encoded text unknown"
+        )
         record.extra["prompt_given"] = [r["given"] for r in graph.runtime if r["given"] is not None]
         record.warnings.append(record.extra["prompt_unknown"])
-    family = next((n["inputs"]["type"] for n in nodes.values() if "CLIPLoader" in str(n.get("class_type", ""))
-                   and isinstance(n.get("inputs", {}).get("type"), str)), None)
+    family = next(
+        (
+            n["inputs"]["type"]
+            for n in nodes.values()
+            if "CLIPLoader" in str(n.get("class_type", ""))
+            and isinstance(n.get("inputs", {}).get("type"), str)
+        ),
+        None,
+    )
     if family:
         record.extra["text_encoder_family"] = family
     record.extra["samplers"] = [
-        {**s, "loras": [{"name": lora.name, "weight": lora.weight} for lora in s["loras"]]} for s in samplers
+        {**s, "loras": [{"name": lora.name, "weight": lora.weight} for lora in s["loras"]]}
+        for s in samplers
     ]
     return record

@@ -7,18 +7,39 @@ from typing import Any
 
 MAX_VISITS = 5_000
 _SAMPLER_HINTS = ("seed", "noise_seed", "steps", "cfg")
-_TEXT_INPUTS = ("text", "text_g", "string", "prompt", "value", "text_positive", "wildcard_text", "populated_text")
-# Text inputs of text encoders, main text first: CLIPTextEncode (text), Qwen/rgthree (prompt), Flux and
-# SD3 (t5xxl), SDXL (text_g, text_l), SD3/HiDream (clip_g, llama, clip_l).
+_TEXT_INPUTS = (
+    "text",
+    "text_g",
+    "string",
+    "prompt",
+    "value",
+    "text_positive",
+    "wildcard_text",
+    "populated_text",
+)
+# Text inputs of text encoders, main text first: CLIPTextEncode (text), Qwen/rgthree (prompt), Flux
+# and SD3 (t5xxl), SDXL (text_g, text_l), SD3/HiDream (clip_g, llama, clip_l).
 _ENCODER_TEXTS = ("text", "prompt", "t5xxl", "text_g", "clip_g", "llama", "clip_l", "text_l")
 _CONCAT_INPUT = re.compile(r"(string|text)_?([a-f]|[0-9])")
 # rgthree context outputs: CONTEXT, MODEL, CLIP, VAE, POSITIVE, NEGATIVE, LATENT, IMAGE, SEED.
 _CONTEXT_SIDES = {4: "positive", 5: "negative"}
 _MODEL_NAME_INPUTS = ("ckpt_name", "unet_name", "model_name", "base_ckpt_name")
-# Nodes that write text at run time (an LLM expanding the prompt): their output is never saved in the
-# file. ComfyUI's own TextGenerate (comfy_extras/nodes_textgen.py) and the common custom packs'.
-_GENERATIVE = ("textgenerate", "llm", "ollama", "gemini", "openai", "gpt", "florence2run", "joycaption",
-               "promptgen", "promptexpansion", "magicprompt", "qwenvl")
+# Nodes that write text at run time (an LLM expanding the prompt): their output is never saved in
+# the file. ComfyUI's own TextGenerate (comfy_extras/nodes_textgen.py) and the common custom packs'.
+_GENERATIVE = (
+    "textgenerate",
+    "llm",
+    "ollama",
+    "gemini",
+    "openai",
+    "gpt",
+    "florence2run",
+    "joycaption",
+    "promptgen",
+    "promptexpansion",
+    "magicprompt",
+    "qwenvl",
+)
 
 
 class _RuntimeText(str):
@@ -34,18 +55,25 @@ def _is_generative(class_type: str) -> bool:
 
 
 def _is_encoder(class_type: str, inputs: dict[str, Any]) -> bool:
-    """A text encoder: a node that takes a CLIP (`clip`, rgthree's `opt_clip`), or whose class name says so
-    (`...TextEncode...`: Flux, SD3, HiDream, Qwen, Wan, Krea)."""
-    return any(_is_link(inputs.get(n)) for n in ("clip", "opt_clip")) or "textencode" in class_type.lower()
+    """A text encoder: a node that takes a CLIP (`clip`, rgthree's `opt_clip`), or whose class name
+    says so (`...TextEncode...`: Flux, SD3, HiDream, Qwen, Wan, Krea)."""
+    return (
+        any(_is_link(inputs.get(n)) for n in ("clip", "opt_clip"))
+        or "textencode" in class_type.lower()
+    )
 
 
 def _switch_inputs(node: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The connected inputs of a switch/reroute node, in order (rgthree Any Switch: any_01, any_02...)."""
+    """The connected inputs of a switch/reroute node, in order (rgthree Any Switch: any_01,
+    any_02...)."""
     class_type = str(node.get("class_type", "")).lower()
     if "switch" not in class_type and "reroute" not in class_type:
         return []
     inputs = node.get("inputs", {})
-    return sorted(((name, value) for name, value in inputs.items() if _is_link(value)), key=lambda item: item[0])
+    return sorted(
+        ((name, value) for name, value in inputs.items() if _is_link(value)),
+        key=lambda item: item[0],
+    )
 
 
 def _is_link(value: Any) -> bool:

@@ -1,6 +1,7 @@
-"""ComfyUI's editor graph (`workflow`: {nodes, links}) as an API graph ({node_id: {class_type, inputs}}),
-for graphs saved without the executed `prompt`: widget values are named by the known layouts of the
-common nodes, and links are followed through Reroute joints (bounded: graphs are untrusted)."""
+"""ComfyUI's editor graph (`workflow`: {nodes, links}) as an API graph ({node_id: {class_type,
+inputs}}), for graphs saved without the executed `prompt`: widget values are named by the known
+layouts of the common nodes, and links are followed through Reroute joints (bounded: graphs are
+untrusted)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,37 @@ MAX_DEPTH = 64  # links followed from one node at most (the graph walk's bound t
 # Widget layouts of the common nodes, for graphs saved only as the editor `workflow`.
 UI_WIDGETS = {
     "CLIPTextEncode": ["text"],
-    "CLIPTextEncodeSDXL": ["width", "height", "crop_w", "crop_h", "target_width", "target_height", "text_g", "text_l"],
+    "CLIPTextEncodeSDXL": [
+        "width",
+        "height",
+        "crop_w",
+        "crop_h",
+        "target_width",
+        "target_height",
+        "text_g",
+        "text_l",
+    ],
     "CLIPTextEncodeSDXLRefiner": ["ascore", "width", "height", "text"],
-    "KSampler": ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+    "KSampler": [
+        "seed",
+        "control_after_generate",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "denoise",
+    ],
     "KSamplerAdvanced": [
-        "add_noise", "noise_seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler",
-        "start_at_step", "end_at_step", "return_with_leftover_noise",
+        "add_noise",
+        "noise_seed",
+        "control_after_generate",
+        "steps",
+        "cfg",
+        "sampler_name",
+        "scheduler",
+        "start_at_step",
+        "end_at_step",
+        "return_with_leftover_noise",
     ],
     "CheckpointLoaderSimple": ["ckpt_name"],
     "UNETLoader": ["unet_name", "weight_dtype"],
@@ -41,13 +67,18 @@ CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
 def widget_names(node: dict[str, Any]) -> list[str]:
     """Widget names of an editor node: the known layout, else the names newer frontends list on the
-    node's inputs (`{"name": ..., "widget": {"name": ...}}`), a seed followed by its control widget."""
+    node's inputs (`{"name": ..., "widget": {"name": ...}}`), a seed followed by its control
+    widget."""
     layout = UI_WIDGETS.get(str(node.get("type")))
     if layout is not None:
         return layout
     names = []
     for slot in node.get("inputs") or []:
-        if isinstance(slot, dict) and isinstance(slot.get("widget"), dict) and slot["widget"].get("name"):
+        if (
+            isinstance(slot, dict)
+            and isinstance(slot.get("widget"), dict)
+            and slot["widget"].get("name")
+        ):
             names.append(str(slot["widget"]["name"]))
             if names[-1] in SEED_WIDGETS:
                 names.append("control_after_generate")
@@ -69,7 +100,8 @@ def workflow_to_api(workflow: dict[str, Any], warnings: list[str]) -> dict[str, 
             link_source[link["id"]] = [link.get("origin_id"), link.get("origin_slot", 0)]
 
     def source_of(link_id: Any) -> list[Any] | None:
-        """Where a link starts, through Reroute nodes (the editor's wire joints, absent from API graphs)."""
+        """Where a link starts, through Reroute nodes (the editor's wire joints, absent from API
+        graphs)."""
         for _ in range(MAX_DEPTH):
             origin = link_source.get(link_id)
             if origin is None:
@@ -77,7 +109,11 @@ def workflow_to_api(workflow: dict[str, Any], warnings: list[str]) -> dict[str, 
             node = by_id.get(origin[0])
             if not (isinstance(node, dict) and node.get("type") == "Reroute"):
                 return [str(origin[0]), origin[1]]
-            slots = [s for s in node.get("inputs") or [] if isinstance(s, dict) and s.get("link") is not None]
+            slots = [
+                s
+                for s in node.get("inputs") or []
+                if isinstance(s, dict) and s.get("link") is not None
+            ]
             if not slots:
                 return None
             link_id = slots[0]["link"]
@@ -91,8 +127,12 @@ def workflow_to_api(workflow: dict[str, Any], warnings: list[str]) -> dict[str, 
         widgets = node.get("widgets_values")
         if isinstance(widgets, list):
             names = widget_names(node)
-            if names and names[-1:] != ["control_after_generate"] and len(widgets) == len(names) + 1 \
-                    and widgets[-1] in CONTROL_VALUES:
+            if (
+                names
+                and names[-1:] != ["control_after_generate"]
+                and len(widgets) == len(names) + 1
+                and widgets[-1] in CONTROL_VALUES
+            ):
                 names = names + ["control_after_generate"]
             inputs.update({name: value for name, value in zip(names, widgets)})
         for slot in node.get("inputs") or []:

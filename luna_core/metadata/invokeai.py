@@ -21,13 +21,17 @@ MAX_DREAM_CHARS = 64 * 1024
 
 
 def split_bracket_negative(prompt: str) -> tuple[str, str | None]:
-    """InvokeAI 1.x-2.x put the negative prompt in square brackets inside the prompt (ldm/invoke/conditioning.py
-    split_prompt_to_positive_and_negative): the positive is the rest, spaces left by a span closed up."""
+    """InvokeAI 1.x-2.x put the negative prompt in square brackets inside the prompt
+    (ldm/invoke/conditioning.py split_prompt_to_positive_and_negative): the positive is the rest,
+    spaces left by a span closed up."""
     if not _BRACKETED.search(prompt):
         return prompt, None
     negatives = [part.strip() for part in _BRACKETED.findall(prompt) if part.strip()]
-    positive = re.sub(r" ?\[[^\[\]]*\] ?", lambda m: " " if m.group(0).startswith(" ") and m.group(0).endswith(" ")
-                      else "", prompt).strip()
+    positive = re.sub(
+        r" ?\[[^\[\]]*\] ?",
+        lambda m: " " if m.group(0).startswith(" ") and m.group(0).endswith(" ") else "",
+        prompt,
+    ).strip()
     return positive, (", ".join(negatives) if negatives else None)
 
 
@@ -64,7 +68,8 @@ def parse_invokeai_metadata(text: str) -> GenerationRecord:
 
 
 def _sd_metadata_image(data: dict[str, Any]) -> dict[str, Any]:
-    """InvokeAI 2.x writes `image` (one dict); 1.x-era files `images` (a list, the first is the image)."""
+    """InvokeAI 2.x writes `image` (one dict); 1.x-era files `images` (a list, the first is the
+    image)."""
     if isinstance(data.get("image"), dict):
         return data["image"]
     images = data.get("images")
@@ -74,9 +79,10 @@ def _sd_metadata_image(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_sd_metadata(text: str) -> GenerationRecord:
-    """InvokeAI 1.x-2.x `sd-metadata` (ldm/invoke/pngwriter.py, args.py metadata_dumps): settings at the top
-    (`model_weights` or `model_id`, `model_hash`, `app_version`), the generation under `image`/`images[]`,
-    its prompt a list of {prompt, weight} pieces, a `[bracketed span]` inside being the negative."""
+    """InvokeAI 1.x-2.x `sd-metadata` (ldm/invoke/pngwriter.py, args.py metadata_dumps): settings at
+    the top (`model_weights` or `model_id`, `model_hash`, `app_version`), the generation under
+    `image`/`images[]`, its prompt a list of {prompt, weight} pieces, a `[bracketed span]` inside
+    being the negative."""
     data = load_json(text, "InvokeAI sd-metadata")
     if not isinstance(data, dict):
         raise MetadataError("InvokeAI sd-metadata is not a JSON object")
@@ -84,15 +90,23 @@ def parse_sd_metadata(text: str) -> GenerationRecord:
     record = GenerationRecord(generator="InvokeAI")
     prompt = image.get("prompt")
     if isinstance(prompt, list):
-        pieces = [(as_str(p.get("prompt")), as_float(p.get("weight"))) for p in prompt if isinstance(p, dict)]
-        pieces = [(text, 1.0 if weight is None else weight) for text, weight in pieces if text is not None]
+        pieces = [
+            (as_str(p.get("prompt")), as_float(p.get("weight")))
+            for p in prompt
+            if isinstance(p, dict)
+        ]
+        pieces = [
+            (text, 1.0 if weight is None else weight) for text, weight in pieces if text is not None
+        ]
         if len(pieces) == 1:
             prompt = pieces[0][0]
         else:  # a weighted blend (`a cat:0.5 a dog:0.5`): several encodings mixed, not one text
             record.extra["prompt_pieces"] = [{"prompt": t, "weight": w} for t, w in pieces]
             if pieces:
-                record.warnings.append(f"InvokeAI prompt is a weighted blend of {len(pieces)} prompts; "
-                                       "kept as prompt_pieces, not stored as one text")
+                record.warnings.append(
+                    f"InvokeAI prompt is a weighted blend of {len(pieces)} prompts; "
+                    "kept as prompt_pieces, not stored as one text"
+                )
             prompt = None
     if isinstance(prompt, str):
         record.prompt, record.negative_prompt = split_bracket_negative(prompt)
@@ -108,26 +122,86 @@ def parse_sd_metadata(text: str) -> GenerationRecord:
     return record
 
 
-# InvokeAI 2.x ldm/invoke/args.py Args.dream_prompt_str(): the prompt in double quotes (its own quotes left
-# as they are), then switches, each with its values: -s steps, -S seed, -W/-H size, -C cfg, -A sampler,
-# and as used -I init image, -f strength, -M mask, -G/-ft/-cf face restoration, -U upscale (one or two
-# values), -v variation amount, -V variations, -c outcrop, --seamless, --hires_fix, --embiggen ... Early
-# dream.py log lines leave the prompt unquoted and may glue a value to its switch (-s50).
-_DREAM_SETTINGS = {"-s": "steps", "--steps": "steps", "-S": "seed", "--seed": "seed", "-W": "width",
-                   "--width": "width", "-H": "height", "--height": "height", "-C": "cfg", "--cfg_scale": "cfg",
-                   "-A": "sampler", "--sampler": "sampler"}
-_DREAM_KNOWN = set(_DREAM_SETTINGS) | {
-    "-I", "-f", "-M", "-G", "-ft", "-cf", "-U", "-v", "-V", "-c", "-n", "-b", "-g", "-t", "-F", "-x", "-tm",
-    "--seamless", "--hires_fix", "--grid", "--fit", "--perlin", "--threshold", "--embiggen", "--embiggen_tiles",
-    "--embiggen_strength", "--karras_max", "--init_color", "--inpaint_replace", "--facetool", "--variation_amount",
-    "--with_variations", "--upscale", "--strength", "--outcrop", "--init_img", "--init_mask", "--text_mask",
+# InvokeAI 2.x ldm/invoke/args.py Args.dream_prompt_str(): the prompt in double quotes (its own
+# quotes left as they are), then switches, each with its values: -s steps, -S seed, -W/-H size, -C
+# cfg, -A sampler, and as used -I init image, -f strength, -M mask, -G/-ft/-cf face restoration, -U
+# upscale (one or two values), -v variation amount, -V variations, -c outcrop, --seamless,
+# --hires_fix, --embiggen ... Early dream.py log lines leave the prompt unquoted and may glue a
+# value to its switch (-s50).
+_DREAM_SETTINGS = {
+    "-s": "steps",
+    "--steps": "steps",
+    "-S": "seed",
+    "--seed": "seed",
+    "-W": "width",
+    "--width": "width",
+    "-H": "height",
+    "--height": "height",
+    "-C": "cfg",
+    "--cfg_scale": "cfg",
+    "-A": "sampler",
+    "--sampler": "sampler",
 }
-# How many values a switch takes (low, high); the rest take one. A word left over after its switch's values
-# is not a Dream line's: that is how prompt text that merely looks like a switch (` -style`) is told apart.
-_ARITY = {"--seamless": (0, 0), "--hires_fix": (0, 0), "--grid": (0, 0), "--fit": (0, 0), "-F": (0, 0),
-          "-t": (0, 0), "--inpaint_replace": (0, 1), "-U": (1, 2), "--upscale": (1, 2), "-c": (1, 8),
-          "--outcrop": (1, 8), "-tm": (1, 3), "--text_mask": (1, 3), "--embiggen": (1, 3),
-          "--embiggen_tiles": (1, 64)}
+_DREAM_KNOWN = set(_DREAM_SETTINGS) | {
+    "-I",
+    "-f",
+    "-M",
+    "-G",
+    "-ft",
+    "-cf",
+    "-U",
+    "-v",
+    "-V",
+    "-c",
+    "-n",
+    "-b",
+    "-g",
+    "-t",
+    "-F",
+    "-x",
+    "-tm",
+    "--seamless",
+    "--hires_fix",
+    "--grid",
+    "--fit",
+    "--perlin",
+    "--threshold",
+    "--embiggen",
+    "--embiggen_tiles",
+    "--embiggen_strength",
+    "--karras_max",
+    "--init_color",
+    "--inpaint_replace",
+    "--facetool",
+    "--variation_amount",
+    "--with_variations",
+    "--upscale",
+    "--strength",
+    "--outcrop",
+    "--init_img",
+    "--init_mask",
+    "--text_mask",
+}
+# How many values a switch takes (low, high); the rest take one. A word left over after its switch's
+# values is not a Dream line's: that is how prompt text that merely looks like a switch (` -style`)
+# is told apart.
+_ARITY = {
+    "--seamless": (0, 0),
+    "--hires_fix": (0, 0),
+    "--grid": (0, 0),
+    "--fit": (0, 0),
+    "-F": (0, 0),
+    "-t": (0, 0),
+    "--inpaint_replace": (0, 1),
+    "-U": (1, 2),
+    "--upscale": (1, 2),
+    "-c": (1, 8),
+    "--outcrop": (1, 8),
+    "-tm": (1, 3),
+    "--text_mask": (1, 3),
+    "--embiggen": (1, 3),
+    "--embiggen_tiles": (1, 64),
+}
 _SWITCH = re.compile(r"--?[A-Za-z][\w-]*")
 _GLUED = re.compile(r"(-[sSWHC])(\d[\d.]*)")  # -s50, -S42, -C7.5
 _NUMBER = re.compile(r"-?\d[\d.,:;]*")
@@ -135,8 +209,8 @@ _CLOSING_TRIES = 64  # candidate closing quotes tried before a Dream line is cal
 
 
 def _switches(text: str) -> list[tuple[str, list[str]]] | None:
-    """`-s 50 -U 4 0.95 --seamless` as (switch, values); None unless every word is a switch or a value
-    that follows one and the first word is a switch Dream writes."""
+    """`-s 50 -U 4 0.95 --seamless` as (switch, values); None unless every word is a switch or a
+    value that follows one and the first word is a switch Dream writes."""
     try:  # shlex only where a value is quoted (-I "a path"): it costs ten times a split
         words = shlex.split(text) if '"' in text or "'" in text else text.split()
     except ValueError:
@@ -166,7 +240,7 @@ def split_dream(text: str) -> tuple[str, list[tuple[str, list[str]]]]:
         tries = 0
         for match in re.finditer(r'"(?=\s+-|\s*$)', line[1:]):
             end = match.start() + 1
-            rest = line[end + 1:]
+            rest = line[end + 1 :]
             if not rest.strip():
                 return line[1:end], []
             switches = _switches(rest)
@@ -177,7 +251,9 @@ def split_dream(text: str) -> tuple[str, list[tuple[str, list[str]]]]:
                 break
         raise MetadataError("InvokeAI Dream line: no closing quote is followed by Dream's switches")
     words = line.split(" ")
-    for i, word in enumerate(words):  # unquoted: the prompt runs to the first of Dream's own switches
+    for i, word in enumerate(
+        words
+    ):  # unquoted: the prompt runs to the first of Dream's own switches
         if word in _DREAM_KNOWN or _GLUED.fullmatch(word):
             switches = _switches(" ".join(words[i:]))
             if switches is not None:
@@ -198,7 +274,8 @@ def _variations(value: str) -> list[list[float]] | None:
 
 
 def parse_dream(text: str) -> GenerationRecord:
-    """'"a cat [blurry]" -s 50 -S 42 -W 512 -H 512 -C 7.5 -A k_lms -G 0.9 -U 4 0.95' (InvokeAI 1.x-2.x)."""
+    """'"a cat [blurry]" -s 50 -S 42 -W 512 -H 512 -C 7.5 -A k_lms -G 0.9 -U 4 0.95' (InvokeAI
+    1.x-2.x)."""
     if len(text) > MAX_DREAM_CHARS:
         raise MetadataError("InvokeAI Dream line is over the length bound")
     prompt, switches = split_dream(text)
@@ -213,7 +290,9 @@ def parse_dream(text: str) -> GenerationRecord:
         elif switch in ("-V", "--with_variations") and args:
             variations = _variations(args[0])
             if variations is None:
-                record.warnings.append(f"InvokeAI Dream -V {args[0]!r}: not a list of seed and weight; kept as text")
+                record.warnings.append(
+                    f"InvokeAI Dream -V {args[0]!r}: not a list of seed and weight; kept as text"
+                )
             others["variations"] = variations if variations is not None else args[0]
         else:
             others[switch] = args[0] if len(args) == 1 else (args or True)

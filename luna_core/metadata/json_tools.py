@@ -10,7 +10,9 @@ from luna_core.metadata.a1111 import loras_in_prompt
 from luna_core.metadata.record import GenerationRecord, Lora, as_float, as_int, as_str, parse_size
 
 
-def parse_novelai(comment: dict[str, Any], description: str | None, source: str | None) -> GenerationRecord:
+def parse_novelai(
+    comment: dict[str, Any], description: str | None, source: str | None
+) -> GenerationRecord:
     record = GenerationRecord(generator="NovelAI")
     prompt = as_str(comment.get("prompt")) or description
     v4 = comment.get("v4_prompt")
@@ -35,19 +37,30 @@ def is_ruined_fooocus(data: dict[str, Any]) -> bool:
 
 
 def parse_ruined_fooocus(data: dict[str, Any]) -> GenerationRecord:
-    """RuinedFooocus: flat JSON in `parameters`; LoRAs as [hash, "weight - name"] pairs (or, in older
-    versions, one "Loras:<name:weight>,..." string)."""
+    """RuinedFooocus: flat JSON in `parameters`; LoRAs as [hash, "weight - name"] pairs (or, in
+    older versions, one "Loras:<name:weight>,..." string)."""
     record = GenerationRecord(generator="RuinedFooocus")
     record.prompt, record.negative_prompt = as_str(data.get("Prompt")), as_str(data.get("Negative"))
     record.seed, record.steps = as_int(data.get("seed")), as_int(data.get("steps"))
     record.cfg_scale = as_float(data.get("cfg"))
     record.width, record.height = as_int(data.get("width")), as_int(data.get("height"))
-    record.sampler, record.scheduler = as_str(data.get("sampler_name")), as_str(data.get("scheduler"))
-    record.model, record.model_hash = as_str(data.get("base_model_name")), as_str(data.get("base_model_hash"))
+    record.sampler, record.scheduler = (
+        as_str(data.get("sampler_name")),
+        as_str(data.get("scheduler")),
+    )
+    record.model, record.model_hash = (
+        as_str(data.get("base_model_name")),
+        as_str(data.get("base_model_hash")),
+    )
     loras = data.get("loras")
     if isinstance(loras, list):
         for pair in loras:
-            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str) and " - " in pair[1]:
+            if (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and isinstance(pair[1], str)
+                and " - " in pair[1]
+            ):
                 weight, name = pair[1].split(" - ", 1)
                 record.loras.append(Lora(name.strip(), as_float(weight.strip()) or 1.0))
     elif isinstance(loras, str):
@@ -61,8 +74,10 @@ def parse_ruined_fooocus(data: dict[str, Any]) -> GenerationRecord:
 
 def is_fooocus(data: dict[str, Any]) -> bool:
     version = str(data.get("version", ""))
-    return data.get("metadata_scheme") == "fooocus" or version.startswith("Fooocus") or (
-        "base_model" in data and "guidance_scale" in data and "prompt" in data
+    return (
+        data.get("metadata_scheme") == "fooocus"
+        or version.startswith("Fooocus")
+        or ("base_model" in data and "guidance_scale" in data and "prompt" in data)
     )
 
 
@@ -70,10 +85,11 @@ _FOOOCUS_LORA = re.compile(r"^(.*?)\s*:\s*(-?[\d.]+)\s*$")
 
 
 def encoded_pieces(value: Any) -> str | None:
-    """Fooocus encodes each text of `full_prompt` (the styled prompt, then its expansion) on its own and
-    concatenates the conditionings along the sequence, pooled output from the first (Fooocus
-    modules/default_pipeline.py clip_encode, async_worker.py `positive`/`negative` lists). In A1111's
-    syntax that is the texts joined by BREAK: each starts a new chunk. None unless a list of texts."""
+    """Fooocus encodes each text of `full_prompt` (the styled prompt, then its expansion) on its own
+    and concatenates the conditionings along the sequence, pooled output from the first (Fooocus
+    modules/default_pipeline.py clip_encode, async_worker.py `positive`/`negative` lists). In
+    A1111's syntax that is the texts joined by BREAK: each starts a new chunk. None unless a list
+    of texts."""
     if not isinstance(value, list) or not value or not all(isinstance(text, str) for text in value):
         return None
     texts = [text for text in value if text.strip()]
@@ -87,7 +103,10 @@ def parse_fooocus(data: dict[str, Any]) -> GenerationRecord:
     record = GenerationRecord(generator="Fooocus")
     typed, typed_negative = as_str(data.get("prompt")), as_str(data.get("negative_prompt"))
     record.prompt, record.negative_prompt = typed, typed_negative
-    full, full_negative = encoded_pieces(data.get("full_prompt")), encoded_pieces(data.get("full_negative_prompt"))
+    full, full_negative = (
+        encoded_pieces(data.get("full_prompt")),
+        encoded_pieces(data.get("full_negative_prompt")),
+    )
     if full is not None:
         record.prompt = full
         record.extra["typed_prompt"] = typed
@@ -100,13 +119,23 @@ def parse_fooocus(data: dict[str, Any]) -> GenerationRecord:
     record.cfg_scale = as_float(data.get("guidance_scale"))
     record.sampler, record.scheduler = as_str(data.get("sampler")), as_str(data.get("scheduler"))
     record.width, record.height = parse_size(data.get("resolution"))
-    record.model, record.model_hash = as_str(data.get("base_model")), as_str(data.get("base_model_hash"))
+    record.model, record.model_hash = (
+        as_str(data.get("base_model")),
+        as_str(data.get("base_model_hash")),
+    )
     record.generator_version = as_str(data.get("version"))
     for key in sorted(k for k in data if k.startswith("lora_combined_")):
         match = _FOOOCUS_LORA.match(str(data[key]))
         if match:
             record.loras.append(Lora(match.group(1), float(match.group(2))))
-    for key in ("styles", "performance", "prompt_expansion", "refiner_model", "sharpness", "adm_guidance"):
+    for key in (
+        "styles",
+        "performance",
+        "prompt_expansion",
+        "refiner_model",
+        "sharpness",
+        "adm_guidance",
+    ):
         if data.get(key) is not None:
             record.extra[key] = data[key]
     return record
@@ -115,17 +144,25 @@ def parse_fooocus(data: dict[str, Any]) -> GenerationRecord:
 def parse_swarmui(data: dict[str, Any]) -> GenerationRecord:
     params = data.get("sui_image_params") if isinstance(data.get("sui_image_params"), dict) else {}
     record = GenerationRecord(generator="SwarmUI")
-    record.prompt, record.negative_prompt = as_str(params.get("prompt")), as_str(params.get("negativeprompt"))
+    record.prompt, record.negative_prompt = (
+        as_str(params.get("prompt")),
+        as_str(params.get("negativeprompt")),
+    )
     record.seed, record.steps = as_int(params.get("seed")), as_int(params.get("steps"))
     record.cfg_scale = as_float(params.get("cfgscale"))
-    record.sampler, record.scheduler = as_str(params.get("sampler")), as_str(params.get("scheduler"))
+    record.sampler, record.scheduler = (
+        as_str(params.get("sampler")),
+        as_str(params.get("scheduler")),
+    )
     record.width, record.height = as_int(params.get("width")), as_int(params.get("height"))
     record.model = as_str(params.get("model"))
     record.generator_version = as_str(params.get("swarm_version"))
     names, weights = params.get("loras") or [], params.get("loraweights") or []
     if isinstance(names, list):
         for i, name in enumerate(names):
-            weight = as_float(weights[i]) if isinstance(weights, list) and i < len(weights) else None
+            weight = (
+                as_float(weights[i]) if isinstance(weights, list) and i < len(weights) else None
+            )
             if as_str(name):
                 record.loras.append(Lora(str(name), 1.0 if weight is None else weight))
     if isinstance(data.get("sui_extra_data"), dict):
@@ -139,7 +176,9 @@ def _normalized_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 def is_easy_diffusion(data: dict[str, Any]) -> bool:
     keys = _normalized_keys(data)
-    return ("use_stable_diffusion_model" in keys or "stable_diffusion_model" in keys) and "prompt" in keys
+    return (
+        "use_stable_diffusion_model" in keys or "stable_diffusion_model" in keys
+    ) and "prompt" in keys
 
 
 def parse_easy_diffusion(data: dict[str, Any]) -> GenerationRecord:
@@ -193,9 +232,17 @@ def parse_draw_things(data: dict[str, Any]) -> GenerationRecord:
     return record
 
 
-# Gradio apps (Hugging Face Spaces, self-hosted diffusers UIs) write a JSON object into the PNG `parameters`
-# chunk (gr.Image with PngInfo; the keys are the app's: diffusers' call arguments and A1111-like names).
-_GRADIO_KEYS = ("guidance_scale", "num_inference_steps", "resolution", "Model", "Model hash", "negative_prompt")
+# Gradio apps (Hugging Face Spaces, self-hosted diffusers UIs) write a JSON object into the PNG
+# `parameters` chunk (gr.Image with PngInfo; the keys are the app's: diffusers' call arguments and
+# A1111-like names).
+_GRADIO_KEYS = (
+    "guidance_scale",
+    "num_inference_steps",
+    "resolution",
+    "Model",
+    "Model hash",
+    "negative_prompt",
+)
 
 
 def is_gradio(data: dict[str, Any]) -> bool:
@@ -203,8 +250,8 @@ def is_gradio(data: dict[str, Any]) -> bool:
 
 
 def parse_json_parameters(data: dict[str, Any]) -> GenerationRecord:
-    """A JSON `parameters` object of a Gradio app, or of an app with other keys: the keys it shares with
-    the others. Never read as A1111 text; the whole object stays in the raw metadata."""
+    """A JSON `parameters` object of a Gradio app, or of an app with other keys: the keys it shares
+    with the others. Never read as A1111 text; the whole object stays in the raw metadata."""
     record = GenerationRecord(generator="Gradio" if is_gradio(data) else "unknown")
     record.prompt = as_str(data.get("prompt"))
     record.negative_prompt = as_str(data.get("negative_prompt", data.get("negativePrompt")))

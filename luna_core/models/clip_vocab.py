@@ -27,7 +27,6 @@ def find_bpe_file() -> Path:
         candidates.append(Path(chosen).expanduser())
     candidates.append(Path(sys.prefix) / "share" / "luna" / BPE_FILE)
     try:  # an installed open_clip package, located without importing it (it needs torchvision)
-
         spec = importlib.util.find_spec("open_clip")
         if spec and spec.submodule_search_locations:
             candidates.append(Path(list(spec.submodule_search_locations)[0]) / BPE_FILE)
@@ -37,14 +36,20 @@ def find_bpe_file() -> Path:
         if path.is_file():
             return path
     raise LunaConfigError(
-        f"the CLIP BPE vocabulary ({BPE_FILE}) was not found in {', '.join(str(c) for c in candidates)}. "
-        "Run scripts/bootstrap (it extracts it from the open_clip_torch wheel), or set LUNA_CLIP_BPE to the file."
+        f"the CLIP BPE vocabulary ({BPE_FILE}) was not found in "
+        f"{', '.join(str(c) for c in candidates)}. "
+        "Run scripts/bootstrap (it extracts it from the open_clip_torch wheel), or set "
+        "LUNA_CLIP_BPE to the file."
     )
 
 
 def byte_symbols() -> list[str]:
     """GPT-2/CLIP byte-level BPE alphabet: each of the 256 bytes as a printable character."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -55,14 +60,18 @@ def byte_symbols() -> list[str]:
     return [chr(c) for c in codes]
 
 
-def clip_vocab_and_merges(bpe_path: Path | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def clip_vocab_and_merges(
+    bpe_path: Path | None = None,
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     lines = gzip.open(bpe_path or find_bpe_file(), "rt", encoding="utf-8").read().split("\n")
     merges = lines[1 : N_MERGES + 1]
     symbols = byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     if len(tokens) != VOCAB_SIZE:
-        raise LunaConfigError(f"unexpected CLIP BPE file: {len(tokens)} tokens, expected {VOCAB_SIZE}")
+        raise LunaConfigError(
+            f"unexpected CLIP BPE file: {len(tokens)} tokens, expected {VOCAB_SIZE}"
+        )
     return {token: i for i, token in enumerate(tokens)}, [tuple(m.split()) for m in merges]
 
 
@@ -70,7 +79,8 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
     """A CLIPTokenizer over the real vocabulary, 77 tokens long like SDXL's two tokenizers.
 
     SDXL's first tokenizer pads with <|endoftext|>, its second with '!' (id 0)."""
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()

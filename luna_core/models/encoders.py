@@ -28,7 +28,8 @@ def _is_local(model: str) -> bool:
 
 def _load(loader, model: str, revision: str | None, what: str, **kwargs):
     """from_pretrained with a load failure turned into an error that says what to do."""
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # Luna shows its own progress; per-file weight bars are noise
@@ -39,7 +40,8 @@ def _load(loader, model: str, revision: str | None, what: str, **kwargs):
         return loader(str(Path(model).expanduser()) if _is_local(model) else model, **kwargs)
     except (OSError, ValueError) as exc:
         raise LunaConfigError(
-            f"could not load the {what} from '{model}': {str(exc).splitlines()[0]}. Give a local folder, "
+            f"could not load the {what} from '{model}': {str(exc).splitlines()[0]}. Give a local "
+            "folder, "
             "put the weights in the Hugging Face cache, or use the 'tiny' profile (no download)."
         ) from None
 
@@ -64,8 +66,12 @@ class Preprocessing:
         return cls(
             shortest_edge=int(edge or crop["height"]),
             crop=(int(crop["height"]), int(crop["width"])),
-            mean=np.asarray(config.get("image_mean", [0.48145466, 0.4578275, 0.40821073]), np.float32),
-            std=np.asarray(config.get("image_std", [0.26862954, 0.26130258, 0.27577711]), np.float32),
+            mean=np.asarray(
+                config.get("image_mean", [0.48145466, 0.4578275, 0.40821073]), np.float32
+            ),
+            std=np.asarray(
+                config.get("image_std", [0.26862954, 0.26130258, 0.27577711]), np.float32
+            ),
             resample=int(config.get("resample", Image.Resampling.BICUBIC)),
         )
 
@@ -91,16 +97,27 @@ class VisionEncoder:
     """CLIP-ViT image tower with projection: image → unit-length embedding of `width` floats."""
 
     def __init__(self, model: str, revision: str | None, device, dtype):
-        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        # torch and the model libraries take about a second to import: only code that runs a model
+        # pays for it
         import torch
         from transformers import CLIPVisionModelWithProjection
         from transformers.utils import cached_file
 
         self.device, self.dtype = device, dtype
-        self.model = _load(CLIPVisionModelWithProjection.from_pretrained, model, revision, "vision model", dtype=dtype)
+        self.model = _load(
+            CLIPVisionModelWithProjection.from_pretrained,
+            model,
+            revision,
+            "vision model",
+            dtype=dtype,
+        )
         self.model.to(device).eval()
-        config_file = _load(lambda m, **kw: cached_file(m, "preprocessor_config.json", **kw), model, revision,
-                            "vision model's preprocessor_config.json")
+        config_file = _load(
+            lambda m, **kw: cached_file(m, "preprocessor_config.json", **kw),
+            model,
+            revision,
+            "vision model's preprocessor_config.json",
+        )
         self.preprocess = Preprocessing.from_config(json.loads(Path(config_file).read_text()))
         self.width = int(self.model.config.projection_dim)
         self._torch = torch
@@ -119,25 +136,57 @@ class SDXLTextEncoder:
     """SDXL's two CLIP text encoders: prompt → ([77, width], [pooled_width])."""
 
     def __init__(self, model: str, revision: str | None, device, dtype):
-        # torch and the model libraries take about a second to import: only code that runs a model pays for it
+        # torch and the model libraries take about a second to import: only code that runs a model
+        # pays for it
         import torch
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         self.device, self.dtype = device, dtype
-        self.tokenizer = _load(CLIPTokenizer.from_pretrained, model, revision, "SDXL tokenizer", subfolder="tokenizer")
-        self.tokenizer_2 = _load(CLIPTokenizer.from_pretrained, model, revision, "SDXL tokenizer_2", subfolder="tokenizer_2")
-        self.text_encoder = _load(CLIPTextModel.from_pretrained, model, revision, "SDXL text_encoder",
-                                  subfolder="text_encoder", dtype=dtype).to(device).eval()
-        self.text_encoder_2 = _load(CLIPTextModelWithProjection.from_pretrained, model, revision, "SDXL text_encoder_2",
-                                    subfolder="text_encoder_2", dtype=dtype).to(device).eval()
+        self.tokenizer = _load(
+            CLIPTokenizer.from_pretrained, model, revision, "SDXL tokenizer", subfolder="tokenizer"
+        )
+        self.tokenizer_2 = _load(
+            CLIPTokenizer.from_pretrained,
+            model,
+            revision,
+            "SDXL tokenizer_2",
+            subfolder="tokenizer_2",
+        )
+        self.text_encoder = (
+            _load(
+                CLIPTextModel.from_pretrained,
+                model,
+                revision,
+                "SDXL text_encoder",
+                subfolder="text_encoder",
+                dtype=dtype,
+            )
+            .to(device)
+            .eval()
+        )
+        self.text_encoder_2 = (
+            _load(
+                CLIPTextModelWithProjection.from_pretrained,
+                model,
+                revision,
+                "SDXL text_encoder_2",
+                subfolder="text_encoder_2",
+                dtype=dtype,
+            )
+            .to(device)
+            .eval()
+        )
         self.seq_len = int(self.tokenizer.model_max_length)
-        self.width = int(self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size)
+        self.width = int(
+            self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size
+        )
         self.pooled_width = int(self.text_encoder_2.config.projection_dim)
         self._torch = torch
 
     def token_counts(self, prompts: list[str]) -> list[int]:
         """Tokens of each prompt with its start and end tokens, before any truncation."""
-        # Long prompts are expected here (that is what is being counted): silence the length warning.
+        # Long prompts are expected here (that is what is being counted): silence the length
+        # warning.
         tokenizer_log = logging.getLogger("transformers.tokenization_utils_base")
         level = tokenizer_log.level
         tokenizer_log.setLevel(logging.ERROR)
@@ -147,13 +196,16 @@ class SDXLTextEncoder:
             tokenizer_log.setLevel(level)
 
     def encode_ids(self, ids: np.ndarray, ids_2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids [c, 77] for each encoder → (hidden states [c, 77, width], pooled [c, pooled_width]) float32:
-        the penultimate layer of both encoders concatenated, and encoder 2's projected end token."""
+        """Token ids [c, 77] for each encoder → (hidden states [c, 77, width], pooled [c,
+        pooled_width]) float32: the penultimate layer of both encoders concatenated, and encoder
+        2's projected end token."""
         torch = self._torch
         hidden = []
         with torch.inference_mode():
             for tokens, encoder in ((ids, self.text_encoder), (ids_2, self.text_encoder_2)):
-                output = encoder(torch.from_numpy(tokens).to(self.device), output_hidden_states=True)
+                output = encoder(
+                    torch.from_numpy(tokens).to(self.device), output_hidden_states=True
+                )
                 hidden.append(output.hidden_states[-2])
             pooled = output.text_embeds
             states = torch.cat(hidden, dim=-1)
@@ -165,9 +217,17 @@ class SDXLTextEncoder:
         torch = self._torch
         hidden = []
         with torch.inference_mode():
-            for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-                ids = tokenizer(prompts, padding="max_length", max_length=self.seq_len, truncation=True,
-                                return_tensors="pt").input_ids.to(self.device)
+            for tokenizer, encoder in (
+                (self.tokenizer, self.text_encoder),
+                (self.tokenizer_2, self.text_encoder_2),
+            ):
+                ids = tokenizer(
+                    prompts,
+                    padding="max_length",
+                    max_length=self.seq_len,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids.to(self.device)
                 output = encoder(ids, output_hidden_states=True)
                 hidden.append(output.hidden_states[-2])
             pooled = output.text_embeds

@@ -1,4 +1,5 @@
-"""Model profiles: which vision encoder and which SDXL text-encoder pair Luna uses, and on what device.
+"""Model profiles: which vision encoder and which SDXL text-encoder pair Luna uses, and on what
+device.
 
 `sdxl` is the real one (weights from a local path or the Hugging Face cache, through the ordinary
 `from_pretrained` code); `tiny` has the same classes with tiny configs, trained once per machine on
@@ -27,15 +28,19 @@ PROFILES = ("sdxl", "tiny")  # the real models; tiny ones built locally (demo, t
 @dataclass(frozen=True)
 class ModelProfile:
     name: str
-    vision_model: str  # hub id or local folder of a CLIPVisionModelWithProjection + preprocessor_config.json
-    sdxl_model: str  # hub id or local folder with tokenizer/, tokenizer_2/, text_encoder/, text_encoder_2/
+    vision_model: (
+        str  # hub id or local folder of a CLIPVisionModelWithProjection + preprocessor_config.json
+    )
+    sdxl_model: (
+        str  # hub id or local folder with tokenizer/, tokenizer_2/, text_encoder/, text_encoder_2/
+    )
     vision_revision: str | None = None
     sdxl_revision: str | None = None
     vision_id: str | None = None  # identity recorded in the vault (defaults to the model id)
     sdxl_id: str | None = None
     default_dtype: str = "auto"
-    # Vision-embedding cosine at or above which two images are near-duplicates (resized, re-encoded or
-    # lightly edited copies of one picture): they share a split and leave one another out of the
+    # Vision-embedding cosine at or above which two images are near-duplicates (resized, re-encoded
+    # or lightly edited copies of one picture): they share a split and leave one another out of the
     # vault's leave-one-out. 0.95 is the usual CLIP-ViT figure for such copies.
     near_duplicate_cosine: float = 0.95
     # The vision embedding lives in SDXL's pooled text space (trained so), making CLIP-T meaningful.
@@ -59,8 +64,9 @@ SDXL = ModelProfile(
 
 
 def tiny_profile(root: Path) -> ModelProfile:
-    """The tiny profile over a trained tiny world at `root` (see luna_core.models.tiny); its revision
-    names the recipe, so stores made with another build are re-embedded by the data-version rules."""
+    """The tiny profile over a trained tiny world at `root` (see luna_core.models.tiny); its
+    revision names the recipe, so stores made with another build are re-embedded by the
+    data-version rules."""
     revision = f"v{TINY_VERSION}-{Path(root).name}"
     return ModelProfile(
         name="tiny",
@@ -72,10 +78,11 @@ def tiny_profile(root: Path) -> ModelProfile:
         sdxl_revision=revision,
         default_dtype="float32",
         shared_space=True,
-        # Measured on the trained tiny tower (150 held-out 256 px pictures): resized and JPEG copies score
-        # >= 0.9999 (a copy cropped by 8 px as low as 0.73); the same prompt at another seed p95 0.990,
-        # max 0.997; unrelated pictures max 0.997 (1 pair in 11,000). At 0.995: 76 % of all copies linked
-        # (every resize and re-encode), 1.3 % of reseeded pairs, no unrelated pair.
+        # Measured on the trained tiny tower (150 held-out 256 px pictures): resized and JPEG copies
+        # score
+        # >= 0.9999 (a copy cropped by 8 px as low as 0.73); the same prompt at another seed p95
+        # 0.990, max 0.997; unrelated pictures max 0.997 (1 pair in 11,000). At 0.995: 76 % of all
+        # copies linked (every resize and re-encode), 1.3 % of reseeded pairs, no unrelated pair.
         near_duplicate_cosine=0.995,
     )
 
@@ -102,14 +109,17 @@ def resolve_profile(
     vision_model: str | None = None,
     sdxl_model: str | None = None,
 ) -> ModelProfile:
-    """The named profile (`LunaHome.model_profile()` chooses it), with any model overrides applied."""
+    """The named profile (`LunaHome.model_profile()` chooses it), with any model overrides
+    applied."""
     if name == "sdxl":
         profile = SDXL
     elif name == "tiny":
         _drop_home_tiny_models(models_dir)
         profile = tiny_profile(ensure_tiny_models())
     else:
-        raise LunaConfigError(f"unknown model profile {name!r}: choose one of {', '.join(PROFILES)}")
+        raise LunaConfigError(
+            f"unknown model profile {name!r}: choose one of {', '.join(PROFILES)}"
+        )
     if vision_model:
         check_model_reference(vision_model, "vision model")
         profile = replace(profile, vision_model=vision_model, vision_id=None, vision_revision=None)
@@ -120,7 +130,8 @@ def resolve_profile(
 
 
 def choose_device(device: str = AUTO):
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
 
     if device == "auto":
@@ -131,11 +142,15 @@ def choose_device(device: str = AUTO):
         raise LunaConfigError(f"unknown device {device!r}: {exc}") from None
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
-            raise LunaConfigError(f"device {device!r} asked for, but this machine has no usable CUDA GPU "
-                                  "(use --device cpu or auto)")
+            raise LunaConfigError(
+                f"device {device!r} asked for, but this machine has no usable CUDA GPU "
+                "(use --device cpu or auto)"
+            )
         if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise LunaConfigError(f"device {device!r} asked for, but this machine has "
-                                  f"{torch.cuda.device_count()} CUDA device(s)")
+            raise LunaConfigError(
+                f"device {device!r} asked for, but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
     elif chosen.type not in ("cpu", "mps"):
         raise LunaConfigError(f"device {device!r} is not supported: use auto, cpu or cuda[:N]")
     return chosen
@@ -143,18 +158,30 @@ def choose_device(device: str = AUTO):
 
 def choose_dtype(device, dtype: str = AUTO):
     """CUDA: bf16 where supported, else fp16. CPU: bf16 where the CPU has native bf16, else fp32."""
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
 
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float64": torch.float64, "fp64": torch.float64}  # float64: exactness checks, never speed
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float64": torch.float64,
+        "fp64": torch.float64,
+    }  # float64: exactness checks, never speed
     if dtype != "auto":
         if dtype not in names:
-            raise LunaConfigError(f"unknown dtype {dtype!r}: choose one of {', '.join(names)} or auto")
+            raise LunaConfigError(
+                f"unknown dtype {dtype!r}: choose one of {', '.join(names)} or auto"
+            )
         return names[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    native_bf16 = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return torch.bfloat16 if native_bf16 else torch.float32

@@ -13,6 +13,7 @@ def _looks_like_path(model: str) -> bool:
 
 
 def check_model_reference(model: str, what: str) -> None:
-    """A local path that does not exist is a clear error before any work (hub ids are checked on load)."""
+    """A local path that does not exist is a clear error before any work (hub ids are checked on
+    load)."""
     if _looks_like_path(model) and not Path(model).expanduser().exists():
         raise LunaConfigError(f"the configured {what} '{model}' does not exist")

@@ -1,4 +1,5 @@
-"""The tiny world: the `tiny` profile's models trained on the sample generator's pictures and prompts.
+"""The tiny world: the `tiny` profile's models trained on the sample generator's pictures and
+prompts.
 
 The sample generator draws a picture from its prompt (a coloured subject on a patterned background,
 moved by the seed). That world is small enough to learn on two cores in minutes, so the tiny models
@@ -29,48 +30,112 @@ from PIL import Image
 from luna_core.samples.pictures import draw_picture, random_prompt
 
 # Everything that decides the weights. Its hash names the machine cache's folder: change a number
-# here (or the architecture in luna_core.models.tiny) and bump `version`, and every machine retrains.
+# here (or the architecture in luna_core.models.tiny) and bump `version`, and every machine
+# retrains.
 RECIPE = {
     "version": "3.0",
     "seed": 0,
-    "clip": {"pictures": 6000, "steps": 2600, "batch": 128, "lr": 2e-3, "long_share": 0.15,
-             "hard_group": 16, "hard_every": 3},
-    "vae": {"pictures": 1500, "sizes": [64, 96, 128, 192, 256], "steps": 450, "batch": 32, "crop": 48,
-            "lr": 2e-3, "kl": 1e-6},
-    "unet": {"pictures": 4000, "steps": 1000, "batch": 32, "lr": 2e-3, "drop_prompt": 0.1, "tile": 64,
-             "min_snr": 5.0},
+    "clip": {
+        "pictures": 6000,
+        "steps": 2600,
+        "batch": 128,
+        "lr": 2e-3,
+        "long_share": 0.15,
+        "hard_group": 16,
+        "hard_every": 3,
+    },
+    "vae": {
+        "pictures": 1500,
+        "sizes": [64, 96, 128, 192, 256],
+        "steps": 450,
+        "batch": 32,
+        "crop": 48,
+        "lr": 2e-3,
+        "kl": 1e-6,
+    },
+    "unet": {
+        "pictures": 4000,
+        "steps": 1000,
+        "batch": 32,
+        "lr": 2e-3,
+        "drop_prompt": 0.1,
+        "tile": 64,
+        "min_snr": 5.0,
+    },
 }
 IMAGE_SIZE = 64  # the vision tower's input, and the UNet's training tile
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-TEXT_COMMON = dict(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=2, num_attention_heads=2,
-                   bos_token_id=49406, eos_token_id=49407, hidden_act="gelu")
+TEXT_COMMON = dict(
+    vocab_size=49408,
+    max_position_embeddings=77,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    hidden_act="gelu",
+)
 # The models' shapes (part of the recipe hash). The vision embedding has the pooled width, so images
 # and prompts share one space; GroupNorm groups of 4 channels keep a flat picture's colour (a group
 # per channel would normalize it away); the VAE downsamples 4x without mid-block attention.
 ARCHITECTURE = {
-    "vision": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                   image_size=IMAGE_SIZE, patch_size=8, projection_dim=48),
+    "vision": dict(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        projection_dim=48,
+    ),
     "text_encoder": dict(hidden_size=32, intermediate_size=64, pad_token_id=49407),
-    "text_encoder_2": dict(hidden_size=64, intermediate_size=128, projection_dim=48, pad_token_id=0),
-    "vae": dict(block_out_channels=[16, 32, 32], in_channels=3, out_channels=3, latent_channels=4,
-                down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
-                layers_per_block=1, sample_size=IMAGE_SIZE, norm_num_groups=4, mid_block_add_attention=False),
-    "unet": dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=[32, 64],
-                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-                 up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=[2, 4],
-                 use_linear_projection=True, cross_attention_dim=32 + 64, addition_embed_type="text_time",
-                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=48 + 6 * 8, norm_num_groups=8),
-    "scheduler": dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                      timestep_spacing="leading"),
+    "text_encoder_2": dict(
+        hidden_size=64, intermediate_size=128, projection_dim=48, pad_token_id=0
+    ),
+    "vae": dict(
+        block_out_channels=[16, 32, 32],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        layers_per_block=1,
+        sample_size=IMAGE_SIZE,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+    ),
+    "unet": dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=[32, 64],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        attention_head_dim=[2, 4],
+        use_linear_projection=True,
+        cross_attention_dim=32 + 64,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=48 + 6 * 8,
+        norm_num_groups=8,
+    ),
+    "scheduler": dict(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    ),
 }
-
-
 
 
 def recipe_hash(recipe: dict | None = None) -> str:
     """The cache's key: the recipe and the architectures, which together decide the weights."""
-    text = json.dumps({"recipe": RECIPE if recipe is None else recipe, "architecture": ARCHITECTURE}, sort_keys=True)
+    text = json.dumps(
+        {"recipe": RECIPE if recipe is None else recipe, "architecture": ARCHITECTURE},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -81,9 +146,12 @@ class Progress:
     update: Callable[[str, int], None] = lambda part, steps: None
 
 
-def world_pictures(count: int, seed: int, sizes=(64, 96, 128), out: int = IMAGE_SIZE, long_share: float = 0.0):
-    """`count` (prompt, picture) pairs from the sample generator; pictures drawn at one of `sizes` and
-    resized to `out` (bicubic, as CLIP's preprocessing does), or kept at their size when `out` is None."""
+def world_pictures(
+    count: int, seed: int, sizes=(64, 96, 128), out: int = IMAGE_SIZE, long_share: float = 0.0
+):
+    """`count` (prompt, picture) pairs from the sample generator; pictures drawn at one of `sizes`
+    and resized to `out` (bicubic, as CLIP's preprocessing does), or kept at their size when
+    `out` is None."""
     rng = random.Random(seed)
     specs, pictures = [], []
     for _ in range(count):
@@ -100,44 +168,64 @@ def world_pictures(count: int, seed: int, sizes=(64, 96, 128), out: int = IMAGE_
 def _optimize(optimizer, loss, recipe: dict, step: int) -> None:
     """One step at the recipe's learning rate, decayed along a cosine to 5 % of it."""
     for group in optimizer.param_groups:
-        group["lr"] = recipe["lr"] * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / recipe["steps"])))
+        group["lr"] = recipe["lr"] * (
+            0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / recipe["steps"]))
+        )
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
 
 
 def _clip_pixels(pictures: np.ndarray):
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
 
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (torch.from_numpy(np.ascontiguousarray(pictures)).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    return (
+        torch.from_numpy(np.ascontiguousarray(pictures)).permute(0, 3, 1, 2).float() / 255 - mean
+    ) / std
 
 
-def train_clip(vision, text_encoder_2, tokenizer_2, recipe: dict, seed: int, progress: Progress) -> None:
+def train_clip(
+    vision, text_encoder_2, tokenizer_2, recipe: dict, seed: int, progress: Progress
+) -> None:
     """Contrastive (CLIP) training of the vision tower and text_encoder_2's projection; the text
     transformer is frozen, so its pooled features are computed once."""
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
     import torch.nn.functional as F
 
     specs, pictures = world_pictures(recipe["pictures"], seed + 1, long_share=recipe["long_share"])
     pixels = _clip_pixels(np.stack(pictures))
     with torch.no_grad():
-        features = torch.cat([
-            text_encoder_2.text_model(tokenizer_2([s.prompt for s in specs[i:i + 256]], padding="max_length",
-                                                  max_length=77, truncation=True, return_tensors="pt").input_ids
-                                      ).pooler_output
-            for i in range(0, len(specs), 256)])
+        features = torch.cat(
+            [
+                text_encoder_2.text_model(
+                    tokenizer_2(
+                        [s.prompt for s in specs[i : i + 256]],
+                        padding="max_length",
+                        max_length=77,
+                        truncation=True,
+                        return_tensors="pt",
+                    ).input_ids
+                ).pooler_output
+                for i in range(0, len(specs), 256)
+            ]
+        )
     prompt_ids = torch.as_tensor(_prompt_ids([s.prompt for s in specs]))
     projection = text_encoder_2.text_projection
     log_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
-    optimizer = torch.optim.AdamW([*vision.parameters(), *projection.parameters(), log_scale],
-                                  lr=recipe["lr"], weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        [*vision.parameters(), *projection.parameters(), log_scale],
+        lr=recipe["lr"],
+        weight_decay=0.01,
+    )
     generator = torch.Generator().manual_seed(seed + 2)
-    # Colour and background tell most pairs of a random batch apart; batches of pictures that share them
-    # (hard negatives) make the subject's shape the thing to learn.
+    # Colour and background tell most pairs of a random batch apart; batches of pictures that share
+    # them (hard negatives) make the subject's shape the thing to learn.
     groups: dict[tuple[str, str], list[int]] = {}
     for i, spec in enumerate(specs):
         groups.setdefault((spec.colour, spec.background), []).append(i)
@@ -147,12 +235,20 @@ def train_clip(vision, text_encoder_2, tokenizer_2, recipe: dict, seed: int, pro
     per_group = recipe["hard_group"]
     for step in range(recipe["steps"]):
         if step % recipe["hard_every"] == 1:
-            picked = torch.randint(0, len(members), (batch // per_group,), generator=generator).tolist()
-            index = torch.cat([members[g][torch.randint(0, len(members[g]), (per_group,), generator=generator)]
-                               for g in picked])
+            picked = torch.randint(
+                0, len(members), (batch // per_group,), generator=generator
+            ).tolist()
+            index = torch.cat(
+                [
+                    members[g][torch.randint(0, len(members[g]), (per_group,), generator=generator)]
+                    for g in picked
+                ]
+            )
         else:
             index = torch.randint(0, len(pixels), (batch,), generator=generator)
-        x = pixels[index].flip(3) if (step // 2) % 2 else pixels[index]  # a mirrored picture says the same
+        x = (
+            pixels[index].flip(3) if (step // 2) % 2 else pixels[index]
+        )  # a mirrored picture says the same
         image = F.normalize(vision(pixel_values=x).image_embeds, dim=-1)
         text = F.normalize(projection(features[index]), dim=-1)
         logits = log_scale.exp() * image @ text.T
@@ -172,7 +268,8 @@ def _prompt_ids(prompts: list[str]) -> np.ndarray:
 
 
 def _crops(pictures: list[np.ndarray], count: int, size: int, generator):
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
 
     chosen = torch.randint(0, len(pictures), (count,), generator=generator).tolist()
@@ -181,18 +278,22 @@ def _crops(pictures: list[np.ndarray], count: int, size: int, generator):
         picture = pictures[i]
         top = int(torch.randint(0, picture.shape[0] - size + 1, (1,), generator=generator))
         left = int(torch.randint(0, picture.shape[1] - size + 1, (1,), generator=generator))
-        out.append(picture[top:top + size, left:left + size])
+        out.append(picture[top : top + size, left : left + size])
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def train_vae(vae, recipe: dict, seed: int, progress: Progress) -> None:
-    """The VAE as an autoencoder (MSE + L1, a whisper of KL) on crops of pictures drawn at the demo's
-    sizes; its scaling factor is then set so the latents have unit variance, as SDXL's are."""
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    """The VAE as an autoencoder (MSE + L1, a whisper of KL) on crops of pictures drawn at the
+    demo's sizes; its scaling factor is then set so the latents have unit variance, as SDXL's
+    are."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
     import torch.nn.functional as F
 
-    _, pictures = world_pictures(recipe["pictures"], seed + 3, sizes=tuple(recipe["sizes"]), out=None)
+    _, pictures = world_pictures(
+        recipe["pictures"], seed + 3, sizes=tuple(recipe["sizes"]), out=None
+    )
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe["lr"], weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed + 4)
     vae.train()
@@ -201,7 +302,11 @@ def train_vae(vae, recipe: dict, seed: int, progress: Progress) -> None:
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(z).sample
-        loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + recipe["kl"] * posterior.kl().mean()
+        loss = (
+            F.mse_loss(reconstruction, x)
+            + 0.5 * F.l1_loss(reconstruction, x)
+            + recipe["kl"] * posterior.kl().mean()
+        )
         _optimize(optimizer, loss, recipe, step)
         progress.update("VAE", 1)
     vae.eval()
@@ -211,8 +316,9 @@ def train_vae(vae, recipe: dict, seed: int, progress: Progress) -> None:
 
 
 def unet_examples(count: int, seed: int, tile: int):
-    """(prompts, [N, H, W, 3] pictures, [N, 6] SDXL size/crop ids): half whole pictures at the tile's
-    size, half tiles cut from larger pictures at their place (as the chess refiner cuts them)."""
+    """(prompts, [N, H, W, 3] pictures, [N, 6] SDXL size/crop ids): half whole pictures at the
+    tile's size, half tiles cut from larger pictures at their place (as the chess refiner cuts
+    them)."""
     rng = random.Random(seed)
     prompts, pictures, ids = [], [], []
     for n in range(count):
@@ -220,7 +326,9 @@ def unet_examples(count: int, seed: int, tile: int):
         if n % 2 == 0:
             side = rng.choice((64, 96, 128))
             picture = draw_picture(spec, rng.randrange(2**31), (side, side))
-            picture = picture.resize((tile, tile), Image.Resampling.BICUBIC) if side != tile else picture
+            picture = (
+                picture.resize((tile, tile), Image.Resampling.BICUBIC) if side != tile else picture
+            )
             ids.append((side, side, 0, 0, tile, tile))
         else:
             side = rng.choice((128, 192, 256))
@@ -233,10 +341,13 @@ def unet_examples(count: int, seed: int, tile: int):
     return prompts, np.stack(pictures), np.asarray(ids, np.float32)
 
 
-def train_unet(unet, vae, text_encoder, scheduler_config: dict, recipe: dict, seed: int, progress: Progress) -> None:
+def train_unet(
+    unet, vae, text_encoder, scheduler_config: dict, recipe: dict, seed: int, progress: Progress
+) -> None:
     """Epsilon prediction on the VAE's latents under SDXL's noise schedule, conditioned as SDXL is;
     a share of prompts is dropped to SDXL's zeros (the sampler's unconditional side)."""
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
     from diffusers import DDPMScheduler
 
@@ -244,9 +355,24 @@ def train_unet(unet, vae, text_encoder, scheduler_config: dict, recipe: dict, se
     pixels = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
     scale = vae.config.scaling_factor
     with torch.no_grad():
-        latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)]) * scale
-        mirrored = torch.cat([vae.encode(pixels[i:i + 256].flip(3)).latent_dist.mean
-                              for i in range(0, len(pixels), 256)]) * scale
+        latents = (
+            torch.cat(
+                [
+                    vae.encode(pixels[i : i + 256]).latent_dist.mean
+                    for i in range(0, len(pixels), 256)
+                ]
+            )
+            * scale
+        )
+        mirrored = (
+            torch.cat(
+                [
+                    vae.encode(pixels[i : i + 256].flip(3)).latent_dist.mean
+                    for i in range(0, len(pixels), 256)
+                ]
+            )
+            * scale
+        )
     hidden, pooled = text_encoder.encode(prompts)
     hidden, pooled = torch.from_numpy(hidden), torch.from_numpy(pooled)
     time_ids = torch.from_numpy(time_ids)
@@ -257,7 +383,9 @@ def train_unet(unet, vae, text_encoder, scheduler_config: dict, recipe: dict, se
     batch = recipe["batch"]
     for step in range(recipe["steps"]):
         index = torch.randint(0, len(latents), (batch,), generator=generator)
-        flip = (torch.rand(batch, generator=generator) < 0.5) & (time_ids[index, 3] == 0)  # whole pictures only
+        flip = (torch.rand(batch, generator=generator) < 0.5) & (
+            time_ids[index, 3] == 0
+        )  # whole pictures only
         clean = torch.where(flip[:, None, None, None], mirrored[index], latents[index])
         states, vectors = hidden[index].clone(), pooled[index].clone()
         drop = torch.rand(batch, generator=generator) < recipe["drop_prompt"]
@@ -266,10 +394,15 @@ def train_unet(unet, vae, text_encoder, scheduler_config: dict, recipe: dict, se
         noise = torch.randn(clean.shape, generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
-        prediction = unet(noisy, t, encoder_hidden_states=states,
-                          added_cond_kwargs={"text_embeds": vectors, "time_ids": time_ids[index]}).sample
-        # Min-SNR weighting (Hang et al., 2023): the many nearly clean steps, where the prompt hardly
-        # matters, weigh less; the noisy ones, where the prompt decides the picture, weigh more.
+        prediction = unet(
+            noisy,
+            t,
+            encoder_hidden_states=states,
+            added_cond_kwargs={"text_embeds": vectors, "time_ids": time_ids[index]},
+        ).sample
+        # Min-SNR weighting (Hang et al., 2023): the many nearly clean steps, where the prompt
+        # hardly matters, weigh less; the noisy ones, where the prompt decides the picture, weigh
+        # more.
         snr = a.flatten() / (1 - a.flatten())
         weight = torch.clamp(snr, max=recipe["min_snr"]) / snr
         loss = (weight * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()

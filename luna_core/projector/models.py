@@ -21,7 +21,9 @@ ARCHITECTURES = ("kernel", "linear", "mlp", "resampler")
 
 @dataclass(frozen=True)
 class ProjectorConfig:
-    arch: str = "kernel"  # closed-form kernel ridge: the one that beat the mean conditioning (see README)
+    arch: str = (
+        "kernel"  # closed-form kernel ridge: the one that beat the mean conditioning (see README)
+    )
     in_dim: int = 1024  # CLIP-ViT-H/14 image embedding
     seq_len: int = 77
     width: int = 2048  # SDXL: 768 + 1280
@@ -31,7 +33,9 @@ class ProjectorConfig:
     heads: int = 4
     image_tokens: int = 4  # resampler: tokens the image embedding is expanded into
     rank: int = 48  # linear / kernel / mlp: rank of the output basis
-    anchors: int = 1024  # kernel: training embeddings the kernel compares with (fewer when fewer pairs)
+    anchors: int = (
+        1024  # kernel: training embeddings the kernel compares with (fewer when fewer pairs)
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,8 +53,8 @@ def target_basis(y: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 class LowRankRidge(nn.Module):
-    """y = mean + (features(x) @ weight + bias) @ basis; `fit` solves the ridge problem in closed form.
-    Here the features are the embedding itself."""
+    """y = mean + (features(x) @ weight + bias) @ basis; `fit` solves the ridge problem in closed
+    form. Here the features are the embedding itself."""
 
     def __init__(self, config: ProjectorConfig):
         super().__init__()
@@ -68,9 +72,15 @@ class LowRankRidge(nn.Module):
         return x
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2,
-            basis: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """x [N, in_dim], y [N, out_dim] float32; `basis` = target_basis(y, rank) when already computed."""
+    def fit(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        l2: float = 1e-2,
+        basis: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """x [N, in_dim], y [N, out_dim] float32; `basis` = target_basis(y, rank) when already
+        computed."""
         mean, directions = basis if basis is not None else target_basis(y, self.config.rank)
         rank = len(directions)
         # Solved in float64: a weakly regularized Gram matrix of kernel features is ill-conditioned.
@@ -79,8 +89,11 @@ class LowRankRidge(nn.Module):
         f_mean = features.mean(0)
         fc = features - f_mean
         covariance = fc.T @ fc
-        # l2 relative to the features' mean variance: the same strength means the same thing at any scale.
-        gram = covariance + l2 * (torch.trace(covariance) / fc.shape[1] + 1e-12) * torch.eye(fc.shape[1], dtype=fc.dtype)
+        # l2 relative to the features' mean variance: the same strength means the same thing at any
+        # scale.
+        gram = covariance + l2 * (torch.trace(covariance) / fc.shape[1] + 1e-12) * torch.eye(
+            fc.shape[1], dtype=fc.dtype
+        )
         weight = torch.linalg.solve(gram, fc.T @ coeffs).float()
         f_mean = f_mean.float()
         self.mean.copy_(mean)
@@ -97,9 +110,10 @@ class LowRankRidge(nn.Module):
 
 
 class KernelRidge(LowRankRidge):
-    """Ridge regression on Gaussian-kernel features: the embedding's similarity to `anchors` training
-    embeddings, exp(-|x - a|² / 2σ²). A smooth interpolation between library images (what the vault's
-    k-NN does by lookup), fitted in closed form; σ is a multiple of the anchors' median distance."""
+    """Ridge regression on Gaussian-kernel features: the embedding's similarity to `anchors`
+    training embeddings, exp(-|x - a|² / 2σ²). A smooth interpolation between library images
+    (what the vault's k-NN does by lookup), fitted in closed form; σ is a multiple of the
+    anchors' median distance."""
 
     def __init__(self, config: ProjectorConfig):
         super().__init__(config)
@@ -111,7 +125,7 @@ class KernelRidge(LowRankRidge):
         return self.config.anchors
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.exp(-torch.cdist(x, self.anchors) ** 2 / (2 * self.sigma**2))
+        return torch.exp(-(torch.cdist(x, self.anchors) ** 2) / (2 * self.sigma**2))
 
     @torch.no_grad()
     def set_anchors(self, anchors: torch.Tensor, scale: float) -> None:
@@ -127,12 +141,18 @@ class ResidualMLP(nn.Module):
         self.config = config
         self.inp = nn.Linear(config.in_dim, config.hidden)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(config.hidden), nn.Linear(config.hidden, 4 * config.hidden), nn.GELU(),
-                          nn.Linear(4 * config.hidden, config.hidden))
+            nn.Sequential(
+                nn.LayerNorm(config.hidden),
+                nn.Linear(config.hidden, 4 * config.hidden),
+                nn.GELU(),
+                nn.Linear(4 * config.hidden, config.hidden),
+            )
             for _ in range(config.layers)
         )
         self.to_rank = nn.Linear(config.hidden, config.rank)
-        self.out = nn.Linear(config.rank, config.out_dim)  # low rank keeps the parameter count small
+        self.out = nn.Linear(
+            config.rank, config.out_dim
+        )  # low rank keeps the parameter count small
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.inp(x)
@@ -147,8 +167,14 @@ class Resampler(nn.Module):
         self.config = config
         self.queries = nn.Parameter(torch.randn(config.seq_len, config.hidden) * 0.02)
         self.image_tokens = nn.Linear(config.in_dim, config.image_tokens * config.hidden)
-        layer = nn.TransformerDecoderLayer(config.hidden, config.heads, 4 * config.hidden, dropout=0.0,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(
+            config.hidden,
+            config.heads,
+            4 * config.hidden,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=True,
+        )
         self.decoder = nn.TransformerDecoder(layer, config.layers)
         self.norm = nn.LayerNorm(config.hidden)
         self.to_tokens = nn.Linear(config.hidden, config.width)
@@ -168,12 +194,21 @@ def _split(flat: torch.Tensor, config: ProjectorConfig) -> tuple[torch.Tensor, t
 
 def build_projector(config: ProjectorConfig) -> nn.Module:
     if config.arch not in ARCHITECTURES:
-        raise ValueError(f"unknown projector architecture {config.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-    return {"kernel": KernelRidge, "linear": LowRankRidge, "mlp": ResidualMLP, "resampler": Resampler}[config.arch](config)
+        raise ValueError(
+            f"unknown projector architecture {config.arch!r}: choose one of "
+            f"{', '.join(ARCHITECTURES)}"
+        )
+    return {
+        "kernel": KernelRidge,
+        "linear": LowRankRidge,
+        "mlp": ResidualMLP,
+        "resampler": Resampler,
+    }[config.arch](config)
 
 
 def parameter_count(model: nn.Module) -> int:
-    """Trainable parameters, plus fitted buffers for the closed-form model (they are its weights)."""
+    """Trainable parameters, plus fitted buffers for the closed-form model (they are its
+    weights)."""
     if isinstance(model, LowRankRidge):
         return sum(b.numel() for b in model.buffers())
     return sum(p.numel() for p in model.parameters())

@@ -1,4 +1,5 @@
-"""How projectors are named in the registry: light constants the CLI and the settings use without torch."""
+"""How projectors are named in the registry: light constants the CLI and the settings use without
+torch."""
 
 REGISTERED_NAME = "luna-projector"
 CHAMPION = "champion"

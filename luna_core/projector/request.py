@@ -10,13 +10,26 @@ from luna_core.projector.models import ProjectorConfig
 from luna_core.projector.names import CHAMPION, REGISTERED_NAME  # noqa: F401 - re-exported
 from luna_core.projector.train import TrainSettings
 
-# Settings that change the trained weights; the rest (progress bars, refusal thresholds, device) do not.
-RESULT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "ridge_l2", "kernel_scales", "basis_sample")
+# Settings that change the trained weights; the rest (progress bars, refusal thresholds, device) do
+# not.
+RESULT_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "patience",
+    "seed",
+    "ridge_l2",
+    "kernel_scales",
+    "basis_sample",
+)
 
 
 @dataclass(frozen=True)
 class ProjectorRequest:
-    config: ProjectorConfig = ProjectorConfig()  # architecture and sizes (widths come from the stores)
+    config: ProjectorConfig = (
+        ProjectorConfig()
+    )  # architecture and sizes (widths come from the stores)
     settings: TrainSettings = TrainSettings()
     name: str = REGISTERED_NAME  # a subset specialist gets a name of its own
     where: str | None = None  # SQL condition over the `library` view
@@ -30,6 +43,13 @@ class ProjectorRequest:
         """Everything that changes the trained model except the data: architecture, result-changing
         settings, subset and code version. Same identity and same data fingerprint: same model."""
         settings = {name: getattr(self.settings, name) for name in RESULT_SETTINGS}
-        text = json.dumps({"config": asdict(self.config), "settings": settings, "where": self.where or "",
-                           "code_version": self.code_version}, sort_keys=True)
+        text = json.dumps(
+            {
+                "config": asdict(self.config),
+                "settings": settings,
+                "where": self.where or "",
+                "code_version": self.code_version,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]

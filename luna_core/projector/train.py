@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 from luna_core.catalog import open_catalog
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.models.profiles import ModelProfile, choose_device
-from luna_core.projector.models import ARCHITECTURES, KernelRidge, LowRankRidge, ProjectorConfig, build_projector, target_basis
+from luna_core.projector.models import (
+    ARCHITECTURES,
+    KernelRidge,
+    LowRankRidge,
+    ProjectorConfig,
+    build_projector,
+    target_basis,
+)
 from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store
 
@@ -40,10 +47,17 @@ class TrainSettings:
     seed: int = 0
     min_train_pairs: int = 32
     min_val_pairs: int = 4
-    # Ridge strengths relative to the embeddings' own variance (CLIP embeddings of one library differ
-    # little, so an absolute strength drowns them); the linear model keeps the one best on val.
+    # Ridge strengths relative to the embeddings' own variance (CLIP embeddings of one library
+    # differ little, so an absolute strength drowns them); the linear model keeps the one best on
+    # val.
     ridge_l2: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-    kernel_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)  # kernel widths, x the anchors' median distance
+    kernel_scales: tuple[float, ...] = (
+        0.25,
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+    )  # kernel widths, x the anchors' median distance
     basis_sample: int = 2048  # targets used to find the linear model's basis
     device: str = "auto"
     progress: bool = True
@@ -72,20 +86,25 @@ class TrainResult:
 def load_pairs(home: LunaHome, split: str, where: str | None = None) -> Pairs:
     """Pairs of one split; `where` is an SQL condition over the `library` view (subset specialists).
 
-    The condition is a person's text pasted into SQL, so it runs on a sandboxed connection: read-only,
-    no files or extensions outside the catalog. It can select; it can never write."""
+    The condition is a person's text pasted into SQL, so it runs on a sandboxed connection:
+    read-only, no files or extensions outside the catalog. It can select; it can never write."""
     condition = f" AND ({where})" if where else ""
     with open_catalog(home.catalog_path, sandboxed=bool(where)) as con:
         try:
-            rows = con.execute(f"""
+            rows = con.execute(
+                f"""
                 SELECT image_id, vision_row, prompt_row FROM library
                 WHERE vision_row IS NOT NULL AND prompt_row IS NOT NULL AND split = ?{condition}
-                ORDER BY image_id""", [split]).fetchall()
+                ORDER BY image_id""",
+                [split],
+            ).fetchall()
         except duckdb.Error as exc:
             if not where:
                 raise
-            raise LunaConfigError(f"subset filter {where!r} is not a condition over the library view: "
-                                  f"{str(exc).splitlines()[0]}") from None
+            raise LunaConfigError(
+                f"subset filter {where!r} is not a condition over the library view: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
     array = np.array(rows, dtype=np.int64).reshape(-1, 3)
     return Pairs(array[:, 0], array[:, 1], array[:, 2])
 
@@ -106,8 +125,12 @@ class _Stores:
 
     def dims(self) -> dict:
         seq, width = self.text.fields["prompt_embeds"]
-        return {"in_dim": self.vision.fields["embeds"][0], "seq_len": seq, "width": width,
-                "pooled_width": self.text.fields["pooled_prompt_embeds"][0]}
+        return {
+            "in_dim": self.vision.fields["embeds"][0],
+            "seq_len": seq,
+            "width": width,
+            "pooled_width": self.text.fields["pooled_prompt_embeds"][0],
+        }
 
     def embeddings(self, rows: np.ndarray) -> np.ndarray:
         order = np.argsort(rows)
@@ -121,25 +144,41 @@ class _Stores:
         return tokens, pooled
 
 
-def losses(tokens: torch.Tensor, pooled: torch.Tensor, target_tokens: torch.Tensor, target_pooled: torch.Tensor):
+def losses(
+    tokens: torch.Tensor,
+    pooled: torch.Tensor,
+    target_tokens: torch.Tensor,
+    target_pooled: torch.Tensor,
+):
     """Per-token error plus (1 - cosine) of tokens and of the pooled vector; and the metrics."""
     mse = torch.mean((tokens - target_tokens) ** 2) + torch.mean((pooled - target_pooled) ** 2)
     token_cos = torch.nn.functional.cosine_similarity(tokens, target_tokens, dim=-1).mean()
     pooled_cos = torch.nn.functional.cosine_similarity(pooled, target_pooled, dim=-1).mean()
     loss = mse + (1 - token_cos) + (1 - pooled_cos)
-    return loss, {"mse": float(mse.detach()), "token_cosine": float(token_cos.detach()),
-                  "pooled_cosine": float(pooled_cos.detach())}
+    return loss, {
+        "mse": float(mse.detach()),
+        "token_cosine": float(token_cos.detach()),
+        "pooled_cosine": float(pooled_cos.detach()),
+    }
 
 
-def evaluate(model: torch.nn.Module, stores: _Stores, embeddings: np.ndarray, pairs: Pairs, batch_size: int,
-             device) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    stores: _Stores,
+    embeddings: np.ndarray,
+    pairs: Pairs,
+    batch_size: int,
+    device,
+) -> dict:
     """Mean loss and metrics over pairs, weighted by batch size."""
     model.eval()
     totals: dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, len(pairs.prompt_rows), batch_size):
             x = torch.from_numpy(embeddings[start : start + batch_size]).float().to(device)
-            target_tokens, target_pooled = stores.targets(pairs.prompt_rows[start : start + batch_size])
+            target_tokens, target_pooled = stores.targets(
+                pairs.prompt_rows[start : start + batch_size]
+            )
             tokens, pooled = model(x)
             loss, metrics = losses(tokens.cpu(), pooled.cpu(), target_tokens, target_pooled)
             for name, value in {"loss": float(loss), **metrics}.items():
@@ -151,7 +190,9 @@ def check_settings(config: ProjectorConfig, settings: TrainSettings) -> None:
     """Refuse settings that cannot train a model, before any data is read."""
 
     if config.arch not in ARCHITECTURES:
-        raise LunaConfigError(f"projector architecture {config.arch!r} is not one of {', '.join(ARCHITECTURES)}")
+        raise LunaConfigError(
+            f"projector architecture {config.arch!r} is not one of {', '.join(ARCHITECTURES)}"
+        )
     if settings.epochs < 1:
         raise LunaConfigError(f"epochs must be at least 1 (got {settings.epochs})")
     if settings.batch_size < 1:
@@ -174,10 +215,16 @@ def train_projector(
     check_settings(config, settings)
     train, val = load_pairs(home, "train", where), load_pairs(home, "val", where)
     subset = f" matching {where!r}" if where else ""
-    if len(train.prompt_rows) < settings.min_train_pairs or len(val.prompt_rows) < settings.min_val_pairs:
+    if (
+        len(train.prompt_rows) < settings.min_train_pairs
+        or len(val.prompt_rows) < settings.min_val_pairs
+    ):
         raise LunaConfigError(
-            f"too little data to train a meaningful projector{subset}: {len(train.prompt_rows)} train and "
-            f"{len(val.prompt_rows)} val pairs (need {settings.min_train_pairs} and {settings.min_val_pairs})")
+            f"too little data to train a meaningful projector{subset}: {len(train.prompt_rows)} "
+            "train and "
+            f"{len(val.prompt_rows)} val pairs (need {settings.min_train_pairs} and "
+            f"{settings.min_val_pairs})"
+        )
     stores = _Stores(home, profile)
     config = replace(config, **stores.dims())
     basis_pairs = min(settings.basis_sample, len(train.prompt_rows))
@@ -188,8 +235,13 @@ def train_projector(
     device = choose_device(settings.device)
     model = build_projector(config).to(device)
     train_x, val_x = stores.embeddings(train.vision_rows), stores.embeddings(val.vision_rows)
-    result = TrainResult(model, config, train_pairs=len(train.prompt_rows), val_pairs=len(val.prompt_rows),
-                         data_fingerprint=fingerprint(train, profile))
+    result = TrainResult(
+        model,
+        config,
+        train_pairs=len(train.prompt_rows),
+        val_pairs=len(val.prompt_rows),
+        data_fingerprint=fingerprint(train, profile),
+    )
     seen = 0
     if isinstance(model, LowRankRidge):
         sample = np.sort(rng.choice(len(train.prompt_rows), basis_pairs, replace=False))
@@ -205,20 +257,36 @@ def train_projector(
                 model.fit(x, targets, l2, basis)
                 metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
                 step += 1
-                result.history.append({"epoch": step, "ridge_l2": l2, "kernel_scale": scale or 0.0,
-                                       **{f"val_{k}": v for k, v in metrics.items()}})
-                # Chosen by the squared error the ridge minimizes: the cosine terms of the loss reward
-                # near-interpolation (tiny l2), which a small val split cannot tell from overfitting.
+                result.history.append(
+                    {
+                        "epoch": step,
+                        "ridge_l2": l2,
+                        "kernel_scale": scale or 0.0,
+                        **{f"val_{k}": v for k, v in metrics.items()},
+                    }
+                )
+                # Chosen by the squared error the ridge minimizes: the cosine terms of the loss
+                # reward near-interpolation (tiny l2), which a small val split cannot tell from
+                # overfitting.
                 if np.isfinite(metrics["mse"]) and metrics["mse"] < best:
                     best, best_state = metrics["mse"], copy.deepcopy(model.state_dict())
         if best_state is None:
-            raise LunaConfigError(f"the {config.arch} projector gave no finite validation loss at any ridge strength")
+            raise LunaConfigError(
+                f"the {config.arch} projector gave no finite validation loss at any ridge strength"
+            )
         model.load_state_dict(best_state)
         seen = len(sample)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
         best, best_state, stale = float("inf"), None, 0
-        bar = tqdm(total=settings.epochs, desc=f"train {config.arch}", unit="epoch", disable=not settings.progress)
+        bar = tqdm(
+            total=settings.epochs,
+            desc=f"train {config.arch}",
+            unit="epoch",
+            disable=not settings.progress,
+        )
         for epoch in range(1, settings.epochs + 1):
             model.train()
             order = rng.permutation(len(train.prompt_rows))
@@ -235,11 +303,18 @@ def train_projector(
                 running += float(loss.detach()) * len(batch)
                 seen += len(batch)
             metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
-            row = {"epoch": epoch, "train_loss": running / len(order), **{f"val_{k}": v for k, v in metrics.items()}}
+            row = {
+                "epoch": epoch,
+                "train_loss": running / len(order),
+                **{f"val_{k}": v for k, v in metrics.items()},
+            }
             result.history.append(row)
             bar.update(1)
-            bar.set_postfix(train_loss=f"{row['train_loss']:.4f}", val_loss=f"{metrics['loss']:.4f}",
-                            pairs_per_s=f"{seen / (time.perf_counter() - started):.0f}")
+            bar.set_postfix(
+                train_loss=f"{row['train_loss']:.4f}",
+                val_loss=f"{metrics['loss']:.4f}",
+                pairs_per_s=f"{seen / (time.perf_counter() - started):.0f}",
+            )
             if on_epoch:
                 on_epoch(row)
             log.info("epoch %d: %s", epoch, row)
@@ -252,12 +327,17 @@ def train_projector(
         bar.close()
         if best_state is None:
             raise LunaConfigError(
-                f"training {config.arch} gave no finite validation loss in {len(result.history)} epoch(s) "
-                f"(lr {settings.lr}): the model diverged; lower lr and try again. Nothing was registered.")
+                f"training {config.arch} gave no finite validation loss in {len(result.history)} "
+                "epoch(s) "
+                f"(lr {settings.lr}): the model diverged; lower lr and try again. Nothing was "
+                "registered."
+            )
         model.load_state_dict(best_state)
     result.val_metrics = evaluate(model, stores, val_x, val, settings.batch_size, device)
     if not np.isfinite(result.val_metrics["loss"]):
-        raise LunaConfigError(f"the trained {config.arch} gives a non-finite validation loss: nothing was registered")
+        raise LunaConfigError(
+            f"the trained {config.arch} gives a non-finite validation loss: nothing was registered"
+        )
     result.seconds = time.perf_counter() - started
     result.pairs_per_s = seen / result.seconds if result.seconds else 0.0
     return result
@@ -276,14 +356,22 @@ class ValidationScorer:
 
     def __call__(self, model: torch.nn.Module) -> float:
         device = next(iter([*model.parameters(), *model.buffers()])).device
-        return evaluate(model, self.stores, self.embeddings, self.pairs, self.batch_size, device)["loss"]
+        return evaluate(model, self.stores, self.embeddings, self.pairs, self.batch_size, device)[
+            "loss"
+        ]
 
 
-def validation_scorer(home: LunaHome, profile: ModelProfile, batch_size: int = 32, where: str | None = None,
-                      split: str = "val") -> ValidationScorer:
+def validation_scorer(
+    home: LunaHome,
+    profile: ModelProfile,
+    batch_size: int = 32,
+    where: str | None = None,
+    split: str = "val",
+) -> ValidationScorer:
     pairs = load_pairs(home, split, where)
     if len(pairs.prompt_rows) == 0:
         raise NotBuiltError(f"no {split} pairs to compare projectors on")
     stores = _Stores(home, profile)
-    return ValidationScorer(stores, pairs, stores.embeddings(pairs.vision_rows), batch_size,
-                            fingerprint(pairs, profile))
+    return ValidationScorer(
+        stores, pairs, stores.embeddings(pairs.vision_rows), batch_size, fingerprint(pairs, profile)
+    )

@@ -1,32 +1,45 @@
 """AUTOMATIC1111's prompt rules (also Forge, SD.Next and Fooocus, which follow them).
 
-Read from its sources: `modules/extra_networks.py` (tags `<kind:name:args>` removed before encoding),
-`modules/prompt_parser.py` (`get_learned_conditioning_prompt_schedules` for `[from:to:when]` and `[a|b]`,
-then `parse_prompt_attention`), `modules/sd_hijack_clip.py` (chunks of 75 tokens, BREAK, commas).
+Read from its sources: `modules/extra_networks.py` (tags `<kind:name:args>` removed before
+encoding), `modules/prompt_parser.py` (`get_learned_conditioning_prompt_schedules` for
+`[from:to:when]` and `[a|b]`, then `parse_prompt_attention`), `modules/sd_hijack_clip.py` (chunks
+of 75 tokens, BREAK, commas).
 
-Attention, as `parse_prompt_attention` reads it: `(x)` multiplies by 1.1, `[x]` divides by 1.1, `(x:w)`
-multiplies by w; `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are literal; brackets left open apply to the rest of
-the prompt; a `)` or `]` with nothing open is text. Prompt editing changes the text during sampling: a
-conditioning is one text, so Luna takes the text of the last steps (`[from:to:when]` → `to`), and the
-first choice of an alternation `[a|b]`, and says so in the notes.
+Attention, as `parse_prompt_attention` reads it: `(x)` multiplies by 1.1, `[x]` divides by 1.1,
+`(x:w)` multiplies by w; `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are literal; brackets left open
+apply to the rest of the prompt; a `)` or `]` with nothing open is text. Prompt editing changes
+the text during sampling: a conditioning is one text, so Luna takes the text of the last steps
+(`[from:to:when]` → `to`), and the first choice of an alternation `[a|b]`, and says so in the
+notes.
 """
 
 from __future__ import annotations
 
 import re
 
-from luna_core.prompts.syntax import Draft, ParsedPrompt, Piece, bounded, take_extra_networks, take_wildcards
+from luna_core.prompts.syntax import (
+    Draft,
+    ParsedPrompt,
+    Piece,
+    bounded,
+    take_extra_networks,
+    take_wildcards,
+)
 
 ROUND, SQUARE = 1.1, 1 / 1.1
-# The tokens of parse_prompt_attention: escapes, brackets, a ':w)' weight close, text runs, a lone ':'.
-ATTENTION = re.compile(r"""
+# The tokens of parse_prompt_attention: escapes, brackets, a ':w)' weight close, text runs, a lone
+# ':'.
+ATTENTION = re.compile(
+    r"""
 \\\(|\\\)|\\\[|\\]|\\\\|\\|
 \(|\[|
 :\s*([+-]?[.\d]+)\s*\)|
 \)|]|
 [^\\()\[\]:]+|
 :
-""", re.X)
+""",
+    re.X,
+)
 BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 INNER_SQUARE = re.compile(r"(?<!\\)\[([^\[\]]*?)(?<!\\)\]")
 EDIT_FROM_TO = re.compile(r"^(.*?):(.*?):\s*([\d.]+)\s*$", re.S)
@@ -44,7 +57,9 @@ def resolve_schedules(text: str, draft: Draft) -> str:
         inside = match.group(1)
         if "|" in inside:
             replacement = inside.split("|")[0]
-            draft.notes.append(f"alternation [{inside[:40]}] changes every step: encoded as its first choice")
+            draft.notes.append(
+                f"alternation [{inside[:40]}] changes every step: encoded as its first choice"
+            )
         elif edit := EDIT_FROM_TO.match(inside):
             replacement = edit.group(2)
             draft.notes.append(f"prompt editing [{inside[:40]}]: encoded as the last steps see it")
@@ -53,7 +68,7 @@ def resolve_schedules(text: str, draft: Draft) -> str:
             draft.notes.append(f"prompt editing [{inside[:40]}]: encoded as the last steps see it")
         else:
             replacement = OPEN_KEPT + inside + CLOSE_KEPT
-        text = text[: match.start()] + replacement + text[match.end():]
+        text = text[: match.start()] + replacement + text[match.end() :]
     return text.replace(OPEN_KEPT, "[").replace(CLOSE_KEPT, "]")
 
 
@@ -78,7 +93,9 @@ def parse_attention(text: str, draft: Draft) -> None:
         elif weight is not None and round_open:
             try:
                 multiply(round_open.pop(), float(weight))
-            except ValueError:  # '1.2.3' matches the pattern but is no number: A1111 would fail; Luna reads 1.0
+            except (
+                ValueError
+            ):  # '1.2.3' matches the pattern but is no number: A1111 would fail; Luna reads 1.0
                 draft.notes.append(f"weight {weight!r} is not a number: read as 1.0")
         elif token == ")" and round_open:
             multiply(round_open.pop(), ROUND)

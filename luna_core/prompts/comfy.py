@@ -4,20 +4,31 @@ Read from `comfy/sd1_clip.py`: `escape_important` (`\\(` and `\\)` are literal),
 (top-level groups; an unclosed `(` or a stray `)` stays text), `token_weights` (`(x)` multiplies the
 group's weight by 1.1, `(x:w)` *sets* it to w whatever the nesting), `[` has no meaning, and
 `embedding:name` loads a textual inversion. Luna cannot load embeddings: they are taken out and
-recorded. `<lora:…>` tags are text to ComfyUI's own nodes, but the LoRA-tag nodes people use take them
-out and load the LoRA: Luna takes them out too, and says so.
+recorded. `<lora:…>` tags are text to ComfyUI's own nodes, but the LoRA-tag nodes people use take
+them out and load the LoRA: Luna takes them out too, and says so.
 """
 
 from __future__ import annotations
 
-from luna_core.prompts.syntax import COMFY_EMBEDDING, Draft, ParsedPrompt, Piece, Removed, bounded, take_extra_networks
+from luna_core.prompts.syntax import (
+    COMFY_EMBEDDING,
+    Draft,
+    ParsedPrompt,
+    Piece,
+    Removed,
+    bounded,
+    take_extra_networks,
+)
 
-MAX_DEPTH = 100  # past this nesting the inner text is read at the weight reached (no writer goes deeper)
+MAX_DEPTH = (
+    100  # past this nesting the inner text is read at the weight reached (no writer goes deeper)
+)
 ESCAPES = (("\\)", "\0\1"), ("\\(", "\0\2"))
 
 
 def parentheses(text: str) -> list[str]:
-    """parse_parentheses: the top-level groups of `text`, each `(...)` whole, text between them as is."""
+    """parse_parentheses: the top-level groups of `text`, each `(...)` whole, text between them
+    as is."""
     groups, current, depth = [], "", 0
     for char in text:
         if char == "(":
@@ -55,11 +66,13 @@ def token_weights(text: str, draft: Draft) -> list[tuple[str, float]]:
             colon = inner.rfind(":")
             if colon > 0:
                 try:
-                    inner_weight, inner = float(inner[colon + 1:]), inner[:colon]
+                    inner_weight, inner = float(inner[colon + 1 :]), inner[:colon]
                 except ValueError:
                     pass
             if len(stack) >= MAX_DEPTH:
-                draft.notes.append(f"parentheses nested past {MAX_DEPTH} levels: the inner text is read as text")
+                draft.notes.append(
+                    f"parentheses nested past {MAX_DEPTH} levels: the inner text is read as text"
+                )
                 out.append((inner, inner_weight))
                 continue
             stack.append((iter(parentheses(inner)), inner_weight))
@@ -72,7 +85,10 @@ def parse(text: str) -> ParsedPrompt:
     draft = Draft("comfy", text)
     body = take_extra_networks(bounded(text, draft), draft)
     if any(r.kind in ("lora", "lyco") for r in draft.removed):
-        draft.notes.append("<lora:…> tags taken out, as ComfyUI's LoRA-tag nodes do (its own nodes would encode them)")
+        draft.notes.append(
+            "<lora:…> tags taken out, as ComfyUI's LoRA-tag nodes do (its own nodes would encode "
+            "them)"
+        )
 
     def embedding(match) -> str:
         draft.removed.append(Removed("embedding", match.group(1)))

@@ -1,17 +1,18 @@
-"""A parsed prompt encoded as its writer encodes it: chunks of 75 tokens between their own start and end
-tokens (padded to 77), the two SDXL encoders' penultimate hidden states concatenated per chunk, the
-chunks joined along the sequence axis ([77·c, 2048]), the pooled output from the first chunk, and the
-weights applied by the writer's rule:
+"""A parsed prompt encoded as its writer encodes it: chunks of 75 tokens between their own start and
+end tokens (padded to 77), the two SDXL encoders' penultimate hidden states concatenated per
+chunk, the chunks joined along the sequence axis ([77·c, 2048]), the pooled output from the first
+chunk, and the weights applied by the writer's rule:
 
-- `a1111` (and NovelAI, whose rule is not published: the notes say so): scale each token's hidden state
-  by its weight, then restore the chunk's mean (A1111's "Original" emphasis, `sd_hijack_clip.py`);
-- `comfy`: move each token from the empty prompt's encoding by its weight, `(z - z_empty) * w + z_empty`
-  (ComfyUI's `sd1_clip.py` `encode_token_weights`);
+- `a1111` (and NovelAI, whose rule is not published: the notes say so): scale each token's
+  hidden state by its weight, then restore the chunk's mean (A1111's "Original" emphasis,
+  `sd_hijack_clip.py`);
+- `comfy`: move each token from the empty prompt's encoding by its weight, `(z - z_empty) * w +
+  z_empty` (ComfyUI's `sd1_clip.py` `encode_token_weights`);
 - `compel`: the compel library encodes (its own weighting and chunking);
 - `literal`: one chunk, truncated at 77 tokens, unweighted (Luna's earlier behaviour).
 
-Chunking: A1111 ends a full chunk at its last comma when it lies within 20 tokens, and starts a new one
-at BREAK; ComfyUI keeps words whole (a word of 8 tokens or more may be split).
+Chunking: A1111 ends a full chunk at its last comma when it lies within 20 tokens, and starts a
+new one at BREAK; ComfyUI keeps words whole (a word of 8 tokens or more may be split).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ COMFY_MAX_WORD = 8  # ComfyUI's max_word_length: longer words may be split acros
 
 @dataclass(frozen=True)
 class Chunks:
-    """Token ids per encoder (each [c, 77]) and the weight of every position ([c, 77], 1.0 on specials)."""
+    """Token ids per encoder (each [c, 77]) and the weight of every position ([c, 77], 1.0 on
+    specials)."""
 
     ids: tuple[np.ndarray, np.ndarray]
     weights: np.ndarray
@@ -41,8 +43,10 @@ class Chunks:
 
 
 def _pieces_tokens(tokenizer, parsed: ParsedPrompt) -> list[list[tuple[int, float]]]:
-    """Per piece, its (token id, weight) pairs; a piece starting a new chunk (BREAK) is marked by None."""
-    # Long pieces are expected (they are chunked here): the tokenizer's length warning is not for us.
+    """Per piece, its (token id, weight) pairs; a piece starting a new chunk (BREAK) is marked by
+    None."""
+    # Long pieces are expected (they are chunked here): the tokenizer's length warning is not for
+    # us.
     logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
     out = []
     for index, piece in enumerate(parsed.pieces):
@@ -51,9 +55,16 @@ def _pieces_tokens(tokenizer, parsed: ParsedPrompt) -> list[list[tuple[int, floa
         if parsed.syntax == "comfy":  # word by word, as ComfyUI tokenizes
             words = [w for w in piece.text.replace("\n", " ").split(" ") if w]
             for word in words:
-                out.append([(t, piece.weight) for t in tokenizer(word, add_special_tokens=False).input_ids])
+                out.append(
+                    [(t, piece.weight) for t in tokenizer(word, add_special_tokens=False).input_ids]
+                )
         else:
-            out.append([(t, piece.weight) for t in tokenizer(piece.text, add_special_tokens=False).input_ids])
+            out.append(
+                [
+                    (t, piece.weight)
+                    for t in tokenizer(piece.text, add_special_tokens=False).input_ids
+                ]
+            )
     return out
 
 
@@ -67,8 +78,12 @@ def _chunks_a1111(groups, comma: int) -> list[list[tuple[int, float]]]:
         for token in group:
             if token[0] == comma:
                 last_comma = len(chunk)
-            elif len(chunk) == CHUNK and last_comma != -1 and len(chunk) - last_comma <= COMMA_BACKTRACK:
-                moved = chunk[last_comma + 1:]
+            elif (
+                len(chunk) == CHUNK
+                and last_comma != -1
+                and len(chunk) - last_comma <= COMMA_BACKTRACK
+            ):
+                moved = chunk[last_comma + 1 :]
                 chunks.append(chunk[: last_comma + 1])
                 chunk, last_comma = moved, -1
             if len(chunk) == CHUNK:
@@ -103,7 +118,8 @@ def _chunks_comfy(groups) -> list[list[tuple[int, float]]]:
 
 
 def chunk_tokens(tokenizers, parsed: ParsedPrompt) -> Chunks:
-    """The writer's chunks for both SDXL tokenizers (they agree on every token boundary: the same BPE)."""
+    """The writer's chunks for both SDXL tokenizers (they agree on every token boundary: the same
+    BPE)."""
     per_encoder, weights = [], None
     for tokenizer in tokenizers:
         groups = _pieces_tokens(tokenizer, parsed)
@@ -129,7 +145,9 @@ def chunk_tokens(tokenizers, parsed: ParsedPrompt) -> Chunks:
     return Chunks((per_encoder[0], per_encoder[1]), weights)
 
 
-def apply_weights(hidden: np.ndarray, empty: np.ndarray | None, weights: np.ndarray, rule: str) -> np.ndarray:
+def apply_weights(
+    hidden: np.ndarray, empty: np.ndarray | None, weights: np.ndarray, rule: str
+) -> np.ndarray:
     """Hidden states [c, 77, D] weighted per token ([c, 77]) by the writer's rule."""
     if not (weights != 1.0).any():
         return hidden
@@ -153,8 +171,8 @@ def empty_ids(tokenizer) -> np.ndarray:
 
 
 def encode_parsed(encoder, parsed: ParsedPrompt) -> tuple[np.ndarray, np.ndarray]:
-    """(prompt_embeds [77·c, width], pooled [pooled_width]) float32 of a parsed prompt, as its writer encodes
-    it; `encoder` is an SDXLTextEncoder."""
+    """(prompt_embeds [77·c, width], pooled [pooled_width]) float32 of a parsed prompt, as its
+    writer encodes it; `encoder` is an SDXLTextEncoder."""
     if parsed.syntax == "compel":
         return encode_compel(encoder, parsed.plain)
     tokenizers = (encoder.tokenizer, encoder.tokenizer_2)
@@ -162,15 +180,20 @@ def encode_parsed(encoder, parsed: ParsedPrompt) -> tuple[np.ndarray, np.ndarray
     hidden, pooled = encoder.encode_ids(*chunks.ids)
     empty = None
     if parsed.syntax == "comfy" and (chunks.weights != 1.0).any():
-        empty, _ = encoder.encode_ids(empty_ids(tokenizers[0])[None], empty_ids(tokenizers[1])[None])
+        empty, _ = encoder.encode_ids(
+            empty_ids(tokenizers[0])[None], empty_ids(tokenizers[1])[None]
+        )
         empty = empty[0]
-    weighted = apply_weights(hidden, empty, chunks.weights, "comfy" if parsed.syntax == "comfy" else "a1111")
+    weighted = apply_weights(
+        hidden, empty, chunks.weights, "comfy" if parsed.syntax == "comfy" else "a1111"
+    )
     return weighted.reshape(-1, weighted.shape[-1]), pooled[0]
 
 
 def encode_compel(encoder, text: str) -> tuple[np.ndarray, np.ndarray]:
-    """Compel's conditioning of `text` on SDXL's two encoders (CompelForSDXL: penultimate states, pooled
-    from encoder 2); `encoder` offers the tokenizers and encoders under a pipeline's names."""
+    """Compel's conditioning of `text` on SDXL's two encoders (CompelForSDXL: penultimate states,
+    pooled from encoder 2); `encoder` offers the tokenizers and encoders under a pipeline's
+    names."""
     # compel imports torch and the model libraries (about a second): only Compel prompts pay for it
     from compel import CompelForSDXL
 
@@ -180,25 +203,35 @@ def encode_compel(encoder, text: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_many(encoder, parsed: list[ParsedPrompt]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`encode_parsed` for a batch: every chunk of every prompt through the encoders in one call (Compel
-    prompts through compel, one by one)."""
+    """`encode_parsed` for a batch: every chunk of every prompt through the encoders in one call
+    (Compel prompts through compel, one by one)."""
     tokenizers = (encoder.tokenizer, encoder.tokenizer_2)
     plans = [None if p.syntax == "compel" else chunk_tokens(tokenizers, p) for p in parsed]
     batched = [plan for plan in plans if plan is not None]
     out: list = [None] * len(parsed)
     if batched:
-        hidden, pooled = encoder.encode_ids(np.concatenate([plan.ids[0] for plan in batched]),
-                                            np.concatenate([plan.ids[1] for plan in batched]))
+        hidden, pooled = encoder.encode_ids(
+            np.concatenate([plan.ids[0] for plan in batched]),
+            np.concatenate([plan.ids[1] for plan in batched]),
+        )
         empty = None
-        if any(p.syntax == "comfy" and (plan.weights != 1.0).any() for p, plan in zip(parsed, plans) if plan):
-            empty, _ = encoder.encode_ids(empty_ids(tokenizers[0])[None], empty_ids(tokenizers[1])[None])
+        if any(
+            p.syntax == "comfy" and (plan.weights != 1.0).any()
+            for p, plan in zip(parsed, plans)
+            if plan
+        ):
+            empty, _ = encoder.encode_ids(
+                empty_ids(tokenizers[0])[None], empty_ids(tokenizers[1])[None]
+            )
             empty = empty[0]
         start = 0
         for index, (prompt, plan) in enumerate(zip(parsed, plans)):
             if plan is None:
                 continue
             states = hidden[start : start + plan.count]
-            weighted = apply_weights(states, empty, plan.weights, "comfy" if prompt.syntax == "comfy" else "a1111")
+            weighted = apply_weights(
+                states, empty, plan.weights, "comfy" if prompt.syntax == "comfy" else "a1111"
+            )
             out[index] = (weighted.reshape(-1, weighted.shape[-1]), pooled[start])
             start += plan.count
     for index, prompt in enumerate(parsed):

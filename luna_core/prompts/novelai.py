@@ -1,12 +1,19 @@
 """NovelAI's prompt rules: `{x}` multiplies by 1.05 per brace, `[x]` divides by 1.05; brackets left
-open weight the rest, as in A1111's reading (NovelAI publishes no parser; its documentation gives the
-factors). V4's numeric `1.5::x::` weights are not read: they stay text, and the notes say so."""
+open weight the rest, as in A1111's reading (NovelAI publishes no parser; its documentation gives
+the factors). V4's numeric `1.5::x::` weights are not read: they stay text, and the notes say so."""
 
 from __future__ import annotations
 
 import re
 
-from luna_core.prompts.syntax import Draft, ParsedPrompt, Piece, bounded, take_extra_networks, take_wildcards
+from luna_core.prompts.syntax import (
+    Draft,
+    ParsedPrompt,
+    Piece,
+    bounded,
+    take_extra_networks,
+    take_wildcards,
+)
 
 BRACE = 1.05
 TOKENS = re.compile(r"\\[{}\[\]]|[{}\[\]]|[^\\{}\[\]]+|\\")

@@ -5,7 +5,12 @@ from __future__ import annotations
 from luna_core.prompts import a1111, comfy, compel_syntax, novelai
 from luna_core.prompts.syntax import SYNTAXES, Draft, ParsedPrompt, Piece, bounded
 
-PARSERS = {"a1111": a1111.parse, "comfy": comfy.parse, "compel": compel_syntax.parse, "novelai": novelai.parse}
+PARSERS = {
+    "a1111": a1111.parse,
+    "comfy": comfy.parse,
+    "compel": compel_syntax.parse,
+    "novelai": novelai.parse,
+}
 
 
 def parse_literal(text: str) -> ParsedPrompt:

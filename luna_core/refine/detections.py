@@ -1,19 +1,21 @@
-"""Detections from any detector, for the detailer: a box, a mask over the whole image, and optionally a
-label and a prompt piece per detection.
+"""Detections from any detector, for the detailer: a box, a mask over the whole image, and
+optionally a label and a prompt piece per detection.
 
 Formats (chosen by what the path is):
-- COCO JSON (`.json`): `bbox` [x, y, w, h], and `segmentation` as polygons or RLE (counts as a list, or
-  COCO's compressed string); the image is picked by file name when the file covers several. Labels come
-  from `categories`; a `prompt` field on an annotation is its prompt piece, a `loras` field its LoRAs
-  (`[{"name": "detail_tweaker_xl", "weight": 0.8}]` or `["detail_tweaker_xl:0.8"]`).
-- YOLO txt (`.txt`): `class cx cy w h` normalized to [0, 1] (boxes), or `class x1 y1 x2 y2 …` (YOLO-seg
-  polygons); class names from a `classes.txt` beside it, else the class number.
+- COCO JSON (`.json`): `bbox` [x, y, w, h], and `segmentation` as polygons or RLE (counts as a
+  list, or COCO's compressed string); the image is picked by file name when the file covers
+  several. Labels come from `categories`; a `prompt` field on an annotation is its prompt piece,
+  a `loras` field its LoRAs (`[{"name": "detail_tweaker_xl", "weight": 0.8}]` or
+  `["detail_tweaker_xl:0.8"]`).
+- YOLO txt (`.txt`): `class cx cy w h` normalized to [0, 1] (boxes), or `class x1 y1 x2 y2 …`
+  (YOLO-seg polygons); class names from a `classes.txt` beside it, else the class number.
 - A label-mask PNG (`.png`): every non-zero value is a label; each connected component of it is one
   detection.
 - A mask folder: one image per detection, non-zero pixels inside; the file's stem is its label.
 
-Every detection is checked against the image: a box outside it or an empty mask is an error naming the
-file and the detection. Files are read with bounds (size, count): they are data from elsewhere.
+Every detection is checked against the image: a box outside it or an empty mask is an error
+naming the file and the detection. Files are read with bounds (size, count): they are data from
+elsewhere.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ class Detection:
     loras: tuple[Lora, ...] = ()  # LoRAs this detection's crop gets on top of the run's own
 
 
-def read_detections(path: str | Path, size: tuple[int, int], image_name: str | None = None) -> list[Detection]:
-    """The detections in `path` for an image of `size` (width, height) named `image_name` (COCO files
-    covering several images pick it by file name)."""
+def read_detections(
+    path: str | Path, size: tuple[int, int], image_name: str | None = None
+) -> list[Detection]:
+    """The detections in `path` for an image of `size` (width, height) named `image_name` (COCO
+    files covering several images pick it by file name)."""
     path = Path(path)
     if path.is_dir():
         found = _mask_folder(path, size)
@@ -64,8 +68,10 @@ def read_detections(path: str | Path, size: tuple[int, int], image_name: str | N
     elif path.suffix.lower() in MASK_SUFFIXES:
         found = _label_mask(path, size)
     else:
-        raise DetectionsError(f"{path}: not a detections file (COCO .json, YOLO .txt, a label-mask image or a "
-                              "folder of masks)")
+        raise DetectionsError(
+            f"{path}: not a detections file (COCO .json, YOLO .txt, a label-mask image or a "
+            "folder of masks)"
+        )
     if not found:
         raise DetectionsError(f"{path} holds no detection for this image")
     if len(found) > MAX_DETECTIONS:
@@ -73,15 +79,24 @@ def read_detections(path: str | Path, size: tuple[int, int], image_name: str | N
     return found
 
 
-def _detection(path: Path, index: int, mask: np.ndarray, box: Box | None = None, label=None, prompt=None,
-               loras=None) -> Detection:
+def _detection(
+    path: Path,
+    index: int,
+    mask: np.ndarray,
+    box: Box | None = None,
+    label=None,
+    prompt=None,
+    loras=None,
+) -> Detection:
     """A detection whose box is `box` (else the mask's bounds), checked against the image."""
     height, width = mask.shape
     if not mask.any():
         raise DetectionsError(f"{path}: detection {index}{_named(label)} has an empty mask")
     if box is None:
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        box = Box(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+        box = Box(
+            int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+        )
     try:
         box.check_within(width, height)
     except BoxError as exc:
@@ -90,7 +105,13 @@ def _detection(path: Path, index: int, mask: np.ndarray, box: Box | None = None,
         chosen = lora_set([loras] if isinstance(loras, str | dict) else loras or [])
     except LunaConfigError as exc:
         raise DetectionsError(f"{path}: detection {index}{_named(label)}: {exc}") from None
-    return Detection(box, mask, None if label is None else str(label), None if prompt is None else str(prompt), chosen)
+    return Detection(
+        box,
+        mask,
+        None if label is None else str(label),
+        None if prompt is None else str(prompt),
+        chosen,
+    )
 
 
 def _named(label) -> str:
@@ -111,7 +132,9 @@ def _read_bounded(path: Path) -> bytes:
 def _box_mask(box: Box, size: tuple[int, int]) -> np.ndarray:
     width, height = size
     mask = np.zeros((height, width), bool)
-    mask[max(0, box.y):max(0, box.y + box.height), max(0, box.x):max(0, box.x + box.width)] = True
+    mask[max(0, box.y) : max(0, box.y + box.height), max(0, box.x) : max(0, box.x + box.width)] = (
+        True
+    )
     return mask
 
 
@@ -126,8 +149,9 @@ def _polygons_mask(polygons: list[list[float]], size: tuple[int, int]) -> np.nda
 
 
 def rle_counts(text: str) -> list[int]:
-    """COCO's compressed RLE string → run lengths (the counts are deltas after the second, five bits a
-    character from '0' (48) up, the sixth bit saying more follows, the last bit of a run its sign)."""
+    """COCO's compressed RLE string → run lengths (the counts are deltas after the second, five bits
+    a character from '0' (48) up, the sixth bit saying more follows, the last bit of a run its
+    sign)."""
     counts: list[int] = []
     position = 0
     while position < len(text):
@@ -162,7 +186,7 @@ def _rle_mask(rle: dict, size: tuple[int, int]) -> np.ndarray:
     position = 0
     for run, count in enumerate(counts):  # runs alternate, background first, in column-major order
         if run % 2:
-            flat[position:position + count] = True
+            flat[position : position + count] = True
         position += count
     return flat.reshape(width, height).T
 
@@ -177,17 +201,26 @@ def _coco(path: Path, size: tuple[int, int], image_name: str | None) -> list[Det
         raise DetectionsError(f"{path}: not COCO detections JSON ({exc})") from None
     wanted = None
     if len(images) > 1:
-        named = [i for i, image in images.items() if image_name and Path(str(image.get("file_name", ""))).name ==
-                 Path(image_name).name]
+        named = [
+            i
+            for i, image in images.items()
+            if image_name and Path(str(image.get("file_name", ""))).name == Path(image_name).name
+        ]
         if len(named) != 1:
-            raise DetectionsError(f"{path} covers {len(images)} images and none is named {image_name!r}")
+            raise DetectionsError(
+                f"{path} covers {len(images)} images and none is named {image_name!r}"
+            )
         wanted = named[0]
     out = []
     for index, annotation in enumerate(annotations):
         try:
             if wanted is not None and int(annotation.get("image_id", -1)) != wanted:
                 continue
-            label = categories.get(int(annotation["category_id"])) if "category_id" in annotation else None
+            label = (
+                categories.get(int(annotation["category_id"]))
+                if "category_id" in annotation
+                else None
+            )
             segmentation = annotation.get("segmentation")
             box = None
             if isinstance(segmentation, dict):
@@ -196,22 +229,35 @@ def _coco(path: Path, size: tuple[int, int], image_name: str | None) -> list[Det
                 mask = _polygons_mask(segmentation, size)
             else:
                 x, y, w, h = (float(v) for v in annotation["bbox"])
-                box = Box(int(np.floor(x)), int(np.floor(y)), int(np.ceil(x + w) - np.floor(x)),
-                          int(np.ceil(y + h) - np.floor(y)))
+                box = Box(
+                    int(np.floor(x)),
+                    int(np.floor(y)),
+                    int(np.ceil(x + w) - np.floor(x)),
+                    int(np.ceil(y + h) - np.floor(y)),
+                )
                 mask = _box_mask(box, size)
         except (ValueError, KeyError, TypeError) as exc:
             raise DetectionsError(f"{path}: annotation {index} cannot be read ({exc})") from None
-        out.append(_detection(path, index, mask, box, label, annotation.get("prompt"), annotation.get("loras")))
+        out.append(
+            _detection(
+                path, index, mask, box, label, annotation.get("prompt"), annotation.get("loras")
+            )
+        )
     return out
 
 
 def _yolo(path: Path, size: tuple[int, int]) -> list[Detection]:
     width, height = size
     classes_file = path.parent / "classes.txt"
-    names = _read_bounded(classes_file).decode("utf-8").splitlines() if classes_file.is_file() and \
-        classes_file != path else []
+    names = (
+        _read_bounded(classes_file).decode("utf-8").splitlines()
+        if classes_file.is_file() and classes_file != path
+        else []
+    )
     out = []
-    for number, line in enumerate(_read_bounded(path).decode("utf-8", "replace").splitlines(), start=1):
+    for number, line in enumerate(
+        _read_bounded(path).decode("utf-8", "replace").splitlines(), start=1
+    ):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
@@ -222,11 +268,18 @@ def _yolo(path: Path, size: tuple[int, int]) -> list[Detection]:
             if len(values) == 4:
                 cx, cy, w, h = values
                 left, top = int(round((cx - w / 2) * width)), int(round((cy - h / 2) * height))
-                box = Box(left, top, int(round((cx + w / 2) * width)) - left, int(round((cy + h / 2) * height)) - top)
+                box = Box(
+                    left,
+                    top,
+                    int(round((cx + w / 2) * width)) - left,
+                    int(round((cy + h / 2) * height)) - top,
+                )
                 mask = _box_mask(box, size)
             elif len(values) >= 6 and len(values) % 2 == 0:
                 box = None
-                mask = _polygons_mask([[v * (width if i % 2 == 0 else height) for i, v in enumerate(values)]], size)
+                mask = _polygons_mask(
+                    [[v * (width if i % 2 == 0 else height) for i, v in enumerate(values)]], size
+                )
             else:
                 raise ValueError("expected 'class cx cy w h' or 'class x1 y1 x2 y2 x3 y3 …'")
         except (ValueError, IndexError) as exc:
@@ -240,9 +293,13 @@ def _open_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.size != tuple(size):
-                raise DetectionsError(f"{path}: the mask is {image.width}x{image.height}, the image "
-                                      f"{size[0]}x{size[1]}")
-            return np.asarray(image.convert("I") if image.mode not in ("L", "P", "1", "I") else image)
+                raise DetectionsError(
+                    f"{path}: the mask is {image.width}x{image.height}, the image "
+                    f"{size[0]}x{size[1]}"
+                )
+            return np.asarray(
+                image.convert("I") if image.mode not in ("L", "P", "1", "I") else image
+            )
     except (OSError, Image.DecompressionBombError) as exc:
         raise DetectionsError(f"{path}: not a readable mask image ({exc})") from None
 

@@ -1,8 +1,8 @@
 """Where each tile and crop sits: the chess grid, the detailer's padded boxes, and feathered masks.
 
-Plain arithmetic on pixel rectangles, no model inside. Sizes are rounded to the model's pixel multiple
-(the VAE's 8 pixels per latent times the UNet's own downsampling), so every tile of a grid has the
-same size and all of them go through the sampler together.
+Plain arithmetic on pixel rectangles, no model inside. Sizes are rounded to the model's pixel
+multiple (the VAE's 8 pixels per latent times the UNet's own downsampling), so every tile of a
+grid has the same size and all of them go through the sampler together.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from luna_core.boxes import Box
 from luna_core.errors import LunaConfigError
 
 DEFAULT_GRID = 5
-DEFAULT_OVERLAP = 0.25  # each tile is this much larger than the grid's cell: 5 x 5 on 4096² gives 1024² tiles
+DEFAULT_OVERLAP = (
+    0.25  # each tile is this much larger than the grid's cell: 5 x 5 on 4096² gives 1024² tiles
+)
 DEFAULT_MARGIN = 0.25  # the detailer's context around a box, as a share of the box's longer side
 
 
@@ -27,7 +29,8 @@ class RefineInputError(LunaConfigError):
 
 @dataclass(frozen=True)
 class Tile:
-    """One region to refine: `rect` is cut from the image; `parity` is its chess colour (0 even, 1 odd)."""
+    """One region to refine: `rect` is cut from the image; `parity` is its chess colour (0 even,
+    1 odd)."""
 
     index: int
     rect: Box
@@ -40,20 +43,36 @@ def round_to(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def chess_tiles(width: int, height: int, grid: int = DEFAULT_GRID, overlap: float = DEFAULT_OVERLAP,
-                multiple: int = 8) -> list[Tile]:
-    """A grid x grid chessboard of equal tiles covering the image, neighbours overlapping by `overlap`
-    of a cell. Even cells ((row + col) % 2 == 0) are refined in the first pass, odd ones in the second."""
+def chess_tiles(
+    width: int,
+    height: int,
+    grid: int = DEFAULT_GRID,
+    overlap: float = DEFAULT_OVERLAP,
+    multiple: int = 8,
+) -> list[Tile]:
+    """A grid x grid chessboard of equal tiles covering the image, neighbours overlapping by
+    `overlap` of a cell. Even cells ((row + col) % 2 == 0) are refined in the first pass, odd
+    ones in the second."""
     if grid < 1:
         raise RefineInputError(f"grid must be at least 1 (got {grid})")
     if not 0 <= overlap < 1:
         raise RefineInputError(f"overlap must be within [0, 1) (got {overlap})")
-    tile_w = min(round_to(width / grid * (1 + overlap) if grid > 1 else width, multiple), width // multiple * multiple)
-    tile_h = min(round_to(height / grid * (1 + overlap) if grid > 1 else height, multiple), height // multiple * multiple)
+    tile_w = min(
+        round_to(width / grid * (1 + overlap) if grid > 1 else width, multiple),
+        width // multiple * multiple,
+    )
+    tile_h = min(
+        round_to(height / grid * (1 + overlap) if grid > 1 else height, multiple),
+        height // multiple * multiple,
+    )
     if tile_w < multiple or tile_h < multiple:
-        raise RefineInputError(f"a {width}x{height} image is smaller than one {multiple}-pixel tile")
+        raise RefineInputError(
+            f"a {width}x{height} image is smaller than one {multiple}-pixel tile"
+        )
     if grid > 1 and (tile_w * grid < width or tile_h * grid < height):
-        raise RefineInputError(f"a {grid}x{grid} grid of {tile_w}x{tile_h} tiles cannot cover {width}x{height}")
+        raise RefineInputError(
+            f"a {grid}x{grid} grid of {tile_w}x{tile_h} tiles cannot cover {width}x{height}"
+        )
     xs = _spread(width, tile_w, grid)
     ys = _spread(height, tile_h, grid)
     tiles = []
@@ -70,8 +89,11 @@ def _spread(extent: int, size: int, count: int) -> list[int]:
     return [int(round(i * (extent - size) / (count - 1))) for i in range(count)]
 
 
-def detail_crops(width: int, height: int, boxes: list[Box], margin: float = DEFAULT_MARGIN) -> list[Tile]:
-    """Each box grown by its context margin into a square (as far as the image allows), clipped to it."""
+def detail_crops(
+    width: int, height: int, boxes: list[Box], margin: float = DEFAULT_MARGIN
+) -> list[Tile]:
+    """Each box grown by its context margin into a square (as far as the image allows), clipped
+    to it."""
     if not boxes:
         raise RefineInputError("the detailer needs at least one box")
     crops = []
@@ -88,8 +110,8 @@ def detail_crops(width: int, height: int, boxes: list[Box], margin: float = DEFA
 
 
 def feather_mask(width: int, height: int, feather: tuple[int, int, int, int]) -> np.ndarray:
-    """[height, width] float32 weights: 1 inside, falling linearly to 0 over `feather` pixels on each
-    side (left, top, right, bottom); a side with 0 (the image's border) is not faded."""
+    """[height, width] float32 weights: 1 inside, falling linearly to 0 over `feather` pixels on
+    each side (left, top, right, bottom); a side with 0 (the image's border) is not faded."""
     left, top, right, bottom = feather
 
     def ramp(n: int, lo: int, hi: int) -> np.ndarray:
@@ -101,8 +123,11 @@ def feather_mask(width: int, height: int, feather: tuple[int, int, int, int]) ->
     return np.outer(ramp(height, top, bottom), ramp(width, left, right)).astype(np.float32)
 
 
-def tile_feather(tile: Tile, tiles: list[Tile], image_size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """How far a chess tile fades on each side: the overlap with its neighbour there, 0 at the border."""
+def tile_feather(
+    tile: Tile, tiles: list[Tile], image_size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """How far a chess tile fades on each side: the overlap with its neighbour there, 0 at the
+    border."""
     width, height = image_size
     r = tile.rect
     overlaps = [0, 0, 0, 0]
@@ -128,7 +153,8 @@ def tile_feather(tile: Tile, tiles: list[Tile], image_size: tuple[int, int]) -> 
 
 
 def crop_feather(crop: Tile, box: Box, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """A detailer crop fades over its context margin (never into the box itself), not at the border."""
+    """A detailer crop fades over its context margin (never into the box itself), not at the
+    border."""
     width, height = image_size
     r = crop.rect
     left = 0 if r.x == 0 else box.x - r.x

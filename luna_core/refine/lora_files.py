@@ -1,5 +1,6 @@
-"""LoRA names and sets as people write them, and the LoRA files they name: found by file name, by path
-below a configured folder, or by hash (see luna_core.refine.lora for reading and applying them)."""
+"""LoRA names and sets as people write them, and the LoRA files they name: found by file name, by
+path below a configured folder, or by hash (see luna_core.refine.lora for reading and applying
+them)."""
 
 from __future__ import annotations
 
@@ -36,19 +37,21 @@ def _bad_lora(text: str) -> Lora:
 
 
 def canonical_name(name: str) -> str:
-    """A LoRA's name as written by any tool (`film_grain`, `film_grain.safetensors`, `styles\\film_grain.pt`)
-    without its file suffix and with forward slashes."""
+    """A LoRA's name as written by any tool (`film_grain`, `film_grain.safetensors`,
+    `styles\\film_grain.pt`) without its file suffix and with forward slashes."""
     name = name.strip().replace("\\", "/")
     stem, dot, suffix = name.rpartition(".")
     return stem if dot and suffix.lower() in ("safetensors", "pt", "ckpt", "bin") else name
 
 
 def lora_set(loras: Iterable[Lora | dict | str]) -> tuple[Lora, ...]:
-    """One item's LoRA set from the forms people write it in (Lora, {"name", "weight"}, "NAME:W"), with
-    a name given twice kept once, its weights added."""
+    """One item's LoRA set from the forms people write it in (Lora, {"name", "weight"}, "NAME:W"),
+    with a name given twice kept once, its weights added."""
     merged: dict[str, float] = {}
     if not isinstance(loras, list | tuple):
-        raise LunaConfigError(f"LoRAs are a list of NAME:WEIGHT or {{name, weight}} (got {type(loras).__name__})")
+        raise LunaConfigError(
+            f"LoRAs are a list of NAME:WEIGHT or {{name, weight}} (got {type(loras).__name__})"
+        )
     if len(loras) > MAX_LORAS_PER_ITEM:
         raise LunaConfigError(f"{len(loras)} LoRAs for one item (at most {MAX_LORAS_PER_ITEM})")
     for lora in loras:
@@ -62,26 +65,31 @@ def lora_set(loras: Iterable[Lora | dict | str]) -> tuple[Lora, ...]:
             try:
                 lora = Lora(lora["name"].strip(), float(lora.get("weight", 1.0)))
             except (TypeError, ValueError):
-                raise LunaConfigError(f"LoRA {lora['name']!r}: weight {lora.get('weight')!r} is not a number") from None
+                raise LunaConfigError(
+                    f"LoRA {lora['name']!r}: weight {lora.get('weight')!r} is not a number"
+                ) from None
         name = canonical_name(lora.name)
         merged[name] = merged.get(name, 0.0) + float(lora.weight)
     return tuple(Lora(name, weight) for name, weight in merged.items() if weight != 0.0)
 
 
 def neighbour_loras(neighbours: Sequence[tuple[float, Sequence]], cap: int) -> tuple[Lora, ...]:
-    """The weighted union of the neighbours' LoRAs: each LoRA's weight is the sum over the neighbours of
-    (neighbour weight x LoRA weight); the `cap` strongest (by absolute weight) are kept."""
+    """The weighted union of the neighbours' LoRAs: each LoRA's weight is the sum over the
+    neighbours of (neighbour weight x LoRA weight); the `cap` strongest (by absolute weight) are
+    kept."""
     summed: dict[str, float] = {}
     for share, loras in neighbours:
         for lora in lora_set(list(loras or ())):
             summed[lora.name] = summed.get(lora.name, 0.0) + float(share) * lora.weight
     ranked = sorted(summed.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
-    return tuple(Lora(name, round(weight, 4)) for name, weight in ranked[: max(0, cap)] if weight != 0.0)
+    return tuple(
+        Lora(name, round(weight, 4)) for name, weight in ranked[: max(0, cap)] if weight != 0.0
+    )
 
 
 def parse_lora_hashes(text: str | None) -> dict[str, str]:
-    """A1111's `Lora hashes` setting ("detail_tweaker_xl: 4b5e3f2a1c9d, film: 0a1b…") → {name: hash};
-    entries that are not a name and a hex hash are left out."""
+    """A1111's `Lora hashes` setting ("detail_tweaker_xl: 4b5e3f2a1c9d, film: 0a1b…") → {name:
+    hash}; entries that are not a name and a hex hash are left out."""
     out: dict[str, str] = {}
     for entry in (text or "").split(",")[:MAX_LORAS_PER_ITEM]:
         name, _, digest = entry.rpartition(":")
@@ -95,8 +103,8 @@ def parse_lora_hashes(text: str | None) -> dict[str, str]:
 
 
 def tensor_data_hash(path: Path) -> str:
-    """sha256 of a .safetensors file's tensor data (the bytes after its header): A1111's and Civitai's
-    LoRA hash, unchanged when only the file's metadata is edited."""
+    """sha256 of a .safetensors file's tensor data (the bytes after its header): A1111's and
+    Civitai's LoRA hash, unchanged when only the file's metadata is edited."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         header = f.read(8)
@@ -119,7 +127,9 @@ class LoraLibrary:
     @property
     def files(self) -> list[Path]:
         if self._files is None:
-            self._files = sorted(p for d in self.dirs if d.is_dir() for p in d.rglob("*.safetensors") if p.is_file())
+            self._files = sorted(
+                p for d in self.dirs if d.is_dir() for p in d.rglob("*.safetensors") if p.is_file()
+            )
         return self._files
 
     def find(self, name: str) -> Path | None:
@@ -127,7 +137,10 @@ class LoraLibrary:
         wanted = wanted[: -len(".safetensors")] if wanted.endswith(".safetensors") else wanted
         for path in self.files:  # a path below a folder, then a file name
             for folder in self.dirs:
-                if path.is_relative_to(folder) and path.relative_to(folder).with_suffix("").as_posix().lower() == wanted:
+                if (
+                    path.is_relative_to(folder)
+                    and path.relative_to(folder).with_suffix("").as_posix().lower() == wanted
+                ):
                     return path
         by_stem = [p for p in self.files if p.stem.lower() == wanted.rsplit("/", 1)[-1]]
         if by_stem:
@@ -142,9 +155,12 @@ class LoraLibrary:
                     return path
         return None
 
-    def resolve(self, names: Iterable[str], hashes: dict[str, str] | None = None) -> tuple[dict[str, Path], list[str]]:
-        """(found name → file, missing names), from the folders as they are now (files come and go); a name
-        no file is called by is looked for by its hash in `hashes` (what the image's metadata recorded)."""
+    def resolve(
+        self, names: Iterable[str], hashes: dict[str, str] | None = None
+    ) -> tuple[dict[str, Path], list[str]]:
+        """(found name → file, missing names), from the folders as they are now (files come and go);
+        a name no file is called by is looked for by its hash in `hashes` (what the image's
+        metadata recorded)."""
         self._files = None
         found, missing = {}, []
         for name in dict.fromkeys(names):

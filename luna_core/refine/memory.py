@@ -1,10 +1,10 @@
-"""How many items of a pass go through the VAE and the UNet at once, under a memory budget, and the peak
-memory a pass really used.
+"""How many items of a pass go through the VAE and the UNet at once, under a memory budget, and the
+peak memory a pass really used.
 
 The budget is the only thing that splits a pass into chunks (besides an explicit `batch_size` cap):
-- per-item estimates: the VAE at full resolution holds about 6 activations of its widest full-size layer
-  (`block_out_channels[0]` x H x W); the UNet about 12 activations per level (its skip connections
-  included), per guidance row;
+- per-item estimates: the VAE at full resolution holds about 6 activations of its widest
+  full-size layer (`block_out_channels[0]` x H x W); the UNet about 12 activations per level (its
+  skip connections included), per guidance row;
 - no budget given: 80 % of the free GPU memory on CUDA, half the available RAM on a CPU.
 
 Estimates are estimates: the measured peak is printed beside the budget so a person can set it.
@@ -46,14 +46,23 @@ class ChunkPlan:
 
     def describe(self) -> str:
         if self.vae_chunks <= 1 and self.unet_chunks <= 1:
-            return f"{self.items} item(s) in one VAE and one UNet call (budget {megabytes(self.budget_mb)})"
-        return (f"split by the {megabytes(self.budget_mb)} budget: VAE {self.vae_chunks} chunk(s) of up to "
-                f"{self.vae_items}, UNet {self.unet_chunks} chunk(s) of up to {self.unet_items} (estimated "
-                f"{megabytes(self.vae_item_mb)} per item in the VAE, {megabytes(self.unet_item_mb)} in the UNet)")
+            return (
+                f"{self.items} item(s) in one VAE and one UNet call (budget "
+                f"{megabytes(self.budget_mb)})"
+            )
+        return (
+            f"split by the {megabytes(self.budget_mb)} budget: VAE {self.vae_chunks} chunk(s) of "
+            "up to "
+            f"{self.vae_items}, UNet {self.unet_chunks} chunk(s) of up to {self.unet_items} "
+            "(estimated "
+            f"{megabytes(self.vae_item_mb)} per item in the VAE, {megabytes(self.unet_item_mb)} "
+            "in the UNet)"
+        )
 
 
 def default_budget_mb(device) -> float:
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
 
     if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
@@ -63,7 +72,8 @@ def default_budget_mb(device) -> float:
 
 
 def _proc_bytes(path: str, key: str) -> int | None:
-    """A `key:  N kB` line of a Linux /proc file, in bytes (None where there is no such file or line)."""
+    """A `key:  N kB` line of a Linux /proc file, in bytes (None where there is no such file or
+    line)."""
     try:
         for line in Path(path).read_text().splitlines():
             if line.startswith(key + ":"):
@@ -75,7 +85,11 @@ def _proc_bytes(path: str, key: str) -> int | None:
 
 def _available_ram() -> int:
     available = _proc_bytes("/proc/meminfo", "MemAvailable")
-    return available if available is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return (
+        available
+        if available is not None
+        else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    )
 
 
 @dataclass(frozen=True)
@@ -89,13 +103,27 @@ class ModelSizes:
     unet_bytes: int
 
 
-def plan_chunks(items: int, height: int, width: int, sizes: ModelSizes, guidance_rows: int, budget_mb: float,
-                cap: int = 0) -> ChunkPlan:
-    """Items per VAE and UNet call for `items` pictures of height x width (cap: an explicit batch size)."""
+def plan_chunks(
+    items: int,
+    height: int,
+    width: int,
+    sizes: ModelSizes,
+    guidance_rows: int,
+    budget_mb: float,
+    cap: int = 0,
+) -> ChunkPlan:
+    """Items per VAE and UNet call for `items` pictures of height x width (cap: an explicit batch
+    size)."""
     vae_mb = VAE_ACTIVATIONS * sizes.vae_channels * height * width * sizes.vae_bytes / MB
     latent = (height // sizes.vae_factor) * (width // sizes.vae_factor)
-    unet_mb = guidance_rows * UNET_ACTIVATIONS * sizes.unet_bytes * latent * sum(
-        c / 4**level for level, c in enumerate(sizes.unet_channels)) / MB
+    unet_mb = (
+        guidance_rows
+        * UNET_ACTIVATIONS
+        * sizes.unet_bytes
+        * latent
+        * sum(c / 4**level for level, c in enumerate(sizes.unet_channels))
+        / MB
+    )
     limit = cap if cap > 0 else max(items, 1)
     vae_items = max(1, min(limit, int(budget_mb // max(vae_mb, 1e-9))))
     unet_items = max(1, min(limit, int(budget_mb // max(unet_mb, 1e-9))))
@@ -104,9 +132,10 @@ def plan_chunks(items: int, height: int, width: int, sizes: ModelSizes, guidance
 
 @contextlib.contextmanager
 def peak_memory(device):
-    """Yields a dict that holds, after the block, `peak_mb` and what it measured: CUDA's allocator peak, or
-    the process's resident-set high-water mark (reset at the start where Linux allows)."""
-    # torch and the model libraries take about a second to import: only code that runs a model pays for it
+    """Yields a dict that holds, after the block, `peak_mb` and what it measured: CUDA's allocator
+    peak, or the process's resident-set high-water mark (reset at the start where Linux allows)."""
+    # torch and the model libraries take about a second to import: only code that runs a model pays
+    # for it
     import torch
 
     result: dict = {}
@@ -117,7 +146,9 @@ def peak_memory(device):
         result["measured_as"] = "CUDA allocator peak"
     else:
         try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+            Path("/proc/self/clear_refs").write_text(
+                "5"
+            )  # resets VmHWM to the current resident set
             result["measured_as"] = "process resident-set peak during the pass"
         except OSError:
             result["measured_as"] = "process resident-set peak since it started"

@@ -19,14 +19,20 @@ BLOCKS = ("down", "mid", "up")
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    strength: float = 0.35  # how much of the noise schedule is re-run: 0 keeps the tile, 1 redraws it
+    strength: float = (
+        0.35  # how much of the noise schedule is re-run: 0 keeps the tile, 1 redraws it
+    )
     steps: int = 20
     guidance_scale: float = 5.0
     seed: int = 0
-    batch_size: int = 0  # a cap on items per VAE and UNet call; 0: only the memory budget splits a pass
-    memory_budget_mb: float = 0  # what one VAE or UNet call may take; 0: 80 % of free GPU memory, half the RAM on a CPU
-    # Per-block conditioning: the UNet blocks that see the composition conditioning (the whole image's
-    # answer) when a refinement asks for it; the others see the item's own answer.
+    batch_size: int = (
+        0  # a cap on items per VAE and UNet call; 0: only the memory budget splits a pass
+    )
+    memory_budget_mb: float = (
+        0  # what one VAE or UNet call may take; 0: 80 % of free GPU memory, half the RAM on a CPU
+    )
+    # Per-block conditioning: the UNet blocks that see the composition conditioning (the whole
+    # image's answer) when a refinement asks for it; the others see the item's own answer.
     composition_blocks: tuple[str, ...] = ("down", "mid")
 
     def check(self) -> None:
@@ -37,13 +43,20 @@ class SamplerSettings:
         if self.batch_size < 0:
             raise LunaConfigError(f"batch size must be 0 (no cap) or more (got {self.batch_size})")
         if not math.isfinite(self.memory_budget_mb) or self.memory_budget_mb < 0:
-            raise LunaConfigError(f"memory budget must be 0 (automatic) or a number of MB (got {self.memory_budget_mb})")
+            raise LunaConfigError(
+                "memory budget must be 0 (automatic) or a number of MB (got "
+                f"{self.memory_budget_mb})"
+            )
         unknown = [b for b in self.composition_blocks if b not in BLOCKS]
         if unknown or not self.composition_blocks:
-            raise LunaConfigError(f"composition blocks must be some of {', '.join(BLOCKS)} (got "
-                                  f"{', '.join(self.composition_blocks) or 'none'})")
+            raise LunaConfigError(
+                f"composition blocks must be some of {', '.join(BLOCKS)} (got "
+                f"{', '.join(self.composition_blocks) or 'none'})"
+            )
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise LunaConfigError(f"guidance scale must be a non-negative number (got {self.guidance_scale})")
+            raise LunaConfigError(
+                f"guidance scale must be a non-negative number (got {self.guidance_scale})"
+            )
 
 
 CHESS_IP_WEIGHT = 0.4
@@ -59,8 +72,12 @@ class RefineSettings:
     ip_weight: float | None = None  # None: 0.4 for the chess refiner, 0.5 for the detailer
     sequential: bool = False  # one item per sampler call (for comparison)
     loras: tuple[Lora, ...] = ()  # LoRAs every item gets (a detection may add its own)
-    lora_from_vault: int = 0  # > 0: each item also gets its k neighbours' LoRAs, the strongest this many
-    per_block: bool = False  # the composition blocks see the whole image's answer, the others the item's own
+    lora_from_vault: int = (
+        0  # > 0: each item also gets its k neighbours' LoRAs, the strongest this many
+    )
+    per_block: bool = (
+        False  # the composition blocks see the whole image's answer, the others the item's own
+    )
 
 
 DEFAULT_LORA_CAP = 3  # --lora-from vault: the neighbours' strongest LoRAs kept per item
@@ -94,13 +111,25 @@ class RefineOptions:
         blocks = self.composition_blocks
         if isinstance(blocks, str):
             blocks = tuple(b.strip() for b in blocks.split(",") if b.strip())
-        sampler = SamplerSettings(strength=self.strength, steps=self.steps, guidance_scale=self.guidance, seed=self.seed,
-                                  batch_size=self.batch_size, memory_budget_mb=self.memory_budget_mb,
-                                  composition_blocks=tuple(blocks))
+        sampler = SamplerSettings(
+            strength=self.strength,
+            steps=self.steps,
+            guidance_scale=self.guidance,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            memory_budget_mb=self.memory_budget_mb,
+            composition_blocks=tuple(blocks),
+        )
         sampler.check()
-        return RefineSettings(grid=self.grid, sampler=sampler, ip_weight=self.ip_weight, sequential=self.sequential,
-                              loras=lora_set(list(self.loras)), lora_from_vault=self.lora_cap if self.lora_from else 0,
-                              per_block=self.per_block)
+        return RefineSettings(
+            grid=self.grid,
+            sampler=sampler,
+            ip_weight=self.ip_weight,
+            sequential=self.sequential,
+            loras=lora_set(list(self.loras)),
+            lora_from_vault=self.lora_cap if self.lora_from else 0,
+            per_block=self.per_block,
+        )
 
 
 SOURCES = ("vault", "projector", "prompt", "blend")
@@ -116,7 +145,9 @@ class SourceSettings:
     temperature: float = DEFAULT_TEMPERATURE
     projector: str = DEFAULT_PROJECTOR
     tracking_uri: str | None = None
-    piece_mode: str = "concat"  # how a detection's prompt piece meets its item's answer: concat or blend
+    piece_mode: str = (
+        "concat"  # how a detection's prompt piece meets its item's answer: concat or blend
+    )
 
     def check(self) -> None:
         if self.piece_mode not in ("concat", "blend"):
@@ -125,6 +156,10 @@ class SourceSettings:
             raise QueryError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
         if self.source in ("prompt", "blend") and not self.prompt:
             raise QueryError(f"source {self.source} needs a typed prompt: give --prompt")
-        check_inputs("blend" if self.source == "blend" else "replace", self.alpha, self.prompt,
-                      self.k if self.source in ("vault", "blend") else None,
-                      self.temperature if self.source in ("vault", "blend") else None)
+        check_inputs(
+            "blend" if self.source == "blend" else "replace",
+            self.alpha,
+            self.prompt,
+            self.k if self.source in ("vault", "blend") else None,
+            self.temperature if self.source in ("vault", "blend") else None,
+        )

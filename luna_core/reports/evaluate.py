@@ -1,11 +1,12 @@
 """Every conditioning source scored on the frozen test split against the true prompt's conditioning.
 
-Sources: the true prompt (the ceiling: the stored float16 row itself), the vault's k-NN answer with the
-image itself and its near-duplicates left out, every registered projector version, the mean conditioning of the training split,
-and the empty prompt (the floor). Per image: token cosine (mean over the 77 tokens), pooled cosine and
-MSE to the truth; per source: retrieval R@1 / R@5 of the true prompt among all test prompts by pooled
-cosine, the share of images where the source beats the mean conditioning, and bootstrap 95 % intervals.
-Conditionings are streamed a batch at a time (a row is 315 KB at SDXL widths).
+Sources: the true prompt (the ceiling: the stored float16 row itself), the vault's k-NN answer
+with the image itself and its near-duplicates left out, every registered projector version, the
+mean conditioning of the training split, and the empty prompt (the floor). Per image: token
+cosine (mean over the 77 tokens), pooled cosine and MSE to the truth; per source: retrieval R@1 /
+R@5 of the true prompt among all test prompts by pooled cosine, the share of images where the
+source beats the mean conditioning, and bootstrap 95 % intervals. Conditionings are streamed a
+batch at a time (a row is 315 KB at SDXL widths).
 """
 
 from __future__ import annotations
@@ -69,13 +70,21 @@ class Evaluation:
         return next((s for s in self.sources if s.kind == kind), None)
 
 
-def paired_difference(a: SourceResult, b: SourceResult, settings: EvalSettings,
-                      metric: str = "token_cosine") -> tuple[float, float, float]:
-    """Mean of a - b over the same test images, with its bootstrap 95 % interval (images resampled)."""
+def paired_difference(
+    a: SourceResult, b: SourceResult, settings: EvalSettings, metric: str = "token_cosine"
+) -> tuple[float, float, float]:
+    """Mean of a - b over the same test images, with its bootstrap 95 % interval (images
+    resampled)."""
     difference = a.per_image[metric] - b.per_image[metric]
-    draws = np.random.default_rng(settings.seed).integers(0, len(difference), size=(settings.bootstrap, len(difference)))
+    draws = np.random.default_rng(settings.seed).integers(
+        0, len(difference), size=(settings.bootstrap, len(difference))
+    )
     resampled = difference[draws].mean(axis=1)
-    return float(difference.mean()), float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))
+    return (
+        float(difference.mean()),
+        float(np.percentile(resampled, 2.5)),
+        float(np.percentile(resampled, 97.5)),
+    )
 
 
 class _Truth:
@@ -84,7 +93,9 @@ class _Truth:
     def __init__(self, home: LunaHome, profile: ModelProfile, pairs: Pairs):
         self.text = open_text_store(home, profile)
         self.pairs = pairs
-        self.pooled = self.text.read_rows("pooled_prompt_embeds", pairs.prompt_rows).astype(np.float32)
+        self.pooled = self.text.read_rows("pooled_prompt_embeds", pairs.prompt_rows).astype(
+            np.float32
+        )
 
     def batches(self):
         for start in range(0, len(self.pairs.prompt_rows), BATCH):
@@ -99,7 +110,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def score_source(name: str, kind: str, truth: _Truth, predict) -> SourceResult:
-    """`predict(start, count) -> (tokens [n, 77, D], pooled [n, P])` for test items [start, start + count)."""
+    """`predict(start, count) -> (tokens [n, 77, D], pooled [n, P])` for test items [start, start
+    + count)."""
     n = len(truth.pairs.prompt_rows)
     token_cos, pooled_cos, mse = np.zeros(n), np.zeros(n), np.zeros(n)
     predicted_pooled = np.zeros_like(truth.pooled)
@@ -110,11 +122,18 @@ def score_source(name: str, kind: str, truth: _Truth, predict) -> SourceResult:
         true_pooled = truth.pooled[start : start + count]
         token_cos[start : start + count] = _cosine(tokens, true_tokens).mean(axis=1)
         pooled_cos[start : start + count] = _cosine(pooled, true_pooled)
-        mse[start : start + count] = ((tokens - true_tokens) ** 2).mean(axis=(1, 2)) + ((pooled - true_pooled) ** 2).mean(1)
+        mse[start : start + count] = ((tokens - true_tokens) ** 2).mean(axis=(1, 2)) + (
+            (pooled - true_pooled) ** 2
+        ).mean(1)
         predicted_pooled[start : start + count] = pooled
     ranks = _ranks(predicted_pooled, truth.pooled, truth.pairs.prompt_rows)
-    per_image = {"token_cosine": token_cos, "pooled_cosine": pooled_cos, "mse": mse,
-                 "hit_at_1": (ranks < 1).astype(float), "hit_at_5": (ranks < 5).astype(float)}
+    per_image = {
+        "token_cosine": token_cos,
+        "pooled_cosine": pooled_cos,
+        "mse": mse,
+        "hit_at_1": (ranks < 1).astype(float),
+        "hit_at_5": (ranks < 5).astype(float),
+    }
     return SourceResult(name, kind, per_image)
 
 
@@ -125,15 +144,21 @@ def _ranks(predicted: np.ndarray, truth: np.ndarray, prompt_rows: np.ndarray) ->
     candidates = candidates / np.maximum(np.linalg.norm(candidates, axis=1, keepdims=True), 1e-12)
     column = np.searchsorted(distinct, prompt_rows)
     ranks = np.zeros(len(predicted), dtype=np.int64)
-    for start in range(0, len(predicted), 1024):  # [block, distinct] similarities, never N x N at once
+    for start in range(
+        0, len(predicted), 1024
+    ):  # [block, distinct] similarities, never N x N at once
         block = predicted[start : start + 1024]
-        sims = (block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)) @ candidates.T
+        sims = (
+            block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        ) @ candidates.T
         own = sims[np.arange(len(block)), column[start : start + 1024]]
         ranks[start : start + 1024] = (sims > own[:, None]).sum(axis=1)
     return ranks
 
 
-def summarize(result: SourceResult, mean_source: SourceResult | None, settings: EvalSettings) -> None:
+def summarize(
+    result: SourceResult, mean_source: SourceResult | None, settings: EvalSettings
+) -> None:
     """Means, R@1/R@5, the share beating the mean conditioning, and bootstrap 95 % intervals."""
     rng = np.random.default_rng(settings.seed)
     n = len(result.per_image["token_cosine"])
@@ -143,7 +168,10 @@ def summarize(result: SourceResult, mean_source: SourceResult | None, settings: 
         result.summary[name] = float(values.mean())
         if metric in MAIN_METRICS or metric.startswith("hit"):
             resampled = values[draws].mean(axis=1)
-            result.intervals[name] = (float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5)))
+            result.intervals[name] = (
+                float(np.percentile(resampled, 2.5)),
+                float(np.percentile(resampled, 97.5)),
+            )
     if mean_source is not None:
         beats = result.per_image["token_cosine"] > mean_source.per_image["token_cosine"]
         result.summary["beats_mean"] = float(beats.mean())
@@ -152,11 +180,22 @@ def summarize(result: SourceResult, mean_source: SourceResult | None, settings: 
         result.intervals["token_cosine_minus_mean"] = (low, high)
 
 
-def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: EvalSettings = EvalSettings(),
-             projectors: list[tuple[str, object]] | None = None, test_set: TestSet | None = None) -> Evaluation:
-    """Score every source on the frozen test set (default `load_test_set`). `projectors`: (label, model)
-    pairs (default: every registered version of `settings.projector_name` that fits the encoders)."""
-    test_set = test_set if test_set is not None else load_test_set(home, settings.max_images, settings.seed)
+def evaluate(
+    home: LunaHome,
+    profile: ModelProfile,
+    vault: Vault,
+    settings: EvalSettings = EvalSettings(),
+    projectors: list[tuple[str, object]] | None = None,
+    test_set: TestSet | None = None,
+) -> Evaluation:
+    """Score every source on the frozen test set (default `load_test_set`). `projectors`: (label,
+    model) pairs (default: every registered version of `settings.projector_name` that fits the
+    encoders)."""
+    test_set = (
+        test_set
+        if test_set is not None
+        else load_test_set(home, settings.max_images, settings.seed)
+    )
     pairs = test_set.pairs
     truth = _Truth(home, profile, pairs)
     vision = open_vision_store(home, profile)
@@ -165,42 +204,90 @@ def evaluate(home: LunaHome, profile: ModelProfile, vault: Vault, settings: Eval
 
     def rows_of(start: int, count: int):
         rows = pairs.prompt_rows[start : start + count]
-        return truth.text.read_rows("prompt_embeds", rows), truth.text.read_rows("pooled_prompt_embeds", rows)
+        return truth.text.read_rows("prompt_embeds", rows), truth.text.read_rows(
+            "pooled_prompt_embeds", rows
+        )
 
     sources.append(score_source("true prompt", "true", truth, rows_of))
 
-    # The same prompts read literally, as Luna encoded them before prompt parsing (cut at 77 tokens, weights as
-    # text): how far that reading is from what the generators computed is the error the parsing fixed.
+    # The same prompts read literally, as Luna encoded them before prompt parsing (cut at 77 tokens,
+    # weights as text): how far that reading is from what the generators computed is the error the
+    # parsing fixed.
     with open_catalog(home.catalog_path, read_only=True) as con:
-        texts = dict(con.execute("SELECT image_id, prompt FROM library WHERE image_id IN (SELECT unnest($ids))",
-                                 {"ids": [int(i) for i in pairs.image_ids]}).fetchall())
+        texts = dict(
+            con.execute(
+                "SELECT image_id, prompt FROM library WHERE image_id IN (SELECT unnest($ids))",
+                {"ids": [int(i) for i in pairs.image_ids]},
+            ).fetchall()
+        )
     literal = [vault.encode_prompt(texts.get(int(i)) or "", "literal") for i in pairs.image_ids]
-    sources.append(score_source("true prompt read literally (before prompt parsing)", "literal", truth,
-                                lambda start, count: (np.stack([t for t, _ in literal[start : start + count]]),
-                                                      np.stack([p for _, p in literal[start : start + count]]))))
+    sources.append(
+        score_source(
+            "true prompt read literally (before prompt parsing)",
+            "literal",
+            truth,
+            lambda start, count: (
+                np.stack([t for t, _ in literal[start : start + count]]),
+                np.stack([p for _, p in literal[start : start + count]]),
+            ),
+        )
+    )
 
     train = load_pairs(home, "train")
     mean_tokens, mean_pooled = _mean_conditioning(truth.text, train.prompt_rows)
-    sources.append(score_source("mean of train", "mean", truth, lambda start, count: (
-        np.broadcast_to(mean_tokens, (count, *mean_tokens.shape)), np.broadcast_to(mean_pooled, (count, *mean_pooled.shape)))))
+    sources.append(
+        score_source(
+            "mean of train",
+            "mean",
+            truth,
+            lambda start, count: (
+                np.broadcast_to(mean_tokens, (count, *mean_tokens.shape)),
+                np.broadcast_to(mean_pooled, (count, *mean_pooled.shape)),
+            ),
+        )
+    )
 
     empty_tokens, empty_pooled = vault.encode_prompt("")
-    sources.append(score_source("empty prompt", "empty", truth, lambda start, count: (
-        np.broadcast_to(empty_tokens, (count, *empty_tokens.shape)),
-        np.broadcast_to(empty_pooled, (count, *empty_pooled.shape)))))
+    sources.append(
+        score_source(
+            "empty prompt",
+            "empty",
+            truth,
+            lambda start, count: (
+                np.broadcast_to(empty_tokens, (count, *empty_tokens.shape)),
+                np.broadcast_to(empty_pooled, (count, *empty_pooled.shape)),
+            ),
+        )
+    )
 
     def vault_rows(start: int, count: int):
-        answers = [vault.vault_answer(embeddings[i], settings.k, settings.temperature,
-                                      exclude=leave_out(test_set, int(pairs.image_ids[i])))
-                   for i in range(start, start + count)]
+        answers = [
+            vault.vault_answer(
+                embeddings[i],
+                settings.k,
+                settings.temperature,
+                exclude=leave_out(test_set, int(pairs.image_ids[i])),
+            )
+            for i in range(start, start + count)
+        ]
         # Scored on the first chunk, as every source and the truth are (their first 77 tokens).
         return np.stack([a[0][:77] for a in answers]), np.stack([a[1] for a in answers])
 
     sources.append(score_source(f"vault k={settings.k}", "vault", truth, vault_rows))
 
-    for label, model, _ in projectors if projectors is not None else registered_projectors(home, vault, settings):
-        sources.append(score_source(label, "projector", truth, lambda start, count, model=model:
-                                    vault.projector_answers(model, embeddings[start : start + count])))
+    for label, model, _ in (
+        projectors if projectors is not None else registered_projectors(home, vault, settings)
+    ):
+        sources.append(
+            score_source(
+                label,
+                "projector",
+                truth,
+                lambda start, count, model=model: vault.projector_answers(
+                    model, embeddings[start : start + count]
+                ),
+            )
+        )
         sources[-1].info["label"] = label
 
     mean_source = next(s for s in sources if s.kind == "mean")
@@ -216,12 +303,20 @@ def leave_out(test_set: TestSet, image_id: int) -> frozenset[int]:
 
 def _mean_conditioning(text, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(rows) == 0:
-        raise NotBuiltError("the train split has no encoded prompt: the mean conditioning needs one")
+        raise NotBuiltError(
+            "the train split has no encoded prompt: the mean conditioning needs one"
+        )
     tokens = np.zeros(text.fields["prompt_embeds"], np.float64)
     pooled = np.zeros(text.fields["pooled_prompt_embeds"], np.float64)
     for start in range(0, len(rows), BATCH):
-        tokens += text.read_rows("prompt_embeds", rows[start : start + BATCH]).astype(np.float64).sum(0)
-        pooled += text.read_rows("pooled_prompt_embeds", rows[start : start + BATCH]).astype(np.float64).sum(0)
+        tokens += (
+            text.read_rows("prompt_embeds", rows[start : start + BATCH]).astype(np.float64).sum(0)
+        )
+        pooled += (
+            text.read_rows("pooled_prompt_embeds", rows[start : start + BATCH])
+            .astype(np.float64)
+            .sum(0)
+        )
     return (tokens / len(rows)).astype(np.float32), (pooled / len(rows)).astype(np.float32)
 
 
@@ -233,8 +328,11 @@ class LoadedProjector(NamedTuple):
     champion: bool = False
 
 
-def registered_projectors(home: LunaHome, vault: Vault, settings: EvalSettings) -> list[LoadedProjector]:
-    """Every registered version that fits the configured encoders, labelled with its version and aliases."""
+def registered_projectors(
+    home: LunaHome, vault: Vault, settings: EvalSettings
+) -> list[LoadedProjector]:
+    """Every registered version that fits the configured encoders, labelled with its version and
+    aliases."""
     out = []
     for version in Registry(home, settings.tracking_uri).versions(settings.projector_name):
         uri = version.uri
@@ -244,7 +342,13 @@ def registered_projectors(home: LunaHome, vault: Vault, settings: EvalSettings) 
             log.warning("projector %s left out of the report: %s", uri, exc)
             continue
         aliases = "".join(f" @{alias}" for alias in version.aliases)
-        out.append(LoadedProjector(f"projector v{version.version}{aliases} ({version.arch})", model, version.is_champion))
+        out.append(
+            LoadedProjector(
+                f"projector v{version.version}{aliases} ({version.arch})",
+                model,
+                version.is_champion,
+            )
+        )
     return out
 
 

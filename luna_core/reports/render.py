@@ -1,5 +1,6 @@
-"""The report as files a person opens: markdown, one standalone HTML (plots and contact sheet embedded
-as data URIs: it opens offline and references nothing), and PNG plots made with matplotlib."""
+"""The report as files a person opens: markdown, one standalone HTML (plots and contact sheet
+embedded as data URIs: it opens offline and references nothing), and PNG plots made with
+matplotlib."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-HEADLINE_COLUMNS = ("source", "token cos", "pooled cos", "MSE", "R@1", "R@5", "beats mean", "CLIP-I")
+HEADLINE_COLUMNS = (
+    "source",
+    "token cos",
+    "pooled cos",
+    "MSE",
+    "R@1",
+    "R@5",
+    "beats mean",
+    "CLIP-I",
+)
 
 
 def quality_of(report: dict) -> dict:
@@ -21,12 +31,19 @@ def quality_of(report: dict) -> dict:
 def bootstrap_interval(values, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Mean and bootstrap 95 % interval of a small sample (the regeneration sample's CLIP-I)."""
     values = np.asarray(values, dtype=float)
-    resampled = values[np.random.default_rng(seed).integers(0, len(values), (draws, len(values)))].mean(axis=1)
-    return float(values.mean()), float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))
+    resampled = values[
+        np.random.default_rng(seed).integers(0, len(values), (draws, len(values)))
+    ].mean(axis=1)
+    return (
+        float(values.mean()),
+        float(np.percentile(resampled, 2.5)),
+        float(np.percentile(resampled, 97.5)),
+    )
 
 
 def clip_i_cell(values) -> str:
-    """CLIP-I over a few regenerated images: always with its interval and n (it rests on a handful)."""
+    """CLIP-I over a few regenerated images: always with its interval and n (it rests on a
+    handful)."""
     if not values:
         return "—"
     mean, low, high = bootstrap_interval(values)
@@ -39,10 +56,18 @@ def headline_rows(report: dict) -> list[dict]:
     for source in report["sources"]:
         s = source["summary"]
         with_ci = _with_interval(source)
-        rows.append({"source": source["name"], "token cos": with_ci("token_cosine"), "pooled cos": with_ci("pooled_cosine"),
-                     "MSE": with_ci("mse"), "R@1": with_ci("R@1", 3), "R@5": with_ci("R@5", 3),
-                     "beats mean": f"{s['beats_mean']:.2f}" if "beats_mean" in s else "—",
-                     "CLIP-I": clip_i_cell(clip_i.get(source["quality_column"] or "", []))})
+        rows.append(
+            {
+                "source": source["name"],
+                "token cos": with_ci("token_cosine"),
+                "pooled cos": with_ci("pooled_cosine"),
+                "MSE": with_ci("mse"),
+                "R@1": with_ci("R@1", 3),
+                "R@5": with_ci("R@5", 3),
+                "beats mean": f"{s['beats_mean']:.2f}" if "beats_mean" in s else "—",
+                "CLIP-I": clip_i_cell(clip_i.get(source["quality_column"] or "", [])),
+            }
+        )
     return rows
 
 
@@ -50,7 +75,9 @@ def _with_interval(source: dict):
     def render(metric: str, digits: int = 4) -> str:
         low_high = source["intervals"].get(metric)
         value = f"{source['summary'][metric]:.{digits}f}"
-        return f"{value} [{low_high[0]:.{digits}f}, {low_high[1]:.{digits}f}]" if low_high else value
+        return (
+            f"{value} [{low_high[0]:.{digits}f}, {low_high[1]:.{digits}f}]" if low_high else value
+        )
 
     return render
 
@@ -64,8 +91,11 @@ def markdown_table(rows: list[dict], columns) -> str:
     return "\n".join(lines)
 
 
-def plots(report: dict, per_image: dict[str, dict[str, np.ndarray]], folder: Path) -> dict[str, Path]:
-    """metrics.png (bars with 95 % intervals), vault_vs_projector.png (per-image scatter), cost_quality.png."""
+def plots(
+    report: dict, per_image: dict[str, dict[str, np.ndarray]], folder: Path
+) -> dict[str, Path]:
+    """metrics.png (bars with 95 % intervals), vault_vs_projector.png (per-image scatter),
+    cost_quality.png."""
     # matplotlib takes half a second to import: only rendering a report pays for it
     import matplotlib
 
@@ -78,16 +108,32 @@ def plots(report: dict, per_image: dict[str, dict[str, np.ndarray]], folder: Pat
     names = [s["name"] for s in sources]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     mean = next((s for s in sources if s["kind"] == "mean"), None)
-    for ax, metric, title in ((axes[0], "token_cosine", "token cosine to the true conditioning"),
-                              (axes[1], "pooled_cosine", "pooled cosine to the true conditioning")):
-        # Points with their intervals on an axis fitted to them (bars from 0 hide differences of 0.01).
+    for ax, metric, title in (
+        (axes[0], "token_cosine", "token cosine to the true conditioning"),
+        (axes[1], "pooled_cosine", "pooled cosine to the true conditioning"),
+    ):
+        # Points with their intervals on an axis fitted to them (bars from 0 hide differences of
+        # 0.01).
         values = np.array([s["summary"][metric] for s in sources])
         lows = np.array([s["intervals"][metric][0] for s in sources])
         highs = np.array([s["intervals"][metric][1] for s in sources])
         positions = np.arange(len(sources))
-        ax.errorbar(values, positions, xerr=[values - lows, highs - values], fmt="o", color="#4c72b0", capsize=4)
+        ax.errorbar(
+            values,
+            positions,
+            xerr=[values - lows, highs - values],
+            fmt="o",
+            color="#4c72b0",
+            capsize=4,
+        )
         if mean is not None:
-            ax.axvline(mean["summary"][metric], color="grey", linestyle="--", linewidth=1, label="mean of train")
+            ax.axvline(
+                mean["summary"][metric],
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label="mean of train",
+            )
             ax.legend(fontsize=8, loc="lower left")
         ax.set_yticks(positions, names)
         ax.set_xlim(max(0.0, float(lows.min()) - 0.02), 1.005)
@@ -111,17 +157,25 @@ def plots(report: dict, per_image: dict[str, dict[str, np.ndarray]], folder: Pat
 
     benchmark = report.get("benchmark") or {}
     costs = {c["source"]: c for c in (benchmark.get("costs") or {}).get("sources", [])}
-    points = [(costs[s["name"]]["ms_batch_1"], s["summary"]["token_cosine"], s["name"]) for s in sources
-              if s["name"] in costs and costs[s["name"]].get("ms_batch_1") is not None]
+    points = [
+        (costs[s["name"]]["ms_batch_1"], s["summary"]["token_cosine"], s["name"])
+        for s in sources
+        if s["name"] in costs and costs[s["name"]].get("ms_batch_1") is not None
+    ]
     if points:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         markers = "osD^v<>phX*"
-        for i, (ms, quality, name) in enumerate(points):  # a legend, not labels on the points: they overlap
+        for i, (ms, quality, name) in enumerate(
+            points
+        ):  # a legend, not labels on the points: they overlap
             ax.scatter(max(ms, 1e-3), quality, s=60, marker=markers[i % len(markers)], label=name)
         ax.set_xscale("log")
         ax.set_xlabel("latency per image at batch 1 (ms, median; constants drawn at 0.001)")
         ax.set_ylabel("token cosine to the true prompt")
-        ax.set_title(f"cost vs quality (costs from the benchmark of {benchmark.get('created', '?')})", fontsize=9)
+        ax.set_title(
+            f"cost vs quality (costs from the benchmark of {benchmark.get('created', '?')})",
+            fontsize=9,
+        )
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         ax.grid(alpha=0.3)
         out["cost_quality"] = _save(plt, fig, folder / "cost_quality.png")
@@ -137,14 +191,19 @@ def _save(plt, fig, path: Path) -> Path:
 
 def _split_counts(report: dict) -> str:
     sizes = report.get("split_sizes", {})
-    return ", ".join(f"{split} {v['images']} ({v['with embedding and prompt']} with an embedding and an encoded prompt)"
-                     for split, v in sorted(sizes.items()))
+    return ", ".join(
+        f"{split} {v['images']} ({v['with embedding and prompt']} with an embedding and an "
+        "encoded prompt)"
+        for split, v in sorted(sizes.items())
+    )
 
 
 def _exclusions(test_set: dict) -> list[str]:
     lines = []
     for reason, items in test_set.get("excluded", {}).items():
-        shown = ", ".join(f"`{item}`" for item in items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+        shown = ", ".join(f"`{item}`" for item in items[:10]) + (
+            f" and {len(items) - 10} more" if len(items) > 10 else ""
+        )
         lines.append(f"- {len(items)} left out: {reason}: {shown}")
     return lines
 
@@ -157,72 +216,149 @@ def markdown(report: dict, images: dict[str, str]) -> str:
         lines += [f"> **{report['warning']}**", ""]
     lines += [test_set["described"], ""]
     lines += _exclusions(test_set) + ([""] if test_set.get("excluded") else [])
-    lines += [f"Profile `{report['profile']}`: vision `{report['vision_model']}` ({report['vision_key']}), SDXL "
-              f"text encoders `{report['sdxl_model']}` ({report['text_key']}). Index v{report['index_version']} "
-              f"({report['index'].get('factory', '?')}); projectors compared: "
-              f"{', '.join(report['projector_versions']) or 'none registered'}.",
-              f"Splits in the catalog: {_split_counts(report)}. Near-duplicates (vision cosine ≥ "
-              f"{test_set['near_duplicate_cosine']}, or the same prompt and seed) share a split and are left out of "
-              f"each other's vault answers. Test fingerprint `{test_set['fingerprint']}`. Intervals are bootstrap 95 %.",
-              "", "## Conditioning sources on the test set", "",
-              markdown_table(headline_rows(report), HEADLINE_COLUMNS), ""]
+    lines += [
+        f"Profile `{report['profile']}`: vision `{report['vision_model']}` "
+        f"({report['vision_key']}), SDXL "
+        f"text encoders `{report['sdxl_model']}` ({report['text_key']}). Index "
+        f"v{report['index_version']} "
+        f"({report['index'].get('factory', '?')}); projectors compared: "
+        f"{', '.join(report['projector_versions']) or 'none registered'}.",
+        f"Splits in the catalog: {_split_counts(report)}. Near-duplicates (vision cosine ≥ "
+        f"{test_set['near_duplicate_cosine']}, or the same prompt and seed) share a split and "
+        "are left out of "
+        f"each other's vault answers. Test fingerprint `{test_set['fingerprint']}`. Intervals "
+        "are bootstrap 95 %.",
+        "",
+        "## Conditioning sources on the test set",
+        "",
+        markdown_table(headline_rows(report), HEADLINE_COLUMNS),
+        "",
+    ]
     if "metrics" in images:
-        lines += [f"![metrics]({images['metrics']})", "",
-                  "Each source's own interval is drawn here; the verdict compares sources on the same images "
-                  "(paired differences), which can separate sources whose intervals overlap.", ""]
+        lines += [
+            f"![metrics]({images['metrics']})",
+            "",
+            "Each source's own interval is drawn here; the verdict compares sources on the same "
+            "images "
+            "(paired differences), which can separate sources whose intervals overlap.",
+            "",
+        ]
     if "vault_vs_projector" in images:
         lines += [f"![vault vs projector]({images['vault_vs_projector']})", ""]
     benchmark = report.get("benchmark")
     if not benchmark:
-        lines += ["## Regeneration and costs", "",
-                  "No benchmark has run yet: it runs weekly, or on demand (materialize `refinement_benchmark` in the "
-                  "Dagster UI, or `luna report --benchmark`).", ""]
+        lines += [
+            "## Regeneration and costs",
+            "",
+            "No benchmark has run yet: it runs weekly, or on demand (materialize "
+            "`refinement_benchmark` in the "
+            "Dagster UI, or `luna report --benchmark`).",
+            "",
+        ]
         return "\n".join(lines)
     load = (benchmark.get("load") or {}).get("before") or {}
-    when = (f"From the benchmark of {benchmark['created']} (index v{benchmark.get('index_version')}, test series "
-            f"{benchmark.get('test_series')}; machine load {load.get('load_1min', '?')} on {load.get('cores', '?')} "
-            f"cores as it began: costs move with load).")
+    when = (
+        f"From the benchmark of {benchmark['created']} (index v{benchmark.get('index_version')}, "
+        "test series "
+        f"{benchmark.get('test_series')}; machine load {load.get('load_1min', '?')} on "
+        f"{load.get('cores', '?')} "
+        f"cores as it began: costs move with load)."
+    )
     quality = benchmark.get("quality") or {}
     if quality:
-        lines += ["## Regeneration through the chess refiner", "", when, "",
-                  f"{len(quality.get('sample_paths', []))} test images"
-                  f"{' resized to the UNet' + chr(39) + 's native size' if quality['settings'].get('native_size') else ''}"
-                  f", grid {quality['settings']['grid']}, "
-                  f"strength {quality['settings']['strength']}, {quality['settings']['steps']} steps, same seeds for "
-                  f"every source. CLIP-I = cosine of the vision encoder's embeddings of result and original, shown "
-                  f"with its interval and n because it rests on a sample of images. " + _clip_t_said(quality), ""]
-        lines += ["What the method predicts (true prompt >= vault and projector > mean > empty), checked on paired "
-                  "differences:", ""] + [f"- {line}" for line in ordering_lines(report)] + [""]
+        lines += [
+            "## Regeneration through the chess refiner",
+            "",
+            when,
+            "",
+            f"{len(quality.get('sample_paths', []))} test images"
+            + (
+                " resized to the UNet's native size"
+                if quality["settings"].get("native_size")
+                else ""
+            )
+            + ""
+            f", grid {quality['settings']['grid']}, "
+            f"strength {quality['settings']['strength']}, {quality['settings']['steps']} steps, "
+            "same seeds for "
+            "every source. CLIP-I = cosine of the vision encoder's embeddings of result and "
+            "original, shown "
+            f"with its interval and n because it rests on a sample of images. "
+            + _clip_t_said(quality),
+            "",
+        ]
+        lines += (
+            [
+                "What the method predicts (true prompt >= vault and projector > mean > empty), "
+                "checked on paired "
+                "differences:",
+                "",
+            ]
+            + [f"- {line}" for line in ordering_lines(report)]
+            + [""]
+        )
         if "contact_sheet" in images:
             lines += [f"![contact sheet]({images['contact_sheet']})", ""]
     costs = benchmark["costs"]
-    lines += ["## Costs", "", when + f" Medians over {costs.get('repeats', '?')} repeats after a warm-up call.", "",
-              markdown_table(costs["sources"], ["source", "parameters", "MB", "ms_batch_1",
-                                                "ms_per_image_batch_64", "notes"]), "",
-              f"Index: recall@10 {costs['index'].get('recall_at_10', 0):.4f} on held-out vectors, query p50 "
-              f"{costs['index'].get('p50_ms', 0):.3f} ms / p99 {costs['index'].get('p99_ms', 0):.3f} ms, "
-              f"{costs['index'].get('mb', 0):.2f} MB; vault answer (search + row reads) p50 "
-              f"{costs['vault_answer_p50_ms']:.2f} ms / p99 {costs['vault_answer_p99_ms']:.2f} ms.", "",
-              "### True batching: whole refiner calls on one test image, batched vs `--sequential`", "",
-              "One sampler call per pass against one per item, same seeds and conditionings; the difference is "
-              "between the two saved images, in 0-255 levels.", "",
-              markdown_table([{"workload": k, **{c: _fmt(v.get(c)) for c in v}} for k, v in costs["batching"].items()],
-                             ["workload", "items", "batched_s", "sequential_s", "speedup", "max_pixel_diff",
-                              "pixels_differing"]), ""]
+    lines += [
+        "## Costs",
+        "",
+        when + f" Medians over {costs.get('repeats', '?')} repeats after a warm-up call.",
+        "",
+        markdown_table(
+            costs["sources"],
+            ["source", "parameters", "MB", "ms_batch_1", "ms_per_image_batch_64", "notes"],
+        ),
+        "",
+        f"Index: recall@10 {costs['index'].get('recall_at_10', 0):.4f} on held-out vectors, "
+        "query p50 "
+        f"{costs['index'].get('p50_ms', 0):.3f} ms / p99 {costs['index'].get('p99_ms', 0):.3f} ms, "
+        f"{costs['index'].get('mb', 0):.2f} MB; vault answer (search + row reads) p50 "
+        f"{costs['vault_answer_p50_ms']:.2f} ms / p99 {costs['vault_answer_p99_ms']:.2f} ms.",
+        "",
+        "### True batching: whole refiner calls on one test image, batched vs `--sequential`",
+        "",
+        "One sampler call per pass against one per item, same seeds and conditionings; the "
+        "difference is "
+        "between the two saved images, in 0-255 levels.",
+        "",
+        markdown_table(
+            [
+                {"workload": k, **{c: _fmt(v.get(c)) for c in v}}
+                for k, v in costs["batching"].items()
+            ],
+            [
+                "workload",
+                "items",
+                "batched_s",
+                "sequential_s",
+                "speedup",
+                "max_pixel_diff",
+                "pixels_differing",
+            ],
+        ),
+        "",
+    ]
     if "cost_quality" in images:
         lines += [f"![cost vs quality]({images['cost_quality']})", ""]
     return "\n".join(lines)
 
 
-# What the method predicts for regeneration: the true prompt is the ceiling; the vault and the projector
-# come close to it and beat the mean of train, which beats the empty prompt.
-ORDERING = (("true prompt", ">=", "vault"), ("true prompt", ">=", "projector"), ("vault", ">", "mean"),
-            ("projector", ">", "mean"), ("mean", ">", "empty"))
+# What the method predicts for regeneration: the true prompt is the ceiling; the vault and the
+# projector come close to it and beat the mean of train, which beats the empty prompt.
+ORDERING = (
+    ("true prompt", ">=", "vault"),
+    ("true prompt", ">=", "projector"),
+    ("vault", ">", "mean"),
+    ("projector", ">", "mean"),
+    ("mean", ">", "empty"),
+)
 
 
 def ordering(clip_i: dict[str, list[float]], draws: int = 2000, seed: int = 0) -> list[dict]:
-    """Each predicted ordering checked on paired CLIP-I differences (the same images and seeds) with a
-    bootstrap 95 % interval: `>` holds when the interval lies above 0, `>=` unless it lies below 0."""
+    """Each predicted ordering checked on paired CLIP-I differences (the same images and seeds) with
+    a bootstrap 95 % interval: `>` holds when the interval lies above 0, `>=` unless it lies
+    below 0."""
     out = []
     rng = np.random.default_rng(seed)
     for left, relation, right in ORDERING:
@@ -233,8 +369,15 @@ def ordering(clip_i: dict[str, list[float]], draws: int = 2000, seed: int = 0) -
         means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
         low, high = float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
         holds = low > 0 if relation == ">" else high >= 0
-        out.append({"claim": f"{left} {relation} {right}", "difference": float(diff.mean()), "interval": [low, high],
-                    "n": len(diff), "holds": bool(holds)})
+        out.append(
+            {
+                "claim": f"{left} {relation} {right}",
+                "difference": float(diff.mean()),
+                "interval": [low, high],
+                "n": len(diff),
+                "holds": bool(holds),
+            }
+        )
     return out
 
 
@@ -243,11 +386,15 @@ def _clip_t_said(quality: dict) -> str:
     if not isinstance(clip_t, dict):
         return f"CLIP-T: {clip_t}."
     cells = ", ".join(f"{name} {clip_i_cell(values)}" for name, values in clip_t.items())
-    return f"CLIP-T (cosine of the result's image embedding and the true prompt's pooled embedding): {cells}."
+    return (
+        "CLIP-T (cosine of the result's image embedding and the true prompt's pooled "
+        f"embedding): {cells}."
+    )
 
 
 def ordering_lines(report: dict) -> list[str]:
-    """The regeneration ordering the method predicts, each claim with its paired interval, in words."""
+    """The regeneration ordering the method predicts, each claim with its paired interval, in
+    words."""
     clip_i = quality_of(report).get("clip_i", {})
     checks = ordering(clip_i)
     if not checks:
@@ -255,10 +402,19 @@ def ordering_lines(report: dict) -> list[str]:
     lines = []
     for check in checks:
         low, high = check["interval"]
-        said = "holds" if check["holds"] else ("does NOT hold: the interval includes 0" if low <= 0 <= high
-                                                else "does NOT hold: the reverse is true")
-        lines.append(f"{check['claim']}: {said} (CLIP-I difference {check['difference']:+.4f} "
-                     f"[{low:+.4f}, {high:+.4f}], n={check['n']})")
+        said = (
+            "holds"
+            if check["holds"]
+            else (
+                "does NOT hold: the interval includes 0"
+                if low <= 0 <= high
+                else "does NOT hold: the reverse is true"
+            )
+        )
+        lines.append(
+            f"{check['claim']}: {said} (CLIP-I difference {check['difference']:+.4f} "
+            f"[{low:+.4f}, {high:+.4f}], n={check['n']})"
+        )
     return lines
 
 
@@ -269,9 +425,12 @@ def _fmt(value) -> str:
 
 
 def standalone_html(markdown_text: str, images: dict[str, Path]) -> str:
-    """One HTML file: the markdown rendered by a small converter (headings, tables, quotes, paragraphs),
-    every image inlined as a data URI."""
-    inline = {path.name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode() for path in images.values()}
+    """One HTML file: the markdown rendered by a small converter (headings, tables, quotes,
+    paragraphs), every image inlined as a data URI."""
+    inline = {
+        path.name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        for path in images.values()
+    }
     body, table = [], []
 
     def flush_table() -> None:
@@ -279,9 +438,15 @@ def standalone_html(markdown_text: str, images: dict[str, Path]) -> str:
             return
         rows = [r.strip().strip("|").split(" | ") for r in table if not set(r.strip()) <= set("|-")]
         head, *rest = rows
-        body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
-                    + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rest)
-                    + "</table>")
+        body.append(
+            "<table><tr>"
+            + "".join(f"<th>{_inline(c)}</th>" for c in head)
+            + "</tr>"
+            + "".join(
+                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rest
+            )
+            + "</table>"
+        )
         table.clear()
 
     for line in markdown_text.splitlines():
@@ -301,12 +466,18 @@ def standalone_html(markdown_text: str, images: dict[str, Path]) -> str:
         elif line.strip():
             body.append(f"<p>{_inline(line)}</p>")
     flush_table()
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
-             "th{background:#f3f3f3}img{max-width:100%}blockquote{background:#fff4e5;border-left:4px solid #f0a020;"
-             "margin:0;padding:8px 12px}code{background:#f3f3f3;padding:1px 3px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Luna refinement report</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px "
+        "8px;font-size:13px}"
+        "th{background:#f3f3f3}img{max-width:100%}blockquote{background:#fff4e5;border-left:4px "
+        "solid #f0a020;"
+        "margin:0;padding:8px 12px}code{background:#f3f3f3;padding:1px 3px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Luna refinement report</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def _inline(text: str) -> str:

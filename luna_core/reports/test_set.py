@@ -1,8 +1,9 @@
-"""The report's test set: frozen per report series, so figures of one series compare the same images.
+"""The report's test set: frozen per report series, so figures of one series compare the same
+images.
 
 The test *split* grows as the library does (luna_core.splits); the report's test *set* does not. A
-series freezes the content hashes it scores, once, in `HOME/reports/test_set.json`. Every report of the
-series scores those images that can still be scored, and says which were left out and why:
+series freezes the content hashes it scores, once, in `HOME/reports/test_set.json`. Every report
+of the series scores those images that can still be scored, and says which were left out and why:
 
 - left the library (deleted), or no embedding or encoded prompt yet;
 - a near-duplicate of a train or val image (a catalog split before near-duplicates shared a split).
@@ -29,11 +30,14 @@ from luna_core.projector.train import Pairs
 from luna_core.settings import LunaHome
 from luna_core.splits import twins_of
 
-GROWTH_FOR_NEW_SERIES = 2.0  # the eligible test split at this multiple of the frozen set starts a new series
+GROWTH_FOR_NEW_SERIES = (
+    2.0  # the eligible test split at this multiple of the frozen set starts a new series
+)
 
 
 class EmptyTestSet(NotBuiltError):
-    """No test image can be scored yet (a small or new library): nothing to report, not a failure."""
+    """No test image can be scored yet (a small or new library): nothing to report, not a
+    failure."""
 
 
 @dataclass
@@ -42,7 +46,9 @@ class FrozenSet:
     frozen_at: str
     reason: str  # why this series began
     members: list[str]  # content hashes, sorted
-    paths: dict[str, str] = field(default_factory=dict)  # content hash -> its path when frozen (for people)
+    paths: dict[str, str] = field(
+        default_factory=dict
+    )  # content hash -> its path when frozen (for people)
 
 
 @dataclass
@@ -52,10 +58,14 @@ class TestSet:
     pairs: Pairs  # the members scored, in image-id order
     content_hashes: list[str]  # of `pairs`, same order
     paths: list[str]
-    leave_out: dict[int, frozenset[int]]  # image id -> ids of its near-duplicates (left out with it)
+    leave_out: dict[
+        int, frozenset[int]
+    ]  # image id -> ids of its near-duplicates (left out with it)
     excluded: dict[str, list[str]] = field(default_factory=dict)  # reason -> paths (or hashes)
     joined_since: int = 0  # eligible test images that are not in the frozen set
-    split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> images / with pairs
+    split_sizes: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # split -> images / with pairs
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(f"series {self.frozen.series}|".encode())
@@ -66,13 +76,22 @@ class TestSet:
     def describe(self) -> str:
         """One sentence: which set, since when, and whether it changed with this report."""
         f = self.frozen
-        text = (f"Test set: series {f.series}, frozen {f.frozen_at} with {len(f.members)} images "
-                f"({f.reason}); {len(self.pairs.image_ids)} scored in this report.")
+        text = (
+            f"Test set: series {f.series}, frozen {f.frozen_at} with {len(f.members)} images "
+            f"({f.reason}); {len(self.pairs.image_ids)} scored in this report."
+        )
         if self.began_now:
-            text += " **The test set changed with this report**: figures are not comparable with earlier series."
+            text += (
+                " **The test set changed with this report**: figures are not comparable with "
+                "earlier series."
+            )
         if self.joined_since:
-            text += (f" {self.joined_since} test images joined the library since the freeze and are not scored "
-                     f"(a new series starts when the test split reaches {GROWTH_FOR_NEW_SERIES:g}× the set).")
+            text += (
+                f" {self.joined_since} test images joined the library since the freeze and are "
+                "not scored "
+                f"(a new series starts when the test split reaches {GROWTH_FOR_NEW_SERIES:g}× "
+                "the set)."
+            )
         return text
 
 
@@ -96,19 +115,35 @@ def _path(home: LunaHome):
 def _read(home: LunaHome) -> FrozenSet | None:
     try:
         data = json.loads(_path(home).read_text())
-        return FrozenSet(int(data["series"]), str(data["frozen_at"]), str(data["reason"]), list(data["members"]),
-                         dict(data.get("paths") or {}))
+        return FrozenSet(
+            int(data["series"]),
+            str(data["frozen_at"]),
+            str(data["reason"]),
+            list(data["members"]),
+            dict(data.get("paths") or {}),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def load_test_set(home: LunaHome, max_images: int = 2000, seed: int = 0, new_series: bool = False) -> TestSet:
-    """The current series' test set (a new series first when due), with what it leaves out and why."""
+def load_test_set(
+    home: LunaHome, max_images: int = 2000, seed: int = 0, new_series: bool = False
+) -> TestSet:
+    """The current series' test set (a new series first when due), with what it leaves out and
+    why."""
     with open_catalog(home.catalog_path) as con:
-        if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'").fetchone()[0]:
-            raise NotBuiltError("the catalog has no `library` view yet: materialize luna_catalog first")
-        images = [_Image(*row) for row in con.execute("""
-            SELECT content_hash, image_id, split, vision_row, prompt_row, path FROM library ORDER BY image_id""").fetchall()]
+        if not con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = 'library'"
+        ).fetchone()[0]:
+            raise NotBuiltError(
+                "the catalog has no `library` view yet: materialize luna_catalog first"
+            )
+        images = [
+            _Image(*row)
+            for row in con.execute("""
+            SELECT content_hash, image_id, split, vision_row, prompt_row, path FROM library ORDER BY
+                image_id""").fetchall()
+        ]
         test_hashes = [i.content_hash for i in images if i.split == "test"]
         twins = twins_of(con, test_hashes)
         id_of = dict(con.execute("SELECT content_hash, image_id FROM image_ids").fetchall())
@@ -118,8 +153,11 @@ def load_test_set(home: LunaHome, max_images: int = 2000, seed: int = 0, new_ser
         entry["images"] += 1
         entry["with embedding and prompt"] += image.scorable
     by_hash = {i.content_hash: i for i in images}
-    leaked = {h for h in test_hashes
-              if any(t in by_hash and by_hash[t].split in ("train", "val") for t in twins.get(h, ()))}
+    leaked = {
+        h
+        for h in test_hashes
+        if any(t in by_hash and by_hash[t].split in ("train", "val") for t in twins.get(h, ()))
+    }
     eligible = sorted(h for h in test_hashes if h not in leaked and by_hash[h].scorable)
 
     frozen, began = _read(home), False
@@ -127,24 +165,38 @@ def load_test_set(home: LunaHome, max_images: int = 2000, seed: int = 0, new_ser
         reason = "asked for a new series"
     elif frozen is None:
         reason = "first report"
-    elif len(eligible) >= GROWTH_FOR_NEW_SERIES * len(frozen.members) and len(frozen.members) < max_images:
+    elif (
+        len(eligible) >= GROWTH_FOR_NEW_SERIES * len(frozen.members)
+        and len(frozen.members) < max_images
+    ):
         reason = f"the test split grew from {len(frozen.members)} to {len(eligible)} images"
     elif eligible and not set(frozen.members) & set(eligible):
-        reason = f"none of series {frozen.series}'s {len(frozen.members)} images can be scored any more"
+        reason = (
+            f"none of series {frozen.series}'s {len(frozen.members)} images can be scored any more"
+        )
     else:
         reason = None
     if reason is not None:
         if not eligible:
-            raise EmptyTestSet(f"the test split has no image with both an embedding and an encoded prompt yet "
-                               f"({len(test_hashes)} test images, {len(leaked)} of them near-duplicates of train or "
-                               "val images): a report needs at least one")
+            raise EmptyTestSet(
+                f"the test split has no image with both an embedding and an encoded prompt yet "
+                f"({len(test_hashes)} test images, {len(leaked)} of them near-duplicates of "
+                "train or "
+                "val images): a report needs at least one"
+            )
         members = eligible
         if len(members) > max_images:  # a deterministic sample, stable while the set is frozen
-            keep = np.sort(np.random.default_rng(seed).choice(len(members), max_images, replace=False))
+            keep = np.sort(
+                np.random.default_rng(seed).choice(len(members), max_images, replace=False)
+            )
             members = [members[i] for i in keep]
-        frozen = FrozenSet((frozen.series + 1) if frozen else 1,
-                           datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), reason, members,
-                           {h: by_hash[h].path for h in members})
+        frozen = FrozenSet(
+            (frozen.series + 1) if frozen else 1,
+            datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            reason,
+            members,
+            {h: by_hash[h].path for h in members},
+        )
         write_atomically(_path(home), lambda tmp: tmp.write_text(json.dumps(asdict(frozen))))
         began = True
 
@@ -152,21 +204,47 @@ def load_test_set(home: LunaHome, max_images: int = 2000, seed: int = 0, new_ser
     scored: list[_Image] = []
     for h in frozen.members:
         image = by_hash.get(h)
-        why = ("left the library" if image is None else
-               "near-duplicate of a train or val image" if h in leaked else
-               "no embedding or encoded prompt" if not image.scorable else None)
+        why = (
+            "left the library"
+            if image is None
+            else "near-duplicate of a train or val image"
+            if h in leaked
+            else "no embedding or encoded prompt"
+            if not image.scorable
+            else None
+        )
         if why:
-            excluded.setdefault(why, []).append(image.path if image else frozen.paths.get(h, h[:16]))
+            excluded.setdefault(why, []).append(
+                image.path if image else frozen.paths.get(h, h[:16])
+            )
         else:
             scored.append(image)
     if not scored:  # and no other test image is scorable either (else a new series began above)
-        raise EmptyTestSet(f"none of the {len(frozen.members)} images of test series {frozen.series} can be "
-                           "scored now, and no other test image has both an embedding and an encoded prompt")
+        raise EmptyTestSet(
+            f"none of the {len(frozen.members)} images of test series {frozen.series} can be "
+            "scored now, and no other test image has both an embedding and an encoded prompt"
+        )
     scored.sort(key=lambda i: i.image_id)
-    pairs = Pairs(np.array([i.image_id for i in scored], np.int64), np.array([i.vision_row for i in scored], np.int64),
-                  np.array([i.prompt_row for i in scored], np.int64))
-    leave_out = {int(i.image_id): frozenset(int(id_of[t]) for t in twins.get(i.content_hash, ()) if t in id_of)
-                 for i in scored}
+    pairs = Pairs(
+        np.array([i.image_id for i in scored], np.int64),
+        np.array([i.vision_row for i in scored], np.int64),
+        np.array([i.prompt_row for i in scored], np.int64),
+    )
+    leave_out = {
+        int(i.image_id): frozenset(
+            int(id_of[t]) for t in twins.get(i.content_hash, ()) if t in id_of
+        )
+        for i in scored
+    }
     members = set(frozen.members)
-    return TestSet(frozen, began, pairs, [i.content_hash for i in scored], [i.path for i in scored], leave_out,
-                   excluded, sum(1 for h in eligible if h not in members), sizes)
+    return TestSet(
+        frozen,
+        began,
+        pairs,
+        [i.content_hash for i in scored],
+        [i.path for i in scored],
+        leave_out,
+        excluded,
+        sum(1 for h in eligible if h not in members),
+        sizes,
+    )

@@ -15,31 +15,74 @@ from PIL import Image, ImageDraw
 
 SUBJECTS = ("cat", "house", "tree", "car", "fish", "flower", "mountain", "robot", "bird", "boat")
 COLOURS = {
-    "red": (200, 40, 40), "orange": (235, 140, 30), "yellow": (230, 210, 40), "green": (50, 160, 60),
-    "blue": (40, 80, 200), "purple": (130, 50, 170), "pink": (230, 120, 170), "white": (240, 240, 240),
-    "black": (25, 25, 25), "brown": (120, 80, 40),
+    "red": (200, 40, 40),
+    "orange": (235, 140, 30),
+    "yellow": (230, 210, 40),
+    "green": (50, 160, 60),
+    "blue": (40, 80, 200),
+    "purple": (130, 50, 170),
+    "pink": (230, 120, 170),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+    "brown": (120, 80, 40),
 }
 BACKGROUNDS = {
-    "forest": ((30, 70, 35), "stripes"), "beach": ((230, 210, 160), "gradient"), "night sky": ((15, 15, 50), "dots"),
-    "city street": ((110, 110, 120), "grid"), "snowy field": ((225, 230, 240), "dots"),
-    "desert": ((215, 170, 100), "gradient"), "ocean": ((30, 90, 160), "waves"), "studio": ((200, 200, 200), "plain"),
+    "forest": ((30, 70, 35), "stripes"),
+    "beach": ((230, 210, 160), "gradient"),
+    "night sky": ((15, 15, 50), "dots"),
+    "city street": ((110, 110, 120), "grid"),
+    "snowy field": ((225, 230, 240), "dots"),
+    "desert": ((215, 170, 100), "gradient"),
+    "ocean": ((30, 90, 160), "waves"),
+    "studio": ((200, 200, 200), "plain"),
 }
 STYLES = (
-    "masterpiece, best quality", "photorealistic, 8k, sharp focus", "watercolor painting, soft light",
-    "anime style, vibrant colors", "oil painting, impressionism", "cinematic lighting, depth of field",
+    "masterpiece, best quality",
+    "photorealistic, 8k, sharp focus",
+    "watercolor painting, soft light",
+    "anime style, vibrant colors",
+    "oil painting, impressionism",
+    "cinematic lighting, depth of field",
 )
 NEGATIVES = (
-    "blurry, lowres, bad anatomy", "worst quality, low quality, jpeg artifacts", "text, watermark, signature",
-    "deformed, ugly, extra limbs", "",
+    "blurry, lowres, bad anatomy",
+    "worst quality, low quality, jpeg artifacts",
+    "text, watermark, signature",
+    "deformed, ugly, extra limbs",
+    "",
 )
 # Tags that stretch a prompt past CLIP's 77-token window, as heavy users' prompts often are.
 LONG_TAGS = (
-    "intricate details", "highly detailed", "ultra sharp", "volumetric lighting", "global illumination",
-    "ray tracing", "subsurface scattering", "award winning photograph", "trending on artstation",
-    "octane render", "unreal engine 5", "hyperrealistic", "dramatic composition", "golden hour",
-    "rim light", "bokeh", "film grain", "color graded", "wide angle lens", "35mm photograph",
-    "kodak portra 400", "moody atmosphere", "epic scale", "studio quality", "professional photography",
-    "symmetrical", "rule of thirds", "high dynamic range", "crisp edges", "fine textures",
+    "intricate details",
+    "highly detailed",
+    "ultra sharp",
+    "volumetric lighting",
+    "global illumination",
+    "ray tracing",
+    "subsurface scattering",
+    "award winning photograph",
+    "trending on artstation",
+    "octane render",
+    "unreal engine 5",
+    "hyperrealistic",
+    "dramatic composition",
+    "golden hour",
+    "rim light",
+    "bokeh",
+    "film grain",
+    "color graded",
+    "wide angle lens",
+    "35mm photograph",
+    "kodak portra 400",
+    "moody atmosphere",
+    "epic scale",
+    "studio quality",
+    "professional photography",
+    "symmetrical",
+    "rule of thirds",
+    "high dynamic range",
+    "crisp edges",
+    "fine textures",
 )
 
 
@@ -60,7 +103,9 @@ class PromptSpec:
     style: str
     negative: str
     long: bool = False
-    emphasis: float | None = None  # the weight of the style's first tag, written in the writer's syntax
+    emphasis: float | None = (
+        None  # the weight of the style's first tag, written in the writer's syntax
+    )
 
     @property
     def prompt(self) -> str:
@@ -78,14 +123,23 @@ class PromptSpec:
         return text
 
 
-def random_prompt(rng: random.Random, long: bool = False, emphasis: float | None = None) -> PromptSpec:
+def random_prompt(
+    rng: random.Random, long: bool = False, emphasis: float | None = None
+) -> PromptSpec:
     return PromptSpec(
-        subject=rng.choice(SUBJECTS), colour=rng.choice(list(COLOURS)), background=rng.choice(list(BACKGROUNDS)),
-        style=rng.choice(STYLES), negative=rng.choice(NEGATIVES), long=long, emphasis=emphasis,
+        subject=rng.choice(SUBJECTS),
+        colour=rng.choice(list(COLOURS)),
+        background=rng.choice(list(BACKGROUNDS)),
+        style=rng.choice(STYLES),
+        negative=rng.choice(NEGATIVES),
+        long=long,
+        emphasis=emphasis,
     )
 
 
-def draw_picture(spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256), grain: float = 0.0) -> Image.Image:
+def draw_picture(
+    spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256), grain: float = 0.0
+) -> Image.Image:
     """An RGB picture of the prompt: backdrop from the background, a coloured shape for the subject.
 
     `grain` (pixel noise, 0-255 scale) gives files the size and decode cost of real renders."""
@@ -127,40 +181,84 @@ def draw_picture(spec: PromptSpec, seed: int, size: tuple[int, int] = (256, 256)
     shape = spec.subject
     if shape == "cat":
         draw.ellipse([cx - s * 0.6, cy - s * 0.5, cx + s * 0.6, cy + s * 0.6], fill=colour)
-        draw.polygon([(cx - s * 0.55, cy - s * 0.2), (cx - s * 0.45, cy - s * 0.85), (cx - s * 0.1, cy - s * 0.45)], fill=colour)
-        draw.polygon([(cx + s * 0.55, cy - s * 0.2), (cx + s * 0.45, cy - s * 0.85), (cx + s * 0.1, cy - s * 0.45)], fill=colour)
+        draw.polygon(
+            [
+                (cx - s * 0.55, cy - s * 0.2),
+                (cx - s * 0.45, cy - s * 0.85),
+                (cx - s * 0.1, cy - s * 0.45),
+            ],
+            fill=colour,
+        )
+        draw.polygon(
+            [
+                (cx + s * 0.55, cy - s * 0.2),
+                (cx + s * 0.45, cy - s * 0.85),
+                (cx + s * 0.1, cy - s * 0.45),
+            ],
+            fill=colour,
+        )
     elif shape == "house":
         draw.rectangle([cx - s * 0.6, cy - s * 0.1, cx + s * 0.6, cy + s * 0.7], fill=colour)
-        draw.polygon([(cx - s * 0.75, cy - s * 0.1), (cx, cy - s * 0.8), (cx + s * 0.75, cy - s * 0.1)], fill=dark)
+        draw.polygon(
+            [(cx - s * 0.75, cy - s * 0.1), (cx, cy - s * 0.8), (cx + s * 0.75, cy - s * 0.1)],
+            fill=dark,
+        )
     elif shape == "tree":
         draw.rectangle([cx - s * 0.1, cy + s * 0.2, cx + s * 0.1, cy + s * 0.8], fill=(100, 60, 30))
-        draw.polygon([(cx - s * 0.6, cy + s * 0.3), (cx, cy - s * 0.9), (cx + s * 0.6, cy + s * 0.3)], fill=colour)
+        draw.polygon(
+            [(cx - s * 0.6, cy + s * 0.3), (cx, cy - s * 0.9), (cx + s * 0.6, cy + s * 0.3)],
+            fill=colour,
+        )
     elif shape == "car":
         draw.rectangle([cx - s * 0.8, cy - s * 0.1, cx + s * 0.8, cy + s * 0.35], fill=colour)
         draw.rectangle([cx - s * 0.4, cy - s * 0.45, cx + s * 0.4, cy - s * 0.1], fill=dark)
         for wx in (-0.5, 0.5):
-            draw.ellipse([cx + s * wx - s * 0.18, cy + s * 0.2, cx + s * wx + s * 0.18, cy + s * 0.55], fill=(20, 20, 20))
+            draw.ellipse(
+                [cx + s * wx - s * 0.18, cy + s * 0.2, cx + s * wx + s * 0.18, cy + s * 0.55],
+                fill=(20, 20, 20),
+            )
     elif shape == "fish":
         draw.ellipse([cx - s * 0.7, cy - s * 0.35, cx + s * 0.4, cy + s * 0.35], fill=colour)
-        draw.polygon([(cx + s * 0.3, cy), (cx + s * 0.8, cy - s * 0.35), (cx + s * 0.8, cy + s * 0.35)], fill=dark)
+        draw.polygon(
+            [(cx + s * 0.3, cy), (cx + s * 0.8, cy - s * 0.35), (cx + s * 0.8, cy + s * 0.35)],
+            fill=dark,
+        )
     elif shape == "flower":
         for dx, dy in ((0, -0.4), (0.4, 0), (0, 0.4), (-0.4, 0)):
             px, py = cx + s * dx, cy + s * dy
             draw.ellipse([px - s * 0.3, py - s * 0.3, px + s * 0.3, py + s * 0.3], fill=colour)
         draw.ellipse([cx - s * 0.2, cy - s * 0.2, cx + s * 0.2, cy + s * 0.2], fill=(240, 200, 40))
     elif shape == "mountain":
-        draw.polygon([(cx - s, cy + s * 0.6), (cx - s * 0.2, cy - s * 0.7), (cx + s * 0.5, cy + s * 0.6)], fill=colour)
-        draw.polygon([(cx - s * 0.2, cy + s * 0.6), (cx + s * 0.5, cy - s * 0.4), (cx + s, cy + s * 0.6)], fill=dark)
+        draw.polygon(
+            [(cx - s, cy + s * 0.6), (cx - s * 0.2, cy - s * 0.7), (cx + s * 0.5, cy + s * 0.6)],
+            fill=colour,
+        )
+        draw.polygon(
+            [(cx - s * 0.2, cy + s * 0.6), (cx + s * 0.5, cy - s * 0.4), (cx + s, cy + s * 0.6)],
+            fill=dark,
+        )
     elif shape == "robot":
         draw.rectangle([cx - s * 0.4, cy - s * 0.2, cx + s * 0.4, cy + s * 0.7], fill=colour)
         draw.rectangle([cx - s * 0.3, cy - s * 0.7, cx + s * 0.3, cy - s * 0.25], fill=dark)
     elif shape == "bird":
         draw.ellipse([cx - s * 0.5, cy - s * 0.3, cx + s * 0.5, cy + s * 0.3], fill=colour)
-        draw.polygon([(cx - s * 0.1, cy), (cx - s * 0.6, cy - s * 0.7), (cx + s * 0.2, cy - s * 0.1)], fill=dark)
+        draw.polygon(
+            [(cx - s * 0.1, cy), (cx - s * 0.6, cy - s * 0.7), (cx + s * 0.2, cy - s * 0.1)],
+            fill=dark,
+        )
     else:  # boat
-        draw.polygon([(cx - s * 0.8, cy + s * 0.1), (cx + s * 0.8, cy + s * 0.1),
-                      (cx + s * 0.5, cy + s * 0.5), (cx - s * 0.5, cy + s * 0.5)], fill=colour)
-        draw.polygon([(cx, cy - s * 0.8), (cx, cy + s * 0.05), (cx + s * 0.5, cy + s * 0.05)], fill=dark)
+        draw.polygon(
+            [
+                (cx - s * 0.8, cy + s * 0.1),
+                (cx + s * 0.8, cy + s * 0.1),
+                (cx + s * 0.5, cy + s * 0.5),
+                (cx - s * 0.5, cy + s * 0.5),
+            ],
+            fill=colour,
+        )
+        draw.polygon(
+            [(cx, cy - s * 0.8), (cx, cy + s * 0.05), (cx + s * 0.5, cy + s * 0.05)], fill=dark
+        )
     if grain > 0:
         noise = np.random.default_rng(seed).normal(0.0, grain, (height, width, 3))
         pixels = np.asarray(image, dtype=np.float32) + noise

@@ -35,7 +35,9 @@ def encode_int8(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(rows, dtype=np.float32)
     scale = (np.abs(values).max(axis=1) / 127.0).astype(np.float16)
     scale[scale == 0] = 1.0  # an all-zero channel: any scale decodes it to zero
-    quantized = np.clip(np.rint(values / scale.astype(np.float32)[:, None, :]), -127, 127).astype(np.int8)
+    quantized = np.clip(np.rint(values / scale.astype(np.float32)[:, None, :]), -127, 127).astype(
+        np.int8
+    )
     return quantized, scale
 
 

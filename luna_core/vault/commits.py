@@ -1,6 +1,7 @@
 """Which items a vault store still needs, and committing the rows written: into the catalog in one
-transaction (a single store), or as Parquet manifests beside a shard's segment store, folded into the
-catalog later by `commit_segments`. Rows no commit names are garbage that the next run overwrites."""
+transaction (a single store), or as Parquet manifests beside a shard's segment store, folded into
+the catalog later by `commit_segments`. Rows no commit names are garbage that the next run
+overwrites."""
 
 from __future__ import annotations
 
@@ -43,74 +44,111 @@ def utcnow() -> datetime:
 
 
 def recorded_path(path: Path) -> str:
-    """A store's path as recorded in the catalog: relative to the home (the catalog's folder), so a moved
-    or copied home points at its own stores; a URL on object storage."""
+    """A store's path as recorded in the catalog: relative to the home (the catalog's folder), so a
+    moved or copied home points at its own stores; a URL on object storage."""
     if is_remote(path):
         return str(path)
     return str(Path("vault") / path.parent.name / path.name)
 
 
-def register_store(con, kind: str, key: str, model: str, revision: str | None, path: Path,
-                    shapes: dict[str, tuple[int, ...]]) -> None:
+def register_store(
+    con,
+    kind: str,
+    key: str,
+    model: str,
+    revision: str | None,
+    path: Path,
+    shapes: dict[str, tuple[int, ...]],
+) -> None:
     row = con.execute("SELECT shapes FROM vault_stores WHERE store_key = ?", [key]).fetchone()
     wanted = {k: list(v) for k, v in shapes.items()}
     if row is None:
-        con.execute("INSERT INTO vault_stores VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [key, kind, model, revision, recorded_path(path), json.dumps(wanted), utcnow()])
+        con.execute(
+            "INSERT INTO vault_stores VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [key, kind, model, revision, recorded_path(path), json.dumps(wanted), utcnow()],
+        )
     elif json.loads(row[0]) != wanted:
         raise LunaConfigError(
-            f"the catalog records {kind} store {key} with shapes {json.loads(row[0])}, but the configured model "
-            f"gives {wanted}: the model changed under the same name; use another id/revision or a fresh store"
+            f"the catalog records {kind} store {key} with shapes {json.loads(row[0])}, but the "
+            "configured model "
+            f"gives {wanted}: the model changed under the same name; use another id/revision or "
+            "a fresh store"
         )
 
 
 _REVIVE = {
     "vision_rows": ("vision", HELD_IMAGES, '"row", now()'),
-    "text_rows": ("text", HELD_PROMPTS, '"row", token_count, truncated, now(), coalesce(chunks, 1)'),
+    "text_rows": (
+        "text",
+        HELD_PROMPTS,
+        '"row", token_count, truncated, now(), coalesce(chunks, 1)',
+    ),
 }
 
 
-def pending_work(catalog_path: Path, rows_table: str, key: str, work_sql: str, path: Path) -> tuple[list, int, int]:
-    """(items still to embed, rows already committed, next free row) for one store, in one catalog visit.
+def pending_work(
+    catalog_path: Path, rows_table: str, key: str, work_sql: str, path: Path
+) -> tuple[list, int, int]:
+    """(items still to embed, rows already committed, next free row) for one store, in one catalog
+    visit.
 
     Retired rows of items back in the library (a deleted file restored, an edit undone) are revived
     instead of embedded again. A store folder that is gone (deleted by hand, a lost disk) while the
-    catalog still lists rows in it is rebuilt: its rows are forgotten, so every item is embedded again
-    into a new store."""
+    catalog still lists rows in it is rebuilt: its rows are forgotten, so every item is embedded
+    again into a new store."""
     kind, held, columns = _REVIVE[rows_table]
     with open_catalog(catalog_path) as con:
         if not path.exists():
             with transaction(con):
-                forgotten = con.execute(f"DELETE FROM {rows_table} WHERE store_key = ? RETURNING 1", [key]).fetchall()
+                forgotten = con.execute(
+                    f"DELETE FROM {rows_table} WHERE store_key = ? RETURNING 1", [key]
+                ).fetchall()
                 con.execute("DELETE FROM retired_rows WHERE store_key = ?", [key])
                 con.execute("DELETE FROM embedding_failures WHERE store_key = ?", [key])
             if forgotten:
-                log.warning("vault store %s is missing: its %d catalogued rows are forgotten and rebuilt", path,
-                            len(forgotten))
+                log.warning(
+                    "vault store %s is missing: its %d catalogued rows are forgotten and rebuilt",
+                    path,
+                    len(forgotten),
+                )
         else:
             # A conditioning's chunk rows 2.. are keyed KEY#1, KEY#2...: they come back with it.
             item = "split_part(item_key, '#', 1)" if kind == "text" else "item_key"
             back = f"store_key = $key AND kind = '{kind}' AND {item} IN ({held})"
             with transaction(con):
-                con.execute(f"INSERT OR IGNORE INTO {rows_table} SELECT store_key, item_key, {columns} "
-                            f"FROM retired_rows WHERE {back}", {"key": key})
-                revived = con.execute(f"DELETE FROM retired_rows WHERE {back} RETURNING 1", {"key": key}).fetchall()
+                con.execute(
+                    f"INSERT OR IGNORE INTO {rows_table} SELECT store_key, item_key, {columns} "
+                    f"FROM retired_rows WHERE {back}",
+                    {"key": key},
+                )
+                revived = con.execute(
+                    f"DELETE FROM retired_rows WHERE {back} RETURNING 1", {"key": key}
+                ).fetchall()
             if revived:
-                log.info("%d %s row(s) of items back in the library revived without embedding", len(revived), kind)
+                log.info(
+                    "%d %s row(s) of items back in the library revived without embedding",
+                    len(revived),
+                    kind,
+                )
         work = con.execute(work_sql.format(shard=""), {"key": key}).fetchall()
-        present = con.execute(f"SELECT count(*) FROM {rows_table} WHERE store_key = ?", [key]).fetchone()[0]
+        present = con.execute(
+            f"SELECT count(*) FROM {rows_table} WHERE store_key = ?", [key]
+        ).fetchone()[0]
         # The base store's own rows only: shards' segments number theirs from 2**40 up.
-        next_row = con.execute(f"""SELECT coalesce(max("row") + 1, 0) FROM (
+        next_row = con.execute(
+            f"""SELECT coalesce(max("row") + 1, 0) FROM (
             SELECT "row" FROM {rows_table} WHERE store_key = $key
-            UNION ALL SELECT "row" FROM retired_rows WHERE store_key = $key) WHERE "row" <= $local""",
-                               {"key": key, "local": LOCAL_MASK}).fetchone()[0]
+            UNION ALL SELECT "row" FROM retired_rows WHERE store_key = $key) WHERE "row" <=
+                $local""",
+            {"key": key, "local": LOCAL_MASK},
+        ).fetchone()[0]
     return work, present, next_row
 
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """One vault store: its kind (vision or text), its key, the model that fills it, where it lives, and the
-    shape and layout of its rows."""
+    """One vault store: its kind (vision or text), its key, the model that fills it, where it lives,
+    and the shape and layout of its rows."""
 
     kind: str
     key: str
@@ -126,28 +164,56 @@ def open_store(catalog_path: Path, spec: StoreSpec) -> RowStore:
     """Record the store in the catalog (refusing other shapes under the same key), then open it."""
     with open_catalog(catalog_path) as con:
         register_store(con, spec.kind, spec.key, spec.model, spec.revision, spec.path, spec.fields)
-    store = RowStore.open(spec.path, spec.fields, spec.layout, attrs={"model": spec.model, "kind": spec.kind},
-                          codec=spec.codec)
-    if not store.checksummed:  # written before Luna added checksums: rewritten once, under the writer lock
+    store = RowStore.open(
+        spec.path,
+        spec.fields,
+        spec.layout,
+        attrs={"model": spec.model, "kind": spec.kind},
+        codec=spec.codec,
+    )
+    if (
+        not store.checksummed
+    ):  # written before Luna added checksums: rewritten once, under the writer lock
         with store.writer():
             log.info("adding checksums to vault store %s: %s", spec.path, store.add_checksums())
     return store
 
 
-def store_and_committer(catalog_path: Path, spec: StoreSpec, commit_rows: int, commit_seconds: float,
-                        shard: Shard | None):
-    """(store to write, committer, row offset): the store and the catalog, or a shard's segment and manifests."""
+def store_and_committer(
+    catalog_path: Path,
+    spec: StoreSpec,
+    commit_rows: int,
+    commit_seconds: float,
+    shard: Shard | None,
+):
+    """(store to write, committer, row offset): the store and the catalog, or a shard's segment
+    and manifests."""
     if shard is None:
-        return (open_store(catalog_path, spec), Committer(catalog_path, spec.kind, spec.key, commit_rows, commit_seconds), 0)
-    store = RowStore.open(segment_path(spec.path, shard), spec.fields, spec.layout,
-                          attrs={"model": spec.model, "kind": spec.kind, "shard": shard.name}, codec=spec.codec)
-    return store, ManifestWriter(spec.path, spec.kind, shard, commit_rows, commit_seconds), shard.first_row
+        return (
+            open_store(catalog_path, spec),
+            Committer(catalog_path, spec.kind, spec.key, commit_rows, commit_seconds),
+            0,
+        )
+    store = RowStore.open(
+        segment_path(spec.path, shard),
+        spec.fields,
+        spec.layout,
+        attrs={"model": spec.model, "kind": spec.kind, "shard": shard.name},
+        codec=spec.codec,
+    )
+    return (
+        store,
+        ManifestWriter(spec.path, spec.kind, shard, commit_rows, commit_seconds),
+        shard.first_row,
+    )
 
 
 class Committer:
     """Buffers (item, row) pairs and failures; commits them in one transaction every so often."""
 
-    def __init__(self, catalog_path: Path, kind: str, store_key: str, commit_rows: int, commit_seconds: float):
+    def __init__(
+        self, catalog_path: Path, kind: str, store_key: str, commit_rows: int, commit_seconds: float
+    ):
         self.catalog_path, self.kind, self.store_key = catalog_path, kind, store_key
         self.commit_rows, self.commit_seconds = commit_rows, commit_seconds
         self.rows: list[dict] = []
@@ -159,45 +225,91 @@ class Committer:
         self.maybe_commit()
 
     def add_failure(self, item_key: str, path: str | None, reason: str, detail: str) -> None:
-        self.failures.append({"item_key": item_key, "path": path, "reason": reason, "detail": detail})
+        self.failures.append(
+            {"item_key": item_key, "path": path, "reason": reason, "detail": detail}
+        )
 
     def maybe_commit(self) -> None:
-        if len(self.rows) >= self.commit_rows or time.monotonic() - self.last >= self.commit_seconds:
+        if (
+            len(self.rows) >= self.commit_rows
+            or time.monotonic() - self.last >= self.commit_seconds
+        ):
             self.commit()
 
     def commit(self) -> None:
         if not self.rows and not self.failures:
             return
         now = utcnow()
-        failures = pa.Table.from_pylist(self.failures, schema=pa.schema(
-            [("item_key", pa.string()), ("path", pa.string()), ("reason", pa.string()), ("detail", pa.string())]))
+        failures = pa.Table.from_pylist(
+            self.failures,
+            schema=pa.schema(
+                [
+                    ("item_key", pa.string()),
+                    ("path", pa.string()),
+                    ("reason", pa.string()),
+                    ("detail", pa.string()),
+                ]
+            ),
+        )
         if self.kind == VISION:
-            rows = pa.Table.from_pylist(self.rows, schema=pa.schema([("key", pa.string()), ("row", pa.int64())]))
+            rows = pa.Table.from_pylist(
+                self.rows, schema=pa.schema([("key", pa.string()), ("row", pa.int64())])
+            )
             insert = 'INSERT INTO vision_rows SELECT $store, key, "row", $now FROM new_rows'
         else:
-            rows = pa.Table.from_pylist(self.rows, schema=pa.schema([
-                ("key", pa.string()), ("row", pa.int64()), ("token_count", pa.int32()), ("truncated", pa.bool_()),
-                ("chunks", pa.int32())]))
-            insert = ('INSERT INTO text_rows (store_key, prompt_hash, "row", token_count, truncated, committed_at, chunks) '
-                      'SELECT $store, key, "row", token_count, truncated, $now, chunks FROM new_rows')
-        with open_catalog(self.catalog_path) as con, transaction(con, new_rows=rows, new_failures=failures):
+            rows = pa.Table.from_pylist(
+                self.rows,
+                schema=pa.schema(
+                    [
+                        ("key", pa.string()),
+                        ("row", pa.int64()),
+                        ("token_count", pa.int32()),
+                        ("truncated", pa.bool_()),
+                        ("chunks", pa.int32()),
+                    ]
+                ),
+            )
+            insert = (
+                'INSERT INTO text_rows (store_key, prompt_hash, "row", token_count, truncated, '
+                "committed_at, chunks) "
+                'SELECT $store, key, "row", token_count, truncated, $now, chunks FROM new_rows'
+            )
+        with (
+            open_catalog(self.catalog_path) as con,
+            transaction(con, new_rows=rows, new_failures=failures),
+        ):
             con.execute(insert, {"store": self.store_key, "now": now})
-            con.execute("INSERT OR REPLACE INTO embedding_failures SELECT $store, item_key, path, reason, detail, $now "
-                        "FROM new_failures", {"store": self.store_key, "now": now})
+            con.execute(
+                "INSERT OR REPLACE INTO embedding_failures SELECT $store, item_key, path, "
+                "reason, detail, $now "
+                "FROM new_failures",
+                {"store": self.store_key, "now": now},
+            )
         self.rows, self.failures = [], []
         self.last = time.monotonic()
 
 
-MANIFEST_SCHEMA = pa.schema([("key", pa.string()), ("row", pa.int64()), ("token_count", pa.int32()),
-                              ("truncated", pa.bool_()), ("path", pa.string()), ("reason", pa.string()),
-                              ("detail", pa.string()), ("chunks", pa.int32())])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("row", pa.int64()),
+        ("token_count", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("path", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("chunks", pa.int32()),
+    ]
+)
 
 
 class ManifestWriter(Committer):
     """A shard's committer: the same batches, written as Parquet manifests beside its segment store
     (each by one rename, so a manifest is whole or absent) instead of into the catalog."""
 
-    def __init__(self, store_path: Path, kind: str, shard: Shard, commit_rows: int, commit_seconds: float):
+    def __init__(
+        self, store_path: Path, kind: str, shard: Shard, commit_rows: int, commit_seconds: float
+    ):
         super().__init__(Path(), kind, "", commit_rows, commit_seconds)
         self.folder = segments_dir(store_path) / "manifests"
         self.prefix = f"{shard.name}-{uuid.uuid4().hex[:12]}"
@@ -206,10 +318,25 @@ class ManifestWriter(Committer):
     def commit(self) -> None:
         if not self.rows and not self.failures:
             return
-        records = [{**row, "token_count": row.get("token_count"), "truncated": row.get("truncated"),
-                    "chunks": row.get("chunks")} for row in self.rows]
-        records += [{"key": f["item_key"], "row": None, "path": f["path"], "reason": f["reason"], "detail": f["detail"]}
-                    for f in self.failures]
+        records = [
+            {
+                **row,
+                "token_count": row.get("token_count"),
+                "truncated": row.get("truncated"),
+                "chunks": row.get("chunks"),
+            }
+            for row in self.rows
+        ]
+        records += [
+            {
+                "key": f["item_key"],
+                "row": None,
+                "path": f["path"],
+                "reason": f["reason"],
+                "detail": f["detail"],
+            }
+            for f in self.failures
+        ]
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"{self.prefix}-{self.sequence:06d}.parquet"
         write_whole(final, parquet_bytes(pa.Table.from_pylist(records, schema=MANIFEST_SCHEMA)))
@@ -218,21 +345,29 @@ class ManifestWriter(Committer):
         self.last = time.monotonic()
 
 
-def shard_pending_work(catalog_path: Path, rows_table: str, key: str, work_sql: str, store_path: Path,
-                   shard: Shard) -> tuple[list, int, int]:
-    """pending_work for one shard, without writing the catalog: items of the shard with no committed row and
-    none in a manifest waiting for the commit; the next row past both in the shard's segment."""
+def shard_pending_work(
+    catalog_path: Path, rows_table: str, key: str, work_sql: str, store_path: Path, shard: Shard
+) -> tuple[list, int, int]:
+    """pending_work for one shard, without writing the catalog: items of the shard with no committed
+    row and none in a manifest waiting for the commit; the next row past both in the shard's
+    segment."""
     column = "i.content_hash" if rows_table == "vision_rows" else "p.prompt_hash"
     with open_catalog(catalog_path, read_only=True) as con:
-        work = con.execute(work_sql.format(shard=f"AND {shard.sql(column)}"), {"key": key}).fetchall()
-        present = con.execute(f"""SELECT count(*) FROM {rows_table}
+        work = con.execute(
+            work_sql.format(shard=f"AND {shard.sql(column)}"), {"key": key}
+        ).fetchall()
+        present = con.execute(
+            f"""SELECT count(*) FROM {rows_table}
             WHERE store_key = $key AND "row" >= $lo AND "row" <= $hi""",
-                              {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK}).fetchone()[0]
+            {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK},
+        ).fetchone()[0]
         # Retired rows keep their place: their item may come back and be revived there.
-        top = con.execute(f"""SELECT max("row") FROM (SELECT "row" FROM {rows_table} WHERE store_key = $key
+        top = con.execute(
+            f"""SELECT max("row") FROM (SELECT "row" FROM {rows_table} WHERE store_key = $key
                                   UNION ALL SELECT "row" FROM retired_rows WHERE store_key = $key)
                               WHERE "row" >= $lo AND "row" <= $hi""",
-                          {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK}).fetchone()[0]
+            {"key": key, "lo": shard.first_row, "hi": shard.first_row + LOCAL_MASK},
+        ).fetchone()[0]
     waiting: set[str] = set()
     next_row = shard.first_row if top is None else top + 1
     for manifest in shard_manifests(store_path, shard):
@@ -243,8 +378,15 @@ def shard_pending_work(catalog_path: Path, rows_table: str, key: str, work_sql: 
     return [item for item in work if item[0] not in waiting], present, next_row
 
 
-def work_for(home: LunaHome, profile: ModelProfile, rows_table: str, key: str, work_sql: str, path: Path,
-          shard: Shard | None) -> tuple[list, int, int]:
+def work_for(
+    home: LunaHome,
+    profile: ModelProfile,
+    rows_table: str,
+    key: str,
+    work_sql: str,
+    path: Path,
+    shard: Shard | None,
+) -> tuple[list, int, int]:
     """(items to embed, rows present, next row) for the store, or for one shard of it."""
     if shard is not None:
         return shard_pending_work(home.catalog_path, rows_table, key, work_sql, path, shard)
@@ -254,13 +396,27 @@ def work_for(home: LunaHome, profile: ModelProfile, rows_table: str, key: str, w
 
 
 def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
-    """Put every shard's new manifests into the catalog, one transaction per store; a manifest already
-    committed adds nothing. Returns rows committed by kind."""
+    """Put every shard's new manifests into the catalog, one transaction per store; a manifest
+    already committed adds nothing. Returns rows committed by kind."""
     done = {}
     for kind, key, path, model, revision, layout in (
-            (VISION, profile.vision_key, home.vision_store(profile), profile.vision_model, profile.vision_revision,
-             VISION_LAYOUT),
-            (TEXT, profile.text_key, home.text_store(profile), profile.sdxl_model, profile.sdxl_revision, TEXT_LAYOUT)):
+        (
+            VISION,
+            profile.vision_key,
+            home.vision_store(profile),
+            profile.vision_model,
+            profile.vision_revision,
+            VISION_LAYOUT,
+        ),
+        (
+            TEXT,
+            profile.text_key,
+            home.text_store(profile),
+            profile.sdxl_model,
+            profile.sdxl_revision,
+            TEXT_LAYOUT,
+        ),
+    ):
         manifests = pending_manifests(path)
         if not manifests:
             done[kind] = 0
@@ -268,27 +424,47 @@ def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
         segment = next(segments_dir(path).glob("*.zarr"))
         fields = RowStore.open_readonly(segment, layout).fields
         table = read_manifests(manifests)
-        if "chunks" not in table.column_names:  # manifests written before conditionings had chunks: one each
+        if (
+            "chunks" not in table.column_names
+        ):  # manifests written before conditionings had chunks: one each
             table = table.append_column("chunks", pa.array([1] * table.num_rows, pa.int32()))
         now = utcnow()
         with open_catalog(home.catalog_path) as con, transaction(con, manifest=table):
             register_store(con, kind, key, model, revision, path, fields)
             if kind == VISION:
-                added = con.execute("""INSERT OR IGNORE INTO vision_rows SELECT $store, key, "row", $now
+                added = con.execute(
+                    """INSERT OR IGNORE INTO vision_rows SELECT $store, key, "row", $now
                                        FROM manifest WHERE "row" IS NOT NULL RETURNING 1""",
-                                    {"store": key, "now": now}).fetchall()
+                    {"store": key, "now": now},
+                ).fetchall()
             else:
-                added = con.execute("""INSERT OR IGNORE INTO text_rows
-                                       (store_key, prompt_hash, "row", token_count, truncated, committed_at, chunks)
-                                       SELECT $store, key, "row", token_count, truncated, $now, coalesce(chunks, 1)
+                added = con.execute(
+                    """INSERT OR IGNORE INTO text_rows
+                                       (store_key, prompt_hash, "row", token_count, truncated,
+                                           committed_at, chunks)
+                                       SELECT $store, key, "row", token_count, truncated, $now,
+                                           coalesce(chunks, 1)
                                        FROM manifest WHERE "row" IS NOT NULL RETURNING 1""",
-                                    {"store": key, "now": now}).fetchall()
-            con.execute("""INSERT OR REPLACE INTO embedding_failures SELECT $store, key, path, reason, detail, $now
-                           FROM manifest WHERE "row" IS NULL""", {"store": key, "now": now})
+                    {"store": key, "now": now},
+                ).fetchall()
+            con.execute(
+                """INSERT OR REPLACE INTO embedding_failures
+                   SELECT $store, key, path, reason, detail, $now
+                           FROM manifest WHERE "row" IS NULL""",
+                {"store": key, "now": now},
+            )
         target = committed_dir(path)
         target.mkdir(parents=True, exist_ok=True)
-        for manifest in manifests:  # after the commit: a crash here only means committing them again, harmlessly
+        for manifest in (
+            manifests
+        ):  # after the commit: a crash here only means committing them again, harmlessly
             move(manifest, target / manifest.name)
         done[kind] = len(added)
-        log.info("%s store %s: %d rows committed from %d manifest(s)", kind, key, len(added), len(manifests))
+        log.info(
+            "%s store %s: %d rows committed from %d manifest(s)",
+            kind,
+            key,
+            len(added),
+            len(manifests),
+        )
     return done

@@ -40,7 +40,9 @@ class Shard:
 
     def __post_init__(self):
         if not (1 <= self.count <= MAX_SHARDS) or not (0 <= self.index < self.count):
-            raise LunaConfigError(f"shard {self.index} of {self.count}: need 0 <= index < count <= {MAX_SHARDS}")
+            raise LunaConfigError(
+                f"shard {self.index} of {self.count}: need 0 <= index < count <= {MAX_SHARDS}"
+            )
 
     @classmethod
     def parse(cls, text: str) -> "Shard":
@@ -56,7 +58,9 @@ class Shard:
         """A partition key ('03-of-16') → shard 3 of 16."""
         match = re.fullmatch(r"(\d+)-of-(\d+)", key)
         if not match:
-            raise LunaConfigError(f"partition key {key!r} is not a shard (INDEX-of-COUNT, e.g. 03-of-16)")
+            raise LunaConfigError(
+                f"partition key {key!r} is not a shard (INDEX-of-COUNT, e.g. 03-of-16)"
+            )
         return cls(int(match[1]), int(match[2]))
 
     @property
@@ -107,8 +111,11 @@ def committed_dir(store_path: Path) -> Path:
 
 
 def shard_manifests(store_path: Path, shard: Shard, committed: bool = False) -> list[Path]:
-    """The manifests a shard wrote that wait for the commit (with `committed`, also those committed)."""
-    folders = [segments_dir(store_path) / "manifests"] + ([committed_dir(store_path)] if committed else [])
+    """The manifests a shard wrote that wait for the commit (with `committed`, also those
+    committed)."""
+    folders = [segments_dir(store_path) / "manifests"] + (
+        [committed_dir(store_path)] if committed else []
+    )
     return sorted(path for folder in folders for path in folder.glob(f"{shard.name}-*.parquet"))
 
 
@@ -133,9 +140,11 @@ class SegmentedStore:
             positions = np.nonzero(ids == segment_id)[0]
             store = self.base if segment_id == 0 else self.segments.get(int(segment_id))
             if store is None:
-                raise LunaConfigError(f"vault store {self.path}: rows {rows[positions[:3]].tolist()} belong to a "
-                                      f"segment that is not there (id {int(segment_id)}); run the commit again or "
-                                      "re-embed the missing shard")
+                raise LunaConfigError(
+                    f"vault store {self.path}: rows {rows[positions[:3]].tolist()} belong to a "
+                    f"segment that is not there (id {int(segment_id)}); run the commit again or "
+                    "re-embed the missing shard"
+                )
             yield store, positions, rows[positions] & LOCAL_MASK
 
     def _gather(self, name: str, rows, read) -> np.ndarray:
@@ -159,7 +168,9 @@ class SegmentedStore:
 
     @property
     def checksummed(self) -> bool:
-        return all(s.checksummed for s in ([self.base] if self.base else []) + list(self.segments.values()))
+        return all(
+            s.checksummed for s in ([self.base] if self.base else []) + list(self.segments.values())
+        )
 
 
 def open_store(path: Path, layout) -> RowStore | SegmentedStore:
@@ -194,5 +205,6 @@ def open_vision_store(home: LunaHome, profile: ModelProfile) -> RowStore:
 
 
 def open_text_store(home: LunaHome, profile: ModelProfile) -> RowStore:
-    """The profile's prompt conditionings for reading: the store and any segments written by shards."""
+    """The profile's prompt conditionings for reading: the store and any segments written by
+    shards."""
     return open_store(home.text_store(profile), TEXT_LAYOUT)

@@ -1,10 +1,10 @@
-"""Rows read straight from a Zarr v3 array's shard files, for the plain layout Luna writes (chunks of
-whole rows, uncompressed, the shard index at the file's end, each checked by CRC32C).
+"""Rows read straight from a Zarr v3 array's shard files, for the plain layout Luna writes (chunks
+of whole rows, uncompressed, the shard index at the file's end, each checked by CRC32C).
 
-zarr-python spends about a millisecond of machinery per call; a k-NN answer (or an index's re-ranking)
-reads tens of rows scattered over the store, so this reader uses positioned reads instead. A chunk is
-read whole and checked against its CRC32C the first time this reader meets it in an unchanged file
-(same inode, size and mtime); after that, its rows alone are read.
+zarr-python spends about a millisecond of machinery per call; a k-NN answer (or an index's
+re-ranking) reads tens of rows scattered over the store, so this reader uses positioned reads
+instead. A chunk is read whole and checked against its CRC32C the first time this reader meets it
+in an unchanged file (same inode, size and mtime); after that, its rows alone are read.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ _EMPTY = 2**64 - 1  # the shard index's offset of a chunk never written
 
 
 class ShardReader:
-    """Reads rows of one array of a row store; `ShardReader.open` says None for a layout it cannot read."""
+    """Reads rows of one array of a row store; `ShardReader.open` says None for a layout it
+    cannot read."""
 
     @classmethod
     def open(cls, store: Path, name: str) -> "ShardReader | None":
@@ -40,21 +41,42 @@ class ShardReader:
         conf = codecs[0]["configuration"]
         inner = [c.get("name") for c in conf.get("codecs", [])]
         index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
-        if (conf.get("index_location", "end") != "end" or inner not in (["bytes"], ["bytes", "crc32c"])
-                or index_codecs != ["bytes", "crc32c"]
-                or conf["chunk_shape"][1:] != list(row_shape) or meta.get("data_type") not in DTYPES
-                or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator") != "/"):
+        if (
+            conf.get("index_location", "end") != "end"
+            or inner not in (["bytes"], ["bytes", "crc32c"])
+            or index_codecs != ["bytes", "crc32c"]
+            or conf["chunk_shape"][1:] != list(row_shape)
+            or meta.get("data_type") not in DTYPES
+            or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator") != "/"
+        ):
             return None
-        return cls(store, name, row_shape, meta["chunk_grid"]["configuration"]["chunk_shape"][0],
-                   conf["chunk_shape"][0], checksummed=inner == ["bytes", "crc32c"], dtype=meta["data_type"])
+        return cls(
+            store,
+            name,
+            row_shape,
+            meta["chunk_grid"]["configuration"]["chunk_shape"][0],
+            conf["chunk_shape"][0],
+            checksummed=inner == ["bytes", "crc32c"],
+            dtype=meta["data_type"],
+        )
 
-    def __init__(self, store: Path, name: str, row_shape: tuple[int, ...], shard_rows: int, chunk_rows: int,
-                 checksummed: bool, dtype: str = DTYPE):
+    def __init__(
+        self,
+        store: Path,
+        name: str,
+        row_shape: tuple[int, ...],
+        shard_rows: int,
+        chunk_rows: int,
+        checksummed: bool,
+        dtype: str = DTYPE,
+    ):
         self.store, self.name, self.row_shape, self.dtype = store, name, row_shape, np.dtype(dtype)
         self.chunk_rows, self.checksummed = chunk_rows, checksummed
         self.chunks_per_shard = shard_rows // chunk_rows
         self.row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
-        self.index_bytes = self.chunks_per_shard * 16 + 4  # (offset, nbytes) uint64 per chunk, then a crc32c
+        self.index_bytes = (
+            self.chunks_per_shard * 16 + 4
+        )  # (offset, nbytes) uint64 per chunk, then a crc32c
         self.chunk_bytes = chunk_rows * self.row_bytes + (4 if checksummed else 0)
         self._zero_dims = "/".join("0" for _ in row_shape)
         self._shard_paths: dict[int, Path] = {}
@@ -64,16 +86,20 @@ class ShardReader:
         weakref.finalize(self, _close_all, self._files)
 
     def _verified(self, data: bytes, path: Path, what: str) -> np.ndarray:
-        """The data (bytes, no copy) without its trailing CRC32C (zarr's crc32c codec: little-endian, at the end)."""
+        """The data (bytes, no copy) without its trailing CRC32C (zarr's crc32c codec:
+        little-endian, at the end)."""
         body = np.frombuffer(data, dtype=np.uint8)[:-4]
         if crc32c(body) != int.from_bytes(data[-4:], "little"):
-            raise CorruptStoreError(f"vault store {self.store}: {what} in {path} fails its CRC32C checksum; "
-                                    "rebuild the store (delete it and run luna build)")
+            raise CorruptStoreError(
+                f"vault store {self.store}: {what} in {path} fails its CRC32C checksum; "
+                "rebuild the store (delete it and run luna build)"
+            )
         return body
 
     def _shard(self, path: Path):
-        """(fd, size, chunk index, checked) of a shard file, kept open while the file is unchanged (a query
-        reads a few rows from many shards: reopening each, and re-reading its index, cost more than the rows)."""
+        """(fd, size, chunk index, checked) of a shard file, kept open while the file is unchanged
+        (a query reads a few rows from many shards: reopening each, and re-reading its index,
+        cost more than the rows)."""
         try:
             stat = os.stat(path)
         except FileNotFoundError:
@@ -88,7 +114,9 @@ class ShardReader:
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            raw_index = self._verified(os.pread(fd, self.index_bytes, size - self.index_bytes), path, "the shard index")
+            raw_index = self._verified(
+                os.pread(fd, self.index_bytes, size - self.index_bytes), path, "the shard index"
+            )
         except BaseException:
             os.close(fd)
             raise
@@ -101,8 +129,8 @@ class ShardReader:
     def read(self, rows: np.ndarray) -> np.ndarray:
         chunk_rows, row_shape, row_bytes = self.chunk_rows, self.row_shape, self.row_bytes
         out = np.zeros((len(rows), *row_shape), dtype=self.dtype)
-        # One pass per distinct chunk, in file order. Per-chunk work is plain Python on ints: a query's
-        # re-ranking reads tens of rows from as many chunks.
+        # One pass per distinct chunk, in file order. Per-chunk work is plain Python on ints: a
+        # query's re-ranking reads tens of rows from as many chunks.
         chunk_of = rows // chunk_rows
         order = np.argsort(chunk_of, kind="stable")
         sorted_chunks = chunk_of[order]
@@ -116,7 +144,9 @@ class ShardReader:
                 if shard not in opened_now:
                     path = self._shard_paths.get(shard)
                     if path is None:
-                        path = self._shard_paths[shard] = self.store / self.name / "c" / str(shard) / self._zero_dims
+                        path = self._shard_paths[shard] = (
+                            self.store / self.name / "c" / str(shard) / self._zero_dims
+                        )
                     opened_now[shard] = (path, self._shard(path))
                 path, opened = opened_now[shard]
                 if opened is None:
@@ -126,19 +156,25 @@ class ShardReader:
                 if offset == _EMPTY:
                     continue  # a chunk never written reads as the fill value, as in zarr
                 if nbytes != self.chunk_bytes or offset + nbytes > size:
-                    raise CorruptStoreError(f"vault store {self.store}: the shard index of {path} is damaged "
-                                            "(a chunk of the wrong size); rebuild the store")
-                positions = order_list[bounds[j]: bounds[j + 1]]
+                    raise CorruptStoreError(
+                        f"vault store {self.store}: the shard index of {path} is damaged "
+                        "(a chunk of the wrong size); rebuild the store"
+                    )
+                positions = order_list[bounds[j] : bounds[j + 1]]
                 if self.checksummed and not checked[chunk]:
                     # First read of this chunk from this file: whole, against its checksum.
-                    data = self._verified(os.pread(fd, self.chunk_bytes, offset), path,
-                                          f"the chunk of row {row_list[positions[0]]}")
+                    data = self._verified(
+                        os.pread(fd, self.chunk_bytes, offset),
+                        path,
+                        f"the chunk of row {row_list[positions[0]]}",
+                    )
                     checked[chunk] = 1
                     values = np.frombuffer(data, dtype=self.dtype).reshape(chunk_rows, *row_shape)
                     for position in positions:
                         out[position] = values[row_list[position] % chunk_rows]
                     continue
-                # Checked before (the file unchanged since) or no checksum: each row straight into its place.
+                # Checked before (the file unchanged since) or no checksum: each row straight into
+                # its place.
                 for position in positions:
                     at = offset + (row_list[position] % chunk_rows) * row_bytes
                     if os.preadv(fd, [memoryview(out[position]).cast("B")], at) != row_bytes:

@@ -1,5 +1,5 @@
-"""Append-only row stores in Zarr v3: fixed-shape float16 rows, one array per field (or, with the int8
-codec, int8 rows and a float16 scale array beside them: luna_core.vault.codec).
+"""Append-only row stores in Zarr v3: fixed-shape float16 rows, one array per field (or, with the
+int8 codec, int8 rows and a float16 scale array beside them: luna_core.vault.codec).
 
 Rows are written first and made visible only when the catalog commits their row numbers, so the
 store itself never needs a transaction: rows past the committed high-water mark are garbage from an
@@ -26,7 +26,14 @@ from zarr.codecs import Crc32cCodec
 
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.storage import is_remote, location
-from luna_core.vault.codec import FLOAT16, SCALE_SUFFIX, check_codec, coded, decode_int8, encode_int8
+from luna_core.vault.codec import (
+    FLOAT16,
+    SCALE_SUFFIX,
+    check_codec,
+    coded,
+    decode_int8,
+    encode_int8,
+)
 from luna_core.vault.shard_reader import DTYPE, ShardReader
 
 
@@ -48,14 +55,22 @@ TEXT_LAYOUT = Layout(rows_per_chunk=1, rows_per_shard=64)
 class RowStore:
     def __init__(self, path: Path, group, fields: dict[str, tuple[int, ...]], layout: Layout):
         self.path, self.group, self.fields, self.layout = path, group, fields, layout
-        # The codec is the store's own, recorded when it was made: a changed setting applies to new stores.
+        # The codec is the store's own, recorded when it was made: a changed setting applies to new
+        # stores.
         self.codec = check_codec(group.attrs.get("luna", {}).get("codec", FLOAT16))
 
     @classmethod
-    def open(cls, path: str | Path, fields: dict[str, tuple[int, ...]], layout: Layout,
-             attrs: dict | None = None, create: bool = True, codec: str = FLOAT16) -> "RowStore":
-        """Open the store at `path`, creating it for these row shapes (and values kept by `codec`); refuse a
-        store of other shapes. An existing store keeps the codec it was made with."""
+    def open(
+        cls,
+        path: str | Path,
+        fields: dict[str, tuple[int, ...]],
+        layout: Layout,
+        attrs: dict | None = None,
+        create: bool = True,
+        codec: str = FLOAT16,
+    ) -> "RowStore":
+        """Open the store at `path`, creating it for these row shapes (and values kept by `codec`);
+        refuse a store of other shapes. An existing store keeps the codec it was made with."""
 
         path = location(path)
         if not path.exists():
@@ -63,46 +78,70 @@ class RowStore:
                 raise NotBuiltError(f"no vault store at {path}")
             path.parent.mkdir(parents=True, exist_ok=True)
 
-            group = zarr.open_group(str(path), mode="a",
-                                    attributes={"luna": {**(attrs or {}), "codec": check_codec(codec)}})
+            group = zarr.open_group(
+                str(path),
+                mode="a",
+                attributes={"luna": {**(attrs or {}), "codec": check_codec(codec)}},
+            )
             for name, row_shape in fields.items():
                 arrays = {name: (row_shape, DTYPE)}
                 if coded(codec, row_shape):
-                    arrays = {name: (row_shape, "int8"), name + SCALE_SUFFIX: (row_shape[-1:], DTYPE)}
+                    arrays = {
+                        name: (row_shape, "int8"),
+                        name + SCALE_SUFFIX: (row_shape[-1:], DTYPE),
+                    }
                 for array_name, (shape, dtype) in arrays.items():
-                    # No compression (float16 embeddings barely compress); a CRC32C per chunk, so a damaged
-                    # row is an error, never an answer.
-                    group.create_array(array_name, shape=(0, *shape), chunks=(layout.rows_per_chunk, *shape),
-                                       shards=(layout.rows_per_shard, *shape), dtype=dtype, fill_value=0,
-                                       compressors=[Crc32cCodec()])
+                    # No compression (float16 embeddings barely compress); a CRC32C per chunk, so a
+                    # damaged row is an error, never an answer.
+                    group.create_array(
+                        array_name,
+                        shape=(0, *shape),
+                        chunks=(layout.rows_per_chunk, *shape),
+                        shards=(layout.rows_per_shard, *shape),
+                        dtype=dtype,
+                        fill_value=0,
+                        compressors=[Crc32cCodec()],
+                    )
             return cls(path, group, fields, layout)
         group = zarr.open_group(str(path), mode="a")
         for name, row_shape in fields.items():
             if name not in group:
-                raise LunaConfigError(f"vault store {path} has no array {name!r}; it was made for another model")
+                raise LunaConfigError(
+                    f"vault store {path} has no array {name!r}; it was made for another model"
+                )
             stored = tuple(group[name].shape[1:])
             if stored != tuple(row_shape):
                 raise LunaConfigError(
-                    f"vault store {path} holds {name} rows of shape {stored}, but the configured model gives "
-                    f"{tuple(row_shape)}: the model changed under the same name. Use another model id/revision, "
+                    f"vault store {path} holds {name} rows of shape {stored}, but the configured "
+                    "model gives "
+                    f"{tuple(row_shape)}: the model changed under the same name. Use another "
+                    "model id/revision, "
                     "or move the store away to rebuild it."
                 )
         return cls(path, group, fields, layout)
 
     @classmethod
     def open_readonly(cls, path: str | Path, layout: Layout) -> "RowStore":
-        """An existing store for reading, with the row shapes it holds (every array of the group)."""
+        """An existing store for reading, with the row shapes it holds (every array of the
+        group)."""
 
         path = location(path)
         if not path.exists():
-            raise NotBuiltError(f"vault store {path} is missing: materialize the embedding assets first")
+            raise NotBuiltError(
+                f"vault store {path} is missing: materialize the embedding assets first"
+            )
         try:
             group = zarr.open_group(str(path), mode="r")
-            with warnings.catch_warnings():  # the writer's lock file beside the arrays is not a zarr node
+            with (
+                warnings.catch_warnings()
+            ):  # the writer's lock file beside the arrays is not a zarr node
                 warnings.simplefilter("ignore")
                 arrays = {name: tuple(array.shape[1:]) for name, array in sorted(group.arrays())}
-            fields = {name: shape for name, shape in arrays.items()
-                      if not (name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in arrays)}
+            fields = {
+                name: shape
+                for name, shape in arrays.items()
+                if not (name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in arrays)
+            }
         except (OSError, ValueError, KeyError) as exc:
             raise CorruptStoreError(f"vault store {path} cannot be read ({exc})") from None
         if not fields:
@@ -111,8 +150,11 @@ class RowStore:
 
     @property
     def checksummed(self) -> bool:
-        """Whether the arrays carry a CRC32C per chunk (stores written before Luna added them do not)."""
-        return all(_inner_codecs(self.path / name) == ["bytes", "crc32c"] for name in self._arrays())
+        """Whether the arrays carry a CRC32C per chunk (stores written before Luna added them do
+        not)."""
+        return all(
+            _inner_codecs(self.path / name) == ["bytes", "crc32c"] for name in self._arrays()
+        )
 
     def _arrays(self) -> dict[str, tuple[int, ...]]:
         """Every array of the store with its row shape: the fields, and the scales of coded ones."""
@@ -123,9 +165,10 @@ class RowStore:
         return arrays
 
     def add_checksums(self) -> list[str]:
-        """Rewrite the arrays written before Luna added checksums with a CRC32C per chunk; returns the
-        arrays rewritten. Crash-safe: each array is copied beside itself, then swapped in by renames, and
-        an interrupted swap is finished by the next call. Take the writer lock first."""
+        """Rewrite the arrays written before Luna added checksums with a CRC32C per chunk; returns
+        the arrays rewritten. Crash-safe: each array is copied beside itself, then swapped in by
+        renames, and an interrupted swap is finished by the next call. Take the writer lock
+        first."""
 
         done = []
         for name, row_shape in self._arrays().items():
@@ -138,11 +181,18 @@ class RowStore:
             shutil.rmtree(new, ignore_errors=True)
             source = zarr.open_array(str(self.path / name), mode="r")
             target = zarr.open_group(str(self.path), mode="a").create_array(
-                f"{name}.crc", shape=source.shape, chunks=(self.layout.rows_per_chunk, *row_shape),
-                shards=(self.layout.rows_per_shard, *row_shape), dtype=source.dtype, fill_value=0,
-                compressors=[Crc32cCodec()])
+                f"{name}.crc",
+                shape=source.shape,
+                chunks=(self.layout.rows_per_chunk, *row_shape),
+                shards=(self.layout.rows_per_shard, *row_shape),
+                dtype=source.dtype,
+                fill_value=0,
+                compressors=[Crc32cCodec()],
+            )
             for start in range(0, source.shape[0], self.layout.rows_per_shard):
-                target[start : start + self.layout.rows_per_shard] = source[start : start + self.layout.rows_per_shard]
+                target[start : start + self.layout.rows_per_shard] = source[
+                    start : start + self.layout.rows_per_shard
+                ]
             os.rename(self.path / name, old)
             os.rename(new, self.path / name)
             shutil.rmtree(old, ignore_errors=True)
@@ -157,7 +207,8 @@ class RowStore:
         return int(self.group[next(iter(self.fields))].shape[0])
 
     def write(self, start: int, data: dict[str, np.ndarray]) -> None:
-        """Write rows [start, start + n) of every field, growing the arrays a whole shard at a time."""
+        """Write rows [start, start + n) of every field, growing the arrays a whole shard at a
+        time."""
         n = len(next(iter(data.values())))
         end = start + n
         if end > self.capacity:
@@ -190,21 +241,27 @@ class RowStore:
             if rows.size == 0:
                 return np.zeros((0, *array.shape[1:]), dtype=array.dtype)
             order = np.argsort(rows)  # sorted reads touch each chunk once
-            values = array.get_orthogonal_selection((rows[order],) + (slice(None),) * (array.ndim - 1))
+            values = array.get_orthogonal_selection(
+                (rows[order],) + (slice(None),) * (array.ndim - 1)
+            )
         except (ValueError, RuntimeError) as exc:
             if "checksum" not in str(exc).lower():
                 raise
-            raise CorruptStoreError(f"vault store {self.path}: array {name!r} holds a damaged chunk ({exc}); "
-                                    "rebuild the store (delete it and run luna build)") from None
+            raise CorruptStoreError(
+                f"vault store {self.path}: array {name!r} holds a damaged chunk ({exc}); "
+                "rebuild the store (delete it and run luna build)"
+            ) from None
         out = np.empty_like(values)
         out[order] = values
         return out
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """A few rows at random, fast: straight from the shard files when the layout is the plain one
-        Luna writes (luna_core.vault.shard_reader), else through zarr."""
+        """A few rows at random, fast: straight from the shard files when the layout is the plain
+        one Luna writes (luna_core.vault.shard_reader), else through zarr."""
         if coded(self.codec, self.fields[name]):
-            return decode_int8(self._read_rows(name, rows), self._read_rows(name + SCALE_SUFFIX, rows))
+            return decode_int8(
+                self._read_rows(name, rows), self._read_rows(name + SCALE_SUFFIX, rows)
+            )
         return self._read_rows(name, rows)
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -221,8 +278,8 @@ class RowStore:
 
     @contextmanager
     def writer(self) -> Iterator["RowStore"]:
-        """Exclusive right to append (two runs of the same asset must not interleave rows). On object
-        storage there is no lock: each segment has one writer, its shard's partition run."""
+        """Exclusive right to append (two runs of the same asset must not interleave rows). On
+        object storage there is no lock: each segment has one writer, its shard's partition run."""
         if is_remote(self.path):
             yield self
             return
@@ -233,7 +290,9 @@ class RowStore:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
             lock.close()
-            raise BusyError(f"vault store {self.path} is being written by {holder}; wait for that run") from None
+            raise BusyError(
+                f"vault store {self.path} is being written by {holder}; wait for that run"
+            ) from None
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()}")
@@ -247,4 +306,7 @@ class RowStore:
 
 def _inner_codecs(array_path: Path) -> list[str]:
     meta = json.loads((array_path / "zarr.json").read_text())
-    return [c.get("name") for c in meta.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])]
+    return [
+        c.get("name")
+        for c in meta.get("codecs", [{}])[0].get("configuration", {}).get("codecs", [])
+    ]

@@ -1,4 +1,5 @@
-"""The `index` domain (group `index`): the FAISS index, the job that rebuilds it and its nightly schedule."""
+"""The `index` domain (group `index`): the FAISS index, the job that rebuilds it and its nightly
+schedule."""
 
 import dagster as dg
 

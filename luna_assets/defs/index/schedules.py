@@ -15,12 +15,19 @@ REINDEX_CRON = "schedules.reindex_cron"  # default nightly, 03:00
 def rebuild_job_and_schedule(home: LunaHome | None):
     """The job that rebuilds the index from scratch, and the schedule that runs it nightly."""
     rebuild_job = dg.define_asset_job(
-        REBUILD_INDEX_JOB, selection=[faiss_index],
+        REBUILD_INDEX_JOB,
+        selection=[faiss_index],
         config={"ops": {"faiss_index": {"config": {"rebuild": True}}}},
-        description="Rebuild and retrain the FAISS index from every embedding (also launchable from the UI).",
+        description="Rebuild and retrain the FAISS index from every embedding (also launchable "
+        "from the UI).",
     )
     cron, problem = cron_setting(home, REINDEX_CRON)
     nightly = dg.ScheduleDefinition(
-        name=REINDEX_SCHEDULE, job=rebuild_job, cron_schedule=cron, default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Rebuild and retrain the FAISS index (cron: {KEYS_BY_NAME[REINDEX_CRON].place}). {problem}".strip())
+        name=REINDEX_SCHEDULE,
+        job=rebuild_job,
+        cron_schedule=cron,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Rebuild and retrain the FAISS index (cron: "
+        f"{KEYS_BY_NAME[REINDEX_CRON].place}). {problem}".strip(),
+    )
     return rebuild_job, nightly

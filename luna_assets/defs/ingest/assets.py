@@ -20,29 +20,47 @@ CHECK_QUARANTINE_REASON = "every_quarantined_file_has_reason"
     kinds={"duckdb", "python"},
     code_version="1",
     check_specs=[
-        dg.AssetCheckSpec(CHECK_CONTENT_HASH, asset=INGESTED_IMAGES,
-                          description="Every image row carries a SHA-256 content hash."),
-        dg.AssetCheckSpec(CHECK_QUARANTINE_REASON, asset=INGESTED_IMAGES,
-                          description="Every quarantined file has a reason and a detail a person can read."),
+        dg.AssetCheckSpec(
+            CHECK_CONTENT_HASH,
+            asset=INGESTED_IMAGES,
+            description="Every image row carries a SHA-256 content hash.",
+        ),
+        dg.AssetCheckSpec(
+            CHECK_QUARANTINE_REASON,
+            asset=INGESTED_IMAGES,
+            description="Every quarantined file has a reason and a detail a person can read.",
+        ),
     ],
 )
-def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -> dg.MaterializeResult:
-    """Every file under the library roots: an image row (content hash, size, generation metadata) or a quarantine row with its reason."""
+def ingested_images(
+    context: dg.AssetExecutionContext, luna: LunaHomeResource
+) -> dg.MaterializeResult:
+    """Every file under the library roots: an image row (content hash, size, generation metadata)
+    or a quarantine row with its reason."""
     roots = luna.library_roots()
     if not roots:
         raise dg.Failure(
             f"No library roots are configured for the Luna home {luna.luna_home.root}. "
-            "Add one with `luna ingest ROOT --home ...` (it records the root) or set extra_roots on the resource."
+            "Add one with `luna ingest ROOT --home ...` (it records the root) or set extra_roots "
+            "on the resource."
         )
     context.log.info(f"Ingesting {len(roots)} root(s) into {luna.luna_home.catalog_path}: {roots}")
-    # Taken before the scan: a file changed while ingest runs makes the next sensor tick differ (and run).
+    # Taken before the scan: a file changed while ingest runs makes the next sensor tick differ (and
+    # run).
     _, fingerprint = fingerprint_roots(roots)
-    report = ingest(luna.luna_home.catalog_path, roots, luna.ingest_options(),
-                    on_progress=progress_logger(context, "new or changed files read"))
+    report = ingest(
+        luna.luna_home.catalog_path,
+        roots,
+        luna.ingest_options(),
+        on_progress=progress_logger(context, "new or changed files read"),
+    )
     if not report.unavailable_roots:
         luna.luna_home.record_library_fingerprint(roots, fingerprint)
     for root in report.unavailable_roots:
-        context.log.warning(f"Library root {root} is not available (unmounted?); its catalog rows were left as they were")
+        context.log.warning(
+            f"Library root {root} is not available (unmounted?); its catalog rows were left as "
+            "they were"
+        )
     with catalog.open_catalog(luna.luna_home.catalog_path) as con:
         unhashed = catalog.rows_without_content_hash(con)
         unexplained = catalog.quarantined_without_reason(con)
@@ -53,7 +71,8 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
     by_generator = [{"generator": g, "images": n} for g, n in report.by_generator.items()]
     files_per_s = report.files_read / report.seconds if report.seconds else 0.0
     return dg.MaterializeResult(
-        # The same files give the same version: a run that found nothing new requests nothing downstream.
+        # The same files give the same version: a run that found nothing new requests nothing
+        # downstream.
         data_version=dg.DataVersion(held),
         metadata={
             "new": report.new,
@@ -72,16 +91,29 @@ def ingested_images(context: dg.AssetExecutionContext, luna: LunaHomeResource) -
             "files/s": dg.MetadataValue.float(round(files_per_s, 1)),
             "by generator": md_table(by_generator, ["generator", "images"]),
             "quarantine": md_table(quarantined, ["path", "reason", "detail"]),
-            "sample rows": md_table(samples, ["generator", "format", "size", "seed", "prompt", "path"]),
+            "sample rows": md_table(
+                samples, ["generator", "format", "size", "seed", "prompt", "path"]
+            ),
             "catalog": dg.MetadataValue.path(str(luna.luna_home.catalog_path)),
             "roots": dg.MetadataValue.json(roots),
             "unavailable roots": dg.MetadataValue.json(report.unavailable_roots),
         },
         check_results=[
-            dg.AssetCheckResult(check_name=CHECK_CONTENT_HASH, passed=not unhashed,
-                                metadata={"rows without hash": len(unhashed), "examples": dg.MetadataValue.json(unhashed)}),
-            dg.AssetCheckResult(check_name=CHECK_QUARANTINE_REASON, passed=not unexplained,
-                                metadata={"rows without reason": len(unexplained),
-                                          "examples": dg.MetadataValue.json(unexplained)}),
+            dg.AssetCheckResult(
+                check_name=CHECK_CONTENT_HASH,
+                passed=not unhashed,
+                metadata={
+                    "rows without hash": len(unhashed),
+                    "examples": dg.MetadataValue.json(unhashed),
+                },
+            ),
+            dg.AssetCheckResult(
+                check_name=CHECK_QUARANTINE_REASON,
+                passed=not unexplained,
+                metadata={
+                    "rows without reason": len(unexplained),
+                    "examples": dg.MetadataValue.json(unexplained),
+                },
+            ),
         ],
     )

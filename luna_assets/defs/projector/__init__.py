@@ -1,5 +1,5 @@
-"""The `projector` domain (group `projector`): image embedding → SDXL conditioning networks, versioned
-in MLflow, and the retrain policy's sensor."""
+"""The `projector` domain (group `projector`): image embedding → SDXL conditioning networks,
+versioned in MLflow, and the retrain policy's sensor."""
 
 import dagster as dg
 

@@ -16,7 +16,8 @@ from luna_core.projector.policy import GROWTH, growth_share, retrain_decision
     minimum_interval_seconds=120,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=f"Requests `projector` when the training pairs grew by a share ({GROWTH.place}; "
-                f"default {GROWTH.default:.0%}) since the pairs that trained @champion; looks only after luna_catalog changed.",
+    f"default {GROWTH.default:.0%}) since the pairs that trained @champion; looks only after "
+    "luna_catalog changed.",
 )
 def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHomeResource):
     latest = context.instance.get_latest_materialization_event(LUNA_CATALOG)
@@ -34,12 +35,21 @@ def projector_retrain_policy(context: dg.SensorEvaluationContext, luna: LunaHome
     context.update_cursor(marker)
     if not decision.due:
         # Shown on the projector's page beside Dagster's "Unsynced" badge: why no retrain follows.
-        note = dg.AssetObservation(PROJECTOR, metadata={
-            "retrain policy": f"not due: {decision.reason}",
-            "why Unsynced": f"luna_catalog changed since the last training; the projector retrains when the pairs "
-                            f"grew by {share:.0%} ({GROWTH.place}), weekly ({KEYS_BY_NAME[RETRAIN_CRON].place}), or when you "
-                            "materialize it"})
+        note = dg.AssetObservation(
+            PROJECTOR,
+            metadata={
+                "retrain policy": f"not due: {decision.reason}",
+                "why Unsynced": "luna_catalog changed since the last training; the projector "
+                "retrains when the pairs "
+                f"grew by {share:.0%} ({GROWTH.place}), weekly "
+                f"({KEYS_BY_NAME[RETRAIN_CRON].place}), or when you "
+                "materialize it",
+            },
+        )
         return dg.SensorResult(skip_reason=decision.reason, asset_events=[note])
     context.log.info(decision.reason)
-    return dg.RunRequest(run_key=f"train-pairs-{decision.train_pairs}", asset_selection=[PROJECTOR],
-                         tags={"luna/trigger": RETRAIN_SENSOR, "luna/train-pairs": str(decision.train_pairs)})
+    return dg.RunRequest(
+        run_key=f"train-pairs-{decision.train_pairs}",
+        asset_selection=[PROJECTOR],
+        tags={"luna/trigger": RETRAIN_SENSOR, "luna/train-pairs": str(decision.train_pairs)},
+    )

@@ -10,4 +10,6 @@ from luna_core.settings import LunaHome
 
 def definitions(home: LunaHome | None = None) -> dg.Definitions:
     benchmark_job, weekly = benchmark_job_and_schedule(home)
-    return dg.Definitions(assets=[refinement_benchmark, refinement_report], jobs=[benchmark_job], schedules=[weekly])
+    return dg.Definitions(
+        assets=[refinement_benchmark, refinement_report], jobs=[benchmark_job], schedules=[weekly]
+    )

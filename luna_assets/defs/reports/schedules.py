@@ -15,11 +15,19 @@ BENCHMARK_CRON = "schedules.benchmark_cron"  # default weekly, Sunday 05:00 (aft
 def benchmark_job_and_schedule(home: LunaHome | None):
     """The benchmark job, and the schedule that runs it weekly."""
     benchmark_job = dg.define_asset_job(
-        BENCHMARK_JOB, selection=[refinement_benchmark],
-        description="Regeneration sample, costs and batching (minutes); the report then shows them. Launch it from "
-                    "the UI when you want fresh figures before the weekly run.")
+        BENCHMARK_JOB,
+        selection=[refinement_benchmark],
+        description="Regeneration sample, costs and batching (minutes); the report then shows "
+        "them. Launch it from "
+        "the UI when you want fresh figures before the weekly run.",
+    )
     cron, problem = cron_setting(home, BENCHMARK_CRON)
     weekly = dg.ScheduleDefinition(
-        name=BENCHMARK_SCHEDULE, job=benchmark_job, cron_schedule=cron, default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Run the refinement benchmark (cron: {KEYS_BY_NAME[BENCHMARK_CRON].place}). {problem}".strip())
+        name=BENCHMARK_SCHEDULE,
+        job=benchmark_job,
+        cron_schedule=cron,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Run the refinement benchmark (cron: {KEYS_BY_NAME[BENCHMARK_CRON].place}). "
+        f"{problem}".strip(),
+    )
     return benchmark_job, weekly

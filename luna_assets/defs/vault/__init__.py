@@ -1,4 +1,5 @@
-"""The `vault` domain (group `embeddings`): the two Zarr stores, filled incrementally after every ingest."""
+"""The `vault` domain (group `embeddings`): the two Zarr stores, filled incrementally after every
+ingest."""
 
 import dagster as dg
 
@@ -7,6 +8,9 @@ from luna_core.settings import LunaHome
 
 
 def definitions(home: LunaHome | None = None) -> dg.Definitions:
-    """The vault's assets; partitioned by shard when the home asks for more than one ([vault] shards)."""
+    """The vault's assets; partitioned by shard when the home asks for more than one ([vault]
+    shards)."""
     shards = home.vault_shards() if home is not None else 1
-    return dg.Definitions(assets=store_assets(shards) if shards > 1 else [vision_embeddings, text_conditionings])
+    return dg.Definitions(
+        assets=store_assets(shards) if shards > 1 else [vision_embeddings, text_conditionings]
+    )

@@ -1,4 +1,5 @@
-"""What every writer shares: the generation record and the byte-level PNG, TIFF/EXIF, JPEG and WebP builders."""
+"""What every writer shares: the generation record and the byte-level PNG, TIFF/EXIF, JPEG and
+WebP builders."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class Generation:
     model: str = "sd_xl_base_1.0"
     model_hash: str = "31e35c80fc"
     loras: list[tuple[str, float]] = field(default_factory=list)
-    syntax: str = "literal"  # the writer's prompt syntax: how its user types emphasis (luna_core.prompts.syntax)
+    # the writer's prompt syntax: how its user types emphasis (luna_core.prompts.syntax)
+    syntax: str = "literal"
 
     @property
     def prompt(self) -> str:
@@ -51,7 +53,9 @@ def insert_png_chunks(png: bytes, chunks: list[bytes]) -> bytes:
     return png[:idat] + b"".join(chunks) + png[idat:]
 
 
-def png_bytes(image: Image.Image, text: list[tuple[str, str]] = (), itxt: list[tuple[str, str]] = ()) -> bytes:
+def png_bytes(
+    image: Image.Image, text: list[tuple[str, str]] = (), itxt: list[tuple[str, str]] = ()
+) -> bytes:
     info = PngInfo()
     for key, value in text:
         info.add_text(key, value)  # tEXt, or iTXt when the value is not Latin-1 (Pillow's rule)
@@ -62,8 +66,11 @@ def png_bytes(image: Image.Image, text: list[tuple[str, str]] = (), itxt: list[t
     return out.getvalue()
 
 
-def tiff_block(ifd0: dict[int, tuple[int, bytes]], exif_ifd: dict[int, tuple[int, bytes]], big_endian: bool) -> bytes:
-    """A TIFF structure (as EXIF holds it): IFD0, and an Exif sub-IFD when given. Values: (type, bytes)."""
+def tiff_block(
+    ifd0: dict[int, tuple[int, bytes]], exif_ifd: dict[int, tuple[int, bytes]], big_endian: bool
+) -> bytes:
+    """A TIFF structure (as EXIF holds it): IFD0, and an Exif sub-IFD when given. Values: (type,
+    bytes)."""
     end = ">" if big_endian else "<"
     header = (b"MM" if big_endian else b"II") + struct.pack(end + "HI", 42, 8)
     entries0 = dict(ifd0)

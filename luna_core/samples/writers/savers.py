@@ -31,24 +31,37 @@ _CIVITAI_SAMPLERS = {"euler": "Euler", "euler_ancestral": "Euler a", "dpmpp_2m":
 
 
 def image_saver_text(gen: Generation, sampler: str = "dpmpp_2m", scheduler: str = "karras") -> str:
-    """Comfy Image Saver's A1111-style text: Civitai sampler name (+ ' Karras'), `Version: ComfyUI`."""
+    """Comfy Image Saver's A1111-style text: Civitai sampler name (+ ' Karras'), `Version:
+    ComfyUI`."""
     name = _CIVITAI_SAMPLERS.get(sampler, sampler) + (" Karras" if scheduler == "karras" else "")
     hashes = json.dumps({gen.model: gen.model_hash}, separators=(",", ":"))
-    return (f"{gen.prompt}\nNegative prompt: {gen.negative}\n"
-            f"Steps: {gen.steps}, Sampler: {name}, CFG scale: {gen.cfg}, Seed: {gen.seed}, "
-            f"Size: {gen.width}x{gen.height}, Model hash: {gen.model_hash}, Model: {gen.model}, Hashes: {hashes}, "
-            "Version: ComfyUI")
+    return (
+        f"{gen.prompt}\nNegative prompt: {gen.negative}\n"
+        f"Steps: {gen.steps}, Sampler: {name}, CFG scale: {gen.cfg}, Seed: {gen.seed}, "
+        f"Size: {gen.width}x{gen.height}, Model hash: {gen.model_hash}, Model: {gen.model}, "
+        f"Hashes: {hashes}, "
+        "Version: ComfyUI"
+    )
 
 
 def _piexif_user_comment(text: str) -> bytes:
-    """piexif.dump({"Exif": {UserComment: UserComment.dump(text, encoding="unicode")}}): big-endian TIFF."""
-    return b"Exif\x00\x00" + tiff_block({}, {0x9286: (7, user_comment(text, "utf-16-be"))}, big_endian=True)
+    """piexif.dump({"Exif": {UserComment: UserComment.dump(text, encoding="unicode")}}):
+    big-endian TIFF."""
+    return b"Exif\x00\x00" + tiff_block(
+        {}, {0x9286: (7, user_comment(text, "utf-16-be"))}, big_endian=True
+    )
 
 
 def write_image_saver_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
     api = comfy_simple_graph(gen)
-    return png_bytes(image, text=[("parameters", image_saver_text(gen)), ("prompt", json.dumps(api)),
-                                  ("workflow", json.dumps(api_to_workflow(api)))]), "png"
+    return png_bytes(
+        image,
+        text=[
+            ("parameters", image_saver_text(gen)),
+            ("prompt", json.dumps(api)),
+            ("workflow", json.dumps(api_to_workflow(api))),
+        ],
+    ), "png"
 
 
 def write_image_saver_jpeg(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
@@ -60,10 +73,17 @@ def write_image_saver_webp(image: Image.Image, gen: Generation) -> tuple[bytes, 
 
 
 def write_save_image_extended_jpeg(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """Save Image Extended's JPEG: piexif IFD0 Make = 'workflow:' + JSON, Model = 'prompt:' + JSON."""
+    """Save Image Extended's JPEG: piexif IFD0 Make = 'workflow:' + JSON, Model = 'prompt:' +
+    JSON."""
     api = comfy_simple_graph(gen)
-    tiff = tiff_block({0x010F: ascii_tag("workflow:" + json.dumps(api_to_workflow(api))),
-                       0x0110: ascii_tag("prompt:" + json.dumps(api))}, {}, big_endian=True)
+    tiff = tiff_block(
+        {
+            0x010F: ascii_tag("workflow:" + json.dumps(api_to_workflow(api))),
+            0x0110: ascii_tag("prompt:" + json.dumps(api)),
+        },
+        {},
+        big_endian=True,
+    )
     return jpeg_bytes(image, [b"Exif\x00\x00" + tiff]), "jpeg"
 
 
@@ -74,71 +94,166 @@ def write_extended_formats_webp(image: Image.Image, gen: Generation) -> tuple[by
     return webp_bytes(image, exif=_piexif_user_comment(payload)), "webp"
 
 
-# ---------------------------------------------------------------- graphs of newer nodes and families
+# ---------------------------------------------------------------- graphs of newer nodes and
+# families
 
 
 def comfy_flux_graph(gen: Generation) -> dict[str, Any]:
-    """Flux: CLIPTextEncodeFlux (clip_l + t5xxl) → FluxGuidance → BasicGuider → SamplerCustomAdvanced; the
-    negative through a CFGGuider so the sample carries one (Flux dev ignores it at cfg 1)."""
+    """Flux: CLIPTextEncodeFlux (clip_l + t5xxl) → FluxGuidance → BasicGuider →
+    SamplerCustomAdvanced; the negative through a CFGGuider so the sample carries one (Flux dev
+    ignores it at cfg 1)."""
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": f"{gen.model}.safetensors", "weight_dtype": "fp8"}},
-        "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5xxl_fp16.safetensors",
-                                                           "clip_name2": "clip_l.safetensors", "type": "flux"}},
-        "3": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip": ["2", 0], "clip_l": gen.prompt,
-                                                              "t5xxl": gen.prompt, "guidance": 3.5}},
-        "4": {"class_type": "CLIPTextEncodeFlux", "inputs": {"clip": ["2", 0], "clip_l": gen.negative,
-                                                              "t5xxl": gen.negative, "guidance": 3.5}},
-        "5": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["4", 0],
-                                                     "cfg": gen.cfg}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": f"{gen.model}.safetensors", "weight_dtype": "fp8"},
+        },
+        "2": {
+            "class_type": "DualCLIPLoader",
+            "inputs": {
+                "clip_name1": "t5xxl_fp16.safetensors",
+                "clip_name2": "clip_l.safetensors",
+                "type": "flux",
+            },
+        },
+        "3": {
+            "class_type": "CLIPTextEncodeFlux",
+            "inputs": {
+                "clip": ["2", 0],
+                "clip_l": gen.prompt,
+                "t5xxl": gen.prompt,
+                "guidance": 3.5,
+            },
+        },
+        "4": {
+            "class_type": "CLIPTextEncodeFlux",
+            "inputs": {
+                "clip": ["2", 0],
+                "clip_l": gen.negative,
+                "t5xxl": gen.negative,
+                "guidance": 3.5,
+            },
+        },
+        "5": {
+            "class_type": "CFGGuider",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["3", 0],
+                "negative": ["4", 0],
+                "cfg": gen.cfg,
+            },
+        },
         "6": {"class_type": "RandomNoise", "inputs": {"noise_seed": gen.seed}},
         "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "8": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": gen.steps,
-                                                          "denoise": 1.0}},
-        "9": {"class_type": "EmptySD3LatentImage", "inputs": {"width": gen.width, "height": gen.height,
-                                                               "batch_size": 1}},
-        "10": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["6", 0], "guider": ["5", 0],
-                                                                 "sampler": ["7", 0], "sigmas": ["8", 0],
-                                                                 "latent_image": ["9", 0]}},
+        "8": {
+            "class_type": "BasicScheduler",
+            "inputs": {
+                "model": ["1", 0],
+                "scheduler": "simple",
+                "steps": gen.steps,
+                "denoise": 1.0,
+            },
+        },
+        "9": {
+            "class_type": "EmptySD3LatentImage",
+            "inputs": {"width": gen.width, "height": gen.height, "batch_size": 1},
+        },
+        "10": {
+            "class_type": "SamplerCustomAdvanced",
+            "inputs": {
+                "noise": ["6", 0],
+                "guider": ["5", 0],
+                "sampler": ["7", 0],
+                "sigmas": ["8", 0],
+                "latent_image": ["9", 0],
+            },
+        },
         "11": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["12", 0]}},
         "12": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
-        "13": {"class_type": "SaveImage", "inputs": {"filename_prefix": "flux", "images": ["11", 0]}},
+        "13": {
+            "class_type": "SaveImage",
+            "inputs": {"filename_prefix": "flux", "images": ["11", 0]},
+        },
     }
 
 
 def comfy_rgthree_graph(gen: Generation) -> dict[str, Any]:
-    """The prompt built by string nodes (a primitive and a concatenation), encoded by rgthree's Power Prompt,
-    carried in an rgthree Context, picked by an Any Switch, and sampled inside a subgraph (ids 'outer:inner',
-    as the frontend flattens subgraphs into the API graph)."""
+    """The prompt built by string nodes (a primitive and a concatenation), encoded by rgthree's
+    Power Prompt, carried in an rgthree Context, picked by an Any Switch, and sampled inside a
+    subgraph (ids 'outer:inner', as the frontend flattens subgraphs into the API graph)."""
     subject, style = gen.prompt.split(", ", 1) if ", " in gen.prompt else (gen.prompt, "")
     return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": f"{gen.model}.safetensors"}},
+        "4": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": f"{gen.model}.safetensors"},
+        },
         "20": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": subject}},
-        "21": {"class_type": "StringConcatenate", "inputs": {"string_a": ["20", 0], "string_b": style,
-                                                              "delimiter": ", " if style else ""}},
-        "22": {"class_type": "Power Prompt (rgthree)", "inputs": {"prompt": ["21", 0], "opt_clip": ["4", 1],
-                                                                  "opt_model": ["4", 0]}},
+        "21": {
+            "class_type": "StringConcatenate",
+            "inputs": {
+                "string_a": ["20", 0],
+                "string_b": style,
+                "delimiter": ", " if style else "",
+            },
+        },
+        "22": {
+            "class_type": "Power Prompt (rgthree)",
+            "inputs": {"prompt": ["21", 0], "opt_clip": ["4", 1], "opt_model": ["4", 0]},
+        },
         "23": {"class_type": "CLIPTextEncode", "inputs": {"text": gen.negative, "clip": ["4", 1]}},
-        "24": {"class_type": "Context (rgthree)", "inputs": {"base_ctx": None, "model": ["4", 0], "clip": ["4", 1],
-                                                             "positive": ["22", 0], "negative": ["23", 0]}},
-        "25": {"class_type": "Context Big (rgthree)", "inputs": {"base_ctx": ["24", 0], "steps": gen.steps}},
+        "24": {
+            "class_type": "Context (rgthree)",
+            "inputs": {
+                "base_ctx": None,
+                "model": ["4", 0],
+                "clip": ["4", 1],
+                "positive": ["22", 0],
+                "negative": ["23", 0],
+            },
+        },
+        "25": {
+            "class_type": "Context Big (rgthree)",
+            "inputs": {"base_ctx": ["24", 0], "steps": gen.steps},
+        },
         "26": {"class_type": "Any Switch (rgthree)", "inputs": {"any_01": ["25", 4]}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": gen.width, "height": gen.height, "batch_size": 1}},
-        "30:3": {"class_type": "KSampler", "inputs": {
-            "seed": gen.seed, "steps": gen.steps, "cfg": gen.cfg, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0, "model": ["4", 0], "positive": ["26", 0], "negative": ["25", 5],
-            "latent_image": ["5", 0]}},
+        "5": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": gen.width, "height": gen.height, "batch_size": 1},
+        },
+        "30:3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": gen.seed,
+                "steps": gen.steps,
+                "cfg": gen.cfg,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                "model": ["4", 0],
+                "positive": ["26", 0],
+                "negative": ["25", 5],
+                "latent_image": ["5", 0],
+            },
+        },
         "30:8": {"class_type": "VAEDecode", "inputs": {"samples": ["30:3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["30:8", 0]}},
+        "9": {
+            "class_type": "SaveImage",
+            "inputs": {"filename_prefix": "ComfyUI", "images": ["30:8", 0]},
+        },
     }
 
 
 def comfy_qwen_graph(gen: Generation) -> dict[str, Any]:
-    """Qwen-Image edit: the text reaches TextEncodeQwenImageEdit's `prompt` (a clip, a vae and an image beside)."""
+    """Qwen-Image edit: the text reaches TextEncodeQwenImageEdit's `prompt` (a clip, a vae and an
+    image beside)."""
     graph = comfy_simple_graph(gen)
-    graph["6"] = {"class_type": "TextEncodeQwenImageEdit", "inputs": {"clip": ["4", 1], "prompt": gen.prompt,
-                                                                      "vae": ["4", 2], "image": ["10", 0]}}
-    graph["7"] = {"class_type": "TextEncodeQwenImageEdit", "inputs": {"clip": ["4", 1], "prompt": gen.negative,
-                                                                      "vae": ["4", 2]}}
+    graph["6"] = {
+        "class_type": "TextEncodeQwenImageEdit",
+        "inputs": {"clip": ["4", 1], "prompt": gen.prompt, "vae": ["4", 2], "image": ["10", 0]},
+    }
+    graph["7"] = {
+        "class_type": "TextEncodeQwenImageEdit",
+        "inputs": {"clip": ["4", 1], "prompt": gen.negative, "vae": ["4", 2]},
+    }
     graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "input.png"}}
     return graph
 
@@ -157,39 +272,99 @@ write_comfy_qwen_png = _api_png(comfy_qwen_graph)
 
 
 def write_comfy_frontend_workflow_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """Only the editor graph, as the newer frontend saves it: widget inputs listed on each node with a
-    `widget` name (here on node types Luna has no layout for), a Reroute between encoder and sampler,
-    and the positive text coming from a PrimitiveNode wired into the encoder's `text` widget."""
+    """Only the editor graph, as the newer frontend saves it: widget inputs listed on each node with
+    a `widget` name (here on node types Luna has no layout for), a Reroute between encoder and
+    sampler, and the positive text coming from a PrimitiveNode wired into the encoder's `text`
+    widget."""
     nodes = [
-        {"id": 4, "type": "CheckpointLoaderSimple", "inputs": [], "widgets_values": [f"{gen.model}.safetensors"]},
-        {"id": 11, "type": "PrimitiveNode", "inputs": [], "outputs": [{"name": "STRING", "links": [1]}],
-         "widgets_values": [gen.prompt]},
-        {"id": 6, "type": "CLIPTextEncode", "inputs": [
-            {"name": "clip", "type": "CLIP", "link": 2},
-            {"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": 1}], "widgets_values": [""]},
-        {"id": 7, "type": "CLIPTextEncode", "inputs": [
-            {"name": "clip", "type": "CLIP", "link": 3},
-            {"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": None}],
-         "widgets_values": [gen.negative]},
-        {"id": 12, "type": "Reroute", "inputs": [{"name": "", "type": "*", "link": 4}], "widgets_values": []},
-        {"id": 5, "type": "EmptyLatentImage", "inputs": [], "widgets_values": [gen.width, gen.height, 1]},
-        {"id": 3, "type": "KSamplerEfficientish", "inputs": [
-            {"name": "model", "type": "MODEL", "link": 5},
-            {"name": "positive", "type": "CONDITIONING", "link": 6},
-            {"name": "negative", "type": "CONDITIONING", "link": 7},
-            {"name": "latent_image", "type": "LATENT", "link": 8},
-            {"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": None},
-            {"name": "steps", "type": "INT", "widget": {"name": "steps"}, "link": None},
-            {"name": "cfg", "type": "FLOAT", "widget": {"name": "cfg"}, "link": None},
-            {"name": "sampler_name", "type": "COMBO", "widget": {"name": "sampler_name"}, "link": None},
-            {"name": "scheduler", "type": "COMBO", "widget": {"name": "scheduler"}, "link": None}],
-         "widgets_values": [gen.seed, "fixed", gen.steps, gen.cfg, "euler", "normal"]},
+        {
+            "id": 4,
+            "type": "CheckpointLoaderSimple",
+            "inputs": [],
+            "widgets_values": [f"{gen.model}.safetensors"],
+        },
+        {
+            "id": 11,
+            "type": "PrimitiveNode",
+            "inputs": [],
+            "outputs": [{"name": "STRING", "links": [1]}],
+            "widgets_values": [gen.prompt],
+        },
+        {
+            "id": 6,
+            "type": "CLIPTextEncode",
+            "inputs": [
+                {"name": "clip", "type": "CLIP", "link": 2},
+                {"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": 1},
+            ],
+            "widgets_values": [""],
+        },
+        {
+            "id": 7,
+            "type": "CLIPTextEncode",
+            "inputs": [
+                {"name": "clip", "type": "CLIP", "link": 3},
+                {"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": None},
+            ],
+            "widgets_values": [gen.negative],
+        },
+        {
+            "id": 12,
+            "type": "Reroute",
+            "inputs": [{"name": "", "type": "*", "link": 4}],
+            "widgets_values": [],
+        },
+        {
+            "id": 5,
+            "type": "EmptyLatentImage",
+            "inputs": [],
+            "widgets_values": [gen.width, gen.height, 1],
+        },
+        {
+            "id": 3,
+            "type": "KSamplerEfficientish",
+            "inputs": [
+                {"name": "model", "type": "MODEL", "link": 5},
+                {"name": "positive", "type": "CONDITIONING", "link": 6},
+                {"name": "negative", "type": "CONDITIONING", "link": 7},
+                {"name": "latent_image", "type": "LATENT", "link": 8},
+                {"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": None},
+                {"name": "steps", "type": "INT", "widget": {"name": "steps"}, "link": None},
+                {"name": "cfg", "type": "FLOAT", "widget": {"name": "cfg"}, "link": None},
+                {
+                    "name": "sampler_name",
+                    "type": "COMBO",
+                    "widget": {"name": "sampler_name"},
+                    "link": None,
+                },
+                {
+                    "name": "scheduler",
+                    "type": "COMBO",
+                    "widget": {"name": "scheduler"},
+                    "link": None,
+                },
+            ],
+            "widgets_values": [gen.seed, "fixed", gen.steps, gen.cfg, "euler", "normal"],
+        },
     ]
     # [id, origin node, origin slot, target node, target slot, type]
-    links = [[1, 11, 0, 6, 1, "STRING"], [2, 4, 1, 6, 0, "CLIP"], [3, 4, 1, 7, 0, "CLIP"], [4, 6, 0, 12, 0, "*"],
-             [5, 4, 0, 3, 0, "MODEL"], [6, 12, 0, 3, 1, "CONDITIONING"], [7, 7, 0, 3, 2, "CONDITIONING"],
-             [8, 5, 0, 3, 3, "LATENT"]]
-    workflow = {"last_node_id": 12, "last_link_id": 8, "nodes": nodes, "links": links, "version": 0.4}
+    links = [
+        [1, 11, 0, 6, 1, "STRING"],
+        [2, 4, 1, 6, 0, "CLIP"],
+        [3, 4, 1, 7, 0, "CLIP"],
+        [4, 6, 0, 12, 0, "*"],
+        [5, 4, 0, 3, 0, "MODEL"],
+        [6, 12, 0, 3, 1, "CONDITIONING"],
+        [7, 7, 0, 3, 2, "CONDITIONING"],
+        [8, 5, 0, 3, 3, "LATENT"],
+    ]
+    workflow = {
+        "last_node_id": 12,
+        "last_link_id": 8,
+        "nodes": nodes,
+        "links": links,
+        "version": 0.4,
+    }
     return png_bytes(image, text=[("workflow", json.dumps(workflow, ensure_ascii=False))]), "png"
 
 
@@ -213,23 +388,43 @@ def hide_in_alpha(image: Image.Image, text: str, compressed: bool = True) -> Ima
 
 
 def write_a1111_stealth_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """A1111/Forge with the stealth_pnginfo extension: the `parameters` chunk as usual, and the same text
-    hidden in the alpha channel (which survives a site that strips text chunks: `strip_png_text`)."""
+    """A1111/Forge with the stealth_pnginfo extension: the `parameters` chunk as usual, and the same
+    text hidden in the alpha channel (which survives a site that strips text chunks:
+    `strip_png_text`)."""
     text = a1111_infotext(gen)
     return png_bytes(hide_in_alpha(_opaque(image), text), text=[("parameters", text)]), "png"
 
 
 def write_novelai_stealth_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """NovelAI: its text chunks, and the same chunks as one JSON object hidden in the alpha channel (gzip)."""
-    comment = {"prompt": gen.prompt, "steps": gen.steps, "height": gen.height, "width": gen.width, "scale": gen.cfg,
-               "seed": gen.seed, "sampler": "k_euler_ancestral", "uc": gen.negative, "noise_schedule": "karras"}
-    chunks = {"Title": "NovelAI generated image", "Description": gen.prompt, "Software": "NovelAI",
-              "Source": "NovelAI Diffusion V4.5 4BDE2A90", "Generation time": "5.2", "Comment": json.dumps(comment)}
-    return png_bytes(hide_in_alpha(_opaque(image), json.dumps(chunks)), text=list(chunks.items())), "png"
+    """NovelAI: its text chunks, and the same chunks as one JSON object hidden in the alpha
+    channel (gzip)."""
+    comment = {
+        "prompt": gen.prompt,
+        "steps": gen.steps,
+        "height": gen.height,
+        "width": gen.width,
+        "scale": gen.cfg,
+        "seed": gen.seed,
+        "sampler": "k_euler_ancestral",
+        "uc": gen.negative,
+        "noise_schedule": "karras",
+    }
+    chunks = {
+        "Title": "NovelAI generated image",
+        "Description": gen.prompt,
+        "Software": "NovelAI",
+        "Source": "NovelAI Diffusion V4.5 4BDE2A90",
+        "Generation time": "5.2",
+        "Comment": json.dumps(comment),
+    }
+    return png_bytes(
+        hide_in_alpha(_opaque(image), json.dumps(chunks)), text=list(chunks.items())
+    ), "png"
 
 
 def strip_png_text(data: bytes) -> bytes:
-    """The PNG without its text chunks, as image sites serve uploads: only the pixels' own bits remain."""
+    """The PNG without its text chunks, as image sites serve uploads: only the pixels' own bits
+    remain."""
     out, pos = bytearray(data[:8]), 8
     while pos < len(data):
         length = int.from_bytes(data[pos : pos + 4], "big")
@@ -241,14 +436,32 @@ def strip_png_text(data: bytes) -> bytes:
 
 
 def write_novelai_webp(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """NovelAI's WebP: the short prompt as EXIF ImageDescription, every PNG text chunk as one JSON object
-    in the UserComment."""
-    comment = {"prompt": gen.prompt, "steps": gen.steps, "height": gen.height, "width": gen.width, "scale": gen.cfg,
-               "seed": gen.seed, "sampler": "k_euler_ancestral", "uc": gen.negative, "noise_schedule": "karras"}
-    chunks = {"Title": "NovelAI generated image", "Description": gen.prompt, "Software": "NovelAI",
-              "Source": "NovelAI Diffusion V4.5 4BDE2A90", "Generation time": "5.2", "Comment": json.dumps(comment)}
-    tiff = tiff_block({0x010E: ascii_tag(gen.prompt)}, {0x9286: (7, user_comment(json.dumps(chunks), "utf-16-be"))},
-                      big_endian=True)
+    """NovelAI's WebP: the short prompt as EXIF ImageDescription, every PNG text chunk as one JSON
+    object in the UserComment."""
+    comment = {
+        "prompt": gen.prompt,
+        "steps": gen.steps,
+        "height": gen.height,
+        "width": gen.width,
+        "scale": gen.cfg,
+        "seed": gen.seed,
+        "sampler": "k_euler_ancestral",
+        "uc": gen.negative,
+        "noise_schedule": "karras",
+    }
+    chunks = {
+        "Title": "NovelAI generated image",
+        "Description": gen.prompt,
+        "Software": "NovelAI",
+        "Source": "NovelAI Diffusion V4.5 4BDE2A90",
+        "Generation time": "5.2",
+        "Comment": json.dumps(comment),
+    }
+    tiff = tiff_block(
+        {0x010E: ascii_tag(gen.prompt)},
+        {0x9286: (7, user_comment(json.dumps(chunks), "utf-16-be"))},
+        big_endian=True,
+    )
     return webp_bytes(image, exif=b"Exif\x00\x00" + tiff), "webp"
 
 
@@ -262,22 +475,41 @@ def _opaque(image: Image.Image) -> Image.Image:
 
 
 def write_civitai_jpeg(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
-    """Civitai's generator: A1111 text in a UTF-16 UserComment, with its resource list and metadata JSON."""
-    resources = [{"type": "checkpoint", "modelVersionId": 456194, "modelName": gen.model, "modelVersionName": "v9"}]
-    resources += [{"type": "lora", "weight": weight, "modelVersionId": 62833, "modelName": name,
-                   "modelVersionName": "v1"} for name, weight in gen.loras]
-    text = (f"{gen.prompt}\nNegative prompt: {gen.negative}\n"
-            f"Steps: {gen.steps}, CFG scale: {gen.cfg:g}, Sampler: {gen.sampler}, Seed: {gen.seed}, "
-            f"Size: {gen.width}x{gen.height}, Clip skip: 2, "
-            f"Civitai resources: {json.dumps(resources, separators=(',', ':'))}, "
-            f"Civitai metadata: {json.dumps({'remixOfId': 1234}, separators=(',', ':'))}")
+    """Civitai's generator: A1111 text in a UTF-16 UserComment, with its resource list and
+    metadata JSON."""
+    resources = [
+        {
+            "type": "checkpoint",
+            "modelVersionId": 456194,
+            "modelName": gen.model,
+            "modelVersionName": "v9",
+        }
+    ]
+    resources += [
+        {
+            "type": "lora",
+            "weight": weight,
+            "modelVersionId": 62833,
+            "modelName": name,
+            "modelVersionName": "v1",
+        }
+        for name, weight in gen.loras
+    ]
+    text = (
+        f"{gen.prompt}\nNegative prompt: {gen.negative}\n"
+        f"Steps: {gen.steps}, CFG scale: {gen.cfg:g}, Sampler: {gen.sampler}, Seed: {gen.seed}, "
+        f"Size: {gen.width}x{gen.height}, Clip skip: 2, "
+        f"Civitai resources: {json.dumps(resources, separators=(',', ':'))}, "
+        f"Civitai metadata: {json.dumps({'remixOfId': 1234}, separators=(',', ':'))}"
+    )
     return jpeg_bytes(image, [_piexif_user_comment(text)]), "jpeg"
 
 
 def write_sdnext_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
     """SD.Next: A1111-style text whose settings name the app (`App: SD.Next`)."""
-    text = a1111_infotext(gen, version="2d71b7e").replace(", Version: 2d71b7e",
-                                                          ", App: SD.Next, Version: 2d71b7e, Pipeline: StableDiffusionXL")
+    text = a1111_infotext(gen, version="2d71b7e").replace(
+        ", Version: 2d71b7e", ", App: SD.Next, Version: 2d71b7e, Pipeline: StableDiffusionXL"
+    )
     return png_bytes(image, text=[("parameters", text)]), "png"
 
 
@@ -286,25 +518,57 @@ STABILITY_MATRIX_COMMENT = "# 参考: テスト"
 
 def write_stability_matrix_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
     """Stability Matrix's inference: the prompt as written (its `#` comment lines included) in A1111
-    `parameters` (UTF-8 bytes in a tEXt chunk, which the PNG spec calls Latin-1) and in its JSON twin
-    `parameters-json`; the ComfyUI graph it ran, whose text has the comments stripped; its `smproj`."""
+    `parameters` (UTF-8 bytes in a tEXt chunk, which the PNG spec calls Latin-1) and in its JSON
+    twin `parameters-json`; the ComfyUI graph it ran, whose text has the comments stripped; its
+    `smproj`."""
     written = f"{STABILITY_MATRIX_COMMENT}\n{gen.prompt}"
-    params = {"PositivePrompt": written, "NegativePrompt": gen.negative, "Steps": gen.steps, "CfgScale": gen.cfg,
-              "Width": gen.width, "Height": gen.height, "Seed": gen.seed, "ModelName": gen.model,
-              "ModelHash": gen.model_hash, "Sampler": "dpmpp_2m", "Scheduler": "karras"}
+    params = {
+        "PositivePrompt": written,
+        "NegativePrompt": gen.negative,
+        "Steps": gen.steps,
+        "CfgScale": gen.cfg,
+        "Width": gen.width,
+        "Height": gen.height,
+        "Seed": gen.seed,
+        "ModelName": gen.model,
+        "ModelHash": gen.model_hash,
+        "Sampler": "dpmpp_2m",
+        "Scheduler": "karras",
+    }
     project = {"Version": 2, "Type": "TextToImage", "State": {"Modules": []}}
     api = comfy_simple_graph(gen)
     text = a1111_infotext(gen, version="StabilityMatrix 2.12").replace(gen.prompt, written, 1)
-    png = png_bytes(image, text=[("parameters-json", json.dumps(params)), ("smproj", json.dumps(project)),
-                                 ("prompt", json.dumps(api))])
-    return insert_png_chunks(png, [png_chunk(b"tEXt", b"parameters\x00" + text.encode("utf-8"))]), "png"
+    png = png_bytes(
+        image,
+        text=[
+            ("parameters-json", json.dumps(params)),
+            ("smproj", json.dumps(project)),
+            ("prompt", json.dumps(api)),
+        ],
+    )
+    return insert_png_chunks(
+        png, [png_chunk(b"tEXt", b"parameters\x00" + text.encode("utf-8"))]
+    ), "png"
 
 
 def write_ruined_fooocus_png(image: Image.Image, gen: Generation) -> tuple[bytes, str]:
     """RuinedFooocus: json.dumps of its record in the PNG `parameters` chunk."""
-    record = {"Prompt": gen.prompt, "Negative": gen.negative, "steps": gen.steps, "cfg": gen.cfg, "width": gen.width,
-              "height": gen.height, "seed": gen.seed, "sampler_name": "dpmpp_2m_sde_gpu", "scheduler": "karras",
-              "base_model_name": f"{gen.model}.safetensors", "base_model_hash": gen.model_hash[:8],
-              "loras": [["4852686128", f"{weight} - {name}"] for name, weight in gen.loras],
-              "start_step": 0, "denoise": None, "clip_skip": 1, "software": "RuinedFooocus"}
+    record = {
+        "Prompt": gen.prompt,
+        "Negative": gen.negative,
+        "steps": gen.steps,
+        "cfg": gen.cfg,
+        "width": gen.width,
+        "height": gen.height,
+        "seed": gen.seed,
+        "sampler_name": "dpmpp_2m_sde_gpu",
+        "scheduler": "karras",
+        "base_model_name": f"{gen.model}.safetensors",
+        "base_model_hash": gen.model_hash[:8],
+        "loras": [["4852686128", f"{weight} - {name}"] for name, weight in gen.loras],
+        "start_step": 0,
+        "denoise": None,
+        "clip_skip": 1,
+        "software": "RuinedFooocus",
+    }
     return png_bytes(image, text=[("parameters", json.dumps(record))]), "png"
