@@ -153,8 +153,8 @@ def vault_query_latency(
 ) -> dict:
     """Embedding in → k neighbours → their conditioning rows read from a Zarr text store →
     weighted mean."""
-    from luna_core.query import weighted_sum
-    from luna_core.storage import tree_bytes
+    from luna_core.ask.vault_query import weighted_sum
+    from luna_core.home.storage import tree_bytes
     from luna_core.vault.store import TEXT_LAYOUT, RowStore
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-vault-q-"))
@@ -183,7 +183,7 @@ def vault_query_latency(
     times = []
     for q in vectors[rng.choice(len(vectors), queries, replace=False)]:
         started = time.perf_counter()
-        with omp_threads(1):  # as Vault.nearest does
+        with omp_threads(1):  # as VaultQuery.nearest does
             sims, ids = index.search(q[None], k)
         weights = np.exp((sims[0] - sims[0].max()) / 0.05).astype(np.float32)
         weights /= weights.sum()

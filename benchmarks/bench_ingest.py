@@ -23,10 +23,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from luna_core.containers import probe_image
+from luna_core.containers.probe import probe_image
 from luna_core.errors import BadFileError
-from luna_core.ingest import IngestOptions, ingest
-from luna_core.metadata import parse_generation
+from luna_core.ingest.run import IngestOptions, ingest
+from luna_core.metadata.dispatch import parse_generation
 from luna_core.samples import make_sample_library
 
 

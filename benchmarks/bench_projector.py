@@ -64,9 +64,11 @@ def sdxl_width_figures() -> list[dict]:
 
 
 def tiny_quality(images: int) -> list[dict]:
+    from luna_core.ask.vault_query import VaultQuery
+    from luna_core.catalog.library_view import build_library
+    from luna_core.home.home import LunaHome
     from luna_core.index.build import update_index
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.library import build_library
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.models.profiles import resolve_profile
     from luna_core.projector.train import (
         TrainSettings,
@@ -75,9 +77,7 @@ def tiny_quality(images: int) -> list[dict]:
         losses,
         train_projector,
     )
-    from luna_core.query import Vault
     from luna_core.samples import make_sample_library
-    from luna_core.settings import LunaHome
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-projector-"))
@@ -103,7 +103,7 @@ def tiny_quality(images: int) -> list[dict]:
         )
 
     # The vault's k-NN answer for each val image, its own entry excluded, and the mean conditioning.
-    vault = Vault(home, profile)
+    vault = VaultQuery(home, profile)
     totals = {"knn": {}, "mean": {}}
     train = load_pairs(home, "train")
     mean_tokens = torch.zeros(stores.text.fields["prompt_embeds"])

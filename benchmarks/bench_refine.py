@@ -36,8 +36,8 @@ import torch
 from PIL import Image
 
 from luna_core.refine.batching import batching_table, budget_pass, lora_batching
+from luna_core.refine.options import SamplerSettings
 from luna_core.refine.sampler import SDXLSampler
-from luna_core.refine.settings import SamplerSettings
 
 
 def main() -> int:

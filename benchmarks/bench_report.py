@@ -55,10 +55,10 @@ def report_seconds(home_path: str, repeat: int = 3) -> tuple[float, int]:
     scored."""
     import numpy as np
 
+    from luna_core.home.home import LunaHome
     from luna_core.models.profiles import resolve_profile
     from luna_core.reports.evaluate import EvalSettings
     from luna_core.reports.report import ReportSettings, build_report
-    from luna_core.settings import LunaHome
 
     home = LunaHome.existing(home_path)
     profile = resolve_profile(home.model_profile(), home.models_dir)
@@ -116,7 +116,7 @@ def sole_copies(home) -> list[Path]:
 
 
 def latency(home_path: str) -> dict:
-    from luna_core.settings import LunaHome
+    from luna_core.home.home import LunaHome
 
     home = LunaHome.existing(home_path)
     ui_port, serve_port = free_port(), free_port()
@@ -202,8 +202,8 @@ def main() -> int:
         f"demo build at {args.images} images: {figures['demo_build_s']:.1f} s (goal <= 60 s)",
         flush=True,
     )
+    from luna_core.home.home import LunaHome
     from luna_core.reports.benchmark import latest_benchmark
-    from luna_core.settings import LunaHome
 
     figures["demo_benchmark_s"] = latest_benchmark(LunaHome.existing(demo_home))[1]["seconds"]
     seconds, scored = report_seconds(demo_home)

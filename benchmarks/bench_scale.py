@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 WORKER = textwrap.dedent("""
     import sys
     from luna_core.models.profiles import resolve_profile
-    from luna_core.settings import LunaHome
+    from luna_core.home.home import LunaHome
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
     from luna_core.vault.segments import Shard
     home = LunaHome.resolve(sys.argv[1])
@@ -175,11 +175,11 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.home.home import LunaHome
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.models.profiles import resolve_profile
     from luna_core.models.tiny import ensure_tiny_models
     from luna_core.samples import make_sample_library
-    from luna_core.settings import LunaHome
     from luna_core.vault.commits import commit_segments
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-scale-"))

@@ -5,7 +5,7 @@
     demo home first
 
 Prints p50/p99 of POST /condition for one crop and for a batch of 9 crops, the in-process
-`Vault.condition_crops` for the same crops, the service's overhead (p50 difference), and the time of
+`VaultQuery.condition_crops` for the same crops, the service's overhead (p50 difference), and the time of
 one `luna condition` process (start-up, model load, index open, answer).
 
 Then a load test on loopback, bounded in count: `--searches` POST /search from one client, then
@@ -159,10 +159,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    from luna_core.boxes import Box
+    from luna_core.ask.boxes import Box
+    from luna_core.ask.vault_query import VaultQuery, crop
+    from luna_core.home.home import LunaHome
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Vault, crop
-    from luna_core.settings import LunaHome
 
     if args.home is None:
         args.home = tempfile.mkdtemp(prefix="luna-bench-serve-")
@@ -173,7 +173,7 @@ def main() -> int:
         )
     home = LunaHome.existing(args.home)
     profile = resolve_profile(home.model_profile(), home.models_dir)
-    vault = Vault(home, profile)
+    vault = VaultQuery(home, profile)
     picture_path = Path(vault.index.lookup.column("path")[0].as_py())
     body = picture_path.read_bytes()
     from PIL import Image

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from luna_core.ingest import IngestOptions, ingest
+from luna_core.home.home import LunaHome
+from luna_core.ingest.run import IngestOptions, ingest
 from luna_core.prompts.encode import encode_many
 from luna_core.prompts.parsers import parse
 from luna_core.prompts.syntax import syntax_for
 from luna_core.samples import make_sample_library
-from luna_core.settings import LunaHome
 from luna_core.vault.codec import CODECS
 from luna_core.vault.segments import store_bytes
 from luna_core.vault.store import TEXT_LAYOUT, RowStore

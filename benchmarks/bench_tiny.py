@@ -149,8 +149,8 @@ def bench_vae(root: Path, count: int) -> None:
 def bench_unet(world: World, count: int, strength: float, steps: int) -> None:
     import torch
 
+    from luna_core.refine.options import SamplerSettings
     from luna_core.refine.sampler import ItemConditioning, SDXLSampler
-    from luna_core.refine.settings import SamplerSettings
 
     sampler = SDXLSampler(world.profile.sdxl_model, None, torch.device("cpu"), torch.float32)
     side = sampler.native_size

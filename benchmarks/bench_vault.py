@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from luna_core.ingest import IngestOptions, ingest
+from luna_core.home.home import LunaHome
+from luna_core.ingest.run import IngestOptions, ingest
 from luna_core.samples import make_sample_library
-from luna_core.settings import LunaHome
 
 VIT_H_14 = dict(
     hidden_size=1280,
@@ -144,7 +144,7 @@ def efficiency(args: argparse.Namespace) -> dict:
 
 
 def storage(args: argparse.Namespace) -> dict:
-    from luna_core.catalog import open_catalog
+    from luna_core.catalog.connection import open_catalog
     from luna_core.models.profiles import resolve_profile
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 

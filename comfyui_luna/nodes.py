@@ -22,12 +22,12 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import load
 
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
+from luna_core.ask.mixing import aligned, mix_side
 from luna_core.errors import NotBuiltError
-from luna_core.mixing import aligned, mix_side
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import resolve_profile
 from luna_core.refine.lora_files import lora_set
-from luna_core.settings import LunaHome
 
 DEFAULT_PROJECTOR = (
     "models:/luna-projector@champion"  # luna_core.projector.names; the pack loads without Luna
@@ -101,7 +101,7 @@ def _in_process(
     pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str
 ):
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.query import crop
+    from luna_core.ask.vault_query import crop
 
     state = _service(home, projector).state
     crops = [
@@ -252,10 +252,11 @@ class LunaProjectorConditioning(_CropConditioning):
 
 
 class LunaBlend:
-    """A typed CONDITIONING with the vault's, by luna_core.mixing's rule for one side: blend gives
-    (1 - alpha) * typed + alpha * vault (tokens and pooled); concat gives the typed tokens, then
-    the vault's, pooled from the typed. Mix the negative side with a second Luna Blend (typed
-    negative with the vault's negative). A typed batch of 1 is repeated over the vault's batch."""
+    """A typed CONDITIONING with the vault's, by luna_core.ask.mixing's rule for one side: blend
+    gives (1 - alpha) * typed + alpha * vault (tokens and pooled); concat gives the typed tokens,
+    then the vault's, pooled from the typed. Mix the negative side with a second Luna Blend
+    (typed negative with the vault's negative). A typed batch of 1 is repeated over the vault's
+    batch."""
 
     CATEGORY = "Luna"
     RETURN_TYPES = ("CONDITIONING",)
@@ -369,8 +370,8 @@ class LunaLoraStack:
 def _refiner(home: str, source: str, projector: str):
     """The home's Refiner (sampler, conditioner, LoRA folders), kept across executions."""
     # pulls torch in (about a second to import): only the commands that need it pay for it
+    from luna_core.refine.options import SourceSettings
     from luna_core.refine.refiner import Refiner
-    from luna_core.refine.settings import SourceSettings
 
     key = ("refiner", str(LunaHome.resolve(home or None).root), source, projector)
     with _cache_lock:
@@ -458,7 +459,7 @@ class LunaRefine:
         import torch
 
         # the refiner's settings pull no model in, but the pack keeps its own imports light
-        from luna_core.refine.settings import RefineOptions
+        from luna_core.refine.options import RefineOptions
 
         get = options.get
         given = {

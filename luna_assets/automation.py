@@ -7,7 +7,7 @@ import logging
 
 import dagster as dg
 
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
 
 AC = dg.AutomationCondition
 GPU_POOL = "gpu"  # every step that runs a model takes a slot (limit: GPUs found, 1 on a CPU)

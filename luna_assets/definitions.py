@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import dagster as dg
 
-from luna_assets.defs import DOMAINS
+from luna_assets.defs.catalog import definitions as catalog
+from luna_assets.defs.index import definitions as index
+from luna_assets.defs.ingest import definitions as ingest
+from luna_assets.defs.projector import definitions as projector
+from luna_assets.defs.refine import definitions as refine
+from luna_assets.defs.reports import definitions as reports
+from luna_assets.defs.vault import definitions as vault
 from luna_assets.executor import celery_broker, celery_executor_for
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_assets.runs import dead_run_monitor
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
 
 BUILD_ALL_JOB = "luna_build_all"
+DOMAINS = (ingest, vault, catalog, index, projector, refine, reports)
 
 # Declarative Automation needs a sensor to evaluate conditions; Dagster's implicit one starts
 # stopped. This one is on by default, so the vault follows every ingest without a click.

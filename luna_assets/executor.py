@@ -14,9 +14,9 @@ import logging
 import os
 import socket
 
-from luna_core.config import KEYS_BY_NAME
 from luna_core.errors import LunaConfigError
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
+from luna_core.home.settings import KEYS_BY_NAME
 
 BROKER = KEYS_BY_NAME["scale.celery_broker"]
 QUEUE = "dagster"

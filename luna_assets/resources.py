@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from luna_core.containers import ProbeLimits
-from luna_core.ingest import IngestOptions
+from luna_core.containers.probe import ProbeLimits
+from luna_core.home.home import LunaHome
+from luna_core.ingest.run import IngestOptions
 from luna_core.models.profiles import ModelProfile, resolve_profile
-from luna_core.settings import LunaHome
 from luna_core.vault.embed import EmbedOptions
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from luna_assets.executor import celery_app, celery_broker, reap_lost_steps
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
 
 DEAD_RUN_MONITOR = "dead_run_monitor"
 

@@ -11,20 +11,20 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from luna_cli.library import report_run, run_build_all
+from luna_cli.build import report_run, run_build_all
 from luna_cli.output import print_home_summary, print_neighbors
 from luna_cli.report import print_report
 from luna_cli.vault import open_vault
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
 from luna_core.errors import LunaConfigError
+from luna_core.home.home import LunaHome
 from luna_core.images import read_picture
 from luna_core.models.profiles import resolve_profile
 from luna_core.projector.names import DEFAULT_PROJECTOR
-from luna_core.refine.settings import RefineSettings, SamplerSettings, SourceSettings
+from luna_core.refine.options import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.samples import make_sample_library
-from luna_core.samples.library import LORA_NAMES
 from luna_core.samples.loras import write_sample_lora
-from luna_core.settings import LunaHome
+from luna_core.samples.sample_library import LORA_NAMES
 
 DEMO_MARKER = "sample_library.json"
 DEMO_IMAGES, DEMO_SIZE, DEMO_SEED, DEMO_PROFILE = (

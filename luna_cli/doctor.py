@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from luna_cli.library import report_run, run_build_all
-from luna_core.settings import LunaHome
+from luna_cli.build import report_run, run_build_all
+from luna_core.home.home import LunaHome
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 
@@ -16,7 +16,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     # Dagster takes about two seconds to import: only the commands that run the chain pay for it
     from luna_assets.runs import fail_dead_runs
-    from luna_core.doctor import Finding, diagnose
+    from luna_core.operations.doctor import Finding, diagnose
 
     home = LunaHome.existing(args.home)
     findings = diagnose(home)

@@ -7,11 +7,11 @@ import json
 import os
 from pathlib import Path
 
-from luna_core.containers import ProbeLimits
-from luna_core.filereader import IngestedFile, read_file
+from luna_core.containers.probe import ProbeLimits
+from luna_core.ingest.filereader import IngestedFile, read_file
+from luna_core.ingest.scan import FileEntry
 from luna_core.prompts.parsers import parse
 from luna_core.prompts.syntax import syntax_for
-from luna_core.scan import FileEntry
 
 FIELDS = (
     "generator",

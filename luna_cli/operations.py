@@ -8,9 +8,13 @@ import json
 import os
 
 from luna_assets.executor import celery_broker, run_worker
-from luna_core.instance import gpu_slots
-from luna_core.operations import ensure_database, mlflow_backend_uri, mlflow_server_command
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
+from luna_core.operations.dagster_instance import gpu_slots
+from luna_core.operations.mlflow_server import (
+    ensure_database,
+    mlflow_backend_uri,
+    mlflow_server_command,
+)
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from luna_core import catalog
+from luna_core.catalog import connection as catalog
+from luna_core.home.home import LunaHome
 from luna_core.index.store import IndexStore
-from luna_core.settings import LunaHome
 from luna_core.vault.segments import pending_manifests, store_bytes
 
 

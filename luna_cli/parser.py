@@ -6,10 +6,10 @@ import argparse
 
 from luna_assets.executor import WORKER_CONCURRENCY, WORKER_LOGLEVEL
 from luna_cli import (
+    build,
     demo,
     doctor,
     inspect,
-    library,
     operations,
     projector,
     refine,
@@ -18,12 +18,12 @@ from luna_cli import (
     tiny_world,
     vault,
 )
-from luna_core.config import LOCAL_HOST, MLFLOW_PORT, SERVE_PORT, UI_PORT
-from luna_core.containers import ProbeLimits
-from luna_core.ingest import IngestOptions
-from luna_core.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, MODES
+from luna_core.ask.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, MODES
+from luna_core.containers.probe import ProbeLimits
+from luna_core.home.settings import LOCAL_HOST, MLFLOW_PORT, SERVE_PORT, UI_PORT
+from luna_core.ingest.run import IngestOptions
 from luna_core.models.profiles import AUTO, PROFILES
-from luna_core.operations import MLFLOW_WORKERS
+from luna_core.operations.mlflow_server import MLFLOW_WORKERS
 from luna_core.projector.names import DEFAULT_PROJECTOR, REGISTERED_NAME
 
 HOME_HELP = "Luna home folder (default: $LUNA_HOME, else ./luna_home)"
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument(
         "--no-record", action="store_true", help="do not record the roots in the home's luna.toml"
     )
-    cmd.set_defaults(func=library.cmd_ingest)
+    cmd.set_defaults(func=build.cmd_ingest)
 
     cmd = sub.add_parser(
         "inspect", help="what Luna reads from image files (generator, prompt, settings, where)"
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--profile", choices=list(PROFILES), help="record and use this model profile")
-    cmd.set_defaults(func=library.cmd_build)
+    cmd.set_defaults(func=build.cmd_build)
 
     cmd = sub.add_parser(
         "search",
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("status", help="what the catalog holds, and what is quarantined and why")
     cmd.add_argument("--home", help=HOME_HELP)
-    cmd.set_defaults(func=library.cmd_status)
+    cmd.set_defaults(func=build.cmd_status)
 
     cmd = sub.add_parser(
         "ui",
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument(
         "--port", type=PORT, default=UI_PORT, help="port to listen on (default %(default)s)"
     )
-    cmd.set_defaults(func=library.cmd_ui)
+    cmd.set_defaults(func=build.cmd_ui)
 
     cmd = sub.add_parser(
         "mlflow-server", help="run the home's MLflow tracking server (registry and UI)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from luna_cli.output import print_table
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
 
 
 def cmd_projector_list(args: argparse.Namespace) -> int:

@@ -7,12 +7,13 @@ import argparse
 
 from tqdm.auto import tqdm
 
-from luna_core.boxes import Box, load_boxes
+from luna_core.ask.boxes import Box, load_boxes
 from luna_core.errors import QueryError
+from luna_core.home.home import LunaHome
 from luna_core.images import read_picture
 from luna_core.models.profiles import AUTO, resolve_profile
 from luna_core.refine.detections import read_detections
-from luna_core.refine.settings import (
+from luna_core.refine.options import (
     DEFAULT_LORA_CAP,
     SOURCES,
     RefineOptions,
@@ -20,7 +21,6 @@ from luna_core.refine.settings import (
     SamplerSettings,
     SourceSettings,
 )
-from luna_core.settings import LunaHome
 
 
 def settings_of(args: argparse.Namespace):

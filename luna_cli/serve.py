@@ -12,10 +12,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from luna_core.config import LOCAL_HOST
 from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.home.home import LunaHome
+from luna_core.home.settings import LOCAL_HOST
 from luna_core.models.profiles import resolve_profile
-from luna_core.settings import LunaHome
 
 
 def serve_workers(home: LunaHome) -> int:

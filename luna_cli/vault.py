@@ -8,19 +8,19 @@ import json
 
 from luna_cli.output import print_neighbors
 from luna_cli.serve import ask
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
 from luna_core.errors import QueryError
 from luna_core.files import write_atomically
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import resolve_profile
 from luna_core.projector.names import DEFAULT_PROJECTOR
-from luna_core.settings import LunaHome
 
 
 def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto"):
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.query import Vault
+    from luna_core.ask.vault_query import VaultQuery
 
-    return Vault(
+    return VaultQuery(
         home, resolve_profile(home.model_profile(profile), home.models_dir), device=device or "auto"
     )
 
@@ -36,7 +36,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     elif args.server:
         # pulls torch in (about a second to import): only the commands that need it pay for it
-        from luna_core.query import Neighbor
+        from luna_core.ask.vault_query import Neighbor
 
         answer = json.loads(
             ask(args.server, "/search", args.image, [("k", str(args.k)), ("box", args.box)])
@@ -59,7 +59,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_condition(args: argparse.Namespace) -> int:
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.query import check_inputs
+    from luna_core.ask.vault_query import check_inputs
 
     if args.server:
         return _condition_by_server(args)

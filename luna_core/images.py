@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from luna_core.containers import ProbeLimits
+from luna_core.containers.probe import ProbeLimits
 from luna_core.errors import LunaConfigError
 
 

@@ -38,7 +38,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from luna_core.browse import CatalogFilter, facets
+from luna_core.ask.browse import CatalogFilter, facets
+from luna_core.ask.mixing import PromptMix
+from luna_core.ask.thumbnails import thumbnail
 from luna_core.errors import (
     BadFileError,
     LunaConfigError,
@@ -48,8 +50,6 @@ from luna_core.errors import (
     QueryError,
 )
 from luna_core.images import PictureError
-from luna_core.mixing import PromptMix
-from luna_core.thumbnails import thumbnail
 from luna_service.service import LunaService
 from luna_service.service import Query as Ask
 
@@ -96,7 +96,7 @@ class SearchQuery(Filters):
 
 class ConditionQuery(SearchQuery):
     """What `POST /condition` asks, as query parameters (the image is the body); mixing:
-    luna_core.mixing."""
+    luna_core.ask.mixing."""
 
     source: str = "vault"
     prompt: str | None = None

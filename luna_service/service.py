@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from luna_core import browse
-from luna_core.boxes import Box
-from luna_core.containers import ProbeLimits
+from luna_core.ask import browse
+from luna_core.ask.boxes import Box
+from luna_core.ask.mixing import PromptMix
+from luna_core.ask.vault_query import DEFAULT_TEMPERATURE, QueryError, VaultQuery, crop
+from luna_core.containers.probe import ProbeLimits
 from luna_core.errors import CorruptStoreError, LunaError, NotBuiltError
+from luna_core.home.home import LunaHome
+from luna_core.home.storage import is_remote
 from luna_core.images import decode_picture, read_picture
 from luna_core.index.store import index_store
-from luna_core.mixing import PromptMix
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.registry import Registry, parse_model_uri
-from luna_core.query import DEFAULT_TEMPERATURE, QueryError, Vault, crop
-from luna_core.refine.settings import DEFAULT_PROJECTOR
-from luna_core.settings import LunaHome
-from luna_core.storage import is_remote
+from luna_core.refine.options import DEFAULT_PROJECTOR
 
 log = logging.getLogger("luna.serve")
 
@@ -46,7 +46,7 @@ ALIAS_CHECK_SECONDS = (
 class ServiceState:
     """What one request is answered from: swapped whole, never edited in place."""
 
-    vault: Vault
+    vault: VaultQuery
     index_version: int | None
     projector: tuple | None = None  # (model, config)
     projector_version: str | None = None
@@ -55,7 +55,7 @@ class ServiceState:
 
 @dataclass
 class Query:
-    """What a search or a conditioning asks besides the picture (see luna_core.mixing for the
+    """What a search or a conditioning asks besides the picture (see luna_core.ask.mixing for the
     mix)."""
 
     k: int = 5
@@ -94,7 +94,7 @@ class LunaService:
         self._refreshing = threading.Lock()  # one refresh at a time; requests never wait on it
         self._alias_checked = 0.0
         self._pointer_seen: tuple | None = None
-        self.state = ServiceState(Vault(home, profile, device=device), None)
+        self.state = ServiceState(VaultQuery(home, profile, device=device), None)
         self.refresh(force=True)
 
     # ------------------------------------------------------------ swapping
@@ -157,7 +157,7 @@ class LunaService:
             and projector_version == state.projector_version
         ):
             return
-        vault = Vault(self.home, self.profile, device=self.device)
+        vault = VaultQuery(self.home, self.profile, device=self.device)
         vault.adopt_encoders(state.vault)
         if version is not None:
             try:
@@ -223,7 +223,7 @@ class LunaService:
         boxes = [Box.parse(b) for b in ask.boxes]
         return [crop(picture, box, "") for box in boxes] or [picture], boxes or [None]
 
-    def _allow(self, vault: Vault, where: browse.CatalogFilter):
+    def _allow(self, vault: VaultQuery, where: browse.CatalogFilter):
         """The filter as a mask over the index's lookup rows (an index published before the lookup
         carried the details: asked of the catalog, candidate by candidate)."""
         if where.empty:
@@ -241,7 +241,7 @@ class LunaService:
 
         return ask_catalog
 
-    def _details(self, vault: Vault, neighbors: list) -> list[dict]:
+    def _details(self, vault: VaultQuery, neighbors: list) -> list[dict]:
         lookup = vault.index.lookup
         if browse.lookup_has_details(lookup):
             rows = vault.index.rows_for(np.array([n.image_id for n in neighbors], dtype=np.int64))

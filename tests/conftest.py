@@ -53,8 +53,8 @@ def tiny_models() -> Path:
 @pytest.fixture
 def tiny_home(tmp_path: Path, tiny_models: Path, sample_library: SampleLibrary):
     """A Luna home on the tiny profile with the sample library ingested."""
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.settings import LunaHome
+    from luna_core.home.home import LunaHome
+    from luna_core.ingest.run import IngestOptions, ingest
 
     home = LunaHome.resolve(tmp_path / "home").ensure()
     home.add_roots([sample_library.root])
@@ -66,7 +66,7 @@ def tiny_home(tmp_path: Path, tiny_models: Path, sample_library: SampleLibrary):
 @pytest.fixture
 def library_home(tiny_home):
     """(home, profile): tiny_home with both vault stores and the library view."""
-    from luna_core.library import build_library
+    from luna_core.catalog.library_view import build_library
     from luna_core.models.profiles import resolve_profile
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 

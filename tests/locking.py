@@ -46,7 +46,7 @@ def waits_then_gets(
             if log_text in record.getMessage():
                 waiting.set()
 
-    logger = logging.getLogger("luna_core.catalog")
+    logger = logging.getLogger("luna_core.catalog.connection")
     handler, level = Waiting(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

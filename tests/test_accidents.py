@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from luna_cli.main import main
-from luna_core.catalog import transaction
+from luna_core.catalog.connection import transaction
 
 
 def test_a_failed_commit_is_reported_not_hidden_by_the_rollback():
@@ -98,7 +98,7 @@ def test_a_killed_ingest_leaves_no_reader_process(sample_library, tmp_path):
     """SIGKILL an ingest while its reader processes work: they end with it (no orphan keeps
     reading)."""
     script = textwrap.dedent(f"""
-        from luna_core.ingest import IngestOptions, ingest
+        from luna_core.ingest.run import IngestOptions, ingest
         print("start", flush=True)
         ingest({str(tmp_path / "c.duckdb")!r}, [{str(sample_library.root)!r}],
                IngestOptions(workers=2, progress=False, batch_size=4, min_files_for_pool=0))
@@ -143,11 +143,11 @@ def test_a_second_build_of_a_home_waits_for_the_first(tmp_path):
     """Two builds of one home queue behind one lock, the second saying whom it waits for."""
     from locking import hold_in_child, waits_then_gets
 
-    from luna_core.catalog import held_lock
+    from luna_core.catalog.connection import held_lock
 
     lock = tmp_path / "home" / "build"
     holder = hold_in_child(
-        "from luna_core.catalog import held_lock\n", f"held_lock({str(lock)!r}, 'build')"
+        "from luna_core.catalog.connection import held_lock\n", f"held_lock({str(lock)!r}, 'build')"
     )
     try:
         logged, blocked, got_it = waits_then_gets(
@@ -226,7 +226,7 @@ def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
 def test_a_catalog_held_by_another_program_is_a_visible_wait_then_a_clear_error(tmp_path, caplog):
     import logging
 
-    from luna_core.catalog import open_catalog
+    from luna_core.catalog.connection import open_catalog
     from luna_core.errors import BusyError
 
     db = tmp_path / "c.duckdb"
@@ -249,7 +249,7 @@ def test_a_catalog_held_by_another_program_is_a_visible_wait_then_a_clear_error(
     )
     try:
         assert shell.stdout.readline().strip() == "open"
-        with caplog.at_level(logging.WARNING, logger="luna_core.catalog"):
+        with caplog.at_level(logging.WARNING, logger="luna_core.catalog.connection"):
             with pytest.raises(BusyError, match="in use by another process"):
                 with open_catalog(db, timeout_s=0.5):
                     pass

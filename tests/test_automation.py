@@ -15,8 +15,8 @@ from luna_assets.definitions import build_definitions
 from luna_assets.defs.catalog.assets import LUNA_CATALOG
 from luna_assets.defs.projector.assets import RETRAIN_SENSOR
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
+from luna_core.home.home import LunaHome
 from luna_core.samples import SampleLibrary, make_sample_library
-from luna_core.settings import LunaHome
 
 CHAIN = {"vision_embeddings", "text_conditionings", "luna_catalog", "faiss_index"}
 RUN_CONFIG = {
@@ -181,9 +181,9 @@ def test_a_build_in_progress_is_not_doubled_by_the_automation(
 def test_an_edit_in_place_retires_the_old_content_and_a_restored_file_is_revived(library_home):
     """Edited in place: the old content's generation, vision row and prompt rows leave; the orphan
     check passes by itself. Edit undone: the retired rows come back without embedding anything."""
+    from luna_core.catalog.library_view import build_library
     from luna_core.index.build import update_index
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.library import build_library
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.vault.checks import check_store
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
@@ -251,8 +251,8 @@ def test_an_ivf_index_leaves_departed_vectors_unanswered_then_rebuilds_past_the_
 
 
 def _ingest_and_build(home, profile):
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.library import build_library
+    from luna_core.catalog.library_view import build_library
+    from luna_core.ingest.run import IngestOptions, ingest
 
     ingest(home.catalog_path, home.roots(), IngestOptions(workers=1, progress=False))
     return build_library(home, profile)
@@ -261,8 +261,8 @@ def _ingest_and_build(home, profile):
 def test_the_retrain_policy_sensor_requests_the_projector_once_the_pairs_grew(
     projector_home: LunaHome, monkeypatch
 ):
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.library import build_library
+    from luna_core.catalog.library_view import build_library
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.models.profiles import resolve_profile
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 

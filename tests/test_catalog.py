@@ -8,8 +8,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from luna_core import catalog
-from luna_core.catalog import open_catalog
+from luna_core.catalog import connection as catalog
+from luna_core.catalog.connection import open_catalog
 from luna_core.errors import LunaConfigError
 
 
@@ -77,7 +77,7 @@ def test_a_missing_migration_is_a_clear_error_and_changes_nothing(tmp_path: Path
 
 
 def test_a_failed_library_build_leaves_no_half_assigned_ids(library_home, monkeypatch):
-    from luna_core import library
+    from luna_core.catalog import library_view as library
 
     home, profile = library_home
     with duckdb.connect(str(home.catalog_path)) as con:

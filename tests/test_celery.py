@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
 from luna_core.vault.segments import open_vision_store
 from tests.services import Service, free_port, unavailable
 
@@ -103,8 +103,8 @@ def redis_url():
 def sharded_home(tmp_path, tiny_models, sample_library, redis_url):
     """An ingested tiny home with 4 vault shards, its steps on Celery, two gpu slots (one per
     worker)."""
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.scan import fingerprint_roots
+    from luna_core.ingest.run import IngestOptions, ingest
+    from luna_core.ingest.scan import fingerprint_roots
 
     home = LunaHome.resolve(tmp_path / "home")
     home.root.mkdir()
@@ -214,7 +214,7 @@ def test_a_backfill_of_every_shard_on_two_celery_workers_survives_losing_one(
 
     from luna_assets.defs.catalog.assets import luna_catalog
     from luna_assets.executor import celery_app, celery_broker, reap_lost_steps
-    from luna_core.catalog import open_catalog
+    from luna_core.catalog.connection import open_catalog
     from luna_core.models.profiles import resolve_profile
     from luna_core.vault.checks import check_store
     from luna_core.vault.segments import Shard, shard_keys
@@ -326,8 +326,8 @@ def test_a_backfill_of_every_shard_on_two_celery_workers_survives_losing_one(
 
 
 def _assert_same_vectors_as_one_store(home, profile, tmp_path, tiny_models, sample_library):
-    from luna_core.catalog import open_catalog
-    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.catalog.connection import open_catalog
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.vault.embed import EmbedOptions, embed_images
 
     single = LunaHome.resolve(tmp_path / "single").ensure()

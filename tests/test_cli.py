@@ -124,7 +124,7 @@ def test_build_names_the_root_cause_and_fails_on_failed_checks(
 
     from luna_assets.defs.vault.assets import vision_embeddings
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
-    from luna_cli.library import report_run
+    from luna_cli.build import report_run
 
     home, profile = library_home
     resources = {"luna": LunaHomeResource(home=str(home.root)), "models": LunaModelsResource()}
@@ -260,7 +260,7 @@ def test_the_cli_restates_no_default():
                         )
     assert literals == []
     from luna_cli.parser import build_parser
-    from luna_core.refine.settings import SamplerSettings
+    from luna_core.refine.options import SamplerSettings
 
     refine = build_parser().parse_args(["refine", "x.png", "--out", "y.png"])
     assert (refine.steps, refine.strength, refine.batch_size) == (

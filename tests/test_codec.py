@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from luna_core.errors import CorruptStoreError, LunaConfigError
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import resolve_profile
-from luna_core.settings import LunaHome
 from luna_core.vault.checks import check_store
 from luna_core.vault.codec import decode_int8, encode_int8
 from luna_core.vault.embed import EmbedOptions, embed_prompts

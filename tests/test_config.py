@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import luna_core.config as config
-from luna_core.config import KEYS, KEYS_BY_NAME, Settings
+import luna_core.home.settings as config
 from luna_core.errors import LunaConfigError
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
+from luna_core.home.settings import KEYS, KEYS_BY_NAME, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_every_luna_variable_is_named_in_the_one_table():
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):
                     for name in re.findall(r"^(LUNA_[A-Z_]+)$", node.value):
                         found.setdefault(name, []).append(str(path.relative_to(ROOT)))
-    assert found == {}, f"$LUNA_* names outside luna_core/config.py: {found}"
+    assert found == {}, f"$LUNA_* names outside luna_core/home/settings.py: {found}"
     assert len(names) == len(KEYS)
 
 

@@ -7,7 +7,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from luna_core.containers import (
+from luna_core.containers.probe import (
     ProbeLimits,
     decode_user_comment,
     parse_exif,
@@ -15,7 +15,7 @@ from luna_core.containers import (
     probe_image,
 )
 from luna_core.errors import BadFileError
-from luna_core.samples.writers import (
+from luna_core.samples.writers.registry import (
     ascii_tag,
     insert_png_chunks,
     jpeg_bytes,
@@ -87,7 +87,7 @@ def test_truncated_png_is_refused(cut):
 
 
 def test_decompression_bomb_is_refused_from_the_header_alone():
-    from luna_core.samples.library import _png_1bit
+    from luna_core.samples.sample_library import _png_1bit
 
     with pytest.raises(BadFileError) as err:
         probe_image(_png_1bit(20000, 20000))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
 from luna_core.metadata.record import Lora
 from luna_core.refine.detections import DetectionsError, read_detections, rle_counts
 

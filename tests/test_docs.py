@@ -147,8 +147,8 @@ def _sample_loras(folder: Path, tiny_models) -> None:
     from diffusers import UNet2DConditionModel
 
     from luna_core.models.profiles import tiny_profile
-    from luna_core.samples.library import LORA_NAMES
     from luna_core.samples.loras import write_sample_lora
+    from luna_core.samples.sample_library import LORA_NAMES
 
     unet = UNet2DConditionModel.from_pretrained(
         tiny_profile(tiny_models).sdxl_model, subfolder="unet"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 
 from luna_cli.main import main
-from luna_core.doctor import diagnose
 from luna_core.index.store import IndexStore
 from luna_core.models.profiles import resolve_profile
+from luna_core.operations.doctor import diagnose
 
 
 def test_doctor_finds_each_accident_and_repairs_the_home(projector_home, capsys):

@@ -8,14 +8,15 @@ import random
 
 import pytest
 
-from luna_core.containers import probe_image
 from luna_core.containers.base import undo_double_encoding
-from luna_core.metadata import parse_generation
+from luna_core.containers.probe import probe_image
 from luna_core.metadata.audit import audit_prompts
 from luna_core.metadata.civitai import parse_air
+from luna_core.metadata.dispatch import parse_generation
 from luna_core.metadata.invokeai import parse_dream, parse_sd_metadata
 from luna_core.samples.pictures import PromptSpec
-from luna_core.samples.writers import (
+from luna_core.samples.writers.encoded import civitai_generator_record
+from luna_core.samples.writers.registry import (
     FORMATS,
     Generation,
     comfy_expansion_graph,
@@ -25,7 +26,6 @@ from luna_core.samples.writers import (
     png_chunk,
     write_comfy_llm_expanded_png,
 )
-from luna_core.samples.writers.encoded import civitai_generator_record
 from tests.test_metadata_formats import (
     GEN,
     PICTURE,
@@ -387,7 +387,7 @@ def test_hostile_metadata_is_recorded_with_a_reason_and_never_becomes_a_prompt(c
 
 
 def test_odd_length_utf16_user_comment_is_read_without_crashing():
-    from luna_core.samples.writers import jpeg_bytes, tiff_block
+    from luna_core.samples.writers.registry import jpeg_bytes, tiff_block
 
     text = (
         json.dumps(civitai_generator_record(GEN)).encode("utf-16-be") + b"\x7b"
@@ -400,7 +400,7 @@ def test_odd_length_utf16_user_comment_is_read_without_crashing():
 
 
 def test_the_catalog_check_finds_leaked_text(tmp_path):
-    from luna_core.catalog import open_catalog
+    from luna_core.catalog.connection import open_catalog
 
     catalog = tmp_path / "catalog.duckdb"
     with open_catalog(catalog) as con:

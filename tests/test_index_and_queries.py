@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
+from luna_core.ask.vault_query import QueryError, VaultQuery, load_image
+from luna_core.catalog.library_view import build_library
 from luna_core.index.build import update_index
 from luna_core.index.faiss_index import (
     GIB,
@@ -27,9 +29,7 @@ from luna_core.index.faiss_index import (
     probing_every_list,
 )
 from luna_core.index.store import IndexStore, load_index
-from luna_core.library import build_library
 from luna_core.models.profiles import resolve_profile
-from luna_core.query import QueryError, Vault, load_image
 from luna_core.vault.segments import open_vision_store
 
 
@@ -176,9 +176,9 @@ def test_index_follows_the_library_incrementally(indexed_home, sample_library):
     again = update_index(indexed_home, profile)
     assert again.action == "unchanged"
 
-    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.samples.pictures import PromptSpec, draw_picture
-    from luna_core.samples.writers import Generation, write_a1111_png
+    from luna_core.samples.writers.registry import Generation, write_a1111_png
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
     spec = PromptSpec("boat", "yellow", "desert", "new style", "")
@@ -220,7 +220,7 @@ def test_ids_and_splits_never_change(indexed_home):
 
 def test_search_finds_the_image_itself_first(indexed_home, sample_library):
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    vault = Vault(indexed_home, profile)
+    vault = VaultQuery(indexed_home, profile)
     target = sample_library.images[4].path
     neighbors = vault.search(target, k=3)
     assert neighbors[0].similarity > 0.9999
@@ -242,7 +242,7 @@ def test_text_search_finds_pictures_by_their_words_where_the_spaces_are_shared(
     from luna_cli.main import main
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    vault = Vault(indexed_home, profile)
+    vault = VaultQuery(indexed_home, profile)
     with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
         prompts = [
             p
@@ -289,7 +289,7 @@ def test_text_search_finds_pictures_by_their_words_where_the_spaces_are_shared(
     assert main(["search", "--home", str(indexed_home.root)]) == 2
     assert "an image or --text" in capsys.readouterr().err
     with pytest.raises(QueryError, match="different CLIP models"):
-        Vault(indexed_home, replace(profile, shared_space=False)).search_text("a red cat")
+        VaultQuery(indexed_home, replace(profile, shared_space=False)).search_text("a red cat")
 
 
 def test_an_index_past_its_ram_copy_reranks_from_the_vault_rows(indexed_home, sample_library):
@@ -305,7 +305,7 @@ def test_an_index_past_its_ram_copy_reranks_from_the_vault_rows(indexed_home, sa
         and report.meta["search_params"]["rerank"] == "vault"
     )
     assert report.meta["recall_at_10"] >= 0.9
-    vault = Vault(indexed_home, profile)
+    vault = VaultQuery(indexed_home, profile)
     target = sample_library.images[4].path
     query = vault.embed(load_image(target))
     neighbors = vault.search(target, k=5)
@@ -328,7 +328,7 @@ def test_conditioning_is_the_weighted_mean_of_neighbour_rows(indexed_home, sampl
     import zarr
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    vault = Vault(indexed_home, profile)
+    vault = VaultQuery(indexed_home, profile)
     answer = vault.condition(sample_library.images[0].path, Box(8, 8, 64, 64), k=4)
     assert answer.prompt_embeds.shape == (1, 77, 96) and answer.pooled_prompt_embeds.shape == (
         1,
@@ -367,7 +367,7 @@ def test_conditioning_file_drives_the_sdxl_img2img_pipeline_unchanged(
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     out = (
-        Vault(indexed_home, profile)
+        VaultQuery(indexed_home, profile)
         .condition(sample_library.images[2].path, k=3)
         .save(tmp_path / "c.safetensors")
     )
@@ -399,7 +399,7 @@ def test_conditioning_file_drives_the_sdxl_img2img_pipeline_unchanged(
 def test_bad_query_files(indexed_home, tmp_path, make, message):
     from luna_core.images import PictureError
 
-    vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
+    vault = VaultQuery(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
     with pytest.raises(PictureError, match=message):
         vault.search(make(tmp_path))
 
@@ -416,7 +416,7 @@ def test_bad_query_files(indexed_home, tmp_path, make, message):
     ],
 )
 def test_bad_boxes_and_k(indexed_home, sample_library, box, k, message):
-    vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
+    vault = VaultQuery(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
     with pytest.raises(QueryError, match=message):
         vault.search(sample_library.images[0].path, Box.parse(box) if box else None, k=k)
 
@@ -431,14 +431,14 @@ def test_missing_corrupted_and_foreign_indexes_are_refused(indexed_home, sample_
     meta = json.loads(version.meta_file.read_text())
     version.meta_file.write_text(json.dumps({**meta, "vision_key": "someone-else@main"}))
     with pytest.raises(QueryError, match="built with vision model someone-else"):
-        Vault(indexed_home, profile).search(image)
+        VaultQuery(indexed_home, profile).search(image)
     version.meta_file.write_text(json.dumps(meta))
     version.index_file.write_bytes(version.index_file.read_bytes()[:100])
     with pytest.raises(CorruptStoreError, match="corrupted"):
-        Vault(indexed_home, profile).search(image)
+        VaultQuery(indexed_home, profile).search(image)
     shutil.rmtree(store.root)
     with pytest.raises(NotBuiltError, match="no index"):
-        Vault(indexed_home, profile).search(image)
+        VaultQuery(indexed_home, profile).search(image)
 
 
 def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_home, sample_library):
@@ -451,7 +451,7 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
             "-c",
             textwrap.dedent(f"""
         import sys
-        from luna_core.catalog import open_catalog
+        from luna_core.catalog.connection import open_catalog
         with open_catalog({str(indexed_home.catalog_path)!r}) as con:
             print("held", flush=True)
             sys.stdin.readline()  # until the test says release
@@ -470,12 +470,12 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
                 "-c",
                 textwrap.dedent(f"""
             from luna_core.models.profiles import resolve_profile
-            from luna_core.settings import LunaHome
-            from luna_core.query import Vault
+            from luna_core.home.home import LunaHome
+            from luna_core.ask.vault_query import VaultQuery
             home = LunaHome.resolve({str(indexed_home.root)!r})
             profile = resolve_profile("tiny", home.models_dir)
             for _ in range(5):
-                answer = Vault(home, profile).condition({str(sample_library.images[0].path)!r}, k=3)
+                answer = VaultQuery(home, profile).condition({str(sample_library.images[0].path)!r}, k=3)
                 assert answer.prompt_embeds.shape == (1, 77, 96)
             print("ok")
         """),
@@ -497,7 +497,7 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
     def keep_querying():
         while not stop.is_set():
             try:
-                Vault(indexed_home, profile).search(sample_library.images[1].path, k=2)
+                VaultQuery(indexed_home, profile).search(sample_library.images[1].path, k=2)
             except Exception as exc:  # noqa: BLE001 - any failure is the finding
                 errors.append(exc)
 
@@ -535,7 +535,7 @@ def test_an_image_that_leaves_and_returns_is_indexed_once(indexed_home):
 
 def test_a_moved_file_and_prompts_encoded_later_republish_the_lookup(indexed_home, sample_library):
     """No new vectors, but what the lookup holds changed: it is republished, never left stale."""
-    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.vault.embed import EmbedOptions, embed_prompts
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
@@ -611,10 +611,10 @@ def test_a_query_that_loses_many_neighbours_searches_deeper(indexed_home, sample
     assert report.action == "refreshed" and report.meta["retired_vectors"] > 20, (
         "gone images are still in the index"
     )
-    found = Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
+    found = VaultQuery(indexed_home, profile).search(sample_library.images[0].path, k=3)
     assert sorted(n.path for n in found) == sorted(kept)
     with pytest.raises(QueryError, match="larger than the library"):
-        Vault(indexed_home, profile).search(sample_library.images[0].path, k=4)
+        VaultQuery(indexed_home, profile).search(sample_library.images[0].path, k=4)
 
 
 def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(
@@ -629,7 +629,7 @@ def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(
     store = IndexStore(indexed_home.index_dir(profile))
     first = store.current()
     expected = [
-        n.path for n in Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
+        n.path for n in VaultQuery(indexed_home, profile).search(sample_library.images[0].path, k=3)
     ]
 
     def damage(version) -> None:
@@ -639,11 +639,11 @@ def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(
 
     damage(first)
     with pytest.raises(CorruptStoreError, match="corrupted"):
-        Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
+        VaultQuery(indexed_home, profile).search(sample_library.images[0].path, k=3)
     rebuilt = update_index(indexed_home, profile)
     assert rebuilt.action == "built" and "damaged" in rebuilt.reason
     assert [
-        n.path for n in Vault(indexed_home, profile).search(sample_library.images[0].path, k=3)
+        n.path for n in VaultQuery(indexed_home, profile).search(sample_library.images[0].path, k=3)
     ] == expected
 
     with duckdb.connect(
@@ -653,7 +653,7 @@ def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(
     build_library(indexed_home, profile)
     assert update_index(indexed_home, profile).action == "refreshed"
     damage(store.current())
-    vault = Vault(indexed_home, profile)
+    vault = VaultQuery(indexed_home, profile)
     assert [n.path for n in vault.search(sample_library.images[0].path, k=3)] == expected
     assert vault.index.fell_back_from == store.current().number, (
         "served by the previous good version"
@@ -663,17 +663,17 @@ def test_a_damaged_index_is_never_served_and_the_next_build_replaces_it(
 def test_a_copied_home_answers_from_its_own_files(projector_home, sample_library, tmp_path):
     """Build, copy the home, damage the original: the copy still answers (vault and projector) from
     its own stores, index and checkpoints; nothing inside it points back at the original."""
-    from luna_core.settings import LunaHome
+    from luna_core.home.home import LunaHome
 
     profile = resolve_profile("tiny", projector_home.models_dir)
     image = sample_library.images[0].path
-    expected = Vault(projector_home, profile).condition(image, k=3).prompt_embeds
+    expected = VaultQuery(projector_home, profile).condition(image, k=3).prompt_embeds
     copy = LunaHome.resolve(tmp_path / "copy")
     shutil.copytree(projector_home.root, copy.root, symlinks=True)
     shutil.rmtree(projector_home.vault_dir)
     shutil.rmtree(projector_home.index_root)
     shutil.rmtree(projector_home.mlflow_dir / "artifacts")
-    vault = Vault(copy, profile)
+    vault = VaultQuery(copy, profile)
     np.testing.assert_array_equal(vault.condition(image, k=3).prompt_embeds, expected)
     answer = vault.condition_with_projector(image, "models:/luna-projector@champion")
     assert answer.prompt_embeds.shape == (1, 77, 96)

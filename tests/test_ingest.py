@@ -11,10 +11,10 @@ from pathlib import Path
 
 import duckdb
 
-from luna_core.filereader import read_file
-from luna_core.ingest import IngestOptions, ingest
+from luna_core.ingest.filereader import read_file
+from luna_core.ingest.run import IngestOptions, ingest
+from luna_core.ingest.scan import FileEntry
 from luna_core.samples import SampleLibrary
-from luna_core.scan import FileEntry
 
 INLINE = IngestOptions(workers=1, progress=False)
 
@@ -239,7 +239,7 @@ def test_unreadable_file_is_quarantined(sample_library: SampleLibrary, tmp_path:
     secret.chmod(0)
     db = tmp_path / "catalog.duckdb"
     script = (
-        f"from luna_core.ingest import ingest, IngestOptions; "
+        f"from luna_core.ingest.run import ingest, IngestOptions; "
         f"ingest({str(db)!r}, [{str(sample_library.root)!r}], IngestOptions(workers=1, "
         "progress=False))"
     )
@@ -259,7 +259,7 @@ def test_killed_ingest_keeps_committed_batches_and_the_rerun_completes(
     db = tmp_path / "catalog.duckdb"
     script = textwrap.dedent(f"""
         import os, signal
-        from luna_core.ingest import ingest, IngestOptions
+        from luna_core.ingest.run import ingest, IngestOptions
         def crash(done, total):
             if done >= 12:
                 os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real crash

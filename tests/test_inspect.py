@@ -10,7 +10,7 @@ from PIL import Image
 
 from luna_cli.main import main
 from luna_core.samples.pictures import PromptSpec
-from luna_core.samples.writers import (
+from luna_core.samples.writers.registry import (
     Generation,
     strip_png_text,
     write_a1111_stealth_png,

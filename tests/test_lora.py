@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
 from luna_core.errors import LunaConfigError
 from luna_core.metadata.record import Lora
 from luna_core.models.profiles import tiny_profile
@@ -27,8 +27,8 @@ from luna_core.refine.lora_files import (
     parse_lora_hashes,
     tensor_data_hash,
 )
+from luna_core.refine.options import SamplerSettings
 from luna_core.refine.sampler import ItemConditioning, SDXLSampler
-from luna_core.refine.settings import SamplerSettings
 from luna_core.samples.loras import write_sample_lora
 from tests.refine_items import random_items
 
@@ -288,7 +288,7 @@ def test_lora_sets_parse_merge_and_come_from_the_neighbours():
 def lora_home(indexed_home, sampler):
     """indexed_home with the sample library's LoRAs (`<lora:…>` names) in loras/, found through
     lora_dirs."""
-    from luna_core.samples.library import LORA_NAMES
+    from luna_core.samples.sample_library import LORA_NAMES
 
     for seed, name in enumerate(LORA_NAMES):
         write_sample_lora(
@@ -309,8 +309,8 @@ def test_refiner_batched_equals_sequential_with_loras_pieces_and_per_block(
     from luna_core.images import read_picture
     from luna_core.models.profiles import resolve_profile
     from luna_core.refine.detections import Detection
+    from luna_core.refine.options import RefineSettings, SourceSettings
     from luna_core.refine.refiner import Refiner
-    from luna_core.refine.settings import RefineSettings, SourceSettings
 
     refiner = Refiner(
         lora_home,

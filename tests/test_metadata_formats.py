@@ -9,12 +9,12 @@ import random
 import pytest
 from PIL import Image
 
-from luna_core.containers import probe_image
-from luna_core.metadata import parse_generation
+from luna_core.containers.probe import probe_image
 from luna_core.metadata.a1111 import parse_a1111, parse_settings_line
 from luna_core.metadata.comfyui import parse_comfyui
+from luna_core.metadata.dispatch import parse_generation
 from luna_core.samples.pictures import PromptSpec
-from luna_core.samples.writers import (
+from luna_core.samples.writers.registry import (
     FORMATS,
     SOURCES,
     Generation,
@@ -354,7 +354,7 @@ def test_japanese_and_emoji_prompts_survive_every_writer(name, writer):
 
 
 def test_newer_graphs_resolve_encoders_concatenation_contexts_and_switches():
-    from luna_core.samples.writers import write_comfy_flux_png, write_comfy_rgthree_png
+    from luna_core.samples.writers.registry import write_comfy_flux_png, write_comfy_rgthree_png
 
     flux = parsed(write_comfy_flux_png)
     assert (flux.sampler, flux.scheduler, flux.model) == (
@@ -373,7 +373,7 @@ def test_newer_graphs_resolve_encoders_concatenation_contexts_and_switches():
 
 
 def test_a_comfy_save_node_s_text_fills_what_the_graph_does_not_say():
-    from luna_core.samples.writers import write_image_saver_png
+    from luna_core.samples.writers.registry import write_image_saver_png
 
     record = parsed(write_image_saver_png)
     assert record.generator == "ComfyUI" and record.source == "comfy:prompt"
@@ -382,7 +382,7 @@ def test_a_comfy_save_node_s_text_fills_what_the_graph_does_not_say():
 
 
 def test_civitai_resources_name_the_checkpoint_and_the_loras():
-    from luna_core.samples.writers import write_civitai_jpeg
+    from luna_core.samples.writers.registry import write_civitai_jpeg
 
     record = parsed(write_civitai_jpeg)
     assert record.model == GEN.model and [(lora.name, lora.weight) for lora in record.loras] == [
@@ -412,8 +412,8 @@ def test_stealth_metadata_survives_a_site_that_strips_the_text_chunks(writer_nam
 
 
 def test_stealth_is_read_only_from_an_alpha_channel_with_nothing_else_and_is_bounded():
-    from luna_core.containers import ProbeLimits
-    from luna_core.samples.writers import a1111_infotext, hide_in_alpha
+    from luna_core.containers.probe import ProbeLimits
+    from luna_core.samples.writers.registry import a1111_infotext, hide_in_alpha
 
     hidden = hide_in_alpha(Image.new("RGBA", (160, 160), (10, 20, 30, 255)), a1111_infotext(GEN))
     assert "stealth:alpha" in probe_image(png_bytes(hidden)).items
@@ -431,7 +431,7 @@ def test_a1111_text_in_a_jpeg_comment_or_an_xmp_description_is_read_and_says_whe
     import io
     from xml.sax.saxutils import escape
 
-    from luna_core.samples.writers import a1111_infotext, webp_bytes
+    from luna_core.samples.writers.registry import a1111_infotext, webp_bytes
 
     out = io.BytesIO()
     PICTURE.save(out, "JPEG", comment=a1111_infotext(GEN).encode("utf-8"))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from luna_core.boxes import Box, BoxError, load_boxes
+from luna_core.ask.boxes import Box, BoxError, load_boxes
+from luna_core.ask.mixing import MODES, Parts, PromptMix, mix, mix_side, typed_parts
 from luna_core.errors import QueryError
-from luna_core.mixing import MODES, Parts, PromptMix, mix, mix_side, typed_parts
 
 rng = np.random.default_rng(0)
 
@@ -75,7 +75,7 @@ def test_the_comfyui_node_mixes_as_the_core_does(mode):
 
 
 def test_bad_modes_and_shares_are_query_errors():
-    from luna_core.mixing import check_mix
+    from luna_core.ask.mixing import check_mix
 
     with pytest.raises(QueryError, match="not one of replace, blend, concat"):
         check_mix("average", 0.5, "a cat")
@@ -102,13 +102,13 @@ def test_one_box_type_and_parser(tmp_path):
 def test_the_vault_and_the_refiner_blend_alike(indexed_home):
     from PIL import Image
 
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Vault
     from luna_core.refine.conditioning import Conditioner
-    from luna_core.refine.settings import SourceSettings
+    from luna_core.refine.options import SourceSettings
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    vault = Vault(indexed_home, profile)
+    vault = VaultQuery(indexed_home, profile)
     image = sorted(Path(indexed_home.roots()[0]).rglob("*_a1111_png.png"))[0]
     crops = [
         Image.open(image).convert("RGB").crop((0, 0, 48, 48)),
@@ -131,7 +131,7 @@ def test_the_vault_and_the_refiner_blend_alike(indexed_home):
 
 
 def test_conditionings_of_different_lengths_meet_by_repetition():
-    from luna_core.mixing import aligned, common_length, repeat_to
+    from luna_core.ask.mixing import aligned, common_length, repeat_to
 
     one, two, three = (
         np.arange(77 * c * 2, dtype=np.float32).reshape(77 * c, 2) for c in (1, 2, 3)
@@ -153,15 +153,15 @@ def test_conditionings_of_different_lengths_meet_by_repetition():
 def test_a_long_prompt_s_neighbour_answers_with_every_chunk(indexed_home):
     import duckdb
 
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Vault
 
     with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
         found = con.execute("""SELECT image_id, vision_row, prompt_row, prompt_chunks FROM library
                                WHERE prompt_chunks > 1 ORDER BY image_id LIMIT 1""").fetchone()
     assert found, "the sample library holds prompts longer than one chunk"
     image_id, vision_row, prompt_row, chunks = found
-    vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
+    vault = VaultQuery(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
     from luna_core.vault.segments import open_vision_store
 
     embedding = open_vision_store(indexed_home, vault.profile).read(
@@ -178,10 +178,10 @@ def test_a_long_prompt_s_neighbour_answers_with_every_chunk(indexed_home):
 
 
 def test_a_typed_prompt_is_read_by_the_prompt_syntax_setting(indexed_home, monkeypatch):
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Vault
 
-    vault = Vault(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
+    vault = VaultQuery(indexed_home, resolve_profile("tiny", indexed_home.models_dir))
     weighted, _ = vault.encode_prompt("a (red:1.5) fox")
     literal, _ = vault.encode_prompt("a (red:1.5) fox", "literal")
     assert weighted.shape == literal.shape == (77, 96) and not np.allclose(weighted, literal)

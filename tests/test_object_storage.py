@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
 from tests.services import Service, free_port, unavailable
 
 BUCKET = "luna-test"
@@ -76,8 +76,8 @@ def test_partitioned_vault_index_and_artifacts_live_on_object_storage(
     from luna_assets.defs.index.assets import FAISS_INDEX
     from luna_assets.defs.projector.assets import PROJECTOR
     from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Vault
     from luna_core.vault.checks import check_store
     from luna_core.vault.segments import shard_keys
 
@@ -119,15 +119,15 @@ def test_partitioned_vault_index_and_artifacts_live_on_object_storage(
     # Queries read the index (a verified local copy) and the vault's rows from S3: the disk home's
     # answers.
     image = sample_library.files[0].path
+    from luna_core.catalog.library_view import build_library
     from luna_core.index.build import update_index
-    from luna_core.library import build_library
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
     embed_images(local, profile, EmbedOptions(progress=False))
     embed_prompts(local, profile, EmbedOptions(progress=False))
     build_library(local, profile)
     update_index(local, profile)
-    ours, theirs = Vault(home, profile), Vault(local, profile)
+    ours, theirs = VaultQuery(home, profile), VaultQuery(local, profile)
     assert [n.path for n in ours.search(image, k=5)] == [n.path for n in theirs.search(image, k=5)]
     a, b = ours.condition(image, k=3), theirs.condition(image, k=3)
     np.testing.assert_allclose(a.prompt_embeds, b.prompt_embeds, atol=1e-3)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
 from tests.services import Chromium, PostgresServer, Service, free_port
 
 LUNA = str(Path(sys.executable).with_name("luna"))
@@ -67,8 +67,8 @@ def postgres():
 def running(tmp_path_factory, tiny_models, sample_library_master, postgres):
     """A home whose instance lives in PostgreSQL, with its MLflow server and `luna ui` running; the
     library is ingested and its fingerprint recorded, as `luna ingest` leaves it."""
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.scan import fingerprint_roots
+    from luna_core.ingest.run import IngestOptions, ingest
+    from luna_core.ingest.scan import fingerprint_roots
 
     base = tmp_path_factory.mktemp("operations")
     library = base / "library"
@@ -397,7 +397,7 @@ def test_an_unreachable_postgres_is_one_clear_line(tmp_path, capsys):
 
 def test_a_bad_postgres_url_names_itself(tmp_path):
     from luna_core.errors import LunaConfigError
-    from luna_core.operations import database_beside
+    from luna_core.operations.mlflow_server import database_beside
 
     assert (
         database_beside("postgresql://luna@h:5/luna")

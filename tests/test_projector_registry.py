@@ -345,12 +345,12 @@ def test_projectors_at_a_configured_tracking_uri_are_reachable_from_the_cli(
 
 
 def test_projector_answers_check_their_inputs_like_the_vault(trained):
-    from luna_core.query import QueryError, Vault
+    from luna_core.ask.vault_query import QueryError, VaultQuery
 
     home, profile, good, score = trained
     register(Registry(home), good, profile, score)
     image = next(Path(home.roots()[0]).rglob("*_a1111_png.png"))
-    vault = Vault(home, profile)
+    vault = VaultQuery(home, profile)
     for alpha in (2.0, -0.1, float("nan")):
         with pytest.raises(QueryError, match="alpha"):
             vault.condition_with_projector(

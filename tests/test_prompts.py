@@ -249,7 +249,7 @@ def test_a_writers_syntax_can_be_overridden_and_reaches_earlier_generations(tiny
     import duckdb
 
     from luna_core.errors import LunaConfigError
-    from luna_core.ingest import IngestOptions, ingest
+    from luna_core.ingest.run import IngestOptions, ingest
 
     def syntaxes() -> dict:
         with duckdb.connect(str(tiny_home.catalog_path), read_only=True) as con:

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from luna_core.boxes import Box, BoxError, load_boxes
+from luna_core.ask.boxes import Box, BoxError, load_boxes
 from luna_core.errors import NotBuiltError
 from luna_core.models.profiles import resolve_profile, tiny_profile
 from luna_core.refine.geometry import RefineInputError, chess_tiles, detail_crops, feather_mask
+from luna_core.refine.options import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.refine.refiner import Refiner, save_image
 from luna_core.refine.sampler import ItemConditioning, SDXLSampler
-from luna_core.refine.settings import RefineSettings, SamplerSettings, SourceSettings
 from tests.refine_items import random_items
 
 # Eight steps, as a real run takes (the final step scales the UNet's float rounding by its sigma:

@@ -12,9 +12,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from luna_core.ask.vault_query import VaultQuery
 from luna_core.index.store import index_store
 from luna_core.models.profiles import resolve_profile
-from luna_core.query import Vault
 from luna_core.reports.benchmark import BenchmarkSettings, latest_benchmark, run_benchmark
 from luna_core.reports.evaluate import (
     EvalSettings,
@@ -25,9 +25,9 @@ from luna_core.reports.evaluate import (
     registered_projectors,
     summarize,
 )
+from luna_core.reports.frozen_set import load_test_set
 from luna_core.reports.quality import QualitySettings
 from luna_core.reports.report import EXPERIMENT, ReportSettings, build_report, latest_report
-from luna_core.reports.test_set import load_test_set
 from luna_core.reports.verdict import MIN_IMAGES, verdict
 from luna_core.vault.segments import open_text_store
 
@@ -53,7 +53,7 @@ def _folders(home) -> list[str]:
 
 def test_ceiling_floor_and_intervals(report_home):
     home, profile = report_home
-    vault = Vault(home, profile)
+    vault = VaultQuery(home, profile)
     champion = registered_projectors(home, vault, EvalSettings())[0].model
     broken_model = type(champion)(
         champion.config
@@ -91,7 +91,7 @@ def _evaluation(n: int, gains: dict[str, float], seed: int = 0) -> Evaluation:
     """An evaluation over n images where each source's token cosine is the mean's plus a gain and
     noise."""
     from luna_core.projector.train import Pairs
-    from luna_core.reports.test_set import FrozenSet, TestSet
+    from luna_core.reports.frozen_set import FrozenSet, TestSet
 
     rng = np.random.default_rng(seed)
     base = rng.uniform(0.80, 0.90, n)
@@ -229,9 +229,9 @@ def test_report_files_mlflow_and_no_rebuild_when_unchanged(report_home):
 
 
 def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_library, monkeypatch):
+    from luna_core.catalog.library_view import build_library
     from luna_core.index.build import update_index
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.library import build_library
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.samples import make_sample_library
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
@@ -256,7 +256,7 @@ def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_li
 
     # New images join the test split; growth alone starts no new series here (that rule has its own
     # test).
-    monkeypatch.setattr("luna_core.reports.test_set.GROWTH_FOR_NEW_SERIES", 1000.0)
+    monkeypatch.setattr("luna_core.reports.frozen_set.GROWTH_FOR_NEW_SERIES", 1000.0)
     make_sample_library(sample_library.root / "later", 60, seed=5, size=(96, 96), broken=False)
     refresh()
     grown = load_test_set(home)
@@ -295,9 +295,9 @@ def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_li
 
 
 def test_a_test_split_grown_to_twice_the_set_starts_a_new_series(report_home, sample_library):
+    from luna_core.catalog.library_view import build_library
     from luna_core.index.build import update_index
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.library import build_library
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.samples import make_sample_library
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
@@ -419,9 +419,9 @@ def test_a_benchmark_in_progress_does_not_delay_an_index_update(
     import luna_assets.defs.reports.assets as report_assets
     from luna_assets.definitions import build_definitions
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
-    from luna_core.config import Settings
+    from luna_core.home.settings import Settings
     from luna_core.index.store import load_index
-    from luna_core.instance import ensure_instance
+    from luna_core.operations.dagster_instance import ensure_instance
 
     home, profile = report_home
     instance = dg.DagsterInstance.from_config(
@@ -560,12 +560,12 @@ def test_the_champion_is_found_among_other_aliases(report_home):
     registry.client.set_registered_model_alias(
         "luna-projector", "champion-old", "1"
     )  # holds the word, is not it
-    (projector,) = registered_projectors(home, Vault(home, profile), EvalSettings())
+    (projector,) = registered_projectors(home, VaultQuery(home, profile), EvalSettings())
     assert "@a-first" in projector.label and projector.champion, projector.label
     assert registry.champion().aliases == ("a-first", "champion", "champion-old")
     registry.client.delete_registered_model_alias("luna-projector", "champion")
     assert registry.champion() is None, "an alias that holds the word is not @champion"
-    (projector,) = registered_projectors(home, Vault(home, profile), EvalSettings())
+    (projector,) = registered_projectors(home, VaultQuery(home, profile), EvalSettings())
     assert not projector.champion
 
 

@@ -21,20 +21,20 @@ def _count(home, sql: str) -> int:
 
 
 def _answer(home, profile, image):
+    from luna_core.ask.vault_query import VaultQuery
+    from luna_core.catalog.library_view import build_library
     from luna_core.index.build import update_index
-    from luna_core.library import build_library
-    from luna_core.query import Vault
 
     build_library(home, profile)
     update_index(home, profile)
-    return Vault(home, profile).condition(image, k=3)
+    return VaultQuery(home, profile).condition(image, k=3)
 
 
 def test_shards_written_apart_then_committed_answer_as_one_store_does(
     tiny_home, tmp_path, sample_library
 ):
+    from luna_core.home.home import LunaHome
     from luna_core.models.profiles import resolve_profile
-    from luna_core.settings import LunaHome
     from luna_core.vault.checks import check_store
     from luna_core.vault.commits import commit_segments
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
@@ -51,7 +51,7 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(
     script = textwrap.dedent(f"""
         import sys
         from luna_core.models.profiles import resolve_profile
-        from luna_core.settings import LunaHome
+        from luna_core.home.home import LunaHome
         from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
         from luna_core.vault.segments import Shard
         home = LunaHome.resolve({str(tiny_home.root)!r})

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
 from tests.services import Service, free_port
 
 LUNA = str(Path(sys.executable).with_name("luna"))
@@ -27,9 +27,9 @@ LUNA = str(Path(sys.executable).with_name("luna"))
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, tiny_models, sample_library_master) -> LunaHome:
     """A home with the sample library embedded, indexed, and a projector registered as @champion."""
+    from luna_core.catalog.library_view import build_library
     from luna_core.index.build import update_index
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.library import build_library
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.models.profiles import resolve_profile
     from luna_core.projector.models import ProjectorConfig
     from luna_core.projector.promotion import register
@@ -102,9 +102,9 @@ def _tensors(data: bytes) -> dict:
 
 
 def test_the_service_answers_what_the_core_answers(home, server, picture):
-    from luna_core.boxes import Box
+    from luna_core.ask.boxes import Box
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Vault
 
     with urllib.request.urlopen(server + "/health", timeout=60) as response:
         health = json.loads(response.read())
@@ -114,7 +114,7 @@ def test_the_service_answers_what_the_core_answers(home, server, picture):
         and health["profile"] == "tiny"
     )
 
-    vault = Vault(home, resolve_profile("tiny", home.models_dir))
+    vault = VaultQuery(home, resolve_profile("tiny", home.models_dir))
     expected = vault.condition(picture, Box(0, 0, 48, 48), k=3)
     status, data = _post(
         server, "/condition", picture.read_bytes(), [("k", "3"), ("box", "0,0,48,48")]
@@ -149,19 +149,20 @@ def test_the_service_answers_what_the_core_answers(home, server, picture):
 
 def test_the_cli_asks_the_service_when_given_one(home, server, picture, tmp_path, capsys):
     from luna_cli.main import main
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.models.profiles import resolve_profile
-    from luna_core.query import Vault
 
     out = tmp_path / "c.safetensors"
     assert main(["condition", str(picture), "--server", server, "--k", "3", "--out", str(out)]) == 0
-    expected = Vault(home, resolve_profile("tiny", home.models_dir)).condition(picture, k=3)
+    expected = VaultQuery(home, resolve_profile("tiny", home.models_dir)).condition(picture, k=3)
     np.testing.assert_allclose(
         _tensors(out.read_bytes())["prompt_embeds"], expected.prompt_embeds, atol=1e-5
     )
     capsys.readouterr()
     assert main(["search", str(picture), "--server", server, "--k", "2", "--json"]) == 0
     assert [n["path"] for n in json.loads(capsys.readouterr().out)] == [
-        n.path for n in Vault(home, resolve_profile("tiny", home.models_dir)).search(picture, k=2)
+        n.path
+        for n in VaultQuery(home, resolve_profile("tiny", home.models_dir)).search(picture, k=2)
     ]
     assert main(["condition", str(picture), "--server", server, "--k", "0", "--out", str(out)]) == 2
     assert "k must be at least 1" in capsys.readouterr().err

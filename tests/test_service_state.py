@@ -98,7 +98,7 @@ def test_probing_every_list_is_a_parameter_of_one_call(indexed_home):
 def test_filters_on_the_index_lookup_agree_with_the_catalog(indexed_home):
     """The service filters neighbours on the index's memory-mapped lookup; the catalog's SQL is
     the reference."""
-    from luna_core import browse
+    from luna_core.ask import browse
     from luna_core.index.store import load_index
 
     profile = resolve_profile("tiny", indexed_home.models_dir)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from luna_core import splits
-from luna_core.splits import hash_split, similar_pairs
+from luna_core.catalog import splits
+from luna_core.catalog.splits import hash_split, similar_pairs
 from luna_core.vault.segments import open_vision_store
 
 
@@ -22,8 +22,8 @@ def _catalog(home, sql: str, params=None):
 
 
 def _refresh(home, profile, root: Path) -> None:
-    from luna_core.ingest import IngestOptions, ingest
-    from luna_core.library import build_library
+    from luna_core.catalog.library_view import build_library
+    from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 
     ingest(home.catalog_path, [str(root)], IngestOptions(workers=1, progress=False))
@@ -48,10 +48,10 @@ def _copies(path: str, folder: Path) -> list[Path]:
 def test_resized_and_reencoded_copies_join_their_original_and_stay_out_of_its_answers(
     library_home, sample_library
 ):
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.index.build import update_index
-    from luna_core.query import Vault
     from luna_core.reports.evaluate import leave_out
-    from luna_core.reports.test_set import load_test_set
+    from luna_core.reports.frozen_set import load_test_set
 
     home, profile = library_home
     originals = _catalog(
@@ -104,7 +104,7 @@ def test_resized_and_reencoded_copies_join_their_original_and_stay_out_of_its_an
     # The report's leave-one-out leaves the copies out with the original: no answer finds them.
     update_index(home, profile)
     test_set = load_test_set(home, new_series=True)
-    vault = Vault(home, profile)
+    vault = VaultQuery(home, profile)
     ids = dict(_catalog(home, "SELECT content_hash, image_id FROM image_ids"))
     checked = 0
     for position, content_hash in enumerate(test_set.content_hashes):

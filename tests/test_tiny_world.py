@@ -206,8 +206,8 @@ def test_the_unet_follows_the_prompt(tiny_models):
     import torch
 
     from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
+    from luna_core.refine.options import SamplerSettings
     from luna_core.refine.sampler import ItemConditioning, SDXLSampler
-    from luna_core.refine.settings import SamplerSettings
 
     vision = VisionEncoder(str(tiny_models / "vision"), None, "cpu", torch.float32)
     text = SDXLTextEncoder(str(tiny_models / "sdxl"), None, "cpu", torch.float32)

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from luna_core.errors import LunaConfigError
-from luna_core.ingest import IngestOptions, ingest
+from luna_core.home.home import LunaHome
+from luna_core.ingest.run import IngestOptions, ingest
 from luna_core.models.profiles import resolve_profile
 from luna_core.samples import SampleLibrary
-from luna_core.settings import LunaHome
 from luna_core.vault.checks import check_store
 from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
 from luna_core.vault.store import RowStore
@@ -96,7 +96,7 @@ def test_rerun_with_nothing_new_loads_no_model_and_new_images_embed_alone(
     assert again.already_present > 0
 
     from luna_core.samples.pictures import PromptSpec, draw_picture
-    from luna_core.samples.writers import Generation, write_a1111_png
+    from luna_core.samples.writers.registry import Generation, write_a1111_png
 
     spec = PromptSpec("robot", "green", "ocean", "a brand new style", "")
     data, _ = write_a1111_png(draw_picture(spec, 5, (96, 96)), Generation(spec=spec, seed=5))
@@ -242,7 +242,7 @@ def test_killed_materialization_reruns_to_exactly_one_row_each(tiny_home: LunaHo
             next((line.strip() for line in lines if line.strip() in ("stuck", "finished")), None)
             == "stuck"
         )
-        from luna_core.catalog import open_catalog
+        from luna_core.catalog.connection import open_catalog
 
         with open_catalog(tiny_home.catalog_path, read_only=True) as con:
             committed = con.execute("SELECT count(*) FROM vision_rows").fetchone()[0]
@@ -314,14 +314,14 @@ def test_catalog_waits_for_another_process_holding_it(tmp_path: Path):
     short timeout is a clear BusyError. The holder lets go only when told to: no clock involved."""
     from locking import hold_in_child, waits_then_gets
 
-    from luna_core.catalog import open_catalog
+    from luna_core.catalog.connection import open_catalog
     from luna_core.errors import BusyError
 
     db = tmp_path / "c.duckdb"
     with open_catalog(db):
         pass
     holder = hold_in_child(
-        "from luna_core.catalog import open_catalog\n", f"open_catalog({str(db)!r})"
+        "from luna_core.catalog.connection import open_catalog\n", f"open_catalog({str(db)!r})"
     )
     try:
         with pytest.raises(BusyError, match="locked"):
@@ -403,9 +403,9 @@ def test_damaged_rows_are_errors_never_answers(tmp_path):
 
 
 def test_a_damaged_text_store_fails_its_check_and_the_query(library_home, sample_library):
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.errors import CorruptStoreError
     from luna_core.index.build import update_index
-    from luna_core.query import Vault
 
     home, profile = library_home
     update_index(home, profile)
@@ -424,7 +424,7 @@ def test_a_damaged_text_store_fails_its_check_and_the_query(library_home, sample
         and "damaged chunk" in outcomes["no_nan_or_inf"].description
     )
     with pytest.raises(CorruptStoreError, match="checksum"):
-        Vault(home, profile).condition(sample_library.images[0].path, k=3)
+        VaultQuery(home, profile).condition(sample_library.images[0].path, k=3)
 
 
 def test_a_store_written_before_checksums_is_migrated(tmp_path):

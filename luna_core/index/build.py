@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from luna_core.catalog import open_catalog
+from luna_core.catalog.connection import open_catalog
 from luna_core.errors import CorruptStoreError, NotBuiltError
+from luna_core.home.home import LunaHome
 from luna_core.index.faiss_index import (
     IndexSettings,
     build_index,
@@ -24,7 +25,6 @@ from luna_core.index.faiss_index import (
 )
 from luna_core.index.store import IndexStore, index_store, load_index, vault_fetch
 from luna_core.models.profiles import ModelProfile
-from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_vision_store, store_exists
 from luna_core.vault.store import RowStore
 

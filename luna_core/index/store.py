@@ -32,11 +32,11 @@ import numpy as np
 import pyarrow as pa
 
 from luna_core.errors import CorruptStoreError, NotBuiltError
+from luna_core.home.home import LunaHome
+from luna_core.home.storage import is_remote, location, remove_tree, write_whole
 from luna_core.index.faiss_index import reranks_from_vault, searcher_for
 from luna_core.index.reranked import RerankedIndex, id_positions
 from luna_core.models.profiles import ModelProfile
-from luna_core.settings import LunaHome
-from luna_core.storage import is_remote, location, remove_tree, write_whole
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from luna_core.catalog import open_catalog
+from luna_core.catalog.connection import open_catalog
 
 # RE2 patterns (DuckDB's regexp_*). Each names one way a parse leaks what is not prompt text.
 LEAKS = {

@@ -12,8 +12,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from luna_core.config import environment_settings
 from luna_core.errors import LunaConfigError
+from luna_core.home.settings import environment_settings
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408

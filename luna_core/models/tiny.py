@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from luna_core.config import environment_settings
+from luna_core.home.settings import environment_settings
 from luna_core.models import tiny_world
 from luna_core.models.clip_vocab import clip_tokenizer
 from luna_core.models.encoders import SDXLTextEncoder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.promotion import Registration, register
 from luna_core.projector.registry import Registry
@@ -16,7 +17,6 @@ from luna_core.projector.train import (
     train_projector,
     validation_scorer,
 )
-from luna_core.settings import LunaHome
 
 
 @dataclass

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from luna_core.catalog import open_catalog
-from luna_core.config import KEYS_BY_NAME
+from luna_core.catalog.connection import open_catalog
+from luna_core.home.home import LunaHome
+from luna_core.home.settings import KEYS_BY_NAME
 from luna_core.projector.registry import Registry
 from luna_core.projector.request import REGISTERED_NAME
-from luna_core.settings import LunaHome
 
 GROWTH = KEYS_BY_NAME[
     "projector.retrain_growth"

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from luna_core.config import KEYS_BY_NAME
 from luna_core.errors import CorruptStoreError, LunaConfigError, NotBuiltError
+from luna_core.home.home import LunaHome
+from luna_core.home.settings import KEYS_BY_NAME
 
 # Re-exported: models registered before checkpoints.py existed import ProjectorPyfunc from this
 # module.
 from luna_core.projector.checkpoints import ProjectorPyfunc, load_checkpoint  # noqa: F401
 from luna_core.projector.request import CHAMPION, REGISTERED_NAME
-from luna_core.settings import LunaHome
 
 TRACKING_URI_ENV = KEYS_BY_NAME["operations.tracking_uri"].env
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, "No data"); Luna's

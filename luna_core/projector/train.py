@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from luna_core.catalog import open_catalog
+from luna_core.catalog.connection import open_catalog
 from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile, choose_device
 from luna_core.projector.models import (
     ARCHITECTURES,
@@ -31,7 +32,6 @@ from luna_core.projector.models import (
     build_projector,
     target_basis,
 )
-from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store
 
 log = logging.getLogger(__name__)

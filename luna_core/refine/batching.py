@@ -10,12 +10,12 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
 from luna_core.metadata.record import Lora
 from luna_core.refine.geometry import chess_tiles, detail_crops
 from luna_core.refine.memory import peak_memory
+from luna_core.refine.options import SamplerSettings
 from luna_core.refine.sampler import ItemConditioning, SDXLSampler, item_seed
-from luna_core.refine.settings import SamplerSettings
 
 
 def random_conditions(

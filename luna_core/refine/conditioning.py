@@ -4,7 +4,7 @@
   does);
 - `projector`: a registered projector (default `models:/luna-projector@champion`) on that embedding;
 - `prompt`: one typed prompt for every item;
-- `blend`: the vault's answer blended with the typed prompt, item by item (`luna_core.mixing`'s
+- `blend`: the vault's answer blended with the typed prompt, item by item (`luna_core.ask.mixing`'s
   blend: (1 - alpha) * typed + alpha * answer, the negative side too).
 
 A detection's prompt piece is mixed into its item's answer by `piece_mode` (default concat: the
@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from luna_core.mixing import Parts, mix
-from luna_core.query import Vault
+from luna_core.ask.mixing import Parts, mix
+from luna_core.ask.vault_query import VaultQuery
 from luna_core.refine.lora_files import neighbour_loras, parse_lora_hashes
+from luna_core.refine.options import SourceSettings
 from luna_core.refine.sampler import ItemConditioning
-from luna_core.refine.settings import SourceSettings
 
 
 class Conditioner:
-    def __init__(self, vault: Vault, settings: SourceSettings, projector=None):
+    def __init__(self, vault: VaultQuery, settings: SourceSettings, projector=None):
         """`projector`: an already loaded (model, config) for the projector source (else loaded
         from the URI)."""
         settings.check()

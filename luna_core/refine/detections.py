@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from luna_core.boxes import Box, BoxError
+from luna_core.ask.boxes import Box, BoxError
 from luna_core.errors import LunaConfigError, QueryError
 from luna_core.metadata.record import Lora
 from luna_core.refine.lora_files import lora_set

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
 from luna_core.errors import LunaConfigError
 
 DEFAULT_GRID = 5

@@ -20,12 +20,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
+from luna_core.ask.vault_query import VaultQuery
 from luna_core.errors import LunaConfigError, QueryError
 from luna_core.files import write_atomically
+from luna_core.home.home import LunaHome
 from luna_core.metadata.record import Lora
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
-from luna_core.query import Vault
 from luna_core.refine.conditioning import Conditioner
 from luna_core.refine.geometry import (
     Tile,
@@ -38,15 +39,14 @@ from luna_core.refine.geometry import (
 )
 from luna_core.refine.lora_files import LoraLibrary, canonical_name, lora_set
 from luna_core.refine.memory import megabytes, peak_memory
-from luna_core.refine.sampler import SDXLSampler, item_seed, to_pixels
-from luna_core.refine.settings import (
+from luna_core.refine.options import (
     BLOCKS,
     CHESS_IP_WEIGHT,
     DETAIL_IP_WEIGHT,
     RefineSettings,
     SourceSettings,
 )
-from luna_core.settings import LunaHome
+from luna_core.refine.sampler import SDXLSampler, item_seed, to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Refiner:
         torch_dtype = choose_dtype(
             torch_device, profile.default_dtype if dtype == "auto" else dtype
         )
-        self.vault = Vault(home, profile, device, dtype)
+        self.vault = VaultQuery(home, profile, device, dtype)
         self.conditioner = Conditioner(self.vault, source)
         self.sampler = SDXLSampler(
             profile.sdxl_model, profile.sdxl_revision, torch_device, torch_dtype

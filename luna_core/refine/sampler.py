@@ -21,12 +21,12 @@ from typing import Callable
 
 import numpy as np
 
+from luna_core.ask.mixing import aligned
 from luna_core.errors import LunaConfigError
-from luna_core.mixing import aligned
 from luna_core.models.encoders import _load
 from luna_core.refine.lora import LoraAdapter, RowLoras
 from luna_core.refine.memory import ChunkPlan, ModelSizes, default_budget_mb, plan_chunks
-from luna_core.refine.settings import SamplerSettings
+from luna_core.refine.options import SamplerSettings
 
 log = logging.getLogger(__name__)
 

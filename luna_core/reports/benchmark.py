@@ -21,22 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
+from luna_core.ask.vault_query import VaultQuery
 from luna_core.errors import LunaError
 from luna_core.files import write_atomically
+from luna_core.home.home import LunaHome
 from luna_core.images import read_picture
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.models import parameter_count
-from luna_core.query import Vault
 from luna_core.refine.batching import refiner_batching
 from luna_core.refine.conditioning import Conditioner
+from luna_core.refine.options import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.refine.refiner import Refiner
 from luna_core.refine.sampler import ItemConditioning
-from luna_core.refine.settings import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.reports.evaluate import EvalSettings, leave_out, mean_of_train, registered_projectors
+from luna_core.reports.frozen_set import TestSet, load_test_set
 from luna_core.reports.quality import QualitySettings, refine_sample
-from luna_core.reports.test_set import TestSet, load_test_set
-from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store, store_bytes
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def run_benchmark(
 
     step = on_step or (lambda message: log.info(message))
     started, load_before = time.perf_counter(), machine_load()
-    vault = Vault(home, profile, device)
+    vault = VaultQuery(home, profile, device)
     test_set = load_test_set(home, settings.evaluation.max_images, settings.evaluation.seed)
     projectors = registered_projectors(home, vault, settings.evaluation)
     step("refining a sample of test images with each source")

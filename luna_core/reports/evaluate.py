@@ -17,15 +17,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from luna_core.catalog import open_catalog
+from luna_core.ask.vault_query import DEFAULT_TEMPERATURE, VaultQuery
+from luna_core.catalog.connection import open_catalog
 from luna_core.errors import LunaError, NotBuiltError
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.names import REGISTERED_NAME
 from luna_core.projector.registry import Registry
 from luna_core.projector.train import Pairs, load_pairs
-from luna_core.query import DEFAULT_TEMPERATURE, Vault
-from luna_core.reports.test_set import TestSet, load_test_set
-from luna_core.settings import LunaHome
+from luna_core.reports.frozen_set import TestSet, load_test_set
 from luna_core.vault.segments import open_text_store, open_vision_store
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def summarize(
 def evaluate(
     home: LunaHome,
     profile: ModelProfile,
-    vault: Vault,
+    vault: VaultQuery,
     settings: EvalSettings = EvalSettings(),
     projectors: list[tuple[str, object]] | None = None,
     test_set: TestSet | None = None,
@@ -329,7 +329,7 @@ class LoadedProjector(NamedTuple):
 
 
 def registered_projectors(
-    home: LunaHome, vault: Vault, settings: EvalSettings
+    home: LunaHome, vault: VaultQuery, settings: EvalSettings
 ) -> list[LoadedProjector]:
     """Every registered version that fits the configured encoders, labelled with its version and
     aliases."""

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from luna_core.refine.options import RefineSettings, SamplerSettings
 from luna_core.refine.refiner import Refiner
 from luna_core.refine.sampler import ItemConditioning
-from luna_core.refine.settings import RefineSettings, SamplerSettings
 
 COLUMNS = ("original", "true prompt", "vault", "projector", "mean", "empty")
 CLIP_T_NOTE = (

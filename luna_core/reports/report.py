@@ -1,7 +1,7 @@
 """The refinement report: which conditioning to trust, with numbers and pictures.
 
 The report is the cheap part: every source scored on the frozen test set
-(luna_core.reports.test_set), the verdict, plots; seconds at thousands of images. The expensive
+(luna_core.reports.frozen_set), the verdict, plots; seconds at thousands of images. The expensive
 part (regeneration sample, costs, batching) is luna_core.reports.benchmark, run on its own
 schedule; a report shows the latest benchmark with its date. A report is rebuilt only when its
 inputs changed (index version, champion, test set, benchmark, code, settings), and writes a new
@@ -28,16 +28,16 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from luna_core.ask.vault_query import VaultQuery
 from luna_core.files import write_atomically
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.registry import Registry
-from luna_core.query import Vault
 from luna_core.reports.benchmark import latest_benchmark
 from luna_core.reports.evaluate import EvalSettings, Evaluation, evaluate, registered_projectors
+from luna_core.reports.frozen_set import TestSet, load_test_set
 from luna_core.reports.render import markdown, plots, standalone_html
-from luna_core.reports.test_set import TestSet, load_test_set
 from luna_core.reports.verdict import verdict
-from luna_core.settings import LunaHome
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def build_report(
 
     step = on_step or (lambda message: log.info(message))
     started = time.perf_counter()
-    vault = Vault(home, profile, device)
+    vault = VaultQuery(home, profile, device)
     test_set = load_test_set(
         home, settings.evaluation.max_images, settings.evaluation.seed, settings.new_test_set
     )

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from luna_core.catalog import open_catalog
+from luna_core.catalog.connection import open_catalog
 from luna_core.errors import CorruptStoreError
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile
-from luna_core.settings import LunaHome
 from luna_core.vault.segments import (
     LOCAL_MASK,
     SEGMENT_BITS,

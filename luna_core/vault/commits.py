@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
+from luna_core.catalog.connection import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
 from luna_core.errors import LunaConfigError
+from luna_core.home.home import LunaHome
+from luna_core.home.storage import is_remote, move, parquet_bytes, read_parquet, write_whole
 from luna_core.models.profiles import ModelProfile
-from luna_core.settings import LunaHome
-from luna_core.storage import is_remote, move, parquet_bytes, read_parquet, write_whole
 from luna_core.vault.codec import FLOAT16
 from luna_core.vault.segments import (
     LOCAL_MASK,

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from luna_core.home.home import LunaHome
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import (
     ModelProfile,
@@ -34,7 +35,6 @@ from luna_core.models.profiles import (
 from luna_core.prompts.encode import encode_many
 from luna_core.prompts.parsers import parse
 from luna_core.prompts.syntax import chunk_key
-from luna_core.settings import LunaHome
 from luna_core.vault.commits import (
     TEXT,
     VISION,

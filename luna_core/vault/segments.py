@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from luna_core.errors import LunaConfigError
+from luna_core.home.home import LunaHome
+from luna_core.home.storage import location, read_parquet, tree_bytes
 from luna_core.models.profiles import ModelProfile
-from luna_core.settings import LunaHome
-from luna_core.storage import location, read_parquet, tree_bytes
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 SEGMENT_BITS = 40

@@ -25,7 +25,7 @@ import zarr as _zarr
 from zarr.codecs import Crc32cCodec
 
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
-from luna_core.storage import is_remote, location
+from luna_core.home.storage import is_remote, location
 from luna_core.vault.codec import (
     FLOAT16,
     SCALE_SUFFIX,

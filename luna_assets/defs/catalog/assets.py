@@ -6,7 +6,7 @@ import dagster as dg
 from luna_assets.automation import on_upstream_change
 from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
-from luna_core.library import build_library
+from luna_core.catalog.library_view import build_library
 from luna_core.metadata.audit import audit_prompts
 from luna_core.vault.commits import commit_segments
 

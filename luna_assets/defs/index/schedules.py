@@ -4,8 +4,8 @@ import dagster as dg
 
 from luna_assets.automation import cron_setting
 from luna_assets.defs.index.assets import faiss_index
-from luna_core.config import KEYS_BY_NAME
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
+from luna_core.home.settings import KEYS_BY_NAME
 
 REBUILD_INDEX_JOB = "rebuild_faiss_index"
 REINDEX_SCHEDULE = "nightly_reindex"

@@ -5,9 +5,9 @@ import dagster as dg
 
 from luna_assets.metadata import md_table, progress_logger, seconds
 from luna_assets.resources import LunaHomeResource
-from luna_core import catalog
-from luna_core.ingest import ingest
-from luna_core.scan import fingerprint_roots
+from luna_core.catalog import connection as catalog
+from luna_core.ingest.run import ingest
+from luna_core.ingest.scan import fingerprint_roots
 
 INGESTED_IMAGES = dg.AssetKey("ingested_images")
 CHECK_CONTENT_HASH = "every_image_has_content_hash"

@@ -4,7 +4,7 @@ import dagster as dg
 
 from luna_assets.defs.ingest.assets import INGESTED_IMAGES
 from luna_assets.resources import LunaHomeResource
-from luna_core.scan import fingerprint_roots
+from luna_core.ingest.scan import fingerprint_roots
 
 
 @dg.sensor(

@@ -6,13 +6,13 @@ from luna_assets.automation import AC, GPU_POOL, cron_setting
 from luna_assets.defs.catalog.assets import LUNA_CATALOG
 from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
+from luna_core.home.home import LunaHome
 from luna_core.projector.models import ProjectorConfig
 from luna_core.projector.pipeline import train_and_register
 from luna_core.projector.promotion import verify_champion
 from luna_core.projector.registry import Registry
 from luna_core.projector.request import REGISTERED_NAME, ProjectorRequest
 from luna_core.projector.train import TrainSettings, validation_scorer
-from luna_core.settings import LunaHome
 
 PROJECTOR = dg.AssetKey("projector")
 PROJECTOR_CODE_VERSION = "1"

@@ -5,8 +5,8 @@ import dagster as dg
 from luna_assets.defs.catalog.assets import LUNA_CATALOG
 from luna_assets.defs.projector.assets import PROJECTOR, RETRAIN_CRON, RETRAIN_SENSOR
 from luna_assets.resources import LunaHomeResource
-from luna_core.config import KEYS_BY_NAME
 from luna_core.errors import LunaConfigError
+from luna_core.home.settings import KEYS_BY_NAME
 from luna_core.projector.policy import GROWTH, growth_share, retrain_decision
 
 

@@ -12,13 +12,12 @@ import dagster as dg
 from luna_assets.automation import GPU_POOL
 from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
-from luna_core.boxes import Box
+from luna_core.ask.boxes import Box
+from luna_core.catalog.library_view import library_paths
 from luna_core.errors import LunaError
 from luna_core.images import read_picture
-from luna_core.library import library_paths
 from luna_core.refine.detections import read_detections
-from luna_core.refine.refiner import Refiner, save_image
-from luna_core.refine.settings import (
+from luna_core.refine.options import (
     DEFAULT_LORA_CAP,
     DEFAULT_PROJECTOR,
     RefineOptions,
@@ -26,6 +25,7 @@ from luna_core.refine.settings import (
     SamplerSettings,
     SourceSettings,
 )
+from luna_core.refine.refiner import Refiner, save_image
 
 REFINE_JOB = "refine_images"
 THUMBNAIL = 256

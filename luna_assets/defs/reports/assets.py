@@ -11,10 +11,10 @@ from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.reports.benchmark import BENCHMARK_CODE_VERSION, BenchmarkSettings, run_benchmark
 from luna_core.reports.evaluate import EvalSettings
+from luna_core.reports.frozen_set import EmptyTestSet
 from luna_core.reports.quality import QualitySettings
 from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows, ordering_lines
 from luna_core.reports.report import REPORT_CODE_VERSION, ReportSettings, build_report
-from luna_core.reports.test_set import EmptyTestSet
 
 REFINEMENT_REPORT = dg.AssetKey("refinement_report")
 REFINEMENT_BENCHMARK = dg.AssetKey("refinement_benchmark")

@@ -4,8 +4,8 @@ import dagster as dg
 
 from luna_assets.automation import cron_setting
 from luna_assets.defs.reports.assets import refinement_benchmark
-from luna_core.config import KEYS_BY_NAME
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
+from luna_core.home.settings import KEYS_BY_NAME
 
 BENCHMARK_JOB = "run_refinement_benchmark"
 BENCHMARK_SCHEDULE = "weekly_benchmark"

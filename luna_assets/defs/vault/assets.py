@@ -9,9 +9,9 @@ from luna_assets.automation import GPU_POOL, on_upstream_change
 from luna_assets.defs.ingest.assets import INGESTED_IMAGES
 from luna_assets.metadata import check_results, progress_logger, seconds
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
-from luna_core.catalog import open_catalog, vault_rows_digest
+from luna_core.catalog.connection import open_catalog, vault_rows_digest
+from luna_core.home.storage import location
 from luna_core.models.profiles import ModelProfile
-from luna_core.storage import location
 from luna_core.vault.checks import check_store
 from luna_core.vault.embed import EmbedReport, embed_images, embed_prompts
 from luna_core.vault.segments import Shard, shard_keys, shard_manifests

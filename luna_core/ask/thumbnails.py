@@ -11,8 +11,8 @@ import hashlib
 import threading
 from pathlib import Path
 
-from luna_core.browse import file_key
-from luna_core.containers import ProbeLimits
+from luna_core.ask.browse import file_key
+from luna_core.containers.probe import ProbeLimits
 from luna_core.files import write_atomically
 from luna_core.images import read_picture
 

@@ -18,14 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from luna_core.boxes import Box
-from luna_core.errors import CorruptStoreError, NotBuiltError, QueryError
-from luna_core.files import write_atomically
-from luna_core.images import read_picture
-from luna_core.index.faiss_index import omp_threads
-from luna_core.index.reranked import search_index
-from luna_core.index.store import LoadedIndex, index_store, load_index
-from luna_core.mixing import (
+from luna_core.ask.boxes import Box
+from luna_core.ask.mixing import (
     DEFAULT_TEMPERATURE,
     Parts,
     PromptMix,
@@ -34,12 +28,18 @@ from luna_core.mixing import (
     mix,
     typed_parts,
 )
+from luna_core.errors import CorruptStoreError, NotBuiltError, QueryError
+from luna_core.files import write_atomically
+from luna_core.home.home import LunaHome
+from luna_core.images import read_picture
+from luna_core.index.faiss_index import omp_threads
+from luna_core.index.reranked import search_index
+from luna_core.index.store import LoadedIndex, index_store, load_index
 from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
 from luna_core.projector.registry import Registry, parse_model_uri
 from luna_core.prompts.encode import encode_parsed
 from luna_core.prompts.parsers import parse
-from luna_core.settings import LunaHome
 from luna_core.vault.segments import open_text_store, open_vision_store, store_exists
 from luna_core.vault.store import RowStore
 
@@ -136,7 +136,7 @@ def crop(image, box: Box | None, name: str):
     return image.crop(box.edges)
 
 
-class Vault:
+class VaultQuery:
     """The published index plus the conditioning store, and the encoders to embed queries."""
 
     def __init__(
@@ -184,7 +184,7 @@ class Vault:
             )
         return self._vision
 
-    def adopt_encoders(self, other: "Vault") -> None:
+    def adopt_encoders(self, other: "VaultQuery") -> None:
         """Use the encoders `other` already loaded (same profile and device): a new index, no
         model reload."""
         self._vision, self._text = other._vision, other._text
@@ -307,7 +307,7 @@ class Vault:
         self, rows: list[int], chunks: list[int], weights: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The weighted mean of the neighbours' conditionings: each of `chunks[i]` rows from
-        `rows[i]`, repeated to their common length (luna_core.mixing); pooled from each one's
+        `rows[i]`, repeated to their common length (luna_core.ask.mixing); pooled from each one's
         first row."""
         store = self.text_store
         seq_width, pooled_width = (
@@ -412,7 +412,7 @@ class Vault:
         self, prompt: str | None, negative_prompt: str | None, mode: str = "blend"
     ) -> Parts | None:
         """A typed prompt's four parts for mixing (None when `mode` does not use it); see
-        luna_core.mixing."""
+        luna_core.ask.mixing."""
         if prompt is None or mode == "replace":
             return None
         return typed_parts(

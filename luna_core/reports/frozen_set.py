@@ -1,9 +1,10 @@
 """The report's test set: frozen per report series, so figures of one series compare the same
 images.
 
-The test *split* grows as the library does (luna_core.splits); the report's test *set* does not. A
-series freezes the content hashes it scores, once, in `HOME/reports/test_set.json`. Every report
-of the series scores those images that can still be scored, and says which were left out and why:
+The test *split* grows as the library does (luna_core.catalog.splits); the report's test *set*
+does not. A series freezes the content hashes it scores, once, in `HOME/reports/test_set.json`.
+Every report of the series scores those images that can still be scored, and says which were left
+out and why:
 
 - left the library (deleted), or no embedding or encoded prompt yet;
 - a near-duplicate of a train or val image (a catalog split before near-duplicates shared a split).
@@ -23,12 +24,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from luna_core.catalog import open_catalog
+from luna_core.catalog.connection import open_catalog
+from luna_core.catalog.splits import twins_of
 from luna_core.errors import NotBuiltError
 from luna_core.files import write_atomically
+from luna_core.home.home import LunaHome
 from luna_core.projector.train import Pairs
-from luna_core.settings import LunaHome
-from luna_core.splits import twins_of
 
 GROWTH_FOR_NEW_SERIES = (
     2.0  # the eligible test split at this multiple of the frozen set starts a new series

@@ -26,12 +26,12 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from luna_core.catalog import open_catalog, transaction
-from luna_core.catalog_schema import SYNTAX_OF_GENERATOR
-from luna_core.containers import ProbeLimits
-from luna_core.filereader import IngestedFile, QuarantinedFile, clean_text, read_chunk
+from luna_core.catalog.connection import open_catalog, transaction
+from luna_core.catalog.schema import SYNTAX_OF_GENERATOR
+from luna_core.containers.probe import ProbeLimits
+from luna_core.ingest.filereader import IngestedFile, QuarantinedFile, clean_text, read_chunk
+from luna_core.ingest.scan import DEFAULT_IGNORE, FileEntry, ScanProblem, ScanStats, walk_root
 from luna_core.prompts.syntax import syntax_case_sql
-from luna_core.scan import DEFAULT_IGNORE, FileEntry, ScanProblem, ScanStats, walk_root
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 from luna_cli.output import print_home_summary
-from luna_core.catalog import held_lock
-from luna_core.config import KEYS_BY_NAME
-from luna_core.containers import ProbeLimits
+from luna_core.catalog.connection import held_lock
+from luna_core.containers.probe import ProbeLimits
 from luna_core.errors import LunaConfigError, NotBuiltError
-from luna_core.ingest import IngestOptions, ingest
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
+from luna_core.home.settings import KEYS_BY_NAME
+from luna_core.ingest.run import IngestOptions, ingest
 from luna_core.vault.segments import shard_keys
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from luna_core.ask.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, check_inputs
 from luna_core.errors import LunaConfigError, QueryError
 from luna_core.metadata.record import Lora
-from luna_core.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, check_inputs
 from luna_core.projector.names import DEFAULT_PROJECTOR
 from luna_core.refine.geometry import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_OVERLAP
 from luna_core.refine.lora_files import lora_set

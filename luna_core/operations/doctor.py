@@ -10,13 +10,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from luna_core import catalog
+from luna_core.catalog import connection as catalog
 from luna_core.errors import LunaError
+from luna_core.home.home import LunaHome
 from luna_core.index.build import LOOKUP_COLUMNS, _library_rows, lookup_digest
 from luna_core.index.store import index_store, load_index
 from luna_core.models.profiles import resolve_profile
 from luna_core.projector.registry import Registry
-from luna_core.settings import LunaHome
 from luna_core.vault.checks import check_store
 from luna_core.vault.store import TEXT_LAYOUT, RowStore
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from luna_core.containers import ProbeLimits, probe_image
+from luna_core.containers.probe import ProbeLimits, probe_image
 from luna_core.errors import BadFileError
-from luna_core.metadata import GenerationRecord, parse_generation
-from luna_core.scan import FileEntry
+from luna_core.ingest.scan import FileEntry
+from luna_core.metadata.dispatch import GenerationRecord, parse_generation
 
 log = logging.getLogger(__name__)
 

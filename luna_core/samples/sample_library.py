@@ -15,7 +15,7 @@ from typing import Callable
 
 from luna_core.prompts.syntax import syntax_for
 from luna_core.samples.pictures import PromptSpec, draw_picture, random_prompt
-from luna_core.samples.writers import (
+from luna_core.samples.writers.registry import (
     FORMATS,
     Generation,
     a1111_infotext,

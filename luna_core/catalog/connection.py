@@ -1,4 +1,4 @@
-"""The DuckDB catalog: one file under the Luna home; its tables are luna_core.catalog_schema's,
+"""The DuckDB catalog: one file under the Luna home; its tables are luna_core.catalog.schema's,
 nowhere else.
 
 DuckDB lets one process open a file read-write, and then no other process may open it at all, so
@@ -20,7 +20,7 @@ from typing import Iterator
 import duckdb
 
 # HELD_* are re-exported: the modules that retire rows import them from here.
-from luna_core.catalog_schema import HELD_IMAGES, HELD_PROMPTS, MIGRATIONS, SCHEMA, SCHEMA_VERSION  # noqa: F401
+from luna_core.catalog.schema import HELD_IMAGES, HELD_PROMPTS, MIGRATIONS, SCHEMA, SCHEMA_VERSION  # noqa: F401
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from luna_core.config import Settings
 from luna_core.files import write_atomically
+from luna_core.home.settings import Settings
 
 MANAGED = (
     "# managed-by-luna v1: Luna rewrites this file when its settings change; delete this "

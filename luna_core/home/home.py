@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from luna_core.config import Settings, environment_settings, read_toml
 from luna_core.errors import LunaConfigError, NotBuiltError
-from luna_core.instance import ensure_instance
+from luna_core.home.settings import Settings, environment_settings, read_toml
+from luna_core.home.storage import is_remote, location
+from luna_core.operations.dagster_instance import ensure_instance
 from luna_core.prompts.syntax import writer_overrides
-from luna_core.storage import is_remote, location
 from luna_core.vault.codec import check_codec
 
 if TYPE_CHECKING:
@@ -135,7 +135,8 @@ class LunaHome:
 
     @property
     def thumbnails_dir(self) -> Path:
-        """The search page's thumbnail cache (luna_core.thumbnails): safe to delete at any time."""
+        """The search page's thumbnail cache (luna_core.ask.thumbnails): safe to delete at any
+        time."""
         return self.root / "cache" / "thumbnails"
 
     # ------------------------------------------------------------ stores of a model profile

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from luna_core.catalog import HELD_IMAGES
+from luna_core.catalog.connection import HELD_IMAGES
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from luna_core.errors import LunaConfigError
-from luna_core.instance import libpq_url, postgres_url, sqlalchemy_url
-from luna_core.settings import LunaHome
+from luna_core.home.home import LunaHome
+from luna_core.operations.dagster_instance import libpq_url, postgres_url, sqlalchemy_url
 
 MLFLOW_WORKERS = 1  # the tracking server's worker processes
 MLFLOW_DATABASE_SUFFIX = "_mlflow"  # Dagster and MLflow both have a `runs` table: one database each

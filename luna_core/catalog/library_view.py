@@ -3,7 +3,7 @@ conditioning rows, with a stable integer id and a stable train/val/test split pe
 
 Ids and splits are assigned once and never changed: the FAISS index uses the ids, the projector's
 evaluation depends on the split staying put as the library grows. How a split is chosen
-(near-duplicates share one) is luna_core.splits.
+(near-duplicates share one) is luna_core.catalog.splits.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from luna_core.catalog import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
-from luna_core.catalog_schema import conditioning_key_sql
+from luna_core.catalog.connection import HELD_IMAGES, HELD_PROMPTS, open_catalog, transaction
+from luna_core.catalog.schema import conditioning_key_sql
+from luna_core.catalog.splits import SplitReport, assign_splits
 from luna_core.errors import LunaConfigError
+from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile
-from luna_core.settings import LunaHome
-from luna_core.splits import SplitReport, assign_splits
 from luna_core.vault.segments import open_vision_store, store_exists
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from luna_core.catalog import open_catalog
+from luna_core.catalog.connection import open_catalog
 from luna_core.errors import OutsideLibraryError, QueryError
 
 MAX_PER_PAGE = 200

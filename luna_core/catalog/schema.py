@@ -1,5 +1,5 @@
 """The catalog's tables, its schema version and the migrations from each older version (applied by
-luna_core.catalog.ensure_schema)."""
+luna_core.catalog.connection.ensure_schema)."""
 
 from luna_core.prompts.syntax import PARSER_VERSION, syntax_case_sql
 
@@ -24,8 +24,8 @@ HELD_PROMPTS = "SELECT prompt_hash FROM prompts WHERE prompt_hash IS NOT NULL"
 # Where each generation record was read (png:parameters, exif:UserComment, comfy:prompt,
 # alpha:stealth...).
 _GENERATION_SOURCE = "ALTER TABLE generations ADD COLUMN IF NOT EXISTS source VARCHAR"
-# Why an image got its split (luna_core.splits), the near-duplicate links found, and which images
-# were compared (per vision store): migration 3 → 4.
+# Why an image got its split (luna_core.catalog.splits), the near-duplicate links found, and which
+# images were compared (per vision store): migration 3 → 4.
 _SPLIT_REASON = "ALTER TABLE splits ADD COLUMN IF NOT EXISTS reason VARCHAR"
 # The prompt syntax a generation's writer reads its prompts by (luna_core.prompts), and the chunks
 # of 77 tokens a conditioning spans (its rows follow one another from `row`): migration 4 → 5. A
@@ -173,7 +173,8 @@ SCHEMA = [
         PRIMARY KEY (store_key, item_key)
     )""",
     _PROMPTS_VIEW,
-    # Stable per content hash, assigned once (luna_core.library): FAISS ids and the data split.
+    # Stable per content hash, assigned once (luna_core.catalog.library_view): FAISS ids and the
+    # data split.
     """CREATE TABLE IF NOT EXISTS image_ids (
         content_hash VARCHAR PRIMARY KEY,
         image_id BIGINT NOT NULL UNIQUE,
