@@ -61,7 +61,7 @@ def report_seconds(home_path: str, repeat: int = 3) -> tuple[float, int]:
     from luna_core.reports.report import ReportSettings, build_report
 
     home = LunaHome.existing(home_path)
-    profile = resolve_profile(home.model_profile(), home.models_dir)
+    profile = home.profile()
     times, scored = [], 0
     for _ in range(repeat):
         started = time.perf_counter()

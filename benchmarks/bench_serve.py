@@ -5,8 +5,8 @@
     demo home first
 
 Prints p50/p99 of POST /condition for one crop and for a batch of 9 crops, the in-process
-`VaultQuery.condition_crops` for the same crops, the service's overhead (p50 difference), and the time of
-one `luna condition` process (start-up, model load, index open, answer).
+`VaultQuery.condition_crops` for the same crops, the service's overhead (p50 difference), and the
+time of one `luna condition` process (start-up, model load, index open, answer).
 
 Then a load test on loopback, bounded in count: `--searches` POST /search from one client, then
 the same number from `--clients` clients at once with `--malformed` bad requests among them,
@@ -172,7 +172,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
     home = LunaHome.existing(args.home)
-    profile = resolve_profile(home.model_profile(), home.models_dir)
+    profile = home.profile()
     vault = VaultQuery(home, profile)
     picture_path = Path(vault.index.lookup.column("path")[0].as_py())
     body = picture_path.read_bytes()

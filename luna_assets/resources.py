@@ -7,7 +7,7 @@ import dagster as dg
 from luna_core.containers.probe import ProbeLimits
 from luna_core.home.home import LunaHome
 from luna_core.ingest.run import IngestOptions
-from luna_core.models.profiles import ModelProfile, resolve_profile
+from luna_core.models.profiles import ModelProfile
 from luna_core.vault.embed import EmbedOptions
 
 
@@ -55,9 +55,7 @@ class LunaModelsResource(dg.ConfigurableResource):
     )  # image decode threads; 0: one per core (at most 8)
 
     def resolve(self, home: LunaHome) -> ModelProfile:
-        return resolve_profile(
-            home.model_profile(self.profile), home.models_dir, self.vision_model, self.sdxl_model
-        )
+        return home.profile(self.profile, self.vision_model, self.sdxl_model)
 
     def embed_options(self, batch_size: int) -> EmbedOptions:
         return EmbedOptions(

@@ -180,7 +180,7 @@ def _demo_refine(home: LunaHome, profile: str) -> None:
     sample = _demo_sample(home)
     if sample is None:
         return
-    resolved = resolve_profile(profile, home.models_dir)
+    resolved = home.profile(profile)
     sample_loras = _demo_loras(home, resolved) if profile == "tiny" else 0
     refiner = Refiner(home, resolved, SourceSettings("vault"))
     settings = RefineSettings(

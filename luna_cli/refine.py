@@ -67,8 +67,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     detections = read_detections(args.detections, image.size, args.image) if args.detections else []
     if detections and boxes:
         raise QueryError("give boxes or --detections, not both")
-    profile = resolve_profile(home.model_profile(), home.models_dir)
-    refiner = Refiner(home, profile, source, device=args.device, ip_adapter=args.ip_adapter)
+    session = LunaSession.open(home, device=args.device)
+    refiner = session.refiner(source, ip_adapter=args.ip_adapter)
     bars: dict[str, tqdm] = {}
 
     def progress(name: str, done: int, total: int) -> None:

@@ -99,7 +99,7 @@ def _run(home: LunaHome, args: argparse.Namespace) -> None:
     from luna_core.reports.benchmark import run_benchmark
     from luna_core.reports.report import ReportSettings, build_report
 
-    profile = resolve_profile(home.model_profile(), home.models_dir)
+    profile = home.profile()
     if args.benchmark:
         print(
             "Running the benchmark (regeneration sample, costs, batching): under a minute on the "

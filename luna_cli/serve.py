@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from luna_service.service import LunaService
 
     home = LunaHome.existing(args.home)
-    profile = resolve_profile(home.model_profile(), home.models_dir)
+    profile = home.profile()
     workers = serve_workers(home)
     if args.host not in (LOCAL_HOST, "localhost", "::1"):
         print(

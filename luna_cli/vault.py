@@ -12,17 +12,14 @@ from luna_core.ask.boxes import Box
 from luna_core.errors import QueryError
 from luna_core.files import write_atomically
 from luna_core.home.home import LunaHome
-from luna_core.models.profiles import resolve_profile
 from luna_core.projector.names import DEFAULT_PROJECTOR
 
 
 def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto"):
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.ask.vault_query import VaultQuery
+    from luna_core.session import LunaSession
 
-    return VaultQuery(
-        home, resolve_profile(home.model_profile(profile), home.models_dir), device=device or "auto"
-    )
+    return LunaSession.open(home, profile=profile, device=device).vault()
 
 
 def cmd_search(args: argparse.Namespace) -> int:

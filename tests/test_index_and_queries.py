@@ -475,7 +475,8 @@ def test_queries_work_while_the_catalog_is_held_and_the_index_rebuilt(indexed_ho
             home = LunaHome.resolve({str(indexed_home.root)!r})
             profile = resolve_profile("tiny", home.models_dir)
             for _ in range(5):
-                answer = VaultQuery(home, profile).condition({str(sample_library.images[0].path)!r}, k=3)
+                image = {str(sample_library.images[0].path)!r}
+                answer = VaultQuery(home, profile).condition(image, k=3)
                 assert answer.prompt_embeds.shape == (1, 77, 96)
             print("ok")
         """),

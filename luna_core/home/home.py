@@ -7,17 +7,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.home.settings import Settings, environment_settings, read_toml
 from luna_core.home.storage import is_remote, location
+from luna_core.models.profiles import ModelProfile, resolve_profile
 from luna_core.operations.dagster_instance import ensure_instance
 from luna_core.prompts.syntax import writer_overrides
 from luna_core.vault.codec import check_codec
-
-if TYPE_CHECKING:
-    from luna_core.models.profiles import ModelProfile
 
 CONFIG_NAME = "luna.toml"
 
@@ -264,6 +261,18 @@ class LunaHome:
         """The model profile to use: the argument, else $LUNA_PROFILE, else the one the home
         recorded ([models] profile in luna.toml), else sdxl."""
         return self.settings({"models.profile": argument}).text("models.profile")
+
+    def profile(
+        self,
+        argument: str | None = None,
+        vision_model: str | None = None,
+        sdxl_model: str | None = None,
+    ) -> ModelProfile:
+        """The models this home uses: its profile (`model_profile`) resolved, with any model
+        overrides applied. The one place every surface (CLI, Dagster, service, ComfyUI) gets them."""
+        return resolve_profile(
+            self.model_profile(argument), self.models_dir, vision_model, sdxl_model
+        )
 
     def writer_syntax(self) -> tuple[tuple[str, str], ...]:
         """(generator, prompt syntax) pairs overriding the writers' own rules

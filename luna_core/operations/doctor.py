@@ -61,7 +61,7 @@ def diagnose(home: LunaHome) -> list[Finding]:
     except LunaError as exc:
         return [Finding("error", "catalog", str(exc))]
     try:
-        profile = resolve_profile(home.model_profile(), home.models_dir)
+        profile = home.profile()
     except LunaError as exc:
         return findings + [Finding("error", "models", str(exc))]
     findings += _stores(home, profile, stores, build)
