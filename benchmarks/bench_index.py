@@ -153,7 +153,7 @@ def vault_query_latency(
 ) -> dict:
     """Embedding in → k neighbours → their conditioning rows read from a Zarr text store →
     weighted mean."""
-    from luna_core.ask.vault_query import weighted_sum
+    from luna_core.ask.answers import weighted_sum
     from luna_core.home.storage import tree_bytes
     from luna_core.vault.store import TEXT_LAYOUT, RowStore
 

@@ -78,7 +78,8 @@ def tiny_quality(images: int) -> list[dict]:
         train_projector,
     )
     from luna_core.samples import make_sample_library
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-projector-"))
     make_sample_library(work / "library", images, seed=5, size=(96, 96), broken=False)

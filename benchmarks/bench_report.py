@@ -56,7 +56,6 @@ def report_seconds(home_path: str, repeat: int = 3) -> tuple[float, int]:
     import numpy as np
 
     from luna_core.home.home import LunaHome
-    from luna_core.models.profiles import resolve_profile
     from luna_core.reports.evaluate import EvalSettings
     from luna_core.reports.report import ReportSettings, build_report
 

@@ -180,7 +180,7 @@ def main() -> int:
     from luna_core.models.profiles import resolve_profile
     from luna_core.models.tiny import ensure_tiny_models
     from luna_core.samples import make_sample_library
-    from luna_core.vault.commits import commit_segments
+    from luna_core.vault.manifests import commit_segments
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-scale-"))
     library = make_sample_library(

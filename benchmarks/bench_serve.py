@@ -159,10 +159,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
+    from luna_core.ask.answers import crop
     from luna_core.ask.boxes import Box
-    from luna_core.ask.vault_query import VaultQuery, crop
+    from luna_core.ask.vault_query import VaultQuery
     from luna_core.home.home import LunaHome
-    from luna_core.models.profiles import resolve_profile
 
     if args.home is None:
         args.home = tempfile.mkdtemp(prefix="luna-bench-serve-")

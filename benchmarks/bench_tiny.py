@@ -232,7 +232,7 @@ def bench_demo() -> None:
                 / "report.json"
             ).read_text()
         )
-    from luna_core.reports.render import ordering_lines
+    from luna_core.reports.ordering import ordering_lines
 
     for line in ordering_lines(report):
         print("  " + line)

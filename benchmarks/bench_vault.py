@@ -146,7 +146,8 @@ def efficiency(args: argparse.Namespace) -> dict:
 def storage(args: argparse.Namespace) -> dict:
     from luna_core.catalog.connection import open_catalog
     from luna_core.models.profiles import resolve_profile
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     work = Path(tempfile.mkdtemp(prefix="luna-bench-storage-"))
     library = _library(work, args.images, 64, grain=0.0)

@@ -101,7 +101,7 @@ def _in_process(
     pictures: list, boxes: list, source: str, home: str, k: int, temperature: float, projector: str
 ):
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.ask.vault_query import crop
+    from luna_core.ask.answers import crop
 
     state = _service(home, projector).state
     crops = [

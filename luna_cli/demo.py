@@ -19,7 +19,6 @@ from luna_core.ask.boxes import Box
 from luna_core.errors import LunaConfigError
 from luna_core.home.home import LunaHome
 from luna_core.images import read_picture
-from luna_core.models.profiles import resolve_profile
 from luna_core.projector.names import DEFAULT_PROJECTOR
 from luna_core.refine.options import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.samples import make_sample_library
@@ -175,7 +174,8 @@ def _demo_projector(home: LunaHome, profile: str) -> None:
 def _demo_refine(home: LunaHome, profile: str) -> None:
     """The chess refiner on one sample image, every tile conditioned by its own vault answer."""
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.refine.refiner import Refiner, save_image
+    from luna_core.refine.refine_report import save_image
+    from luna_core.refine.refiner import Refiner
 
     sample = _demo_sample(home)
     if sample is None:

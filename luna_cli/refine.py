@@ -11,7 +11,7 @@ from luna_core.ask.boxes import Box, load_boxes
 from luna_core.errors import QueryError
 from luna_core.home.home import LunaHome
 from luna_core.images import read_picture
-from luna_core.models.profiles import AUTO, resolve_profile
+from luna_core.models.profiles import AUTO
 from luna_core.refine.detections import read_detections
 from luna_core.refine.options import (
     DEFAULT_LORA_CAP,
@@ -57,7 +57,7 @@ def source_settings(args: argparse.Namespace):
 
 def cmd_refine(args: argparse.Namespace) -> int:
     # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.refine.refiner import Refiner, save_image
+    from luna_core.refine.refine_report import save_image
 
     home = LunaHome.existing(args.home)
     settings, source = settings_of(args), source_settings(args)

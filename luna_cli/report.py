@@ -11,8 +11,8 @@ import textwrap
 from luna_cli.output import print_table
 from luna_core.errors import NotBuiltError
 from luna_core.home.home import LunaHome
-from luna_core.models.profiles import resolve_profile
-from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows, ordering_lines, quality_of
+from luna_core.reports.ordering import ordering_lines, quality_of
+from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
 
 
 def print_report(folder, report: dict) -> None:

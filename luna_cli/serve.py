@@ -15,7 +15,6 @@ from pathlib import Path
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.home.home import LunaHome
 from luna_core.home.settings import LOCAL_HOST
-from luna_core.models.profiles import resolve_profile
 
 
 def serve_workers(home: LunaHome) -> int:

@@ -33,7 +33,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     elif args.server:
         # pulls torch in (about a second to import): only the commands that need it pay for it
-        from luna_core.ask.vault_query import Neighbor
+        from luna_core.ask.answers import Neighbor
 
         answer = json.loads(
             ask(args.server, "/search", args.image, [("k", str(args.k)), ("box", args.box)])

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from luna_core.ask import browse
+from luna_core.ask.answers import crop
 from luna_core.ask.boxes import Box
 from luna_core.ask.mixing import PromptMix
-from luna_core.ask.vault_query import DEFAULT_TEMPERATURE, QueryError, VaultQuery, crop
+from luna_core.ask.vault_query import DEFAULT_TEMPERATURE, QueryError, VaultQuery
 from luna_core.containers.probe import ProbeLimits
 from luna_core.errors import CorruptStoreError, LunaError, NotBuiltError
 from luna_core.home.home import LunaHome

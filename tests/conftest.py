@@ -68,7 +68,8 @@ def library_home(tiny_home):
     """(home, profile): tiny_home with both vault stores and the library view."""
     from luna_core.catalog.library_view import build_library
     from luna_core.models.profiles import resolve_profile
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     profile = resolve_profile("tiny", tiny_home.models_dir)
     options = EmbedOptions(progress=False)

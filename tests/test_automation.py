@@ -185,7 +185,8 @@ def test_an_edit_in_place_retires_the_old_content_and_a_restored_file_is_revived
     from luna_core.index.build import update_index
     from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.vault.checks import check_store
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     home, profile = library_home
     update_index(home, profile)
@@ -264,7 +265,8 @@ def test_the_retrain_policy_sensor_requests_the_projector_once_the_pairs_grew(
     from luna_core.catalog.library_view import build_library
     from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.models.profiles import resolve_profile
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     home = projector_home
     defs = build_definitions(str(home.root))

@@ -13,7 +13,8 @@ from luna_core.home.home import LunaHome
 from luna_core.models.profiles import resolve_profile
 from luna_core.vault.checks import check_store
 from luna_core.vault.codec import decode_int8, encode_int8
-from luna_core.vault.embed import EmbedOptions, embed_prompts
+from luna_core.vault.embed import EmbedOptions
+from luna_core.vault.embed_prompts import embed_prompts
 from luna_core.vault.segments import open_text_store, store_bytes
 from luna_core.vault.store import Layout, RowStore
 

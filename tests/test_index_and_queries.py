@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from luna_core.ask.answers import load_image
 from luna_core.ask.boxes import Box
-from luna_core.ask.vault_query import QueryError, VaultQuery, load_image
+from luna_core.ask.vault_query import QueryError, VaultQuery
 from luna_core.catalog.library_view import build_library
 from luna_core.index.build import update_index
 from luna_core.index.faiss_index import (
@@ -179,7 +180,8 @@ def test_index_follows_the_library_incrementally(indexed_home, sample_library):
     from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.samples.pictures import PromptSpec, draw_picture
     from luna_core.samples.writers.registry import Generation, write_a1111_png
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     spec = PromptSpec("boat", "yellow", "desert", "new style", "")
     data, _ = write_a1111_png(draw_picture(spec, 9, (96, 96)), Generation(spec=spec, seed=9))
@@ -537,7 +539,8 @@ def test_an_image_that_leaves_and_returns_is_indexed_once(indexed_home):
 def test_a_moved_file_and_prompts_encoded_later_republish_the_lookup(indexed_home, sample_library):
     """No new vectors, but what the lookup holds changed: it is republished, never left stale."""
     from luna_core.ingest.run import IngestOptions, ingest
-    from luna_core.vault.embed import EmbedOptions, embed_prompts
+    from luna_core.vault.embed import EmbedOptions
+    from luna_core.vault.embed_prompts import embed_prompts
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
     image = sample_library.images[3].path

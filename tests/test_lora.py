@@ -510,7 +510,7 @@ def test_per_block_conditioning_meets_an_ip_adapter_item_by_item(tiny_models):
 
 
 def test_sdxl_layer_names_map_to_the_original_names_kohya_sdxl_files_use():
-    from luna_core.refine.lora import sgm_name
+    from luna_core.refine.lora_names import sgm_name
 
     up_attention = [True, True, False]  # SDXL base: two cross-attention up blocks, then a plain one
     expected = {

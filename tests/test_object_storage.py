@@ -121,7 +121,8 @@ def test_partitioned_vault_index_and_artifacts_live_on_object_storage(
     image = sample_library.files[0].path
     from luna_core.catalog.library_view import build_library
     from luna_core.index.build import update_index
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     embed_images(local, profile, EmbedOptions(progress=False))
     embed_prompts(local, profile, EmbedOptions(progress=False))

@@ -16,7 +16,8 @@ from luna_core.errors import NotBuiltError
 from luna_core.models.profiles import resolve_profile, tiny_profile
 from luna_core.refine.geometry import RefineInputError, chess_tiles, detail_crops, feather_mask
 from luna_core.refine.options import RefineSettings, SamplerSettings, SourceSettings
-from luna_core.refine.refiner import Refiner, save_image
+from luna_core.refine.refine_report import save_image
+from luna_core.refine.refiner import Refiner
 from luna_core.refine.sampler import ItemConditioning, SDXLSampler
 from tests.refine_items import random_items
 

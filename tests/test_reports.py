@@ -233,7 +233,8 @@ def test_the_test_set_stays_frozen_as_the_library_changes(report_home, sample_li
     from luna_core.index.build import update_index
     from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.samples import make_sample_library
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     home, profile = report_home
 
@@ -299,7 +300,8 @@ def test_a_test_split_grown_to_twice_the_set_starts_a_new_series(report_home, sa
     from luna_core.index.build import update_index
     from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.samples import make_sample_library
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     home, profile = report_home
     first = load_test_set(home)
@@ -325,7 +327,7 @@ def test_report_and_benchmark_assets_and_cli(report_home, capsys, monkeypatch, t
     )
     from luna_assets.resources import LunaHomeResource, LunaModelsResource
     from luna_cli.main import main
-    from luna_core.reports.render import clip_i_cell
+    from luna_core.reports.ordering import clip_i_cell
 
     home, _ = report_home
     assert main(["report", "--home", str(home.root)]) == 3, "no report yet"

@@ -36,8 +36,9 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(
     from luna_core.home.home import LunaHome
     from luna_core.models.profiles import resolve_profile
     from luna_core.vault.checks import check_store
-    from luna_core.vault.commits import commit_segments
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
+    from luna_core.vault.manifests import commit_segments
 
     profile = resolve_profile("tiny", tiny_home.models_dir)
     single = LunaHome.resolve(tmp_path / "single")
@@ -118,8 +119,8 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(
 def test_a_shard_run_that_dies_midway_is_finished_by_the_next_run(tiny_home, monkeypatch):
     import luna_core.models.encoders as encoders
     from luna_core.models.profiles import resolve_profile
-    from luna_core.vault.commits import commit_segments
     from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.manifests import commit_segments
 
     profile = resolve_profile("tiny", tiny_home.models_dir)
     shard = Shard(1, 2)
@@ -161,8 +162,8 @@ def test_a_shard_is_named_and_checked():
 def test_status_says_when_shard_rows_wait_for_the_commit(tiny_home, capsys):
     from luna_cli.main import main
     from luna_core.models.profiles import resolve_profile
-    from luna_core.vault.commits import commit_segments
     from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.manifests import commit_segments
 
     profile = resolve_profile("tiny", tiny_home.models_dir)
     embed_images(tiny_home, profile, EmbedOptions(progress=False), shard=Shard(0, 2))

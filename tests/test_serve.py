@@ -35,7 +35,8 @@ def home(tmp_path_factory, tiny_models, sample_library_master) -> LunaHome:
     from luna_core.projector.promotion import register
     from luna_core.projector.registry import Registry
     from luna_core.projector.train import TrainSettings, train_projector, validation_scorer
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     base = tmp_path_factory.mktemp("serve")
     library = base / "library"

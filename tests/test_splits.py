@@ -24,7 +24,8 @@ def _catalog(home, sql: str, params=None):
 def _refresh(home, profile, root: Path) -> None:
     from luna_core.catalog.library_view import build_library
     from luna_core.ingest.run import IngestOptions, ingest
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
 
     ingest(home.catalog_path, [str(root)], IngestOptions(workers=1, progress=False))
     embed_images(home, profile, EmbedOptions(progress=False))

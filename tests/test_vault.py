@@ -22,7 +22,8 @@ from luna_core.ingest.run import IngestOptions, ingest
 from luna_core.models.profiles import resolve_profile
 from luna_core.samples import SampleLibrary
 from luna_core.vault.checks import check_store
-from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+from luna_core.vault.embed import EmbedOptions, embed_images
+from luna_core.vault.embed_prompts import embed_prompts
 from luna_core.vault.store import RowStore
 
 QUIET = EmbedOptions(progress=False, batch_size=8)

@@ -269,7 +269,8 @@ class LunaHome:
         sdxl_model: str | None = None,
     ) -> ModelProfile:
         """The models this home uses: its profile (`model_profile`) resolved, with any model
-        overrides applied. The one place every surface (CLI, Dagster, service, ComfyUI) gets them."""
+        overrides applied: the one place every surface (CLI, Dagster, service, ComfyUI) gets
+        them."""
         return resolve_profile(
             self.model_profile(argument), self.models_dir, vision_model, sdxl_model
         )

@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from luna_core.home.settings import environment_settings
-from luna_core.models import tiny_world
+from luna_core.models import tiny_world, tiny_world_unet
 from luna_core.models.clip_vocab import clip_tokenizer
 from luna_core.models.encoders import SDXLTextEncoder
 from luna_core.models.tiny_world import ARCHITECTURE, CLIP_MEAN, CLIP_STD, IMAGE_SIZE, TEXT_COMMON
@@ -179,7 +179,7 @@ def _train(dest: Path, key: str, progress: bool) -> None:
     encoder = SDXLTextEncoder(
         str(sdxl), None, torch.device("cpu"), torch.float32
     )  # the vault's own encoding
-    tiny_world.train_unet(
+    tiny_world_unet.train_unet(
         unet, vae, encoder, dict(scheduler.config), recipe["unet"], seed, progress_hook
     )
     seconds["unet"] = time.perf_counter() - started

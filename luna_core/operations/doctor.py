@@ -15,7 +15,6 @@ from luna_core.errors import LunaError
 from luna_core.home.home import LunaHome
 from luna_core.index.build import LOOKUP_COLUMNS, _library_rows, lookup_digest
 from luna_core.index.store import index_store, load_index
-from luna_core.models.profiles import resolve_profile
 from luna_core.projector.registry import Registry
 from luna_core.vault.checks import check_store
 from luna_core.vault.store import TEXT_LAYOUT, RowStore

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from luna_core.files import write_atomically
-from luna_core.refine.lora import sgm_name
+from luna_core.refine.lora_names import sgm_name
 
 LAYOUTS = ("kohya", "kohya-sgm", "peft")
 ATTENTION_LAYERS = ("to_q", "to_k", "to_v", "to_out.0")

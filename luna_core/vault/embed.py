@@ -25,29 +25,20 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from luna_core.home.home import LunaHome
-from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
+from luna_core.models.encoders import VisionEncoder
 from luna_core.models.profiles import (
     ModelProfile,
     check_model_reference,
     choose_device,
     choose_dtype,
 )
-from luna_core.prompts.encode import encode_many
-from luna_core.prompts.parsers import parse
-from luna_core.prompts.syntax import chunk_key
-from luna_core.vault.commits import (
-    TEXT,
-    VISION,
-    Committer,
-    StoreSpec,
-    store_and_committer,
-    work_for,
-)
+from luna_core.vault.commits import VISION, StoreSpec, store_and_committer
+from luna_core.vault.manifests import work_for
 from luna_core.vault.segments import (
     Shard,
     store_bytes,
 )
-from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT
+from luna_core.vault.store import VISION_LAYOUT
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +80,7 @@ class EmbedReport:
         return self.added / self.seconds if self.seconds else 0.0
 
 
-def _device_dtype(profile: ModelProfile, options: EmbedOptions, report: EmbedReport):
+def device_dtype(profile: ModelProfile, options: EmbedOptions, report: EmbedReport):
     device = choose_device(options.device)
     dtype = choose_dtype(
         device, profile.default_dtype if options.dtype == "auto" else options.dtype
@@ -101,7 +92,7 @@ def _device_dtype(profile: ModelProfile, options: EmbedOptions, report: EmbedRep
 _ENCODERS: dict = {}
 
 
-def _encoder(cls, model: str, revision: str | None, device, dtype):
+def encoder_for(cls, model: str, revision: str | None, device, dtype):
     """An encoder, kept for the next run in this process (a worker embedding shard after shard loads
     each model once). One per kind: a new model replaces the old one."""
     key = (cls.__name__, model, revision, str(device), str(dtype))
@@ -164,7 +155,7 @@ def prefetch(items: Iterable, fn: Callable, workers: int, window: int) -> Iterat
             yield result
 
 
-def _progress_bar(total: int, desc: str, unit: str, enabled: bool):
+def progress_bar(total: int, desc: str, unit: str, enabled: bool):
     return tqdm(
         total=total, desc=desc, unit=unit, disable=not enabled or total == 0, mininterval=0.5
     )
@@ -200,13 +191,13 @@ def embed_images(
         home, profile, "vision_rows", key, work_sql, path, shard
     )
     if not work:  # nothing new: no model load, no store write
-        return _finish(report, path, started, next_row)
+        return finish_report(report, path, started, next_row)
 
-    encoder = _encoder(
+    encoder = encoder_for(
         VisionEncoder,
         profile.vision_model,
         profile.vision_revision,
-        *_device_dtype(profile, options, report),
+        *device_dtype(profile, options, report),
     )
     fields = {"embeds": (encoder.width,)}
     spec = StoreSpec(
@@ -216,7 +207,7 @@ def embed_images(
         catalog_path, spec, options.commit_rows, options.commit_seconds, shard
     )
     workers = options.decode_workers or min(8, os.cpu_count() or 1)
-    bar = _progress_bar(len(work), "vision embeddings", "img", options.progress)
+    bar = progress_bar(len(work), "vision embeddings", "img", options.progress)
     report.new_rows = (next_row, next_row)
     batch: list[_Loaded] = []
     done = 0
@@ -265,10 +256,10 @@ def embed_images(
         committer.commit()
     bar.close()
     report.new_rows = (report.new_rows[0], next_row)
-    return _finish(report, path, started, next_row)
+    return finish_report(report, path, started, next_row)
 
 
-def _finish(report: EmbedReport, path: Path, started: float, rows_total: int) -> EmbedReport:
+def finish_report(report: EmbedReport, path: Path, started: float, rows_total: int) -> EmbedReport:
     report.rows_total = rows_total
     report.bytes_on_disk = store_bytes(path)
     report.seconds = time.perf_counter() - started
@@ -285,139 +276,3 @@ def _finish(report: EmbedReport, path: Path, started: float, rows_total: int) ->
 
 
 # ---------------------------------------------------------------- prompts
-
-
-def embed_prompts(
-    home: LunaHome,
-    profile: ModelProfile,
-    options: EmbedOptions | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-    shard: Shard | None = None,
-) -> EmbedReport:
-    """SDXL conditionings for every unique prompt text (positive and negative) without one for the
-    profile's encoder pair; one row per text, shared by every image that used it. With a `shard`,
-    only its prompts, into its own segment store and manifests."""
-
-    options = options or EmbedOptions()
-    catalog_path, started = home.catalog_path, time.perf_counter()
-    key = profile.text_key
-    path = home.text_store(profile)
-    report = EmbedReport(TEXT, key, profile.sdxl_model, str(path))
-    check_model_reference(profile.sdxl_model, "SDXL model")
-    work_sql = """
-        SELECT p.prompt_hash, p.prompt, p.syntax FROM prompts p
-        WHERE NOT EXISTS (SELECT 1 FROM text_rows t WHERE t.store_key = $key AND t.prompt_hash =
-            p.prompt_hash)
-          AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.store_key = $key AND f.item_key
-              = p.prompt_hash)
-          {shard}
-        ORDER BY p.prompt_hash"""
-    work, report.already_present, next_row = work_for(
-        home, profile, "text_rows", key, work_sql, path, shard
-    )
-    if not work:
-        return _finish(report, path, started, next_row)
-
-    encoder = _encoder(
-        SDXLTextEncoder,
-        profile.sdxl_model,
-        profile.sdxl_revision,
-        *_device_dtype(profile, options, report),
-    )
-    fields = {
-        "prompt_embeds": (encoder.seq_len, encoder.width),
-        "pooled_prompt_embeds": (encoder.pooled_width,),
-    }
-    spec = StoreSpec(
-        TEXT,
-        key,
-        profile.sdxl_model,
-        profile.sdxl_revision,
-        path,
-        fields,
-        TEXT_LAYOUT,
-        codec=home.text_codec(),
-    )
-    store, committer, offset = store_and_committer(
-        catalog_path, spec, options.commit_rows, options.commit_seconds, shard
-    )
-    batch_size = max(1, min(options.batch_size, TEXT_LAYOUT.rows_per_shard))
-    bar = _progress_bar(len(work), "text conditionings", "prompt", options.progress)
-    report.new_rows = (next_row, next_row)
-    with store.writer():
-        for start in range(0, len(work), batch_size):
-            items = work[start : start + batch_size]
-            parsed = [parse(text, syntax) for _, text, syntax in items]
-            try:
-                counts = encoder.token_counts([p.plain for p in parsed])
-                t0 = time.perf_counter()
-                encoded = encode_many(encoder, parsed)
-                report.model_seconds += time.perf_counter() - t0
-            except (
-                Exception
-            ) as exc:  # one bad batch must not stop the rest: retry its prompts one by one
-                log.warning("text batch failed (%s); encoding its prompts one at a time", exc)
-                items, parsed, counts, encoded = _encode_one_by_one(
-                    encoder, items, parsed, committer, report
-                )
-                if not items:
-                    continue
-            rows, embeds, pooled = [], [], []
-            for (key, _, _), prompt, count, (tokens, pool) in zip(items, parsed, counts, encoded):
-                chunks = tokens.shape[0] // encoder.seq_len
-                embeds.append(tokens.reshape(chunks, encoder.seq_len, -1))
-                pooled.append(
-                    np.repeat(pool[None], chunks, axis=0)
-                )  # every chunk row carries the prompt's pooled
-                truncated = prompt.syntax == "literal" and count > encoder.seq_len
-                rows += [
-                    {
-                        "key": chunk_key(key, i),
-                        "row": next_row + len(rows) + i,
-                        "token_count": count,
-                        "truncated": truncated,
-                        "chunks": chunks if i == 0 else 0,
-                    }
-                    for i in range(chunks)
-                ]
-                report.truncated += truncated
-                report.chunked += chunks > 1
-            store.write(
-                next_row - offset,
-                {
-                    "prompt_embeds": np.concatenate(embeds),
-                    "pooled_prompt_embeds": np.concatenate(pooled),
-                },
-            )
-            committer.add_rows(rows)
-            next_row += len(rows)
-            report.added += len(items)
-            bar.update(len(items))
-            if on_progress:
-                on_progress(min(start + batch_size, len(work)), len(work))
-        committer.commit()
-    bar.close()
-    report.new_rows = (report.new_rows[0], next_row)
-    return _finish(report, path, started, next_row)
-
-
-def _encode_one_by_one(encoder, items, parsed, committer: Committer, report: EmbedReport):
-    """The prompts of a failed batch, each on its own: one that fails is recorded, the rest are
-    kept."""
-    kept, kept_parsed, counts, encoded = [], [], [], []
-    for item, prompt in zip(items, parsed):
-        try:
-            count = encoder.token_counts([prompt.plain])[0]
-            (answer,) = encode_many(encoder, [prompt])
-        except Exception as exc:
-            committer.add_failure(item[0], None, "encode_failed", f"{type(exc).__name__}: {exc}")
-            report.failed += 1
-            report.failures_by_reason["encode_failed"] = (
-                report.failures_by_reason.get("encode_failed", 0) + 1
-            )
-            continue
-        kept.append(item)
-        kept_parsed.append(prompt)
-        counts.append(count)
-        encoded.append(answer)
-    return kept, kept_parsed, counts, encoded

@@ -8,7 +8,7 @@ from luna_assets.defs.vault.assets import TEXT_CONDITIONINGS, VISION_EMBEDDINGS
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.catalog.library_view import build_library
 from luna_core.metadata.audit import audit_prompts
-from luna_core.vault.commits import commit_segments
+from luna_core.vault.manifests import commit_segments
 
 LUNA_CATALOG = dg.AssetKey("luna_catalog")
 

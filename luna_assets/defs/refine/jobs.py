@@ -25,7 +25,8 @@ from luna_core.refine.options import (
     SamplerSettings,
     SourceSettings,
 )
-from luna_core.refine.refiner import Refiner, save_image
+from luna_core.refine.refine_report import save_image
+from luna_core.refine.refiner import Refiner
 
 REFINE_JOB = "refine_images"
 THUMBNAIL = 256

@@ -12,8 +12,9 @@ from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.reports.benchmark import BENCHMARK_CODE_VERSION, BenchmarkSettings, run_benchmark
 from luna_core.reports.evaluate import EvalSettings
 from luna_core.reports.frozen_set import EmptyTestSet
+from luna_core.reports.ordering import ordering_lines
 from luna_core.reports.quality import QualitySettings
-from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows, ordering_lines
+from luna_core.reports.render import HEADLINE_COLUMNS, headline_rows
 from luna_core.reports.report import REPORT_CODE_VERSION, ReportSettings, build_report
 
 REFINEMENT_REPORT = dg.AssetKey("refinement_report")

@@ -13,7 +13,8 @@ from luna_core.catalog.connection import open_catalog, vault_rows_digest
 from luna_core.home.storage import location
 from luna_core.models.profiles import ModelProfile
 from luna_core.vault.checks import check_store
-from luna_core.vault.embed import EmbedReport, embed_images, embed_prompts
+from luna_core.vault.embed import EmbedReport, embed_images
+from luna_core.vault.embed_prompts import embed_prompts
 from luna_core.vault.segments import Shard, shard_keys, shard_manifests
 
 VISION_EMBEDDINGS = dg.AssetKey("vision_embeddings")

@@ -31,6 +31,7 @@ from luna_core.samples.writers.comfyui import (
     write_comfyui_webp,
     write_comfyui_workflow_only_png,
 )
+from luna_core.samples.writers.comfyui_graphs import write_comfy_frontend_workflow_png
 from luna_core.samples.writers.common import (
     Generation,
     ascii_tag,
@@ -72,7 +73,6 @@ from luna_core.samples.writers.savers import (
     write_a1111_stealth_png,
     write_civitai_jpeg,
     write_comfy_flux_png,
-    write_comfy_frontend_workflow_png,
     write_comfy_qwen_png,
     write_comfy_rgthree_png,
     write_extended_formats_webp,
