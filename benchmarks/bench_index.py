@@ -177,9 +177,8 @@ def vault_query_latency(
                 ),
             },
         )
-    row_of_id = rng.integers(
-        0, rows, size=int(index.ntotal) * 8 + 8
-    )  # by image id; many images share a prompt row
+    # by image id; many images share a prompt row
+    row_of_id = rng.integers(0, rows, size=int(index.ntotal) * 8 + 8)
     times = []
     for q in vectors[rng.choice(len(vectors), queries, replace=False)]:
         started = time.perf_counter()

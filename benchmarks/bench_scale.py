@@ -116,9 +116,8 @@ def _run_on_celery(home, keys: list[str], workers: int) -> float:
         home.ensure()
         import dagster as dg
 
-        dg.DagsterInstance.from_config(str(home.dagster_home)).get_runs(
-            limit=1
-        )  # storage made once, not by 4 at once
+        # storage made once, not by 4 at once
+        dg.DagsterInstance.from_config(str(home.dagster_home)).get_runs(limit=1)
         luna = str(Path(sys.executable).with_name("luna"))
         for n in range(workers):
             started_workers.append(

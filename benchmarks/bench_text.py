@@ -96,10 +96,11 @@ def _encoder(kind: str, work: Path):
 
     folder = work / "sdxl_random"
     tiny = ensure_tiny_models()
+    # the real CLIP BPE vocabulary, as the tiny profile ships it
     for name in (
         "tokenizer",
         "tokenizer_2",
-    ):  # the real CLIP BPE vocabulary, as the tiny profile ships it
+    ):
         shutil.copytree(
             Path(tiny_profile(tiny).sdxl_model) / name, folder / name, dirs_exist_ok=True
         )

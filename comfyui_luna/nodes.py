@@ -29,9 +29,8 @@ from luna_core.home.home import LunaHome
 from luna_core.models.profiles import resolve_profile
 from luna_core.refine.lora_files import lora_set
 
-DEFAULT_PROJECTOR = (
-    "models:/luna-projector@champion"  # luna_core.projector.names; the pack loads without Luna
-)
+# luna_core.projector.names; the pack loads without Luna
+DEFAULT_PROJECTOR = "models:/luna-projector@champion"
 _cache: dict = {}
 _cache_lock = threading.Lock()
 

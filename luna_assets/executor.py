@@ -143,9 +143,8 @@ def reap_lost_steps(app, timeout: float = 2.0) -> list[str]:
             started[task_id] = meta["result"]["hostname"]
     alive = live_workers(app, timeout) if started else set()
     if any(worker not in alive for worker in started.values()):
-        alive |= live_workers(
-            app, timeout
-        )  # a worker must miss two pings in a row: one can be a hiccup
+        # a worker must miss two pings in a row: one can be a hiccup
+        alive |= live_workers(app, timeout)
     reaped = []
     for task_id, worker in started.items():
         if worker not in alive:

@@ -41,18 +41,16 @@ class LunaHomeResource(dg.ConfigurableResource):
 class LunaModelsResource(dg.ConfigurableResource):
     """Which models embed the library, and on what device. Empty fields fall back to the home."""
 
-    profile: str | None = (
-        None  # sdxl | tiny; None: $LUNA_PROFILE, else the home's luna.toml, else sdxl
-    )
+    # sdxl | tiny; None: $LUNA_PROFILE, else the home's luna.toml, else sdxl
+    profile: str | None = None
     vision_model: str | None = None  # hub id or local folder, overriding the profile's
     sdxl_model: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     vision_batch_size: int = EmbedOptions.batch_size
     text_batch_size: int = 16  # conditionings are 315 KB a row at SDXL widths: smaller batches
-    decode_workers: int = (
-        EmbedOptions.decode_workers
-    )  # image decode threads; 0: one per core (at most 8)
+    # image decode threads; 0: one per core (at most 8)
+    decode_workers: int = EmbedOptions.decode_workers
 
     def resolve(self, home: LunaHome) -> ModelProfile:
         return home.profile(self.profile, self.vision_model, self.sdxl_model)

@@ -70,9 +70,8 @@ def fail_dead_runs(instance, mark: bool = True) -> list[str]:
 def dead_run_monitor(context: dg.SensorEvaluationContext):
     marked = fail_dead_runs(context.instance)
     broker = celery_broker(LunaHome.resolve())
-    if (
-        broker
-    ):  # steps on Celery workers: a worker that stopped answering fails its step (and so its run)
+    # steps on Celery workers: a worker that stopped answering fails its step (and so its run)
+    if broker:
         marked += reap_lost_steps(celery_app(broker))
     for message in marked:
         context.log.warning(message)

@@ -239,9 +239,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return supervise(command, env)
 
 
-UI_STOP_GRACE_S = (
-    5.0  # after Ctrl-C or SIGTERM: time for a clean shutdown before the processes are killed
-)
+# after Ctrl-C or SIGTERM: time for a clean shutdown before the processes are killed
+UI_STOP_GRACE_S = 5.0
 
 
 def _stop_request(signum, frame):

@@ -26,12 +26,13 @@ from luna_core.samples.loras import write_sample_lora
 from luna_core.samples.sample_library import LORA_NAMES
 
 DEMO_MARKER = "sample_library.json"
+# the sample library `luna demo` makes
 DEMO_IMAGES, DEMO_SIZE, DEMO_SEED, DEMO_PROFILE = (
     200,
     256,
     0,
     "tiny",
-)  # the sample library `luna demo` makes
+)
 # The demo library is small: its projector may train on a few dozen pairs (the default refuses <
 # 32).
 DEMO_PROJECTOR_CONFIG = {"arch": "kernel", "min_train_pairs": 8, "min_val_pairs": 2}

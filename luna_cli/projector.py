@@ -9,9 +9,10 @@ from luna_core.home.home import LunaHome
 
 
 def cmd_projector_list(args: argparse.Namespace) -> int:
+    # mlflow is heavy: only this command pays for it
     from luna_core.projector.registry import (
         Registry,
-    )  # mlflow is heavy: only this command pays for it
+    )
 
     home = LunaHome.existing(args.home)
     registry = Registry(home, args.tracking_uri)

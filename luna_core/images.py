@@ -62,9 +62,8 @@ def decode_picture(data: bytes, name: str, limits: ProbeLimits = ProbeLimits()):
         )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", Image.DecompressionBombWarning
-            )  # Luna's own bound applies below
+            # Luna's own bound applies below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > limits.max_pixels:
@@ -74,9 +73,8 @@ def decode_picture(data: bytes, name: str, limits: ProbeLimits = ProbeLimits()):
                     "too_large",
                 )
             image.load()
-    except (
-        Image.DecompressionBombError
-    ):  # Pillow refuses past twice its own limit, before Luna can look
+    # Pillow refuses past twice its own limit, before Luna can look
+    except Image.DecompressionBombError:
         raise PictureError(
             f"image {name} declares more pixels than the {limits.max_pixels / 1e6:.0f} MP bound "
             "(decompression-bomb guard)",

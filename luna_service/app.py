@@ -171,9 +171,8 @@ def create_app(service: LunaService, workers: int = 4):
         title="Luna", description="Search your library; take a conditioning.", version="2"
     )
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="luna-serve")
-    refresher = ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="luna-refresh"
-    )  # never behind searches
+    # never behind searches
+    refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="luna-refresh")
     static = resources.files("luna_service") / "static"
 
     async def off_loop(fn, *args):

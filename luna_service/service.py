@@ -38,9 +38,8 @@ log = logging.getLogger("luna.serve")
 
 MAX_BOXES = 64
 MAX_K = 200
-ALIAS_CHECK_SECONDS = (
-    2.0  # how often the registry (and an index pointer on object storage) is asked
-)
+# how often the registry (and an index pointer on object storage) is asked
+ALIAS_CHECK_SECONDS = 2.0
 
 
 @dataclass

@@ -17,9 +17,8 @@ import pytest
 
 from devtools.processes import Service, free_port  # noqa: F401 (the tests import them from here too)
 
-REQUIRE_ENV = (
-    "LUNA_REQUIRE_SERVICES"  # set by .ci/run: a missing PostgreSQL or Chromium fails, not skips
-)
+# set by .ci/run: a missing PostgreSQL or Chromium fails, not skips
+REQUIRE_ENV = "LUNA_REQUIRE_SERVICES"
 
 
 def unavailable(what: str) -> None:
@@ -195,9 +194,8 @@ class Chromium:
             observer.observe(document, {subtree: true, childList: true, characterData: true});
             setTimeout(() => { observer.disconnect(); resolve(seen()); }, %d);
         })""" % (json.dumps(needles), int(timeout * 1000))
-        for _ in range(
-            5
-        ):  # a navigation (a redirect) destroys the page's context: ask the new page
+        # a navigation (a redirect) destroys the page's context: ask the new page
+        for _ in range(5):
             try:
                 found = self.call(
                     "Runtime.evaluate",

@@ -126,9 +126,8 @@ def test_a_killed_ingest_leaves_no_reader_process(sample_library, tmp_path):
         )
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
-        deadline = (
-            time.monotonic() + 60
-        )  # the parent-death signal is delivered by the kernel, at once
+        # the parent-death signal is delivered by the kernel, at once
+        deadline = time.monotonic() + 60
         alive = workers
         while alive and time.monotonic() < deadline:
             alive = [p for p in workers if _running(p)]

@@ -161,9 +161,10 @@ def test_a_build_in_progress_is_not_doubled_by_the_automation(
     between the catalog and the projector steps)."""
     daemon = Daemon(tiny_home)
     daemon.run({"ingested_images"})
+    # every asset planned
     build = daemon.instance.create_run_for_job(
         job_def=daemon.defs.resolve_job_def("luna_build_all"), run_config=RUN_CONFIG
-    )  # every asset planned
+    )
     daemon.instance.report_dagster_event(
         dg.DagsterEvent(
             event_type_value=dg.DagsterEventType.RUN_START.value, job_name=build.job_name
@@ -172,9 +173,8 @@ def test_a_build_in_progress_is_not_doubled_by_the_automation(
     )
     daemon.run(CHAIN)  # its first steps are done; the projector's is still to come
     assert "projector" not in daemon.tick()
-    daemon.instance.report_run_canceled(
-        build
-    )  # the build stopped: the projector is missing again, and asked for
+    # the build stopped: the projector is missing again, and asked for
+    daemon.instance.report_run_canceled(build)
     assert "projector" in daemon.tick()
 
 
@@ -285,9 +285,8 @@ def test_the_retrain_policy_sensor_requests_the_projector_once_the_pairs_grew(
     instance.report_runless_asset_event(dg.AssetMaterialization(LUNA_CATALOG))
     result, cursor = tick()
     assert isinstance(result, dg.SensorResult) and "+0%" in result.skip_reason.skip_message
-    (observation,) = (
-        result.asset_events
-    )  # shown beside the projector's "Unsynced" badge: why no retrain follows
+    # shown beside the projector's "Unsynced" badge: why no retrain follows
+    (observation,) = result.asset_events
     assert (
         observation.asset_key == dg.AssetKey("projector")
         and "retrains when the pairs grew by 25%" in observation.metadata["why Unsynced"].value

@@ -84,9 +84,8 @@ def test_a_failed_library_build_leaves_no_half_assigned_ids(library_home, monkey
         con.execute("DELETE FROM splits")
         before = con.execute("SELECT count(*) FROM image_ids").fetchone()[0]
         con.execute("DELETE FROM image_ids")
-    monkeypatch.setattr(
-        library, "_quote", lambda text: "no_such_column"
-    )  # the view's SQL now fails
+    # the view's SQL now fails
+    monkeypatch.setattr(library, "_quote", lambda text: "no_such_column")
     with pytest.raises(duckdb.Error):
         library.build_library(home, profile)
     with duckdb.connect(str(home.catalog_path), read_only=True) as con:

@@ -168,9 +168,8 @@ def _settled(ui: str, backfill_id: str, instance) -> bool:
             ]
         )
     )
-    return (
-        answer["status"] in FINISHED and not busy
-    )  # run retries may still be re-running a failed run
+    # run retries may still be re-running a failed run
+    return answer["status"] in FINISHED and not busy
 
 
 def _materialized(instance) -> dict[str, set[str]]:

@@ -142,9 +142,8 @@ def test_build_names_the_root_cause_and_fails_on_failed_checks(
     )
 
     with duckdb.connect(str(home.catalog_path)) as con:
-        con.execute(
-            "DELETE FROM vision_rows"
-        )  # everything to embed again, with the model folder gone
+        # everything to embed again, with the model folder gone
+        con.execute("DELETE FROM vision_rows")
     cache = tmp_path / "tiny-cache"  # a copy of the machine's tiny world, to break without harm
     shutil.copytree(
         Path(profile.vision_model).parent, cache / Path(profile.vision_model).parent.name

@@ -29,9 +29,8 @@ def test_query_image_mistakes(cli_home, tmp_path, capsys):
     code, err = run(capsys, "search", str(bomb), "--home", str(home.root))
     assert code == 2 and "decompression-bomb" in err and str(bomb) in err
     huge = tmp_path / "huge.png"
-    Image.new("1", (20_000, 10_000)).save(
-        huge
-    )  # past twice Pillow's own limit: Pillow refuses it first
+    # past twice Pillow's own limit: Pillow refuses it first
+    Image.new("1", (20_000, 10_000)).save(huge)
     code, err = run(capsys, "search", str(huge), "--home", str(home.root))
     assert (
         code == 2

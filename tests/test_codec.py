@@ -56,17 +56,15 @@ def test_an_int8_store_reads_alike_on_both_paths_and_keeps_its_codec(tmp_path):
         "p": rng.normal(size=(6, 8)).astype(np.float16),
     }
     store.write(0, values)
-    assert (
-        store.group["e"].dtype == np.int8 and store.group["p"].dtype == np.float16
-    )  # pooled rows stay float16
+    # pooled rows stay float16
+    assert store.group["e"].dtype == np.int8 and store.group["p"].dtype == np.float16
     rows = np.array([5, 0, 3])
     np.testing.assert_array_equal(store.read_rows("e", rows), store.read("e", rows))
     np.testing.assert_array_equal(store.read("p", rows), values["p"][rows])
     assert _cosine(store.read("e", rows), values["e"][rows]).min() > 0.999
     reopened = RowStore.open_readonly(tmp_path / "t.zarr", layout)
-    assert (
-        reopened.fields == fields and reopened.codec == "int8"
-    )  # the scales are the codec's, not a field
+    # the scales are the codec's, not a field
+    assert reopened.fields == fields and reopened.codec == "int8"
     assert reopened.checksummed
     # A float16 setting later does not change a store made with int8: its rows would be misread.
     assert RowStore.open(tmp_path / "t.zarr", fields, layout, codec="float16").codec == "int8"

@@ -43,9 +43,8 @@ def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
         defs.resolve_schedule_def("nightly_reindex").default_status
         == dg.DefaultScheduleStatus.RUNNING
     )
-    weekly = defs.resolve_schedule_def(
-        "weekly_benchmark"
-    )  # the expensive part, off the path of the data
+    # the expensive part, off the path of the data
+    weekly = defs.resolve_schedule_def("weekly_benchmark")
     assert (
         weekly.default_status == dg.DefaultScheduleStatus.RUNNING
         and weekly.cron_schedule == "0 5 * * 0"
@@ -57,10 +56,11 @@ def test_definitions_load_like_the_ui_loads_them(tmp_path: Path, monkeypatch):
     )
     assert defs.resolve_job_def("rebuild_faiss_index") and defs.resolve_job_def("refine_images")
     assert defs.resolve_job_def(BUILD_ALL_JOB)
+    # both run without a click in the UI
     for sensor in (
         "library_files_changed",
         "luna_automation",
-    ):  # both run without a click in the UI
+    ):
         assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.RUNNING
 
 

@@ -16,9 +16,8 @@ def test_doctor_finds_each_accident_and_repairs_the_home(projector_home, capsys)
     profile = resolve_profile("tiny", home.models_dir)
     assert all(f.severity != "error" for f in diagnose(home))
 
-    for shard in (home.text_store(profile) / "prompt_embeds" / "c").rglob(
-        "0"
-    ):  # garbage in the text store
+    # garbage in the text store
+    for shard in (home.text_store(profile) / "prompt_embeds" / "c").rglob("0"):
         if shard.is_file():
             data = bytearray(shard.read_bytes())
             for position in range(0, len(data) - (64 * 16 + 4), 997):

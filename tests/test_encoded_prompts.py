@@ -26,10 +26,12 @@ from luna_core.samples.writers.registry import (
     png_chunk,
     write_comfy_llm_expanded_png,
 )
+
+# one picture and generation for every writer test
 from tests.test_metadata_formats import (
     GEN,
     PICTURE,
-)  # one picture and generation for every writer test
+)
 
 
 def record_of(items: dict[str, str]):
@@ -275,9 +277,8 @@ def test_a_save_nodes_evaluated_text_fills_a_prompt_the_graph_cannot_give():
 
 def test_utf8_read_as_latin1_is_undone_and_real_latin1_is_left_alone():
     written = "#テスト, a cat"
-    double = written.encode("utf-8").decode(
-        "latin-1"
-    )  # what a Latin-1 reader made of it, written back as UTF-8
+    # what a Latin-1 reader made of it, written back as UTF-8
+    double = written.encode("utf-8").decode("latin-1")
     chunk = png_chunk(b"tEXt", b"parameters\x00" + double.encode("utf-8"))
     items = probe_image(insert_png_chunks(png_bytes(PICTURE), [chunk])).items
     assert items["parameters"] == written
@@ -389,9 +390,8 @@ def test_hostile_metadata_is_recorded_with_a_reason_and_never_becomes_a_prompt(c
 def test_odd_length_utf16_user_comment_is_read_without_crashing():
     from luna_core.samples.writers.registry import jpeg_bytes, tiff_block
 
-    text = (
-        json.dumps(civitai_generator_record(GEN)).encode("utf-16-be") + b"\x7b"
-    )  # one byte too many
+    # one byte too many
+    text = json.dumps(civitai_generator_record(GEN)).encode("utf-16-be") + b"\x7b"
     exif = b"Exif\x00\x00" + tiff_block({}, {0x9286: (7, b"UNICODE\x00" + text)}, big_endian=False)
     record = record_of(probe_image(jpeg_bytes(PICTURE, [exif])).items)
     assert record.prompt in (None, GEN.prompt)

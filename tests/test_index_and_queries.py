@@ -49,9 +49,8 @@ def test_index_choice_follows_size_and_budget():
     assert medium.kind == "ivfsq8_refine" and medium.factory.endswith("Refine(SQfp16)")
     big = plan_index(500_000, 1024)
     assert big.kind == "ivfsq8_vault" and big.factory == "IVF2048_HNSW32,SQ8"
-    assert (
-        big.estimated_bytes / 500_000 <= 1.1 * 1024
-    )  # the 8-bit code, its ids and the lists alone
+    # the 8-bit code, its ids and the lists alone
+    assert big.estimated_bytes / 500_000 <= 1.1 * 1024
     everything_in_ram = plan_index(500_000, 1024, IndexSettings(rerank_in_ram_max_bytes=2 * GIB))
     assert everything_in_ram.kind == "ivfsq8_refine" and everything_in_ram.estimated_bytes < 4 * GIB
     tight = plan_index(500_000, 1024, IndexSettings(memory_budget_bytes=256 * 1024**2))
@@ -252,9 +251,8 @@ def test_text_search_finds_pictures_by_their_words_where_the_spaces_are_shared(
                 "SELECT prompt FROM generations WHERE prompt LIKE 'a % on a % background%'"
             ).fetchall()
         ]
-    described = sorted(
-        set(prompts)
-    )  # "a red cat on a forest background, watercolor painting, soft light"
+    # "a red cat on a forest background, watercolor painting, soft light"
+    described = sorted(set(prompts))
 
     def colour_and_background(text: str | None) -> tuple[str, str]:
         words = (text or "").split(",")[0].split(" on a ")

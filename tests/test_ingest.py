@@ -133,9 +133,8 @@ def test_second_ingest_reads_no_file_contents(sample_library: SampleLibrary, tmp
             len(sample_library.images) - 1,
         )
     finally:
-        opened.append(
-            "<done>"
-        )  # audit hooks cannot be removed; later opens are ignored by the test
+        # audit hooks cannot be removed; later opens are ignored by the test
+        opened.append("<done>")
 
 
 def test_moved_file_keeps_identity_and_history(sample_library: SampleLibrary, tmp_path: Path):

@@ -205,9 +205,8 @@ def test_bad_lora_files_get_one_clear_error(tmp_path, sampler, lora_files, caplo
         read_lora(corrupt, sampler.unet)
     from diffusers import UNet2DConditionModel
 
-    other = UNet2DConditionModel(
-        **{**dict(sampler.unet.config), "cross_attention_dim": 64}
-    )  # another model's widths
+    # another model's widths
+    other = UNet2DConditionModel(**{**dict(sampler.unet.config), "cross_attention_dim": 64})
     foreign = write_sample_lora(tmp_path / "foreign.safetensors", other, 1)
     with pytest.raises(LoraError, match="foreign.safetensors: layer .* LoRA for another model"):
         read_lora(foreign, sampler.unet)
@@ -499,9 +498,8 @@ def test_per_block_conditioning_meets_an_ip_adapter_item_by_item(tiny_models):
     ip_sampler.load_ip_adapter(ensure_tiny_ip_adapter(tiny_models), 0.5)
     items = _items(3, seed=4)
     rng = np.random.default_rng(2)
-    items[1][0].composition_embeds = rng.normal(size=(154, 96)).astype(
-        np.float32
-    )  # two chunks meet one
+    # two chunks meet one
+    items[1][0].composition_embeds = rng.normal(size=(154, 96)).astype(np.float32)
     items[1][0].composition_negative_embeds = np.zeros((77, 96), np.float32)
     ip = rng.normal(size=(3, 48)).astype(np.float32)
     batched = ip_sampler.refine(*items, FAST, ip)

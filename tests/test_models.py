@@ -63,9 +63,8 @@ def test_sdxl_conditioning_equals_diffusers_encode_prompt(tiny_models: Path):
     embeds, pooled = encoder.encode(prompts)
     np.testing.assert_array_equal(embeds, expected.numpy())
     np.testing.assert_array_equal(pooled, expected_pooled.numpy())
-    assert (
-        encoder.token_counts(prompts)[3] == 122
-    )  # counted before truncation, with start and end tokens
+    # counted before truncation, with start and end tokens
+    assert encoder.token_counts(prompts)[3] == 122
 
 
 def test_preprocessing_matches_clip_image_processor(tiny_models: Path):

@@ -105,14 +105,12 @@ def test_partitioned_vault_index_and_artifacts_live_on_object_storage(
     assert result.success, [e.message for e in result.all_events if e.is_failure]
 
     keys = _keys(s3, "luna/")
-    assert not any("/manifests/" in k for k in keys) and any(
-        "/committed/" in k for k in keys
-    )  # all committed
+    # all committed
+    assert not any("/manifests/" in k for k in keys) and any("/committed/" in k for k in keys)
     assert any(k.endswith("/current.json") and k.startswith("luna/index/") for k in keys)
     assert any(k.startswith("luna/mlflow-artifacts/") and k.endswith(".safetensors") for k in keys)
-    assert (
-        not (home.root / "vault").exists() and not (home.root / "index").exists()
-    )  # nothing on local disk
+    # nothing on local disk
+    assert not (home.root / "vault").exists() and not (home.root / "index").exists()
     for kind in ("vision", "text"):
         assert all(outcome.passed for outcome in check_store(home, profile, kind)), kind
 

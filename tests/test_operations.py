@@ -253,9 +253,8 @@ def test_the_projector_is_registered_on_the_mlflow_server_and_found_by_alias(
     )
     with urllib.request.urlopen(url, timeout=60) as response:
         version = json.loads(response.read())["model_version"]
-    assert (
-        version["version"] == "1" and version["tags"]
-    )  # promoted: the first version is the champion
+    # promoted: the first version is the champion
+    assert version["version"] == "1" and version["tags"]
     assert {t["key"] for t in version["tags"]} >= {"data_fingerprint", "arch"}
     # The registry lives in PostgreSQL (its own database beside Dagster's), the checkpoint under the
     # home.
@@ -282,9 +281,8 @@ def test_the_projector_is_registered_on_the_mlflow_server_and_found_by_alias(
 def test_the_pages_render_in_chromium(running, built):
     browser = Chromium()
     try:
-        graph = browser.open(
-            running["ui"] + "/asset-groups"
-        )  # the lineage graph: one node per group
+        # the lineage graph: one node per group
+        graph = browser.open(running["ui"] + "/asset-groups")
         browser.wait_for_text(
             graph,
             [

@@ -33,9 +33,8 @@ def test_only_a_better_candidate_becomes_champion(trained):
     home, profile, good, score = trained
     first = register(Registry(home), good, profile, score)
     assert (first.version, first.promoted) == (1, True)
-    worse = replace(
-        good, model=type(good.model)(good.config)
-    )  # an unfitted model: all-zero answers
+    # an unfitted model: all-zero answers
+    worse = replace(good, model=type(good.model)(good.config))
     second = register(Registry(home), worse, profile, score)
     assert (second.version, second.promoted) == (
         2,
@@ -274,15 +273,13 @@ def test_champion_check_fails_when_the_champion_is_not_the_best(trained):
     worse = replace(good, model=type(good.model)(good.config))
     register(Registry(home), worse, profile, score)
     assert verify_champion(registry, score).passed
-    registry.client.set_registered_model_alias(
-        "luna-projector", "champion", "2"
-    )  # a person moved it by hand
+    # a person moved it by hand
+    registry.client.set_registered_model_alias("luna-projector", "champion", "2")
     verdict = verify_champion(registry, score)
     assert not verdict.passed and "beaten by v1" in verdict.description
     registry.client.set_registered_model_alias("luna-projector", "champion", "1")
-    registry.client.set_model_version_tag(
-        "luna-projector", "1", "candidate_val_loss", "0.000001"
-    )  # a forged score
+    # a forged score
+    registry.client.set_model_version_tag("luna-projector", "1", "candidate_val_loss", "0.000001")
     verdict = verify_champion(registry, score)
     assert not verdict.passed and "not its recorded" in verdict.description
 
@@ -301,9 +298,8 @@ def test_pyfunc_accepts_any_float_array_and_dataframes(trained):
     as_float32 = model.predict(x.astype(np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no non-writable-array warning from torch
-        np.testing.assert_allclose(
-            model.predict(x), as_float32, atol=1e-5
-        )  # float64: numpy's default
+        # float64: numpy's default
+        np.testing.assert_allclose(model.predict(x), as_float32, atol=1e-5)
         np.testing.assert_allclose(model.predict(pd.DataFrame(x)), as_float32, atol=1e-5)
 
 

@@ -121,9 +121,8 @@ def test_hostile_prompts_parse_to_finite_weights_or_say_why(text, syntax):
     assert len(parsed.plain) <= MAX_PROMPT_CHARS
     if len(text) > MAX_PROMPT_CHARS:
         assert any("characters" in n for n in parsed.notes)
-    if (
-        "nan" in text and syntax == "comfy"
-    ):  # A1111's weight pattern takes digits only: ":nan)" stays text
+    # A1111's weight pattern takes digits only: ":nan)" stays text
+    if "nan" in text and syntax == "comfy":
         assert any("not a number" in n for n in parsed.notes)
 
 

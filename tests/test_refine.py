@@ -376,9 +376,8 @@ def test_refine_job_from_the_launchpad_writes_outputs_and_thumbnails(indexed_hom
     }
     chosen = job.execute_in_process(run_config=by_query, instance=dg.DagsterInstance.ephemeral())
     assert len(chosen.output_for_node("refine")) == 2
-    labels = (
-        indexed_home.root / "labels"
-    )  # YOLO writes one .txt per image: `{stem}` picks each one's
+    # YOLO writes one .txt per image: `{stem}` picks each one's
+    labels = indexed_home.root / "labels"
     labels.mkdir()
     (labels / f"{Path(good).stem}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
     detected = {
@@ -434,9 +433,8 @@ def test_each_refinement_times_itself_when_one_refiner_serves_two_threads(
     clock["now"] = 250.0
     release.set()
     first.join(120)
-    assert (
-        reports["first"].seconds == 250.0 and reports["second"].seconds == 0.0
-    )  # the old shared start: 150
+    # the old shared start: 150
+    assert reports["first"].seconds == 250.0 and reports["second"].seconds == 0.0
 
 
 def test_items_of_different_chunk_counts_batch_as_they_refine_alone(sampler):

@@ -55,9 +55,8 @@ def test_ceiling_floor_and_intervals(report_home):
     home, profile = report_home
     vault = VaultQuery(home, profile)
     champion = registered_projectors(home, vault, EvalSettings())[0].model
-    broken_model = type(champion)(
-        champion.config
-    )  # an unfitted ridge: random-free, all-zero answers
+    # an unfitted ridge: random-free, all-zero answers
+    broken_model = type(champion)(champion.config)
     evaluation = evaluate(
         home,
         profile,
@@ -556,12 +555,10 @@ def test_the_champion_is_found_among_other_aliases(report_home):
 
     home, profile = report_home
     registry = Registry(home)
-    registry.client.set_registered_model_alias(
-        "luna-projector", "a-first", "1"
-    )  # sorts before champion
-    registry.client.set_registered_model_alias(
-        "luna-projector", "champion-old", "1"
-    )  # holds the word, is not it
+    # sorts before champion
+    registry.client.set_registered_model_alias("luna-projector", "a-first", "1")
+    # holds the word, is not it
+    registry.client.set_registered_model_alias("luna-projector", "champion-old", "1")
     (projector,) = registered_projectors(home, VaultQuery(home, profile), EvalSettings())
     assert "@a-first" in projector.label and projector.champion, projector.label
     assert registry.champion().aliases == ("a-first", "champion", "champion-old")

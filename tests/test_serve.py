@@ -130,9 +130,8 @@ def test_the_service_answers_what_the_core_answers(home, server, picture):
     boxes = [("box", f"{x},{y},32,32") for x in (0, 32, 64) for y in (0, 32, 64)]
     status, data = _post(server, "/condition", picture.read_bytes(), boxes)
     batch = _tensors(data)["prompt_embeds"]
-    assert (
-        status == 200 and batch.shape[0] == 9 and batch.shape[1] % 77 == 0
-    )  # every chunk of the answers
+    # every chunk of the answers
+    assert status == 200 and batch.shape[0] == 9 and batch.shape[1] % 77 == 0
     assert len({batch[i].tobytes() for i in range(9)}) > 1, "each crop has its own answer"
 
     status, data = _post(server, "/search", picture.read_bytes(), [("k", "3")])
@@ -193,9 +192,8 @@ def test_a_picture_over_the_pixel_bound_is_refused_before_decoding(server):
     import struct
     import zlib
 
-    header = struct.pack(
-        ">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0
-    )  # 144 MP declared in a few bytes
+    # 144 MP declared in a few bytes
+    header = struct.pack(">IIBBBBB", 12_000, 12_000, 8, 2, 0, 0, 0)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return (
@@ -305,11 +303,12 @@ def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home
     (blended,) = LunaBlend().blend(typed, positive, alpha=0.25, mode="blend")
     assert torch.allclose(blended[0][0], 0.75 + 0.25 * tokens)
     (joined,) = LunaBlend().blend(typed, positive, mode="concat")
+    # typed (as long as the answer) + answer
     assert joined[0][0].shape == (
         3,
         2 * tokens.shape[1],
         tokens.shape[-1],
-    )  # typed (as long as the answer) + answer
+    )
     assert torch.equal(joined[0][1]["pooled_output"][0], typed[0][1]["pooled_output"][0])
 
 
@@ -461,9 +460,8 @@ def test_a_body_over_the_cap_is_413_and_the_service_goes_on(server, picture):
     address = urllib.parse.urlsplit(server)
     declared = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
     declared.putrequest("POST", "/search")
-    declared.putheader(
-        "Content-Length", str(MAX_BODY_BYTES + 1)
-    )  # refused from the header, before the body
+    # refused from the header, before the body
+    declared.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
     declared.endheaders(b"\0" * 1024)
     answer = declared.getresponse()
     assert answer.status == 413 and "byte bound" in json.loads(answer.read())["error"]

@@ -17,9 +17,8 @@ def test_the_index_pointer_is_read_only_when_it_changes(indexed_home, monkeypatc
     from luna_service.service import LunaService
 
     profile = resolve_profile("tiny", indexed_home.models_dir)
-    monkeypatch.setattr(
-        service_module, "ALIAS_CHECK_SECONDS", 3600.0
-    )  # only the pointer's own changes count
+    # only the pointer's own changes count
+    monkeypatch.setattr(service_module, "ALIAS_CHECK_SECONDS", 3600.0)
     service = LunaService(indexed_home, profile)
     reads = []
     original = IndexStore.current
@@ -30,9 +29,8 @@ def test_the_index_pointer_is_read_only_when_it_changes(indexed_home, monkeypatc
     newest = update_index(indexed_home, profile, rebuild=True).version
     reads.clear()  # the build's own reads
     service.refresh()
-    assert (
-        reads and service.state.index_version == newest
-    )  # read (its version, then the index it names)
+    # read (its version, then the index it names)
+    assert reads and service.state.index_version == newest
 
 
 def test_two_publishers_at_once_get_two_versions_and_the_pointer_the_newest(
@@ -48,9 +46,8 @@ def test_two_publishers_at_once_get_two_versions_and_the_pointer_the_newest(
 
     def write_together(index, path):
         try:
-            meeting.wait(
-                timeout=5
-            )  # the second publisher waits on the lock instead: the barrier breaks
+            # the second publisher waits on the lock instead: the barrier breaks
+            meeting.wait(timeout=5)
         except threading.BrokenBarrierError:
             pass
         write_index(index, path)

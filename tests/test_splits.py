@@ -143,9 +143,8 @@ def test_one_generation_saved_twice_shares_a_split(library_home, sample_library)
         "parameters",
         f"{prompt}\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}, Size: 64x64",
     )
-    noise = np.random.default_rng(1).integers(
-        0, 256, (64, 64, 3), dtype=np.uint8
-    )  # unlike any sample picture
+    # unlike any sample picture
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     twin = sample_library.root / "resaved.png"
     Image.fromarray(noise).save(twin, pnginfo=info)
     _refresh(home, profile, sample_library.root)
@@ -175,12 +174,10 @@ def test_similar_pairs_finds_planted_copies_exactly_or_through_faiss(monkeypatch
     rng = np.random.default_rng(0)
     known = rng.normal(size=(3000, 64)).astype(np.float32)
     known /= np.linalg.norm(known, axis=1, keepdims=True)
-    new = known[[5, 77, 2048]] + rng.normal(scale=0.02, size=(3, 64)).astype(
-        np.float32
-    )  # near copies
-    new = np.concatenate(
-        [new, rng.normal(size=(40, 64)).astype(np.float32)]
-    )  # and unrelated vectors
+    # near copies
+    new = known[[5, 77, 2048]] + rng.normal(scale=0.02, size=(3, 64)).astype(np.float32)
+    # and unrelated vectors
+    new = np.concatenate([new, rng.normal(size=(40, 64)).astype(np.float32)])
     new /= np.linalg.norm(new, axis=1, keepdims=True)
     if approximate:
         monkeypatch.setattr(splits, "EXACT_PRODUCTS", 0)

@@ -195,9 +195,8 @@ def test_model_whose_widths_disagree_with_the_store_is_refused_before_any_work(
     ).save_pretrained(other)
     from dataclasses import replace
 
-    impostor = replace(
-        profile, vision_model=str(other)
-    )  # same identity (id + revision), other widths
+    # same identity (id + revision), other widths
+    impostor = replace(profile, vision_model=str(other))
     with duckdb.connect(str(tiny_home.catalog_path)) as con:  # one image left to embed
         con.execute('DELETE FROM vision_rows WHERE "row" = (SELECT max("row") FROM vision_rows)')
     before = rows(tiny_home.catalog_path, "SELECT count(*) FROM vision_rows")
@@ -287,9 +286,8 @@ def test_row_store_refuses_other_shapes_and_grows_by_shards(tmp_path: Path):
     rows = np.array([8, 0, 5, 0, 15, 3])
     assert store._shard_reader("a") is not None, "chunks of several rows take the fast path too"
     np.testing.assert_array_equal(store.read_rows("a", rows), store.read("a", rows))
-    np.testing.assert_array_equal(
-        store.read_rows("a", rows), store.read("a", rows)
-    )  # chunks checked: rows alone
+    # chunks checked: rows alone
+    np.testing.assert_array_equal(store.read_rows("a", rows), store.read("a", rows))
     text = RowStore.open(
         tmp_path / "t.zarr", {"e": (3, 4)}, Layout(rows_per_chunk=1, rows_per_shard=4)
     )
@@ -383,9 +381,8 @@ def test_damaged_rows_are_errors_never_answers(tmp_path):
     )
     shard = tmp_path / "t.zarr" / "e" / "c" / "0" / "0" / "0"
     data = bytearray(shard.read_bytes())
-    data[30:34] = bytes(
-        [0x00, 0x7E, 0x00, 0x7E]
-    )  # inside row 1 (row 0 is bytes 0-27 plus its 4-byte checksum)
+    # inside row 1 (row 0 is bytes 0-27 plus its 4-byte checksum)
+    data[30:34] = bytes([0x00, 0x7E, 0x00, 0x7E])
     replacement = shard.with_name("damaged")
     replacement.write_bytes(bytes(data))
     replacement.replace(shard)  # as zarr writes a shard: a new file renamed over the old one
@@ -413,9 +410,8 @@ def test_a_damaged_text_store_fails_its_check_and_the_query(library_home, sample
     for shard in (home.text_store(profile) / "prompt_embeds" / "c").rglob("0"):
         if shard.is_file():
             data = bytearray(shard.read_bytes())
-            index_bytes = (
-                64 * 16 + 4
-            )  # the shard index at the end stays intact: only rows are damaged
+            # the shard index at the end stays intact: only rows are damaged
+            index_bytes = 64 * 16 + 4
             for position in range(0, len(data) - index_bytes, 997):
                 data[position] ^= 0x55
             shard.write_bytes(bytes(data))

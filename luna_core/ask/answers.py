@@ -24,12 +24,10 @@ class Neighbor:
     negative_prompt: str | None
     generator: str | None
     content_hash: str
-    loras: list = field(
-        default_factory=list
-    )  # [{"name", "weight"}] the catalog read from the image's metadata
-    lora_hashes: str | None = (
-        None  # A1111's "Lora hashes" ("name: hash, ..."), where the metadata has it
-    )
+    # [{"name", "weight"}] the catalog read from the image's metadata
+    loras: list = field(default_factory=list)
+    # A1111's "Lora hashes" ("name: hash, ..."), where the metadata has it
+    lora_hashes: str | None = None
 
 
 @dataclass

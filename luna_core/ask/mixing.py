@@ -30,14 +30,12 @@ from luna_core.errors import QueryError
 
 MODES = ("replace", "blend", "concat")
 DEFAULT_K = 5  # neighbours mixed into a vault answer
-DEFAULT_TEMPERATURE = (
-    0.05  # softmax temperature of the neighbour weights: near-ties share, a clear winner dominates
-)
+# softmax temperature of the neighbour weights: near-ties share, a clear winner dominates
+DEFAULT_TEMPERATURE = 0.05
 DEFAULT_ALPHA = 0.5  # the answer's share in blend
 CHUNK_TOKENS = 77
-MAX_CHUNKS = (
-    12  # past this least common multiple, conditionings are repeated to the longest and cut
-)
+# past this least common multiple, conditionings are repeated to the longest and cut
+MAX_CHUNKS = 12
 
 
 class MixError(QueryError):
@@ -138,9 +136,8 @@ def mix(answer: Parts, typed: Parts | None, mode: str, alpha: float) -> Parts:
     negative, negative_pooled = mix_side(
         typed.negative, typed.negative_pooled, answer.negative, answer.negative_pooled, mode, alpha
     )
-    embeds, negative = aligned(
-        [embeds, negative]
-    )  # a pipeline concatenates the two sides: one length
+    # a pipeline concatenates the two sides: one length
+    embeds, negative = aligned([embeds, negative])
     return Parts(embeds, pooled, negative, negative_pooled)
 
 

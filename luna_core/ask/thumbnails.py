@@ -17,9 +17,8 @@ from luna_core.files import write_atomically
 from luna_core.images import read_picture
 
 SIDE = 256  # the longest side of a thumbnail, in pixels
-_making = (
-    threading.Lock()
-)  # one decode at a time per process: a page of 40 cards must not spike memory
+# one decode at a time per process: a page of 40 cards must not spike memory
+_making = threading.Lock()
 
 
 def thumbnail(cache_dir: Path, path: Path, limits: ProbeLimits = ProbeLimits()) -> Path:

@@ -69,9 +69,8 @@ class VaultQuery(VaultSearch):
         ]
         stacked = np.stack(aligned(parts))
         embeds = weighted_sum(weights[present], stacked).reshape(stacked.shape[1:])
-        if not (
-            np.isfinite(embeds).all() and np.isfinite(pooled).all()
-        ):  # stores written before checksums
+        # stores written before checksums
+        if not (np.isfinite(embeds).all() and np.isfinite(pooled).all()):
             raise CorruptStoreError(
                 f"conditioning store {store.path} holds non-finite values in rows "
                 f"{picked.tolist()}: it is damaged; rebuild it (delete it and run luna build)"

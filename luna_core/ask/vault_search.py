@@ -123,9 +123,8 @@ class VaultSearch:
         fetch = min(total, (k if allow is None else 8 * k) + len(exclude) + 16)
         exhaustive = False
         while True:
-            with omp_threads(
-                1
-            ):  # OpenMP's thread count is per calling thread: concurrent queries keep theirs
+            # OpenMP's thread count is per calling thread: concurrent queries keep theirs
+            with omp_threads(1):
                 sims, ids = search_index(index.index, query, fetch, every_list=exhaustive)
             rows = index.rows_for(ids[0])
             found = [
@@ -160,10 +159,11 @@ class VaultSearch:
                 column: lookup.column(column)[row].as_py()
                 for column in ("path", "prompt", "negative_prompt", "generator", "content_hash")
             }
+            # indexes published before them lack these
             for column, empty in (
                 ("loras", []),
                 ("lora_hashes", None),
-            ):  # indexes published before them lack these
+            ):
                 values[column] = (
                     (lookup.column(column)[row].as_py() or empty)
                     if column in lookup.column_names

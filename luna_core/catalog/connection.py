@@ -55,9 +55,8 @@ def _acquire_file_lock(path: Path, timeout_s: float, what: str = "catalog") -> N
                     f"{what} {path} stayed locked for {timeout_s:.0f}s by {_holder(key)}; "
                     "is a long run still writing it? Try again when it has finished."
                 ) from None
-            if (
-                not told
-            ):  # the catalog is held for moments (info); anything else may be a long wait (warning)
+            # the catalog is held for moments (info); anything else may be a long wait (warning)
+            if not told:
                 log.log(
                     logging.INFO if what == "catalog" else logging.WARNING,
                     "waiting for the %s lock held by %s",

@@ -34,9 +34,8 @@ class LibraryReport:
     uncounted: int = 0  # ok images missing from the view, or in it twice (must be 0)
     # what the view holds for the profile (ids, paths, splits, rows): the asset's data version
     digest: str = ""
-    splits: SplitReport = field(
-        default_factory=SplitReport
-    )  # how this build's new images got their split
+    # how this build's new images got their split
+    splits: SplitReport = field(default_factory=SplitReport)
 
 
 def _quote(text: str) -> str:

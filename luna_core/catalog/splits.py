@@ -37,9 +37,8 @@ BLOCK_ENTRIES = 32_000_000  # similarities held at once in the exact path (128 M
 
 @dataclass
 class SplitReport:
-    assigned: dict[str, int] = field(
-        default_factory=dict
-    )  # how new images got their split -> count
+    # how new images got their split -> count
+    assigned: dict[str, int] = field(default_factory=dict)
     scanned: int = 0  # images compared with the library for near-duplicates in this build
     links: dict[str, int] = field(default_factory=dict)  # new near-duplicate links by kind
     threshold: float = 0.0
@@ -124,9 +123,8 @@ def _vision_links(con, vision, store_key: str, threshold: float) -> tuple[list[s
     def read(rows) -> np.ndarray:
         rows = np.array([r for _, r in rows], dtype=np.int64)
         out = np.empty((len(rows), vision.fields["embeds"][0]), dtype=np.float32)
-        for start in range(
-            0, len(rows), 65536
-        ):  # bounded reads: float16 → float32 a slice at a time
+        # bounded reads: float16 → float32 a slice at a time
+        for start in range(0, len(rows), 65536):
             out[start : start + 65536] = vision.read("embeds", rows[start : start + 65536])
         return _unit(out)
 
@@ -180,9 +178,8 @@ def assign_splits(con, vision, store_key: str, threshold: float) -> SplitReport:
     ]
     if not unassigned:
         return report
-    twins: dict[str, list[tuple[float, str, str]]] = defaultdict(
-        list
-    )  # hash -> (similarity, twin, kind)
+    # hash -> (similarity, twin, kind)
+    twins: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
     pending = set(unassigned)
     for a, b, kind, similarity in con.execute(
         """
@@ -191,9 +188,8 @@ def assign_splits(con, vision, store_key: str, threshold: float) -> SplitReport:
                 unnest(?::VARCHAR[]))""",
         [unassigned, unassigned],
     ).fetchall():
-        strength = (
-            1.0 if similarity is None else float(similarity)
-        )  # the same generation: the strongest link
+        # the same generation: the strongest link
+        strength = 1.0 if similarity is None else float(similarity)
         twins[a].append((strength, b, kind))
         twins[b].append((strength, a, kind))
     split_of = dict(

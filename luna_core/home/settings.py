@@ -28,9 +28,8 @@ class Key:
     env: str
     default: str | int | float
     doc: str
-    in_toml: bool = (
-        True  # False: not a property of a home (where the home is; a file of the install)
-    )
+    # False: not a property of a home (where the home is; a file of the install)
+    in_toml: bool = True
 
     @property
     def place(self) -> str:

@@ -31,6 +31,7 @@ from luna_core.vault.store import RowStore
 log = logging.getLogger(__name__)
 
 ROW_SUFFIXES = ("_row", "_chunks")  # vault row columns: read with their own defaults
+# conditioning rows from *_row on
 LOOKUP_COLUMNS = (
     "image_id",
     "content_hash",
@@ -54,7 +55,7 @@ LOOKUP_COLUMNS = (
     "vision_row",  # vision_row: where re-ranking reads
     "prompt_chunks",
     "negative_chunks",
-)  # conditioning rows from *_row on
+)
 
 
 @dataclass

@@ -157,9 +157,8 @@ def set_search_params(
         index.k_factor = float(k_factor)
     quantizer = faiss_module().downcast_index(ivf.quantizer) if ivf is not None else None
     if nprobe and hasattr(quantizer, "hnsw"):
-        quantizer.hnsw.efSearch = max(
-            64, 2 * nprobe
-        )  # find the nprobe nearest lists, not merely near ones
+        # find the nprobe nearest lists, not merely near ones
+        quantizer.hnsw.efSearch = max(64, 2 * nprobe)
 
 
 @contextlib.contextmanager
@@ -303,14 +302,12 @@ def build_index(
 
     index = faiss.IndexIDMap2(faiss.index_factory(d, plan.factory, faiss.METRIC_INNER_PRODUCT))
     if plan.kind != "flat":
-        train_n = min(
-            len(base), max(plan.nlist * 40, 20_000)
-        )  # ~40 points per list: FAISS's floor, and fast
+        # ~40 points per list: FAISS's floor, and fast
+        train_n = min(len(base), max(plan.nlist * 40, 20_000))
         sample = base[rng.choice(len(base), size=train_n, replace=False)]
         ivf, _ = index_layers(index)
-        ivf.cp.niter = (
-            10  # coarse k-means: 10 rounds reach most of the gain at a fraction of 25's time
-        )
+        # coarse k-means: 10 rounds reach most of the gain at a fraction of 25's time
+        ivf.cp.niter = 10
         if "pq" in plan.kind:
             faiss.downcast_index(
                 ivf

@@ -105,9 +105,8 @@ class IndexStore:
             target.is_dir()
             and (target / "meta.json").read_bytes() != (version.path / "meta.json").read_bytes()
         ):
-            shutil.rmtree(
-                target, ignore_errors=True
-            )  # the store was rebuilt: this copy is of another index
+            # the store was rebuilt: this copy is of another index
+            shutil.rmtree(target, ignore_errors=True)
         if not target.is_dir():
             self.cache.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache))
@@ -235,14 +234,12 @@ class IndexStore:
             else:
                 os.rename(staging, final)
         except BaseException:
-            shutil.rmtree(
-                staging, ignore_errors=True
-            )  # a failed publish (disk full…) leaves nothing behind
+            # a failed publish (disk full…) leaves nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
             raise
         current = self.current_number()
-        if (
-            current is None or number > current
-        ):  # a slower publisher of an older number never moves it back
+        # a slower publisher of an older number never moves it back
+        if current is None or number > current:
             write_whole(self.pointer, json.dumps({"version": number}).encode())
         for old in sorted(existing)[: max(0, len(existing) - (KEEP_VERSIONS - 1))]:
             remove_tree(versions / f"v{old:06d}")

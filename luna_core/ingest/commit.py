@@ -285,13 +285,11 @@ class IngestReport:
     bytes_read: int = 0
     seconds: float = 0.0
     by_generator: dict[str, int] = field(default_factory=dict)
-    syntax_changed: int = (
-        0  # generations whose prompt syntax a changed setting moved (their prompts re-encode)
-    )
+    # generations whose prompt syntax a changed setting moved (their prompts re-encode)
+    syntax_changed: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
-    unavailable_roots: list[str] = field(
-        default_factory=list
-    )  # not scanned: their rows were left as they were
+    # not scanned: their rows were left as they were
+    unavailable_roots: list[str] = field(default_factory=list)
 
     @property
     def seen(self) -> int:

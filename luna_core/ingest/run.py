@@ -47,9 +47,8 @@ class IngestOptions:
     workers: int = 0  # 0: one per core; 1: in this process (no pool)
     batch_size: int = BATCH_SIZE
     progress: bool = True
-    min_files_for_pool: int = (
-        64  # fewer files are read in this process: a pool's start-up would cost more
-    )
+    # fewer files are read in this process: a pool's start-up would cost more
+    min_files_for_pool: int = 64
     writer_syntax: tuple[
         tuple[str, str], ...
     ] = ()  # (generator, prompt syntax) overriding the writers' own

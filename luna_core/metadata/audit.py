@@ -27,9 +27,8 @@ EXAMPLES = 5
 @dataclass
 class PromptAudit:
     checked: int = 0
-    found: dict[str, int] = field(
-        default_factory=dict
-    )  # leak -> generations whose prompt or negative has it
+    # leak -> generations whose prompt or negative has it
+    found: dict[str, int] = field(default_factory=dict)
     examples: list[dict[str, str]] = field(default_factory=list)
 
     @property

@@ -109,9 +109,8 @@ def record_from_nodes(
         negative_prompt = (
             ", ".join(graph.conditioning_texts(negative, negative_extra)) if negative else None
         )
-        if positive_extra.get(
-            "runtime_text"
-        ):  # part of the text was generated at run time: unknown
+        # part of the text was generated at run time: unknown
+        if positive_extra.get("runtime_text"):
             prompt = None
         if negative_extra.get("runtime_text"):
             negative_prompt = None

@@ -98,14 +98,12 @@ class ApiGraph:
         is_switch, chosen = self.switch_choice(node)
         if is_switch:
             return self.text_of(chosen, depth + 1, seen | {key}) if chosen is not None else None
-        if "source" in inputs and class_type.startswith(
-            "Preview"
-        ):  # PreviewAny: shows its input, passes it on
+        # PreviewAny: shows its input, passes it on
+        if "source" in inputs and class_type.startswith("Preview"):
             return self.text_of(inputs["source"], depth + 1, seen | {key})
         parts = sorted(name for name in inputs if _CONCAT_INPUT.fullmatch(name))
-        if (
-            len(parts) >= 2
-        ):  # StringConcatenate (string_a, string_b), Text Concatenate (text_a...), text1, text2
+        # StringConcatenate (string_a, string_b), Text Concatenate (text_a...), text1, text2
+        if len(parts) >= 2:
             texts = [self.text_of(inputs[name], depth + 1, seen | {key}) for name in parts]
             if any(isinstance(t, _RuntimeText) for t in texts):
                 return RUNTIME
@@ -156,9 +154,8 @@ class ApiGraph:
                 found = self.encoder_texts(inputs)
                 if found:
                     main_name = next(name for name in _ENCODER_TEXTS if name in found)
-                    if isinstance(
-                        inputs.get("parser"), str
-                    ):  # smZ CLIPTextEncode: the weighting rules it used
+                    # smZ CLIPTextEncode: the weighting rules it used
+                    if isinstance(inputs.get("parser"), str):
                         extra.setdefault("prompt_parser", inputs["parser"])
                     if isinstance(found[main_name], _RuntimeText):
                         extra["runtime_text"] = True

@@ -266,9 +266,8 @@ def _dispatch(items: dict[str, str]) -> GenerationRecord | None:
         data = _json_object(parameters, "parameters")
         record = _from_json_record(data)
         if record is None and graph is None:
-            record = parse_json_parameters(
-                data
-            )  # a Gradio app's, or another app's JSON: never A1111 text
+            # a Gradio app's, or another app's JSON: never A1111 text
+            record = parse_json_parameters(data)
         if record is not None:
             return _tagged(record, "png:parameters")
     elif parameters is not None and "fooocus_scheme" not in items:

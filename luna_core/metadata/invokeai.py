@@ -251,9 +251,8 @@ def split_dream(text: str) -> tuple[str, list[tuple[str, list[str]]]]:
                 break
         raise MetadataError("InvokeAI Dream line: no closing quote is followed by Dream's switches")
     words = line.split(" ")
-    for i, word in enumerate(
-        words
-    ):  # unquoted: the prompt runs to the first of Dream's own switches
+    # unquoted: the prompt runs to the first of Dream's own switches
+    for i, word in enumerate(words):
         if word in _DREAM_KNOWN or _GLUED.fullmatch(word):
             switches = _switches(" ".join(words[i:]))
             if switches is not None:

@@ -88,9 +88,8 @@ def ensure_tiny_models(progress: bool = True, rebuild: bool = False) -> Path:
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(staging, root)
         except BaseException:
-            shutil.rmtree(
-                staging, ignore_errors=True
-            )  # a failed or killed build (disk full, Ctrl-C) leaves nothing
+            # a failed or killed build (disk full, Ctrl-C) leaves nothing
+            shutil.rmtree(staging, ignore_errors=True)
             raise
     return root
 
@@ -176,9 +175,8 @@ def _train(dest: Path, key: str, progress: bool) -> None:
     tiny_world.train_vae(vae, recipe["vae"], seed, progress_hook)
     seconds["vae"] = time.perf_counter() - started
     started = time.perf_counter()
-    encoder = SDXLTextEncoder(
-        str(sdxl), None, torch.device("cpu"), torch.float32
-    )  # the vault's own encoding
+    # the vault's own encoding
+    encoder = SDXLTextEncoder(str(sdxl), None, torch.device("cpu"), torch.float32)
     tiny_world_unet.train_unet(
         unet, vae, encoder, dict(scheduler.config), recipe["unet"], seed, progress_hook
     )

@@ -246,9 +246,8 @@ def train_clip(
             )
         else:
             index = torch.randint(0, len(pixels), (batch,), generator=generator)
-        x = (
-            pixels[index].flip(3) if (step // 2) % 2 else pixels[index]
-        )  # a mirrored picture says the same
+        # a mirrored picture says the same
+        x = pixels[index].flip(3) if (step // 2) % 2 else pixels[index]
         image = F.normalize(vision(pixel_values=x).image_embeds, dim=-1)
         text = F.normalize(projection(features[index]), dim=-1)
         logits = log_scale.exp() * image @ text.T

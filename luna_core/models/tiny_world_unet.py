@@ -80,9 +80,8 @@ def train_unet(
     batch = recipe["batch"]
     for step in range(recipe["steps"]):
         index = torch.randint(0, len(latents), (batch,), generator=generator)
-        flip = (torch.rand(batch, generator=generator) < 0.5) & (
-            time_ids[index, 3] == 0
-        )  # whole pictures only
+        # whole pictures only
+        flip = (torch.rand(batch, generator=generator) < 0.5) & (time_ids[index, 3] == 0)
         clean = torch.where(flip[:, None, None, None], mirrored[index], latents[index])
         states, vectors = hidden[index].clone(), pooled[index].clone()
         drop = torch.rand(batch, generator=generator) < recipe["drop_prompt"]

@@ -29,9 +29,8 @@ class Finding:
     detail: str
     fix: str = ""  # the command that repairs it
     remove: Path | None = None  # what `--repair` deletes before rebuilding (a damaged store)
-    add_checksums: Path | None = (
-        None  # a store `--repair` rewrites with checksums (written before them)
-    )
+    # a store `--repair` rewrites with checksums (written before them)
+    add_checksums: Path | None = None
 
     def line(self) -> str:
         fix = f"  → {self.fix}" if self.fix else ""

@@ -72,9 +72,8 @@ def mlflow_server_command(
 ) -> list[str]:
     """`mlflow server` with this backend store, serving the artifacts (under the home, or
     [storage] root)."""
-    artifacts = (
-        home.mlflow_artifacts()
-    )  # object storage under [storage] root, else the home's folder
+    # object storage under [storage] root, else the home's folder
+    artifacts = home.mlflow_artifacts()
     if artifacts.startswith("file:"):
         artifacts = home.mlflow_dir / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)

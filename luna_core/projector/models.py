@@ -21,9 +21,8 @@ ARCHITECTURES = ("kernel", "linear", "mlp", "resampler")
 
 @dataclass(frozen=True)
 class ProjectorConfig:
-    arch: str = (
-        "kernel"  # closed-form kernel ridge: the one that beat the mean conditioning (see README)
-    )
+    # closed-form kernel ridge: the one that beat the mean conditioning (see README)
+    arch: str = "kernel"
     in_dim: int = 1024  # CLIP-ViT-H/14 image embedding
     seq_len: int = 77
     width: int = 2048  # SDXL: 768 + 1280
@@ -33,9 +32,8 @@ class ProjectorConfig:
     heads: int = 4
     image_tokens: int = 4  # resampler: tokens the image embedding is expanded into
     rank: int = 48  # linear / kernel / mlp: rank of the output basis
-    anchors: int = (
-        1024  # kernel: training embeddings the kernel compares with (fewer when fewer pairs)
-    )
+    # kernel: training embeddings the kernel compares with (fewer when fewer pairs)
+    anchors: int = 1024
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,9 +148,8 @@ class ResidualMLP(nn.Module):
             for _ in range(config.layers)
         )
         self.to_rank = nn.Linear(config.hidden, config.rank)
-        self.out = nn.Linear(
-            config.rank, config.out_dim
-        )  # low rank keeps the parameter count small
+        # low rank keeps the parameter count small
+        self.out = nn.Linear(config.rank, config.out_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.inp(x)

@@ -306,9 +306,8 @@ class Registry:
             return experiment.experiment_id
         tags = {EXPERIMENT_KIND_TAG: CLASSIC_ML}
         if self.uri.startswith(("http://", "https://")):
-            return self.client.create_experiment(
-                name, tags=tags
-            )  # the server decides where artifacts go
+            # the server decides where artifacts go
+            return self.client.create_experiment(name, tags=tags)
         return self.client.create_experiment(
             name, artifact_location=self.home.mlflow_artifacts(), tags=tags
         )

@@ -27,9 +27,8 @@ RESULT_SETTINGS = (
 
 @dataclass(frozen=True)
 class ProjectorRequest:
-    config: ProjectorConfig = (
-        ProjectorConfig()
-    )  # architecture and sizes (widths come from the stores)
+    # architecture and sizes (widths come from the stores)
+    config: ProjectorConfig = ProjectorConfig()
     settings: TrainSettings = TrainSettings()
     name: str = REGISTERED_NAME  # a subset specialist gets a name of its own
     where: str | None = None  # SQL condition over the `library` view

@@ -51,13 +51,14 @@ class TrainSettings:
     # differ little, so an absolute strength drowns them); the linear model keeps the one best on
     # val.
     ridge_l2: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    # kernel widths, x the anchors' median distance
     kernel_scales: tuple[float, ...] = (
         0.25,
         0.5,
         1.0,
         2.0,
         4.0,
-    )  # kernel widths, x the anchors' median distance
+    )
     basis_sample: int = 2048  # targets used to find the linear model's basis
     device: str = "auto"
     progress: bool = True

@@ -93,9 +93,8 @@ def parse_attention(text: str, draft: Draft) -> None:
         elif weight is not None and round_open:
             try:
                 multiply(round_open.pop(), float(weight))
-            except (
-                ValueError
-            ):  # '1.2.3' matches the pattern but is no number: A1111 would fail; Luna reads 1.0
+            # '1.2.3' matches the pattern but is no number: A1111 would fail; Luna reads 1.0
+            except ValueError:
                 draft.notes.append(f"weight {weight!r} is not a number: read as 1.0")
         elif token == ")" and round_open:
             multiply(round_open.pop(), ROUND)

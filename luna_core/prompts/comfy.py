@@ -20,9 +20,8 @@ from luna_core.prompts.syntax import (
     take_extra_networks,
 )
 
-MAX_DEPTH = (
-    100  # past this nesting the inner text is read at the weight reached (no writer goes deeper)
-)
+# past this nesting the inner text is read at the weight reached (no writer goes deeper)
+MAX_DEPTH = 100
 ESCAPES = (("\\)", "\0\1"), ("\\(", "\0\2"))
 
 

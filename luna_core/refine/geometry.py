@@ -17,9 +17,8 @@ from luna_core.ask.boxes import Box
 from luna_core.errors import LunaConfigError
 
 DEFAULT_GRID = 5
-DEFAULT_OVERLAP = (
-    0.25  # each tile is this much larger than the grid's cell: 5 x 5 on 4096² gives 1024² tiles
-)
+# each tile is this much larger than the grid's cell: 5 x 5 on 4096² gives 1024² tiles
+DEFAULT_OVERLAP = 0.25
 DEFAULT_MARGIN = 0.25  # the detailer's context around a box, as a share of the box's longer side
 
 

@@ -146,9 +146,8 @@ def peak_memory(device):
         result["measured_as"] = "CUDA allocator peak"
     else:
         try:
-            Path("/proc/self/clear_refs").write_text(
-                "5"
-            )  # resets VmHWM to the current resident set
+            # resets VmHWM to the current resident set
+            Path("/proc/self/clear_refs").write_text("5")
             result["measured_as"] = "process resident-set peak during the pass"
         except OSError:
             result["measured_as"] = "process resident-set peak since it started"

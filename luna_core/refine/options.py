@@ -19,18 +19,15 @@ BLOCKS = ("down", "mid", "up")
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    strength: float = (
-        0.35  # how much of the noise schedule is re-run: 0 keeps the tile, 1 redraws it
-    )
+    # how much of the noise schedule is re-run: 0 keeps the tile, 1 redraws it
+    strength: float = 0.35
     steps: int = 20
     guidance_scale: float = 5.0
     seed: int = 0
-    batch_size: int = (
-        0  # a cap on items per VAE and UNet call; 0: only the memory budget splits a pass
-    )
-    memory_budget_mb: float = (
-        0  # what one VAE or UNet call may take; 0: 80 % of free GPU memory, half the RAM on a CPU
-    )
+    # a cap on items per VAE and UNet call; 0: only the memory budget splits a pass
+    batch_size: int = 0
+    # what one VAE or UNet call may take; 0: 80 % of free GPU memory, half the RAM on a CPU
+    memory_budget_mb: float = 0
     # Per-block conditioning: the UNet blocks that see the composition conditioning (the whole
     # image's answer) when a refinement asks for it; the others see the item's own answer.
     composition_blocks: tuple[str, ...] = ("down", "mid")
@@ -72,12 +69,10 @@ class RefineSettings:
     ip_weight: float | None = None  # None: 0.4 for the chess refiner, 0.5 for the detailer
     sequential: bool = False  # one item per sampler call (for comparison)
     loras: tuple[Lora, ...] = ()  # LoRAs every item gets (a detection may add its own)
-    lora_from_vault: int = (
-        0  # > 0: each item also gets its k neighbours' LoRAs, the strongest this many
-    )
-    per_block: bool = (
-        False  # the composition blocks see the whole image's answer, the others the item's own
-    )
+    # > 0: each item also gets its k neighbours' LoRAs, the strongest this many
+    lora_from_vault: int = 0
+    # the composition blocks see the whole image's answer, the others the item's own
+    per_block: bool = False
 
 
 DEFAULT_LORA_CAP = 3  # --lora-from vault: the neighbours' strongest LoRAs kept per item
@@ -145,9 +140,8 @@ class SourceSettings:
     temperature: float = DEFAULT_TEMPERATURE
     projector: str = DEFAULT_PROJECTOR
     tracking_uri: str | None = None
-    piece_mode: str = (
-        "concat"  # how a detection's prompt piece meets its item's answer: concat or blend
-    )
+    # how a detection's prompt piece meets its item's answer: concat or blend
+    piece_mode: str = "concat"
 
     def check(self) -> None:
         if self.piece_mode not in ("concat", "blend"):

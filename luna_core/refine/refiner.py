@@ -323,9 +323,8 @@ class Refiner:
             for name, digest in c.info.get("lora_hashes", {}).items()
         }
         found, missing = self.lora_library.resolve(names, hashes)
-        if set(missing) - set(
-            report.loras.get("missing", [])
-        ):  # one warning per refinement, not per pass
+        # one warning per refinement, not per pass
+        if set(missing) - set(report.loras.get("missing", [])):
             where = (
                 ", ".join(str(d) for d in self.lora_library.dirs)
                 or "no folder ([models] lora_dirs is not set)"

@@ -144,9 +144,8 @@ def _ranks(predicted: np.ndarray, truth: np.ndarray, prompt_rows: np.ndarray) ->
     candidates = candidates / np.maximum(np.linalg.norm(candidates, axis=1, keepdims=True), 1e-12)
     column = np.searchsorted(distinct, prompt_rows)
     ranks = np.zeros(len(predicted), dtype=np.int64)
-    for start in range(
-        0, len(predicted), 1024
-    ):  # [block, distinct] similarities, never N x N at once
+    # [block, distinct] similarities, never N x N at once
+    for start in range(0, len(predicted), 1024):
         block = predicted[start : start + 1024]
         sims = (
             block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)

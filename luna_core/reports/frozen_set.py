@@ -31,9 +31,8 @@ from luna_core.files import write_atomically
 from luna_core.home.home import LunaHome
 from luna_core.projector.train import Pairs
 
-GROWTH_FOR_NEW_SERIES = (
-    2.0  # the eligible test split at this multiple of the frozen set starts a new series
-)
+# the eligible test split at this multiple of the frozen set starts a new series
+GROWTH_FOR_NEW_SERIES = 2.0
 
 
 class EmptyTestSet(NotBuiltError):
@@ -47,9 +46,8 @@ class FrozenSet:
     frozen_at: str
     reason: str  # why this series began
     members: list[str]  # content hashes, sorted
-    paths: dict[str, str] = field(
-        default_factory=dict
-    )  # content hash -> its path when frozen (for people)
+    # content hash -> its path when frozen (for people)
+    paths: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,9 +62,8 @@ class TestSet:
     ]  # image id -> ids of its near-duplicates (left out with it)
     excluded: dict[str, list[str]] = field(default_factory=dict)  # reason -> paths (or hashes)
     joined_since: int = 0  # eligible test images that are not in the frozen set
-    split_sizes: dict[str, dict[str, int]] = field(
-        default_factory=dict
-    )  # split -> images / with pairs
+    # split -> images / with pairs
+    split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(f"series {self.frozen.series}|".encode())

@@ -45,9 +45,8 @@ class QualityResult:
     clip_i: dict[str, list[float]] = field(default_factory=dict)  # source -> per sample image
     sample_paths: list[str] = field(default_factory=list)
     sheet: object = None  # PIL image: rows of original | sources
-    clip_t: dict[str, list[float]] | str = (
-        CLIP_T_NOTE  # source -> per sample image, where comparable
-    )
+    # source -> per sample image, where comparable
+    clip_t: dict[str, list[float]] | str = CLIP_T_NOTE
 
 
 class _Fixed:

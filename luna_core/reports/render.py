@@ -145,9 +145,8 @@ def plots(
     if points:
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         markers = "osD^v<>phX*"
-        for i, (ms, quality, name) in enumerate(
-            points
-        ):  # a legend, not labels on the points: they overlap
+        # a legend, not labels on the points: they overlap
+        for i, (ms, quality, name) in enumerate(points):
             ax.scatter(max(ms, 1e-3), quality, s=60, marker=markers[i % len(markers)], label=name)
         ax.set_xscale("log")
         ax.set_xlabel("latency per image at batch 1 (ms, median; constants drawn at 0.001)")

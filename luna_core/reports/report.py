@@ -41,9 +41,8 @@ from luna_core.reports.verdict import verdict
 
 log = logging.getLogger(__name__)
 
-REPORT_CODE_VERSION = (
-    "4"  # 4: the trained tiny world's wording, CLIP-T where comparable, the ordering check
-)
+# 4: the trained tiny world's wording, CLIP-T where comparable, the ordering check
+REPORT_CODE_VERSION = "4"
 EXPERIMENT = "luna-reports"
 RANDOM_WEIGHTS_WARNING = (
     "This report was made with models of random weights. It checks the pipeline end to end; "

@@ -104,9 +104,8 @@ def write_sample_lora(
         tensors[f"{prefix}.lora_down.weight"] = torch.zeros(rank, 8)
         tensors[f"{prefix}.lora_up.weight"] = torch.zeros(8, rank)
     metadata = {"luna_sample": f"seed {seed}, random weights"}
-    if (
-        layout == "peft"
-    ):  # diffusers keeps the PEFT config (rank, alpha) in the header, as save_lora_weights does
+    # diffusers keeps the PEFT config (rank, alpha) in the header, as save_lora_weights does
+    if layout == "peft":
         metadata["lora_adapter_metadata"] = json.dumps(
             {
                 "unet.r": rank,

@@ -103,9 +103,8 @@ class PromptSpec:
     style: str
     negative: str
     long: bool = False
-    emphasis: float | None = (
-        None  # the weight of the style's first tag, written in the writer's syntax
-    )
+    # the weight of the style's first tag, written in the writer's syntax
+    emphasis: float | None = None
 
     @property
     def prompt(self) -> str:

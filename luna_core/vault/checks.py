@@ -112,9 +112,8 @@ def check_store(
         )
         committed = np.sort(np.concatenate([committed, waiting_rows]))
     uncovered = len(uncovered_keys)
-    if not store_exists(
-        path
-    ):  # every declared check answers, or Dagster refuses the materialization
+    # every declared check answers, or Dagster refuses the materialization
+    if not store_exists(path):
         empty = len(committed) == 0
         return [
             CheckOutcome(

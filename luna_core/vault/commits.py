@@ -165,9 +165,8 @@ def open_store(catalog_path: Path, spec: StoreSpec) -> RowStore:
         attrs={"model": spec.model, "kind": spec.kind},
         codec=spec.codec,
     )
-    if (
-        not store.checksummed
-    ):  # written before Luna added checksums: rewritten once, under the writer lock
+    # written before Luna added checksums: rewritten once, under the writer lock
+    if not store.checksummed:
         with store.writer():
             log.info("adding checksums to vault store %s: %s", spec.path, store.add_checksums())
     return store

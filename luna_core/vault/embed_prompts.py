@@ -115,9 +115,8 @@ def embed_prompts(
             for (key, _, _), prompt, count, (tokens, pool) in zip(items, parsed, counts, encoded):
                 chunks = tokens.shape[0] // encoder.seq_len
                 embeds.append(tokens.reshape(chunks, encoder.seq_len, -1))
-                pooled.append(
-                    np.repeat(pool[None], chunks, axis=0)
-                )  # every chunk row carries the prompt's pooled
+                # every chunk row carries the prompt's pooled
+                pooled.append(np.repeat(pool[None], chunks, axis=0))
                 truncated = prompt.syntax == "literal" and count > encoder.seq_len
                 rows += [
                     {

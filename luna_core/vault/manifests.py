@@ -106,9 +106,8 @@ def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
         segment = next(segments_dir(path).glob("*.zarr"))
         fields = RowStore.open_readonly(segment, layout).fields
         table = read_manifests(manifests)
-        if (
-            "chunks" not in table.column_names
-        ):  # manifests written before conditionings had chunks: one each
+        # manifests written before conditionings had chunks: one each
+        if "chunks" not in table.column_names:
             table = table.append_column("chunks", pa.array([1] * table.num_rows, pa.int32()))
         now = utcnow()
         with open_catalog(home.catalog_path) as con, transaction(con, manifest=table):
@@ -137,9 +136,8 @@ def commit_segments(home: LunaHome, profile: ModelProfile) -> dict[str, int]:
             )
         target = committed_dir(path)
         target.mkdir(parents=True, exist_ok=True)
-        for manifest in (
-            manifests
-        ):  # after the commit: a crash here only means committing them again, harmlessly
+        # after the commit: a crash here only means committing them again, harmlessly
+        for manifest in manifests:
             move(manifest, target / manifest.name)
         done[kind] = len(added)
         log.info(

@@ -74,9 +74,8 @@ class ShardReader:
         self.chunk_rows, self.checksummed = chunk_rows, checksummed
         self.chunks_per_shard = shard_rows // chunk_rows
         self.row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
-        self.index_bytes = (
-            self.chunks_per_shard * 16 + 4
-        )  # (offset, nbytes) uint64 per chunk, then a crc32c
+        # (offset, nbytes) uint64 per chunk, then a crc32c
+        self.index_bytes = self.chunks_per_shard * 16 + 4
         self.chunk_bytes = chunk_rows * self.row_bytes + (4 if checksummed else 0)
         self._zero_dims = "/".join("0" for _ in row_shape)
         self._shard_paths: dict[int, Path] = {}

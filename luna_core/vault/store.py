@@ -132,9 +132,8 @@ class RowStore:
             )
         try:
             group = zarr.open_group(str(path), mode="r")
-            with (
-                warnings.catch_warnings()
-            ):  # the writer's lock file beside the arrays is not a zarr node
+            # the writer's lock file beside the arrays is not a zarr node
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 arrays = {name: tuple(array.shape[1:]) for name, array in sorted(group.arrays())}
             fields = {

@@ -38,9 +38,8 @@ class RefineConfig(dg.Config):
     refiner), which source."""
 
     images: list[str] = []  # image files to refine
-    where: str = (
-        ""  # and/or library images matching an SQL condition, e.g. prompt ILIKE '%portrait%'
-    )
+    # and/or library images matching an SQL condition, e.g. prompt ILIKE '%portrait%'
+    where: str = ""
     limit: int = 8  # at most this many images from `where`
     boxes: list[
         str
@@ -61,28 +60,23 @@ class RefineConfig(dg.Config):
     steps: int = _SAMPLER.steps
     guidance: float = _SAMPLER.guidance_scale
     seed: int = _SAMPLER.seed
-    batch_size: int = (
-        _SAMPLER.batch_size
-    )  # a cap on items per call; 0: only the memory budget splits a pass
-    memory_budget_mb: float = (
-        _SAMPLER.memory_budget_mb
-    )  # 0: 80 % of free GPU memory, half the RAM on a CPU
-    ip_adapter: str = (
-        ""  # IP-Adapter weights (.safetensors with image_encoder/ beside it); empty: text only
-    )
+    # a cap on items per call; 0: only the memory budget splits a pass
+    batch_size: int = _SAMPLER.batch_size
+    # 0: 80 % of free GPU memory, half the RAM on a CPU
+    memory_budget_mb: float = _SAMPLER.memory_budget_mb
+    # IP-Adapter weights (.safetensors with image_encoder/ beside it); empty: text only
+    ip_adapter: str = ""
     ip_weight: float = -1.0  # negative: 0.4 for the chess refiner, 0.5 for the detailer
     loras: list[
         str
     ] = []  # NAME:WEIGHT LoRAs every item gets, from the folders of [models] lora_dirs
     lora_from: str = ""  # vault: each item also gets the weighted union of its k neighbours' LoRAs
     lora_cap: int = DEFAULT_LORA_CAP  # lora_from vault: the strongest this many per item
-    per_block: bool = (
-        False  # the composition blocks see the whole image's answer, the others each item's own
-    )
+    # the composition blocks see the whole image's answer, the others each item's own
+    per_block: bool = False
     composition_blocks: list[str] = list(_SAMPLER.composition_blocks)
-    piece_mode: str = (
-        _SOURCE.piece_mode
-    )  # how a detection's prompt piece meets its answer: concat or blend
+    # how a detection's prompt piece meets its answer: concat or blend
+    piece_mode: str = _SOURCE.piece_mode
 
     def settings(self) -> tuple[RefineSettings, SourceSettings]:
         refine = RefineOptions(

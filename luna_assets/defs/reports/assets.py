@@ -19,9 +19,8 @@ from luna_core.reports.report import REPORT_CODE_VERSION, ReportSettings, build_
 
 REFINEMENT_REPORT = dg.AssetKey("refinement_report")
 REFINEMENT_BENCHMARK = dg.AssetKey("refinement_benchmark")
-BENCHMARK_POOL = (
-    "benchmark"  # its own pool: the benchmark runs one at a time, beside the gpu pool's work
-)
+# its own pool: the benchmark runs one at a time, beside the gpu pool's work
+BENCHMARK_POOL = "benchmark"
 _EVAL, _QUALITY, _BENCH = EvalSettings(), QualitySettings(), BenchmarkSettings()
 
 
@@ -32,9 +31,8 @@ class ReportConfig(dg.Config):
     k: int = _EVAL.k
     bootstrap: int = _EVAL.bootstrap
     force: bool = False  # build a new report even when nothing it depends on changed
-    new_test_set: bool = (
-        False  # freeze a new test set (a new series; the report says the set changed)
-    )
+    # freeze a new test set (a new series; the report says the set changed)
+    new_test_set: bool = False
 
     def settings(self) -> ReportSettings:
         return ReportSettings(
@@ -50,16 +48,14 @@ class BenchmarkConfig(dg.Config):
     """Launchpad settings of the benchmark (defaults: luna_core's BenchmarkSettings and
     QualitySettings)."""
 
-    sample_images: int = (
-        _QUALITY.images
-    )  # test images refined by every source for the contact sheet
+    # test images refined by every source for the contact sheet
+    sample_images: int = _QUALITY.images
     grid: int = _QUALITY.grid
     strength: float = _QUALITY.strength
     steps: int = _QUALITY.steps
     guidance: float = _QUALITY.guidance
-    native_size: bool = (
-        _QUALITY.native_size
-    )  # regenerate at the UNet's native size, not the picture's own
+    # regenerate at the UNet's native size, not the picture's own
+    native_size: bool = _QUALITY.native_size
     batching_repeat: int = _BENCH.batching_repeat
     latency_repeat: int = _BENCH.latency_repeat
     k: int = _EVAL.k

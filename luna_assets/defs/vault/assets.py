@@ -38,9 +38,8 @@ def _check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
 def _data_version(
     luna: LunaHomeResource, report: EmbedReport, shard: Shard | None
 ) -> dg.DataVersion:
-    if (
-        shard is not None
-    ):  # a shard's rows are its manifests (each written once, under a unique name)
+    # a shard's rows are its manifests (each written once, under a unique name)
+    if shard is not None:
         names = "\n".join(
             p.name for p in shard_manifests(location(report.store_path), shard, committed=True)
         )
