@@ -22,7 +22,7 @@ import numpy as np
 from luna_core.ask import browse
 from luna_core.ask.answers import crop
 from luna_core.ask.boxes import Box
-from luna_core.ask.mixing import PromptMix
+from luna_core.ask.mixing import MAX_K, PromptMix
 from luna_core.ask.vault_query import DEFAULT_TEMPERATURE, QueryError, VaultQuery
 from luna_core.containers.probe import ProbeLimits
 from luna_core.errors import CorruptStoreError, LunaError, NotBuiltError
@@ -37,7 +37,6 @@ from luna_core.refine.options import DEFAULT_PROJECTOR
 log = logging.getLogger("luna.serve")
 
 MAX_BOXES = 64
-MAX_K = 200
 # how often the registry (and an index pointer on object storage) is asked
 ALIAS_CHECK_SECONDS = 2.0
 

@@ -463,7 +463,8 @@ def test_comfyui_nodes_refine_a_detector_s_crops_each_with_its_own_loras(
 ):
     from PIL import Image
 
-    from comfyui_luna.nodes import LunaDetections, LunaLoraStack, LunaRefine
+    from comfyui_luna.inputs import widget_defaults
+    from comfyui_luna.refine_nodes import LunaDetections, LunaLoraStack, LunaRefine
 
     picture = Image.open(sample_library.images[0].path).convert("RGB")
     image = torch.from_numpy(np.asarray(picture, dtype=np.float32)[None] / 255.0)
@@ -473,6 +474,7 @@ def test_comfyui_nodes_refine_a_detector_s_crops_each_with_its_own_loras(
     (loras,) = LunaLoraStack().stack("watercolor_v2", 0.5)
     (loras,) = LunaLoraStack().stack("nope", 1.0, loras)
     common = {
+        **widget_defaults(LunaRefine),  # as ComfyUI's page fills every widget in
         "steps": 2,
         "strength": 0.5,
         "seed": 1,

@@ -49,7 +49,7 @@ def test_without_a_typed_negative_the_negative_side_mixes_with_zeros():
 
 @pytest.mark.parametrize("mode", ["blend", "concat"])
 def test_the_comfyui_node_mixes_as_the_core_does(mode):
-    from comfyui_luna.nodes import LunaBlend
+    from comfyui_luna.vault_nodes import LunaBlend
 
     answer, typed = _parts(), _parts()
     vault = [

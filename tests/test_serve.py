@@ -277,7 +277,7 @@ def test_the_nodes_follow_comfyui_s_contract():
 def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home, picture, server):
     import torch
 
-    from comfyui_luna.nodes import LunaBlend, LunaProjectorConditioning, LunaVaultConditioning
+    from comfyui_luna.vault_nodes import LunaBlend, LunaProjectorConditioning, LunaVaultConditioning
 
     images = _image_batch(picture)
     positive, negative = LunaVaultConditioning().condition(images, k=3, home=str(home.root))
@@ -313,7 +313,7 @@ def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home
 
 
 def test_io_png_round_trip_keeps_the_pixels(picture):
-    from comfyui_luna.nodes import to_pictures
+    from comfyui_luna.pictures import to_pictures
 
     images = _image_batch(picture, 1)
     (back,) = to_pictures(images)

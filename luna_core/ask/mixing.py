@@ -30,6 +30,7 @@ from luna_core.errors import QueryError
 
 MODES = ("replace", "blend", "concat")
 DEFAULT_K = 5  # neighbours mixed into a vault answer
+MAX_K = 200  # neighbours one answer may mix: a bound on the work one request asks for
 # softmax temperature of the neighbour weights: near-ties share, a clear winner dominates
 DEFAULT_TEMPERATURE = 0.05
 DEFAULT_ALPHA = 0.5  # the answer's share in blend

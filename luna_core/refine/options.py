@@ -7,7 +7,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from luna_core.ask.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, check_inputs
+from luna_core.ask.mixing import (
+    DEFAULT_ALPHA,
+    DEFAULT_K,
+    DEFAULT_TEMPERATURE,
+    MAX_K,
+    check_inputs,
+)
+from luna_core.declare import check_declared, option
 from luna_core.errors import LunaConfigError, QueryError
 from luna_core.metadata.record import Lora
 from luna_core.projector.names import DEFAULT_PROJECTOR
@@ -15,6 +22,9 @@ from luna_core.refine.geometry import DEFAULT_GRID, DEFAULT_MARGIN, DEFAULT_OVER
 from luna_core.refine.lora_files import lora_set
 
 BLOCKS = ("down", "mid", "up")
+MAX_GRID = 16  # 256 tiles: past this a tile is smaller than the UNet's native size on any picture
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
 
 
 @dataclass(frozen=True)
@@ -76,36 +86,96 @@ class RefineSettings:
 
 
 DEFAULT_LORA_CAP = 3  # --lora-from vault: the neighbours' strongest LoRAs kept per item
+SOURCES = ("vault", "projector", "prompt", "blend")
+PIECE_MODES = ("concat", "blend")
 
 
 @dataclass(frozen=True)
 class RefineOptions:
-    """A refinement in the words of `luna refine`, the refine job's launchpad and the ComfyUI node;
-    `settings()` checks them and gives the RefineSettings."""
+    """A refinement as a person asks for it: the one declaration of the options that `luna refine`,
+    the `refine_images` launchpad and the ComfyUI Luna Refine node are made from. `settings()` and
+    `source()` check them and give what the refiner takes."""
 
-    grid: int = DEFAULT_GRID
-    strength: float = SamplerSettings.strength
-    steps: int = SamplerSettings.steps
-    guidance: float = SamplerSettings.guidance_scale
-    seed: int = 0
-    batch_size: int = 0
-    memory_budget_mb: float = 0.0
-    ip_weight: float | None = None
-    sequential: bool = False
-    loras: tuple[str, ...] = ()  # NAME:WEIGHT
-    lora_from: str | None = None  # vault
-    lora_cap: int = DEFAULT_LORA_CAP
-    per_block: bool = False
-    composition_blocks: str | tuple[str, ...] = SamplerSettings.composition_blocks  # or "down,mid"
+    # where each item's conditioning comes from
+    source: str = option("vault", "where each item's conditioning comes from", choices=SOURCES)
+    prompt: str | None = option(None, "typed prompt (sources prompt and blend)")
+    negative_prompt: str | None = option(
+        None, "typed negative prompt (sources prompt and blend; none: SDXL's zeros)"
+    )
+    alpha: float = option(DEFAULT_ALPHA, "the vault's share in blend", low=0.0, high=1.0, step=0.05)
+    k: int = option(DEFAULT_K, "neighbours per item (vault, blend)", low=1, high=MAX_K)
+    temperature: float = option(
+        DEFAULT_TEMPERATURE,
+        "softmax temperature of the neighbour weights",
+        low=0.0,
+        low_open=True,
+        step=0.005,
+    )
+    projector: str = option(DEFAULT_PROJECTOR, "projector model URI (source projector)")
+    tracking_uri: str | None = option(
+        None, "MLflow registry (default: $LUNA_MLFLOW_URI, else the home's own)"
+    )
+    piece_mode: str = option(
+        "concat", "how a detection's prompt piece meets its item's answer", choices=PIECE_MODES
+    )
+    # the refiner and its sampler
+    grid: int = option(DEFAULT_GRID, "chess refiner: N x N tiles", low=1, high=MAX_GRID)
+    strength: float = option(
+        SamplerSettings.strength, "img2img strength", low=0.0, low_open=True, high=1.0, step=0.01
+    )
+    steps: int = option(SamplerSettings.steps, "sampler steps", low=1, high=MAX_STEPS)
+    guidance: float = option(
+        SamplerSettings.guidance_scale, "classifier-free guidance scale", low=0.0, step=0.1
+    )
+    seed: int = option(SamplerSettings.seed, "noise seed (item i: seed + i)", low=0, high=MAX_SEED)
+    batch_size: int = option(
+        SamplerSettings.batch_size,
+        "a cap on items per VAE and UNet call (0: none; the memory budget splits a pass)",
+        low=0,
+    )
+    memory_budget_mb: float = option(
+        SamplerSettings.memory_budget_mb,
+        "what one VAE or UNet call may take, in MB (0: 80% of free GPU memory, half the RAM on a "
+        "CPU)",
+        low=0.0,
+        flag="--memory-budget",
+        metavar="MB",
+    )
+    ip_adapter: str | None = option(
+        None, "IP-Adapter weights (.safetensors with image_encoder/ beside it)"
+    )
+    ip_weight: float | None = option(
+        None, "IP-Adapter scale (default 0.4 chess, 0.5 detailer)", low=0.0
+    )
+    sequential: bool = option(False, "one item per sampler call (for comparison)")
+    loras: tuple[str, ...] = option(
+        (),
+        "a LoRA every item gets, NAME:WEIGHT (repeat for more), from the folders of [models] "
+        "lora_dirs",
+        flag="--lora",
+        metavar="NAME:WEIGHT",
+    )
+    lora_from: str | None = option(
+        None,
+        "vault: each item also gets the weighted union of its k neighbours' LoRAs",
+        choices=("vault",),
+    )
+    lora_cap: int = option(
+        DEFAULT_LORA_CAP, "--lora-from vault: the strongest this many per item", low=1, high=16
+    )
+    per_block: bool = option(
+        False, "the composition blocks see the whole image's answer, the others each item's own"
+    )
+    composition_blocks: tuple[str, ...] = option(
+        SamplerSettings.composition_blocks,
+        "--per-block: which UNet blocks see the whole image's answer",
+        choices=BLOCKS,
+    )
 
     def settings(self) -> RefineSettings:
-        if self.lora_from not in (None, "", "vault"):
+        if self.lora_from not in (None, "vault"):
             raise LunaConfigError(f"--lora-from takes vault (got {self.lora_from!r})")
-        if self.lora_from and self.lora_cap < 1:
-            raise LunaConfigError(f"the LoRA cap must be at least 1 (got {self.lora_cap})")
-        blocks = self.composition_blocks
-        if isinstance(blocks, str):
-            blocks = tuple(b.strip() for b in blocks.split(",") if b.strip())
+        check_declared(self)
         sampler = SamplerSettings(
             strength=self.strength,
             steps=self.steps,
@@ -113,7 +183,7 @@ class RefineOptions:
             seed=self.seed,
             batch_size=self.batch_size,
             memory_budget_mb=self.memory_budget_mb,
-            composition_blocks=tuple(blocks),
+            composition_blocks=tuple(self.composition_blocks),
         )
         sampler.check()
         return RefineSettings(
@@ -126,8 +196,20 @@ class RefineOptions:
             per_block=self.per_block,
         )
 
-
-SOURCES = ("vault", "projector", "prompt", "blend")
+    def source_settings(self) -> SourceSettings:
+        source = SourceSettings(
+            source=self.source,
+            prompt=self.prompt or None,
+            negative_prompt=self.negative_prompt or None,
+            alpha=self.alpha,
+            k=self.k,
+            temperature=self.temperature,
+            projector=self.projector,
+            tracking_uri=self.tracking_uri or None,
+            piece_mode=self.piece_mode,
+        )
+        source.check()
+        return source
 
 
 @dataclass(frozen=True)
@@ -144,7 +226,7 @@ class SourceSettings:
     piece_mode: str = "concat"
 
     def check(self) -> None:
-        if self.piece_mode not in ("concat", "blend"):
+        if self.piece_mode not in PIECE_MODES:
             raise QueryError(f"piece mode {self.piece_mode!r} is not concat or blend")
         if self.source not in SOURCES:
             raise QueryError(f"source {self.source!r} is not one of {', '.join(SOURCES)}")

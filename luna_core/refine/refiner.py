@@ -9,6 +9,7 @@ pass in one sampler call (chunked only by `batch_size`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -92,6 +93,14 @@ class Refiner:
             self.sampler.load_ip_adapter(ip_adapter, CHESS_IP_WEIGHT)
         self.source = source
         self.lora_library = LoraLibrary(home.lora_dirs())
+
+    def with_source(self, source: SourceSettings) -> Refiner:
+        """This refiner (its models, vault and LoRA folders) answering from another source."""
+        if source == self.source:
+            return self
+        other = copy.copy(self)
+        other.source, other.conditioner = source, Conditioner(self.vault, source)
+        return other
 
     def refine(
         self,

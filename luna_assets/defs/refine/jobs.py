@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from luna_assets.automation import GPU_POOL
+from luna_assets.launchpad import launchpad_config, read_config
 from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.ask.boxes import Box
@@ -17,94 +18,42 @@ from luna_core.catalog.library_view import library_paths
 from luna_core.errors import LunaError
 from luna_core.images import read_picture
 from luna_core.refine.detections import read_detections
-from luna_core.refine.options import (
-    DEFAULT_LORA_CAP,
-    DEFAULT_PROJECTOR,
-    RefineOptions,
-    RefineSettings,
-    SamplerSettings,
-    SourceSettings,
-)
+from luna_core.refine.options import RefineOptions
 from luna_core.refine.refine_report import save_image
-from luna_core.refine.refiner import Refiner
+from luna_core.session import LunaSession
 
 REFINE_JOB = "refine_images"
 THUMBNAIL = 256
-_REFINE, _SAMPLER, _SOURCE = RefineSettings(), SamplerSettings(), SourceSettings()
-
-
-class RefineConfig(dg.Config):
-    """Launchpad settings: which images, which mode (boxes: the detailer; none: the chess
-    refiner), which source."""
-
-    images: list[str] = []  # image files to refine
-    # and/or library images matching an SQL condition, e.g. prompt ILIKE '%portrait%'
-    where: str = ""
-    limit: int = 8  # at most this many images from `where`
-    boxes: list[
-        str
-    ] = []  # X,Y,W,H boxes for the detailer, applied to every image; empty: chess refiner
-    # A detector's output for the detailer (COCO .json, YOLO .txt, a label-mask PNG, a mask folder);
-    # `{stem}` becomes each image's file stem (YOLO writes one .txt per image). The masks decide
-    # what is pasted back.
-    detections: str = ""
-    grid: int = _REFINE.grid
-    source: str = _SOURCE.source  # vault | projector | prompt | blend
-    prompt: str = ""
-    negative_prompt: str = ""
-    alpha: float = _SOURCE.alpha
-    k: int = _SOURCE.k
-    projector: str = DEFAULT_PROJECTOR
-    tracking_uri: str = ""
-    strength: float = _SAMPLER.strength
-    steps: int = _SAMPLER.steps
-    guidance: float = _SAMPLER.guidance_scale
-    seed: int = _SAMPLER.seed
-    # a cap on items per call; 0: only the memory budget splits a pass
-    batch_size: int = _SAMPLER.batch_size
-    # 0: 80 % of free GPU memory, half the RAM on a CPU
-    memory_budget_mb: float = _SAMPLER.memory_budget_mb
-    # IP-Adapter weights (.safetensors with image_encoder/ beside it); empty: text only
-    ip_adapter: str = ""
-    ip_weight: float = -1.0  # negative: 0.4 for the chess refiner, 0.5 for the detailer
-    loras: list[
-        str
-    ] = []  # NAME:WEIGHT LoRAs every item gets, from the folders of [models] lora_dirs
-    lora_from: str = ""  # vault: each item also gets the weighted union of its k neighbours' LoRAs
-    lora_cap: int = DEFAULT_LORA_CAP  # lora_from vault: the strongest this many per item
-    # the composition blocks see the whole image's answer, the others each item's own
-    per_block: bool = False
-    composition_blocks: list[str] = list(_SAMPLER.composition_blocks)
-    # how a detection's prompt piece meets its answer: concat or blend
-    piece_mode: str = _SOURCE.piece_mode
-
-    def settings(self) -> tuple[RefineSettings, SourceSettings]:
-        refine = RefineOptions(
-            grid=self.grid,
-            strength=self.strength,
-            steps=self.steps,
-            guidance=self.guidance,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            memory_budget_mb=self.memory_budget_mb,
-            ip_weight=None if self.ip_weight < 0 else self.ip_weight,
-            loras=tuple(self.loras),
-            lora_from=self.lora_from,
-            lora_cap=self.lora_cap,
-            per_block=self.per_block,
-            composition_blocks=tuple(self.composition_blocks),
-        ).settings()
-        source = SourceSettings(
-            self.source,
-            self.prompt or None,
-            self.negative_prompt or None,
-            self.alpha,
-            self.k,
-            projector=self.projector,
-            tracking_uri=self.tracking_uri or None,
-            piece_mode=self.piece_mode,
-        )
-        return refine, source
+# Every refine option is a launchpad field.
+OMITTED: dict[str, str] = {}
+RefineConfig = launchpad_config(
+    "RefineConfig",
+    RefineOptions,
+    "Launchpad settings: which images, which mode (boxes or detections: the detailer; none: the "
+    "chess refiner), and the refine options `luna refine` takes.",
+    OMITTED,
+    {
+        "images": (list[str], [], "image files to refine"),
+        "where": (
+            str,
+            "",
+            "and/or library images matching an SQL condition, e.g. prompt ILIKE '%portrait%'",
+        ),
+        "limit": (int, 8, "at most this many images from `where`"),
+        "boxes": (
+            list[str],
+            [],
+            "X,Y,W,H boxes for the detailer, applied to every image; empty: chess refiner",
+        ),
+        "detections": (
+            str,
+            "",
+            "a detector's output for the detailer (COCO .json, YOLO .txt, a label-mask PNG, a "
+            "mask folder); {stem} becomes each image's file stem. The masks decide what is "
+            "pasted back",
+        ),
+    },
+)
 
 
 def _thumbnail(image) -> str:
@@ -126,7 +75,8 @@ def refine_op(
 
     home = luna.luna_home
     try:
-        settings, source = config.settings()
+        options = read_config(RefineOptions, config, OMITTED)
+        settings, source = options.settings(), options.source_settings()
     except LunaError as exc:
         raise dg.Failure(f"refine settings: {exc}") from None
     boxes = [Box.parse(b) for b in config.boxes]
@@ -137,14 +87,8 @@ def refine_op(
         raise dg.Failure(
             "no images to refine: give `images`, or `where` (a condition over the library view)"
         )
-    refiner = Refiner(
-        home,
-        models.resolve(home),
-        source,
-        device=models.device,
-        dtype=models.dtype,
-        ip_adapter=config.ip_adapter or None,
-    )
+    session = LunaSession(home, models.resolve(home), models.device, models.dtype)
+    refiner = session.refiner(source, options.ip_adapter)
     home.refined_dir.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
     for path in images:
