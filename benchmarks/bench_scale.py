@@ -33,7 +33,8 @@ WORKER = textwrap.dedent("""
     import sys
     from luna_core.models.profiles import resolve_profile
     from luna_core.home.home import LunaHome
-    from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+    from luna_core.vault.embed import EmbedOptions, embed_images
+    from luna_core.vault.embed_prompts import embed_prompts
     from luna_core.vault.segments import Shard
     home = LunaHome.resolve(sys.argv[1])
     profile = resolve_profile("tiny", home.models_dir)

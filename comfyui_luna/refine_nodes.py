@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from comfyui_luna.comfy_types import to_pictures
 from comfyui_luna.inputs import HOME_INPUT, option_inputs, read_inputs
 from comfyui_luna.kept import home_root, kept
-from comfyui_luna.pictures import to_pictures
 from luna_core.refine.lora_files import lora_set
 from luna_core.refine.options import RefineOptions
 

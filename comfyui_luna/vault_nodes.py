@@ -12,9 +12,10 @@ import urllib.request
 import numpy as np
 from safetensors.numpy import load
 
-from comfyui_luna.inputs import HOME_INPUT
+from comfyui_luna.comfy_types import mask_boxes, to_pictures
+from comfyui_luna.inputs import HOME_INPUT, option_inputs, read_inputs
 from comfyui_luna.kept import home_root, kept
-from comfyui_luna.pictures import mask_boxes, to_pictures
+from luna_core.ask.ask_options import AskOptions
 from luna_core.ask.boxes import Box
 from luna_core.ask.mixing import aligned, mix_side
 from luna_core.errors import NotBuiltError
@@ -109,18 +110,16 @@ def _conditioning(tokens: np.ndarray, pooled: np.ndarray) -> list:
     ]
 
 
-def _answer(
-    image, mask, source: str, home: str, server_url: str, k: int, temperature: float, projector: str
-):
+def _answer(image, mask, source: str, home: str, server_url: str, ask: AskOptions, projector: str):
     pictures = to_pictures(image)
     boxes = mask_boxes(mask, len(pictures), pictures[0].width, pictures[0].height)
     if server_url:
         tokens, pooled, neg_tokens, neg_pooled = _by_server(
-            server_url, pictures, boxes, source, k, temperature
+            server_url, pictures, boxes, source, ask.k, ask.temperature
         )
     else:
         tokens, pooled, neg_tokens, neg_pooled = _in_process(
-            pictures, boxes, source, home, k, temperature, projector
+            pictures, boxes, source, home, ask.k, ask.temperature, projector
         )
     return _conditioning(tokens, pooled), _conditioning(neg_tokens, neg_pooled)
 
@@ -137,6 +136,23 @@ _COMMON_OPTIONAL = {
         },
     ),
 }
+
+
+# What the conditioning nodes leave out of the ask options, and why.
+VAULT_OMITTED = {
+    "prompt": "a typed prompt meets the answer in Luna Blend, already encoded",
+    "negative_prompt": "a typed negative meets the answer's in a second Luna Blend",
+    "mode": "Luna Blend mixes, by its own mode",
+    "alpha": "Luna Blend mixes, by its own alpha",
+}
+BLEND_OMITTED = {
+    "k": "Luna Blend mixes two conditionings: no neighbours are asked for",
+    "temperature": "Luna Blend mixes two conditionings: no neighbours are weighted",
+    "prompt": "the typed prompt arrives encoded, as `conditioning`",
+    "negative_prompt": "the typed negative arrives encoded, in a second Luna Blend",
+    "mode": "replace would be the answer alone: Luna Blend's own mode is blend or concat",
+}
+BLEND_MODES = ("blend", "concat")
 
 
 class _CropConditioning:
@@ -157,17 +173,15 @@ class LunaVaultConditioning(_CropConditioning):
         return {
             "required": {
                 "image": ("IMAGE",),
-                "k": ("INT", {"default": 5, "min": 1, "max": 64}),
-                "temperature": (
-                    "FLOAT",
-                    {"default": 0.05, "min": 0.001, "max": 10.0, "step": 0.005},
-                ),
+                **option_inputs(AskOptions, VAULT_OMITTED, {}),
             },
             "optional": dict(_COMMON_OPTIONAL),
         }
 
-    def condition(self, image, k=5, temperature=0.05, mask=None, home="", server_url=""):
-        return _answer(image, mask, "vault", home, server_url, k, temperature, DEFAULT_PROJECTOR)
+    def condition(self, image, k, temperature, mask=None, home="", server_url=""):
+        ask = read_inputs(AskOptions, {"k": k, "temperature": temperature}, VAULT_OMITTED)
+        ask.check()
+        return _answer(image, mask, "vault", home, server_url, ask, DEFAULT_PROJECTOR)
 
 
 class LunaProjectorConditioning(_CropConditioning):
@@ -183,8 +197,8 @@ class LunaProjectorConditioning(_CropConditioning):
             "optional": dict(_COMMON_OPTIONAL),
         }
 
-    def condition(self, image, projector=DEFAULT_PROJECTOR, mask=None, home="", server_url=""):
-        return _answer(image, mask, "projector", home, server_url, 5, 0.05, projector)
+    def condition(self, image, projector, mask=None, home="", server_url=""):
+        return _answer(image, mask, "projector", home, server_url, AskOptions(), projector)
 
 
 class LunaBlend:
@@ -204,12 +218,13 @@ class LunaBlend:
             "required": {
                 "conditioning": ("CONDITIONING",),
                 "vault_conditioning": ("CONDITIONING",),
-                "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05}),
-                "mode": (["blend", "concat"],),
+                **option_inputs(AskOptions, BLEND_OMITTED, {}),
+                "mode": (list(BLEND_MODES),),
             }
         }
 
-    def blend(self, conditioning, vault_conditioning, alpha=0.5, mode="blend"):
+    def blend(self, conditioning, vault_conditioning, alpha, mode):
+        read_inputs(AskOptions, {"alpha": alpha}, BLEND_OMITTED).check(neighbours=False)
         # torch and the model libraries take about a second to import: only code that runs a model
         # pays for it
         import torch

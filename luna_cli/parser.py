@@ -18,7 +18,8 @@ from luna_cli import (
     tiny_world,
     vault,
 )
-from luna_core.ask.mixing import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_TEMPERATURE, MODES
+from luna_cli.declared import add_declared
+from luna_core.ask.ask_options import AskOptions
 from luna_core.containers.probe import ProbeLimits
 from luna_core.home.settings import LOCAL_HOST, MLFLOW_PORT, SERVE_PORT, UI_PORT
 from luna_core.ingest.run import IngestOptions
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(or, on the tiny profile, to a text: --text)",
     )
     _query_arguments(cmd, image_optional=True)
+    add_declared(cmd, AskOptions, vault.SEARCH_OMITTED)
     cmd.add_argument(
         "--text",
         help="search by a prompt instead of an image (profiles whose vision encoder shares "
@@ -160,30 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "condition", help="an SDXL conditioning (safetensors) for an image or a crop of it"
     )
     _query_arguments(cmd)
-    cmd.add_argument("--prompt", help="a typed prompt to mix the answer into")
-    cmd.add_argument(
-        "--negative-prompt",
-        help="the typed prompt's negative (blend, concat; default: SDXL's zeros)",
-    )
-    cmd.add_argument(
-        "--mode",
-        default=MODES[0],
-        choices=list(MODES),
-        help="replace: the answer alone; blend: (1-alpha)*typed + alpha*answer, negatives too; "
-        "concat: typed tokens then the answer's (154), pooled from the typed (docs/usage.md)",
-    )
-    cmd.add_argument(
-        "--alpha",
-        type=float,
-        default=DEFAULT_ALPHA,
-        help="the answer's share in blend mode, within [0, 1]",
-    )
-    cmd.add_argument(
-        "--temperature",
-        type=float,
-        default=DEFAULT_TEMPERATURE,
-        help="softmax temperature of the neighbour weights (default %(default)s)",
-    )
+    add_declared(cmd, AskOptions, vault.CONDITION_OMITTED)
     cmd.add_argument(
         "--projector",
         help="answer with a registered projector instead of the vault, "
@@ -329,9 +308,6 @@ def _query_arguments(cmd: argparse.ArgumentParser, image_optional: bool = False)
         "image", help="PNG, JPEG or WebP file", **({"nargs": "?"} if image_optional else {})
     )
     cmd.add_argument("--box", help="crop X,Y,W,H in pixels")
-    cmd.add_argument(
-        "--k", type=int, default=DEFAULT_K, help="neighbours to use (default %(default)s)"
-    )
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--device", default=AUTO, help="auto | cpu | cuda[:N]")
     cmd.add_argument(

@@ -6,13 +6,25 @@ from __future__ import annotations
 import argparse
 import json
 
+from luna_cli.declared import read_declared
 from luna_cli.output import print_neighbors
 from luna_cli.serve import ask
+from luna_core.ask.ask_options import AskOptions
 from luna_core.ask.boxes import Box
 from luna_core.errors import QueryError
 from luna_core.files import write_atomically
 from luna_core.home.home import LunaHome
 from luna_core.projector.names import DEFAULT_PROJECTOR
+
+# What `luna search` leaves out of the ask options, and why; `luna condition` takes them all.
+SEARCH_OMITTED = {
+    "temperature": "a search ranks neighbours by similarity; weights belong to a conditioning",
+    "prompt": "a search returns neighbours: nothing is mixed",
+    "negative_prompt": "a search returns neighbours: nothing is mixed",
+    "mode": "a search returns neighbours: nothing is mixed",
+    "alpha": "a search returns neighbours: nothing is mixed",
+}
+CONDITION_OMITTED: dict[str, str] = {}
 
 
 def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto"):
@@ -25,6 +37,7 @@ def open_vault(home: LunaHome, profile: str | None = None, device: str = "auto")
 def cmd_search(args: argparse.Namespace) -> int:
     if (args.image is None) == (args.text is None):
         raise QueryError("give an image or --text, not both or neither")
+    read_declared(AskOptions, args, SEARCH_OMITTED).check()
     if args.text is not None:
         if args.server or args.box:
             raise QueryError("--text searches this home's vault: --server and --box do not apply")
@@ -55,21 +68,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_condition(args: argparse.Namespace) -> int:
-    # pulls torch in (about a second to import): only the commands that need it pay for it
-    from luna_core.ask.vault_query import check_inputs
-
     if args.server:
         return _condition_by_server(args)
     home = LunaHome.existing(args.home)
     box = Box.parse(args.box) if args.box else None
     # Every setting is checked before a model loads, whichever source answers.
-    check_inputs(
-        args.mode,
-        args.alpha,
-        args.prompt,
-        None if args.projector else args.k,
-        None if args.projector else args.temperature,
-    )
+    read_declared(AskOptions, args, CONDITION_OMITTED).check(neighbours=not args.projector)
     vault = open_vault(home, device=args.device)
     if args.projector:
         conditioning = vault.condition_with_projector(

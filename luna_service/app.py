@@ -38,6 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
+from luna_core.ask.ask_options import AskOptions
 from luna_core.ask.browse import CatalogFilter, facets
 from luna_core.ask.mixing import PromptMix
 from luna_core.ask.thumbnails import thumbnail
@@ -87,7 +88,7 @@ class Filters(BaseModel):
 
 
 class SearchQuery(Filters):
-    k: int = 5
+    k: int = AskOptions.k
     box: list[str] = []
     temperature: float | None = None
     path: str | None = None
@@ -101,8 +102,8 @@ class ConditionQuery(SearchQuery):
     source: str = "vault"
     prompt: str | None = None
     negative_prompt: str | None = None
-    mode: str = "replace"
-    alpha: float = 0.5
+    mode: str = AskOptions.mode
+    alpha: float = AskOptions.alpha
     format: str = "safetensors"
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from luna_core.ask import browse
 from luna_core.ask.answers import crop
+from luna_core.ask.ask_options import AskOptions
 from luna_core.ask.boxes import Box
 from luna_core.ask.mixing import MAX_K, PromptMix
 from luna_core.ask.vault_query import DEFAULT_TEMPERATURE, QueryError, VaultQuery
@@ -57,7 +58,7 @@ class Query:
     """What a search or a conditioning asks besides the picture (see luna_core.ask.mixing for the
     mix)."""
 
-    k: int = 5
+    k: int = AskOptions.k
     boxes: tuple[str, ...] = ()
     source: str = "vault"
     temperature: float = DEFAULT_TEMPERATURE

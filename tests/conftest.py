@@ -18,6 +18,18 @@ def _mlflow_uri_stays_in_its_test():
         os.environ.pop(name, None)
 
 
+# A test that uses the trained tiny world (through one of these fixtures, directly or through
+# another) loads models and takes seconds: it is marked `slow`, as is a test that needs the world or
+# a server some other way (marked where it is written). `scripts/test --fast` leaves them out.
+TINY_WORLD_FIXTURES = {"tiny_models", "tiny_home", "library_home", "indexed_home", "projector_home"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TINY_WORLD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # Every format appears at least twice; small pictures keep the suite fast on two cores.
 SAMPLE_IMAGES = 48
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from luna_cli.main import main
 
 
+@pytest.mark.slow  # the demo builds a home on the trained tiny world
 def test_demo_builds_the_catalog_through_dagster(tmp_path: Path, capsys):
     home = tmp_path / "home"
     assert main(["demo", "--home", str(home), "--images", "60", "--size", "64"]) == 0

@@ -395,7 +395,7 @@ def test_civitai_resources_name_the_checkpoint_and_the_loras():
     [("write_a1111_stealth_png", "AUTOMATIC1111"), ("write_novelai_stealth_png", "NovelAI")],
 )
 def test_stealth_metadata_survives_a_site_that_strips_the_text_chunks(writer_name, generator):
-    from luna_core.samples import writers
+    from luna_core.samples.writers import registry as writers
 
     data, _ = getattr(writers, writer_name)(PICTURE, GEN)
     stripped = writers.strip_png_text(data)

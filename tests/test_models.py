@@ -89,6 +89,7 @@ def test_preprocessing_matches_clip_image_processor(tiny_models: Path):
     assert embeds.shape == (1, 48) and abs(np.linalg.norm(embeds) - 1) < 1e-5
 
 
+@pytest.mark.slow  # resolves the tiny profile, which loads the trained tiny world
 def test_missing_model_path_is_a_clear_error(tmp_path: Path):
     with pytest.raises(LunaConfigError, match="does not exist"):
         resolve_profile("tiny", tmp_path / "models", vision_model=str(tmp_path / "nope"))

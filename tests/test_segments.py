@@ -53,7 +53,8 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(
         import sys
         from luna_core.models.profiles import resolve_profile
         from luna_core.home.home import LunaHome
-        from luna_core.vault.embed import EmbedOptions, embed_images, embed_prompts
+        from luna_core.vault.embed import EmbedOptions, embed_images
+        from luna_core.vault.embed_prompts import embed_prompts
         from luna_core.vault.segments import Shard
         home = LunaHome.resolve({str(tiny_home.root)!r})
         profile = resolve_profile("tiny", home.models_dir)

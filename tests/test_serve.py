@@ -277,10 +277,16 @@ def test_the_nodes_follow_comfyui_s_contract():
 def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home, picture, server):
     import torch
 
+    from comfyui_luna.inputs import widget_defaults
     from comfyui_luna.vault_nodes import LunaBlend, LunaProjectorConditioning, LunaVaultConditioning
 
+    # as ComfyUI's page fills every widget in
+    vault_widgets = {**widget_defaults(LunaVaultConditioning), "k": 3}
+    projector_widgets = widget_defaults(LunaProjectorConditioning)
     images = _image_batch(picture)
-    positive, negative = LunaVaultConditioning().condition(images, k=3, home=str(home.root))
+    positive, negative = LunaVaultConditioning().condition(
+        images, **vault_widgets, home=str(home.root)
+    )
     ((tokens, extra),) = positive
     assert tokens.dtype == torch.float32 and tokens.shape[0] == 3 and tokens.shape[1] % 77 == 0
     assert extra["pooled_output"].shape[0] == 3 and negative[0][0].shape == tokens.shape
@@ -288,21 +294,27 @@ def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home
 
     mask = torch.zeros((3, 96, 96))
     mask[:, 10:50, 20:70] = 1.0
-    masked, _ = LunaVaultConditioning().condition(images, k=3, mask=mask, home=str(home.root))
+    masked, _ = LunaVaultConditioning().condition(
+        images, **vault_widgets, mask=mask, home=str(home.root)
+    )
     assert not torch.equal(masked[0][0], tokens), "the box around the mask is what is answered"
-    served, _ = LunaVaultConditioning().condition(images, k=3, mask=mask, server_url=server)
+    served, _ = LunaVaultConditioning().condition(
+        images, **vault_widgets, mask=mask, server_url=server
+    )
     assert torch.allclose(served[0][0], masked[0][0], atol=1e-4), (
         "the service answers as the Python API does"
     )
 
-    projected, _ = LunaProjectorConditioning().condition(images, home=str(home.root))
+    projected, _ = LunaProjectorConditioning().condition(
+        images, **projector_widgets, home=str(home.root)
+    )
     # The projector predicts one chunk; the vault answers every chunk its neighbours' prompts have.
     assert projected[0][0].shape == (3, 77, tokens.shape[2])
 
     typed = [[tokens[:1] * 0 + 1.0, {"pooled_output": extra["pooled_output"][:1] * 0 + 1.0}]]
     (blended,) = LunaBlend().blend(typed, positive, alpha=0.25, mode="blend")
     assert torch.allclose(blended[0][0], 0.75 + 0.25 * tokens)
-    (joined,) = LunaBlend().blend(typed, positive, mode="concat")
+    (joined,) = LunaBlend().blend(typed, positive, alpha=0.5, mode="concat")
     # typed (as long as the answer) + answer
     assert joined[0][0].shape == (
         3,
@@ -313,7 +325,7 @@ def test_each_crop_of_a_batch_gets_its_own_conditioning_in_comfyui_s_format(home
 
 
 def test_io_png_round_trip_keeps_the_pixels(picture):
-    from comfyui_luna.pictures import to_pictures
+    from comfyui_luna.comfy_types import to_pictures
 
     images = _image_batch(picture, 1)
     (back,) = to_pictures(images)

