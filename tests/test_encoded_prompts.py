@@ -411,6 +411,8 @@ def test_the_catalog_check_finds_leaked_text(tmp_path):
             ("d", None, 'text ["6", 0]'),
             ("e", "#テスト".encode().decode("latin-1"), None),
             ("f", "a cat -style, -s 5 kind", "café"),
+            ("g", "a __colors__ cat, __pose__", None),
+            ("h", "snake_case_tags, __init__like_word", None),
         ]
         for key, prompt, negative in rows:
             con.execute(
@@ -425,8 +427,10 @@ def test_the_catalog_check_finds_leaked_text(tmp_path):
         "JSON fragment": 1,
         "ComfyUI node link": 1,
         "mojibake": 1,
+        "wildcard template": 1,
     }
-    assert not audit.passed and {e["content_hash"] for e in audit.examples} == {"b", "c", "d", "e"}
+    examples = {e["content_hash"] for e in audit.examples}
+    assert not audit.passed and examples == {"b", "c", "d", "e", "g"}
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from luna_core.prompts.parsers import parse
-from luna_core.prompts.syntax import MAX_PROMPT_CHARS, conditioning_key, syntax_for
+from luna_core.prompts.syntax import (
+    MAX_PROMPT_CHARS,
+    PARSER_VERSION,
+    conditioning_key,
+    syntax_for,
+)
 
 R, S = 1.1, 1 / 1.1
 
@@ -83,13 +88,14 @@ def test_comfy_reads_as_token_weights_does(text, expected):
     assert pieces(text, "comfy") == expected
 
 
-def test_comfy_takes_out_embeddings_and_lora_tags():
+def test_comfy_takes_out_embeddings_and_encodes_lora_tags_as_its_nodes_do():
+    """Stock ComfyUI skips an embedding it does not have, and encodes `<lora:…>` as text (only a
+    LoRA-tag node takes it out: then the graph hands the encoder the text without it)."""
     parsed = parse("embedding:EasyNegative, <lora:x:0.8> (bad hands:1.3)", "comfy")
-    assert {(r.kind, r.name) for r in parsed.removed} == {
-        ("embedding", "EasyNegative"),
-        ("lora", "x"),
-    }
+    assert {(r.kind, r.name) for r in parsed.removed} == {("embedding", "EasyNegative")}
     assert "embedding" not in parsed.plain and any("not loaded" in n for n in parsed.notes)
+    assert "<lora:x:0.8>" in parsed.plain
+    assert any("encoded as text" in n and "x" in n for n in parsed.notes)
 
 
 def test_novelai_braces():
@@ -164,7 +170,8 @@ def test_a_plain_short_prompt_encodes_bit_for_bit_as_before(encoder, syntax):
 
 
 def test_long_prompts_are_chunked_not_cut(encoder):
-    from luna_core.prompts.encode import CHUNK, chunk_tokens, encode_parsed
+    from luna_core.prompts.chunking import CHUNK, chunk_tokens
+    from luna_core.prompts.encode import encode_parsed
 
     text = ", ".join(f"a detailed red fox number {i}" for i in range(40))  # far past 75 tokens
     for syntax in ("a1111", "comfy", "compel"):
@@ -237,7 +244,7 @@ def test_inspect_shows_how_a_prompt_is_read(tmp_path):
     result = inspect_file(str(path))
     prompt = result["prompt_parse"]["prompt"]
     assert (
-        prompt["rules"] == "a1111/1"
+        prompt["rules"] == f"a1111/{PARSER_VERSION}"
         and ["masterpiece", 1.2] in prompt["pieces"]
         and prompt["breaks"]
     )

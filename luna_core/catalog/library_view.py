@@ -18,6 +18,7 @@ from luna_core.catalog.splits import SplitReport, assign_splits
 from luna_core.errors import LunaConfigError
 from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile
+from luna_core.prompts.syntax import ZERO_EMPTY_NEGATIVE_SQL
 from luna_core.vault.segments import open_vision_store, store_exists
 
 
@@ -96,6 +97,12 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
                 RETURNING image_id""").fetchall()
             )
             report.splits = assign_splits(con, vision, vision_key, profile.near_duplicate_cosine)
+            # A1111 gives an empty negative zeros on SDXL (force_zero_negative_prompt): no row,
+            # zeros as every absent negative; ComfyUI and Fooocus encode "", which has its row.
+            negative = (
+                "CASE WHEN g.negative_prompt = '' AND g.prompt_syntax IN "
+                f"({ZERO_EMPTY_NEGATIVE_SQL}) THEN NULL ELSE g.negative_prompt END"
+            )
             con.execute(f"""
                 CREATE OR REPLACE VIEW library AS
                 WITH paths AS (
@@ -115,8 +122,7 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
                        tp.token_count AS prompt_tokens, tp.truncated AS prompt_truncated, tp.chunks
                            AS prompt_chunks,
                        g.prompt_syntax,
-                       {conditioning_key_sql("g.negative_prompt", "g.prompt_syntax")} AS
-                           negative_hash,
+                       {conditioning_key_sql(negative, "g.prompt_syntax")} AS negative_hash,
                        tn."row" AS negative_row, tn.chunks AS negative_chunks,
                        {_quote(vision_key)} AS vision_store, {_quote(text_key)} AS text_store
                 FROM paths p
@@ -129,7 +135,7 @@ def build_library(home: LunaHome, profile: ModelProfile) -> LibraryReport:
                     {conditioning_key_sql("g.prompt", "g.prompt_syntax")}
                                       AND tp.store_key = {_quote(text_key)}
                 LEFT JOIN text_rows tn ON tn.prompt_hash =
-                    {conditioning_key_sql("g.negative_prompt", "g.prompt_syntax")}
+                    {conditioning_key_sql(negative, "g.prompt_syntax")}
                                       AND tn.store_key = {_quote(text_key)}""")
 
         report.images = con.execute(

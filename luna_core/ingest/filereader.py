@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from luna_core.containers.probe import ProbeLimits, probe_image
 from luna_core.errors import BadFileError
 from luna_core.ingest.scan import FileEntry
 from luna_core.metadata.dispatch import GenerationRecord, parse_generation
+from luna_core.prompts.syntax import comfy_rules_by_date
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,11 @@ def read_file(entry: FileEntry, limits: ProbeLimits) -> IngestedFile | Quarantin
             generator="unknown",
             raw=dict(probe.items),
             warnings=[f"metadata parser failed: {type(exc).__name__}: {exc}"],
+        )
+    if record.generator == "ComfyUI" and "prompt_syntax" not in record.extra:
+        day = datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc)
+        record.extra["prompt_syntax"], record.extra["prompt_syntax_from"] = comfy_rules_by_date(
+            day.year, day.month, day.day
         )
     generation = {k: clean_text(v) for k, v in record.to_row().items()}
     return IngestedFile(

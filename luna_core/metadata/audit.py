@@ -20,6 +20,9 @@ LEAKS = {
     "ComfyUI node link": (r"\[\s*\"[\w-]+\"\s*,\s*\d+\s*\]", 1),
     # UTF-8 read as Latin-1: a lead byte then continuation bytes, each as its own character.
     "mojibake": (r"[\x{C2}-\x{DF}][\x{80}-\x{BF}]|[\x{E0}-\x{EF}][\x{80}-\x{BF}]{2}", 1),
+    # A wildcard template (`__colors__`): the text a wildcard node or extension filled in is what
+    # was encoded.
+    "wildcard template": (r"(?:^|[\s,(\[{])__[\w\-/.*]+__(?:$|[\s,)\]}:])", 1),
 }
 EXAMPLES = 5
 

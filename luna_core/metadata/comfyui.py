@@ -24,6 +24,7 @@ from luna_core.metadata.record import (
     as_str,
     load_json,
 )
+from luna_core.prompts.syntax import comfy_rules_by_version
 
 
 def _sampler_nodes(graph: ApiGraph) -> list[tuple[str, dict[str, Any], Any, Any]]:
@@ -83,9 +84,28 @@ def parse_comfyui(prompt_json: str | None, workflow_json: str | None) -> Generat
         except MetadataError as exc:
             errors.append(str(exc))
     record.warnings.extend(errors)
+    if workflow_json is not None:
+        _core_rules(workflow_json, record)
     if nodes is None:
         return record
     return record_from_nodes(nodes, record)
+
+
+def _core_rules(workflow_json: str, record: GenerationRecord) -> None:
+    """The prompt rules of the core that ran the graph, from the version newer frontends record
+    on each core node (`properties`: `cnr_id` comfy-core, `ver`)."""
+    try:
+        workflow = load_json(workflow_json, "ComfyUI workflow")
+    except MetadataError:
+        return
+    nodes = workflow.get("nodes") if isinstance(workflow, dict) else None
+    for node in nodes if isinstance(nodes, list) else []:
+        properties = node.get("properties") if isinstance(node, dict) else None
+        if isinstance(properties, dict) and properties.get("cnr_id") == "comfy-core":
+            rules = comfy_rules_by_version(str(properties.get("ver", "")))
+            if rules:
+                record.extra["prompt_syntax"], record.extra["prompt_syntax_from"] = rules
+            return
 
 
 def record_from_nodes(

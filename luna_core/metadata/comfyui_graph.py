@@ -13,11 +13,14 @@ from luna_core.metadata.comfyui_nodes import (
     _TEXT_INPUTS,
     MAX_VISITS,
     RUNTIME,
+    WILDCARD_TEMPLATE,
     _is_encoder,
     _is_generative,
     _is_link,
     _RuntimeText,
     _switch_inputs,
+    is_lora_tag_loader,
+    without_lora_tags,
 )
 from luna_core.metadata.comfyui_workflow import MAX_DEPTH
 from luna_core.metadata.record import (
@@ -34,6 +37,7 @@ class ApiGraph:
         self.warnings = warnings
         self.visits = 0
         self.runtime: list[dict[str, Any]] = []  # generative nodes met: what each was given
+        self.lora_tags_taken = False  # a LoRA-tag node took `<lora:…>` out of an encoder's text
 
     def switch_choice(self, node: dict[str, Any]) -> tuple[bool, Any]:
         """(is a boolean switch, the input it passes): ComfyUI's ComfySwitchNode
@@ -95,6 +99,12 @@ class ApiGraph:
                 }
             )
             return RUNTIME
+        if is_lora_tag_loader(class_type) and "text" in inputs:
+            text = self.text_of(inputs["text"], depth + 1, seen | {key})
+            if text is None or isinstance(text, _RuntimeText):
+                return text
+            self.lora_tags_taken = True
+            return without_lora_tags(text)
         is_switch, chosen = self.switch_choice(node)
         if is_switch:
             return self.text_of(chosen, depth + 1, seen | {key}) if chosen is not None else None
@@ -115,8 +125,16 @@ class ApiGraph:
         for name in _TEXT_INPUTS:
             if name in inputs:
                 found = self.text_of(inputs[name], depth + 1, seen | {key})
-                if found is not None:
-                    return found
+                if found is None or (name == "populated_text" and not found.strip()):
+                    continue  # an empty populated text: the template below says what was meant
+                if name == "wildcard_text" and WILDCARD_TEMPLATE.search(found):
+                    # a template whose populated text the file lacks: the encoded text is unknown
+                    self.warnings.append(
+                        f"node {key} ({class_type}) keeps only its wildcard template: the text it "
+                        "encoded is unknown"
+                    )
+                    return None
+                return found
         for _, link in _switch_inputs(node):
             found = self.text_of(link, depth + 1, seen | {key})
             if found is not None:

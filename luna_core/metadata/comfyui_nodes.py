@@ -14,9 +14,26 @@ _TEXT_INPUTS = (
     "prompt",
     "value",
     "text_positive",
-    "wildcard_text",
+    # Impact Pack's wildcard nodes: the frontend fills `populated_text` before the run, and that is
+    # what is encoded; `wildcard_text` is the template
     "populated_text",
+    "wildcard_text",
 )
+# A wildcard left in a template (`__colors__`): never the text an encoder got.
+WILDCARD_TEMPLATE = re.compile(r"__[\w\-/.*]+__")
+# LoRA-tag nodes (comfyui_lora_tag_loader's LoraTagLoader and its kind): they load each
+# `<lora:name:weight>` of their text and hand the text on without the tags.
+_LORA_TAG_TEXT = re.compile(r"<lora:[^>]+>", re.IGNORECASE)
+
+
+def is_lora_tag_loader(class_type: str) -> bool:
+    return "loratag" in class_type.lower().replace(" ", "").replace("_", "")
+
+
+def without_lora_tags(text: str) -> str:
+    return _LORA_TAG_TEXT.sub("", text)
+
+
 # Text inputs of text encoders, main text first: CLIPTextEncode (text), Qwen/rgthree (prompt), Flux
 # and SD3 (t5xxl), SDXL (text_g, text_l), SD3/HiDream (clip_g, llama, clip_l).
 _ENCODER_TEXTS = ("text", "prompt", "t5xxl", "text_g", "clip_g", "llama", "clip_l", "text_l")

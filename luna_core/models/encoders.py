@@ -195,6 +195,14 @@ class SDXLTextEncoder:
         finally:
             tokenizer_log.setLevel(level)
 
+    @property
+    def widths(self) -> tuple[int, int]:
+        """The two encoders' hidden widths: their states are concatenated in this order."""
+        return (
+            self.text_encoder.config.hidden_size,
+            self.text_encoder_2.config.hidden_size,
+        )
+
     def encode_ids(self, ids: np.ndarray, ids_2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Token ids [c, 77] for each encoder → (hidden states [c, 77, width], pooled [c,
         pooled_width]) float32: the penultimate layer of both encoders concatenated, and encoder

@@ -4,25 +4,27 @@ Read from `comfy/sd1_clip.py`: `escape_important` (`\\(` and `\\)` are literal),
 (top-level groups; an unclosed `(` or a stray `)` stays text), `token_weights` (`(x)` multiplies the
 group's weight by 1.1, `(x:w)` *sets* it to w whatever the nesting), `[` has no meaning, and
 `embedding:name` loads a textual inversion. Luna cannot load embeddings: they are taken out and
-recorded. `<lora:…>` tags are text to ComfyUI's own nodes, but the LoRA-tag nodes people use take
-them out and load the LoRA: Luna takes them out too, and says so.
+recorded (as ComfyUI skips an embedding it does not have). `<lora:…>` tags are text to ComfyUI's
+own nodes: they are encoded, and noted. A graph whose LoRA-tag node took them out hands its
+encoder the text without them, and that text is what the catalog stores.
 """
 
 from __future__ import annotations
 
 from luna_core.prompts.syntax import (
     COMFY_EMBEDDING,
+    EXTRA_NETWORK,
     Draft,
     ParsedPrompt,
     Piece,
     Removed,
     bounded,
-    take_extra_networks,
 )
 
 # past this nesting the inner text is read at the weight reached (no writer goes deeper)
 MAX_DEPTH = 100
 ESCAPES = (("\\)", "\0\1"), ("\\(", "\0\2"))
+FOOOCUS_TEXTS = " BREAK "  # how the catalog joins the texts of Fooocus's full_prompt
 
 
 def parentheses(text: str) -> list[str]:
@@ -80,13 +82,18 @@ def token_weights(text: str, draft: Draft) -> list[tuple[str, float]]:
     return out
 
 
-def parse(text: str) -> ParsedPrompt:
-    draft = Draft("comfy", text)
-    body = take_extra_networks(bounded(text, draft), draft)
-    if any(r.kind in ("lora", "lyco") for r in draft.removed):
+def parse(text: str, syntax: str = "comfy") -> ParsedPrompt:
+    """`text` by ComfyUI's rules; `syntax` names the tokenizer (comfy: segments whole, cores from
+    2024-12-10; comfy_words: word by word, older cores) or Fooocus, which reads ComfyUI's syntax.
+    Fooocus takes `<lora:name:weight>` out before it writes `full_prompt` (modules/util.py), so a
+    tag still there was encoded as text, as ComfyUI's is."""
+    draft = Draft(syntax, text)
+    body = bounded(text, draft)
+    if EXTRA_NETWORK.search(body):
+        names = ", ".join(m.group(2).partition(":")[0] for m in EXTRA_NETWORK.finditer(body))
         draft.notes.append(
-            "<lora:…> tags taken out, as ComfyUI's LoRA-tag nodes do (its own nodes would encode "
-            "them)"
+            f"<lora:…> tags are encoded as text, as stock ComfyUI does (LoRAs mentioned, not "
+            f"applied by the text: {names})"
         )
 
     def embedding(match) -> str:
@@ -96,10 +103,16 @@ def parse(text: str) -> ParsedPrompt:
     body = COMFY_EMBEDDING.sub(embedding, body)
     if any(r.kind == "embedding" for r in draft.removed):
         draft.notes.append("textual-inversion embeddings are not loaded: encoded without them")
-    for plain, escaped in ESCAPES:
-        body = body.replace(plain, escaped)
-    for piece, weight in token_weights(body, draft):
+    # Fooocus encodes each of its texts on its own (the catalog joins them by BREAK)
+    texts = body.split(FOOOCUS_TEXTS) if syntax == "fooocus" else [body]
+    for index, one in enumerate(texts):
+        if index:
+            draft.breaks.append(len(draft.pieces))
         for plain, escaped in ESCAPES:
-            piece = piece.replace(escaped, plain[1:])
-        draft.pieces.append(Piece(piece, weight))
-    return draft.freeze()
+            one = one.replace(plain, escaped)
+        for piece, weight in token_weights(one, draft):
+            for plain, escaped in ESCAPES:
+                piece = piece.replace(escaped, plain[1:])
+            draft.pieces.append(Piece(piece, weight))
+    # ComfyUI tokenizes each segment on its own: merging two would change the tokens and chunks
+    return draft.freeze(merge=False)

@@ -8,6 +8,8 @@ from luna_core.prompts.syntax import SYNTAXES, Draft, ParsedPrompt, Piece, bound
 PARSERS = {
     "a1111": a1111.parse,
     "comfy": comfy.parse,
+    "comfy_words": lambda text: comfy.parse(text, "comfy_words"),
+    "fooocus": lambda text: comfy.parse(text, "fooocus"),
     "compel": compel_syntax.parse,
     "novelai": novelai.parse,
 }

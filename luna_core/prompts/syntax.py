@@ -2,10 +2,13 @@
 
 Each writer family reads a prompt by its own rules:
 
-- `a1111` (AUTOMATIC1111, Forge, SD.Next, Fooocus): `(x)` ×1.1, `[x]` ÷1.1, `(x:w)`, `\\(` literal;
+- `a1111` (AUTOMATIC1111, Forge, SD.Next): `(x)` ×1.1, `[x]` ÷1.1, `(x:w)`, `\\(` literal;
   BREAK; chunks of 75 tokens, each ending at its last comma when one is near.
-- `comfy` (ComfyUI, SwarmUI): `(x)` ×1.1, `(x:w)` sets w, `[` is text; chunks of 75 tokens,
-  words whole.
+- `comfy` (ComfyUI cores from 2024-12-10, SwarmUI): `(x)` ×1.1, `(x:w)` sets w, `[` is text; each
+  weighted segment tokenized whole, chunks of 75 tokens; `<lora:…>` is text to stock ComfyUI.
+- `comfy_words` (ComfyUI cores before 2024-12-10): the same, tokenized word by word.
+- `fooocus` (Fooocus): ComfyUI's parsing and word-by-word tokenizer, ComfyUI's weighting then
+  A1111's mean restored per chunk and encoder; each of its texts (BREAK between) encoded alone.
 - `novelai` (NovelAI): `{x}` ×1.05, `[x]` ÷1.05; chunks of 75 tokens.
 - `compel` (InvokeAI): Compel's own (`x++`, `(x)1.3`, `.and()`, `.blend()`), applied by the
   compel library.
@@ -19,10 +22,15 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
-SYNTAXES = ("a1111", "comfy", "compel", "novelai", "literal")
-PARSER_VERSION = "1"  # part of every parsed prompt's identity: a change of the rules is another row
+SYNTAXES = ("a1111", "comfy", "comfy_words", "fooocus", "compel", "novelai", "literal")
+# The ComfyUI syntaxes: its parser, its chunking (a group of 8 or more tokens may be split) and its
+# weighting (from the empty prompt's encoding).
+COMFY_FAMILY = ("comfy", "comfy_words", "fooocus")
+# 2: A1111's emphasis per encoder, ComfyUI's segments and versions, Fooocus's own rules
+PARSER_VERSION = "2"  # part of every parsed prompt's identity: a change of the rules is another row
 # past this, the rest of a prompt is dropped (and said); no writer keeps more useful text
 MAX_PROMPT_CHARS = 20_000
 
@@ -31,7 +39,7 @@ GENERATOR_SYNTAX = {
     "AUTOMATIC1111": "a1111",
     "Forge": "a1111",
     "SD.Next": "a1111",
-    "Fooocus": "a1111",
+    "Fooocus": "fooocus",
     "Civitai": "a1111",
     "ComfyUI": "comfy",
     "SwarmUI": "comfy",
@@ -129,13 +137,15 @@ class Draft:
     removed: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
-    def freeze(self) -> ParsedPrompt:
+    def freeze(self, merge: bool = True) -> ParsedPrompt:
+        """The parsed prompt; `merge` joins neighbouring pieces of one weight, as A1111's parser
+        does (ComfyUI tokenizes each of its segments on its own: no merging there)."""
         merged: list[Piece] = []
-        breaks = set(self.breaks)
-        new_breaks = []
+        # one entry per BREAK: two in a row make an empty chunk, as A1111's tokenize_line does
+        breaks = Counter(self.breaks)
+        new_breaks: list[int] = []
         for index, piece in enumerate(self.pieces):
-            if index in breaks:
-                new_breaks.append(len(merged))
+            new_breaks.extend([len(merged)] * breaks[index])
             weight = piece.weight
             if not math.isfinite(weight):
                 self.notes.append(
@@ -143,15 +153,16 @@ class Draft:
                     "encoded at 1.0"
                 )
                 weight = 1.0
-            if merged and merged[-1].weight == weight and len(merged) not in new_breaks:
+            if merge and merged and merged[-1].weight == weight and len(merged) not in new_breaks:
                 merged[-1] = Piece(merged[-1].text + piece.text, weight)
             elif piece.text:
                 merged.append(Piece(piece.text, weight))
+        new_breaks.extend([len(merged)] * breaks[len(self.pieces)])
         return ParsedPrompt(
             self.syntax,
             self.text,
             tuple(merged),
-            tuple(sorted(set(new_breaks))),
+            tuple(sorted(new_breaks)),
             tuple(self.removed),
             tuple(dict.fromkeys(self.notes)),
         )
@@ -207,16 +218,58 @@ def writer_overrides(text: str) -> dict[str, str]:
     return overrides
 
 
-def syntax_case_sql(overrides: dict[str, str] | None = None, column: str = "generator") -> str:
-    """SQL giving each generation's prompt syntax from its generator: the writers' own, then
-    `overrides`."""
+def syntax_case_sql(
+    overrides: dict[str, str] | None = None, column: str = "generator", extra: str = "extra"
+) -> str:
+    """SQL giving each generation's prompt syntax: a setting's override for its generator, else
+    the rules its file named (`extra.prompt_syntax`: a ComfyUI core version), else its generator's
+    own."""
     mapping = {**GENERATOR_SYNTAX, **(overrides or {})}
     quoted = {g.replace("'", "''"): s for g, s in mapping.items()}
-    return (
+    by_generator = (
         f"CASE {column} "
         + " ".join(f"WHEN '{g}' THEN '{s}'" for g, s in quoted.items())
         + " ELSE 'literal' END"
     )
+    overridden = ", ".join(f"'{g.replace(chr(39), chr(39) * 2)}'" for g in overrides or {})
+    named = f"json_extract_string({extra}, '$.prompt_syntax')"
+    known = ", ".join(f"'{s}'" for s in SYNTAXES)
+    first = f"WHEN {column} IN ({overridden}) THEN {by_generator} " if overridden else ""
+    return f"(CASE {first}WHEN {named} IN ({known}) THEN {named} ELSE {by_generator} END)"
+
+
+# The writers whose empty negative prompt is zeros, not the empty string's encoding: A1111 on SDXL
+# (sd_models_xl.py force_zero_negative_prompt). ComfyUI and Fooocus encode "" (start, end, padding).
+ZERO_EMPTY_NEGATIVE = ("a1111",)
+ZERO_EMPTY_NEGATIVE_SQL = ", ".join(f"'{s}'" for s in ZERO_EMPTY_NEGATIVE)
+
+# ComfyUI tokenizes each weighted segment whole from core commit 1c8d11e4 (2024-12-10); cores
+# before it word by word. Releases from 0.3.10 have it; 0.3.7 and older do not.
+COMFY_SEGMENTS_SINCE = (2024, 12, 10)
+COMFY_SEGMENTS_VERSION = (0, 3, 10)
+COMFY_WORDS_BEFORE_VERSION = (0, 3, 8)
+
+
+def comfy_rules_by_version(version: str) -> tuple[str, str] | None:
+    """(syntax, why) from a ComfyUI core version a workflow recorded; None when it says
+    nothing."""
+    try:
+        parts = tuple(int(x) for x in version.strip().lstrip("v").split(".")[:3])
+    except ValueError:
+        return None
+    if parts >= COMFY_SEGMENTS_VERSION:
+        return "comfy", f"ComfyUI core {version} (tokenizes weighted segments whole)"
+    if parts < COMFY_WORDS_BEFORE_VERSION:
+        return "comfy_words", f"ComfyUI core {version} (tokenizes word by word)"
+    return None
+
+
+def comfy_rules_by_date(year: int, month: int, day: int) -> tuple[str, str]:
+    """(syntax, why) from a file's date, where its workflow recorded no core version."""
+    date = f"{year:04d}-{month:02d}-{day:02d}"
+    if (year, month, day) < COMFY_SEGMENTS_SINCE:
+        return "comfy_words", f"no core version recorded; the file dates from {date}"
+    return "comfy", f"no core version recorded; the file dates from {date}: the current rules"
 
 
 def syntax_for(generator: str | None, override: str | None = None) -> str:
