@@ -70,13 +70,8 @@ def tiny_quality(images: int) -> list[dict]:
     from luna_core.index.build import update_index
     from luna_core.ingest.run import IngestOptions, ingest
     from luna_core.models.profiles import resolve_profile
-    from luna_core.projector.train import (
-        TrainSettings,
-        _Stores,
-        load_pairs,
-        losses,
-        train_projector,
-    )
+    from luna_core.projector.pairs import load_pairs
+    from luna_core.projector.train import TrainSettings, _Stores, losses, train_projector
     from luna_core.samples import make_sample_library
     from luna_core.vault.embed import EmbedOptions, embed_images
     from luna_core.vault.embed_prompts import embed_prompts

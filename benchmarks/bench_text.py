@@ -5,7 +5,7 @@
 .venv/bin/python benchmarks/bench_text.py --prompts 500000
 
 # the encoding side at SDXL's real widths (CLIP ViT-L + OpenCLIP ViT-bigG architecture, RANDOM
-weights: # speed only) so the parser's share is measured against the encoding it rides on
+# weights: speed only) so the parser's share is measured against the encoding it rides on
 .venv/bin/python benchmarks/bench_text.py --encoder sdxl-random --encode-prompts 32
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 
 from luna_core.home.home import LunaHome
 from luna_core.ingest.run import IngestOptions, ingest
-from luna_core.prompts.encode import encode_many
+from luna_core.prompts.chunking import chunk_tokens
+from luna_core.prompts.encode import apply_weights, encode_many
 from luna_core.prompts.parsers import parse
 from luna_core.prompts.syntax import syntax_for
 from luna_core.samples import make_sample_library
@@ -193,6 +194,21 @@ def main() -> int:
         kept += [tokens.reshape(-1, 77, tokens.shape[-1]) for tokens, _ in answers[:4]]
     parsed_seconds = time.perf_counter() - started
     codec = codec_figures(np.concatenate(kept), work)
+    # The writers' own rules beside the encoders: tokenizing and chunking by each writer's rules,
+    # and the weighting (A1111's mean restored per encoder, ComfyUI's move from the empty prompt)
+    tokenizers = (encoder.tokenizer, encoder.tokenizer_2)
+    plans = [(p, chunk_tokens(tokenizers, p)) for p in (parse(t, s) for t, s in sample)]
+    started = time.perf_counter()
+    for text, syntax in sample:
+        chunk_tokens(tokenizers, parse(text, syntax))
+    rules_seconds = time.perf_counter() - started - parse_per_prompt * len(sample)
+    width = sum(encoder.widths)
+    started = time.perf_counter()
+    for prompt, plan in plans:
+        states = np.ones((plan.count, 77, width), np.float32)
+        rule = "comfy" if prompt.syntax in ("comfy", "comfy_words") else "a1111"
+        apply_weights(states, states[0], plan.weights, rule, encoder.widths[0])
+    weighting_seconds = time.perf_counter() - started
 
     library = make_sample_library(
         work / "library", args.library, seed=5, size=(64, 64), broken=False
@@ -223,6 +239,10 @@ def main() -> int:
         "parsed_prompts_per_s": len(sample) / parsed_seconds,
         "parsed_over_literal_time": parsed_seconds / literal_seconds,
         "parser_share_of_parsed_encoding": parse_per_prompt / (parsed_seconds / len(sample)),
+        "rules_share_of_parsed_encoding": (
+            parse_per_prompt * len(sample) + rules_seconds + weighting_seconds
+        )
+        / parsed_seconds,
         "library_prompts": len(rows),
         "library_prompts_changed_by_parse": changed,
         **codec,
@@ -231,6 +251,10 @@ def main() -> int:
     print(
         f"parser alone: {len(corpus):,} prompts in {parse_seconds:.1f}s = "
         f"{figures['parser_prompts_per_s']:,.0f}/s"
+    )
+    print(
+        "writers' rules (parse, tokenize and chunk, weight per encoder) share of the encoding: "
+        f"{figures['rules_share_of_parsed_encoding']:.1%}"
     )
     print(f"encoding ({args.encoder} encoders, batches of {batch}, CPU):")
     print(

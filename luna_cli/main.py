@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except LunaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - only the machine's own refusals are turned into one line
+    # only the machine's own refusals are turned into one line
+    except Exception as exc:  # noqa: BLE001
         code = (
             exc.errno
             if isinstance(exc, OSError)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.processes import Service, free_port  # noqa: F401 (the tests import them from here too)
+# the tests import these from here too
+from devtools.processes import Service, free_port  # noqa: F401
 
 # set by .ci/run: a missing PostgreSQL or Chromium fails, not skips
 REQUIRE_ENV = "LUNA_REQUIRE_SERVICES"

@@ -180,8 +180,9 @@ def test_a_killed_dagster_run_is_marked_failed_not_left_started(tiny_home):
         encoders.VisionEncoder.embed_pixels = stuck
         defs = build_definitions({str(tiny_home.root)!r})
         job = defs.resolve_implicit_global_asset_job_def()
-        job.execute_in_process(asset_selection=[dg.AssetKey("vision_embeddings")],
-                               instance=dg.DagsterInstance.from_config({str(tiny_home.dagster_home)!r}))
+        instance = dg.DagsterInstance.from_config({str(tiny_home.dagster_home)!r})
+        selection = [dg.AssetKey("vision_embeddings")]
+        job.execute_in_process(asset_selection=selection, instance=instance)
     """)
     child = subprocess.Popen(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True

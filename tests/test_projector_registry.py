@@ -357,7 +357,7 @@ def test_projector_answers_check_their_inputs_like_the_vault(trained):
 def test_subset_filters_can_read_but_never_write(library_home):
     import duckdb
 
-    from luna_core.projector.train import load_pairs
+    from luna_core.projector.pairs import load_pairs
 
     home, profile = library_home
     assert len(load_pairs(home, "train", "generator <> 'ComfyUI'").image_ids) > 0

@@ -89,7 +89,7 @@ def test_ceiling_floor_and_intervals(report_home):
 def _evaluation(n: int, gains: dict[str, float], seed: int = 0) -> Evaluation:
     """An evaluation over n images where each source's token cosine is the mean's plus a gain and
     noise."""
-    from luna_core.projector.train import Pairs
+    from luna_core.projector.pairs import Pairs
     from luna_core.reports.frozen_set import FrozenSet, TestSet
 
     rng = np.random.default_rng(seed)

@@ -110,3 +110,31 @@ def test_a_lora_tag_node_hands_its_encoder_the_text_without_the_tags():
     plain = comfy_simple_graph(GEN)
     plain["6"]["inputs"]["text"] = "a knight <lora:detail:0.6>, armor"
     assert parse_comfyui(json.dumps(plain), None).prompt == "a knight <lora:detail:0.6>, armor"
+
+
+def test_a_catalog_made_under_another_parser_version_asks_for_its_prompts_again(tmp_path: Path):
+    """The prompts view names the parser's version in each conditioning key: a catalog from an
+    earlier version gets this version's view when it is next opened, so the prompts are encoded
+    again by the rules as they are now."""
+    from luna_core.catalog.connection import open_catalog
+    from luna_core.prompts.syntax import PARSER_VERSION, conditioning_key
+
+    catalog = tmp_path / "catalog.duckdb"
+    with open_catalog(catalog) as con:
+        con.execute(
+            "INSERT INTO generations (content_hash, generator, prompt, parsed_at, prompt_syntax) "
+            "VALUES ('h', 'ComfyUI', '(a cat:1.2)', now(), 'comfy')"
+        )
+        view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'prompts'").fetchone()[
+            0
+        ]
+        old_view = view.replace(f"'/{PARSER_VERSION}'", "'/1'")
+        con.execute(old_view.replace("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))
+        con.execute("UPDATE schema_info SET value = '1' WHERE key = 'parser_version'")
+        old = con.execute("SELECT prompt_hash FROM prompts").fetchone()[0]
+    assert old == conditioning_key("(a cat:1.2)", "comfy/1")
+    with open_catalog(catalog) as con:
+        new = con.execute("SELECT prompt_hash FROM prompts").fetchone()[0]
+        stored = con.execute("SELECT value FROM schema_info WHERE key = 'parser_version'")
+        assert stored.fetchone()[0] == PARSER_VERSION
+    assert new == conditioning_key("(a cat:1.2)", f"comfy/{PARSER_VERSION}") != old

@@ -20,8 +20,16 @@ from typing import Iterator
 import duckdb
 
 # HELD_* are re-exported: the modules that retire rows import them from here.
-from luna_core.catalog.schema import HELD_IMAGES, HELD_PROMPTS, MIGRATIONS, SCHEMA, SCHEMA_VERSION  # noqa: F401
+from luna_core.catalog.schema import (  # noqa: F401 - the stores' held sets are named from here
+    HELD_IMAGES,
+    HELD_PROMPTS,
+    MIGRATIONS,
+    PROMPTS_VIEW,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
+from luna_core.prompts.syntax import PARSER_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +163,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path | str = "the catalo
     """Create the tables of a new catalog, migrate an older one forward, refuse a newer one."""
     version = stored_schema_version(con)
     if version == SCHEMA_VERSION:
+        _follow_parser_version(con)
         return
     if version is not None and version > SCHEMA_VERSION:
         raise LunaConfigError(
@@ -180,10 +189,34 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path | str = "the catalo
         con.execute(
             "INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
         )
+        con.execute(PROMPTS_VIEW)
+        con.execute(
+            "INSERT OR REPLACE INTO schema_info VALUES ('parser_version', ?)", [PARSER_VERSION]
+        )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def _follow_parser_version(con: duckdb.DuckDBPyConnection) -> None:
+    """The `prompts` view computes each prompt's conditioning key, which names the parser's
+    version: a catalog made under another version gets the view of this one, so the prompts whose
+    rules changed are encoded again (the old rows retire by the data-version rules)."""
+    row = con.execute("SELECT value FROM schema_info WHERE key = 'parser_version'").fetchone()
+    if row is not None and row[0] == PARSER_VERSION:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(PROMPTS_VIEW)
+        con.execute(
+            "INSERT OR REPLACE INTO schema_info VALUES ('parser_version', ?)", [PARSER_VERSION]
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("catalog prompts view follows prompt parser version %s", PARSER_VERSION)
 
 
 @contextlib.contextmanager

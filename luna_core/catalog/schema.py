@@ -50,7 +50,7 @@ def conditioning_key_sql(text: str, syntax: str) -> str:
 
 # Every unique conditioning to encode: a prompt text (positive or negative) with the syntax it is
 # read by.
-_PROMPTS_VIEW = f"""CREATE OR REPLACE VIEW prompts AS
+PROMPTS_VIEW = f"""CREATE OR REPLACE VIEW prompts AS
         SELECT DISTINCT {conditioning_key_sql("text", "syntax")} AS prompt_hash, text AS prompt,
                coalesce(syntax, 'literal') AS syntax, length(text) AS chars
         FROM (SELECT prompt AS text, prompt_syntax AS syntax FROM generations
@@ -74,7 +74,7 @@ MIGRATIONS: dict[int, list[str]] = {
     1: [_RETIRED_ROWS],
     2: [_GENERATION_SOURCE],
     3: [_SPLIT_REASON, _NEAR_DUPLICATES, _TWIN_SCANS],
-    4: [_PROMPT_SYNTAX, _FILL_SYNTAX, _TEXT_CHUNKS, _RETIRED_CHUNKS, _PROMPTS_VIEW],
+    4: [_PROMPT_SYNTAX, _FILL_SYNTAX, _TEXT_CHUNKS, _RETIRED_CHUNKS, PROMPTS_VIEW],
 }
 
 SCHEMA = [
@@ -172,7 +172,7 @@ SCHEMA = [
         failed_at TIMESTAMP NOT NULL,
         PRIMARY KEY (store_key, item_key)
     )""",
-    _PROMPTS_VIEW,
+    PROMPTS_VIEW,
     # Stable per content hash, assigned once (luna_core.catalog.library_view): FAISS ids and the
     # data split.
     """CREATE TABLE IF NOT EXISTS image_ids (

@@ -6,14 +6,13 @@ from dataclasses import dataclass
 
 from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile
+from luna_core.projector.pairs import fingerprint, load_pairs
 from luna_core.projector.promotion import Registration, register
 from luna_core.projector.registry import Registry
 from luna_core.projector.request import ProjectorRequest
 from luna_core.projector.train import (
     TrainResult,
     check_settings,
-    fingerprint,
-    load_pairs,
     train_projector,
     validation_scorer,
 )
@@ -53,7 +52,8 @@ def train_and_register(
     pairs."""
     check_settings(request.config, request.settings)
     registry = Registry(home, request.tracking_uri)
-    registry.client  # noqa: B018 - a remote registry must answer before any training: register nothing
+    # a remote registry must answer before any training: register nothing
+    registry.client  # noqa: B018
     data_fingerprint = fingerprint(load_pairs(home, "train", request.where), profile)
     if not request.force:
         existing = already_trained(registry, request, data_fingerprint)

@@ -9,18 +9,15 @@ stays bounded by the batch. Fixed seeds: a run repeats.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-import duckdb
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from luna_core.catalog.connection import open_catalog
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile, choose_device
@@ -32,6 +29,7 @@ from luna_core.projector.models import (
     build_projector,
     target_basis,
 )
+from luna_core.projector.pairs import Pairs, fingerprint, load_pairs
 from luna_core.vault.segments import open_text_store, open_vision_store
 
 log = logging.getLogger(__name__)
@@ -65,13 +63,6 @@ class TrainSettings:
 
 
 @dataclass
-class Pairs:
-    image_ids: np.ndarray
-    vision_rows: np.ndarray
-    prompt_rows: np.ndarray
-
-
-@dataclass
 class TrainResult:
     model: torch.nn.Module
     config: ProjectorConfig
@@ -82,41 +73,6 @@ class TrainResult:
     seconds: float = 0.0
     pairs_per_s: float = 0.0
     data_fingerprint: str = ""
-
-
-def load_pairs(home: LunaHome, split: str, where: str | None = None) -> Pairs:
-    """Pairs of one split; `where` is an SQL condition over the `library` view (subset specialists).
-
-    The condition is a person's text pasted into SQL, so it runs on a sandboxed connection:
-    read-only, no files or extensions outside the catalog. It can select; it can never write."""
-    condition = f" AND ({where})" if where else ""
-    with open_catalog(home.catalog_path, sandboxed=bool(where)) as con:
-        try:
-            rows = con.execute(
-                f"""
-                SELECT image_id, vision_row, prompt_row FROM library
-                WHERE vision_row IS NOT NULL AND prompt_row IS NOT NULL AND split = ?{condition}
-                ORDER BY image_id""",
-                [split],
-            ).fetchall()
-        except duckdb.Error as exc:
-            if not where:
-                raise
-            raise LunaConfigError(
-                f"subset filter {where!r} is not a condition over the library view: "
-                f"{str(exc).splitlines()[0]}"
-            ) from None
-    array = np.array(rows, dtype=np.int64).reshape(-1, 3)
-    return Pairs(array[:, 0], array[:, 1], array[:, 2])
-
-
-def fingerprint(pairs: Pairs, profile: ModelProfile) -> str:
-    """Which pairs trained a model: the image ids and prompt rows, and the stores they come from."""
-
-    digest = hashlib.sha256(f"{profile.vision_key}|{profile.text_key}|".encode())
-    digest.update(pairs.image_ids.tobytes())
-    digest.update(pairs.prompt_rows.tobytes())
-    return digest.hexdigest()[:16]
 
 
 class _Stores:
@@ -226,6 +182,9 @@ def train_projector(
             f"{len(val.prompt_rows)} val pairs (need {settings.min_train_pairs} and "
             f"{settings.min_val_pairs})"
         )
+    # every chunk of every prompt is a target: the pairs below are (image, chunk row)
+    images, data = (len(train.prompt_rows), len(val.prompt_rows)), fingerprint(train, profile)
+    train, val = train.every_chunk(), val.every_chunk()
     stores = _Stores(home, profile)
     config = replace(config, **stores.dims())
     basis_pairs = min(settings.basis_sample, len(train.prompt_rows))
@@ -239,9 +198,9 @@ def train_projector(
     result = TrainResult(
         model,
         config,
-        train_pairs=len(train.prompt_rows),
-        val_pairs=len(val.prompt_rows),
-        data_fingerprint=fingerprint(train, profile),
+        train_pairs=images[0],
+        val_pairs=images[1],
+        data_fingerprint=data,
     )
     seen = 0
     if isinstance(model, LowRankRidge):
@@ -372,7 +331,6 @@ def validation_scorer(
     pairs = load_pairs(home, split, where)
     if len(pairs.prompt_rows) == 0:
         raise NotBuiltError(f"no {split} pairs to compare projectors on")
-    stores = _Stores(home, profile)
-    return ValidationScorer(
-        stores, pairs, stores.embeddings(pairs.vision_rows), batch_size, fingerprint(pairs, profile)
-    )
+    stores, data = _Stores(home, profile), fingerprint(pairs, profile)
+    pairs = pairs.every_chunk()  # scored on every chunk, as it was trained
+    return ValidationScorer(stores, pairs, stores.embeddings(pairs.vision_rows), batch_size, data)

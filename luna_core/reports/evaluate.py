@@ -17,14 +17,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from luna_core.ask.mixing import aligned
 from luna_core.ask.vault_query import DEFAULT_TEMPERATURE, VaultQuery
 from luna_core.catalog.connection import open_catalog
 from luna_core.errors import LunaError, NotBuiltError
 from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile
 from luna_core.projector.names import REGISTERED_NAME
+from luna_core.projector.pairs import Pairs, load_pairs
 from luna_core.projector.registry import Registry
-from luna_core.projector.train import Pairs, load_pairs
 from luna_core.reports.frozen_set import TestSet, load_test_set
 from luna_core.vault.segments import open_text_store, open_vision_store
 
@@ -88,19 +89,28 @@ def paired_difference(
 
 
 class _Truth:
-    """The true conditionings of the test pairs, read a batch at a time."""
+    """The true conditionings of the test pairs, every chunk of each, read a batch at a time."""
 
     def __init__(self, home: LunaHome, profile: ModelProfile, pairs: Pairs):
         self.text = open_text_store(home, profile)
         self.pairs = pairs
+        self.chunks = pairs.chunk_counts()
         self.pooled = self.text.read_rows("pooled_prompt_embeds", pairs.prompt_rows).astype(
             np.float32
         )
 
+    def tokens(self, start: int, count: int) -> list[np.ndarray]:
+        """Items [start, start + count): each one's conditioning [77·chunks, D]."""
+        rows = self.pairs.prompt_rows[start : start + count]
+        counts = self.chunks[start : start + count]
+        picked = np.concatenate([np.arange(r, r + c) for r, c in zip(rows, counts)])
+        read = self.text.read_rows("prompt_embeds", picked).astype(np.float32)
+        ends = np.cumsum(counts)
+        return [read[end - c : end].reshape(-1, read.shape[-1]) for end, c in zip(ends, counts)]
+
     def batches(self):
         for start in range(0, len(self.pairs.prompt_rows), BATCH):
-            rows = self.pairs.prompt_rows[start : start + BATCH]
-            yield start, self.text.read_rows("prompt_embeds", rows).astype(np.float32)
+            yield start, self.tokens(start, BATCH)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -118,13 +128,17 @@ def score_source(name: str, kind: str, truth: _Truth, predict) -> SourceResult:
     for start, true_tokens in truth.batches():
         count = len(true_tokens)
         tokens, pooled = predict(start, count)
-        tokens, pooled = np.asarray(tokens, np.float32), np.asarray(pooled, np.float32)
+        pooled = np.asarray(pooled, np.float32)
         true_pooled = truth.pooled[start : start + count]
-        token_cos[start : start + count] = _cosine(tokens, true_tokens).mean(axis=1)
+        for j, want in enumerate(true_tokens):
+            # Every chunk is scored: an answer of other length meets the truth by repetition to
+            # their common length, as every consumer of conditionings does (ask/mixing.py)
+            got = np.asarray(tokens[j], np.float32).reshape(-1, want.shape[-1])
+            got, want = aligned([got, want])
+            token_cos[start + j] = _cosine(got, want).mean()
+            mse[start + j] = ((got - want) ** 2).mean()
         pooled_cos[start : start + count] = _cosine(pooled, true_pooled)
-        mse[start : start + count] = ((tokens - true_tokens) ** 2).mean(axis=(1, 2)) + (
-            (pooled - true_pooled) ** 2
-        ).mean(1)
+        mse[start : start + count] += ((pooled - true_pooled) ** 2).mean(1)
         predicted_pooled[start : start + count] = pooled
     ranks = _ranks(predicted_pooled, truth.pooled, truth.pairs.prompt_rows)
     per_image = {
@@ -202,10 +216,7 @@ def evaluate(
     sources: list[SourceResult] = []
 
     def rows_of(start: int, count: int):
-        rows = pairs.prompt_rows[start : start + count]
-        return truth.text.read_rows("prompt_embeds", rows), truth.text.read_rows(
-            "pooled_prompt_embeds", rows
-        )
+        return truth.tokens(start, count), truth.pooled[start : start + count]
 
     sources.append(score_source("true prompt", "true", truth, rows_of))
 
@@ -226,14 +237,14 @@ def evaluate(
             "literal",
             truth,
             lambda start, count: (
-                np.stack([t for t, _ in literal[start : start + count]]),
+                [t for t, _ in literal[start : start + count]],
                 np.stack([p for _, p in literal[start : start + count]]),
             ),
         )
     )
 
     train = load_pairs(home, "train")
-    mean_tokens, mean_pooled = _mean_conditioning(truth.text, train.prompt_rows)
+    mean_tokens, mean_pooled = _mean_conditioning(truth.text, train.every_chunk().prompt_rows)
     sources.append(
         score_source(
             "mean of train",
@@ -269,8 +280,8 @@ def evaluate(
             )
             for i in range(start, start + count)
         ]
-        # Scored on the first chunk, as every source and the truth are (their first 77 tokens).
-        return np.stack([a[0][:77] for a in answers]), np.stack([a[1] for a in answers])
+        # every chunk of the answer: the scoring meets the truth's chunks by repetition
+        return [a[0] for a in answers], np.stack([a[1] for a in answers])
 
     sources.append(score_source(f"vault k={settings.k}", "vault", truth, vault_rows))
 
@@ -353,4 +364,5 @@ def registered_projectors(
 
 def mean_of_train(home: LunaHome, profile: ModelProfile) -> tuple[np.ndarray, np.ndarray]:
     """The mean conditioning (tokens, pooled) of the train split's prompts."""
-    return _mean_conditioning(open_text_store(home, profile), load_pairs(home, "train").prompt_rows)
+    train = load_pairs(home, "train").every_chunk()
+    return _mean_conditioning(open_text_store(home, profile), train.prompt_rows)

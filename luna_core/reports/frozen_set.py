@@ -29,7 +29,7 @@ from luna_core.catalog.splits import twins_of
 from luna_core.errors import NotBuiltError
 from luna_core.files import write_atomically
 from luna_core.home.home import LunaHome
-from luna_core.projector.train import Pairs
+from luna_core.projector.pairs import Pairs
 
 # the eligible test split at this multiple of the frozen set starts a new series
 GROWTH_FOR_NEW_SERIES = 2.0
@@ -100,6 +100,7 @@ class _Image(NamedTuple):
     vision_row: int | None
     prompt_row: int | None
     path: str
+    prompt_chunks: int | None
 
     @property
     def scorable(self) -> bool:
@@ -139,8 +140,8 @@ def load_test_set(
         images = [
             _Image(*row)
             for row in con.execute("""
-            SELECT content_hash, image_id, split, vision_row, prompt_row, path FROM library ORDER BY
-                image_id""").fetchall()
+            SELECT content_hash, image_id, split, vision_row, prompt_row, path, prompt_chunks
+            FROM library ORDER BY image_id""").fetchall()
         ]
         test_hashes = [i.content_hash for i in images if i.split == "test"]
         twins = twins_of(con, test_hashes)
@@ -227,6 +228,7 @@ def load_test_set(
         np.array([i.image_id for i in scored], np.int64),
         np.array([i.vision_row for i in scored], np.int64),
         np.array([i.prompt_row for i in scored], np.int64),
+        np.array([i.prompt_chunks or 1 for i in scored], np.int64),
     )
     leave_out = {
         int(i.image_id): frozenset(

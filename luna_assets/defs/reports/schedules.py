@@ -9,7 +9,8 @@ from luna_core.home.settings import KEYS_BY_NAME
 
 BENCHMARK_JOB = "run_refinement_benchmark"
 BENCHMARK_SCHEDULE = "weekly_benchmark"
-BENCHMARK_CRON = "schedules.benchmark_cron"  # default weekly, Sunday 05:00 (after the projector's weekly retrain)
+# default weekly, Sunday 05:00 (after the projector's weekly retrain)
+BENCHMARK_CRON = "schedules.benchmark_cron"
 
 
 def benchmark_job_and_schedule(home: LunaHome | None):
