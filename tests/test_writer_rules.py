@@ -138,3 +138,61 @@ def test_a_catalog_made_under_another_parser_version_asks_for_its_prompts_again(
         stored = con.execute("SELECT value FROM schema_info WHERE key = 'parser_version'")
         assert stored.fetchone()[0] == PARSER_VERSION
     assert new == conditioning_key("(a cat:1.2)", f"comfy/{PARSER_VERSION}") != old
+
+
+def test_fooocus_plus_s_comment_chunk_is_read_by_fooocus_s_rules():
+    """FooocusPlus writes Fooocus's record under capitalised keys in a PNG `Comment` chunk."""
+    from luna_core.containers.probe import probe_image
+    from luna_core.metadata.dispatch import parse_generation
+    from luna_core.samples.writers.registry import png_bytes
+    from tests.test_metadata_formats import PICTURE
+
+    record = {
+        "Prompt": "a red fox",
+        "Negative Prompt": "",
+        "Full Prompt": ["a red fox, cinematic", "a red fox, cinematic, intricate, highly detailed"],
+        "Full Negative Prompt": [""],
+        "Fooocus V2 Expansion": "a red fox, cinematic, intricate, highly detailed",
+        "Styles": "['Fooocus V2', 'Fooocus Enhance']",
+        "Seed": "123456",
+        "Steps": 30,
+        "Guidance Scale": 4.0,
+        "Sampler": "dpmpp_2m_sde_gpu",
+        "Scheduler": "karras",
+        "Resolution": "(896, 1152)",
+        "Base Model": "juggernautXL_v8Rundiffusion.safetensors",
+        "Metadata Scheme": "simple",
+        "Version": "FooocusPlus 1.0.8",
+    }
+    items = probe_image(png_bytes(PICTURE, text=[("Comment", json.dumps(record))])).items
+    parsed = parse_generation(items)
+    assert (parsed.generator, parsed.seed, parsed.steps) == ("FooocusPlus", 123456, 30)
+    assert parsed.prompt == " BREAK ".join(record["Full Prompt"])
+    assert parsed.extra["typed_prompt"] == "a red fox"
+
+
+def test_a_save_node_s_evaluated_text_wins_where_the_walk_found_part_of_it():
+    from luna_core.metadata.dispatch import parse_generation
+    from luna_core.samples.writers.a1111 import a1111_infotext
+
+    graph = comfy_simple_graph(GEN)
+    # a node the walk cannot evaluate joined a style on: the graph holds only the first part
+    graph["20"] = {"class_type": "SomeStyler", "inputs": {"style": "cinematic"}}
+    graph["6"]["inputs"]["text"] = GEN.prompt.split(",")[0]
+    items = {"prompt": json.dumps(graph), "parameters": a1111_infotext(GEN)}
+    record = parse_generation(items)
+    assert record.prompt == GEN.prompt
+    assert "evaluated text" in record.extra["read_by"]["prompt"]
+
+
+def test_a_kolors_graph_s_prompt_is_unknown_not_wrong():
+    """Kolors conditions through ChatGLM3 with its own instruction template: no CLIP text."""
+    graph = comfy_simple_graph(GEN)
+    graph["6"] = {
+        "class_type": "MZ_ChatGLM3_V2",
+        "inputs": {"text": GEN.prompt, "chatglm3_model": ["30", 0]},
+    }
+    graph["30"] = {"class_type": "MZ_ChatGLM3Loader", "inputs": {"chatglm3_checkpoint": "x"}}
+    record = parse_comfyui(json.dumps(graph), None)
+    assert record.prompt is None and "ChatGLM3" in record.extra["prompt_unknown"]
+    assert record.extra["prompt_given"] == [GEN.prompt]

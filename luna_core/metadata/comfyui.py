@@ -181,6 +181,26 @@ def record_from_nodes(
         )
         record.extra["prompt_given"] = [r["given"] for r in graph.runtime if r["given"] is not None]
         record.warnings.append(record.extra["prompt_unknown"])
+    chatglm = {
+        str(n.get("class_type")): n.get("inputs", {})
+        for n in nodes.values()
+        if re.search(r"chatglm|kolors", str(n.get("class_type", "")), re.IGNORECASE)
+    }
+    if chatglm:
+        # Kolors: a ChatGLM3 encoder reads the prompt inside its own instruction template; no CLIP
+        # encoded it, so no text Luna can encode stands for what conditioned the image
+        record.extra["prompt_given"] = [
+            v
+            for inputs in chatglm.values()
+            for k, v in inputs.items()
+            if k in ("text", "prompt") and isinstance(v, str)
+        ]
+        record.extra["prompt_unknown"] = (
+            f"encoded by a ChatGLM3 text encoder ({', '.join(sorted(chatglm))}) with its own "
+            "instruction template, not by CLIP: the conditioning's text is unknown"
+        )
+        record.prompt = record.negative_prompt = None
+        record.warnings.append(record.extra["prompt_unknown"])
     family = next(
         (
             n["inputs"]["type"]

@@ -12,11 +12,17 @@ from typing import Any
 from luna_core.metadata.a1111 import parse_a1111
 from luna_core.metadata.civitai import is_civitai_generator, parse_civitai_generator
 from luna_core.metadata.comfyui import parse_comfyui
-from luna_core.metadata.invokeai import parse_dream, parse_invokeai_metadata, parse_sd_metadata
+from luna_core.metadata.invokeai import (
+    parse_dream,
+    parse_invokeai_metadata,
+    parse_legacy_invokeai,
+)
 from luna_core.metadata.json_tools import (
+    fooocus_plus_keys,
     is_draw_things,
     is_easy_diffusion,
     is_fooocus,
+    is_fooocus_plus,
     is_ruined_fooocus,
     parse_draw_things,
     parse_easy_diffusion,
@@ -68,6 +74,10 @@ def _from_json_record(data: dict[str, Any]) -> GenerationRecord | None:
         return parse_ruined_fooocus(data)
     if is_fooocus(data):
         return parse_fooocus(data)
+    if is_fooocus_plus(data):
+        record = parse_fooocus(fooocus_plus_keys(data))
+        record.generator = "FooocusPlus"
+        return record
     if is_easy_diffusion(data):
         return parse_easy_diffusion(data)
     if is_draw_things(data):
@@ -148,8 +158,21 @@ def _with_saver_text(graph: GenerationRecord, text: GenerationRecord) -> Generat
         "model",
         "model_hash",
     ):
-        if getattr(graph, name) is None and getattr(text, name) is not None:
-            setattr(graph, name, getattr(text, name))
+        ours, theirs = getattr(graph, name), getattr(text, name)
+        # A prompt the walk found only part of (a node it cannot evaluate joined more text on):
+        # the saver wrote the whole text the encoder got
+        fuller = (
+            name.endswith("prompt")
+            # Stability Matrix writes the typed prompt, comments and all; its graph's is encoded
+            and text.generator != "Stability Matrix"
+            and isinstance(ours, str)
+            and isinstance(theirs, str)
+            and ours.strip()
+            and ours.strip() in theirs
+            and len(theirs.strip()) > len(ours.strip())
+        )
+        if (ours is None and theirs is not None) or fuller:
+            setattr(graph, name, theirs)
             if name.endswith("prompt"):  # the saver wrote the text the graph evaluated at run time
                 graph.extra.setdefault("read_by", {})[name] = (
                     "png:parameters (the save node's evaluated text)"
@@ -187,45 +210,6 @@ def _text_record(text: str, where: str) -> GenerationRecord | None:
     return None
 
 
-def _legacy_invokeai(items: dict[str, str]) -> GenerationRecord:
-    """InvokeAI 1.x-2.x: `sd-metadata` JSON, the `Dream` command line, or both (what one lacks, the
-    other gives; a disagreement on the prompt is recorded, the JSON kept)."""
-    record = _tagged(parse_sd_metadata(items["sd-metadata"]), "png:sd-metadata")
-    if "Dream" not in items:
-        return record
-    try:
-        dream = parse_dream(items["Dream"])
-    except MetadataError as exc:
-        record.warnings.append(str(exc))
-        return record
-    read_by = {}
-    for name in (
-        "prompt",
-        "negative_prompt",
-        "seed",
-        "steps",
-        "cfg_scale",
-        "sampler",
-        "width",
-        "height",
-    ):
-        if (
-            getattr(record, name) is None
-            and getattr(dream, name) is not None
-            and not (name.endswith("prompt") and record.extra.get("prompt_pieces"))
-        ):
-            setattr(record, name, getattr(dream, name))
-            read_by[name] = "png:Dream"
-    if dream.prompt is not None and record.prompt is not None and dream.prompt != record.prompt:
-        record.warnings.append(
-            "InvokeAI sd-metadata and Dream disagree on the prompt; sd-metadata's is kept"
-        )
-    if read_by:
-        record.extra["read_by"] = read_by
-    record.extra.update({k: v for k, v in dream.extra.items() if k not in record.extra})
-    return record
-
-
 def _typed_prompt(record: GenerationRecord, items: dict[str, str]) -> GenerationRecord:
     """Stability Matrix's `parameters-json` twin holds the prompt as written (with its `#` comments,
     which it strips before sending the text to ComfyUI): kept as the typed prompt, never as the
@@ -248,7 +232,7 @@ def _dispatch(items: dict[str, str]) -> GenerationRecord | None:
     if "invokeai_metadata" in items:
         return _tagged(parse_invokeai_metadata(items["invokeai_metadata"]), "png:invokeai_metadata")
     if "sd-metadata" in items:
-        return _legacy_invokeai(items)
+        return parse_legacy_invokeai(items)
     if "Dream" in items:
         return _tagged(parse_dream(items["Dream"]), "png:Dream")
     if items.get("Software", "").startswith("NovelAI") and looks_like_json_object(

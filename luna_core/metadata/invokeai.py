@@ -303,3 +303,43 @@ def parse_dream(text: str) -> GenerationRecord:
         record.extra["dream_switches"] = others
     record.generator_version = "1.x-2.x (Dream)"
     return record
+
+
+def parse_legacy_invokeai(items: dict[str, str]) -> GenerationRecord:
+    """InvokeAI 1.x-2.x: `sd-metadata` JSON, the `Dream` command line, or both (what one lacks, the
+    other gives; a disagreement on the prompt is recorded, the JSON kept)."""
+    record = parse_sd_metadata(items["sd-metadata"])
+    record.source = "png:sd-metadata"
+    if "Dream" not in items:
+        return record
+    try:
+        dream = parse_dream(items["Dream"])
+    except MetadataError as exc:
+        record.warnings.append(str(exc))
+        return record
+    read_by = {}
+    for name in (
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "steps",
+        "cfg_scale",
+        "sampler",
+        "width",
+        "height",
+    ):
+        if (
+            getattr(record, name) is None
+            and getattr(dream, name) is not None
+            and not (name.endswith("prompt") and record.extra.get("prompt_pieces"))
+        ):
+            setattr(record, name, getattr(dream, name))
+            read_by[name] = "png:Dream"
+    if dream.prompt is not None and record.prompt is not None and dream.prompt != record.prompt:
+        record.warnings.append(
+            "InvokeAI sd-metadata and Dream disagree on the prompt; sd-metadata's is kept"
+        )
+    if read_by:
+        record.extra["read_by"] = read_by
+    record.extra.update({k: v for k, v in dream.extra.items() if k not in record.extra})
+    return record

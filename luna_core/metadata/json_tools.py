@@ -81,6 +81,25 @@ def is_fooocus(data: dict[str, Any]) -> bool:
     )
 
 
+# FooocusPlus's own scheme: Fooocus's record under capitalised keys, in a PNG `Comment` chunk
+# (or EXIF UserComment), e.g. "Full Prompt", "Fooocus V2 Expansion", "Version": "FooocusPlus 1.0.x".
+_FOOOCUS_PLUS_KEYS = {"Fooocus V2 Expansion": "prompt_expansion", "LoRAs": "fooocus_plus_loras"}
+
+
+def is_fooocus_plus(data: dict[str, Any]) -> bool:
+    return str(data.get("Version", "")).startswith("FooocusPlus") or (
+        "Full Prompt" in data and "Base Model" in data
+    )
+
+
+def fooocus_plus_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """FooocusPlus's record with Fooocus's keys ("Negative Prompt" is negative_prompt)."""
+    return {
+        _FOOOCUS_PLUS_KEYS.get(key, key.lower().replace(" ", "_")): value
+        for key, value in data.items()
+    }
+
+
 _FOOOCUS_LORA = re.compile(r"^(.*?)\s*:\s*(-?[\d.]+)\s*$")
 
 

@@ -40,6 +40,7 @@ GENERATOR_SYNTAX = {
     "Forge": "a1111",
     "SD.Next": "a1111",
     "Fooocus": "fooocus",
+    "FooocusPlus": "fooocus",  # the Fooocus pipeline, its own metadata
     "Civitai": "a1111",
     "ComfyUI": "comfy",
     "SwarmUI": "comfy",
