@@ -22,9 +22,6 @@ A1111_KNOWN = {
     "a [cat:dog:0.5] in a [red|blue] hat": (
         "alternation changes every step: Luna encodes one choice"
     ),
-    "\"quoted text\" and 'single quotes' & ampersands &amp; html": (
-        "open_clip's tokenizer unescapes HTML entities for SDXL's second encoder; Luna does not"
-    ),
     "tags_with_underscores, blue_eyes, long_hair, __wildcard__ left, hair_ornament": (
         "a wildcard left unexpanded is taken out, not encoded as text"
     ),

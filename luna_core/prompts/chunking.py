@@ -1,9 +1,9 @@
 """A parsed prompt's tokens and chunks as its writer makes them, for each SDXL tokenizer:
 
 - `a1111`, `novelai`: each piece tokenized whole; a full chunk ends at its last comma when it lies
-  within 20 tokens, and BREAK starts a new one (`sd_hijack_clip.py` `tokenize_line`). (A1111's
+  within 20 tokens, and BREAK starts a new one (`sd_hijack_clip.py` `tokenize_line`). A1111's
   second encoder reads text through open_clip's tokenizer, which unescapes HTML entities such as
-  `&amp;` first: Luna does not, and such prompts differ there.)
+  `&amp;` first (`basic_clean`): so does Luna for that encoder.
 - `comfy`: each weighted segment tokenized whole (ComfyUI's `sd1_clip.py` from 2024-12-10);
   `comfy_words` and `fooocus`: word by word (older cores, and Fooocus's copy of them). A group of 8
   or more tokens may be split at a chunk's end; a shorter one moves whole to the next chunk.
@@ -14,6 +14,7 @@ SDXL's first tokenizer, 0 for the second)."""
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class Chunks:
     ids: tuple[np.ndarray, np.ndarray]
     weights: np.ndarray
     starts: tuple[int, ...] = (0,)
+    weights_2: np.ndarray | None = None  # the second encoder's, where its tokens differ
 
     @property
     def count(self) -> int:
@@ -48,14 +50,19 @@ def _words(parsed: ParsedPrompt, text: str) -> list[str]:
     return [text]
 
 
-def _groups(tokenizer, parsed: ParsedPrompt) -> list[list[tuple[int, float]] | None]:
+def _groups(
+    tokenizer, parsed: ParsedPrompt, unescape: bool = False
+) -> list[list[tuple[int, float]] | None]:
     """(token id, weight) groups in order; None where a new chunk (or text) starts."""
     # Long pieces are expected (they are chunked here): the tokenizer's length warning is not ours.
     logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
     out: list = []
     for index, piece in enumerate(parsed.pieces):
         out.extend([None] * parsed.breaks.count(index))
-        for word in _words(parsed, piece.text):
+        text = piece.text
+        if unescape:  # open_clip's basic_clean, before its BPE
+            text = html.unescape(html.unescape(text))
+        for word in _words(parsed, text):
             ids = tokenizer(word, add_special_tokens=False).input_ids
             out.append([(t, piece.weight) for t in ids])
     out.extend([None] * parsed.breaks.count(len(parsed.pieces)))
@@ -116,12 +123,12 @@ def _chunks_comfy(groups) -> tuple[list[list[tuple[int, float]]], list[int]]:
     return chunks, starts
 
 
-def chunk_tokens(tokenizers, parsed: ParsedPrompt) -> Chunks:
-    """The writer's chunks for both SDXL tokenizers (they agree on every token boundary: the same
-    BPE)."""
-    per_encoder, weights, starts = [], None, (0,)
-    for tokenizer in tokenizers:
-        groups = _groups(tokenizer, parsed)
+def chunk_tokens(tokenizers, parsed: ParsedPrompt, unescape: bool = True) -> Chunks:
+    """The writer's chunks for both SDXL tokenizers (the same BPE; A1111's second one reads the
+    text with HTML entities unescaped)."""
+    per_encoder, weights, starts = [], [], (0,)
+    for second, tokenizer in enumerate(tokenizers):
+        groups = _groups(tokenizer, parsed, unescape and second and parsed.syntax == "a1111")
         if parsed.syntax in COMFY_FAMILY:
             chunks, text_starts = _chunks_comfy(groups)
             starts = tuple(text_starts)
@@ -141,8 +148,13 @@ def chunk_tokens(tokenizers, parsed: ParsedPrompt) -> Chunks:
             ids[row, 1 + len(chunk)] = end
             chunk_weights[row, 1 : 1 + len(chunk)] = [w for _, w in chunk]
         per_encoder.append(ids)
-        weights = chunk_weights if weights is None else weights
-    return Chunks((per_encoder[0], per_encoder[1]), weights, starts)
+        weights.append(chunk_weights)
+    if len(per_encoder[0]) != len(per_encoder[1]):
+        # unescaping moved a chunk's end for the second encoder only (A1111 could not join them
+        # either): both read the text as written
+        return chunk_tokens(tokenizers, parsed, unescape=False)
+    second_weights = None if np.array_equal(weights[0], weights[1]) else weights[1]
+    return Chunks((per_encoder[0], per_encoder[1]), weights[0], starts, second_weights)
 
 
 def empty_ids(tokenizer) -> np.ndarray:

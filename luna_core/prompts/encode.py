@@ -40,17 +40,27 @@ def _restore_means(before: np.ndarray, after: np.ndarray, split: int) -> np.ndar
 
 
 def apply_weights(
-    hidden: np.ndarray, empty: np.ndarray | None, weights: np.ndarray, rule: str, split: int
+    hidden: np.ndarray,
+    empty: np.ndarray | None,
+    weights: np.ndarray,
+    rule: str,
+    split: int,
+    weights_2: np.ndarray | None = None,
 ) -> np.ndarray:
     """Hidden states [c, 77, D] weighted per token ([c, 77]) by the writer's rule; `split` is the
-    first encoder's width (D = split + the second's)."""
-    if not (weights != 1.0).any():
+    first encoder's width (D = split + the second's); `weights_2`, the second encoder's weights
+    where its tokens differ (A1111's unescaped text)."""
+    second = weights if weights_2 is None else weights_2
+    if not ((weights != 1.0).any() or (second != 1.0).any()):
         return hidden
     if rule in ("comfy", "fooocus"):
         moved = (hidden - empty[None]) * weights[..., None] + empty[None]
         # Fooocus (modules/patch_clip.py) restores each chunk's mean after ComfyUI's interpolation
         return _restore_means(hidden, moved, split) if rule == "fooocus" else moved
-    return _restore_means(hidden, hidden * weights[..., None], split)
+    scaled = np.concatenate(
+        [hidden[..., :split] * weights[..., None], hidden[..., split:] * second[..., None]], -1
+    )
+    return _restore_means(hidden, scaled, split)
 
 
 def _needs_empty(parsed: ParsedPrompt, plan: Chunks) -> bool:
@@ -74,7 +84,7 @@ def _pooled(parsed: ParsedPrompt, plan: Chunks, pooled: np.ndarray) -> np.ndarra
 
 def _finish(encoder, parsed, plan, hidden, pooled, empty) -> tuple[np.ndarray, np.ndarray]:
     rule = WEIGHTING.get(parsed.syntax, "a1111")
-    weighted = apply_weights(hidden, empty, plan.weights, rule, encoder.widths[0])
+    weighted = apply_weights(hidden, empty, plan.weights, rule, encoder.widths[0], plan.weights_2)
     return weighted.reshape(-1, weighted.shape[-1]), _pooled(parsed, plan, pooled)
 
 
