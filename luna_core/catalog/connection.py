@@ -189,14 +189,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path | str = "the catalo
         con.execute(
             "INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
         )
-        con.execute(PROMPTS_VIEW)
-        con.execute(
-            "INSERT OR REPLACE INTO schema_info VALUES ('parser_version', ?)", [PARSER_VERSION]
-        )
+        _prompts_view_of_this_parser(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def _prompts_view_of_this_parser(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(PROMPTS_VIEW)
+    con.execute("INSERT OR REPLACE INTO schema_info VALUES ('parser_version', ?)", [PARSER_VERSION])
 
 
 def _follow_parser_version(con: duckdb.DuckDBPyConnection) -> None:
@@ -208,10 +210,7 @@ def _follow_parser_version(con: duckdb.DuckDBPyConnection) -> None:
         return
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(PROMPTS_VIEW)
-        con.execute(
-            "INSERT OR REPLACE INTO schema_info VALUES ('parser_version', ?)", [PARSER_VERSION]
-        )
+        _prompts_view_of_this_parser(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
