@@ -166,7 +166,8 @@ class _CropConditioning:
 
 
 class LunaVaultConditioning(_CropConditioning):
-    """Each image of the batch (or the box around its mask) → its own k-NN answer from the vault."""
+    """Each image of the batch (or the box around its mask) → its own k-NN answer from the
+    vault."""
 
     @classmethod
     def INPUT_TYPES(cls):

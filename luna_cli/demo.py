@@ -209,8 +209,8 @@ def _demo_refine(home: LunaHome, profile: str) -> None:
 
 
 def _demo_loras(home: LunaHome, profile) -> int:
-    """LoRA files named as the sample library's `<lora:…>` tags (random weights, for the tiny UNet),
-    in the home's loras/ folder, and [models] lora_dirs pointing there; kept when the home
+    """LoRA files named as the sample library's `<lora:…>` tags (random weights, for the tiny
+    UNet), in the home's loras/ folder, and [models] lora_dirs pointing there; kept when the home
     already has them."""
     # pulls torch in (about a second to import): only the commands that need it pay for it
     from diffusers import UNet2DConditionModel

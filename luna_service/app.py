@@ -9,7 +9,8 @@
                                                    boxes
     POST /condition?source=vault|projector&k=&temperature=&prompt=&mode=&alpha=&box=…&format=
                                                 → safetensors (or JSON with format=json)
-    GET  /library/search?q=&page=&per_page=&…filters   text search over the catalog's prompts, paged
+    GET  /library/search?q=&page=&per_page=&…filters   text search over the catalog's prompts,
+                                                paged
     GET  /library/facets                        generators, models, LoRAs (for the filters)
     GET  /library/thumbnail?hash=|path=         a cached JPEG thumbnail of a library image
     GET  /library/file?hash=|path=              the library image itself

@@ -96,9 +96,9 @@ def test_a_failed_library_build_leaves_no_half_assigned_ids(library_home, monkey
 
 
 def test_a_version_4_catalog_keeps_its_conditionings_and_learns_each_writers_syntax(library_home):
-    """Schema 4 → 5: rows encoded literally before stay (under the text's own hash); each generation
-    gets its writer's syntax; the prompts it reads by rules get new keys, encoded by the next
-    build, nothing lost."""
+    """Schema 4 → 5: rows encoded literally before stay (under the text's own hash); each
+    generation gets its writer's syntax; the prompts it reads by rules get new keys, encoded by
+    the next build, nothing lost."""
     home, profile = library_home
     with duckdb.connect(str(home.catalog_path)) as con:
         before = con.execute("SELECT count(*) FROM text_rows").fetchone()[0]

@@ -98,8 +98,8 @@ def _phase(argv: list[str]) -> int:
 
 
 def _world(tmp_path: Path, sample_library, tiny_models) -> tuple[dict, dict]:
-    """The files and folders the pages name, made real: two library folders, a 1024² render.png from
-    the library, a boxes file; a home on the tiny profile."""
+    """The files and folders the pages name, made real: two library folders, a 1024² render.png
+    from the library, a boxes file; a home on the tiny profile."""
     import shutil
 
     from PIL import Image

@@ -336,7 +336,13 @@ def test_png_with_a1111_text_in_latin1_and_utf8():
     assert parse_generation(probe_image(data).items).prompt == "café au lait"
 
 
-JAPANESE = PromptSpec("猫", "赤い", "森の中", "傑作, 最高品質 🌸✨", "ぼやけた, 低解像度 😿")
+JAPANESE = PromptSpec(
+    "猫",
+    "赤い",
+    "森の中",
+    "傑作, 最高品質 🌸✨",
+    "ぼやけた, 低解像度 😿",
+)
 
 
 @pytest.mark.parametrize(

@@ -130,8 +130,8 @@ def _connect(
                 ) from None
             if not told:  # visible: another program (not a Luna process) holds DuckDB's own lock
                 log.warning(
-                    "catalog %s is held by another program (%s); waiting up to %.0fs — close it to "
-                    "go on",
+                    "catalog %s is held by another program (%s); waiting up to %.0fs — close "
+                    "it to go on",
                     path,
                     message.splitlines()[0][:160],
                     max(0.0, deadline - time.monotonic()),
@@ -275,8 +275,8 @@ def transaction(con: duckdb.DuckDBPyConnection, **tables) -> Iterator[duckdb.Duc
         yield con
         con.execute("COMMIT")
     except BaseException:
-        # A COMMIT that failed (disk full…) may leave nothing to roll back: the rollback's own error
-        # must never hide the cause.
+        # A COMMIT that failed (disk full…) may leave nothing to roll back: the rollback's own
+        # error must never hide the cause.
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
         raise

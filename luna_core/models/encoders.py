@@ -76,7 +76,8 @@ class Preprocessing:
         )
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """RGB → shortest edge resized → centre crop → [0,1] → normalized, as CHW float32."""
+        """RGB → shortest edge resized → centre crop → [0,1] → normalized, as CHW
+        float32."""
         image = image.convert("RGB")
         width, height = image.size
         short, long = (width, height) if width <= height else (height, width)

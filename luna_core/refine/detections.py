@@ -149,9 +149,9 @@ def _polygons_mask(polygons: list[list[float]], size: tuple[int, int]) -> np.nda
 
 
 def rle_counts(text: str) -> list[int]:
-    """COCO's compressed RLE string → run lengths (the counts are deltas after the second, five bits
-    a character from '0' (48) up, the sixth bit saying more follows, the last bit of a run its
-    sign)."""
+    """COCO's compressed RLE string → run lengths (the counts are deltas after the second, five
+    bits a character from '0' (48) up, the sixth bit saying more follows, the last bit of a run
+    its sign)."""
     counts: list[int] = []
     position = 0
     while position < len(text):

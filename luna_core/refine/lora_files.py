@@ -158,8 +158,8 @@ class LoraLibrary:
     def resolve(
         self, names: Iterable[str], hashes: dict[str, str] | None = None
     ) -> tuple[dict[str, Path], list[str]]:
-        """(found name → file, missing names), from the folders as they are now (files come and go);
-        a name no file is called by is looked for by its hash in `hashes` (what the image's
+        """(found name → file, missing names), from the folders as they are now (files come and
+        go); a name no file is called by is looked for by its hash in `hashes` (what the image's
         metadata recorded)."""
         self._files = None
         found, missing = {}, []

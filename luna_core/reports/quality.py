@@ -34,9 +34,9 @@ class QualitySettings:
     steps: int = 12
     seed: int = 0
     guidance: float = 5.0
-    # Regenerate at the UNet's native size (the picture resized to about native² pixels) rather than
-    # at the picture's own size: what the conditioning alone can rebuild, at a strength that leaves
-    # it work.
+    # Regenerate at the UNet's native size (the picture resized to about native² pixels) rather
+    # than at the picture's own size: what the conditioning alone can rebuild, at a strength that
+    # leaves it work.
     native_size: bool = False
 
 

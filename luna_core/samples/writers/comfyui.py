@@ -47,8 +47,8 @@ UI_LAYOUTS = {
 
 
 def comfy_sdxl_hires_graph(gen: Generation) -> dict[str, Any]:
-    """Checkpoint → LoRA → SDXL encoders → KSampler → latent upscale → second KSampler (hires
-    fix)."""
+    """Checkpoint → LoRA → SDXL encoders → KSampler → latent upscale → second KSampler
+    (hires fix)."""
     lora = gen.loras[0] if gen.loras else ("detail_tweaker_xl", 0.6)
     sampler = gen.sampler.lower().replace("++ ", "pp_").replace(" ", "_")
     return {
