@@ -43,7 +43,8 @@ class LunaModelsResource(dg.ConfigurableResource):
 
     # sdxl | tiny; None: $LUNA_PROFILE, else the home's luna.toml, else sdxl
     profile: str | None = None
-    vision_model: str | None = None  # hub id or local folder, overriding the profile's
+    # hub id, local folder or single file, overriding the profile's and luna.toml's
+    vision_model: str | None = None
     sdxl_model: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16

@@ -179,6 +179,35 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def record_models(home: LunaHome, args: argparse.Namespace) -> None:
+    """--sdxl-model / --vision-model into luna.toml, checked first (a wrong file is refused before
+    anything is recorded)."""
+    given = {"sdxl_model": args.sdxl_model, "vision_model": args.vision_model}
+    given = {field: value for field, value in given.items() if value is not None}
+    if not given:
+        return
+    absolute = {
+        field: str(Path(value).expanduser().resolve())
+        if value and Path(value).expanduser().exists()
+        else value
+        for field, value in given.items()
+    }
+    home.profile(**{field: value or None for field, value in absolute.items()})
+    for field, value in absolute.items():
+        home.set_setting("models", field, value)
+
+
+def describe_models(home: LunaHome) -> str:
+    """'profile tiny' and the models named instead of the profile's, as a person reads them."""
+    settings = home.settings()
+    words = [f"profile '{home.model_profile()}'"]
+    for field, label in (("sdxl_model", "SDXL model"), ("vision_model", "vision model")):
+        value = settings.text(f"models.{field}")
+        if value:
+            words.append(f"{label} {value}")
+    return ", ".join(words)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     home = LunaHome.existing(args.home)
     if not home.roots():
@@ -187,10 +216,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     if args.profile:
         home.set_model_profile(args.profile)
-    print(
-        f"Materializing every Luna asset for {home.root} (profile "
-        f"'{home.model_profile(args.profile)}')…"
-    )
+    record_models(home, args)
+    home.profile()  # a wrong model file is refused here, in one line, before the run starts
+    print(f"Materializing every Luna asset for {home.root} ({describe_models(home)})…")
     if not report_run(run_build_all(home.ensure(), profile=args.profile)):
         return 1
     print_home_summary(home)

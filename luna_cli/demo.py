@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from luna_cli.build import report_run, run_build_all
+from luna_cli.build import describe_models, record_models, report_run, run_build_all
 from luna_cli.output import print_home_summary, print_neighbors
 from luna_cli.report import print_report
 from luna_cli.vault import open_vault
@@ -19,6 +19,7 @@ from luna_core.ask.boxes import Box
 from luna_core.errors import LunaConfigError
 from luna_core.home.home import LunaHome
 from luna_core.images import read_picture
+from luna_core.models import single_file
 from luna_core.projector.names import DEFAULT_PROJECTOR
 from luna_core.refine.options import RefineSettings, SamplerSettings, SourceSettings
 from luna_core.samples import make_sample_library
@@ -93,15 +94,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "use another --home"
         )
     home.ensure()
+    home.set_model_profile(args.profile)
+    record_models(home, args)  # a named model is checked before the samples are made
     started = time.perf_counter()
     print(f"Luna home: {home.root}")
     samples = ensure_samples(home, args.images, args.size, args.seed)
     home.add_roots([samples])
-    home.set_model_profile(args.profile)
     tiny_said = (
         " (small models trained on generated shapes: a check of the method, not CLIP or SDXL)"
     )
-    print(f"Model profile '{args.profile}'" + (tiny_said if args.profile == "tiny" else ""))
+    print(f"Models: {describe_models(home)}" + (tiny_said if args.profile == "tiny" else ""))
     print("Materializing every Luna asset through Dagster (job luna_build_all)…")
     if not report_run(
         run_build_all(
@@ -182,7 +184,9 @@ def _demo_refine(home: LunaHome, profile: str) -> None:
     if sample is None:
         return
     resolved = home.profile(profile)
-    sample_loras = _demo_loras(home, resolved) if profile == "tiny" else 0
+    # sample LoRAs are made for the tiny world's own UNet folder
+    tiny_unet = profile == "tiny" and not single_file.is_single_file(resolved.sdxl_model)
+    sample_loras = _demo_loras(home, resolved) if tiny_unet else 0
     refiner = Refiner(home, resolved, SourceSettings("vault"))
     settings = RefineSettings(
         sampler=SamplerSettings(steps=8), lora_from_vault=2 if sample_loras else 0

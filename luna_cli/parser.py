@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(PROFILES),
         help="model profile (default tiny: small local encoders, no download)",
     )
+    _model_arguments(cmd)
     cmd.set_defaults(func=demo.cmd_demo)
 
     cmd = sub.add_parser("ingest", help="catalog the images under one or more folders")
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--home", help=HOME_HELP)
     cmd.add_argument("--profile", choices=list(PROFILES), help="record and use this model profile")
+    _model_arguments(cmd)
     cmd.set_defaults(func=build.cmd_build)
 
     cmd = sub.add_parser(
@@ -301,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--loglevel", default=WORKER_LOGLEVEL)
     cmd.set_defaults(func=operations.cmd_worker)
     return parser
+
+
+def _model_arguments(cmd) -> None:
+    """--sdxl-model / --vision-model: recorded in the home's luna.toml like --profile."""
+    cmd.add_argument(
+        "--sdxl-model",
+        metavar="MODEL",
+        help="record and use this SDXL model: a diffusers folder, a hub id or a single-file "
+        "checkpoint (.safetensors); '' goes back to the profile's",
+    )
+    cmd.add_argument(
+        "--vision-model",
+        metavar="MODEL",
+        help="record and use this CLIP vision model: a folder, a hub id or a ComfyUI "
+        "clip_vision .safetensors file; '' goes back to the profile's",
+    )
 
 
 def _query_arguments(cmd: argparse.ArgumentParser, image_optional: bool = False) -> None:

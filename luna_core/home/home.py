@@ -11,7 +11,7 @@ from pathlib import Path
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.home.settings import Settings, environment_settings, read_toml
 from luna_core.home.storage import is_remote, location
-from luna_core.models.profiles import ModelProfile, resolve_profile
+from luna_core.models.profiles import ModelProfile, resolve_profile, with_named_model
 from luna_core.operations.dagster_instance import ensure_instance
 from luna_core.prompts.syntax import writer_overrides
 from luna_core.vault.codec import check_codec
@@ -268,12 +268,33 @@ class LunaHome:
         vision_model: str | None = None,
         sdxl_model: str | None = None,
     ) -> ModelProfile:
-        """The models this home uses: its profile (`model_profile`) resolved, with any model
-        overrides applied: the one place every surface (CLI, Dagster, service, ComfyUI) gets
-        them."""
-        return resolve_profile(
-            self.model_profile(argument), self.models_dir, vision_model, sdxl_model
+        """The models this home uses: its profile (`model_profile`) resolved, with the models
+        named by an argument, else by `models.vision_model` / `models.sdxl_model`: the one place
+        every surface (CLI, Dagster, service, ComfyUI) gets them."""
+        settings = self.settings(
+            {"models.vision_model": vision_model, "models.sdxl_model": sdxl_model}
         )
+        profile = resolve_profile(self.model_profile(argument), self.models_dir)
+        for part in ("vision", "sdxl"):
+            model = self._model_setting(settings, f"{part}_model")
+            if not model:
+                continue
+            try:
+                profile = with_named_model(profile, part, model, self.models_dir)
+            except LunaConfigError as exc:
+                where = settings.setting(f"models.{part}_model").where()
+                raise LunaConfigError(f"{exc} (set by {where})") from None
+        return profile
+
+    def _model_setting(self, settings, field: str) -> str | None:
+        """A named model: a path relative to the home is made absolute; a hub id is kept."""
+        value = settings.text(f"models.{field}")
+        if not value:
+            return None
+        local = Path(value).expanduser()
+        if not local.is_absolute() and (self.root / local).exists():
+            return str(self.root / local)
+        return value
 
     def writer_syntax(self) -> tuple[tuple[str, str], ...]:
         """(generator, prompt syntax) pairs overriding the writers' own rules

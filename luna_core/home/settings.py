@@ -58,6 +58,20 @@ KEYS: tuple[Key, ...] = (
         "model profile: sdxl (the real models) or tiny (trained locally on generated shapes)",
     ),
     Key(
+        "models.sdxl_model",
+        "LUNA_SDXL_MODEL",
+        "",
+        "the SDXL model instead of the profile's: a diffusers folder, a hub id, or a single-file "
+        "SDXL checkpoint (.safetensors, as A1111 and ComfyUI keep them); relative to the home",
+    ),
+    Key(
+        "models.vision_model",
+        "LUNA_VISION_MODEL",
+        "",
+        "the CLIP vision model instead of the profile's: a Hugging Face folder, a hub id, or a "
+        "ComfyUI clip_vision .safetensors file; relative to the home",
+    ),
+    Key(
         "models.tiny_cache",
         "LUNA_TINY_CACHE",
         "",

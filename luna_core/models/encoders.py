@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from luna_core.errors import LunaConfigError
+from luna_core.models import single_file
 from luna_core.models.references import check_model_reference
 
 log = logging.getLogger(__name__)
@@ -105,20 +106,24 @@ class VisionEncoder:
         from transformers.utils import cached_file
 
         self.device, self.dtype = device, dtype
-        self.model = _load(
-            CLIPVisionModelWithProjection.from_pretrained,
-            model,
-            revision,
-            "vision model",
-            dtype=dtype,
-        )
+        if single_file.is_single_file(model):
+            self.model, folder = single_file.clip_vision(model, dtype)
+            config_file = folder / "preprocessor_config.json"
+        else:
+            self.model = _load(
+                CLIPVisionModelWithProjection.from_pretrained,
+                model,
+                revision,
+                "vision model",
+                dtype=dtype,
+            )
+            config_file = _load(
+                lambda m, **kw: cached_file(m, "preprocessor_config.json", **kw),
+                model,
+                revision,
+                "vision model's preprocessor_config.json",
+            )
         self.model.to(device).eval()
-        config_file = _load(
-            lambda m, **kw: cached_file(m, "preprocessor_config.json", **kw),
-            model,
-            revision,
-            "vision model's preprocessor_config.json",
-        )
         self.preprocess = Preprocessing.from_config(json.loads(Path(config_file).read_text()))
         self.width = int(self.model.config.projection_dim)
         self._torch = torch
@@ -133,6 +138,42 @@ class VisionEncoder:
         return embeds.cpu().numpy()
 
 
+def _load_text_folder(model: str, revision: str | None, dtype):
+    """(tokenizer, tokenizer_2, text_encoder, text_encoder_2) from a diffusers folder or hub id."""
+    # torch and the model libraries take about a second to import: only code that runs a model
+    # pays for it
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    return (
+        _load(
+            CLIPTokenizer.from_pretrained, model, revision, "SDXL tokenizer", subfolder="tokenizer"
+        ),
+        _load(
+            CLIPTokenizer.from_pretrained,
+            model,
+            revision,
+            "SDXL tokenizer_2",
+            subfolder="tokenizer_2",
+        ),
+        _load(
+            CLIPTextModel.from_pretrained,
+            model,
+            revision,
+            "SDXL text_encoder",
+            subfolder="text_encoder",
+            dtype=dtype,
+        ),
+        _load(
+            CLIPTextModelWithProjection.from_pretrained,
+            model,
+            revision,
+            "SDXL text_encoder_2",
+            subfolder="text_encoder_2",
+            dtype=dtype,
+        ),
+    )
+
+
 class SDXLTextEncoder:
     """SDXL's two CLIP text encoders: prompt → ([77, width], [pooled_width])."""
 
@@ -140,43 +181,17 @@ class SDXLTextEncoder:
         # torch and the model libraries take about a second to import: only code that runs a model
         # pays for it
         import torch
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         self.device, self.dtype = device, dtype
-        self.tokenizer = _load(
-            CLIPTokenizer.from_pretrained, model, revision, "SDXL tokenizer", subfolder="tokenizer"
-        )
-        self.tokenizer_2 = _load(
-            CLIPTokenizer.from_pretrained,
-            model,
-            revision,
-            "SDXL tokenizer_2",
-            subfolder="tokenizer_2",
-        )
-        self.text_encoder = (
-            _load(
-                CLIPTextModel.from_pretrained,
-                model,
-                revision,
-                "SDXL text_encoder",
-                subfolder="text_encoder",
-                dtype=dtype,
+        if single_file.is_single_file(model):
+            first, second, folder = single_file.sdxl_text_encoders(model, dtype)
+            self.tokenizer, self.tokenizer_2 = single_file.sdxl_tokenizers(folder)
+        else:
+            self.tokenizer, self.tokenizer_2, first, second = _load_text_folder(
+                model, revision, dtype
             )
-            .to(device)
-            .eval()
-        )
-        self.text_encoder_2 = (
-            _load(
-                CLIPTextModelWithProjection.from_pretrained,
-                model,
-                revision,
-                "SDXL text_encoder_2",
-                subfolder="text_encoder_2",
-                dtype=dtype,
-            )
-            .to(device)
-            .eval()
-        )
+        self.text_encoder = first.to(device).eval()
+        self.text_encoder_2 = second.to(device).eval()
         self.seq_len = int(self.tokenizer.model_max_length)
         self.width = int(
             self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size

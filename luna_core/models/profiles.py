@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from luna_core.errors import LunaConfigError
+from luna_core.models import single_file
 from luna_core.models.references import check_model_reference
 from luna_core.models.tiny import TINY_VERSION, ensure_tiny_models
 
@@ -97,6 +98,27 @@ def _drop_home_tiny_models(models_dir: Path) -> None:
         shutil.rmtree(Path(models_dir) / "tiny-ip-adapter", ignore_errors=True)
 
 
+def with_named_model(
+    profile: ModelProfile, part: str, model: str, models_dir: Path
+) -> ModelProfile:
+    """The profile with the `part` ('vision' or 'sdxl') model a person named: a folder or hub id
+    is its own identity; a single file is checked now (one line if it is not the right kind) and
+    identified by its content, with its file name as the label."""
+    what = "vision model" if part == "vision" else "SDXL model"
+    check_model_reference(model, what)
+    if not single_file.is_single_file(model):
+        fields = {f"{part}_model": model, f"{part}_id": None, f"{part}_revision": None}
+        return replace(profile, **fields)
+    single_file.check_single_file(model, what, "clip_vision" if part == "vision" else "sdxl")
+    path = Path(model).expanduser()
+    fields = {
+        f"{part}_model": str(path),
+        f"{part}_id": path.name,
+        f"{part}_revision": single_file.content_identity(path, models_dir),
+    }
+    return replace(profile, **fields)
+
+
 def store_key(model_id: str, revision: str | None) -> str:
     """A file-name-safe identity: model id (hub id or path) plus revision."""
     text = f"{model_id}@{revision or 'main'}"
@@ -121,11 +143,9 @@ def resolve_profile(
             f"unknown model profile {name!r}: choose one of {', '.join(PROFILES)}"
         )
     if vision_model:
-        check_model_reference(vision_model, "vision model")
-        profile = replace(profile, vision_model=vision_model, vision_id=None, vision_revision=None)
+        profile = with_named_model(profile, "vision", vision_model, models_dir)
     if sdxl_model:
-        check_model_reference(sdxl_model, "SDXL model")
-        profile = replace(profile, sdxl_model=sdxl_model, sdxl_id=None, sdxl_revision=None)
+        profile = with_named_model(profile, "sdxl", sdxl_model, models_dir)
     return profile
 
 

@@ -26,29 +26,21 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from luna_core.home.settings import environment_settings
 from luna_core.models import tiny_world, tiny_world_unet
 from luna_core.models.clip_vocab import clip_tokenizer
 from luna_core.models.encoders import SDXLTextEncoder
-from luna_core.models.tiny_world import ARCHITECTURE, CLIP_MEAN, CLIP_STD, IMAGE_SIZE, TEXT_COMMON
+from luna_core.models.tiny_world import (
+    ARCHITECTURE,
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGE_SIZE,
+    TEXT_COMMON,
+    tiny_cache_dir,
+)
 
 log = logging.getLogger(__name__)
 
 TINY_VERSION = "3"
-
-
-def tiny_cache_dir() -> Path:
-    """Where this machine keeps its trained tiny worlds (shared by every home, checkout and test
-    run)."""
-    chosen = environment_settings().text("models.tiny_cache")
-    if chosen:
-        return Path(chosen).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "luna" / "tiny-world"
-
-
-def tiny_world_root() -> Path:
-    return tiny_cache_dir() / tiny_world.recipe_hash()
 
 
 def _complete(root: Path, key: str) -> bool:

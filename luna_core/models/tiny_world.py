@@ -20,13 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
+from luna_core.home.settings import environment_settings
 from luna_core.samples.pictures import draw_picture, random_prompt
 
 # Everything that decides the weights. Its hash names the machine cache's folder: change a number
@@ -316,3 +319,17 @@ def train_vae(vae, recipe: dict, seed: int, progress: Progress) -> None:
 
 def total_steps(recipe: dict = RECIPE) -> int:
     return recipe["clip"]["steps"] + recipe["vae"]["steps"] + recipe["unet"]["steps"]
+
+
+def tiny_cache_dir() -> Path:
+    """Where this machine keeps its trained tiny worlds (shared by every home, checkout and test
+    run)."""
+    chosen = environment_settings().text("models.tiny_cache")
+    if chosen:
+        return Path(chosen).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "luna" / "tiny-world"
+
+
+def tiny_world_root() -> Path:
+    return tiny_cache_dir() / recipe_hash()

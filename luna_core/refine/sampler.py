@@ -23,6 +23,7 @@ import numpy as np
 
 from luna_core.ask.mixing import aligned
 from luna_core.errors import LunaConfigError
+from luna_core.models import single_file
 from luna_core.models.encoders import _load
 from luna_core.refine.block_conditioning import block_conditioning
 from luna_core.refine.lora import LoraAdapter, RowLoras
@@ -71,6 +72,26 @@ def item_seed(seed: int, pass_index: int, item_index: int) -> int:
     return (int(seed) * 1_000_003 + pass_index * 10_007 + item_index) % (2**63 - 1)
 
 
+def _pipeline_from_single_file(model: str, dtype):
+    """The img2img pipeline around a single-file checkpoint's UNet and VAE, with the scheduler of
+    the matched configuration (no text encoders: Luna gives the conditioning)."""
+    # torch and the model libraries take about a second to import: only code that runs a model
+    # pays for it
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
+    unet, vae, folder = single_file.sdxl_unet_and_vae(model, dtype)
+    scheduler = EulerDiscreteScheduler.from_pretrained(str(folder), subfolder="scheduler")
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=None,
+        tokenizer=None,
+        tokenizer_2=None,
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
 class SDXLSampler:
     """SDXL's UNet, VAE and scheduler, loaded through diffusers' `from_pretrained` (a hub id or a
     local folder laid out like stabilityai/stable-diffusion-xl-base-1.0; text encoders are not
@@ -91,18 +112,21 @@ class SDXLSampler:
             # model pays for it
             from diffusers import StableDiffusionXLImg2ImgPipeline
 
-            self.pipe = _load(
-                StableDiffusionXLImg2ImgPipeline.from_pretrained,
-                model,
-                revision,
-                "SDXL pipeline",
-                text_encoder=None,
-                text_encoder_2=None,
-                tokenizer=None,
-                tokenizer_2=None,
-                dtype=dtype,
-                low_cpu_mem_usage=False,
-            )
+            if single_file.is_single_file(model):
+                self.pipe = _pipeline_from_single_file(model, dtype)
+            else:
+                self.pipe = _load(
+                    StableDiffusionXLImg2ImgPipeline.from_pretrained,
+                    model,
+                    revision,
+                    "SDXL pipeline",
+                    text_encoder=None,
+                    text_encoder_2=None,
+                    tokenizer=None,
+                    tokenizer_2=None,
+                    dtype=dtype,
+                    low_cpu_mem_usage=False,
+                )
         self.pipe.to(device)
         if dtype in (torch.float16, torch.bfloat16):
             self.pipe.vae.to(dtype=torch.float32)  # SDXL's VAE overflows in half precision
