@@ -28,6 +28,7 @@ def cmd_projector_list(args: argparse.Namespace) -> int:
             "version",
             "aliases",
             "arch",
+            "values",
             "val_loss",
             "token_cos",
             "pooled_cos",

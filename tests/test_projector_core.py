@@ -27,6 +27,24 @@ def test_sdxl_width_projectors_stay_under_ten_million_parameters(arch):
     assert parameter_count(model) <= 10_000_000
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_checkpoint_size_counts_every_value_it_holds(arch, tmp_path):
+    """What MLflow and `luna projector list` record as a checkpoint's size is what the file holds:
+    parameters and kept buffers (the closed-form models' weights and output basis are buffers)."""
+    from safetensors import safe_open
+
+    from luna_core.projector.checkpoints import WEIGHTS, save_checkpoint
+    from luna_core.projector.models import checkpoint_values
+
+    config = ProjectorConfig(arch=arch)
+    model = build_projector(config)
+    folder = save_checkpoint(model, config, tmp_path / arch)
+    with safe_open(str(folder / WEIGHTS), framework="pt") as file:
+        stored = sum(int(np.prod(file.get_slice(key).get_shape())) for key in file.keys())
+    assert checkpoint_values(model) == stored <= 10_000_000
+    assert parameter_count(model) <= stored
+
+
 def test_closed_form_ridge_recovers_a_linear_map():
     config = ProjectorConfig(arch="linear", in_dim=8, seq_len=3, width=4, pooled_width=2, rank=4)
     rng = np.random.default_rng(0)

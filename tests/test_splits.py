@@ -186,3 +186,35 @@ def test_similar_pairs_finds_planted_copies_exactly_or_through_faiss(monkeypatch
     pairs = similar_pairs(new, known, 0.95)
     assert sorted((i, j - len(new)) for i, j, _ in pairs) == [(0, 5), (1, 77), (2, 2048)]
     assert all(c >= 0.95 for _, _, c in pairs)
+
+
+def test_chance_link_share_tells_random_weights_from_a_real_embedding():
+    rng = np.random.default_rng(1)
+    spread = rng.normal(size=(500, 64)).astype(np.float32)
+    spread /= np.linalg.norm(spread, axis=1, keepdims=True)
+    # random weights: one shared direction dominates every embedding
+    collapsed = spread * 0.05 + np.ones(64, np.float32)
+    collapsed /= np.linalg.norm(collapsed, axis=1, keepdims=True)
+    assert splits.chance_link_share(spread, 0.95) == 0.0
+    assert splits.chance_link_share(collapsed, 0.95) > 0.9
+
+
+def test_embeddings_that_cannot_tell_pictures_apart_link_nothing(tiny_home):
+    """At a threshold every pair reaches, linking would chain the library into one split (as
+    random weights did: 27 train, 28 val); the splits stay the content-hash buckets instead."""
+    from dataclasses import replace
+
+    from luna_core.catalog.library_view import build_library
+    from luna_core.vault.embed import EmbedOptions, embed_images
+
+    profile = replace(tiny_home.profile(), near_duplicate_cosine=0.0)
+    embed_images(tiny_home, profile, EmbedOptions(progress=False))
+    report = build_library(tiny_home, profile).splits
+    assert "do not tell pictures apart" in report.vision_unsure
+    assert "vision" not in report.links
+    rows = _catalog(tiny_home, "SELECT content_hash, split, reason FROM splits")
+    by_hash = [h for h, _, reason in rows if reason == "content-hash bucket"]
+    assert len(by_hash) > 0.8 * len(rows)
+    assert all(split == hash_split(h) for h, split, r in rows if r == "content-hash bucket")
+    counts = {s: sum(1 for _, split, _ in rows if split == s) for s in ("train", "val")}
+    assert counts["train"] > 2 * counts["val"]

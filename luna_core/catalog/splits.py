@@ -32,6 +32,11 @@ SPLIT_PERCENT = {"train": 80, "val": 10, "test": 10}
 # search instead of blockwise exact products (a first build of a large library).
 EXACT_PRODUCTS = 4_000_000_000
 APPROX_NEIGHBOURS = 16
+# Random pairs of different pictures are near-duplicates this rarely in a real library; more, and
+# the embeddings do not tell pictures apart (random weights: every cosine near 1), so linking by
+# them would chain the whole library into one split.
+CHANCE_PAIRS = 4096
+CHANCE_LINK_SHARE = 0.01
 BLOCK_ENTRIES = 32_000_000  # similarities held at once in the exact path (128 MB of float32)
 
 
@@ -42,6 +47,8 @@ class SplitReport:
     scanned: int = 0  # images compared with the library for near-duplicates in this build
     links: dict[str, int] = field(default_factory=dict)  # new near-duplicate links by kind
     threshold: float = 0.0
+    # why the vision embeddings were not used to link near-duplicates ("" when they were)
+    vision_unsure: str = ""
 
 
 def hash_split(content_hash: str) -> str:
@@ -96,9 +103,22 @@ def similar_pairs(
     return pairs
 
 
-def _vision_links(con, vision, store_key: str, threshold: float) -> tuple[list[str], list[tuple]]:
+def chance_link_share(vectors: np.ndarray, threshold: float) -> float:
+    """The share of random pairs of different images at or above `threshold` (seeded)."""
+    if len(vectors) < 2:
+        return 0.0
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, len(vectors), CHANCE_PAIRS)
+    second = (first + rng.integers(1, len(vectors), CHANCE_PAIRS)) % len(vectors)
+    cosines = np.einsum("ij,ij->i", vectors[first], vectors[second])
+    return float(np.mean(cosines >= threshold))
+
+
+def _vision_links(
+    con, vision, store_key: str, threshold: float, report: SplitReport
+) -> tuple[list[str], list[tuple]]:
     """Content hashes not yet compared in this vision store, and their links to every compared
-    image."""
+    image (none, with the reason in `report`, when the embeddings do not tell pictures apart)."""
     held = f"content_hash IN ({HELD_IMAGES})"
     new = con.execute(
         f"""
@@ -128,10 +148,18 @@ def _vision_links(con, vision, store_key: str, threshold: float) -> tuple[list[s
             out[start : start + 65536] = vision.read("embeds", rows[start : start + 65536])
         return _unit(out)
 
+    new_vectors = read(new)
+    known_vectors = read(known) if known else np.empty((0, new_vectors.shape[1]), np.float32)
+    share = chance_link_share(np.concatenate([new_vectors, known_vectors]), threshold)
+    if share > CHANCE_LINK_SHARE:
+        report.vision_unsure = (
+            f"{share:.0%} of random pairs of images reach the near-duplicate cosine {threshold}: "
+            "these embeddings do not tell pictures apart, so no image is linked by them"
+        )
+        log.warning("near-duplicates: %s", report.vision_unsure)
+        return [h for h, _ in new], []
     links = []
-    for i, j, cosine in similar_pairs(
-        read(new), read(known) if known else np.empty((0, 1), np.float32), threshold
-    ):
+    for i, j, cosine in similar_pairs(new_vectors, known_vectors, threshold):
         a, b = hashes[i], hashes[j]
         if j < len(new) and b < a:
             continue  # a pair of two new images is found from both ends: keep one
@@ -143,7 +171,7 @@ def assign_splits(con, vision, store_key: str, threshold: float) -> SplitReport:
     """Find near-duplicates of the images not yet compared, store the links, and give every image
     without a split its split (see the module's rule). Call inside a catalog transaction."""
     report = SplitReport(threshold=threshold)
-    scanned, links = _vision_links(con, vision, store_key, threshold)
+    scanned, links = _vision_links(con, vision, store_key, threshold, report)
     # One generation saved twice (same prompt and seed), whatever the pixels: among images without a
     # split.
     links += con.execute(f"""

@@ -82,7 +82,7 @@ def model_card(
     fingerprint: str,
     profile_name: str,
     train_pairs: int,
-    params: int,
+    params: tuple[int, int],
     where: str | None,
 ) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
@@ -90,7 +90,8 @@ def model_card(
         f"# Luna projector ({config.arch})\n\nMaps a CLIP-ViT image embedding "
         f"({config.in_dim}-d) to an SDXL text "
         f"conditioning ([{config.seq_len}, {config.width}] + pooled [{config.pooled_width}]).\n\n"
-        f"- parameters: {params:,}\n- model profile: {profile_name}\n- training pairs: "
+        f"- parameters: {params[0]:,} trained; {params[1]:,} values in the checkpoint (buffers "
+        "included)\n- model profile: {profile_name}\n- training pairs: "
         f"{train_pairs:,}"
         f" (fingerprint {fingerprint})\n- subset: {where or 'whole library'}\n\n"
         f"| validation metric | value |\n|---|---|\n{rows}\n\n"

@@ -209,3 +209,9 @@ def parameter_count(model: nn.Module) -> int:
     if isinstance(model, LowRankRidge):
         return sum(b.numel() for b in model.buffers())
     return sum(p.numel() for p in model.parameters())
+
+
+def checkpoint_values(model: nn.Module) -> int:
+    """Every value the checkpoint holds: parameters and kept buffers (the size a person stores and
+    loads, whichever of the two an architecture keeps its output basis in)."""
+    return sum(value.numel() for value in model.state_dict().values())

@@ -13,7 +13,7 @@ import numpy as np
 
 from luna_core.errors import LunaConfigError
 from luna_core.projector.checkpoints import model_card, save_checkpoint
-from luna_core.projector.models import ProjectorConfig, parameter_count
+from luna_core.projector.models import ProjectorConfig, checkpoint_values, parameter_count
 from luna_core.projector.registry import Registry
 from luna_core.projector.request import CHAMPION, REGISTERED_NAME, ProjectorRequest
 
@@ -46,13 +46,14 @@ def register(
     client, uri = registry.client, registry.uri
     name, config = request.name, result.config
     params = parameter_count(result.model)
+    values = checkpoint_values(result.model)
     card = model_card(
         config,
         result.val_metrics,
         result.data_fingerprint,
         profile.name,
         result.train_pairs,
-        params,
+        (params, values),
         request.where,
     )
     staging = Path(tempfile.mkdtemp(prefix="luna-projector-"))
@@ -66,6 +67,7 @@ def register(
             "vision_key": profile.vision_key,
             "text_key": profile.text_key,
             "arch": config.arch,
+            "checkpoint_values": str(values),
             "subset": request.where or "",
             "code_version": request.code_version,
             "training_identity": request.training_identity(),
@@ -93,6 +95,7 @@ def register(
             **config.to_dict(),
             **request.settings.__dict__,
             "params": params,
+            "checkpoint_values": values,
             "train_pairs": result.train_pairs,
             "val_pairs": result.val_pairs,
             "subset": request.where or "",

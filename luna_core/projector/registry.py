@@ -84,6 +84,7 @@ class ProjectorVersion:
     promoted: str
     subset: str
     tags: dict
+    checkpoint_values: int = 0  # parameters and buffers (0: registered before it was recorded)
 
     @property
     def is_champion(self) -> bool:
@@ -99,6 +100,7 @@ class ProjectorVersion:
             "version": self.version,
             "aliases": ",".join(self.aliases),
             "arch": self.arch,
+            "values": self.checkpoint_values or "",
             "val_loss": self.val_loss,
             "token_cos": f"{self.token_cos:.4f}",
             "pooled_cos": f"{self.pooled_cos:.4f}",
@@ -215,6 +217,7 @@ class Registry:
                     aliases=tuple(sorted(aliases.get(str(v.version), []))),
                     run_id=v.run_id,
                     arch=v.tags.get("arch", ""),
+                    checkpoint_values=int(v.tags.get("checkpoint_values", 0) or 0),
                     val_loss=v.tags.get("candidate_val_loss", ""),
                     token_cos=float(metrics.get("final_val_token_cosine", float("nan"))),
                     pooled_cos=float(metrics.get("final_val_pooled_cosine", float("nan"))),

@@ -73,6 +73,7 @@ def luna_catalog(
                     **report.splits.links,
                     "images compared": report.splits.scanned,
                     "cosine threshold": report.splits.threshold,
+                    "vision links unsure": report.splits.vision_unsure or "no",
                 }
             ),
         },
