@@ -56,10 +56,16 @@ class LunaModelsResource(dg.ConfigurableResource):
     def resolve(self, home: LunaHome) -> ModelProfile:
         return home.profile(self.profile, self.vision_model, self.sdxl_model)
 
-    def embed_options(self, batch_size: int) -> EmbedOptions:
+    def embed_options(self, batch_size: int, home: LunaHome | None = None) -> EmbedOptions:
+        """`auto` device and dtype fall back to the home's `models.device` / `models.dtype`."""
+        settings = home.settings() if home is not None else None
         return EmbedOptions(
-            device=self.device,
-            dtype=self.dtype,
+            device=settings.text("models.device")
+            if settings and self.device == "auto"
+            else self.device,
+            dtype=settings.text("models.dtype")
+            if settings and self.dtype == "auto"
+            else self.dtype,
             batch_size=batch_size,
             decode_workers=self.decode_workers,
         )

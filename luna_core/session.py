@@ -32,9 +32,13 @@ class LunaSession:
         dtype: str | None = AUTO,
     ) -> LunaSession:
         """An existing home (a path, $LUNA_HOME or ./luna_home) and the models its settings name;
-        `profile` overrides the home's profile for this session."""
+        `profile` overrides the home's profile for this session; an `auto` device or dtype is the
+        home's `models.device` / `models.dtype`."""
         luna_home = home if isinstance(home, LunaHome) else LunaHome.existing(home)
-        return cls(luna_home, luna_home.profile(profile), device or AUTO, dtype or AUTO)
+        settings = luna_home.settings()
+        device = settings.text("models.device") if (device or AUTO) == AUTO else device
+        dtype = settings.text("models.dtype") if (dtype or AUTO) == AUTO else dtype
+        return cls(luna_home, luna_home.profile(profile), device, dtype)
 
     def vault(self) -> VaultQuery:
         """The query layer over this home's vault and index, made on first use."""

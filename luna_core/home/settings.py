@@ -72,6 +72,20 @@ KEYS: tuple[Key, ...] = (
         "ComfyUI clip_vision .safetensors file; relative to the home",
     ),
     Key(
+        "models.device",
+        "LUNA_DEVICE",
+        "auto",
+        "where the models run when a run does not say: auto (a CUDA GPU if there is one), cpu, "
+        "cuda or cuda:N",
+    ),
+    Key(
+        "models.dtype",
+        "LUNA_DTYPE",
+        "auto",
+        "the models' number type when a run does not say: auto (bfloat16 where the device has "
+        "it natively, float16 on older GPUs, else float32), float32, float16 or bfloat16",
+    ),
+    Key(
         "models.tiny_cache",
         "LUNA_TINY_CACHE",
         "",

@@ -72,6 +72,7 @@ class EmbedReport:
     new_rows: tuple[int, int] = (0, 0)  # [start, end) rows written by this run
     seconds: float = 0.0
     model_seconds: float = 0.0  # time inside the model forward
+    load_seconds: float = 0.0  # time to load the model (part of `seconds`)
     bytes_on_disk: int = 0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
 
@@ -193,12 +194,14 @@ def embed_images(
     if not work:  # nothing new: no model load, no store write
         return finish_report(report, path, started, next_row)
 
+    loading = time.perf_counter()
     encoder = encoder_for(
         VisionEncoder,
         profile.vision_model,
         profile.vision_revision,
         *device_dtype(profile, options, report),
     )
+    report.load_seconds = time.perf_counter() - loading
     fields = {"embeds": (encoder.width,)}
     spec = StoreSpec(
         VISION, key, profile.vision_model, profile.vision_revision, path, fields, VISION_LAYOUT

@@ -67,12 +67,14 @@ def embed_prompts(
     if not work:
         return finish_report(report, path, started, next_row)
 
+    loading = time.perf_counter()
     encoder = encoder_for(
         SDXLTextEncoder,
         profile.sdxl_model,
         profile.sdxl_revision,
         *device_dtype(profile, options, report),
     )
+    report.load_seconds = time.perf_counter() - loading
     fields = {
         "prompt_embeds": (encoder.seq_len, encoder.width),
         "pooled_prompt_embeds": (encoder.pooled_width,),

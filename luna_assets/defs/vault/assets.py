@@ -70,6 +70,7 @@ def _result(
             round(report.model_seconds / report.seconds, 3) if report.seconds else 0.0
         ),
         "duration (s)": seconds(report.seconds),
+        "model load (s)": seconds(report.load_seconds),
         "MB on disk": dg.MetadataValue.float(round(report.bytes_on_disk / 1e6, 2)),
         "model": report.model,
         "store key": report.store_key,
@@ -115,7 +116,7 @@ def _fill(
         report = embed_images(
             home,
             profile,
-            models.embed_options(models.vision_batch_size),
+            models.embed_options(models.vision_batch_size, home),
             on_progress=progress_logger(context, "images embedded"),
             shard=shard,
         )
@@ -127,7 +128,7 @@ def _fill(
         report = embed_prompts(
             home,
             profile,
-            models.embed_options(models.text_batch_size),
+            models.embed_options(models.text_batch_size, home),
             on_progress=progress_logger(context, "prompts encoded"),
             shard=shard,
         )
