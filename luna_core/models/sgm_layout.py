@@ -239,14 +239,18 @@ def save_sdxl_single_file(folder: Path, out: Path, dtype=None) -> Path:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = Path(folder)
-    first = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder")
-    second = CLIPTextModelWithProjection.from_pretrained(str(folder), subfolder="text_encoder_2")
+    kept = {"dtype": dtype} if dtype is not None else {}  # transformers' name
+    first = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", **kept)
+    second = CLIPTextModelWithProjection.from_pretrained(
+        str(folder), subfolder="text_encoder_2", **kept
+    )
     tensors = sgm_from_text_encoders(first.state_dict(), second.state_dict())
     del first, second
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet")
+    kept = {"torch_dtype": dtype} if dtype is not None else {}  # diffusers' name
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", **kept)
     tensors.update(sgm_from_unet(unet.state_dict(), dict(unet.config)))
     del unet
-    vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae")
+    vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", **kept)
     tensors.update(sgm_from_vae(vae.state_dict(), len(vae.config.block_out_channels)))
     del vae
     return _save(tensors, out, dtype, save_file)
@@ -259,7 +263,8 @@ def save_clip_vision_file(folder: Path, out: Path, dtype=None) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPVisionModelWithProjection
 
-    vision = CLIPVisionModelWithProjection.from_pretrained(str(folder))
+    kept = {"dtype": dtype} if dtype is not None else {}
+    vision = CLIPVisionModelWithProjection.from_pretrained(str(folder), **kept)
     return _save(dict(vision.state_dict()), out, dtype, save_file)
 
 

@@ -8,20 +8,14 @@ the next run overwrites. Catalog access is brief (the embedding assets run side 
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from luna_core.home.home import LunaHome
@@ -33,6 +27,7 @@ from luna_core.models.profiles import (
     choose_dtype,
 )
 from luna_core.vault.commits import VISION, StoreSpec, store_and_committer
+from luna_core.vault.decode import Loaded, load_image, prefetch
 from luna_core.vault.manifests import work_for
 from luna_core.vault.segments import (
     Shard,
@@ -106,56 +101,6 @@ def encoder_for(cls, model: str, revision: str | None, device, dtype):
 # ---------------------------------------------------------------- images
 
 
-@dataclass
-class _Loaded:
-    content_hash: str
-    path: str
-    pixels: np.ndarray | None = None
-    reason: str | None = None  # failure reason code
-    detail: str = ""
-    changed: bool = False  # the file no longer holds the ingested bytes: the next ingest sees it
-
-
-def _load_image(item: tuple[str, str], preprocess) -> _Loaded:
-    content_hash, path = item
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return _Loaded(content_hash, path, changed=True)
-    except OSError as exc:
-        return _Loaded(
-            content_hash,
-            path,
-            reason="unreadable",
-            detail=f"cannot read the file: {exc.strerror or exc}",
-        )
-    if hashlib.sha256(data).hexdigest() != content_hash:
-        return _Loaded(content_hash, path, changed=True)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return _Loaded(content_hash, path, pixels=preprocess(image))
-    except Exception as exc:  # any decoder error is this file's problem, not the batch's
-        return _Loaded(
-            content_hash, path, reason="decode_failed", detail=f"{type(exc).__name__}: {exc}"
-        )
-
-
-def prefetch(items: Iterable, fn: Callable, workers: int, window: int) -> Iterator:
-    """fn over items in worker threads, results in input order, at most `window` in flight.
-
-    Pillow and NumPy release the GIL while decoding, resizing and normalizing, so threads keep the
-    model fed while it runs."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="luna-decode") as pool:
-        iterator = iter(items)
-        pending = deque(pool.submit(fn, item) for item in islice(iterator, window))
-        while pending:
-            result = pending.popleft().result()
-            for item in islice(iterator, 1):
-                pending.append(pool.submit(fn, item))
-            yield result
-
-
 def progress_bar(total: int, desc: str, unit: str, enabled: bool):
     return tqdm(
         total=total, desc=desc, unit=unit, disable=not enabled or total == 0, mininterval=0.5
@@ -212,7 +157,7 @@ def embed_images(
     workers = options.decode_workers or min(8, os.cpu_count() or 1)
     bar = progress_bar(len(work), "vision embeddings", "img", options.progress)
     report.new_rows = (next_row, next_row)
-    batch: list[_Loaded] = []
+    batch: list[Loaded] = []
     done = 0
 
     def flush() -> None:
@@ -233,7 +178,7 @@ def embed_images(
     with store.writer():
         for loaded in prefetch(
             work,
-            lambda item: _load_image(item, encoder.preprocess),
+            lambda item: load_image(item, encoder.preprocess),
             workers,
             window=options.batch_size * 3,
         ):
