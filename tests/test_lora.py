@@ -371,6 +371,14 @@ def test_luna_refine_takes_loras_and_names_bad_or_missing_ones(
     image = str(sample_library.images[0].path)
     common = [image, "--grid", "2", "--steps", "2", "--home", str(lora_home.root)]
     out = tmp_path / "with_loras.png"
+    missing = tmp_path / "missing.png"
+    for named in ("nope:1", f"{tmp_path / 'nowhere.safetensors'}:0.5"):
+        assert main(["refine", *common, "--out", str(missing), "--lora", named]) == 2
+        assert "LoRA not found" in capsys.readouterr().err and not missing.exists()
+    # a path is read as that file, wherever it is
+    outside = tmp_path / "outside" / "watercolor_copy.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes((lora_home.root / "loras" / "watercolor_v2.safetensors").read_bytes())
     assert (
         main(
             [
@@ -379,9 +387,7 @@ def test_luna_refine_takes_loras_and_names_bad_or_missing_ones(
                 "--out",
                 str(out),
                 "--lora",
-                "watercolor_v2:0.6",
-                "--lora",
-                "nope:1",
+                f"{outside}:0.6",
                 "--lora-from",
                 "vault",
                 "--per-block",
@@ -390,9 +396,9 @@ def test_luna_refine_takes_loras_and_names_bad_or_missing_ones(
         == 0
     )
     printed = capsys.readouterr().out
-    assert "LoRAs not found (skipped): nope" in printed and "per-block: down, mid" in printed
+    assert "per-block: down, mid" in printed
     report = json.loads(Image.open(out).text["luna_refine"])
-    assert report["loras"]["missing"] == ["nope"] and report["per_block"]["own"] == ["up"]
+    assert str(outside) in json.dumps(report["loras"]) and report["per_block"]["own"] == ["up"]
     (lora_home.root / "loras" / "broken.safetensors").write_bytes(b"not a safetensors file at all")
     assert (
         main(["refine", *common, "--out", str(tmp_path / "broken.png"), "--lora", "broken:1"]) == 2
@@ -472,7 +478,7 @@ def test_comfyui_nodes_refine_a_detector_s_crops_each_with_its_own_loras(
     detections, masks = LunaDetections().load(image, str(tmp_path / "det.txt"))
     assert masks.shape == (2, picture.height, picture.width) and masks.sum() > 0
     (loras,) = LunaLoraStack().stack("watercolor_v2", 0.5)
-    (loras,) = LunaLoraStack().stack("nope", 1.0, loras)
+    (missing,) = LunaLoraStack().stack("nope", 1.0, loras)
     common = {
         **widget_defaults(LunaRefine),  # as ComfyUI's page fills every widget in
         "steps": 2,
@@ -481,12 +487,13 @@ def test_comfyui_nodes_refine_a_detector_s_crops_each_with_its_own_loras(
         "detections": detections,
         "home": str(lora_home.root),
     }
+    with pytest.raises(LoraError, match="LoRA not found: nope"):
+        LunaRefine().refine(image, loras=missing, **common)
     refined, report = LunaRefine().refine(
         image, loras=loras, item_loras="pixel_art_xl:0.8\n", **common
     )
     assert refined.shape == image.shape and refined.dtype == torch.float32
     assert "LoRAs: pixel_art_xl, watercolor_v2 (2 of 2 items carry some)" in report
-    assert "LoRAs not found (skipped): nope" in report
     plain, _ = LunaRefine().refine(image, **common)
     assert not torch.equal(refined, plain)
     with pytest.raises(ValueError, match="3 lines for 2 detections"):

@@ -116,6 +116,18 @@ def tensor_data_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _named_path(name: str) -> Path | None:
+    """The file a LoRA name spells as a path (`/x/y`, `~/y`, `./y`; `.safetensors` may be left
+    out, as canonical_name leaves it), or None for a name."""
+    text = name.strip()
+    if not text.startswith(("/", "~", "./", "../")):
+        return None
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".safetensors" or path.is_file():
+        return path
+    return path.with_name(path.name + ".safetensors")
+
+
 @dataclass
 class LoraLibrary:
     """The LoRA files in the configured folders, found by name, relative path or hash."""
@@ -133,6 +145,9 @@ class LoraLibrary:
         return self._files
 
     def find(self, name: str) -> Path | None:
+        named_path = _named_path(name)
+        if named_path is not None:  # a path is that file, never a name to look for
+            return named_path if named_path.is_file() else None
         wanted = name.strip().replace("\\", "/").lower()
         wanted = wanted[: -len(".safetensors")] if wanted.endswith(".safetensors") else wanted
         for path in self.files:  # a path below a folder, then a file name

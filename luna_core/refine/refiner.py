@@ -36,7 +36,7 @@ from luna_core.refine.geometry import (
     soft_mask,
     tile_feather,
 )
-from luna_core.refine.lora_files import LoraLibrary, canonical_name, lora_set
+from luna_core.refine.lora_files import LoraError, LoraLibrary, canonical_name, lora_set
 from luna_core.refine.memory import peak_memory
 from luna_core.refine.options import (
     BLOCKS,
@@ -316,15 +316,14 @@ class Refiner:
         self, conditions, settings: RefineSettings, item_loras: list | None, report: RefineReport
     ) -> list:
         """Each item's LoRA set (the run's, its detection's, its neighbours'), with the files found
-        and loaded; names without a file are named in one warning and left out."""
-        sets = []
+        and loaded. A LoRA a person named (the run's, a detection's) must exist: its absence is an
+        error before any sampling; the neighbours' LoRAs without a file are named in one warning and
+        left out."""
+        sets, named = [], set()
         for i, condition in enumerate(conditions):
-            own = (
-                list(settings.loras)
-                + list(item_loras[i] if item_loras else ())
-                + list(condition.info.get("vault_loras", ()))
-            )
-            sets.append(lora_set(own))
+            chosen = lora_set(list(settings.loras) + list(item_loras[i] if item_loras else ()))
+            named |= {lora.name for lora in chosen}
+            sets.append(lora_set(list(chosen) + list(condition.info.get("vault_loras", ()))))
         names = sorted({lora.name for s in sets for lora in s})
         if not names:
             report.loras.setdefault("items", []).extend([[] for _ in sets])
@@ -335,12 +334,17 @@ class Refiner:
             for name, digest in c.info.get("lora_hashes", {}).items()
         }
         found, missing = self.lora_library.resolve(names, hashes)
+        where = (
+            ", ".join(str(d) for d in self.lora_library.dirs)
+            or "no folder ([models] lora_dirs is not set)"
+        )
+        if named & set(missing):
+            raise LoraError(
+                f"LoRA not found: {', '.join(sorted(named & set(missing)))} (looked in {where}; "
+                "a path is read as that file). Nothing was refined."
+            )
         # one warning per refinement, not per pass
         if set(missing) - set(report.loras.get("missing", [])):
-            where = (
-                ", ".join(str(d) for d in self.lora_library.dirs)
-                or "no folder ([models] lora_dirs is not set)"
-            )
             log.warning("LoRAs not found in %s, skipped: %s", where, ", ".join(missing))
         # Names that find the same file (`x`, `x.safetensors`, its hash) are one adapter, named by
         # its file.
