@@ -20,6 +20,7 @@ from luna_core.ask.boxes import Box
 from luna_core.ask.mixing import aligned, mix_side
 from luna_core.errors import NotBuiltError
 from luna_core.home.home import LunaHome
+from luna_core.home.settings import environment_settings
 from luna_core.projector.names import DEFAULT_PROJECTOR
 
 
@@ -70,10 +71,12 @@ def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, te
         params = [("source", source), ("k", str(k)), ("temperature", str(temperature))] + (
             [("box", box)] if box else []
         )
+        token = environment_settings().text("serve.token")  # never a widget: graphs are shared
         request = urllib.request.Request(
             f"{server.rstrip('/')}/condition?{urllib.parse.urlencode(params)}",
             data=buffer.getvalue(),
             method="POST",
+            headers={"Authorization": f"Bearer {token}"} if token else {},
         )
         try:
             with urllib.request.urlopen(request, timeout=300) as response:

@@ -6,7 +6,6 @@ import argparse
 import http.client
 import json
 import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.home.home import LunaHome
-from luna_core.home.settings import LOCAL_HOST
+from luna_core.home.settings import LOCAL_HOST, environment_settings
 
 
 def serve_workers(home: LunaHome) -> int:
@@ -34,13 +33,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     home = LunaHome.existing(args.home)
     profile = home.profile()
     workers = serve_workers(home)
-    if args.host not in (LOCAL_HOST, "localhost", "::1"):
-        print(
-            f"warning: listening on {args.host}: anyone who can reach this machine can search "
-            "the library and "
-            "open its images; keep it on 127.0.0.1 unless that is what you want",
-            file=sys.stderr,
-            flush=True,
+    token = home.settings().text("serve.token")
+    if args.host not in (LOCAL_HOST, "localhost", "::1") and not token:
+        raise LunaConfigError(
+            f"listening on {args.host} lets other machines search the library and open its "
+            "images: set a token first (serve.token: [serve] token in luna.toml, or "
+            "$LUNA_SERVE_TOKEN); clients send it as 'Authorization: Bearer TOKEN'"
         )
     # the server's stack (FastAPI, torch) loads only for `luna serve`
     import torch
@@ -60,11 +58,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"Luna serves {home.root} (profile {profile.name}, index v{state.index_version}, projector "
         f"{args.projector} v{state.projector_version}, {workers} workers): open "
         f"http://{args.host}:{args.port}/ "
-        "to search; Ctrl-C stops it",
+        "to search"
+        + ("; every request but /health needs the token (serve.token)" if token else "")
+        + "; Ctrl-C stops it",
         flush=True,
     )
     uvicorn.run(
-        create_app(service, workers),
+        create_app(service, workers, token),
         host=args.host,
         port=args.port,
         log_level="info",
@@ -93,9 +93,11 @@ def ask(server: str, path: str, image: str, params: list[tuple[str, str]]) -> by
         + "?"
         + urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
     )
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/octet-stream"}
-    )
+    headers = {"Content-Type": "application/octet-stream"}
+    token = environment_settings().text("serve.token")
+    if token:  # the service's token, when it asks for one
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             return response.read()

@@ -16,6 +16,10 @@
     GET  /library/file?hash=|path=              the library image itself
     GET  /health                                versions of index and projector
 
+With a token (`serve.token`), every request but the page, its static files and /health carries
+`Authorization: Bearer TOKEN` (or the page's cookie); without it, 401. Every route reads: the
+service never writes to the library, the catalog or the vault.
+
 Filters (search, condition, library search): model, lora, generator, after, before (YYYY-MM-DD),
 text. Blocking work (models, index, catalog) runs on a pool of worker threads, never on the event
 loop, so /health answers while searches run. Bodies are read as a stream with a cap (413 past
@@ -28,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import hmac
 import logging
 import mimetypes
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Annotated
@@ -166,9 +172,23 @@ def _multipart_file(content_type: str, body: bytes) -> bytes:
     raise QueryError("the multipart form has no file part: send it as -F image=@picture.png")
 
 
-def create_app(service: LunaService, workers: int = 4):
+OPEN_PATHS = ("/", "/health", "/favicon.ico")  # the page itself holds no library data
+TOKEN_COOKIE = "luna_token"  # what the page keeps once asked, so its <img> requests carry it
+
+
+def authorized(request: Request, token: str) -> bool:
+    """The request carries the service's token: a bearer header (API clients, the ComfyUI nodes)
+    or the page's cookie."""
+    header = request.headers.get("authorization", "")
+    given = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+    given = given or urllib.parse.unquote(request.cookies.get(TOKEN_COOKIE, ""))
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def create_app(service: LunaService, workers: int = 4, token: str = ""):
     """The FastAPI application: every Luna error becomes one JSON error with a 4xx status, never
-    a trace."""
+    a trace. With a `token`, every request but the page, its static files and /health must carry
+    it (401 otherwise)."""
     app = FastAPI(
         title="Luna", description="Search your library; take a conditioning.", version="2"
     )
@@ -185,6 +205,16 @@ def create_app(service: LunaService, workers: int = 4):
 
     @app.middleware("http")
     async def secure(request: Request, call_next):
+        path = request.url.path
+        if token and path not in OPEN_PATHS and not path.startswith("/static/"):
+            if not authorized(request, token):
+                response = error(
+                    401,
+                    "this Luna server asks for its token (serve.token): send "
+                    "'Authorization: Bearer TOKEN'",
+                )
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
         response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)

@@ -748,3 +748,66 @@ def test_a_person_searches_a_box_filters_and_takes_the_conditioning_in_a_browser
     finally:
         browser.close()
     assert (ARTIFACTS / "search-page-box.png").stat().st_size > 20_000
+
+
+def test_beyond_this_machine_the_service_asks_for_its_token(home, picture, tmp_path):
+    """Listening on every interface needs a token; then only /health and the page answer without
+    it, and a client in another process with the right token gets its answer."""
+    import os
+    import subprocess
+
+    refused = subprocess.run(
+        [LUNA, "serve", "--home", str(home.root), "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "LUNA_SERVE_TOKEN"},
+    )
+    assert refused.returncode == 2 and "set a token first (serve.token" in refused.stderr
+
+    port = free_port()
+    token = "s3cret-token/with+symbols"
+    service = Service(
+        "luna serve with a token",
+        [LUNA, "serve", "--home", str(home.root), "--host", "0.0.0.0", "--port", str(port)],
+        ready="Uvicorn running on",
+        env={**os.environ, "LUNA_SERVE_TOKEN": token},
+    )
+    try:
+        service.wait_ready(180)
+        service.wait_listening(port, 30)
+        url = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"{url}/", timeout=60) as response:
+            assert response.status == 200  # the page, which then asks for the token
+        body = picture.read_bytes()
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Cookie": "luna_token=wrong"}):
+            request = urllib.request.Request(
+                f"{url}/search?k=2", data=body, method="POST", headers=headers
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused_request:
+                urllib.request.urlopen(request, timeout=60)
+            assert refused_request.value.code == 401
+            assert refused_request.value.headers["WWW-Authenticate"] == "Bearer"
+        thumbnail = urllib.request.Request(f"{url}/library/thumbnail?path={picture}")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(thumbnail, timeout=60)
+        # the CLI, another process, sends the token from its environment
+        answered = subprocess.run(
+            [LUNA, "search", str(picture), "--server", url, "--k", "2", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "LUNA_SERVE_TOKEN": token, "LUNA_HOME": str(home.root)},
+        )
+        assert answered.returncode == 0, answered.stderr
+        assert len(json.loads(answered.stdout)) == 2
+        cookie = urllib.parse.quote(token, safe="")
+        with_cookie = urllib.request.Request(
+            thumbnail.full_url, headers={"Cookie": f"luna_token={cookie}"}
+        )
+        with urllib.request.urlopen(with_cookie, timeout=60) as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+    finally:
+        service.stop()

@@ -154,6 +154,13 @@ KEYS: tuple[Key, ...] = (
         "(0: one per core, at most 8)",
     ),
     Key(
+        "serve.token",
+        "LUNA_SERVE_TOKEN",
+        "",
+        "the token `luna serve` asks of every request but /health (sent as 'Authorization: "
+        "Bearer TOKEN'; the page asks once); required to listen beyond this machine",
+    ),
+    Key(
         "scale.celery_broker",
         "LUNA_CELERY_BROKER",
         "",

@@ -24,9 +24,18 @@ function showError(message) {
   box.hidden = !message;
 }
 
-async function call(url, options = {}) {
+async function call(url, options = {}, asked = false) {
   showError("");
   const response = await fetch(url, options);
+  if (response.status === 401 && !asked) {
+    // A server reachable from other machines asks for its token: once, then kept in a cookie so
+    // the thumbnails (plain <img> requests) carry it too.
+    const token = window.prompt("This Luna server asks for its token (serve.token):");
+    if (token) {
+      document.cookie = `luna_token=${encodeURIComponent(token)}; path=/; SameSite=Strict; max-age=2592000`;
+      return call(url, options, true);
+    }
+  }
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
