@@ -171,3 +171,33 @@ def test_the_settings_name_a_checkpoint_and_the_vault_is_built_from_it(
     monkeypatch.setenv("LUNA_SDXL_MODEL", str(vision))
     with pytest.raises(LunaConfigError, match=r"CLIP vision model, not an SDXL.*\$LUNA_SDXL_MODEL"):
         tiny_home.profile()
+
+
+def test_luna_build_refuses_a_wrong_model_file_before_recording_or_running_it(
+    tmp_path, capsys, monkeypatch
+):
+    from luna_cli.main import main
+
+    monkeypatch.delenv("LUNA_SDXL_MODEL", raising=False)
+    home = LunaHome.resolve(tmp_path / "home").ensure()
+    (tmp_path / "library").mkdir()
+    home.add_roots([tmp_path / "library"])
+    lora = _file_with_keys(tmp_path / "detail_lora.safetensors", ["lora_unet_x.lora_up.weight"])
+    before = home.config_path.read_text()
+    assert main(["build", "--home", str(home.root), "--sdxl-model", str(lora)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "detail_lora.safetensors is a LoRA" in error
+    assert "(set by argument)" in error and home.config_path.read_text() == before
+    assert not (home.dagster_home / "storage").exists()  # no run was started
+
+
+def test_device_and_dtype_settings_reach_runs_that_say_auto(tmp_path, monkeypatch):
+    from luna_assets.resources import LunaModelsResource
+
+    home = LunaHome.resolve(tmp_path / "home").ensure()
+    home.set_setting("models", "dtype", "bfloat16")
+    monkeypatch.setenv("LUNA_DEVICE", "cpu")
+    options = LunaModelsResource().embed_options(8, home)
+    assert (options.device, options.dtype) == ("cpu", "bfloat16")
+    pinned = LunaModelsResource(device="cuda:1", dtype="float32").embed_options(8, home)
+    assert (pinned.device, pinned.dtype) == ("cuda:1", "float32")
