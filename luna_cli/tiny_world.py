@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
 
 def cmd_tiny_world(args: argparse.Namespace) -> int:
     # training pulls torch and the model libraries in: only this command pays for importing them
-    from luna_core.models.tiny import ensure_tiny_models, tiny_world_root
+    from luna_core.models.tiny import ensure_tiny_models
+    from luna_core.models.tiny_world import tiny_world_root
 
     root = tiny_world_root()
     cached = (root / "complete.json").exists() and not args.rebuild

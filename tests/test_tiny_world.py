@@ -145,7 +145,7 @@ def test_rebuild_trains_anew_in_place(small_recipe, capsys):
     assert main(["tiny-world", "--quiet"]) == 0
     first = capsys.readouterr().out
     assert "Training the tiny world" in first and "trained in" in first
-    root = tiny.tiny_world_root()
+    root = tiny_world.tiny_world_root()
     assert main(["tiny-world"]) == 0 and "(cached)" in capsys.readouterr().out
     (root / "marker").write_text("from the first build")
     assert main(["tiny-world", "--rebuild", "--quiet"]) == 0
