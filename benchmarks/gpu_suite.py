@@ -6,7 +6,7 @@ bigG, UNet, VAE; speeds and memory only, no quality figure) and measures:
 - P1, the embedding path (files read, checked, decoded and preprocessed in Luna's worker threads,
   then the vision tower) against a bare forward pass on ready tensors: throughput and efficiency;
 - the text encoders' throughput (prompt chunks per second);
-- the chess (5 x 5 grid) and detailer (9 crops) batching speedups at 1024² items with the SDXL UNet;
+- the chess (5 x 5 grid) and detailer (9 crops) batching speedups at 1024 px items, SDXL's UNet;
 - the per-item LoRA overhead (per-row LoRAs in one call against one fused LoRA);
 - the peak GPU memory of a 4096² chess pass at a memory budget and at the automatic one.
 

@@ -130,6 +130,10 @@ def _world(tmp_path: Path, sample_library, tiny_models) -> tuple[dict, dict]:
         )
     )
     _sample_loras(tmp_path / "loras", tiny_models)
+    from luna_core.models.sgm_layout import save_sdxl_single_file
+
+    # the pages' own checkpoints: the tiny world as a single file of SDXL's layout
+    checkpoint = save_sdxl_single_file(tiny_models / "sdxl", tmp_path / "checkpoint.safetensors")
     home = tmp_path / "home"
     env = {
         **os.environ,
@@ -139,7 +143,11 @@ def _world(tmp_path: Path, sample_library, tiny_models) -> tuple[dict, dict]:
     }
     for name in ("LUNA_MLFLOW_URI", "LUNA_STORAGE_ROOT", "LUNA_VAULT_SHARDS", "LUNA_CELERY_BROKER"):
         env.pop(name, None)
-    return {"/data/renders": str(renders), "/mnt/old_renders": str(old)}, env
+    checkpoints = {
+        f"~/ComfyUI/models/checkpoints/{name}.safetensors": str(checkpoint)
+        for name in ("pony", "juggernautXL")
+    }
+    return {"/data/renders": str(renders), "/mnt/old_renders": str(old), **checkpoints}, env
 
 
 def _sample_loras(folder: Path, tiny_models) -> None:

@@ -188,15 +188,19 @@ def test_similar_pairs_finds_planted_copies_exactly_or_through_faiss(monkeypatch
     assert all(c >= 0.95 for _, _, c in pairs)
 
 
-def test_chance_link_share_tells_random_weights_from_a_real_embedding():
+def test_typical_twins_tell_random_weights_from_a_library_with_copies():
     rng = np.random.default_rng(1)
     spread = rng.normal(size=(500, 64)).astype(np.float32)
     spread /= np.linalg.norm(spread, axis=1, keepdims=True)
     # random weights: one shared direction dominates every embedding
     collapsed = spread * 0.05 + np.ones(64, np.float32)
     collapsed /= np.linalg.norm(collapsed, axis=1, keepdims=True)
-    assert splits.chance_link_share(spread, 0.95) == 0.0
-    assert splits.chance_link_share(collapsed, 0.95) > 0.9
+    # a small library where a third of the pictures have two copies each
+    copies = np.concatenate([spread[:20], spread[:10] + 0.001, spread[:10] - 0.001])
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    assert splits.typical_twins(spread, 0.95) == 0.0
+    assert splits.typical_twins(copies, 0.95) < splits.IMPLAUSIBLE_TWINS
+    assert splits.typical_twins(collapsed, 0.95) > 400
 
 
 def test_embeddings_that_cannot_tell_pictures_apart_link_nothing(tiny_home):
