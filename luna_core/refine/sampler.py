@@ -72,6 +72,10 @@ def item_seed(seed: int, pass_index: int, item_index: int) -> int:
     return (int(seed) * 1_000_003 + pass_index * 10_007 + item_index) % (2**63 - 1)
 
 
+# Luna gives every item its conditioning: the pipeline holds no text encoder or tokenizer
+NO_TEXT = dict(text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None)
+
+
 def _pipeline_from_single_file(model: str, dtype):
     """The img2img pipeline around a single-file checkpoint's UNet and VAE, with the scheduler of
     the matched configuration (no text encoders: Luna gives the conditioning)."""
@@ -81,15 +85,7 @@ def _pipeline_from_single_file(model: str, dtype):
 
     unet, vae, folder = single_file.sdxl_unet_and_vae(model, dtype)
     scheduler = EulerDiscreteScheduler.from_pretrained(str(folder), subfolder="scheduler")
-    return StableDiffusionXLImg2ImgPipeline(
-        vae=vae,
-        text_encoder=None,
-        text_encoder_2=None,
-        tokenizer=None,
-        tokenizer_2=None,
-        unet=unet,
-        scheduler=scheduler,
-    )
+    return StableDiffusionXLImg2ImgPipeline(vae=vae, unet=unet, scheduler=scheduler, **NO_TEXT)
 
 
 class SDXLSampler:
@@ -120,12 +116,9 @@ class SDXLSampler:
                     model,
                     revision,
                     "SDXL pipeline",
-                    text_encoder=None,
-                    text_encoder_2=None,
-                    tokenizer=None,
-                    tokenizer_2=None,
                     dtype=dtype,
                     low_cpu_mem_usage=False,
+                    **NO_TEXT,
                 )
         self.pipe.to(device)
         if dtype in (torch.float16, torch.bfloat16):
