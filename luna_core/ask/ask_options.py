@@ -17,16 +17,29 @@ from luna_core.ask.mixing import (
 from luna_core.declare import check_declared, option
 
 
-@dataclass(frozen=True)
-class AskOptions:
-    k: int = option(DEFAULT_K, "neighbours to use", low=1, high=MAX_K)
-    temperature: float = option(
+def k_option(help: str):
+    """The neighbour count, bounded alike wherever it is declared (asking, refining)."""
+    return option(DEFAULT_K, help, low=1, high=MAX_K)
+
+
+def temperature_option():
+    return option(
         DEFAULT_TEMPERATURE,
         "softmax temperature of the neighbour weights",
         low=0.0,
         low_open=True,
         step=0.005,
     )
+
+
+def alpha_option(help: str):
+    return option(DEFAULT_ALPHA, help, low=0.0, high=1.0, step=0.05)
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    k: int = k_option("neighbours to use")
+    temperature: float = temperature_option()
     prompt: str | None = option(None, "a typed prompt to mix the answer into")
     negative_prompt: str | None = option(
         None, "the typed prompt's negative (blend, concat; default: SDXL's zeros)"
@@ -37,9 +50,7 @@ class AskOptions:
         "concat: typed tokens then the answer's, pooled from the typed (docs/usage.md)",
         choices=MODES,
     )
-    alpha: float = option(
-        DEFAULT_ALPHA, "the answer's share in blend mode", low=0.0, high=1.0, step=0.05
-    )
+    alpha: float = alpha_option("the answer's share in blend mode")
 
     def check(self, neighbours: bool = True) -> None:
         """Every value within its bounds, and the mix usable as asked; `neighbours`: the vault

@@ -33,6 +33,7 @@ from luna_core.metadata.json_tools import (
     parse_swarmui,
 )
 from luna_core.metadata.record import (
+    SETTING_FIELDS,
     GenerationRecord,
     Lora,
     MetadataError,
@@ -145,19 +146,7 @@ def _with_saver_text(graph: GenerationRecord, text: GenerationRecord) -> Generat
     """A ComfyUI save node's A1111-style text beside the graph: the graph is what ran; the text
     fills what the graph does not say (model hash, LoRAs written as tags, a prompt the walk
     missed)."""
-    for name in (
-        "prompt",
-        "negative_prompt",
-        "seed",
-        "steps",
-        "cfg_scale",
-        "sampler",
-        "scheduler",
-        "width",
-        "height",
-        "model",
-        "model_hash",
-    ):
+    for name in (*SETTING_FIELDS, "model", "model_hash"):
         ours, theirs = getattr(graph, name), getattr(text, name)
         # A prompt the walk found only part of (a node it cannot evaluate joined more text on):
         # the saver wrote the whole text the encoder got

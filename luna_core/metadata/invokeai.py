@@ -7,6 +7,7 @@ import shlex
 from typing import Any
 
 from luna_core.metadata.record import (
+    SETTING_FIELDS,
     GenerationRecord,
     Lora,
     MetadataError,
@@ -318,16 +319,7 @@ def parse_legacy_invokeai(items: dict[str, str]) -> GenerationRecord:
         record.warnings.append(str(exc))
         return record
     read_by = {}
-    for name in (
-        "prompt",
-        "negative_prompt",
-        "seed",
-        "steps",
-        "cfg_scale",
-        "sampler",
-        "width",
-        "height",
-    ):
+    for name in SETTING_FIELDS:  # Dream has no scheduler: it stays the record's
         if (
             getattr(record, name) is None
             and getattr(dream, name) is not None

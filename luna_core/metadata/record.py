@@ -8,6 +8,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MAX_JSON_CHARS = 8 * 1024 * 1024
+# What made the picture, as every writer says it: the fields a second source of the same file (a
+# saver's text beside a graph, a Dream line beside sd-metadata) may fill when the first is silent.
+SETTING_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "cfg_scale",
+    "sampler",
+    "scheduler",
+    "width",
+    "height",
+)
 
 
 @dataclass

@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from luna_core.ask.ask_options import alpha_option, k_option, temperature_option
 from luna_core.ask.mixing import (
     DEFAULT_ALPHA,
     DEFAULT_K,
     DEFAULT_TEMPERATURE,
-    MAX_K,
     check_inputs,
 )
 from luna_core.declare import check_declared, option
@@ -102,15 +102,9 @@ class RefineOptions:
     negative_prompt: str | None = option(
         None, "typed negative prompt (sources prompt and blend; none: SDXL's zeros)"
     )
-    alpha: float = option(DEFAULT_ALPHA, "the vault's share in blend", low=0.0, high=1.0, step=0.05)
-    k: int = option(DEFAULT_K, "neighbours per item (vault, blend)", low=1, high=MAX_K)
-    temperature: float = option(
-        DEFAULT_TEMPERATURE,
-        "softmax temperature of the neighbour weights",
-        low=0.0,
-        low_open=True,
-        step=0.005,
-    )
+    alpha: float = alpha_option("the vault's share in blend")
+    k: int = k_option("neighbours per item (vault, blend)")
+    temperature: float = temperature_option()
     projector: str = option(DEFAULT_PROJECTOR, "projector model URI (source projector)")
     tracking_uri: str | None = option(
         None, "MLflow registry (default: $LUNA_MLFLOW_URI, else the home's own)"
