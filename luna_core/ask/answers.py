@@ -28,6 +28,8 @@ class Neighbor:
     loras: list = field(default_factory=list)
     # A1111's "Lora hashes" ("name: hash, ..."), where the metadata has it
     lora_hashes: str | None = None
+    # the rules its prompts are read by (luna_core.prompts.syntax); None in older indexes
+    prompt_syntax: str | None = None
 
 
 @dataclass

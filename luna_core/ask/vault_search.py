@@ -163,6 +163,7 @@ class VaultSearch:
             for column, empty in (
                 ("loras", []),
                 ("lora_hashes", None),
+                ("prompt_syntax", None),
             ):
                 values[column] = (
                     (lookup.column(column)[row].as_py() or empty)

@@ -40,6 +40,7 @@ LOOKUP_COLUMNS = (
     "split",
     "prompt",
     "negative_prompt",
+    "prompt_syntax",  # the rules the prompts are read by: a ComfyUI graph encodes them again
     # what a person browsing the neighbours sees and filters on, without a catalog query
     "model",
     "loras",
