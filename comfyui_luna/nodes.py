@@ -10,6 +10,7 @@ process, with the home's models and index cached across executions.
 
 from __future__ import annotations
 
+from comfyui_luna.graph_nodes import LunaChessRefiner, LunaSemanticDetailer
 from comfyui_luna.refine_nodes import (
     LunaDetections,
     LunaLoraStack,
@@ -28,6 +29,8 @@ NODE_CLASS_MAPPINGS = {
     "LunaDetections": LunaDetections,
     "LunaLoraStack": LunaLoraStack,
     "LunaRefine": LunaRefine,
+    "LunaChessRefiner": LunaChessRefiner,
+    "LunaSemanticDetailer": LunaSemanticDetailer,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LunaVaultConditioning": "Luna Vault Conditioning",
@@ -35,5 +38,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LunaBlend": "Luna Blend",
     "LunaDetections": "Luna Detections",
     "LunaLoraStack": "Luna LoRA Stack",
-    "LunaRefine": "Luna Refine (per-item LoRAs, detections)",
+    "LunaRefine": "Luna Refine (Luna's models, per-item LoRAs)",
+    "LunaChessRefiner": "Luna Chess Refiner (graph's model)",
+    "LunaSemanticDetailer": "Luna Semantic Detailer (graph's model)",
 }

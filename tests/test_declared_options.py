@@ -9,7 +9,7 @@ import argparse
 
 import pytest
 
-from comfyui_luna import refine_nodes, vault_nodes
+from comfyui_luna import graph_nodes, refine_nodes, vault_nodes
 from comfyui_luna.inputs import NONE, read_inputs, widget_defaults
 from luna_assets.defs.refine import jobs
 from luna_assets.launchpad import read_config
@@ -48,6 +48,8 @@ def test_every_omission_is_an_option_with_a_reason():
         (RefineOptions, refine_cli.OMITTED),
         (RefineOptions, jobs.OMITTED),
         (RefineOptions, refine_nodes.OMITTED),
+        (RefineOptions, graph_nodes.CHESS_OMITTED),
+        (RefineOptions, graph_nodes.DETAIL_OMITTED),
         (AskOptions, vault_cli.SEARCH_OMITTED),
         (AskOptions, vault_cli.CONDITION_OMITTED),
         (AskOptions, vault_nodes.VAULT_OMITTED),
@@ -81,6 +83,26 @@ def test_the_three_refine_surfaces_have_the_same_options_and_defaults():
         if one.name not in refine_cli.OMITTED and not one.repeated and one.kind is not bool:
             assert cli[one.name].default == one.default, one.name
             assert cli[one.name].help.startswith(one.spec.help.replace("%", "%%")), one.name
+
+
+GRAPH_EXTRA = {
+    "image", "model", "vae", "clip", "sampler_name", "scheduler", "home", "positive", "negative",
+    "server_url",
+}  # fmt: skip
+
+
+def test_the_graph_refiners_take_the_refine_options_but_those_omitted(monkeypatch):
+    from tests import comfy_double
+
+    comfy_double.install(monkeypatch)  # the graph refiners list ComfyUI's samplers
+    names = {one.name for one in declared(RefineOptions)}
+    for node, omitted, extra in (
+        (graph_nodes.LunaChessRefiner, graph_nodes.CHESS_OMITTED, set()),
+        (graph_nodes.LunaSemanticDetailer, graph_nodes.DETAIL_OMITTED, {"crop_size", "masks",
+                                                                         "detections"}),
+    ):  # fmt: skip
+        assert set(_node_inputs(node)) == names - set(omitted) | GRAPH_EXTRA | extra
+        assert read_inputs(RefineOptions, widget_defaults(node), omitted) == RefineOptions()
 
 
 def test_the_node_s_widgets_carry_the_declared_bounds():

@@ -257,8 +257,11 @@ def _image_batch(picture: Path, n: int = 3):
     return torch.from_numpy(np.stack(items))
 
 
-def test_the_nodes_follow_comfyui_s_contract():
+def test_the_nodes_follow_comfyui_s_contract(monkeypatch):
     import comfyui_luna
+    from tests import comfy_double
+
+    comfy_double.install(monkeypatch)  # the graph refiners list ComfyUI's samplers
 
     assert set(comfyui_luna.NODE_CLASS_MAPPINGS) == set(comfyui_luna.NODE_DISPLAY_NAME_MAPPINGS)
     for cls in comfyui_luna.NODE_CLASS_MAPPINGS.values():
