@@ -20,6 +20,11 @@ and VAE architectures with random weights (for a GPU machine; 1024² tiles take 
 CPU).
 
     .venv/bin/python benchmarks/bench_refine.py --repeat 3
+
+`--comfyui DIR` measures the ComfyUI nodes instead (benchmarks/comfyui_refine.py), run with the
+Python ComfyUI runs in:
+
+    PY benchmarks/bench_refine.py --comfyui DIR --home LUNA_HOME --repeat 1
 """
 
 from __future__ import annotations
@@ -68,7 +73,24 @@ def main() -> int:
         "--skip", action="append", default=[], choices=["batching", "lora", "memory"]
     )
     parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument(
+        "--comfyui", type=Path, help="a ComfyUI folder: the graph refiners in it instead"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path.home() / ".cache/luna/fullsize-random/v1/sdxl-random.safetensors",
+        help="--comfyui: the SDXL checkpoint ComfyUI loads",
+    )
+    parser.add_argument("--home", default="", help="--comfyui: a built Luna home")
     args = parser.parse_args()
+    if args.comfyui:
+        from comfyui_refine import run  # a sibling script: ComfyUI only where asked
+
+        figures = run(args.comfyui, args.checkpoint, args.home, args.repeat, min(args.steps, 3))
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        return 0
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     work = Path(tempfile.mkdtemp(prefix="luna-bench-refine-"))
     if args.sdxl_unet:

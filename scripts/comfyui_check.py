@@ -9,6 +9,7 @@ Part 2, through ComfyUI's server: the pack linked into custom_nodes, one graph p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -112,7 +113,8 @@ def _request(port: int, path: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+        text = response.read()
+    return json.loads(text) if text.strip() else {}
 
 
 def _graphs(image_name: str, home: str) -> dict[str, dict]:
@@ -165,8 +167,12 @@ def _graphs(image_name: str, home: str) -> dict[str, dict]:
     }
 
 
-def part_two(comfyui: Path, checkpoint: Path, home: str, port: int, python: str) -> list[str]:
-    # numpy and PIL: the test picture, with an alpha hole LoadImage turns into a MASK
+@contextlib.contextmanager
+def prepared(comfyui: Path, checkpoint: Path, port: int, python: str):
+    """ComfyUI's server running with the pack linked into custom_nodes, the checkpoint in
+    models/checkpoints and a test picture in input/ (its alpha hole: LoadImage's MASK); yields
+    (server process, /object_info, seconds to start); the link made here is removed after."""
+    # numpy and PIL: the test picture
     import numpy as np
     from PIL import Image
 
@@ -190,7 +196,6 @@ def part_two(comfyui: Path, checkpoint: Path, home: str, port: int, python: str)
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    lines = []
     try:
         started = time.perf_counter()
         while True:  # a server's start is awaited by asking it, never by sleeping and hoping
@@ -201,10 +206,21 @@ def part_two(comfyui: Path, checkpoint: Path, home: str, port: int, python: str)
                 break
             except OSError:
                 time.sleep(0.5)
-        lines.append(
-            f"server up in {time.perf_counter() - started:.0f} s; nodes listed: "
+        yield server, info, time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait()
+        log.close()
+        if made_link:
+            link.unlink()
+
+
+def part_two(comfyui: Path, checkpoint: Path, home: str, port: int, python: str) -> list[str]:
+    with prepared(comfyui, checkpoint, port, python) as (server, info, seconds):
+        lines = [
+            f"server up in {seconds:.0f} s; nodes listed: "
             f"{', '.join(sorted(n for n in info if n.startswith('Luna')))}"
-        )
+        ]
         for name, graph in _graphs("luna-check.png", home).items():
             started = time.perf_counter()
             prompt_id = _request(port, "/prompt", {"prompt": graph})["prompt_id"]
@@ -213,7 +229,7 @@ def part_two(comfyui: Path, checkpoint: Path, home: str, port: int, python: str)
                 if history and history.get("status", {}).get("completed") is not None:
                     break
                 if server.poll() is not None:
-                    raise SystemExit(f"FAIL: ComfyUI exited during {name}; see {log.name}")
+                    raise SystemExit(f"FAIL: ComfyUI exited during {name}")
                 time.sleep(0.5)
             status = history["status"]
             if status.get("status_str") != "success":
@@ -225,12 +241,6 @@ def part_two(comfyui: Path, checkpoint: Path, home: str, port: int, python: str)
                 f"{name} via /prompt: success in {time.perf_counter() - started:.0f} s, "
                 f"saved output/{saved}; report:\n    " + report.replace("\n", "\n    ")
             )
-    finally:
-        server.terminate()
-        server.wait()
-        log.close()
-        if made_link:
-            link.unlink()
     return lines
 
 
