@@ -92,6 +92,10 @@ class _Run:
     calls: int = 0
     sampled_seconds: float = 0.0
 
+    def item_seed(self, index: int) -> int:
+        """Item i's noise seed: seed + i, within the 64 bits torch's generator takes."""
+        return (self.seed + index) % 2**64
+
     def refine(self, pixels, sizes, seeds, pieces=None):
         items = self.answers.items(pixels, self.positive, self.negative, pieces)
         positive = batch_conditioning([i.tokens for i in items], [i.pooled for i in items])
@@ -232,7 +236,7 @@ class LunaChessRefiner:
                 sizes = [
                     (height, width, t.rect.y, t.rect.x, t.rect.height, t.rect.width) for t in cells
                 ]
-                refined = run.refine(pixels, sizes, [run.seed + t.index for t in cells])
+                refined = run.refine(pixels, sizes, [run.item_seed(t.index) for t in cells])
                 for tile, pixels_back in zip(cells, refined):
                     feather = tile_feather(tile, tiles, (width, height))
                     mask = feather_mask(tile.rect.width, tile.rect.height, feather)
@@ -350,7 +354,7 @@ class LunaSemanticDetailer:
             crops = detail_crops(width, height, [r[0] for r in regions], settings.margin)
             pixels = torch.cat([_resized(_cut(canvas, c.rect)[None], side, side) for c in crops])
             sizes = [(height, width, c.rect.y, c.rect.x, side, side) for c in crops]
-            seeds = [run.seed + i for i in range(len(crops))]
+            seeds = [run.item_seed(i) for i in range(len(crops))]
             refined = run.refine(pixels, sizes, seeds, [r[2] for r in regions])
             for crop, (box, mask, _), back in zip(crops, regions, refined):
                 rect = crop.rect

@@ -814,3 +814,26 @@ def test_beyond_this_machine_the_service_asks_for_its_token(home, picture, tmp_p
             assert response.headers["Content-Type"] == "image/jpeg"
     finally:
         service.stop()
+
+
+def test_the_graph_refiners_neighbours_from_the_service_equal_those_in_process(
+    home, server, picture
+):
+    """Luna Chess Refiner and Semantic Detailer with `server_url` ask `/search` for each crop's
+    neighbours: the same images, weights, prompts and prompt rules as in ComfyUI's process."""
+    from comfyui_luna.graph_answers import neighbours
+    from luna_core.refine.options import SourceSettings
+
+    pictures = [
+        Image.open(picture).convert("RGB"),
+        Image.open(picture).convert("RGB").rotate(90),
+    ]
+    source = SourceSettings(k=3)
+    remote = neighbours(pictures, source, "", server)
+    local = neighbours(pictures, source, str(home.root), "")
+    assert [[n.image_id for n in r] for r in remote] == [[n.image_id for n in r] for r in local]
+    for r, l in zip(remote, local):
+        assert [n.prompt for n in r] == [n.prompt for n in l]
+        assert [n.prompt_syntax for n in r] == [n.prompt_syntax for n in l]
+        assert np.allclose([n.weight for n in r], [n.weight for n in l], atol=1e-6)
+    assert all(n.prompt_syntax for r in remote for n in r)
