@@ -128,7 +128,7 @@ def _run_on_celery(home, keys: list[str], workers: int) -> float:
                     env,
                 )
             )
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         runs = [
             subprocess.Popen(
                 [sys.executable, "-c", RUN_PARTITION, key],
@@ -140,10 +140,52 @@ def _run_on_celery(home, keys: list[str], workers: int) -> float:
         ]
         if any(run.wait() != 0 for run in runs):
             raise SystemExit("a partition's run failed")
-        return time.perf_counter() - started
+        wall = time.perf_counter() - started
+        _print_timeline(home, started_at, wall)
+        return wall
     finally:
         for process in started_workers + [redis]:
             _stop(process)
+
+
+def _print_timeline(home, started_at: float, wall: float) -> None:
+    """Where the Celery runs' time went, from their event logs: the run processes' start (Python,
+    Dagster and the definitions imported), the wait for the first step, the steps' own time on
+    the workers, and each run's end after its last step."""
+    import dagster as dg
+
+    kinds = dg.DagsterEventType
+    instance = dg.DagsterInstance.from_config(str(home.dagster_home))
+    starts, waits, steps, ends = [], [], [], []
+    for run in instance.get_runs():
+        times: dict = {}
+        step_start: dict = {}
+        for record in instance.all_logs(run.run_id):
+            event = record.dagster_event
+            if event is None:
+                continue
+            kind, at = event.event_type_value, record.timestamp
+            times.setdefault(kind, at)
+            if kind == kinds.STEP_START.value:
+                step_start[event.step_key] = at
+            elif kind == kinds.STEP_SUCCESS.value:
+                steps.append(at - step_start[event.step_key])
+                times["last step"] = at
+        run_start = times[kinds.RUN_START.value]
+        starts.append(run_start - started_at)
+        waits.append(times[kinds.STEP_START.value] - run_start)
+        ends.append(times[kinds.RUN_SUCCESS.value] - times["last step"])
+
+    def span(values: list) -> str:
+        return f"{min(values):.1f}-{max(values):.1f} s"
+
+    print(
+        f"    timeline: run processes up {span(starts)} after launch; first step started "
+        f"{span(waits)} after its run; {len(steps)} steps took {sum(steps):.1f} s on the workers "
+        f"({', '.join(f'{s:.1f}' for s in sorted(steps))}); runs ended {span(ends)} after their "
+        f"last step; wall {wall:.1f} s",
+        flush=True,
+    )
 
 
 def _run(home: Path, groups: list[list[str]]) -> float:
@@ -240,6 +282,16 @@ def main() -> int:
             home = fresh(name.replace(" ", "_").replace(",", ""))
             home.set_vault_shards(args.shards)
             record(name, home, _run_on_celery(home, shard_keys(args.shards), workers), sharded=True)
+    if args.celery:
+        one_worker = next(r for r in rows if r["path"] == f"{args.shards} shards, 1 worker")
+        on_celery = next(r for r in rows if r["path"] == f"{args.shards} shards, Celery, 1 worker")
+        figures["celery_overhead_s_per_shard"] = per_shard = (
+            on_celery["wall_s"] - one_worker["wall_s"]
+        ) / args.shards
+        print(
+            f"celery overhead: {per_shard:.1f} s a shard (Celery, 1 worker against the shards "
+            "one after another in one worker process; goal at most 1 s)"
+        )
     overhead = (rows[1]["wall_s"] + rows[1]["commit_s"]) / rows[0]["wall_s"] - 1
     speedup = (rows[1]["wall_s"] + rows[1]["commit_s"]) / (rows[2]["wall_s"] + rows[2]["commit_s"])
     print(

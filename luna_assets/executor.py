@@ -22,6 +22,7 @@ BROKER = KEYS_BY_NAME["scale.celery_broker"]
 QUEUE = "dagster"
 WORKER_CONCURRENCY = 1  # steps a worker runs at once: one per GPU
 WORKER_LOGLEVEL = "INFO"
+POLL_SECONDS = 0.1  # how often a run looks at its steps on the workers
 log = logging.getLogger(__name__)
 
 # Workers take one step at a time and record when they start one (with their name), which is what
@@ -64,8 +65,12 @@ def executor_config(broker: str) -> dict:
 
 def celery_executor_for(broker: str):
     # Dagster takes about two seconds to import: only the commands that run the chain pay for it
-    from dagster_celery import celery_executor
+    from dagster_celery import celery_executor, core_execution_loop
 
+    # The run coordinator looks at its steps' results once a tick: dagster-celery's second makes a
+    # shard's every step wait up to a second to be seen done; a tick costs one Redis read per
+    # running step.
+    core_execution_loop.TICK_SECONDS = POLL_SECONDS
     return celery_executor.configured(executor_config(broker), name="luna_celery")
 
 

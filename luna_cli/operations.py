@@ -69,7 +69,12 @@ def cmd_scale(args: argparse.Namespace) -> int:
         f"  celery broker {broker or '(none: runs execute on this machine)'}"
         + ("; start `luna worker` on each machine" if broker else "")
     )
-    print(f"  gpu pool      {gpu_slots(home.settings()) or 'one slot per GPU found here'}")
+    pool = (
+        "the Celery workers' queue (each worker one step at a time)"
+        if broker
+        else gpu_slots(home.settings()) or "one slot per GPU found here"
+    )
+    print(f"  gpu pool      {pool}")
     return 0
 
 

@@ -199,13 +199,33 @@ HEAVY = (
     "upath",
     "uvicorn",
 )
-ENTRY_POINTS = ("luna_cli", "comfyui_luna")  # may defer a project module that pulls one of HEAVY in
+# the Dagster code location is loaded by every run and step process
+ENTRY_POINTS = (
+    "luna_cli",
+    "comfyui_luna",
+    "luna_assets",
+)  # may defer a project module that pulls one of HEAVY in
+
+
+def _pulls_heavy(module: str) -> bool:
+    """Whether a project module imports a heavy dependency at its top level."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        return False
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = (
+                [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            )
+            if any(any(n == h or n.startswith(h + ".") for h in HEAVY) for n in names if n):
+                return True
+    return False
 
 
 def test_imports_inside_functions_are_heavy_and_say_why():
-    """No lazy-import tricks: a function-level import is of a heavy dependency (or, in an entry
-    point, of a project module that pulls one in), with a comment on it or just above its block
-    saying why."""
+    """No lazy-import tricks: a function-level import is of a heavy dependency (or of a project
+    module that imports one at its top; in an entry point, of any project module that pulls one
+    in), with a comment on it or just above its block saying why."""
     offenders = []
     for package in PACKAGES:
         for path, _ in _modules(package):
@@ -223,8 +243,10 @@ def test_imports_inside_functions_are_heavy_and_say_why():
                         else [a.name for a in node.names]
                     )
                     heavy = all(any(n == h or n.startswith(h + ".") for h in HEAVY) for n in names)
-                    deferred = package in ENTRY_POINTS and all(
-                        n.split(".")[0].startswith("luna_") for n in names
+                    deferred = all(
+                        n.split(".")[0].startswith("luna_")
+                        and (package in ENTRY_POINTS or _pulls_heavy(n))
+                        for n in names
                     )
                     # the block of imports this one belongs to, and the line above it
                     first = node.lineno
@@ -336,3 +358,17 @@ def test_no_line_is_longer_than_100_characters():
         if len(line) > 100
     ]
     assert long == []
+
+
+def test_loading_the_dagster_definitions_imports_no_model_library():
+    """Every run and step process loads the definitions: torch, transformers, diffusers, scipy and
+    mlflow stay out until a step that needs one runs (a Celery shard pays seconds otherwise)."""
+    code = (
+        "import sys, dagster_project.definitions\n"
+        "heavy = ('torch', 'transformers', 'diffusers', 'scipy', 'mlflow')\n"
+        "print(' '.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == ""

@@ -403,3 +403,27 @@ def test_a_bad_postgres_url_names_itself(tmp_path):
     )
     with pytest.raises(LunaConfigError, match="not a PostgreSQL URL"):
         database_beside("mysql://luna@h/luna")
+
+
+def test_with_a_celery_broker_the_gpu_pool_queues_at_the_workers(tmp_path):
+    """One machine: the pool is its GPUs (or `gpu_slots`). With Celery, every model step goes to
+    the broker at once and each worker takes one at a time: a pool of the workers' size would hold
+    steps back until their runs ask again (Dagster backs off up to 15 s), leaving workers idle."""
+    from luna_core.home.settings import Settings
+    from luna_core.operations.dagster_instance import CELERY_POOL_SLOTS, ensure_instance
+
+    def limit(toml: dict, name: str) -> str:
+        text = ensure_instance(tmp_path / name, Settings(toml, {})).read_text()
+        return next(line for line in text.splitlines() if "default_limit" in line).split()[-1]
+
+    (tmp_path / "here").mkdir()
+    (tmp_path / "slots").mkdir()
+    (tmp_path / "celery").mkdir()
+    assert limit({}, "here") == "1"  # no GPU on this machine
+    assert limit({"operations": {"gpu_slots": 3}}, "slots") == "3"
+    celery = {"operations": {"gpu_slots": 3}, "scale": {"celery_broker": "redis://h:6379/0"}}
+    assert limit(celery, "celery") == str(CELERY_POOL_SLOTS)
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "celery")) as instance:
+        assert instance.get_runs(limit=1) == []  # Dagster accepts the file as written

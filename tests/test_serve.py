@@ -832,8 +832,8 @@ def test_the_graph_refiners_neighbours_from_the_service_equal_those_in_process(
     remote = neighbours(pictures, source, "", server)
     local = neighbours(pictures, source, str(home.root), "")
     assert [[n.image_id for n in r] for r in remote] == [[n.image_id for n in r] for r in local]
-    for r, l in zip(remote, local):
-        assert [n.prompt for n in r] == [n.prompt for n in l]
-        assert [n.prompt_syntax for n in r] == [n.prompt_syntax for n in l]
-        assert np.allclose([n.weight for n in r], [n.weight for n in l], atol=1e-6)
+    for there, here in zip(remote, local):
+        assert [n.prompt for n in there] == [n.prompt for n in here]
+        assert [n.prompt_syntax for n in there] == [n.prompt_syntax for n in here]
+        assert np.allclose([n.weight for n in there], [n.weight for n in here], atol=1e-6)
     assert all(n.prompt_syntax for r in remote for n in r)

@@ -144,7 +144,8 @@ KEYS: tuple[Key, ...] = (
         "operations.gpu_slots",
         "LUNA_GPU_SLOTS",
         0,
-        "slots of the `gpu` pool (0: one per GPU found, one on a CPU)",
+        "slots of the `gpu` pool (0: one per GPU found, one on a CPU; with a Celery broker "
+        "the workers' queue decides)",
     ),
     Key(
         "serve.workers",

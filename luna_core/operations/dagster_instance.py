@@ -72,7 +72,8 @@ def instance_yaml(
         "# Every step that runs a model on the data's path (embeddings, projector, refine) takes "
         "a slot of the",
         f"# pool `gpu`: {gpu_slots} slot(s): [operations] gpu_slots, else one per GPU found (one "
-        "on a CPU machine).",
+        "on a CPU machine);",
+        f"# with a Celery broker, {CELERY_POOL_SLOTS}: the workers' queue is the limit.",
         "# The weekly refinement benchmark has a pool of its own (`benchmark`, the same size): "
         "it never holds",
         "# back a library change on its way to the index.",
@@ -128,7 +129,7 @@ def ensure_instance(dagster_home: Path, settings: Settings) -> Path:
     """Write dagster.yaml when missing, or when Luna manages it and its storage setting changed."""
     path = dagster_home / "dagster.yaml"
     postgres = postgres_url(settings)
-    slots = gpu_slots(settings)
+    slots = pool_slots(settings)
     if path.exists():
         current = path.read_text(encoding="utf-8")
         if (
@@ -151,7 +152,22 @@ def ensure_instance(dagster_home: Path, settings: Settings) -> Path:
     return path
 
 
+# With Celery the workers are the limit (each runs one step at a time, one per GPU): every model
+# step goes to the broker's queue at once and a worker takes the next the moment it is free. A pool
+# the workers' size would hold steps back until their runs ask again, which Dagster backs off from
+# 1 s to 15 s: workers idle between steps (seconds a shard, benchmarks/bench_scale.py --celery).
+CELERY_POOL_SLOTS = 1000  # the most Dagster accepts
+
+
+def pool_slots(settings: Settings) -> int | None:
+    """The `gpu` pool's size: the Celery workers' queue decides when the home has a broker, else
+    `[operations] gpu_slots` (None: the GPUs found here)."""
+    if settings.text("scale.celery_broker"):
+        return CELERY_POOL_SLOTS
+    return gpu_slots(settings)
+
+
 def gpu_slots(settings: Settings) -> int | None:
-    """`[operations] gpu_slots`: the `gpu` pool's size when steps run on other machines (Celery
-    workers: the GPUs of all of them); None (0, the default): the GPUs this machine has."""
+    """`[operations] gpu_slots`: the `gpu` pool's size set by hand; None (0, the default): the GPUs
+    this machine has. A home with a Celery broker queues at its workers instead (pool_slots)."""
     return settings.integer("operations.gpu_slots", 0, 4096) or None

@@ -10,7 +10,7 @@ import numpy as np
 from safetensors import SafetensorError
 
 from luna_core.errors import CorruptStoreError, LunaConfigError
-from luna_core.projector.models import ProjectorConfig, build_projector
+from luna_core.projector.config import ProjectorConfig
 
 WEIGHTS, CONFIG, CARD = "weights.safetensors", "config.json", "MODEL_CARD.md"
 
@@ -34,6 +34,9 @@ def load_checkpoint(folder: Path, expect: dict | None = None):
     # torch and the model libraries take about a second to import: only code that runs a model pays
     # for it
     from safetensors.torch import load_file
+
+    # the projectors' classes are torch modules: the registry's readers need not import them
+    from luna_core.projector.models import build_projector
 
     try:
         config = ProjectorConfig(**json.loads((folder / CONFIG).read_text()))

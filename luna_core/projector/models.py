@@ -11,36 +11,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-ARCHITECTURES = ("kernel", "linear", "mlp", "resampler")
-
-
-@dataclass(frozen=True)
-class ProjectorConfig:
-    # closed-form kernel ridge: the one that beat the mean conditioning (see README)
-    arch: str = "kernel"
-    in_dim: int = 1024  # CLIP-ViT-H/14 image embedding
-    seq_len: int = 77
-    width: int = 2048  # SDXL: 768 + 1280
-    pooled_width: int = 1280
-    hidden: int = 256
-    layers: int = 2
-    heads: int = 4
-    image_tokens: int = 4  # resampler: tokens the image embedding is expanded into
-    rank: int = 48  # linear / kernel / mlp: rank of the output basis
-    # kernel: training embeddings the kernel compares with (fewer when fewer pairs)
-    anchors: int = 1024
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def out_dim(self) -> int:
-        return self.seq_len * self.width + self.pooled_width
+from luna_core.projector.config import ARCHITECTURES, ProjectorConfig  # noqa: F401 - re-exported
 
 
 def target_basis(y: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

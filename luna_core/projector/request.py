@@ -6,9 +6,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from luna_core.projector.models import ProjectorConfig
+from luna_core.projector.config import ProjectorConfig, TrainSettings
 from luna_core.projector.names import CHAMPION, REGISTERED_NAME  # noqa: F401 - re-exported
-from luna_core.projector.train import TrainSettings
 
 # Settings that change the trained weights; the rest (progress bars, refusal thresholds, device) do
 # not.

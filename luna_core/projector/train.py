@@ -21,45 +21,16 @@ from tqdm.auto import tqdm
 from luna_core.errors import LunaConfigError, NotBuiltError
 from luna_core.home.home import LunaHome
 from luna_core.models.profiles import ModelProfile, choose_device
-from luna_core.projector.models import (
+from luna_core.projector.config import (  # noqa: F401 - TrainSettings re-exported
     ARCHITECTURES,
-    KernelRidge,
-    LowRankRidge,
     ProjectorConfig,
-    build_projector,
-    target_basis,
+    TrainSettings,
 )
+from luna_core.projector.models import KernelRidge, LowRankRidge, build_projector, target_basis
 from luna_core.projector.pairs import Pairs, fingerprint, load_pairs
 from luna_core.vault.segments import open_text_store, open_vision_store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    patience: int = 3  # epochs without a better val loss before stopping
-    seed: int = 0
-    min_train_pairs: int = 32
-    min_val_pairs: int = 4
-    # Ridge strengths relative to the embeddings' own variance (CLIP embeddings of one library
-    # differ little, so an absolute strength drowns them); the linear model keeps the one best on
-    # val.
-    ridge_l2: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-    # kernel widths, x the anchors' median distance
-    kernel_scales: tuple[float, ...] = (
-        0.25,
-        0.5,
-        1.0,
-        2.0,
-        4.0,
-    )
-    basis_sample: int = 2048  # targets used to find the linear model's basis
-    device: str = "auto"
-    progress: bool = True
 
 
 @dataclass

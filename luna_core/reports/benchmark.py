@@ -28,7 +28,6 @@ from luna_core.files import write_atomically
 from luna_core.home.home import LunaHome
 from luna_core.images import read_picture
 from luna_core.models.profiles import ModelProfile
-from luna_core.projector.models import parameter_count
 from luna_core.refine.batching import refiner_batching
 from luna_core.refine.conditioning import Conditioner
 from luna_core.refine.options import RefineSettings, SamplerSettings, SourceSettings
@@ -234,6 +233,9 @@ def _costs(
     picture,
     settings: BenchmarkSettings,
 ) -> dict:
+    # torch (the projectors' classes): only a benchmark run pays its import, not the definitions
+    from luna_core.projector.models import parameter_count
+
     meta = vault.index.meta
     k, temperature, repeat = (
         settings.evaluation.k,

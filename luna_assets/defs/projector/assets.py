@@ -7,12 +7,8 @@ from luna_assets.defs.catalog.assets import LUNA_CATALOG
 from luna_assets.metadata import md_table
 from luna_assets.resources import LunaHomeResource, LunaModelsResource
 from luna_core.home.home import LunaHome
-from luna_core.projector.models import ProjectorConfig
-from luna_core.projector.pipeline import train_and_register
-from luna_core.projector.promotion import verify_champion
-from luna_core.projector.registry import Registry
+from luna_core.projector.config import ProjectorConfig, TrainSettings
 from luna_core.projector.request import REGISTERED_NAME, ProjectorRequest
-from luna_core.projector.train import TrainSettings, validation_scorer
 
 PROJECTOR = dg.AssetKey("projector")
 PROJECTOR_CODE_VERSION = "1"
@@ -89,6 +85,13 @@ def train_projector(
     moves only when it beats the champion on the val split. "Unsynced" after a library change
     is expected: it retrains weekly, or when the training pairs grew enough (see its latest
     "retrain policy" observation)."""
+    # torch (through training and the registry's checkpoints): only this step pays its import, not
+    # every process that loads the definitions
+    from luna_core.projector.pipeline import train_and_register
+    from luna_core.projector.promotion import verify_champion
+    from luna_core.projector.registry import Registry
+    from luna_core.projector.train import validation_scorer
+
     home = luna.luna_home
     profile = models.resolve(home)
     request = config.request(context.run.run_id)

@@ -17,7 +17,6 @@ from luna_core.ask.boxes import Box
 from luna_core.catalog.library_view import library_paths
 from luna_core.errors import LunaError
 from luna_core.images import read_picture
-from luna_core.refine.detections import read_detections
 from luna_core.refine.options import RefineOptions
 from luna_core.refine.refine_report import save_image
 from luna_core.session import LunaSession
@@ -87,6 +86,9 @@ def refine_op(
         raise dg.Failure(
             "no images to refine: give `images`, or `where` (a condition over the library view)"
         )
+    # scipy (the detections reader): only a refine run pays its import, not the definitions
+    from luna_core.refine.detections import read_detections
+
     session = LunaSession(home, models.resolve(home), models.device, models.dtype)
     refiner = session.refiner(source, options.ip_adapter)
     home.refined_dir.mkdir(parents=True, exist_ok=True)
