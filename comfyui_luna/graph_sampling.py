@@ -99,7 +99,7 @@ def _chunks(count: int, cap: int) -> list[range]:
     return [range(i, min(count, i + size)) for i in range(0, count, size)]
 
 
-def _sample_rows(model, vae, pixels, positive, negative, sizes, seeds, settings: PassSettings):
+def _sample_rows(model, vae, pixels, positive, negative, sizes, seeds, settings, on_step):
     # comfy and torch: present inside ComfyUI (comfy as the test double in Luna's tests)
     import comfy.sample
     import torch
@@ -121,6 +121,7 @@ def _sample_rows(model, vae, pixels, positive, negative, sizes, seeds, settings:
         denoise=settings.denoise,
         seed=seeds[0],
         disable_pbar=True,
+        callback=lambda step, x0, x, total: on_step(),
     )
     return vae.decode(samples).float().clamp(0, 1)
 
@@ -139,20 +140,27 @@ def _pooled_rows(extra: dict, picked: range) -> dict:
 
 def refine_pass(model, vae, pixels, positive, negative, sizes, seeds, settings: PassSettings):
     """[B, H, W, 3] in [0, 1] → refined [B, H, W, 3]: B items in one sampler call (or calls of
-    `batch_cap` items; halved again while memory runs out), ComfyUI's progress bar advanced per
-    call and its interrupt honoured between calls."""
+    `batch_cap` items; halved again while memory runs out), ComfyUI's progress bar advanced at
+    every sampler step (by the items it moves) and its interrupt honoured between calls."""
     # comfy and torch: present inside ComfyUI (comfy as the test double in Luna's tests)
     import comfy.model_management
     import comfy.utils
     import torch
 
     count = pixels.shape[0]
-    bar = comfy.utils.ProgressBar(count)
+    total = count * settings.steps
+    bar, done = comfy.utils.ProgressBar(total), [0]
     out: list = [None] * count
     pending = _chunks(count, settings.batch_cap)
     while pending:
         picked = pending.pop(0)
         comfy.model_management.throw_exception_if_processing_interrupted()
+        before = done[0]
+
+        def on_step(n: int = len(picked)) -> None:
+            done[0] += n
+            bar.update_absolute(min(done[0], total), total)
+
         try:
             refined = _sample_rows(
                 model,
@@ -163,8 +171,10 @@ def refine_pass(model, vae, pixels, positive, negative, sizes, seeds, settings: 
                 sizes[picked.start : picked.stop],
                 seeds[picked.start : picked.stop],
                 settings,
+                on_step,
             )
         except comfy.model_management.OOM_EXCEPTION:
+            done[0] = before  # the halves count their steps again
             if len(picked) == 1:
                 raise
             half = picked.start + len(picked) // 2
@@ -173,5 +183,4 @@ def refine_pass(model, vae, pixels, positive, negative, sizes, seeds, settings: 
             continue
         for offset, i in enumerate(picked):
             out[i] = refined[offset]
-        bar.update(len(picked))
     return torch.stack(out)

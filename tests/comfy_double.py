@@ -37,6 +37,9 @@ class ProgressBar:
     def update(self, value):
         self.done += value
 
+    def update_absolute(self, value, total=None, preview=None):
+        self.done, self.total = value, total or self.total
+
 
 class Interrupted(Exception):
     pass
@@ -143,7 +146,7 @@ def sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative
     crossattn = torch.cat(_repeat_to_lcm([pos_tokens, neg_tokens]))
     y = torch.cat([pos_y, neg_y])
     wrapper = model.model_options.get("model_function_wrapper")
-    for sigma, sigma_next in zip(sigma_list[:-1], sigma_list[1:]):
+    for step, (sigma, sigma_next) in enumerate(zip(sigma_list[:-1], sigma_list[1:])):
         batch = torch.cat([x, x])
         t = torch.full((batch.shape[0],), sigma, dtype=x.dtype)
         c = {"c_crossattn": crossattn.to(x.dtype), "y": y.to(x.dtype)}
@@ -155,6 +158,8 @@ def sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative
         cond, uncond = out.chunk(2)
         denoised = uncond + (cond - uncond) * cfg
         x = x + (x - denoised) / sigma * (sigma_next - sigma)
+        if callback is not None:
+            callback(step, denoised, x, steps)
     return x / scale
 
 

@@ -147,7 +147,8 @@ def test_chess_refiner_and_detailer_on_the_graph_models(double, indexed_home):
         first, _ = chess.refine(images[:1], model, vae, clip, **values)
     assert out.shape == images.shape
     assert "sampler calls: 4" in report  # two passes for each of two images
-    assert [b.total for b in comfy_double.BARS[:2]] == [2, 2]  # even cells, then odd, of 2x2
+    # even cells, then odd, of 2x2: a bar over items x steps, filled step by step
+    assert [(b.done, b.total) for b in comfy_double.BARS[:2]] == [(4, 4), (4, 4)]
     assert float((out[0] - first[0]).abs().max()) <= 1e-5  # never mixed with the other image
     assert float((out[0] - images[0]).abs().mean()) > 0.01
     encoded = len(clip.encoded)
