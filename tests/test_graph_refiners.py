@@ -109,6 +109,34 @@ def test_an_item_refined_in_a_batch_of_four_equals_it_refined_alone(
     assert float((alone[0] - alone[2]).abs().max()) > 0.01  # each item its own conditioning
 
 
+def test_a_call_that_runs_out_of_memory_is_split_and_gives_the_same_items(double, monkeypatch):
+    """ComfyUI's OOM exception from a call of 4 items: two calls of 2 (then of 1 if need be) give
+    what the one call would have, and the progress bar ends full, not over."""
+    import comfy.sample
+
+    model, clip, vae = double
+    items = _items(clip, ["a red fox", "a castle", "a river", "a lake"])
+    pixels = torch.rand(4, 16, 16, 3, generator=torch.Generator().manual_seed(4))
+    sizes = [(64, 64, 0, 8 * i, 16, 16) for i in range(4)]
+    with torch.no_grad():
+        whole = _pass(model, vae, items, pixels, [0, 1, 2, 3], sizes)
+    sample, calls = comfy.sample.sample, []
+
+    def small_memory(model, noise, *args, **kwargs):
+        calls.append(noise.shape[0])
+        if noise.shape[0] > 2:
+            raise torch.OutOfMemoryError("the double's memory holds 2 items")
+        return sample(model, noise, *args, **kwargs)
+
+    monkeypatch.setattr(comfy.sample, "sample", small_memory)
+    comfy_double.BARS.clear()
+    with torch.no_grad():
+        split = _pass(model, vae, items, pixels, [0, 1, 2, 3], sizes)
+    assert calls == [4, 2, 2]
+    assert float((split - whole).abs().max()) <= 1e-5
+    assert (comfy_double.BARS[0].done, comfy_double.BARS[0].total) == (12, 12)  # 4 items x 3 steps
+
+
 def test_each_row_gets_its_own_size_conditioning_in_both_halves_of_the_cfg_batch(double):
     model, clip, vae = double
     items = _items(clip, ["a", "b", "c"])
