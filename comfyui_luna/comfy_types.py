@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -19,6 +21,13 @@ def to_pictures(image) -> list:
         Image.fromarray(p[..., :3] if p.shape[-1] != 1 else p[..., 0]).convert("RGB")
         for p in pixels
     ]
+
+
+def png_bytes(picture) -> bytes:
+    """A PIL picture as PNG bytes, as `luna serve` takes it."""
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def mask_boxes(mask, count: int, width: int, height: int) -> list[str | None]:

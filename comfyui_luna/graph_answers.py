@@ -5,14 +5,10 @@ them in the graph checkpoint's dialect (comfyui_luna.graph_conditioning)."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
-from comfyui_luna.comfy_types import to_pictures
+from comfyui_luna.comfy_types import png_bytes, to_pictures
 from comfyui_luna.graph_conditioning import (
     Item,
     PromptEncodings,
@@ -26,8 +22,8 @@ from comfyui_luna.vault_nodes import _service
 from luna_core.ask.answers import Neighbor
 from luna_core.ask.mixing import mix_side
 from luna_core.errors import NotBuiltError, QueryError
-from luna_core.home.settings import environment_settings
 from luna_core.refine.options import SourceSettings
+from luna_service.client import post
 
 PROJECTOR_DIALECT = (
     "source projector: its answer is in the Luna home's text encoders' dialect, used as it is, "
@@ -41,25 +37,8 @@ def prompt_cache() -> PromptEncodings:
 
 
 def _search(server: str, picture, k: int, temperature: float) -> list[Neighbor]:
-    buffer = io.BytesIO()
-    picture.save(buffer, "PNG")
-    query = urllib.parse.urlencode({"k": k, "temperature": temperature})
-    token = environment_settings().text("serve.token")  # never a widget: graphs are shared
-    request = urllib.request.Request(
-        f"{server.rstrip('/')}/search?{query}",
-        data=buffer.getvalue(),
-        method="POST",
-        headers={"Authorization": f"Bearer {token}"} if token else {},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            found = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        raise QueryError(f"Luna service {server}: {message}") from None
+    params = [("k", str(k)), ("temperature", str(temperature))]
+    found = json.loads(post(server, "/search", params, png_bytes(picture), "server_url"))
     names = {f.name for f in dataclasses.fields(Neighbor)}
     return [
         Neighbor(**{key: value for key, value in row.items() if key in names})

@@ -14,6 +14,7 @@ from comfyui_luna.graph_answers import Answers
 from comfyui_luna.graph_conditioning import batch_conditioning
 from comfyui_luna.graph_sampling import PassSettings, batch_noise_note, check_sdxl, refine_pass
 from comfyui_luna.inputs import HOME_INPUT, option_inputs, read_inputs
+from comfyui_luna.refine_nodes import ImageAndReport
 from luna_core.ask.boxes import Box
 from luna_core.errors import QueryError
 from luna_core.refine.geometry import (
@@ -167,6 +168,19 @@ def _paste(canvas, rect: Box, pixels, mask: np.ndarray) -> None:
     region += (pixels.to(region.dtype) - region) * weight
 
 
+def _painted(image, paint):
+    """Each picture of an IMAGE batch refined on its own canvas by `paint`, never mixed."""
+    # torch: the nodes run inside ComfyUI, which has it loaded already
+    import torch
+
+    out = []
+    for picture in image[..., :3].float().cpu():
+        canvas = picture.clone()
+        paint(canvas)
+        out.append(canvas)
+    return torch.stack(out)
+
+
 def _resized(pixels, width: int, height: int):
     # torch: the nodes run inside ComfyUI, which has it loaded already
     import torch
@@ -179,14 +193,11 @@ def _resized(pixels, width: int, height: int):
     return moved.permute(0, 2, 3, 1).clamp(0, 1)
 
 
-class LunaChessRefiner:
+class LunaChessRefiner(ImageAndReport):
     """The chess refiner on the graph's models: grid x grid overlapping tiles, the even cells in one
     sampler call, then the odd ones (on the picture the first pass left), each tile conditioned by
     its own vault answer, pasted back feathered. IMAGE batch of N: N results, each on its own."""
 
-    CATEGORY = "Luna"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "report")
     FUNCTION = "refine"
 
     @classmethod
@@ -223,9 +234,8 @@ class LunaChessRefiner:
         import torch
 
         run, settings = _start("Luna Chess Refiner", model, clip, vae, locals(), CHESS_OMITTED)
-        out = []
-        for picture in image[..., :3].float().cpu():
-            canvas = picture.clone()
+
+        def paint(canvas) -> None:
             height, width = canvas.shape[:2]
             tiles = chess_tiles(width, height, settings.grid, settings.overlap, 8)
             for parity in (0, 1):
@@ -241,13 +251,14 @@ class LunaChessRefiner:
                     feather = tile_feather(tile, tiles, (width, height))
                     mask = feather_mask(tile.rect.width, tile.rect.height, feather)
                     _paste(canvas, tile.rect, pixels_back, mask)
-            out.append(canvas)
-        tile = tiles[0].rect
+
+        out = _painted(image, paint)
+        tile = chess_tiles(out.shape[2], out.shape[1], settings.grid, settings.overlap, 8)[0].rect
         head = (
             f"Luna Chess Refiner: {len(out)} image(s), {settings.grid}x{settings.grid} tiles of "
             f"{tile.width}x{tile.height}, two passes, source {run.answers.source.source}"
         )
-        return torch.stack(out), run.report(head)
+        return out, run.report(head)
 
 
 def _regions(masks, detections, width: int, height: int) -> list[tuple]:
@@ -278,14 +289,11 @@ def _regions(masks, detections, width: int, height: int) -> list[tuple]:
     return regions
 
 
-class LunaSemanticDetailer:
+class LunaSemanticDetailer(ImageAndReport):
     """The detailer on the graph's models: each region (a MASK per detection, or LunaDetections)
     grown by its margin, resized to `crop_size`, all crops in one sampler call, each conditioned by
     its own vault answer (with its detection's prompt piece), pasted back through its mask."""
 
-    CATEGORY = "Luna"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "report")
     FUNCTION = "detail"
 
     @classmethod
@@ -346,12 +354,13 @@ class LunaSemanticDetailer:
 
         run, settings = _start("Luna Semantic Detailer", model, clip, vae, locals(), DETAIL_OMITTED)
         side = max(8, int(crop_size) // 8 * 8)
-        out = []
-        for picture in image[..., :3].float().cpu():
-            canvas = picture.clone()
+        counts = []
+
+        def paint(canvas) -> None:
             height, width = canvas.shape[:2]
             regions = _regions(masks, detections, width, height)
             crops = detail_crops(width, height, [r[0] for r in regions], settings.margin)
+            counts.append(len(crops))
             pixels = torch.cat([_resized(_cut(canvas, c.rect)[None], side, side) for c in crops])
             sizes = [(height, width, c.rect.y, c.rect.x, side, side) for c in crops]
             seeds = [run.item_seed(i) for i in range(len(crops))]
@@ -362,9 +371,10 @@ class LunaSemanticDetailer:
                     rect.width, rect.height, crop_feather(crop, box, (width, height))
                 ) * soft_mask(mask, rect, box)
                 _paste(canvas, rect, _resized(back[None], rect.width, rect.height)[0], weights)
-            out.append(canvas)
+
+        out = _painted(image, paint)
         head = (
-            f"Luna Semantic Detailer: {len(out)} image(s), {len(crops)} region(s) at "
+            f"Luna Semantic Detailer: {len(out)} image(s), {counts[0]} region(s) at "
             f"{side}x{side}, one pass, source {run.answers.source.source}"
         )
-        return torch.stack(out), run.report(head)
+        return out, run.report(head)

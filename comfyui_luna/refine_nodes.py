@@ -14,6 +14,14 @@ from luna_core.refine.lora_files import lora_set
 from luna_core.refine.options import RefineOptions
 
 
+class ImageAndReport:
+    """A refiner node's outputs: the refined IMAGE and the run's STRING report."""
+
+    CATEGORY = "Luna"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "report")
+
+
 class LunaDetections:
     """A detector's output (COCO .json, YOLO .txt, a label-mask PNG, a folder of masks) for the
     IMAGE: LunaDetections (boxes, masks, labels, prompt pieces, LoRAs) for Luna Refine, and the
@@ -102,7 +110,7 @@ OMITTED = {
 }
 
 
-class LunaRefine:
+class LunaRefine(ImageAndReport):
     """Luna's refiners in one node: with detections, the detailer (each detection's crop conditioned
     by its own vault or projector answer, its prompt piece mixed in, its own LoRAs, its mask
     pasted back); without, the chess refiner. Every item of a pass goes through one batched UNet
@@ -111,9 +119,6 @@ class LunaRefine:
     profile, not the graph's. Its widgets are the refine options `luna refine` takes
     (luna_core.refine.options.RefineOptions), but for those OMITTED names."""
 
-    CATEGORY = "Luna"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("image", "report")
     FUNCTION = "refine"
 
     @classmethod

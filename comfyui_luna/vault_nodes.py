@@ -3,16 +3,10 @@ or a projector, in this process or by a running `luna serve`, and Luna Blend."""
 
 from __future__ import annotations
 
-import io
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
-
 import numpy as np
 from safetensors.numpy import load
 
-from comfyui_luna.comfy_types import mask_boxes, to_pictures
+from comfyui_luna.comfy_types import mask_boxes, png_bytes, to_pictures
 from comfyui_luna.inputs import HOME_INPUT, option_inputs, read_inputs
 from comfyui_luna.kept import home_root, kept
 from luna_core.ask.ask_options import AskOptions
@@ -20,8 +14,8 @@ from luna_core.ask.boxes import Box
 from luna_core.ask.mixing import aligned, mix_side
 from luna_core.errors import NotBuiltError
 from luna_core.home.home import LunaHome
-from luna_core.home.settings import environment_settings
 from luna_core.projector.names import DEFAULT_PROJECTOR
+from luna_service.client import post
 
 
 def _service(home: str, projector: str):
@@ -66,27 +60,10 @@ def _in_process(
 def _by_server(server: str, pictures: list, boxes: list, source: str, k: int, temperature: float):
     parts = []
     for picture, box in zip(pictures, boxes):
-        buffer = io.BytesIO()
-        picture.save(buffer, "PNG")
         params = [("source", source), ("k", str(k)), ("temperature", str(temperature))] + (
             [("box", box)] if box else []
         )
-        token = environment_settings().text("serve.token")  # never a widget: graphs are shared
-        request = urllib.request.Request(
-            f"{server.rstrip('/')}/condition?{urllib.parse.urlencode(params)}",
-            data=buffer.getvalue(),
-            method="POST",
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=300) as response:
-                parts.append(load(response.read()))
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read()).get("error", exc.reason)
-            except ValueError:
-                message = exc.reason
-            raise RuntimeError(f"Luna service {server}: {message}") from None
+        parts.append(load(post(server, "/condition", params, png_bytes(picture), "server_url")))
     # Answers of different chunk counts meet at one length, both sides alike (the service's own
     # rule).
     tokens = aligned(

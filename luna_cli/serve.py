@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-from luna_core.errors import LunaConfigError, NotBuiltError
+from luna_core.errors import LunaConfigError
 from luna_core.home.home import LunaHome
-from luna_core.home.settings import LOCAL_HOST, environment_settings
+from luna_core.home.settings import LOCAL_HOST
+from luna_service.client import check_server, post
 
 
 def serve_workers(home: LunaHome) -> int:
@@ -75,49 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def ask(server: str, path: str, image: str, params: list[tuple[str, str]]) -> bytes:
     """POST the image file to `server` + `path`; a service error becomes the same one-line error."""
-    parsed = urllib.parse.urlsplit(server)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise LunaConfigError(
-            f"--server {server!r} is not a URL: give the service's address, e.g. "
-            f"http://{LOCAL_HOST}:7861 (what `luna serve` prints)"
-        )
+    check_server(server, "--server")
     try:
         body = Path(image).read_bytes()
     except IsADirectoryError:
         raise LunaConfigError(f"image {image} is a folder: give an image file") from None
     except OSError as exc:
         raise LunaConfigError(f"cannot read image {image}: {exc.strerror or exc}") from None
-    url = (
-        server.rstrip("/")
-        + path
-        + "?"
-        + urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
-    )
-    headers = {"Content-Type": "application/octet-stream"}
-    token = environment_settings().text("serve.token")
-    if token:  # the service's token, when it asks for one
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        raise (NotBuiltError if exc.code == 409 else LunaConfigError)(
-            f"{server}: {message}"
-        ) from None
-    except urllib.error.URLError as exc:
-        raise LunaConfigError(
-            f"cannot reach the Luna service at {server} ({exc.reason}); start it with `luna serve`"
-        ) from None
-    except (
-        OSError,
-        ValueError,
-        http.client.HTTPException,
-    ) as exc:  # a dropped connection, a bad port number
-        raise LunaConfigError(
-            f"the Luna service at {server} did not answer ({exc}); is `luna serve` running there?"
-        ) from None
+    return post(server, path, params, body, "--server")
