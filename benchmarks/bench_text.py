@@ -7,6 +7,11 @@
 # the encoding side at SDXL's real widths (CLIP ViT-L + OpenCLIP ViT-bigG architecture, RANDOM
 # weights: speed only) so the parser's share is measured against the encoding it rides on
 .venv/bin/python benchmarks/bench_text.py --encoder sdxl-random --encode-prompts 32
+
+# the text store's codecs side by side (bytes, worst token cosine error, the k-NN answer's cosine,
+# a 16-row read) on the full-size random-weight SDXL encoders (benchmarks/fullsize_models.py)
+.venv/bin/python benchmarks/bench_text.py --encoder fullsize-random --encode-prompts 8 \
+    --codec-prompts 400
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from luna_core.ask.answers import weighted_sum
 from luna_core.home.home import LunaHome
 from luna_core.ingest.run import IngestOptions, ingest
 from luna_core.prompts.chunking import chunk_tokens
@@ -29,7 +35,7 @@ from luna_core.prompts.encode import apply_weights, encode_many
 from luna_core.prompts.parsers import parse
 from luna_core.prompts.syntax import syntax_for
 from luna_core.samples import make_sample_library
-from luna_core.vault.codec import CODECS
+from luna_core.vault.codec import CODECS, FLOAT16
 from luna_core.vault.segments import store_bytes
 from luna_core.vault.store import TEXT_LAYOUT, RowStore
 
@@ -93,6 +99,11 @@ def _encoder(kind: str, work: Path):
         return SDXLTextEncoder(
             tiny_profile(ensure_tiny_models()).sdxl_model, None, "cpu", torch.float32
         )
+    if kind == "fullsize-random":
+        from fullsize_models import ensure_fullsize_models
+
+        folder = ensure_fullsize_models(single_files=False).sdxl_folder
+        return SDXLTextEncoder(str(folder), None, "cpu", torch.float32)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     folder = work / "sdxl_random"
@@ -129,29 +140,81 @@ def _encoder(kind: str, work: Path):
     return SDXLTextEncoder(str(folder), None, "cpu", torch.float32)
 
 
-def codec_figures(rows: np.ndarray, work: Path) -> dict[str, float]:
-    """The text store's codecs side by side: the same chunk rows written through each, then read
-    back. Bytes per chunk row on disk, and the token cosine error of int8 against what float16
-    keeps."""
-    figures, read_back = {}, {}
+def codec_prompts(encoder, count: int) -> list[tuple[str, str]]:
+    """Half people-like prompts, half words drawn from CLIP's whole vocabulary (3 to 140 of them):
+    the hard case for a store-fitted basis."""
+    rng = random.Random(1)
+    vocab = sorted(
+        w[:-4] for w in encoder.tokenizer.get_vocab() if w.endswith("</w>") and w[:-4].isalpha()
+    )
+    prompts = synthetic_prompts(count // 2, seed=3)
+    prompts += [
+        (" ".join(rng.choice(vocab) for _ in range(rng.randint(3, 140))), "a1111")
+        for _ in range(count - len(prompts))
+    ]
+    rng.shuffle(prompts)
+    return prompts
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def codec_figures(rows: np.ndarray, work: Path, k: int = 16) -> dict[str, dict]:
+    """The text store's codecs side by side: the same chunk rows written through each in the
+    pipeline's batches of 64 (pca-zstd fits on the first), then read back. Bytes of the rows per
+    chunk row against float16's (a store's one-off fit apart), the worst token cosine error, the
+    k-NN answer's cosine (the softmax-weighted mean of k random rows, 200 answers, the worst), and
+    a k-row read with its weighted mean as a k-NN answer makes it, p50 of 200."""
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(rows), (200, k))
+    weights = rng.dirichlet(np.ones(k), 200)
+    truth = np.einsum("ak,aktd->atd", weights, rows[picks].astype(np.float64))
+    figures = {}
     for codec in CODECS:
-        store = RowStore.open(
-            work / f"{codec}.zarr", {"prompt_embeds": rows.shape[1:]}, TEXT_LAYOUT, codec=codec
+        path = work / f"{codec}.zarr"
+        store = RowStore.open(path, {"prompt_embeds": rows.shape[1:]}, TEXT_LAYOUT, codec=codec)
+        for start in range(0, len(rows), TEXT_LAYOUT.rows_per_shard):
+            store.write(start, {"prompt_embeds": rows[start : start + TEXT_LAYOUT.rows_per_shard]})
+        store = RowStore.open_readonly(path, TEXT_LAYOUT)
+        read = store.read_rows("prompt_embeds", np.arange(len(rows))).astype(np.float64)
+        fit_bytes = sum(
+            store_bytes(path / f"prompt_embeds{suffix}") for suffix in ("_template", "_basis")
         )
-        store.write(0, {"prompt_embeds": rows})
-        read_back[codec] = store.read_rows("prompt_embeds", np.arange(len(rows))).astype(np.float64)
-        figures[f"{codec}_bytes_per_chunk_row"] = store_bytes(work / f"{codec}.zarr") / len(rows)
-    plain, coded = read_back["float16"], read_back["int8"]
-    error = 1 - (plain * coded).sum(-1) / (
-        np.linalg.norm(plain, axis=-1) * np.linalg.norm(coded, axis=-1)
-    )
-    figures.update(
-        int8_bytes_over_float16=figures["int8_bytes_per_chunk_row"]
-        / figures["float16_bytes_per_chunk_row"],
-        int8_max_token_cosine_error=float(error.max()),
-        int8_mean_token_cosine_error=float(error.mean()),
-    )
+        answers = np.einsum("ak,aktd->atd", weights, read[picks])
+        times = []
+        for pick, weight in zip(picks, weights):
+            started = time.perf_counter()  # as a k-NN answer reads and sums (VaultQuery)
+            values, finish = store.read_rows_linear("prompt_embeds", pick)
+            finish(weighted_sum(weight, values).reshape(rows.shape[1:]), float(weight.sum()))
+            times.append(time.perf_counter() - started)
+        figures[codec] = {
+            "row_bytes": (store_bytes(path) - fit_bytes) / len(rows),
+            "fit_bytes": fit_bytes,
+            "worst_token_cosine_error": float((1 - _cosine(read, rows.astype(np.float64))).max()),
+            "answer_cosine": float(_cosine(answers, truth).min()),
+            "read_p50_ms": float(np.median(times) * 1e3),
+        }
+    for codec in CODECS:
+        figures[codec]["bytes_over_float16"] = (
+            figures[codec]["row_bytes"] / figures[FLOAT16]["row_bytes"]
+        )
+        figures[codec]["read_p50_over_float16"] = (
+            figures[codec]["read_p50_ms"] / figures[FLOAT16]["read_p50_ms"]
+        )
     return figures
+
+
+def print_codecs(figures: dict[str, dict], rows: int, encoder: str) -> None:
+    print(f"text store codecs ({rows} chunk rows, {encoder} encoders, fitted on the first 64):")
+    for codec, f in figures.items():
+        print(
+            f"codec {codec}: bytes {f['bytes_over_float16']:.3f} of float16, worst token cosine "
+            f"error {f['worst_token_cosine_error']:.2e}, answer cosine {f['answer_cosine']:.6f}"
+            f"  (16-row read p50 {f['read_p50_ms']:.2f} ms = "
+            f"{f['read_p50_over_float16']:.2f}x float16's; fit {f['fit_bytes'] / 1e6:.2f} MB "
+            "once per store)"
+        )
 
 
 def main() -> int:
@@ -164,7 +227,12 @@ def main() -> int:
     parser.add_argument(
         "--encode-prompts", type=int, default=512, help="prompts for the encoding timings"
     )
-    parser.add_argument("--encoder", choices=["tiny", "sdxl-random"], default="tiny")
+    parser.add_argument(
+        "--encoder", choices=["tiny", "sdxl-random", "fullsize-random"], default="tiny"
+    )
+    parser.add_argument(
+        "--codec-prompts", type=int, default=400, help="prompts encoded for the codec figures"
+    )
     parser.add_argument(
         "--library", type=int, default=200, help="sample library images for the changed share"
     )
@@ -191,9 +259,14 @@ def main() -> int:
         parsed = [parse(t, s) for t, s in sample[start : start + batch]]
         answers = encode_many(encoder, parsed)
         chunks += sum(tokens.shape[0] // 77 for tokens, _ in answers)
-        kept += [tokens.reshape(-1, 77, tokens.shape[-1]) for tokens, _ in answers[:4]]
     parsed_seconds = time.perf_counter() - started
-    codec = codec_figures(np.concatenate(kept), work)
+    hard_mix = codec_prompts(encoder, args.codec_prompts)
+    for start in range(0, len(hard_mix), batch):
+        chosen = hard_mix[start : start + batch]
+        answers = encode_many(encoder, [parse(t, s) for t, s in chosen])
+        kept += [tokens.reshape(-1, 77, tokens.shape[-1]) for tokens, _ in answers]
+    codec_rows = np.concatenate(kept).astype(np.float16)
+    codecs = codec_figures(codec_rows, work)
     # The writers' own rules beside the encoders: tokenizing and chunking by each writer's rules,
     # and the weighting (A1111's mean restored per encoder, ComfyUI's move from the empty prompt)
     tokenizers = (encoder.tokenizer, encoder.tokenizer_2)
@@ -245,8 +318,7 @@ def main() -> int:
         / parsed_seconds,
         "library_prompts": len(rows),
         "library_prompts_changed_by_parse": changed,
-        **codec,
-        "int8_bytes_over_float16_at_sdxl_width": (77 * 2048 + 2 * 2048) / (77 * 2048 * 2),
+        "codecs": codecs,
     }
     print(
         f"parser alone: {len(corpus):,} prompts in {parse_seconds:.1f}s = "
@@ -271,16 +343,7 @@ def main() -> int:
     print(
         f"sample library: {changed} of {len(rows)} prompts read differently than their literal text"
     )
-    print(
-        f"text store, int8 codec vs float16 ({len(np.concatenate(kept))} chunk rows written and "
-        "read back): "
-        f"{codec['int8_bytes_per_chunk_row']:,.0f} vs "
-        f"{codec['float16_bytes_per_chunk_row']:,.0f} bytes per chunk "
-        f"row = {codec['int8_bytes_over_float16']:.3f} "
-        f"({figures['int8_bytes_over_float16_at_sdxl_width']:.3f} "
-        f"at SDXL width); token cosine error max {codec['int8_max_token_cosine_error']:.2e}, mean "
-        f"{codec['int8_mean_token_cosine_error']:.2e} ({args.encoder} encoders)"
-    )
+    print_codecs(codecs, len(codec_rows), args.encoder)
     print(json.dumps(figures), file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
     return 0

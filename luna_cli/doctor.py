@@ -7,6 +7,7 @@ import shutil
 
 from luna_cli.build import report_run, run_build_all
 from luna_core.home.home import LunaHome
+from luna_core.vault.recode import recode_store
 from luna_core.vault.store import TEXT_LAYOUT, VISION_LAYOUT, RowStore
 
 
@@ -19,6 +20,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from luna_core.operations.doctor import Finding, diagnose
 
     home = LunaHome.existing(args.home)
+    if args.recode:
+        profile = home.profile()
+        rewritten = recode_store(home.text_store(profile), TEXT_LAYOUT, home.text_codec())
+        print(f"recode: {rewritten} text store(s) rewritten as {home.text_codec()}")
     findings = diagnose(home)
     if home.dagster_home.is_dir():
         dead = fail_dead_runs(dg.DagsterInstance.from_config(str(home.dagster_home)), mark=False)
@@ -65,6 +70,12 @@ def add_parser(sub) -> None:
     )
     cmd.add_argument(
         "--repair", action="store_true", help="run the fixes: remove damaged stores, then rebuild"
+    )
+    cmd.add_argument(
+        "--recode",
+        action="store_true",
+        help="first rewrite the text store in the codec new stores get (vault.text_codec), "
+        "crash-safe",
     )
     cmd.add_argument("--home", help="Luna home folder (default: $LUNA_HOME, else ./luna_home)")
     cmd.set_defaults(func=cmd_doctor)

@@ -43,3 +43,30 @@ def test_doctor_finds_each_accident_and_repairs_the_home(projector_home, capsys)
     out = capsys.readouterr().out
     assert "repair: removing the damaged text store" in out
     assert all(f.severity != "error" for f in diagnose(home)), [f.line() for f in diagnose(home)]
+
+
+def test_doctor_recode_rewrites_the_text_store_in_the_codec_the_home_names(
+    projector_home, capsys
+):
+    import numpy as np
+
+    from luna_core.vault.segments import open_text_store
+
+    home = projector_home  # this test's own copy
+    profile = resolve_profile("tiny", home.models_dir)
+    before = open_text_store(home, profile)
+    assert before.codec == "pca-zstd"  # the default for new stores
+    rows = np.arange(min(before.capacity, 40))
+    values = before.read_rows("prompt_embeds", rows)
+
+    home.set_setting("vault", "text_codec", "float16")
+    assert any("--recode" in f.fix for f in diagnose(home) if f.what == "text store")
+    assert main(["doctor", "--recode", "--home", str(home.root)]) == 0
+    assert "recode: 1 text store(s) rewritten as float16" in capsys.readouterr().out
+    after = open_text_store(home, profile)
+    assert after.codec == "float16"
+    # float16 keeps the decoded values exactly; a second recode has nothing to do
+    np.testing.assert_array_equal(after.read_rows("prompt_embeds", rows), values)
+    assert main(["doctor", "--recode", "--home", str(home.root)]) == 0
+    assert "recode: 0 text store(s)" in capsys.readouterr().out
+    assert all(f.severity != "error" for f in diagnose(home))

@@ -83,7 +83,7 @@ class Conditioning:
 
 def weighted_sum(weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """sum_i w_i * rows[i] in float32 for float16 rows (torch converts float16 ~10x faster than
-    numpy)."""
+    numpy) or float32 ones (pca-zstd's coefficients)."""
     # torch and the model libraries take about a second to import: only code that runs a model pays
     # for it
     import torch

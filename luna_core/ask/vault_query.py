@@ -58,7 +58,7 @@ class VaultQuery(VaultSearch):
         picked = np.concatenate(
             [np.arange(rows[i], rows[i] + c, dtype=np.int64) for i, c in zip(present, counts)]
         )
-        tokens = store.read_rows("prompt_embeds", picked)
+        tokens, finish = store.read_rows_linear("prompt_embeds", picked)
         firsts = np.cumsum([0, *counts[:-1]])
         pooled = weighted_sum(
             weights[present], store.read_rows("pooled_prompt_embeds", picked[firsts])
@@ -68,7 +68,8 @@ class VaultQuery(VaultSearch):
             for f, c in zip(firsts, counts)
         ]
         stacked = np.stack(aligned(parts))
-        embeds = weighted_sum(weights[present], stacked).reshape(stacked.shape[1:])
+        summed = weighted_sum(weights[present], stacked).reshape(-1, *seq_width)
+        embeds = finish(summed, float(weights[present].sum())).reshape(stacked.shape[1:])
         # stores written before checksums
         if not (np.isfinite(embeds).all() and np.isfinite(pooled).all()):
             raise CorruptStoreError(

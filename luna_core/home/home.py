@@ -242,7 +242,8 @@ class LunaHome:
         return self.settings().integer("vault.shards", 1, 1024)
 
     def text_codec(self) -> str:
-        """How a new text store keeps its conditionings (`vault.text_codec`: float16 or int8)."""
+        """How a new text store keeps its conditionings (`vault.text_codec`: pca-zstd, int8 or
+        float16)."""
         setting = self.settings().setting("vault.text_codec")
         try:
             return check_codec(self.settings().text("vault.text_codec"))

@@ -117,7 +117,17 @@ def _stores(home: LunaHome, profile, stores: list[dict], build: str) -> list[Fin
                 )
             )
         else:
-            checksummed = RowStore.open_readonly(path, TEXT_LAYOUT).checksummed
+            opened = RowStore.open_readonly(path, TEXT_LAYOUT)
+            checksummed = opened.checksummed
+            if kind == "text" and checksummed and opened.codec != home.text_codec():
+                out.append(
+                    Finding(
+                        "ok",
+                        "text store",
+                        f"kept as {opened.codec}; new stores use {home.text_codec()}",
+                        f"luna doctor --recode --home {home.root}  (rewrites it, crash-safe)",
+                    )
+                )
             out.append(
                 Finding(
                     "ok" if checksummed else "warning",

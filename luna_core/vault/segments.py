@@ -162,6 +162,15 @@ class SegmentedStore:
     def read_rows(self, name: str, rows) -> np.ndarray:
         return self._gather(name, rows, lambda store, local: store.read_rows(name, local))
 
+    def read_rows_linear(self, name: str, rows):
+        """RowStore.read_rows_linear: rows of one part are summed in that part's own form; rows of
+        several parts (each with its own pca-zstd fit) are decoded."""
+        parts = list(self._parts(rows))
+        if len(parts) == 1 and len(parts[0][1]) == len(rows):
+            store, _, local = parts[0]
+            return store.read_rows_linear(name, local)
+        return self.read_rows(name, rows), lambda summed, total_weight=1.0: summed
+
     @property
     def capacity(self) -> int:
         return self.base.capacity if self.base is not None else 0

@@ -1,5 +1,6 @@
-"""Rows read straight from a Zarr v3 array's shard files, for the plain layout Luna writes (chunks
-of whole rows, uncompressed, the shard index at the file's end, each checked by CRC32C).
+"""Rows read straight from a Zarr v3 array's shard files, for the layouts Luna writes (chunks of
+whole rows, uncompressed, or pca-zstd's codes transposed and zstd-compressed; the shard index at
+the file's end; each checked by CRC32C).
 
 zarr-python spends about a millisecond of machinery per call; a k-NN answer (or an index's
 re-ranking) reads tens of rows scattered over the store, so this reader uses positioned reads
@@ -18,13 +19,17 @@ from pathlib import Path
 
 import numpy as np
 from google_crc32c import value as crc32c
+from numcodecs import Zstd
 
 from luna_core.errors import CorruptStoreError
 
 DTYPE = "float16"
-DTYPES = (DTYPE, "int8")  # float16 rows, or the int8 codec's values (luna_core.vault.codec)
+# float16 rows, the int8 codec's values, or pca-zstd's codes (luna_core.vault.codec)
+DTYPES = (DTYPE, "int8", "uint8")
 OPEN_SHARDS = 256  # shard files a reader keeps open per array
 _EMPTY = 2**64 - 1  # the shard index's offset of a chunk never written
+PLAIN, COMPRESSED = ["bytes", "crc32c"], ["transpose", "bytes", "zstd", "crc32c"]
+_ZSTD = Zstd()
 
 
 class ShardReader:
@@ -40,10 +45,14 @@ class ShardReader:
             return None
         conf = codecs[0]["configuration"]
         inner = [c.get("name") for c in conf.get("codecs", [])]
+        compressed = inner == COMPRESSED and conf["codecs"][0]["configuration"]["order"] == [
+            0,
+            *range(len(row_shape), 0, -1),
+        ]
         index_codecs = [c.get("name") for c in conf.get("index_codecs", [])]
         if (
             conf.get("index_location", "end") != "end"
-            or inner not in (["bytes"], ["bytes", "crc32c"])
+            or (inner not in (["bytes"], PLAIN) and not compressed)
             or index_codecs != ["bytes", "crc32c"]
             or conf["chunk_shape"][1:] != list(row_shape)
             or meta.get("data_type") not in DTYPES
@@ -56,8 +65,9 @@ class ShardReader:
             row_shape,
             meta["chunk_grid"]["configuration"]["chunk_shape"][0],
             conf["chunk_shape"][0],
-            checksummed=inner == ["bytes", "crc32c"],
+            checksummed=inner[-1] == "crc32c",
             dtype=meta["data_type"],
+            compressed=compressed,
         )
 
     def __init__(
@@ -69,9 +79,10 @@ class ShardReader:
         chunk_rows: int,
         checksummed: bool,
         dtype: str = DTYPE,
+        compressed: bool = False,
     ):
         self.store, self.name, self.row_shape, self.dtype = store, name, row_shape, np.dtype(dtype)
-        self.chunk_rows, self.checksummed = chunk_rows, checksummed
+        self.chunk_rows, self.checksummed, self.compressed = chunk_rows, checksummed, compressed
         self.chunks_per_shard = shard_rows // chunk_rows
         self.row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
         # (offset, nbytes) uint64 per chunk, then a crc32c
@@ -126,8 +137,14 @@ class ShardReader:
         return self._files[path][1:]
 
     def read(self, rows: np.ndarray) -> np.ndarray:
+        """The rows [n, *row_shape]; a compressed array's as a view of them kept in stored order
+        (channel-major: the codec reads that without a copy)."""
         chunk_rows, row_shape, row_bytes = self.chunk_rows, self.row_shape, self.row_bytes
-        out = np.zeros((len(rows), *row_shape), dtype=self.dtype)
+        if self.compressed:
+            stored = np.zeros((len(rows), *row_shape[::-1]), dtype=self.dtype)
+            out = stored.transpose(0, *range(len(row_shape), 0, -1))
+        else:
+            out = np.zeros((len(rows), *row_shape), dtype=self.dtype)
         # One pass per distinct chunk, in file order. Per-chunk work is plain Python on ints: a
         # query's re-ranking reads tens of rows from as many chunks.
         chunk_of = rows // chunk_rows
@@ -154,12 +171,20 @@ class ShardReader:
                 offset, nbytes = index[chunk]
                 if offset == _EMPTY:
                     continue  # a chunk never written reads as the fill value, as in zarr
-                if nbytes != self.chunk_bytes or offset + nbytes > size:
+                if (nbytes != self.chunk_bytes and not self.compressed) or offset + nbytes > size:
                     raise CorruptStoreError(
                         f"vault store {self.store}: the shard index of {path} is damaged "
                         "(a chunk of the wrong size); rebuild the store"
                     )
                 positions = order_list[bounds[j] : bounds[j + 1]]
+                if self.compressed:  # read whole, checked, decompressed in place
+                    data = self._verified(
+                        os.pread(fd, nbytes, offset),
+                        path,
+                        f"the chunk of row {row_list[positions[0]]}",
+                    )
+                    self._unpack(data, stored, positions, [row_list[p] for p in positions])
+                    continue
                 if self.checksummed and not checked[chunk]:
                     # First read of this chunk from this file: whole, against its checksum.
                     data = self._verified(
@@ -179,6 +204,18 @@ class ShardReader:
                     if os.preadv(fd, [memoryview(out[position]).cast("B")], at) != row_bytes:
                         raise OSError(f"short read in {path}: the shard changed while being read")
         return out
+
+    def _unpack(self, data: np.ndarray, stored: np.ndarray, positions: list, rows: list) -> None:
+        """One compressed chunk into the rows of `stored` (stored order) that want it."""
+        if self.chunk_rows == 1:  # the text layout: straight into the first row that wants it
+            _ZSTD.decode(data, out=memoryview(stored[positions[0]]).cast("B"))
+            for position in positions[1:]:
+                stored[position] = stored[positions[0]]
+            return
+        shape = (self.chunk_rows, *self.row_shape[::-1])
+        values = np.frombuffer(_ZSTD.decode(data), dtype=self.dtype).reshape(shape)
+        for position, row in zip(positions, rows):
+            stored[position] = values[row % self.chunk_rows]
 
 
 def _close_all(files: dict) -> None:

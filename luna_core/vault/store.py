@@ -1,5 +1,6 @@
 """Append-only row stores in Zarr v3: fixed-shape float16 rows, one array per field (or, with the
-int8 codec, int8 rows and a float16 scale array beside them: luna_core.vault.codec).
+int8 codec, int8 rows and a float16 scale array beside them; with pca-zstd, zstd-compressed int8
+codes and the store's fitted basis: luna_core.vault.codec).
 
 Rows are written first and made visible only when the catalog commits their row numbers, so the
 store itself never needs a transaction: rows past the committed high-water mark are garbage from an
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -22,19 +24,30 @@ from typing import Iterator
 import numpy as np
 import zarr
 import zarr as _zarr
-from zarr.codecs import Crc32cCodec
+from zarr.codecs import Crc32cCodec, TransposeCodec, ZstdCodec
 
 from luna_core.errors import BusyError, CorruptStoreError, LunaConfigError, NotBuiltError
 from luna_core.home.storage import is_remote, location
+from luna_core.vault.basis_codec import Basis
 from luna_core.vault.codec import (
+    BASIS_SUFFIX,
     FLOAT16,
+    INT8,
+    PCA_ZSTD,
     SCALE_SUFFIX,
+    SIDE_SUFFIXES,
+    TEMPLATE_SUFFIX,
     check_codec,
     coded,
     decode_int8,
     encode_int8,
+    field_shape,
+    row_arrays,
 )
 from luna_core.vault.shard_reader import DTYPE, ShardReader
+
+log = logging.getLogger(__name__)
+COSINE_ERROR_GOAL = 1e-3  # a pca-zstd token further than this from its value is logged
 
 
 @dataclass(frozen=True)
@@ -84,24 +97,8 @@ class RowStore:
                 attributes={"luna": {**(attrs or {}), "codec": check_codec(codec)}},
             )
             for name, row_shape in fields.items():
-                arrays = {name: (row_shape, DTYPE)}
-                if coded(codec, row_shape):
-                    arrays = {
-                        name: (row_shape, "int8"),
-                        name + SCALE_SUFFIX: (row_shape[-1:], DTYPE),
-                    }
-                for array_name, (shape, dtype) in arrays.items():
-                    # No compression (float16 embeddings barely compress); a CRC32C per chunk, so a
-                    # damaged row is an error, never an answer.
-                    group.create_array(
-                        array_name,
-                        shape=(0, *shape),
-                        chunks=(layout.rows_per_chunk, *shape),
-                        shards=(layout.rows_per_shard, *shape),
-                        dtype=dtype,
-                        fill_value=0,
-                        compressors=[Crc32cCodec()],
-                    )
+                for array_name, (shape, dtype) in row_arrays(codec, name, row_shape).items():
+                    _create_row_array(group, array_name, shape, dtype, layout, codec)
             return cls(path, group, fields, layout)
         group = zarr.open_group(str(path), mode="a")
         for name, row_shape in fields.items():
@@ -109,7 +106,8 @@ class RowStore:
                 raise LunaConfigError(
                     f"vault store {path} has no array {name!r}; it was made for another model"
                 )
-            stored = tuple(group[name].shape[1:])
+            codec_made = group.attrs.get("luna", {}).get("codec", FLOAT16)
+            stored = field_shape(codec_made, tuple(group[name].shape[1:]))
             if stored != tuple(row_shape):
                 raise LunaConfigError(
                     f"vault store {path} holds {name} rows of shape {stored}, but the configured "
@@ -136,10 +134,14 @@ class RowStore:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 arrays = {name: tuple(array.shape[1:]) for name, array in sorted(group.arrays())}
+            codec = group.attrs.get("luna", {}).get("codec", FLOAT16)
             fields = {
-                name: shape
+                name: field_shape(codec, shape)
                 for name, shape in arrays.items()
-                if not (name.endswith(SCALE_SUFFIX) and name[: -len(SCALE_SUFFIX)] in arrays)
+                if not any(
+                    name.endswith(suffix) and name[: -len(suffix)] in arrays
+                    for suffix in SIDE_SUFFIXES
+                )
             }
         except (OSError, ValueError, KeyError) as exc:
             raise CorruptStoreError(f"vault store {path} cannot be read ({exc})") from None
@@ -151,17 +153,15 @@ class RowStore:
     def checksummed(self) -> bool:
         """Whether the arrays carry a CRC32C per chunk (stores written before Luna added them do
         not)."""
-        return all(
-            _inner_codecs(self.path / name) == ["bytes", "crc32c"] for name in self._arrays()
-        )
+        return all(_inner_codecs(self.path / name)[-1:] == ["crc32c"] for name in self._arrays())
 
     def _arrays(self) -> dict[str, tuple[int, ...]]:
-        """Every array of the store with its row shape: the fields, and the scales of coded ones."""
-        arrays = dict(self.fields)
-        for name, row_shape in self.fields.items():
-            if coded(self.codec, row_shape):
-                arrays[name + SCALE_SUFFIX] = row_shape[-1:]
-        return arrays
+        """Every array of rows with its row shape: the fields, and the scales of int8 ones."""
+        return {
+            array: shape
+            for name, row_shape in self.fields.items()
+            for array, (shape, _) in row_arrays(self.codec, name, row_shape).items()
+        }
 
     def add_checksums(self) -> list[str]:
         """Rewrite the arrays written before Luna added checksums with a CRC32C per chunk; returns
@@ -218,18 +218,77 @@ class RowStore:
         for name, values in data.items():
             if values.shape != (n, *self.fields[name]):
                 raise ValueError(f"{name}: got {values.shape}, expected {(n, *self.fields[name])}")
-            if coded(self.codec, self.fields[name]):
+            if coded(self.codec, self.fields[name]) and self.codec == INT8:
                 quantized, scale = encode_int8(values)
                 self.group[name][start:end] = quantized
                 self.group[name + SCALE_SUFFIX][start:end] = scale
+            elif coded(self.codec, self.fields[name]):
+                codes, worst = self._fitted(name, values).encode(values)
+                if worst > COSINE_ERROR_GOAL:
+                    log.warning(
+                        "vault store %s: rows %d-%d of %s keep a token at cosine error %.1e, over "
+                        "the %.0e goal (a coefficient beyond int8's range at any finer step)",
+                        self.path,
+                        start,
+                        end - 1,
+                        name,
+                        worst,
+                        COSINE_ERROR_GOAL,
+                    )
+                self.group[name][start:end] = codes
             else:
                 self.group[name][start:end] = values.astype(DTYPE, copy=False)
 
+    def _basis(self, name: str) -> Basis | None:
+        """pca-zstd's fit for a field, None before the first write (or after a crash while it was
+        being written: no row was coded with it then)."""
+        cache = self.__dict__.setdefault("_bases", {})
+        if name not in cache:
+            parts = [name + TEMPLATE_SUFFIX, name + BASIS_SUFFIX]
+            if not all(part in self.group for part in parts):
+                return None
+            basis = Basis(*(np.asarray(self.group[part][...]) for part in parts))
+            if not basis.valid():
+                return None
+            cache[name] = basis
+        return cache[name]
+
+    def _fitted(self, name: str, values: np.ndarray) -> Basis:
+        """The field's basis, fitted on these rows and saved (before any row it codes) if the
+        store has none yet."""
+        return self._basis(name) or self.fit(name, values)
+
+    def fit(self, name: str, values: np.ndarray) -> Basis:
+        """Fit pca-zstd's basis for a field on these rows and save it; only before any row of the
+        field is written (rows are coded in the basis they were written with)."""
+        basis = Basis.fit(values)
+        for suffix, array in ((TEMPLATE_SUFFIX, basis.template), (BASIS_SUFFIX, basis.blocks)):
+            target = self.group.create_array(
+                name + suffix,
+                shape=array.shape,
+                chunks=array.shape,
+                dtype="float32",
+                compressors=[Crc32cCodec()],
+                overwrite=True,
+            )
+            target[...] = array
+        self.__dict__.setdefault("_bases", {})[name] = basis
+        return basis
+
+    def _decoded(self, name: str, read) -> np.ndarray:
+        if not coded(self.codec, self.fields[name]):
+            return read(name)
+        if self.codec == INT8:
+            return decode_int8(read(name), read(name + SCALE_SUFFIX))
+        codes = read(name)
+        basis = self._basis(name)
+        if basis is None:  # nothing was written: every row is the fill value
+            return np.zeros((len(codes), *self.fields[name]), np.float16)
+        return basis.decode(codes)
+
     def read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
         """float16 rows of one field, decoded by the store's codec."""
-        if coded(self.codec, self.fields[name]):
-            return decode_int8(self._read(name, rows), self._read(name + SCALE_SUFFIX, rows))
-        return self._read(name, rows)
+        return self._decoded(name, lambda array: self._read(array, rows))
 
     def _read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
         array = self.group[name]
@@ -257,11 +316,18 @@ class RowStore:
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """A few rows at random, fast: straight from the shard files when the layout is the plain
         one Luna writes (luna_core.vault.shard_reader), else through zarr."""
-        if coded(self.codec, self.fields[name]):
-            return decode_int8(
-                self._read_rows(name, rows), self._read_rows(name + SCALE_SUFFIX, rows)
-            )
-        return self._read_rows(name, rows)
+        return self._decoded(name, lambda array: self._read_rows(array, rows))
+
+    def read_rows_linear(self, name: str, rows: np.ndarray):
+        """(values, finish): rows in a form whose weighted sum, given to `finish(summed,
+        total_weight)` with `summed` shaped [..., tokens, width], equals the weighted sum of the
+        decoded rows. pca-zstd's values are its coefficients: a k-NN answer inverts one sum, not
+        k rows."""
+        if coded(self.codec, self.fields[name]) and self.codec == PCA_ZSTD:
+            basis = self._basis(name)
+            if basis is not None:
+                return basis.coefficients(self._read_rows(name, rows)), basis.finish
+        return self.read_rows(name, rows), _as_summed
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         reader = self._shard_reader(name)
@@ -301,6 +367,27 @@ class RowStore:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
+
+
+def _as_summed(summed: np.ndarray, total_weight: float = 1.0) -> np.ndarray:
+    return summed
+
+
+def _create_row_array(group, name: str, shape, dtype: str, layout: Layout, codec: str) -> None:
+    """An empty array of rows, sharded by the layout, a CRC32C per chunk (a damaged row is an
+    error, never an answer). float16 and int8 rows are not compressed (they barely compress);
+    pca-zstd's codes are zstd-compressed channel-major, each coefficient's values together."""
+    coded_rows = codec == PCA_ZSTD and dtype == "uint8"
+    group.create_array(
+        name,
+        shape=(0, *shape),
+        chunks=(layout.rows_per_chunk, *shape),
+        shards=(layout.rows_per_shard, *shape),
+        dtype=dtype,
+        fill_value=0,
+        filters=[TransposeCodec(order=(0, 2, 1))] if coded_rows else None,
+        compressors=[ZstdCodec(level=3), Crc32cCodec()] if coded_rows else [Crc32cCodec()],
+    )
 
 
 def _inner_codecs(array_path: Path) -> list[str]:
