@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from luna_core.errors import LunaConfigError
 from luna_core.home.home import LunaHome
@@ -23,6 +24,7 @@ QUEUE = "dagster"
 WORKER_CONCURRENCY = 1  # steps a worker runs at once: one per GPU
 WORKER_LOGLEVEL = "INFO"
 POLL_SECONDS = 0.1  # how often a run looks at its steps on the workers
+WARM_SECONDS = 600.0  # how long a pool child may take to start: it loads the models
 log = logging.getLogger(__name__)
 
 # Workers take one step at a time and record when they start one (with their name), which is what
@@ -108,8 +110,16 @@ def run_worker(
         )
     os.environ[KEYS_BY_NAME["home"].env] = str(home.root)
     os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+    # Celery is imported by the processes that run a worker, not by every Dagster process
+    from celery.signals import worker_process_init
+
     name = name or f"luna-{socket.gethostname()}-{os.getpid()}"
     app = celery_app(broker)
+    # A step loads its models into the process that runs it (the pool's child), where they stay
+    # for the next step: loading them as the child starts takes the first step's load off the
+    # runs' clock. The pool waits for a child that is loading instead of replacing it.
+    app.conf.worker_proc_alive_timeout = WARM_SECONDS
+    worker_process_init.connect(lambda **_: _warm(home), weak=False)
     app.worker_main(
         [
             "worker",
@@ -127,6 +137,19 @@ def run_worker(
             "--without-mingle",
         ]
     )
+
+
+def _warm(home: LunaHome) -> None:
+    # torch and the models take seconds to import and load: only a worker's pool child pays, once
+    from luna_core.vault.embed_prompts import warm_encoders
+
+    started = time.perf_counter()
+    try:
+        loaded = warm_encoders(home)
+    except Exception as exc:  # a step that needs the models will raise the same, with its run
+        log.warning("worker: could not load the models ahead of the steps (%s)", exc)
+        return
+    log.info("worker: %s loaded in %.1f s", ", ".join(loaded), time.perf_counter() - started)
 
 
 def live_workers(app, timeout: float = 2.0) -> set[str]:

@@ -121,6 +121,31 @@ def _corrupt_idat(png: bytes) -> bytes:
     return png[: at + 4] + bytes(body) + crc + png[at + 8 + length :]
 
 
+def test_a_warmed_worker_process_embeds_without_loading_a_model(
+    tiny_home: LunaHome, monkeypatch
+):
+    """What a Celery pool child does as it starts (luna_assets.executor): the steps then find
+    the models it loaded."""
+    import luna_core.vault.embed as embed
+    import luna_core.vault.embed_prompts as prompts
+
+    monkeypatch.setattr(embed, "_ENCODERS", {})
+    tiny_home.set_setting("models", "profile", "tiny")
+    loaded = prompts.warm_encoders(tiny_home)
+    profile = tiny_home.profile()
+    assert loaded == [profile.vision_model, profile.sdxl_model]
+    warmed = dict(embed._ENCODERS)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded again")
+
+    monkeypatch.setattr(embed.VisionEncoder, "__init__", no_model)
+    monkeypatch.setattr(prompts.SDXLTextEncoder, "__init__", no_model)
+    assert embed_images(tiny_home, profile, QUIET).added > 0
+    assert embed_prompts(tiny_home, profile, QUIET).added > 0
+    assert embed._ENCODERS == warmed
+
+
 def test_image_that_no_longer_decodes_is_recorded_and_the_batch_goes_on(
     tiny_home: LunaHome, sample_library
 ):

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from luna_core.home.home import LunaHome
-from luna_core.models.encoders import SDXLTextEncoder
+from luna_core.models.encoders import SDXLTextEncoder, VisionEncoder
 from luna_core.models.profiles import (
     ModelProfile,
     check_model_reference,
@@ -171,3 +171,18 @@ def _encode_one_by_one(encoder, items, parsed, committer: Committer, report: Emb
         counts.append(count)
         encoded.append(answer)
     return kept, kept_parsed, counts, encoded
+
+
+def warm_encoders(home: LunaHome) -> list[str]:
+    """Load the home's image and text encoders into this process's cache, as the embedding steps
+    ask for them (the home's profile on `models.device` / `models.dtype`): a worker that warms them
+    when it starts runs its first step without paying the load. The models loaded."""
+    profile = home.profile()
+    settings = home.settings()
+    options = EmbedOptions(
+        device=settings.text("models.device"), dtype=settings.text("models.dtype")
+    )
+    device, dtype = device_dtype(profile, options, EmbedReport(TEXT, "", "", ""))
+    encoder_for(VisionEncoder, profile.vision_model, profile.vision_revision, device, dtype)
+    encoder_for(SDXLTextEncoder, profile.sdxl_model, profile.sdxl_revision, device, dtype)
+    return [profile.vision_model, profile.sdxl_model]
