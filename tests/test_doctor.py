@@ -45,9 +45,7 @@ def test_doctor_finds_each_accident_and_repairs_the_home(projector_home, capsys)
     assert all(f.severity != "error" for f in diagnose(home)), [f.line() for f in diagnose(home)]
 
 
-def test_doctor_recode_rewrites_the_text_store_in_the_codec_the_home_names(
-    projector_home, capsys
-):
+def test_doctor_recode_rewrites_the_text_store_in_the_codec_the_home_names(projector_home, capsys):
     import numpy as np
 
     from luna_core.vault.segments import open_text_store

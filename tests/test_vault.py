@@ -121,9 +121,7 @@ def _corrupt_idat(png: bytes) -> bytes:
     return png[: at + 4] + bytes(body) + crc + png[at + 8 + length :]
 
 
-def test_a_warmed_worker_process_embeds_without_loading_a_model(
-    tiny_home: LunaHome, monkeypatch
-):
+def test_a_warmed_worker_process_embeds_without_loading_a_model(tiny_home: LunaHome, monkeypatch):
     """What a Celery pool child does as it starts (luna_assets.executor): the steps then find
     the models it loaded."""
     import luna_core.vault.embed as embed
