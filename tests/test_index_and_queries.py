@@ -31,7 +31,7 @@ from luna_core.index.faiss_index import (
 )
 from luna_core.index.store import IndexStore, load_index
 from luna_core.models.profiles import resolve_profile
-from luna_core.vault.segments import open_vision_store
+from luna_core.vault.segments import open_text_store, open_vision_store
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -329,8 +329,6 @@ def test_an_index_past_its_ram_copy_reranks_from_the_vault_rows(indexed_home, sa
 
 
 def test_conditioning_is_the_weighted_mean_of_neighbour_rows(indexed_home, sample_library):
-    import zarr
-
     profile = resolve_profile("tiny", indexed_home.models_dir)
     vault = VaultQuery(indexed_home, profile)
     answer = vault.condition(sample_library.images[0].path, Box(8, 8, 64, 64), k=4)
@@ -341,12 +339,13 @@ def test_conditioning_is_the_weighted_mean_of_neighbour_rows(indexed_home, sampl
     assert answer.negative_prompt_embeds.shape == (1, 77, 96)
     with duckdb.connect(str(indexed_home.catalog_path), read_only=True) as con:
         rows = dict(con.execute("SELECT image_id, prompt_row FROM library").fetchall())
-    store = zarr.open_group(str(indexed_home.text_store(vault.profile)), mode="r")
+    store = open_text_store(indexed_home, vault.profile)  # rows decoded by the store's codec
     expected = sum(
-        n.weight * store["prompt_embeds"][rows[n.image_id]].astype(np.float32)
+        n.weight * store.read("prompt_embeds", [rows[n.image_id]])[0].astype(np.float32)
         for n in answer.neighbors
     )
-    np.testing.assert_allclose(answer.prompt_embeds[0], expected, atol=1e-5)
+    # the answer sums in the codec's basis, then decodes once; the rows here are float16
+    np.testing.assert_allclose(answer.prompt_embeds[0], expected, atol=2e-3)
 
     typed, typed_pooled = vault.encode_prompt("a red cat")
     blend0 = vault.condition(

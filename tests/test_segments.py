@@ -9,10 +9,10 @@ import sys
 import textwrap
 
 import duckdb
-import numpy as np
 import pytest
 
 from luna_core.vault.segments import Shard
+from tests.codec_tolerance import assert_coded_alike
 
 
 def _count(home, sql: str) -> int:
@@ -114,7 +114,8 @@ def test_shards_written_apart_then_committed_answer_as_one_store_does(
     image = sample_library.images[0].path
     expected, answered = _answer(single, profile, image), _answer(tiny_home, profile, image)
     assert [n.path for n in answered.neighbors] == [n.path for n in expected.neighbors]
-    np.testing.assert_allclose(answered.prompt_embeds, expected.prompt_embeds, atol=1e-5)
+    # each segment and the single store fit their own pca-zstd basis
+    assert_coded_alike(answered.prompt_embeds, expected.prompt_embeds)
 
 
 def test_a_shard_run_that_dies_midway_is_finished_by_the_next_run(tiny_home, monkeypatch):
