@@ -265,7 +265,9 @@ def test_a_backfill_of_every_shard_on_two_celery_workers_survives_losing_one(
         # retries).
         held = Shard.parse("/".join(reversed(said.split("hanging in ")[1].split("-")[:2]))).key
         failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
-        assert [r.tags.get("dagster/partition") for r in failed] == [held]
+        assert [r.tags.get("dagster/partition") for r in failed] == [held], [
+            (r.job_name, r.tags, [str(e) for e in instance.all_logs(r.run_id)][-3:]) for r in failed
+        ]
         assert any(
             "w1@luna-test stopped answering" in str(entry)
             for entry in instance.all_logs(failed[0].run_id)
